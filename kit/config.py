@@ -1,0 +1,379 @@
+"""Settings: one typed object read from ``kit.toml`` with ``KIT_*`` overrides.
+
+Where the file comes from, first match wins:
+
+1. the ``path`` argument (the CLI's ``--config``),
+2. the ``KIT_CONFIG`` environment variable,
+3. ``./kit.toml``,
+4. no file: the embedded defaults, which point every client at the embedded
+   stack on 127.0.0.1.
+
+Any setting can be overridden from the environment as ``KIT_<SECTION>_<KEY>``,
+e.g. ``KIT_PACS_PORT=4242`` or ``KIT_FHIR_BASE=https://ehr.example.org/R4``.
+
+Secrets (passwords, tokens, client secrets) are never read from ``kit.toml``
+itself: they come from the environment (``KIT_FHIR_CLIENT_SECRET``) or from a
+file named by a ``*_file`` key (``client_secret_file = "/run/secrets/fhir"``).
+They are held as :class:`Secret`, whose ``repr`` and ``str`` never show the
+value. A missing or wrong setting raises :class:`~kit.errors.ConfigError`
+naming the key.
+
+Example ``kit.toml``::
+
+    [pacs]
+    host = "pacs.hospital.org"
+    port = 104
+    called_aet = "ORTHANC"
+    aet = "KITSCU"
+
+    [fhir]
+    base = "https://fhir.hospital.org/R4"
+    vendor = "epic"
+    auth = "smart"
+    client_id = "my-app"
+    private_key_file = "~/.kit/fhir-key.pem"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from kit.errors import ConfigError
+
+__all__ = [
+    "DicomWebSettings",
+    "FhirSettings",
+    "HL7Settings",
+    "PacsSettings",
+    "Secret",
+    "Settings",
+    "StackSettings",
+    "load_settings",
+]
+
+
+class Secret:
+    """A credential whose value is never printed, logged or pickled into outputs.
+
+    Parameters
+    ----------
+    value : str
+        The secret value. Read it back with :meth:`reveal`.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret value (for building a request, never for display)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
+
+@dataclasses.dataclass(frozen=True)
+class PacsSettings:
+    """Where the DIMSE client connects, and as whom.
+
+    Attributes
+    ----------
+    host, port : str, int
+        The PACS's address.
+    called_aet : str
+        The PACS's AE title.
+    aet : str
+        Our own (calling) AE title; also the C-MOVE destination by default.
+    store_port : int
+        Port of the temporary storage SCP run during a C-MOVE (0 = ephemeral).
+    timeout : float
+        Seconds for connect, ACSE and DIMSE waits.
+    tls, tls_ca, tls_cert, tls_key
+        Use TLS, with an optional CA bundle and client certificate/key files.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 11112
+    called_aet: str = "KIT"
+    aet: str = "KITSCU"
+    store_port: int = 0
+    timeout: float = 30.0
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomWebSettings:
+    """DICOMweb endpoint (QIDO-RS/WADO-RS/STOW-RS root URL) and credentials."""
+
+    base: str = "http://127.0.0.1:8042/dicom-web"
+    username: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
+    timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FhirSettings:
+    """FHIR R4 endpoint and how to authenticate to it.
+
+    ``auth`` is one of ``none``, ``bearer`` (``token``), ``basic``
+    (``username``/``password``), ``client_credentials`` (``client_id``,
+    ``client_secret``, ``token_url``) or ``smart`` (SMART Backend Services:
+    ``client_id``, ``private_key_file``, optional ``key_id`` and ``token_url``,
+    else discovered). ``vendor`` picks a profile of known defaults
+    (``generic``, ``epic``, ``cerner``, ``athena``, ``allscripts``).
+    """
+
+    base: str = "http://127.0.0.1:8080/fhir/R4"
+    vendor: str = "generic"
+    auth: Literal["none", "bearer", "basic", "client_credentials", "smart"] = "none"
+    client_id: str | None = None
+    token_url: str | None = None
+    scope: str | None = None
+    key_id: str | None = None
+    algorithm: str = "RS384"
+    private_key: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    token: Secret | None = None
+    client_secret: Secret | None = None
+    timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HL7Settings:
+    """The MLLP peer results are sent to, and the listener's defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 2575
+    timeout: float = 30.0
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_message_bytes: int = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class StackSettings:
+    """The embedded stack: addresses, AE title and where it keeps its data.
+
+    ``data_dir`` empty means a per-user cache folder (``~/.cache/kit/stack``).
+    ``move_destinations`` maps AE titles to ``host:port`` for C-MOVE.
+    ``allowed_aets`` empty means any calling AE title is accepted.
+    """
+
+    host: str = "127.0.0.1"
+    pacs_port: int = 11112
+    pacs_aet: str = "KIT"
+    fhir_port: int = 8080
+    mllp_port: int = 2575
+    video_port: int = 8090
+    data_dir: str = ""
+    allowed_aets: tuple[str, ...] = ()
+    move_destinations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def resolved_data_dir(self) -> Path:
+        """The data folder as an absolute path (default: ``~/.cache/kit/stack``)."""
+        if self.data_dir:
+            return Path(self.data_dir).expanduser().resolve()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "kit" / "stack"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All of the kit's settings. Build with :func:`load_settings`."""
+
+    pacs: PacsSettings = dataclasses.field(default_factory=PacsSettings)
+    dicomweb: DicomWebSettings = dataclasses.field(default_factory=DicomWebSettings)
+    fhir: FhirSettings = dataclasses.field(default_factory=FhirSettings)
+    hl7: HL7Settings = dataclasses.field(default_factory=HL7Settings)
+    stack: StackSettings = dataclasses.field(default_factory=StackSettings)
+    source: str = "defaults"
+
+
+_SECTIONS: dict[str, type] = {
+    "pacs": PacsSettings,
+    "dicomweb": DicomWebSettings,
+    "fhir": FhirSettings,
+    "hl7": HL7Settings,
+    "stack": StackSettings,
+}
+
+
+def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ConfigError("config", f"file {p} does not exist")
+        return p
+    if env.get("KIT_CONFIG"):
+        p = Path(env["KIT_CONFIG"]).expanduser()
+        if not p.is_file():
+            raise ConfigError("KIT_CONFIG", f"file {p} does not exist")
+        return p
+    p = Path("kit.toml")
+    return p if p.is_file() else None
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """Strip ``X | None`` to ``X``; say whether None is allowed."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any, *, from_env: bool) -> Any:
+    base, optional = _base_type(tp)
+    if value is None or (from_env and value == "" and optional):
+        if optional:
+            return None
+        raise ConfigError(key, "must not be empty")
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if base is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+        if origin is Literal:
+            if value not in typing.get_args(base):
+                raise ValueError(value)
+            return value
+        if origin is tuple:
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(str(v).strip() for v in items if str(v).strip())
+        if base is Mapping or origin is Mapping:
+            if isinstance(value, str):
+                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                return {k.strip(): v.strip() for k, v in pairs}
+            if not isinstance(value, Mapping):
+                raise ValueError(value)
+            return {str(k): str(v) for k, v in value.items()}
+    except (ValueError, TypeError) as exc:
+        want = typing.get_args(base) if origin is Literal else getattr(base, "__name__", str(base))
+        raise ConfigError(key, f"expected {want}, got {value!r}") from exc
+    raise ConfigError(key, f"unsupported setting type {base!r}")  # pragma: no cover
+
+
+def _read_secret_file(key: str, path: str) -> Secret:
+    p = Path(path).expanduser()
+    try:
+        return Secret(p.read_text().strip() if p.suffix not in (".pem", ".key") else p.read_text())
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read secret file {p}: {exc.strerror}") from exc
+
+
+def _build_section(
+    name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str]
+) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    known = set(fields) | {f"{n}_file" for n, t in hints.items() if _base_type(t)[0] is Secret}
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", f"unknown setting; known: {', '.join(sorted(known))}")
+    values: dict[str, Any] = {}
+    for fname in fields:
+        tp = hints[fname]
+        key = f"{name}.{fname}"
+        env_key = f"KIT_{name.upper()}_{fname.upper()}"
+        if _base_type(tp)[0] is Secret:
+            if fname in table:
+                raise ConfigError(
+                    key,
+                    f"secrets are not read from kit.toml; set {env_key} or {fname}_file",
+                )
+            if env.get(env_key):
+                values[fname] = Secret(env[env_key])
+            elif env.get(env_key + "_FILE"):
+                values[fname] = _read_secret_file(env_key + "_FILE", env[env_key + "_FILE"])
+            elif f"{fname}_file" in table:
+                values[fname] = _read_secret_file(f"{key}_file", str(table[f"{fname}_file"]))
+            continue
+        if env_key in env:
+            values[fname] = _coerce(env_key, env[env_key], tp, from_env=True)
+        elif fname in table:
+            values[fname] = _coerce(key, table[fname], tp, from_env=False)
+    return cls(**values)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Read settings from kit.toml and the environment.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A kit.toml to read. Default: ``KIT_CONFIG``, then ``./kit.toml``, then
+        built-in defaults (the embedded stack on 127.0.0.1).
+    env : mapping, optional
+        Environment to read ``KIT_*`` overrides and secrets from
+        (default ``os.environ``).
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or not TOML, or a setting is unknown or has the
+        wrong type; the error names the key.
+    """
+    env = os.environ if env is None else env
+    file = _config_path(path, env)
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file), f"not valid TOML: {exc}") from exc
+    for section in data:
+        if section not in _SECTIONS:
+            raise ConfigError(section, f"unknown section; known: {', '.join(_SECTIONS)}")
+        if not isinstance(data[section], dict):
+            raise ConfigError(section, "must be a table")
+    sections = {name: _build_section(name, cls, data.get(name, {}), env) for name, cls in _SECTIONS.items()}
+    return Settings(**sections, source=str(file) if file else "defaults")

@@ -1,0 +1,308 @@
+"""The one exception tree of kit.
+
+Every failure the kit reports is a :class:`KitError`. Errors raised by the
+libraries underneath (pydicom, pynetdicom, httpx, hl7apy, sqlite3, ...) are
+converted at the boundary with ``raise ... from exc`` so the original stays on
+``__cause__``. A failure is never reported as an empty result.
+
+::
+
+    KitError
+    ├── ConfigError                 a setting is missing or wrong (``.key``)
+    ├── InvalidInputError           bad data handed to the kit (``.source``)
+    │   ├── DicomFileError          not DICOM, truncated, unreadable
+    │   ├── FhirValidationError     not FHIR, or an invalid resource (``.issues``)
+    │   └── HL7ParseError           not an HL7 v2 message (``.segment``, ``.field``)
+    ├── PeerError                   talking to another system failed (``.peer``)
+    │   ├── PeerUnreachableError    connection refused, DNS, closed port
+    │   ├── PeerTimeoutError        no answer within the timeout
+    │   ├── PeerDisconnectedError   the peer went away mid-exchange
+    │   ├── TLSError                TLS handshake or certificate problem
+    │   ├── DicomError              DICOM-level failures
+    │   │   ├── AssociationRejectedError   (``.result``, ``.source_``, ``.reason``)
+    │   │   ├── AssociationAbortedError
+    │   │   ├── DimseStatusError    non-success DIMSE status (``.status``)
+    │   │   └── DicomWebError       DICOMweb HTTP failure (``.status_code``)
+    │   ├── FhirError               FHIR HTTP failure (``.status_code``)
+    │   │   ├── OperationOutcomeError  server said no (``.issues``)
+    │   │   ├── AuthError          token or credentials refused
+    │   │   └── BulkExportError    a $export job failed
+    │   └── HL7Error
+    │       ├── MLLPFramingError    bytes on the wire are not MLLP
+    │       └── NakError            the peer answered AE/AR (``.ack_code``)
+    ├── StoreError                  a local store could not durably write
+    └── VerificationError           a write-back read back differently (``.differences``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AssociationAbortedError",
+    "AssociationRejectedError",
+    "AuthError",
+    "BulkExportError",
+    "ConfigError",
+    "DicomError",
+    "DicomFileError",
+    "DicomWebError",
+    "DimseStatusError",
+    "FhirError",
+    "FhirValidationError",
+    "HL7Error",
+    "HL7ParseError",
+    "InvalidInputError",
+    "KitError",
+    "MLLPFramingError",
+    "NakError",
+    "OperationOutcomeError",
+    "PeerDisconnectedError",
+    "PeerError",
+    "PeerTimeoutError",
+    "PeerUnreachableError",
+    "StoreError",
+    "TLSError",
+    "VerificationError",
+]
+
+
+class KitError(Exception):
+    """Root of every error the kit raises."""
+
+
+class ConfigError(KitError):
+    """A setting is missing or has the wrong type or value.
+
+    Parameters
+    ----------
+    key : str
+        Dotted name of the setting, e.g. ``"pacs.port"``.
+    message : str
+        What is wrong with it.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class InvalidInputError(KitError):
+    """Data handed to the kit is malformed.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong.
+    source : str or None
+        Where the data came from (a path, a peer, a message id), if known.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None) -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)
+
+
+class DicomFileError(InvalidInputError):
+    """A file is not DICOM, is truncated, or cannot be decoded."""
+
+
+class FhirValidationError(InvalidInputError):
+    """JSON that is not FHIR, or a resource that fails R4 validation.
+
+    ``issues`` holds one dict per problem (``severity``, ``code``,
+    ``diagnostics``, ``expression``), shaped like OperationOutcome.issue.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        issues: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        self.issues = list(issues)
+        super().__init__(message, source=source)
+
+
+class HL7ParseError(InvalidInputError):
+    """Bytes that are not a parseable HL7 v2 message."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        segment: str | None = None,
+        field: int | None = None,
+    ) -> None:
+        self.segment = segment
+        self.field = field
+        super().__init__(message, source=source)
+
+
+class PeerError(KitError):
+    """Talking to another system failed.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong.
+    peer : str or None
+        The peer's address, e.g. ``"dicom://ORTHANC@127.0.0.1:4242"``.
+    """
+
+    def __init__(self, message: str, *, peer: str | None = None) -> None:
+        self.peer = peer
+        super().__init__(f"{message} ({peer})" if peer else message)
+
+
+class PeerUnreachableError(PeerError):
+    """The peer could not be reached (connection refused, closed port, DNS)."""
+
+
+class PeerTimeoutError(PeerError):
+    """The peer did not answer within the timeout."""
+
+
+class PeerDisconnectedError(PeerError):
+    """The peer closed or reset the connection in the middle of an exchange."""
+
+
+class TLSError(PeerError):
+    """TLS handshake or certificate verification failed."""
+
+
+class DicomError(PeerError):
+    """A DICOM peer refused or failed a request."""
+
+
+class AssociationRejectedError(DicomError):
+    """The peer rejected the association (e.g. wrong called AE title).
+
+    Attributes ``result``, ``source_`` and ``reason`` carry the A-ASSOCIATE-RJ
+    fields when the peer sent them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        peer: str | None = None,
+        result: int | None = None,
+        source_: int | None = None,
+        reason: int | None = None,
+    ) -> None:
+        self.result = result
+        self.source_ = source_
+        self.reason = reason
+        super().__init__(message, peer=peer)
+
+
+class AssociationAbortedError(DicomError):
+    """The association was aborted (A-ABORT or A-P-ABORT) before the request finished."""
+
+
+class DimseStatusError(DicomError):
+    """A DIMSE service answered with a failure (or no) status.
+
+    Parameters
+    ----------
+    message : str
+        What was asked.
+    status : int or None
+        The DICOM status (e.g. ``0xA700``); ``None`` if no response arrived.
+    """
+
+    def __init__(self, message: str, *, status: int | None, peer: str | None = None) -> None:
+        self.status = status
+        text = f"{message}: status 0x{status:04X}" if status is not None else f"{message}: no response"
+        super().__init__(text, peer=peer)
+
+
+class DicomWebError(DicomError):
+    """A DICOMweb (QIDO/WADO/STOW) request failed with an HTTP error."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, peer: str | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message, peer=peer)
+
+
+class FhirError(PeerError):
+    """A FHIR server answered with an error."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, peer: str | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message, peer=peer)
+
+
+class OperationOutcomeError(FhirError):
+    """The server returned an OperationOutcome describing the failure.
+
+    ``issues`` holds the OperationOutcome.issue entries as dicts.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        issues: Sequence[dict[str, Any]] = (),
+        status_code: int | None = None,
+        peer: str | None = None,
+    ) -> None:
+        self.issues = list(issues)
+        super().__init__(message, status_code=status_code, peer=peer)
+
+
+class AuthError(FhirError):
+    """Authentication failed: token endpoint refused, token expired and not renewable."""
+
+
+class BulkExportError(FhirError):
+    """A Bulk Data ``$export`` job failed or returned something unusable."""
+
+
+class HL7Error(PeerError):
+    """An HL7 v2 exchange failed."""
+
+
+class MLLPFramingError(HL7Error):
+    """Bytes on an MLLP connection are not a valid frame (or exceed the size limit)."""
+
+
+class NakError(HL7Error):
+    """The peer answered with a negative acknowledgement (AE or AR).
+
+    Attributes ``ack_code`` (``"AE"``/``"AR"``/``"CE"``/``"CR"``), ``control_id``
+    (MSA-2) and ``text`` (MSA-3 / ERR) describe the refusal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        ack_code: str,
+        control_id: str | None = None,
+        text: str | None = None,
+        peer: str | None = None,
+    ) -> None:
+        self.ack_code = ack_code
+        self.control_id = control_id
+        self.text = text
+        super().__init__(message, peer=peer)
+
+
+class StoreError(KitError):
+    """A local store (file store, SQLite) could not durably write or read."""
+
+
+class VerificationError(KitError):
+    """A write-back was read back and differs from what was sent.
+
+    ``differences`` lists human-readable descriptions of each mismatch.
+    """
+
+    def __init__(self, message: str, *, differences: Sequence[str] = ()) -> None:
+        self.differences = list(differences)
+        super().__init__(message + ("".join(f"\n  - {d}" for d in self.differences)))

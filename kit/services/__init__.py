@@ -1,0 +1,1 @@
+"""HTTP surfaces of the kit on FastAPI."""

@@ -1,0 +1,83 @@
+"""Shared test helpers: tools that must exist under CI, free ports, processes stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def require_tool(name: str) -> str:
+    """Path of an executable; skip the test if absent locally, fail under CI=true."""
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if path is None:
+        message = f"{name} is not installed (Debian packages orthanc orthanc-dicomweb dcmtk)"
+        if IN_CI:
+            pytest.fail(message + " and CI=true: .ci/run must install it")
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    """An ephemeral TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until something accepts connections on host:port (or the process died)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def peer_env() -> dict[str, str]:
+    """Environment for Debian's dcmtk and Orthanc: TCP_NODELAY=1 or they crawl on loopback."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+@contextmanager
+def spawned(args: Sequence[str], *, cwd: str | Path | None = None,
+            env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process for the duration of a block; stop it by PID afterwards."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(list(args), cwd=cwd, env=env or peer_env(), stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_pid(proc)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the process (by PID), then SIGKILL if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
