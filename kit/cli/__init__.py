@@ -13,6 +13,7 @@ success, 1 on failure with a one-line reason on stderr, 2 on misuse.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Any
 
@@ -27,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "serve": "kit.cli.stack:serve",
     "demo": "kit.cli.stack:demo",
     "status": "kit.cli.stack:status",
-    "samples": "kit.cli.data:samples",
+    "samples": "kit.cli.samples:samples",
     "index": "kit.cli.data:index",
     "deid": "kit.cli.data:deid",
     "pacs": "kit.cli.pacs:pacs",

@@ -1,0 +1,97 @@
+"""``kit serve``, ``kit demo`` and ``kit status``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from kit.cli.common import emit_frame, handle_errors, output_options, settings_from
+from kit.config import StackSettings
+
+__all__ = ["demo", "serve", "status"]
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to listen on (default from kit.toml [stack], else 127.0.0.1).")
+@click.option("--pacs-port", type=int, default=None, help="DICOM port (0 = ephemeral; default 11112).")
+@click.option("--fhir-port", type=int, default=None, help="FHIR HTTP port (0 = ephemeral; default 8080).")
+@click.option("--mllp-port", type=int, default=None, help="MLLP port (0 = ephemeral; default 2575).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the services keep their data (default ~/.cache/kit/stack).")
+@click.option("--only", "only", multiple=True, type=click.Choice(["pacs", "fhir", "mllp"]),
+              help="Run only these services (repeatable). Default: all.")
+@click.option("--no-preload", is_flag=True, help="Start empty instead of loading the sample cohort.")
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port: int | None,
+          mllp_port: int | None, data_dir: str | None, only: tuple[str, ...], no_preload: bool) -> None:
+    """Run the embedded stack in the foreground until Ctrl-C or SIGTERM.
+
+    Prints one line per service with its address, e.g.
+
+    \b
+      pacs  dicom://KIT@127.0.0.1:11112
+      fhir  http://127.0.0.1:8080/fhir/R4
+      mllp  mllp://127.0.0.1:2575
+    """
+    import dataclasses
+
+    from kit.stack import SERVICES, Stack
+
+    base = settings_from(ctx).stack
+    overrides = {k: v for k, v in {"host": host, "pacs_port": pacs_port, "fhir_port": fhir_port,
+                                   "mllp_port": mllp_port, "data_dir": data_dir}.items() if v is not None}
+    settings: StackSettings = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(settings, services=only or SERVICES, preload=not no_preload)
+    with stack:
+        for name, address in stack.addresses().items():
+            click.echo(f"{name:<5} {address}", nl=True)
+        click.echo(f"data  {stack.data_dir}", err=True)
+        click.echo("ready (Ctrl-C to stop)", err=True)
+        import sys
+
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    click.echo("stopped", err=True)
+
+
+@click.command()
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Keep the retrieved and de-identified files here (default: a temporary folder).")
+@output_options
+@handle_errors
+def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
+    """Run the main job end to end on the embedded stack, offline.
+
+    Starts the embedded stack on ephemeral ports, queries the PACS, retrieves a
+    CT study, indexes and de-identifies it, pulls the cohort from the FHIR
+    server and joins it with the PACS frame, replays the HL7 feed over MLLP,
+    and prints what each step did.
+    """
+    from kit.demo import run_demo
+
+    summary = run_demo(Path(work_dir) if work_dir else None, echo=lambda m: click.echo(m, err=True))
+    emit_frame(summary, output, as_json, label="steps")
+
+
+@click.command()
+@output_options
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context, output: str | None, as_json: bool) -> None:
+    """Check that the configured PACS, FHIR server and MLLP peer answer (exit 1 if any does not)."""
+    from kit.demo import check_status
+
+    frame = check_status(settings_from(ctx))
+    emit_frame(frame, output, as_json, label="services")
+    down = frame.filter(~frame["ok"])["service"].to_list()
+    if down:
+        click.echo(f"kit: error: not answering: {', '.join(down)}", err=True)
+        raise SystemExit(1)

@@ -1,0 +1,173 @@
+"""The main job, end to end on the embedded stack: ``kit demo``.
+
+Each step uses the same public API a notebook would; the demo only strings
+them together and reports what happened as a DataFrame (one row per step).
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from kit.config import Settings
+from kit.errors import KitError
+
+__all__ = ["DEMO_KEY", "check_status", "run_demo"]
+
+#: De-identification key used by the demo only. Real projects keep their own key secret.
+DEMO_KEY = "kit-demo-key-not-secret"
+
+_SCHEMA = {"step": pl.String, "result": pl.String, "seconds": pl.Float64}
+
+
+def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = print) -> pl.DataFrame:
+    """Run ingest -> index -> de-identify -> EHR join -> HL7 replay on an embedded stack.
+
+    Parameters
+    ----------
+    work_dir : Path, optional
+        Where retrieved and de-identified files go (default: a temporary folder,
+        removed afterwards).
+    echo : callable
+        Receives one progress line per step.
+
+    Returns
+    -------
+    polars.DataFrame
+        Columns ``step``, ``result``, ``seconds``.
+    """
+    from kit.stack import Stack
+
+    rows: list[dict[str, object]] = []
+
+    def step(name: str, started: float, result: str) -> None:
+        rows.append({"step": name, "result": result, "seconds": round(time.perf_counter() - started, 3)})
+        echo(f"[{len(rows)}] {name}: {result}")
+
+    with tempfile.TemporaryDirectory(prefix="kit-demo-") as tmp:
+        work = Path(work_dir) if work_dir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        with Stack.ephemeral() as stack:
+            settings = stack.client_settings()
+            step("start embedded stack", t, ", ".join(f"{k} {v}" for k, v in stack.addresses().items()))
+            _pacs_steps(settings, work, step)
+            _fhir_steps(settings, work, step)
+            _hl7_steps(settings, step)
+    return pl.DataFrame(rows, schema=_SCHEMA)
+
+
+def _pacs_steps(settings: Settings, work: Path, step: Callable[[str, float, str], None]) -> None:
+    from kit.dicom.deid import Deidentifier
+    from kit.dicom.dimse import PacsClient
+    from kit.dicom.index import index_dicom
+
+    client = PacsClient.from_settings(settings)
+    t = time.perf_counter()
+    rtt = client.echo()
+    step("C-ECHO", t, f"ok in {rtt * 1000:.1f} ms")
+
+    t = time.perf_counter()
+    studies = client.find("STUDY")
+    step("C-FIND studies", t, f"{studies.height} studies of {studies['patient_id'].n_unique()} patients")
+    (work / "studies.parquet").parent.mkdir(parents=True, exist_ok=True)
+    studies.write_parquet(work / "studies.parquet")
+
+    ct = studies.filter(pl.col("modality").str.contains("CT") if "modality" in studies.columns
+                        else pl.col("modalities_in_study").list.contains("CT"))
+    if ct.is_empty():
+        raise KitError("the embedded PACS has no CT study: is the sample cohort complete? (kit samples --check)")
+    study_uid = str(ct.sort("study_date")["study_instance_uid"][0])
+    t = time.perf_counter()
+    got = client.get(study_uid=study_uid, dest=work / "retrieved")
+    step("C-GET one CT study", t, f"{got.height} instances to {work / 'retrieved'}")
+
+    t = time.perf_counter()
+    idx = index_dicom(work / "retrieved")
+    frame = idx.frame
+    step("index headers", t, f"{frame.height} instances, {frame['series_instance_uid'].n_unique()} series, "
+                            f"{idx.skipped.height} skipped")
+
+    t = time.perf_counter()
+    deid = Deidentifier(DEMO_KEY)
+    result = deid.files(frame["path"].to_list(), work / "deidentified")
+    out = result.frame
+    pseudonyms = out["patient_id"].unique().to_list() if "patient_id" in out.columns else []
+    step("de-identify (PS3.15 Basic Profile)", t,
+         f"{out.height} files, patient -> {', '.join(map(str, pseudonyms))}")
+
+
+def _fhir_steps(settings: Settings, work: Path, step: Callable[[str, float, str], None]) -> None:
+    from kit.fhir.client import FhirClient
+
+    client = FhirClient.from_settings(settings)
+    t = time.perf_counter()
+    patients = client.search_frame("Patient")
+    studies = client.search_frame("ImagingStudy")
+    step("FHIR search", t, f"{patients.height} patients, {studies.height} imaging studies")
+
+    t = time.perf_counter()
+    pacs = pl.read_parquet(work / "studies.parquet")
+    joined = pacs.join(studies.select("study_instance_uid", "id"), on="study_instance_uid", how="inner")
+    step("join PACS x FHIR on study_instance_uid", t,
+         f"{joined.height} of {pacs.height} PACS studies have an ImagingStudy in the EHR")
+
+
+def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None]) -> None:
+    from kit import examples
+    from kit.hl7.message import split_messages
+    from kit.hl7.mllp import MLLPSender
+
+    messages = split_messages(examples.hl7_feed().read_text())
+    t = time.perf_counter()
+    with MLLPSender(settings.hl7.host, settings.hl7.port, timeout=settings.hl7.timeout) as sender:
+        acks = sender.send_many(messages)
+    accepted = acks.filter(pl.col("ack_code") == "AA").height
+    step("HL7 feed over MLLP", t, f"{accepted} of {len(messages)} messages acknowledged AA")
+
+
+def check_status(settings: Settings) -> pl.DataFrame:
+    """Probe the configured PACS (C-ECHO), FHIR server (metadata) and MLLP peer (TCP connect).
+
+    Returns
+    -------
+    polars.DataFrame
+        Columns ``service``, ``address``, ``ok`` (Boolean), ``detail``, ``seconds``.
+    """
+    rows: list[dict[str, object]] = []
+
+    def probe(service: str, address: str, fn: Callable[[], str]) -> None:
+        t = time.perf_counter()
+        try:
+            detail, ok = fn(), True
+        except (KitError, OSError) as exc:
+            detail, ok = f"{type(exc).__name__}: {exc}", False
+        rows.append({"service": service, "address": address, "ok": ok, "detail": detail,
+                     "seconds": round(time.perf_counter() - t, 3)})
+
+    def pacs() -> str:
+        from kit.dicom.dimse import PacsClient
+
+        return f"C-ECHO {PacsClient.from_settings(settings).echo() * 1000:.1f} ms"
+
+    def fhir() -> str:
+        from kit.fhir.client import FhirClient
+
+        cap = FhirClient.from_settings(settings).capabilities()
+        return f"FHIR {cap.get('fhirVersion', '?')} {cap.get('software', {}).get('name', '')}".strip()
+
+    def mllp() -> str:
+        with socket.create_connection((settings.hl7.host, settings.hl7.port), timeout=5):
+            return "accepts connections"
+
+    p = settings.pacs
+    probe("pacs", f"dicom://{p.called_aet}@{p.host}:{p.port}", pacs)
+    probe("fhir", settings.fhir.base, fhir)
+    probe("mllp", f"mllp://{settings.hl7.host}:{settings.hl7.port}", mllp)
+    return pl.DataFrame(rows, schema={"service": pl.String, "address": pl.String, "ok": pl.Boolean,
+                                      "detail": pl.String, "seconds": pl.Float64})

@@ -1,0 +1,169 @@
+"""Bulk Data ``$export`` jobs of the embedded FHIR server (FHIR Bulk Data Access IG v2).
+
+Written by hand (no library serves Bulk Data): a kick-off starts a job in a
+background thread that writes one NDJSON file per resource type (temporary
+file, then atomic rename) under ``<data>/exports/<job>/``; the status endpoint
+reports progress until the manifest is ready; ``DELETE`` cancels a job and
+removes its files. System, Patient and Group/[id] level exports are supported,
+with ``_type`` and ``_since``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kit.errors import KitError
+from kit.fhir.resources import is_resource_type
+from kit.fhir.server_search import date_range
+from kit.fhir.server_store import FhirStore, fail
+
+__all__ = ["ExportJob", "ExportManager", "NDJSON_FORMATS"]
+
+#: ``_outputFormat`` values accepted (all mean NDJSON).
+NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
+
+
+@dataclasses.dataclass
+class ExportJob:
+    """State of one export job."""
+
+    id: str
+    request: str
+    base_url: str
+    transaction_time: str
+    folder: Path
+    status: str = "running"  # running | done | error
+    progress: str = "queued"
+    output: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    cancel: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def manifest(self) -> dict[str, Any]:
+        """The completion manifest."""
+        return {"transactionTime": self.transaction_time, "request": self.request,
+                "requiresAccessToken": False, "output": self.output, "error": []}
+
+
+class ExportManager:
+    """Runs and tracks ``$export`` jobs.
+
+    Parameters
+    ----------
+    store : FhirStore
+        Where the resources come from.
+    folder : Path
+        Where job folders with NDJSON files are written.
+    delay : float
+        Seconds to pause after each resource type (lets tests observe a running job).
+    """
+
+    def __init__(self, store: FhirStore, folder: Path, *, delay: float = 0.0) -> None:
+        self.store = store
+        self.folder = folder
+        self.delay = delay
+        self._jobs: dict[str, ExportJob] = {}
+        self._lock = threading.Lock()
+
+    def kick_off(self, *, level: str, params: Mapping[str, str], request_url: str, base_url: str,
+                 group_id: str | None = None) -> ExportJob:
+        """Validate the request and start a job (``level`` is system, Patient or Group)."""
+        fmt = params.get("_outputFormat")
+        if fmt is not None and fmt not in NDJSON_FORMATS:
+            raise fail(400, "not-supported", f"_outputFormat {fmt!r} is not supported (use ndjson)")
+        types = [t for t in (params.get("_type") or "").split(",") if t]
+        unknown = [t for t in types if not is_resource_type(t)]
+        if unknown:
+            raise fail(400, "not-supported", f"_type has unknown resource types {unknown}", "_type")
+        since = date_range(params["_since"])[0] if params.get("_since") else None
+        patients: set[str] | None = None
+        if level == "Group":
+            group = self.store.read("Group", group_id or "")
+            patients = set()
+            for m in group.get("member") or []:
+                ref = str((m.get("entity") or {}).get("reference", ""))
+                if ref.startswith("Patient/"):
+                    patients.add(ref.split("/", 1)[1])
+        elif level == "Patient":
+            patients = {p for t, p in self._patient_ids()}
+        job_id = uuid.uuid4().hex
+        job = ExportJob(job_id, request_url, base_url,
+                        dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"), self.folder / job_id)
+        with self._lock:
+            self._jobs[job_id] = job
+        threading.Thread(target=self._run, args=(job, types, since, patients), daemon=True,
+                         name=f"fhir-export-{job_id[:8]}").start()
+        return job
+
+    def _patient_ids(self) -> list[tuple[str, str]]:
+        import orjson
+
+        return [(t, orjson.loads(j)["id"]) for t, j in self.store.iter_resources(["Patient"])]
+
+    def _run(self, job: ExportJob, types: list[str], since: str | None, patients: set[str] | None) -> None:
+        try:
+            job.folder.mkdir(parents=True, exist_ok=True)
+            files: dict[str, Any] = {}
+            counts: dict[str, int] = {}
+            try:
+                for rtype, blob in self.store.iter_resources(types or None, since=since, patients=patients):
+                    if job.cancel.is_set():
+                        return
+                    if rtype not in files:
+                        if files and self.delay:
+                            time.sleep(self.delay)
+                        files[rtype] = open(job.folder / f".{rtype}.ndjson.tmp", "wb")  # noqa: SIM115
+                        counts[rtype] = 0
+                        job.progress = f"exporting {rtype}"
+                    files[rtype].write(blob + b"\n")
+                    counts[rtype] += 1
+                if self.delay:
+                    time.sleep(self.delay)
+            finally:
+                for f in files.values():
+                    f.flush()
+                    os.fsync(f.fileno())
+                    f.close()
+            if job.cancel.is_set():
+                return
+            for rtype in files:
+                os.replace(job.folder / f".{rtype}.ndjson.tmp", job.folder / f"{rtype}.ndjson")
+                job.output.append({"type": rtype, "count": counts[rtype],
+                                   "url": f"{job.base_url}/$export-file/{job.id}/{rtype}.ndjson"})
+            job.progress = "complete"
+            job.status = "done"
+        except (KitError, OSError) as exc:
+            job.error = str(exc)
+            job.status = "error"
+
+    def get(self, job_id: str) -> ExportJob:
+        """A job by id (404 if unknown or cancelled)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise fail(404, "not-found", f"no export job {job_id}")
+        return job
+
+    def cancel(self, job_id: str) -> None:
+        """Cancel a job and delete its files (404 if unknown)."""
+        job = self.get(job_id)
+        job.cancel.set()
+        with self._lock:
+            self._jobs.pop(job_id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def file(self, job_id: str, name: str) -> Path:
+        """Path of a finished job's NDJSON file (404 if there is none)."""
+        job = self.get(job_id)
+        path = job.folder / name
+        if job.status != "done" or "/" in name or not name.endswith(".ndjson") or not path.is_file():
+            raise fail(404, "not-found", f"export job {job_id} has no file {name}")
+        return path
