@@ -1,0 +1,635 @@
+"""De-identification to the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+The profile's tag table (Table E.1-1, every attribute with its action code D,
+Z, X, U and the combinations Z/D, X/Z, X/D, X/Z/D, X/Z/U*) comes from the
+``dicom-anonymizer`` package (``dicomanonymizer.dicom_anonymization_databases``,
+edition 2026c, scraped from the standard, including the repeating groups
+50xx curves and 60xx overlays). Of the candidates it is the one that carries the
+whole table with its action codes: ``dicognito`` hard-codes a few dozen
+attributes and replaces every PN/UI/date it meets; ``deid`` ships recipes
+rather than the Annex E table. Its engine is not used (module-level random UID
+state, top-level tags only, no pseudonyms); this module applies the table
+itself, recursively into sequences, because no library does the rest:
+
+* **Keyed pseudonyms.** PatientID, PatientName and AccessionNumber become
+  HMAC-SHA256 of the original under the project key, so the same patient gets
+  the same pseudonym in every file and every run with the same key, and other
+  systems (FHIR, HL7) can be pseudonymised to match with :meth:`Deidentifier.pseudonym`.
+  PatientName becomes ``ANON^`` + HMAC of the original name (the same in
+  every file of the patient; two patients who share a name share it too).
+* **UIDs** with action U (Study/Series/SOP Instance, Frame of Reference, every
+  Referenced ... UID, MediaStorageSOPInstanceUID, ...) become ``2.25.<HMAC>``:
+  consistent across the cohort and across runs, so the de-identified files
+  still form a valid patient/study/series/instance hierarchy and references
+  inside sequences still resolve.
+* **Dates.** ``shift_dates=True`` (default) applies the "Retain Longitudinal
+  Temporal Information with Modified Dates" option: every DA and DT value the
+  profile would touch is moved back by a per-patient offset (31 to 1095 days,
+  from the HMAC of the PatientID), so intervals within a patient survive; TM
+  values are kept (whole-day shift). ``shift_dates=False`` applies the
+  Basic Profile's own action to dates (remove, empty or dummy).
+* **Combined actions** are resolved without IOD tables to the option that
+  keeps every IOD valid: Z/D -> D, X/Z -> Z, X/D -> D, X/Z/D -> D,
+  X/Z/U* -> keep the sequence and replace the UIDs inside it.
+  D on a sequence keeps its items and de-identifies them recursively.
+  D on other values gives a keyed dummy of the VR (``ANON...``, ``0``, ...).
+* All private attributes are removed. Attributes not in the table are kept.
+* PatientIdentityRemoved = YES, DeidentificationMethod and
+  DeidentificationMethodCodeSequence (DCM 113100, plus 113107 when dates are
+  shifted) and LongitudinalTemporalInformationModified are set.
+* **Burned-in annotation** cannot be removed from header processing: each file
+  is flagged (BurnedInAnnotation = YES, or a modality / SOP class that usually
+  carries burned-in text: US, ES, XC, SC, OT, secondary capture, VL
+  endoscopic/photographic) in the result for a human to review.
+* A :class:`ReidentificationMap` (original -> pseudonym per kind) is kept in
+  memory; the user saves it where they choose (never into the output folder
+  by default). The key is never logged or stored.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from kit.config import Secret
+from kit.dicom.index import list_files
+from kit.errors import ConfigError, DicomFileError, InvalidInputError
+
+__all__ = [
+    "BASIC_PROFILE",
+    "BASIC_PROFILE_REPEATING",
+    "DEID_SCHEMA",
+    "DeidResult",
+    "Deidentifier",
+    "ProfileAction",
+    "PseudonymKind",
+    "REID_SCHEMA",
+    "ReidentificationMap",
+    "burned_in_reason",
+    "profile_action",
+]
+
+
+class ProfileAction(enum.Enum):
+    """Action codes of PS3.15 Table E.1-1 (Basic Profile column)."""
+
+    D = "D"
+    Z = "Z"
+    X = "X"
+    U = "U"
+    Z_D = "Z/D"
+    X_Z = "X/Z"
+    X_D = "X/D"
+    X_Z_D = "X/Z/D"
+    X_Z_U = "X/Z/U*"
+
+    @property
+    def applied(self) -> str:
+        """The action kit applies: ``"D"``, ``"Z"``, ``"X"``, ``"U"`` or ``"U*"``."""
+        return _RESOLVED[self]
+
+
+_RESOLVED = {ProfileAction.D: "D", ProfileAction.Z: "Z", ProfileAction.X: "X", ProfileAction.U: "U",
+             ProfileAction.Z_D: "D", ProfileAction.X_Z: "Z", ProfileAction.X_D: "D",
+             ProfileAction.X_Z_D: "D", ProfileAction.X_Z_U: "U*"}
+
+_CATEGORIES = {"D_TAGS": ProfileAction.D, "Z_TAGS": ProfileAction.Z, "X_TAGS": ProfileAction.X,
+               "U_TAGS": ProfileAction.U, "Z_D_TAGS": ProfileAction.Z_D,
+               "X_Z_TAGS": ProfileAction.X_Z, "X_D_TAGS": ProfileAction.X_D,
+               "X_Z_D_TAGS": ProfileAction.X_Z_D, "X_Z_U_STAR_TAGS": ProfileAction.X_Z_U}
+_EDITION = "dicomfields_2026c"
+
+
+def _load_profile() -> tuple[dict[int, ProfileAction],
+                             tuple[tuple[int, int, int, int, ProfileAction], ...]]:
+    try:
+        from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+        table = dicom_anonymization_database_selector(_EDITION)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError("dependencies", "dicom-anonymizer>=2.1 (PS3.15 table, edition 2026c) "
+                          "is needed for de-identification") from exc
+    single: dict[int, ProfileAction] = {}
+    repeating: list[tuple[int, int, int, int, ProfileAction]] = []
+    for name, action in _CATEGORIES.items():
+        for entry in table[name]:
+            if len(entry) == 2:
+                single[(entry[0] << 16) | entry[1]] = action
+            else:
+                group, elem, gmask, emask = entry
+                repeating.append((group, elem, gmask, emask, action))
+    return single, tuple(repeating)
+
+
+#: PS3.15 Table E.1-1: tag (as int) -> action (Basic Profile column)
+BASIC_PROFILE: dict[int, ProfileAction]
+#: repeating-group entries: (group, element, group mask, element mask, action)
+BASIC_PROFILE_REPEATING: tuple[tuple[int, int, int, int, ProfileAction], ...]
+BASIC_PROFILE, BASIC_PROFILE_REPEATING = _load_profile()
+
+
+def profile_action(tag: int) -> ProfileAction | None:
+    """The Basic Profile action for ``tag`` (``None`` if the table does not list it)."""
+    action = BASIC_PROFILE.get(tag)
+    if action is None and (tag >> 16) & 0xFF00 in (0x5000, 0x6000):
+        group, elem = tag >> 16, tag & 0xFFFF
+        for g, e, gm, em, a in BASIC_PROFILE_REPEATING:
+            if group & gm == g & gm and elem & em == e & em:
+                return a
+    return action
+
+
+class PseudonymKind(enum.StrEnum):
+    """What a :class:`ReidentificationMap` row maps."""
+
+    PATIENT_ID = "patient_id"
+    PATIENT_NAME = "patient_name"
+    ACCESSION_NUMBER = "accession_number"
+    UID = "uid"
+    #: the per-patient date shift in days (original = PatientID, pseudonym = days)
+    DATE_SHIFT = "date_shift_days"
+
+
+#: columns of :attr:`ReidentificationMap.frame`
+REID_SCHEMA: dict[str, Any] = {"kind": pl.String, "original": pl.String, "pseudonym": pl.String}
+
+
+class ReidentificationMap:
+    """Original -> pseudonym, per :class:`PseudonymKind`; the user keeps it safe.
+
+    Parameters
+    ----------
+    frame : polars.DataFrame, optional
+        Existing rows (``kind``, ``original``, ``pseudonym``), e.g. from :meth:`load`.
+    """
+
+    def __init__(self, frame: pl.DataFrame | None = None) -> None:
+        self._forward: dict[tuple[str, str], str] = {}
+        if frame is not None:
+            if set(frame.columns) != set(REID_SCHEMA):
+                raise InvalidInputError("a re-identification map has columns kind, original, pseudonym")
+            for kind, original, pseudonym in frame.select(list(REID_SCHEMA)).iter_rows():
+                self.add(PseudonymKind(kind), original, pseudonym)
+
+    def add(self, kind: PseudonymKind, original: str, pseudonym: str) -> None:
+        """Record one mapping; a conflicting pseudonym for the same original is an error."""
+        key = (PseudonymKind(kind).value, original)
+        known = self._forward.setdefault(key, pseudonym)
+        if known != pseudonym:
+            raise InvalidInputError(f"re-identification map conflict for a {key[0]}: two pseudonyms "
+                                    "(was it made with another key?)")
+
+    def pseudonym(self, kind: PseudonymKind, original: str) -> str | None:
+        """The pseudonym recorded for ``original``, if any."""
+        return self._forward.get((PseudonymKind(kind).value, original))
+
+    def original(self, kind: PseudonymKind, pseudonym: str) -> str | None:
+        """Re-identify: the original value behind ``pseudonym``, if recorded."""
+        kind = PseudonymKind(kind)
+        for (k, orig), pseudo in self._forward.items():
+            if k == kind.value and pseudo == pseudonym:
+                return orig
+        return None
+
+    @property
+    def frame(self) -> pl.DataFrame:
+        """All mappings as a frame (``kind``, ``original``, ``pseudonym``), sorted."""
+        rows = [(k, o, p) for (k, o), p in self._forward.items()]
+        return pl.DataFrame(rows, schema=REID_SCHEMA, orient="row").sort("kind", "original")
+
+    def __len__(self) -> int:
+        return len(self._forward)
+
+    def __repr__(self) -> str:
+        return f"ReidentificationMap({len(self)} entries)"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ReidentificationMap:
+        """Read a map saved by :meth:`save` (.parquet or .csv)."""
+        path = Path(path)
+        try:
+            if path.suffix.lower() == ".parquet":
+                frame = pl.read_parquet(path)
+            elif path.suffix.lower() == ".csv":
+                frame = pl.read_csv(path, schema=REID_SCHEMA)
+            else:
+                raise InvalidInputError("a re-identification map is .parquet or .csv", source=str(path))
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            raise InvalidInputError(f"cannot read re-identification map: {exc}", source=str(path)) from exc
+        return cls(frame)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the map to ``path`` (.parquet or .csv), merged with what the file already holds.
+
+        The write is atomic (temporary file + rename), so an interrupted save
+        never leaves half a map.
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".parquet", ".csv"):
+            raise InvalidInputError("a re-identification map is .parquet or .csv", source=str(path))
+        merged = ReidentificationMap(self.frame)
+        if path.exists():
+            for row in ReidentificationMap.load(path).frame.iter_rows():
+                merged.add(PseudonymKind(row[0]), row[1], row[2])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".reid-", suffix=suffix)
+        os.close(fd)
+        try:
+            if suffix == ".parquet":
+                merged.frame.write_parquet(tmp)
+            else:
+                merged.frame.write_csv(tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+
+# -- burned-in annotation -----------------------------------------------------------------
+
+_BURNED_MODALITIES = {"US": "ultrasound", "ES": "endoscopy", "XC": "external camera",
+                      "SC": "secondary capture", "OT": "other", "GM": "general microscopy",
+                      "VL": "visible light"}
+_BURNED_CLASS_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.7": "secondary capture",
+    "1.2.840.10008.5.1.4.1.1.6.": "ultrasound",
+    "1.2.840.10008.5.1.4.1.1.3.1": "ultrasound multi-frame",
+    "1.2.840.10008.5.1.4.1.1.77.1.1": "VL endoscopic",
+    "1.2.840.10008.5.1.4.1.1.77.1.4": "VL photographic",
+}
+
+
+def burned_in_reason(ds: Dataset) -> str | None:
+    """Why ``ds`` may carry burned-in identifying text, or ``None``.
+
+    ``BurnedInAnnotation == "YES"``, or a modality or SOP class that typically
+    has text in the pixels (ultrasound, endoscopy, external camera, secondary
+    capture, ...). A flagged file needs a human look (or pixel cleaning).
+    """
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        return "BurnedInAnnotation is YES"
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality in _BURNED_MODALITIES:
+        return f"modality {modality} ({_BURNED_MODALITIES[modality]}) often has burned-in text"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    for prefix, what in _BURNED_CLASS_PREFIXES.items():
+        if sop_class.startswith(prefix):
+            return f"SOP class {what} often has burned-in text"
+    return None
+
+
+# -- the de-identifier --------------------------------------------------------------------
+
+_STRING_MAX = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "UT": 10240,
+               "UC": 10240, "PN": 64}
+_NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
+_BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+_SHIFT_MIN, _SHIFT_SPAN = 31, 1065
+_PATIENT_ID, _PATIENT_NAME, _ACCESSION = 0x00100020, 0x00100010, 0x00080050
+
+
+def _coerce_key(key: str | bytes | Secret) -> bytes:
+    raw = key.reveal() if isinstance(key, Secret) else key
+    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    if len(data.strip()) < 8:
+        raise ConfigError("deid.key", "the de-identification key must be at least 8 bytes")
+    return data
+
+
+class Deidentifier:
+    """Apply the PS3.15 Basic Profile with keyed, cohort-consistent pseudonyms.
+
+    Parameters
+    ----------
+    key : str, bytes or kit.config.Secret
+        The project key (at least 8 bytes). Same key, same pseudonyms, across
+        files and runs. It is a secret: it is never logged, printed or stored.
+    shift_dates : bool
+        ``True``: shift dates by a per-patient offset (Retain Longitudinal
+        Temporal Information with Modified Dates option). ``False``: apply the
+        Basic Profile's action to dates.
+    reid_map : ReidentificationMap, optional
+        A map to append to (e.g. loaded from an earlier run).
+    """
+
+    def __init__(self, key: str | bytes | Secret, *, shift_dates: bool = True,
+                 reid_map: ReidentificationMap | None = None) -> None:
+        self._key = _coerce_key(key)
+        self.shift_dates = shift_dates
+        self.reid_map = reid_map if reid_map is not None else ReidentificationMap()
+
+    def __repr__(self) -> str:
+        return f"Deidentifier(key=<secret>, shift_dates={self.shift_dates}, reid_map={self.reid_map!r})"
+
+    def __reduce__(self) -> Any:  # never pickle the key into a notebook or a worker
+        raise TypeError("a Deidentifier holds a secret key and cannot be pickled")
+
+    # pseudonyms ---------------------------------------------------------------------------
+
+    def _digest(self, kind: str, value: str) -> bytes:
+        return hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
+
+    def pseudonym(self, kind: PseudonymKind, original: str) -> str:
+        """The keyed pseudonym of ``original`` (recorded in :attr:`reid_map`).
+
+        Use it to pseudonymise other systems' identifiers (FHIR, HL7) so they
+        still join with the de-identified DICOM.
+
+        Parameters
+        ----------
+        kind : PseudonymKind
+            ``PATIENT_ID`` -> ``P`` + 15 hex; ``PATIENT_NAME`` -> ``ANON^N`` + 10 hex;
+            ``ACCESSION_NUMBER`` -> ``A`` + 15 hex; ``UID`` -> ``2.25.<128-bit int>``;
+            ``DATE_SHIFT`` -> days.
+        original : str
+            The original value.
+        """
+        kind = PseudonymKind(kind)
+        digest = self._digest(kind.value, original)
+        if kind is PseudonymKind.PATIENT_ID:
+            value = "P" + digest.hex()[:15].upper()
+        elif kind is PseudonymKind.PATIENT_NAME:
+            value = "ANON^N" + digest.hex()[:10].upper()
+        elif kind is PseudonymKind.ACCESSION_NUMBER:
+            value = "A" + digest.hex()[:15].upper()
+        elif kind is PseudonymKind.UID:
+            value = "2.25." + str(int.from_bytes(digest[:16], "big"))
+        else:
+            value = str(-(_SHIFT_MIN + int.from_bytes(digest[:4], "big") % _SHIFT_SPAN))
+        self.reid_map.add(kind, original, value)
+        return value
+
+    def date_shift(self, patient_id: str) -> dt.timedelta:
+        """The (negative) date offset of the patient with this original PatientID."""
+        return dt.timedelta(days=int(self.pseudonym(PseudonymKind.DATE_SHIFT, patient_id)))
+
+    def _dummy(self, vr: str, original: Any) -> Any:
+        token = self._digest("dummy", str(original)).hex().upper()
+        if vr == "PN":
+            return "ANON^" + token[:10]
+        if vr in _STRING_MAX:
+            return ("ANON" + token)[:_STRING_MAX[vr]]
+        if vr in ("DS", "IS"):
+            return "0"
+        if vr in _NUMBER_VRS:
+            return 0
+        if vr == "DA":
+            return "19000101"
+        if vr == "DT":
+            return "19000101000000"
+        if vr == "TM":
+            return "000000"
+        if vr == "AS":
+            return "000Y"
+        if vr == "UR":
+            return "http://anonymized.invalid"
+        if vr == "UI":
+            return self.pseudonym(PseudonymKind.UID, str(original))
+        if vr in _BINARY_VRS:
+            return bytes(8)
+        return None
+
+    # datasets -----------------------------------------------------------------------------
+
+    def dataset(self, ds: Dataset) -> Dataset:
+        """Return a de-identified copy of ``ds`` (``ds`` itself is not changed).
+
+        Raises
+        ------
+        kit.errors.DicomFileError
+            The data set cannot be decoded.
+        """
+        out = copy.deepcopy(ds)
+        patient_id = str(ds.get("PatientID", "") or "").strip()
+        patient_key = patient_id or str(ds.get("PatientName", "") or "").strip()
+        shift = self.date_shift(patient_key) if self.shift_dates else None
+        callback = self._callback(shift)
+        try:
+            meta = getattr(out, "file_meta", None)
+            if meta is not None:
+                meta.walk(callback)
+            out.walk(callback)
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise DicomFileError(f"cannot de-identify: {exc}") from exc
+        out.PatientIdentityRemoved = "YES"
+        out.DeidentificationMethod = ("PS3.15 Basic Profile (kit)"
+                                      + ("; dates shifted" if self.shift_dates else ""))
+        codes = [("113100", "Basic Application Confidentiality Profile")]
+        if self.shift_dates:
+            codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+        out.DeidentificationMethodCodeSequence = Sequence([_code(v, m) for v, m in codes])
+        out.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift_dates else "REMOVED"
+        if "PatientID" not in out:
+            out.PatientID = self.pseudonym(PseudonymKind.PATIENT_ID, patient_key)
+        if "PatientName" not in out:
+            out.PatientName = ""
+        if meta is not None and "SOPInstanceUID" in out:
+            meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        return out
+
+    def _callback(self, shift: dt.timedelta | None) -> Callable[[Dataset, DataElement], None]:
+        def apply(dataset: Dataset, elem: DataElement) -> None:
+            tag = int(elem.tag)
+            if elem.tag.is_private:
+                del dataset[elem.tag]
+                return
+            if tag == _PATIENT_ID:
+                elem.value = self._map_text(elem.value, PseudonymKind.PATIENT_ID)
+                return
+            if tag == _PATIENT_NAME:
+                elem.value = self._map_text(elem.value, PseudonymKind.PATIENT_NAME)
+                return
+            if tag == _ACCESSION:
+                elem.value = self._map_text(elem.value, PseudonymKind.ACCESSION_NUMBER)
+                return
+            action = profile_action(tag)
+            if action is None:
+                return
+            vr = elem.VR
+            if shift is not None and vr in ("DA", "DT"):
+                elem.value = _shift_value(elem.value, vr, shift)
+                return
+            if shift is not None and vr == "TM":
+                return
+            applied = action.applied
+            if applied == "X":
+                del dataset[elem.tag]
+            elif applied == "Z":
+                elem.value = Sequence() if vr == "SQ" else None
+            elif applied == "U" or applied == "U*":
+                if vr == "UI":
+                    elem.value = self._map_uid(elem.value)
+                elif vr != "SQ":  # U* on a non-sequence: empty it
+                    elem.value = None
+            elif vr != "SQ":  # D; a sequence keeps its items, de-identified by the walk
+                elem.value = self._map_multi(elem.value, lambda v: self._dummy(vr, v))
+        return apply
+
+    def _map_text(self, value: Any, kind: PseudonymKind) -> Any:
+        return self._map_multi(value, lambda v: self.pseudonym(kind, str(v).strip()))
+
+    def _map_uid(self, value: Any) -> Any:
+        return self._map_multi(value, lambda v: self.pseudonym(PseudonymKind.UID, str(v).strip()))
+
+    @staticmethod
+    def _map_multi(value: Any, fn: Callable[[Any], Any]) -> Any:
+        if value is None or value == "" or value == b"":
+            return value
+        if isinstance(value, (MultiValue, list)):
+            return [fn(v) if v not in (None, "") else v for v in value]
+        return fn(value)
+
+    # files --------------------------------------------------------------------------------
+
+    def files(self, in_paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+              out_dir: str | os.PathLike[str], progress: bool = False) -> DeidResult:
+        """De-identify DICOM files into ``out_dir``; one result row per input file.
+
+        Output files are named from pseudonyms only
+        (``<PatientID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``, never the input
+        name, which may carry identifiers) and written atomically. Files that
+        are not DICOM are reported as ``skipped``; failures as ``failed``.
+        The re-identification map is not written: save :attr:`reid_map` yourself.
+
+        Parameters
+        ----------
+        in_paths : path or iterable of paths
+            Files and/or folders (searched recursively).
+        out_dir : path
+            Output folder (created if needed).
+        progress : bool
+            Show a progress bar on stderr (when it is a terminal).
+
+        Returns
+        -------
+        DeidResult
+        """
+        if isinstance(in_paths, (str, os.PathLike)):
+            in_paths = [in_paths]
+        files = list_files(in_paths)
+        out = Path(out_dir).absolute()
+        out.mkdir(parents=True, exist_ok=True)
+        rows: list[tuple[Any, ...]] = []
+        items: Iterable[str] = files
+        if progress:
+            import sys
+
+            from tqdm import tqdm
+            items = tqdm(files, unit="file", desc="deid", file=sys.stderr, leave=False,
+                         disable=not sys.stderr.isatty())
+        for path in items:
+            rows.append(self._one_file(path, out))
+        return DeidResult(pl.DataFrame(rows, schema=DEID_SCHEMA, orient="row"))
+
+    def _one_file(self, path: str, out: Path) -> tuple[Any, ...]:
+        try:
+            ds = dcmread(path)
+        except (InvalidDicomError, EOFError) as exc:
+            return (path, None, None, None, None, "skipped", f"not DICOM: {exc}".splitlines()[0])
+        except Exception as exc:  # pydicom raises many types on malformed input
+            return (path, None, None, None, None, "skipped", f"unreadable: {exc}".splitlines()[0])
+        reason = burned_in_reason(ds)
+        try:
+            clean = self.dataset(ds)
+            parts = [str(clean.get(k, "") or "") for k in
+                     ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+            if not parts[3]:
+                raise DicomFileError("no SOPInstanceUID", source=path)
+            target = out.joinpath(*[p or "unknown" for p in parts[:3]], parts[3] + ".dcm")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".deid-", suffix=".dcm")
+            os.close(fd)
+            try:
+                clean.save_as(tmp, enforce_file_format=True)
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        except Exception as exc:
+            return (path, None, None, reason is not None, reason, "failed",
+                    f"{type(exc).__name__}: {exc}".splitlines()[0])
+        return (path, str(target), parts[0], reason is not None, reason, "deidentified", None)
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
+
+
+def _shift_value(value: Any, vr: str, shift: dt.timedelta) -> Any:
+    def one(v: Any) -> Any:
+        s = str(v).strip()
+        if len(s) < 8 or not s[:8].isdigit():
+            return None  # unparseable: cannot be shifted, so it is emptied
+        try:
+            day = dt.date(int(s[:4]), int(s[4:6]), int(s[6:8])) + shift
+        except (ValueError, OverflowError):
+            return None
+        return day.strftime("%Y%m%d") + (s[8:] if vr == "DT" else "")
+    if value is None or value == "":
+        return value
+    if isinstance(value, (MultiValue, list)):
+        return [one(v) for v in value]
+    return one(value)
+
+
+#: columns of :attr:`DeidResult.frame`
+DEID_SCHEMA: dict[str, Any] = {
+    "path_in": pl.String, "path_out": pl.String, "patient_id": pl.String,
+    "burned_in_annotation": pl.Boolean, "burned_in_reason": pl.String,
+    "status": pl.String, "reason": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """What :meth:`Deidentifier.files` did, one row per input file.
+
+    ``frame`` columns: ``path_in``, ``path_out`` (null unless written),
+    ``patient_id`` (the pseudonym), ``burned_in_annotation`` (Boolean: needs
+    review), ``burned_in_reason``, ``status`` (``deidentified`` | ``skipped``
+    | ``failed``), ``reason`` (why not, else null).
+    """
+
+    frame: pl.DataFrame
+
+    def __post_init__(self) -> None:
+        if dict(self.frame.schema) != DEID_SCHEMA:
+            raise InvalidInputError("a DeidResult frame must have the DEID_SCHEMA columns")
+
+    def count(self, status: str) -> int:
+        """Number of files with this status."""
+        return int(self.frame.filter(pl.col("status") == status).height)
+
+    @property
+    def n_deidentified(self) -> int:
+        """Files written."""
+        return self.count("deidentified")
+
+    @property
+    def n_burned_in(self) -> int:
+        """Written files flagged for burned-in annotation."""
+        return int(self.frame.filter((pl.col("status") == "deidentified")
+                                     & pl.col("burned_in_annotation")).height)
+
