@@ -1,0 +1,712 @@
+"""Per-resource-type column extractors behind :mod:`kit.fhir.frames` (pure).
+
+Each supported resource type has a *schema* (an ordered tuple of :class:`Col`)
+and an *extractor*: a plain function that takes one resource dict and returns a
+tuple with one value per column, in schema order. No model objects are built:
+the extractors read the JSON dicts directly, which is what makes the frames fast.
+
+Written by hand (no library maps FHIR JSON to typed columnar frames at this
+speed): the extractors, the identifier picking (MRN, accession number,
+StudyInstanceUID) and the resolution of references to contained resources.
+
+Column kinds (``Col.kind``): ``str``, ``float``, ``int``, ``bool`` (scalars),
+``date`` / ``datetime`` (collected as FHIR strings, converted to ``pl.Date`` /
+``pl.Datetime("us", "UTC")`` in one vectorised pass), ``list`` (list of
+scalars) and ``structs`` (list of dicts whose keys are the struct's fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import orjson
+import polars as pl
+
+__all__ = [
+    "CODING",
+    "COMPONENT",
+    "EXTENSION",
+    "EXTRACTORS",
+    "IDENTIFIER",
+    "KINDS",
+    "SCHEMAS",
+    "Col",
+    "Extractor",
+    "generic_extract",
+    "GENERIC_SCHEMA",
+]
+
+KINDS: Final = frozenset({"str", "float", "int", "bool", "date", "datetime", "list", "structs"})
+
+#: struct of one Coding (``codings`` columns)
+CODING: Final = pl.Struct({"system": pl.Utf8, "code": pl.Utf8, "display": pl.Utf8})
+#: struct of one Identifier (``identifiers`` columns); ``type`` is the first type coding's code
+IDENTIFIER: Final = pl.Struct({"system": pl.Utf8, "value": pl.Utf8, "type": pl.Utf8, "use": pl.Utf8})
+#: struct of one extension: ``value`` is the value[x] as text (JSON for complex values and
+#: for nested extensions)
+EXTENSION: Final = pl.Struct({"url": pl.Utf8, "value": pl.Utf8})
+#: struct of one Observation.component
+COMPONENT: Final = pl.Struct({
+    "code": pl.Utf8, "code_system": pl.Utf8, "code_display": pl.Utf8,
+    "value_quantity": pl.Float64, "value_unit": pl.Utf8, "value_string": pl.Utf8,
+    "value_code": pl.Utf8, "interpretation": pl.Utf8,
+})
+
+_SCALAR_DTYPES: Final[dict[str, pl.DataType]] = {
+    "str": pl.Utf8(), "float": pl.Float64(), "int": pl.Int64(), "bool": pl.Boolean(),
+    "date": pl.Date(), "datetime": pl.Datetime("us", "UTC"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Col:
+    """One column of a built-in frame: ``name``, ``kind`` and (for lists) the dtype."""
+
+    name: str
+    kind: str = "str"
+    inner: pl.DataType | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown column kind {self.kind!r}")
+        if self.kind in ("list", "structs") and self.inner is None:
+            raise ValueError(f"column {self.name}: kind {self.kind} needs an inner dtype")
+
+    @property
+    def dtype(self) -> pl.DataType:
+        """The polars dtype of the finished column."""
+        if self.kind in ("list", "structs"):
+            assert self.inner is not None
+            return pl.List(self.inner)
+        return _SCALAR_DTYPES[self.kind]
+
+
+Extractor = Callable[[Mapping[str, Any]], tuple[Any, ...]]
+
+
+def _c(spec: str) -> tuple[Col, ...]:
+    """Columns from a compact ``name:kind`` list (kind defaults to str)."""
+    out = []
+    for item in spec.split():
+        name, _, kind = item.partition(":")
+        inner: pl.DataType | None = None
+        if kind == "codings":
+            kind, inner = "structs", CODING
+        elif kind == "identifiers":
+            kind, inner = "structs", IDENTIFIER
+        elif kind == "extensions":
+            kind, inner = "structs", EXTENSION
+        elif kind == "components":
+            kind, inner = "structs", COMPONENT
+        elif kind == "strs":
+            kind, inner = "list", pl.Utf8()
+        out.append(Col(name, kind or "str", inner))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _cc(cc: Mapping[str, Any] | None) -> tuple[Any, Any, Any]:
+    """(code, system, display-or-text) of a CodeableConcept's first coding."""
+    if not cc:
+        return None, None, None
+    codings = cc.get("coding")
+    if codings:
+        c = codings[0]
+        return c.get("code"), c.get("system"), c.get("display") or cc.get("text")
+    return None, None, cc.get("text")
+
+
+def _code(cc: Mapping[str, Any] | None) -> Any:
+    """Code (or text) of a CodeableConcept's first coding."""
+    if not cc:
+        return None
+    codings = cc.get("coding")
+    if codings:
+        return codings[0].get("code")
+    return cc.get("text")
+
+
+def _first_code(ccs: list[Any] | None) -> Any:
+    return _code(ccs[0]) if ccs else None
+
+
+def _codes(ccs: list[Any] | None) -> list[Any] | None:
+    return [_code(cc) for cc in ccs] if ccs else None
+
+
+def _ref(x: Mapping[str, Any] | None) -> Any:
+    return x.get("reference") if x else None
+
+
+def _refs(xs: list[Any] | None) -> list[Any] | None:
+    return [x.get("reference") for x in xs] if xs else None
+
+
+def _patient_ref(ref: str) -> str | None:
+    """The Patient id in a reference (relative, absolute, versioned); urn:uuid kept for later."""
+    if ref.startswith("Patient/"):
+        rest = ref[8:]
+        return rest if "/" not in rest else rest.split("/", 1)[0]
+    i = ref.find("/Patient/")
+    if i >= 0:
+        return ref[i + 9:].split("/", 1)[0]
+    if ref.startswith("urn:"):
+        return ref
+    return None
+
+
+def _contained(r: Mapping[str, Any], local_id: str) -> Mapping[str, Any] | None:
+    for c in r.get("contained") or ():
+        if c.get("id") == local_id:
+            return c
+    return None
+
+
+def mrn(identifiers: list[Any] | None) -> tuple[Any, Any]:
+    """(value, system) of the MRN: type code MR, else a system containing "mrn", else the first."""
+    if not identifiers:
+        return None, None
+    for i in identifiers:
+        t = i.get("type")
+        if t:
+            for c in t.get("coding") or ():
+                if c.get("code") == "MR":
+                    return i.get("value"), i.get("system")
+    for i in identifiers:
+        s = i.get("system")
+        if s and "mrn" in s.lower():
+            return i.get("value"), s
+    return identifiers[0].get("value"), identifiers[0].get("system")
+
+
+def _subject(r: Mapping[str, Any], s: Mapping[str, Any] | None) -> tuple[Any, Any, Any]:
+    """(reference, patient_ref id, patient_id MRN) of a subject/patient Reference.
+
+    The MRN is known when the reference carries a logical ``identifier`` or points
+    at a contained Patient (``#id``).
+    """
+    if not s:
+        return None, None, None
+    ref = s.get("reference")
+    ident = s.get("identifier")
+    pid = ident.get("value") if ident else None
+    if ref:
+        if ref[0] == "#":
+            c = _contained(r, ref[1:])
+            if c is not None and c.get("resourceType") == "Patient":
+                pid = pid or mrn(c.get("identifier"))[0]
+            return ref, None, pid
+        return ref, _patient_ref(ref), pid
+    return None, None, pid
+
+
+def _typed_identifier(identifiers: list[Any] | None, type_code: str, hint: str) -> Any:
+    """Value of the identifier whose type code is ``type_code`` (or whose system contains ``hint``)."""
+    if not identifiers:
+        return None
+    for i in identifiers:
+        t = i.get("type")
+        if t:
+            for c in t.get("coding") or ():
+                if c.get("code") == type_code:
+                    return i.get("value")
+    for i in identifiers:
+        s = i.get("system")
+        if s and hint in s.lower():
+            return i.get("value")
+    return None
+
+
+def _identifiers(identifiers: list[Any] | None) -> list[dict[str, Any]] | None:
+    if not identifiers:
+        return None
+    return [{"system": i.get("system"), "value": i.get("value"), "type": _code(i.get("type")),
+             "use": i.get("use")} for i in identifiers]
+
+
+def _ext(r: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    exts = r.get("extension")
+    if not exts:
+        return None
+    out = []
+    for e in exts:
+        value: Any = None
+        for k, v in e.items():
+            if k.startswith("value"):
+                value = v if isinstance(v, str) else orjson.dumps(v).decode()
+                break
+        else:
+            if "extension" in e:
+                value = orjson.dumps(e["extension"]).decode()
+        out.append({"url": e.get("url"), "value": value})
+    return out
+
+
+def _last_updated(r: Mapping[str, Any]) -> Any:
+    m = r.get("meta")
+    return m.get("lastUpdated") if m else None
+
+
+def _when(r: Mapping[str, Any], stem: str) -> tuple[Any, Any]:
+    """(start, end) of a ``<stem>[x]`` choice: dateTime, instant, Period, or Period-like."""
+    v = r.get(stem + "DateTime")
+    if v is not None:
+        return v, None
+    p = r.get(stem + "Period")
+    if p:
+        return p.get("start"), p.get("end")
+    return r.get(stem + "Instant"), None
+
+
+def _name(names: list[Any] | None) -> tuple[Any, Any, Any, Any]:
+    """(family, given, prefix, text) of the official (else first) HumanName; given names space-joined."""
+    if not names:
+        return None, None, None, None
+    n = names[0]
+    if len(names) > 1:
+        for cand in names:
+            if cand.get("use") == "official":
+                n = cand
+                break
+    given = n.get("given")
+    prefix = n.get("prefix")
+    return (n.get("family"), " ".join(given) if given else None,
+            " ".join(prefix) if prefix else None, n.get("text"))
+
+
+def _telecom(telecom: list[Any] | None, system: str) -> Any:
+    if telecom:
+        for t in telecom:
+            if t.get("system") == system:
+                return t.get("value")
+    return None
+
+
+def _note(notes: list[Any] | None) -> Any:
+    if not notes:
+        return None
+    return "\n".join(n.get("text") or "" for n in notes)
+
+
+def _quantity(q: Mapping[str, Any] | None) -> tuple[Any, Any]:
+    if not q:
+        return None, None
+    return q.get("value"), q.get("unit") or q.get("code")
+
+
+# --------------------------------------------------------------------------- Patient
+
+PATIENT = _c("""id last_updated:datetime patient_id mrn_system identifiers:identifiers active:bool
+family given prefix name_text gender birth_date:date deceased:bool deceased_datetime:datetime
+phone email address_line city state postal_code country marital_status language
+general_practitioner managing_organization extensions:extensions""")
+
+
+def _patient(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    idents = r.get("identifier")
+    pid, psys = mrn(idents)
+    family, given, prefix, text = _name(r.get("name"))
+    telecom = r.get("telecom")
+    deceased = r.get("deceasedBoolean")
+    deceased_dt = r.get("deceasedDateTime")
+    if deceased_dt is not None:
+        deceased = True
+    addr = r.get("address")
+    a = addr[0] if addr else {}
+    lines = a.get("line")
+    comm = r.get("communication")
+    return (
+        r.get("id"), _last_updated(r), pid, psys, _identifiers(idents), r.get("active"),
+        family, given, prefix, text, r.get("gender"), r.get("birthDate"), deceased, deceased_dt,
+        _telecom(telecom, "phone"), _telecom(telecom, "email"),
+        ", ".join(lines) if lines else None, a.get("city"), a.get("state"), a.get("postalCode"),
+        a.get("country"), _code(r.get("maritalStatus")),
+        _code(comm[0].get("language")) if comm else None,
+        _ref((r.get("generalPractitioner") or [None])[0]), _ref(r.get("managingOrganization")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- Observation
+
+OBSERVATION = _c("""id last_updated:datetime status category categories:strs code code_system code_display
+codings:codings subject patient_ref patient_id encounter effective:datetime effective_end:datetime
+issued:datetime value_quantity:float value_unit value_string value_code value_code_system
+value_boolean:bool value_integer:int value_datetime:datetime data_absent_reason interpretation
+reference_range_low:float reference_range_high:float reference_range_text performer
+has_member:strs derived_from:strs note components:components extensions:extensions""")
+
+
+def _components(comps: list[Any] | None) -> list[dict[str, Any]] | None:
+    if not comps:
+        return None
+    out = []
+    for c in comps:
+        code, system, display = _cc(c.get("code"))
+        vq = c.get("valueQuantity")
+        vcc = c.get("valueCodeableConcept")
+        interp = c.get("interpretation")
+        value = vq.get("value") if vq else None
+        out.append({
+            "code": code, "code_system": system, "code_display": display,
+            "value_quantity": float(value) if value is not None else None,
+            "value_unit": (vq.get("unit") or vq.get("code")) if vq else None,
+            "value_string": c.get("valueString"), "value_code": _code(vcc) if vcc else None,
+            "interpretation": _code(interp[0]) if interp else None,
+        })
+    return out
+
+
+def _observation(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    code, system, display = _cc(r.get("code"))
+    cc = r.get("code")
+    cats = r.get("category")
+    subject, pref, pid = _subject(r, r.get("subject"))
+    eff, eff_end = _when(r, "effective")
+    vq = r.get("valueQuantity")
+    vcc = r.get("valueCodeableConcept")
+    if vcc:
+        vcode, vsys, _ = _cc(vcc)
+    else:
+        vcode = vsys = None
+    rr = r.get("referenceRange")
+    if rr:
+        r0 = rr[0]
+        low = r0.get("low")
+        high = r0.get("high")
+        rr_low = low.get("value") if low else None
+        rr_high = high.get("value") if high else None
+        rr_text = r0.get("text")
+    else:
+        rr_low = rr_high = rr_text = None
+    perf = r.get("performer")
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), _first_code(cats), _codes(cats),
+        code, system, display, cc.get("coding") if cc else None,
+        subject, pref, pid, _ref(r.get("encounter")), eff, eff_end, r.get("issued"),
+        vq.get("value") if vq else None, (vq.get("unit") or vq.get("code")) if vq else None,
+        r.get("valueString"), vcode, vsys, r.get("valueBoolean"), r.get("valueInteger"),
+        r.get("valueDateTime"), _code(r.get("dataAbsentReason")), _first_code(r.get("interpretation")),
+        rr_low, rr_high, rr_text, _ref(perf[0]) if perf else None,
+        _refs(r.get("hasMember")), _refs(r.get("derivedFrom")), _note(r.get("note")),
+        _components(r.get("component")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- Condition
+
+CONDITION = _c("""id last_updated:datetime clinical_status verification_status category code code_system
+code_display codings:codings subject patient_ref patient_id encounter onset:datetime
+abatement:datetime recorded_date:datetime severity body_site note extensions:extensions""")
+
+
+def _condition(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    cc = r.get("code")
+    code, system, display = _cc(cc)
+    subject, pref, pid = _subject(r, r.get("subject"))
+    onset, _ = _when(r, "onset")
+    abatement, _ = _when(r, "abatement")
+    return (
+        r.get("id"), _last_updated(r), _code(r.get("clinicalStatus")), _code(r.get("verificationStatus")),
+        _first_code(r.get("category")), code, system, display, cc.get("coding") if cc else None,
+        subject, pref, pid, _ref(r.get("encounter")), onset, abatement, r.get("recordedDate"),
+        _code(r.get("severity")), _first_code(r.get("bodySite")), _note(r.get("note")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- Procedure
+
+PROCEDURE = _c("""id last_updated:datetime status category code code_system code_display codings:codings
+subject patient_ref patient_id encounter performed:datetime performed_end:datetime performer
+reason_code body_site outcome note extensions:extensions""")
+
+
+def _procedure(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    cc = r.get("code")
+    code, system, display = _cc(cc)
+    subject, pref, pid = _subject(r, r.get("subject"))
+    start, end = _when(r, "performed")
+    perf = r.get("performer")
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), _code(r.get("category")), code, system, display,
+        cc.get("coding") if cc else None, subject, pref, pid, _ref(r.get("encounter")), start, end,
+        _ref(perf[0].get("actor")) if perf else None, _first_code(r.get("reasonCode")),
+        _first_code(r.get("bodySite")), _code(r.get("outcome")), _note(r.get("note")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- Encounter
+
+ENCOUNTER = _c("""id last_updated:datetime status class_code type_code type_display service_type subject
+patient_ref patient_id period_start:datetime period_end:datetime reason_code reason_display
+participant location service_provider discharge_disposition identifiers:identifiers
+extensions:extensions""")
+
+
+def _encounter(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    subject, pref, pid = _subject(r, r.get("subject"))
+    types = r.get("type")
+    tcode, _, tdisplay = _cc(types[0] if types else None)
+    period = r.get("period") or {}
+    reasons = r.get("reasonCode")
+    rcode, _, rdisplay = _cc(reasons[0] if reasons else None)
+    parts = r.get("participant")
+    locs = r.get("location")
+    hosp = r.get("hospitalization")
+    klass = r.get("class")
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), klass.get("code") if klass else None,
+        tcode, tdisplay, _code(r.get("serviceType")), subject, pref, pid,
+        period.get("start"), period.get("end"), rcode, rdisplay,
+        _ref(parts[0].get("individual")) if parts else None,
+        _ref(locs[0].get("location")) if locs else None, _ref(r.get("serviceProvider")),
+        _code(hosp.get("dischargeDisposition")) if hosp else None,
+        _identifiers(r.get("identifier")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- DiagnosticReport
+
+DIAGNOSTIC_REPORT = _c("""id last_updated:datetime status category code code_system code_display
+codings:codings subject patient_ref patient_id encounter accession_number effective:datetime
+issued:datetime performer results:strs imaging_study:strs based_on:strs conclusion
+conclusion_codes:strs presented_form_type extensions:extensions""")
+
+
+def _diagnostic_report(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    cc = r.get("code")
+    code, system, display = _cc(cc)
+    subject, pref, pid = _subject(r, r.get("subject"))
+    eff, _ = _when(r, "effective")
+    perf = r.get("performer")
+    forms = r.get("presentedForm")
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), _first_code(r.get("category")), code, system,
+        display, cc.get("coding") if cc else None, subject, pref, pid, _ref(r.get("encounter")),
+        _typed_identifier(r.get("identifier"), "ACSN", "accession"), eff, r.get("issued"),
+        _ref(perf[0]) if perf else None, _refs(r.get("result")), _refs(r.get("imagingStudy")),
+        _refs(r.get("basedOn")), r.get("conclusion"), _codes(r.get("conclusionCode")),
+        forms[0].get("contentType") if forms else None, _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- ImagingStudy
+
+IMAGING_STUDY = _c("""id last_updated:datetime status study_instance_uid accession_number subject patient_ref
+patient_id encounter started:datetime modalities:strs number_of_series:int number_of_instances:int
+description procedure_code reason_code series_instance_uids:strs based_on:strs endpoint
+extensions:extensions""")
+
+
+def _study_uid(identifiers: list[Any] | None) -> Any:
+    if not identifiers:
+        return None
+    for i in identifiers:
+        if i.get("system") == "urn:dicom:uid":
+            v = i.get("value")
+            return v[8:] if v and v.startswith("urn:oid:") else v
+    for i in identifiers:
+        v = i.get("value")
+        if v and v.startswith("urn:oid:"):
+            return v[8:]
+    return None
+
+
+def _imaging_study(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    idents = r.get("identifier")
+    subject, pref, pid = _subject(r, r.get("subject"))
+    series = r.get("series")
+    modalities = r.get("modality")
+    if modalities:
+        mods = [m.get("code") for m in modalities]
+    elif series:
+        mods = list(dict.fromkeys(s["modality"].get("code") for s in series if s.get("modality")))
+    else:
+        mods = None
+    endpoints = r.get("endpoint")
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), _study_uid(idents),
+        _typed_identifier(idents, "ACSN", "accession"), subject, pref, pid, _ref(r.get("encounter")),
+        r.get("started"), mods, r.get("numberOfSeries"), r.get("numberOfInstances"),
+        r.get("description"), _first_code(r.get("procedureCode")), _first_code(r.get("reasonCode")),
+        [s.get("uid") for s in series] if series else None, _refs(r.get("basedOn")),
+        _ref(endpoints[0]) if endpoints else None, _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- MedicationRequest
+
+MEDICATION_REQUEST = _c("""id last_updated:datetime status intent medication_code medication_system
+medication_display medication_reference subject patient_ref patient_id encounter
+authored_on:datetime requester dosage_text dose_value:float dose_unit route frequency:int
+period:float period_unit reason_code note extensions:extensions""")
+
+
+def _medication_request(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    med_ref = _ref(r.get("medicationReference"))
+    med_cc = r.get("medicationCodeableConcept")
+    if med_cc is None and med_ref and med_ref[0] == "#":
+        c = _contained(r, med_ref[1:])
+        med_cc = c.get("code") if c is not None else None
+    mcode, msys, mdisplay = _cc(med_cc)
+    subject, pref, pid = _subject(r, r.get("subject"))
+    dosages = r.get("dosageInstruction")
+    d = dosages[0] if dosages else {}
+    dose_value = dose_unit = None
+    dar = d.get("doseAndRate")
+    if dar:
+        dose_value, dose_unit = _quantity(dar[0].get("doseQuantity"))
+    rep = (d.get("timing") or {}).get("repeat") or {}
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), r.get("intent"), mcode, msys, mdisplay, med_ref,
+        subject, pref, pid, _ref(r.get("encounter")), r.get("authoredOn"), _ref(r.get("requester")),
+        d.get("text"), dose_value, dose_unit, _code(d.get("route")), rep.get("frequency"),
+        rep.get("period"), rep.get("periodUnit"), _first_code(r.get("reasonCode")),
+        _note(r.get("note")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- Appointment
+
+APPOINTMENT = _c("""id last_updated:datetime status service_type appointment_type description
+start:datetime end:datetime minutes_duration:int subject patient_ref patient_id practitioner
+location accession_number based_on:strs reason_code comment extensions:extensions""")
+
+
+def _appointment(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    subject = pref = pid = practitioner = location = None
+    for p in r.get("participant") or ():
+        actor = p.get("actor")
+        ref = actor.get("reference") if actor else None
+        if not ref:
+            continue
+        if subject is None and ("Patient/" in ref or ref[0] == "#"):
+            subject, pref, pid = _subject(r, actor)
+        elif practitioner is None and "Practitioner" in ref:
+            practitioner = ref
+        elif location is None and "Location/" in ref:
+            location = ref
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), _first_code(r.get("serviceType")),
+        _code(r.get("appointmentType")), r.get("description"), r.get("start"), r.get("end"),
+        r.get("minutesDuration"), subject, pref, pid, practitioner, location,
+        _typed_identifier(r.get("identifier"), "ACSN", "accession"), _refs(r.get("basedOn")),
+        _first_code(r.get("reasonCode")), r.get("comment"), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- ServiceRequest
+
+SERVICE_REQUEST = _c("""id last_updated:datetime status intent priority category code code_system
+code_display codings:codings subject patient_ref patient_id encounter accession_number
+authored_on:datetime occurrence:datetime requester performer reason_code body_site note
+extensions:extensions""")
+
+
+def _service_request(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    cc = r.get("code")
+    code, system, display = _cc(cc)
+    subject, pref, pid = _subject(r, r.get("subject"))
+    occ, _ = _when(r, "occurrence")
+    perf = r.get("performer")
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), r.get("intent"), r.get("priority"),
+        _first_code(r.get("category")), code, system, display, cc.get("coding") if cc else None,
+        subject, pref, pid, _ref(r.get("encounter")),
+        _typed_identifier(r.get("identifier"), "ACSN", "accession"), r.get("authoredOn"), occ,
+        _ref(r.get("requester")), _ref(perf[0]) if perf else None, _first_code(r.get("reasonCode")),
+        _first_code(r.get("bodySite")), _note(r.get("note")), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- Practitioner
+
+PRACTITIONER = _c("""id last_updated:datetime identifier identifier_system identifiers:identifiers active:bool
+family given prefix gender phone email qualification extensions:extensions""")
+
+
+def _practitioner(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    idents = r.get("identifier")
+    first = idents[0] if idents else {}
+    family, given, prefix, _ = _name(r.get("name"))
+    telecom = r.get("telecom")
+    quals = r.get("qualification")
+    return (
+        r.get("id"), _last_updated(r), first.get("value"), first.get("system"), _identifiers(idents),
+        r.get("active"), family, given, prefix, r.get("gender"), _telecom(telecom, "phone"),
+        _telecom(telecom, "email"), _code(quals[0].get("code")) if quals else None, _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- DocumentReference
+
+DOCUMENT_REFERENCE = _c("""id last_updated:datetime status doc_status type_code type_system type_display
+category subject patient_ref patient_id date:datetime author description content_type url
+data_size:int title encounter period_start:datetime period_end:datetime extensions:extensions""")
+
+
+def _document_reference(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    tcode, tsys, tdisplay = _cc(r.get("type"))
+    subject, pref, pid = _subject(r, r.get("subject"))
+    authors = r.get("author")
+    contents = r.get("content")
+    att = (contents[0].get("attachment") or {}) if contents else {}
+    ctx = r.get("context") or {}
+    encs = ctx.get("encounter")
+    period = ctx.get("period") or {}
+    return (
+        r.get("id"), _last_updated(r), r.get("status"), r.get("docStatus"), tcode, tsys, tdisplay,
+        _first_code(r.get("category")), subject, pref, pid, r.get("date"),
+        _ref(authors[0]) if authors else None, r.get("description"), att.get("contentType"),
+        att.get("url"), att.get("size"), att.get("title"), _ref(encs[0]) if encs else None,
+        period.get("start"), period.get("end"), _ext(r),
+    )
+
+
+# --------------------------------------------------------------------------- any other type
+
+GENERIC_SCHEMA = _c("""id last_updated:datetime resource_type subject patient_ref patient_id resource
+extensions:extensions""")
+
+
+def generic_extract(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Columns for a resource type with no dedicated schema: the whole resource kept as JSON."""
+    s = r.get("subject") or r.get("patient")
+    subject, pref, pid = _subject(r, s if isinstance(s, dict) else None)
+    return (r.get("id"), _last_updated(r), r.get("resourceType"), subject, pref, pid,
+            orjson.dumps(r).decode(), _ext(r))
+
+
+#: resource type -> columns of its frame
+SCHEMAS: Final[dict[str, tuple[Col, ...]]] = {
+    "Patient": PATIENT,
+    "Observation": OBSERVATION,
+    "Condition": CONDITION,
+    "Procedure": PROCEDURE,
+    "Encounter": ENCOUNTER,
+    "DiagnosticReport": DIAGNOSTIC_REPORT,
+    "ImagingStudy": IMAGING_STUDY,
+    "MedicationRequest": MEDICATION_REQUEST,
+    "Appointment": APPOINTMENT,
+    "ServiceRequest": SERVICE_REQUEST,
+    "Practitioner": PRACTITIONER,
+    "DocumentReference": DOCUMENT_REFERENCE,
+}
+
+#: resource type -> extractor returning one tuple in schema order
+EXTRACTORS: Final[dict[str, Extractor]] = {
+    "Patient": _patient,
+    "Observation": _observation,
+    "Condition": _condition,
+    "Procedure": _procedure,
+    "Encounter": _encounter,
+    "DiagnosticReport": _diagnostic_report,
+    "ImagingStudy": _imaging_study,
+    "MedicationRequest": _medication_request,
+    "Appointment": _appointment,
+    "ServiceRequest": _service_request,
+    "Practitioner": _practitioner,
+    "DocumentReference": _document_reference,
+}
