@@ -1,0 +1,524 @@
+"""HL7 v2 messages as polars tables, and a vectorised path for large files (pure).
+
+:func:`to_frames` maps parsed messages to seven tables, :func:`read_file` does
+the same for a file (one message per line group, MLLP dumps and FHS/BHS
+batches). Columns are typed (``pl.Datetime`` in µs, wall-clock time as sent:
+a timezone offset is dropped; ``pl.Date``; ``pl.Int32``/``pl.Float64``);
+missing values are null. The cross-system join columns are ``patient_id``
+(PID-3 first identifier, the MRN), ``accession_number`` and
+``study_instance_uid``.
+
+Tables and their columns (see :data:`SCHEMAS` for dtypes):
+
+- ``messages``: one row per message (MSH, EVN-2 ``event_time``, first PID-3).
+- ``patients``: one row per message with a PID.
+- ``visits``: one row per message with a PV1.
+- ``orders``: one row per ORC/OBR group of ORM^O01, OML^O21, ORU^R01.
+  ``accession_number`` is OBR-18.1, else the filler order number (OBR-3.1,
+  else ORC-3.1); ``study_instance_uid`` is ZDS-1.1.
+- ``results``: one row per OBX of every message except MDM (whose OBX text is
+  in ``documents``), with the parent OBR's order numbers, ``accession_number``
+  (same rule, from the OBR) and ``service_code``, and the message's
+  ``patient_id``. ``value`` is OBX-5 unescaped, components joined by ``^`` and
+  repetitions by ``~``; ``value_numeric`` is OBX-5 as a number for NM;
+  ``observation_time`` is OBX-14, else the parent OBR-7.
+- ``appointments``: one row per SIU^S12-S15/S26.
+- ``documents``: one row per MDM^T02/T04, ``text`` the OBX lines joined by LF.
+
+Scale (written by hand: no library does it): :func:`read_file` builds the
+``results`` table without a Python object per field. The file is split into
+segment lines once, and polars string kernels split fields and components for
+every OBX/OBR/PID line at once; only values that contain the escape character
+go through :func:`kit.hl7.message.flatten` one by one. Messages that do not
+use the standard ``|^~\\&`` delimiters, or hold a line that is not a valid
+segment, take the message-by-message path -- the same rows either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from kit.errors import HL7ParseError, InvalidInputError
+from kit.hl7.message import STANDARD_ENCODING, Encoding, Message, flatten, parse_message, split_messages
+from kit.hl7.typed import (
+    Appointment,
+    Document,
+    Order,
+    OrderMessage,
+    PatientInfo,
+    ResultReport,
+    Visit,
+    parse_dtm,
+)
+
+__all__ = ["SCHEMAS", "TABLES", "empty_frames", "read_file", "to_frames"]
+
+_DTM = pl.Datetime("us")
+
+#: Every table's columns and dtypes, in order.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "messages": {
+        "control_id": pl.String, "message_type": pl.String, "trigger": pl.String,
+        "message_time": _DTM, "event_time": _DTM, "sending_application": pl.String,
+        "sending_facility": pl.String, "receiving_application": pl.String,
+        "receiving_facility": pl.String, "version": pl.String, "processing_id": pl.String,
+        "patient_id": pl.String, "segment_count": pl.Int32,
+    },
+    "patients": {
+        "control_id": pl.String, "message_time": _DTM, "patient_id": pl.String,
+        "assigning_authority": pl.String, "identifier_type": pl.String, "family": pl.String,
+        "given": pl.String, "birth_date": pl.Date, "sex": pl.String, "street": pl.String,
+        "city": pl.String, "state": pl.String, "postal_code": pl.String, "country": pl.String,
+        "phone": pl.String,
+    },
+    "visits": {
+        "control_id": pl.String, "message_type": pl.String, "patient_id": pl.String,
+        "patient_class": pl.String, "location": pl.String, "room": pl.String, "bed": pl.String,
+        "attending_doctor_id": pl.String, "attending_doctor_family": pl.String,
+        "attending_doctor_given": pl.String, "hospital_service": pl.String, "visit_number": pl.String,
+        "admit_time": _DTM, "discharge_time": _DTM,
+    },
+    "orders": {
+        "control_id": pl.String, "message_type": pl.String, "patient_id": pl.String,
+        "order_control": pl.String, "placer_order_number": pl.String,
+        "filler_order_number": pl.String, "accession_number": pl.String, "service_code": pl.String,
+        "service_text": pl.String, "service_system": pl.String, "order_status": pl.String,
+        "result_status": pl.String, "modality": pl.String, "ordered_time": _DTM,
+        "observation_time": _DTM, "study_instance_uid": pl.String,
+    },
+    "results": {
+        "control_id": pl.String, "patient_id": pl.String, "accession_number": pl.String,
+        "placer_order_number": pl.String, "filler_order_number": pl.String, "service_code": pl.String,
+        "set_id": pl.Int32, "value_type": pl.String, "observation_code": pl.String,
+        "observation_text": pl.String, "observation_system": pl.String, "observation_sub_id": pl.String,
+        "value": pl.String, "value_numeric": pl.Float64, "units": pl.String,
+        "reference_range": pl.String, "abnormal_flags": pl.String, "result_status": pl.String,
+        "observation_time": _DTM,
+    },
+    "appointments": {
+        "control_id": pl.String, "trigger": pl.String, "patient_id": pl.String,
+        "placer_appointment_id": pl.String, "filler_appointment_id": pl.String,
+        "accession_number": pl.String, "start_time": _DTM, "end_time": _DTM,
+        "duration_minutes": pl.Int32, "status": pl.String, "reason": pl.String,
+        "appointment_type": pl.String, "service_code": pl.String, "service_text": pl.String,
+        "resource_id": pl.String, "resource_type": pl.String, "location": pl.String,
+        "personnel_id": pl.String,
+    },
+    "documents": {
+        "control_id": pl.String, "trigger": pl.String, "patient_id": pl.String,
+        "unique_document_number": pl.String, "document_type": pl.String, "activity_time": _DTM,
+        "completion_status": pl.String, "availability_status": pl.String,
+        "accession_number": pl.String, "text": pl.String,
+    },
+}
+
+#: Table names, in the order :func:`to_frames` returns them.
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
+
+# results columns as read from the message (strings), before typing
+_RESULT_RAW = ["control_id", "patient_id", "accession_number", "placer_order_number",
+               "filler_order_number", "service_code", "set_id", "value_type", "observation_code",
+               "observation_text", "observation_system", "observation_sub_id", "value", "units",
+               "reference_range", "abnormal_flags", "result_status", "observation_time", "obr_time"]
+
+
+def empty_frames(tables: Iterable[str] = TABLES) -> dict[str, pl.DataFrame]:
+    """Empty tables with their schemas."""
+    return {t: pl.DataFrame(schema=SCHEMAS[t]) for t in tables}
+
+
+def _check_tables(tables: Sequence[str] | None) -> tuple[str, ...]:
+    if tables is None:
+        return TABLES
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise InvalidInputError(f"unknown HL7 table(s) {unknown}; known: {list(TABLES)}")
+    return tuple(t for t in TABLES if t in tables)
+
+
+# -- raw-field helpers shared by both paths ------------------------------------------------------
+def _comp(raw: str, enc: Encoding, n: int) -> str:
+    """Component ``n`` of the first repetition, unescaped (subcomponents joined by ``&``)."""
+    parts = raw.split(enc.repetition, 1)[0].split(enc.component)
+    return flatten(parts[n - 1], enc, components=False) if n <= len(parts) else ""
+
+
+def _naive(value: dt.datetime | None) -> dt.datetime | None:
+    return value.replace(tzinfo=None) if value is not None else None
+
+
+def _frame(rows: list[dict[str, Any]], table: str) -> pl.DataFrame:
+    schema = SCHEMAS[table]
+    df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+    return df.with_columns(pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c)
+                           for c, t in schema.items() if t == pl.String)
+
+
+# -- message-by-message path ---------------------------------------------------------------------
+def _result_rows(m: Message) -> list[list[str]]:
+    """results rows as strings (columns ``_RESULT_RAW``) for one message."""
+    if m.message_code == "MDM":
+        return []
+    enc = m.encoding
+    control_id = _comp(m.msh.field(10), enc, 1)
+    pid = m.segment("PID")
+    patient_id = _comp(pid.field(3), enc, 1) if pid else ""
+    obr = ["", "", "", "", ""]
+    rows = []
+    for seg in m.segments():
+        if seg.name == "OBR":
+            filler = _comp(seg.field(3), enc, 1)
+            obr = [_comp(seg.field(18), enc, 1) or filler, _comp(seg.field(2), enc, 1), filler,
+                   _comp(seg.field(4), enc, 1), _comp(seg.field(7), enc, 1)]
+        elif seg.name == "OBX":
+            f = seg.field
+            rows.append([control_id, patient_id, *obr[:4], _comp(f(1), enc, 1), _comp(f(2), enc, 1),
+                         _comp(f(3), enc, 1), _comp(f(3), enc, 2), _comp(f(3), enc, 3),
+                         _comp(f(4), enc, 1), flatten(f(5), enc), _comp(f(6), enc, 1), flatten(f(7), enc),
+                         flatten(f(8), enc), _comp(f(11), enc, 1), _comp(f(14), enc, 1), obr[4]])
+    return rows
+
+
+def _dtm_expr(col: str) -> pl.Expr:
+    """HL7 DTM strings to Datetime (µs, offset dropped); invalid values become null."""
+    s = pl.col(col).str.strip_chars()
+    main = s.str.extract(r"^(\d{4}(?:\d{2}){0,5})(?:\.\d+)?(?:[+-]\d{4})?$")
+    filled = pl.concat_str([main, pl.lit("0101000000").str.slice(main.str.len_chars() - 4)])
+    frac = s.str.extract(r"^\d{14}\.(\d{1,6})").str.pad_end(6, "0").cast(pl.Int64, strict=False)
+    base = filled.str.strptime(_DTM, "%Y%m%d%H%M%S", strict=False)
+    return (base + pl.duration(microseconds=frac.fill_null(0))).alias(col)
+
+
+def _type_results(df: pl.DataFrame) -> pl.DataFrame:
+    """Typed ``results`` from the string columns ``_RESULT_RAW``."""
+    strings = [c for c in _RESULT_RAW if c not in ("set_id", "observation_time", "obr_time")]
+    df = df.with_columns(pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c)
+                         for c in [*strings, "set_id", "observation_time", "obr_time"])
+    return df.with_columns(
+        pl.col("set_id").str.strip_chars().cast(pl.Int32, strict=False),
+        pl.when(pl.col("value_type") == "NM")
+        .then(pl.col("value").str.strip_chars().cast(pl.Float64, strict=False))
+        .otherwise(None).alias("value_numeric"),
+        _dtm_expr("observation_time"), _dtm_expr("obr_time"),
+    ).with_columns(
+        pl.coalesce("observation_time", "obr_time").alias("observation_time"),
+    ).select(list(SCHEMAS["results"]))
+
+
+def _results_slow(messages: Iterable[Message]) -> pl.DataFrame:
+    rows = [r for m in messages for r in _result_rows(m)]
+    df = pl.DataFrame(rows, schema=dict.fromkeys(_RESULT_RAW, pl.String), orient="row") if rows \
+        else pl.DataFrame(schema=dict.fromkeys(_RESULT_RAW, pl.String))
+    return _type_results(df)
+
+
+def _patient_row(control_id: str, time: dt.datetime | None, p: PatientInfo) -> dict[str, Any]:
+    row = dataclasses.asdict(p)
+    return {"control_id": control_id, "message_time": time, **row}
+
+
+def _visit_row(m: Message, patient_id: str, v: Visit) -> dict[str, Any]:
+    row = dataclasses.asdict(v)
+    row["admit_time"], row["discharge_time"] = _naive(v.admit_time), _naive(v.discharge_time)
+    return {"control_id": m.control_id, "message_type": m.message_type, "patient_id": patient_id, **row}
+
+
+def _order_row(m: Message, patient_id: str, o: Order) -> dict[str, Any]:
+    return {
+        "control_id": m.control_id, "message_type": m.message_type, "patient_id": patient_id,
+        "order_control": o.order_control, "placer_order_number": o.placer_order_number,
+        "filler_order_number": o.filler_order_number,
+        "accession_number": o.accession_number or o.filler_order_number,
+        "service_code": o.service_code, "service_text": o.service_text, "service_system": o.service_system,
+        "order_status": o.order_status, "result_status": o.result_status, "modality": o.modality,
+        "ordered_time": _naive(o.ordered_time), "observation_time": _naive(o.observation_time),
+        "study_instance_uid": o.study_instance_uid,
+    }
+
+
+def _appointment_row(m: Message, a: Appointment) -> dict[str, Any]:
+    return {
+        "control_id": m.control_id, "trigger": a.trigger,
+        "patient_id": a.patient.patient_id if a.patient else None,
+        "placer_appointment_id": a.placer_appointment_id, "filler_appointment_id": a.filler_appointment_id,
+        "accession_number": a.accession_number, "start_time": _naive(a.start), "end_time": _naive(a.end),
+        "duration_minutes": a.duration_minutes, "status": a.status, "reason": a.reason,
+        "appointment_type": a.appointment_type, "service_code": a.service_code,
+        "service_text": a.service_text, "resource_id": a.resource_id, "resource_type": a.resource_type,
+        "location": a.location, "personnel_id": a.personnel_id,
+    }
+
+
+def _document_row(m: Message, d: Document) -> dict[str, Any]:
+    return {
+        "control_id": m.control_id, "trigger": d.trigger, "patient_id": d.patient.patient_id,
+        "unique_document_number": d.unique_document_number, "document_type": d.document_type,
+        "activity_time": _naive(d.activity_time), "completion_status": d.completion_status,
+        "availability_status": d.availability_status, "accession_number": d.accession_number,
+        "text": d.text,
+    }
+
+
+def _as_message(item: Message | str | bytes, index: int) -> Message:
+    if isinstance(item, Message):
+        return item
+    return parse_message(item, source=f"message {index + 1}")
+
+
+def to_frames(messages: Iterable[Message | str | bytes], *,
+              tables: Sequence[str] | None = None) -> dict[str, pl.DataFrame]:
+    """Parsed (or raw) messages as typed tables.
+
+    Parameters
+    ----------
+    messages : iterable of Message, str or bytes
+        Raw items are parsed with :func:`kit.hl7.message.parse_message`.
+    tables : sequence of str, optional
+        Which tables to build (default all of :data:`TABLES`).
+
+    Returns
+    -------
+    dict of str to polars.DataFrame
+        Table name to frame, with the columns of :data:`SCHEMAS` (empty frames
+        keep their schema).
+
+    Raises
+    ------
+    kit.errors.HL7ParseError
+        An item is not an HL7 v2 message.
+    """
+    wanted = _check_tables(tables)
+    msgs = [_as_message(item, i) for i, item in enumerate(messages)]
+    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in wanted}
+    for m in msgs:
+        _rows_of(m, rows)
+    out = {t: _frame(rows[t], t) for t in wanted if t != "results"}
+    if "results" in wanted:
+        out["results"] = _results_slow(msgs)
+    return {t: out[t] for t in wanted}
+
+
+def _rows_of(m: Message, rows: dict[str, list[dict[str, Any]]]) -> None:
+    patient = PatientInfo.of(m)
+    pid = patient.patient_id if patient else ""
+    time = _naive(parse_dtm(m.get("MSH-7")))
+    if "messages" in rows:
+        rows["messages"].append({
+            "control_id": m.control_id, "message_type": m.message_type, "trigger": m.trigger,
+            "message_time": time, "event_time": _naive(parse_dtm(m.get("EVN-2"))),
+            "sending_application": m.sending_application, "sending_facility": m.sending_facility,
+            "receiving_application": m.receiving_application, "receiving_facility": m.receiving_facility,
+            "version": m.version, "processing_id": m.processing_id, "patient_id": pid,
+            "segment_count": len(m.segments())})
+    if patient is not None and "patients" in rows:
+        rows["patients"].append(_patient_row(m.control_id, time, patient))
+    visit = Visit.of(m)
+    if visit is not None and "visits" in rows:
+        rows["visits"].append(_visit_row(m, pid, visit))
+    if not ({"orders", "appointments", "documents"} & rows.keys()):
+        return
+    view = m.typed()
+    if isinstance(view, OrderMessage | ResultReport) and "orders" in rows:
+        rows["orders"].extend(_order_row(m, pid, o) for o in view.orders)
+    elif isinstance(view, Appointment) and "appointments" in rows:
+        rows["appointments"].append(_appointment_row(m, view))
+    elif isinstance(view, Document) and "documents" in rows:
+        rows["documents"].append(_document_row(m, view))
+
+
+# -- vectorised path for files -------------------------------------------------------------------
+_STANDARD_MSH = "MSH|^~\\&|"
+_FIELD_OK = r"^[A-Z][A-Z0-9]{2}(\||$)"
+
+
+_SIMPLE_ESCAPES = {"\\F\\": "|", "\\S\\": "^", "\\T\\": "&", "\\R\\": "~", "\\E\\": "\\",
+                   "\\.br\\": "\n"}
+# a value made only of plain characters and the escapes above: replace_many (leftmost-first,
+# left to right) then resolves it exactly as unescape() would
+_ONLY_SIMPLE = r"^(?:[^\\]|\\(?:[FSTRE]|\.br)\\)*$"
+
+
+def _escaped(series: pl.Series, fn: Callable[[str], str]) -> pl.Series:
+    """Resolve escapes: simple ones with a polars kernel, the rest (hex, .sp, unknown) with ``fn``."""
+    mask = series.str.contains("\\", literal=True).fill_null(False)
+    if not mask.any():
+        return series
+    simple = mask & series.str.contains(_ONLY_SIMPLE).fill_null(False)
+    if simple.any():
+        replaced = series.str.replace_many(list(_SIMPLE_ESCAPES), list(_SIMPLE_ESCAPES.values()))
+        series = pl.select(pl.when(simple).then(replaced).otherwise(series)).to_series().alias(series.name)
+    rest = mask & ~simple
+    if not rest.any():
+        return series
+    values = series.filter(rest).to_list()
+    resolved = {v: fn(v) for v in set(values)}
+    return series.scatter(rest.arg_true(), [resolved[v] for v in values])
+
+
+def _flat_whole(v: str) -> str:
+    return flatten(v, STANDARD_ENCODING)
+
+
+def _flat_comp(v: str) -> str:
+    return flatten(v, STANDARD_ENCODING, components=False)
+
+
+def _component(raw: pl.Expr, k: int) -> pl.Expr:
+    """Component ``k`` of the first repetition of a raw field expression ("" if absent)."""
+    first = raw.str.split("~").list.first()
+    return first.str.split("^").list.get(k - 1, null_on_oob=True).fill_null("")
+
+
+def _fields(df: pl.DataFrame, seg: str, last: int) -> pl.DataFrame:
+    """Lines of segment ``seg`` split into fields up to ``last`` (columns ``f1``..., numbered as HL7 does)."""
+    lines = df.filter(pl.col("seg") == seg)
+    offset = 1 if seg == "MSH" else 0  # "MSH|^~\\&|..." splits to MSH, MSH-2, MSH-3...
+    parts = pl.col("line").str.splitn("|", last + 1 - offset)
+    cols = [parts.struct.field(f"field_{n - offset}").fill_null("").alias(f"f{n}")
+            for n in range(1 + offset, last + 1)]
+    # the last struct field keeps the rest of the line: cut it at the next separator
+    cols[-1] = cols[-1].str.split("|").list.first().alias(f"f{last}")
+    return lines.select("msg", "row", *cols)
+
+
+# str.splitlines() also breaks at these; where the text holds one, split by hand instead
+_OTHER_BREAKS = "\x0c\x1d\x1e\x85\u2028\u2029"
+
+
+def _lines_frame(text: str) -> pl.DataFrame:
+    if any(c in text for c in _OTHER_BREAKS):
+        text = text.replace("\x0b", "").replace("\x1c", "").replace("\r\n", "\r").replace("\n", "\r")
+        raw = text.split("\r")
+    else:  # one pass at C speed; MLLP's 0x0B/0x1C are line breaks to splitlines()
+        raw = text.splitlines()
+    lines = pl.Series("line", raw, dtype=pl.String)
+    df = pl.DataFrame([lines]).filter(pl.col("line").str.len_bytes() > 0)
+    df = df.filter(pl.col("line").str.strip_chars() != "")
+    seg = pl.col("line").str.slice(0, 3)
+    batch = seg.is_in(["FHS", "BHS", "BTS", "FTS"]) & (
+        (pl.col("line").str.len_chars() == 3) | ~pl.col("line").str.slice(3, 1).str.contains(r"[A-Za-z0-9]"))
+    df = df.filter(~batch).with_columns(seg.alias("seg"))
+    df = df.with_columns((pl.col("seg") == "MSH").cum_sum().alias("msg"))
+    if df.height and df["msg"][0] == 0:
+        raise HL7ParseError(f"data before the first MSH segment: {df['line'][0][:20]!r}",
+                            segment=df["seg"][0])
+    return df
+
+
+def _results_fast(text: str) -> pl.DataFrame:
+    df = _lines_frame(text)
+    if df.height == 0:
+        return empty_frames(["results"])["results"]
+    ok = (pl.col("line").str.contains(_FIELD_OK)
+          & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH)))
+    bad = df.filter(~ok)["msg"].unique()
+    parts: list[pl.DataFrame] = []
+    if bad.len():  # messages the vectorised path cannot take: one by one
+        slow_msgs = df.filter(pl.col("msg").is_in(bad.implode())).group_by("msg", maintain_order=True).agg(
+            pl.col("line"))
+        for msg, lines in slow_msgs.iter_rows():
+            rows = _result_rows(parse_message("\r".join(lines), source=f"message {msg}"))
+            if rows:
+                parts.append(pl.DataFrame(rows, schema=dict.fromkeys(_RESULT_RAW, pl.String), orient="row")
+                             .select(pl.lit(msg, pl.UInt32).alias("msg"), *_RESULT_RAW))
+        df = df.filter(~pl.col("msg").is_in(bad.implode()))
+    df = df.filter(pl.col("seg").is_in(["MSH", "PID", "OBR", "OBX"])).with_row_index("row")
+    msh = _fields(df, "MSH", 10).select("msg", _component(pl.col("f10"), 1).alias("control_id"),
+                                        _component(pl.col("f9"), 1).alias("code"))
+    msh = msh.filter(pl.col("code") != "MDM").drop("code")
+    pid = _fields(df, "PID", 3).group_by("msg", maintain_order=True).first().select(
+        "msg", _component(pl.col("f3"), 1).alias("patient_id"))
+    obr = _fields(df, "OBR", 18).select(
+        "msg", pl.col("row").alias("obr_row"), _component(pl.col("f18"), 1).alias("obr18"),
+        _component(pl.col("f2"), 1).alias("placer_order_number"),
+        _component(pl.col("f3"), 1).alias("filler_order_number"),
+        _component(pl.col("f4"), 1).alias("service_code"), _component(pl.col("f7"), 1).alias("obr_time"))
+    obx = _fields(df, "OBX", 14).select(
+        "msg", "row", _component(pl.col("f1"), 1).alias("set_id"),
+        _component(pl.col("f2"), 1).alias("value_type"), *(
+            _component(pl.col("f3"), k).alias(name) for k, name in
+            enumerate(("observation_code", "observation_text", "observation_system"), 1)),
+        _component(pl.col("f4"), 1).alias("observation_sub_id"), pl.col("f5").alias("value"),
+        _component(pl.col("f6"), 1).alias("units"), pl.col("f7").alias("reference_range"),
+        pl.col("f8").alias("abnormal_flags"), _component(pl.col("f11"), 1).alias("result_status"),
+        _component(pl.col("f14"), 1).alias("observation_time"))
+    # parent OBR: the last OBR line before the OBX in the same message (rows are in file order)
+    obx = obx.join_asof(obr.select("obr_row", pl.col("msg").alias("obr_msg")), left_on="row",
+                        right_on="obr_row", strategy="backward")
+    obx = obx.with_columns(pl.when(pl.col("obr_msg") == pl.col("msg")).then(pl.col("obr_row"))
+                           .alias("obr_row")).drop("obr_msg")
+    out = (obx.join(msh, on="msg", how="inner").join(obr.drop("msg"), on="obr_row", how="left")
+           .join(pid, on="msg", how="left").sort("row"))
+    out = out.with_columns(pl.col(c).fill_null("") for c in out.columns if c not in ("msg", "row", "obr_row"))
+    # escapes: a polars kernel for the common ones, Python only for the rare others
+    whole = {"value", "reference_range", "abnormal_flags"}
+    out = out.with_columns(
+        _escaped(out[c], _flat_whole if c in whole else _flat_comp).alias(c)
+        for c in out.columns if c not in ("msg", "row", "obr_row"))
+    out = out.with_columns(
+        pl.when(pl.col("obr18") != "").then(pl.col("obr18")).otherwise(pl.col("filler_order_number"))
+        .alias("accession_number")).select(pl.col("msg").cast(pl.UInt32), *_RESULT_RAW)
+    parts.insert(0, out)
+    merged = pl.concat(parts, how="vertical") if len(parts) > 1 else out
+    if len(parts) > 1:
+        merged = merged.sort("msg", maintain_order=True)
+    return _type_results(merged.drop("msg"))
+
+
+def _read_text(path: str | Path) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read HL7 file: {exc}", source=str(path)) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def read_file(path: str | Path, *, tables: Sequence[str] | None = None) -> dict[str, pl.DataFrame]:
+    """Read an HL7 v2 file into typed tables.
+
+    ``results`` is built by the vectorised path (see the module docstring);
+    the other tables parse each message. Ask only for ``tables=["results"]``
+    to read millions of messages fast.
+
+    Parameters
+    ----------
+    path : str or Path
+        Messages separated by newlines (segments by CR, LF or CRLF), MLLP
+        framed, or in FHS/BHS batches.
+    tables : sequence of str, optional
+        Which tables to build (default all of :data:`TABLES`).
+
+    Returns
+    -------
+    dict of str to polars.DataFrame
+
+    Raises
+    ------
+    kit.errors.InvalidInputError
+        The file cannot be read.
+    kit.errors.HL7ParseError
+        The file holds something that is not HL7 v2 (``.source`` names the message).
+    """
+    wanted = _check_tables(tables)
+    text = _read_text(path)
+    out: dict[str, pl.DataFrame] = {}
+    others = [t for t in wanted if t != "results"]
+    if others:
+        msgs = (parse_message(t, source=f"{path} message {i + 1}")
+                for i, t in enumerate(split_messages(text)))
+        out.update(to_frames(msgs, tables=others))
+    if "results" in wanted:
+        try:
+            out["results"] = _results_fast(text)
+        except HL7ParseError as exc:
+            raise HL7ParseError(str(exc), source=str(path), segment=exc.segment, field=exc.field) from exc
+    return {t: out[t] for t in wanted}
