@@ -156,9 +156,10 @@ def check_status(settings: Settings) -> pl.DataFrame:
         return f"C-ECHO {PacsClient.from_settings(settings).echo() * 1000:.1f} ms"
 
     def fhir() -> str:
-        from kit.fhir.client import FhirClient
+        from kit.fhir.client import FhirClient, RetryPolicy
 
-        cap = FhirClient.from_settings(settings).capabilities()
+        with FhirClient.from_settings(settings, retries=RetryPolicy(max_attempts=1)) as client:
+            cap = client.capabilities()
         return f"FHIR {cap.get('fhirVersion', '?')} {cap.get('software', {}).get('name', '')}".strip()
 
     def mllp() -> str:

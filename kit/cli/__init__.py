@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 import sys
 from typing import Any
 
@@ -60,14 +61,20 @@ def _importable(target: str) -> bool:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
               help="kit.toml to read (default: $KIT_CONFIG, then ./kit.toml, then built-in defaults).")
+@click.option("-v", "--verbose", count=True,
+              help="Log what kit does on stderr (-v: retries and progress notes, -vv: debug).")
 @click.version_option(package_name="kit", prog_name="kit")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     """kit: pull data from PACS, EHR, HL7 feeds and endoscopy; send results back.
 
     Every network command defaults to the settings in kit.toml and, without
     one, to the embedded stack started by `kit serve`.
     """
+    level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(format="kit: %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stderr)
+    # pynetdicom logs what kit already reports as a typed error; show it only when asked.
+    logging.getLogger("pynetdicom").setLevel({0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.DEBUG))
     ctx.obj = {"config": config}
 
 

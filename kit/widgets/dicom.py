@@ -101,6 +101,10 @@ class StudyBrowser(w.VBox):
     def series(self, uid: str | None) -> None:
         self._series.value = uid
 
+    def __repr__(self) -> str:
+        return (f"StudyBrowser(study={self.study!r}, series={self.series!r}, "
+                f"files={len(self.selected_paths)})")
+
     @property
     def selected_paths(self) -> list[Path]:
         rows = self._frame.filter(pl.col("study_instance_uid") == self.study)
@@ -205,6 +209,11 @@ class ImageViewer(w.VBox):
         self._render()
 
     # state
+    def __repr__(self) -> str:
+        shape = "x".join(str(n) for n in self.volume.array.shape)
+        return (f"ImageViewer({self.volume.modality} {shape}, slice={self.slice_index}, "
+                f"center={self.center:g}, width={self.width:g}, preset={self.preset!r})")
+
     @property
     def slice_index(self) -> int:
         return int(self._slice.value)

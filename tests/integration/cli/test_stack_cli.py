@@ -1,0 +1,145 @@
+"""`kit serve`, `kit status` and `kit demo` as a user runs them: real processes, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import stop_pid
+
+KIT = [sys.executable, "-m", "kit.cli"]
+ADDRESS = re.compile(r"^(pacs|fhir|mllp)\s+(\S+)$")
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    # Run from an empty folder so no ./kit.toml of the developer's is picked up.
+    return {**os.environ, "KIT_CONFIG": "", "PYTHONUNBUFFERED": "1"}
+
+
+def _start_serve(tmp_path: Path, data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    proc = subprocess.Popen(
+        [*KIT, "serve", "--pacs-port", "0", "--fhir-port", "0", "--mllp-port", "0",
+         "--data-dir", str(data_dir), *extra],
+        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    addresses: dict[str, str] = {}
+    deadline = time.monotonic() + 90
+    assert proc.stdout is not None
+    while len(addresses) < 3 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = ADDRESS.match(line.strip())
+        if match:
+            addresses[match.group(1)] = match.group(2)
+    if len(addresses) < 3:
+        stop_pid(proc)  # type: ignore[arg-type]
+        pytest.fail(f"kit serve printed {addresses}; stderr: {proc.stderr.read() if proc.stderr else ''}")
+    return proc, addresses
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
+    data_dir = tmp_path / "stack"
+    proc, addresses = _start_serve(tmp_path, data_dir)
+    try:
+        yield proc, addresses, data_dir
+    finally:
+        stop_pid(proc)  # type: ignore[arg-type]
+
+
+def _kit(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KIT, *args], cwd=tmp_path, env=env or _env(tmp_path), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _status_env(tmp_path: Path, addresses: dict[str, str]) -> dict[str, str]:
+    pacs = re.match(r"dicom://(\w+)@([\d.]+):(\d+)", addresses["pacs"])
+    mllp = re.match(r"mllp://([\d.]+):(\d+)", addresses["mllp"])
+    assert pacs and mllp
+    return {**_env(tmp_path), "KIT_PACS_HOST": pacs.group(2), "KIT_PACS_PORT": pacs.group(3),
+            "KIT_PACS_CALLED_AET": pacs.group(1), "KIT_FHIR_BASE": addresses["fhir"],
+            "KIT_HL7_HOST": mllp.group(1), "KIT_HL7_PORT": mllp.group(2)}
+
+
+def test_serve_prints_addresses_on_loopback_and_stops_on_sigterm(
+        served: tuple[subprocess.Popen[str], dict[str, str], Path], tmp_path: Path) -> None:
+    proc, addresses, _ = served
+    assert addresses["pacs"].startswith("dicom://KIT@127.0.0.1:")
+    assert re.match(r"http://127\.0\.0\.1:\d+/fhir/R4$", addresses["fhir"])
+    assert addresses["mllp"].startswith("mllp://127.0.0.1:")
+    assert all(not a.endswith(":0") for a in addresses.values())
+
+    status = _kit(tmp_path, "status", "--json", env=_status_env(tmp_path, addresses))
+    assert status.returncode == 0, status.stderr
+    rows = {r["service"]: r for r in json.loads(status.stdout)}
+    assert all(r["ok"] for r in rows.values()), rows
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+
+def test_status_fails_with_one_line_when_nothing_answers(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**_env(tmp_path), "KIT_PACS_PORT": str(port), "KIT_FHIR_BASE": f"http://127.0.0.1:{port}/fhir/R4",
+           "KIT_HL7_PORT": str(port), "KIT_PACS_TIMEOUT": "3", "KIT_FHIR_TIMEOUT": "3"}
+    result = _kit(tmp_path, "status", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "not answering: pacs, fhir, mllp" in result.stderr
+
+
+def test_serve_keeps_what_it_stored_across_a_restart(tmp_path: Path) -> None:
+    from kit.dicom.dimse import PacsClient
+    from kit.examples import dicom_dir
+
+    data_dir = tmp_path / "stack"
+    proc, addresses = _start_serve(tmp_path, data_dir, "--no-preload")
+    try:
+        pacs = re.match(r"dicom://(\w+)@([\d.]+):(\d+)", addresses["pacs"])
+        assert pacs
+        files = sorted((dicom_dir() / "MRN1002").rglob("*.dcm"))
+        client = PacsClient(pacs.group(2), int(pacs.group(3)), called_aet=pacs.group(1), timeout=10)
+        assert client.find("STUDY").height == 0
+        client.store(files)
+    finally:
+        stop_pid(proc)  # type: ignore[arg-type]
+    proc, addresses = _start_serve(tmp_path, data_dir, "--no-preload")
+    try:
+        pacs = re.match(r"dicom://(\w+)@([\d.]+):(\d+)", addresses["pacs"])
+        assert pacs
+        client = PacsClient(pacs.group(2), int(pacs.group(3)), called_aet=pacs.group(1), timeout=10)
+        images = client.find("IMAGE", patient_id="MRN1002")
+        assert images.height == len(files)
+    finally:
+        stop_pid(proc)  # type: ignore[arg-type]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = _kit(tmp_path, "demo", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    steps = {row["step"]: row["result"] for row in json.loads(result.stdout)}
+    assert "C-GET one CT study" in steps and steps["C-GET one CT study"].startswith("16 instances")
+    assert steps["index headers"].startswith("16 instances")
+    assert "6 patients" in steps["FHIR search"]
+    joined = re.match(r"(\d+) of (\d+) PACS studies", steps["join PACS x FHIR on study_instance_uid"])
+    assert joined and joined.group(1) == joined.group(2) != "0"
+    acked = re.match(r"(\d+) of (\d+) messages acknowledged AA", steps["HL7 feed over MLLP"])
+    assert acked and acked.group(1) == acked.group(2) != "0"
+
+
+def test_misuse_exits_2(tmp_path: Path) -> None:
+    assert _kit(tmp_path, "serve", "--pacs-port", "notaport").returncode == 2
+    assert _kit(tmp_path, "no-such-command").returncode == 2
