@@ -18,15 +18,31 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+#: dcmtk's tools; pynetdicom installs console scripts with the same names, so look in the
+#: system folders first and check that what we found is really dcmtk.
+DCMTK_TOOLS = frozenset({"echoscu", "storescu", "findscu", "getscu", "movescu", "storescp", "dcmdump"})
+
+
 def require_tool(name: str) -> str:
     """Path of an executable; skip the test if absent locally, fail under CI=true."""
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    candidates = [f"/usr/bin/{name}", f"/usr/sbin/{name}", shutil.which(name)]
+    path = next((c for c in candidates if c and Path(c).is_file() and _is_expected(name, c)), None)
     if path is None:
         message = f"{name} is not installed (Debian packages orthanc orthanc-dicomweb dcmtk)"
         if IN_CI:
             pytest.fail(message + " and CI=true: .ci/run must install it")
         pytest.skip(message)
     return path
+
+
+def _is_expected(name: str, path: str) -> bool:
+    if name not in DCMTK_TOOLS:
+        return True
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "dcmtk" in (out.stdout + out.stderr).lower()
 
 
 def free_port() -> int:

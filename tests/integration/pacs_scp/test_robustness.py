@@ -1,0 +1,197 @@
+"""The embedded PACS under bad clients and failures: it refuses, survives and never leaves partial files."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import struct
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
+
+from kit.dicom.scp import EmbeddedPACS
+from kit.dicom.store import InstanceStore
+from kit.errors import ConfigError
+from tests.integration.pacs_scp.conftest import N_INSTANCES, make_instance, run
+
+pytestmark = pytest.mark.dcmtk
+
+
+def echo_ok(pacs: EmbeddedPACS, aet: str = "ECHOSCU") -> bool:
+    result = run("echoscu", "-aet", aet, "-aec", pacs.aet, "127.0.0.1", str(pacs.port), timeout=30)
+    return result.returncode == 0
+
+
+def leftovers(root: Path) -> list[Path]:
+    """Temporary or partial files anywhere in the store."""
+    return [p for p in root.rglob("*") if p.is_file() and (p.suffix == ".part" or p.parent.name == "tmp")]
+
+
+def test_allow_list_rejects_unknown_calling_aet(tmp_path: Path) -> None:
+    with EmbeddedPACS(tmp_path / "pacs", allowed_aets=("GOODSCU",)) as pacs:
+        rejected = run("echoscu", "-v", "-aet", "BADSCU", "-aec", pacs.aet, "127.0.0.1", str(pacs.port))
+        assert rejected.returncode != 0
+        text = (rejected.stdout + rejected.stderr).lower()
+        assert "rejected" in text and "calling ae title not recognized" in text
+        assert echo_ok(pacs, "GOODSCU")
+
+
+def test_invalid_settings_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        EmbeddedPACS(tmp_path / "p", aet="THIS_AE_TITLE_IS_TOO_LONG")
+    with pytest.raises(ConfigError):
+        EmbeddedPACS(tmp_path / "p", port=70000)
+
+
+def test_garbage_bytes_then_echo_still_works(pacs: EmbeddedPACS) -> None:
+    for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 8, b"\x01\x00\xff\xff\xff\xff"):
+        with socket.create_connection(("127.0.0.1", pacs.port), timeout=5) as s:
+            s.sendall(payload)
+            s.settimeout(5)
+            try:
+                s.recv(100)  # an A-ABORT or a close
+            except (TimeoutError, ConnectionError):
+                pass
+    # a client that connects and disconnects at once
+    socket.create_connection(("127.0.0.1", pacs.port), timeout=5).close()
+    assert echo_ok(pacs)
+
+
+def test_idle_client_is_timed_out(tmp_path: Path) -> None:
+    with EmbeddedPACS(tmp_path / "pacs", acse_timeout=1, network_timeout=1) as pacs, \
+            socket.create_connection(("127.0.0.1", pacs.port), timeout=10) as s:
+        s.settimeout(10)
+        start = time.monotonic()
+        data = s.recv(100)  # the server closes (or aborts) the silent connection
+        assert time.monotonic() - start < 8
+        assert data == b"" or data[:1] == b"\x07"  # closed, or A-ABORT PDU
+        assert echo_ok(pacs)
+
+
+def _partial_c_store(pacs: EmbeddedPACS, ds: Dataset) -> None:
+    """Associate, send the C-STORE command and about half of the dataset's PDUs, then reset the connection."""
+    ae = AE(ae_title="DYINGSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet, max_pdu=16382)
+    assert assoc.is_established
+    context = assoc.accepted_contexts[0]
+    primitive = C_STORE()
+    primitive.MessageID = 1
+    primitive.AffectedSOPClassUID = ds.SOPClassUID
+    primitive.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    primitive.Priority = 2
+    buf = BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    primitive.DataSet = BytesIO(buf.getvalue())
+    message = C_STORE_RQ()
+    message.primitive_to_message(primitive)
+    pdus = []
+    for pdata in message.encode_msg(context.context_id, 16382):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(pdata)
+        pdus.append(pdu.encode())
+    assert len(pdus) > 10
+    sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+    for raw in pdus[: len(pdus) // 2]:
+        sock.sendall(raw)
+    time.sleep(0.2)
+    # die like a killed process: RST, no A-RELEASE/A-ABORT
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    ae.shutdown()
+
+
+def test_client_killed_mid_store_leaves_nothing(pacs: EmbeddedPACS) -> None:
+    big = make_instance("MRN1004", 0, 1, 1, size=512)  # ~512 KiB of pixels, ~32 PDUs
+    _partial_c_store(pacs, big)
+    time.sleep(0.5)
+    assert len(pacs.store) == 0
+    assert not list(pacs.store.files_dir.rglob("*.dcm"))
+    assert leftovers(pacs.store.root) == []
+    assert echo_ok(pacs)
+    small = make_instance("MRN1004", 0, 1, 2)
+    path = pacs.store.root.parent / "small.dcm"
+    small.save_as(path, enforce_file_format=True)
+    assert run("storescu", "-aec", pacs.aet, "127.0.0.1", str(pacs.port), str(path)).returncode == 0
+    assert len(pacs.store) == 1
+
+
+def test_failed_write_returns_failure_and_leaves_no_file(pacs: EmbeddedPACS, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index commit fails (a fault no peer can cause, hence the patch): 0xA700, no file, no temp."""
+    def broken(self: InstanceStore, *args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(InstanceStore, "_insert", broken)
+    ds = make_instance("MRN1004", 0, 1, 3)
+    ae = AE(ae_title="KITSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+    assert assoc.is_established
+    status = assoc.send_c_store(ds)
+    assoc.release()
+    assert status.Status == 0xA700
+    assert not list(pacs.store.files_dir.rglob("*.dcm"))
+    assert leftovers(pacs.store.root) == []
+    monkeypatch.undo()
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert len(pacs.store) == 1
+
+
+def test_duplicate_replaces_atomically(pacs: EmbeddedPACS) -> None:
+    ds = make_instance("MRN1005", 0, 1, 1)
+    ae = AE(ae_title="KITSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    ds.SeriesDescription = "second version"
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert len(pacs.store) == 1
+    files = list(pacs.store.files_dir.rglob("*.dcm"))
+    assert len(files) == 1
+    assert dcmread(files[0]).SeriesDescription == "second version"
+
+
+def test_restart_keeps_everything_findable(tmp_path: Path, cohort_dir: Path) -> None:
+    root = tmp_path / "pacs"
+    with EmbeddedPACS(root) as pacs:
+        assert run("storescu", "-aec", pacs.aet, "+sd", "127.0.0.1", str(pacs.port),
+                   str(cohort_dir)).returncode == 0
+    pacs.store.close()
+
+    def study_count(p: EmbeddedPACS) -> int:
+        ae = AE(ae_title="KITSCU")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", p.port, ae_title=p.aet)
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.SOPInstanceUID = ""
+        found = [r for s, r in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+                 if s and s.Status == 0xFF00]
+        assoc.release()
+        return len(found)
+
+    with EmbeddedPACS(root) as again:
+        assert len(again.store) == N_INSTANCES
+        assert study_count(again) == N_INSTANCES
+    again.store.close()
+    # the index lost (deleted): rebuilt from the files on open
+    for f in root.glob("index.sqlite*"):
+        f.unlink()
+    with EmbeddedPACS(root) as rebuilt:
+        assert study_count(rebuilt) == N_INSTANCES
+    rebuilt.store.close()
