@@ -1,0 +1,209 @@
+"""DIMSE throughput: the kit against dcmtk and Orthanc on the same generated CT files.
+
+    python bench/dimse.py [N]        # N small CT instances in one study (default 500)
+
+(a) receive: dcmtk storescu (TCP_NODELAY=1) sends the N files into the kit's
+    EmbeddedPACS, into dcmtk storescp and into Orthanc -> images/s each.
+(b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
+(c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
+
+Every server is started here on an ephemeral port and stopped by PID.
+Ends with ``RATIO <what> kit/<alternative> = <x>`` lines (higher is better for the kit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from kit.dicom.dimse import PacsClient
+
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def dcmtk(name: str) -> str:
+    """dcmtk's binary: pynetdicom installs Python apps of the same names earlier on PATH."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        if Path(folder, name).is_file():
+            return str(Path(folder, name))
+    sys.exit(f"dcmtk {name} is not installed (Debian package dcmtk)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env=ENV, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def make_files(folder: Path, n: int) -> tuple[str, list[Path]]:
+    """N 128x128 int16 CT instances of one study/series."""
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.PatientID, ds.PatientName, ds.Modality = "BENCH1", "Bench^Patient", "CT"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, i + 1
+        ds.Rows = ds.Columns = 128
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = rng.integers(-1000, 1000, (128, 128), dtype=np.int16).tobytes()
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study, paths
+
+
+def storescu(port: int, aet: str, src: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([dcmtk("storescu"), "-aec", aet, "+sd", "+r", "-pdu", "131072", "127.0.0.1", str(port),
+                    str(src)], env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def storescp(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    out = tmp / name
+    out.mkdir()
+    proc = spawn([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out), "-pm", "+B", "-pdu", "131072",
+                  str(port)], tmp / f"{name}.log")
+    wait_port(port, proc)
+    return proc, port, out
+
+
+def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    dicom, http = free_port(), free_port()
+    storage = tmp / "orthanc-db"
+    config = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
+              "HttpPort": http, "DicomPort": dicom, "DicomAet": "ORTHANC", "RemoteAccessAllowed": True,
+              "AuthenticationEnabled": False, "StorageCompression": False,
+              "DicomAlwaysAllowStore": True, "DicomAlwaysAllowGet": True, "DicomAlwaysAllowEcho": True,
+              "MaximumPduLength": 131072, "SaveJobs": False, "Plugins": []}
+    (tmp / "orthanc.json").write_text(json.dumps(config))
+    proc = spawn(["/usr/sbin/Orthanc", str(tmp / "orthanc.json")], tmp / "orthanc.log")
+    wait_port(dicom, proc, 60)
+    wait_port(http, proc, 60)
+    return proc, dicom
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    for tool in ("storescu", "storescp", "getscu"):
+        dcmtk(tool)
+    if not Path("/usr/sbin/Orthanc").is_file():
+        sys.exit("Orthanc is not installed (Debian package orthanc)")
+    from kit.dicom.scp import EmbeddedPACS
+
+    tmp = Path(tempfile.mkdtemp(prefix="kit-bench-dimse-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        study, files = make_files(tmp / "src", n)
+        src = tmp / "src"
+        print(f"{n} CT instances of 128x128 int16 ({sum(p.stat().st_size for p in files) / 1e6:.1f} MB)")
+
+        # (a) receive
+        with EmbeddedPACS(tmp / "embedded", port=0, aet="KIT") as pacs:
+            t_emb = storescu(pacs.port, "KIT", src)
+        scp, scp_port, _ = storescp(tmp, "storescp-a")
+        procs.append(scp)
+        t_scp = storescu(scp_port, "STORESCP", src)
+        stop(scp)
+        orth, orth_port = orthanc(tmp)
+        procs.append(orth)
+        t_orth = storescu(orth_port, "ORTHANC", src)
+        print(f"(a) receive   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
+              f"dcmtk storescp {rate(n, t_scp):8.0f} img/s   Orthanc {rate(n, t_orth):8.0f} img/s")
+
+        # (b) send
+        scp, scp_port, _ = storescp(tmp, "storescp-b")
+        procs.append(scp)
+        client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
+        start = time.perf_counter()
+        client.store(files)
+        t_kit_send = time.perf_counter() - start
+        t_scu = storescu(scp_port, "STORESCP", src)
+        stop(scp)
+        print(f"(b) send      kit PacsClient.store {rate(n, t_kit_send):8.0f} img/s   "
+              f"dcmtk storescu {rate(n, t_scu):8.0f} img/s")
+
+        # (c) C-GET from Orthanc
+        client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
+        start = time.perf_counter()
+        got = client.get(study_uid=study, dest=tmp / "kit-get")
+        t_kit_get = time.perf_counter() - start
+        assert got.height == n, got.height
+        (tmp / "getscu").mkdir()
+        start = time.perf_counter()
+        subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", f"StudyInstanceUID={study}", "-od", str(tmp / "getscu"),
+                        "127.0.0.1", str(orth_port)], env=ENV, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t_getscu = time.perf_counter() - start
+        assert len(list((tmp / "getscu").iterdir())) == n
+        print(f"(c) C-GET     kit PacsClient.get {rate(n, t_kit_get):8.0f} img/s   "
+              f"dcmtk getscu {rate(n, t_getscu):8.0f} img/s")
+
+        print(f"RATIO receive embedded/orthanc = {t_orth / t_emb:.2f}")
+        print(f"RATIO receive embedded/storescp = {t_scp / t_emb:.2f}")
+        print(f"RATIO send kit/storescu = {t_scu / t_kit_send:.2f}")
+        print(f"RATIO cget kit/getscu = {t_getscu / t_kit_get:.2f}")
+    finally:
+        for proc in procs:
+            stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
