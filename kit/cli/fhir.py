@@ -1,0 +1,225 @@
+"""``kit fhir``: talk to a FHIR R4 server (metadata, read, search, create, bulk export)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import polars as pl
+
+from kit.cli.common import emit_frame, handle_errors, output_options, progress, settings_from
+from kit.errors import FhirValidationError
+
+__all__ = ["fhir"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _connection_options(func: F) -> F:
+    func = click.option("--timeout", type=float, default=None,
+                        help="Seconds per request (default: fhir.timeout, 30).")(func)
+    func = click.option("--base", default=None, metavar="URL",
+                        help="FHIR base URL (default: fhir.base in kit.toml, else the embedded "
+                             "server http://127.0.0.1:8080/fhir/R4).")(func)
+    return func
+
+
+def _client(ctx: click.Context, base: str | None, timeout: float | None) -> Any:
+    from kit.fhir.client import FhirClient
+
+    overrides: dict[str, Any] = {}
+    if base:
+        overrides["base"] = base
+    if timeout:
+        overrides["timeout"] = timeout
+    return FhirClient.from_settings(settings_from(ctx), **overrides)
+
+
+@click.group()
+def fhir() -> None:
+    """FHIR R4: capability statement, read, search (all pages), create, Bulk Data export.
+
+    The server and credentials come from the [fhir] section of kit.toml (and
+    KIT_FHIR_* variables); without one, the embedded server of `kit serve`.
+    """
+
+
+@fhir.command()
+@_connection_options
+@output_options
+@click.pass_context
+@handle_errors
+def metadata(ctx: click.Context, base: str | None, timeout: float | None, output: str | None,
+             as_json: bool) -> None:
+    """Show what the server supports: one row per resource type.
+
+    With --json, print the whole CapabilityStatement.
+    """
+    with _client(ctx, base, timeout) as client:
+        cap = client.capabilities()
+    if as_json and not output:
+        click.echo(json.dumps(cap, indent=1))
+        return
+    software = cap.get("software") or {}
+    click.echo(f"FHIR {cap.get('fhirVersion', '?')} {software.get('name', '')} "
+               f"{software.get('version', '')}".rstrip(), err=True)
+    rows = []
+    for rest in cap.get("rest") or []:
+        for res in rest.get("resource") or []:
+            rows.append({
+                "resource_type": res.get("type"),
+                "interactions": ", ".join(i.get("code", "") for i in res.get("interaction") or []),
+                "search_params": ", ".join(p.get("name", "") for p in res.get("searchParam") or []),
+            })
+    frame = pl.DataFrame(rows, schema={"resource_type": pl.String, "interactions": pl.String,
+                                       "search_params": pl.String})
+    emit_frame(frame, output, as_json, label="resource types")
+
+
+@fhir.command()
+@click.argument("resource_type", metavar="TYPE")
+@click.argument("resource_id", metavar="ID")
+@_connection_options
+@output_options
+@click.pass_context
+@handle_errors
+def read(ctx: click.Context, resource_type: str, resource_id: str, base: str | None,
+         timeout: float | None, output: str | None, as_json: bool) -> None:
+    """Read one resource by type and id: `kit fhir read Patient p1` (--json: the resource itself)."""
+    from kit.fhir.frames import to_frame
+
+    with _client(ctx, base, timeout) as client:
+        resource = client.read(resource_type, resource_id)
+    if as_json and not output:
+        click.echo(json.dumps(resource, indent=1))
+        return
+    emit_frame(to_frame([resource], resource_type), output, as_json, label="resources")
+
+
+def _search_params(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"search parameters are name=value, got {pair!r}")
+        out.append((name, value))
+    return out
+
+
+@fhir.command()
+@click.argument("resource_type", metavar="TYPE")
+@click.argument("params", nargs=-1, metavar="[NAME=VALUE]...")
+@click.option("--max", "max_results", type=click.IntRange(min=0), default=None,
+              help="Stop after N matching resources (default: all pages).")
+@click.option("--count", "page_size", type=click.IntRange(min=1), default=None,
+              help="Page size to ask for (_count).")
+@_connection_options
+@output_options
+@click.pass_context
+@handle_errors
+def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_results: int | None,
+           page_size: int | None, base: str | None, timeout: float | None, output: str | None,
+           as_json: bool) -> None:
+    """Search TYPE, following every page; print the matches as a frame.
+
+    \b
+    Examples:
+      kit fhir search Patient
+      kit fhir search Observation patient=p1 code=http://loinc.org|8867-4 -o obs.parquet
+      kit fhir search ImagingStudy _include=ImagingStudy:subject --max 100 --json
+    """
+    from kit.fhir.client import SearchMode
+    from kit.fhir.frames import to_frame
+
+    query = _search_params(params)
+    if page_size:
+        query.append(("_count", str(page_size)))
+    with _client(ctx, base, timeout) as client:
+        entries = client.search_entries(resource_type, query, max_results=max_results)
+        matches = [e.resource for e in progress(entries, total=max_results, desc=f"{resource_type}")
+                   if e.mode is SearchMode.MATCH]
+    emit_frame(to_frame(matches, resource_type), output, as_json, label=f"{resource_type} resources")
+
+
+@fhir.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--if-none-exist", "if_none_exist", metavar="QUERY", default=None,
+              help="Conditional create: only if no resource matches QUERY (e.g. identifier=sys|123).")
+@click.option("--validate/--no-validate", default=True, show_default=True,
+              help="Validate with fhir.resources (R4) before sending.")
+@_connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the stored resource (or response Bundle).")
+@click.pass_context
+@handle_errors
+def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: bool, base: str | None,
+           timeout: float | None, as_json: bool) -> None:
+    """Create the resource in FILE (JSON); a transaction or batch Bundle is posted as such."""
+    try:
+        resource = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise FhirValidationError(f"not a JSON file: {exc}", source=str(file)) from exc
+    if not isinstance(resource, dict):
+        raise FhirValidationError("expected a JSON object", source=str(file))
+    with _client(ctx, base, timeout) as client:
+        if resource.get("resourceType") == "Bundle" and resource.get("type") in ("transaction", "batch"):
+            result = (client.transaction(resource, validate=validate) if resource["type"] == "transaction"
+                      else client.batch(resource.get("entry") or []))
+            if as_json:
+                click.echo(json.dumps(result, indent=1))
+                return
+            for e in result.get("entry") or []:
+                r = e.get("response") or {}
+                click.echo(f"{r.get('status', '?')}  {r.get('location', '')}")
+            return
+        stored = client.create(resource, if_none_exist=if_none_exist, validate=validate)
+    if as_json:
+        click.echo(json.dumps(stored, indent=1))
+    else:
+        version = (stored.get("meta") or {}).get("versionId", "?")
+        click.echo(f"{stored['resourceType']}/{stored.get('id')} version {version}")
+
+
+@fhir.command()
+@click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the NDJSON files, one parquet per type and the resume state.")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Resource type to export (repeatable; default all).")
+@click.option("--group", "group_id", default=None, metavar="ID", help="Export Group/ID (group level).")
+@click.option("--patient", "patient_level", is_flag=True, help="Patient-level export (all patients).")
+@click.option("--since", default=None, metavar="INSTANT",
+              help="Only resources changed since INSTANT (e.g. 2024-01-01T00:00:00Z).")
+@click.option("--wait", "wait_timeout", type=float, default=3600.0, show_default=True,
+              help="Seconds to wait for the server to finish the job.")
+@click.option("--restart", is_flag=True, help="Ignore a previous (interrupted) export in the folder.")
+@click.option("--allow-errors", is_flag=True, help="Succeed even if the manifest lists errors.")
+@_connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the file list as JSON.")
+@click.pass_context
+@handle_errors
+def export(ctx: click.Context, folder: Path, types: tuple[str, ...], group_id: str | None,
+           patient_level: bool, since: str | None, wait_timeout: float, restart: bool,
+           allow_errors: bool, base: str | None, timeout: float | None, as_json: bool) -> None:
+    """Bulk Data $export into a folder; re-run the same command to resume an interrupted one.
+
+    \b
+    Examples:
+      kit fhir export -o export/
+      kit fhir export --group cohort1 --type Patient --type Observation -o export/
+    """
+    from kit.fhir.bulk import BulkExport
+
+    if group_id and patient_level:
+        raise click.UsageError("--group and --patient are exclusive")
+    level = "group" if group_id else "patient" if patient_level else "system"
+    with _client(ctx, base, timeout) as client:
+        result = BulkExport(client).run(folder, level, group_id=group_id, types=list(types) or None,
+                                        since=since, timeout=wait_timeout, restart=restart,
+                                        fail_on_errors=not allow_errors)
+    for issue in result.errors:
+        click.echo(f"kit: export error: {issue.get('diagnostics', issue)}", err=True)
+    total = result.files["resources"].sum() if result.files.height else 0
+    click.echo(f"exported {total} resources in {result.files.height} files to {folder}", err=True)
+    emit_frame(result.files, None, as_json, label="files")

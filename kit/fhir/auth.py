@@ -1,0 +1,411 @@
+"""Authentication for the FHIR client, as :class:`httpx.Auth` flows.
+
+* :class:`NoAuth`, :class:`BearerAuth` (a fixed token), :class:`BasicAuth`;
+* :class:`ClientCredentialsAuth`: OAuth 2.0 ``client_credentials`` with a client
+  secret (RFC 6749 section 4.4; Oracle Health system accounts, athenahealth);
+* :class:`SmartBackendAuth`: SMART Backend Services (HL7 SMART App Launch 2.x,
+  "client-confidential-asymmetric"): a client-assertion JWT signed with the
+  client's private key (RS384 or ES384, signed by joserfc) exchanged for an
+  access token at the token endpoint, discovered from
+  ``{base}/.well-known/smart-configuration`` when not given.
+
+Tokens are cached and renewed shortly before they expire, and once more when the
+server answers 401; a second 401 comes back to the client, which raises
+:class:`~kit.errors.AuthError`. Token requests travel through the same
+:class:`httpx.Client` as the FHIR requests (same timeouts, TLS, transport), as
+requests yielded from the auth flow. The flows are for the synchronous client.
+
+Secrets (client secret, private key, access tokens) are held as
+:class:`kit.config.Secret`: no ``repr``, log line or error message shows them.
+
+Hand-written here: the OAuth token exchange and cache (httpx has no OAuth flow;
+authlib would add a dependency for two POSTs). JWT signing is joserfc's.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Generator
+from typing import Any, Literal
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, RSAKey
+
+from kit.config import FhirSettings, Secret
+from kit.errors import AuthError, ConfigError
+from kit.fhir.vendors import vendor_profile
+
+__all__ = [
+    "CLIENT_ASSERTION_TYPE",
+    "BasicAuth",
+    "BearerAuth",
+    "ClientCredentialsAuth",
+    "NoAuth",
+    "SmartBackendAuth",
+    "auth_from_settings",
+]
+
+log = logging.getLogger(__name__)
+
+#: RFC 7523 client assertion type used by SMART Backend Services.
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+_Flow = Generator[httpx.Request, httpx.Response, None]
+
+
+def _require_secret(key: str, value: object) -> Secret:
+    if not isinstance(value, Secret):
+        raise ConfigError(key, "must be a kit.config.Secret (never a plain string)")
+    if not value.reveal():
+        raise ConfigError(key, "is empty")
+    return value
+
+
+class NoAuth(httpx.Auth):
+    """Send requests without credentials (the embedded server, open sandboxes)."""
+
+    def auth_flow(self, request: httpx.Request) -> _Flow:
+        yield request
+
+    def __repr__(self) -> str:
+        return "NoAuth()"
+
+
+class BearerAuth(httpx.Auth):
+    """A fixed bearer token.
+
+    Parameters
+    ----------
+    token : Secret
+        The access token.
+    """
+
+    def __init__(self, token: Secret) -> None:
+        self._token = _require_secret("fhir.token", token)
+
+    def auth_flow(self, request: httpx.Request) -> _Flow:
+        request.headers["Authorization"] = f"Bearer {self._token.reveal()}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(token=Secret('********'))"
+
+
+class BasicAuth(httpx.Auth):
+    """HTTP Basic authentication.
+
+    Parameters
+    ----------
+    username : str
+        User name.
+    password : Secret
+        Password.
+    """
+
+    def __init__(self, username: str, password: Secret) -> None:
+        if not username:
+            raise ConfigError("fhir.username", "is empty")
+        self.username = username
+        self._password = _require_secret("fhir.password", password)
+
+    def auth_flow(self, request: httpx.Request) -> _Flow:
+        yield from httpx.BasicAuth(self.username, self._password.reveal()).auth_flow(request)
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(username={self.username!r}, password=Secret('********'))"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Token:
+    value: Secret
+    expires_at: float  # time.monotonic() clock
+    lifetime: float
+
+
+class _TokenAuth(httpx.Auth):
+    """Shared OAuth machinery: discovery, token cache, renewal before expiry and once on 401."""
+
+    #: renew this many seconds before expiry (at most a fifth of the token's lifetime)
+    refresh_margin: float = 30.0
+    #: lifetime assumed when the token response has no ``expires_in``
+    default_lifetime: float = 300.0
+
+    def __init__(self, client_id: str, *, token_url: str | None, base: str | None,
+                 scope: str | None) -> None:
+        if not client_id:
+            raise ConfigError("fhir.client_id", "is empty")
+        self.client_id = client_id
+        self.token_url = token_url
+        self.base = base.rstrip("/") if base else None
+        self.scope = scope
+        self._token: _Token | None = None
+        self._lock = threading.Lock()
+
+    # -- subclass hooks ------------------------------------------------------------------------
+
+    def _token_request(self, token_url: str) -> httpx.Request:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- the flow ----------------------------------------------------------------------------------
+
+    def bind(self, base: str) -> None:
+        """Set the FHIR base used to discover the token endpoint (done by the client)."""
+        if self.base is None:
+            self.base = base.rstrip("/")
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the next request fetches a new one)."""
+        with self._lock:
+            self._token = None
+
+    def _valid_token(self) -> Secret | None:
+        with self._lock:
+            tok = self._token
+        if tok is None:
+            return None
+        margin = min(self.refresh_margin, tok.lifetime / 5)
+        return tok.value if time.monotonic() < tok.expires_at - margin else None
+
+    def auth_flow(self, request: httpx.Request) -> _Flow:
+        token = self._valid_token()
+        if token is None:
+            token = yield from self._fetch_token()
+        request.headers["Authorization"] = f"Bearer {token.reveal()}"
+        response = yield request
+        if response.status_code == 401:
+            log.info("FHIR server answered 401; renewing the access token once")
+            self.invalidate()
+            token = yield from self._fetch_token()
+            request.headers["Authorization"] = f"Bearer {token.reveal()}"
+            yield request
+
+    def _fetch_token(self) -> Generator[httpx.Request, httpx.Response, Secret]:
+        token_url = self.token_url
+        if token_url is None:
+            token_url = yield from self._discover()
+        response = yield self._token_request(token_url)
+        response.read()
+        body = _json_or_none(response)
+        if response.status_code != 200:
+            detail = ""
+            if isinstance(body, dict) and body.get("error"):
+                detail = f": {body['error']}" + (f" ({body['error_description']})"
+                                                  if body.get("error_description") else "")
+            raise AuthError(f"token endpoint refused the client {self.client_id!r} with HTTP "
+                            f"{response.status_code}{detail}", status_code=response.status_code,
+                            peer=token_url)
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise AuthError("token endpoint answered without an access_token", peer=token_url)
+        if str(body.get("token_type", "bearer")).lower() != "bearer":
+            raise AuthError(f"unsupported token_type {body.get('token_type')!r}", peer=token_url)
+        try:
+            lifetime = float(body.get("expires_in", self.default_lifetime))
+        except (TypeError, ValueError):
+            lifetime = self.default_lifetime
+        token = Secret(body["access_token"])
+        with self._lock:
+            self._token = _Token(token, time.monotonic() + lifetime, lifetime)
+        log.debug("got an access token for %s valid %.0f s", self.client_id, lifetime)
+        return token
+
+    def _discover(self) -> Generator[httpx.Request, httpx.Response, str]:
+        if self.base is None:
+            raise ConfigError("fhir.token_url", "give token_url, or a FHIR base to discover it from")
+        url = f"{self.base}/.well-known/smart-configuration"
+        response = yield httpx.Request("GET", url, headers={"Accept": "application/json"})
+        response.read()
+        body = _json_or_none(response)
+        if response.status_code != 200 or not isinstance(body, dict) \
+                or not isinstance(body.get("token_endpoint"), str):
+            raise AuthError(f"cannot discover the token endpoint: {url} answered HTTP "
+                            f"{response.status_code} without a token_endpoint",
+                            status_code=response.status_code, peer=url)
+        self.token_url = body["token_endpoint"]
+        return self.token_url
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except ValueError:
+        return None
+
+
+class ClientCredentialsAuth(_TokenAuth):
+    """OAuth 2.0 client credentials grant with a client secret.
+
+    Parameters
+    ----------
+    token_url : str or None
+        The token endpoint; ``None`` discovers it from ``base``.
+    client_id : str
+        The registered client id.
+    client_secret : Secret
+        The client secret.
+    scope : str, optional
+        Space-separated scopes, e.g. ``"system/Patient.read system/Observation.read"``.
+    method : {"basic", "post"}
+        Send the credentials as HTTP Basic (``client_secret_basic``, the default)
+        or in the form body (``client_secret_post``).
+    base : str, optional
+        FHIR base URL for discovery (the client sets it).
+    """
+
+    def __init__(self, token_url: str | None, client_id: str, client_secret: Secret,
+                 scope: str | None = None, *, method: Literal["basic", "post"] = "basic",
+                 base: str | None = None) -> None:
+        super().__init__(client_id, token_url=token_url, base=base, scope=scope)
+        self._secret = _require_secret("fhir.client_secret", client_secret)
+        if method not in ("basic", "post"):
+            raise ConfigError("fhir.client_auth_method", f"must be 'basic' or 'post', got {method!r}")
+        self.method = method
+
+    def _token_request(self, token_url: str) -> httpx.Request:
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        headers = {"Accept": "application/json"}
+        if self.method == "post":
+            form |= {"client_id": self.client_id, "client_secret": self._secret.reveal()}
+        else:
+            pair = f"{self.client_id}:{self._secret.reveal()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return httpx.Request("POST", token_url, data=form, headers=headers)
+
+    def __repr__(self) -> str:
+        return (f"ClientCredentialsAuth(token_url={self.token_url!r}, client_id={self.client_id!r}, "
+                f"client_secret=Secret('********'), scope={self.scope!r})")
+
+
+class SmartBackendAuth(_TokenAuth):
+    """SMART Backend Services: a signed JWT client assertion for an access token.
+
+    Parameters
+    ----------
+    client_id : str
+        The client id registered with the EHR (the JWT's ``iss`` and ``sub``).
+    private_key : Secret
+        PEM of the private key (RSA for RS384, EC P-384 for ES384).
+    key_id : str, optional
+        ``kid`` header naming the key in the client's JWKS; default: the key's
+        RFC 7638 thumbprint.
+    algorithm : {"RS384", "ES384"}
+        Signature algorithm.
+    scope : str
+        Space-separated scopes, e.g. ``"system/*.read"``.
+    token_url : str, optional
+        Token endpoint (the JWT's ``aud``); ``None`` discovers it from
+        ``{base}/.well-known/smart-configuration``.
+    base : str, optional
+        FHIR base URL for discovery (the client sets it).
+    assertion_lifetime : float
+        Seconds the assertion is valid (at most 300, as SMART requires).
+    jku : str, optional
+        URL of the client's JWKS, sent as the ``jku`` header when given.
+    """
+
+    def __init__(self, client_id: str, private_key: Secret, *, key_id: str | None = None,
+                 algorithm: Literal["RS384", "ES384"] = "RS384", scope: str = "system/*.read",
+                 token_url: str | None = None, base: str | None = None,
+                 assertion_lifetime: float = 300.0, jku: str | None = None) -> None:
+        super().__init__(client_id, token_url=token_url, base=base, scope=scope)
+        pem = _require_secret("fhir.private_key", private_key).reveal()
+        if algorithm not in ("RS384", "ES384"):
+            raise ConfigError("fhir.algorithm", f"must be RS384 or ES384, got {algorithm!r}")
+        if not 0 < assertion_lifetime <= 300:
+            raise ConfigError("fhir.assertion_lifetime", "must be in (0, 300] seconds")
+        try:
+            key: RSAKey | ECKey = (RSAKey.import_key(pem) if algorithm == "RS384"
+                                   else ECKey.import_key(pem))
+        except (JoseError, ValueError, TypeError) as exc:
+            kind = "an RSA" if algorithm == "RS384" else "an EC P-384"
+            raise ConfigError("fhir.private_key", f"{algorithm} needs {kind} private key in PEM "
+                                                  f"({type(exc).__name__})") from None
+        if not key.is_private:
+            raise ConfigError("fhir.private_key", "is a public key; the private key is needed")
+        if isinstance(key, ECKey) and key.curve_name != "P-384":
+            raise ConfigError("fhir.private_key", f"ES384 needs a P-384 key, got {key.curve_name}")
+        self._key = key
+        self.algorithm = algorithm
+        self.key_id = key_id or key.thumbprint()
+        self.assertion_lifetime = assertion_lifetime
+        self.jku = jku
+
+    def client_assertion(self, token_url: str, *, now: float | None = None) -> str:
+        """A freshly signed client-assertion JWT for ``token_url`` (unique ``jti``)."""
+        issued = int(time.time() if now is None else now)
+        header = {"alg": self.algorithm, "kid": self.key_id, "typ": "JWT"}
+        if self.jku:
+            header["jku"] = self.jku
+        claims = {"iss": self.client_id, "sub": self.client_id, "aud": token_url,
+                  "exp": issued + int(self.assertion_lifetime), "iat": issued,
+                  "jti": uuid.uuid4().hex}
+        return jwt.encode(header, claims, self._key, algorithms=[self.algorithm])
+
+    def _token_request(self, token_url: str) -> httpx.Request:
+        form = {"grant_type": "client_credentials", "scope": self.scope or "",
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": self.client_assertion(token_url)}
+        return httpx.Request("POST", token_url, data=form, headers={"Accept": "application/json"})
+
+    def __repr__(self) -> str:
+        return (f"SmartBackendAuth(client_id={self.client_id!r}, key_id={self.key_id!r}, "
+                f"algorithm={self.algorithm!r}, scope={self.scope!r}, token_url={self.token_url!r}, "
+                "private_key=Secret('********'))")
+
+
+def auth_from_settings(settings: FhirSettings) -> httpx.Auth:
+    """Build the auth flow ``settings.auth`` names.
+
+    Parameters
+    ----------
+    settings : FhirSettings
+        ``kit.toml``'s ``[fhir]`` section (secrets from the environment/files).
+
+    Returns
+    -------
+    httpx.Auth
+
+    Raises
+    ------
+    ConfigError
+        A setting the chosen style needs is missing or wrong.
+    """
+    style = settings.auth
+    scope = settings.scope or vendor_profile(settings.vendor).default_scope
+    if style == "none":
+        return NoAuth()
+    if style == "bearer":
+        if settings.token is None:
+            raise ConfigError("fhir.token", "auth = 'bearer' needs KIT_FHIR_TOKEN or token_file")
+        return BearerAuth(settings.token)
+    if style == "basic":
+        if not settings.username or settings.password is None:
+            raise ConfigError("fhir.password", "auth = 'basic' needs username and KIT_FHIR_PASSWORD")
+        return BasicAuth(settings.username, settings.password)
+    if not settings.client_id:
+        raise ConfigError("fhir.client_id", f"auth = {style!r} needs client_id")
+    if style == "client_credentials":
+        if settings.client_secret is None:
+            raise ConfigError("fhir.client_secret", "auth = 'client_credentials' needs "
+                              "KIT_FHIR_CLIENT_SECRET or client_secret_file")
+        return ClientCredentialsAuth(settings.token_url, settings.client_id, settings.client_secret,
+                                     scope, base=settings.base)
+    if style == "smart":
+        if settings.private_key is None:
+            raise ConfigError("fhir.private_key",
+                              "auth = 'smart' needs private_key_file or KIT_FHIR_PRIVATE_KEY")
+        if settings.algorithm not in ("RS384", "ES384"):
+            raise ConfigError("fhir.algorithm", f"must be RS384 or ES384, got {settings.algorithm!r}")
+        return SmartBackendAuth(settings.client_id, settings.private_key, key_id=settings.key_id,
+                                algorithm=settings.algorithm,  # type: ignore[arg-type]
+                                scope=scope, token_url=settings.token_url, base=settings.base)
+    raise ConfigError("fhir.auth", f"unknown auth style {style!r}")  # pragma: no cover

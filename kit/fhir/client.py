@@ -1,0 +1,799 @@
+"""A FHIR R4 REST client on httpx: read, search with paging, write, batch/transaction.
+
+:class:`FhirClient` speaks ``application/fhir+json`` to one server base URL.
+Resources are plain JSON dicts; :meth:`FhirClient.search_frame` turns search
+results into a polars DataFrame through :func:`kit.fhir.frames.to_frame`, and
+``validate=True`` checks resources with ``fhir.resources.R4B`` (through
+:func:`kit.fhir.resources.validate`) before they are sent.
+
+Failures are typed (:mod:`kit.errors`):
+
+================================================  =======================================
+what happened                                      raised
+================================================  =======================================
+connection refused, DNS failure                    :class:`~kit.errors.PeerUnreachableError`
+no answer within the timeout                       :class:`~kit.errors.PeerTimeoutError`
+connection dropped mid-exchange                    :class:`~kit.errors.PeerDisconnectedError`
+TLS handshake / certificate                        :class:`~kit.errors.TLSError`
+401 (after one token renewal)                      :class:`~kit.errors.AuthError`
+4xx/5xx with an OperationOutcome body              :class:`~kit.errors.OperationOutcomeError`
+4xx/5xx without one                                :class:`~kit.errors.FhirError`
+2xx that is not JSON                               :class:`~kit.errors.FhirError`
+JSON that is not a FHIR resource / wrong type      :class:`~kit.errors.FhirValidationError`
+a ``next`` link that fails or loops                one of the above; never a silent partial
+================================================  =======================================
+
+Retries (:class:`RetryPolicy`): 429, 502, 503, 504 and connection failures are
+retried with exponential backoff and jitter, waiting at least what
+``Retry-After`` asks (seconds or an HTTP date), bounded by a number of attempts
+and a total wait; then the last failure is raised. Requests that change data and
+are not idempotent (POST create, batch, transaction) are retried only when the
+server cannot have processed them: connection refused, 429 and 503.
+
+Hand-written here: paging, retries and the error mapping (no maintained Python
+FHIR client does these with httpx; fhirpy is async-first and untyped on errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.utils
+import enum
+import logging
+import random
+import re
+import ssl
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from kit.config import FhirSettings, Settings
+from kit.errors import (
+    AuthError,
+    FhirError,
+    FhirValidationError,
+    InvalidInputError,
+    KitError,
+    OperationOutcomeError,
+    PeerDisconnectedError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    TLSError,
+)
+from kit.fhir.resources import outcome_issues, outcome_message
+from kit.fhir.resources import validate as validate_resource
+from kit.fhir.vendors import VendorProfile, vendor_profile
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = [
+    "FHIR_JSON",
+    "NO_RETRY",
+    "BatchError",
+    "FhirClient",
+    "RetryPolicy",
+    "SearchEntry",
+    "SearchMode",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+#: The FHIR JSON media type.
+FHIR_JSON = "application/fhir+json"
+
+_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+ParamValue = str | int | float | bool | dt.date | dt.datetime | Sequence[Any]
+Params = Mapping[str, ParamValue] | Sequence[tuple[str, ParamValue]]
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    Returns ``None`` for a missing or unreadable header, 0 for a date in the past.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a request the server could not serve right now.
+
+    Attributes
+    ----------
+    max_attempts : int
+        Attempts in all (1 = no retry).
+    backoff : float
+        First backoff delay in seconds; doubles every attempt.
+    max_backoff : float
+        Cap on one backoff delay.
+    max_total_wait : float
+        Cap on the sum of all waits; a ``Retry-After`` beyond what is left ends
+        the retries at once.
+    jitter : float
+        Random spread of each backoff delay, as a fraction (0.25 = +-25 %).
+    statuses : frozenset of int
+        HTTP statuses that are retried.
+    """
+
+    max_attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_total_wait: float = 120.0
+    jitter: float = 0.25
+    statuses: frozenset[int] = frozenset({429, 502, 503, 504})
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise InvalidInputError("RetryPolicy.max_attempts must be >= 1")
+        if self.backoff < 0 or self.max_backoff < 0 or self.max_total_wait < 0:
+            raise InvalidInputError("RetryPolicy delays must be >= 0")
+        if not 0 <= self.jitter <= 1:
+            raise InvalidInputError("RetryPolicy.jitter must be within [0, 1]")
+        object.__setattr__(self, "statuses", frozenset(self.statuses))
+
+    def delay(self, attempt: int, retry_after: float | None = None,
+              rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        A ``retry_after`` from the server is honoured as a minimum.
+        """
+        base = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        wait = max(0.0, base * (1 + spread))
+        return max(wait, retry_after) if retry_after is not None else wait
+
+
+#: A policy that never retries.
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class SearchMode(enum.StrEnum):
+    """``Bundle.entry.search.mode``: why an entry is in a search result."""
+
+    MATCH = "match"
+    INCLUDE = "include"
+    OUTCOME = "outcome"
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchEntry:
+    """One entry of a search result: the resource, why it is there, and its full URL."""
+
+    resource: dict[str, Any]
+    mode: SearchMode
+    full_url: str | None = None
+
+
+class BatchError(OperationOutcomeError):
+    """Entries of a batch failed (the others were applied). ``bundle`` is the batch-response."""
+
+    def __init__(self, message: str, *, issues: Sequence[dict[str, Any]], bundle: dict[str, Any],
+                 peer: str | None = None) -> None:
+        self.bundle = bundle
+        super().__init__(message, issues=issues, status_code=None, peer=peer)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            raise InvalidInputError(f"search datetime {value.isoformat()} has no time zone")
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _normalise_params(params: Params | None, extra: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Search parameters as (name, value) pairs; a list value repeats the parameter (AND)."""
+    items: list[tuple[str, Any]] = []
+    if params is not None:
+        items.extend(params.items() if isinstance(params, Mapping) else params)
+    items.extend(extra.items())
+    out: list[tuple[str, str]] = []
+    for name, value in items:
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"search parameter name must be a non-empty string, got {name!r}")
+        if value is None:
+            continue
+        if isinstance(value, list | tuple | set | frozenset):
+            out.extend((name, _param_text(v)) for v in value)
+        else:
+            out.append((name, _param_text(value)))
+    return out
+
+
+def _check_type(resource_type: str) -> str:
+    if not isinstance(resource_type, str) or not _TYPE_RE.match(resource_type):
+        raise InvalidInputError(f"not a FHIR resource type: {resource_type!r}")
+    return resource_type
+
+
+def _check_id(resource_id: str) -> str:
+    if not isinstance(resource_id, str) or not _ID_RE.match(resource_id):
+        raise InvalidInputError(f"not a FHIR resource id: {resource_id!r}")
+    return resource_id
+
+
+def _etag(version: str | int) -> str:
+    text = str(version)
+    return text if text.startswith(('W/"', '"')) else f'W/"{text}"'
+
+
+class FhirClient:
+    """A client for one FHIR R4 server.
+
+    Parameters
+    ----------
+    base : str
+        The service base URL, e.g. ``"https://fhir.hospital.org/R4"``.
+    auth : httpx.Auth, optional
+        From :mod:`kit.fhir.auth`; default no authentication.
+    timeout : float
+        Seconds for connect, read and write of each request.
+    vendor : str
+        A :mod:`kit.fhir.vendors` profile: extra headers, page-size cap, checks.
+    retries : RetryPolicy
+        Retry policy for busy servers and failed connections.
+    headers : Mapping[str, str], optional
+        Extra headers for every request.
+    rewrite_next_links : bool
+        Rewrite the scheme/host of ``next`` links onto ``base`` (for servers behind
+        a proxy that announce their internal address). Otherwise a ``next`` link
+        to another origin is an error.
+    verify : bool or str or ssl.SSLContext
+        TLS verification (a CA bundle path or a context).
+    transport : httpx.BaseTransport, optional
+        Custom transport (tests of faults no real server produces).
+
+    Examples
+    --------
+    >>> with FhirClient("http://127.0.0.1:8080/fhir/R4") as fhir:  # doctest: +SKIP
+    ...     patients = fhir.search_frame("Patient", birthdate="ge1950-01-01")
+    """
+
+    def __init__(self, base: str, *, auth: httpx.Auth | None = None, timeout: float = 30.0,
+                 vendor: str = "generic", retries: RetryPolicy | None = None,
+                 headers: Mapping[str, str] | None = None, rewrite_next_links: bool = False,
+                 verify: bool | str | ssl.SSLContext = True,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        parts = urlsplit(base)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidInputError(f"FHIR base must be an http(s) URL, got {base!r}")
+        if timeout <= 0:
+            raise InvalidInputError("timeout must be positive")
+        self.base = base.rstrip("/")
+        self.profile: VendorProfile = vendor_profile(vendor)
+        self.retries = retries if retries is not None else RetryPolicy()
+        self.rewrite_next_links = rewrite_next_links
+        self.timeout = timeout
+        bind = getattr(auth, "bind", None)
+        if callable(bind):
+            bind(self.base)
+        self.auth = auth
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            agent = f"kit/{version('kit')}"
+        except PackageNotFoundError:  # pragma: no cover
+            agent = "kit"
+        all_headers = {"Accept": FHIR_JSON, "User-Agent": agent,
+                       **self.profile.headers(getattr(auth, "client_id", None)), **(headers or {})}
+        self._http = httpx.Client(auth=auth, timeout=httpx.Timeout(timeout), headers=all_headers,
+                                  follow_redirects=True, verify=verify, transport=transport)
+
+    # -- construction / lifetime -------------------------------------------------------------
+
+    @classmethod
+    def from_settings(cls, settings: Settings | FhirSettings, **overrides: Any) -> FhirClient:
+        """A client for ``settings.fhir`` (base, vendor, timeout, auth); keywords override."""
+        from kit.fhir.auth import auth_from_settings
+
+        fs = settings.fhir if isinstance(settings, Settings) else settings
+        fs = dataclasses.replace(fs, base=overrides.pop("base", fs.base))
+        kwargs: dict[str, Any] = {"auth": auth_from_settings(fs), "timeout": fs.timeout,
+                                  "vendor": fs.vendor, **overrides}
+        return cls(fs.base, **kwargs)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FhirClient({self.base!r}, vendor={self.profile.name!r}, auth={self.auth!r})"
+
+    # -- the HTTP core ---------------------------------------------------------------------------
+
+    def url(self, *parts: str) -> str:
+        """``base`` joined with path parts."""
+        return "/".join([self.base, *(p.strip("/") for p in parts if p)])
+
+    def send(self, method: str, url: str, *, params: Sequence[tuple[str, str]] | None = None,
+             content: bytes | None = None, headers: Mapping[str, str] | None = None,
+             idempotent: bool | None = None, stream: bool = False, authenticate: bool = True,
+             check: bool = True) -> httpx.Response:
+        """Send one request with retries; return the response (errors raised when ``check``).
+
+        ``idempotent`` (default: true for GET/HEAD/PUT/DELETE) allows retries after
+        failures the server may have processed; ``stream`` leaves the body unread
+        (the caller closes the response); ``authenticate=False`` sends no
+        credentials (pre-signed download URLs); ``check`` raises the typed error
+        for a 4xx/5xx answer.
+        """
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+        policy = self.retries
+        waited = 0.0
+        attempt = 0
+        target = urlsplit(url).path
+        while True:
+            attempt += 1
+            error: KitError | None = None
+            retry_after: float | None = None
+            response: httpx.Response | None = None
+            try:
+                request = self._http.build_request(method, url, params=list(params or ()) or None,
+                                                   content=content,
+                                                   headers=headers)
+                if authenticate:
+                    response = self._http.send(request, stream=stream)
+                else:
+                    response = self._http.send(request, stream=stream, auth=None)
+            except httpx.ConnectTimeout as exc:
+                error = PeerTimeoutError(f"connecting for {method} {target} timed out after "
+                                         f"{self.timeout} s", peer=self.base)
+                error.__cause__ = exc
+                retryable = True
+            except httpx.ConnectError as exc:
+                error = self._connect_error(exc, method, target)
+                retryable = not isinstance(error, TLSError)
+            except httpx.TimeoutException as exc:
+                error = PeerTimeoutError(f"no answer to {method} {target} within {self.timeout} s",
+                                         peer=self.base)
+                error.__cause__ = exc
+                retryable = idempotent
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                error = PeerDisconnectedError(f"connection lost during {method} {target}: {exc}",
+                                              peer=self.base)
+                error.__cause__ = exc
+                retryable = idempotent
+            except httpx.HTTPError as exc:
+                error = FhirError(f"{method} {target} failed: {type(exc).__name__}: {exc}", peer=self.base)
+                error.__cause__ = exc
+                retryable = False
+            else:
+                status = response.status_code
+                retryable = status in policy.statuses and (idempotent or status in (429, 503))
+                if not retryable:
+                    if check:
+                        self.raise_for_status(response)
+                    return response
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            delay = policy.delay(attempt, retry_after)
+            out_of_budget = attempt >= policy.max_attempts or waited + delay > policy.max_total_wait
+            if not retryable or out_of_budget:
+                if error is not None:
+                    if retryable and attempt > 1:
+                        error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
+                    raise error
+                assert response is not None
+                if not check:
+                    return response
+                self.raise_for_status(response, note=f"gave up after {attempt} attempts, "
+                                                     f"{waited:.1f} s waited")
+            if response is not None:
+                response.close()
+            log.warning("FHIR %s %s: %s; retry %d/%d in %.1f s", method, target,
+                        f"HTTP {response.status_code}" if response is not None else type(error).__name__,
+                        attempt + 1, policy.max_attempts, delay)
+            time.sleep(delay)
+            waited += delay
+
+    def _connect_error(self, exc: httpx.ConnectError, method: str, target: str) -> KitError:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ssl.SSLError):
+                err: KitError = TLSError(f"TLS failed for {method} {target}: {cause}", peer=self.base)
+                err.__cause__ = exc
+                return err
+            cause = cause.__cause__ or cause.__context__
+        err = PeerUnreachableError(f"cannot connect for {method} {target}: {exc}", peer=self.base)
+        err.__cause__ = exc
+        return err
+
+    def raise_for_status(self, response: httpx.Response, *, note: str = "") -> None:
+        """Raise the typed error for a 4xx/5xx ``response`` (nothing for success)."""
+        status = response.status_code
+        if status < 400:
+            return
+        response.read()
+        where = f"{response.request.method} {urlsplit(str(response.request.url)).path}"
+        suffix = f" ({note})" if note else ""
+        body = _loads(response.content)
+        if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+            message = f"HTTP {status} for {where}: {outcome_message(body)}{suffix}"
+            if status == 401:
+                raise AuthError(message, status_code=status, peer=self.base)
+            raise OperationOutcomeError(message, issues=outcome_issues(body), status_code=status,
+                                        peer=self.base)
+        snippet = " ".join(response.text[:200].split())
+        message = f"HTTP {status} {response.reason_phrase} for {where}" + (f": {snippet}" if snippet else "")
+        if status == 401:
+            raise AuthError(message + suffix, status_code=status, peer=self.base)
+        raise FhirError(message + suffix, status_code=status, peer=self.base)
+
+    def resource_of(self, response: httpx.Response, resource_type: str | None = None) -> dict[str, Any]:
+        """The FHIR resource in a response body, checked to be JSON with a ``resourceType``."""
+        where = str(response.request.url)
+        content = response.read()
+        if not content.strip():
+            raise FhirError(f"HTTP {response.status_code} from {where} has an empty body",
+                            status_code=response.status_code, peer=self.base)
+        body = _loads(content)
+        if body is _NOT_JSON:
+            kind = response.headers.get("Content-Type", "no Content-Type")
+            raise FhirError(f"{where} answered {kind}, not FHIR JSON: "
+                            f"{' '.join(response.text[:120].split())!r}",
+                            status_code=response.status_code, peer=self.base)
+        if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+            raise FhirValidationError("JSON without a resourceType is not a FHIR resource", source=where)
+        if resource_type is not None and body["resourceType"] != resource_type:
+            raise FhirValidationError(f"expected a {resource_type}, got a {body['resourceType']}",
+                                      source=where)
+        return body
+
+    # -- read ---------------------------------------------------------------------------------------
+
+    def capabilities(self) -> dict[str, Any]:
+        """The server's CapabilityStatement (``GET [base]/metadata``)."""
+        return self.resource_of(self.send("GET", self.url("metadata")), "CapabilityStatement")
+
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """``GET [base]/[type]/[id]``: the current version of a resource."""
+        url = self.url(_check_type(resource_type), _check_id(resource_id))
+        return self.resource_of(self.send("GET", url), resource_type)
+
+    def vread(self, resource_type: str, resource_id: str, version: str | int) -> dict[str, Any]:
+        """``GET [base]/[type]/[id]/_history/[vid]``: one version of a resource."""
+        url = self.url(_check_type(resource_type), _check_id(resource_id), "_history", str(version))
+        return self.resource_of(self.send("GET", url), resource_type)
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def search_entries(self, resource_type: str, params: Params | None = None, /, *,
+                       max_results: int | None = None, **kwargs: Any) -> Iterator[SearchEntry]:
+        """Search, following every ``next`` link; yield each entry with its search mode.
+
+        Parameters
+        ----------
+        resource_type : str
+            E.g. ``"Patient"``.
+        params : mapping or sequence of pairs, optional
+            Search parameters. A list value repeats the parameter (AND); join
+            values with commas for OR. Dates and aware datetimes are formatted.
+        max_results : int, optional
+            Stop after this many ``match`` entries (the rest of that page's
+            ``include`` entries still come).
+        **kwargs
+            More parameters (``_count=50``, ``_include="ImagingStudy:subject"``).
+
+        Yields
+        ------
+        SearchEntry
+            ``match`` and ``include`` entries (includes repeated across pages once).
+            ``outcome`` warnings are logged; an ``outcome`` with an error or fatal
+            issue raises :class:`~kit.errors.OperationOutcomeError`.
+        """
+        _check_type(resource_type)
+        if max_results is not None and max_results < 0:
+            raise InvalidInputError("max_results must be >= 0")
+        query = _normalise_params(params, kwargs)
+        names = {n.split(":")[0] for n, _ in query}
+        for required in self.profile.required_search_params:
+            if required not in names:
+                raise InvalidInputError(f"{self.profile.display_name} needs the search parameter "
+                                        f"{required!r} on every search")
+        query = [(n, self._cap_count(v)) if n == "_count" else (n, v) for n, v in query]
+        if max_results == 0:
+            return
+        url: str | None = self.url(resource_type)
+        page_params: list[tuple[str, str]] | None = query
+        seen_links: set[str] = set()
+        seen_includes: set[str] = set()
+        matches = 0
+        while url is not None:
+            bundle = self.resource_of(self.send("GET", url, params=page_params), "Bundle")
+            if bundle.get("type") != "searchset":
+                raise FhirValidationError(f"search answered a {bundle.get('type')!r} Bundle, "
+                                          "not a searchset", source=url)
+            for entry in bundle.get("entry") or []:
+                item = self._search_entry(entry, resource_type, url)
+                if item.mode is SearchMode.OUTCOME:
+                    self._search_outcome(item.resource)
+                    continue
+                if item.mode is SearchMode.INCLUDE:
+                    key = f"{item.resource['resourceType']}/{item.resource.get('id')}"
+                    if key in seen_includes:
+                        continue
+                    seen_includes.add(key)
+                elif max_results is not None and matches >= max_results:
+                    continue
+                else:
+                    matches += 1
+                yield item
+            if max_results is not None and matches >= max_results:
+                return
+            url = self._next_link(bundle, seen_links)
+            page_params = None
+
+    def search(self, resource_type: str, params: Params | None = None, /, *,
+               max_results: int | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        """Search, following every ``next`` link; yield the resources (matches and includes).
+
+        See :meth:`search_entries` for the parameters and to tell matches from
+        ``_include``/``_revinclude`` resources.
+        """
+        for entry in self.search_entries(resource_type, params, max_results=max_results, **kwargs):
+            yield entry.resource
+
+    def search_frame(self, resource_type: str, params: Params | None = None, /, *,
+                     max_results: int | None = None, **kwargs: Any) -> pl.DataFrame:
+        """Search across all pages and return the matching resources as a DataFrame.
+
+        Columns are those of :func:`kit.fhir.frames.to_frame` for
+        ``resource_type`` (``patient_id``, ``study_instance_uid``, ...);
+        included resources are left out (see :meth:`search_frames`).
+        """
+        from kit.fhir.frames import to_frame
+
+        resources = [e.resource for e in self.search_entries(
+            resource_type, params, max_results=max_results, **kwargs) if e.mode is SearchMode.MATCH]
+        return to_frame(resources, resource_type)
+
+    def search_frames(self, resource_type: str, params: Params | None = None, /, *,
+                      max_results: int | None = None, **kwargs: Any) -> dict[str, pl.DataFrame]:
+        """Like :meth:`search_frame` but one frame per resource type, includes too."""
+        from kit.fhir.frames import to_frame
+
+        by_type: dict[str, list[dict[str, Any]]] = {resource_type: []}
+        for e in self.search_entries(resource_type, params, max_results=max_results, **kwargs):
+            by_type.setdefault(e.resource["resourceType"], []).append(e.resource)
+        return {t: to_frame(rs, t) for t, rs in by_type.items()}
+
+    def _cap_count(self, value: str) -> str:
+        try:
+            count = int(value)
+        except ValueError:
+            raise InvalidInputError(f"_count must be an integer, got {value!r}") from None
+        if count > self.profile.max_count:
+            log.info("_count %d capped to %d for %s", count, self.profile.max_count, self.profile.name)
+            count = self.profile.max_count
+        return str(count)
+
+    def _search_entry(self, entry: Any, resource_type: str, url: str) -> SearchEntry:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise FhirValidationError("search Bundle entry without a resource", source=url)
+        mode_text = (entry.get("search") or {}).get("mode")
+        if mode_text is None:
+            mode_text = "match" if resource["resourceType"] == resource_type else "include"
+        try:
+            mode = SearchMode(mode_text)
+        except ValueError:
+            raise FhirValidationError(f"unknown search mode {mode_text!r}", source=url) from None
+        return SearchEntry(resource, mode, entry.get("fullUrl"))
+
+    def _search_outcome(self, outcome: dict[str, Any]) -> None:
+        issues = outcome_issues(outcome)
+        if any(i.get("severity") in ("error", "fatal") for i in issues):
+            raise OperationOutcomeError(f"search failed: {outcome_message(outcome)}", issues=issues,
+                                        peer=self.base)
+        if issues:
+            log.warning("FHIR search: %s", outcome_message(outcome))
+
+    def _next_link(self, bundle: dict[str, Any], seen: set[str]) -> str | None:
+        links = [lk for lk in bundle.get("link") or []
+                 if isinstance(lk, dict) and lk.get("relation") == "next"]
+        if not links:
+            return None
+        href = links[0].get("url")
+        if not isinstance(href, str) or not href.strip():
+            raise FhirValidationError("search Bundle has a next link without a url", source=self.base)
+        url = urljoin(self.base + "/", href.strip())
+        parts, base = urlsplit(url), urlsplit(self.base)
+        if parts.scheme not in ("http", "https"):
+            raise FhirError(f"next link {href!r} is not an http(s) URL", peer=self.base)
+        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+            if not self.rewrite_next_links:
+                raise FhirError(f"next link points to another server ({parts.netloc}); pass "
+                                "rewrite_next_links=True if the server sits behind a proxy",
+                                peer=self.base)
+            url = urlunsplit((base.scheme, base.netloc, parts.path, parts.query, parts.fragment))
+        if url in seen:
+            raise FhirError("server sent the same next link twice (paging loop)", peer=self.base)
+        seen.add(url)
+        return url
+
+    # -- write --------------------------------------------------------------------------------------
+
+    def _body(self, resource: Mapping[str, Any], validate: bool) -> tuple[str, bytes]:
+        if not isinstance(resource, Mapping):
+            raise FhirValidationError("a resource must be a JSON object (dict)")
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            raise FhirValidationError("resource has no resourceType")
+        _check_type(rtype)
+        if validate:
+            validate_resource(resource)
+        return rtype, orjson.dumps(dict(resource))
+
+    def _written(self, response: httpx.Response, resource_type: str) -> dict[str, Any]:
+        """The resource a create/update answered with, reading Location if the body is empty."""
+        content = response.read()
+        if content.strip():
+            body = self.resource_of(response)
+            if body.get("resourceType") == resource_type:
+                return body
+        location = response.headers.get("Location") or response.headers.get("Content-Location")
+        if not location:
+            raise FhirError(f"HTTP {response.status_code} for a {resource_type} write has neither "
+                            "the resource nor a Location", status_code=response.status_code,
+                            peer=self.base)
+        return self.resource_of(self.send("GET", urljoin(self.base + "/", location)), resource_type)
+
+    def create(self, resource: Mapping[str, Any], *,
+               if_none_exist: str | Params | None = None, validate: bool = False) -> dict[str, Any]:
+        """``POST [base]/[type]``; return the stored resource (with its new id and meta).
+
+        Parameters
+        ----------
+        resource : mapping
+            The resource; an ``id`` is ignored by the server.
+        if_none_exist : str or mapping, optional
+            Conditional create: a search (``"identifier=http://h.org/mrn|123"`` or
+            ``{"identifier": ...}``); if one resource matches, it is returned and
+            nothing is created; several matches raise an error (412).
+        validate : bool
+            Validate with ``fhir.resources.R4B`` before sending.
+        """
+        rtype, body = self._body(resource, validate)
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_none_exist is not None:
+            query = if_none_exist if isinstance(if_none_exist, str) else urlencode(
+                _normalise_params(if_none_exist, {}))
+            if not query:
+                raise InvalidInputError("if_none_exist is empty")
+            headers["If-None-Exist"] = query
+        response = self.send("POST", self.url(rtype), content=body, headers=headers,
+                             idempotent=if_none_exist is not None)
+        return self._written(response, rtype)
+
+    def update(self, resource: Mapping[str, Any], *, if_match: str | int | None = None,
+               validate: bool = False) -> dict[str, Any]:
+        """``PUT [base]/[type]/[id]``; return the stored resource.
+
+        ``if_match`` (a version id or ETag) makes it a version-aware update: a
+        concurrent change answers 412, raised as :class:`~kit.errors.OperationOutcomeError`
+        or :class:`~kit.errors.FhirError` with ``status_code`` 412.
+        """
+        rtype, body = self._body(resource, validate)
+        rid = resource.get("id")
+        if not isinstance(rid, str):
+            raise InvalidInputError("update needs a resource with an id")
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_match is not None:
+            headers["If-Match"] = _etag(if_match)
+        response = self.send("PUT", self.url(rtype, _check_id(rid)), content=body, headers=headers)
+        return self._written(response, rtype)
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        """``DELETE [base]/[type]/[id]`` (a 404 raises)."""
+        self.send("DELETE", self.url(_check_type(resource_type), _check_id(resource_id)))
+
+    def batch(self, entries: Iterable[Mapping[str, Any]], *, check: bool = True) -> dict[str, Any]:
+        """POST a ``batch`` Bundle of ``entries`` (each with ``request``); return the batch-response.
+
+        Entries succeed or fail one by one. With ``check`` (default) any failed
+        entry raises :class:`BatchError` (``.bundle`` holds the whole response).
+        """
+        items = [dict(e) for e in entries]
+        self._check_entries(items)
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": items}
+        response = self.send("POST", self.base, content=orjson.dumps(bundle),
+                             headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        result = self.resource_of(response, "Bundle")
+        if result.get("type") != "batch-response":
+            raise FhirValidationError(f"expected a batch-response, got {result.get('type')!r}",
+                                      source=self.base)
+        if check:
+            self._raise_for_entries(result)
+        return result
+
+    def transaction(self, bundle: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
+                    validate: bool = False) -> dict[str, Any]:
+        """POST a ``transaction`` Bundle (or its entries); all or nothing. Return the response Bundle."""
+        if isinstance(bundle, Mapping):
+            if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+                raise FhirValidationError("transaction needs a Bundle of type 'transaction'")
+            payload = dict(bundle)
+        else:
+            payload = {"resourceType": "Bundle", "type": "transaction",
+                       "entry": [dict(e) for e in bundle]}
+        self._check_entries(payload.get("entry") or [])
+        if validate:
+            validate_resource(payload)
+        response = self.send("POST", self.base, content=orjson.dumps(payload),
+                             headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        result = self.resource_of(response, "Bundle")
+        if result.get("type") != "transaction-response":
+            raise FhirValidationError(f"expected a transaction-response, got {result.get('type')!r}",
+                                      source=self.base)
+        return result
+
+    @staticmethod
+    def _check_entries(entries: Sequence[Mapping[str, Any]]) -> None:
+        for n, e in enumerate(entries):
+            req = e.get("request")
+            if not isinstance(req, Mapping) or not req.get("method") or not req.get("url"):
+                raise FhirValidationError(f"Bundle entry {n} needs request.method and request.url",
+                                          issues=[{"severity": "error", "code": "required",
+                                                   "diagnostics": "request.method and request.url",
+                                                   "expression": [f"Bundle.entry[{n}].request"]}])
+
+    def _raise_for_entries(self, result: dict[str, Any]) -> None:
+        issues: list[dict[str, Any]] = []
+        for n, e in enumerate(result.get("entry") or []):
+            status = str((e.get("response") or {}).get("status", ""))
+            if status[:1] in ("2", "3"):
+                continue
+            outcome = (e.get("response") or {}).get("outcome") or {}
+            found = outcome_issues(outcome) or [{"severity": "error", "code": "exception",
+                                                 "diagnostics": f"status {status or 'missing'}"}]
+            issues.extend({**i, "expression": [f"Bundle.entry[{n}]"]} for i in found)
+        if issues:
+            raise BatchError(f"{len({i['expression'][0] for i in issues})} batch entries failed: "
+                             f"{issues[0].get('diagnostics', '')}", issues=issues, bundle=result,
+                             peer=self.base)
+
+
+_NOT_JSON: Any = object()
+
+
+def _loads(content: bytes) -> Any:
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return _NOT_JSON
