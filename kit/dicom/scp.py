@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -427,13 +427,43 @@ class EmbeddedPACS:
                   if matches(keys, candidate_dataset(r))}
         return [i for i in self.store.instances(where) if i.sop_instance_uid in wanted]
 
-    def _read(self, instance: StoredInstance) -> Dataset | str:
-        """The stored dataset, or (unreadable) a non-Dataset, which pynetdicom counts as a failed sub-op."""
+    def _read(self, instance: StoredInstance, accepted: Mapping[str, set[str]] | None = None
+              ) -> Dataset | str:
+        """The stored dataset, or (unreadable) a non-Dataset, which pynetdicom counts as a failed sub-op.
+
+        With ``accepted`` (SOP class -> transfer syntaxes the peer accepted, for C-GET), a
+        compressed instance the peer cannot take as stored is decompressed to an uncompressed
+        syntax the peer accepted, as a PACS such as Orthanc transcodes.
+        """
         try:
-            return dcmread(instance.path)
+            ds = dcmread(instance.path)
         except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
             LOGGER.error("cannot read stored instance %s: %s", instance.path, exc)
             return f"unreadable:{instance.sop_instance_uid}"
+        if accepted is None:
+            return ds
+        syntaxes = accepted.get(instance.sop_class_uid, set())
+        stored = str(ds.file_meta.get("TransferSyntaxUID", ""))
+        native = [ts for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if ts in syntaxes]
+        if stored in syntaxes or not stored or not UID(stored).is_compressed or not native:
+            return ds  # as stored; pynetdicom fails the sub-operation if no context fits
+        try:
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:  # noqa: BLE001 - any codec failure is a failed sub-operation
+            LOGGER.error("cannot decompress %s for the retriever: %s", instance.path, exc)
+            return f"undecodable:{instance.sop_instance_uid}"
+        ds.file_meta.TransferSyntaxUID = native[0]
+        ds.set_original_encoding(native[0].is_implicit_VR, True, ds.original_character_set)
+        return ds
+
+    @staticmethod
+    def _accepted_syntaxes(event: Event) -> dict[str, set[str]]:
+        """SOP class -> transfer syntaxes accepted for the peer's storage SCP role."""
+        accepted: dict[str, set[str]] = {}
+        for cx in event.assoc.accepted_contexts:
+            if cx.as_scp or cx.as_scu:
+                accepted.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+        return accepted
 
     def _failed(self) -> Dataset:
         ds = Dataset()
@@ -448,12 +478,13 @@ class EmbeddedPACS:
             yield 1
             yield (OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH), self._failed()
             return
+        accepted = self._accepted_syntaxes(event)
         yield len(instances)
         for instance in instances:
             if event.is_cancelled:
                 yield CANCEL, None
                 return
-            yield PENDING, self._read(instance)
+            yield PENDING, self._read(instance, accepted)
 
     def _on_move(self, event: Event) -> Iterator[Any]:
         destination = str(event.move_destination or "").strip()
