@@ -78,10 +78,10 @@ def _pacs_steps(settings: Settings, work: Path, step: Callable[[str, float, str]
     (work / "studies.parquet").parent.mkdir(parents=True, exist_ok=True)
     studies.write_parquet(work / "studies.parquet")
 
-    ct = studies.filter(pl.col("modality").str.contains("CT") if "modality" in studies.columns
-                        else pl.col("modalities_in_study").list.contains("CT"))
+    ct = studies.filter(pl.col("modalities_in_study").list.contains("CT"))
     if ct.is_empty():
-        raise KitError("the embedded PACS has no CT study: is the sample cohort complete? (kit samples --check)")
+        raise KitError("the embedded PACS has no CT study: is the sample cohort complete? "
+                       "(kit samples --check)")
     study_uid = str(ct.sort("study_date")["study_instance_uid"][0])
     t = time.perf_counter()
     got = client.get(study_uid=study_uid, dest=work / "retrieved")
@@ -123,7 +123,7 @@ def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None]) -> N
     from kit.hl7.message import split_messages
     from kit.hl7.mllp import MLLPSender
 
-    messages = split_messages(examples.hl7_feed().read_text())
+    messages = list(split_messages(examples.hl7_feed().read_text()))
     t = time.perf_counter()
     with MLLPSender(settings.hl7.host, settings.hl7.port, timeout=settings.hl7.timeout) as sender:
         acks = sender.send_many(messages)

@@ -74,7 +74,8 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(format="kit: %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stderr)
     # pynetdicom logs what kit already reports as a typed error; show it only when asked.
-    logging.getLogger("pynetdicom").setLevel({0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.DEBUG))
+    quiet = {0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.DEBUG)
+    logging.getLogger("pynetdicom").setLevel(quiet)
     ctx.obj = {"config": config}
 
 

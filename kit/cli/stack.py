@@ -15,7 +15,8 @@ __all__ = ["demo", "serve", "status"]
 
 
 @click.command()
-@click.option("--host", default=None, help="Address to listen on (default from kit.toml [stack], else 127.0.0.1).")
+@click.option("--host", default=None,
+              help="Address to listen on (default from kit.toml [stack], else 127.0.0.1).")
 @click.option("--pacs-port", type=int, default=None, help="DICOM port (0 = ephemeral; default 11112).")
 @click.option("--fhir-port", type=int, default=None, help="FHIR HTTP port (0 = ephemeral; default 8080).")
 @click.option("--mllp-port", type=int, default=None, help="MLLP port (0 = ephemeral; default 2575).")
