@@ -7,7 +7,7 @@ segments into rows and a polars frame) and hl7apy
 alternatives run on a sample of the same file (they are slow); the figures
 compared are messages per second, each the best of three runs.
 
-    python bench/hl7.py [N]          # N messages (default 100,000)
+    python bench/hl7.py [N] [M]      # N messages (default 100,000), M MLLP round trips (2,000)
 
 Sections are separate functions called from ``main()``; add new ones there
 (e.g. the MLLP round trip).
@@ -148,11 +148,54 @@ def bench_results_frame(n: int) -> list[str]:
             f"RATIO hl7 results frame msgs/s kit/hl7apy = {kit_rate / a_rate:.1f}"]
 
 
+# -- MLLP round trips (E2) --------------------------------------------------------------------------
+MLLP_N = 2_000
+
+
+def bench_mllp_round_trips(n: int) -> list[str]:
+    """MLLP send + AA round trips/s on loopback: kit MLLPSender vs python-hl7's MLLPClient.
+
+    Both talk to the same kit MLLPListener (which commits every message to SQLite,
+    synchronous=FULL, before its AA), with the same ``n`` messages (fresh MSH-10 per
+    client so none is a duplicate). Returns its RATIO line.
+    """
+    import hl7.client
+
+    from kit.hl7.mllp import MLLPListener, MLLPSender
+
+    base = list(feed())
+
+    def messages(prefix: str) -> list[str]:
+        out = []
+        for i in range(n):
+            head, _, rest = base[i % len(base)].partition("\r")
+            fields = head.split("|")
+            fields[9] = f"{prefix}{i:09d}"
+            out.append("|".join(fields) + "\r" + rest)
+        return out
+
+    kit_msgs, p_msgs = messages("K"), messages("P")
+    with tempfile.TemporaryDirectory() as tmp, MLLPListener(Path(tmp) / "bench.db") as listener:
+        with MLLPSender("127.0.0.1", listener.port) as sender:
+            sender.send(base[0])  # warm up: connection, imports
+            t_kit, acks = _timed(lambda: [sender.send(m) for m in kit_msgs])
+        assert isinstance(acks, list) and all(a.code.value == "AA" for a in acks)
+        with hl7.client.MLLPClient("127.0.0.1", listener.port) as client:
+            t_p, replies = _timed(lambda: [client.send_message(m) for m in p_msgs])
+        assert isinstance(replies, list) and all(b"MSA|AA|" in r for r in replies)
+        assert listener.store is not None and listener.store.count() == 2 * n + 1
+    kit_rate, p_rate = n / t_kit, n / t_p
+    print(f"MLLP round trips, {n:,} messages (listener: kit, SQLite synchronous=FULL)")
+    print(f"kit MLLPSender          {t_kit:8.2f} s  {kit_rate:>10,.0f} round trips/s")
+    print(f"python-hl7 MLLPClient   {t_p:8.2f} s  {p_rate:>10,.0f} round trips/s")
+    return [f"RATIO mllp round trips/s kit/python-hl7 = {kit_rate / p_rate:.2f}"]
+
+
 def main(argv: list[str]) -> None:
     n = int(argv[1]) if len(argv) > 1 else DEFAULT_N
     ratios: list[str] = []
     ratios += bench_results_frame(n)
-    # further sections (e.g. MLLP round trip) append their RATIO lines here
+    ratios += bench_mllp_round_trips(int(argv[2]) if len(argv) > 2 else MLLP_N)
     print()
     for line in ratios:
         print(line)

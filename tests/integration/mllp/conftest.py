@@ -1,0 +1,53 @@
+"""Fixtures for the MLLP tests: an in-process listener on an ephemeral port, and test messages."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kit.examples.hl7 import feed
+from kit.hl7.framing import MLLPDecoder, frame
+from kit.hl7.message import parse_message
+from kit.hl7.mllp import MLLPListener
+
+FEED = list(feed())
+
+
+def numbered(i: int, prefix: str = "T") -> str:
+    """The sample feed's message i % len(feed) with MSH-10 set to prefix + i (unique)."""
+    head, _, rest = FEED[i % len(FEED)].partition("\r")
+    fields = head.split("|")
+    fields[9] = f"{prefix}{i:06d}"
+    return "|".join(fields) + "\r" + rest
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[MLLPListener]:
+    with MLLPListener(tmp_path / "mllp.db", idle_timeout=30.0) as running:
+        yield running
+
+
+def exchange(sock: socket.socket, data: bytes, timeout: float = 10.0) -> list[str]:
+    """Send raw bytes and return the first decoded reply frame(s) as text."""
+    sock.settimeout(timeout)
+    sock.sendall(data)
+    decoder = MLLPDecoder()
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("listener closed the connection")
+        frames = [f for f in decoder.feed(chunk) if isinstance(f, bytes)]
+        if frames:
+            return [f.decode() for f in frames]
+
+
+def msa(reply: str) -> tuple[str, str]:
+    """(MSA-1, MSA-2) of an ACK text."""
+    m = parse_message(reply)
+    return m.get("MSA-1"), m.get("MSA-2")
+
+
+__all__ = ["FEED", "exchange", "frame", "msa", "numbered"]

@@ -1,0 +1,90 @@
+"""Durability: a listener in its own process is SIGKILLed mid-stream and restarted on the same store.
+
+Every message that got AA must be in the store exactly once, and the senders'
+retries must deliver the rest: all 10,000 present once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.hl7.mllp import MLLPSender, RetryPolicy
+from tests.conftest import free_port, peer_env, stop_pid, wait_for_port
+from tests.integration.mllp.conftest import numbered
+
+TOTAL = 10_000
+SENDERS = 8
+KILL_AFTER = 3_000
+
+
+def _listen(port: int, store: Path, log: Path) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-c", "from kit.cli import main; main()", "hl7", "listen",
+            "--port", str(port), "--store", str(store)]
+    out = log.open("ab")
+    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=peer_env(),
+                            start_new_session=True)
+    out.close()
+    wait_for_port(port, timeout=30.0, proc=proc)
+    return proc
+
+
+def test_sigkill_mid_stream_loses_nothing_and_stores_once(tmp_path: Path) -> None:
+    port, store, log = free_port(), tmp_path / "mllp.db", tmp_path / "listener.log"
+    acked: list[set[str]] = [set() for _ in range(SENDERS)]
+    failures: list[str] = []
+    retried = [0]
+    per_sender = TOTAL // SENDERS
+
+    def run(k: int) -> None:
+        policy = RetryPolicy(max_attempts=60, backoff=0.05, max_backoff=0.5)
+        with MLLPSender("127.0.0.1", port, timeout=5.0, retry=policy) as sender:
+            for i in range(k * per_sender, (k + 1) * per_sender):
+                text = numbered(i, "D")
+                try:
+                    ack = sender.send(text)
+                except KitError as exc:
+                    failures.append(f"D{i:06d}: {exc}")
+                    continue
+                assert ack.control_id == f"D{i:06d}"
+                acked[k].add(ack.control_id)
+                if sender.last_attempts > 1:
+                    retried[0] += 1
+
+    proc = _listen(port, store, log)
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(SENDERS)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 40
+        while sum(map(len, acked)) < KILL_AFTER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        acked_before_kill = set().union(*acked)
+        assert len(acked_before_kill) >= KILL_AFTER, "listener too slow before the kill"
+        proc.kill()  # SIGKILL: no chance to flush anything
+        proc.wait(10)
+        # every message acknowledged before the kill is on disk, after a crash
+        with sqlite3.connect(store) as db:
+            stored_now = {r[0] for r in db.execute("SELECT control_id FROM messages")}
+        assert acked_before_kill <= stored_now
+        proc = _listen(port, store, log)
+        for t in threads:
+            t.join(45)
+        assert not any(t.is_alive() for t in threads), "senders did not finish"
+    finally:
+        stop_pid(proc)
+    assert failures == []
+    assert retried[0] >= 1, "no sender had to resend: the kill did not interrupt the stream"
+    everything = {f"D{i:06d}" for i in range(TOTAL)}
+    assert set().union(*acked) == everything
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT control_id, count(*) FROM messages GROUP BY control_id").fetchall()
+        total = db.execute("SELECT count(*) FROM messages").fetchone()[0]
+    assert total == TOTAL
+    assert {cid for cid, _ in rows} == everything
+    assert all(n == 1 for _, n in rows)
