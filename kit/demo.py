@@ -11,11 +11,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from kit.config import Settings
 from kit.errors import KitError
+
+if TYPE_CHECKING:
+    from kit.stack import Stack
 
 __all__ = ["DEMO_KEY", "check_status", "run_demo"]
 
@@ -51,6 +55,7 @@ def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = prin
 
     with tempfile.TemporaryDirectory(prefix="kit-demo-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
+        echo(f"work folder: {work}" + ("" if work_dir else " (temporary; --work-dir DIR keeps it)"))
         work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         with Stack.ephemeral() as stack:
@@ -58,7 +63,7 @@ def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = prin
             step("start embedded stack", t, ", ".join(f"{k} {v}" for k, v in stack.addresses().items()))
             _pacs_steps(settings, work, step)
             _fhir_steps(settings, work, step)
-            _hl7_steps(settings, step)
+            _hl7_steps(settings, step, stack)
     return pl.DataFrame(rows, schema=_SCHEMA)
 
 
@@ -85,7 +90,7 @@ def _pacs_steps(settings: Settings, work: Path, step: Callable[[str, float, str]
     study_uid = str(ct.sort("study_date")["study_instance_uid"][0])
     t = time.perf_counter()
     got = client.get(study_uid=study_uid, dest=work / "retrieved")
-    step("C-GET one CT study", t, f"{got.height} instances to {work / 'retrieved'}")
+    step("C-GET one CT study", t, f"{got.height} instances")
 
     t = time.perf_counter()
     idx = index_dicom(work / "retrieved")
@@ -118,7 +123,7 @@ def _fhir_steps(settings: Settings, work: Path, step: Callable[[str, float, str]
          f"{joined.height} of {pacs.height} PACS studies have an ImagingStudy in the EHR")
 
 
-def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None]) -> None:
+def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None], stack: Stack) -> None:
     from kit import examples
     from kit.hl7.message import split_messages
     from kit.hl7.mllp import MLLPSender
@@ -129,6 +134,16 @@ def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None]) -> N
         acks = sender.send_many(messages)
     accepted = acks.filter(pl.col("ack_code") == "AA").height
     step("HL7 feed over MLLP", t, f"{accepted} of {len(messages)} messages acknowledged AA")
+
+    t = time.perf_counter()
+    listener = stack.services["mllp"]
+    store = getattr(listener, "store", None)
+    if store is None:
+        raise KitError("the MLLP listener has no message store")
+    frames = store.frames()
+    patients = frames["patients"]["patient_id"].n_unique()
+    step("HL7 store -> frames", t, f"{patients} patients, " + ", ".join(
+        f"{frames[name].height} {name}" for name in ("orders", "results", "appointments")))
 
 
 def check_status(settings: Settings) -> pl.DataFrame:

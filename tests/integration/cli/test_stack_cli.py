@@ -131,7 +131,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = _kit(tmp_path, "demo", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     steps = {row["step"]: row["result"] for row in json.loads(result.stdout)}
-    assert "C-GET one CT study" in steps and steps["C-GET one CT study"].startswith("16 instances")
+    assert steps["C-GET one CT study"] == "16 instances"
+    assert re.match(r"\d+ patients, \d+ orders, [1-9]\d* results", steps["HL7 store -> frames"])
     assert steps["index headers"].startswith("16 instances")
     assert "6 patients" in steps["FHIR search"]
     joined = re.match(r"(\d+) of (\d+) PACS studies", steps["join PACS x FHIR on study_instance_uid"])
