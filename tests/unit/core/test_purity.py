@@ -15,6 +15,7 @@ PURE = [
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
     "hub/connectors", "hub/sync",
+    "fhir/timeline",
     "results/model", "results/sr", "results/fhir", "results/oru",
 ]
 
