@@ -470,6 +470,7 @@ class MLLPSender:
         self._sock: socket.socket | None = None
         self._decoder = MLLPDecoder()
         self._frames: list[bytes | FrameError] = []
+        self._answered = False
         #: number of attempts the last :meth:`send` needed
         self.last_attempts = 0
 
@@ -503,6 +504,7 @@ class MLLPSender:
         self._sock = sock
         self._decoder = MLLPDecoder()
         self._frames = []
+        self._answered = False  # has this connection ever sent us a byte?
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -651,12 +653,20 @@ class MLLPSender:
             except TimeoutError as exc:
                 raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
                                        peer=self.peer) from exc
+            except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
+                raise TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer) from exc
             except OSError as exc:
                 raise PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}",
                                             peer=self.peer) from exc
             if not data:
+                if self.ssl_context is not None and not self._answered:
+                    # A TLS 1.3 server that wants a client certificate completes the handshake and then
+                    # drops the connection (asyncio sends no alert). Resending cannot help: final.
+                    raise TLSError("the peer closed a new TLS connection without answering; it may "
+                                   "require a client certificate (mutual TLS)", peer=self.peer)
                 raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
                                             peer=self.peer)
+            self._answered = True
             self._frames += self._decoder.feed(data)
 
 

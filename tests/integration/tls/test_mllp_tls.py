@@ -150,12 +150,6 @@ def test_mutual_tls_without_client_certificate_is_refused(mtls_listener: MLLPLis
     assert mtls_listener.running
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "TLS 1.3 mutual TLS, sender without a client certificate: the sender's handshake completes, "
-    "the listener then drops the connection (CPython asyncio's SSL transport does not flush the "
-    "'certificate required' alert), and MLLPSender._read_ack reports a retryable "
-    "PeerDisconnectedError('peer closed the connection before the ACK ...') that never mentions "
-    "TLS or certificates, so a RetryPolicy resends to a peer that will never accept it"))
 def test_mutual_tls_missing_client_certificate_is_a_final_tls_error(mtls_listener: MLLPListener,
                                                                     pki: Pki) -> None:
     ctx = client_context(pki)
