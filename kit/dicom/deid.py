@@ -54,7 +54,6 @@ import enum
 import hashlib
 import hmac
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +67,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from kit._files import atomic_path
 from kit.config import Secret
 from kit.dicom.index import list_files
 from kit.errors import ConfigError, DicomFileError, InvalidInputError
@@ -248,18 +248,11 @@ class ReidentificationMap:
         if path.exists():
             for row in ReidentificationMap.load(path).frame.iter_rows():
                 merged.add(PseudonymKind(row[0]), row[1], row[2])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".reid-", suffix=suffix)
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=suffix) as tmp:
             if suffix == ".parquet":
                 merged.frame.write_parquet(tmp)
             else:
                 merged.frame.write_csv(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
 
@@ -554,15 +547,8 @@ class Deidentifier:
             if not parts[3]:
                 raise DicomFileError("no SOPInstanceUID", source=path)
             target = out.joinpath(*[p or "unknown" for p in parts[:3]], parts[3] + ".dcm")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".deid-", suffix=".dcm")
-            os.close(fd)
-            try:
+            with atomic_path(target, suffix=".dcm") as tmp:
                 clean.save_as(tmp, enforce_file_format=True)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
         except Exception as exc:
             return (path, None, None, reason is not None, reason, "failed",
                     f"{type(exc).__name__}: {exc}".splitlines()[0])

@@ -20,11 +20,9 @@ dicomweb-client's and pydicom's.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -36,6 +34,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
+from kit._files import atomic_write_bytes
 from kit.config import DicomWebSettings, Secret, Settings
 from kit.dicom._outgoing import read_for_store
 from kit.dicom.dimse import RECEIVED_SCHEMA, STORED_SCHEMA
@@ -294,15 +293,6 @@ def _write_instance(ds: Dataset, folder: Path, study_uid: str) -> tuple[str, str
     except (ValueError, AttributeError, TypeError) as exc:
         raise DicomFileError(f"cannot encode the received instance: {exc}", source=sop) from exc
     data = buffer.getvalue()
-    final = folder / f"{sop}.dcm"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".recv-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    final = atomic_write_bytes(folder / f"{sop}.dcm", data)
     return (sop, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), study_uid, str(final),
             len(data))

@@ -39,6 +39,7 @@ import httpx
 import orjson
 import polars as pl
 
+from kit._files import atomic_path, atomic_write_bytes
 from kit.errors import BulkExportError, FhirError, InvalidInputError, PeerDisconnectedError
 from kit.fhir.client import FhirClient, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
@@ -168,12 +169,7 @@ class _State:
                 raise BulkExportError(f"{self.path} is not valid JSON; delete it to start over") from exc
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(self.data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode(), fsync=True)
 
 
 def _progress_bar(enabled: bool, desc: str, total: int | None = None, unit: str = "it") -> Any:
@@ -497,8 +493,7 @@ class BulkExport:
         for rtype, paths in sorted(by_type.items()):
             frames = [to_frame(p, rtype) for p in sorted(paths)]
             target = out / f"{rtype}.parquet"
-            tmp = target.with_suffix(".parquet.tmp")
-            pl.concat(frames, how="vertical_relaxed").write_parquet(tmp)
-            os.replace(tmp, target)
+            with atomic_path(target, suffix=".parquet") as tmp:
+                pl.concat(frames, how="vertical_relaxed").write_parquet(tmp)
             parquet[rtype] = target
         return parquet
