@@ -47,7 +47,15 @@ each path is compiled once with fhirpathpy (R4 model, so choice types work).
 Written by hand (no library builds typed columnar frames from FHIR JSON at this
 speed; fhiry flattens with pandas.json_normalize, fhir.resources validates into
 pydantic models): the column extractors (:mod:`kit.fhir.frames_extract`) and
-the vectorised date conversion. Parsing is orjson with the cyclic GC paused.
+the vectorised date conversion.
+
+Speed (the work is bound by memory latency, not by the interpreter): parsing
+is orjson with the cyclic GC paused for the whole call (parse and column
+building); a ``.json`` file is memory-mapped, an NDJSON file parsed line by line;
+resources are streamed through the extractors in one pass and, when kit parsed
+the JSON itself, each one is freed right after its row is taken, while still
+in the CPU cache (objects the caller passes in are never modified); list
+columns are built flat and regrouped in polars.
 """
 
 from __future__ import annotations
@@ -55,9 +63,11 @@ from __future__ import annotations
 import dataclasses
 import gc
 import gzip
+import mmap
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +196,7 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _loads(data: bytes | str, source: str) -> Any:
+def _loads(data: bytes | bytearray | memoryview | str, source: str) -> Any:
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -194,40 +204,109 @@ def _loads(data: bytes | str, source: str) -> Any:
 
 
 def _read_path(path: Path) -> Any:
+    """The parsed content of a ``.json`` file, or an iterator over the parsed lines of an NDJSON file.
+
+    NDJSON is read and parsed line by line, so each resource is parsed, used and
+    freed while it is still in the CPU cache. A ``.json`` file is memory-mapped
+    (prefaulted in one call) rather than copied into a bytes object.
+    """
     name = path.name.lower()
+    if name.endswith((".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")):
+        return _ndjson(path)
     try:
-        raw = path.read_bytes()
+        if name.endswith(".gz"):
+            return _loads(gzip.decompress(path.read_bytes()), str(path))
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0 or not hasattr(mmap, "MAP_SHARED"):
+                return _loads(fh.read(), str(path))
+            m = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                          prot=mmap.PROT_READ)
+    except (OSError, ValueError, EOFError, gzip.BadGzipFile) as exc:
+        raise InvalidInputError(f"cannot read: {exc}", source=str(path)) from exc
+    try:
+        with memoryview(m) as view:
+            return _loads(view, str(path))
+    finally:
+        m.close()
+
+
+def _ndjson(path: Path) -> Iterator[Any]:
+    loads = orjson.loads
+    try:
+        fh = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")
     except OSError as exc:
         raise InvalidInputError(f"cannot read: {exc}", source=str(path)) from exc
-    if name.endswith(".gz"):
-        raw = gzip.decompress(raw)
-        name = name[:-3]
-    if name.endswith((".ndjson", ".jsonl")):
-        out = []
-        for n, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                out.append(_loads(line, f"{path}:{n}"))
-        return out
-    return _loads(raw, str(path))
+    with fh:
+        n = 0
+        try:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        yield loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise FhirValidationError(f"not JSON: {exc}", source=f"{path}:{n}") from exc
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise InvalidInputError(f"cannot read: {exc}", source=f"{path}:{n}") from exc
 
 
-def _flatten(item: Any, out: list[Mapping[str, Any]], urns: dict[str, str], source: str) -> None:
-    if not isinstance(item, Mapping):
+def _walk(item: Any, urns: dict[str, str], source: str, consume: bool) -> Iterator[Mapping[str, Any]]:
+    """The resources in ``item`` (Bundles flattened), recording Bundle ``urn:`` fullUrls in ``urns``.
+
+    With ``consume`` (only for JSON we parsed ourselves) each Bundle entry is
+    dropped once yielded, so it is freed while still in the CPU cache instead of
+    all at the end.
+    """
+    if item.__class__ is not dict and not isinstance(item, Mapping):
         raise FhirValidationError(f"not a FHIR resource (a {type(item).__name__})", source=source)
     rt = item.get("resourceType")
     if not isinstance(rt, str):
         raise FhirValidationError("resource without resourceType", source=source)
     if rt != "Bundle":
-        out.append(item)
+        yield item
         return
-    for entry in item.get("entry") or ():
+    entries: Any = item.get("entry") or ()
+    for k, entry in enumerate(entries):
         res = entry.get("resource")
         if res is None:
             continue  # e.g. a DELETE in a transaction, or a search outcome without resource
         full = entry.get("fullUrl")
         if full and full.startswith("urn:") and res.get("id"):
             urns[full] = res["id"]
-        _flatten(res, out, urns, source)
+        if res.__class__ is dict and res.get("resourceType") != "Bundle":
+            rt = res.get("resourceType")
+            if not isinstance(rt, str):
+                raise FhirValidationError("resource without resourceType", source=source)
+            yield res
+        else:
+            yield from _walk(res, urns, source, consume)
+        if consume:
+            entries[k] = None
+
+
+def _iter_resources(source: Source, urns: dict[str, str]) -> Iterator[Mapping[str, Any]]:
+    """Stream the resources of ``source`` (see :func:`read_resources`)."""
+    consume = True
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        data = _read_path(path)
+        label = str(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = _loads(source, "bytes")  # orjson reads bytes, bytearray and memoryview as they are
+        label = "bytes"
+    else:
+        data = source
+        label = "input"
+        consume = False  # the caller's objects: never modified
+    if data.__class__ is dict or isinstance(data, Mapping):
+        yield from _walk(data, urns, label, consume)
+    elif consume and data.__class__ is list:  # a JSON array we parsed: free each item once used
+        for k, item in enumerate(data):
+            yield from _walk(item, urns, label, consume)
+            data[k] = item = None
+    else:
+        for item in data:
+            yield from _walk(item, urns, label, consume)
 
 
 def read_resources(source: Source) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
@@ -245,24 +324,9 @@ def read_resources(source: Source) -> tuple[list[Mapping[str, Any]], dict[str, s
     FhirValidationError
         Not JSON, or an item without ``resourceType``.
     """
-    out: list[Mapping[str, Any]] = []
     urns: dict[str, str] = {}
     with _gc_paused():
-        if isinstance(source, (str, os.PathLike)):
-            path = Path(source)
-            data = _read_path(path)
-            label = str(path)
-        elif isinstance(source, (bytes, bytearray, memoryview)):
-            data = _loads(bytes(source), "bytes")
-            label = "bytes"
-        else:
-            data = source
-            label = "input"
-        if isinstance(data, Mapping):
-            _flatten(data, out, urns, label)
-        else:
-            for item in data:
-                _flatten(item, out, urns, label)
+        out = list(_iter_resources(source, urns))
     return out, urns
 
 
@@ -328,35 +392,59 @@ def _scalar(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
 
 
 def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Series:
-    """A List column built flat (one row per item) and grouped back: far faster than nested lists."""
+    """A List column built flat (one row per item) and grouped back: far faster than nested lists.
+
+    Struct items come either flattened into one tuple per row (the extractors:
+    ``(f1, f2, f1, f2, ...)``, built while the resource is hot in the CPU cache
+    and split here by C-level slicing) or as a list of dicts (FHIRPath columns).
+    """
     n = len(values)
-    if not any(values):
-        return pl.Series(col.name, [None] * n, dtype=col.dtype)
     inner = col.inner
     assert inner is not None
+    if not any(values):
+        return pl.Series(col.name, [None] * n, dtype=col.dtype)
     fields: list[Col] = []
     if isinstance(inner, pl.Struct):
         for f in inner.fields:
-            k, i = _kind_of(f.dtype)
-            fields.append(Col(f.name, k, i))
+            kind, inner_dtype = _kind_of(f.dtype)
+            fields.append(Col(f.name, kind, inner_dtype))
     else:
         fields.append(Col("_v", _kind_of(inner)[0]))
     names = [f.name for f in fields]
-    try:
-        items = [x if x is None or x.__class__ is list else [x] for x in values]
-        rows = [i for i, xs in enumerate(items) if xs for _ in xs]
-        flat_items = [x for xs in items if xs for x in xs]
-        if isinstance(inner, pl.Struct):
-            flat = [[x.get(name) for x in flat_items] for name in names]
-        else:
+    k = len(names)
+    sample = next(xs for xs in values if xs)
+    flat: list[Sequence[Any]]
+    if sample.__class__ is tuple:  # extractor output: struct fields flattened
+        lens = [len(xs) // k if xs else 0 for xs in values]
+        flat_values = list(chain.from_iterable(xs for xs in values if xs))
+        if len(flat_values) != k * sum(lens):
+            raise FhirValidationError(f"{what}: malformed struct items")
+        flat = [flat_values[j::k] for j in range(k)]
+    else:
+        lens = [len(xs) if xs.__class__ is list else (0 if xs is None else -1) for xs in values]
+        if min(lens) < 0:  # single items: wrap them
+            values = [xs if xs is None or xs.__class__ is list else [xs] for xs in values]
+            lens = [len(xs) if xs else 0 for xs in values]
+        flat_items = list(chain.from_iterable(xs for xs in values if xs))
+        if not isinstance(inner, pl.Struct):
             flat = [flat_items]
-    except AttributeError as exc:
-        raise FhirValidationError(f"{what}: malformed list item: {exc}") from exc
-    frame = pl.DataFrame([pl.Series("_r", rows, dtype=pl.UInt32)]
-                         + [_scalar(f, acc, f"{what}.{f.name}", strict) for f, acc in zip(fields, flat,
-                                                                                          strict=True)])
+        else:
+            try:
+                flat = [[x.get(name) for x in flat_items] for name in names]
+            except AttributeError as exc:
+                raise FhirValidationError(f"{what}: malformed list item: {exc}") from exc
+    items = pl.DataFrame([_scalar(f, acc, f"{what}.{f.name}", strict)
+                          for f, acc in zip(fields, flat, strict=True)])
     value = pl.struct(names) if isinstance(inner, pl.Struct) else pl.col("_v")
-    grouped = frame.group_by("_r", maintain_order=True).agg(value.alias(col.name))
+    first = lens[0]
+    if first and lens.count(first) == n:  # the same number of items in every row
+        return items.select(value.alias(col.name)).to_series().reshape((n, first)).cast(col.dtype)
+    row = pl.Series("_r", lens, dtype=pl.UInt32)
+    rows = pl.select(pl.int_range(n, dtype=pl.UInt32).repeat_by(row).explode().drop_nulls()).to_series()
+    grouped = items.with_columns(rows.alias("_r").set_sorted()).group_by(
+        "_r", maintain_order=True).agg(value.alias(col.name))
+    if grouped.height == n:  # no empty rows
+        return grouped.get_column(col.name).cast(col.dtype)
     full = pl.DataFrame({"_r": pl.arange(0, n, eager=True, dtype=pl.UInt32)}).join(
         grouped, on="_r", how="left", maintain_order="left")
     return full.get_column(col.name).cast(col.dtype)
@@ -383,22 +471,56 @@ def _columns_for(resource_type: str, extra: Sequence[ColumnSpec]) -> tuple[Col, 
     return tuple(c for c in base if c.name not in names) + tuple(spec._col for spec in extra)
 
 
-def _frame(resource_type: str, resources: Sequence[Mapping[str, Any]], extra: Sequence[ColumnSpec],
-           urns: Mapping[str, str], strict: bool) -> pl.DataFrame:
-    extract = EXTRACTORS.get(resource_type, generic_extract)
-    r: Mapping[str, Any] | None = None
+class _Rows:
+    """The extracted rows of one resource type (one tuple per resource, schema order)."""
+
+    __slots__ = ("extract", "rows", "specs", "keep")
+
+    def __init__(self, resource_type: str, extra: Sequence[ColumnSpec]) -> None:
+        self.extract = EXTRACTORS.get(resource_type, generic_extract)
+        self.rows: list[tuple[Any, ...]] = []
+        self.specs = tuple(extra)
+        names = {spec.name for spec in extra}
+        base = SCHEMAS.get(resource_type, GENERIC_SCHEMA)
+        self.keep = [i for i, c in enumerate(base) if c.name not in names]
+
+    def add(self, r: Mapping[str, Any]) -> None:
+        row = self.extract(r)
+        if self.specs:
+            row = tuple(row[i] for i in self.keep) + tuple(spec.evaluate(r) for spec in self.specs)
+        self.rows.append(row)
+
+
+def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
+             only: str | None) -> tuple[dict[str, _Rows], dict[str, str]]:
+    """Extract every resource of ``source`` (of type ``only`` if given) in one streaming pass.
+
+    Each resource is read once, while it is hot in the CPU cache, and (for JSON
+    we parsed) freed right after.
+    """
+    urns: dict[str, str] = {}
+    groups: dict[str, _Rows] = {}
+    if only is not None:
+        groups[only] = _Rows(only, extra.get(only, ()))
     try:
-        rows = [extract(r) for r in resources]
-        if extra:
-            base = SCHEMAS.get(resource_type, GENERIC_SCHEMA)
-            names = {spec.name for spec in extra}
-            keep = [i for i, c in enumerate(base) if c.name not in names]
-            rows = [tuple(row[i] for i in keep) + tuple(spec.evaluate(r) for spec in extra)
-                    for row, r in zip(rows, resources, strict=True)]
-    except (AttributeError, TypeError, KeyError, IndexError) as exc:
-        rid = r.get("id") if isinstance(r, Mapping) else None
-        raise FhirValidationError(f"malformed {resource_type}: {exc!r}",
-                                  source=f"{resource_type}/{rid}") from exc
+        for r in _iter_resources(source, urns):
+            rt = r["resourceType"]
+            group = groups.get(rt)
+            if group is None:
+                if only is not None:
+                    continue
+                group = groups[rt] = _Rows(rt, extra.get(rt, ()))
+            try:
+                group.add(r)
+            except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+                raise FhirValidationError(f"malformed {rt}: {exc!r}", source=f"{rt}/{r.get('id')}") from exc
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:  # a malformed Bundle entry
+        raise FhirValidationError(f"malformed Bundle entry: {exc!r}") from exc
+    return groups, urns
+
+
+def _frame(resource_type: str, rows: list[tuple[Any, ...]], extra: Sequence[ColumnSpec],
+           urns: Mapping[str, str], strict: bool) -> pl.DataFrame:
     frame = _build(_columns_for(resource_type, extra), rows, resource_type, strict)
     if urns and "patient_ref" in frame.columns:
         frame = frame.with_columns(pl.col("patient_ref").replace(dict(urns)))
@@ -457,9 +579,8 @@ def to_frame(resources: Source, resource_type: str, *, columns: Sequence[ColumnS
 
 def _to_frame(resources: Source, resource_type: str, columns: Sequence[ColumnSpec],
               strict: bool) -> pl.DataFrame:
-    items, urns = read_resources(resources)
-    picked = [r for r in items if r.get("resourceType") == resource_type]
-    return _frame(resource_type, picked, columns, urns, strict)
+    groups, urns = _collect(resources, {resource_type: columns}, resource_type)
+    return _frame(resource_type, groups.pop(resource_type).rows, columns, urns, strict)
 
 
 def to_frames(resources: Source, *, columns: Mapping[str, Sequence[ColumnSpec]] | None = None,
@@ -486,15 +607,13 @@ def to_frames(resources: Source, *, columns: Mapping[str, Sequence[ColumnSpec]] 
 
 def _to_frames(resources: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                strict: bool) -> dict[str, pl.DataFrame]:
-    items, urns = read_resources(resources)
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in items:
-        rt = r["resourceType"]
-        group = groups.get(rt)
-        if group is None:
-            group = groups[rt] = []
-        group.append(r)
-    return {rt: _frame(rt, group, extra.get(rt, ()), urns, strict) for rt, group in groups.items()}
+    groups, urns = _collect(resources, extra, None)
+    out = {}
+    for rt in list(groups):
+        rows = groups.pop(rt).rows  # each type's rows are freed once its frame is built
+        out[rt] = _frame(rt, rows, extra.get(rt, ()), urns, strict)
+        del rows
+    return out
 
 
 def with_patient_id(frame: pl.DataFrame, patients: pl.DataFrame) -> pl.DataFrame:

@@ -12,7 +12,9 @@ StudyInstanceUID) and the resolution of references to contained resources.
 Column kinds (``Col.kind``): ``str``, ``float``, ``int``, ``bool`` (scalars),
 ``date`` / ``datetime`` (collected as FHIR strings, converted to ``pl.Date`` /
 ``pl.Datetime("us", "UTC")`` in one vectorised pass), ``list`` (list of
-scalars) and ``structs`` (list of dicts whose keys are the struct's fields).
+scalars) and ``structs``: the items' fields flattened into one tuple per row,
+``(f1, f2, ..., f1, f2, ...)`` in the struct's field order (built while the
+resource is hot in the CPU cache; a list of dicts keyed by field name works too).
 """
 
 from __future__ import annotations
@@ -220,18 +222,38 @@ def _typed_identifier(identifiers: list[Any] | None, type_code: str, hint: str) 
     return None
 
 
-def _identifiers(identifiers: list[Any] | None) -> list[dict[str, Any]] | None:
+def _identifiers(identifiers: list[Any] | None) -> tuple[Any, ...] | None:
+    """IDENTIFIER struct items, flattened."""
     if not identifiers:
         return None
-    return [{"system": i.get("system"), "value": i.get("value"), "type": _code(i.get("type")),
-             "use": i.get("use")} for i in identifiers]
+    out: list[Any] = []
+    for i in identifiers:
+        out += (i.get("system"), i.get("value"), _code(i.get("type")), i.get("use"))
+    return tuple(out)
 
 
-def _ext(r: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+def _coding_items(codings: list[Any]) -> tuple[Any, ...]:
+    """CODING struct items of a non-empty list of Codings, flattened."""
+    if len(codings) == 1:
+        c = codings[0]
+        return c.get("system"), c.get("code"), c.get("display")
+    out: list[Any] = []
+    for c in codings:
+        out += (c.get("system"), c.get("code"), c.get("display"))
+    return tuple(out)
+
+
+def _codings(cc: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    """CODING struct items of a CodeableConcept (every coding), flattened."""
+    codings = cc.get("coding") if cc else None
+    return _coding_items(codings) if codings else None
+
+
+def _ext(r: Mapping[str, Any]) -> tuple[Any, ...] | None:
     exts = r.get("extension")
     if not exts:
         return None
-    out = []
+    out: list[Any] = []
     for e in exts:
         value: Any = None
         for k, v in e.items():
@@ -241,8 +263,8 @@ def _ext(r: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         else:
             if "extension" in e:
                 value = orjson.dumps(e["extension"]).decode()
-        out.append({"url": e.get("url"), "value": value})
-    return out
+        out += (e.get("url"), value)
+    return tuple(out)
 
 
 def _last_updated(r: Mapping[str, Any]) -> Any:
@@ -339,39 +361,66 @@ reference_range_low:float reference_range_high:float reference_range_text perfor
 has_member:strs derived_from:strs note components:components extensions:extensions""")
 
 
-def _components(comps: list[Any] | None) -> list[dict[str, Any]] | None:
+def _components(comps: list[Any] | None) -> tuple[Any, ...] | None:
+    """COMPONENT struct items, flattened."""
     if not comps:
         return None
-    out = []
+    out: list[Any] = []
     for c in comps:
         code, system, display = _cc(c.get("code"))
         vq = c.get("valueQuantity")
         vcc = c.get("valueCodeableConcept")
         interp = c.get("interpretation")
         value = vq.get("value") if vq else None
-        out.append({
-            "code": code, "code_system": system, "code_display": display,
-            "value_quantity": float(value) if value is not None else None,
-            "value_unit": (vq.get("unit") or vq.get("code")) if vq else None,
-            "value_string": c.get("valueString"), "value_code": _code(vcc) if vcc else None,
-            "interpretation": _code(interp[0]) if interp else None,
-        })
-    return out
+        out += (
+            code, system, display, float(value) if value is not None else None,
+            (vq.get("unit") or vq.get("code")) if vq else None,
+            c.get("valueString"), _code(vcc) if vcc else None, _code(interp[0]) if interp else None,
+        )
+    return tuple(out)
 
 
 def _observation(r: Mapping[str, Any]) -> tuple[Any, ...]:
-    code, system, display = _cc(r.get("code"))
-    cc = r.get("code")
-    cats = r.get("category")
-    subject, pref, pid = _subject(r, r.get("subject"))
-    eff, eff_end = _when(r, "effective")
-    vq = r.get("valueQuantity")
-    vcc = r.get("valueCodeableConcept")
+    # the hottest extractor (labs and vitals dwarf everything else): helpers inlined,
+    # each dict read once
+    get = r.get
+    cc = get("code")
+    code = system = display = codings = None
+    if cc:
+        cods = cc.get("coding")
+        if cods:
+            c = cods[0]
+            code, system, display = c.get("code"), c.get("system"), c.get("display") or cc.get("text")
+            codings = _coding_items(cods)
+        else:
+            display = cc.get("text")
+    cats = get("category")
+    categories: list[Any] | None
+    if cats:
+        categories = [_code(c) for c in cats]
+        category = categories[0]
+    else:
+        categories = category = None
+    subject, pref, pid = _subject(r, get("subject"))
+    eff = get("effectiveDateTime")
+    eff_end = None
+    if eff is None:
+        period = get("effectivePeriod")
+        if period:
+            eff, eff_end = period.get("start"), period.get("end")
+        else:
+            eff = get("effectiveInstant")
+    vq = get("valueQuantity")
+    if vq:
+        vq_value, vq_unit = vq.get("value"), vq.get("unit") or vq.get("code")
+    else:
+        vq_value = vq_unit = None
+    vcc = get("valueCodeableConcept")
     if vcc:
         vcode, vsys, _ = _cc(vcc)
     else:
         vcode = vsys = None
-    rr = r.get("referenceRange")
+    rr = get("referenceRange")
     if rr:
         r0 = rr[0]
         low = r0.get("low")
@@ -381,17 +430,20 @@ def _observation(r: Mapping[str, Any]) -> tuple[Any, ...]:
         rr_text = r0.get("text")
     else:
         rr_low = rr_high = rr_text = None
-    perf = r.get("performer")
+    interp = get("interpretation")
+    perf = get("performer")
+    meta = get("meta")
+    enc = get("encounter")
+    comps = get("component")
     return (
-        r.get("id"), _last_updated(r), r.get("status"), _first_code(cats), _codes(cats),
-        code, system, display, cc.get("coding") if cc else None,
-        subject, pref, pid, _ref(r.get("encounter")), eff, eff_end, r.get("issued"),
-        vq.get("value") if vq else None, (vq.get("unit") or vq.get("code")) if vq else None,
-        r.get("valueString"), vcode, vsys, r.get("valueBoolean"), r.get("valueInteger"),
-        r.get("valueDateTime"), _code(r.get("dataAbsentReason")), _first_code(r.get("interpretation")),
+        get("id"), meta.get("lastUpdated") if meta else None, get("status"), category, categories,
+        code, system, display, codings,
+        subject, pref, pid, enc.get("reference") if enc else None, eff, eff_end, get("issued"),
+        vq_value, vq_unit, get("valueString"), vcode, vsys, get("valueBoolean"), get("valueInteger"),
+        get("valueDateTime"), _code(get("dataAbsentReason")), _code(interp[0]) if interp else None,
         rr_low, rr_high, rr_text, _ref(perf[0]) if perf else None,
-        _refs(r.get("hasMember")), _refs(r.get("derivedFrom")), _note(r.get("note")),
-        _components(r.get("component")), _ext(r),
+        _refs(get("hasMember")), _refs(get("derivedFrom")), _note(get("note")),
+        _components(comps) if comps else None, _ext(r) if "extension" in r else None,
     )
 
 
@@ -410,7 +462,7 @@ def _condition(r: Mapping[str, Any]) -> tuple[Any, ...]:
     abatement, _ = _when(r, "abatement")
     return (
         r.get("id"), _last_updated(r), _code(r.get("clinicalStatus")), _code(r.get("verificationStatus")),
-        _first_code(r.get("category")), code, system, display, cc.get("coding") if cc else None,
+        _first_code(r.get("category")), code, system, display, _codings(cc),
         subject, pref, pid, _ref(r.get("encounter")), onset, abatement, r.get("recordedDate"),
         _code(r.get("severity")), _first_code(r.get("bodySite")), _note(r.get("note")), _ext(r),
     )
@@ -431,7 +483,7 @@ def _procedure(r: Mapping[str, Any]) -> tuple[Any, ...]:
     perf = r.get("performer")
     return (
         r.get("id"), _last_updated(r), r.get("status"), _code(r.get("category")), code, system, display,
-        cc.get("coding") if cc else None, subject, pref, pid, _ref(r.get("encounter")), start, end,
+        _codings(cc), subject, pref, pid, _ref(r.get("encounter")), start, end,
         _ref(perf[0].get("actor")) if perf else None, _first_code(r.get("reasonCode")),
         _first_code(r.get("bodySite")), _code(r.get("outcome")), _note(r.get("note")), _ext(r),
     )
@@ -484,7 +536,7 @@ def _diagnostic_report(r: Mapping[str, Any]) -> tuple[Any, ...]:
     forms = r.get("presentedForm")
     return (
         r.get("id"), _last_updated(r), r.get("status"), _first_code(r.get("category")), code, system,
-        display, cc.get("coding") if cc else None, subject, pref, pid, _ref(r.get("encounter")),
+        display, _codings(cc), subject, pref, pid, _ref(r.get("encounter")),
         _typed_identifier(r.get("identifier"), "ACSN", "accession"), eff, r.get("issued"),
         _ref(perf[0]) if perf else None, _refs(r.get("result")), _refs(r.get("imagingStudy")),
         _refs(r.get("basedOn")), r.get("conclusion"), _codes(r.get("conclusionCode")),
@@ -613,7 +665,7 @@ def _service_request(r: Mapping[str, Any]) -> tuple[Any, ...]:
     perf = r.get("performer")
     return (
         r.get("id"), _last_updated(r), r.get("status"), r.get("intent"), r.get("priority"),
-        _first_code(r.get("category")), code, system, display, cc.get("coding") if cc else None,
+        _first_code(r.get("category")), code, system, display, _codings(cc),
         subject, pref, pid, _ref(r.get("encounter")),
         _typed_identifier(r.get("identifier"), "ACSN", "accession"), r.get("authoredOn"), occ,
         _ref(r.get("requester")), _ref(perf[0]) if perf else None, _first_code(r.get("reasonCode")),
