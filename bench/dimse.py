@@ -6,6 +6,10 @@
     EmbeddedPACS, into dcmtk storescp and into Orthanc -> images/s each.
 (b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
 (c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
+(b) and (c) run ROUNDS interleaved rounds (kit, dcmtk, kit, dcmtk) and keep each side's best.
+
+The kit's EmbeddedPACS acknowledges a C-STORE only after fsync'ing the file and
+its directory; storescp here (-pm +B) does not fsync, Orthanc does (SyncStorageArea).
 
 Every server is started here on an ephemeral port and stopped by PID.
 Ends with ``RATIO <what> kit/<alternative> = <x>`` lines (higher is better for the kit).
@@ -31,6 +35,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from kit.dicom.dimse import PacsClient
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
+#: Interleaved rounds of (b) and (c); the best round of each side counts (the machine may be shared).
+ROUNDS = 2
 
 
 def dcmtk(name: str) -> str:
@@ -166,32 +172,36 @@ def main() -> None:
         print(f"(a) receive   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
               f"dcmtk storescp {rate(n, t_scp):8.0f} img/s   Orthanc {rate(n, t_orth):8.0f} img/s")
 
-        # (b) send
+        # (b) send, (c) C-GET: ROUNDS interleaved rounds each, the best of each side counts
         scp, scp_port, _ = storescp(tmp, "storescp-b")
         procs.append(scp)
         client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
-        start = time.perf_counter()
-        client.store(files)
-        t_kit_send = time.perf_counter() - start
-        t_scu = storescu(scp_port, "STORESCP", src)
+        t_kit_send = t_scu = float("inf")
+        for _ in range(ROUNDS):
+            start = time.perf_counter()
+            client.store(files)
+            t_kit_send = min(t_kit_send, time.perf_counter() - start)
+            t_scu = min(t_scu, storescu(scp_port, "STORESCP", src))
         stop(scp)
         print(f"(b) send      kit PacsClient.store {rate(n, t_kit_send):8.0f} img/s   "
               f"dcmtk storescu {rate(n, t_scu):8.0f} img/s")
 
-        # (c) C-GET from Orthanc
         client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
-        start = time.perf_counter()
-        got = client.get(study_uid=study, dest=tmp / "kit-get")
-        t_kit_get = time.perf_counter() - start
-        assert got.height == n, got.height
-        (tmp / "getscu").mkdir()
-        start = time.perf_counter()
-        subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
-                        "-k", f"StudyInstanceUID={study}", "-od", str(tmp / "getscu"),
-                        "127.0.0.1", str(orth_port)], env=ENV, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t_getscu = time.perf_counter() - start
-        assert len(list((tmp / "getscu").iterdir())) == n
+        t_kit_get = t_getscu = float("inf")
+        for round_ in range(ROUNDS):
+            start = time.perf_counter()
+            got = client.get(study_uid=study, dest=tmp / f"kit-get-{round_}")
+            t_kit_get = min(t_kit_get, time.perf_counter() - start)
+            assert got.height == n, got.height
+            out = tmp / f"getscu-{round_}"
+            out.mkdir()
+            start = time.perf_counter()
+            subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", f"StudyInstanceUID={study}", "-od", str(out),
+                            "127.0.0.1", str(orth_port)], env=ENV, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            t_getscu = min(t_getscu, time.perf_counter() - start)
+            assert len(list(out.iterdir())) == n
         print(f"(c) C-GET     kit PacsClient.get {rate(n, t_kit_get):8.0f} img/s   "
               f"dcmtk getscu {rate(n, t_getscu):8.0f} img/s")
 

@@ -1,33 +1,27 @@
 """Instances going out by C-STORE: checked before sending, sent as raw bytes where possible.
 
 Used by :mod:`kit.dicom.dimse` (C-STORE) and :mod:`kit.dicom.web` (STOW-RS).
-Written by hand: pydicom reads a truncated file silently and pynetdicom's
-raw-file sending is a global switch, so the element walk that proves a file
-is complete and the per-request C-STORE without a reactor pause live here.
+Written by hand: pydicom reads a truncated file silently, so the element walk
+that proves a file is complete lives here; the bytes are sent by
+:mod:`kit.dicom._fastnet`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import struct
-import time
-from collections.abc import Iterator
-from io import BytesIO
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 
 from kit.errors import DicomFileError
 
-__all__ = ["Outgoing", "paused", "read_for_store", "send_c_store"]
+__all__ = ["Outgoing", "read_for_store"]
 
 
 def read_for_store(path: Path) -> Dataset:
@@ -78,6 +72,37 @@ def read_for_store(path: Path) -> Dataset:
             if fh.read(8) != b"\xfe\xff\xdd\xe0\x00\x00\x00\x00":
                 raise DicomFileError("truncated: the last sequence has no delimiter", source=str(path))
     return ds
+
+
+_META_KEYS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+_META_TAGS = {0x0002: _META_KEYS[0], 0x0003: _META_KEYS[1], 0x0010: _META_KEYS[2]}
+
+
+def _file_meta(buf: bytes) -> tuple[dict[str, str], int] | None:
+    """The three file meta UIDs and where the data set starts, parsed from the bytes
+    (group 0002 is always Explicit VR Little Endian, PS3.10 7.1); None to leave an
+    unusual file (no preamble, odd encoding) to pydicom."""
+    if buf[128:132] != b"DICM":
+        return None
+    out: dict[str, str] = {}
+    pos, end = 132, len(buf)
+    while pos + 8 <= end:
+        group, elem = struct.unpack_from("<HH", buf, pos)
+        if group != 0x0002:
+            return out, pos
+        vr = buf[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                return None
+            length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+        else:
+            length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+        if not vr.isalpha() or start + length > end:
+            return None
+        if elem in _META_TAGS:
+            out[_META_TAGS[elem]] = buf[start:start + length].decode("ascii", "replace").rstrip("\x00 ")
+        pos = start + length
+    return None
 
 
 _RAW_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
@@ -164,18 +189,18 @@ class Outgoing:
                        str(meta.TransferSyntaxUID), None, dataset=item)
         path = Path(item)
         try:
-            meta, offset = split_dataset(path)
             buf = path.read_bytes()
+            quick = _file_meta(buf)
+            meta, offset = quick if quick is not None else split_dataset(path)
         except FileNotFoundError as exc:
             raise DicomFileError("no such file", source=str(path)) from exc
         except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
             raise DicomFileError(f"not a readable DICOM file: {exc}", source=str(path)) from exc
-        missing = [k for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
-                               "TransferSyntaxUID") if k not in meta]
+        missing = [k for k in _META_KEYS if not meta.get(k)]
         if missing:
             raise DicomFileError(f"not a DICOM Part 10 file (file meta lacks {', '.join(missing)})",
                                  source=str(path))
-        ts = UID(str(meta.TransferSyntaxUID))
+        ts = UID(str(meta.get("TransferSyntaxUID")))
         if ts not in _RAW_SYNTAXES and not (ts.is_compressed and ts.is_little_endian
                                             and not ts.is_deflated):
             ds = read_for_store(path)  # big endian or deflated: let pydicom decode and re-encode
@@ -186,50 +211,31 @@ class Outgoing:
             _skip_dataset(buf, offset, len(buf), ts != ImplicitVRLittleEndian, nested=False)
         except (ValueError, struct.error) as exc:
             raise DicomFileError(f"truncated or corrupt: {exc}", source=str(path)) from exc
-        return cls(str(meta.MediaStorageSOPClassUID), str(meta.MediaStorageSOPInstanceUID),
+        return cls(str(meta.get("MediaStorageSOPClassUID")), str(meta.get("MediaStorageSOPInstanceUID")),
                    str(ts), str(path), path=path, offset=offset)
 
+    def payload(self) -> bytes:
+        """The data set as it goes on the wire: the file's bytes after its meta, or the encoded dataset.
 
-@contextlib.contextmanager
-def paused(assoc: Association) -> Iterator[None]:
-    """Pause pynetdicom's association reactor once for a batch of requests.
-
-    ``send_c_store`` pauses and resumes it around every request; the reactor
-    polls every millisecond, so that costs about 1 ms per instance.
-    """
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused and assoc.is_established:
-        time.sleep(0.0001)
-    try:
-        yield
-    finally:
-        assoc._reactor_checkpoint.set()
-
-
-def send_c_store(assoc: Association, item: Outgoing, context_id: int, msg_id: int) -> int | None:
-    """Send one C-STORE-RQ on a paused association; the response status, or None if none came.
-
-    What pynetdicom's ``Association.send_c_store`` does, with a file's bytes
-    sent as they are (its ``STORE_SEND_CHUNKED_DATASET`` path) and without
-    the per-request reactor pause.
-    """
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.Priority = 2
-    req.AffectedSOPClassUID = item.sop_class
-    req.AffectedSOPInstanceUID = item.sop_instance
-    if item.path is not None:
-        req._dataset_path = (item.path, item.offset)
-    else:
-        assert item.dataset is not None
-        ts = UID(item.transfer_syntax)
-        encoded = encode(item.dataset, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        Raises
+        ------
+        DicomFileError
+            The file changed or vanished since it was checked, or pydicom cannot encode the dataset.
+        """
+        if self.path is not None:
+            try:
+                with open(self.path, "rb") as fh:
+                    fh.seek(self.offset)
+                    data = fh.read()
+            except OSError as exc:
+                raise DicomFileError(f"cannot read: {exc}", source=str(self.path)) from exc
+            if not data:
+                raise DicomFileError("the file is empty after its meta (changed since checked?)",
+                                     source=str(self.path))
+            return data
+        assert self.dataset is not None
+        ts = UID(self.transfer_syntax)
+        encoded = encode(self.dataset, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
         if encoded is None:
-            raise DicomFileError("pydicom could not encode the dataset", source=item.sop_instance)
-        req.DataSet = BytesIO(encoded)
-    assoc.dimse.send_msg(req, context_id)
-    _cx, rsp = assoc.dimse.get_msg(block=True)
-    if rsp is None:
-        return None
-    status = rsp.Status
-    return int(status) if status is not None else None
+            raise DicomFileError("pydicom could not encode the dataset", source=self.sop_instance)
+        return encoded

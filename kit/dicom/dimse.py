@@ -20,21 +20,26 @@ not DICOM / truncated file to store    :class:`~kit.errors.DicomFileError`
 TLS handshake failure                  :class:`~kit.errors.TLSError`
 =====================================  ===========================================
 
-Speed. Stock pynetdicom is several times slower than dcmtk on loopback; the
-client closes most of the gap by: setting ``TCP_NODELAY`` on every
-association socket (pynetdicom never does; Nagle plus delayed ACK stalls each
-small PDU), asking for large PDUs, unbinding pynetdicom's per-PDU logging
-handlers once the association is up, and writing received C-GET/C-MOVE
-instances straight from the encoded bytes (``event.encoded_dataset()``,
-never decoded) to a temporary file renamed into place.
+Speed. Stock pynetdicom is several times slower than dcmtk on loopback
+(every PDU crosses two reactor threads and four queues polled with 1 ms
+sleeps, every command set is encoded by pydicom). pynetdicom negotiates and
+releases the association; for :meth:`PacsClient.store` and
+:meth:`PacsClient.get` the kit then reads and writes the PDUs itself on the
+calling thread (:mod:`kit.dicom._fastnet`), sending files' bytes as they are
+and writing received instances straight from the encoded bytes (never
+decoded) to a temporary file renamed into place. Every association socket
+gets ``TCP_NODELAY`` (pynetdicom never sets it; Nagle plus delayed ACK stalls
+each small PDU), large PDUs are asked for, and pynetdicom's per-PDU logging
+handlers are unbound once the association is up.
 
 C-MOVE needs the PACS to know our AE title as a move destination (the PACS
 connects back to us): register ``aet`` (or ``move_aet``) with our host and
 ``store_port`` in the PACS's modality table first. C-GET needs no setup and
 is the better choice where the PACS supports it.
 
-Written by hand here: the error mapping, the frame building and the
-raw-bytes storage handler; the protocol itself is pynetdicom's.
+Written by hand here: the error mapping and the frame building; the
+association protocol is pynetdicom's, the C-STORE/C-GET data phase
+:mod:`kit.dicom._fastnet`'s.
 """
 
 from __future__ import annotations
@@ -43,7 +48,6 @@ import contextlib
 import os
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +58,7 @@ import polars as pl
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -66,7 +71,12 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import (
+    AE,
+    StoragePresentationContexts,
+    build_role,
+    evt,
+)
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -74,10 +84,12 @@ from pynetdicom._handlers import (
     standard_pdu_sent_handler,
 )
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from kit.config import PacsSettings, Settings
-from kit.dicom._outgoing import Outgoing, paused, send_c_store
+from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store
+from kit.dicom._outgoing import Outgoing
 from kit.dicom.query import (
     QueryLevel,
     QueryModel,
@@ -202,52 +214,12 @@ def _is_pending(code: int) -> bool:
     return code in (0xFF00, 0xFF01)
 
 
-class _Receiver:
-    """C-STORE handler writing encoded instances to ``dest`` without decoding them."""
-
-    def __init__(self, dest: Path, study_uid: str | None, on_file: Callable[[], None] | None) -> None:
-        self.dest = dest
-        self.study_uid = study_uid
-        self.rows: list[tuple[str, str, str, str | None, str, int]] = []
-        self.errors: list[str] = []
-        self.on_file = on_file
-        self.lock = threading.Lock()
-
-    def __call__(self, event: evt.Event) -> int:
-        try:
-            request: Any = event.request
-            sop_uid = str(request.AffectedSOPInstanceUID)
-            if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
-                raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
-            data = event.encoded_dataset(include_meta=True)
-            final = self.dest / f"{sop_uid}.dcm"
-            fd, tmp = tempfile.mkstemp(dir=self.dest, prefix=".recv-", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            ts = str(event.context.transfer_syntax)
-            with self.lock:
-                self.rows.append((sop_uid, str(request.AffectedSOPClassUID), ts, self.study_uid,
-                                  str(final), len(data)))
-            if self.on_file is not None:
-                self.on_file()
-            return 0x0000
-        except Exception as exc:  # a handler must answer with a status, never raise
-            with self.lock:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-            return 0xA700
-
-    def frame(self) -> pl.DataFrame:
-        with self.lock:
-            rows = list(self.rows)
-        if not rows:
-            return pl.DataFrame(schema=RECEIVED_SCHEMA)
-        return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
+def _received_frame(receiver: FileReceiver) -> pl.DataFrame:
+    with receiver.lock:
+        rows = list(receiver.rows)
+    if not rows:
+        return pl.DataFrame(schema=RECEIVED_SCHEMA)
+    return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
 
 
 class PacsClient:
@@ -408,6 +380,13 @@ class PacsClient:
             return AssociationAbortedError(f"{what}: the association was aborted", peer=self.address)
         return PeerTimeoutError(f"{what}: no response within {self.timeout:g}s", peer=self.address)
 
+    def _broke_off(self, err: AssociationAbortedError | PeerTimeoutError, what: str,
+                   done: int) -> AssociationAbortedError | PeerTimeoutError:
+        """The error for a transfer that broke off, saying how far it got."""
+        reason = str(err).removesuffix(f" ({self.address})")
+        kind = PeerTimeoutError if isinstance(err, PeerTimeoutError) else AssociationAbortedError
+        return kind(f"{what}: {reason} after {done} instance(s)", peer=self.address)
+
     # -- services ------------------------------------------------------------------------------
 
     def echo(self) -> float:
@@ -524,9 +503,9 @@ class PacsClient:
         syntaxes: list[Any] = list(RECEIVE_TRANSFER_SYNTAXES)
         return [build_context(str(uid), syntaxes) for uid in uids]
 
-    def _check_retrieve(self, what: str, last: Dataset | None, receiver: _Receiver,
+    def _check_retrieve(self, what: str, last: Dataset | None, receiver: FileReceiver,
                         assoc: Association, waited: float) -> pl.DataFrame:
-        received = receiver.frame()
+        received = _received_frame(receiver)
         code = _status_int(last)
         if code is None:
             err = self._lost(assoc, what, waited)
@@ -582,11 +561,38 @@ class PacsClient:
         contexts = [build_context(model.get_uid), *storage][:128]
         roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in contexts[1:]]
         with self._progress(progress, "C-GET") as tick:
-            receiver = _Receiver(folder, study_uid, tick)
+            receiver = FileReceiver(folder, study_uid, tick)
             with self._associate(contexts, roles=roles,
                                  handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
-                last, waited = _final(assoc.send_c_get(identifier, model.get_uid))
-                return self._check_retrieve("C-GET", last, receiver, assoc, waited)
+                last = self._get_direct(assoc, identifier, model.get_uid, receiver)
+                return self._check_retrieve("C-GET", last, receiver, assoc, 0.0)
+
+    def _get_direct(self, assoc: Association, identifier: Dataset, sop_class: str,
+                    receiver: FileReceiver) -> Dataset:
+        """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
+        (:class:`~kit.dicom._fastnet.DataPhase`); the final C-GET-RSP status as a dataset."""
+        syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+                    if cx.context_id is not None}
+        get_cx = next((cx for cx in assoc.accepted_contexts
+                       if str(cx.abstract_syntax) == sop_class), None)
+        if get_cx is None or get_cx.context_id is None:
+            raise DicomError(f"the peer accepted no presentation context for C-GET ({sop_class})",
+                             peer=self.address)
+        ts = UID(str(get_cx.transfer_syntax[0]))
+        encoded = encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        if encoded is None:
+            raise InvalidInputError("pydicom could not encode the C-GET identifier")
+        try:
+            with DataPhase(assoc, self.timeout, self.address) as phase:
+                fields = c_get(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
+                               receiver.write)
+        except (AssociationAbortedError, PeerTimeoutError) as err:
+            raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
+        last = Dataset()
+        for keyword, value in fields.items():
+            if value is not None:
+                setattr(last, keyword, value)
+        return last
 
     def move(self, *, study_uid: str | None = None, series_uid: str | None = None,
              sop_uid: str | None = None, dest: str | os.PathLike[str], move_aet: str | None = None,
@@ -627,7 +633,7 @@ class PacsClient:
         port = self.store_port if store_port is None else store_port
         model = QueryModel.STUDY_ROOT
         with self._progress(progress, "C-MOVE") as tick:
-            receiver = _Receiver(folder, study_uid, tick)
+            receiver = FileReceiver(folder, study_uid, tick)
             scp_ae = self._ae()
             scp_ae.ae_title = destination
             scp_ae.supported_contexts = self._storage_contexts(None)
@@ -689,26 +695,24 @@ class PacsClient:
                                                                  total=len(outgoing)) as tick:
             accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
                         for cx in assoc.accepted_contexts if cx.context_id is not None}
-            with paused(assoc):
-                for msg_id, item in enumerate(outgoing, start=1):
-                    cx_id = accepted.get((item.sop_class, item.transfer_syntax))
-                    if cx_id is None:
-                        raise DicomError(f"the peer accepted no presentation context for "
-                                         f"{item.sop_class} in {item.transfer_syntax}",
-                                         peer=self.address)
-                    sent_at = time.monotonic()
-                    code = send_c_store(assoc, item, cx_id, msg_id & 0xFFFF or 1)
-                    if code is None:
-                        err = self._lost(assoc, f"C-STORE of {item.sop_instance}",
-                                         time.monotonic() - sent_at)
-                        assoc.abort()
-                        raise type(err)(f"{err} after {len(rows)} instance(s)", peer=None)
-                    rows.append((item.sop_instance, item.sop_class, item.transfer_syntax,
-                                 item.source, code))
-                    if code != 0 and not (0xB000 <= code <= 0xBFFF) and code not in (0x0107, 0x0116):
-                        failures.append((item.source or item.sop_instance, code))
-                    if tick is not None:
-                        tick()
+            for item in outgoing:  # before anything is sent
+                if (item.sop_class, item.transfer_syntax) not in accepted:
+                    raise DicomError(f"the peer accepted no presentation context for "
+                                     f"{item.sop_class} in {item.transfer_syntax}", peer=self.address)
+            try:
+                with DataPhase(assoc, self.timeout, self.address) as phase:
+                    for msg_id, item in enumerate(outgoing, start=1):
+                        code = c_store(phase, accepted[(item.sop_class, item.transfer_syntax)],
+                                       msg_id & 0xFFFF or 1, item.sop_class, item.sop_instance,
+                                       item.payload())
+                        rows.append((item.sop_instance, item.sop_class, item.transfer_syntax,
+                                     item.source, code))
+                        if code != 0 and not (0xB000 <= code <= 0xBFFF) and code not in (0x0107, 0x0116):
+                            failures.append((item.source or item.sop_instance, code))
+                        if tick is not None:
+                            tick()
+            except (AssociationAbortedError, PeerTimeoutError) as err:
+                raise self._broke_off(err, "C-STORE", len(rows)) from err
         frame = pl.DataFrame(rows, schema=STORED_SCHEMA, orient="row")
         if failures:
             first, code = failures[0]
