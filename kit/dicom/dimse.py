@@ -104,6 +104,7 @@ from kit.errors import (
     DicomError,
     DimseStatusError,
     InvalidInputError,
+    PeerError,
     PeerTimeoutError,
     PeerUnreachableError,
     StoreError,
@@ -344,6 +345,23 @@ class PacsClient:
                 assoc.abort()
             ae.shutdown()
 
+    def _tls_failure(self) -> PeerError:
+        """Why a TLS association did not open: pynetdicom logs the SSL error and drops it,
+        so repeat the connect and handshake once to name the cause."""
+        assert self.tls is not None
+        try:
+            with socket.create_connection((self.host, self.port), timeout=min(self.timeout, 10.0)) as raw, \
+                    self.tls.wrap_socket(raw, server_hostname=self.host):
+                pass
+        except ssl.SSLError as exc:  # includes certificate verification failures
+            return TLSError(f"TLS handshake failed: {exc}", peer=self.address)
+        except TimeoutError:
+            return PeerTimeoutError(f"no TLS connection within {self.timeout:g}s", peer=self.address)
+        except OSError as exc:
+            return PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address)
+        return PeerUnreachableError("the TLS connection failed (a retry of the handshake succeeded)",
+                                    peer=self.address)
+
     def _raise_unestablished(self, assoc: Association, opened: bool, aborted: bool,
                              elapsed: float) -> None:
         peer = self.address
@@ -360,8 +378,7 @@ class PacsClient:
                 peer=peer, result=result, source_=source, reason=reason)
         if not opened:
             if self.tls is not None and elapsed < self.timeout:
-                raise PeerUnreachableError("cannot connect (connection refused or TLS handshake "
-                                           "failed)", peer=peer)
+                raise self._tls_failure()
             if elapsed >= self.timeout * 0.95:
                 raise PeerTimeoutError(f"no connection within {self.timeout:g}s", peer=peer)
             raise PeerUnreachableError("cannot connect (connection refused)", peer=peer)

@@ -182,11 +182,6 @@ def test_untrusted_server_certificate_is_a_typed_error(scp: Scp, pki: Pki) -> No
     assert info.value.peer == f"dicom://{SCP_AET}@127.0.0.1:{scp.port}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "kit/dicom/dimse.py documents 'TLS handshake failure -> kit.errors.TLSError' but "
-    "PacsClient._raise_unestablished raises PeerUnreachableError('cannot connect (connection refused "
-    "or TLS handshake failed)'): pynetdicom 3.0's AssociationSocket.connect catches the ssl.SSLError "
-    "(it only logs it) and the kit does not recover it, so a bad certificate looks like a refused port"))
 def test_untrusted_server_certificate_raises_tls_error_as_documented(scp: Scp, pki: Pki) -> None:
     pacs = client(scp.port, client_context(pki, trust=pki.rogue_ca), timeout=5.0)
     with pytest.raises(PeerError) as info:
