@@ -26,7 +26,6 @@ QueryRetrieveLevel for Query/Retrieve).
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -37,6 +36,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
+from kit.dicom.query import QueryLevel, QueryModel
 from kit.errors import InvalidInputError
 from kit.examples.cohort import COHORT, ENDOSCOPY_AET, Study
 
@@ -45,8 +45,6 @@ __all__ = [
     "LEVEL_KEYS",
     "MODALITY_WORKLIST_FIND",
     "STATION_AETS",
-    "InformationModel",
-    "QueryLevel",
     "candidate_dataset",
     "match_element",
     "match_value",
@@ -58,55 +56,6 @@ __all__ = [
 
 #: SOP Class UID of the Modality Worklist Information Model - FIND.
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
-
-
-class QueryLevel(enum.Enum):
-    """Query/Retrieve level (0008,0052), ordered from the top of the hierarchy."""
-
-    PATIENT = "PATIENT"
-    STUDY = "STUDY"
-    SERIES = "SERIES"
-    IMAGE = "IMAGE"
-
-    @property
-    def depth(self) -> int:
-        """0 for PATIENT ... 3 for IMAGE."""
-        return list(QueryLevel).index(self)
-
-    @property
-    def unique_key(self) -> str:
-        """Keyword of the level's unique key (PatientID, StudyInstanceUID, ...)."""
-        return _UNIQUE_KEYS[self]
-
-
-_UNIQUE_KEYS = {
-    QueryLevel.PATIENT: "PatientID",
-    QueryLevel.STUDY: "StudyInstanceUID",
-    QueryLevel.SERIES: "SeriesInstanceUID",
-    QueryLevel.IMAGE: "SOPInstanceUID",
-}
-
-
-class InformationModel(enum.Enum):
-    """Query/Retrieve information models the embedded PACS serves (value: the FIND SOP class)."""
-
-    PATIENT_ROOT = "1.2.840.10008.5.1.4.1.2.1.1"
-    STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
-
-    @property
-    def levels(self) -> tuple[QueryLevel, ...]:
-        """Levels valid in this model (Study Root has no PATIENT level)."""
-        if self is InformationModel.STUDY_ROOT:
-            return (QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE)
-        return tuple(QueryLevel)
-
-    @classmethod
-    def from_sop_class(cls, uid: str) -> InformationModel:
-        """The model of a FIND, GET or MOVE SOP Class UID."""
-        for model in cls:
-            if uid.startswith(model.value[:-1]):  # ...2.1.1 FIND, ...2.1.2 MOVE, ...2.1.3 GET
-                return model
-        raise InvalidInputError(f"not a Patient/Study Root Query/Retrieve SOP class: {uid}")
 
 
 #: Attributes the store indexes, by the level they belong to (PS3.4 C.6.1.1 / C.6.2.1).
@@ -137,7 +86,7 @@ _NUMERIC_VRS = frozenset({"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "UV", 
 _RANGE_WIDTH = {"DA": 8, "TM": 12, "DT": 20}
 
 
-def query_level(identifier: Dataset, model: InformationModel) -> QueryLevel:
+def query_level(identifier: Dataset, model: QueryModel) -> QueryLevel:
     """The identifier's QueryRetrieveLevel, checked against the model.
 
     Raises

@@ -80,9 +80,14 @@ class QueryLevel(enum.Enum):
             ) from None
 
     @property
-    def rank(self) -> int:
+    def depth(self) -> int:
         """0 for PATIENT ... 3 for IMAGE."""
         return list(QueryLevel).index(self)
+
+    @property
+    def unique_key(self) -> str:
+        """Keyword of the level's unique key (PatientID, StudyInstanceUID, ...)."""
+        return ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")[self.depth]
 
 
 class QueryModel(enum.Enum):
@@ -101,6 +106,19 @@ class QueryModel(enum.Enum):
             if text in (model.name, model.name.split("_")[0], model.value):
                 return model
         raise InvalidInputError(f"unknown query model {value!r}; use 'patient' or 'study'")
+
+    @classmethod
+    def from_sop_class(cls, uid: str) -> QueryModel:
+        """The model of a FIND, GET or MOVE SOP Class UID."""
+        for model in cls:
+            if uid.startswith(model.value[:-1]):  # ...2.1.1 FIND, ...2.1.2 MOVE, ...2.1.3 GET
+                return model
+        raise InvalidInputError(f"not a Patient/Study Root Query/Retrieve SOP class: {uid}")
+
+    @property
+    def levels(self) -> tuple[QueryLevel, ...]:
+        """Levels valid in this model (Study Root has no PATIENT level)."""
+        return tuple(QueryLevel)[1:] if self is QueryModel.STUDY_ROOT else tuple(QueryLevel)
 
     @property
     def find_uid(self) -> str:
@@ -369,7 +387,7 @@ def find_identifier(
             raise _unknown(name, ATTRIBUTES)
         attr = ATTRIBUTES[name]
         assert attr.level is not None
-        if attr.level.rank > level.rank:
+        if attr.level.depth > level.depth:
             raise InvalidInputError(f"filter {name!r} is an {attr.level.value}-level attribute; "
                                     f"it cannot be used in a {level.value}-level query")
         if value is None:

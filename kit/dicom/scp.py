@@ -82,13 +82,12 @@ from kit.dicom.matching import (
     COMPUTED_KEYS,
     LEVEL_KEYS,
     MODALITY_WORKLIST_FIND,
-    InformationModel,
-    QueryLevel,
     candidate_dataset,
     matches,
     query_level,
     response_identifier,
 )
+from kit.dicom.query import QueryLevel, QueryModel
 from kit.dicom.store import InstanceStore, StoredInstance
 from kit.errors import (
     AssociationAbortedError,
@@ -498,7 +497,7 @@ class EmbeddedPACS:
                     yield PENDING, response_identifier(identifier, item, level=None)
             return
         try:
-            model = InformationModel.from_sop_class(sop_class)
+            model = QueryModel.from_sop_class(sop_class)
             level = query_level(identifier, model)
         except InvalidInputError as exc:
             LOGGER.warning("C-FIND refused: %s", exc)
@@ -521,7 +520,7 @@ class EmbeddedPACS:
     def _matching_instances(self, event: Event) -> list[StoredInstance]:
         """Instances a C-GET/C-MOVE identifier selects (InvalidInputError if it selects nothing definite)."""
         identifier = event.identifier
-        model = InformationModel.from_sop_class(str(event.request.AffectedSOPClassUID))
+        model = QueryModel.from_sop_class(str(event.request.AffectedSOPClassUID))
         level = query_level(identifier, model)
         unique = _exact_values(identifier, level.unique_key)
         accession = _exact_values(identifier, "AccessionNumber") if level is QueryLevel.STUDY else None

@@ -43,7 +43,8 @@ from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from kit.dicom.matching import LEVEL_KEYS, QueryLevel
+from kit.dicom.matching import LEVEL_KEYS
+from kit.dicom.query import QueryLevel
 from kit.errors import DicomFileError, StoreError
 
 __all__ = [

@@ -16,8 +16,6 @@ from pydicom.sequence import Sequence
 
 import kit.dicom.matching as matching
 from kit.dicom.matching import (
-    InformationModel,
-    QueryLevel,
     candidate_dataset,
     match_element,
     match_value,
@@ -26,6 +24,7 @@ from kit.dicom.matching import (
     response_identifier,
     worklist_items_from_cohort,
 )
+from kit.dicom.query import QueryLevel, QueryModel
 from kit.errors import InvalidInputError
 from kit.examples.cohort import COHORT, studies
 
@@ -169,17 +168,17 @@ def test_candidate_dataset_skips_empty_and_private_keys() -> None:
 # -- levels and models ------------------------------------------------------------------
 
 def test_query_level_and_models() -> None:
-    assert query_level(ds(QueryRetrieveLevel="SERIES"), InformationModel.STUDY_ROOT) is QueryLevel.SERIES
+    assert query_level(ds(QueryRetrieveLevel="SERIES"), QueryModel.STUDY_ROOT) is QueryLevel.SERIES
     with pytest.raises(InvalidInputError):
-        query_level(ds(QueryRetrieveLevel="PATIENT"), InformationModel.STUDY_ROOT)
+        query_level(ds(QueryRetrieveLevel="PATIENT"), QueryModel.STUDY_ROOT)
     with pytest.raises(InvalidInputError):
-        query_level(ds(QueryRetrieveLevel="FRAME"), InformationModel.PATIENT_ROOT)
+        query_level(ds(QueryRetrieveLevel="FRAME"), QueryModel.PATIENT_ROOT)
     with pytest.raises(InvalidInputError):
-        query_level(Dataset(), InformationModel.PATIENT_ROOT)
-    assert InformationModel.from_sop_class("1.2.840.10008.5.1.4.1.2.1.3") is InformationModel.PATIENT_ROOT
-    assert InformationModel.from_sop_class("1.2.840.10008.5.1.4.1.2.2.2") is InformationModel.STUDY_ROOT
+        query_level(Dataset(), QueryModel.PATIENT_ROOT)
+    assert QueryModel.from_sop_class("1.2.840.10008.5.1.4.1.2.1.3") is QueryModel.PATIENT_ROOT
+    assert QueryModel.from_sop_class("1.2.840.10008.5.1.4.1.2.2.2") is QueryModel.STUDY_ROOT
     with pytest.raises(InvalidInputError):
-        InformationModel.from_sop_class("1.2.840.10008.5.1.4.31")
+        QueryModel.from_sop_class("1.2.840.10008.5.1.4.31")
     assert [lv.depth for lv in QueryLevel] == [0, 1, 2, 3]
     assert QueryLevel.SERIES.unique_key == "SeriesInstanceUID"
 
