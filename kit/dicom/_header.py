@@ -32,6 +32,8 @@ import struct
 import warnings
 from typing import IO, Any
 
+from kit.dicom.query import parse_da, parse_tm
+
 __all__ = [
     "COLUMNS",
     "Fallback",
@@ -428,37 +430,11 @@ def _floats(v: Any) -> list[float] | None:
 
 
 def _date(v: Any) -> dt.date | None:
-    s = _str(v)
-    if s is None:
-        return None
-    if len(s) == 10 and s[4] == "." and s[7] == ".":  # ACR-NEMA YYYY.MM.DD
-        s = s.replace(".", "")
-    if len(s) != 8 or not s.isdigit():
-        return None
-    try:
-        return dt.date(int(s[:4]), int(s[4:6]), int(s[6:]))
-    except ValueError:
-        return None
+    return parse_da(_str(v))
 
 
 def _time(v: Any) -> dt.time | None:
-    s = _str(v)
-    if s is None:
-        return None
-    s = s.replace(":", "")  # ACR-NEMA HH:MM:SS
-    whole, _, frac = s.partition(".")
-    if len(whole) not in (2, 4, 6) or not whole.isdigit() or (frac and not frac.isdigit()):
-        return None
-    if frac and len(whole) != 6:
-        return None
-    hh = int(whole[:2])
-    mm = int(whole[2:4] or 0)
-    ss = min(int(whole[4:6] or 0), 59)  # a leap second 60 becomes 59
-    us = int((frac + "000000")[:6]) if frac else 0
-    try:
-        return dt.time(hh, mm, ss, us)
-    except ValueError:
-        return None
+    return parse_tm(_str(v))
 
 
 def to_row(values: dict[str, Any], path: str) -> tuple[Any, ...]:
