@@ -179,7 +179,7 @@ class Stack:
             from kit import examples
 
             files = sorted(examples.dicom_dir().rglob("*.dcm"))
-            pacs.import_files(files)
+            pacs.import_files(files, skip_existing=True)  # a restart writes nothing twice
         return pacs
 
     def _make_fhir(self) -> EmbeddedService:

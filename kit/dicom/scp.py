@@ -327,15 +327,17 @@ class EmbeddedPACS:
 
     # -- content --------------------------------------------------------------------
 
-    def import_files(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+    def import_files(self, paths: Iterable[str | os.PathLike[str]], *, skip_existing: bool = False) -> int:
         """Store DICOM files or folders without the network (e.g. the sample cohort).
+
+        ``skip_existing`` leaves instances the store already holds untouched.
 
         Returns
         -------
         int
             How many instances were stored.
         """
-        return self.store.import_files(paths)
+        return self.store.import_files(paths, skip_existing=skip_existing)
 
     def worklist_items(self) -> list[Dataset]:
         """The current Modality Worklist items (a worklist folder is re-read each call).

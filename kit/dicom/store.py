@@ -280,8 +280,11 @@ class InstanceStore:
                 raise DicomFileError(f"cannot read DICOM file: {exc}", source=str(path)) from exc
         return self._commit([data], index_attributes(ds), str(meta.TransferSyntaxUID))
 
-    def import_files(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+    def import_files(self, paths: Iterable[str | os.PathLike[str]], *, skip_existing: bool = False) -> int:
         """Import files and folders (recursively; ``DICOMDIR`` skipped); returns how many were stored.
+
+        With ``skip_existing``, files whose SOP Instance UID the store already holds are left
+        alone (a preload on every start then writes nothing twice); otherwise they replace it.
 
         Raises
         ------
@@ -289,11 +292,14 @@ class InstanceStore:
             A file is not DICOM (nothing after it is imported).
         """
         count = 0
+        held = {s.sop_instance_uid for s in self.instances()} if skip_existing else set()
         for item in paths:
             p = Path(item)
             files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
             for f in files:
                 if f.name.upper() == "DICOMDIR" or f.name.startswith("."):
+                    continue
+                if held and _sop_instance_uid(f) in held:
                     continue
                 self.import_file(f)
                 count += 1
@@ -551,3 +557,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sop_instance_uid(path: Path) -> str | None:
+    """The SOP Instance UID in a file's header (None if unreadable; the import then reports it)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, force=True, specific_tags=["SOPInstanceUID"])
+    except (OSError, InvalidDicomError, ValueError, EOFError):
+        return None
+    return str(ds.get("SOPInstanceUID", "")) or None

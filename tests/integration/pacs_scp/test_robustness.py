@@ -195,3 +195,18 @@ def test_restart_keeps_everything_findable(tmp_path: Path, cohort_dir: Path) -> 
     with EmbeddedPACS(root) as rebuilt:
         assert study_count(rebuilt) == N_INSTANCES
     rebuilt.store.close()
+
+
+def test_preload_with_skip_existing_writes_nothing_twice(tmp_path: Path) -> None:
+    from kit.examples import study_dir
+
+    files = sorted(study_dir("MRN1002").rglob("*.dcm"))
+    first = EmbeddedPACS(tmp_path / "store")
+    assert first.import_files(files, skip_existing=True) == len(files)
+    stored = {s.path: s.path.stat().st_mtime_ns for s in first.store.instances()}
+    first.close()
+    again = EmbeddedPACS(tmp_path / "store")
+    assert again.import_files(files, skip_existing=True) == 0
+    assert {s.path: s.path.stat().st_mtime_ns for s in again.store.instances()} == stored
+    assert again.import_files(files[:1]) == 1  # without the flag a file replaces its instance
+    again.close()
