@@ -511,14 +511,14 @@ class InstanceStore:
         Columns: the snake_case names of :data:`INDEXED_KEYWORDS` (``patient_id``,
         ``study_instance_uid``, ``accession_number``, ``series_instance_uid``,
         ``sop_instance_uid``, ...), dates as ``pl.Date``, times as ``pl.Time``,
-        ``series_number``/``instance_number`` as Int64, plus
-        ``transfer_syntax_uid``, ``path`` (absolute) and ``size`` (bytes).
+        ``series_number``/``instance_number`` as Int32 (as in :mod:`kit.dicom.index`), plus
+        ``transfer_syntax_uid``, ``path`` (absolute) and ``size_bytes``.
         """
-        rows = self._query(f"SELECT {', '.join(_COLUMNS.values())}, transfer_syntax_uid, path, size "
-                           "FROM instances ORDER BY rowid")
-        schema: dict[str, Any] = {c: (pl.Int64 if k in _INT_KEYWORDS else pl.String)
+        rows = self._query(f"SELECT {', '.join(_COLUMNS.values())}, transfer_syntax_uid, path, "
+                           "size AS size_bytes FROM instances ORDER BY rowid")
+        schema: dict[str, Any] = {c: (pl.Int32 if k in _INT_KEYWORDS else pl.String)
                                   for k, c in _COLUMNS.items()}
-        schema.update(transfer_syntax_uid=pl.String, path=pl.String, size=pl.Int64)
+        schema.update(transfer_syntax_uid=pl.String, path=pl.String, size_bytes=pl.Int64)
         df = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
         root = str(self.root)
         exprs = [pl.concat_str([pl.lit(root + os.sep), pl.col("path")]).alias("path")]

@@ -210,3 +210,22 @@ def test_preload_with_skip_existing_writes_nothing_twice(tmp_path: Path) -> None
     assert {s.path: s.path.stat().st_mtime_ns for s in again.store.instances()} == stored
     assert again.import_files(files[:1]) == 1  # without the flag a file replaces its instance
     again.close()
+
+
+def test_store_frame_has_the_index_columns_and_types(tmp_path: Path) -> None:
+    import polars as pl
+
+    from kit.dicom.index import index_dicom
+    from kit.examples import study_dir
+
+    files = sorted(study_dir("MRN1001").rglob("*.dcm"))
+    pacs = EmbeddedPACS(tmp_path / "store")
+    pacs.import_files(files)
+    frame = pacs.store.frame().sort("instance_number")
+    index = index_dicom(files).frame.sort("instance_number")
+    for column in ("patient_id", "study_instance_uid", "sop_instance_uid", "series_number",
+                   "instance_number", "study_date", "size_bytes"):
+        assert frame.schema[column] == index.schema[column], column
+        assert frame[column].to_list() == index[column].to_list(), column
+    assert frame["size_bytes"].null_count() == 0 and frame.schema["size_bytes"] == pl.Int64
+    pacs.close()
