@@ -23,9 +23,10 @@ Identifying values of the input (hand-written: no library ships such a scan):
 
 Matching is case-insensitive and bounded by non-alphanumerics (``Rossi`` is found in
 ``Patient Rossi Chiara`` but not in ``Rossini``; a UID is not found inside a longer UID);
-values made only of digits need 6 digits or more, other values 3 bytes or more, so short
-numbers in the output do not raise false alarms. Findings name where the value was found
-and what kind of value it is, never the value itself (an error message must not carry PHI).
+values made only of digits need 6 digits or more, name components 3 bytes or more, other
+values 4 bytes or more, so short numbers and codes in the output do not raise false alarms.
+Findings name where the value was found and what kind of value it is, never the value itself
+(an error message must not carry PHI).
 
 The scan is linear in the size of the output: one compiled alternation of literals per kind.
 """
@@ -168,26 +169,26 @@ def _values(value: Any) -> list[Any]:
     return [value]
 
 
-def _add(texts: dict[str, str], value: str, kind: str) -> None:
+def _add(texts: dict[str, str], value: str, kind: str, shortest: int = 4) -> None:
     v = value.strip().strip("\x00").strip()
     if not v:
         return
     if v.isdigit() and len(v) < 6:
         return
-    if len(v.encode("utf_8")) < 3 or v.lower() in _TITLES:
+    if len(v.encode("utf_8")) < shortest or v.lower().rstrip(".") in _TITLES:
         return
     texts.setdefault(v.lower(), kind)
 
 
 def _add_name(texts: dict[str, str], name: str, kind: str) -> None:
-    _add(texts, name, kind)
+    _add(texts, name, kind, 3)
     for group in name.split("="):
-        _add(texts, group, kind)
-        parts = [p for p in re.split(r"[\^\s,]+", group) if p]
-        _add(texts, " ".join(parts), kind)
-        _add(texts, " ".join(reversed(parts)), kind)
+        _add(texts, group, kind, 3)
+        parts = [p for p in re.split(r"[\^\s,.]+", group) if p]
+        _add(texts, " ".join(parts), kind, 3)
+        _add(texts, " ".join(reversed(parts)), kind, 3)
         for part in parts:
-            _add(texts, part, kind)
+            _add(texts, part, kind, 3)
 
 
 def _add_birth_date(texts: dict[str, str], value: str) -> None:
