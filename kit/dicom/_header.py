@@ -16,12 +16,19 @@ tag stream of the common case itself:
 
 It decodes only the wanted tags, skips everything else by its length, and
 stops at the pixel data (checking that the pixel data fits in the file, so a
-truncated file is reported). Anything else (big endian, deflate, a missing
+truncated file is reported, and that no header element follows it). It never
+stops early with a partial row: a value that runs past the end of the file is
+reported as truncated, and anything pydicom would read differently (elements
+out of order, a wanted tag with undefined length, pixel data or a character set
+inside a sequence item, a malformed item) falls back. Anything else (big endian, deflate, a missing
 ``DICM`` prefix, ISO 2022 escapes, a wanted tag with an unexpected VR,
 ``UN`` sequences, ...) raises :class:`Fallback` and the caller reads the file
 with pydicom instead (:func:`read_pydicom`). Both readers return the same raw
 mapping, which :func:`to_row` turns into one typed index row, so the two paths
-give identical rows (tested).
+give identical rows (tested on pydicom's whole test corpus and by fuzzing).
+Both require an instance attribute (SOP Instance/Class UID, Study Instance UID
+or PatientID); pydicom reads with ``force=True`` so data sets without preamble
+or File Meta are indexed.
 """
 
 from __future__ import annotations
@@ -92,6 +99,7 @@ _SHORT_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", 
                         b"US"})
 _TEXT_VRS = frozenset({"SH", "LO", "PN"})
 _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_ITEM_FALLBACK = _PIXEL_TAGS | {0x00080005}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
@@ -208,6 +216,7 @@ def _parse(r: _Reader) -> dict[str, Any]:
     encoding = "latin_1"
     size = r.size
     buf, base = r.buf, r.base
+    prev = 0x0002FFFF
     while pos < size:
         off = pos - base
         if off < 0 or off + 12 > len(buf):
@@ -230,18 +239,28 @@ def _parse(r: _Reader) -> dict[str, Any]:
             vr = b""
             hdr = 8
         tag = (group << 16) | elem
-        if tag >= 0x7FE00008:
-            if tag in _PIXEL_TAGS and length != _UNDEFINED and pos + hdr + length > size:
-                raise Skip(f"truncated: pixel data needs {length} bytes, file has {size - pos - hdr}")
+        if tag <= prev:  # out of order or repeated: pydicom's rules (the last one wins) apply
+            raise Fallback("data elements out of order")
+        prev = tag
+        if tag in _PIXEL_TAGS:  # where pydicom's stop_before_pixels stops, and only there
+            if length != _UNDEFINED:
+                end = pos + hdr + length
+                if end > size:
+                    raise Skip(f"truncated: pixel data needs {length} bytes, file has {size - pos - hdr}")
+                if end + 4 <= size:  # only padding or signatures may follow the pixel data
+                    b, o = r.ensure(end, 4)
+                    if _unpack("<H", b, o)[0] < 0x7FE0:
+                        raise Skip(f"corrupt: data elements after the pixel data at byte {pos} "
+                                   "(a damaged tag?)")
             break
         start = pos + hdr
+        want = WANTED.get(tag)
         if length == _UNDEFINED:
-            if explicit and vr != b"SQ":
+            if (explicit and vr != b"SQ") or want is not None:
                 raise Fallback(f"undefined length {vr!r}")
             pos = _skip_sequence(r, start, explicit, 1)
             buf, base = r.buf, r.base
             continue
-        want = WANTED.get(tag)
         if want is not None:
             keyword, expected = want
             if explicit and vr.decode("ascii") != expected:
@@ -264,7 +283,18 @@ def _parse(r: _Reader) -> dict[str, Any]:
                 if tag == 0x00080005:
                     encoding = _charset(out[keyword])
         pos = start + length
+        if pos > size:  # never stop early with a partial row: the value runs past the end
+            raise Skip(f"truncated: element ({group:04X},{elem:04X}) at byte {pos - length - hdr} "
+                       f"declares {length} bytes, file has {size - start}")
+    _check_instance(out)
     return out
+
+
+def _check_instance(values: dict[str, Any]) -> None:
+    """Both readers: a data set without any instance attribute is not an indexable instance."""
+    if not any(values.get(k) for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID",
+                                       "PatientID")):
+        raise Skip("not DICOM: no instance attributes")
 
 
 def _charset(value: str) -> str:
@@ -279,10 +309,18 @@ def _decode_text(raw: bytes, encoding: str, vr: str) -> str:
         encoding = encoding or "ascii"
     try:
         if vr == "PN":
-            return raw.rstrip(b"\x00 ").decode(encoding)
+            return "\\".join(_pn(v) for v in raw.rstrip(b"\x00 ").decode(encoding).split("\\"))
         return "\\".join(v.rstrip("\x00 ") for v in raw.decode(encoding).split("\\"))
     except UnicodeDecodeError as exc:
         raise Fallback("undecodable text") from exc
+
+
+def _pn(value: str) -> str:
+    """One PN value as pydicom gives it: trailing empty component groups dropped (``A^B=`` -> ``A^B``)."""
+    groups = value.split("=")
+    while groups and not groups[-1]:
+        groups.pop()
+    return "=".join(groups)
 
 
 def _skip_sequence(r: _Reader, pos: int, explicit: bool, depth: int) -> int:
@@ -299,19 +337,27 @@ def _skip_sequence(r: _Reader, pos: int, explicit: bool, depth: int) -> int:
             return pos
         if elem != 0xE000:
             raise Fallback("malformed sequence item")
-        if length != _UNDEFINED:
-            pos += length
-            continue
-        pos = _skip_item(r, pos, explicit, depth)
+        # pydicom parses every item of an undefined-length sequence (defined-length ones too),
+        # so walk them all: an anomaly it would trip on makes the fast reader fall back
+        pos = _skip_item(r, pos, explicit, depth, None if length == _UNDEFINED else pos + length)
 
 
-def _skip_item(r: _Reader, pos: int, explicit: bool, depth: int) -> int:
-    """Skip an undefined-length item's data set up to its delimiter; return its end."""
+def _skip_item(r: _Reader, pos: int, explicit: bool, depth: int, end: int | None) -> int:
+    """Walk an item's data set to its delimiter (``end`` None) or to ``end``; return its end."""
     while True:
+        if end is not None:
+            if pos == end:
+                return pos
+            if pos > end:
+                raise Fallback("element overruns its sequence item")
         b, o = r.ensure(pos, 8)
         group, elem = _unpack("<HH", b, o)
-        if group == 0xFFFE and elem == 0xE00D:
-            return pos + 8
+        if group == 0xFFFE:
+            if elem == 0xE00D and end is None:
+                return pos + 8
+            raise Fallback("misplaced delimiter in a sequence item")
+        if (group << 16) | elem in _ITEM_FALLBACK:  # pydicom stops or re-decodes there: let it
+            raise Fallback("pixel data or character set inside a sequence item")
         if explicit:
             vr = b[o + 4:o + 6]
             if vr in _LONG_VRS:
@@ -344,7 +390,9 @@ def read_pydicom(path: str) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(WANTED))
+            # force: a data set without preamble / File Meta is read too (the instance check below
+            # rejects what is not DICOM)
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(WANTED), force=True)
             meta = ds.file_meta
             if meta.get("MediaStorageSOPClassUID") == _DICOMDIR_CLASS:
                 raise Skip("DICOMDIR (a directory of files, not an instance)")
@@ -371,9 +419,7 @@ def read_pydicom(path: str) -> dict[str, Any]:
         raise Skip(f"unreadable: {exc.strerror or exc}") from exc
     except Exception as exc:  # pydicom raises many types on malformed input
         raise Skip(f"unreadable DICOM: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
-    if not (ds.get("SOPInstanceUID") or ds.get("SOPClassUID") or ds.get("StudyInstanceUID")
-            or ds.get("PatientID")):
-        raise Skip("not DICOM: no instance attributes")
+    _check_instance(out)
     return out
 
 

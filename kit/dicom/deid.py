@@ -22,21 +22,39 @@ itself, recursively into sequences, because no library does the rest:
   consistent across the cohort and across runs, so the de-identified files
   still form a valid patient/study/series/instance hierarchy and references
   inside sequences still resolve.
-* **Dates.** ``shift_dates=True`` (default) applies the "Retain Longitudinal
-  Temporal Information with Modified Dates" option: every DA and DT value the
-  profile would touch is moved back by a per-patient offset (31 to 1095 days,
-  from the HMAC of the PatientID), so intervals within a patient survive; TM
-  values are kept (whole-day shift). ``shift_dates=False`` applies the
-  Basic Profile's own action to dates (remove, empty or dummy).
+* **Options** (:class:`DeidOptions`, all off by default, each named in the
+  output's DeidentificationMethod and DeidentificationMethodCodeSequence, CID 7050):
+  without options the Basic Profile's own action applies to every date and
+  time (Study Date Z, Series Date X/D, Patient's Birth Date Z, ...).
+  ``retain_longitudinal_modified_dates`` (DCM 113107): the attributes that
+  option's column of Table E.1-1 marks C keep their dates, moved back by a
+  per-patient offset (31 to 1095 days, from the HMAC of the PatientID), so
+  intervals within a patient survive; TM values keep their time of day.
+  ``retain_patient_characteristics`` (DCM 113108): age, sex, size, weight,
+  ... (the option's K attributes) are kept. Patient's Birth Date is emptied
+  under every option: no column of the table keeps it.
 * **Combined actions** are resolved without IOD tables to the option that
   keeps every IOD valid: Z/D -> D, X/Z -> Z, X/D -> D, X/Z/D -> D,
   X/Z/U* -> keep the sequence and replace the UIDs inside it.
   D on a sequence keeps its items and de-identifies them recursively.
   D on other values gives a keyed dummy of the VR (``ANON...``, ``0``, ...).
-* All private attributes are removed. Attributes not in the table are kept.
-* PatientIdentityRemoved = YES, DeidentificationMethod and
-  DeidentificationMethodCodeSequence (DCM 113100, plus 113107 when dates are
-  shifted) and LongitudinalTemporalInformationModified are set.
+* All private attributes are removed. Attributes not in the table are kept,
+  except what identifies: every UID that is not a well-known one (class,
+  transfer syntax, coding scheme: see
+  :func:`kit.dicom.deid_check.is_instance_uid`) is remapped wherever it is
+  (SOPInstanceUIDOfConcatenationSource, TargetFrameOfReferenceUID, inside SR
+  content, ...); every person name (PN) and SR free text (TextValue) gets a
+  dummy; public attributes of VR UN (unknown to the dictionary, so not
+  judgeable) are removed. The File Meta is rebuilt
+  (MediaStorageSOPInstanceUID = the new SOP Instance UID, no
+  SourceApplicationEntityTitle, kit's implementation version name).
+* **Leak scan.** Every de-identified data set is scanned for every
+  identifying value of its input (:mod:`kit.dicom.deid_check`); a hit raises
+  :class:`~kit.dicom.deid_check.DeidLeakError` and :meth:`Deidentifier.files`
+  writes nothing for that file (status ``failed``).
+* PatientIdentityRemoved = YES, DeidentificationMethod,
+  DeidentificationMethodCodeSequence (DCM 113100 plus one code per option)
+  and LongitudinalTemporalInformationModified (MODIFIED or REMOVED) are set.
 * **Burned-in annotation** cannot be removed from header processing: each file
   is flagged (BurnedInAnnotation = YES, or a modality / SOP class that usually
   carries burned-in text: US, ES, XC, SC, OT, secondary capture, VL
@@ -55,20 +73,31 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from kit._files import atomic_path
 from kit.config import Secret
+from kit.dicom._profile_options import (
+    RETAIN_LONGITUDINAL_MODIFIED_DATES,
+    RETAIN_PATIENT_CHARACTERISTICS,
+)
+from kit.dicom.deid_check import DeidLeakError, check_deidentified, is_instance_uid
 from kit.dicom.index import list_files
 from kit.errors import ConfigError, DicomFileError, InvalidInputError
 
@@ -76,6 +105,8 @@ __all__ = [
     "BASIC_PROFILE",
     "BASIC_PROFILE_REPEATING",
     "DEID_SCHEMA",
+    "DeidLeakError",
+    "DeidOptions",
     "DeidResult",
     "Deidentifier",
     "ProfileAction",
@@ -297,6 +328,47 @@ _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
 _SHIFT_MIN, _SHIFT_SPAN = 31, 1065
 _PATIENT_ID, _PATIENT_NAME, _ACCESSION = 0x00100020, 0x00100010, 0x00080050
+#: free text the table does not list: SR TextValue (Content Sequence items, any depth)
+_FREE_TEXT = frozenset({0x0040A160})
+_INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "PatientID")
+_IMPLEMENTATION_VERSION = "KIT_DEID_1"
+
+
+@dataclass(frozen=True)
+class DeidOptions:
+    """Options of PS3.15 Annex E applied on top of the Basic Profile (all off by default).
+
+    Attributes
+    ----------
+    retain_longitudinal_modified_dates : bool
+        Retain Longitudinal Temporal Information with Modified Dates Option (DCM 113107):
+        the dates of the attributes this option lists are shifted by a per-patient offset
+        instead of removed or emptied.
+    retain_patient_characteristics : bool
+        Retain Patient Characteristics Option (DCM 113108): patient's age, sex, size,
+        weight, ethnic group, smoking and pregnancy status, ... are kept.
+    """
+
+    retain_longitudinal_modified_dates: bool = False
+    retain_patient_characteristics: bool = False
+
+    @property
+    def codes(self) -> list[tuple[str, str]]:
+        """(code value, code meaning) of CID 7050 for the profile and each option in use."""
+        codes = [("113100", "Basic Application Confidentiality Profile")]
+        if self.retain_longitudinal_modified_dates:
+            codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+        if self.retain_patient_characteristics:
+            codes.append(("113108", "Retain Patient Characteristics Option"))
+        return codes
+
+    @property
+    def method(self) -> list[str]:
+        """DeidentificationMethod values (LO, one per profile/option)."""
+        names = {"113100": "PS3.15 Basic Profile (kit)",
+                 "113107": "Retain Longitudinal Modified Dates",
+                 "113108": "Retain Patient Characteristics"}
+        return [names[code] for code, _ in self.codes]
 
 
 def _coerce_key(key: str | bytes | Secret) -> bytes:
@@ -315,22 +387,35 @@ class Deidentifier:
     key : str, bytes or kit.config.Secret
         The project key (at least 8 bytes). Same key, same pseudonyms, across
         files and runs. It is a secret: it is never logged, printed or stored.
-    shift_dates : bool
-        ``True``: shift dates by a per-patient offset (Retain Longitudinal
-        Temporal Information with Modified Dates option). ``False``: apply the
-        Basic Profile's action to dates.
+    options : DeidOptions, optional
+        Profile options; default: none (the Basic Profile alone).
+    shift_dates : bool, optional
+        Shorthand for ``options.retain_longitudinal_modified_dates`` (shift
+        dates per patient instead of applying the profile's action to them).
     reid_map : ReidentificationMap, optional
         A map to append to (e.g. loaded from an earlier run).
     """
 
-    def __init__(self, key: str | bytes | Secret, *, shift_dates: bool = True,
+    def __init__(self, key: str | bytes | Secret, *, options: DeidOptions | None = None,
+                 shift_dates: bool | None = None,
                  reid_map: ReidentificationMap | None = None) -> None:
         self._key = _coerce_key(key)
-        self.shift_dates = shift_dates
+        chosen = options if options is not None else DeidOptions()
+        if shift_dates is not None:
+            if options is not None and options.retain_longitudinal_modified_dates != shift_dates:
+                raise ConfigError("deid.shift_dates",
+                                  "contradicts options.retain_longitudinal_modified_dates")
+            chosen = replace(chosen, retain_longitudinal_modified_dates=shift_dates)
+        self.options = chosen
         self.reid_map = reid_map if reid_map is not None else ReidentificationMap()
 
+    @property
+    def shift_dates(self) -> bool:
+        """Whether dates are shifted (the Retain Longitudinal ... Modified Dates option)."""
+        return self.options.retain_longitudinal_modified_dates
+
     def __repr__(self) -> str:
-        return f"Deidentifier(key=<secret>, shift_dates={self.shift_dates}, reid_map={self.reid_map!r})"
+        return f"Deidentifier(key=<secret>, options={self.options!r}, reid_map={self.reid_map!r})"
 
     def __reduce__(self) -> Any:  # never pickle the key into a notebook or a worker
         raise TypeError("a Deidentifier holds a secret key and cannot be pickled")
@@ -405,40 +490,39 @@ class Deidentifier:
     def dataset(self, ds: Dataset) -> Dataset:
         """Return a de-identified copy of ``ds`` (``ds`` itself is not changed).
 
+        The copy is scanned for every identifying value of ``ds`` before it is returned.
+
         Raises
         ------
         kit.errors.DicomFileError
             The data set cannot be decoded.
+        kit.dicom.deid_check.DeidLeakError
+            The output still holds an identifying value of the input (nothing is returned).
         """
         out = copy.deepcopy(ds)
         patient_id = str(ds.get("PatientID", "") or "").strip()
         patient_key = patient_id or str(ds.get("PatientName", "") or "").strip()
         shift = self.date_shift(patient_key) if self.shift_dates else None
-        callback = self._callback(shift)
         try:
-            meta = getattr(out, "file_meta", None)
-            if meta is not None:
-                meta.walk(callback)
-            out.walk(callback)
+            out.walk(self._callback(shift))
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
             raise DicomFileError(f"cannot de-identify: {exc}") from exc
+        opts = self.options
         out.PatientIdentityRemoved = "YES"
-        out.DeidentificationMethod = ("PS3.15 Basic Profile (kit)"
-                                      + ("; dates shifted" if self.shift_dates else ""))
-        codes = [("113100", "Basic Application Confidentiality Profile")]
-        if self.shift_dates:
-            codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
-        out.DeidentificationMethodCodeSequence = Sequence([_code(v, m) for v, m in codes])
+        out.DeidentificationMethod = opts.method
+        out.DeidentificationMethodCodeSequence = Sequence([_code(v, m) for v, m in opts.codes])
         out.LongitudinalTemporalInformationModified = "MODIFIED" if self.shift_dates else "REMOVED"
         if "PatientID" not in out:
             out.PatientID = self.pseudonym(PseudonymKind.PATIENT_ID, patient_key)
         if "PatientName" not in out:
             out.PatientName = ""
-        if meta is not None and "SOPInstanceUID" in out:
-            meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+        out.file_meta = _file_meta(ds, out)
+        check_deidentified(ds, out)
         return out
 
     def _callback(self, shift: dt.timedelta | None) -> Callable[[Dataset, DataElement], None]:
+        keep_characteristics = self.options.retain_patient_characteristics
+
         def apply(dataset: Dataset, elem: DataElement) -> None:
             tag = int(elem.tag)
             if elem.tag.is_private:
@@ -453,15 +537,24 @@ class Deidentifier:
             if tag == _ACCESSION:
                 elem.value = self._map_text(elem.value, PseudonymKind.ACCESSION_NUMBER)
                 return
-            action = profile_action(tag)
-            if action is None:
+            if keep_characteristics and tag in RETAIN_PATIENT_CHARACTERISTICS:
                 return
             vr = elem.VR
-            if shift is not None and vr in ("DA", "DT"):
-                elem.value = _shift_value(elem.value, vr, shift)
+            action = profile_action(tag)
+            if action is None:  # not in the table: still nothing that identifies survives
+                if vr == "UI":
+                    elem.value = self._map_uid(elem.value, tag)
+                elif vr == "PN" or tag in _FREE_TEXT:
+                    elem.value = self._map_multi(elem.value, lambda v: self._dummy(vr, v))
+                elif vr == "UN":  # a public attribute pydicom does not know: cannot be judged
+                    del dataset[elem.tag]
                 return
-            if shift is not None and vr == "TM":
-                return
+            if shift is not None and tag in RETAIN_LONGITUDINAL_MODIFIED_DATES:
+                if vr in ("DA", "DT"):
+                    elem.value = _shift_value(elem.value, vr, shift)
+                    return
+                if vr == "TM":  # whole-day shift: the time of day is kept
+                    return
             applied = action.applied
             if applied == "X":
                 del dataset[elem.tag]
@@ -469,7 +562,7 @@ class Deidentifier:
                 elem.value = Sequence() if vr == "SQ" else None
             elif applied == "U" or applied == "U*":
                 if vr == "UI":
-                    elem.value = self._map_uid(elem.value)
+                    elem.value = self._map_uid(elem.value, tag)
                 elif vr != "SQ":  # U* on a non-sequence: empty it
                     elem.value = None
             elif vr != "SQ":  # D; a sequence keeps its items, de-identified by the walk
@@ -479,8 +572,11 @@ class Deidentifier:
     def _map_text(self, value: Any, kind: PseudonymKind) -> Any:
         return self._map_multi(value, lambda v: self.pseudonym(kind, str(v).strip()))
 
-    def _map_uid(self, value: Any) -> Any:
-        return self._map_multi(value, lambda v: self.pseudonym(PseudonymKind.UID, str(v).strip()))
+    def _map_uid(self, value: Any, tag: int) -> Any:
+        def one(v: Any) -> Any:
+            uid = str(v).strip().rstrip("\x00")
+            return self.pseudonym(PseudonymKind.UID, uid) if is_instance_uid(tag, uid) else v
+        return self._map_multi(value, one)
 
     @staticmethod
     def _map_multi(value: Any, fn: Callable[[Any], Any]) -> Any:
@@ -533,8 +629,10 @@ class Deidentifier:
         return DeidResult(pl.DataFrame(rows, schema=DEID_SCHEMA, orient="row"))
 
     def _one_file(self, path: str, out: Path) -> tuple[Any, ...]:
-        try:
-            ds = dcmread(path)
+        try:  # force: data sets without preamble or File Meta too, as the index reads them
+            ds = dcmread(path, force=True)
+            if not any(ds.get(k) for k in _INSTANCE_KEYS):
+                raise InvalidDicomError("no instance attributes")
         except (InvalidDicomError, EOFError) as exc:
             return (path, None, None, None, None, "skipped", f"not DICOM: {exc}".splitlines()[0])
         except Exception as exc:  # pydicom raises many types on malformed input
@@ -553,6 +651,29 @@ class Deidentifier:
             return (path, None, None, reason is not None, reason, "failed",
                     f"{type(exc).__name__}: {exc}".splitlines()[0])
         return (path, str(target), parts[0], reason is not None, reason, "deidentified", None)
+
+
+def _file_meta(original: Dataset, out: Dataset) -> FileMetaDataset:
+    """New File Meta: only what describes the de-identified instance (no AE titles, no
+    private information, the new SOP Instance UID, kit as the implementation)."""
+    old = getattr(original, "file_meta", None)
+    meta = FileMetaDataset()
+    sop_class = out.get("SOPClassUID") or (old.get("MediaStorageSOPClassUID") if old else None)
+    if sop_class:
+        meta.MediaStorageSOPClassUID = sop_class
+    if out.get("SOPInstanceUID"):
+        meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    syntax = old.get("TransferSyntaxUID") if old is not None else None
+    if not syntax:  # a data set without File Meta: name the encoding pydicom read it in
+        implicit, little = getattr(original, "original_encoding", (None, None))
+        if implicit is not None:
+            syntax = (ImplicitVRLittleEndian if implicit else
+                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if syntax:
+        meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
+    return meta
 
 
 def _code(value: str, meaning: str) -> Dataset:

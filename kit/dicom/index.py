@@ -8,7 +8,7 @@ never fatal).
 Headers are read by a small hand-written walker (:mod:`kit.dicom._header`) for
 the common case (Part 10, implicit or explicit VR little endian); pydicom
 (``dcmread(stop_before_pixels=True)``) reads anything unusual (big endian,
-deflate, no ``DICM`` prefix, ISO 2022 character sets, ...). Both give
+deflate, no preamble or File Meta, ISO 2022 character sets, ...). Both give
 identical rows. Files are spread over worker processes in chunks.
 
 Columns of ``.frame`` (stable; the first ones are the cross-system join keys):
@@ -38,7 +38,7 @@ columns                 Int32           Columns (0028,0011)
 number_of_frames        Int32           NumberOfFrames (0028,0008); null if absent
 pixel_spacing           List[Float64]   PixelSpacing (0028,0030), [row, column] mm
 slice_thickness         Float64         SliceThickness (0018,0050), mm
-transfer_syntax_uid     String          TransferSyntaxUID (0002,0010)
+transfer_syntax_uid     String          TransferSyntaxUID (0002,0010); null without File Meta
 path                    String          absolute path of the file
 size_bytes              Int64           file size
 ======================  ==============  ==========================================
@@ -57,7 +57,7 @@ from typing import Any
 
 import polars as pl
 
-from kit.dicom._header import COLUMNS, Skip, read_fast, read_file, read_pydicom, to_row
+from kit.dicom._header import COLUMNS, Fallback, Skip, read_fast, read_file, read_pydicom, to_row
 from kit.errors import InvalidInputError
 
 __all__ = ["DicomIndex", "INDEX_SCHEMA", "SKIPPED_SCHEMA", "index_dicom", "index_frame", "list_files"]
@@ -161,7 +161,10 @@ def _index_chunk(paths: list[str], reader: str = "auto") -> _Result:
 
 
 def _fast_only(path: str) -> tuple[dict[str, Any], str]:
-    return read_fast(path), "fast"
+    try:
+        return read_fast(path), "fast"
+    except Fallback as exc:  # internal: never leaves the package
+        raise Skip(f"the fast reader does not read this file ({exc}); use reader='auto'") from exc
 
 
 def _pydicom_only(path: str) -> tuple[dict[str, Any], str]:

@@ -17,6 +17,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
 from kit.cli import cli
+from kit.dicom._profile_options import RETAIN_LONGITUDINAL_MODIFIED_DATES
 from kit.dicom.deid import (
     BASIC_PROFILE,
     BASIC_PROFILE_REPEATING,
@@ -156,6 +157,8 @@ def test_dates_shifted_per_patient() -> None:
     shifted_da = (dt.date(2020, 1, 2) + shift).strftime("%Y%m%d")
     n = 0
     for tag, (vr, _) in originals.items():
+        if tag not in RETAIN_LONGITUDINAL_MODIFIED_DATES:  # the option's column does not list it
+            continue
         if vr == "DA":
             assert out[tag].value == shifted_da
             n += 1
@@ -164,6 +167,8 @@ def test_dates_shifted_per_patient() -> None:
         elif vr == "TM":
             assert out[tag].value == "101010"
     assert n > 50
+    # Patient's Birth Date is Z in the Basic Profile and no option keeps it (was: shifted)
+    assert out.PatientBirthDate in ("", None)
     assert out.LongitudinalTemporalInformationModified == "MODIFIED"
     assert [c.CodeValue for c in out.DeidentificationMethodCodeSequence] == ["113100", "113107"]
     other = ct_dataset(1)
@@ -209,14 +214,14 @@ def test_uids_remapped_consistently() -> None:
 
 
 def test_reid_map_round_trip_and_append(tmp_path: Path) -> None:
-    d1 = Deidentifier(KEY)
+    d1 = Deidentifier(KEY, shift_dates=True)  # records the date shift too
     d1.dataset(ct_dataset(0))
     for suffix in (".parquet", ".csv"):
         path = d1.reid_map.save(tmp_path / f"map{suffix}")
         loaded = ReidentificationMap.load(path)
         assert loaded.frame.equals(d1.reid_map.frame)
     path = tmp_path / "map.parquet"
-    d2 = Deidentifier(KEY)
+    d2 = Deidentifier(KEY, shift_dates=True)
     d2.dataset(ct_dataset(1))
     d2.reid_map.save(path)  # a second run appends
     merged = ReidentificationMap.load(path)
