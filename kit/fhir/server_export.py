@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
-from kit.fhir.resources import is_resource_type
+from kit.fhir.server_limits import is_type
 from kit.fhir.server_search import date_range
 from kit.fhir.server_store import FhirStore, fail
 
@@ -80,7 +80,7 @@ class ExportManager:
         if fmt is not None and fmt not in NDJSON_FORMATS:
             raise fail(400, "not-supported", f"_outputFormat {fmt!r} is not supported (use ndjson)")
         types = [t for t in (params.get("_type") or "").split(",") if t]
-        unknown = [t for t in types if not is_resource_type(t)]
+        unknown = [t for t in types if not is_type(t)]
         if unknown:
             raise fail(400, "not-supported", f"_type has unknown resource types {unknown}", "_type")
         since = date_range(params["_since"])[0] if params.get("_since") else None
