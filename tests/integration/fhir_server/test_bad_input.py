@@ -305,3 +305,19 @@ def test_body_limits_and_content_types(tmp_path: Path) -> None:
         outcome(c.get("/Patient/x/y/z/w"), 404)
         outcome(c.request("PATCH", "/Patient/x"), 405)
         assert c.get("/Patient", params={"_summary": "count"}).json()["total"] == 0
+
+
+def test_export_kick_offs_are_bounded(tmp_path: Path) -> None:
+    with EmbeddedFhirServer(tmp_path / "exports.db", export_delay=2.0) as s, \
+            httpx.Client(base_url=s.base_url, timeout=30) as c:
+        c.post("/Patient", json=patient("EXP"))
+        c.post("/Observation", json={"resourceType": "Observation", "status": "final",
+                                     "code": {"text": "x"}})
+        prefer = {"Prefer": "respond-async"}
+        kicked = [c.get("/$export", headers=prefer) for _ in range(6)]
+        assert [r.status_code for r in kicked[:4]] == [202] * 4
+        for r in kicked[4:]:
+            outcome(r, 429)
+        for r in kicked[:4]:
+            assert c.delete(r.headers["content-location"]).status_code == 202
+        assert c.get("/$export", headers=prefer).status_code == 202
