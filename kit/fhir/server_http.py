@@ -4,7 +4,8 @@ Every peer is treated as hostile:
 
 - :func:`guarded_protocol` makes uvicorn's h11 protocol close a connection whose
   request head is not complete within ``head_timeout`` seconds of connecting
-  (or of the previous response). uvicorn itself has no such limit: its
+  (or of the previous response), and drop one that reads nothing of a buffered
+  answer for a ``head_timeout`` period. uvicorn itself has no such limit: its
   ``timeout_keep_alive`` only runs between requests and is cancelled by the first
   byte of the next one, so a slowloris peer sending a header byte every few
   seconds would hold a connection for ever. It also refuses connections beyond
@@ -80,6 +81,7 @@ def guarded_protocol(*, head_timeout: float, max_connections: int) -> type[H11Pr
 
     class GuardedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _unsent: float = float("inf")
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -102,6 +104,7 @@ def guarded_protocol(*, head_timeout: float, max_connections: int) -> type[H11Pr
 
         def on_response_complete(self) -> None:
             if not self.transport.is_closing():
+                self._unsent = float("inf")
                 self._arm_head()  # the next request head (or the rest of an unread body) has a deadline too
             super().on_response_complete()
 
@@ -125,7 +128,17 @@ def guarded_protocol(*, head_timeout: float, max_connections: int) -> type[H11Pr
             self._head_timer = None
             if self.transport.is_closing():
                 return
-            if self.conn.our_state is h11.IDLE:  # no response under way: say why before closing
+            unsent = self.transport.get_write_buffer_size()
+            if unsent:  # the last answer is still buffered: a slow reader, not a slow sender
+                if unsent < self._unsent:  # it is reading: give it another period
+                    self._unsent = unsent
+                    self._arm_head()
+                    return
+                log.warning("FHIR server: dropping %s, which read nothing for %g s", self.client,
+                            head_timeout)
+                self.transport.abort()  # close() would wait for the buffer to drain, i.e. for ever
+                return
+            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:  # a partial head: say why
                 self.transport.write(_raw_response(408, "timeout",
                                                    f"request head not complete within {head_timeout:g} s"))
             self.transport.close()
@@ -176,9 +189,11 @@ class GuardMiddleware:
         self.send_timeout = send_timeout
 
     async def _reject(self, send: Send, status: int, code: str, message: str) -> None:
+        body = outcome_body(code, message)
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/fhir+json"), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": outcome_body(code, message)})
+                    "headers": [(b"content-type", b"application/fhir+json"), (b"connection", b"close"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
