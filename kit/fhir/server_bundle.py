@@ -12,17 +12,20 @@ reports each outcome in the ``batch-response``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kit.errors import FhirValidationError, OperationOutcomeError
-from kit.fhir.resources import operation_outcome
+from kit.errors import FhirValidationError, KitError, OperationOutcomeError
+from kit.fhir.resources import issue, operation_outcome
 from kit.fhir.server_limits import MAX_BUNDLE_ENTRIES, check_id, etag_version, is_type
 from kit.fhir.server_store import FhirStore, fail
 
 __all__ = ["Getter", "process_bundle"]
+
+log = logging.getLogger("kit.fhir.server")
 
 #: Answers a GET entry: ``(url relative to the base) -> (status, resource or Bundle)``.
 Getter = Callable[[str], tuple[int, dict[str, Any]]]
@@ -213,6 +216,11 @@ def process_bundle(store: FhirStore, bundle: Mapping[str, Any], *, base_url: str
                 responses.append(store.run(one))
             except (OperationOutcomeError, FhirValidationError) as exc:
                 responses.append(_error_response(exc))
+            except Exception as exc:  # noqa: BLE001 - earlier entries are committed: report, do not 500
+                log.error("FHIR batch entry %d failed", i, exc_info=exc)
+                message = str(exc) if isinstance(exc, KitError) else f"internal error ({type(exc).__name__})"
+                responses.append({"response": {"status": "500", "outcome": operation_outcome(
+                    [issue("error", "exception", f"entry[{i}]: {message}")])}})
         return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "batch-response",
                 "entry": responses}
 

@@ -321,3 +321,27 @@ def test_export_kick_offs_are_bounded(tmp_path: Path) -> None:
         for r in kicked[:4]:
             assert c.delete(r.headers["content-location"]).status_code == 202
         assert c.get("/$export", headers=prefer).status_code == 202
+
+
+def test_batch_entry_failure_after_earlier_commits_is_reported_per_entry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storage failure in one batch entry (a fault no peer can cause: patched in) must not turn the
+    whole answer into a 500 while earlier entries are already committed."""
+    from kit.errors import StoreError
+    from kit.fhir.server_store import FhirStore
+
+    def broken(*_: Any, **__: Any) -> bool:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(FhirStore, "delete_in", broken)
+    with EmbeddedFhirServer(tmp_path / "batch.db") as s, httpx.Client(base_url=s.base_url, timeout=30) as c:
+        c.put("/Patient/gone", json={**patient("GONE"), "id": "gone"})
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": [
+            {"resource": patient("KEPT"), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "DELETE", "url": "Patient/gone"}}]}
+        r = c.post("/", json=batch)
+        assert r.status_code == 200, r.text[:300]
+        statuses = [e["response"]["status"] for e in r.json()["entry"]]
+        assert statuses == ["201 Created", "500"]
+        assert r.json()["entry"][1]["response"]["outcome"]["issue"][0]["diagnostics"].endswith("disk full")
+        assert total(c, identifier=f"{MRN_SYSTEM}|KEPT") == 1
