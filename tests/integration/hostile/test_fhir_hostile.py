@@ -367,7 +367,7 @@ def good_requests_are_fast(c: httpx.Client, pid: str) -> None:
         r = c.get("/Patient", params={"identifier": f"{MARK}|anchor"})
         assert r.status_code == 200 and r.json()["total"] == 1
         timings.append(time.monotonic() - t)
-    assert statistics.median(timings) < 0.25 and max(timings) < 2, timings
+    assert statistics.median(timings) < 0.5 and max(timings) < 2, timings
 
 
 def test_hostile_peer(server: EmbeddedFhirServer) -> None:
@@ -397,7 +397,7 @@ def test_hostile_peer(server: EmbeddedFhirServer) -> None:
         finally:
             stop.set()
             traffic.join(10)
-        assert slow_good and statistics.median(slow_good) < 0.25, slow_good
+        assert slow_good and statistics.median(slow_good) < 0.5, slow_good
 
         http_attacks(c, log, pid)
         raw_attacks(server.port, log)
