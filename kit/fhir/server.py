@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import logging
 import socket
 import threading
 import uuid
@@ -28,23 +29,39 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kit.errors import FhirValidationError, KitError, OperationOutcomeError, PeerError, StoreError
-from kit.fhir.resources import is_resource_type, issue, operation_outcome
+from kit.fhir.resources import issue, operation_outcome
 from kit.fhir.server_bundle import process_bundle
 from kit.fhir.server_export import ExportManager
-from kit.fhir.server_search import MAX_COUNT, SEARCH_PARAMS, SearchQuery, parse_search
+from kit.fhir.server_http import GuardMiddleware, guarded_protocol, read_body
+from kit.fhir.server_limits import (
+    MAX_FORM_BODY,
+    MAX_OFFSET,
+    MAX_SEARCH_PARAMS,
+    MAX_VERSION,
+    ascii_int,
+    check_depth,
+    check_id,
+    etag_version,
+    is_type,
+)
+from kit.fhir.server_openapi import capability_statement, openapi_document
+from kit.fhir.server_search import MAX_COUNT, SearchQuery, date_range, parse_search
 from kit.fhir.server_store import FhirStore, fail
 
-__all__ = ["DEFAULT_MAX_BODY", "FHIR_JSON", "EmbeddedFhirServer", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "FHIR_JSON", "EmbeddedFhirServer", "capability_statement", "create_app"]
+
+log = logging.getLogger("kit.fhir.server")
 
 FHIR_JSON = "application/fhir+json"
 #: Largest request body accepted (bytes); larger -> 413.
@@ -59,24 +76,33 @@ def _outcome(status: int, issues: list[dict[str, Any]]) -> Response:
     return _json(operation_outcome(issues), status)
 
 
+def _q(value: object) -> str:
+    return quote(str(value), safe="", errors="replace")
+
+
 def _resource_headers(resource: Mapping[str, Any], base: str) -> dict[str, str]:
-    meta = resource.get("meta") or {}
-    version = meta.get("versionId", "1")
+    """ETag, Last-Modified and Location of a stored resource; cannot fail (it runs after the commit).
+
+    Every value is percent-encoded ASCII, and a ``lastUpdated`` that does not parse
+    (it always does: the store writes it) only drops Last-Modified.
+    """
+    raw_meta = resource.get("meta")
+    meta: Mapping[str, Any] = raw_meta if isinstance(raw_meta, Mapping) else {}
+    version = _q(meta.get("versionId", "1"))
     headers = {"ETag": f'W/"{version}"'}
-    if meta.get("lastUpdated"):
-        when = dt.datetime.fromisoformat(meta["lastUpdated"])
+    try:
+        when = dt.datetime.fromisoformat(str(meta["lastUpdated"]))
         headers["Last-Modified"] = email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
-    headers["Location"] = f"{base}/{resource['resourceType']}/{resource['id']}/_history/{version}"
+    except (KeyError, ValueError, TypeError, OverflowError):
+        pass
+    safe_base = base.encode("ascii", "replace").decode("ascii")
+    headers["Location"] = (f"{safe_base}/{_q(resource.get('resourceType'))}/{_q(resource.get('id'))}"
+                           f"/_history/{version}")
     return headers
 
 
 def _if_match(value: str | None) -> int | None:
-    if not value:
-        return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise fail(400, "invalid", f'If-Match must be W/"<version>", got {value!r}')
-    return int(text)
+    return etag_version(value) if value else None
 
 
 def _prefer(request: Request, key: str) -> str | None:
@@ -88,7 +114,7 @@ def _prefer(request: Request, key: str) -> str | None:
 
 
 def _check_type(rtype: str) -> None:
-    if not is_resource_type(rtype):
+    if not is_type(rtype):
         raise fail(404, "not-supported", f"unknown resource type {rtype!r}")
 
 
@@ -104,80 +130,6 @@ def _elements(resource: dict[str, Any], elements: tuple[str, ...]) -> dict[str, 
     return out
 
 
-def capability_statement(base: str) -> dict[str, Any]:
-    """The server's CapabilityStatement (what ``GET [base]/metadata`` returns)."""
-    interactions = [
-        {"code": c}
-        for c in (
-            "read",
-            "vread",
-            "update",
-            "delete",
-            "history-instance",
-            "history-type",
-            "create",
-            "search-type",
-        )
-    ]
-    resources = []
-    for rtype, params in sorted(SEARCH_PARAMS.items()):
-        if rtype == "*":
-            continue
-        resources.append(
-            {
-                "type": rtype,
-                "interaction": interactions,
-                "versioning": "versioned",
-                "readHistory": True,
-                "updateCreate": True,
-                "conditionalCreate": True,
-                "conditionalUpdate": True,
-                "conditionalDelete": "single",
-                "searchInclude": [f"{rtype}:{p.name}" for p in params if p.type.value == "reference"],
-                "searchRevInclude": [
-                    f"{src}:{p.name}"
-                    for src, ps in sorted(SEARCH_PARAMS.items())
-                    if src != "*"
-                    for p in ps
-                    if p.type.value == "reference" and (not p.targets or rtype in p.targets)
-                ],
-                "searchParam": [{"name": p.name, "type": p.type.value} for p in params]
-                + [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
-            }
-        )
-    return {
-        "resourceType": "CapabilityStatement",
-        "status": "active",
-        "kind": "instance",
-        "date": "2026-01-01",
-        "fhirVersion": "4.0.1",
-        "format": ["json"],
-        "software": {"name": "kit embedded FHIR server"},
-        "implementation": {"description": "kit embedded FHIR R4 server (SQLite)", "url": base},
-        "rest": [
-            {
-                "mode": "server",
-                "resource": resources,
-                "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
-                "operation": [
-                    {
-                        "name": "export",
-                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-                    },
-                    {
-                        "name": "export",
-                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
-                    },
-                    {
-                        "name": "export",
-                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-                    },
-                ],
-            }
-        ],
-    }
-
-
 def create_app(
     db_path: Path | str,
     *,
@@ -185,6 +137,8 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     export_delay: float = 0.0,
     store: FhirStore | None = None,
+    body_timeout: float = 30.0,
+    send_timeout: float = 30.0,
 ) -> FastAPI:
     """The FastAPI application of the embedded FHIR server.
 
@@ -200,10 +154,16 @@ def create_app(
         Pause per resource type in ``$export`` jobs (for tests that watch a running job).
     store : FhirStore, optional
         An already open store (the embedded server passes its own).
+    body_timeout : float
+        Seconds a client may take to send a request body (408 after).
+    send_timeout : float
+        Seconds one response chunk may wait for a client that does not read (dropped after).
     """
     store = store or FhirStore(db_path)
     exports = ExportManager(store, Path(db_path).parent / "exports", delay=export_delay)
     app = FastAPI(title="kit FHIR R4", docs_url=None, redoc_url=None, openapi_url=None)
+    # inside Starlette's ServerErrorMiddleware, around everything else: the last line for 500s
+    app.add_middleware(GuardMiddleware, max_body=max_body, send_timeout=send_timeout)
     app.state.store = store
     app.state.exports = exports
     bp = "/" + base_path.strip("/") if base_path.strip("/") else ""
@@ -213,14 +173,22 @@ def create_app(
 
     @app.exception_handler(OperationOutcomeError)
     async def _oo(_: Request, exc: OperationOutcomeError) -> Response:
-        return _outcome(exc.status_code or 400, exc.issues)
+        response = _outcome(exc.status_code or 400, exc.issues)
+        if exc.status_code in (408, 413):  # the rest of the body is not wanted: do not wait for it
+            response.headers["Connection"] = "close"
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> Response:
+        return _outcome(400, [issue("error", "invalid", "request does not match the route")])
 
     @app.exception_handler(FhirValidationError)
     async def _invalid(_: Request, exc: FhirValidationError) -> Response:
         return _outcome(400, exc.issues or [issue("error", "invalid", str(exc))])
 
     @app.exception_handler(KitError)
-    async def _kit(_: Request, exc: KitError) -> Response:
+    async def _kit(request: Request, exc: KitError) -> Response:
+        log.error("FHIR server: %s %s failed: %s", request.method, request.url.path, exc)
         return _outcome(500, [issue("error", "exception", str(exc))])
 
     @app.exception_handler(StarletteHTTPException)
@@ -231,19 +199,29 @@ def create_app(
     async def body_of(request: Request) -> Any:
         if "xml" in request.headers.get("content-type", ""):
             raise fail(415, "not-supported", "only JSON (application/fhir+json) is supported")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body:
-            raise fail(413, "too-costly", f"request body over {max_body} bytes")
-        raw = await request.body()
-        if len(raw) > max_body:
-            raise fail(413, "too-costly", f"request body over {max_body} bytes")
+        raw = await read_body(request, limit=max_body, timeout=body_timeout)
         try:
-            return orjson.loads(raw)
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise FhirValidationError(
                 f"request body is not JSON: {exc}",
                 issues=[issue("error", "structure", f"request body is not JSON: {exc}")],
             ) from exc
+        check_depth(body)  # before validation, indexing or Bundle rewriting recurse into it
+        return body
+
+    async def form_of(request: Request) -> list[tuple[str, str]]:
+        """The fields of an ``application/x-www-form-urlencoded`` body (FHIR search via POST)."""
+        raw = await read_body(request, limit=min(max_body, MAX_FORM_BODY), timeout=body_timeout)
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not raw:
+            return []
+        if ctype != "application/x-www-form-urlencoded":
+            raise fail(415, "not-supported", "POST [type]/_search takes application/x-www-form-urlencoded")
+        try:
+            return parse_qsl(raw.decode("ascii"), keep_blank_values=True, max_num_fields=MAX_SEARCH_PARAMS)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise fail(400, "invalid", f"not a form-encoded search: {exc}") from None
 
     def written(request: Request, resource: dict[str, Any], status: int) -> Response:
         base = base_of(request)
@@ -298,12 +276,8 @@ def create_app(
 
     def history_bundle(request: Request, rtype: str | None, rid: str | None) -> dict[str, Any]:
         params = dict(request.query_params)
-        count = min(
-            int(params.get("_count", "50")) if params.get("_count", "50").isdigit() else 50, MAX_COUNT
-        )
-        offset = int(params["_offset"]) if params.get("_offset", "").isdigit() else 0
-        from kit.fhir.server_search import date_range
-
+        count = ascii_int(params.get("_count", "50"), "_count", high=MAX_COUNT)
+        offset = ascii_int(params.get("_offset", "0"), "_offset", high=MAX_OFFSET)
         since = date_range(params["_since"])[0] if params.get("_since") else None
         versions, total = store.history(rtype, rid, since=since, count=count, offset=offset)
         base = base_of(request)
@@ -348,9 +322,10 @@ def create_app(
         if len(parts) == 1:
             return 200, searchset(request, parts[0], parse_qsl(qs, keep_blank_values=True))
         if len(parts) == 2:
-            return 200, store.read(parts[0], parts[1])
-        if len(parts) == 4 and parts[2] == "_history" and parts[3].isdigit():
-            return 200, store.vread(parts[0], parts[1], int(parts[3]))
+            return 200, store.read(parts[0], check_id(parts[1]))
+        if len(parts) == 4 and parts[2] == "_history":
+            version = ascii_int(parts[3], "version", low=1, high=MAX_VERSION, status=404)
+            return 200, store.vread(parts[0], check_id(parts[1]), version)
         raise fail(400, "not-supported", f"GET {url} is not supported in a Bundle")
 
     # -- routes (specific paths first) -----------------------------------------------------------
@@ -358,6 +333,11 @@ def create_app(
     @app.get(bp + "/metadata")
     async def metadata(request: Request) -> Response:
         return _json(capability_statement(base_of(request)))
+
+    @app.get("/openapi.json")
+    async def openapi(request: Request) -> Response:
+        doc = openapi_document(bp, str(request.base_url).rstrip("/"))
+        return Response(orjson.dumps(doc), media_type="application/json")
 
     def kick_off(request: Request, level: str, group_id: str | None = None) -> Response:
         if _prefer(request, "respond-async") is None:
@@ -383,7 +363,7 @@ def create_app(
 
     @app.get(bp + "/Group/{gid}/$export")
     async def export_group(request: Request, gid: str) -> Response:
-        return await run_in_threadpool(kick_off, request, "Group", gid)
+        return await run_in_threadpool(kick_off, request, "Group", check_id(gid))
 
     @app.get(bp + "/$export-status/{job_id}")
     async def export_status(job_id: str) -> Response:
@@ -436,8 +416,7 @@ def create_app(
     @app.post(bp + "/{rtype}/_search")
     async def search_post(request: Request, rtype: str) -> Response:
         _check_type(rtype)
-        form = await request.form()
-        pairs = [*request.query_params.multi_items(), *((k, str(v)) for k, v in form.multi_items())]
+        pairs = [*request.query_params.multi_items(), *await form_of(request)]
         return _json(await run_in_threadpool(searchset, request, rtype, pairs))
 
     @app.post(bp + "/{rtype}")
@@ -465,7 +444,7 @@ def create_app(
                 if len(found) > 1:
                     raise fail(412, "multiple-matches", f"conditional update {query!r} matches several")
                 rid = found[0]["id"] if found else (body.get("id") if isinstance(body, dict) else None)
-                return store.update_in(conn, body, rtype=rtype, rid=rid or str(uuid.uuid4()))
+                return store.update_in(conn, body, rtype=rtype, rid=str(uuid.uuid4()) if rid is None else rid)
 
         resource, created = await run_in_threadpool(work)
         return written(request, resource, 201 if created else 200)
@@ -478,6 +457,7 @@ def create_app(
     @app.get(bp + "/{rtype}/{rid}")
     async def read(request: Request, rtype: str, rid: str) -> Response:
         _check_type(rtype)
+        check_id(rid)
         resource = await run_in_threadpool(store.read, rtype, rid)
         headers = _resource_headers(resource, base_of(request))
         headers.pop("Location")
@@ -486,6 +466,7 @@ def create_app(
     @app.put(bp + "/{rtype}/{rid}")
     async def update(request: Request, rtype: str, rid: str) -> Response:
         _check_type(rtype)
+        check_id(rid)  # before anything is read or written
         body = await body_of(request)
         if_match = _if_match(request.headers.get("if-match"))
         resource, created = await run_in_threadpool(
@@ -496,20 +477,22 @@ def create_app(
     @app.delete(bp + "/{rtype}/{rid}")
     async def delete(rtype: str, rid: str) -> Response:
         _check_type(rtype)
+        check_id(rid)
         await run_in_threadpool(store.delete, rtype, rid)
         return Response(status_code=204)
 
     @app.get(bp + "/{rtype}/{rid}/_history")
     async def history_instance(request: Request, rtype: str, rid: str) -> Response:
         _check_type(rtype)
+        check_id(rid)
         return _json(await run_in_threadpool(history_bundle, request, rtype, rid))
 
     @app.get(bp + "/{rtype}/{rid}/_history/{vid}")
     async def vread(request: Request, rtype: str, rid: str, vid: str) -> Response:
         _check_type(rtype)
-        if not vid.isdigit():
-            raise fail(404, "not-found", f"no version {vid!r}")
-        resource = await run_in_threadpool(store.vread, rtype, rid, int(vid))
+        check_id(rid)
+        version = ascii_int(vid, "version", low=1, high=MAX_VERSION, status=404)
+        resource = await run_in_threadpool(store.vread, rtype, rid, version)
         headers = _resource_headers(resource, base_of(request))
         headers.pop("Location")
         return _json(resource, 200, headers)
@@ -533,8 +516,15 @@ class EmbeddedFhirServer:
     preload : Path, optional
         A Bundle JSON file (the sample cohort) loaded on start; resources whose
         content is unchanged are skipped, so restarts do not add versions.
-    max_body, export_delay
+    max_body, export_delay, body_timeout, send_timeout
         See :func:`create_app`.
+    head_timeout : float
+        Seconds a connection may take to send a complete request head (from
+        connecting, or from the previous response); then it is closed (408).
+    keep_alive : float
+        Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``).
+    max_connections : int
+        Open connections above this are answered 503 and closed.
     """
 
     name = "fhir"
@@ -549,6 +539,11 @@ class EmbeddedFhirServer:
         preload: Path | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         export_delay: float = 0.0,
+        head_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        send_timeout: float = 30.0,
+        keep_alive: float = 5.0,
+        max_connections: int = 512,
     ) -> None:
         self.db_path = Path(db_path)
         self.host = host
@@ -557,6 +552,11 @@ class EmbeddedFhirServer:
         self.preload = Path(preload) if preload is not None else None
         self.max_body = max_body
         self.export_delay = export_delay
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
+        self.keep_alive = keep_alive
+        self.max_connections = max_connections
         self.store: FhirStore | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -609,9 +609,18 @@ class EmbeddedFhirServer:
             max_body=self.max_body,
             export_delay=self.export_delay,
             store=self.store,
+            body_timeout=self.body_timeout,
+            send_timeout=self.send_timeout,
         )
         config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            http=guarded_protocol(head_timeout=self.head_timeout, max_connections=self.max_connections),
+            timeout_keep_alive=self.keep_alive,  # type: ignore[arg-type]
+            proxy_headers=False,  # X-Forwarded-* from a peer is not trusted
         )
         server = uvicorn.Server(config)
         self._server = server

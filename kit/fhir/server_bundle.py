@@ -12,16 +12,20 @@ reports each outcome in the ``batch-response``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from kit.errors import FhirValidationError, OperationOutcomeError
-from kit.fhir.resources import is_resource_type, operation_outcome
+from kit.errors import FhirValidationError, KitError, OperationOutcomeError
+from kit.fhir.resources import issue, operation_outcome
+from kit.fhir.server_limits import MAX_BUNDLE_ENTRIES, check_id, etag_version, is_type
 from kit.fhir.server_store import FhirStore, fail
 
 __all__ = ["Getter", "process_bundle"]
+
+log = logging.getLogger("kit.fhir.server")
 
 #: Answers a GET entry: ``(url relative to the base) -> (status, resource or Bundle)``.
 Getter = Callable[[str], tuple[int, dict[str, Any]]]
@@ -45,45 +49,50 @@ class _Entry:
     new_id: str | None = None
 
 
-def _parse_if_match(value: str | None) -> int | None:
-    if not value:
-        return None
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise fail(400, "invalid", f"If-Match must be W/\"<version>\", got {value!r}")
-    return int(text)
+def _optional_str(req: Mapping[str, Any], key: str, i: int) -> str | None:
+    value = req.get(key)
+    if value is not None and not isinstance(value, str):
+        raise fail(400, "structure", f"entry[{i}]: request.{key} must be a string, "
+                   f"got {type(value).__name__}", f"Bundle.entry[{i}].request.{key}")
+    return value or None
 
 
 def _entry(i: int, raw: Any, base_url: str) -> _Entry:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("request"), Mapping):
         raise fail(400, "invalid", f"entry[{i}] has no request", f"Bundle.entry[{i}].request")
     req = raw["request"]
-    method = str(req.get("method", "")).upper()
-    url = str(req.get("url", ""))
+    method = (_optional_str(req, "method", i) or "").upper()
+    url = _optional_str(req, "url", i) or ""
     if method not in _ORDER or not url:
         raise fail(400, "invalid", f"entry[{i}]: request needs a method (GET POST PUT DELETE) and url",
                    f"Bundle.entry[{i}].request")
+    full_url = raw.get("fullUrl")
+    if full_url is not None and not isinstance(full_url, str):
+        raise fail(400, "structure", f"entry[{i}]: fullUrl must be a string, got {type(full_url).__name__}",
+                   f"Bundle.entry[{i}].fullUrl")
+    if_match = _optional_str(req, "ifMatch", i)
     if url.startswith(base_url):
         url = url[len(base_url):]
     url = url.lstrip("/")
     resource = raw.get("resource")
     if method in ("POST", "PUT") and not isinstance(resource, Mapping):
         raise fail(400, "required", f"entry[{i}]: {method} needs a resource", f"Bundle.entry[{i}].resource")
-    e = _Entry(i, method, url, dict(resource) if isinstance(resource, Mapping) else None,
-               raw.get("fullUrl"), req.get("ifNoneExist"), _parse_if_match(req.get("ifMatch")))
+    e = _Entry(i, method, url, dict(resource) if isinstance(resource, Mapping) else None, full_url,
+               _optional_str(req, "ifNoneExist", i),
+               etag_version(if_match, f"Bundle.entry[{i}].request.ifMatch") if if_match else None)
     path, _, e.query = url.partition("?")
     parts = path.split("/")
     e.rtype = parts[0]
     if not e.query:
         e.query = None
     if method != "GET":
-        if not is_resource_type(e.rtype):
+        if not is_type(e.rtype):
             raise fail(400, "not-supported", f"entry[{i}]: unknown resource type {e.rtype!r}",
                        f"Bundle.entry[{i}].request.url")
         if len(parts) > 2 or (method in ("PUT", "DELETE") and len(parts) == 1 and e.query is None):
             raise fail(400, "invalid", f"entry[{i}]: {method} {url} is not supported",
                        f"Bundle.entry[{i}].request.url")
-        e.rid = parts[1] if len(parts) == 2 else None
+        e.rid = check_id(parts[1], f"Bundle.entry[{i}].request.url") if len(parts) == 2 else None
     return e
 
 
@@ -151,6 +160,18 @@ def _execute(store: FhirStore, conn: sqlite3.Connection, e: _Entry, get: Getter)
     return _response(201 if created else 200, out, rtype=e.rtype, rid=rid)
 
 
+def _if_none_exist(store: FhirStore, e: _Entry) -> None:
+    """Resolve a POST entry's ifNoneExist: an existing match becomes ``e.rid`` (412 if several)."""
+    if e.method != "POST" or not e.if_none_exist:
+        return
+    found = store.find(e.rtype, e.if_none_exist)
+    if len(found) > 1:
+        raise fail(412, "multiple-matches",
+                   f"entry[{e.index}]: ifNoneExist {e.if_none_exist!r} matches several")
+    if found:
+        e.rid = found[0]["id"]
+
+
 def _conditional_ref(store: FhirStore, ref: str) -> str:
     rtype, _, query = ref.partition("?")
     found = store.find(rtype, query)
@@ -178,6 +199,9 @@ def process_bundle(store: FhirStore, bundle: Mapping[str, Any], *, base_url: str
     raw_entries = bundle.get("entry") or []
     if not isinstance(raw_entries, list):
         raise fail(400, "structure", "Bundle.entry must be a list", "Bundle.entry")
+    if len(raw_entries) > MAX_BUNDLE_ENTRIES:
+        raise fail(400, "too-costly", f"a Bundle may have at most {MAX_BUNDLE_ENTRIES} entries",
+                   "Bundle.entry")
     base = base_url.rstrip("/") + "/"
     if btype == "batch":
         responses = []
@@ -186,11 +210,17 @@ def process_bundle(store: FhirStore, bundle: Mapping[str, Any], *, base_url: str
                 entry = _entry(i, raw, base)
 
                 def one(conn: sqlite3.Connection, entry: _Entry = entry) -> dict[str, Any]:
+                    _if_none_exist(store, entry)  # in the entry's own transaction: no race with a twin
                     return _execute(store, conn, entry, get)
 
                 responses.append(store.run(one))
             except (OperationOutcomeError, FhirValidationError) as exc:
                 responses.append(_error_response(exc))
+            except Exception as exc:  # noqa: BLE001 - earlier entries are committed: report, do not 500
+                log.error("FHIR batch entry %d failed", i, exc_info=exc)
+                message = str(exc) if isinstance(exc, KitError) else f"internal error ({type(exc).__name__})"
+                responses.append({"response": {"status": "500", "outcome": operation_outcome(
+                    [issue("error", "exception", f"entry[{i}]: {message}")])}})
         return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "batch-response",
                 "entry": responses}
 
@@ -200,13 +230,7 @@ def process_bundle(store: FhirStore, bundle: Mapping[str, Any], *, base_url: str
         refs: dict[str, str] = {}
         for e in entries:
             if e.method == "POST":
-                if e.if_none_exist:
-                    found = store.find(e.rtype, e.if_none_exist)
-                    if len(found) > 1:
-                        raise fail(412, "multiple-matches",
-                                   f"entry[{e.index}]: ifNoneExist {e.if_none_exist!r} matches several")
-                    if found:
-                        e.rid = found[0]["id"]
+                _if_none_exist(store, e)
                 if e.rid is None:
                     e.new_id = str(uuid.uuid4())
                 target = f"{e.rtype}/{e.rid or e.new_id}"
@@ -214,7 +238,7 @@ def process_bundle(store: FhirStore, bundle: Mapping[str, Any], *, base_url: str
                 target = f"{e.rtype}/{e.rid}"
             else:
                 continue
-            if e.full_url:
+            if e.full_url:  # a string (checked in _entry)
                 refs[e.full_url] = target
                 if e.full_url.startswith(base):
                     refs[e.full_url[len(base):]] = target

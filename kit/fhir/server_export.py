@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import os
 import shutil
 import threading
@@ -22,14 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
-from kit.fhir.resources import is_resource_type
+from kit.fhir.server_limits import is_type
 from kit.fhir.server_search import date_range
 from kit.fhir.server_store import FhirStore, fail
 
-__all__ = ["ExportJob", "ExportManager", "NDJSON_FORMATS"]
+__all__ = ["MAX_KEPT_JOBS", "MAX_RUNNING_JOBS", "ExportJob", "ExportManager", "NDJSON_FORMATS"]
 
 #: ``_outputFormat`` values accepted (all mean NDJSON).
 NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "ndjson"})
+#: Jobs running at once (a further kick-off is answered 429), and jobs kept (the oldest finished
+#: ones are removed with their files beyond this), so kick-offs cannot exhaust threads or disk.
+MAX_RUNNING_JOBS = 4
+log = logging.getLogger("kit.fhir.server")
+MAX_KEPT_JOBS = 100
 
 
 @dataclasses.dataclass
@@ -80,7 +86,7 @@ class ExportManager:
         if fmt is not None and fmt not in NDJSON_FORMATS:
             raise fail(400, "not-supported", f"_outputFormat {fmt!r} is not supported (use ndjson)")
         types = [t for t in (params.get("_type") or "").split(",") if t]
-        unknown = [t for t in types if not is_resource_type(t)]
+        unknown = [t for t in types if not is_type(t)]
         if unknown:
             raise fail(400, "not-supported", f"_type has unknown resource types {unknown}", "_type")
         since = date_range(params["_since"])[0] if params.get("_since") else None
@@ -98,7 +104,15 @@ class ExportManager:
         job = ExportJob(job_id, request_url, base_url,
                         dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"), self.folder / job_id)
         with self._lock:
+            if sum(j.status == "running" for j in self._jobs.values()) >= MAX_RUNNING_JOBS:
+                raise fail(429, "throttled", f"{MAX_RUNNING_JOBS} exports are running; retry later")
+            finished = [j for j in self._jobs.values() if j.status != "running"]
+            evicted = finished[: max(0, len(self._jobs) + 1 - MAX_KEPT_JOBS)]
+            for old in evicted:
+                del self._jobs[old.id]
             self._jobs[job_id] = job
+        for old in evicted:
+            shutil.rmtree(old.folder, ignore_errors=True)
         threading.Thread(target=self._run, args=(job, types, since, patients), daemon=True,
                          name=f"fhir-export-{job_id[:8]}").start()
         return job
@@ -142,6 +156,10 @@ class ExportManager:
             job.status = "done"
         except (KitError, OSError) as exc:
             job.error = str(exc)
+            job.status = "error"
+        except Exception as exc:  # noqa: BLE001 - a job never stays "running" (it holds a slot)
+            log.exception("FHIR export job %s failed", job.id)
+            job.error = f"internal error ({type(exc).__name__})"
             job.status = "error"
 
     def get(self, job_id: str) -> ExportJob:

@@ -26,17 +26,20 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from kit.errors import FhirValidationError
-from kit.fhir.resources import is_resource_type, issue
+from kit.fhir.resources import issue
+from kit.fhir.server_limits import MAX_INCLUDES, MAX_OFFSET, MAX_OR_VALUES, MAX_SEARCH_PARAMS, is_type
 
 __all__ = [
     "DEFAULT_COUNT",
     "MAX_COUNT",
+    "MAX_SORT",
     "SEARCH_PARAMS",
     "Condition",
     "Include",
@@ -55,6 +58,8 @@ __all__ = [
 #: Page size when the client gives no ``_count``, and the largest page served.
 DEFAULT_COUNT: Final = 50
 MAX_COUNT: Final = 1000
+#: Fields one ``_sort`` may name (each is a correlated subquery).
+MAX_SORT: Final = 8
 
 _MIN: Final = "0001-01-01T00:00:00.000000"
 _MAX: Final = "9999-12-31T23:59:59.999999"
@@ -189,12 +194,64 @@ def normalize_string(text: str) -> str:
 
 
 _DATE_RE = re.compile(
-    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+    r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2})(?:T([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.([0-9]{1,9}))?)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?)?)?)?")
+_EPOCH: Final = dt.datetime(1, 1, 1)
+_US: Final = dt.timedelta(microseconds=1)
+#: ``_MIN``/``_MAX`` in microseconds since 0001-01-01 (what every bound is clamped into).
+_MIN_US: Final = 0
+_MAX_US: Final = (dt.datetime(9999, 12, 31, 23, 59, 59, 999999) - _EPOCH) // _US
+_DAY_US: Final = 86_400_000_000
 
 
 def _bad(message: str, expression: str | None = None) -> FhirValidationError:
     return FhirValidationError(message, issues=[issue("error", "invalid", message, expression)])
+
+
+def _fmt(us: int) -> str:
+    """Microseconds since 0001-01-01, clamped to the representable range, as a stored bound."""
+    clamped = min(max(us, _MIN_US), _MAX_US)
+    return (_EPOCH + dt.timedelta(microseconds=clamped)).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def _bounds(text: str) -> tuple[int, int]:
+    """The UTC interval a FHIR date covers, in microseconds since 0001-01-01 (may lie outside it)."""
+    m = _DATE_RE.fullmatch(text)
+    if not m:
+        raise _bad(f"not a FHIR date/dateTime: {text[:80]!r}")
+    year, month, day, hour, minute, second, frac, zone = m.groups()
+    try:
+        y = int(year)
+        mo = int(month) if month else 1
+        start = dt.date(y, mo, int(day) if day else 1)
+        if hour is None:
+            if month is None:
+                end_excl = (dt.date(y, 12, 31) - start).days + 1
+            elif day is None:
+                end_excl = ((dt.date(y, 12, 31) - start).days + 1 if mo == 12
+                            else (dt.date(y, mo + 1, 1) - start).days)
+            else:
+                end_excl = 1
+            lo = (start - _EPOCH.date()).days * _DAY_US
+            return lo, lo + end_excl * _DAY_US - 1
+        local = dt.datetime(y, mo, int(day), int(hour), int(minute), int(second or 0))
+        offset = dt.timedelta(0)
+        if zone and zone != "Z":
+            sign = 1 if zone[0] == "+" else -1
+            offset = sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+            dt.timezone(offset)  # rejects offsets of a day or more
+    except ValueError as exc:
+        raise _bad(f"not a valid date: {text[:80]!r} ({exc})") from exc
+    lo = (local - _EPOCH) // _US - offset // _US
+    if second is None:
+        span = 60_000_000
+    elif frac:
+        digits = frac[:6]
+        lo += int(digits.ljust(6, "0"))
+        span = 10 ** (6 - len(digits))
+    else:
+        span = 1_000_000
+    return lo, lo + span - 1
 
 
 def date_range(text: str) -> tuple[str, str]:
@@ -202,43 +259,16 @@ def date_range(text: str) -> tuple[str, str]:
 
     ``"2026"`` covers the whole year, ``"2026-01-12"`` the day, a dateTime with
     seconds that second (fractions narrow it further). Times without a zone are
-    taken as UTC.
+    taken as UTC. Bounds that a zone offset moves outside years 1-9999 are
+    clamped to them (``9999-12-31T23:59:59-14:00`` is a valid instant).
+
+    Raises
+    ------
+    FhirValidationError
+        Not a FHIR date (only ASCII digits count), or not a calendar date.
     """
-    m = _DATE_RE.match(text.strip())
-    if not m:
-        raise _bad(f"not a FHIR date/dateTime: {text!r}")
-    year, month, day, hour, minute, second, frac, zone = m.groups()
-    try:
-        if hour is None:
-            y = int(year)
-            if month is None:
-                return f"{y:04d}-01-01T00:00:00.000000", f"{y:04d}-12-31T23:59:59.999999"
-            mo = int(month)
-            start = dt.date(y, mo, int(day) if day else 1)
-            if day is None:
-                nxt = dt.date(y + (mo == 12), mo % 12 + 1, 1)
-                end = nxt - dt.timedelta(days=1)
-            else:
-                end = start
-            return f"{start.isoformat()}T00:00:00.000000", f"{end.isoformat()}T23:59:59.999999"
-        tz = dt.UTC
-        if zone and zone != "Z":
-            sign = 1 if zone[0] == "+" else -1
-            tz = dt.timezone(sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
-        base = dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
-                           int(second or 0), tzinfo=tz).astimezone(dt.UTC).replace(tzinfo=None)
-    except ValueError as exc:
-        raise _bad(f"not a valid date: {text!r} ({exc})") from exc
-    if second is None:
-        span = dt.timedelta(minutes=1)
-    elif frac:
-        digits = frac[:6]
-        base = base.replace(microsecond=int(digits.ljust(6, "0")))
-        span = dt.timedelta(microseconds=10 ** (6 - len(digits)))
-    else:
-        span = dt.timedelta(seconds=1)
-    fmt = "%Y-%m-%dT%H:%M:%S.%f"
-    return base.strftime(fmt), (base + span - dt.timedelta(microseconds=1)).strftime(fmt)
+    lo, hi = _bounds(text)
+    return _fmt(lo), _fmt(hi)
 
 
 def _walk(node: Any, path: Sequence[str]) -> Iterable[Any]:
@@ -258,7 +288,7 @@ def _ref_parts(ref: str) -> tuple[str | None, str]:
     parts = [p for p in ref.split("/") if p]
     if len(parts) >= 4 and parts[-2] == "_history":
         parts = parts[:-2]
-    if len(parts) >= 2 and is_resource_type(parts[-2]):
+    if len(parts) >= 2 and is_type(parts[-2]):
         return parts[-2], parts[-1]
     return None, ref
 
@@ -365,8 +395,8 @@ class SearchQuery:
     def __post_init__(self) -> None:
         if not 0 <= self.count <= MAX_COUNT:
             raise _bad(f"_count must be between 0 and {MAX_COUNT}", "_count")
-        if self.offset < 0:
-            raise _bad("_offset must not be negative", "_offset")
+        if not 0 <= self.offset <= MAX_OFFSET:
+            raise _bad(f"_offset must be between 0 and {MAX_OFFSET}", "_offset")
 
 
 _MODIFIERS: Final = {
@@ -377,26 +407,34 @@ _MODIFIERS: Final = {
 }
 
 
-def _split_values(raw: str) -> tuple[str, ...]:
+def _split_values(raw: str, name: str = "value") -> tuple[str, ...]:
     parts = re.split(r"(?<!\\),", raw)
+    if len(parts) > MAX_OR_VALUES:
+        raise _bad(f"{name}: more than {MAX_OR_VALUES} comma-separated values", name)
     return tuple(p.replace("\\,", ",") for p in parts if p != "")
 
 
-def _int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise _bad(f"{name} must be an integer, got {raw!r}", name) from None
+_ASCII_INT = re.compile(r"[0-9]{1,19}")
+
+
+def _int(name: str, raw: str, high: int) -> int:
+    """A non-negative integer of ASCII digits up to ``high`` (``"²".isdigit()`` is true; not here)."""
+    if _ASCII_INT.fullmatch(raw) is None:
+        raise _bad(f"{name} must be a non-negative integer of ASCII digits, got {raw[:40]!r}", name)
+    value = int(raw)
+    if value > high:
+        raise _bad(f"{name} must be between 0 and {high}", name)
+    return value
 
 
 def _include(raw: str, name: str) -> Include:
     parts = raw.split(":")
-    if len(parts) not in (2, 3) or not is_resource_type(parts[0]):
+    if len(parts) not in (2, 3) or not is_type(parts[0]):
         raise _bad(f"{name} must be Type:param[:TargetType], got {raw!r}", name)
     if parts[1] not in params_for(parts[0]) or params_for(parts[0])[parts[1]].type is not ParamType.REFERENCE:
         raise _bad(f"{name}: {parts[0]} has no reference search parameter {parts[1]!r}", name)
     target = parts[2] if len(parts) == 3 else None
-    if target is not None and not is_resource_type(target):
+    if target is not None and not is_type(target):
         raise _bad(f"{name}: unknown target type {target!r}", name)
     return Include(parts[0], parts[1], target)
 
@@ -429,19 +467,24 @@ def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, stric
     revincludes: list[Include] = []
     summary_count = False
     elements: list[str] = []
-    for key, raw in params:
+    pairs = list(itertools.islice(params, MAX_SEARCH_PARAMS + 1))
+    if len(pairs) > MAX_SEARCH_PARAMS:
+        raise _bad(f"more than {MAX_SEARCH_PARAMS} search parameters")
+    for key, raw in pairs:
         name, _, modifier = key.partition(":")
         if name in _RESULT_PARAMS:
             if name == "_count":
-                count = _int("_count", raw)
+                count = _int("_count", raw, MAX_COUNT)
             elif name == "_offset":
-                offset = _int("_offset", raw)
+                offset = _int("_offset", raw, MAX_OFFSET)
             elif name == "_sort":
-                for s in _split_values(raw):
+                for s in _split_values(raw, "_sort"):
                     field = s.removeprefix("-")
                     if field not in known and field != "_id":
                         raise _bad(f"cannot sort {resource_type} by {field!r}", "_sort")
                     sort.append((field, s.startswith("-")))
+                if len(sort) > MAX_SORT:
+                    raise _bad(f"_sort: at most {MAX_SORT} fields", "_sort")
             elif name == "_include":
                 includes.append(_include(raw, "_include"))
             elif name == "_revinclude":
@@ -449,9 +492,11 @@ def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, stric
             elif name == "_summary":
                 summary_count = raw == "count"
             elif name == "_elements":
-                elements.extend(_split_values(raw))
+                elements.extend(_split_values(raw, "_elements"))
+            if len(includes) + len(revincludes) > MAX_INCLUDES:
+                raise _bad(f"at most {MAX_INCLUDES} _include/_revinclude parameters", name)
             continue
-        values = _split_values(raw)
+        values = _split_values(raw, name)
         if name == "_id":
             ids.append(values)
             continue
@@ -461,7 +506,7 @@ def parse_search(resource_type: str, params: Iterable[tuple[str, str]], *, stric
                 raise _bad(f"unknown search parameter {name!r} for {resource_type}", name)
             continue
         mod = modifier or None
-        if param.type is ParamType.REFERENCE and mod and is_resource_type(mod):
+        if param.type is ParamType.REFERENCE and mod and is_type(mod):
             values = tuple(v if "/" in v else f"{mod}/{v}" for v in values)
             mod = None
         if mod not in _MODIFIERS[param.type]:
@@ -511,7 +556,8 @@ def _value_sql(param: SearchParam, modifier: str | None, value: str, now: dt.dat
             return "i.value = ?", [rid]
         return "(i.system = ? AND i.value = ?)", [rtype, rid]
     prefix = value[:2] if value[:2] in _PREFIXES else "eq"
-    lo, hi = date_range(value[2:] if value[:2] in _PREFIXES else value)
+    lo_us, hi_us = _bounds(value[2:] if value[:2] in _PREFIXES else value)
+    lo, hi = _fmt(lo_us), _fmt(hi_us)
     if prefix == "eq":
         return "(i.lo >= ? AND i.hi <= ?)", [lo, hi]
     if prefix == "ne":
@@ -528,11 +574,12 @@ def _value_sql(param: SearchParam, modifier: str | None, value: str, now: dt.dat
         return "i.lo > ?", [hi]
     if prefix == "eb":
         return "i.hi < ?", [lo]
-    # ap: overlap with the value's range widened by 10% of its distance from now (at least a day)
-    fmt = "%Y-%m-%dT%H:%M:%S.%f"
-    lo_t, hi_t = dt.datetime.strptime(lo, fmt), dt.datetime.strptime(hi, fmt)
-    slack = max(abs(now.replace(tzinfo=None) - lo_t) / 10, dt.timedelta(days=1))
-    return "(i.lo <= ? AND i.hi >= ?)", [(hi_t + slack).strftime(fmt), (lo_t - slack).strftime(fmt)]
+    # ap: overlap with the value's range widened by 10% of its distance from now (at least a day);
+    # integer arithmetic, clamped into years 1-9999 when formatted
+    utc = now if now.tzinfo is None else now.astimezone(dt.UTC).replace(tzinfo=None)
+    now_us = (utc.replace(tzinfo=None) - _EPOCH) // _US
+    slack = max(abs(now_us - lo_us) // 10, _DAY_US)
+    return "(i.lo <= ? AND i.hi >= ?)", [_fmt(hi_us + slack), _fmt(lo_us - slack)]
 
 
 def build_where(query: SearchQuery, *, now: dt.datetime | None = None) -> tuple[str, list[Any]]:

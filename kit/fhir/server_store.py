@@ -31,6 +31,7 @@ import orjson
 
 from kit.errors import FhirValidationError, OperationOutcomeError, StoreError
 from kit.fhir.resources import issue, validate
+from kit.fhir.server_limits import MAX_INCLUDED, check_id
 from kit.fhir.server_search import SearchQuery, build_order, build_where, index_rows, parse_search
 
 __all__ = ["FhirStore", "SearchResult", "Version", "fail"]
@@ -87,6 +88,16 @@ def _now() -> str:
 def _loads(blob: bytes | str) -> dict[str, Any]:
     out: dict[str, Any] = orjson.loads(blob)
     return out
+
+
+def _validated(resource: Mapping[str, Any], rtype: str) -> dict[str, Any]:
+    """:func:`validate` after checking the type name first (validate caches every name it sees)."""
+    if isinstance(resource, Mapping) and resource.get("resourceType") != rtype:
+        got = resource.get("resourceType")
+        shown = got[:64] if isinstance(got, str) else type(got).__name__
+        raise FhirValidationError(f"expected a {rtype} resource, got {shown!r}", issues=[
+            issue("error", "invalid", f"resourceType {shown!r} does not match {rtype!r}", "resourceType")])
+    return validate(resource, resource_type=rtype)
 
 
 def _content(resource: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,12 +234,19 @@ class FhirStore:
         seen = {(query.resource_type, i) for i in ids}
         out: list[dict[str, Any]] = []
         marks = ",".join("?" * len(ids))
+
+        def too_many() -> OperationOutcomeError:
+            return fail(400, "too-costly", f"_include/_revinclude would add more than {MAX_INCLUDED} "
+                        "resources to one page; lower _count")
+
         for inc in query.includes:
             if inc.source_type != query.resource_type:
                 continue
             targets = conn.execute(
-                f"SELECT DISTINCT system, value FROM idx WHERE type = ? AND param = ? AND id IN ({marks})",
-                [inc.source_type, inc.param, *ids]).fetchall()
+                f"SELECT DISTINCT system, value FROM idx WHERE type = ? AND param = ? AND id IN ({marks}) "
+                "LIMIT ?", [inc.source_type, inc.param, *ids, MAX_INCLUDED + 1]).fetchall()
+            if len(targets) > MAX_INCLUDED:
+                raise too_many()
             for ttype, tid in targets:
                 if ttype is None or (inc.target_type and ttype != inc.target_type) or (ttype, tid) in seen:
                     continue
@@ -237,18 +255,24 @@ class FhirStore:
                 if row:
                     seen.add((ttype, tid))
                     out.append(_loads(row[0]))
+            if len(out) > MAX_INCLUDED:
+                raise too_many()
         for rev in query.revincludes:
             if rev.target_type and rev.target_type != query.resource_type:
                 continue
             rows = conn.execute(
                 "SELECT DISTINCT r.type, r.id, r.json FROM idx i JOIN resources r ON r.type = i.type "
                 f"AND r.id = i.id WHERE i.type = ? AND i.param = ? AND i.system = ? AND i.value IN ({marks}) "
-                "AND r.deleted = 0 ORDER BY r.rowid", [rev.source_type, rev.param, query.resource_type, *ids]
-            ).fetchall()
+                "AND r.deleted = 0 ORDER BY r.rowid LIMIT ?",
+                [rev.source_type, rev.param, query.resource_type, *ids, MAX_INCLUDED + 1]).fetchall()
+            if len(rows) > MAX_INCLUDED:
+                raise too_many()
             for t, i, j in rows:
                 if (t, i) not in seen:
                     seen.add((t, i))
                     out.append(_loads(j))
+            if len(out) > MAX_INCLUDED:
+                raise too_many()
         return out
 
     def find(self, rtype: str, query_string: str) -> list[dict[str, Any]]:
@@ -292,6 +316,9 @@ class FhirStore:
 
     def _write(self, conn: sqlite3.Connection, rtype: str, rid: str, resource: dict[str, Any] | None,
                method: str, version: int) -> dict[str, Any] | None:
+        # the one place every write passes: an id outside the FHIR grammar is never stored (and so
+        # never reaches a Location header after the commit)
+        check_id(rid, f"{rtype}.id")
         now = _now()
         if resource is not None:
             resource = {**resource, "id": rid}
@@ -317,7 +344,7 @@ class FhirStore:
     def create_in(self, conn: sqlite3.Connection, resource: Mapping[str, Any], *, rtype: str,
                   rid: str | None = None) -> dict[str, Any]:
         """Validate and store a new resource (server-assigned id unless ``rid``)."""
-        checked = validate(resource, resource_type=rtype)
+        checked = _validated(resource, rtype)
         rid = rid or str(uuid.uuid4())
         if self._current(conn, rtype, rid) is not None:
             raise fail(409, "duplicate", f"{rtype}/{rid} already exists")
@@ -328,7 +355,7 @@ class FhirStore:
     def update_in(self, conn: sqlite3.Connection, resource: Mapping[str, Any], *, rtype: str, rid: str,
                   if_match: int | None = None, skip_unchanged: bool = False) -> tuple[dict[str, Any], bool]:
         """Validate and store a new version (or create with this id); return it and whether it is new."""
-        checked = validate(resource, resource_type=rtype)
+        checked = _validated(resource, rtype)
         if checked.get("id") not in (None, rid):
             raise fail(400, "invalid", f"resource id {checked.get('id')!r} does not match URL id {rid!r}",
                        "id")
