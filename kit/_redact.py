@@ -17,8 +17,10 @@ It is applied in two places, so that nothing else has to remember it:
   propagate from its children (``kit.fhir.client``...), a log-record factory
   that redacts records whose logger is ``kit`` or below.
 
-Values shorter than :data:`MIN_LENGTH` characters are not registered (redacting
-every ``a`` would make messages unreadable; such a credential is no secret).
+Values shorter than :data:`MIN_LENGTH` characters are not registered: masking
+every occurrence of a short word (a test's ``"wrong"`` password) would garble
+unrelated messages, paths and setting names, and a credential that short is no
+secret; the Bearer/Basic/Authorization shapes are masked whatever their length.
 Configured secrets stay registered; of the transient ones (access tokens, signed
 assertions) the newest :data:`MAX_SECRETS` are kept (old ones have expired).
 """
@@ -47,7 +49,7 @@ __all__ = [
 #: what a secret is replaced with
 MASK = "********"
 #: shortest value that is registered
-MIN_LENGTH = 4
+MIN_LENGTH = 8
 #: most values kept in the registry (the oldest drop out first)
 MAX_SECRETS = 256
 

@@ -28,7 +28,7 @@ def test_every_secret_is_registered_when_made() -> None:
 
 def test_url_encoded_forms_and_longest_first() -> None:
     Secret("a b&c/d=secret-pair")
-    Secret("a b&c")
+    Secret("a b&c/d=")
     assert _redact.redact("form: a+b%26c%2Fd%3Dsecret-pair") == "form: ********"
     assert _redact.redact("x a b&c/d=secret-pair") == "x ********"
 
@@ -45,8 +45,9 @@ def test_credential_shapes_are_masked(text: str) -> None:
 
 
 def test_short_values_are_not_registered() -> None:
-    Secret("ab")
-    assert _redact.redact("ab cab") == "ab cab"
+    Secret("wrong")  # a test's password: masking the word everywhere would garble messages
+    assert _redact.redact("test_wrong_settings") == "test_wrong_settings"
+    assert _redact.redact("Authorization: Bearer wrong") == "Authorization: Bearer ********"
 
 
 def test_transient_values_are_bounded() -> None:
