@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from kit._redact import register_secret
 from kit.errors import ConfigError
 
 __all__ = [
@@ -72,6 +73,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)  # masked in every error and log line (kit._redact)
 
     def reveal(self) -> str:
         """Return the secret value (for building a request, never for display)."""

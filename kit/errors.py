@@ -32,12 +32,20 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │       └── NakError            the peer answered AE/AR (``.ack_code``)
     ├── StoreError                  a local store could not durably write
     └── VerificationError           a write-back read back differently (``.differences``)
+
+Secrets never show: every message, ``args`` and attribute of a :class:`KitError`
+(``issues``, ``text``, ...) has the values of :mod:`kit._redact`'s registry (every
+:class:`kit.config.Secret`, every access token received) and any ``Bearer``/``Basic``
+credential masked, when set and again when shown; importing this module also
+installs the redaction of the ``kit`` loggers' records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+from kit._redact import install_logging, redact, redact_value
 
 __all__ = [
     "AssociationAbortedError",
@@ -69,7 +77,24 @@ __all__ = [
 
 
 class KitError(Exception):
-    """Root of every error the kit raises."""
+    """Root of every error the kit raises (messages and attributes come with secrets masked)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*redact_value(args))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name.startswith("__") and name.endswith("__")):
+            value = redact_value(value)
+        super().__setattr__(name, value)
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
+
+    def __repr__(self) -> str:
+        return redact(super().__repr__())
+
+
+install_logging()
 
 
 class ConfigError(KitError):

@@ -16,7 +16,9 @@ server answers 401; a second 401 comes back to the client, which raises
 requests yielded from the auth flow. The flows are for the synchronous client.
 
 Secrets (client secret, private key, access tokens) are held as
-:class:`kit.config.Secret`: no ``repr``, log line or error message shows them.
+:class:`kit.config.Secret`: no ``repr``, log line or error message shows them
+(every Secret, every token received, the Basic credential pairs and the signed
+client assertions are registered with :mod:`kit._redact` and masked).
 
 Hand-written here: the OAuth token exchange and cache (httpx has no OAuth flow;
 authlib would add a dependency for two POSTs). JWT signing is joserfc's.
@@ -39,6 +41,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
+from kit._redact import register_secret
 from kit.config import FhirSettings, Secret
 from kit.errors import AuthError, ConfigError
 from kit.fhir.vendors import vendor_profile
@@ -115,12 +118,18 @@ class BasicAuth(httpx.Auth):
             raise ConfigError("fhir.username", "is empty")
         self.username = username
         self._password = _require_secret("fhir.password", password)
+        register_secret(_basic_pair(username, password))
 
     def auth_flow(self, request: httpx.Request) -> _Flow:
         yield from httpx.BasicAuth(self.username, self._password.reveal()).auth_flow(request)
 
     def __repr__(self) -> str:
         return f"BasicAuth(username={self.username!r}, password=Secret('********'))"
+
+
+def _basic_pair(user: str, secret: Secret) -> str:
+    """The base64 ``user:secret`` of HTTP Basic (registered as a secret of its own)."""
+    return base64.b64encode(f"{user}:{secret.reveal()}".encode()).decode("ascii")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +220,7 @@ class _TokenAuth(httpx.Auth):
         except (TypeError, ValueError):
             lifetime = self.default_lifetime
         token = Secret(body["access_token"])
+        register_secret(token.reveal(), transient=True)  # masked in errors and logs while it lives
         with self._lock:
             self._token = _Token(token, time.monotonic() + lifetime, lifetime)
         log.debug("got an access token for %s valid %.0f s", self.client_id, lifetime)
@@ -267,6 +277,7 @@ class ClientCredentialsAuth(_TokenAuth):
         if method not in ("basic", "post"):
             raise ConfigError("fhir.client_auth_method", f"must be 'basic' or 'post', got {method!r}")
         self.method = method
+        register_secret(_basic_pair(client_id, self._secret))
 
     def _token_request(self, token_url: str) -> httpx.Request:
         form = {"grant_type": "client_credentials"}
@@ -276,8 +287,7 @@ class ClientCredentialsAuth(_TokenAuth):
         if self.method == "post":
             form |= {"client_id": self.client_id, "client_secret": self._secret.reveal()}
         else:
-            pair = f"{self.client_id}:{self._secret.reveal()}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+            headers["Authorization"] = "Basic " + _basic_pair(self.client_id, self._secret)
         return httpx.Request("POST", token_url, data=form, headers=headers)
 
     def __repr__(self) -> str:
@@ -348,7 +358,9 @@ class SmartBackendAuth(_TokenAuth):
         claims = {"iss": self.client_id, "sub": self.client_id, "aud": token_url,
                   "exp": issued + int(self.assertion_lifetime), "iat": issued,
                   "jti": uuid.uuid4().hex}
-        return jwt.encode(header, claims, self._key, algorithms=[self.algorithm])
+        assertion = jwt.encode(header, claims, self._key, algorithms=[self.algorithm])
+        register_secret(assertion, transient=True)  # a bearer credential until it expires
+        return assertion
 
     def _token_request(self, token_url: str) -> httpx.Request:
         form = {"grant_type": "client_credentials", "scope": self.scope or "",

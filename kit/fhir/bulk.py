@@ -3,7 +3,10 @@
 :meth:`BulkExport.run` does the whole job: kick-off with
 ``Prefer: respond-async``, polling of the status URL (honouring ``Retry-After``,
 showing ``X-Progress``), the completion manifest, streaming download of every
-output file to disk (with the access token only if ``requiresAccessToken``),
+output file to disk (with the access token only if ``requiresAccessToken``, and
+then only to the origins the client trusts: its base's, the vendor's
+``file_hosts`` and ``trusted_origins``; a status or file URL anywhere else is
+requested without credentials, see :meth:`kit.fhir.client.FhirClient.trusts`),
 a line-count check against the manifest's ``count``, and conversion to one
 parquet file per resource type through :func:`kit.fhir.frames.to_frame`.
 
@@ -172,6 +175,14 @@ class _State:
         atomic_write_bytes(self.path, json.dumps(self.data, indent=1).encode(), fsync=True)
 
 
+def _untrusted_hint(client: FhirClient, url: str, status: int) -> str:
+    """Why a 401/403 may come from a URL on an origin that gets no credentials."""
+    if status not in (401, 403) or client.trusts(url):
+        return ""
+    return (f" ({urlsplit(url).netloc} is not the FHIR server's origin, so no credentials were sent; "
+            "if it belongs to the server, add it to FhirClient(trusted_origins=...))")
+
+
 def _progress_bar(enabled: bool, desc: str, total: int | None = None, unit: str = "it") -> Any:
     from tqdm import tqdm
 
@@ -224,7 +235,8 @@ class ExportJob:
         except orjson.JSONDecodeError:
             detail = f": {' '.join(response.text[:160].split())}" if response.text.strip() else ""
         gone = " (the job is gone: expired or cancelled; start a new export)" if status in (404, 410) else ""
-        raise BulkExportError(f"export job failed with HTTP {status}{detail}{gone}", status_code=status,
+        raise BulkExportError(f"export job failed with HTTP {status}{detail}{gone}"
+                              f"{_untrusted_hint(c, self.status_url, status)}", status_code=status,
                               peer=c.base)
 
     def wait(self, *, timeout: float = 3600.0, poll_interval: float = 2.0, max_interval: float = 60.0,
@@ -465,10 +477,11 @@ class BulkExport:
                         fh.flush()
                         os.fsync(fh.fileno())
             else:
+                hint = _untrusted_hint(self.client, url, response.status_code) if authenticate else ""
                 try:
                     self.client.raise_for_status(response)
                 except FhirError as exc:
-                    raise BulkExportError(f"downloading {path.name} failed: {exc}",
+                    raise BulkExportError(f"downloading {path.name} failed: {exc}{hint}",
                                           status_code=response.status_code, peer=self.client.base) from exc
                 raise BulkExportError(f"downloading {path.name} answered HTTP {response.status_code}",
                                       status_code=response.status_code, peer=self.client.base)

@@ -26,9 +26,18 @@ a ``next`` link that fails or loops                one of the above; never a sil
 Retries (:class:`RetryPolicy`): 429, 502, 503, 504 and connection failures are
 retried with exponential backoff and jitter, waiting at least what
 ``Retry-After`` asks (seconds or an HTTP date), bounded by a number of attempts
-and a total wait; then the last failure is raised. Requests that change data and
+and a total wait; then the last failure is raised. Only what retrying can fix is
+retried: a name that does not resolve is raised at once, and a refused or
+timed-out connection is tried ``max_connect_attempts`` times (default 2, so a dead
+port fails in well under 2 s). Requests that change data and
 are not idempotent (POST create, batch, transaction) are retried only when the
 server cannot have processed them: connection refused, 429 and 503.
+
+Credentials go only to the server's own origin (scheme, host and port of
+``base``) and to the origins the vendor profile (``file_hosts``) or
+``trusted_origins`` name: a request to any other URL (a Bulk Data status or file
+URL, a redirect target) is sent without the auth flow and without an
+``Authorization`` header.
 
 Hand-written here: paging, retries and the error mapping (no maintained Python
 FHIR client does these with httpx; fhirpy is async-first and untyped on errors).
@@ -38,11 +47,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.utils
 import enum
 import logging
-import random
 import re
+import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -65,6 +73,7 @@ from kit.errors import (
     PeerUnreachableError,
     TLSError,
 )
+from kit.fhir.policy import NO_RETRY, OriginRule, RetryPolicy, origin, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
 from kit.fhir.vendors import VendorProfile, vendor_profile
@@ -95,81 +104,6 @@ ParamValue = str | int | float | bool | dt.date | dt.datetime | Sequence[Any]
 Params = Mapping[str, ParamValue] | Sequence[tuple[str, ParamValue]]
 
 
-def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
-
-    Returns ``None`` for a missing or unreadable header, 0 for a date in the past.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    now = now or dt.datetime.now(dt.UTC)
-    return max(0.0, (when - now).total_seconds())
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long to retry a request the server could not serve right now.
-
-    Attributes
-    ----------
-    max_attempts : int
-        Attempts in all (1 = no retry).
-    backoff : float
-        First backoff delay in seconds; doubles every attempt.
-    max_backoff : float
-        Cap on one backoff delay.
-    max_total_wait : float
-        Cap on the sum of all waits; a ``Retry-After`` beyond what is left ends
-        the retries at once.
-    jitter : float
-        Random spread of each backoff delay, as a fraction (0.25 = +-25 %).
-    statuses : frozenset of int
-        HTTP statuses that are retried.
-    """
-
-    max_attempts: int = 5
-    backoff: float = 0.5
-    max_backoff: float = 30.0
-    max_total_wait: float = 120.0
-    jitter: float = 0.25
-    statuses: frozenset[int] = frozenset({429, 502, 503, 504})
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise InvalidInputError("RetryPolicy.max_attempts must be >= 1")
-        if self.backoff < 0 or self.max_backoff < 0 or self.max_total_wait < 0:
-            raise InvalidInputError("RetryPolicy delays must be >= 0")
-        if not 0 <= self.jitter <= 1:
-            raise InvalidInputError("RetryPolicy.jitter must be within [0, 1]")
-        object.__setattr__(self, "statuses", frozenset(self.statuses))
-
-    def delay(self, attempt: int, retry_after: float | None = None,
-              rng: random.Random | None = None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-        A ``retry_after`` from the server is honoured as a minimum.
-        """
-        base = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-        spread = (rng or random).uniform(-self.jitter, self.jitter)
-        wait = max(0.0, base * (1 + spread))
-        return max(wait, retry_after) if retry_after is not None else wait
-
-
-#: A policy that never retries.
-NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 class SearchMode(enum.StrEnum):
@@ -271,6 +205,10 @@ class FhirClient:
         TLS verification (a CA bundle path or a context).
     transport : httpx.BaseTransport, optional
         Custom transport (tests of faults no real server produces).
+    trusted_origins : sequence of str
+        More origins (``"https://files.hospital.org"``, ``"https://*.hospital.org"``)
+        that may receive the credentials, besides ``base``'s own and the vendor
+        profile's ``file_hosts``.
 
     Examples
     --------
@@ -282,7 +220,8 @@ class FhirClient:
                  vendor: str = "generic", retries: RetryPolicy | None = None,
                  headers: Mapping[str, str] | None = None, rewrite_next_links: bool = False,
                  verify: bool | str | ssl.SSLContext = True,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 trusted_origins: Sequence[str] = ()) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidInputError(f"FHIR base must be an http(s) URL, got {base!r}")
@@ -293,6 +232,7 @@ class FhirClient:
         self.retries = retries if retries is not None else RetryPolicy()
         self.rewrite_next_links = rewrite_next_links
         self.timeout = timeout
+        self._trusted = OriginRule([self.base, *self.profile.file_hosts, *trusted_origins])
         bind = getattr(auth, "bind", None)
         if callable(bind):
             bind(self.base)
@@ -340,6 +280,14 @@ class FhirClient:
         """``base`` joined with path parts."""
         return "/".join([self.base, *(p.strip("/") for p in parts if p)])
 
+    def trusts(self, url: str) -> bool:
+        """Whether ``url`` is on an origin that may receive the credentials.
+
+        Those are ``base``'s own origin (scheme, host and port), the vendor
+        profile's ``file_hosts`` and ``trusted_origins``.
+        """
+        return self._trusted.allows(url)
+
     def send(self, method: str, url: str, *, params: Sequence[tuple[str, str]] | None = None,
              content: bytes | None = None, headers: Mapping[str, str] | None = None,
              idempotent: bool | None = None, stream: bool = False, authenticate: bool = True,
@@ -349,10 +297,14 @@ class FhirClient:
         ``idempotent`` (default: true for GET/HEAD/PUT/DELETE) allows retries after
         failures the server may have processed; ``stream`` leaves the body unread
         (the caller closes the response); ``authenticate=False`` sends no
-        credentials (pre-signed download URLs); ``check`` raises the typed error
+        credentials (pre-signed download URLs), and neither does a ``url`` the
+        client does not :meth:`trust <trusts>`; ``check`` raises the typed error
         for a 4xx/5xx answer.
         """
         method = method.upper()
+        if authenticate and not self.trusts(url):
+            log.debug("%s is not on a trusted origin: sending it without credentials", origin(url))
+            authenticate = False
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
         policy = self.retries
@@ -371,15 +323,18 @@ class FhirClient:
                 if authenticate:
                     response = self._http.send(request, stream=stream)
                 else:
+                    for name in _CREDENTIAL_HEADERS:
+                        request.headers.pop(name, None)
                     response = self._http.send(request, stream=stream, auth=None)
             except httpx.ConnectTimeout as exc:
                 error = PeerTimeoutError(f"connecting for {method} {target} timed out after "
                                          f"{self.timeout} s", peer=self.base)
                 error.__cause__ = exc
-                retryable = True
+                retryable = attempt < policy.max_connect_attempts
             except httpx.ConnectError as exc:
                 error = self._connect_error(exc, method, target)
-                retryable = not isinstance(error, TLSError)
+                retryable = (not isinstance(error, TLSError) and not _name_unresolved(exc)
+                             and attempt < policy.max_connect_attempts)
             except httpx.TimeoutException as exc:
                 error = PeerTimeoutError(f"no answer to {method} {target} within {self.timeout} s",
                                          peer=self.base)
@@ -406,7 +361,7 @@ class FhirClient:
             out_of_budget = attempt >= policy.max_attempts or waited + delay > policy.max_total_wait
             if not retryable or out_of_budget:
                 if error is not None:
-                    if retryable and attempt > 1:
+                    if attempt > 1:
                         error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
                     raise error
                 assert response is not None
@@ -418,7 +373,8 @@ class FhirClient:
                 response.close()
             log.warning("FHIR %s %s: %s; retry %d/%d in %.1f s", method, target,
                         f"HTTP {response.status_code}" if response is not None else type(error).__name__,
-                        attempt + 1, policy.max_attempts, delay)
+                        attempt + 1, policy.max_attempts if response is not None or isinstance(
+                            error, PeerDisconnectedError) else policy.max_connect_attempts, delay)
             time.sleep(delay)
             waited += delay
 
@@ -790,6 +746,15 @@ class FhirClient:
 
 
 _NOT_JSON: Any = object()
+_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
+def _name_unresolved(exc: BaseException) -> bool:
+    """Whether a connect error is a DNS failure (retrying does not fix it)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, socket.gaierror):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _loads(content: bytes) -> Any:

@@ -27,8 +27,20 @@ Join columns (the same names in the PACS and HL7 frames):
 Types: FHIR ``date`` -> ``pl.Date`` (partial dates ``YYYY``/``YYYY-MM`` become
 the first day of the period); ``dateTime``/``instant`` -> ``pl.Datetime("us",
 "UTC")`` (offsets applied; a date or a time without offset is taken as UTC);
-decimals ``Float64``; integers ``Int64``. A value that does not parse raises
-:class:`~kit.errors.FhirValidationError` (``strict=False`` makes it null instead).
+decimals ``Float64``; integers ``Int64``.
+
+Malformed input has one rule: it raises :class:`~kit.errors.FhirValidationError`
+(naming the resource or the column and the value), never another exception and
+never a silent coercion. A value of the wrong JSON type where a column takes a
+scalar (a number or an object as ``id``, ``[1, [null]]`` or ``true`` or ``"5"`` as a
+decimal) and a value that does not parse (``effectiveDateTime="yesterday"``)
+raise; with ``strict=False`` such a cell becomes null instead. Structure of the
+wrong type where the extractors must look inside (a string where FHIR has an
+object or an array, a Bundle entry that is not an object) always raises.
+
+CodeableConcepts follow one rule in every column (see
+:mod:`kit.fhir.frames_extract`): the first coding's code, else the concept's
+``text``; displays likewise fall back to ``text``.
 
 Nothing is dropped silently: ``codings`` keeps every Coding of ``code``;
 ``categories``, ``results``, ``modalities``... keep every item; ``components``
@@ -39,7 +51,17 @@ top-level extension as ``{url, value}`` (value as text, JSON for complex values)
 matters: a contained Patient gives ``patient_id``, a contained Medication gives
 MedicationRequest's ``medication_*`` columns. Resource types without a dedicated
 schema get a generic frame that keeps the whole resource as JSON (``resource``).
-``urn:uuid:`` references inside a Bundle resolve to the entry's logical id.
+
+Bundles (transactions from Synthea and the like): ``urn:`` references resolve in
+every reference column (``subject``, ``encounter``, ``performer``, ``results``,
+``has_member``, ``based_on``..., lists included; ``Col.role == "ref"``) to
+``<Type>/<id>`` of the entry with that ``fullUrl``, and in ``patient_ref`` to the
+Patient's id. An entry whose resource has no ``id`` (only a ``fullUrl``) is keyed
+by its fullUrl: its ``id`` cell holds the fullUrl (the id part of a RESTful one),
+and references to it keep the fullUrl, so every join matches. Join a reference
+column to the ``id`` of its target with :func:`reference_id`::
+
+    obs.join(encounters, left_on=reference_id("encounter"), right_on="id")
 
 Anything else: pass ``columns=[ColumnSpec("name", "FHIRPath", dtype), ...]``;
 each path is compiled once with fhirpathpy (R4 model, so choice types work).
@@ -81,6 +103,7 @@ __all__ = [
     "RESOURCE_TYPES",
     "ColumnSpec",
     "read_resources",
+    "reference_id",
     "schema",
     "to_frame",
     "to_frames",
@@ -250,8 +273,21 @@ def _ndjson(path: Path) -> Iterator[Any]:
             raise InvalidInputError(f"cannot read: {exc}", source=f"{path}:{n}") from exc
 
 
-def _walk(item: Any, urns: dict[str, str], source: str, consume: bool) -> Iterator[Mapping[str, Any]]:
-    """The resources in ``item`` (Bundles flattened), recording Bundle ``urn:`` fullUrls in ``urns``.
+# fullUrl -> (resourceType, id or key, keyed by its fullUrl)
+_Urns = dict[str, tuple[str, str, bool]]
+
+
+def _entry_key(full: str, rtype: str) -> str:
+    """The key of an entry without ``id``: the id part of a RESTful fullUrl, else the fullUrl."""
+    head, _, tail = full.rstrip("/").rpartition("/")
+    if tail and not full.startswith("urn:") and head.endswith("/" + rtype):
+        return tail
+    return full
+
+
+def _walk(item: Any, urns: _Urns, source: str, consume: bool) -> Iterator[tuple[Mapping[str, Any], Any]]:
+    """``(resource, key)`` for the resources in ``item`` (Bundles flattened); ``key`` is the
+    fullUrl-derived id of an entry without ``id``, else None. Bundle ``urn:`` fullUrls go in ``urns``.
 
     With ``consume`` (only for JSON we parsed ourselves) each Bundle entry is
     dropped once yielded, so it is freed while still in the CPU cache instead of
@@ -260,32 +296,48 @@ def _walk(item: Any, urns: dict[str, str], source: str, consume: bool) -> Iterat
     if item.__class__ is not dict and not isinstance(item, Mapping):
         raise FhirValidationError(f"not a FHIR resource (a {type(item).__name__})", source=source)
     rt = item.get("resourceType")
-    if not isinstance(rt, str):
+    if rt.__class__ is not str:
         raise FhirValidationError("resource without resourceType", source=source)
     if rt != "Bundle":
-        yield item
+        yield item, None
         return
     entries: Any = item.get("entry") or ()
+    if entries.__class__ is not list and not isinstance(entries, list | tuple):
+        raise FhirValidationError(f"Bundle.entry is a {type(entries).__name__}, not an array", source=source)
     for k, entry in enumerate(entries):
+        if entry.__class__ is not dict and not isinstance(entry, Mapping):
+            raise FhirValidationError(f"Bundle.entry[{k}] is not an object", source=source)
         res = entry.get("resource")
         if res is None:
             continue  # e.g. a DELETE in a transaction, or a search outcome without resource
+        if res.__class__ is not dict and not isinstance(res, Mapping):
+            raise FhirValidationError(f"Bundle.entry[{k}].resource is not an object", source=source)
+        rt = res.get("resourceType")
+        if rt.__class__ is not str:
+            raise FhirValidationError("resource without resourceType", source=source)
+        key = None
         full = entry.get("fullUrl")
-        if full and full.startswith("urn:") and res.get("id"):
-            urns[full] = res["id"]
-        if res.__class__ is dict and res.get("resourceType") != "Bundle":
-            rt = res.get("resourceType")
-            if not isinstance(rt, str):
-                raise FhirValidationError("resource without resourceType", source=source)
-            yield res
+        if full is not None:
+            if full.__class__ is not str:
+                raise FhirValidationError(f"Bundle.entry[{k}].fullUrl is not a string", source=source)
+            rid = res.get("id")
+            if rid is None and full:
+                key = _entry_key(full, rt)
+            if full.startswith("urn:"):
+                if rid.__class__ is str and rid:
+                    urns[full] = (rt, rid, False)
+                elif key is not None:
+                    urns[full] = (rt, key, True)
+        if rt != "Bundle":
+            yield res, key
         else:
             yield from _walk(res, urns, source, consume)
-        if consume:
+        if consume and entries.__class__ is list:
             entries[k] = None
 
 
-def _iter_resources(source: Source, urns: dict[str, str]) -> Iterator[Mapping[str, Any]]:
-    """Stream the resources of ``source`` (see :func:`read_resources`)."""
+def _iter_resources(source: Source, urns: _Urns) -> Iterator[tuple[Mapping[str, Any], Any]]:
+    """Stream ``(resource, key)`` from ``source`` (see :func:`read_resources` and :func:`_walk`)."""
     consume = True
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -304,13 +356,17 @@ def _iter_resources(source: Source, urns: dict[str, str]) -> Iterator[Mapping[st
         for k, item in enumerate(data):
             yield from _walk(item, urns, label, consume)
             data[k] = item = None
-    else:
+    elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
         for item in data:
             yield from _walk(item, urns, label, consume)
+    else:
+        raise FhirValidationError(f"not FHIR resources: a {type(data).__name__}", source=label)
 
 
 def read_resources(source: Source) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
     """All resources in ``source`` (Bundles flattened) and the Bundle ``urn:`` fullUrl -> id map.
+
+    An entry without ``id`` maps its fullUrl to its key (see the module docstring).
 
     Parameters
     ----------
@@ -324,10 +380,10 @@ def read_resources(source: Source) -> tuple[list[Mapping[str, Any]], dict[str, s
     FhirValidationError
         Not JSON, or an item without ``resourceType``.
     """
-    urns: dict[str, str] = {}
+    urns: _Urns = {}
     with _gc_paused():
-        out = list(_iter_resources(source, urns))
-    return out, urns
+        out = [r for r, _ in _iter_resources(source, urns)]
+    return out, {full: rid for full, (_, rid, _) in urns.items()}
 
 
 # --------------------------------------------------------------------------- building columns
@@ -369,6 +425,28 @@ def _check(raw: pl.Series, out: pl.Series, what: str, strict: bool) -> pl.Series
     return out
 
 
+_INT64 = (-(2**63), 2**63)
+
+
+def _fits(kind: str, v: Any) -> bool:
+    """Whether ``v`` is a JSON value of the type a ``kind`` column holds (bool is not a number)."""
+    cls = v.__class__
+    if kind == "str":
+        return cls is str or isinstance(v, str)
+    if kind == "bool":
+        return cls is bool
+    if cls is bool or not isinstance(v, (int, float)):
+        return False
+    if kind == "int":
+        return isinstance(v, int) and _INT64[0] <= v < _INT64[1]
+    return isinstance(v, float) or -(2**1023) < v < 2**1023  # a float column: float(v) must not overflow
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _scalar(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Series:
     kind = col.kind
     if kind in ("date", "datetime"):
@@ -378,17 +456,20 @@ def _scalar(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
         return _check(raw, raw.to_frame().select(_date_expr(pl.col(col.name))).to_series(), what, strict)
     dtype = col.dtype
     try:
-        return pl.Series(col.name, values, dtype=dtype)
+        out = pl.Series(col.name, values, dtype=dtype)
     except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-        if kind == "str":
-            values = [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in values]
-            return pl.Series(col.name, values, dtype=dtype)
-    raw_count = sum(v is not None for v in values)
-    out = pl.Series(col.name, values, dtype=dtype, strict=False)
-    if strict and len(out) - out.null_count() != raw_count:
-        bad = next(v for v, o in zip(values, out.to_list(), strict=True) if v is not None and o is None)
-        raise FhirValidationError(f"{what}: not a {kind}: {bad!r}")
-    return out
+        pass
+    else:  # polars takes true/false as numbers: the one coercion left to catch
+        if kind not in ("int", "float") or not any(v.__class__ is bool for v in values):
+            return out
+    # values of the wrong JSON type: FhirValidationError, or (strict=False) null
+    bad = [i for i, v in enumerate(values) if v is not None and not _fits(kind, v)]
+    if strict and bad:
+        raise FhirValidationError(f"{what}: not a {kind}: {_short(values[bad[0]])}")
+    clean = list(values)
+    for i in bad:
+        clean[i] = None
+    return pl.Series(col.name, clean, dtype=dtype)
 
 
 def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Series:
@@ -456,10 +537,13 @@ def _build(cols: Sequence[Col], rows: list[tuple[Any, ...]], resource_type: str,
     series = []
     for col, values in zip(cols, columns, strict=True):
         what = f"{resource_type}.{col.name}"
-        if col.kind in ("list", "structs"):
-            series.append(_listed(col, values, what, strict))
-        else:
-            series.append(_scalar(col, values, what, strict))
+        try:
+            if col.kind in ("list", "structs"):
+                series.append(_listed(col, values, what, strict))
+            else:
+                series.append(_scalar(col, values, what, strict))
+        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError) as exc:
+            raise FhirValidationError(f"{what}: malformed values ({type(exc).__name__}: {exc})") from exc
     return pl.DataFrame(series)
 
 
@@ -484,26 +568,31 @@ class _Rows:
         base = SCHEMAS.get(resource_type, GENERIC_SCHEMA)
         self.keep = [i for i, c in enumerate(base) if c.name not in names]
 
-    def add(self, r: Mapping[str, Any]) -> None:
+    def add(self, r: Mapping[str, Any], key: Any) -> None:
         row = self.extract(r)
+        if key is not None and 0 in self.keep:  # an entry without id: keyed by its fullUrl
+            row = (key, *row[1:])
         if self.specs:
             row = tuple(row[i] for i in self.keep) + tuple(spec.evaluate(r) for spec in self.specs)
         self.rows.append(row)
 
 
+_MALFORMED = (AttributeError, TypeError, KeyError, IndexError, ValueError, OverflowError, RecursionError)
+
+
 def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
-             only: str | None) -> tuple[dict[str, _Rows], dict[str, str]]:
+             only: str | None) -> tuple[dict[str, _Rows], _Urns]:
     """Extract every resource of ``source`` (of type ``only`` if given) in one streaming pass.
 
     Each resource is read once, while it is hot in the CPU cache, and (for JSON
     we parsed) freed right after.
     """
-    urns: dict[str, str] = {}
+    urns: _Urns = {}
     groups: dict[str, _Rows] = {}
     if only is not None:
         groups[only] = _Rows(only, extra.get(only, ()))
     try:
-        for r in _iter_resources(source, urns):
+        for r, key in _iter_resources(source, urns):
             rt = r["resourceType"]
             group = groups.get(rt)
             if group is None:
@@ -511,20 +600,40 @@ def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                     continue
                 group = groups[rt] = _Rows(rt, extra.get(rt, ()))
             try:
-                group.add(r)
-            except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
-                raise FhirValidationError(f"malformed {rt}: {exc!r}", source=f"{rt}/{r.get('id')}") from exc
-    except (AttributeError, TypeError, KeyError, IndexError) as exc:  # a malformed Bundle entry
-        raise FhirValidationError(f"malformed Bundle entry: {exc!r}") from exc
+                group.add(r, key)
+            except _MALFORMED as exc:
+                raise FhirValidationError(f"malformed {rt}: {_short(exc)}",
+                                          source=f"{rt}/{_short(r.get('id'))}") from exc
+    except _MALFORMED as exc:  # a malformed Bundle entry
+        raise FhirValidationError(f"malformed Bundle entry: {_short(exc)}") from exc
     return groups, urns
 
 
+class _Resolver:
+    """Replacements for Bundle ``urn:`` references: in reference columns, and in ``patient_ref``."""
+
+    def __init__(self, urns: _Urns) -> None:
+        # an entry keyed by its fullUrl keeps it: references to it already equal its id
+        self.refs = {full: f"{rt}/{rid}" for full, (rt, rid, keyed) in urns.items() if not keyed}
+        self.patients = {full: rid if rt == "Patient" else None for full, (rt, rid, _) in urns.items()}
+
+    def apply(self, frame: pl.DataFrame, cols: Sequence[Col]) -> pl.DataFrame:
+        exprs = []
+        for col in cols:
+            if col.role == "ref" and self.refs:
+                c = pl.col(col.name)
+                exprs.append(c.list.eval(pl.element().replace(self.refs)) if col.kind == "list"
+                             else c.replace(self.refs))
+            elif col.name == "patient_ref" and self.patients:
+                exprs.append(pl.col("patient_ref").replace(self.patients))
+        return frame.with_columns(exprs) if exprs else frame
+
+
 def _frame(resource_type: str, rows: list[tuple[Any, ...]], extra: Sequence[ColumnSpec],
-           urns: Mapping[str, str], strict: bool) -> pl.DataFrame:
-    frame = _build(_columns_for(resource_type, extra), rows, resource_type, strict)
-    if urns and "patient_ref" in frame.columns:
-        frame = frame.with_columns(pl.col("patient_ref").replace(dict(urns)))
-    return frame
+           resolver: _Resolver | None, strict: bool) -> pl.DataFrame:
+    cols = _columns_for(resource_type, extra)
+    frame = _build(cols, rows, resource_type, strict)
+    return resolver.apply(frame, cols) if resolver is not None else frame
 
 
 # --------------------------------------------------------------------------- public API
@@ -580,7 +689,8 @@ def to_frame(resources: Source, resource_type: str, *, columns: Sequence[ColumnS
 def _to_frame(resources: Source, resource_type: str, columns: Sequence[ColumnSpec],
               strict: bool) -> pl.DataFrame:
     groups, urns = _collect(resources, {resource_type: columns}, resource_type)
-    return _frame(resource_type, groups.pop(resource_type).rows, columns, urns, strict)
+    resolver = _Resolver(urns) if urns else None
+    return _frame(resource_type, groups.pop(resource_type).rows, columns, resolver, strict)
 
 
 def to_frames(resources: Source, *, columns: Mapping[str, Sequence[ColumnSpec]] | None = None,
@@ -608,12 +718,30 @@ def to_frames(resources: Source, *, columns: Mapping[str, Sequence[ColumnSpec]] 
 def _to_frames(resources: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                strict: bool) -> dict[str, pl.DataFrame]:
     groups, urns = _collect(resources, extra, None)
+    resolver = _Resolver(urns) if urns else None
     out = {}
     for rt in list(groups):
         rows = groups.pop(rt).rows  # each type's rows are freed once its frame is built
-        out[rt] = _frame(rt, rows, extra.get(rt, ()), urns, strict)
+        out[rt] = _frame(rt, rows, extra.get(rt, ()), resolver, strict)
         del rows
     return out
+
+
+def reference_id(column: str | pl.Expr) -> pl.Expr:
+    """The logical id a reference column points at, for joins on ``id``.
+
+    ``Encounter/e1``, ``http://h/fhir/Encounter/e1`` and ``Encounter/e1/_history/2``
+    give ``e1``; ``urn:...`` (an entry keyed by its fullUrl) and ``#contained`` are
+    kept whole. For a list column, ``explode`` it first.
+
+    Examples
+    --------
+    >>> obs.join(encounters, left_on=reference_id("encounter"), right_on="id")  # doctest: +SKIP
+    """
+    e = pl.col(column) if isinstance(column, str) else column
+    whole = e.str.starts_with("urn:") | e.str.starts_with("#")
+    return pl.when(whole).then(e).otherwise(
+        e.str.replace(r"/_history/[^/]*$", "").str.extract(r"([^/]+)$", 1))
 
 
 def with_patient_id(frame: pl.DataFrame, patients: pl.DataFrame) -> pl.DataFrame:

@@ -15,6 +15,23 @@ Column kinds (``Col.kind``): ``str``, ``float``, ``int``, ``bool`` (scalars),
 scalars) and ``structs``: the items' fields flattened into one tuple per row,
 ``(f1, f2, ..., f1, f2, ...)`` in the struct's field order (built while the
 resource is hot in the CPU cache; a list of dicts keyed by field name works too).
+
+Column roles (``Col.role``): ``ref`` marks a column holding References as written
+(``Encounter/e1``, ``urn:uuid:...``), resolved inside Bundles by
+:mod:`kit.fhir.frames`; ``concept`` marks a column taken from a CodeableConcept.
+
+One rule for every CodeableConcept (``concept`` columns, component fields,
+identifier types): the code is the first coding's ``code``, and when that is
+missing (a text-only concept, or a first coding without a code) the concept's
+``text``; a display column holds the first coding's ``display``, else the
+``text``; a system column holds the first coding's ``system`` (null for text).
+So a text-only concept is never lost, in any column.
+
+Wrong JSON types (an object where FHIR has a string, a string where it has a
+list...) make the extractor raise (AttributeError, TypeError, ...), which
+:mod:`kit.fhir.frames` turns into :class:`~kit.errors.FhirValidationError`;
+the extractors never coerce a value of the wrong type (a string is not split
+into characters, a numeric string is not a number).
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ __all__ = [
     "EXTRACTORS",
     "IDENTIFIER",
     "KINDS",
+    "ROLES",
     "SCHEMAS",
     "Col",
     "Extractor",
@@ -41,6 +59,8 @@ __all__ = [
 ]
 
 KINDS: Final = frozenset({"str", "float", "int", "bool", "date", "datetime", "list", "structs"})
+#: ``Col.role``: "" (plain), "ref" (References, resolved in Bundles), "concept" (from a CodeableConcept)
+ROLES: Final = frozenset({"", "ref", "concept"})
 
 #: struct of one Coding (``codings`` columns)
 CODING: Final = pl.Struct({"system": pl.Utf8, "code": pl.Utf8, "display": pl.Utf8})
@@ -69,10 +89,13 @@ class Col:
     name: str
     kind: str = "str"
     inner: pl.DataType | None = None
+    role: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown column kind {self.kind!r}")
+        if self.role not in ROLES:
+            raise ValueError(f"unknown column role {self.role!r}")
         if self.kind in ("list", "structs") and self.inner is None:
             raise ValueError(f"column {self.name}: kind {self.kind} needs an inner dtype")
 
@@ -89,12 +112,21 @@ Extractor = Callable[[Mapping[str, Any]], tuple[Any, ...]]
 
 
 def _c(spec: str) -> tuple[Col, ...]:
-    """Columns from a compact ``name:kind`` list (kind defaults to str)."""
+    """Columns from a compact ``name:kind`` list (kind defaults to str).
+
+    ``ref``/``refs`` are a Reference / list of References, ``cc``/``ccs`` a
+    CodeableConcept / list of them (string columns with a role).
+    """
     out = []
     for item in spec.split():
         name, _, kind = item.partition(":")
         inner: pl.DataType | None = None
-        if kind == "codings":
+        role = ""
+        if kind in ("ref", "cc"):
+            kind, role = "str", "ref" if kind == "ref" else "concept"
+        elif kind in ("refs", "ccs"):
+            kind, inner, role = "list", pl.Utf8(), "ref" if kind == "refs" else "concept"
+        elif kind == "codings":
             kind, inner = "structs", CODING
         elif kind == "identifiers":
             kind, inner = "structs", IDENTIFIER
@@ -104,31 +136,42 @@ def _c(spec: str) -> tuple[Col, ...]:
             kind, inner = "structs", COMPONENT
         elif kind == "strs":
             kind, inner = "list", pl.Utf8()
-        out.append(Col(name, kind or "str", inner))
+        out.append(Col(name, kind or "str", inner, role))
     return tuple(out)
 
 
 # --------------------------------------------------------------------------- helpers
 
 def _cc(cc: Mapping[str, Any] | None) -> tuple[Any, Any, Any]:
-    """(code, system, display-or-text) of a CodeableConcept's first coding."""
+    """(code-or-text, system, display-or-text) of a CodeableConcept's first coding (the module rule)."""
     if not cc:
         return None, None, None
     codings = cc.get("coding")
     if codings:
         c = codings[0]
-        return c.get("code"), c.get("system"), c.get("display") or cc.get("text")
-    return None, None, cc.get("text")
+        text = cc.get("text")
+        return c.get("code") or text, c.get("system"), c.get("display") or text
+    text = cc.get("text")
+    return text, None, text
 
 
 def _code(cc: Mapping[str, Any] | None) -> Any:
-    """Code (or text) of a CodeableConcept's first coding."""
+    """Code of a CodeableConcept's first coding, else its text (the module rule)."""
     if not cc:
         return None
     codings = cc.get("coding")
     if codings:
-        return codings[0].get("code")
+        return codings[0].get("code") or cc.get("text")
     return cc.get("text")
+
+
+def _words(items: Any, sep: str = " ") -> Any:
+    """``sep``-joined strings of a JSON array (a string where an array belongs is malformed)."""
+    if not items:
+        return None
+    if items.__class__ is not list:
+        raise TypeError(f"expected an array, got {type(items).__name__}")
+    return sep.join(items)
 
 
 def _first_code(ccs: list[Any] | None) -> Any:
@@ -295,8 +338,7 @@ def _name(names: list[Any] | None) -> tuple[Any, Any, Any, Any]:
                 break
     given = n.get("given")
     prefix = n.get("prefix")
-    return (n.get("family"), " ".join(given) if given else None,
-            " ".join(prefix) if prefix else None, n.get("text"))
+    return n.get("family"), _words(given), _words(prefix), n.get("text")
 
 
 def _telecom(telecom: list[Any] | None, system: str) -> Any:
@@ -322,9 +364,9 @@ def _quantity(q: Mapping[str, Any] | None) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------- Patient
 
 PATIENT = _c("""id last_updated:datetime patient_id mrn_system identifiers:identifiers active:bool
-family given prefix name_text gender birth_date:date deceased:bool deceased_datetime:datetime
-phone email address_line city state postal_code country marital_status language
-general_practitioner managing_organization extensions:extensions""")
+family given prefix name_text gender birth_date:date deceased:bool deceased_datetime:datetime phone
+email address_line city state postal_code country marital_status:cc language:cc general_practitioner:ref
+managing_organization:ref extensions:extensions""")
 
 
 def _patient(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -344,7 +386,7 @@ def _patient(r: Mapping[str, Any]) -> tuple[Any, ...]:
         r.get("id"), _last_updated(r), pid, psys, _identifiers(idents), r.get("active"),
         family, given, prefix, text, r.get("gender"), r.get("birthDate"), deceased, deceased_dt,
         _telecom(telecom, "phone"), _telecom(telecom, "email"),
-        ", ".join(lines) if lines else None, a.get("city"), a.get("state"), a.get("postalCode"),
+        _words(lines, ", "), a.get("city"), a.get("state"), a.get("postalCode"),
         a.get("country"), _code(r.get("maritalStatus")),
         _code(comm[0].get("language")) if comm else None,
         _ref((r.get("generalPractitioner") or [None])[0]), _ref(r.get("managingOrganization")), _ext(r),
@@ -353,12 +395,12 @@ def _patient(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- Observation
 
-OBSERVATION = _c("""id last_updated:datetime status category categories:strs code code_system code_display
-codings:codings subject patient_ref patient_id encounter effective:datetime effective_end:datetime
-issued:datetime value_quantity:float value_unit value_string value_code value_code_system
-value_boolean:bool value_integer:int value_datetime:datetime data_absent_reason interpretation
-reference_range_low:float reference_range_high:float reference_range_text performer
-has_member:strs derived_from:strs note components:components extensions:extensions""")
+OBSERVATION = _c("""id last_updated:datetime status category:cc categories:ccs code:cc code_system
+code_display codings:codings subject:ref patient_ref patient_id encounter:ref effective:datetime
+effective_end:datetime issued:datetime value_quantity:float value_unit value_string value_code:cc
+value_code_system value_boolean:bool value_integer:int value_datetime:datetime data_absent_reason:cc
+interpretation:cc reference_range_low:float reference_range_high:float reference_range_text
+performer:ref has_member:refs derived_from:refs note components:components extensions:extensions""")
 
 
 def _components(comps: list[Any] | None) -> tuple[Any, ...] | None:
@@ -371,9 +413,8 @@ def _components(comps: list[Any] | None) -> tuple[Any, ...] | None:
         vq = c.get("valueQuantity")
         vcc = c.get("valueCodeableConcept")
         interp = c.get("interpretation")
-        value = vq.get("value") if vq else None
         out += (
-            code, system, display, float(value) if value is not None else None,
+            code, system, display, vq.get("value") if vq else None,
             (vq.get("unit") or vq.get("code")) if vq else None,
             c.get("valueString"), _code(vcc) if vcc else None, _code(interp[0]) if interp else None,
         )
@@ -390,10 +431,11 @@ def _observation(r: Mapping[str, Any]) -> tuple[Any, ...]:
         cods = cc.get("coding")
         if cods:
             c = cods[0]
-            code, system, display = c.get("code"), c.get("system"), c.get("display") or cc.get("text")
+            text = cc.get("text")
+            code, system, display = c.get("code") or text, c.get("system"), c.get("display") or text
             codings = _coding_items(cods)
         else:
-            display = cc.get("text")
+            code = display = cc.get("text")
     cats = get("category")
     categories: list[Any] | None
     if cats:
@@ -449,9 +491,9 @@ def _observation(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- Condition
 
-CONDITION = _c("""id last_updated:datetime clinical_status verification_status category code code_system
-code_display codings:codings subject patient_ref patient_id encounter onset:datetime
-abatement:datetime recorded_date:datetime severity body_site note extensions:extensions""")
+CONDITION = _c("""id last_updated:datetime clinical_status:cc verification_status:cc category:cc code:cc
+code_system code_display codings:codings subject:ref patient_ref patient_id encounter:ref onset:datetime
+abatement:datetime recorded_date:datetime severity:cc body_site:cc note extensions:extensions""")
 
 
 def _condition(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -470,9 +512,9 @@ def _condition(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- Procedure
 
-PROCEDURE = _c("""id last_updated:datetime status category code code_system code_display codings:codings
-subject patient_ref patient_id encounter performed:datetime performed_end:datetime performer
-reason_code body_site outcome note extensions:extensions""")
+PROCEDURE = _c("""id last_updated:datetime status category:cc code:cc code_system code_display
+codings:codings subject:ref patient_ref patient_id encounter:ref performed:datetime
+performed_end:datetime performer:ref reason_code:cc body_site:cc outcome:cc note extensions:extensions""")
 
 
 def _procedure(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -491,10 +533,10 @@ def _procedure(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- Encounter
 
-ENCOUNTER = _c("""id last_updated:datetime status class_code type_code type_display service_type subject
-patient_ref patient_id period_start:datetime period_end:datetime reason_code reason_display
-participant location service_provider discharge_disposition identifiers:identifiers
-extensions:extensions""")
+ENCOUNTER = _c("""id last_updated:datetime status class_code type_code:cc type_display service_type:cc
+subject:ref patient_ref patient_id period_start:datetime period_end:datetime reason_code:cc
+reason_display participant:ref location:ref service_provider:ref discharge_disposition:cc
+identifiers:identifiers extensions:extensions""")
 
 
 def _encounter(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -521,10 +563,10 @@ def _encounter(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- DiagnosticReport
 
-DIAGNOSTIC_REPORT = _c("""id last_updated:datetime status category code code_system code_display
-codings:codings subject patient_ref patient_id encounter accession_number effective:datetime
-issued:datetime performer results:strs imaging_study:strs based_on:strs conclusion
-conclusion_codes:strs presented_form_type extensions:extensions""")
+DIAGNOSTIC_REPORT = _c("""id last_updated:datetime status category:cc code:cc code_system code_display
+codings:codings subject:ref patient_ref patient_id encounter:ref accession_number effective:datetime
+issued:datetime performer:ref results:refs imaging_study:refs based_on:refs conclusion
+conclusion_codes:ccs presented_form_type extensions:extensions""")
 
 
 def _diagnostic_report(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -546,10 +588,10 @@ def _diagnostic_report(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- ImagingStudy
 
-IMAGING_STUDY = _c("""id last_updated:datetime status study_instance_uid accession_number subject patient_ref
-patient_id encounter started:datetime modalities:strs number_of_series:int number_of_instances:int
-description procedure_code reason_code series_instance_uids:strs based_on:strs endpoint
-extensions:extensions""")
+IMAGING_STUDY = _c("""id last_updated:datetime status study_instance_uid accession_number subject:ref
+patient_ref patient_id encounter:ref started:datetime modalities:strs number_of_series:int
+number_of_instances:int description procedure_code:cc reason_code:cc series_instance_uids:strs
+based_on:refs endpoint:ref extensions:extensions""")
 
 
 def _study_uid(identifiers: list[Any] | None) -> Any:
@@ -590,10 +632,10 @@ def _imaging_study(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- MedicationRequest
 
-MEDICATION_REQUEST = _c("""id last_updated:datetime status intent medication_code medication_system
-medication_display medication_reference subject patient_ref patient_id encounter
-authored_on:datetime requester dosage_text dose_value:float dose_unit route frequency:int
-period:float period_unit reason_code note extensions:extensions""")
+MEDICATION_REQUEST = _c("""id last_updated:datetime status intent medication_code:cc medication_system
+medication_display medication_reference:ref subject:ref patient_ref patient_id encounter:ref
+authored_on:datetime requester:ref dosage_text dose_value:float dose_unit route:cc frequency:int
+period:float period_unit reason_code:cc note extensions:extensions""")
 
 
 def _medication_request(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -622,9 +664,9 @@ def _medication_request(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- Appointment
 
-APPOINTMENT = _c("""id last_updated:datetime status service_type appointment_type description
-start:datetime end:datetime minutes_duration:int subject patient_ref patient_id practitioner
-location accession_number based_on:strs reason_code comment extensions:extensions""")
+APPOINTMENT = _c("""id last_updated:datetime status service_type:cc appointment_type:cc description
+start:datetime end:datetime minutes_duration:int subject:ref patient_ref patient_id practitioner:ref
+location:ref accession_number based_on:refs reason_code:cc comment extensions:extensions""")
 
 
 def _appointment(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -634,11 +676,12 @@ def _appointment(r: Mapping[str, Any]) -> tuple[Any, ...]:
         ref = actor.get("reference") if actor else None
         if not ref:
             continue
-        if subject is None and ("Patient/" in ref or ref[0] == "#"):
+        kind = actor.get("type")  # Reference.type: the one way to know what a urn: points at
+        if subject is None and (kind == "Patient" or "Patient/" in ref or ref[0] == "#"):
             subject, pref, pid = _subject(r, actor)
-        elif practitioner is None and "Practitioner" in ref:
+        elif practitioner is None and (kind in ("Practitioner", "PractitionerRole") or "Practitioner" in ref):
             practitioner = ref
-        elif location is None and "Location/" in ref:
+        elif location is None and (kind == "Location" or "Location/" in ref):
             location = ref
     return (
         r.get("id"), _last_updated(r), r.get("status"), _first_code(r.get("serviceType")),
@@ -651,9 +694,9 @@ def _appointment(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- ServiceRequest
 
-SERVICE_REQUEST = _c("""id last_updated:datetime status intent priority category code code_system
-code_display codings:codings subject patient_ref patient_id encounter accession_number
-authored_on:datetime occurrence:datetime requester performer reason_code body_site note
+SERVICE_REQUEST = _c("""id last_updated:datetime status intent priority category:cc code:cc code_system
+code_display codings:codings subject:ref patient_ref patient_id encounter:ref accession_number
+authored_on:datetime occurrence:datetime requester:ref performer:ref reason_code:cc body_site:cc note
 extensions:extensions""")
 
 
@@ -675,8 +718,8 @@ def _service_request(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- Practitioner
 
-PRACTITIONER = _c("""id last_updated:datetime identifier identifier_system identifiers:identifiers active:bool
-family given prefix gender phone email qualification extensions:extensions""")
+PRACTITIONER = _c("""id last_updated:datetime identifier identifier_system identifiers:identifiers
+active:bool family given prefix gender phone email qualification:cc extensions:extensions""")
 
 
 def _practitioner(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -694,9 +737,10 @@ def _practitioner(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- DocumentReference
 
-DOCUMENT_REFERENCE = _c("""id last_updated:datetime status doc_status type_code type_system type_display
-category subject patient_ref patient_id date:datetime author description content_type url
-data_size:int title encounter period_start:datetime period_end:datetime extensions:extensions""")
+DOCUMENT_REFERENCE = _c("""id last_updated:datetime status doc_status type_code:cc type_system
+type_display category:cc subject:ref patient_ref patient_id date:datetime author:ref description
+content_type url data_size:int title encounter:ref period_start:datetime period_end:datetime
+extensions:extensions""")
 
 
 def _document_reference(r: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -719,8 +763,8 @@ def _document_reference(r: Mapping[str, Any]) -> tuple[Any, ...]:
 
 # --------------------------------------------------------------------------- any other type
 
-GENERIC_SCHEMA = _c("""id last_updated:datetime resource_type subject patient_ref patient_id resource
-extensions:extensions""")
+GENERIC_SCHEMA = _c("""id last_updated:datetime resource_type subject:ref patient_ref patient_id
+resource extensions:extensions""")
 
 
 def generic_extract(r: Mapping[str, Any]) -> tuple[Any, ...]:

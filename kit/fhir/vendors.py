@@ -85,6 +85,11 @@ class VendorProfile:
         and never rebuild them.
     bulk_levels : tuple of BulkLevel
         Which ``$export`` levels are offered.
+    file_hosts : tuple of str
+        Origins besides the FHIR base (``"https://files.vendor.example"``, or
+        ``"https://*.vendor.example"`` for any subdomain) that serve the vendor's
+        Bulk Data files and status URLs and may receive the access token. Every
+        other origin gets no credentials.
     notes : str
         Anything else worth knowing.
     """
@@ -100,6 +105,7 @@ class VendorProfile:
     required_search_params: tuple[str, ...] = ()
     opaque_next_links: bool = False
     bulk_levels: tuple[BulkLevel, ...] = (BulkLevel.SYSTEM, BulkLevel.GROUP, BulkLevel.PATIENT)
+    file_hosts: tuple[str, ...] = ()
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -113,6 +119,9 @@ class VendorProfile:
         object.__setattr__(self, "auth_style", AuthStyle(self.auth_style))
         object.__setattr__(self, "bulk_levels", tuple(BulkLevel(b) for b in self.bulk_levels))
         object.__setattr__(self, "extra_headers", MappingProxyType(dict(self.extra_headers)))
+        for host in self.file_hosts:
+            if not host.startswith("https://"):
+                raise ConfigError("fhir.vendor", f"{self.name}: file host {host!r} must be an https origin")
 
     def headers(self, client_id: str | None) -> dict[str, str]:
         """The extra headers with ``{client_id}`` filled in (headers needing it are dropped without one)."""

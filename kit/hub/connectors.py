@@ -12,6 +12,13 @@ dotted paths with list selectors, which can be both read and written::
 A path that is not of that form is taken as FHIRPath (read-only, so only for
 ``Direction.TO_LOCAL``), evaluated with fhirpathpy.
 
+A null local value means "no opinion": it is not written and does not count as
+a difference, unless its :class:`FieldMapping` says ``delete_on_null=True``; then
+the remote value is removed. A removal never leaves a partial element behind:
+an element left empty, or holding only the key its ``[key=value]`` selector
+matched (``{"system": "email"}``), is removed too, and so are the lists and
+objects emptied by that.
+
 Transforms are unary functions, named in :data:`TRANSFORMS` (``"trim"``,
 ``"gender"``, ``("round", 2)``, ``("default", "unknown")``, ...) or plain
 callables. ``transform`` applies local -> remote, ``reverse_transform`` remote ->
@@ -301,10 +308,35 @@ def set_path(resource: dict[str, Any], path: str, value: Any) -> None:
     """Set (or, with None, remove) the value at a simple dotted path, creating what is missing.
 
     A ``[key=value]`` selector that matches nothing appends ``{key: value}`` to the list.
+    A removal prunes what it leaves empty or partial (see the module docstring).
     """
     segments = _parse_path(path)
     if segments is None:
         raise InvalidInputError(f"cannot write to {path!r}: only simple dotted paths are writable")
+    trail: list[tuple[dict[str, Any], str, str | None, Any]] = []  # (parent, name, selector, element)
+    _set(resource, segments, value, trail)
+    if value is None:
+        _prune(trail)
+
+
+def _prune(trail: list[tuple[dict[str, Any], str, str | None, Any]]) -> None:
+    """After a removal, drop the elements it left empty or holding only their selector key."""
+    for parent, name, selector, element in reversed(trail):
+        if element is not None:  # an object inside a list, reached through a selector
+            items = parent.get(name)
+            key = selector.partition("=")[0] if selector and not selector.isdigit() else None
+            leftover = {k for k in element if k != key} if isinstance(element, dict) else {1}
+            if not leftover and isinstance(items, list) and any(e is element for e in items):
+                items[:] = [e for e in items if e is not element]
+        child = parent.get(name)
+        if isinstance(child, dict | list) and not child:
+            parent.pop(name)
+        elif child is not None:
+            return
+
+
+def _set(resource: dict[str, Any], segments: list[tuple[str, str | None]], value: Any,
+         trail: list[tuple[dict[str, Any], str, str | None, Any]]) -> None:
     node: dict[str, Any] = resource
     for depth, (name, selector) in enumerate(segments):
         last = depth == len(segments) - 1
@@ -320,6 +352,7 @@ def set_path(resource: dict[str, Any], path: str, value: Any) -> None:
                 if value is None:
                     return
                 child = node[name] = {}
+            trail.append((node, name, None, None))
             node = child
             continue
         items = node.get(name)
@@ -329,6 +362,7 @@ def set_path(resource: dict[str, Any], path: str, value: Any) -> None:
             items = node[name] = []
         target = _select(items, selector)
         if last:
+            trail.append((node, name, None, None))
             if selector.isdigit():
                 i = int(selector)
                 if value is None:
@@ -356,6 +390,12 @@ def set_path(resource: dict[str, Any], path: str, value: Any) -> None:
                 k, _, v = selector.partition("=")
                 target = {k: v}
                 items.append(target)
+        if not isinstance(target, dict):
+            if value is None:
+                return
+            raise InvalidInputError(f"cannot write to {name}[{selector}] in a "
+                                    f"{type(target).__name__}: not an object")
+        trail.append((node, name, selector, target))
         node = target
 
 
@@ -377,6 +417,9 @@ class FieldMapping:
         ``BOTH`` (default), ``TO_REMOTE`` or ``TO_LOCAL``.
     transform, reverse_transform : str, tuple, callable or None
         Applied local -> remote and remote -> local (see :data:`TRANSFORMS`).
+    delete_on_null : bool
+        A null local value removes the remote value (default: null means "no
+        opinion", nothing is written and it is no difference).
     """
 
     remote: str
@@ -385,6 +428,7 @@ class FieldMapping:
     direction: Direction = Direction.BOTH
     transform: TransformSpec = None
     reverse_transform: TransformSpec = None
+    delete_on_null: bool = False
     _to_remote: Transform | None = dataclasses.field(init=False, repr=False, compare=False)
     _to_local: Transform | None = dataclasses.field(init=False, repr=False, compare=False)
 
@@ -481,8 +525,17 @@ class ResourceMapping:
         return None
 
     def remote_values(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """Remote path -> value, for the fields written to FHIR, from one local row."""
-        return {f.remote: f.to_remote(row.get(f.local)) for f in self.fields if f.writes_remote}
+        """Remote path -> value, for the fields written to FHIR, from one local row.
+
+        A null value is left out (no opinion) unless its field has ``delete_on_null``.
+        """
+        out = {}
+        for f in self.fields:
+            if f.writes_remote:
+                value = f.to_remote(row.get(f.local))
+                if value is not None or f.delete_on_null:
+                    out[f.remote] = value
+        return out
 
     def to_resource(self, row: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The resource for ``row``: ``base`` (e.g. the current remote one) with mapped fields set."""

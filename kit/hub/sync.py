@@ -17,6 +17,13 @@ local row :func:`plan_sync` finds the remote resource with the same key (see
                    newest_wins);
   ``manual``       ``conflict``: queued for a person (:class:`Conflict`), nothing written.
 
+A null local cell is "no opinion" under every strategy: it is never written and
+never a difference (so never a conflict), unless its field mapping says
+``delete_on_null=True``; then it is a difference like any other, and writing it
+removes the remote value together with any element it leaves partial (see
+:mod:`kit.hub.connectors`). A null remote value is filled by ``source_wins``,
+``merge`` and (when the row is newer) ``newest_wins``.
+
 Before a write is planned it is validated: required fields present, and FHIR R4
 validity via :func:`kit.fhir.resources.validate`; a failure is action ``error``
 for that row only. Written by hand: no library plans FHIR record synchronisation.
@@ -198,7 +205,8 @@ def _plan_one(mapping: ResourceMapping, strategy: Strategy, merge_rule: Strategy
     if strategy is Strategy.MERGE:
         # fill gaps both ways; only truly different fields follow merge_rule
         fills = {p: lv for p, (lv, rv) in diffs.items() if rv is None}
-        clashes = {p: d for p, d in diffs.items() if d[0] is not None and d[1] is not None}
+        # both set, or a deletion asked for (delete_on_null) of a value that is set
+        clashes = {p: d for p, d in diffs.items() if d[1] is not None}
         take: dict[str, Any] = dict(fills)
         if clashes:
             rule = merge_rule

@@ -120,7 +120,7 @@ def test_paths() -> None:
     assert get_path(r, "name[0].given") == ["Jane"]
     assert get_path(r, "name.where(family='Doe').given.first()") == "Jane"  # FHIRPath
     set_path(r, "telecom[system=phone].value", None)
-    assert r["telecom"] == [{"system": "phone"}]
+    assert "telecom" not in r  # no half element {"system": "phone"} left behind (issue 8 #8)
     set_path(r, "birthDate", None)
     assert "birthDate" not in r
     with pytest.raises(InvalidInputError):
