@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cache
+from functools import lru_cache
 from typing import Any, Final
 
 from kit.errors import FhirValidationError
@@ -64,12 +64,13 @@ _ISSUE_CODES: Final = {
 }
 
 
-@cache
+@lru_cache(maxsize=512)  # bounded: the names come from peers (there are ~150 real types)
 def _model_class(resource_type: str) -> Any:
     """The fhir.resources.R4B model class of a resource type, or None if it is not a resource."""
     from fhir.resources.R4B import get_fhir_model_class
 
-    if not resource_type or not resource_type[0].isupper() or not resource_type.isalnum():
+    if (not resource_type or len(resource_type) > 64 or not resource_type.isascii()
+            or not resource_type[0].isupper() or not resource_type.isalnum()):
         return None
     try:
         cls = get_fhir_model_class(resource_type)
