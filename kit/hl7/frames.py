@@ -96,7 +96,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "message_time": _DTM, "event_time": _DTM, "sending_application": pl.String,
         "sending_facility": pl.String, "receiving_application": pl.String,
         "receiving_facility": pl.String, "version": pl.String, "processing_id": pl.String,
-        "patient_id": pl.String, "segment_count": pl.Int32,
+        "patient_id": pl.String, "segment_count": pl.Int32, "reused_control_id": pl.Boolean,
     },
     "patients": {
         "control_id": pl.String, "message_time": _DTM, "patient_id": pl.String,

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import PeerDisconnectedError, PeerError, TLSError
+from kit.errors import ConfigError, PeerDisconnectedError, PeerError, TLSError
 from kit.examples.hl7 import feed
 from kit.hl7.framing import MLLPDecoder, frame
-from kit.errors import ConfigError
 from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy, server_tls_context
 from kit.hl7.typed import AckCode
 from tests.conftest import free_port, peer_env, stop_pid, wait_for_port
@@ -69,7 +68,8 @@ def _refused_without_cert(port: int, pki: Pki, control_id: str) -> None:
 
 
 @pytest.mark.parametrize("build", ["cli_shaped", "server_tls_context"])
-def test_configured_ca_requires_and_verifies_client_certificates(tmp_path: Path, pki: Pki, build: str) -> None:
+def test_configured_ca_requires_and_verifies_client_certificates(tmp_path: Path, pki: Pki,
+                                                                 build: str) -> None:
     """Issue 7.4: with tls_ca set, the listener's context loaded the CA but verify_mode stayed CERT_NONE.
 
     ``cli_shaped`` is the context `kit hl7 listen` builds from [hl7] tls_cert/tls_key/tls_ca
