@@ -129,7 +129,15 @@ class MLLPListener:
     max_message_bytes : int
         Largest accepted message; bigger frames are answered AR and discarded.
     idle_timeout : float
-        Seconds without data after which a connection is closed.
+        Seconds without data after which a connection is closed (also the
+        longest wait for a peer to read its ACKs).
+    frame_timeout : float
+        Seconds one frame may take from its first byte to its end; a peer
+        trickling bytes slower than that (slowloris) gets AR and is disconnected.
+    max_connections : int
+        Open connections at most; when a new one arrives at the limit, the
+        connection idle the longest is closed to make room (an idle flood cannot
+        lock out a sender that is talking).
     ssl_context : ssl.SSLContext, optional
         Server-side TLS context (MLLP over TLS), e.g. from :func:`server_tls_context`.
         If it has CA certificates loaded and ``verify_mode`` is ``CERT_NONE``,
@@ -154,11 +162,15 @@ class MLLPListener:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, idle_timeout: float = 300.0,
                  ssl_context: ssl.SSLContext | None = None,
                  on_message: Callable[[Message], None] | None = None,
-                 accept_unknown_types: bool = False) -> None:
+                 accept_unknown_types: bool = False, frame_timeout: float = 120.0,
+                 max_connections: int = 256) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
-        if max_message_bytes < 1 or idle_timeout <= 0:
-            raise ValueError("max_message_bytes and idle_timeout must be positive")
+        if max_message_bytes < 1 or idle_timeout <= 0 or frame_timeout <= 0 or max_connections < 1:
+            raise ValueError("max_message_bytes, idle_timeout, frame_timeout and max_connections must be "
+                             "positive")
+        self.frame_timeout = frame_timeout
+        self.max_connections = max_connections
         self.store_path = Path(store_path)
         self.host = host
         self.port = port
@@ -170,9 +182,12 @@ class MLLPListener:
         self.on_message = on_message
         self.accept_unknown_types = accept_unknown_types
         self.store: MessageStore | None = None
-        #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors, connections
+        #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors,
+        #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded)
         self.counts: dict[str, int] = dict.fromkeys(
-            ("received", "stored", "duplicates", "rejected", "framing_errors", "connections"), 0)
+            ("received", "stored", "duplicates", "rejected", "framing_errors", "connections", "evicted",
+             "slow"), 0)
+        self._activity: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._writer_thread: threading.Thread | None = None
@@ -384,18 +399,33 @@ class MLLPListener:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
+        self._make_room()
         self._clients.add(task)
+        self._activity[task] = loop.time()
         self.counts["connections"] += 1
         info = writer.get_extra_info("peername")
         peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
         decoder = MLLPDecoder(self.max_message_bytes)
+        frame_started: float | None = None
         try:
             while True:
+                wait = self.idle_timeout
+                if frame_started is not None:
+                    wait = min(wait, frame_started + self.frame_timeout - loop.time())
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ_SIZE), self.idle_timeout)
+                    data = await asyncio.wait_for(reader.read(_READ_SIZE), max(wait, 0.0))
                 except TimeoutError:
-                    log.info("closing idle MLLP connection from %s", peer)
+                    if frame_started is not None and loop.time() >= frame_started + self.frame_timeout:
+                        self.counts["slow"] += 1
+                        log.warning("MLLP peer %s did not finish a frame within %ss; disconnecting", peer,
+                                    self.frame_timeout)
+                        writer.write(frame(self._slow_nak()))
+                        await asyncio.wait_for(writer.drain(), 2.0)
+                    else:
+                        log.info("closing idle MLLP connection from %s", peer)
                     break
+                self._activity[task] = loop.time()
                 items = decoder.feed(data) if data else decoder.flush()
                 replies = [self._handle(item, peer) for item in items]
                 for reply in replies:
@@ -404,16 +434,35 @@ class MLLPListener:
                         writer.write(frame(text))
                 if not data:
                     break
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            log.info("MLLP connection from %s ended: %s", peer, exc)
+                if not decoder.in_frame:
+                    frame_started = None
+                elif frame_started is None or items:
+                    frame_started = loop.time()
+                await asyncio.wait_for(writer.drain(), self.idle_timeout)  # a peer that never reads
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
         except asyncio.CancelledError:
             pass
         finally:
             self._clients.discard(task)
+            self._activity.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    def _make_room(self) -> None:
+        """At ``max_connections``: close the connection idle the longest."""
+        while len(self._clients) >= self.max_connections and self._activity:
+            victim = min(self._activity, key=self._activity.__getitem__)
+            self._activity.pop(victim)
+            self._clients.discard(victim)
+            victim.cancel()
+            self.counts["evicted"] += 1
+            log.warning("MLLP: %d connections open; closed the one idle the longest", self.max_connections)
+
+    def _slow_nak(self) -> str:
+        return build_ack(None, AckCode.AR, f"frame not completed within {self.frame_timeout}s",
+                         AckError(100, f"MLLP frame not completed within {self.frame_timeout}s"))
 
     def _handle(self, item: bytes | FrameError, peer: str) -> asyncio.Future[str]:
         """Start handling one frame or framing error; the future gives the ACK text.
