@@ -140,7 +140,8 @@ def test_a_dead_store_thread_stops_the_listener_loudly(listener: MLLPListener,
 
 # -- 7.3: a duplicate is the same sender, id and content -----------------------------------------
 A01 = "MSH|^~\\&|ADT|H|KIT|R|20260301080000||ADT^A01|4711|P|2.5.1\rEVN|A01\rPID|1||MRN9^^^H^MR||DOE^JANE\r"
-A08 = "MSH|^~\\&|ADT|H|KIT|R|20260301090000||ADT^A08|4711|P|2.5.1\rEVN|A08\rPID|1||MRN9^^^H^MR||DOE^JANET\r"
+A08 = ("MSH|^~\\&|ADT|H|KIT|R|20260301090000||ADT^A08|4711|P|2.5.1\rEVN|A08\r"
+       "PID|1||MRN9^^^H^MR||DOE^JANET\r")
 
 
 def test_reused_control_id_with_other_content_is_stored_and_flagged(listener: MLLPListener) -> None:
@@ -162,7 +163,8 @@ def test_reused_control_id_with_other_content_is_stored_and_flagged(listener: ML
 _V1_SCHEMA = """
 CREATE TABLE messages (id INTEGER PRIMARY KEY, received_time TEXT NOT NULL, peer TEXT NOT NULL DEFAULT '',
     sending_application TEXT NOT NULL, sending_facility TEXT NOT NULL, control_id TEXT NOT NULL,
-    message_type TEXT NOT NULL, raw TEXT NOT NULL, UNIQUE (sending_application, sending_facility, control_id));
+    message_type TEXT NOT NULL, raw TEXT NOT NULL,
+    UNIQUE (sending_application, sending_facility, control_id));
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
@@ -212,4 +214,5 @@ def test_every_acknowledged_message_is_in_its_frames_or_skipped(listener: MLLPLi
     # every stored (acknowledged) message is in messages; those that miss a table say why
     assert frames["messages"]["control_id"].to_list() == _stored(listener)["control_id"].to_list()
     table = appointments(_stored(listener)["raw"])
-    assert table["appointment_id"].to_list() == ["10017892"] and table["filler_appointment_id"][0] == "10017892"
+    assert table["appointment_id"].to_list() == ["10017892"]
+    assert table["filler_appointment_id"][0] == "10017892"
