@@ -1,4 +1,4 @@
-"""kit.hl7: HL7 v2 messages, frames and (in :mod:`kit.hl7.mllp`) MLLP transport.
+"""kit.hl7: HL7 v2 messages, frames and (in :mod:`kit.hl7.mllp`, :mod:`kit.hl7.sender`) MLLP transport.
 
 Pure modules: :mod:`kit.hl7.message` (parse, escapes, terser access),
 :mod:`kit.hl7.typed` (typed dataclasses per message type), :mod:`kit.hl7.build`

@@ -34,6 +34,8 @@ from kit.hl7.typed import (
 )
 
 __all__ = [
+    "MAX_ACK_TEXT",
+    "MAX_ECHO",
     "AckCode",
     "AckError",
     "build_ack",
@@ -100,15 +102,21 @@ class AckError:
         return cls(207, str(exc) or type(exc).__name__)
 
 
+#: Longest value copied from the acknowledged message into an ACK (MSH-10 / MSA-2 length in v2.7).
+MAX_ECHO = 199
+#: Longest free text (MSA-3, ERR-8) in an ACK.
+MAX_ACK_TEXT = 250
+
+
 def _ts(when: dt.datetime | None) -> str:
     return format_dtm(when if when is not None else dt.datetime.now().astimezone())
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in version.split(".")[:3])
-    except ValueError:
-        return (2, 5)
+    parts = version.split(".")[:3]
+    if all(0 < len(p) <= 4 and p.isascii() and p.isdigit() for p in parts):
+        return tuple(int(p) for p in parts)
+    return (2, 5)
 
 
 def build_ack(message: Message | None, code: AckCode = AckCode.AA, text: str | None = None,
@@ -141,6 +149,9 @@ def build_ack(message: Message | None, code: AckCode = AckCode.AA, text: str | N
     -------
     str
         MSH (sender and receiver swapped), MSA and, for negative codes, ERR.
+        Whatever a peer sent is echoed bounded: values copied from ``message``
+        are cut to :data:`MAX_ECHO` characters and texts to :data:`MAX_ACK_TEXT`
+        (before escaping), so an ACK is a few kilobytes at most.
     """
     if not isinstance(code, AckCode):
         code = AckCode(code)
@@ -148,8 +159,8 @@ def build_ack(message: Message | None, code: AckCode = AckCode.AA, text: str | N
     version = (message.version if message is not None else "") or "2.5.1"
     trigger = message.trigger if message is not None else ""
 
-    def esc(value: str) -> str:
-        return escape(value, enc)
+    def esc(value: str, limit: int = MAX_ECHO) -> str:
+        return escape(value[:limit], enc)
 
     f, c = enc.field, enc.component
     msh = [
@@ -170,7 +181,7 @@ def build_ack(message: Message | None, code: AckCode = AckCode.AA, text: str | N
     segments = [f.join(msh)]
     msa = ["MSA", code.value, esc(message.control_id if message else "")]
     if text:
-        msa.append(esc(text))
+        msa.append(esc(text, MAX_ACK_TEXT))
     segments.append(f.join(msa))
     if not code.is_positive:
         if error is None:
@@ -183,14 +194,15 @@ def build_ack(message: Message | None, code: AckCode = AckCode.AA, text: str | N
 
 def _err(error: AckError, enc: Encoding, version: str) -> str:
     f, c, s = enc.field, enc.component, enc.subcomponent
-    seg, fld = escape(error.segment or "", enc), str(error.field or "")
+    seg, fld = escape((error.segment or "")[:MAX_ECHO], enc), str(error.field or "")
+    text = (error.text or "")[:MAX_ACK_TEXT]
     if _version_tuple(version) < (2, 5):  # ERR-1 error code and location (ELD)
         eld = c.join((seg, str(error.sequence) if seg else "", fld,
-                      s.join((str(error.code), escape(error.text or error.code_text, enc), "HL70357"))))
+                      s.join((str(error.code), escape(text or error.code_text, enc), "HL70357"))))
         return f.join(("ERR", eld))
     location = c.join((seg, str(error.sequence), fld)) if seg else ""
     code = c.join((str(error.code), escape(error.code_text, enc), "HL70357"))
-    return f.join(("ERR", "", location, code, "E", "", "", "", escape(error.text, enc)))
+    return f.join(("ERR", "", location, code, "E", "", "", "", escape(text, enc)))
 
 
 # -- writers over the typed dataclasses ----------------------------------------------------------

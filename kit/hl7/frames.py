@@ -22,8 +22,21 @@ Tables and their columns (see :data:`SCHEMAS` for dtypes):
   ``patient_id``. ``value`` is OBX-5 unescaped, components joined by ``^`` and
   repetitions by ``~``; ``value_numeric`` is OBX-5 as a number for NM;
   ``observation_time`` is OBX-14, else the parent OBR-7.
-- ``appointments``: one row per SIU^S12-S15/S26.
+- ``appointments``: one row per SIU^S12-S15/S26; ``appointment_id`` is SCH-1
+  (placer id), else SCH-2 (filler id), both also kept as columns.
 - ``documents``: one row per MDM^T02/T04, ``text`` the OBX lines joined by LF.
+- ``skipped``: nothing is dropped without a trace. A message that cannot be
+  read (``table`` = ``"messages"``: in no table), or that belongs to a table but
+  cannot give a row there (an SIU without SCH-1/SCH-2, an appointment ending
+  before it starts, an ORU^R01 without PID-3, a PID without PID-3, ...) gets one
+  row with ``message_number`` (1-based position in the input; null for data
+  before the first MSH), ``control_id``, ``message_type``, ``table`` and
+  ``reason``. The other messages are read as usual. Only
+  :class:`~kit.errors.KitError` subclasses leave this module.
+
+``messages.reused_control_id`` is true for a message whose sender (MSH-3, MSH-4)
+and control id (MSH-10) were already seen earlier in the input with other
+content (see :func:`kit.hl7.message.content_hash`).
 
 Scale (written by hand: no library does it): :func:`read_file` builds the
 ``results`` table without a Python object per field. The file is split into
@@ -31,7 +44,9 @@ segment lines once, and polars string kernels split fields and components for
 every OBX/OBR/PID line at once; only values that contain the escape character
 go through :func:`kit.hl7.message.flatten` one by one. Messages that do not
 use the standard ``|^~\\&`` delimiters, or hold a line that is not a valid
-segment, take the message-by-message path -- the same rows either way.
+segment, take the message-by-message path -- the same rows either way (both
+split lines with :func:`kit.hl7.message.segment_lines`; ``read_file(...,
+vectorised=False)`` is the per-message path, and the fuzz tests hold them equal).
 """
 
 from __future__ import annotations
@@ -44,15 +59,28 @@ from typing import Any
 
 import polars as pl
 
-from kit.errors import HL7ParseError, InvalidInputError
-from kit.hl7.message import STANDARD_ENCODING, Encoding, Message, flatten, parse_message, split_messages
+from kit.errors import HL7ParseError, InvalidInputError, KitError
+from kit.hl7.message import (
+    STANDARD_ENCODING,
+    Encoding,
+    Message,
+    content_hash,
+    decode,
+    flatten,
+    group_messages,
+    parse_message,
+    segment_lines,
+)
 from kit.hl7.typed import (
+    MDM_TRIGGERS,
+    SIU_TRIGGERS,
     Appointment,
     Document,
     Order,
     OrderMessage,
     PatientInfo,
     ResultReport,
+    TypedMessage,
     Visit,
     parse_dtm,
 )
@@ -68,7 +96,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "message_time": _DTM, "event_time": _DTM, "sending_application": pl.String,
         "sending_facility": pl.String, "receiving_application": pl.String,
         "receiving_facility": pl.String, "version": pl.String, "processing_id": pl.String,
-        "patient_id": pl.String, "segment_count": pl.Int32,
+        "patient_id": pl.String, "segment_count": pl.Int32, "reused_control_id": pl.Boolean,
     },
     "patients": {
         "control_id": pl.String, "message_time": _DTM, "patient_id": pl.String,
@@ -103,7 +131,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "appointments": {
         "control_id": pl.String, "trigger": pl.String, "patient_id": pl.String,
-        "placer_appointment_id": pl.String, "filler_appointment_id": pl.String,
+        "appointment_id": pl.String, "placer_appointment_id": pl.String, "filler_appointment_id": pl.String,
         "accession_number": pl.String, "start_time": _DTM, "end_time": _DTM,
         "duration_minutes": pl.Int32, "status": pl.String, "reason": pl.String,
         "appointment_type": pl.String, "service_code": pl.String, "service_text": pl.String,
@@ -115,6 +143,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "unique_document_number": pl.String, "document_type": pl.String, "activity_time": _DTM,
         "completion_status": pl.String, "availability_status": pl.String,
         "accession_number": pl.String, "text": pl.String,
+    },
+    "skipped": {
+        "message_number": pl.Int64, "control_id": pl.String, "message_type": pl.String,
+        "table": pl.String, "reason": pl.String,
     },
 }
 
@@ -134,12 +166,34 @@ def empty_frames(tables: Iterable[str] = TABLES) -> dict[str, pl.DataFrame]:
 
 
 def _check_tables(tables: Sequence[str] | None) -> tuple[str, ...]:
+    """The wanted tables in :data:`TABLES` order; ``skipped`` is always included."""
     if tables is None:
         return TABLES
+    if isinstance(tables, str):
+        tables = [tables]
     unknown = sorted(set(tables) - set(TABLES))
     if unknown:
         raise InvalidInputError(f"unknown HL7 table(s) {unknown}; known: {list(TABLES)}")
-    return tuple(t for t in TABLES if t in tables)
+    return tuple(t for t in TABLES if t in tables or t == "skipped")
+
+
+_INT32 = (-(2 ** 31), 2 ** 31 - 1)
+
+
+def _skip(number: int | None, m: Message | None, table: str, reason: object) -> dict[str, Any]:
+    text = str(reason) if isinstance(reason, KitError | str) else f"{type(reason).__name__}: {reason}"
+    return {"message_number": number, "control_id": m.control_id if m is not None else None,
+            "message_type": m.message_type if m is not None else None, "table": table,
+            "reason": text[:1000]}
+
+
+def _skipped_frame(rows: list[dict[str, Any]] | list[pl.DataFrame]) -> pl.DataFrame:
+    """The ``skipped`` table from rows or from partial tables: one row per distinct skip, in input order."""
+    if rows and isinstance(rows[0], pl.DataFrame):
+        df = pl.concat([r for r in rows if isinstance(r, pl.DataFrame)], how="vertical")
+    else:
+        df = _frame([r for r in rows if isinstance(r, dict)], "skipped")
+    return df.unique(maintain_order=True).sort("message_number", nulls_last=False, maintain_order=True)
 
 
 # -- raw-field helpers shared by both paths ------------------------------------------------------
@@ -211,8 +265,7 @@ def _type_results(df: pl.DataFrame) -> pl.DataFrame:
     ).select(list(SCHEMAS["results"]))
 
 
-def _results_slow(messages: Iterable[Message]) -> pl.DataFrame:
-    rows = [r for m in messages for r in _result_rows(m)]
+def _results_of_rows(rows: list[list[str]]) -> pl.DataFrame:
     df = pl.DataFrame(rows, schema=dict.fromkeys(_RESULT_RAW, pl.String), orient="row") if rows \
         else pl.DataFrame(schema=dict.fromkeys(_RESULT_RAW, pl.String))
     return _type_results(df)
@@ -245,7 +298,7 @@ def _order_row(m: Message, patient_id: str, o: Order) -> dict[str, Any]:
 def _appointment_row(m: Message, a: Appointment) -> dict[str, Any]:
     return {
         "control_id": m.control_id, "trigger": a.trigger,
-        "patient_id": a.patient.patient_id if a.patient else None,
+        "patient_id": a.patient.patient_id if a.patient else None, "appointment_id": a.appointment_id,
         "placer_appointment_id": a.placer_appointment_id, "filler_appointment_id": a.filler_appointment_id,
         "accession_number": a.accession_number, "start_time": _naive(a.start), "end_time": _naive(a.end),
         "duration_minutes": a.duration_minutes, "status": a.status, "reason": a.reason,
@@ -265,10 +318,8 @@ def _document_row(m: Message, d: Document) -> dict[str, Any]:
     }
 
 
-def _as_message(item: Message | str | bytes, index: int) -> Message:
-    if isinstance(item, Message):
-        return item
-    return parse_message(item, source=f"message {index + 1}")
+def _as_message(item: Message | str | bytes) -> Message:
+    return item if isinstance(item, Message) else parse_message(item)
 
 
 def to_frames(messages: Iterable[Message | str | bytes], *,
@@ -280,56 +331,145 @@ def to_frames(messages: Iterable[Message | str | bytes], *,
     messages : iterable of Message, str or bytes
         Raw items are parsed with :func:`kit.hl7.message.parse_message`.
     tables : sequence of str, optional
-        Which tables to build (default all of :data:`TABLES`).
+        Which tables to build (default all of :data:`TABLES`); ``skipped`` is
+        always included.
 
     Returns
     -------
     dict of str to polars.DataFrame
         Table name to frame, with the columns of :data:`SCHEMAS` (empty frames
-        keep their schema).
+        keep their schema). A message that cannot be read, or cannot give the
+        row of a table it belongs to, is a row of ``skipped`` with the reason.
 
     Raises
     ------
-    kit.errors.HL7ParseError
-        An item is not an HL7 v2 message.
+    kit.errors.InvalidInputError
+        An unknown table name.
     """
     wanted = _check_tables(tables)
-    msgs = [_as_message(item, i) for i, item in enumerate(messages)]
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in wanted}
-    for m in msgs:
-        _rows_of(m, rows)
-    out = {t: _frame(rows[t], t) for t in wanted if t != "results"}
-    if "results" in wanted:
-        out["results"] = _results_slow(msgs)
+    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in wanted if t not in ("results", "skipped")}
+    results: list[list[str]] | None = [] if "results" in wanted else None
+    skipped: list[dict[str, Any]] = []
+    seen: dict[tuple[str, str, str], str] = {}
+    for number, item in enumerate(messages, 1):
+        try:
+            m = _as_message(item)
+        except KitError as exc:
+            skipped.append(_skip(number, None, "messages", exc))
+            continue
+        _rows_of(m, number, rows, skipped, seen)
+        if results is not None:
+            try:
+                results.extend(_result_rows(m))
+            except Exception as exc:  # noqa: BLE001 - any failure of one message becomes a skipped row
+                skipped.append(_skip(number, m, "results", exc))
+    out = {t: _frame(rows[t], t) for t in rows}
+    if results is not None:
+        out["results"] = _results_of_rows(results)
+    out["skipped"] = _skipped_frame(skipped)
     return {t: out[t] for t in wanted}
 
 
-def _rows_of(m: Message, rows: dict[str, list[dict[str, Any]]]) -> None:
+def _check_ints(row: dict[str, Any], table: str) -> dict[str, Any]:
+    for column, dtype in SCHEMAS[table].items():
+        value = row.get(column)
+        if dtype == pl.Int32 and value is not None and not _INT32[0] <= value <= _INT32[1]:
+            raise HL7ParseError(f"{column} {value} is out of range")
+    return row
+
+
+class _Lazy:
+    """The typed view of one message, built once on first use."""
+
+    def __init__(self, m: Message) -> None:
+        self.m = m
+        self._view: TypedMessage | None = None
+
+    def view(self) -> TypedMessage:
+        if self._view is None:
+            self._view = self.m.typed()
+        return self._view
+
+
+def _messages_rows(m: Message, lazy: _Lazy, seen: dict[tuple[str, str, str], str]) -> list[dict[str, Any]]:
+    key = (m.sending_application, m.sending_facility, m.control_id)
+    digest = content_hash(m)
+    first = seen.setdefault(key, digest)
     patient = PatientInfo.of(m)
-    pid = patient.patient_id if patient else ""
-    time = _naive(parse_dtm(m.get("MSH-7")))
-    if "messages" in rows:
-        rows["messages"].append({
-            "control_id": m.control_id, "message_type": m.message_type, "trigger": m.trigger,
-            "message_time": time, "event_time": _naive(parse_dtm(m.get("EVN-2"))),
-            "sending_application": m.sending_application, "sending_facility": m.sending_facility,
-            "receiving_application": m.receiving_application, "receiving_facility": m.receiving_facility,
-            "version": m.version, "processing_id": m.processing_id, "patient_id": pid,
-            "segment_count": len(m.segments())})
-    if patient is not None and "patients" in rows:
-        rows["patients"].append(_patient_row(m.control_id, time, patient))
+    return [{
+        "control_id": m.control_id, "message_type": m.message_type, "trigger": m.trigger,
+        "message_time": _naive(parse_dtm(m.get("MSH-7"))), "event_time": _naive(parse_dtm(m.get("EVN-2"))),
+        "sending_application": m.sending_application, "sending_facility": m.sending_facility,
+        "receiving_application": m.receiving_application, "receiving_facility": m.receiving_facility,
+        "version": m.version, "processing_id": m.processing_id,
+        "patient_id": patient.patient_id if patient else "", "segment_count": len(m.segments()),
+        "reused_control_id": first != digest}]
+
+
+def _patients_rows(m: Message, lazy: _Lazy) -> list[dict[str, Any]]:
+    if m.segment("PID") is None:
+        return []
+    patient = PatientInfo.of(m)
+    if patient is None:
+        raise HL7ParseError("PID-3 patient identifier is empty", segment="PID", field=3)
+    return [_patient_row(m.control_id, _naive(parse_dtm(m.get("MSH-7"))), patient)]
+
+
+def _visits_rows(m: Message, lazy: _Lazy) -> list[dict[str, Any]]:
     visit = Visit.of(m)
-    if visit is not None and "visits" in rows:
-        rows["visits"].append(_visit_row(m, pid, visit))
-    if not ({"orders", "appointments", "documents"} & rows.keys()):
-        return
-    view = m.typed()
-    if isinstance(view, OrderMessage | ResultReport) and "orders" in rows:
-        rows["orders"].extend(_order_row(m, pid, o) for o in view.orders)
-    elif isinstance(view, Appointment) and "appointments" in rows:
-        rows["appointments"].append(_appointment_row(m, view))
-    elif isinstance(view, Document) and "documents" in rows:
-        rows["documents"].append(_document_row(m, view))
+    if visit is None:
+        return []
+    patient = PatientInfo.of(m)
+    return [_visit_row(m, patient.patient_id if patient else "", visit)]
+
+
+def _orders_rows(m: Message, lazy: _Lazy) -> list[dict[str, Any]]:
+    if m.message_type not in ("ORM^O01", "OML^O21", "ORU^R01"):
+        return []
+    view = lazy.view()
+    if not isinstance(view, OrderMessage | ResultReport):
+        raise HL7ParseError(f"{m.message_type} without a PID-3 patient identifier", segment="PID", field=3)
+    if not view.orders:
+        raise HL7ParseError(f"{m.message_type} without an ORC or OBR segment", segment="OBR")
+    return [_order_row(m, view.patient.patient_id, o) for o in view.orders]
+
+
+def _appointments_rows(m: Message, lazy: _Lazy) -> list[dict[str, Any]]:
+    if m.message_code != "SIU" or m.trigger not in SIU_TRIGGERS:
+        return []
+    view = lazy.view()
+    if not isinstance(view, Appointment):
+        raise HL7ParseError("SIU without an appointment id (SCH-1 placer and SCH-2 filler are empty)",
+                            segment="SCH", field=1)
+    return [_appointment_row(m, view)]
+
+
+def _documents_rows(m: Message, lazy: _Lazy) -> list[dict[str, Any]]:
+    if m.message_code != "MDM" or m.trigger not in MDM_TRIGGERS:
+        return []
+    view = lazy.view()
+    if not isinstance(view, Document):
+        raise HL7ParseError(f"{m.message_type} without a PID-3 patient identifier or TXA-12 document number",
+                            segment="TXA", field=12)
+    return [_document_row(m, view)]
+
+
+_BUILDERS: dict[str, Callable[[Message, _Lazy], list[dict[str, Any]]]] = {
+    "patients": _patients_rows, "visits": _visits_rows, "orders": _orders_rows,
+    "appointments": _appointments_rows, "documents": _documents_rows,
+}
+
+
+def _rows_of(m: Message, number: int, rows: dict[str, list[dict[str, Any]]],
+             skipped: list[dict[str, Any]], seen: dict[tuple[str, str, str], str]) -> None:
+    """Add the rows of one message to each wanted table, or a ``skipped`` row per table it cannot reach."""
+    lazy = _Lazy(m)
+    for table, out in rows.items():
+        try:
+            built = (_messages_rows(m, lazy, seen) if table == "messages" else _BUILDERS[table](m, lazy))
+            out.extend(_check_ints(row, table) for row in built)
+        except Exception as exc:  # noqa: BLE001 - one message's failure is a skipped row, never an abort
+            skipped.append(_skip(number, m, table, exc))
 
 
 # -- vectorised path for files -------------------------------------------------------------------
@@ -387,34 +527,36 @@ def _fields(df: pl.DataFrame, seg: str, last: int) -> pl.DataFrame:
     return lines.select("msg", "row", *cols)
 
 
-# str.splitlines() also breaks at these; where the text holds one, split by hand instead
-_OTHER_BREAKS = "\x0c\x1d\x1e\x85\u2028\u2029"
+_BATCH = ["FHS", "BHS", "BTS", "FTS"]
 
 
-def _lines_frame(text: str) -> pl.DataFrame:
-    if any(c in text for c in _OTHER_BREAKS):
-        text = text.replace("\x0b", "").replace("\x1c", "").replace("\r\n", "\r").replace("\n", "\r")
-        raw = text.split("\r")
-    else:  # one pass at C speed; MLLP's 0x0B/0x1C are line breaks to splitlines()
-        raw = text.splitlines()
-    lines = pl.Series("line", raw, dtype=pl.String)
-    df = pl.DataFrame([lines]).filter(pl.col("line").str.len_bytes() > 0)
-    df = df.filter(pl.col("line").str.strip_chars() != "")
+def _lines_frame(lines: list[str]) -> tuple[pl.DataFrame, str | None]:
+    """Segment lines numbered by message (``msg``, 1-based), batch lines dropped, as
+    :func:`kit.hl7.message.group_messages` does; and the first line before the first MSH, if any."""
+    df = pl.DataFrame([pl.Series("line", lines, dtype=pl.String)])
     seg = pl.col("line").str.slice(0, 3)
-    batch = seg.is_in(["FHS", "BHS", "BTS", "FTS"]) & (
-        (pl.col("line").str.len_chars() == 3) | ~pl.col("line").str.slice(3, 1).str.contains(r"[A-Za-z0-9]"))
+    fourth = pl.col("line").str.slice(3, 1)
+    short = pl.col("line").str.len_chars() == 3
+    batch = seg.is_in(_BATCH) & (short | ~fourth.str.contains(r"^[A-Za-z0-9]$"))
     df = df.filter(~batch).with_columns(seg.alias("seg"))
     df = df.with_columns((pl.col("seg") == "MSH").cum_sum().alias("msg"))
+    leading = None
     if df.height and df["msg"][0] == 0:
-        raise HL7ParseError(f"data before the first MSH segment: {df['line'][0][:20]!r}",
-                            segment=df["seg"][0])
-    return df
+        leading = str(df["line"][0])
+        df = df.filter(pl.col("msg") > 0)
+    return df, leading
 
 
-def _results_fast(text: str) -> pl.DataFrame:
-    df = _lines_frame(text)
+def _leading_skip(line: str) -> dict[str, Any]:
+    return _skip(None, None, "messages", f"data before the first MSH segment: {line[:20]!r}")
+
+
+def _results_fast(lines: list[str]) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """The results table and the skipped rows of the vectorised path."""
+    df, leading = _lines_frame(lines)
+    skipped = [_leading_skip(leading)] if leading is not None else []
     if df.height == 0:
-        return empty_frames(["results"])["results"]
+        return empty_frames(["results"])["results"], skipped
     ok = (pl.col("line").str.contains(_FIELD_OK)
           & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH)))
     bad = df.filter(~ok)["msg"].unique()
@@ -422,8 +564,13 @@ def _results_fast(text: str) -> pl.DataFrame:
     if bad.len():  # messages the vectorised path cannot take: one by one
         slow_msgs = df.filter(pl.col("msg").is_in(bad.implode())).group_by("msg", maintain_order=True).agg(
             pl.col("line"))
-        for msg, lines in slow_msgs.iter_rows():
-            rows = _result_rows(parse_message("\r".join(lines), source=f"message {msg}"))
+        for msg, msg_lines in slow_msgs.iter_rows():
+            try:
+                m = parse_message("\r".join(msg_lines))
+            except KitError as exc:
+                skipped.append(_skip(msg, None, "messages", exc))
+                continue
+            rows = _result_rows(m)
             if rows:
                 parts.append(pl.DataFrame(rows, schema=dict.fromkeys(_RESULT_RAW, pl.String), orient="row")
                              .select(pl.lit(msg, pl.UInt32).alias("msg"), *_RESULT_RAW))
@@ -431,6 +578,8 @@ def _results_fast(text: str) -> pl.DataFrame:
     df = df.filter(pl.col("seg").is_in(["MSH", "PID", "OBR", "OBX"])).with_row_index("row")
     msh = _fields(df, "MSH", 10).select("msg", _component(pl.col("f10"), 1).alias("control_id"),
                                         _component(pl.col("f9"), 1).alias("code"))
+    # MSH-9.1 compared unescaped, as Message.message_code is
+    msh = msh.with_columns(_escaped(msh["code"], _flat_comp).alias("code"))
     msh = msh.filter(pl.col("code") != "MDM").drop("code")
     pid = _fields(df, "PID", 3).group_by("msg", maintain_order=True).first().select(
         "msg", _component(pl.col("f3"), 1).alias("patient_id"))
@@ -468,7 +617,7 @@ def _results_fast(text: str) -> pl.DataFrame:
     merged = pl.concat(parts, how="vertical") if len(parts) > 1 else out
     if len(parts) > 1:
         merged = merged.sort("msg", maintain_order=True)
-    return _type_results(merged.drop("msg"))
+    return _type_results(merged.drop("msg")), skipped
 
 
 def _read_text(path: str | Path) -> str:
@@ -476,13 +625,11 @@ def _read_text(path: str | Path) -> str:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"cannot read HL7 file: {exc}", source=str(path)) from exc
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+    return decode(data)
 
 
-def read_file(path: str | Path, *, tables: Sequence[str] | None = None) -> dict[str, pl.DataFrame]:
+def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
+              vectorised: bool = True) -> dict[str, pl.DataFrame]:
     """Read an HL7 v2 file into typed tables.
 
     ``results`` is built by the vectorised path (see the module docstring);
@@ -493,32 +640,38 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None) -> dict[
     ----------
     path : str or Path
         Messages separated by newlines (segments by CR, LF or CRLF), MLLP
-        framed, or in FHS/BHS batches.
+        framed, or in FHS/BHS batches; UTF-8 (a byte-order mark is fine), else Latin-1.
     tables : sequence of str, optional
-        Which tables to build (default all of :data:`TABLES`).
+        Which tables to build (default all of :data:`TABLES`); ``skipped`` is always included.
+    vectorised : bool
+        Build ``results`` with the vectorised path (default) or message by
+        message (the reference the fast path is tested against; same rows).
 
     Returns
     -------
     dict of str to polars.DataFrame
+        As :func:`to_frames`: a message that cannot be read is a row of
+        ``skipped`` with its reason, and the rest of the file is read.
 
     Raises
     ------
     kit.errors.InvalidInputError
-        The file cannot be read.
-    kit.errors.HL7ParseError
-        The file holds something that is not HL7 v2 (``.source`` names the message).
+        The file cannot be read, or an unknown table name.
     """
     wanted = _check_tables(tables)
-    text = _read_text(path)
+    lines = segment_lines(_read_text(path))
     out: dict[str, pl.DataFrame] = {}
-    others = [t for t in wanted if t != "results"]
-    if others:
-        msgs = (parse_message(t, source=f"{path} message {i + 1}")
-                for i, t in enumerate(split_messages(text)))
-        out.update(to_frames(msgs, tables=others))
-    if "results" in wanted:
-        try:
-            out["results"] = _results_fast(text)
-        except HL7ParseError as exc:
-            raise HL7ParseError(str(exc), source=str(path), segment=exc.segment, field=exc.field) from exc
+    others = [t for t in wanted if t != "results" and (t != "skipped" or not vectorised)]
+    skipped: list[pl.DataFrame] = []
+    if others or not vectorised:
+        groups = list(group_messages(lines))
+        leading = [_leading_skip(g[1][0]) for g in groups if g[0]]
+        texts = ["\r".join(g[1]) + "\r" for g in groups if not g[0]]
+        frames = to_frames(texts, tables=[t for t in wanted if vectorised is False or t != "results"])
+        skipped += [_skipped_frame(leading), frames.pop("skipped")]
+        out.update(frames)
+    if "results" in wanted and vectorised:
+        out["results"], fast_skipped = _results_fast(lines)
+        skipped.append(_skipped_frame(fast_skipped))
+    out["skipped"] = _skipped_frame(skipped)
     return {t: out[t] for t in wanted}

@@ -12,9 +12,18 @@ Values stay escaped in the :class:`Segment` and are unescaped when read
 
 Escapes honoured (HL7 v2.x chapter 2): ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``
 (delimiters), ``\\P\\`` (truncation character, v2.7+), ``\\Xhh..\\`` (hex bytes,
-decoded as UTF-8, else Latin-1), ``\\.br\\`` and ``\\.sp\\`` (line breaks, become
-``"\\n"``). Anything else (``\\H\\``, ``\\N\\``, ``\\Cxxyy\\``, ``\\Zxx\\``, other
-formatting commands) is kept verbatim.
+decoded as UTF-8, else Latin-1), ``\\.br\\`` and ``\\.sp\\`` / ``\\.sp N\\`` (line
+breaks, become ``"\\n"``; N is 0 to :data:`MAX_SP_LINES` ASCII digits' worth). Anything else
+(``\\H\\``, ``\\N\\``, ``\\Cxxyy\\``, ``\\Zxx\\``, other formatting commands, and a
+``\\.sp N\\`` with N over the limit or not plain ASCII digits) is kept verbatim, so no escape
+expands to more than :data:`MAX_SP_LINES` characters and nothing raises.
+
+Text rules (one implementation, :func:`segment_lines`, shared with the vectorised
+path of :mod:`kit.hl7.frames`): bytes are UTF-8, else Latin-1; a UTF-8 byte-order
+mark at the start of the data or of a line is dropped; CR, LF, CRLF and the MLLP
+block characters VT (0x0B) and FS (0x1C) all end a segment (MLLP cannot carry them
+as content, so inside a segment they split it; the rest then has to be a segment
+of its own); blank lines are ignored.
 
 Terser paths address values as ``SEG[(occurrence)]-field[(repetition)][.component[.subcomponent]]``,
 all 1-based: ``"PID-3.1"``, ``"PID-3(2).1"``, ``"OBX(2)-5"``, ``"MSH-9.2"``.
@@ -23,6 +32,7 @@ all 1-based: ``"PID-3.1"``, ``"PID-3(2).1"``, ``"OBX(2)-5"``, ``"MSH-9.2"``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -33,14 +43,20 @@ if TYPE_CHECKING:
     from kit.hl7.typed import TypedMessage
 
 __all__ = [
+    "MAX_SP_LINES",
     "STANDARD_ENCODING",
     "Encoding",
     "Message",
     "Segment",
     "component",
+    "content_hash",
+    "decode",
     "escape",
     "flatten",
+    "group_messages",
+    "is_batch_line",
     "parse_message",
+    "segment_lines",
     "split_messages",
     "unescape",
 ]
@@ -49,7 +65,13 @@ _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
 _PATH = re.compile(
     r"\s*([A-Z][A-Z0-9]{2})(?:\((\d+)\))?-(\d+)(?:\((\d+)\))?(?:\.(\d+))?(?:\.(\d+))?\s*\Z")
 _BATCH_SEGMENTS = frozenset({"FHS", "FTS", "BHS", "BTS"})
-_MLLP_CHARS = str.maketrans("", "", "\x0b\x1c")
+_MLLP_CHARS = str.maketrans({"\x0b": "\r", "\x1c": "\r"})
+_BOM = "\ufeff"
+# str.splitlines() also breaks at these, which are content in HL7
+_OTHER_BREAKS = "\x0c\x1d\x1e\x85\u2028\u2029"
+
+#: The largest line count a ``\\.sp N\\`` escape is resolved for; bigger counts stay verbatim.
+MAX_SP_LINES = 99
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +155,16 @@ def _hex(payload: str) -> str | None:
         return raw.decode("latin-1")
 
 
+def _sp(arg: str) -> str | None:
+    """``\\.sp N\\``: N line breaks (1 without N); None (kept verbatim) for N over the limit or not ASCII."""
+    count = arg.strip(" ")
+    if not count:
+        return "\n"
+    if len(count) > 2 or not (count.isascii() and count.isdigit()) or int(count) > MAX_SP_LINES:
+        return None
+    return "\n" * int(count)
+
+
 def unescape(value: str, encoding: Encoding = STANDARD_ENCODING) -> str:
     """Resolve HL7 escape sequences in one atomic value (see the module docstring)."""
     e = encoding.escape
@@ -165,8 +197,7 @@ def unescape(value: str, encoding: Encoding = STANDARD_ENCODING) -> str:
         elif body == ".br":
             resolved = "\n"
         elif body.startswith(".sp"):
-            count = body[3:].strip()
-            resolved = "\n" * (int(count) if count.isdigit() else 1)
+            resolved = _sp(body[3:])
         else:
             resolved = None
         if resolved is None:  # unknown or formatting sequence: keep verbatim
@@ -224,20 +255,48 @@ def _encoding_from_msh(line: str) -> Encoding:
     return Encoding(sep, chars[0], chars[1], chars[2], chars[3], chars[4] if len(chars) == 5 else None)
 
 
-def _text(data: bytes | str) -> str:
-    if isinstance(data, bytes):
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("latin-1")
+def decode(data: bytes) -> str:
+    """Bytes of HL7 as text: a leading UTF-8 byte-order mark dropped, UTF-8, else Latin-1."""
+    if data[:3] == b"\xef\xbb\xbf":
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def _text(data: bytes | bytearray | str) -> str:
+    if isinstance(data, bytes | bytearray):
+        return decode(bytes(data))
     if not isinstance(data, str):
         raise HL7ParseError(f"expected bytes or str, got {type(data).__name__}")
+    if not data.isascii():
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: no file or wire holds them
+            raise HL7ParseError(f"text is not valid Unicode: {exc.reason}") from exc
     return data
 
 
-def _lines(text: str) -> list[str]:
-    text = text.translate(_MLLP_CHARS).replace("\r\n", "\r").replace("\n", "\r")
-    return [line for line in text.split("\r") if line.strip()]
+def segment_lines(data: bytes | str) -> list[str]:
+    """The non-blank segment lines of ``data`` (the text rules of the module docstring).
+
+    Raises
+    ------
+    kit.errors.HL7ParseError
+        ``data`` is neither bytes nor str, or a str holding lone surrogates.
+    """
+    text = _text(data)
+    if any(c in text for c in _OTHER_BREAKS):
+        if "\x0b" in text or "\x1c" in text:
+            text = text.translate(_MLLP_CHARS)
+        lines = text.replace("\r\n", "\r").replace("\n", "\r").split("\r")
+    else:  # one pass at C speed: without those, str.splitlines() breaks at exactly CR, LF, CRLF, VT, FS
+        lines = text.splitlines()
+    if _BOM in text:
+        lines = [line.lstrip(_BOM) for line in lines]
+    return [line for line in lines if line and not line.isspace()]
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,6 +439,15 @@ class Message:
         return self.to_er7(terminator="\n")
 
 
+def content_hash(message: Message) -> str:
+    """SHA-256 (hex) of the message as ER7 with CR segment ends.
+
+    The same message received again with other line endings, framing or a
+    byte-order mark has the same hash; any other difference gives another.
+    """
+    return hashlib.sha256(message.to_er7().encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def component(raw_field: str, encoding: Encoding, repetition: int = 1, comp: int | None = None,
               sub: int | None = None) -> str:
     """Unescaped value of one repetition/component/subcomponent of a raw field (1-based)."""
@@ -440,8 +508,7 @@ def parse_message(data: bytes | str, *, source: str | None = None) -> Message:
         Empty input, no MSH first, bad encoding characters, or a malformed
         segment (``.segment`` and ``.field`` say where).
     """
-    text = _text(data)
-    lines = _lines(text)
+    lines = segment_lines(data)
     if not lines:
         raise HL7ParseError("empty message", source=source)
     try:
@@ -466,18 +533,34 @@ def split_messages(data: bytes | str) -> Iterator[str]:
     kit.errors.HL7ParseError
         Non-empty data before the first MSH (other than batch headers).
     """
+    for head, lines in group_messages(segment_lines(data)):
+        if head:
+            raise HL7ParseError(f"data before the first MSH segment: {lines[0][:20]!r}",
+                                segment=lines[0][:3])
+        yield "\r".join(lines) + "\r"
+
+
+def is_batch_line(line: str) -> bool:
+    """True for an FHS/BHS/BTS/FTS batch envelope line (dropped when messages are split)."""
+    return line[:3] in _BATCH_SEGMENTS and (len(line) == 3 or not (line[3].isascii() and line[3].isalnum()))
+
+
+def group_messages(lines: list[str]) -> Iterator[tuple[bool, list[str]]]:
+    """Group segment lines into messages, each starting at an MSH line; batch lines dropped.
+
+    Yields ``(False, lines)`` per message, and first ``(True, lines)`` for lines
+    found before the first MSH (not a message), if any.
+    """
     current: list[str] = []
-    for line in _lines(_text(data)):
-        head = line[:3]
-        if head == "MSH":
+    leading = True
+    for line in lines:
+        if line[:3] == "MSH":
             if current:
-                yield "\r".join(current) + "\r"
-            current = [line]
-        elif head in _BATCH_SEGMENTS and (len(line) == 3 or not line[3].isalnum()):
+                yield leading, current
+            current, leading = [line], False
+        elif is_batch_line(line):
             continue
-        elif not current:
-            raise HL7ParseError(f"data before the first MSH segment: {line[:20]!r}", segment=head)
         else:
             current.append(line)
     if current:
-        yield "\r".join(current) + "\r"
+        yield leading, current

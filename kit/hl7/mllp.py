@@ -1,4 +1,4 @@
-"""MLLP transport: a durable listener and a retrying sender (I/O).
+"""MLLP transport: a durable listener (I/O); the sender is in :mod:`kit.hl7.sender`.
 
 :class:`MLLPListener` is the embedded stack's HL7 endpoint (``name = "mllp"``):
 an asyncio server in a background thread, any number of connections, several
@@ -7,21 +7,23 @@ checked (MSH-9 a known HL7 table 0076 message type or a Z-type, MSH-10 present),
 stored in a :class:`~kit.hl7.store.MessageStore` and only *after the commit*
 answered AA (:func:`kit.hl7.build.build_ack`). Messages arriving together on
 all connections share one SQLite transaction (group commit in a writer
-thread). A duplicate (same MSH-3/MSH-4/MSH-10) is stored once and answered AA
-again with a note. Malformed input gets AR (or AE for a bad segment after a
-good MSH) with an ERR segment, and the connection stays open; an oversize frame
-gets AR and the rest of it is discarded; an idle connection is closed.
+thread). A duplicate (same MSH-3/MSH-4/MSH-10 and the same content) is stored
+once and answered AA again with a note; the same id with other content is stored
+and flagged (:mod:`kit.hl7.store`). Malformed input gets AR (or AE for a bad
+segment after a good MSH) with an ERR segment, and the connection stays open; an
+oversize frame gets AR and the rest of it is discarded; an idle connection is closed.
 
-:class:`MLLPSender` keeps one connection, sends a message, waits for the ACK
-whose MSA-2 matches its MSH-10 (stale ACKs of earlier attempts are skipped),
-and on disconnect, timeout or AE reconnects and resends under a bounded
-:class:`RetryPolicy`; AR is final (:class:`~kit.errors.NakError`).
+Every peer is hostile: an exception while handling one message (a bug, a value
+no code expected) answers that message AE with the reason and the service goes
+on. If an internal worker dies anyway (the store thread, the event loop), the
+listener fails loudly: it stops accepting, :attr:`MLLPListener.healthy` turns
+false and :meth:`MLLPListener.check` raises -- it never accepts into a void.
+With TLS, a server context that trusts a CA requires and verifies client
+certificates (mutual TLS); :func:`server_tls_context` builds one.
 
 Written by hand: python-hl7's ``hl7.mllp`` server has no storage, size limit,
-idle timeout or duplicate handling, and its ``MLLPClient`` reads one
-``recv()`` as the ACK with no timeout, matching or retry; hl7apy's
-``MLLPServer`` is a blocking ``socketserver``. Framing is in
-:mod:`kit.hl7.framing`.
+idle timeout or duplicate handling; hl7apy's ``MLLPServer`` is a blocking
+``socketserver``. Framing is in :mod:`kit.hl7.framing`.
 """
 
 from __future__ import annotations
@@ -32,34 +34,20 @@ import dataclasses
 import functools
 import logging
 import queue
-import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-import polars as pl
-
-from kit.errors import (
-    ConfigError,
-    HL7ParseError,
-    KitError,
-    NakError,
-    PeerDisconnectedError,
-    PeerError,
-    PeerTimeoutError,
-    PeerUnreachableError,
-    StoreError,
-    TLSError,
-)
-from kit.hl7.build import AckError, build_ack
+from kit.errors import ConfigError, HL7ParseError, StoreError
+from kit.hl7.build import MAX_ECHO, AckError, build_ack
 from kit.hl7.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameError, MLLPDecoder, frame
-from kit.hl7.message import Message, parse_message
+from kit.hl7.message import Message, decode, parse_message
+from kit.hl7.sender import MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
-from kit.hl7.typed import Ack, AckCode
+from kit.hl7.typed import AckCode
 
-__all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes"]
+__all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "server_tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +66,44 @@ def known_message_codes() -> frozenset[str]:
     return frozenset(codes)
 
 
-def _decode(data: bytes) -> str:
+#: Longest MSH-3.1 / MSH-4.1 (HD namespace id plus room) accepted as a sender's key.
+MAX_SENDER = 227
+
+
+def server_tls_context(certfile: str | Path, keyfile: str | Path | None = None,
+                       cafile: str | Path | None = None) -> ssl.SSLContext:
+    """A server TLS context for :class:`MLLPListener` (TLS 1.2 or newer).
+
+    Parameters
+    ----------
+    certfile, keyfile : str or Path
+        The listener's certificate chain and private key (PEM).
+    cafile : str or Path, optional
+        CA bundle of the clients: when given, every client must present a
+        certificate signed by it (``CERT_REQUIRED``, mutual TLS).
+
+    Raises
+    ------
+    kit.errors.ConfigError
+        A file cannot be read or does not hold what it should.
+    """
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
+                                         cafile=str(cafile) if cafile is not None else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(certfile), str(keyfile) if keyfile is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("hl7.tls_cert" if cafile is None else "hl7.tls_ca",
+                          f"cannot load TLS files: {exc}") from exc
+    ctx.verify_mode = ssl.CERT_REQUIRED if cafile is not None else ssl.CERT_NONE
+    return ctx
+
+
+def _require_client_certs(ctx: ssl.SSLContext) -> None:
+    """A server context that trusts CA certificates but verifies nobody: require client certificates."""
+    if ctx.verify_mode == ssl.CERT_NONE and ctx.cert_store_stats().get("x509_ca", 0) > 0:
+        log.info("MLLP TLS: CA certificates are loaded, so client certificates are required")
+        ctx.verify_mode = ssl.CERT_REQUIRED
 
 
 # ==================================================================================================
@@ -108,9 +129,20 @@ class MLLPListener:
     max_message_bytes : int
         Largest accepted message; bigger frames are answered AR and discarded.
     idle_timeout : float
-        Seconds without data after which a connection is closed.
+        Seconds without data after which a connection is closed (also the
+        longest wait for a peer to read its ACKs).
+    frame_timeout : float
+        Seconds one frame may take from its first byte to its end; a peer
+        trickling bytes slower than that (slowloris) gets AR and is disconnected.
+    max_connections : int
+        Open connections at most; when a new one arrives at the limit, the
+        connection idle the longest is closed to make room (an idle flood cannot
+        lock out a sender that is talking).
     ssl_context : ssl.SSLContext, optional
-        Server-side TLS context (MLLP over TLS).
+        Server-side TLS context (MLLP over TLS), e.g. from :func:`server_tls_context`.
+        If it has CA certificates loaded and ``verify_mode`` is ``CERT_NONE``,
+        it is set to ``CERT_REQUIRED``: a configured CA means client
+        certificates are required and verified.
     on_message : callable, optional
         Called with each newly stored :class:`~kit.hl7.message.Message` (not
         duplicates), after the commit, in the listener's thread; its errors are
@@ -130,23 +162,32 @@ class MLLPListener:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, idle_timeout: float = 300.0,
                  ssl_context: ssl.SSLContext | None = None,
                  on_message: Callable[[Message], None] | None = None,
-                 accept_unknown_types: bool = False) -> None:
+                 accept_unknown_types: bool = False, frame_timeout: float = 120.0,
+                 max_connections: int = 256) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
-        if max_message_bytes < 1 or idle_timeout <= 0:
-            raise ValueError("max_message_bytes and idle_timeout must be positive")
+        if max_message_bytes < 1 or idle_timeout <= 0 or frame_timeout <= 0 or max_connections < 1:
+            raise ValueError("max_message_bytes, idle_timeout, frame_timeout and max_connections must be "
+                             "positive")
+        self.frame_timeout = frame_timeout
+        self.max_connections = max_connections
         self.store_path = Path(store_path)
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        if ssl_context is not None:
+            _require_client_certs(ssl_context)
         self.ssl_context = ssl_context
         self.on_message = on_message
         self.accept_unknown_types = accept_unknown_types
         self.store: MessageStore | None = None
-        #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors, connections
+        #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors,
+        #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded)
         self.counts: dict[str, int] = dict.fromkeys(
-            ("received", "stored", "duplicates", "rejected", "framing_errors", "connections"), 0)
+            ("received", "stored", "duplicates", "rejected", "framing_errors", "connections", "evicted",
+             "slow"), 0)
+        self._activity: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._writer_thread: threading.Thread | None = None
@@ -156,6 +197,7 @@ class MLLPListener:
         self._shutdown: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._failure: BaseException | None = None
 
     @property
     def address(self) -> str:
@@ -165,8 +207,35 @@ class MLLPListener:
 
     @property
     def running(self) -> bool:
-        """True between :meth:`start` and :meth:`stop`."""
+        """True between :meth:`start` and :meth:`stop` (and until a worker dies)."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What killed an internal worker, or None."""
+        return self._failure
+
+    @property
+    def healthy(self) -> bool:
+        """True while it accepts, stores and acknowledges: running, with both workers alive."""
+        writer = self._writer_thread
+        return (self._failure is None and self.running and writer is not None and writer.is_alive())
+
+    def check(self) -> None:
+        """Raise if the listener was started and is no longer healthy (for a serving loop's health check).
+
+        Raises
+        ------
+        kit.errors.StoreError
+            An internal worker died (the cause is on ``__cause__``); the
+            listener has stopped accepting connections.
+        """
+        if self._thread is None or self.healthy:
+            return
+        exc = self._failure
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else "a worker thread stopped"
+        raise StoreError(f"the MLLP listener on {self.address} failed and stopped accepting: {reason}") \
+            from exc
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,6 +253,7 @@ class MLLPListener:
         self.store = MessageStore(self.store_path)
         self._ready.clear()
         self._error = None
+        self._failure = None
         self._writer_thread = threading.Thread(target=self._writer, name="mllp-store", daemon=True)
         self._writer_thread.start()
         self._thread = threading.Thread(target=self._run, name="mllp-listener", daemon=True)
@@ -229,8 +299,22 @@ class MLLPListener:
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
+        except BaseException as exc:  # noqa: BLE001 - recorded: the listener reports itself failed
+            self._die("event loop", exc)
+            self._ready.set()
         finally:
             loop.close()
+
+    def _die(self, worker: str, exc: BaseException) -> None:
+        """A worker died: record it, stop accepting, close the connections (nothing more is acknowledged)."""
+        if self._failure is None:
+            self._failure = exc
+        log.critical("MLLP listener %s: the %s died (%s: %s); no longer accepting", self.address, worker,
+                     type(exc).__name__, exc, exc_info=exc)
+        loop, shutdown = self._loop, self._shutdown
+        if loop is not None and shutdown is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(shutdown.set)
 
     async def _main(self) -> None:
         self._shutdown = shutdown = asyncio.Event()
@@ -253,6 +337,37 @@ class MLLPListener:
 
     # -- storage (group commit) ------------------------------------------------------------------
     def _writer(self) -> None:
+        try:
+            self._write_batches()
+        except BaseException as exc:  # noqa: BLE001 - recorded: the listener reports itself failed
+            self._die("store thread", exc)
+            self._fail_pending(exc)
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        """Answer every queued job 'not stored' (AE), so no connection waits on a dead thread."""
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                with contextlib.suppress(RuntimeError):
+                    job.future.get_loop().call_soon_threadsafe(_settle, job.future, None, exc)
+
+    def _store(self, batch: list[_Job]) -> list[StoredResult | BaseException]:
+        """Store a batch in one commit; if that fails, each job alone (one bad job fails only itself)."""
+        assert self.store is not None
+        try:
+            return list(self.store.add_many([j.item for j in batch]))
+        except Exception as exc:  # noqa: BLE001 - answered AE below, never a dead thread
+            if len(batch) == 1:
+                return [exc]
+        out: list[StoredResult | BaseException] = []
+        for job in batch:
+            out += self._store([job])
+        return out
+
+    def _write_batches(self) -> None:
         """Commit every job waiting in the queue in one transaction, then resolve their futures."""
         assert self.store is not None
         while True:
@@ -270,17 +385,13 @@ class MLLPListener:
                     stop = True
                     break
                 batch.append(job)
-            try:
-                results: list[StoredResult] | BaseException = self.store.add_many([j.item for j in batch])
-            except (StoreError, ValueError) as exc:
-                results = exc
-            for i, job in enumerate(batch):
+            for job, result in zip(batch, self._store(batch), strict=True):
                 fut = job.future
-                loop = fut.get_loop()
-                if isinstance(results, BaseException):
-                    loop.call_soon_threadsafe(_settle, fut, None, results)
-                else:
-                    loop.call_soon_threadsafe(_settle, fut, results[i], None)
+                with contextlib.suppress(RuntimeError):  # its loop closed: the connection is gone
+                    if isinstance(result, BaseException):
+                        fut.get_loop().call_soon_threadsafe(_settle, fut, None, result)
+                    else:
+                        fut.get_loop().call_soon_threadsafe(_settle, fut, result, None)
             if stop:
                 return
 
@@ -288,18 +399,33 @@ class MLLPListener:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
+        self._make_room()
         self._clients.add(task)
+        self._activity[task] = loop.time()
         self.counts["connections"] += 1
         info = writer.get_extra_info("peername")
         peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
         decoder = MLLPDecoder(self.max_message_bytes)
+        frame_started: float | None = None
         try:
             while True:
+                wait = self.idle_timeout
+                if frame_started is not None:
+                    wait = min(wait, frame_started + self.frame_timeout - loop.time())
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ_SIZE), self.idle_timeout)
+                    data = await asyncio.wait_for(reader.read(_READ_SIZE), max(wait, 0.0))
                 except TimeoutError:
-                    log.info("closing idle MLLP connection from %s", peer)
+                    if frame_started is not None and loop.time() >= frame_started + self.frame_timeout:
+                        self.counts["slow"] += 1
+                        log.warning("MLLP peer %s did not finish a frame within %ss; disconnecting", peer,
+                                    self.frame_timeout)
+                        writer.write(frame(self._slow_nak()))
+                        await asyncio.wait_for(writer.drain(), 2.0)
+                    else:
+                        log.info("closing idle MLLP connection from %s", peer)
                     break
+                self._activity[task] = loop.time()
                 items = decoder.feed(data) if data else decoder.flush()
                 replies = [self._handle(item, peer) for item in items]
                 for reply in replies:
@@ -308,16 +434,35 @@ class MLLPListener:
                         writer.write(frame(text))
                 if not data:
                     break
-                await writer.drain()
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            log.info("MLLP connection from %s ended: %s", peer, exc)
+                if not decoder.in_frame:
+                    frame_started = None
+                elif frame_started is None or items:
+                    frame_started = loop.time()
+                await asyncio.wait_for(writer.drain(), self.idle_timeout)  # a peer that never reads
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
         except asyncio.CancelledError:
             pass
         finally:
             self._clients.discard(task)
+            self._activity.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
+
+    def _make_room(self) -> None:
+        """At ``max_connections``: close the connection idle the longest."""
+        while len(self._clients) >= self.max_connections and self._activity:
+            victim = min(self._activity, key=self._activity.__getitem__)
+            self._activity.pop(victim)
+            self._clients.discard(victim)
+            victim.cancel()
+            self.counts["evicted"] += 1
+            log.warning("MLLP: %d connections open; closed the one idle the longest", self.max_connections)
+
+    def _slow_nak(self) -> str:
+        return build_ack(None, AckCode.AR, f"frame not completed within {self.frame_timeout}s",
+                         AckError(100, f"MLLP frame not completed within {self.frame_timeout}s"))
 
     def _handle(self, item: bytes | FrameError, peer: str) -> asyncio.Future[str]:
         """Start handling one frame or framing error; the future gives the ACK text.
@@ -334,17 +479,25 @@ class MLLPListener:
                                         AckError(100, f"MLLP framing error: {item.kind}: {item.detail}")))
             return result
         self.counts["received"] += 1
-        raw = _decode(item)
+        message: Message | None = None
         try:
-            message = parse_message(raw, source=peer)
-        except HL7ParseError as exc:
-            return self._reject(result, None, AckCode.AR, exc)
-        code, reason = self._check(message)
-        if code is not None and reason is not None:
-            return self._reject(result, message, code, reason)
-        stored: asyncio.Future[StoredResult] = loop.create_future()
-        self._jobs.put(_Job(Received(message, raw, peer), stored))
-        stored.add_done_callback(functools.partial(self._acknowledge, message, result))
+            raw = decode(item)
+            try:
+                message = parse_message(raw, source=peer)
+            except HL7ParseError as exc:
+                return self._reject(result, None, AckCode.AR, exc)
+            code, reason = self._check(message)
+            if code is not None and reason is not None:
+                return self._reject(result, message, code, reason)
+            if self._failure is not None:
+                raise StoreError("the listener's store thread has died; the message is not stored")
+            job = _Job(Received(message, raw, peer), loop.create_future())
+            job.future.add_done_callback(functools.partial(self._acknowledge, message, result))
+            self._jobs.put(job)
+        except Exception as exc:  # noqa: BLE001 - one message's failure is its NAK, never the service's
+            log.exception("MLLP message from %s could not be handled", peer)
+            if not result.done():
+                self._reject(result, message, AckCode.AE, AckError(207, f"{type(exc).__name__}: {exc}"))
         return result
 
     def _check(self, m: Message) -> tuple[AckCode | None, AckError | None]:
@@ -352,9 +505,16 @@ class MLLPListener:
         if not code:
             return AckCode.AR, AckError(101, "MSH-9 message type is empty", "MSH", 1, 9)
         if not self.accept_unknown_types and not code.startswith("Z") and code not in known_message_codes():
-            return AckCode.AR, AckError(200, f"unsupported message type {code!r}", "MSH", 1, 9)
+            return AckCode.AR, AckError(200, f"unsupported message type {code[:20]!r}", "MSH", 1, 9)
         if not m.control_id:
             return AckCode.AR, AckError(101, "MSH-10 message control id is empty", "MSH", 1, 10)
+        if len(m.control_id) > MAX_ECHO:
+            return AckCode.AR, AckError(102, f"MSH-10 message control id is longer than {MAX_ECHO} "
+                                        "characters", "MSH", 1, 10)
+        for number, value in ((3, m.sending_application), (4, m.sending_facility)):
+            if len(value) > MAX_SENDER:
+                return AckCode.AR, AckError(102, f"MSH-{number}.1 is longer than {MAX_SENDER} characters",
+                                            "MSH", 1, number)
         return None, None
 
     def _reject(self, result: asyncio.Future[str], message: Message | None, code: AckCode,
@@ -364,7 +524,7 @@ class MLLPListener:
         if isinstance(reason, HL7ParseError) and message is None and reason.segment not in (None, "MSH"):
             code = AckCode.AE  # a good MSH, a bad segment after it: content error
         text = str(reason.text if isinstance(reason, AckError) else reason)
-        result.set_result(build_ack(message, code, text[:200], reason))
+        result.set_result(_safe_ack(message, code, text[:200], reason))
         return result
 
     def _count_in_store(self, counter: str) -> None:
@@ -376,11 +536,21 @@ class MLLPListener:
 
     def _acknowledge(self, message: Message, result: asyncio.Future[str],
                      stored: asyncio.Future[StoredResult]) -> None:
-        exc = stored.exception()
-        if exc is not None:
-            log.error("could not store message %s: %s", message.control_id, exc)
-            result.set_result(build_ack(message, AckCode.AE, "message not stored; resend later",
-                                        AckError(207, f"store failure: {exc}")))
+        try:
+            self._answer(message, result, stored)
+        except Exception as exc:  # noqa: BLE001 - never leave a connection waiting for its ACK
+            log.exception("could not acknowledge message %s", message.control_id[:MAX_ECHO])
+            if not result.done():
+                result.set_result(_safe_ack(message, AckCode.AE, "message not acknowledged; resend later",
+                                            AckError(207, f"{type(exc).__name__}: {exc}")))
+
+    def _answer(self, message: Message, result: asyncio.Future[str],
+                stored: asyncio.Future[StoredResult]) -> None:
+        exc = None if stored.cancelled() else stored.exception()
+        if exc is not None or stored.cancelled():
+            log.error("could not store message %s: %s", message.control_id[:MAX_ECHO], exc)
+            result.set_result(_safe_ack(message, AckCode.AE, "message not stored; resend later",
+                                        AckError(207, f"store failure: {type(exc).__name__}: {exc}")))
             return
         outcome = stored.result()
         if outcome.duplicate:
@@ -389,12 +559,24 @@ class MLLPListener:
             result.set_result(build_ack(message, AckCode.AA, note))
             return
         self.counts["stored"] += 1
-        result.set_result(build_ack(message, AckCode.AA))
+        reused = (f"stored as #{outcome.rowid}, flagged: control id reused with other content"
+                  if outcome.reused_control_id else None)
+        result.set_result(build_ack(message, AckCode.AA, reused))
         if self.on_message is not None:
             try:
                 self.on_message(message)
             except Exception:  # noqa: BLE001 - a callback must not change the ACK
                 log.exception("on_message callback failed for %s", message.control_id)
+
+
+def _safe_ack(message: Message | None, code: AckCode, text: str,
+              error: AckError | BaseException) -> str:
+    """A negative ACK; if the message's own values cannot be echoed, one that echoes nothing of it."""
+    try:
+        return build_ack(message, code, text, error)
+    except Exception:  # noqa: BLE001 - the fallback below echoes nothing of the message
+        log.exception("could not build a NAK echoing the message; answering without its header")
+        return build_ack(None, code, text, AckError(207, text))
 
 
 def _settle(fut: asyncio.Future[StoredResult], value: StoredResult | None,
@@ -408,282 +590,3 @@ def _settle(fut: asyncio.Future[StoredResult], value: StoredResult | None,
         fut.set_result(value)
 
 
-# ==================================================================================================
-# sender
-# ==================================================================================================
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently :class:`MLLPSender` resends.
-
-    Parameters
-    ----------
-    max_attempts : int
-        Total tries per message (1 = no retry).
-    backoff : float
-        Seconds before the 2nd attempt; doubled each further attempt.
-    max_backoff : float
-        Upper bound of one wait.
-    retry_on_ae : bool
-        Resend after AE/CE (an application error may be transient). AR/CR is always final.
-    """
-
-    max_attempts: int = 3
-    backoff: float = 0.5
-    max_backoff: float = 10.0
-    retry_on_ae: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        if self.backoff < 0 or self.max_backoff < 0:
-            raise ValueError("backoff must not be negative")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt number ``attempt`` (2, 3, ...)."""
-        return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempt - 2)))
-
-
-class MLLPSender:
-    """Send HL7 messages over one kept MLLP connection and wait for each ACK.
-
-    Parameters
-    ----------
-    host, port : str, int
-        The MLLP peer.
-    timeout : float
-        Seconds for connecting and for each ACK.
-    retry : RetryPolicy
-        Reconnect-and-resend policy on disconnect, timeout and AE.
-    ssl_context : ssl.SSLContext, optional
-        Client TLS context (``server_hostname`` is ``host``).
-    """
-
-    def __init__(self, host: str, port: int, *, timeout: float = 30.0,
-                 retry: RetryPolicy = RetryPolicy(), ssl_context: ssl.SSLContext | None = None) -> None:
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.host, self.port = host, int(port)
-        self.timeout = timeout
-        self.retry = retry
-        self.ssl_context = ssl_context
-        self.peer = f"mllp://{host}:{port}"
-        self._sock: socket.socket | None = None
-        self._decoder = MLLPDecoder()
-        self._frames: list[bytes | FrameError] = []
-        self._answered = False
-        #: number of attempts the last :meth:`send` needed
-        self.last_attempts = 0
-
-    # -- connection --------------------------------------------------------------------------------
-    def connect(self) -> None:
-        """Open the connection now (otherwise the first send does).
-
-        Raises
-        ------
-        kit.errors.PeerUnreachableError, kit.errors.TLSError
-        """
-        if self._sock is not None:
-            return
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        except TimeoutError as exc:
-            raise PeerUnreachableError(f"connect timed out after {self.timeout}s", peer=self.peer) from exc
-        except OSError as exc:
-            raise PeerUnreachableError(f"cannot connect: {exc}", peer=self.peer) from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context is not None:
-            try:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                sock.close()
-                raise TLSError(f"TLS handshake failed: {exc}", peer=self.peer) from exc
-            except OSError as exc:
-                sock.close()
-                raise PeerDisconnectedError(f"connection lost during TLS handshake: {exc}",
-                                            peer=self.peer) from exc
-        self._sock = sock
-        self._decoder = MLLPDecoder()
-        self._frames = []
-        self._answered = False  # has this connection ever sent us a byte?
-
-    def close(self) -> None:
-        """Close the connection (idempotent)."""
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-            self._sock = None
-
-    def __enter__(self) -> MLLPSender:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # -- sending -----------------------------------------------------------------------------------
-    def send(self, message: str | bytes | Message) -> Ack:
-        """Send one message; return its positive ACK.
-
-        Parameters
-        ----------
-        message : str, bytes or Message
-            ER7 text (segments ended by CR or LF) or a parsed message.
-
-        Returns
-        -------
-        kit.hl7.typed.Ack
-            The AA/CA acknowledgement whose MSA-2 is the message's MSH-10.
-
-        Raises
-        ------
-        kit.errors.NakError
-            AR/CR, or AE/CE after the last attempt.
-        kit.errors.PeerUnreachableError, kit.errors.PeerTimeoutError, kit.errors.PeerDisconnectedError
-            After the last attempt (the error of that attempt).
-        kit.errors.HL7ParseError
-            ``message`` is not an HL7 message.
-        """
-        data, control_id = self._prepare(message)
-        last: KitError | None = None
-        for attempt in range(1, self.retry.max_attempts + 1):
-            self.last_attempts = attempt
-            if attempt > 1:
-                time.sleep(self.retry.delay(attempt))
-            try:
-                self.connect()
-                self._write(data)
-                ack = self._read_ack(control_id)
-            except (PeerUnreachableError, PeerTimeoutError, PeerDisconnectedError) as exc:
-                self.close()
-                last = exc
-                continue
-            if ack.code.is_positive:
-                return ack
-            nak = NakError(f"message {control_id} answered {ack.code.value}: "
-                           f"{ack.error_text or ack.text or 'no reason given'}", ack_code=ack.code.value,
-                           control_id=control_id, text=ack.error_text or ack.text, peer=self.peer)
-            if ack.code in (AckCode.AR, AckCode.CR) or not self.retry.retry_on_ae:
-                raise nak
-            last = nak
-        assert last is not None
-        raise last
-
-    def send_many(self, messages: Iterable[str | bytes | Message], progress: bool = False) -> pl.DataFrame:
-        """Send messages in order; one row per message, failures recorded rather than raised.
-
-        Returns
-        -------
-        polars.DataFrame
-            ``control_id`` (String), ``ack_code`` (String; null when no ACK),
-            ``attempts`` (Int32), ``error`` (String; null on success).
-        """
-        items: Iterable[str | bytes | Message] = messages
-        if progress:
-            from tqdm.auto import tqdm
-
-            items = tqdm(messages, desc="MLLP send", unit="msg")
-        rows: list[dict[str, object]] = []
-        for item in items:
-            try:
-                control_id = self._prepare(item)[1]
-            except HL7ParseError as exc:
-                rows.append({"control_id": None, "ack_code": None, "attempts": 0, "error": str(exc)})
-                continue
-            try:
-                ack = self.send(item)
-                rows.append({"control_id": control_id, "ack_code": ack.code.value,
-                             "attempts": self.last_attempts, "error": None})
-            except NakError as exc:
-                rows.append({"control_id": control_id, "ack_code": exc.ack_code,
-                             "attempts": self.last_attempts, "error": str(exc)})
-            except PeerError as exc:
-                rows.append({"control_id": control_id, "ack_code": None,
-                             "attempts": self.last_attempts, "error": f"{type(exc).__name__}: {exc}"})
-        return pl.DataFrame(rows, schema={"control_id": pl.String, "ack_code": pl.String,
-                                          "attempts": pl.Int32, "error": pl.String})
-
-    # -- internals ---------------------------------------------------------------------------------
-    @staticmethod
-    def _prepare(message: str | bytes | Message) -> tuple[bytes, str]:
-        if isinstance(message, Message):
-            text = message.to_er7()
-            control_id = message.control_id
-        else:
-            text = _decode(message) if isinstance(message, bytes) else message
-            text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\x0b\x1c")
-            if not text.endswith("\r"):
-                text += "\r"
-            control_id = _control_id(text)
-        return frame(text), control_id
-
-    def _write(self, data: bytes) -> None:
-        assert self._sock is not None
-        try:
-            self._sock.settimeout(self.timeout)
-            self._sock.sendall(data)
-        except TimeoutError as exc:
-            raise PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer) from exc
-        except OSError as exc:
-            raise PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer) from exc
-
-    def _read_ack(self, control_id: str) -> Ack:
-        """The next ACK for ``control_id``; ACKs for other ids (stale, from earlier attempts) are skipped."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            while self._frames:
-                item = self._frames.pop(0)
-                if isinstance(item, FrameError):
-                    log.warning("%s: %s", self.peer, item.detail)
-                    continue
-                ack = _as_ack(item)
-                if ack is None:
-                    log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
-                    continue
-                if ack.control_id and ack.control_id != control_id:
-                    log.info("%s: skipping ACK for %s while waiting for %s", self.peer, ack.control_id,
-                             control_id)
-                    continue
-                return ack
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s", peer=self.peer)
-            assert self._sock is not None
-            try:
-                self._sock.settimeout(remaining)
-                data = self._sock.recv(_READ_SIZE)
-            except TimeoutError as exc:
-                raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
-                                       peer=self.peer) from exc
-            except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
-                raise TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer) from exc
-            except OSError as exc:
-                raise PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}",
-                                            peer=self.peer) from exc
-            if not data:
-                if self.ssl_context is not None and not self._answered:
-                    # A TLS 1.3 server that wants a client certificate completes the handshake and then
-                    # drops the connection (asyncio sends no alert). Resending cannot help: final.
-                    raise TLSError("the peer closed a new TLS connection without answering; it may "
-                                   "require a client certificate (mutual TLS)", peer=self.peer)
-                raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
-                                            peer=self.peer)
-            self._answered = True
-            self._frames += self._decoder.feed(data)
-
-
-def _control_id(text: str) -> str:
-    """MSH-10 from the first line when it is plain (no escapes); otherwise by a full parse."""
-    line = text[: text.find("\r")]
-    if line.startswith("MSH") and len(line) > 8:
-        fields = line.split(line[3])
-        escape = fields[1][2:3]
-        if len(fields) > 9 and escape and escape not in fields[9] and fields[1][0] not in fields[9]:
-            return fields[9]
-    return parse_message(text).control_id
-
-
-def _as_ack(data: bytes) -> Ack | None:
-    try:
-        typed = parse_message(data).typed()
-    except (HL7ParseError, ValueError):
-        return None
-    return typed if isinstance(typed, Ack) else None

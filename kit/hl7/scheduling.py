@@ -2,7 +2,11 @@
 
 :func:`appointments` replays SIU^S12 (new), S13 (rescheduled), S14 (modified),
 S15 (cancelled) and S26 (no-show) in message-time order into one row per
-appointment (SCH-1 placer appointment id). :func:`conflicts` finds
+appointment: ``appointment_id`` is the SCH-1 placer id, else the SCH-2 filler id
+(many scheduling systems send only the filler id); a later message naming either
+id of a known appointment updates it. :func:`replay` also returns the SIU messages
+that could not be applied (not HL7, no SCH-1/SCH-2, an end before the start), one
+``skipped`` row each with the reason, so nothing disappears without a trace. :func:`conflicts` finds
 overlapping active slots that share a room (AIL-3), a piece of equipment /
 modality resource (AIG-3) or a patient. :func:`analytics` summarises per
 modality (AIG-4 resource type) and day. :func:`siu_from_json` turns a plain
@@ -16,18 +20,23 @@ SIU fields are read through :meth:`kit.hl7.message.Message.typed`.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import polars as pl
 
-from kit.errors import InvalidInputError
+from kit.errors import InvalidInputError, KitError
 from kit.hl7.build import build_siu
+from kit.hl7.frames import SCHEMAS
 from kit.hl7.message import Message, parse_message
-from kit.hl7.typed import Appointment, Header, PatientInfo
+from kit.hl7.typed import SIU_TRIGGERS, Appointment, Header, PatientInfo
 
-__all__ = ["APPOINTMENT_SCHEMA", "STATUSES", "analytics", "appointments", "conflicts", "siu_from_json"]
+__all__ = ["APPOINTMENT_SCHEMA", "STATUSES", "analytics", "appointments", "conflicts", "replay",
+           "siu_from_json"]
+
+log = logging.getLogger(__name__)
 
 _DTM = pl.Datetime("us")
 
@@ -36,7 +45,8 @@ STATUSES = {"S12": "booked", "S13": "booked", "S14": "booked", "S15": "cancelled
 
 #: Columns of :func:`appointments`.
 APPOINTMENT_SCHEMA: dict[str, Any] = {
-    "placer_appointment_id": pl.String, "filler_appointment_id": pl.String, "patient_id": pl.String,
+    "appointment_id": pl.String, "placer_appointment_id": pl.String, "filler_appointment_id": pl.String,
+    "patient_id": pl.String,
     "accession_number": pl.String, "start_time": _DTM, "end_time": _DTM, "duration_minutes": pl.Int32,
     "status": pl.String, "modality": pl.String, "resource_id": pl.String, "location": pl.String,
     "personnel_id": pl.String, "service_code": pl.String, "service_text": pl.String,
@@ -50,13 +60,17 @@ def _naive(value: dt.datetime | None) -> dt.datetime | None:
 
 
 def _as_appointment(item: Message | str | bytes | Appointment) -> Appointment | None:
+    """The appointment of an SIU item; None for other messages. Raises HL7ParseError for a bad SIU."""
     if isinstance(item, Appointment):
         return item
     m = item if isinstance(item, Message) else parse_message(item)
-    if m.message_code != "SIU":
+    if m.message_code != "SIU" or m.trigger not in SIU_TRIGGERS:
         return None
     typed = m.typed()
-    return typed if isinstance(typed, Appointment) else None
+    if not isinstance(typed, Appointment):
+        raise InvalidInputError("SIU without an appointment id (SCH-1 placer and SCH-2 filler are empty)",
+                                source=f"{m.message_type} {m.control_id!r}")
+    return typed
 
 
 def appointments(messages: Iterable[Message | str | bytes | Appointment]) -> pl.DataFrame:
@@ -65,35 +79,76 @@ def appointments(messages: Iterable[Message | str | bytes | Appointment]) -> pl.
     Parameters
     ----------
     messages : iterable of Message, str, bytes or Appointment
-        Any HL7 messages; non-SIU ones are skipped. Applied in MSH-7 order
+        Any HL7 messages; non-SIU ones are ignored. Applied in MSH-7 order
         (stable: messages without a time keep their position).
 
     Returns
     -------
     polars.DataFrame
-        One row per SCH-1, columns :data:`APPOINTMENT_SCHEMA`. ``status`` is
+        One row per appointment, columns :data:`APPOINTMENT_SCHEMA`.
+        ``appointment_id`` is SCH-1 (placer), else SCH-2 (filler). ``status`` is
         ``booked``, ``cancelled`` or ``noshow``; ``booked_time`` is the MSH-7
         of the first message seen for it; ``lead_time_hours`` is start minus
-        booked time; ``modality`` is AIG-4 (resource type).
+        booked time; ``modality`` is AIG-4 (resource type). Items that cannot be
+        applied are logged as warnings; :func:`replay` returns them as a table.
     """
-    events = [a for a in (_as_appointment(m) for m in messages) if a is not None]
+    table, skipped = replay(messages)
+    for row in skipped.iter_rows(named=True):
+        log.warning("SIU message %s skipped: %s", row["message_number"], row["reason"])
+    return table
+
+
+def replay(messages: Iterable[Message | str | bytes | Appointment]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`appointments`, plus the items that could not be applied.
+
+    Returns
+    -------
+    (polars.DataFrame, polars.DataFrame)
+        The appointments table, and a table with the columns of
+        ``kit.hl7.frames.SCHEMAS["skipped"]`` (``table`` is ``"appointments"``):
+        one row per item that is not HL7 or is an SIU that gives no valid
+        appointment, with the reason.
+    """
+    events: list[Appointment] = []
+    skipped: list[dict[str, Any]] = []
+    for number, item in enumerate(messages, 1):
+        try:
+            a = _as_appointment(item)
+        except KitError as exc:
+            m = item if isinstance(item, Message) else None
+            skipped.append({"message_number": number, "control_id": m.control_id if m else None,
+                            "message_type": m.message_type if m else None, "table": "appointments",
+                            "reason": str(exc)})
+            continue
+        if a is not None:
+            events.append(a)
+    return _replay(events), pl.DataFrame(skipped, schema=SCHEMAS["skipped"])
+
+
+def _replay(events: list[Appointment]) -> pl.DataFrame:
     order = sorted(range(len(events)), key=lambda i: (
         _naive(events[i].header.timestamp) or dt.datetime.min, i))
     state: dict[str, dict[str, Any]] = {}
+    known: dict[tuple[str, str], str] = {}  # ("placer"|"filler", id) -> the appointment's key
     for i in order:
         a = events[i]
         when = _naive(a.header.timestamp)
-        row = state.get(a.placer_appointment_id)
+        ids = [(kind, v) for kind, v in (("placer", a.placer_appointment_id),
+                                         ("filler", a.filler_appointment_id)) if v]
+        key = next((known[k] for k in ids if k in known), a.appointment_id)
+        for k in ids:
+            known.setdefault(k, key)
+        row = state.get(key)
         if row is None:
-            row = state[a.placer_appointment_id] = {
-                "booked_time": when, "reschedules": 0, "modifications": 0}
+            row = state[key] = {"appointment_id": key, "booked_time": when, "reschedules": 0,
+                                "modifications": 0}
         elif a.trigger == "S13":
             row["reschedules"] += 1
         elif a.trigger == "S14":
             row["modifications"] += 1
         patient = a.patient.patient_id if a.patient is not None else None
         updates = {
-            "placer_appointment_id": a.placer_appointment_id,
+            "placer_appointment_id": a.placer_appointment_id or None,
             "filler_appointment_id": a.filler_appointment_id or None, "patient_id": patient,
             "accession_number": a.accession_number or None, "start_time": _naive(a.start),
             "end_time": _naive(a.end), "duration_minutes": a.duration_minutes,
@@ -101,9 +156,9 @@ def appointments(messages: Iterable[Message | str | bytes | Appointment]) -> pl.
             "location": a.location or None, "personnel_id": a.personnel_id or None,
             "service_code": a.service_code or None, "service_text": a.service_text or None,
         }
-        for key, value in updates.items():  # a later message without a value keeps the old one
-            if value is not None or key not in row:
-                row[key] = value
+        for name, value in updates.items():  # a later message without a value keeps the old one
+            if value is not None or name not in row:
+                row[name] = value
         row["status"] = STATUSES[a.trigger]
         row["updated_time"] = when
         row["last_trigger"] = a.trigger
@@ -111,7 +166,10 @@ def appointments(messages: Iterable[Message | str | bytes | Appointment]) -> pl.
     for row in rows:
         start, booked = row.get("start_time"), row.get("booked_time")
         row["lead_time_hours"] = (start - booked).total_seconds() / 3600 if start and booked else None
-    return pl.DataFrame(rows, schema=APPOINTMENT_SCHEMA).sort("start_time", "placer_appointment_id",
+        minutes = row.get("duration_minutes")
+        if minutes is not None and not -(2 ** 31) <= minutes < 2 ** 31:
+            row["duration_minutes"] = None  # no Int32 holds it (a start and end centuries apart)
+    return pl.DataFrame(rows, schema=APPOINTMENT_SCHEMA).sort("start_time", "appointment_id",
                                                              nulls_last=True)
 
 
@@ -133,7 +191,7 @@ def conflicts(table: pl.DataFrame, *, kinds: Iterable[str] = tuple(CONFLICT_KEYS
     -------
     polars.DataFrame
         ``kind``, ``shared`` (the room/resource/patient id), ``appointment_a``,
-        ``appointment_b`` (placer ids, a < b), ``start_a``, ``end_a``,
+        ``appointment_b`` (``appointment_id`` values, a < b), ``start_a``, ``end_a``,
         ``start_b``, ``end_b``, ``overlap_minutes`` (Int32). Cancelled and
         no-show appointments and those without a start and end are ignored.
     """
@@ -146,14 +204,14 @@ def conflicts(table: pl.DataFrame, *, kinds: Iterable[str] = tuple(CONFLICT_KEYS
     parts = []
     for kind in kinds:
         col = CONFLICT_KEYS[kind]
-        side = active.select(pl.col(col).alias("shared"), "placer_appointment_id", "start_time", "end_time") \
+        side = active.select(pl.col(col).alias("shared"), "appointment_id", "start_time", "end_time") \
             .filter(pl.col("shared").is_not_null())
         pairs = side.join(side, on="shared", suffix="_b").filter(
-            (pl.col("placer_appointment_id") < pl.col("placer_appointment_id_b"))
+            (pl.col("appointment_id") < pl.col("appointment_id_b"))
             & (pl.col("start_time") < pl.col("end_time_b")) & (pl.col("start_time_b") < pl.col("end_time")))
         parts.append(pairs.select(
-            pl.lit(kind).alias("kind"), "shared", pl.col("placer_appointment_id").alias("appointment_a"),
-            pl.col("placer_appointment_id_b").alias("appointment_b"), pl.col("start_time").alias("start_a"),
+            pl.lit(kind).alias("kind"), "shared", pl.col("appointment_id").alias("appointment_a"),
+            pl.col("appointment_id_b").alias("appointment_b"), pl.col("start_time").alias("start_a"),
             pl.col("end_time").alias("end_a"), pl.col("start_time_b").alias("start_b"),
             pl.col("end_time_b").alias("end_b"),
             ((pl.min_horizontal("end_time", "end_time_b") - pl.max_horizontal("start_time", "start_time_b"))
@@ -230,7 +288,8 @@ def siu_from_json(data: Mapping[str, Any], *, validate: bool = False) -> str:
     Parameters
     ----------
     data : mapping
-        Keys (only ``placer_appointment_id`` and ``start`` are required):
+        Keys (only ``start`` and ``placer_appointment_id`` or
+        ``filler_appointment_id`` are required):
         ``trigger`` (``S12`` default, ``S13``, ``S14``, ``S15``, ``S26``),
         ``placer_appointment_id``, ``filler_appointment_id``, ``patient_id``,
         ``family``, ``given``, ``birth_date`` (ISO date), ``sex``, ``start``,
@@ -257,15 +316,17 @@ def siu_from_json(data: Mapping[str, Any], *, validate: bool = False) -> str:
     unknown = set(data) - _JSON_KEYS
     if unknown:
         raise InvalidInputError(f"unknown keys {sorted(unknown)}", source="siu_from_json")
-    for key in ("placer_appointment_id", "start"):
-        if not data.get(key):
-            raise InvalidInputError(f"{key} is required", source="siu_from_json")
+    if not data.get("start"):
+        raise InvalidInputError("start is required", source="siu_from_json")
+    if not data.get("placer_appointment_id") and not data.get("filler_appointment_id"):
+        raise InvalidInputError("placer_appointment_id or filler_appointment_id is required",
+                                source="siu_from_json")
     start = _when(data, "start")
     end = _when(data, "end")
-    if end is None and data.get("duration_minutes") is not None and start is not None:
-        end = start + dt.timedelta(minutes=int(data["duration_minutes"]))
     s = {k: str(v) for k, v in data.items() if v is not None}
     try:
+        if end is None and data.get("duration_minutes") is not None and start is not None:
+            end = start + dt.timedelta(minutes=int(data["duration_minutes"]))
         patient = None
         if s.get("patient_id"):
             birth = dt.date.fromisoformat(s["birth_date"]) if s.get("birth_date") else None
@@ -277,11 +338,11 @@ def siu_from_json(data: Mapping[str, Any], *, validate: bool = False) -> str:
                         s.get("receiving_application", ""), s.get("receiving_facility", ""))
         trigger = s.get("trigger", "S12")
         appointment = Appointment(
-            header, trigger, s["placer_appointment_id"], s.get("filler_appointment_id", ""), patient,
+            header, trigger, s.get("placer_appointment_id", ""), s.get("filler_appointment_id", ""), patient,
             start, end, s.get("status", STATUSES.get(trigger, "booked").capitalize()), s.get("reason", ""),
             s.get("appointment_type", ""), s.get("accession_number", ""), s.get("service_code", ""),
             s.get("service_text", ""), s.get("resource_id", ""), s.get("modality", ""),
             s.get("location", ""), s.get("personnel_id", ""))
-    except ValueError as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidInputError(str(exc), source="siu_from_json") from exc
     return build_siu(appointment, validate=validate)

@@ -10,15 +10,24 @@ power cut could lose. The cost (one fsync per commit) is paid once per batch:
 listener groups the messages that arrive together on all connections into one
 commit (group commit).
 
-Duplicates: a message is identified by (MSH-3 sending application, MSH-4
-sending facility, MSH-10 control id), a UNIQUE key; a second copy is not
-stored, only counted (``counters.duplicates``).
+Duplicates: a duplicate is the same sender (MSH-3 sending application, MSH-4
+sending facility), the same MSH-10 control id *and* the same content
+(:func:`kit.hl7.message.content_hash`, SHA-256 of the segments); a second copy is
+not stored, only counted (``counters.duplicates``). A message that reuses a
+sender's control id with other content (senders that recycle ids: an A08
+after an A01 with the same MSH-10) is stored and flagged ``reused_control_id``.
+
+Schema versions (``PRAGMA user_version``): 2 adds ``content_hash`` and
+``reused_control_id`` and makes the content part of the unique key; a store
+written by an older kit (version 0) is migrated in one transaction when opened.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -26,9 +35,11 @@ from pathlib import Path
 
 import polars as pl
 
-from kit.errors import StoreError
+from kit.errors import KitError, StoreError
 from kit.hl7.frames import to_frames
-from kit.hl7.message import Message
+from kit.hl7.message import Message, content_hash, parse_message
+
+log = logging.getLogger(__name__)
 
 __all__ = ["MESSAGE_COLUMNS", "MessageStore", "Received", "StoredResult"]
 
@@ -36,11 +47,14 @@ __all__ = ["MESSAGE_COLUMNS", "MessageStore", "Received", "StoredResult"]
 MESSAGE_COLUMNS: dict[str, pl.DataType | type[pl.DataType]] = {
     "id": pl.Int64, "received_time": pl.Datetime("us"), "peer": pl.String,
     "sending_application": pl.String, "sending_facility": pl.String, "control_id": pl.String,
-    "message_type": pl.String, "raw": pl.String,
+    "message_type": pl.String, "raw": pl.String, "content_hash": pl.String,
+    "reused_control_id": pl.Boolean,
 }
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+SCHEMA_VERSION = 2
+
+_MESSAGES = """
+CREATE TABLE {name} (
     id INTEGER PRIMARY KEY,
     received_time TEXT NOT NULL,
     peer TEXT NOT NULL DEFAULT '',
@@ -49,10 +63,12 @@ CREATE TABLE IF NOT EXISTS messages (
     control_id TEXT NOT NULL,
     message_type TEXT NOT NULL,
     raw TEXT NOT NULL,
-    UNIQUE (sending_application, sending_facility, control_id)
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+    content_hash TEXT NOT NULL,
+    reused_control_id INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sending_application, sending_facility, control_id, content_hash)
+)"""
+_COUNTERS = "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+_V1_COLUMNS = "id, received_time, peer, sending_application, sending_facility, control_id, message_type, raw"
 
 #: Counter names kept in the store.
 COUNTERS = ("duplicates", "rejected", "framing_errors")
@@ -60,19 +76,35 @@ COUNTERS = ("duplicates", "rejected", "framing_errors")
 
 @dataclasses.dataclass(frozen=True)
 class Received:
-    """One received message to store: its parsed form, its text and who sent it."""
+    """One received message to store: its parsed form, its text and who sent it.
+
+    The stored values (sender, control id, type, content hash) are read from the
+    message when this is built, so a message whose values cannot be read fails
+    here, before it reaches a storage transaction.
+    """
 
     message: Message
     raw: str
     peer: str = ""
+    key: tuple[str, str, str] = dataclasses.field(init=False)
+    message_type: str = dataclasses.field(init=False)
+    content_hash: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        m = self.message
+        object.__setattr__(self, "key", (m.sending_application, m.sending_facility, m.control_id))
+        object.__setattr__(self, "message_type", m.message_type)
+        object.__setattr__(self, "content_hash", content_hash(m))
 
 
 @dataclasses.dataclass(frozen=True)
 class StoredResult:
-    """Outcome of storing one message: its row id and whether it was a duplicate."""
+    """Outcome of storing one message: its row id, whether it was a duplicate (same sender, id
+    and content), and whether it reuses a control id already stored with other content."""
 
     rowid: int
     duplicate: bool
+    reused_control_id: bool = False
 
 
 class MessageStore:
@@ -98,9 +130,47 @@ class MessageStore:
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._create_or_migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the message store {self.path}: {exc}") from exc
+
+    def _create_or_migrate(self) -> None:
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(cur.execute("PRAGMA user_version").fetchone()[0])
+            exists = cur.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='messages'").fetchone()
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"the message store {self.path} has schema version {version}, newer than "
+                                 f"this kit's {SCHEMA_VERSION}")
+            if not exists:
+                cur.execute(_MESSAGES.format(name="messages"))
+            elif version < SCHEMA_VERSION:
+                self._migrate_v1(cur)
+            cur.execute(_COUNTERS)
+            cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def _migrate_v1(self, cur: sqlite3.Cursor) -> None:
+        """Version 0/1 (unique sender + control id) to 2: add the content hash, widen the unique key."""
+        cur.execute(_MESSAGES.format(name="messages_v2"))
+        rows = cur.execute(f"SELECT {_V1_COLUMNS} FROM messages ORDER BY id").fetchall()
+        for row in rows:
+            raw = str(row[7])
+            try:
+                digest = content_hash(parse_message(raw))
+            except KitError:  # stored before it was checked: hash its text
+                digest = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()
+            cur.execute(f"INSERT INTO messages_v2 ({_V1_COLUMNS}, content_hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (*row, digest))
+        cur.execute("DROP TABLE messages")
+        cur.execute("ALTER TABLE messages_v2 RENAME TO messages")
+        log.info("migrated the message store %s to schema version %d (%d messages)", self.path,
+                 SCHEMA_VERSION, len(rows))
 
     # -- writing -------------------------------------------------------------------------------
     def add(self, message: Message, raw: str, peer: str = "") -> StoredResult:
@@ -124,20 +194,20 @@ class MessageStore:
                 try:
                     dups = 0
                     for it in items:
-                        m = it.message
-                        key = (m.sending_application, m.sending_facility, m.control_id)
-                        cur.execute(
-                            "INSERT OR IGNORE INTO messages (received_time, peer, sending_application, "
-                            "sending_facility, control_id, message_type, raw) VALUES (?,?,?,?,?,?,?)",
-                            (now, it.peer, *key, m.message_type, it.raw))
-                        if cur.rowcount == 1:
-                            results.append(StoredResult(int(cur.lastrowid or 0), False))
-                        else:
-                            row = cur.execute(
-                                "SELECT id FROM messages WHERE sending_application=? AND sending_facility=? "
-                                "AND control_id=?", key).fetchone()
-                            results.append(StoredResult(int(row[0]), True))
+                        same_id = cur.execute(
+                            "SELECT id, content_hash FROM messages WHERE sending_application=? "
+                            "AND sending_facility=? AND control_id=? ORDER BY id", it.key).fetchall()
+                        copy = next((int(r[0]) for r in same_id if r[1] == it.content_hash), None)
+                        if copy is not None:
+                            results.append(StoredResult(copy, True))
                             dups += 1
+                            continue
+                        reused = bool(same_id)
+                        cur.execute(
+                            f"INSERT INTO messages ({_V1_COLUMNS[4:]}, content_hash, reused_control_id) "
+                            "VALUES (?,?,?,?,?,?,?,?,?)",
+                            (now, it.peer, *it.key, it.message_type, it.raw, it.content_hash, int(reused)))
+                        results.append(StoredResult(int(cur.lastrowid or 0), False, reused))
                     if dups:
                         self._bump(cur, "duplicates", dups)
                     cur.execute("COMMIT")
@@ -182,12 +252,14 @@ class MessageStore:
 
     def since(self, rowid: int = 0) -> pl.DataFrame:
         """Messages with ``id > rowid``, oldest first (columns :data:`MESSAGE_COLUMNS`)."""
-        rows = self._query("SELECT id, received_time, peer, sending_application, sending_facility, "
-                           "control_id, message_type, raw FROM messages WHERE id > ? ORDER BY id", (rowid,))
-        df = pl.DataFrame(rows, schema={k: (pl.String if k == "received_time" else v)
-                                        for k, v in MESSAGE_COLUMNS.items()}, orient="row")
+        rows = self._query(f"SELECT {_V1_COLUMNS}, content_hash, reused_control_id FROM messages "
+                           "WHERE id > ? ORDER BY id", (rowid,))
+        raw_types = {"received_time": pl.String, "reused_control_id": pl.Int64}
+        df = pl.DataFrame(rows, schema={k: raw_types.get(k, v) for k, v in MESSAGE_COLUMNS.items()},
+                          orient="row")
         return df.with_columns(pl.col("received_time").str.to_datetime("%Y-%m-%dT%H:%M:%S%.f",
-                                                                       time_unit="us"))
+                                                                       time_unit="us"),
+                               pl.col("reused_control_id").cast(pl.Boolean))
 
     def messages(self) -> pl.DataFrame:
         """All stored messages, oldest first (columns :data:`MESSAGE_COLUMNS`)."""
@@ -202,7 +274,11 @@ class MessageStore:
                 .sort("message_type"))
 
     def frames(self) -> dict[str, pl.DataFrame]:
-        """Replay the stored messages into :func:`kit.hl7.frames.to_frames`'s tables."""
+        """Replay the stored messages into :func:`kit.hl7.frames.to_frames`'s tables.
+
+        Every stored message is in the tables it belongs to or in ``skipped``
+        (``message_number`` is its 1-based position in :meth:`messages`).
+        """
         return to_frames(self.messages()["raw"].to_list())
 
     def close(self) -> None:

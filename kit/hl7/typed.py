@@ -7,7 +7,7 @@ message to one of:
 ADT^A01 A02 A03 A04 A08 A11 A13 A40             :class:`AdtEvent`
 ORM^O01, OML^O21                                :class:`OrderMessage`
 ORU^R01                                         :class:`ResultReport`
-SIU^S12 S13 S14 S15 S26                         :class:`Appointment`
+SIU^S12 S13 S14 S15 S26 (SCH-1 or SCH-2 id)     :class:`Appointment`
 MDM^T02 T04                                     :class:`Document`
 ACK                                             :class:`Ack`
 anything else                                   :class:`Generic`
@@ -17,6 +17,9 @@ The builders of :mod:`kit.hl7.build` take the same dataclasses, so
 ``parse_message(build_adt(e)).typed() == e``. Timestamps are ``datetime``
 (timezone-aware when the message gives an offset; precision 100 µs as HL7 DTM
 allows four fractional digits), dates ``date``. Missing values are ``""`` or None.
+
+:func:`typed` raises only :class:`~kit.errors.HL7ParseError` (e.g. an appointment
+that ends before it starts); a message it does not model is ``Generic``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import datetime as dt
 import enum
 import re
 
+from kit.errors import HL7ParseError
 from kit.hl7.message import Message
 
 __all__ = [
@@ -54,7 +58,8 @@ ADT_TRIGGERS = frozenset({"A01", "A02", "A03", "A04", "A08", "A11", "A13", "A40"
 SIU_TRIGGERS = frozenset({"S12", "S13", "S14", "S15", "S26"})
 MDM_TRIGGERS = frozenset({"T02", "T04"})
 
-_DTM = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?\Z")
+_DTM = re.compile(r"([0-9]{4})([0-9]{2})?([0-9]{2})?([0-9]{2})?([0-9]{2})?([0-9]{2})?(?:\.([0-9]{1,6}))?"
+                  r"([+-][0-9]{4})?\Z")
 
 
 def parse_dtm(value: str) -> dt.datetime | None:
@@ -316,7 +321,10 @@ class ResultReport:
 class Appointment:
     """SIU^S12 (new), S13 (rescheduled), S14 (modified), S15 (cancelled), S26 (no-show).
 
-    Start and end come from SCH-11.4/.5 (else AIS/AIL/AIG start plus duration);
+    ``placer_appointment_id`` is SCH-1.1 and ``filler_appointment_id`` SCH-2.1; at
+    least one is required (many scheduling systems send only the filler id);
+    :attr:`appointment_id` is the placer id, else the filler id. Start and end come
+    from SCH-11.4/.5 (else AIS/AIL/AIG start plus duration);
     ``accession_number`` is SCH-27.1 (filler order number), ``location`` AIL-3.1,
     ``resource_id``/``resource_type`` AIG-3.1/AIG-4.1 (e.g. the modality).
     """
@@ -342,8 +350,8 @@ class Appointment:
     def __post_init__(self) -> None:
         if self.trigger not in SIU_TRIGGERS:
             raise ValueError(f"SIU trigger must be one of {sorted(SIU_TRIGGERS)}, not {self.trigger!r}")
-        if not self.placer_appointment_id:
-            raise ValueError("SCH-1 placer appointment id must not be empty")
+        if not self.placer_appointment_id and not self.filler_appointment_id:
+            raise ValueError("SCH-1 placer and SCH-2 filler appointment ids are both empty")
         if self.start is not None and self.end is not None and self.end < self.start:
             raise ValueError("appointment ends before it starts")
 
@@ -351,6 +359,11 @@ class Appointment:
     def message_type(self) -> str:
         """``"SIU^S12"`` etc."""
         return f"SIU^{self.trigger}"
+
+    @property
+    def appointment_id(self) -> str:
+        """The id the appointment is known by: SCH-1 placer id, else SCH-2 filler id."""
+        return self.placer_appointment_id or self.filler_appointment_id
 
     @property
     def duration_minutes(self) -> int | None:
@@ -424,7 +437,9 @@ TypedMessage = AdtEvent | OrderMessage | ResultReport | Appointment | Document |
 
 
 def _int(value: str) -> int | None:
-    return int(value) if value.strip().isdigit() else None
+    """A non-negative integer of at most 9 ASCII digits, else None."""
+    v = value.strip()
+    return int(v) if 0 < len(v) <= 9 and v.isascii() and v.isdigit() else None
 
 
 def _obx(m: Message, index: int) -> ObservationResult:
@@ -483,9 +498,13 @@ def _appointment(m: Message, header: Header) -> Appointment:
     if end is None and start is not None:
         minutes = _int(m.get("AIS-7")) or _int(m.get("SCH-9"))
         if minutes is not None:
-            end = start + dt.timedelta(minutes=minutes)
+            try:
+                end = start + dt.timedelta(minutes=minutes)
+            except OverflowError as exc:
+                raise HL7ParseError(f"appointment duration of {minutes} minutes is out of range",
+                                    segment="AIS", field=7) from exc
     return Appointment(
-        header, m.trigger, m.get("SCH-1.1") or "?", m.get("SCH-2.1"), PatientInfo.of(m), start, end,
+        header, m.trigger, m.get("SCH-1.1"), m.get("SCH-2.1"), PatientInfo.of(m), start, end,
         m.get("SCH-25.1"), m.get("SCH-7.2") or m.get("SCH-7.1"), m.get("SCH-8.1"), m.get("SCH-27.1"),
         m.get("AIS-3.1"), m.get("AIS-3.2"), m.get("AIG-3.1"), m.get("AIG-4.1"), m.get("AIL-3.1"),
         m.get("AIP-3.1"))
@@ -513,13 +532,27 @@ def _ack(m: Message, header: Header) -> Ack:
 
 
 def typed(m: Message) -> TypedMessage:
-    """The typed view of ``m`` (see the module table); ``Generic`` for other types or missing PID."""
+    """The typed view of ``m`` (see the module table); ``Generic`` for other types or missing PID.
+
+    Raises
+    ------
+    kit.errors.HL7ParseError
+        The message has the modelled type but values that no valid object can hold
+        (an appointment ending before it starts, a duration out of range).
+    """
+    try:
+        return _typed(m)
+    except (ValueError, OverflowError) as exc:  # the dataclasses' own validation
+        raise HL7ParseError(f"{m.message_type} {m.control_id!r}: {exc}") from exc
+
+
+def _typed(m: Message) -> TypedMessage:
     header = Header.of(m)
     code, trigger = m.message_code, m.trigger
     patient = PatientInfo.of(m)
     if code == "ACK" or (m.segment("MSA") is not None and code in ("ACK", "")):
         return _ack(m, header)
-    if code == "SIU" and trigger in SIU_TRIGGERS and m.get("SCH-1.1"):
+    if code == "SIU" and trigger in SIU_TRIGGERS and (m.get("SCH-1.1") or m.get("SCH-2.1")):
         return _appointment(m, header)
     if patient is None:
         return Generic(header, m.message_type)

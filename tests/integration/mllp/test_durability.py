@@ -42,7 +42,8 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_once(tmp_path: Path) -> Non
     per_sender = TOTAL // SENDERS
 
     def run(k: int) -> None:
-        policy = RetryPolicy(max_attempts=60, backoff=0.05, max_backoff=0.5)
+        # ride through the listener's restart: keep reconnecting to the refused port for up to 30 s
+        policy = RetryPolicy(max_attempts=60, backoff=0.05, max_backoff=0.5, unreachable_wait=30.0)
         with MLLPSender("127.0.0.1", port, timeout=5.0, retry=policy) as sender:
             for i in range(k * per_sender, (k + 1) * per_sender):
                 text = numbered(i, "D")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -65,10 +66,57 @@ def _read_message(conn: socket.socket) -> bytes:
 
 
 def test_unreachable() -> None:
+    # a refused connection is not resent under max_attempts: only reconnected within unreachable_wait
+    start = time.monotonic()
     with MLLPSender("127.0.0.1", free_port(), timeout=1, retry=FAST) as sender, \
             pytest.raises(PeerUnreachableError):
         sender.send(numbered(1))
-    assert sender.last_attempts == 2
+    assert sender.last_attempts == 1
+    assert time.monotonic() - start < 2.0
+
+
+def test_refused_connection_fails_fast_with_defaults() -> None:
+    """Issue 8.13: `kit hl7 send` of a feed to a dead port took 95 s (3 attempts with backoff per message)."""
+    messages = [numbered(i) for i in range(60)]
+    start = time.monotonic()
+    with MLLPSender("127.0.0.1", free_port()) as sender:  # the defaults the CLI uses
+        with pytest.raises(PeerUnreachableError):
+            sender.send(messages[0])
+        df = sender.send_many(messages)
+    assert time.monotonic() - start < 2 * 2.0  # two calls, each under the 2 s budget
+    assert df.height == 60 and df["ack_code"].is_null().all()
+    assert "PeerUnreachableError" in df["error"][0]
+    assert df["attempts"].to_list() == [1] + [0] * 59  # the rest were not tried, and say so
+    assert all(e.startswith("not sent: PeerUnreachableError") for e in df["error"][1:])
+
+
+def test_retry_policy_for_cli_retries() -> None:
+    policy = RetryPolicy.from_retries(4)
+    assert policy.max_attempts == 5 and policy.unreachable_wait == 1.0
+    assert RetryPolicy.from_retries(0).max_attempts == 1
+    with pytest.raises(ValueError, match="negative"):
+        RetryPolicy.from_retries(-1)
+
+
+def test_unreachable_wait_rides_through_a_peer_restart() -> None:
+    """A peer that comes up while the sender keeps reconnecting (unreachable_wait) gets the message."""
+    port = free_port()
+
+    def late_peer() -> None:
+        time.sleep(0.5)
+        with socket.create_server(("127.0.0.1", port)) as srv:
+            conn, _ = srv.accept()
+            with conn:
+                m = parse_message(_read_message(conn))
+                conn.sendall(frame(build_ack(m, AckCode.AA)))
+                conn.recv(10)
+
+    t = threading.Thread(target=late_peer, daemon=True)
+    t.start()
+    policy = RetryPolicy(max_attempts=1, unreachable_wait=10.0, max_backoff=0.2)
+    with MLLPSender("127.0.0.1", port, timeout=5, retry=policy) as sender:
+        assert sender.send(numbered(3)).code is AckCode.AA
+    t.join(5)
 
 
 def test_no_ack_times_out() -> None:

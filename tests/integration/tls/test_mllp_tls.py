@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import PeerDisconnectedError, PeerError, TLSError
+from kit.errors import ConfigError, PeerDisconnectedError, PeerError, TLSError
 from kit.examples.hl7 import feed
 from kit.hl7.framing import MLLPDecoder, frame
-from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
+from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy, server_tls_context
 from kit.hl7.typed import AckCode
+from tests.conftest import free_port, peer_env, stop_pid, wait_for_port
 
 from .conftest import Pki, client_context, server_context
 
@@ -42,7 +43,10 @@ def stored_ids(listener: MLLPListener) -> list[str]:
 
 @pytest.fixture
 def tls_listener(tmp_path: Path, pki: Pki) -> Iterator[MLLPListener]:
-    with MLLPListener(tmp_path / "mllp.db", idle_timeout=30.0, ssl_context=server_context(pki)) as running:
+    """TLS without client certificates: no CA configured on the listener."""
+    ctx = server_tls_context(pki.server_cert, pki.server_key)
+    assert ctx.verify_mode == ssl.CERT_NONE
+    with MLLPListener(tmp_path / "mllp.db", idle_timeout=30.0, ssl_context=ctx) as running:
         yield running
 
 
@@ -51,6 +55,75 @@ def mtls_listener(tmp_path: Path, pki: Pki) -> Iterator[MLLPListener]:
     ctx = server_context(pki, require_client_cert=True)
     with MLLPListener(tmp_path / "mllp-mtls.db", idle_timeout=30.0, ssl_context=ctx) as running:
         yield running
+
+
+def _refused_without_cert(port: int, pki: Pki, control_id: str) -> None:
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_context(pki)
+        ctx.maximum_version = version
+        sender = MLLPSender("127.0.0.1", port, timeout=5.0, retry=ONCE, ssl_context=ctx)
+        with pytest.raises(PeerError) as info, sender:
+            sender.send(message(control_id))
+        assert isinstance(info.value, (TLSError, PeerDisconnectedError)), type(info.value)
+
+
+@pytest.mark.parametrize("build", ["cli_shaped", "server_tls_context"])
+def test_configured_ca_requires_and_verifies_client_certificates(tmp_path: Path, pki: Pki,
+                                                                 build: str) -> None:
+    """Issue 7.4: with tls_ca set, the listener's context loaded the CA but verify_mode stayed CERT_NONE.
+
+    ``cli_shaped`` is the context `kit hl7 listen` builds from [hl7] tls_cert/tls_key/tls_ca
+    (``create_default_context(CLIENT_AUTH, cafile=...)``, CERT_NONE by default).
+    """
+    if build == "cli_shaped":
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
+        ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        assert ctx.verify_mode == ssl.CERT_NONE
+    else:
+        ctx = server_tls_context(pki.server_cert, pki.server_key, pki.ca)
+    with MLLPListener(tmp_path / "ca.db", idle_timeout=30.0, ssl_context=ctx) as listener:
+        assert ctx.verify_mode == ssl.CERT_REQUIRED
+        _refused_without_cert(listener.port, pki, "NOCERT900")
+        rogue_client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+        rogue_client.load_cert_chain(str(pki.rogue_cert), str(pki.rogue_key))  # signed by another CA
+        sender = MLLPSender("127.0.0.1", listener.port, timeout=5.0, retry=ONCE, ssl_context=rogue_client)
+        with pytest.raises(PeerError), sender:
+            sender.send(message("ROGUECL01"))
+        with MLLPSender("127.0.0.1", listener.port, timeout=5.0, retry=ONCE,
+                        ssl_context=client_context(pki, with_cert=True)) as good:
+            assert good.send(message("WITHCERT1")).code is AckCode.AA
+        assert stored_ids(listener) == ["WITHCERT1"]
+        assert listener.healthy
+
+
+def test_server_tls_context_reports_bad_files_as_config_error(tmp_path: Path, pki: Pki) -> None:
+    with pytest.raises(ConfigError, match="hl7.tls_cert"):
+        server_tls_context(tmp_path / "missing.pem", pki.server_key)
+    with pytest.raises(ConfigError, match="hl7.tls_ca"):
+        server_tls_context(pki.server_cert, pki.server_key, tmp_path / "missing-ca.pem")
+
+
+def test_kit_hl7_listen_with_tls_ca_requires_client_certificates(tmp_path: Path, pki: Pki) -> None:
+    """The real command, as a hospital would run it, with [hl7] tls settings in kit.toml."""
+    import subprocess
+    import sys
+
+    port, store = free_port(), tmp_path / "cli.db"
+    toml = tmp_path / "kit.toml"
+    toml.write_text(f'[hl7]\ntls = true\ntls_cert = "{pki.server_cert}"\ntls_key = "{pki.server_key}"\n'
+                    f'tls_ca = "{pki.ca}"\n')
+    proc = subprocess.Popen([sys.executable, "-c", "from kit.cli import main; main()", "--config", str(toml),
+                             "hl7", "listen", "--port", str(port), "--store", str(store)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=peer_env(),
+                            start_new_session=True)
+    try:
+        wait_for_port(port, timeout=30.0, proc=proc)
+        _refused_without_cert(port, pki, "CLINOCERT")
+        with MLLPSender("127.0.0.1", port, timeout=5.0, retry=ONCE,
+                        ssl_context=client_context(pki, with_cert=True)) as good:
+            assert good.send(message("CLICERT01")).code is AckCode.AA
+    finally:
+        stop_pid(proc)
 
 
 def test_tls_message_is_acknowledged_and_stored(tls_listener: MLLPListener, pki: Pki) -> None:

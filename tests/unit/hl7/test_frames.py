@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.errors import HL7ParseError, InvalidInputError
+from kit.errors import InvalidInputError
 from kit.examples.cohort import COHORT, studies
 from kit.examples.hl7 import feed, generate
 from kit.hl7.frames import SCHEMAS, TABLES, empty_frames, read_file, to_frames
@@ -132,12 +132,20 @@ def test_read_file_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError):
         read_file(tmp_path / "missing.hl7")
     bad = tmp_path / "bad.hl7"
-    bad.write_text("hello\r" + ORU.format(cid="X"))
-    with pytest.raises(HL7ParseError):
-        read_file(bad, tables=["results"])
-    bad.write_text(ORU.format(cid="X") + "bad segment here\r")
-    with pytest.raises(HL7ParseError):
-        read_file(bad, tables=["results"])
+    # data before the first MSH and a bad segment are skipped rows with the reason; the rest is read
+    bad.write_text("hello\r" + ORU.format(cid="X") + "bad segment here\r" + ORU.format(cid="Y"))
+    for vectorised in (True, False):
+        frames = read_file(bad, tables=["results"], vectorised=vectorised)
+        assert list(frames) == ["results", "skipped"]
+        assert frames["results"]["control_id"].unique().to_list() == ["Y"]
+        skipped = frames["skipped"]
+        assert skipped["message_number"].to_list() == [None, 1]
+        assert skipped["table"].to_list() == ["messages", "messages"]
+        assert "before the first MSH" in skipped["reason"][0] and "'hello'" in skipped["reason"][0]
+        assert "not followed by the field separator" in skipped["reason"][1]
+    everything = read_file(bad)
+    assert everything["messages"]["control_id"].to_list() == ["Y"]
+    assert everything["skipped"].equals(frames["skipped"])
     with pytest.raises(InvalidInputError):
         read_file(bad, tables=["nope"])
 

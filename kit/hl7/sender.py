@@ -1,0 +1,388 @@
+"""MLLP sender: one kept connection, ACK matching, bounded retries (I/O).
+
+:class:`MLLPSender` keeps one connection, sends a message, waits for the ACK
+whose MSA-2 matches its MSH-10 (stale ACKs of earlier attempts are skipped),
+and retries only what retrying can fix, under a :class:`RetryPolicy`:
+
+- a connection lost mid-exchange, no ACK within the timeout, or AE/CE: reconnect
+  and resend, up to ``max_attempts`` in all;
+- a peer that refuses the connection (or cannot be reached): reconnect with
+  short waits for at most ``unreachable_wait`` seconds in all (default 1 s, so
+  a dead port fails in well under 2 s), then :class:`~kit.errors.PeerUnreachableError`;
+- AR/CR and TLS failures are final.
+
+:meth:`MLLPSender.send_many` stops at an unreachable peer: the remaining
+messages get a row saying they were not sent, without a wait each.
+
+Written by hand: python-hl7's ``MLLPClient`` reads one ``recv()`` as the ACK
+with no timeout, matching or retry. Framing is in :mod:`kit.hl7.framing`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterable
+
+import polars as pl
+
+from kit.errors import (
+    KitError,
+    NakError,
+    PeerDisconnectedError,
+    PeerError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    TLSError,
+)
+from kit.hl7.framing import FrameError, MLLPDecoder, frame
+from kit.hl7.message import Message, decode, parse_message
+from kit.hl7.typed import Ack, AckCode
+
+__all__ = ["MLLPSender", "RetryPolicy"]
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 1 << 16
+#: First wait between two connection attempts to an unreachable peer (doubled each time).
+_RECONNECT_WAIT = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently :class:`MLLPSender` resends.
+
+    Parameters
+    ----------
+    max_attempts : int
+        Total tries per message (1 = no retry).
+    backoff : float
+        Seconds before the 2nd attempt; doubled each further attempt.
+    max_backoff : float
+        Upper bound of one wait.
+    retry_on_ae : bool
+        Resend after AE/CE (an application error may be transient). AR/CR is always final.
+    unreachable_wait : float
+        Seconds one send keeps reconnecting to a peer that refuses the
+        connection or cannot be reached, before :class:`~kit.errors.PeerUnreachableError`
+        (0: one try). The default keeps a dead port under 2 s; raise it to ride
+        through a peer's restart.
+
+    Examples
+    --------
+    The CLI's ``--retries N``: ``RetryPolicy.from_retries(N)``.
+    """
+
+    max_attempts: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 10.0
+    retry_on_ae: bool = True
+    unreachable_wait: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.backoff < 0 or self.max_backoff < 0 or self.unreachable_wait < 0:
+            raise ValueError("backoff and unreachable_wait must not be negative")
+
+    @classmethod
+    def from_retries(cls, retries: int, *, unreachable_wait: float = 1.0) -> RetryPolicy:
+        """``retries`` resends after the first attempt (``--retries N``); other fields default.
+
+        Raises
+        ------
+        ValueError
+            ``retries`` is negative.
+        """
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        return cls(max_attempts=retries + 1, unreachable_wait=unreachable_wait)
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt number ``attempt`` (2, 3, ...)."""
+        return float(min(self.max_backoff, self.backoff * 2 ** max(0, attempt - 2)))
+
+
+class MLLPSender:
+    """Send HL7 messages over one kept MLLP connection and wait for each ACK.
+
+    Parameters
+    ----------
+    host, port : str, int
+        The MLLP peer.
+    timeout : float
+        Seconds for each ACK, and for connecting (at most ``connect_timeout``).
+    retry : RetryPolicy
+        Reconnect-and-resend policy on disconnect, timeout and AE, and how long
+        to keep reconnecting to an unreachable peer.
+    ssl_context : ssl.SSLContext, optional
+        Client TLS context (``server_hostname`` is ``host``).
+    connect_timeout : float
+        Upper bound of one TCP connect (a host that drops packets).
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float = 30.0,
+                 retry: RetryPolicy = RetryPolicy(), ssl_context: ssl.SSLContext | None = None,
+                 connect_timeout: float = 10.0) -> None:
+        if timeout <= 0 or connect_timeout <= 0:
+            raise ValueError("timeout and connect_timeout must be positive")
+        self.host, self.port = host, int(port)
+        self.timeout = timeout
+        self.connect_timeout = min(connect_timeout, timeout)
+        self.retry = retry
+        self.ssl_context = ssl_context
+        self.peer = f"mllp://{host}:{port}"
+        self._sock: socket.socket | None = None
+        self._decoder = MLLPDecoder()
+        self._frames: list[bytes | FrameError] = []
+        self._answered = False
+        #: number of attempts the last :meth:`send` needed
+        self.last_attempts = 0
+
+    # -- connection --------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Open the connection now (otherwise the first send does).
+
+        Raises
+        ------
+        kit.errors.PeerUnreachableError, kit.errors.TLSError
+        """
+        if self._sock is not None:
+            return
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        except TimeoutError as exc:
+            raise PeerUnreachableError(f"connect timed out after {self.connect_timeout}s",
+                                       peer=self.peer) from exc
+        except OSError as exc:
+            raise PeerUnreachableError(f"cannot connect: {exc}", peer=self.peer) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            try:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                sock.close()
+                raise TLSError(f"TLS handshake failed: {exc}", peer=self.peer) from exc
+            except OSError as exc:
+                sock.close()
+                raise PeerDisconnectedError(f"connection lost during TLS handshake: {exc}",
+                                            peer=self.peer) from exc
+        self._sock = sock
+        self._decoder = MLLPDecoder()
+        self._frames = []
+        self._answered = False  # has this connection ever sent us a byte?
+
+    def _connect_within(self, wait: float) -> None:
+        """Connect, retrying an unreachable peer with short doubling waits for ``wait`` seconds in all."""
+        deadline = time.monotonic() + wait
+        pause = _RECONNECT_WAIT
+        while True:
+            try:
+                self.connect()
+                return
+            except PeerUnreachableError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                time.sleep(min(pause, remaining))
+                pause = min(pause * 2, max(self.retry.max_backoff, _RECONNECT_WAIT))
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            self._sock = None
+
+    def __enter__(self) -> MLLPSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending -----------------------------------------------------------------------------------
+    def send(self, message: str | bytes | Message) -> Ack:
+        """Send one message; return its positive ACK.
+
+        Parameters
+        ----------
+        message : str, bytes or Message
+            ER7 text (segments ended by CR or LF) or a parsed message.
+
+        Returns
+        -------
+        kit.hl7.typed.Ack
+            The AA/CA acknowledgement whose MSA-2 is the message's MSH-10.
+
+        Raises
+        ------
+        kit.errors.NakError
+            AR/CR, or AE/CE after the last attempt.
+        kit.errors.PeerUnreachableError
+            The peer refused or could not be reached for ``retry.unreachable_wait`` seconds.
+        kit.errors.PeerTimeoutError, kit.errors.PeerDisconnectedError
+            After the last attempt (the error of that attempt).
+        kit.errors.TLSError
+            The TLS handshake failed (final: resending cannot fix a certificate).
+        kit.errors.HL7ParseError
+            ``message`` is not an HL7 message.
+        """
+        data, control_id = self._prepare(message)
+        last: KitError | None = None
+        for attempt in range(1, self.retry.max_attempts + 1):
+            self.last_attempts = attempt
+            if attempt > 1:
+                time.sleep(self.retry.delay(attempt))
+            try:
+                self._connect_within(self.retry.unreachable_wait)  # unreachable, TLS: final, not caught
+                self._write(data)
+                ack = self._read_ack(control_id)
+            except (PeerTimeoutError, PeerDisconnectedError) as exc:
+                self.close()
+                last = exc
+                continue
+            if ack.code.is_positive:
+                return ack
+            nak = NakError(f"message {control_id} answered {ack.code.value}: "
+                           f"{ack.error_text or ack.text or 'no reason given'}", ack_code=ack.code.value,
+                           control_id=control_id, text=ack.error_text or ack.text, peer=self.peer)
+            if ack.code in (AckCode.AR, AckCode.CR) or not self.retry.retry_on_ae:
+                raise nak
+            last = nak
+        assert last is not None
+        raise last
+
+    def send_many(self, messages: Iterable[str | bytes | Message], progress: bool = False) -> pl.DataFrame:
+        """Send messages in order; one row per message, failures recorded rather than raised.
+
+        Once the peer is unreachable (or the TLS handshake fails) the remaining
+        messages are not tried: their rows say so (``attempts`` 0).
+
+        Returns
+        -------
+        polars.DataFrame
+            ``control_id`` (String), ``ack_code`` (String; null when no ACK),
+            ``attempts`` (Int32), ``error`` (String; null on success).
+        """
+        items: Iterable[str | bytes | Message] = messages
+        if progress:
+            from tqdm.auto import tqdm
+
+            items = tqdm(messages, desc="MLLP send", unit="msg")
+        rows: list[dict[str, object]] = []
+        gave_up: str | None = None
+        for item in items:
+            try:
+                control_id = self._prepare(item)[1]
+            except KitError as exc:
+                rows.append({"control_id": None, "ack_code": None, "attempts": 0, "error": str(exc)})
+                continue
+            if gave_up is not None:
+                rows.append({"control_id": control_id, "ack_code": None, "attempts": 0,
+                             "error": f"not sent: {gave_up}"})
+                continue
+            try:
+                ack = self.send(item)
+                rows.append({"control_id": control_id, "ack_code": ack.code.value,
+                             "attempts": self.last_attempts, "error": None})
+            except NakError as exc:
+                rows.append({"control_id": control_id, "ack_code": exc.ack_code,
+                             "attempts": self.last_attempts, "error": str(exc)})
+            except PeerError as exc:
+                rows.append({"control_id": control_id, "ack_code": None,
+                             "attempts": self.last_attempts, "error": f"{type(exc).__name__}: {exc}"})
+                if isinstance(exc, PeerUnreachableError | TLSError):
+                    gave_up = f"{type(exc).__name__}: {exc}"
+        return pl.DataFrame(rows, schema={"control_id": pl.String, "ack_code": pl.String,
+                                          "attempts": pl.Int32, "error": pl.String})
+
+    # -- internals ---------------------------------------------------------------------------------
+    @staticmethod
+    def _prepare(message: str | bytes | Message) -> tuple[bytes, str]:
+        if isinstance(message, Message):
+            text = message.to_er7()
+            control_id = message.control_id
+        else:
+            text = decode(message) if isinstance(message, bytes) else message
+            text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\x0b\x1c")
+            if not text.endswith("\r"):
+                text += "\r"
+            control_id = _control_id(text)
+        return frame(text), control_id
+
+    def _write(self, data: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.settimeout(self.timeout)
+            self._sock.sendall(data)
+        except TimeoutError as exc:
+            raise PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer) from exc
+        except OSError as exc:
+            raise PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer) from exc
+
+    def _read_ack(self, control_id: str) -> Ack:
+        """The next ACK for ``control_id``; ACKs for other ids (stale, from earlier attempts) are skipped."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            while self._frames:
+                item = self._frames.pop(0)
+                if isinstance(item, FrameError):
+                    log.warning("%s: %s", self.peer, item.detail)
+                    continue
+                ack = _as_ack(item)
+                if ack is None:
+                    log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
+                    continue
+                if ack.control_id and ack.control_id != control_id:
+                    log.info("%s: skipping ACK for %s while waiting for %s", self.peer, ack.control_id,
+                             control_id)
+                    continue
+                return ack
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s", peer=self.peer)
+            assert self._sock is not None
+            try:
+                self._sock.settimeout(remaining)
+                data = self._sock.recv(_READ_SIZE)
+            except TimeoutError as exc:
+                raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
+                                       peer=self.peer) from exc
+            except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
+                raise TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer) from exc
+            except OSError as exc:
+                raise PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}",
+                                            peer=self.peer) from exc
+            if not data:
+                if self.ssl_context is not None and not self._answered:
+                    # A TLS 1.3 server that wants a client certificate completes the handshake and then
+                    # drops the connection (asyncio sends no alert). Resending cannot help: final.
+                    raise TLSError("the peer closed a new TLS connection without answering; it may "
+                                   "require a client certificate (mutual TLS)", peer=self.peer)
+                raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
+                                            peer=self.peer)
+            self._answered = True
+            self._frames += self._decoder.feed(data)
+
+
+def _control_id(text: str) -> str:
+    """MSH-10 from the first line when it is plain (no escapes); otherwise by a full parse."""
+    line = text[: text.find("\r")]
+    if line.startswith("MSH") and len(line) > 8:
+        fields = line.split(line[3])
+        escape = fields[1][2:3]
+        if len(fields) > 9 and escape and escape not in fields[9] and fields[1][0] not in fields[9]:
+            return fields[9]
+    return parse_message(text).control_id
+
+
+def _as_ack(data: bytes) -> Ack | None:
+    try:
+        typed = parse_message(data).typed()
+    except KitError:
+        return None
+    return typed if isinstance(typed, Ack) else None

@@ -1,0 +1,298 @@
+"""The MLLP listener against hostile peers: raw sockets on 127.0.0.1 and python-hl7's ``mllp_send``.
+
+Garbage, a frame streaming far past the size limit, an idle-connection flood, slowloris
+(bytes trickled slowly), poison messages (the escapes of issue #7, bad MSH segments). Each
+test ends by checking that the listener still answers a good message AA at normal speed and
+that every message it acknowledged AA is in the store.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kit.hl7.framing import CR, FS, VT, MLLPDecoder, frame
+from kit.hl7.message import parse_message
+from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
+from tests.conftest import peer_env
+from tests.integration.mllp.conftest import FEED, numbered
+
+pytestmark = pytest.mark.timeout(90)
+
+LIMIT = 1 << 20  # max_message_bytes of the listener under attack
+
+
+class Peer:
+    """The listener under attack, and every control id it answered AA."""
+
+    def __init__(self, listener: MLLPListener) -> None:
+        self.listener = listener
+        self.acked: set[str] = set()
+        self.lock = threading.Lock()
+        self.good = 0
+
+    def record(self, replies: list[str]) -> list[str]:
+        for reply in replies:
+            m = parse_message(reply)
+            if m.get("MSA-1") == "AA":
+                with self.lock:
+                    self.acked.add(m.get("MSA-2"))
+        return replies
+
+    def talk(self, data: bytes, *, wait: float = 5.0) -> list[str]:
+        """Send raw bytes on a new connection; the reply frames until the peer closes or goes quiet."""
+        with socket.create_connection(("127.0.0.1", self.listener.port), timeout=wait) as sock:
+            with _suppress_reset():
+                sock.sendall(data)
+            return self.record(_read_replies(sock, wait))
+
+    def still_serves(self) -> None:
+        """A good message is answered AA quickly, and nothing acknowledged is missing from the store."""
+        self.good += 1
+        text = numbered(self.good, "ALIVE")
+        start = time.monotonic()
+        with MLLPSender("127.0.0.1", self.listener.port, timeout=5, retry=RetryPolicy(max_attempts=1)) as s:
+            ack = s.send(text)
+        assert time.monotonic() - start < 1.0, "the listener answers, but slowly"
+        self.acked.add(ack.control_id)
+        assert self.listener.healthy
+        assert self.listener.store is not None
+        stored = set(self.listener.store.messages()["control_id"].to_list())
+        assert self.acked <= stored, f"acknowledged but not stored: {sorted(self.acked - stored)[:5]}"
+
+
+class _suppress_reset:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> bool:
+        return kind is not None and issubclass(kind, (ConnectionResetError, BrokenPipeError))
+
+
+def _read_replies(sock: socket.socket, wait: float, want: int | None = None) -> list[str]:
+    decoder, out = MLLPDecoder(), []
+    sock.settimeout(wait)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and (want is None or len(out) < want):
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        out += [f.decode() for f in decoder.feed(chunk) if isinstance(f, bytes)]
+        sock.settimeout(0.3 if want is None and out else max(0.05, deadline - time.monotonic()))
+    return out
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[Peer]:
+    with MLLPListener(tmp_path / "hostile.db", idle_timeout=3.0, frame_timeout=1.5, max_connections=32,
+                      max_message_bytes=LIMIT) as listener:
+        p = Peer(listener)
+        p.still_serves()
+        yield p
+
+
+# -- garbage ------------------------------------------------------------------------------------
+GARBAGE = [
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(64)),  # a TLS ClientHello
+    b"\x00" * 20_000,
+    random.Random(7).randbytes(64 * 1024),
+    FS + CR + FS + FS + CR,
+    VT + FS + CR,  # an empty frame
+    VT + VT + VT + b"MSH" + VT + FS + CR,
+    VT + b"\r\n\r\n" + FS + CR,
+]
+
+
+@pytest.mark.parametrize("garbage", GARBAGE, ids=["http", "tls", "nul", "random", "lone-fs", "empty", "vt",
+                                                   "blank"])
+def test_garbage_is_never_acknowledged(peer: Peer, garbage: bytes) -> None:
+    replies = peer.talk(garbage, wait=2.0)
+    assert all(parse_message(r).get("MSA-1") in ("AR", "AE") for r in replies)
+    peer.still_serves()
+
+
+# -- a frame streaming far past the limit ---------------------------------------------------------
+def test_frame_streaming_past_the_limit_is_refused_early_and_memory_stays_bounded(peer: Peer) -> None:
+    head = numbered(1, "HUGE").encode() + b"OBX|1|TX|X||"
+    chunk = b"A" * 65536
+    with socket.create_connection(("127.0.0.1", peer.listener.port), timeout=10) as sock:
+        sock.sendall(VT + head)
+        sent, reply = len(head), []
+        while sent < 8 * LIMIT and not reply:  # the listener answers before the frame ends
+            sock.sendall(chunk)
+            sent += len(chunk)
+            sock.settimeout(0.001)
+            try:
+                data = sock.recv(65536)
+            except (TimeoutError, BlockingIOError):
+                continue
+            reply = [f.decode() for f in MLLPDecoder().feed(data) if isinstance(f, bytes)]
+        assert reply, "no refusal while streaming 8x the limit"
+        assert sent < 3 * LIMIT
+        m = parse_message(reply[0])
+        assert m.get("MSA-1") == "AR" and "exceeds" in m.get("MSA-3")
+        for _ in range(16):  # keep streaming: it is discarded, not buffered
+            sock.sendall(chunk)
+        sock.sendall(FS + CR + frame(numbered(2, "AFTER")))
+        after = peer.record(_read_replies(sock, 5.0, want=1))
+    assert [parse_message(r).get("MSA-2") for r in after] == ["AFTER000002"]
+    assert "HUGE000001" not in peer.listener.store.messages()["control_id"].to_list()  # type: ignore[union-attr]
+    peer.still_serves()
+
+
+def test_control_id_of_900_kb_is_refused_with_a_small_ack(peer: Peer) -> None:
+    head, _, rest = numbered(3, "X").partition("\r")
+    fields = head.split("|")
+    fields[9] = "9" * 900_000
+    (reply,) = peer.talk(frame("|".join(fields) + "\r" + rest))
+    assert len(reply) < 2000
+    m = parse_message(reply)
+    assert m.get("MSA-1") == "AR" and m.get("ERR-3.1") == "102"
+    peer.still_serves()
+
+
+# -- idle connections and slow peers --------------------------------------------------------------
+def test_idle_connection_flood_does_not_lock_out_a_sender(peer: Peer) -> None:
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(200):  # far more than max_connections (32)
+            idle.append(socket.create_connection(("127.0.0.1", peer.listener.port), timeout=5))
+        peer.still_serves()  # the flood is still open
+        assert peer.listener.counts["evicted"] >= 200 - 32
+        time.sleep(peer.listener.idle_timeout + 1.0)
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except TimeoutError:
+                pass
+        assert closed == len(idle), f"{len(idle) - closed} idle connections still open"
+    finally:
+        for sock in idle:
+            sock.close()
+    peer.still_serves()
+
+
+def test_slowloris_is_disconnected_while_others_are_served(peer: Peer) -> None:
+    payload = frame(numbered(4, "SLOW"))
+    outcome: dict[str, object] = {}
+
+    def trickle() -> None:
+        with socket.create_connection(("127.0.0.1", peer.listener.port), timeout=5) as sock:
+            start = time.monotonic()
+            try:
+                for i in range(len(payload) - 1):  # never the last byte in time: 1 byte per 50 ms
+                    sock.sendall(payload[i:i + 1])
+                    time.sleep(0.05)
+                    if time.monotonic() - start > 10:
+                        break
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+            outcome["seconds"] = time.monotonic() - start
+            outcome["replies"] = _read_replies(sock, 2.0)
+
+    slow = threading.Thread(target=trickle)
+    slow.start()
+    time.sleep(0.3)
+    peer.still_serves()  # served while the slow peer holds its connection
+    slow.join(20)
+    assert not slow.is_alive()
+    replies = outcome["replies"]
+    assert isinstance(replies, list)
+    assert [parse_message(r).get("MSA-1") for r in replies] == ["AR"], replies
+    assert "not completed within 1.5s" in parse_message(replies[0]).get("MSA-3")
+    assert float(outcome["seconds"]) < 5.0, "the slow peer was not cut off"  # type: ignore[arg-type]
+    assert peer.listener.counts["slow"] >= 1
+    peer.still_serves()
+
+
+def test_slow_but_steady_sender_within_the_limit_is_served(peer: Peer) -> None:
+    payload = frame(numbered(5, "STEADY"))
+    with socket.create_connection(("127.0.0.1", peer.listener.port), timeout=5) as sock:
+        for i in range(0, len(payload), 64):
+            sock.sendall(payload[i:i + 64])
+            time.sleep(0.05)
+        replies = peer.record(_read_replies(sock, 5.0, want=1))
+    assert [parse_message(r).get("MSA-1") for r in replies] == ["AA"]
+    peer.still_serves()
+
+
+# -- poison messages ----------------------------------------------------------------------------
+def _msh(**fields: str) -> str:
+    head, _, rest = numbered(6, "PZ").partition("\r")
+    parts = head.split("|")
+    for number, value in fields.items():
+        parts[int(number[1:]) - 1] = value
+    return "|".join(parts) + "\r" + rest
+
+
+POISON: list[bytes] = [
+    frame(_msh(f3="LAB\\.sp99999999999999999999\\")),
+    frame(_msh(f10="PZ1\\.sp10000000\\")),
+    frame(_msh(f10="PZ2\\.sp999999999\\")),
+    frame(_msh(f3="\\.sp²\\", f10="PZ3")),
+    frame(_msh(f10="PZ4\\X" + "41" * 5000 + "\\")),
+    frame(_msh(f10="PZ5" + "\\.sp99\\" * 400)),  # bounded escapes, but too long once resolved: AR
+    frame(b"MSH"),
+    frame(b"MSH|"),
+    frame(b"MSH|^~\\&"),
+    frame(b"MSH|^^^^|A|B|C|D|2026||ADT^A01|PZ6|P|2.5\r"),
+    frame(b"MSHA^~\\&A|B\r"),
+    frame(b"MSH|^~\\&|" + b"|" * 100_000 + b"\r"),
+    frame(_msh(f9="")),
+    frame(_msh(f9="ADT^A01", f10="PZ7") + "PID|" + "~" * 200_000 + "\r"),
+    frame(_msh(f10="PZ8") + "NTE|1\r" * 20_000),
+    frame(_msh(f10="PZ9").encode() + b"PID|1||\xff\xfe\x00\x80\r"),
+    frame(b"\xef\xbb\xbf" + _msh(f10="PZ10").encode()),
+    frame(_msh(f10="PZ11", f7="٢٠٢٦٠١٠١", f12="9" * 5000)),
+    frame(_msh(f10="PZ12").replace("PID|", "PID\x00|")),
+]
+
+
+@pytest.mark.parametrize("poison", POISON, ids=[f"poison{i}" for i in range(len(POISON))])
+def test_poison_message_is_answered_promptly_with_a_bounded_ack(peer: Peer, poison: bytes) -> None:
+    start = time.monotonic()
+    replies = peer.talk(poison, wait=5.0)
+    assert time.monotonic() - start < 3.0
+    assert len(replies) == 1, replies
+    assert len(replies[0]) < 4000
+    assert parse_message(replies[0]).get("MSA-1") in ("AA", "AE", "AR")
+    peer.still_serves()
+
+
+def test_python_hl7_mllp_send_with_poison_and_good_messages(peer: Peer, tmp_path: Path) -> None:
+    """A real peer: python-hl7's mllp_send streams a file mixing poison and good messages."""
+    good = [numbered(i, "REAL") for i in range(len(FEED))]
+    mixed: list[bytes] = []
+    for i, text in enumerate(good):
+        mixed.append(frame(text))
+        mixed.append(POISON[i % len(POISON)])
+    path = tmp_path / "mixed.mllp"
+    path.write_bytes(b"".join(mixed))
+    tool = shutil.which("mllp_send")
+    cmd = [tool] if tool else [sys.executable, "-c", "from hl7.client import mllp_send; mllp_send()"]
+    done = subprocess.run([*cmd, "-p", str(peer.listener.port), "-f", str(path), "127.0.0.1"],
+                          capture_output=True, timeout=60, env=peer_env())
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    out = done.stdout.decode(errors="replace")
+    for text in good:
+        control_id = parse_message(text).control_id
+        assert f"MSA|AA|{control_id}" in out
+        peer.acked.add(control_id)
+    peer.still_serves()
