@@ -59,7 +59,8 @@ NO_DATASET = 0x0101
 # Command-set elements the kit writes, with their VR (PS3.7 E.1-1).
 _VR = {
     0x00000002: "UI", 0x00000100: "US", 0x00000110: "US", 0x00000120: "US", 0x00000600: "AE",
-    0x00000700: "US", 0x00000800: "US", 0x00000900: "US", 0x00001000: "UI", 0x00001020: "US",
+    0x00000700: "US", 0x00000800: "US", 0x00000900: "US", 0x00000902: "LO", 0x00001000: "UI",
+    0x00001020: "US",
     0x00001021: "US", 0x00001022: "US", 0x00001023: "US", 0x00001030: "AE", 0x00001031: "US",
 }
 _PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
@@ -72,7 +73,7 @@ def encode_command(fields: Mapping[int, int | str]) -> bytes:
     Parameters
     ----------
     fields : mapping of int to int or str
-        ``{tag: value}``; US values as int, UI/AE values as str.
+        ``{tag: value}``; US values as int, UI/AE/LO values as str (ASCII).
     """
     body = bytearray()
     for tag in sorted(fields):
@@ -81,7 +82,7 @@ def encode_command(fields: Mapping[int, int | str]) -> bytes:
         if vr == "US":
             data = struct.pack("<H", int(value))
         else:
-            data = str(value).encode("ascii")
+            data = str(value).encode("ascii", "replace")
             if len(data) % 2:
                 data += b"\x00" if vr == "UI" else b" "
         body += struct.pack("<HHI", 0x0000, tag & 0xFFFF, len(data)) + data

@@ -88,7 +88,8 @@ from kit.dicom.matching import (
     response_identifier,
 )
 from kit.dicom.query import QueryLevel, QueryModel
-from kit.dicom.store import InstanceStore, StoredInstance
+from kit.dicom.received import check_received
+from kit.dicom.store import INDEX_TAGS, InstanceStore, StoredInstance, verdict_attributes
 from kit.errors import (
     AssociationAbortedError,
     ConfigError,
@@ -367,28 +368,49 @@ class EmbeddedPACS:
     def _on_echo(self, event: Event) -> int:
         return SUCCESS
 
-    def _on_store(self, event: Event) -> int | Dataset:
-        requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-        return self._store(event.file_meta, event.encoded_dataset(include_meta=False),
-                           str(event.assoc.requestor.ae_title or ""), requested)
+    def _on_store(self, event: Event) -> Dataset:
+        request: Any = event.request
+        try:
+            status, comment = self._store(
+                event.file_meta, event.encoded_dataset(include_meta=False),
+                str(event.assoc.requestor.ae_title or ""), str(request.AffectedSOPClassUID or ""),
+                str(request.AffectedSOPInstanceUID or ""))
+        except Exception as exc:  # noqa: BLE001 - one message never stops the service
+            LOGGER.exception("C-STORE failed: %s", exc)
+            status, comment = CANNOT_UNDERSTAND, f"cannot process: {type(exc).__name__}"
+        rsp = Dataset()
+        rsp.Status = status
+        if comment:
+            rsp.ErrorComment = comment[:64]
+        return rsp
 
-    def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, requested: str) -> int:
-        """Store one received data set; the C-STORE status (0x0000 only once durable)."""
+    def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, sop_class: str,
+               sop_uid: str) -> tuple[int, str]:
+        """Check and store one received data set; (C-STORE status, error comment).
+
+        0x0000 only once the data set has passed :func:`~kit.dicom.received.check_received`
+        and is durable; otherwise its failure status (nothing kept), 0xA700 if it could not
+        be written, 0xC000 if anything else went wrong.
+        """
         calling = calling.strip()
+        verdict = check_received(encoded, str(meta.TransferSyntaxUID), sop_class, sop_uid,
+                                 keep=INDEX_TAGS)
+        if not verdict.ok:
+            LOGGER.warning("C-STORE of %s from %s refused (0x%04X): %s", sop_uid, calling,
+                           verdict.status, verdict.reason)
+            return verdict.status, verdict.reason
         try:
             if calling:
                 meta.SourceApplicationEntityTitle = calling
-            stored = self.store.store_encoded(meta, encoded)
+            stored = self.store.store_encoded(meta, encoded, verdict_attributes(verdict))
         except DicomFileError as exc:
             LOGGER.warning("C-STORE from %s refused: %s", calling, exc)
-            return CANNOT_UNDERSTAND
+            return CANNOT_UNDERSTAND, str(exc)
         except StoreError as exc:
             LOGGER.error("C-STORE could not be stored: %s", exc)
-            return OUT_OF_RESOURCES
-        if stored.sop_instance_uid != requested:
-            LOGGER.warning("C-STORE dataset SOPInstanceUID %s differs from the request's %s",
-                           stored.sop_instance_uid, requested)
-        return SUCCESS
+            return OUT_OF_RESOURCES, "the PACS could not store it"
+        LOGGER.debug("stored %s", stored.sop_instance_uid)
+        return SUCCESS, ""
 
     # -- the fast data phase (kit.dicom._fastnet) -------------------------------------
 
@@ -442,10 +464,13 @@ class EmbeddedPACS:
                 meta.TransferSyntaxUID = UID(str(cx.transfer_syntax[0]))
                 meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
                 meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
-                status = self._store(meta, msg.dataset, calling, sop_uid)
-                phase.send(msg.context_id, encode_command({
+                status, comment = self._store(meta, msg.dataset, calling, sop_class, sop_uid)
+                fields: dict[int, int | str] = {
                     0x00000002: sop_class, 0x00000100: C_STORE_RSP, 0x00000120: message_id,
-                    0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
+                    0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}
+                if comment:
+                    fields[0x00000902] = comment[:64]
+                phase.send(msg.context_id, encode_command(fields))
             elif field == C_ECHO_RQ and sop_class == str(Verification) == str(cx.abstract_syntax):
                 phase.send(msg.context_id, encode_command({
                     0x00000002: sop_class, 0x00000100: C_ECHO_RSP, 0x00000120: message_id,
