@@ -22,11 +22,21 @@ adds what it leaves to applications:
 - TCP_NODELAY on every connection (without it loopback DIMSE crawls at ~20
   images/s because of Nagle + delayed ACK); ACSE, DIMSE and idle network
   timeouts; an optional allow-list of calling AE titles (A-ASSOCIATE-RJ
-  permanent, reason 3 "calling AE title not recognized").
+  permanent, reason 3 "calling AE title not recognized"); the called AE title
+  must be ours unless ``accept_any_called_aet`` (reason 7 "called AE title not
+  recognized"), as a real PACS would answer a misconfigured client.
+- Every peer is hostile (:mod:`kit.dicom._guard`): a connection gets no thread
+  until its whole A-ASSOCIATE-RQ has arrived within ``request_timeout`` (idle
+  sockets never count against ``max_associations``); PDUs over the negotiated
+  maximum are aborted unread; a PDU must arrive whole within ``dimse_timeout``;
+  a data set is checked (:mod:`kit.dicom.received`) before it is acknowledged;
+  C-FIND keys are matched in linear time and unparsable date/time keys refused.
+  A worker thread that dies stops the listener and sets :attr:`EmbeddedPACS.failure`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,7 +72,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._fastnet import (
     C_ECHO_RQ,
@@ -76,13 +85,16 @@ from kit.dicom._fastnet import (
     command_str,
     encode_command,
     hold_dul,
+    release_dul,
     share_context_uids,
 )
+from kit.dicom._guard import GuardedServer, deliver_request, read_bounded_pdu
 from kit.dicom.matching import (
     COMPUTED_KEYS,
     LEVEL_KEYS,
     MODALITY_WORKLIST_FIND,
     candidate_dataset,
+    check_identifier,
     matches,
     query_level,
     response_identifier,
@@ -121,7 +133,7 @@ _KNOWN_KEYS = frozenset(
 _UNIQUE = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-def _nodelay(event: Event, poll_interval: float | None = None) -> None:
+def _nodelay(event: Event, poll_interval: float | None = None) -> None:  # C-MOVE sub-associations
     """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket and
     shorten the DUL reactor's idle sleep (``_run_loop_delay``, 1 ms by default, the knob
     pynetdicom's source names for latency versus idle CPU)."""
@@ -133,6 +145,15 @@ def _nodelay(event: Event, poll_interval: float | None = None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - socket already closed
             pass
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    """A response status with its ErrorComment (LO, 64 characters at most)."""
+    rsp = Dataset()
+    rsp.Status = code
+    if comment:
+        rsp.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return rsp
 
 
 def _exact_values(identifier: Dataset, keyword: str) -> list[str] | None:
@@ -179,6 +200,18 @@ class EmbeddedPACS:
         Serve C-STORE and C-ECHO on the association's thread straight from the
         socket (:mod:`kit.dicom._fastnet`), handing other requests and the
         release to pynetdicom; False leaves every message to pynetdicom.
+    accept_any_called_aet : bool
+        Accept associations whatever called AE title they name; by default one
+        that is not ``aet`` is rejected (A-ASSOCIATE-RJ permanent, service user,
+        "called AE title not recognized"), as a real PACS does.
+    request_timeout : float
+        Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ.
+    max_associations : int
+        Associations served at once (more are rejected, transient, "local limit
+        exceeded"); connections still waiting for their request do not count.
+    max_pending : int
+        Connections that may wait for their A-ASSOCIATE-RQ at once; a new one
+        closes the one that has waited longest.
 
     Examples
     --------
@@ -205,6 +238,10 @@ class EmbeddedPACS:
         network_timeout: float = 60.0,
         poll_interval: float | None = 0.0002,
         fast: bool = True,
+        accept_any_called_aet: bool = False,
+        request_timeout: float = 5.0,
+        max_associations: int = 64,
+        max_pending: int = 128,
     ) -> None:
         if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
             raise ConfigError("stack.pacs_aet", f"not a valid AE title: {aet!r}")
@@ -212,6 +249,8 @@ class EmbeddedPACS:
             raise ConfigError("stack.pacs_port", f"not a TCP port: {port}")
         if max_pdu < 0:
             raise ConfigError("pacs.max_pdu", "must be >= 0")
+        if request_timeout <= 0 or max_associations < 1 or max_pending < 1:
+            raise ConfigError("pacs", "request_timeout, max_associations and max_pending must be > 0")
         self.host = host
         self.port = port
         self.aet = aet
@@ -222,6 +261,9 @@ class EmbeddedPACS:
         self.timeouts = (acse_timeout, dimse_timeout, network_timeout)
         self.poll_interval = poll_interval
         self.fast = fast
+        self.accept_any_called_aet = accept_any_called_aet
+        self.request_timeout = request_timeout
+        self.max_associations, self.max_pending = max_associations, max_pending
         self._worklist_dir: Path | None = None
         self._worklist: list[Dataset] = []
         if isinstance(worklist, str | os.PathLike):
@@ -230,8 +272,7 @@ class EmbeddedPACS:
             self._worklist = list(worklist)
         self.store = InstanceStore(storage_dir)
         self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: GuardedServer | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -243,14 +284,23 @@ class EmbeddedPACS:
 
     @property
     def running(self) -> bool:
-        """Whether the server is accepting associations."""
-        return self._server is not None
+        """Whether the server is accepting associations (False once a worker thread died)."""
+        server = self._server
+        return server is not None and server.failure is None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the service, if a worker thread died (health: red)."""
+        server = self._server
+        return None if server is None else server.failure
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.aet)
         ae.maximum_pdu_size = self.max_pdu
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self.timeouts
-        ae.maximum_associations = 64
+        # pynetdicom counts acceptor threads; the gate starts them only for whole requests
+        ae.maximum_associations = self.max_associations
+        ae.require_called_aet = not self.accept_any_called_aet
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -278,7 +328,7 @@ class EmbeddedPACS:
                 return
             ae = self._make_ae()
             handlers: list[Any] = [
-                (evt.EVT_CONN_OPEN, _nodelay, [self.poll_interval]),
+                (evt.EVT_CONN_OPEN, self._on_conn_open),
                 (evt.EVT_ACCEPTED, self._on_accepted),
                 (evt.EVT_ESTABLISHED, self._on_established),
                 (evt.EVT_C_ECHO, self._on_echo),
@@ -288,14 +338,18 @@ class EmbeddedPACS:
                 (evt.EVT_C_MOVE, self._on_move),
             ]
             try:
-                server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+                server = ae.make_server((self.host, self.port), evt_handlers=handlers,
+                                        server_class=GuardedServer, request_timeout=self.request_timeout,
+                                        max_pending=self.max_pending, on_failure=self._on_failure)
             except OSError as exc:
                 raise PeerError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
                                 peer=self.address) from exc
-            assert server is not None
+            assert isinstance(server, GuardedServer)
             share_context_uids(server.contexts)
+            ae._servers.append(server)
             self._ae, self._server = ae, server
             self.port = int(server.server_address[1])
+            server.start_workers(f"pacs-{self.port}")
             LOGGER.info("embedded PACS listening on %s", self.address)
 
     def stop(self) -> None:
@@ -309,6 +363,9 @@ class EmbeddedPACS:
             assoc.abort()
         server.shutdown()
         ae.shutdown()
+
+    def _on_failure(self, exc: BaseException) -> None:
+        LOGGER.critical("embedded PACS on %s is down: %r", self.address, exc)
 
     def close(self) -> None:
         """Stop and close the store's index."""
@@ -378,11 +435,7 @@ class EmbeddedPACS:
         except Exception as exc:  # noqa: BLE001 - one message never stops the service
             LOGGER.exception("C-STORE failed: %s", exc)
             status, comment = CANNOT_UNDERSTAND, f"cannot process: {type(exc).__name__}"
-        rsp = Dataset()
-        rsp.Status = status
-        if comment:
-            rsp.ErrorComment = comment[:64]
-        return rsp
+        return _status(status, comment)
 
     def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, sop_class: str,
                sop_uid: str) -> tuple[int, str]:
@@ -414,6 +467,18 @@ class EmbeddedPACS:
 
     # -- the fast data phase (kit.dicom._fastnet) -------------------------------------
 
+    def _on_conn_open(self, event: Event) -> None:
+        """EVT_CONN_OPEN (before the association's threads start): TCP_NODELAY, the gate's
+        A-ASSOCIATE-RQ, and pynetdicom's PDU reader bounded (size and time)."""
+        assoc = event.assoc
+        _nodelay(event, self.poll_interval)
+        dul = assoc.dul
+        dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
+            read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
+        server = assoc._server
+        if isinstance(server, GuardedServer):
+            deliver_request(server, dul)
+
     def _on_accepted(self, event: Event) -> None:
         """EVT_ACCEPTED: keep pynetdicom's network loop off the socket from the A-ASSOCIATE-AC on."""
         if event.assoc.is_acceptor and self.fast:
@@ -426,8 +491,14 @@ class EmbeddedPACS:
         assoc = event.assoc
         if not assoc.is_acceptor or not self.fast:
             return
-        phase = DataPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
-                          f"{assoc.requestor.address}:{assoc.requestor.port}", keep_raw=True)
+        try:
+            phase = DataPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
+                              f"{assoc.requestor.address}:{assoc.requestor.port}", keep_raw=True,
+                              pdu_timeout=self.timeouts[1])
+        except Exception:  # noqa: BLE001 - never leave pynetdicom's reader on hold
+            release_dul(assoc)
+            LOGGER.exception("fast path unavailable: association left to pynetdicom")
+            return
         try:
             with phase:
                 if assoc.dimse.message is not None or not assoc.dimse.msg_queue.empty() \
@@ -502,12 +573,17 @@ class EmbeddedPACS:
                     LOGGER.warning("cannot read %s for extra keys: %s", record["_path"], exc)
             yield candidate
 
-    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+    def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         sop_class = str(event.request.AffectedSOPClassUID)
         try:
             identifier = event.identifier
+            check_identifier(identifier)
+        except InvalidInputError as exc:
+            LOGGER.warning("C-FIND refused: %s", exc)
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
+            return
         except Exception:  # pydicom raises many types on a garbage identifier
-            yield CANNOT_UNDERSTAND, None
+            yield _status(CANNOT_UNDERSTAND, "identifier cannot be decoded"), None
             return
         if sop_class == MODALITY_WORKLIST_FIND:
             try:
@@ -528,7 +604,7 @@ class EmbeddedPACS:
             level = query_level(identifier, model)
         except InvalidInputError as exc:
             LOGGER.warning("C-FIND refused: %s", exc)
-            yield IDENTIFIER_MISMATCH, None
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
             return
         below = [k for lv in QueryLevel if lv.depth > level.depth
                  for k in (*LEVEL_KEYS[lv], *COMPUTED_KEYS[lv])]
@@ -542,11 +618,15 @@ class EmbeddedPACS:
                                                        retrieve_aet=self.aet)
         except StoreError as exc:
             LOGGER.error("C-FIND failed: %s", exc)
-            yield OUT_OF_RESOURCES, None
+            yield _status(OUT_OF_RESOURCES, "the PACS index is unavailable"), None
+        except InvalidInputError as exc:
+            LOGGER.warning("C-FIND refused: %s", exc)
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
 
     def _matching_instances(self, event: Event) -> list[StoredInstance]:
         """Instances a C-GET/C-MOVE identifier selects (InvalidInputError if it selects nothing definite)."""
         identifier = event.identifier
+        check_identifier(identifier)
         model = QueryModel.from_sop_class(str(event.request.AffectedSOPClassUID))
         level = query_level(identifier, model)
         unique = _exact_values(identifier, level.unique_key)
@@ -616,7 +696,8 @@ class EmbeddedPACS:
         except (InvalidInputError, StoreError, AttributeError, ValueError) as exc:
             LOGGER.warning("C-GET refused: %s", exc)
             yield 1
-            yield (OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH), self._failed()
+            yield _status(OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH,
+                          str(exc)), self._failed()
             return
         accepted = self._accepted_syntaxes(event)
         yield len(instances)
@@ -639,7 +720,8 @@ class EmbeddedPACS:
             LOGGER.warning("C-MOVE refused: %s", exc)
             yield host, port
             yield 1
-            yield (OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH), self._failed()
+            yield _status(OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH,
+                          str(exc)), self._failed()
             return
         syntaxes: dict[str, list[str]] = {}
         for instance in instances:

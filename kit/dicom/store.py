@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -58,6 +59,8 @@ __all__ = [
     "index_attributes",
     "verdict_attributes",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 #: DICOM keywords kept in the index (the matching module's LEVEL_KEYS).
 INDEXED_KEYWORDS: tuple[str, ...] = tuple(k for level in QueryLevel for k in LEVEL_KEYS[level])
@@ -337,7 +340,11 @@ class InstanceStore:
                 _fsync_dir(final.parent)
                 self._insert(attrs, transfer_syntax, str(rel), size)
                 if old is not None and old[0] != str(rel):
-                    (self.root / old[0]).unlink(missing_ok=True)
+                    # the replaced version moves out before the ack: after a crash here the
+                    # committed row wins (_reconcile), after the ack a power cut cannot revive it
+                    stale = self.root / old[0]
+                    stale.unlink(missing_ok=True)
+                    _fsync_dir(stale.parent)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             if replaced and old is None:  # not indexed: the file must not stay behind
@@ -376,17 +383,46 @@ class InstanceStore:
         return True
 
     def _reconcile(self) -> None:
-        """Index files the index lacks; drop rows whose file is gone."""
+        """Make the index and the files agree, deterministically.
+
+        Rows whose file is gone are dropped. A file the index lacks is indexed, unless its
+        SOP Instance UID is already indexed with an existing file: then it is the replaced
+        version a crash left behind between the index commit and its removal, and the
+        committed one wins (the stale file is removed). Among unindexed files sharing a SOP
+        Instance UID, the newest (then the last path) wins.
+        """
         with self._lock:
             try:
                 on_disk = {str(f.relative_to(self.root)): f for f in self.files_dir.rglob("*.dcm")}
-                indexed = {r[0] for r in self._db.execute("SELECT path FROM instances")}
-                for rel in indexed - on_disk.keys():
+                indexed = dict(self._db.execute("SELECT path, sop_instance_uid FROM instances").fetchall())
+                for rel in indexed.keys() - on_disk.keys():
                     self._db.execute("DELETE FROM instances WHERE path = ?", (rel,))
-                for rel in sorted(on_disk.keys() - indexed):
-                    self._index_file(on_disk[rel])
+                held = {sop for rel, sop in indexed.items() if rel in on_disk}
+                self._index_newest([on_disk[rel] for rel in sorted(on_disk.keys() - indexed.keys())], held)
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot reconcile the index of {self.root}: {exc}") from exc
+
+    def _index_newest(self, files: Sequence[Path], held: set[str]) -> int:
+        """Index ``files``, one per SOP Instance UID (the newest); remove the others and
+        those whose UID is in ``held``. Returns how many were indexed."""
+        by_sop: dict[str, list[Path]] = {}
+        for f in files:
+            sop = _sop_instance_uid(f)
+            if sop is None:
+                continue  # not DICOM the store wrote: left alone, never indexed
+            if sop in held:
+                LOGGER.warning("removing %s: a replaced version of %s (the index holds the newer)", f, sop)
+                f.unlink(missing_ok=True)
+                continue
+            by_sop.setdefault(sop, []).append(f)
+        count = 0
+        for versions in by_sop.values():
+            versions.sort(key=lambda f: (f.stat().st_mtime_ns, str(f)))
+            for stale in versions[:-1]:
+                LOGGER.warning("removing %s: an older version of the instance in %s", stale, versions[-1])
+                stale.unlink(missing_ok=True)
+            count += self._index_file(versions[-1])
+        return count
 
     def rebuild(self) -> int:
         """Re-create the index from the files on disk; returns the number of instances indexed.
@@ -396,9 +432,7 @@ class InstanceStore:
         with self._lock:
             try:
                 self._db.execute("DELETE FROM instances")
-                count = 0
-                for f in sorted(self.files_dir.rglob("*.dcm")):
-                    count += self._index_file(f)
+                count = self._index_newest(sorted(self.files_dir.rglob("*.dcm")), set())
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot rebuild the index of {self.root}: {exc}") from exc
         return count
