@@ -246,7 +246,8 @@ def test_still_serves_at_normal_speed_and_lost_nothing(pacs: EmbeddedPACS, tmp_p
     start = time.monotonic()
     client.store([path])
     ACKNOWLEDGED.add(str(ds.SOPInstanceUID))
-    found = client.find("IMAGE", return_keys=["sop_instance_uid"], study_instance_uid=str(ds.StudyInstanceUID))
+    found = client.find("IMAGE", return_keys=["sop_instance_uid"],
+                        study_instance_uid=str(ds.StudyInstanceUID))
     assert str(ds.SOPInstanceUID) in found["sop_instance_uid"].to_list()
     assert time.monotonic() - start < 3
     every = client.find("IMAGE", return_keys=["sop_instance_uid", "study_instance_uid"])

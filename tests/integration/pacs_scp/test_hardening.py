@@ -150,8 +150,9 @@ def test_findscu_wildcard_bomb_answers_quickly(pacs: EmbeddedPACS, tmp_path: Pat
         out_dir = tmp_path / f"f{len(pattern)}-{expect}"
         out_dir.mkdir()
         start = time.monotonic()
-        out = run("findscu", "-S", "-aec", pacs.aet, "-X", "-od", str(out_dir), "-k", "QueryRetrieveLevel=STUDY",
-                  "-k", f"StudyDescription={pattern}", "-k", "StudyInstanceUID", "127.0.0.1", str(pacs.port))
+        out = run("findscu", "-S", "-aec", pacs.aet, "-X", "-od", str(out_dir),
+                  "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyDescription={pattern}",
+                  "-k", "StudyInstanceUID", "127.0.0.1", str(pacs.port))
         assert out.returncode == 0, out.stderr
         assert time.monotonic() - start < 5
         assert len(list(out_dir.glob("rsp*.dcm"))) == expect, pattern
@@ -270,8 +271,9 @@ def test_findscu_invalid_date_range_is_refused(loaded_pacs: EmbeddedPACS, tmp_pa
         assert "final find response (error: datasetdoesnotmatchsopclass)" in text, text
     good = tmp_path / "good"
     good.mkdir()
-    out = run("findscu", "-S", "-aec", loaded_pacs.aet, "-X", "-od", str(good), "-k", "QueryRetrieveLevel=STUDY",
-              "-k", "StudyDate=20260101-20261231", "-k", "StudyInstanceUID", "127.0.0.1", str(loaded_pacs.port))
+    out = run("findscu", "-S", "-aec", loaded_pacs.aet, "-X", "-od", str(good),
+              "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyDate=20260101-20261231",
+              "-k", "StudyInstanceUID", "127.0.0.1", str(loaded_pacs.port))
     assert out.returncode == 0 and list(good.glob("rsp*.dcm"))
 
 
@@ -342,8 +344,8 @@ def test_stack_setting_and_client_settings_use_the_pacs_aet(tmp_path: Path) -> N
     assert settings.stack.pacs_accept_any_called_aet is True
     assert load_settings(env={}).stack.pacs_accept_any_called_aet is False
     assert load_settings(env={}).pacs.called_aet == load_settings(env={}).stack.pacs_aet
-    stack = Stack(StackSettings(pacs_port=0, fhir_port=0, mllp_port=0, data_dir=str(tmp_path), pacs_aet="MYPACS"),
-                  services=("pacs",), preload=False)
+    stack = Stack(StackSettings(pacs_port=0, fhir_port=0, mllp_port=0, data_dir=str(tmp_path),
+                                pacs_aet="MYPACS"), services=("pacs",), preload=False)
     with stack:
         client_settings = stack.client_settings(load_settings(env={}))
         assert client_settings.pacs.called_aet == "MYPACS"

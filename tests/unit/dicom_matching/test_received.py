@@ -173,7 +173,8 @@ _TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=255, excl
 
 
 @settings(max_examples=100, deadline=None)
-@given(name=_TEXT, description=_TEXT, number=st.integers(0, 9999), syntax=st.sampled_from([EXPLICIT, IMPLICIT]),
+@given(name=_TEXT, description=_TEXT, number=st.integers(0, 9999),
+       syntax=st.sampled_from([EXPLICIT, IMPLICIT]),
        charset=st.sampled_from(["ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 100"]))
 def test_index_attributes_equal_pydicoms(name: str, description: str, number: int, syntax: str,
                                          charset: str) -> None:
