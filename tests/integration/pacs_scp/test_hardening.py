@@ -257,6 +257,21 @@ def test_slowloris_pdu_is_aborted(tmp_path: Path, fast: bool) -> None:
         assert echo_seconds(pacs) < 3
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "pynetdicom-path"])
+def test_idle_association_is_timed_out(tmp_path: Path, fast: bool) -> None:
+    with EmbeddedPACS(tmp_path / "pacs", fast=fast, network_timeout=1.0) as pacs:
+        ae = AE(ae_title="IDLEASSOC")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+        assert assoc.is_established
+        start = time.monotonic()
+        while assoc.is_established and time.monotonic() - start < 6:
+            time.sleep(0.05)
+        assert not assoc.is_established and time.monotonic() - start < 4
+        ae.shutdown()
+        assert echo_seconds(pacs) < 3
+
+
 # -- item 9: unparsable date/time keys ------------------------------------------------------------
 
 def test_findscu_invalid_date_range_is_refused(loaded_pacs: EmbeddedPACS, tmp_path: Path) -> None:
