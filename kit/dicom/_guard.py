@@ -243,6 +243,9 @@ class GuardedServer(ThreadedAssociationServer):
             return
         pending.pop(sock)
         sel.unregister(sock)
+        if len(self.requests) > self.max_pending:  # handed over but never opened (a failed thread)
+            for stale in [s for s in self.requests if s.fileno() == -1]:
+                del self.requests[stale]
         try:
             sock.setblocking(True)
             self.requests[sock] = bytes(buf)

@@ -471,13 +471,13 @@ class EmbeddedPACS:
         """EVT_CONN_OPEN (before the association's threads start): TCP_NODELAY, the gate's
         A-ASSOCIATE-RQ, and pynetdicom's PDU reader bounded (size and time)."""
         assoc = event.assoc
-        _nodelay(event, self.poll_interval)
         dul = assoc.dul
-        dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
-            read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
         server = assoc._server
         if isinstance(server, GuardedServer):
             deliver_request(server, dul)
+        dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
+            read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
+        _nodelay(event, self.poll_interval)
 
     def _on_accepted(self, event: Event) -> None:
         """EVT_ACCEPTED: keep pynetdicom's network loop off the socket from the A-ASSOCIATE-AC on."""
