@@ -11,7 +11,10 @@ in ``tmp/``, are flushed and fsync'ed, renamed over the final path with
 ``os.replace`` (atomic; a duplicate SOP Instance UID replaces the old file), the
 directory is fsync'ed and only then the index row is committed. The files are
 the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled with them on
-every open, so a row lost to a power cut is re-created. Any failure removes the temporary file and raises
+every open, so a row lost to a power cut is re-created; when a crash left both
+versions of a replaced instance, the committed one wins and the other is removed.
+:meth:`InstanceStore.store_encoded` stores only data sets that pass
+:func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
 :class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
 index is rebuilt from the files (:meth:`InstanceStore.rebuild`).
 
