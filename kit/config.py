@@ -186,6 +186,8 @@ class StackSettings:
     ``data_dir`` empty means a per-user cache folder (``~/.cache/kit/stack``).
     ``move_destinations`` maps AE titles to ``host:port`` for C-MOVE.
     ``allowed_aets`` empty means any calling AE title is accepted.
+    ``pacs_accept_any_called_aet`` lets clients call the PACS by any AE title
+    (by default only ``pacs_aet`` is accepted, as a real PACS does).
     """
 
     host: str = "127.0.0.1"
@@ -197,6 +199,7 @@ class StackSettings:
     data_dir: str = ""
     allowed_aets: tuple[str, ...] = ()
     move_destinations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    pacs_accept_any_called_aet: bool = False
 
     def resolved_data_dir(self) -> Path:
         """The data folder as an absolute path (default: ``~/.cache/kit/stack``)."""

@@ -135,6 +135,18 @@ class Stack:
         """``{service: address}`` of the running services."""
         return {name: s.address for name, s in self.services.items()}
 
+    def failures(self) -> dict[str, BaseException]:
+        """``{service: error}`` of services whose worker died (health red; empty when all is well).
+
+        A foreground runner (``kit serve``) should poll this and exit non-zero when it is not empty.
+        """
+        out: dict[str, BaseException] = {}
+        for name, service in self.services.items():
+            failure = getattr(service, "failure", None)
+            if isinstance(failure, BaseException):
+                out[name] = failure
+        return out
+
     def port(self, name: str) -> int:
         """The bound port of a running service."""
         try:
@@ -152,7 +164,7 @@ class Stack:
             the addresses of running services are replaced.
         """
         base = base if base is not None else load_settings()
-        host = self.settings.host
+        host = self.settings.host  # the called AE is the PACS's own: it rejects any other
         changes: dict[str, object] = {}
         if "pacs" in self.services:
             changes["pacs"] = dataclasses.replace(base.pacs, host=host, port=self.port("pacs"),
@@ -174,7 +186,8 @@ class Stack:
         destinations = {aet: _host_port(aet, addr) for aet, addr in s.move_destinations.items()}
         pacs = EmbeddedPACS(self.data_dir / "pacs", host=s.host, port=s.pacs_port, aet=s.pacs_aet,
                             allowed_aets=s.allowed_aets, move_destinations=destinations,
-                            worklist=worklist_items_from_cohort() if self.preload else None)
+                            worklist=worklist_items_from_cohort() if self.preload else None,
+                            accept_any_called_aet=s.pacs_accept_any_called_aet)
         if self.preload:
             from kit import examples
 

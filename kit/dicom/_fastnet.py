@@ -46,9 +46,10 @@ from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
-    "DataPhase", "FileReceiver", "Message", "PduInterrupt", "c_get", "c_store", "hold_dul",
-    "command_int", "command_str", "decode_command", "encode_command", "share_context_uids",
-    "status_fields",
+    "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
+    "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
+    "command_int", "command_str", "decode_command", "encode_command", "pdu_limit", "release_dul",
+    "share_context_uids", "status_fields",
 ]
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
@@ -59,11 +60,35 @@ NO_DATASET = 0x0101
 # Command-set elements the kit writes, with their VR (PS3.7 E.1-1).
 _VR = {
     0x00000002: "UI", 0x00000100: "US", 0x00000110: "US", 0x00000120: "US", 0x00000600: "AE",
-    0x00000700: "US", 0x00000800: "US", 0x00000900: "US", 0x00001000: "UI", 0x00001020: "US",
+    0x00000700: "US", 0x00000800: "US", 0x00000900: "US", 0x00000902: "LO", 0x00001000: "UI",
+    0x00001020: "US",
     0x00001021: "US", 0x00001022: "US", 0x00001023: "US", 0x00001030: "AE", 0x00001031: "US",
 }
 _PDV_HEADER = 6  # item length (4), presentation context ID (1), message control header (1)
 _UNLIMITED_FRAGMENT = 1 << 22  # fragment size when the peer sets no maximum PDU length
+
+#: Largest A-ASSOCIATE-RQ/AC/RJ accepted (128 contexts x ~80 transfer syntaxes fit).
+MAX_RQ_PDU = 256 * 1024
+#: Bytes tolerated above the negotiated Maximum Length (peers that count PDV headers in it).
+PDU_SLACK = 1024
+#: The P-DATA-TF bound when we negotiated no Maximum Length (0 = "unlimited").
+UNLIMITED_PDU_CAP = 64 * 1024 * 1024
+
+
+def pdu_limit(kind: int, maximum: int) -> int:
+    """The largest PDU length field accepted for PDU type ``kind``, given the Maximum
+    Length Received we negotiated (``maximum``; 0 = unlimited, bounded all the same)."""
+    if kind in (0x01, 0x02, 0x03):
+        return MAX_RQ_PDU
+    if kind == 0x04:
+        return (maximum if maximum > 0 else UNLIMITED_PDU_CAP) + PDU_SLACK
+    return 64  # A-RELEASE-RQ/RP and A-ABORT carry 4 bytes
+
+
+def abort_pdu(reason: int, source: int = 0x02) -> bytes:
+    """An A-ABORT PDU (PS3.8 9.3.8); source 2 = service provider, reason e.g. 0x06
+    invalid PDU parameter value, 0x02 unexpected PDU, 0x00 not specified."""
+    return struct.pack(">BBIBBBB", 0x07, 0x00, 4, 0x00, 0x00, source, reason)
 
 
 def encode_command(fields: Mapping[int, int | str]) -> bytes:
@@ -72,7 +97,7 @@ def encode_command(fields: Mapping[int, int | str]) -> bytes:
     Parameters
     ----------
     fields : mapping of int to int or str
-        ``{tag: value}``; US values as int, UI/AE values as str.
+        ``{tag: value}``; US values as int, UI/AE/LO values as str (ASCII).
     """
     body = bytearray()
     for tag in sorted(fields):
@@ -81,7 +106,7 @@ def encode_command(fields: Mapping[int, int | str]) -> bytes:
         if vr == "US":
             data = struct.pack("<H", int(value))
         else:
-            data = str(value).encode("ascii")
+            data = str(value).encode("ascii", "replace")
             if len(data) % 2:
                 data += b"\x00" if vr == "UI" else b" "
         body += struct.pack("<HHI", 0x0000, tag & 0xFFFF, len(data)) + data
@@ -163,6 +188,12 @@ another thread: then it reads as usual to see the connection close.
     return idle
 
 
+def release_dul(assoc: Association) -> None:
+    """Lift :func:`hold_dul` (idempotent): pynetdicom's reactor reads the socket again."""
+    if "_is_transport_event" in vars(assoc.dul):
+        del assoc.dul._is_transport_event
+
+
 class DataPhase:
     """Own an established association's socket for a run of DIMSE messages.
 
@@ -180,14 +211,23 @@ class DataPhase:
         Seconds to wait for each read or write on the socket.
     peer : str
         The peer's address, for error messages.
+    pdu_timeout : float, optional
+        Seconds within which a PDU must arrive whole once its first bytes have (a
+        peer trickling a PDU is aborted); None: only ``timeout`` per read.
+
+    A received PDU longer than our negotiated Maximum Length (:func:`pdu_limit`) is
+    answered with A-ABORT and the connection shut down before its body is read.
     """
 
     def __init__(self, assoc: Association, timeout: float | None, peer: str, *,
-                 keep_raw: bool = False) -> None:
+                 keep_raw: bool = False, pdu_timeout: float | None = None) -> None:
         self.assoc, self.timeout, self.peer = assoc, timeout, peer
-        other = assoc.acceptor if assoc.is_requestor else assoc.requestor
+        self.pdu_timeout = pdu_timeout
+        other, own = (assoc.acceptor, assoc.requestor) if assoc.is_requestor else (assoc.requestor,
+                                                                                 assoc.acceptor)
         limit = int(other.maximum_length or 0)  # the peer's Maximum Length Received
         self.fragment = (limit - _PDV_HEADER) if limit > _PDV_HEADER else _UNLIMITED_FRAGMENT
+        self.maximum = int(own.maximum_length or 0)  # ours: what the peer may send
         self._sock: socket.socket | None = None
         self._old_timeout: float | None = None
         self._old_delay = 0.0
@@ -225,8 +265,7 @@ class DataPhase:
 
     def _restore(self) -> None:
         dul = self.assoc.dul
-        if "_is_transport_event" in vars(dul):
-            del dul._is_transport_event
+        release_dul(self.assoc)
         if self._old_delay:
             dul._run_loop_delay = self._old_delay
         if self._sock is not None:
@@ -288,26 +327,56 @@ class DataPhase:
 
     # -- receiving -------------------------------------------------------------------
 
-    def _recv_into(self, view: memoryview) -> None:
-        assert self._sock is not None
+    def _recv_into(self, view: memoryview, deadline: float | None = None) -> None:
+        sock = self._sock
+        assert sock is not None
         got, want = 0, len(view)
         try:
             while got < want:
-                n = self._sock.recv_into(view[got:], want - got)
+                if deadline is not None:  # the rest of a PDU: within its deadline
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError
+                    sock.settimeout(min(left, self.timeout) if self.timeout is not None else left)
+                n = sock.recv_into(view[got:], want - got)
                 if n == 0:
                     raise AssociationAbortedError("the peer closed the connection", peer=self.peer)
                 got += n
         except TimeoutError as exc:
+            if deadline is not None and time.monotonic() >= deadline:
+                self._abort_transport(0x00)
+                raise PeerTimeoutError(f"a PDU did not arrive whole within {self.pdu_timeout:g}s",
+                                       peer=self.peer) from exc
             raise PeerTimeoutError(f"no response within {self.timeout:g}s", peer=self.peer) from exc
         except (OSError, ssl.SSLError) as exc:
             raise AssociationAbortedError(f"connection lost: {exc}", peer=self.peer) from exc
+        finally:
+            if deadline is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.timeout)
+
+    def _abort_transport(self, reason: int) -> None:
+        """Send A-ABORT on the socket we own and shut it down (its stream is unusable)."""
+        sock = self._sock
+        assert sock is not None
+        with contextlib.suppress(OSError, ssl.SSLError):
+            sock.settimeout(1.0)
+            sock.sendall(abort_pdu(reason))
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _recv_pdu(self) -> tuple[int, bytearray]:
         self._recv_into(memoryview(self._header))
         kind, _reserved, length = struct.unpack(">BBI", self._header)
+        limit = pdu_limit(kind, self.maximum)
+        if length > limit:
+            self._abort_transport(0x06)
+            raise AssociationAbortedError(f"the peer sent a PDU of {length} bytes, more than the "
+                                          f"{limit} negotiated: aborted", peer=self.peer)
         body = bytearray(length)
         if length:
-            self._recv_into(memoryview(body))
+            deadline = None if self.pdu_timeout is None else time.monotonic() + self.pdu_timeout
+            self._recv_into(memoryview(body), deadline)
         return kind, body
 
     def _next_pdv(self) -> tuple[int, int, bytes]:

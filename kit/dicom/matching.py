@@ -7,9 +7,14 @@ application, and pydicom has no matcher, so the rules are written here by hand:
   for the attribute to be returned;
 - single value matching: exact, trailing spaces ignored; person names (PN)
   compare case-insensitively, as Orthanc does by default;
-- wildcard matching: ``*`` and ``?`` in AE/CS/LO/LT/PN/SH/ST/UC/UR/UT values;
+- wildcard matching: ``*`` and ``?`` in AE/CS/LO/LT/PN/SH/ST/UC/UR/UT values,
+  by a hand-written glob matcher in O(len(pattern) * len(value)) time at worst
+  (a regex backtracks exponentially on patterns such as ``*a*a*a*a*b``);
 - range matching: ``a-b``, ``-b``, ``a-`` for DA, TM and DT (a partial upper
-  bound covers its whole period, so ``-10`` includes 10:59:59);
+  bound covers its whole period, so ``-10`` includes 10:59:59); a DA/TM/DT key
+  that is neither a value nor a range of that VR raises
+  :class:`~kit.errors.InvalidInputError` (never "matches everything"), and
+  :func:`check_identifier` finds such keys before any matching;
 - list of UID matching: backslash-separated UIDs (and, leniently, a list of
   values for any VR, e.g. ``CT\\MR`` for ModalitiesInStudy);
 - sequence matching: an item of keys matches when any item of the candidate's
@@ -46,9 +51,12 @@ __all__ = [
     "MODALITY_WORKLIST_FIND",
     "STATION_AETS",
     "candidate_dataset",
+    "check_identifier",
+    "glob_match",
     "match_element",
     "match_value",
     "matches",
+    "parse_range",
     "query_level",
     "response_identifier",
     "worklist_items_from_cohort",
@@ -128,23 +136,104 @@ def _digits(text: str, width: int, upper: bool) -> str:
     return text + ("9" if upper else "0") * (width - len(text))
 
 
+# One bound of a DA/TM/DT query (PS3.5 6.2; partial values name a period; ACR-NEMA
+# separators tolerated). Fixed-width groups only: these cannot backtrack.
+_BOUND = {
+    "DA": r"\d{4}(?:\.?\d{2}(?:\.?\d{2})?)?",
+    "TM": r"\d{2}(?::?\d{2}(?::?\d{2}(?:\.\d{1,6})?)?)?",
+    "DT": r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?",
+}
+_SINGLE = {vr: re.compile(rf"({b})") for vr, b in _BOUND.items()}
+_RANGE = {vr: re.compile(rf"({b})?-({b})?") for vr, b in _BOUND.items()}
+# Field limits checked on the digits: (offset, width, low, high) per VR.
+_FIELDS = {
+    "DA": ((4, 2, 1, 12), (6, 2, 1, 31)),
+    "TM": ((0, 2, 0, 23), (2, 2, 0, 59), (4, 2, 0, 60)),
+    "DT": ((4, 2, 1, 12), (6, 2, 1, 31), (8, 2, 0, 23), (10, 2, 0, 59), (12, 2, 0, 60)),
+}
+
+
+def _check_bound(text: str, vr: str, query: str) -> None:
+    digits = re.sub(r"[^0-9]", "", re.split(r"(?<=.)[+-]", text)[0])
+    for offset, width, low, high in _FIELDS[vr]:
+        part = digits[offset:offset + width]
+        if len(part) == width and not low <= int(part) <= high:
+            raise InvalidInputError(f"{vr} matching key {query!r}: {part} is out of range in {text!r}")
+
+
+def parse_range(query: str, vr: str) -> tuple[str | None, str | None]:
+    """The (low, high) bounds of a DA/TM/DT matching key; a single value is both bounds.
+
+    Raises
+    ------
+    InvalidInputError
+        The key is neither a value nor a range of values of that VR (``abc-def``,
+        ``2026-13-45``, ``25:00``...): matching it would be meaningless.
+    """
+    text = query.strip()
+    # A DT value may end in a "-hhmm" offset: read "a-b" as a range first (as before).
+    found = _RANGE[vr].fullmatch(text) if vr == "DT" else None
+    if found is None and _SINGLE[vr].fullmatch(text):
+        _check_bound(text, vr, query)
+        return text, text
+    found = found or _RANGE[vr].fullmatch(text)
+    if found is None:
+        raise InvalidInputError(f"not a {vr} value or range: {query!r}")
+    low, high = found.group(1), found.group(2)
+    for bound in (low, high):
+        if bound:
+            _check_bound(bound, vr, query)
+    return low, high
+
+
 def _in_range(query: str, candidate: str, vr: str) -> bool:
+    low, high = parse_range(query, vr)
     width = _RANGE_WIDTH[vr]
     cand = _digits(candidate, width, upper=False)
     if cand.strip("0") == "" and not re.search(r"[0-9]", candidate):
         return False
-    low, sep, high = query.partition("-")
-    if not sep:
-        high = low
-    low, high = low.strip(), high.strip()
     if low and cand < _digits(low, width, upper=False):
         return False
     return not (high and cand > _digits(high, width, upper=True))
 
 
+def _fold(text: str) -> str:
+    """Lower-case character by character, keeping the length (a '?' stays one character)."""
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+
+
+def glob_match(pattern: str, text: str, *, fold: bool = False) -> bool:
+    """Whether ``text`` matches ``pattern`` with ``*`` (any run) and ``?`` (one character).
+
+    Greedy two-pointer matching with a single backtrack point (the last ``*``):
+    O(len(pattern) * len(text)) at worst, never exponential. ``fold`` compares
+    characters case-insensitively (``str.lower`` per character).
+    """
+    if fold:
+        pattern, text = _fold(pattern), _fold(text)
+    p = t = 0
+    star = -1  # pattern index just after the last '*'
+    resume = 0  # text index that '*' is currently assumed to absorb up to
+    np, nt = len(pattern), len(text)
+    while t < nt:
+        if p < np and (pattern[p] == "?" or (pattern[p] != "*" and pattern[p] == text[t])):
+            p += 1
+            t += 1
+        elif p < np and pattern[p] == "*":
+            star, resume = p + 1, t
+            p += 1
+        elif star >= 0:
+            resume += 1
+            p, t = star, resume
+        else:
+            return False
+    while p < np and pattern[p] == "*":
+        p += 1
+    return p == np
+
+
 def _wildcard(pattern: str, candidate: str, fold: bool) -> bool:
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, candidate, re.IGNORECASE | re.DOTALL if fold else re.DOTALL) is not None
+    return glob_match(pattern, candidate, fold=fold)
 
 
 def match_value(query: str, vr: str, candidate: Any) -> bool:
@@ -162,6 +251,8 @@ def match_value(query: str, vr: str, candidate: Any) -> bool:
     query = _text(query)
     if query == "" or query.strip("*") == "":
         return True
+    if vr in _RANGE_WIDTH:
+        parse_range(query, vr)  # an unparsable key fails even with no candidate value
     cands = _values(candidate)
     if not cands:
         return False
@@ -198,6 +289,31 @@ def match_element(element: DataElement, candidate: Any) -> bool:
         return True
     queries = [str(v) for v in value] if isinstance(value, MultiValue | list) else [str(value)]
     return any(match_value(q, element.VR, candidate) for q in queries)
+
+
+def check_identifier(identifier: Dataset) -> None:
+    """Check every DA/TM/DT matching key of an identifier (sequence items included).
+
+    Raises
+    ------
+    InvalidInputError
+        A key that is neither a value nor a range of its VR, naming the attribute.
+    """
+    for element in identifier:
+        if element.VR == "SQ":
+            for item in element.value or []:
+                check_identifier(item)
+            continue
+        if element.VR not in _RANGE_WIDTH or element.value in (None, ""):
+            continue
+        values = element.value if isinstance(element.value, MultiValue | list) else [element.value]
+        for value in values:
+            text = _text(value)
+            if text and text.strip("*"):
+                try:
+                    parse_range(text, element.VR)
+                except InvalidInputError as exc:
+                    raise InvalidInputError(f"{element.keyword or element.tag}: {exc}") from exc
 
 
 def matches(identifier: Dataset, candidate: Dataset, *, ignore: Iterable[str] = ()) -> bool:

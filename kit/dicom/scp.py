@@ -22,11 +22,21 @@ adds what it leaves to applications:
 - TCP_NODELAY on every connection (without it loopback DIMSE crawls at ~20
   images/s because of Nagle + delayed ACK); ACSE, DIMSE and idle network
   timeouts; an optional allow-list of calling AE titles (A-ASSOCIATE-RJ
-  permanent, reason 3 "calling AE title not recognized").
+  permanent, reason 3 "calling AE title not recognized"); the called AE title
+  must be ours unless ``accept_any_called_aet`` (reason 7 "called AE title not
+  recognized"), as a real PACS would answer a misconfigured client.
+- Every peer is hostile (:mod:`kit.dicom._guard`): a connection gets no thread
+  until its whole A-ASSOCIATE-RQ has arrived within ``request_timeout`` (idle
+  sockets never count against ``max_associations``); PDUs over the negotiated
+  maximum are aborted unread; a PDU must arrive whole within ``dimse_timeout``;
+  a data set is checked (:mod:`kit.dicom.received`) before it is acknowledged;
+  C-FIND keys are matched in linear time and unparsable date/time keys refused.
+  A worker thread that dies stops the listener and sets :attr:`EmbeddedPACS.failure`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -62,7 +72,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._fastnet import (
     C_ECHO_RQ,
@@ -76,19 +85,23 @@ from kit.dicom._fastnet import (
     command_str,
     encode_command,
     hold_dul,
+    release_dul,
     share_context_uids,
 )
+from kit.dicom._guard import GuardedServer, deliver_request, read_bounded_pdu
 from kit.dicom.matching import (
     COMPUTED_KEYS,
     LEVEL_KEYS,
     MODALITY_WORKLIST_FIND,
     candidate_dataset,
+    check_identifier,
     matches,
     query_level,
     response_identifier,
 )
 from kit.dicom.query import QueryLevel, QueryModel
-from kit.dicom.store import InstanceStore, StoredInstance
+from kit.dicom.received import check_received
+from kit.dicom.store import INDEX_TAGS, InstanceStore, StoredInstance, verdict_attributes
 from kit.errors import (
     AssociationAbortedError,
     ConfigError,
@@ -120,7 +133,7 @@ _KNOWN_KEYS = frozenset(
 _UNIQUE = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-def _nodelay(event: Event, poll_interval: float | None = None) -> None:
+def _nodelay(event: Event, poll_interval: float | None = None) -> None:  # C-MOVE sub-associations
     """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket and
     shorten the DUL reactor's idle sleep (``_run_loop_delay``, 1 ms by default, the knob
     pynetdicom's source names for latency versus idle CPU)."""
@@ -132,6 +145,15 @@ def _nodelay(event: Event, poll_interval: float | None = None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:  # pragma: no cover - socket already closed
             pass
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    """A response status with its ErrorComment (LO, 64 characters at most)."""
+    rsp = Dataset()
+    rsp.Status = code
+    if comment:
+        rsp.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return rsp
 
 
 def _exact_values(identifier: Dataset, keyword: str) -> list[str] | None:
@@ -178,6 +200,18 @@ class EmbeddedPACS:
         Serve C-STORE and C-ECHO on the association's thread straight from the
         socket (:mod:`kit.dicom._fastnet`), handing other requests and the
         release to pynetdicom; False leaves every message to pynetdicom.
+    accept_any_called_aet : bool
+        Accept associations whatever called AE title they name; by default one
+        that is not ``aet`` is rejected (A-ASSOCIATE-RJ permanent, service user,
+        "called AE title not recognized"), as a real PACS does.
+    request_timeout : float
+        Seconds a new connection has to deliver its whole A-ASSOCIATE-RQ.
+    max_associations : int
+        Associations served at once (more are rejected, transient, "local limit
+        exceeded"); connections still waiting for their request do not count.
+    max_pending : int
+        Connections that may wait for their A-ASSOCIATE-RQ at once; a new one
+        closes the one that has waited longest.
 
     Examples
     --------
@@ -204,6 +238,10 @@ class EmbeddedPACS:
         network_timeout: float = 60.0,
         poll_interval: float | None = 0.0002,
         fast: bool = True,
+        accept_any_called_aet: bool = False,
+        request_timeout: float = 5.0,
+        max_associations: int = 64,
+        max_pending: int = 128,
     ) -> None:
         if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
             raise ConfigError("stack.pacs_aet", f"not a valid AE title: {aet!r}")
@@ -211,6 +249,8 @@ class EmbeddedPACS:
             raise ConfigError("stack.pacs_port", f"not a TCP port: {port}")
         if max_pdu < 0:
             raise ConfigError("pacs.max_pdu", "must be >= 0")
+        if request_timeout <= 0 or max_associations < 1 or max_pending < 1:
+            raise ConfigError("pacs", "request_timeout, max_associations and max_pending must be > 0")
         self.host = host
         self.port = port
         self.aet = aet
@@ -221,6 +261,9 @@ class EmbeddedPACS:
         self.timeouts = (acse_timeout, dimse_timeout, network_timeout)
         self.poll_interval = poll_interval
         self.fast = fast
+        self.accept_any_called_aet = accept_any_called_aet
+        self.request_timeout = request_timeout
+        self.max_associations, self.max_pending = max_associations, max_pending
         self._worklist_dir: Path | None = None
         self._worklist: list[Dataset] = []
         if isinstance(worklist, str | os.PathLike):
@@ -229,8 +272,7 @@ class EmbeddedPACS:
             self._worklist = list(worklist)
         self.store = InstanceStore(storage_dir)
         self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: GuardedServer | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -242,14 +284,23 @@ class EmbeddedPACS:
 
     @property
     def running(self) -> bool:
-        """Whether the server is accepting associations."""
-        return self._server is not None
+        """Whether the server is accepting associations (False once a worker thread died)."""
+        server = self._server
+        return server is not None and server.failure is None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the service, if a worker thread died (health: red)."""
+        server = self._server
+        return None if server is None else server.failure
 
     def _make_ae(self) -> AE:
         ae = AE(ae_title=self.aet)
         ae.maximum_pdu_size = self.max_pdu
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self.timeouts
-        ae.maximum_associations = 64
+        # pynetdicom counts acceptor threads; the gate starts them only for whole requests
+        ae.maximum_associations = self.max_associations
+        ae.require_called_aet = not self.accept_any_called_aet
         if self.allowed_aets:
             ae.require_calling_aet = list(self.allowed_aets)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -277,7 +328,7 @@ class EmbeddedPACS:
                 return
             ae = self._make_ae()
             handlers: list[Any] = [
-                (evt.EVT_CONN_OPEN, _nodelay, [self.poll_interval]),
+                (evt.EVT_CONN_OPEN, self._on_conn_open),
                 (evt.EVT_ACCEPTED, self._on_accepted),
                 (evt.EVT_ESTABLISHED, self._on_established),
                 (evt.EVT_C_ECHO, self._on_echo),
@@ -287,14 +338,18 @@ class EmbeddedPACS:
                 (evt.EVT_C_MOVE, self._on_move),
             ]
             try:
-                server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+                server = ae.make_server((self.host, self.port), evt_handlers=handlers,
+                                        server_class=GuardedServer, request_timeout=self.request_timeout,
+                                        max_pending=self.max_pending, on_failure=self._on_failure)
             except OSError as exc:
                 raise PeerError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}",
                                 peer=self.address) from exc
-            assert server is not None
+            assert isinstance(server, GuardedServer)
             share_context_uids(server.contexts)
+            ae._servers.append(server)
             self._ae, self._server = ae, server
             self.port = int(server.server_address[1])
+            server.start_workers(f"pacs-{self.port}")
             LOGGER.info("embedded PACS listening on %s", self.address)
 
     def stop(self) -> None:
@@ -308,6 +363,9 @@ class EmbeddedPACS:
             assoc.abort()
         server.shutdown()
         ae.shutdown()
+
+    def _on_failure(self, exc: BaseException) -> None:
+        LOGGER.critical("embedded PACS on %s is down: %r", self.address, exc)
 
     def close(self) -> None:
         """Stop and close the store's index."""
@@ -367,30 +425,59 @@ class EmbeddedPACS:
     def _on_echo(self, event: Event) -> int:
         return SUCCESS
 
-    def _on_store(self, event: Event) -> int | Dataset:
-        requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
-        return self._store(event.file_meta, event.encoded_dataset(include_meta=False),
-                           str(event.assoc.requestor.ae_title or ""), requested)
+    def _on_store(self, event: Event) -> Dataset:
+        request: Any = event.request
+        try:
+            status, comment = self._store(
+                event.file_meta, event.encoded_dataset(include_meta=False),
+                str(event.assoc.requestor.ae_title or ""), str(request.AffectedSOPClassUID or ""),
+                str(request.AffectedSOPInstanceUID or ""))
+        except Exception as exc:  # noqa: BLE001 - one message never stops the service
+            LOGGER.exception("C-STORE failed: %s", exc)
+            status, comment = CANNOT_UNDERSTAND, f"cannot process: {type(exc).__name__}"
+        return _status(status, comment)
 
-    def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, requested: str) -> int:
-        """Store one received data set; the C-STORE status (0x0000 only once durable)."""
+    def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, sop_class: str,
+               sop_uid: str) -> tuple[int, str]:
+        """Check and store one received data set; (C-STORE status, error comment).
+
+        0x0000 only once the data set has passed :func:`~kit.dicom.received.check_received`
+        and is durable; otherwise its failure status (nothing kept), 0xA700 if it could not
+        be written, 0xC000 if anything else went wrong.
+        """
         calling = calling.strip()
+        verdict = check_received(encoded, str(meta.TransferSyntaxUID), sop_class, sop_uid,
+                                 keep=INDEX_TAGS)
+        if not verdict.ok:
+            LOGGER.warning("C-STORE of %s from %s refused (0x%04X): %s", sop_uid, calling,
+                           verdict.status, verdict.reason)
+            return verdict.status, verdict.reason
         try:
             if calling:
                 meta.SourceApplicationEntityTitle = calling
-            stored = self.store.store_encoded(meta, encoded)
+            stored = self.store.store_encoded(meta, encoded, verdict_attributes(verdict))
         except DicomFileError as exc:
             LOGGER.warning("C-STORE from %s refused: %s", calling, exc)
-            return CANNOT_UNDERSTAND
+            return CANNOT_UNDERSTAND, str(exc)
         except StoreError as exc:
             LOGGER.error("C-STORE could not be stored: %s", exc)
-            return OUT_OF_RESOURCES
-        if stored.sop_instance_uid != requested:
-            LOGGER.warning("C-STORE dataset SOPInstanceUID %s differs from the request's %s",
-                           stored.sop_instance_uid, requested)
-        return SUCCESS
+            return OUT_OF_RESOURCES, "the PACS could not store it"
+        LOGGER.debug("stored %s", stored.sop_instance_uid)
+        return SUCCESS, ""
 
     # -- the fast data phase (kit.dicom._fastnet) -------------------------------------
+
+    def _on_conn_open(self, event: Event) -> None:
+        """EVT_CONN_OPEN (before the association's threads start): TCP_NODELAY, the gate's
+        A-ASSOCIATE-RQ, and pynetdicom's PDU reader bounded (size and time)."""
+        assoc = event.assoc
+        dul = assoc.dul
+        server = assoc._server
+        if isinstance(server, GuardedServer):
+            deliver_request(server, dul)
+        dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
+            read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
+        _nodelay(event, self.poll_interval)
 
     def _on_accepted(self, event: Event) -> None:
         """EVT_ACCEPTED: keep pynetdicom's network loop off the socket from the A-ASSOCIATE-AC on."""
@@ -404,8 +491,14 @@ class EmbeddedPACS:
         assoc = event.assoc
         if not assoc.is_acceptor or not self.fast:
             return
-        phase = DataPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
-                          f"{assoc.requestor.address}:{assoc.requestor.port}", keep_raw=True)
+        try:
+            phase = DataPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
+                              f"{assoc.requestor.address}:{assoc.requestor.port}", keep_raw=True,
+                              pdu_timeout=self.timeouts[1])
+        except Exception:  # noqa: BLE001 - never leave pynetdicom's reader on hold
+            release_dul(assoc)
+            LOGGER.exception("fast path unavailable: association left to pynetdicom")
+            return
         try:
             with phase:
                 if assoc.dimse.message is not None or not assoc.dimse.msg_queue.empty() \
@@ -442,10 +535,13 @@ class EmbeddedPACS:
                 meta.TransferSyntaxUID = UID(str(cx.transfer_syntax[0]))
                 meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
                 meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
-                status = self._store(meta, msg.dataset, calling, sop_uid)
-                phase.send(msg.context_id, encode_command({
+                status, comment = self._store(meta, msg.dataset, calling, sop_class, sop_uid)
+                fields: dict[int, int | str] = {
                     0x00000002: sop_class, 0x00000100: C_STORE_RSP, 0x00000120: message_id,
-                    0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
+                    0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}
+                if comment:
+                    fields[0x00000902] = comment[:64]
+                phase.send(msg.context_id, encode_command(fields))
             elif field == C_ECHO_RQ and sop_class == str(Verification) == str(cx.abstract_syntax):
                 phase.send(msg.context_id, encode_command({
                     0x00000002: sop_class, 0x00000100: C_ECHO_RSP, 0x00000120: message_id,
@@ -477,12 +573,17 @@ class EmbeddedPACS:
                     LOGGER.warning("cannot read %s for extra keys: %s", record["_path"], exc)
             yield candidate
 
-    def _on_find(self, event: Event) -> Iterator[tuple[int, Dataset | None]]:
+    def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         sop_class = str(event.request.AffectedSOPClassUID)
         try:
             identifier = event.identifier
+            check_identifier(identifier)
+        except InvalidInputError as exc:
+            LOGGER.warning("C-FIND refused: %s", exc)
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
+            return
         except Exception:  # pydicom raises many types on a garbage identifier
-            yield CANNOT_UNDERSTAND, None
+            yield _status(CANNOT_UNDERSTAND, "identifier cannot be decoded"), None
             return
         if sop_class == MODALITY_WORKLIST_FIND:
             try:
@@ -503,7 +604,7 @@ class EmbeddedPACS:
             level = query_level(identifier, model)
         except InvalidInputError as exc:
             LOGGER.warning("C-FIND refused: %s", exc)
-            yield IDENTIFIER_MISMATCH, None
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
             return
         below = [k for lv in QueryLevel if lv.depth > level.depth
                  for k in (*LEVEL_KEYS[lv], *COMPUTED_KEYS[lv])]
@@ -517,11 +618,15 @@ class EmbeddedPACS:
                                                        retrieve_aet=self.aet)
         except StoreError as exc:
             LOGGER.error("C-FIND failed: %s", exc)
-            yield OUT_OF_RESOURCES, None
+            yield _status(OUT_OF_RESOURCES, "the PACS index is unavailable"), None
+        except InvalidInputError as exc:
+            LOGGER.warning("C-FIND refused: %s", exc)
+            yield _status(IDENTIFIER_MISMATCH, str(exc)), None
 
     def _matching_instances(self, event: Event) -> list[StoredInstance]:
         """Instances a C-GET/C-MOVE identifier selects (InvalidInputError if it selects nothing definite)."""
         identifier = event.identifier
+        check_identifier(identifier)
         model = QueryModel.from_sop_class(str(event.request.AffectedSOPClassUID))
         level = query_level(identifier, model)
         unique = _exact_values(identifier, level.unique_key)
@@ -591,7 +696,8 @@ class EmbeddedPACS:
         except (InvalidInputError, StoreError, AttributeError, ValueError) as exc:
             LOGGER.warning("C-GET refused: %s", exc)
             yield 1
-            yield (OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH), self._failed()
+            yield _status(OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH,
+                          str(exc)), self._failed()
             return
         accepted = self._accepted_syntaxes(event)
         yield len(instances)
@@ -614,7 +720,8 @@ class EmbeddedPACS:
             LOGGER.warning("C-MOVE refused: %s", exc)
             yield host, port
             yield 1
-            yield (OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH), self._failed()
+            yield _status(OUT_OF_RESOURCES if isinstance(exc, StoreError) else IDENTIFIER_MISMATCH,
+                          str(exc)), self._failed()
             return
         syntaxes: dict[str, list[str]] = {}
         for instance in instances:

@@ -11,7 +11,10 @@ in ``tmp/``, are flushed and fsync'ed, renamed over the final path with
 ``os.replace`` (atomic; a duplicate SOP Instance UID replaces the old file), the
 directory is fsync'ed and only then the index row is committed. The files are
 the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled with them on
-every open, so a row lost to a power cut is re-created. Any failure removes the temporary file and raises
+every open, so a row lost to a power cut is re-created; when a crash left both
+versions of a replaced instance, the committed one wins and the other is removed.
+:meth:`InstanceStore.store_encoded` stores only data sets that pass
+:func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
 :class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
 index is rebuilt from the files (:meth:`InstanceStore.rebuild`).
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import sqlite3
@@ -37,30 +41,34 @@ from typing import Any
 
 import polars as pl
 from pydicom import dcmread
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator, read_dataset
-from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
+from kit.dicom.received import Verdict, check_received
 from kit.errors import DicomFileError, StoreError
 
 __all__ = [
     "INDEXED_KEYWORDS",
+    "INDEX_TAGS",
     "InstanceStore",
     "StoredInstance",
     "column_name",
     "encode_file_meta",
     "index_attributes",
+    "verdict_attributes",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 #: DICOM keywords kept in the index (the matching module's LEVEL_KEYS).
 INDEXED_KEYWORDS: tuple[str, ...] = tuple(k for level in QueryLevel for k in LEVEL_KEYS[level])
 _INT_KEYWORDS = frozenset({"SeriesNumber", "InstanceNumber"})
 _TAGS = [Tag(k) for k in (*INDEXED_KEYWORDS, "SpecificCharacterSet")]
-_LAST_TAG = max(_TAGS)
 _SAFE_UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 
 
@@ -117,31 +125,29 @@ def index_attributes(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-def _stop_after_index(tag: Any, vr: str | None, length: int) -> bool:
-    return bool(tag > _LAST_TAG)
-
-
 _TAG_KEYWORD = {int(t): k for t, k in zip(_TAGS, INDEXED_KEYWORDS, strict=False)}
+#: Top-level tags the receive check returns for the index (with the character set).
+INDEX_TAGS = frozenset(int(t) for t in _TAGS)
 _SIMPLE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 
 
-def _fast_attributes(encoded: bytes, implicit: bool, little: bool) -> dict[str, Any] | None:
-    """Index attributes straight from the raw elements (pydicom's element generator,
-    without building a Dataset); None when the character set needs pydicom's decoder."""
-    raw: dict[int, bytes] = {}
-    charset = b""
-    for element in data_element_generator(BytesIO(encoded), implicit, little, stop_when=_stop_after_index):
-        tag = int(element.tag)
-        if tag == 0x00080005:
-            charset = element.value or b""
-        elif tag in _TAG_KEYWORD:
-            raw[tag] = element.value or b""
+def verdict_attributes(verdict: Verdict) -> dict[str, Any]:
+    """The index attributes from an accepted :class:`~kit.dicom.received.Verdict`'s raw values
+    (checked with ``keep=INDEX_TAGS``), decoded in the data set's character set."""
+    raw = verdict.values
+    charset = raw[0x00080005][1] if 0x00080005 in raw else b""
     codec = _SIMPLE_CHARSETS.get(charset.decode("ascii", "replace").strip(" \x00"))
-    if codec is None:
-        return None
+    if codec is None:  # ISO 2022 and friends: pydicom's decoder on the raw elements
+        elements: dict[BaseTag, DataElement | RawDataElement] = {
+            Tag(t): RawDataElement(Tag(t), vr, len(v), v, 0, verdict.implicit_vr, verdict.little_endian)
+            for t, (vr, v) in raw.items() if t in INDEX_TAGS}
+        try:
+            return index_attributes(Dataset(elements))
+        except Exception as exc:  # pydicom raises many types on bad values
+            raise DicomFileError(f"cannot decode the indexed attributes: {exc}") from exc
     out: dict[str, Any] = {}
     for tag, keyword in _TAG_KEYWORD.items():
-        text = raw[tag].decode(codec, "replace").strip(" \x00") if tag in raw else ""
+        text = raw[tag][1].decode(codec, "replace").strip(" \x00") if tag in raw else ""
         if not text:
             out[keyword] = None
         elif keyword in _INT_KEYWORDS:
@@ -238,18 +244,24 @@ class InstanceStore:
         encoded : bytes
             The dataset encoded in ``file_meta.TransferSyntaxUID``, without preamble or meta.
         attributes : mapping, optional
-            The indexed attributes (:func:`index_attributes`) if already known;
-            otherwise they are parsed from ``encoded`` (only the few index tags).
+            The indexed attributes if already known (:func:`verdict_attributes` of a
+            :func:`~kit.dicom.received.check_received` verdict); otherwise the data set
+            is checked here the same way (whole, readable, identifiers as in the meta).
 
         Raises
         ------
         DicomFileError
-            The bytes cannot be parsed or lack a SOP Instance UID.
+            The data set fails the check (nothing is written).
         StoreError
             The file or the index row could not be durably written.
         """
         if attributes is None:
-            attributes = self._parse_attributes(file_meta, encoded)
+            verdict = check_received(encoded, str(file_meta.TransferSyntaxUID),
+                                     str(file_meta.get("MediaStorageSOPClassUID", "")),
+                                     str(file_meta.get("MediaStorageSOPInstanceUID", "")), keep=INDEX_TAGS)
+            if not verdict.ok:
+                raise DicomFileError(f"data set refused: {verdict.reason}")
+            attributes = verdict_attributes(verdict)
         head = b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
         return self._commit([head, encoded], attributes,
                             str(file_meta.TransferSyntaxUID))
@@ -305,29 +317,6 @@ class InstanceStore:
                 count += 1
         return count
 
-    def _parse_attributes(self, file_meta: FileMetaDataset, encoded: bytes) -> dict[str, Any]:
-        ts = UID(str(file_meta.TransferSyntaxUID))
-        try:
-            fast = None if ts.is_deflated else _fast_attributes(encoded, ts.is_implicit_VR,
-                                                                   ts.is_little_endian)
-            if fast is not None:
-                attrs = fast
-            elif ts.is_deflated:
-                ds = dcmread(BytesIO(b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta) + encoded),
-                             stop_before_pixels=True)
-                attrs = index_attributes(ds)
-            else:
-                attrs = index_attributes(read_dataset(
-                    BytesIO(encoded), ts.is_implicit_VR, ts.is_little_endian,
-                    stop_when=_stop_after_index, specific_tags=list(_TAGS)))
-        except Exception as exc:  # pydicom raises many types on garbage
-            raise DicomFileError(f"cannot parse dataset: {exc}") from exc
-        if not attrs.get("SOPInstanceUID"):
-            attrs["SOPInstanceUID"] = str(file_meta.get("MediaStorageSOPInstanceUID", "") or "") or None
-        if not attrs.get("SOPClassUID"):
-            attrs["SOPClassUID"] = str(file_meta.get("MediaStorageSOPClassUID", "") or "") or None
-        return attrs
-
     def _commit(self, parts: Sequence[bytes], attrs: Mapping[str, Any],
                 transfer_syntax: str) -> StoredInstance:
         sop = attrs.get("SOPInstanceUID")
@@ -354,7 +343,11 @@ class InstanceStore:
                 _fsync_dir(final.parent)
                 self._insert(attrs, transfer_syntax, str(rel), size)
                 if old is not None and old[0] != str(rel):
-                    (self.root / old[0]).unlink(missing_ok=True)
+                    # the replaced version moves out before the ack: after a crash here the
+                    # committed row wins (_reconcile), after the ack a power cut cannot revive it
+                    stale = self.root / old[0]
+                    stale.unlink(missing_ok=True)
+                    _fsync_dir(stale.parent)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
             if replaced and old is None:  # not indexed: the file must not stay behind
@@ -393,17 +386,46 @@ class InstanceStore:
         return True
 
     def _reconcile(self) -> None:
-        """Index files the index lacks; drop rows whose file is gone."""
+        """Make the index and the files agree, deterministically.
+
+        Rows whose file is gone are dropped. A file the index lacks is indexed, unless its
+        SOP Instance UID is already indexed with an existing file: then it is the replaced
+        version a crash left behind between the index commit and its removal, and the
+        committed one wins (the stale file is removed). Among unindexed files sharing a SOP
+        Instance UID, the newest (then the last path) wins.
+        """
         with self._lock:
             try:
                 on_disk = {str(f.relative_to(self.root)): f for f in self.files_dir.rglob("*.dcm")}
-                indexed = {r[0] for r in self._db.execute("SELECT path FROM instances")}
-                for rel in indexed - on_disk.keys():
+                indexed = dict(self._db.execute("SELECT path, sop_instance_uid FROM instances").fetchall())
+                for rel in indexed.keys() - on_disk.keys():
                     self._db.execute("DELETE FROM instances WHERE path = ?", (rel,))
-                for rel in sorted(on_disk.keys() - indexed):
-                    self._index_file(on_disk[rel])
+                held = {sop for rel, sop in indexed.items() if rel in on_disk}
+                self._index_newest([on_disk[rel] for rel in sorted(on_disk.keys() - indexed.keys())], held)
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot reconcile the index of {self.root}: {exc}") from exc
+
+    def _index_newest(self, files: Sequence[Path], held: set[str]) -> int:
+        """Index ``files``, one per SOP Instance UID (the newest); remove the others and
+        those whose UID is in ``held``. Returns how many were indexed."""
+        by_sop: dict[str, list[Path]] = {}
+        for f in files:
+            sop = _sop_instance_uid(f)
+            if sop is None:
+                continue  # not DICOM the store wrote: left alone, never indexed
+            if sop in held:
+                LOGGER.warning("removing %s: a replaced version of %s (the index holds the newer)", f, sop)
+                f.unlink(missing_ok=True)
+                continue
+            by_sop.setdefault(sop, []).append(f)
+        count = 0
+        for versions in by_sop.values():
+            versions.sort(key=lambda f: (f.stat().st_mtime_ns, str(f)))
+            for stale in versions[:-1]:
+                LOGGER.warning("removing %s: an older version of the instance in %s", stale, versions[-1])
+                stale.unlink(missing_ok=True)
+            count += self._index_file(versions[-1])
+        return count
 
     def rebuild(self) -> int:
         """Re-create the index from the files on disk; returns the number of instances indexed.
@@ -413,9 +435,7 @@ class InstanceStore:
         with self._lock:
             try:
                 self._db.execute("DELETE FROM instances")
-                count = 0
-                for f in sorted(self.files_dir.rglob("*.dcm")):
-                    count += self._index_file(f)
+                count = self._index_newest(sorted(self.files_dir.rglob("*.dcm")), set())
             except (OSError, sqlite3.Error) as exc:
                 raise StoreError(f"cannot rebuild the index of {self.root}: {exc}") from exc
         return count

@@ -128,3 +128,76 @@ def loaded_pacs(tmp_path_factory: pytest.TempPathFactory, cohort_dir: Path) -> I
         yield server
     finally:
         server.close()
+
+
+# -- raw peers (issue 7): hand-built C-STOREs and PDUs ----------------------------------------
+
+def encode(ds: Dataset, *, implicit: bool = False) -> bytes:
+    """A data set encoded (no preamble/meta) in Explicit (default) or Implicit VR Little Endian."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, implicit
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def raw_store(port: int, called: str, dataset: bytes, *, sop_class: str = str(CTImageStorage),
+              sop_uid: str = "1.2.826.0.1.3680043.8.498.1", syntax: str = str(ExplicitVRLittleEndian),
+              calling: str = "RAWSCU") -> tuple[int, str]:
+    """Send one C-STORE-RQ whose data set is ``dataset`` byte for byte; (status, ErrorComment)."""
+    from pynetdicom import AE
+
+    from kit.dicom._fastnet import C_STORE_RQ, DataPhase, command_int, command_str, encode_command
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established
+    try:
+        cx = assoc.accepted_contexts[0]
+        assert cx.context_id is not None
+        with DataPhase(assoc, 15, "raw_store") as phase:
+            phase.send(cx.context_id, encode_command({
+                0x00000002: sop_class, 0x00000100: C_STORE_RQ, 0x00000110: 7, 0x00000700: 2,
+                0x00000800: 1, 0x00001000: sop_uid}), dataset)
+            rsp = phase.recv()
+        status = command_int(rsp.command, 0x0900)
+        assert status is not None
+        return status, command_str(rsp.command, 0x0902)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def poison_datasets() -> dict[str, tuple[bytes, str, int]]:
+    """Data sets a PACS must not acknowledge: name -> (bytes, the command's SOP Instance UID,
+    expected status: 0xC000 cannot understand, 0xA900 does not match)."""
+    import numpy as np
+
+    def case(number: int) -> Dataset:
+        return make_instance("MRN1001", 0, 1, number)
+
+    good = case(1)
+    uid = str(good.SOPInstanceUID)
+    body = encode(good)
+    overrun = bytearray(body)
+    pos = body.index(b"\x10\x00\x20\x00LO")  # PatientID: its 2-byte length now runs past the end
+    overrun[pos + 6:pos + 8] = (0xFFF0).to_bytes(2, "little")
+    short_pixels, no_study, no_patient = case(2), case(3), case(4)
+    short_pixels.PixelData = short_pixels.PixelData[:100]
+    del no_study.StudyInstanceUID
+    del no_patient.PatientID
+    return {
+        "empty": (b"", uid, 0xC000),
+        "seven bytes": (b"\x08\x00\x16\x00UI\x1a", uid, 0xC000),
+        "random 10 KB": (np.random.default_rng(7).bytes(10 * 1024), uid, 0xC000),
+        "value length overrun": (bytes(overrun), uid, 0xC000),
+        "cut mid-element": (body[:-37], uid, 0xC000),
+        "truncated pixel data": (encode(short_pixels), str(short_pixels.SOPInstanceUID), 0xC000),
+        "no StudyInstanceUID": (encode(no_study), str(no_study.SOPInstanceUID), 0xA900),
+        "no PatientID": (encode(no_patient), str(no_patient.SOPInstanceUID), 0xA900),
+        "other SOPInstanceUID": (encode(case(5)), uid, 0xA900),
+    }

@@ -1,0 +1,353 @@
+"""What the embedded PACS puts around pynetdicom's server so that no peer can take it down.
+
+pynetdicom starts two threads per TCP connection at once and waits up to the
+ACSE timeout for the A-ASSOCIATE-RQ, counting the idle sockets against the
+association limit (64 idle connections locked everyone out for 22-30 s); its
+PDU reader trusts the declared length and the per-``recv`` timeout, so a peer
+trickling a PDU holds a thread for ever. Written by hand here, checked against
+pynetdicom 3.0.4 (``AssociationServer.process_request`` / ``service_actions``,
+``AssociationSocket`` queueing Evt5 for an acceptor, ``DULServiceProvider.
+_read_pdu_data`` / ``_decode_pdu`` / ``_recv_pdu`` / ``event_queue``):
+
+- :class:`GuardedServer`: a gate thread holds new connections (non-blocking, no
+  thread each) until their whole A-ASSOCIATE-RQ has arrived, within
+  ``request_timeout`` seconds of the connect and ``MAX_RQ_PDU`` bytes; at most
+  ``max_pending`` wait (a new one evicts the oldest), so idle sockets and
+  slowloris peers never reach pynetdicom nor count as associations. A complete
+  request is handed to pynetdicom with its bytes (:func:`deliver_request`).
+- :func:`read_bounded_pdu`: pynetdicom's PDU reader with the negotiated maximum
+  enforced (a larger PDU is answered with A-ABORT before any of its body is
+  read) and a deadline for the whole PDU.
+- Worker threads (accept, gate) that die take the server down loudly: the
+  listening socket is closed, ``failure`` is set, ``on_failure`` is called.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import queue
+import selectors
+import socket
+import socketserver
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import ThreadedAssociationServer
+
+from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
+
+__all__ = ["GuardedServer", "deliver_request", "read_bounded_pdu"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class _ServerStopped(Exception):
+    """Raised in serve_forever's loop to end it after a worker failed."""
+
+
+@dataclasses.dataclass
+class _Pending:
+    address: Any
+    deadline: float
+    buf: bytearray = dataclasses.field(default_factory=bytearray)
+
+
+class GuardedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server behind an A-ASSOCIATE-RQ gate (see the module docstring).
+
+    Extra keyword arguments (through ``AE.make_server``): ``request_timeout``,
+    ``max_pending`` and ``on_failure`` (called with the exception that stopped a worker).
+    """
+
+    def __init__(self, *args: Any, request_timeout: float, max_pending: int,
+                 on_failure: Callable[[BaseException], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_timeout, self.max_pending, self.on_failure = request_timeout, max_pending, on_failure
+        self.failure: BaseException | None = None
+        #: complete A-ASSOCIATE-RQ bytes by socket, taken by :func:`deliver_request`
+        self.requests: dict[socket.socket, bytes] = {}
+        self._incoming: queue.SimpleQueue[tuple[socket.socket, Any]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self._stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    # -- running ---------------------------------------------------------------------
+
+    def start_workers(self, name: str) -> None:
+        """Start the accept and gate threads (daemon; each watched for failure)."""
+        for role, target in (("accept", self.serve_forever), ("gate", self._gate)):
+            thread = threading.Thread(target=self._watch, args=(role, target), daemon=True,
+                                      name=f"{name}-{role}")
+            self.threads.append(thread)
+            thread.start()
+
+    def _watch(self, role: str, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except _ServerStopped:
+            return
+        except BaseException as exc:  # noqa: BLE001 - any death of a worker stops the service
+            self.fail(role, exc)
+            return
+        if not self._stopping.is_set():
+            self.fail(role, RuntimeError(f"the {role} thread returned"))
+
+    def fail(self, role: str, exc: BaseException) -> None:
+        """Stop accepting for good and report: a worker died (never a listener into a void)."""
+        if self.failure is not None:
+            return
+        self.failure = exc
+        LOGGER.critical("embedded PACS %s thread died; the service stops accepting: %r", role, exc)
+        self._stopping.set()
+        self.server_close()
+        self._wake()
+        try:
+            self.on_failure(exc)
+        except Exception:  # noqa: BLE001 - reporting must not hide the failure itself
+            LOGGER.exception("on_failure callback failed")
+
+    def service_actions(self) -> None:
+        """Called by serve_forever each loop: end it once a worker failed."""
+        if self.failure is not None:
+            raise _ServerStopped
+        super().service_actions()
+
+    def shutdown(self) -> None:
+        """Stop both workers and close the listening socket (idempotent)."""
+        self._stopping.set()
+        self._wake()
+        if self.failure is None:
+            socketserver.BaseServer.shutdown(self)
+        self.server_close()
+        with contextlib.suppress(ValueError):
+            self.ae._servers.remove(self)
+        for thread in self.threads:
+            if thread is not threading.current_thread():
+                thread.join(5)
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    # -- the gate ----------------------------------------------------------------------
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Accept thread: queue the new connection for the gate (no thread of its own yet)."""
+        if self._stopping.is_set():
+            self.shutdown_request(request)
+            return
+        self._incoming.put((request, client_address))
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # full (already woken) or closed
+            self._wake_w.send(b"\0")
+
+    def _gate(self) -> None:
+        pending: collections.OrderedDict[socket.socket, _Pending] = collections.OrderedDict()
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            try:
+                while not self._stopping.is_set():
+                    now = time.monotonic()
+                    wait = min((p.deadline for p in pending.values()), default=now + 0.5) - now
+                    for key, _ in sel.select(max(0.0, min(wait, 0.5))):
+                        if key.fileobj is self._wake_r:
+                            self._admit(sel, pending)
+                        else:
+                            sock = key.fileobj
+                            assert isinstance(sock, socket.socket)
+                            self._read(sel, pending, sock)
+                    now = time.monotonic()
+                    while pending:
+                        sock, first = next(iter(pending.items()))
+                        if first.deadline > now:
+                            break
+                        LOGGER.info("no A-ASSOCIATE-RQ from %s within %gs: closed", first.address,
+                                    self.request_timeout)
+                        self._drop(sel, pending, sock)
+            finally:
+                for sock in list(pending):
+                    self._drop(sel, pending, sock)
+
+    def _admit(self, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending]) -> None:
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096, socket.MSG_DONTWAIT):
+                pass
+        while True:
+            try:
+                sock, address = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            if self._stopping.is_set():
+                self.shutdown_request(sock)
+                continue
+            while len(pending) >= self.max_pending:  # the oldest waiter makes room
+                oldest = next(iter(pending))
+                LOGGER.info("%d connections wait for their A-ASSOCIATE-RQ: closing the oldest (%s)",
+                            len(pending), pending[oldest].address)
+                self._drop(sel, pending, oldest)
+            try:
+                sock.setblocking(False)
+                sel.register(sock, selectors.EVENT_READ)
+            except (OSError, ValueError):
+                self.shutdown_request(sock)
+                continue
+            pending[sock] = _Pending(address, time.monotonic() + self.request_timeout)
+
+    def _drop(self, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending],
+              sock: socket.socket, reply: bytes = b"") -> None:
+        pending.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            sel.unregister(sock)
+        if reply:
+            with contextlib.suppress(OSError):
+                sock.send(reply)
+        self.shutdown_request(sock)
+
+    def _read(self, sel: selectors.BaseSelector, pending: dict[socket.socket, _Pending],
+              sock: socket.socket) -> None:
+        wait = pending[sock]
+        buf = wait.buf
+        want = 6 - len(buf) if len(buf) < 6 else 6 + int.from_bytes(buf[2:6], "big") - len(buf)
+        try:
+            data = sock.recv(min(want, 65536))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(sel, pending, sock)
+            return
+        if not data:
+            self._drop(sel, pending, sock)
+            return
+        buf += data
+        if len(buf) < 6:
+            return
+        kind, length = buf[0], int.from_bytes(buf[2:6], "big")
+        if kind != 0x01:
+            LOGGER.info("%s sent PDU type 0x%02X instead of an A-ASSOCIATE-RQ: aborted", wait.address, kind)
+            self._drop(sel, pending, sock, abort_pdu(0x01 if kind > 0x07 else 0x02))
+            return
+        if length > pdu_limit(0x01, 0):
+            LOGGER.info("%s declared an A-ASSOCIATE-RQ of %d bytes (limit %d): aborted", wait.address,
+                        length, MAX_RQ_PDU)
+            self._drop(sel, pending, sock, abort_pdu(0x06))
+            return
+        if len(buf) < 6 + length:
+            return
+        pending.pop(sock)
+        sel.unregister(sock)
+        if len(self.requests) > self.max_pending:  # handed over but never opened (a failed thread)
+            for stale in [s for s in self.requests if s.fileno() == -1]:
+                del self.requests[stale]
+        try:
+            sock.setblocking(True)
+            self.requests[sock] = bytes(buf)
+            socketserver.ThreadingMixIn.process_request(self, sock, wait.address)
+        except Exception as exc:  # noqa: BLE001 - e.g. no thread available: refuse this one only
+            LOGGER.error("cannot serve the association from %s: %s", wait.address, exc)
+            self.requests.pop(sock, None)
+            self.shutdown_request(sock)
+
+
+def deliver_request(server: GuardedServer, dul: DULServiceProvider) -> bool:
+    """EVT_CONN_OPEN: give the association the A-ASSOCIATE-RQ the gate read (after Evt5)."""
+    sock = getattr(dul.socket, "socket", None)
+    raw = server.requests.pop(sock, None) if sock is not None else None
+    if raw is None:
+        return False
+    try:
+        pdu, event = dul._decode_pdu(bytearray(raw))
+    except Exception as exc:  # noqa: BLE001 - an undecodable request: Evt19, A-ABORT
+        LOGGER.info("undecodable A-ASSOCIATE-RQ: %s", exc)
+        dul.event_queue.put("Evt19")
+        return True
+    dul._recv_pdu.put(pdu)
+    dul.event_queue.put(event)
+    return True
+
+
+class _Closed(Exception):
+    pass
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            raise _Closed
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None) -> None:
+    """Replacement for ``DULServiceProvider._read_pdu_data`` (bind with functools.partial).
+
+    Reads one PDU like pynetdicom's own reader (same events: Evt17 closed, Evt19
+    unrecognised, else the PDU's event), except that a PDU longer than
+    :func:`~kit.dicom._fastnet.pdu_limit` allows for ``maximum`` (the Maximum Length we
+    negotiated) or not complete within ``pdu_timeout`` seconds is answered with
+    A-ABORT and the connection is shut down, its body never read.
+    """
+    assoc_sock = dul.socket
+    sock = getattr(assoc_sock, "socket", None)
+    if sock is None:
+        dul.event_queue.put("Evt17")
+        return
+    deadline = None if pdu_timeout is None else time.monotonic() + pdu_timeout
+    old = sock.gettimeout()
+    try:
+        header = _recv_exact(sock, 6, deadline)
+        kind, _, length = struct.unpack(">BBL", header)
+        if not 0x01 <= kind <= 0x07:
+            dul.event_queue.put("Evt19")
+            return
+        if length > pdu_limit(kind, maximum):
+            LOGGER.warning("PDU of %d bytes declared (limit %d): association aborted", length,
+                           pdu_limit(kind, maximum))
+            _abort_transport(sock, 0x06)
+            dul.event_queue.put("Evt17")
+            return
+        body = _recv_exact(sock, length, deadline)
+    except TimeoutError:
+        LOGGER.warning("PDU not complete within %ss: association aborted", pdu_timeout)
+        _abort_transport(sock, 0x00)
+        dul.event_queue.put("Evt17")
+        return
+    except (_Closed, OSError):
+        dul.event_queue.put("Evt17")
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(old)
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header + body))
+        dul.event_queue.put(event)
+    except Exception as exc:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
+        LOGGER.error("unable to decode a received PDU: %s", exc)
+        dul.event_queue.put("Evt19")
+        return
+    dul._recv_pdu.put(pdu)
+
+
+def _abort_transport(sock: socket.socket, reason: int) -> None:
+    """Send A-ABORT (best effort, not waiting on the peer) and shut the connection down."""
+    with contextlib.suppress(OSError):
+        sock.settimeout(1.0)
+        sock.sendall(abort_pdu(reason))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
