@@ -10,7 +10,7 @@ import pytest
 KIT = Path(__file__).resolve().parents[3] / "kit"
 
 PURE = [
-    "errors", "config", "_files", "examples/cohort",
+    "errors", "config", "_files", "_checks", "examples/cohort",
     "dicom/query", "dicom/index", "dicom/deid", "dicom/matching", "dicom/pixels",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
