@@ -81,8 +81,18 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     # pynetdicom logs what kit already reports as a typed error; show it only when asked.
     quiet = {0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.DEBUG)
     logging.getLogger("pynetdicom").setLevel(quiet)
-    ctx.obj = {"config": config, "verbose": verbose}
     _STATE["verbose"] = verbose
+    # Settings are read once, before any command runs: a broken kit.toml or KIT_* value is
+    # reported (naming the key) whatever the command, never half-way through its work.
+    from kit.cli.common import error_line
+    from kit.config import load_settings
+
+    try:
+        settings = load_settings(config)
+    except KitError as exc:
+        click.echo(error_line(exc), err=True)
+        ctx.exit(1)
+    ctx.obj = {"config": config, "verbose": verbose, "settings": settings}
 
 
 #: what the group callback learnt that :func:`main` needs after a command failed

@@ -14,14 +14,16 @@ import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import polars as pl
 
 import kit._checks as _checks
 from kit.config import Settings, load_settings
 from kit.errors import ConfigError, KitError, StoreError
+
+if TYPE_CHECKING:  # polars is imported when a frame is printed: `kit ... --help` and misuse stay fast
+    import polars as pl
 
 __all__ = [
     "AE_TITLE",
@@ -42,6 +44,7 @@ __all__ = [
     "emit_frame",
     "error_line",
     "handle_errors",
+    "json_text",
     "listen_host",
     "output_options",
     "progress",
@@ -57,10 +60,10 @@ T = TypeVar("T")
 
 
 def settings_from(ctx: click.Context) -> Settings:
-    """Load settings named by the global ``--config`` option."""
-    root = ctx.find_root()
-    config = (root.obj or {}).get("config")
-    return load_settings(config)
+    """The settings the ``kit`` group read (from ``--config``, ``$KIT_CONFIG``, ``./kit.toml``)."""
+    obj = ctx.find_root().obj or {}
+    settings = obj.get("settings")
+    return settings if isinstance(settings, Settings) else load_settings(obj.get("config"))
 
 
 def error_line(exc: BaseException) -> str:
@@ -216,7 +219,7 @@ def write_frame(df: pl.DataFrame, path: str | Path) -> Path:
         if suffix == ".parquet":
             df.write_parquet(path)
         elif suffix == ".csv":
-            _flat(df).write_csv(path)
+            json_text(df).write_csv(path)
         elif suffix == ".json":
             df.write_json(path)
         else:
@@ -226,15 +229,23 @@ def write_frame(df: pl.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def _flat(df: pl.DataFrame) -> pl.DataFrame:
-    """CSV cannot hold nested columns: encode lists and structs as JSON text."""
-    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct, pl.Array))]
-    if not nested:
+def json_text(df: pl.DataFrame, columns: Iterable[str] | None = None) -> pl.DataFrame:
+    """``df`` with ``columns`` (default: every list/struct column) encoded as JSON text.
+
+    CSV cannot hold nested columns, and frames of different FHIR types can give one
+    column different dtypes; JSON text keeps every value.
+    """
+    import polars as pl
+
+    if columns is None:
+        columns = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct, pl.Array))]
+    names = list(columns)
+    if not names:
         return df
     return df.with_columns(
         pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v,
                                                     default=str),
-                               return_dtype=pl.String) for c in nested)
+                               return_dtype=pl.String, skip_nulls=True) for c in names)
 
 
 def emit_frame(df: pl.DataFrame, output: str | None, as_json: bool, *, label: str = "rows") -> None:
@@ -245,6 +256,8 @@ def emit_frame(df: pl.DataFrame, output: str | None, as_json: bool, *, label: st
     elif as_json:
         click.echo(json.dumps(df.to_dicts(), default=str, indent=1))
     else:
+        import polars as pl
+
         # identifiers print whole (a UID is copied from here into the next command): no practical
         # cap on string length or table width (polars' limit is 65535), so no cell is cut or wrapped
         with pl.Config(tbl_rows=50, tbl_cols=-1, fmt_str_lengths=10_000, tbl_width_chars=65_535,

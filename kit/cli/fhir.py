@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import polars as pl
 
 from kit.cli.common import (
     HTTP_URL,
@@ -16,6 +15,7 @@ from kit.cli.common import (
     SECONDS,
     emit_frame,
     handle_errors,
+    json_text,
     output_options,
     progress,
     settings_from,
@@ -88,6 +88,8 @@ def metadata(ctx: click.Context, base: str | None, timeout: float | None, retrie
     software = cap.get("software") or {}
     click.echo(f"FHIR {cap.get('fhirVersion', '?')} {software.get('name', '')} "
                f"{software.get('version', '')}".rstrip(), err=True)
+    import polars as pl
+
     rows = []
     for rest in cap.get("rest") or []:
         for res in rest.get("resource") or []:
@@ -181,12 +183,14 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
     emit_frame(_search_frame(groups), output, as_json, label=f"{resource_type} resources")
 
 
-def _search_frame(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> pl.DataFrame:
+def _search_frame(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Any:
     """One frame of every (resource type, search mode) group, matches first.
 
     Each group is framed by :func:`kit.fhir.frames.to_frame`; a column that two
     types give different dtypes becomes JSON text, so nothing is dropped.
     """
+    import polars as pl
+
     from kit.fhir.frames import to_frame
 
     frames = [to_frame(resources, kind).with_columns(pl.lit(kind).alias("resource_type"),
@@ -194,22 +198,13 @@ def _search_frame(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> pl.Dat
               for (kind, mode), resources in groups.items() if resources or mode == "match"]
     if len(frames) == 1:
         return frames[0]
-    dtypes: dict[str, set[pl.DataType]] = {}
+    dtypes: dict[str, set[Any]] = {}
     for f in frames:
         for name, dtype in f.schema.items():
             dtypes.setdefault(name, set()).add(dtype)
     mixed = {name for name, kinds in dtypes.items() if len(kinds) > 1}
-    frames = [_as_text(f, [c for c in f.columns if c in mixed]) for f in frames]
-    return pl.concat(frames, how="diagonal_relaxed")
-
-
-def _as_text(df: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
-    if not columns:
-        return df
-    return df.with_columns(
-        pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v,
-                                                    default=str),
-                               return_dtype=pl.String, skip_nulls=True) for c in columns)
+    return pl.concat([json_text(f, [c for c in f.columns if c in mixed]) for f in frames],
+                     how="diagonal_relaxed")
 
 
 @fhir.command()

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import click
-import polars as pl
 
 from kit.cli.common import (
     EPHEMERAL_PORT,
@@ -28,7 +27,7 @@ from kit.cli.common import (
     write_frame,
 )
 from kit.config import HL7Settings
-from kit.errors import ConfigError
+from kit.errors import ConfigError, InvalidInputError
 
 __all__ = ["hl7"]
 
@@ -156,6 +155,8 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
       kit hl7 send data/samples/hl7/feed.hl7
       kit hl7 send data/samples/hl7/feed.hl7 --url mllp://127.0.0.1:2575 -o acks.csv
     """
+    import polars as pl
+
     from kit.errors import PeerUnreachableError
     from kit.hl7.message import split_messages
     from kit.hl7.mllp import MLLPSender, RetryPolicy
@@ -166,6 +167,8 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
         host, port = url
     s = settings_from(ctx).hl7
     messages = [m for f in files for m in split_messages(Path(f).read_bytes())]
+    if not messages:
+        raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
     retry = RetryPolicy(max_attempts=retries + 1)
     with MLLPSender(host or s.host, port or s.port, timeout=timeout or s.timeout,
                     retry=retry, ssl_context=_client_tls(s)) as sender:
@@ -173,9 +176,10 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
             try:
                 sender.connect()
                 break
-            except PeerUnreachableError:
+            except PeerUnreachableError as exc:
                 if attempt == retry.max_attempts:
-                    raise
+                    raise PeerUnreachableError(f"{str(exc).removesuffix(f' ({sender.peer})')} (gave up "
+                                               f"after {attempt} attempt(s))", peer=sender.peer) from exc
                 time.sleep(retry.delay(attempt + 1))
         acks = sender.send_many(progress(messages, total=len(messages), desc="send"))
     emit_frame(acks, output, as_json, label="acks")
@@ -208,6 +212,8 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
       kit hl7 parse data/samples/hl7/feed.hl7 --out-dir tables
       kit hl7 parse data/samples/hl7/feed.hl7 --table orders -o orders.csv
     """
+    import polars as pl
+
     from kit.hl7.frames import TABLES, read_file
 
     if table not in TABLES:
@@ -216,6 +222,8 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
     if out_dir and (output or as_json):
         raise click.UsageError("--out-dir writes every table; -o/--json write one: give one of them")
     parts = [read_file(f) for f in progress(files, total=len(files), desc="parse")]
+    if not any(p["messages"].height for p in parts):
+        raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
     if not out_dir:
         emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json,
                    label=f"{table} rows")

@@ -62,12 +62,12 @@ def _web_options(func: F) -> F:
 
 def _client(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
             port: int | None, aet: str | None, called_aet: str | None, timeout: float | None) -> Any:
-    from kit.dicom.dimse import PacsClient
-
     if url is not None:
         if host is not None or port is not None or called_aet is not None:
             raise click.UsageError("--url names the PACS: give it without --host, --port, --called-aet")
         called_aet, host, port = url
+    from kit.dicom.dimse import PacsClient
+
     settings = settings_from(ctx).pacs
     overrides = {k: v for k, v in {"host": host, "port": port, "aet": aet, "called_aet": called_aet,
                                    "timeout": timeout}.items() if v is not None}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from kit import examples
 from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options
 
 __all__ = ["samples"]
@@ -33,6 +32,8 @@ def samples(out_dir: str | None, regenerate: bool, check_: bool, output: str | N
       kit samples --check            # verify against MANIFEST.json
       kit samples --out-dir samples --regenerate --json    # rebuild them (same bytes every time)
     """
+    from kit import examples
+
     out = Path(out_dir) if out_dir is not None else None
     if regenerate:
         click.echo(f"regenerating samples into {out or 'the default folder'} ...", err=True)
