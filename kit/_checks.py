@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 __all__ = [
     "ae_title",
@@ -116,18 +116,27 @@ def dicom_uid(value: object) -> str:
 
 
 def _netloc(text: str, scheme: str) -> tuple[str | None, str, int]:
-    try:
-        parts = urlsplit(text)
-        number = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a {scheme}:// address: {exc}") from None
-    if parts.scheme != scheme or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment:
-        raise ValueError(f"{text!r} is not a {scheme}:// address")
-    if number is None:
+    """``scheme://[user@]host:port`` split by hand: an AE title may hold any of ``[#?/@``."""
+    prefix = f"{scheme}://"
+    if not text.lower().startswith(prefix):
+        raise ValueError(f"{text!r} is not a {prefix} address")
+    user, at, hostport = text[len(prefix):].rpartition("@")
+    if hostport.startswith("["):
+        host, bracket, after = hostport[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"{text!r}: unclosed [ in the host")
+        if after and not after.startswith(":"):
+            raise ValueError(f"{text!r} is not a {prefix} address (host:port only)")
+        colon, port_text = after[:1], after[1:]
+    else:
+        host, colon, port_text = hostport.rpartition(":")
+        if not colon:
+            host, port_text = hostport, ""
+    if any(c in hostport for c in "/?#"):
+        raise ValueError(f"{text!r} is not a {prefix} address (host:port only)")
+    if not colon or not port_text:
         raise ValueError(f"{text!r} has no port")
-    user = unquote(parts.username) if parts.username else None
-    return user, host_name(parts.hostname), port(number)
+    return (user if at else None), host_name(host), port(port_text)
 
 
 def dicom_url(value: object) -> tuple[str | None, str, int]:

@@ -301,9 +301,12 @@ def _coerce(key: str, value: Any, tp: Any, *, from_env: bool) -> Any:
 def _read_secret_file(key: str, path: str) -> Secret:
     p = Path(path).expanduser()
     try:
-        return Secret(p.read_text().strip() if p.suffix not in (".pem", ".key") else p.read_text())
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(key, f"cannot read secret file {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"secret file {p} is not UTF-8 text") from exc
+    return Secret(text.strip() if p.suffix not in (".pem", ".key") else text)
 
 
 #: value checks per setting (beyond its type), from :mod:`kit._checks`

@@ -537,11 +537,12 @@ class PacsClient:
 
     def _check_retrieve(self, what: str, last: Dataset | None, receiver: FileReceiver,
                         assoc: Association, waited: float, *, asked: str = "",
-                        unknown_destination: str = "") -> pl.DataFrame:
+                        move_to: tuple[str, str] | None = None) -> pl.DataFrame:
         """The received frame of a finished C-GET/C-MOVE; raise unless it fully succeeded.
 
         Nothing received for a successful status is a failure too: the PACS
-        has no instances for what was asked (``asked`` names it).
+        has no instances for what was asked (``asked`` names it). ``move_to``
+        is a C-MOVE's destination AE title and how to register it.
         """
         received = _received_frame(receiver)
         code = _status_int(last)
@@ -552,11 +553,17 @@ class PacsClient:
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
         warning = last.get("NumberOfWarningSuboperations")
-        if code == UNKNOWN_MOVE_DESTINATION and unknown_destination:
-            raise RetrieveError(f"{what}: {unknown_destination}", status=code, peer=self.address,
+        if code == UNKNOWN_MOVE_DESTINATION and move_to:
+            raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} (Move "
+                                f"Destination unknown): {move_to[1]}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning, received=received)
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
             detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
+            comment = str(last.get("ErrorComment", "") or "").strip()
+            detail += f"; the PACS says: {comment}" if comment else ""
+            if move_to and received.is_empty() and not failed:
+                # e.g. Orthanc answers an unknown destination with 0xC000 and no sub-operations
+                detail += f"; if the PACS does not know the move destination {move_to[0]!r}: {move_to[1]}"
             raise RetrieveError(f"{what} did not complete{detail}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning,
                                 received=received)
@@ -705,23 +712,22 @@ class PacsClient:
                     last, waited = _final(assoc.send_c_move(identifier, destination, model.move_uid))
                     return self._check_retrieve("C-MOVE", last, receiver, assoc, waited,
                                                 asked=_asked(study_uid, series_uid, sop_uid),
-                                                unknown_destination=register)
+                                                move_to=(destination, register))
             finally:
                 if server is not None:
                     server.shutdown()
 
     def _register_hint(self, assoc: Association, destination: str, store_port: int, *,
                        ephemeral: bool) -> str:
-        """What a 0xA801 (Move Destination unknown) means and how to fix it, in one line."""
+        """How to make ``destination`` known to the PACS (for a failed C-MOVE), in one line."""
         sock = assoc.dul.socket.socket if assoc.dul.socket else None
         try:
             our_host = str(sock.getsockname()[0]) if sock is not None else "this machine's address"
         except OSError:
             our_host = "this machine's address"
-        hint = (f"the PACS does not know the move destination {destination!r} (Move Destination "
-                f"unknown): register AE title {destination}, host {our_host}, port "
-                f"{store_port} in the PACS's list of DICOM nodes (for `kit serve`: [stack] "
-                f"move_destinations = {{ {destination} = \"{our_host}:{store_port}\" }})")
+        hint = (f"register AE title {destination}, host {our_host}, port {store_port} in the PACS's "
+                f"list of DICOM nodes (for `kit serve`: [stack] move_destinations = "
+                f"{{ {destination} = \"{our_host}:{store_port}\" }})")
         if ephemeral:
             hint += "; this store port was ephemeral: fix one first (--store-port, [pacs] store_port)"
         return hint

@@ -188,7 +188,8 @@ def test_10_any_other_exception_is_one_internal_error_line(tmp_path: Path, exc: 
     (("fhir", "metadata", "--base", "fhir.example.org/R4"), "not an http(s) URL"),
     (("pacs", "find", "--web", "--base", "ftp://pacs/dicom-web"), "not an http(s) URL"),
     (("pacs", "echo", "--url", "dicom://KIT@127.0.0.1"), "has no port"),
-    (("hl7", "send", "FEED", "--url", "mllp://127.0.0.1:99999"), "mllp://"),
+    (("hl7", "send", "FEED", "--url", "mllp://127.0.0.1:99999"), "port 99999 is outside"),
+    (("hl7", "send", "FEED", "--url", "http://127.0.0.1:2575"), "not a mllp:// address"),
 ])
 def test_11_out_of_range_values_are_misuse(tmp_path: Path, args: tuple[str, ...], says: str) -> None:
     args = tuple(str(examples.hl7_feed()) if a == "FEED" else a for a in args)
