@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 import pytest
@@ -185,7 +186,7 @@ def cases_for(command: str, cmd: click.Command, dead: int, busy: int) -> list[Ca
                 out.append(case(f"{param.name}: garbage file", 1, pos=index, value="{garbage}"))
             if isinstance(param.type, OutputDir):
                 out.append(case(f"{param.name}: missing parent", 2, pos=index,
-                                value="/no/such/dir/out"))
+                                value="{tmp}/no/such/dir/out"))
             continue
         if not isinstance(param, click.Option) or param.is_flag:
             continue
@@ -197,9 +198,9 @@ def cases_for(command: str, cmd: click.Command, dead: int, busy: int) -> list[Ca
                 seen.add(ptype)
         if isinstance(param.type, OutputFile):
             out.append(case(f"{name} unknown extension", 2, opt=name, value="{tmp}/out.xlsx"))
-            out.append(case(f"{name} missing parent", 2, opt=name, value="/no/such/dir/out.csv"))
+            out.append(case(f"{name} missing parent", 2, opt=name, value="{tmp}/no/such/dir/out.csv"))
         elif isinstance(param.type, OutputDir):
-            out.append(case(f"{name} missing parent", 2, opt=name, value="/no/such/dir/out"))
+            out.append(case(f"{name} missing parent", 2, opt=name, value="{tmp}/no/such/dir/out"))
         elif isinstance(param.type, click.Path) and param.type.exists:
             out.append(case(f"{name} missing file", 2, opt=name, value="{tmp}/no/such/file"))
             out.append(case(f"{name} garbage file", 1, opt=name, value="{garbage}"))
@@ -341,6 +342,7 @@ def test_contract_holds_for_every_command_and_bad_input(workspace: dict[str, str
         for case, _, seconds in sorted(results, key=lambda r: -r[2])[:25]:
             print(f"{seconds:6.2f}s  {case.command}  {case.label}")
     assert not failures, f"{len(failures)} of {len(cases)} cases break the contract:\n" + "\n".join(failures)
+    assert not (Path(workspace["tmp"]) / "no").exists(), "a missing parent folder was created"
     assert not slow, "refused connections that took over 5 s: " + "; ".join(slow)
     assert took < 300, f"{len(cases)} cases took {took:.0f}s"
 
