@@ -103,13 +103,13 @@ from kit.dicom.query import (
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
+    ConfigError,
     DicomError,
     DimseStatusError,
     InvalidInputError,
     PeerError,
     PeerTimeoutError,
     PeerUnreachableError,
-    StoreError,
     TLSError,
 )
 
@@ -703,8 +703,9 @@ class PacsClient:
                 server = scp_ae.start_server(
                     (store_host, port), block=False,
                     evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay)])
-            except OSError as exc:
-                raise StoreError(f"cannot start the storage SCP on port {port}: {exc}") from exc
+            except OSError as exc:  # the port is taken or not ours to bind: a setting to change
+                raise ConfigError("pacs.store_port", f"cannot start the storage SCP on port {port}: "
+                                                     f"{exc.strerror or exc}") from exc
             try:
                 with self._associate([build_context(model.move_uid)]) as assoc:
                     bound = int(server.server_address[1]) if server is not None else port
