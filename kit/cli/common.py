@@ -100,6 +100,9 @@ class Checked(click.ParamType):
         self.name = name
         self._check = check
 
+    def get_metavar(self, *args: Any, **kwargs: Any) -> str | None:
+        return self.name   # as written: click would upper-case dicom://AET@HOST:PORT
+
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if not isinstance(value, str):  # a default, already the right type
             return value
@@ -153,6 +156,7 @@ class OutputFile(click.Path):
 
     def __init__(self, formats: tuple[str, ...] = FORMATS) -> None:
         super().__init__(dir_okay=False)
+        self.name = "FILE"
         self.formats = formats
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
@@ -175,6 +179,7 @@ class OutputDir(click.Path):
 
     def __init__(self) -> None:
         super().__init__(file_okay=False)
+        self.name = "DIR"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = str(super().convert(value, param, ctx))
