@@ -140,12 +140,14 @@ def _parent_folder(path: str, option: str) -> None:
 @click.option("--retries", type=click.IntRange(min=0), default=DEFAULT_RETRIES, show_default=True,
               help="Retries per message after a refused connection, disconnect, timeout or AE "
                    "(AR is final); backoff 0.5 s, doubling.")
+@click.option("--attempts", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Tries per message: the older spelling of --retries N-1.")
 @output_options
 @click.pass_context
 @handle_errors
 def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None, host: str | None,
-         port: int | None, timeout: float | None, retries: int, output: str | None,
-         as_json: bool) -> None:
+         port: int | None, timeout: float | None, retries: int, attempts: int | None,
+         output: str | None, as_json: bool) -> None:
     """Send the messages in FILES (ER7; one message per MSH) and print one row per ACK.
 
     Exits 1 if the peer cannot be reached or any message was not acknowledged AA/CA.
@@ -169,7 +171,7 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
     messages = [m for f in files for m in split_messages(Path(f).read_bytes())]
     if not messages:
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
-    retry = RetryPolicy(max_attempts=retries + 1)
+    retry = RetryPolicy(max_attempts=attempts or retries + 1)
     with MLLPSender(host or s.host, port or s.port, timeout=timeout or s.timeout,
                     retry=retry, ssl_context=_client_tls(s)) as sender:
         for attempt in range(1, retry.max_attempts + 1):  # an unreachable peer fails once, not per message
