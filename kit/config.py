@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import kit._checks as _checks
 from kit._redact import register_secret
 from kit.errors import ConfigError
 
@@ -234,12 +235,13 @@ def _config_path(path: str | os.PathLike[str] | None, env: Mapping[str, str]) ->
     if path is not None:
         p = Path(path).expanduser()
         if not p.is_file():
-            raise ConfigError("config", f"file {p} does not exist")
+            raise ConfigError("config", f"{p} is not a file" if p.exists() else f"file {p} does not exist")
         return p
     if env.get("KIT_CONFIG"):
         p = Path(env["KIT_CONFIG"]).expanduser()
         if not p.is_file():
-            raise ConfigError("KIT_CONFIG", f"file {p} does not exist")
+            raise ConfigError("KIT_CONFIG", f"{p} is not a file" if p.exists()
+                              else f"file {p} does not exist")
         return p
     p = Path("kit.toml")
     return p if p.is_file() else None
@@ -304,14 +306,62 @@ def _coerce(key: str, value: Any, tp: Any, *, from_env: bool) -> Any:
 def _read_secret_file(key: str, path: str) -> Secret:
     p = Path(path).expanduser()
     try:
-        return Secret(p.read_text().strip() if p.suffix not in (".pem", ".key") else p.read_text())
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(key, f"cannot read secret file {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(key, f"secret file {p} is not UTF-8 text") from exc
+    return Secret(text.strip() if p.suffix not in (".pem", ".key") else text)
+
+
+#: value checks per setting (beyond its type), from :mod:`kit._checks`
+_CHECKS: dict[str, Any] = {
+    "pacs.host": _checks.host_name,
+    "pacs.port": _checks.port,
+    "pacs.called_aet": _checks.ae_title,
+    "pacs.aet": _checks.ae_title,
+    "pacs.store_port": lambda v: _checks.port(v, ephemeral=True),
+    "pacs.timeout": _checks.positive_seconds,
+    "dicomweb.base": _checks.http_url,
+    "dicomweb.timeout": _checks.positive_seconds,
+    "fhir.base": _checks.http_url,
+    "fhir.token_url": _checks.http_url,
+    "fhir.timeout": _checks.positive_seconds,
+    "hl7.host": _checks.host_name,
+    "hl7.port": _checks.port,
+    "hl7.timeout": _checks.positive_seconds,
+    "hl7.max_message_bytes": _checks.positive_int,
+    "stack.host": _checks.host_name,
+    "stack.pacs_port": lambda v: _checks.port(v, ephemeral=True),
+    "stack.pacs_aet": _checks.ae_title,
+    "stack.fhir_port": lambda v: _checks.port(v, ephemeral=True),
+    "stack.mllp_port": lambda v: _checks.port(v, ephemeral=True),
+    "stack.video_port": lambda v: _checks.port(v, ephemeral=True),
+    "stack.allowed_aets": lambda v: tuple(_checks.ae_title(a) for a in v),
+}
+
+
+def _checked(name: str, key: str, value: Any) -> Any:
+    """``value`` through its check in :data:`_CHECKS`; a failure is a ConfigError naming ``key``."""
+    check = _CHECKS.get(name)
+    if check is None or value is None:
+        return value
+    try:
+        return check(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from exc
 
 
 def _build_section(
     name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str]
 ) -> Any:
+    return _build_section_set(name, cls, table, env)[0]
+
+
+def _build_section_set(
+    name: str, cls: type, table: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[Any, set[str]]:
+    """The section's settings object and the names of the fields the file or environment set."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     known = set(fields) | {f"{n}_file" for n, t in hints.items() if _base_type(t)[0] is Secret}
@@ -337,10 +387,10 @@ def _build_section(
                 values[fname] = _read_secret_file(f"{key}_file", str(table[f"{fname}_file"]))
             continue
         if env_key in env:
-            values[fname] = _coerce(env_key, env[env_key], tp, from_env=True)
+            values[fname] = _checked(key, env_key, _coerce(env_key, env[env_key], tp, from_env=True))
         elif fname in table:
-            values[fname] = _coerce(key, table[fname], tp, from_env=False)
-    return cls(**values)
+            values[fname] = _checked(key, key, _coerce(key, table[fname], tp, from_env=False))
+    return cls(**values), set(values)
 
 
 def load_settings(
@@ -372,7 +422,12 @@ def load_settings(
     data: dict[str, Any] = {}
     if file is not None:
         try:
-            data = tomllib.loads(file.read_text())
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(file), f"not UTF-8 text (byte 0x{exc.object[exc.start]:02X} at "
+                                         f"offset {exc.start}); save it as UTF-8") from exc
+        except OSError as exc:
+            raise ConfigError(str(file), f"cannot read: {exc.strerror or exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(file), f"not valid TOML: {exc}") from exc
     for section in data:
@@ -380,5 +435,35 @@ def load_settings(
             raise ConfigError(section, f"unknown section; known: {', '.join(_SECTIONS)}")
         if not isinstance(data[section], dict):
             raise ConfigError(section, "must be a table")
-    sections = {name: _build_section(name, cls, data.get(name, {}), env) for name, cls in _SECTIONS.items()}
+    built = {name: _build_section_set(name, cls, data.get(name, {}), env)
+             for name, cls in _SECTIONS.items()}
+    sections = {name: obj for name, (obj, _) in built.items()}
+    sections.update(_stack_defaults(sections["stack"], {n: s for n, (_, s) in built.items()}, sections))
     return Settings(**sections, source=str(file) if file else "defaults")
+
+
+def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
+                    sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Client settings the file and environment left unset, taken from ``[stack]``.
+
+    So a kit.toml that moves the embedded stack (``[stack] pacs_port = 4242``)
+    points ``kit pacs``, ``kit fhir`` and ``kit hl7 send`` at it too. A port 0
+    (ephemeral) says nothing about where the stack is, and a wildcard listen
+    address is reached on 127.0.0.1. A client section that sets its own
+    ``host`` (``base`` for FHIR) points elsewhere and takes nothing from the stack.
+    """
+    host = "127.0.0.1" if stack.host in ("0.0.0.0", "::", "") else stack.host
+    url_host = f"[{host}]" if ":" in host else host
+
+    def fill(section: str, values: dict[str, Any]) -> Any:
+        if "host" in given[section]:  # the client points elsewhere: nothing to take from the stack
+            return sections[section]
+        wanted = {k: v for k, v in values.items() if k not in given[section] and v not in (None, 0)}
+        return dataclasses.replace(sections[section], **wanted)
+
+    return {
+        "pacs": fill("pacs", {"host": host, "port": stack.pacs_port, "called_aet": stack.pacs_aet}),
+        "fhir": fill("fhir", {"base": f"http://{url_host}:{stack.fhir_port}/fhir/R4"
+                              if stack.fhir_port else None}),
+        "hl7": fill("hl7", {"host": host, "port": stack.mllp_port}),
+    }

@@ -5,9 +5,13 @@ One group per protocol (``kit pacs``, ``kit fhir``, ``kit hl7``,
 ``kit index``, ``kit deid`` and ``kit status``. Subcommands are imported only
 when used, so ``kit --help`` stays fast.
 
-Conventions (see DESIGN.md): results print as a table; ``-o FILE`` writes by
-extension (.parquet .csv .json .ndjson); ``--json`` prints JSON. Exit 0 on
-success, 1 on failure with a one-line reason on stderr, 2 on misuse.
+Conventions (see DESIGN.md): results print as a table with identifiers whole;
+``-o FILE`` writes by extension (.parquet .csv .json .ndjson) into an existing
+folder, a command that writes a folder takes ``--out-dir``; ``--json`` prints
+JSON. Exit 0 on success; 1 on failure with one line on stderr
+(``kit: error: Type: reason``); 2 on misuse, with click's usage block and one
+``Error:`` line. Anything else that escapes a command is a bug: it is reported
+the same way as ``kit: internal error: ...`` (exit 1; the traceback with ``-v``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -76,13 +81,46 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     # pynetdicom logs what kit already reports as a typed error; show it only when asked.
     quiet = {0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.DEBUG)
     logging.getLogger("pynetdicom").setLevel(quiet)
-    ctx.obj = {"config": config}
+    _STATE["verbose"] = verbose
+    # Settings are read once, before any command runs: a broken kit.toml or KIT_* value is
+    # reported (naming the key) whatever the command, never half-way through its work.
+    from kit.cli.common import error_line
+    from kit.config import load_settings
+
+    try:
+        settings = load_settings(config)
+    except KitError as exc:
+        click.echo(error_line(exc), err=True)
+        ctx.exit(1)
+    ctx.obj = {"config": config, "verbose": verbose, "settings": settings}
+
+
+#: what the group callback learnt that :func:`main` needs after a command failed
+_STATE: dict[str, int] = {"verbose": 0}
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point of the ``kit`` console script."""
+    """Entry point of the ``kit`` console script.
+
+    A :class:`~kit.errors.KitError` that reaches here exits 1 with its one
+    line; any other exception is a bug in kit and exits 1 with one
+    ``kit: internal error`` line (the traceback follows only with ``-v``).
+    """
+    from kit.cli.common import error_line
+
     try:
         return cli.main(args=argv, prog_name="kit", standalone_mode=True)
-    except KitError as exc:  # pragma: no cover - commands convert via fail()
-        click.echo(f"kit: error: {exc}".splitlines()[0], err=True)
+    except KitError as exc:
+        click.echo(error_line(exc), err=True)
+        sys.exit(1)
+    except (SystemExit, KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the CLI contract's last line (a Rust panic is a BaseException)
+        if _STATE["verbose"]:
+            traceback.print_exc(file=sys.stderr)
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        click.echo(f"kit: internal error: {type(exc).__name__}: {first} (a bug in kit; "
+                   f"run with -v for the traceback)" if not _STATE["verbose"] else
+                   f"kit: internal error: {type(exc).__name__}: {first}", err=True)
         sys.exit(1)

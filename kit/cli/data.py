@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from kit.cli.common import emit_frame, handle_errors, output_options
+from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options
+from kit.errors import ConfigError, InvalidInputError
 
 __all__ = ["deid", "index"]
 
@@ -27,24 +28,35 @@ def index(paths: tuple[str, ...], workers: int | None, no_recursive: bool, outpu
     Columns: patient_id, patient_name, study_instance_uid, accession_number,
     series_instance_uid, sop_instance_uid, modality, dates, sizes, path, ...
     (see kit.dicom.index). Files that are not DICOM are listed on stderr as
-    warnings and left out.
+    warnings and left out; if no file is DICOM, exit 1 with the reasons.
 
     \b
     Examples:
       kit index data/samples/dicom
-      kit index /mnt/export -o index.parquet --workers 4
+      kit index data/samples/dicom -o index.parquet --workers 2
     """
     from kit.dicom.index import index_dicom
 
     result = index_dicom(list(paths), recursive=not no_recursive, workers=workers, progress=True)
+    if result.frame.is_empty():
+        raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
     for path, reason in result.skipped.iter_rows():
         click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
     emit_frame(result.frame, output, as_json, label="instances")
 
 
+def _skipped(skipped: Any, shown: int = 3) -> str:
+    """``3 files skipped: a.txt: not DICOM; ...`` in one line."""
+    if skipped.is_empty():
+        return "no files"
+    rows = [f"{Path(p).name}: {' '.join(str(r).split())[:80]}" for p, r in skipped.head(shown).iter_rows()]
+    more = f"; and {skipped.height - shown} more" if skipped.height > shown else ""
+    return f"{skipped.height} file(s) skipped: " + "; ".join(rows) + more
+
+
 @click.command()
 @click.argument("in_path", metavar="IN", type=click.Path(exists=True))
-@click.argument("out_dir", metavar="OUT", type=click.Path(file_okay=False))
+@click.argument("out_dir", metavar="OUT", type=OUT_DIR)
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="File holding the project key (default: $KIT_DEID_KEY).")
 @click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
@@ -66,8 +78,8 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
 
     \b
     Examples:
-      KIT_DEID_KEY=... kit deid data/samples/dicom /tmp/deid
-      kit deid IN OUT --key-file ~/.kit/deid.key --map ~/.kit/project-map.parquet
+      KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1002 deid
+      KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1003 d3 --map map.parquet -o d3.csv
     """
     from kit.dicom.deid import Deidentifier, ReidentificationMap
 
@@ -78,27 +90,34 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
         raise click.UsageError("the re-identification map must not be written inside OUT")
     if reid_path.suffix.lower() not in (".parquet", ".csv"):
         raise click.UsageError("--map must end in .parquet or .csv")
+    if not reid_path.parent.is_dir():
+        raise click.BadParameter(f"folder {reid_path.parent} does not exist", param_hint="--map")
     reid_map = ReidentificationMap.load(reid_path) if reid_path.exists() else None
     deidentifier = Deidentifier(key, shift_dates=not keep_dates, reid_map=reid_map)
     result = deidentifier.files(in_path, out, progress=True)
     frame = result.frame
     if result.n_deidentified:
         deidentifier.reid_map.save(reid_path)
+    n_skipped, n_failed = result.count("skipped"), result.count("failed")
+    if result.n_deidentified == 0:
+        reasons = frame.filter(frame["reason"].is_not_null())["reason"].head(1).to_list()
+        raise InvalidInputError(f"no file of {in_path} could be de-identified ({frame.height} files: "
+                                f"{n_skipped} skipped, {n_failed} failed"
+                                + (f"; first: {' '.join(str(reasons[0]).split())[:120]})" if reasons
+                                   else ")"))
     emit_frame(frame.select("path_in", "path_out", "patient_id", "burned_in_annotation", "status",
                             "reason"), output, as_json, label="files")
-    n_skipped, n_failed = result.count("skipped"), result.count("failed")
     click.echo(f"kit: de-identified {result.n_deidentified} of {frame.height} files into {out} "
                f"({n_skipped} skipped, {n_failed} failed, {result.n_burned_in} flagged for burned-in "
-               f"annotation); re-identification map: {reid_path if result.n_deidentified else 'unchanged'}",
-               err=True)
-    if result.n_deidentified == 0:
-        click.echo("kit: error: no file could be de-identified", err=True)
-        sys.exit(1)
+               f"annotation); re-identification map: {reid_path}", err=True)
 
 
 def _key(key_file: str | None) -> str:
     if key_file:
-        key = Path(key_file).read_text(encoding="utf-8").strip()
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("--key-file", f"cannot read {key_file} as UTF-8 text: {exc}") from exc
     else:
         key = os.environ.get("KIT_DEID_KEY", "").strip()
     if not key:

@@ -8,9 +8,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import polars as pl
 
-from kit.cli.common import emit_frame, handle_errors, output_options, progress, settings_from
+from kit.cli.common import (
+    HTTP_URL,
+    OUT_DIR,
+    SECONDS,
+    emit_frame,
+    handle_errors,
+    json_text,
+    output_options,
+    progress,
+    settings_from,
+)
 from kit.errors import FhirValidationError
 
 __all__ = ["fhir"]
@@ -18,19 +27,27 @@ __all__ = ["fhir"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: --retries default: a refused connection gives up after ~1.5 s of backoff (0.5 s, then 1 s)
+DEFAULT_RETRIES = 2
+
+
 def _connection_options(func: F) -> F:
-    func = click.option("--timeout", type=float, default=None,
+    func = click.option("--retries", type=click.IntRange(min=0), default=DEFAULT_RETRIES,
+                        show_default=True,
+                        help="Retries of a request that failed to connect or got 429/502/503/504 "
+                             "(exponential backoff from 0.5 s).")(func)
+    func = click.option("--timeout", type=SECONDS, default=None,
                         help="Seconds per request (default: fhir.timeout, 30).")(func)
-    func = click.option("--base", default=None, metavar="URL",
-                        help="FHIR base URL (default: fhir.base in kit.toml, else the embedded "
-                             "server http://127.0.0.1:8080/fhir/R4).")(func)
+    func = click.option("--base", type=HTTP_URL, default=None, metavar="URL",
+                        help="FHIR base URL as `kit serve` prints it (default: fhir.base in kit.toml, "
+                             "else the embedded server, http://127.0.0.1:8080/fhir/R4).")(func)
     return func
 
 
-def _client(ctx: click.Context, base: str | None, timeout: float | None) -> Any:
-    from kit.fhir.client import FhirClient
+def _client(ctx: click.Context, base: str | None, timeout: float | None, retries: int) -> Any:
+    from kit.fhir.client import FhirClient, RetryPolicy
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"retries": RetryPolicy(max_attempts=retries + 1)}
     if base:
         overrides["base"] = base
     if timeout:
@@ -52,13 +69,18 @@ def fhir() -> None:
 @output_options
 @click.pass_context
 @handle_errors
-def metadata(ctx: click.Context, base: str | None, timeout: float | None, output: str | None,
-             as_json: bool) -> None:
+def metadata(ctx: click.Context, base: str | None, timeout: float | None, retries: int,
+             output: str | None, as_json: bool) -> None:
     """Show what the server supports: one row per resource type.
 
     With --json, print the whole CapabilityStatement.
+
+    \b
+    Examples:
+      kit fhir metadata
+      kit fhir metadata --base http://127.0.0.1:8080/fhir/R4 --json
     """
-    with _client(ctx, base, timeout) as client:
+    with _client(ctx, base, timeout, retries) as client:
         cap = client.capabilities()
     if as_json and not output:
         click.echo(json.dumps(cap, indent=1))
@@ -66,6 +88,8 @@ def metadata(ctx: click.Context, base: str | None, timeout: float | None, output
     software = cap.get("software") or {}
     click.echo(f"FHIR {cap.get('fhirVersion', '?')} {software.get('name', '')} "
                f"{software.get('version', '')}".rstrip(), err=True)
+    import polars as pl
+
     rows = []
     for rest in cap.get("rest") or []:
         for res in rest.get("resource") or []:
@@ -87,11 +111,17 @@ def metadata(ctx: click.Context, base: str | None, timeout: float | None, output
 @click.pass_context
 @handle_errors
 def read(ctx: click.Context, resource_type: str, resource_id: str, base: str | None,
-         timeout: float | None, output: str | None, as_json: bool) -> None:
-    """Read one resource by type and id: `kit fhir read Patient p1` (--json: the resource itself)."""
+         timeout: float | None, retries: int, output: str | None, as_json: bool) -> None:
+    """Read one resource by type and id (--json: the resource itself).
+
+    \b
+    Examples:
+      kit fhir read Patient cb95ebb3-449d-530e-b015-646eeef135ce
+      kit fhir read Patient cb95ebb3-449d-530e-b015-646eeef135ce --json
+    """
     from kit.fhir.frames import to_frame
 
-    with _client(ctx, base, timeout) as client:
+    with _client(ctx, base, timeout, retries) as client:
         resource = client.read(resource_type, resource_id)
     if as_json and not output:
         click.echo(json.dumps(resource, indent=1))
@@ -121,27 +151,60 @@ def _search_params(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 @click.pass_context
 @handle_errors
 def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_results: int | None,
-           page_size: int | None, base: str | None, timeout: float | None, output: str | None,
-           as_json: bool) -> None:
-    """Search TYPE, following every page; print the matches as a frame.
+           page_size: int | None, base: str | None, timeout: float | None, retries: int,
+           output: str | None, as_json: bool) -> None:
+    """Search TYPE, following every page; print the results as a frame.
+
+    Resources that _include/_revinclude bring in are kept: they follow the
+    matches, and the columns resource_type and search_mode (match, include)
+    tell them apart.
 
     \b
     Examples:
       kit fhir search Patient
-      kit fhir search Observation patient=p1 code=http://loinc.org|8867-4 -o obs.parquet
+      kit fhir search Patient identifier=MRN1001
+      kit fhir search Observation 'code=http://loinc.org|8867-4' -o heart-rate.parquet
+      kit fhir search Observation patient=cb95ebb3-449d-530e-b015-646eeef135ce --json
       kit fhir search ImagingStudy _include=ImagingStudy:subject --max 100 --json
     """
     from kit.fhir.client import SearchMode
-    from kit.fhir.frames import to_frame
 
     query = _search_params(params)
     if page_size:
         query.append(("_count", str(page_size)))
-    with _client(ctx, base, timeout) as client:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {(resource_type, SearchMode.MATCH.value): []}
+    with _client(ctx, base, timeout, retries) as client:
         entries = client.search_entries(resource_type, query, max_results=max_results)
-        matches = [e.resource for e in progress(entries, total=max_results, desc=f"{resource_type}")
-                   if e.mode is SearchMode.MATCH]
-    emit_frame(to_frame(matches, resource_type), output, as_json, label=f"{resource_type} resources")
+        for e in progress(entries, total=max_results, desc=f"{resource_type}"):
+            if e.mode is SearchMode.OUTCOME:
+                continue
+            kind = str(e.resource.get("resourceType") or resource_type)
+            groups.setdefault((kind, e.mode.value), []).append(e.resource)
+    emit_frame(_search_frame(groups), output, as_json, label=f"{resource_type} resources")
+
+
+def _search_frame(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Any:
+    """One frame of every (resource type, search mode) group, matches first.
+
+    Each group is framed by :func:`kit.fhir.frames.to_frame`; a column that two
+    types give different dtypes becomes JSON text, so nothing is dropped.
+    """
+    import polars as pl
+
+    from kit.fhir.frames import to_frame
+
+    frames = [to_frame(resources, kind).with_columns(pl.lit(kind).alias("resource_type"),
+                                                    pl.lit(mode).alias("search_mode"))
+              for (kind, mode), resources in groups.items() if resources or mode == "match"]
+    if len(frames) == 1:
+        return frames[0]
+    dtypes: dict[str, set[Any]] = {}
+    for f in frames:
+        for name, dtype in f.schema.items():
+            dtypes.setdefault(name, set()).add(dtype)
+    mixed = {name for name, kinds in dtypes.items() if len(kinds) > 1}
+    return pl.concat([json_text(f, [c for c in f.columns if c in mixed]) for f in frames],
+                     how="diagonal_relaxed")
 
 
 @fhir.command()
@@ -155,15 +218,20 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
 @click.pass_context
 @handle_errors
 def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: bool, base: str | None,
-           timeout: float | None, as_json: bool) -> None:
-    """Create the resource in FILE (JSON); a transaction or batch Bundle is posted as such."""
+           timeout: float | None, retries: int, as_json: bool) -> None:
+    """Create the resource in FILE (JSON); a transaction or batch Bundle is posted as such.
+
+    \b
+    Examples:
+      kit fhir create data/samples/fhir/bundle.json
+    """
     try:
         resource = json.loads(file.read_text())
     except (OSError, ValueError) as exc:
         raise FhirValidationError(f"not a JSON file: {exc}", source=str(file)) from exc
     if not isinstance(resource, dict):
         raise FhirValidationError("expected a JSON object", source=str(file))
-    with _client(ctx, base, timeout) as client:
+    with _client(ctx, base, timeout, retries) as client:
         if resource.get("resourceType") == "Bundle" and resource.get("type") in ("transaction", "batch"):
             result = (client.transaction(resource, validate=validate) if resource["type"] == "transaction"
                       else client.batch(resource.get("entry") or []))
@@ -183,7 +251,7 @@ def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: 
 
 
 @fhir.command()
-@click.option("-o", "--output", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out-dir", "folder", type=OUT_DIR, required=True,
               help="Folder for the NDJSON files, one parquet per type and the resume state.")
 @click.option("--type", "types", multiple=True, metavar="TYPE",
               help="Resource type to export (repeatable; default all).")
@@ -191,7 +259,7 @@ def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: 
 @click.option("--patient", "patient_level", is_flag=True, help="Patient-level export (all patients).")
 @click.option("--since", default=None, metavar="INSTANT",
               help="Only resources changed since INSTANT (e.g. 2024-01-01T00:00:00Z).")
-@click.option("--wait", "wait_timeout", type=float, default=3600.0, show_default=True,
+@click.option("--wait", "wait_timeout", type=SECONDS, default=3600.0, show_default=True,
               help="Seconds to wait for the server to finish the job.")
 @click.option("--restart", is_flag=True, help="Ignore a previous (interrupted) export in the folder.")
 @click.option("--allow-errors", is_flag=True, help="Succeed even if the manifest lists errors.")
@@ -199,23 +267,24 @@ def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: 
 @click.option("--json", "as_json", is_flag=True, help="Print the file list as JSON.")
 @click.pass_context
 @handle_errors
-def export(ctx: click.Context, folder: Path, types: tuple[str, ...], group_id: str | None,
+def export(ctx: click.Context, folder: str, types: tuple[str, ...], group_id: str | None,
            patient_level: bool, since: str | None, wait_timeout: float, restart: bool,
-           allow_errors: bool, base: str | None, timeout: float | None, as_json: bool) -> None:
+           allow_errors: bool, base: str | None, timeout: float | None, retries: int,
+           as_json: bool) -> None:
     """Bulk Data $export into a folder; re-run the same command to resume an interrupted one.
 
     \b
     Examples:
-      kit fhir export -o export/
-      kit fhir export --group cohort1 --type Patient --type Observation -o export/
+      kit fhir export --out-dir export
+      kit fhir export --patient --type Patient --type Observation --out-dir export-obs
     """
     from kit.fhir.bulk import BulkExport
 
     if group_id and patient_level:
         raise click.UsageError("--group and --patient are exclusive")
     level = "group" if group_id else "patient" if patient_level else "system"
-    with _client(ctx, base, timeout) as client:
-        result = BulkExport(client).run(folder, level, group_id=group_id, types=list(types) or None,
+    with _client(ctx, base, timeout, retries) as client:
+        result = BulkExport(client).run(Path(folder), level, group_id=group_id, types=list(types) or None,
                                         since=since, timeout=wait_timeout, restart=restart,
                                         fail_on_errors=not allow_errors)
     for issue in result.errors:

@@ -6,14 +6,28 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from pathlib import Path
 
 import click
-import polars as pl
 
-from kit.cli.common import emit_frame, handle_errors, output_options, progress, settings_from
+from kit.cli.common import (
+    EPHEMERAL_PORT,
+    HOST,
+    MLLP_URL,
+    OUT_DIR,
+    PORT,
+    SECONDS,
+    emit_frame,
+    handle_errors,
+    listen_host,
+    output_options,
+    progress,
+    settings_from,
+    write_frame,
+)
 from kit.config import HL7Settings
-from kit.errors import ConfigError
+from kit.errors import ConfigError, InvalidInputError
 
 __all__ = ["hl7"]
 
@@ -48,22 +62,26 @@ def hl7() -> None:
     """HL7 v2 over MLLP: run a durable listener, send files, parse files into tables.
 
     \b
-      kit hl7 listen --port 2575 --store feed.db
-      kit hl7 send feed.hl7 --host 127.0.0.1 --port 2575
-      kit hl7 parse feed.hl7 -o tables/
-      kit hl7 stats --store feed.db
+      kit hl7 listen --port 2576 --store feed.db
+      kit hl7 send data/samples/hl7/feed.hl7 --url mllp://127.0.0.1:2575
+      kit hl7 parse data/samples/hl7/feed.hl7 --out-dir tables
+      kit hl7 stats --store ~/.cache/kit/stack/mllp.db
     """
 
 
+#: --retries default for `kit hl7 send`: a refused connection gives up after 1.5 s (0.5 s, 1 s)
+DEFAULT_RETRIES = 2
+
+
 @hl7.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option("--port", type=int, default=None,
+@click.option("--host", type=HOST, default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=EPHEMERAL_PORT, default=None,
               help="TCP port (0 = ephemeral; default: kit.toml [hl7] port, else 2575).")
 @click.option("--store", "store", type=click.Path(dir_okay=False), required=True,
               help="SQLite file the received messages are stored in (created if missing).")
-@click.option("--idle-timeout", type=float, default=300.0, show_default=True,
+@click.option("--idle-timeout", type=SECONDS, default=300.0, show_default=True,
               help="Close a connection after this many seconds without data.")
-@click.option("--max-message-bytes", type=int, default=None,
+@click.option("--max-message-bytes", type=click.IntRange(min=1), default=None,
               help="Largest accepted message (default: kit.toml [hl7] max_message_bytes, 16 MiB).")
 @click.option("--accept-unknown-types", is_flag=True,
               help="Store message types outside HL7 table 0076 instead of answering AR.")
@@ -76,10 +94,16 @@ def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_tim
     Every message is committed to STORE before it is answered AA; duplicates
     (same MSH-3, MSH-4, MSH-10) are stored once. Prints one line with the
     address, e.g. `mllp  mllp://127.0.0.1:2575`.
+
+    \b
+    Examples:
+      kit hl7 listen --port 0 --store feed.db
     """
     from kit.hl7.mllp import MLLPListener
 
     s = settings_from(ctx).hl7
+    _parent_folder(store, "--store")
+    listen_host(host, "hl7 listen --host")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -97,29 +121,68 @@ def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_tim
     click.echo("stopped: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
 
 
+def _parent_folder(path: str, option: str) -> None:
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"folder {parent} does not exist (kit does not create parent folders)",
+                                 param_hint=option)
+
+
 @hl7.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--host", default=None, help="MLLP peer (default: kit.toml [hl7] host, else 127.0.0.1).")
-@click.option("--port", type=int, default=None, help="MLLP port (default: kit.toml [hl7] port, else 2575).")
-@click.option("--timeout", type=float, default=None, help="Seconds to wait for each ACK (default 30).")
-@click.option("--attempts", type=int, default=3, show_default=True,
-              help="Tries per message on disconnect, timeout or AE (AR is final).")
+@click.option("--url", type=MLLP_URL, default=None,
+              help="The peer as `kit serve` prints it: mllp://host:port (instead of --host/--port).")
+@click.option("--host", type=HOST, default=None,
+              help="MLLP peer (default: kit.toml [hl7] host, else 127.0.0.1).")
+@click.option("--port", type=PORT, default=None,
+              help="MLLP port (default: kit.toml [hl7] port, else [stack] mllp_port, 2575).")
+@click.option("--timeout", type=SECONDS, default=None, help="Seconds to wait for each ACK (default 30).")
+@click.option("--retries", type=click.IntRange(min=0), default=DEFAULT_RETRIES, show_default=True,
+              help="Retries per message after a refused connection, disconnect, timeout or AE "
+                   "(AR is final); backoff 0.5 s, doubling.")
+@click.option("--attempts", type=click.IntRange(min=1), default=None, hidden=True,
+              help="Tries per message: the older spelling of --retries N-1.")
 @output_options
 @click.pass_context
 @handle_errors
-def send(ctx: click.Context, files: tuple[str, ...], host: str | None, port: int | None,
-         timeout: float | None, attempts: int, output: str | None, as_json: bool) -> None:
+def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None, host: str | None,
+         port: int | None, timeout: float | None, retries: int, attempts: int | None,
+         output: str | None, as_json: bool) -> None:
     """Send the messages in FILES (ER7; one message per MSH) and print one row per ACK.
 
-    Exits 1 if any message was not acknowledged AA/CA.
+    Exits 1 if the peer cannot be reached or any message was not acknowledged AA/CA.
+
+    \b
+    Examples:
+      kit hl7 send data/samples/hl7/feed.hl7
+      kit hl7 send data/samples/hl7/feed.hl7 --url mllp://127.0.0.1:2575 -o acks.csv
     """
+    import polars as pl
+
+    from kit.errors import PeerUnreachableError
     from kit.hl7.message import split_messages
     from kit.hl7.mllp import MLLPSender, RetryPolicy
 
+    if url is not None:
+        if host is not None or port is not None:
+            raise click.UsageError("--url names the peer: give it without --host or --port")
+        host, port = url
     s = settings_from(ctx).hl7
     messages = [m for f in files for m in split_messages(Path(f).read_bytes())]
+    if not messages:
+        raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
+    retry = RetryPolicy(max_attempts=attempts or retries + 1)
     with MLLPSender(host or s.host, port or s.port, timeout=timeout or s.timeout,
-                    retry=RetryPolicy(max_attempts=attempts), ssl_context=_client_tls(s)) as sender:
+                    retry=retry, ssl_context=_client_tls(s)) as sender:
+        for attempt in range(1, retry.max_attempts + 1):  # an unreachable peer fails once, not per message
+            try:
+                sender.connect()
+                break
+            except PeerUnreachableError as exc:
+                if attempt == retry.max_attempts:
+                    raise PeerUnreachableError(f"{str(exc).removesuffix(f' ({sender.peer})')} (gave up "
+                                               f"after {attempt} attempt(s))", peer=sender.peer) from exc
+                time.sleep(retry.delay(attempt + 1))
         acks = sender.send_many(progress(messages, total=len(messages), desc="send"))
     emit_frame(acks, output, as_json, label="acks")
     failed = acks.filter(pl.col("error").is_not_null())
@@ -131,24 +194,49 @@ def send(ctx: click.Context, files: tuple[str, ...], host: str | None, port: int
 
 @hl7.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Folder for one <table>.parquet per table.")
+@click.option("--out-dir", type=OUT_DIR, default=None,
+              help="Write every table into this folder, one <table>.parquet each (created if missing).")
+@click.option("--table", default="results", show_default=True,
+              help="The table -o, --json and the printed table show.")
+@output_options
 @handle_errors
-def parse(files: tuple[str, ...], out_dir: str) -> None:
-    """Parse HL7 files into tables (messages, patients, visits, orders, results, appointments, documents).
+def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str | None,
+          as_json: bool) -> None:
+    """Parse HL7 files into tables (messages, patients, visits, orders, results, appointments, ...).
 
-    Writes one parquet file per table to OUT_DIR and prints the row counts.
+    With --out-dir, writes one parquet file per table and prints the row
+    counts. Otherwise prints one table (--table, default results), or writes
+    it with -o FILE (.parquet, .csv, .json, .ndjson) or --json.
+
+    \b
+    Examples:
+      kit hl7 parse data/samples/hl7/feed.hl7
+      kit hl7 parse data/samples/hl7/feed.hl7 --out-dir tables
+      kit hl7 parse data/samples/hl7/feed.hl7 --table orders -o orders.csv
     """
+    import polars as pl
+
     from kit.hl7.frames import TABLES, read_file
 
+    if table not in TABLES:
+        raise click.BadParameter(f"{table!r} is not a table; choose from {', '.join(TABLES)}",
+                                 param_hint="--table")
+    if out_dir and (output or as_json):
+        raise click.UsageError("--out-dir writes every table; -o/--json write one: give one of them")
     parts = [read_file(f) for f in progress(files, total=len(files), desc="parse")]
+    if not any(p["messages"].height for p in parts):
+        raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
+    if not out_dir:
+        emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json,
+                   label=f"{table} rows")
+        return
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     rows = []
-    for table in TABLES:
-        df = pl.concat([p[table] for p in parts], how="vertical")
-        df.write_parquet(out / f"{table}.parquet")
-        rows.append({"table": table, "rows": df.height, "file": str(out / f"{table}.parquet")})
+    for name in TABLES:
+        df = pl.concat([p[name] for p in parts], how="vertical")
+        path = write_frame(df, out / f"{name}.parquet")
+        rows.append({"table": name, "rows": df.height, "file": str(path)})
     emit_frame(pl.DataFrame(rows), None, False)
 
 
@@ -158,7 +246,12 @@ def parse(files: tuple[str, ...], out_dir: str) -> None:
 @output_options
 @handle_errors
 def stats(store: str, output: str | None, as_json: bool) -> None:
-    """Messages per type in a listener's store, plus duplicates, rejections and framing errors."""
+    """Messages per type in a listener's store, plus duplicates, rejections and framing errors.
+
+    \b
+    Examples:
+      kit hl7 stats --store ~/.cache/kit/stack/mllp.db      # the store of `kit serve`
+    """
     from kit.hl7.store import MessageStore
 
     with MessageStore(store) as db:

@@ -9,7 +9,22 @@ from typing import Any, TypeVar
 
 import click
 
-from kit.cli.common import emit_frame, handle_errors, output_options, settings_from
+from kit.cli.common import (
+    AE_TITLE,
+    DATE_RANGE,
+    DICOM_URL,
+    EPHEMERAL_PORT,
+    HOST,
+    HTTP_URL,
+    OUT_DIR,
+    PORT,
+    SECONDS,
+    UID,
+    emit_frame,
+    handle_errors,
+    output_options,
+    settings_from,
+)
 
 __all__ = ["pacs"]
 
@@ -17,14 +32,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _dimse_options(func: F) -> F:
-    """--host/--port/--aet/--called-aet/--timeout, defaulting to kit.toml [pacs]."""
+    """--url or --host/--port/--called-aet, --aet, --timeout; defaults from kit.toml [pacs]."""
     for option in reversed([
-        click.option("--host", default=None, help="PACS host (default: kit.toml [pacs], else the "
+        click.option("--url", type=DICOM_URL, default=None,
+                     help="The PACS as `kit serve` prints it: dicom://AET@host:port "
+                          "(instead of --host/--port/--called-aet)."),
+        click.option("--host", type=HOST, default=None, help="PACS host (default: kit.toml [pacs], else the "
                      "embedded stack on 127.0.0.1)."),
-        click.option("--port", type=int, default=None, help="PACS DICOM port (default 11112)."),
-        click.option("--aet", default=None, help="Our calling AE title (default KITSCU)."),
-        click.option("--called-aet", default=None, help="The PACS's AE title (default KIT)."),
-        click.option("--timeout", type=float, default=None, help="Seconds to wait (default 30)."),
+        click.option("--port", type=PORT, default=None,
+                     help="PACS DICOM port (default: kit.toml [pacs] port, else [stack] pacs_port, "
+                          "11112)."),
+        click.option("--aet", type=AE_TITLE, default=None, help="Our calling AE title (default KITSCU)."),
+        click.option("--called-aet", type=AE_TITLE, default=None,
+                     help="The PACS's AE title (default: kit.toml [pacs] called_aet, else the "
+                          "embedded stack's, KIT)."),
+        click.option("--timeout", type=SECONDS, default=None, help="Seconds to wait (default 30)."),
     ]):
         func = option(func)
     return func
@@ -32,14 +54,18 @@ def _dimse_options(func: F) -> F:
 
 def _web_options(func: F) -> F:
     """--web/--base URL: use DICOMweb instead of DIMSE."""
-    func = click.option("--base", default=None,
+    func = click.option("--base", type=HTTP_URL, default=None,
                         help="DICOMweb root URL (default: kit.toml [dicomweb]); implies --web.")(func)
     func = click.option("--web", is_flag=True, help="Use DICOMweb (QIDO/WADO/STOW) instead of DIMSE.")(func)
     return func
 
 
-def _client(ctx: click.Context, host: str | None, port: int | None, aet: str | None,
-            called_aet: str | None, timeout: float | None) -> Any:
+def _client(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
+            port: int | None, aet: str | None, called_aet: str | None, timeout: float | None) -> Any:
+    if url is not None:
+        if host is not None or port is not None or called_aet is not None:
+            raise click.UsageError("--url names the PACS: give it without --host, --port, --called-aet")
+        called_aet, host, port = url
     from kit.dicom.dimse import PacsClient
 
     settings = settings_from(ctx).pacs
@@ -82,10 +108,16 @@ def pacs() -> None:
 @_dimse_options
 @click.pass_context
 @handle_errors
-def echo(ctx: click.Context, host: str | None, port: int | None, aet: str | None,
+def echo(ctx: click.Context, url: Any, host: str | None, port: int | None, aet: str | None,
          called_aet: str | None, timeout: float | None) -> None:
-    """C-ECHO the PACS and print the round-trip time."""
-    client = _client(ctx, host, port, aet, called_aet, timeout)
+    """C-ECHO the PACS and print the round-trip time.
+
+    \b
+    Examples:
+      kit pacs echo
+      kit pacs echo --url dicom://KIT@127.0.0.1:11112
+    """
+    client = _client(ctx, url, host, port, aet, called_aet, timeout)
     took = client.echo()
     click.echo(f"{client.address} answered C-ECHO in {took * 1000:.1f} ms")
 
@@ -95,13 +127,14 @@ def echo(ctx: click.Context, host: str | None, port: int | None, aet: str | None
               default="study", show_default=True, help="Query level.")
 @click.option("--patient-id", default=None, help="PatientID (MRN); wildcards * and ? allowed.")
 @click.option("--patient-name", default=None, help="PatientName, e.g. 'Moreau*'.")
-@click.option("--study-date", default=None,
+@click.option("--study-date", type=DATE_RANGE, default=None,
               help="StudyDate: 20260112, 2026-01-12 or a range 20260101-20260301 (open ends allowed).")
 @click.option("--modality", default=None,
               help="Modality (series/image level) or ModalitiesInStudy (study level).")
 @click.option("--accession", default=None, help="AccessionNumber.")
-@click.option("--study", "study_uid", default=None, help="StudyInstanceUID.")
-@click.option("--series", "series_uid", default=None, help="SeriesInstanceUID (series/image level).")
+@click.option("--study", "study_uid", type=UID, default=None, help="StudyInstanceUID.")
+@click.option("--series", "series_uid", type=UID, default=None,
+              help="SeriesInstanceUID (series/image level).")
 @_dimse_options
 @_web_options
 @output_options
@@ -109,16 +142,18 @@ def echo(ctx: click.Context, host: str | None, port: int | None, aet: str | None
 @handle_errors
 def find(ctx: click.Context, level: str, patient_id: str | None, patient_name: str | None,
          study_date: str | None, modality: str | None, accession: str | None, study_uid: str | None,
-         series_uid: str | None, host: str | None, port: int | None, aet: str | None,
+         series_uid: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
          called_aet: str | None, timeout: float | None, web: bool, base: str | None,
          output: str | None, as_json: bool) -> None:
     """Find patients, studies, series or images (C-FIND, or QIDO-RS with --web).
+
+    No match is an empty table (exit 0): a search that finds nothing is an answer.
 
     \b
     Examples:
       kit pacs find --patient-id MRN1001
       kit pacs find --study-date 20260101-20260131 --modality CT -o studies.parquet
-      kit pacs find --level image --study 1.2.826... --json
+      kit pacs find --level series --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849
     """
     lvl = level.upper()
     filters: dict[str, Any] = {"patient_id": patient_id, "patient_name": patient_name,
@@ -134,61 +169,79 @@ def find(ctx: click.Context, level: str, patient_id: str | None, patient_name: s
     if web or base:
         df = _web(ctx, base, timeout).find(lvl, **filters)
     else:
-        df = _client(ctx, host, port, aet, called_aet, timeout).find(lvl, **filters)
+        df = _client(ctx, url, host, port, aet, called_aet, timeout).find(lvl, **filters)
     emit_frame(df, output, as_json, label=f"{level.lower()} matches")
 
 
+def _received(df: Any, dest: str, output: str | None, as_json: bool) -> None:
+    click.echo(f"received {df.height} instance(s) into {dest}", err=True)
+    if output or as_json:
+        emit_frame(df, output, as_json, label="instances")
+
+
 @pacs.command()
-@click.option("--study", "study_uid", required=True, help="StudyInstanceUID to retrieve.")
-@click.option("--series", "series_uid", default=None, help="Only this SeriesInstanceUID.")
-@click.option("-o", "--output-dir", "dest", type=click.Path(file_okay=False), required=True,
-              help="Folder for the files (<SOPInstanceUID>.dcm).")
-@click.option("--json", "as_json", is_flag=True, help="Print the received-files frame as JSON.")
+@click.option("--study", "study_uid", type=UID, required=True, help="StudyInstanceUID to retrieve.")
+@click.option("--series", "series_uid", type=UID, default=None, help="Only this SeriesInstanceUID.")
+@click.option("--out-dir", "dest", type=OUT_DIR, required=True,
+              help="Folder for the files (<SOPInstanceUID>.dcm); created if missing.")
 @_dimse_options
 @_web_options
+@output_options
 @click.pass_context
 @handle_errors
-def get(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, as_json: bool,
+def get(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, url: Any,
         host: str | None, port: int | None, aet: str | None, called_aet: str | None,
-        timeout: float | None, web: bool, base: str | None) -> None:
-    """Retrieve a study or series into a folder (C-GET, or WADO-RS with --web)."""
+        timeout: float | None, web: bool, base: str | None, output: str | None, as_json: bool) -> None:
+    """Retrieve a study or series into a folder (C-GET, or WADO-RS with --web).
+
+    A study or series the PACS has no instances of is a failure (exit 1).
+    -o FILE / --json give the table of received files.
+
+    \b
+    Examples:
+      kit pacs get --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849 --out-dir ct
+      kit pacs get --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849 --out-dir ct -o r.csv
+    """  # noqa: E501 - whole UIDs
     if web or base:
         df = _web(ctx, base, timeout).get(study_uid, series_uid, dest=Path(dest))
     else:
-        df = _client(ctx, host, port, aet, called_aet, timeout).get(
+        df = _client(ctx, url, host, port, aet, called_aet, timeout).get(
             study_uid=study_uid, series_uid=series_uid, dest=Path(dest), progress=True)
-    click.echo(f"received {df.height} instance(s) into {dest}", err=True)
-    if as_json:
-        emit_frame(df, None, True)
+    _received(df, dest, output, as_json)
 
 
 @pacs.command()
-@click.option("--study", "study_uid", required=True, help="StudyInstanceUID to retrieve.")
-@click.option("--series", "series_uid", default=None, help="Only this SeriesInstanceUID.")
-@click.option("-o", "--output-dir", "dest", type=click.Path(file_okay=False), required=True,
-              help="Folder for the files (<SOPInstanceUID>.dcm).")
-@click.option("--move-aet", default=None,
+@click.option("--study", "study_uid", type=UID, required=True, help="StudyInstanceUID to retrieve.")
+@click.option("--series", "series_uid", type=UID, default=None, help="Only this SeriesInstanceUID.")
+@click.option("--out-dir", "dest", type=OUT_DIR, required=True,
+              help="Folder for the files (<SOPInstanceUID>.dcm); created if missing.")
+@click.option("--move-aet", type=AE_TITLE, default=None,
               help="Destination AE title the PACS sends to (default: --aet). The PACS must know it.")
-@click.option("--store-port", type=int, default=None,
-              help="Port of our temporary storage SCP (default kit.toml [pacs] store_port).")
-@click.option("--json", "as_json", is_flag=True, help="Print the received-files frame as JSON.")
+@click.option("--store-port", type=EPHEMERAL_PORT, default=None,
+              help="Port of our temporary storage SCP (default kit.toml [pacs] store_port; 0 = ephemeral, "
+                   "which a PACS cannot know in advance).")
 @_dimse_options
+@output_options
 @click.pass_context
 @handle_errors
 def move(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, move_aet: str | None,
-         store_port: int | None, as_json: bool, host: str | None, port: int | None, aet: str | None,
-         called_aet: str | None, timeout: float | None) -> None:
+         store_port: int | None, url: Any, host: str | None, port: int | None, aet: str | None,
+         called_aet: str | None, timeout: float | None, output: str | None, as_json: bool) -> None:
     """Retrieve a study or series by C-MOVE to a temporary storage SCP.
 
     The PACS must have our AE title (or --move-aet), host and --store-port in
-    its list of destinations. Prefer `kit pacs get` where the PACS supports C-GET.
+    its list of destinations: for `kit serve`, in kit.toml
+    `[stack] move_destinations = { KITSCU = "127.0.0.1:11113" }` and
+    `[pacs] store_port = 11113`. Prefer `kit pacs get` where the PACS supports C-GET.
+
+    \b
+    Examples:
+      kit pacs move --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849 --out-dir ct
     """
-    client = _client(ctx, host, port, aet, called_aet, timeout)
+    client = _client(ctx, url, host, port, aet, called_aet, timeout)
     df = client.move(study_uid=study_uid, series_uid=series_uid, dest=Path(dest), move_aet=move_aet,
                      store_port=store_port, progress=True)
-    click.echo(f"received {df.height} instance(s) into {dest}", err=True)
-    if as_json:
-        emit_frame(df, None, True)
+    _received(df, dest, output, as_json)
 
 
 @pacs.command()
@@ -198,36 +251,48 @@ def move(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, 
 @output_options
 @click.pass_context
 @handle_errors
-def store(ctx: click.Context, paths: tuple[str, ...], host: str | None, port: int | None,
+def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None, port: int | None,
           aet: str | None, called_aet: str | None, timeout: float | None, web: bool,
           base: str | None, output: str | None, as_json: bool) -> None:
-    """Send DICOM files (or every file under folders) to the PACS (C-STORE, or STOW-RS with --web)."""
+    """Send DICOM files (or every file under folders) to the PACS (C-STORE, or STOW-RS with --web).
+
+    \b
+    Examples:
+      kit pacs store data/samples/dicom/MRN1002
+      kit pacs store data/samples/dicom/MRN1001 -o stored.parquet
+    """
     files = _files(paths)
     if web or base:
         df = _web(ctx, base, timeout).store(files)
     else:
-        df = _client(ctx, host, port, aet, called_aet, timeout).store(files, progress=True)
+        df = _client(ctx, url, host, port, aet, called_aet, timeout).store(files, progress=True)
     click.echo(f"stored {df.height} instance(s)", err=True)
     if output or as_json:
         emit_frame(df, output, as_json, label="instances")
 
 
 @pacs.command()
-@click.option("--date", default=None,
+@click.option("--date", type=DATE_RANGE, default=None,
               help="Scheduled date: 20261201, 2026-12-01 or a range 20261201-20261231.")
 @click.option("--modality", default=None, help="Scheduled modality, e.g. CT or ES.")
-@click.option("--station", default=None, help="Scheduled Station AE Title.")
+@click.option("--station", type=AE_TITLE, default=None, help="Scheduled Station AE Title.")
 @click.option("--patient-id", default=None, help="PatientID (MRN).")
 @_dimse_options
 @output_options
 @click.pass_context
 @handle_errors
 def worklist(ctx: click.Context, date: str | None, modality: str | None, station: str | None,
-             patient_id: str | None, host: str | None, port: int | None, aet: str | None,
+             patient_id: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
              called_aet: str | None, timeout: float | None, output: str | None, as_json: bool) -> None:
-    """Query the Modality Worklist (scheduled procedures)."""
+    """Query the Modality Worklist (scheduled procedures).
+
+    \b
+    Examples:
+      kit pacs worklist
+      kit pacs worklist --modality ES --json
+    """
     filters = {k: v for k, v in {"scheduled_procedure_step_start_date": date, "modality": modality,
                                  "scheduled_station_ae_title": station,
                                  "patient_id": patient_id}.items() if v is not None}
-    df = _client(ctx, host, port, aet, called_aet, timeout).worklist(**filters)
+    df = _client(ctx, url, host, port, aet, called_aet, timeout).worklist(**filters)
     emit_frame(df, output, as_json, label="worklist items")

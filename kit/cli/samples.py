@@ -8,14 +8,13 @@ from pathlib import Path
 
 import click
 
-from kit import examples
-from kit.cli.common import emit_frame, handle_errors, output_options
+from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options
 
 __all__ = ["samples"]
 
 
 @click.command("samples")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out-dir", "--out", "out_dir", type=OUT_DIR, default=None,
               help="Samples folder (default: $KIT_SAMPLES_DIR, the repository's data/samples, "
                    "else ~/.cache/kit/samples).")
 @click.option("--regenerate", is_flag=True,
@@ -24,16 +23,18 @@ __all__ = ["samples"]
               help="Verify the files against MANIFEST.json; exit 1 listing those that differ.")
 @output_options
 @handle_errors
-def samples(out: Path | None, regenerate: bool, check_: bool, output: str | None, as_json: bool) -> None:
+def samples(out_dir: str | None, regenerate: bool, check_: bool, output: str | None, as_json: bool) -> None:
     """Summarise the sample cohort: files, sizes, patients and studies per kind.
 
     \b
     Examples:
       kit samples                    # where the samples are, and what they hold
       kit samples --check            # verify against MANIFEST.json
-      kit samples --regenerate       # rebuild them (same bytes every time)
-      kit samples --out /tmp/s --regenerate --json
+      kit samples --out-dir samples --regenerate --json    # rebuild them (same bytes every time)
     """
+    from kit import examples
+
+    out = Path(out_dir) if out_dir is not None else None
     if regenerate:
         click.echo(f"regenerating samples into {out or 'the default folder'} ...", err=True)
         written = examples.regenerate(out)

@@ -8,19 +8,31 @@ from pathlib import Path
 
 import click
 
-from kit.cli.common import emit_frame, handle_errors, output_options, settings_from
+from kit.cli.common import (
+    EPHEMERAL_PORT,
+    HOST,
+    OUT_DIR,
+    emit_frame,
+    handle_errors,
+    listen_host,
+    output_options,
+    settings_from,
+)
 from kit.config import StackSettings
 
 __all__ = ["demo", "serve", "status"]
 
 
 @click.command()
-@click.option("--host", default=None,
+@click.option("--host", type=HOST, default=None,
               help="Address to listen on (default from kit.toml [stack], else 127.0.0.1).")
-@click.option("--pacs-port", type=int, default=None, help="DICOM port (0 = ephemeral; default 11112).")
-@click.option("--fhir-port", type=int, default=None, help="FHIR HTTP port (0 = ephemeral; default 8080).")
-@click.option("--mllp-port", type=int, default=None, help="MLLP port (0 = ephemeral; default 2575).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--pacs-port", type=EPHEMERAL_PORT, default=None,
+              help="DICOM port (0 = ephemeral; default 11112).")
+@click.option("--fhir-port", type=EPHEMERAL_PORT, default=None,
+              help="FHIR HTTP port (0 = ephemeral; default 8080).")
+@click.option("--mllp-port", type=EPHEMERAL_PORT, default=None,
+              help="MLLP port (0 = ephemeral; default 2575).")
+@click.option("--data-dir", type=OUT_DIR, default=None,
               help="Where the services keep their data (default ~/.cache/kit/stack).")
 @click.option("--only", "only", multiple=True, type=click.Choice(["pacs", "fhir", "mllp"]),
               help="Run only these services (repeatable). Default: all.")
@@ -37,12 +49,23 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
       pacs  dicom://KIT@127.0.0.1:11112
       fhir  http://127.0.0.1:8080/fhir/R4
       mllp  mllp://127.0.0.1:2575
+
+    The clients take these addresses as they are (`kit pacs ... --url
+    dicom://...`, `kit fhir ... --base http://...`, `kit hl7 send --url
+    mllp://...`); ports set under [stack] in kit.toml are their defaults.
+
+    \b
+    Examples:
+      kit serve
+      kit serve --pacs-port 0 --fhir-port 0 --mllp-port 0 --data-dir stack
     """
     import dataclasses
 
     from kit.stack import SERVICES, Stack
 
     base = settings_from(ctx).stack
+    if host is not None:
+        listen_host(host, "serve --host")
     overrides = {k: v for k, v in {"host": host, "pacs_port": pacs_port, "fhir_port": fhir_port,
                                    "mllp_port": mllp_port, "data_dir": data_dir}.items() if v is not None}
     settings: StackSettings = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
@@ -64,7 +87,7 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
 
 
 @click.command()
-@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--work-dir", type=OUT_DIR, default=None,
               help="Keep the retrieved and de-identified files here (default: a temporary folder).")
 @output_options
 @handle_errors
@@ -75,6 +98,11 @@ def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
     CT study, indexes and de-identifies it, pulls the cohort from the FHIR
     server and joins it with the PACS frame, replays the HL7 feed over MLLP,
     and prints what each step did.
+
+    \b
+    Examples:
+      kit demo
+      kit demo --work-dir demo --json
     """
     from kit.demo import run_demo
 
@@ -87,7 +115,13 @@ def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, output: str | None, as_json: bool) -> None:
-    """Check that the configured PACS, FHIR server and MLLP peer answer (exit 1 if any does not)."""
+    """Check that the configured PACS, FHIR server and MLLP peer answer (exit 1 if any does not).
+
+    \b
+    Examples:
+      kit status
+      kit status --json
+    """
     from kit.demo import check_status
 
     frame = check_status(settings_from(ctx))

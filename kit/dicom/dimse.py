@@ -8,7 +8,7 @@ into the kit's error tree:
 =====================================  ===========================================
 what happened                          raised
 =====================================  ===========================================
-nothing listens on host:port           :class:`~kit.errors.PeerUnreachableError`
+nothing listens, host name unknown     :class:`~kit.errors.PeerUnreachableError`
 no answer within ``timeout``           :class:`~kit.errors.PeerTimeoutError`
 A-ASSOCIATE-RJ (e.g. wrong AE title)   :class:`~kit.errors.AssociationRejectedError`
 A-ABORT / connection lost mid-request  :class:`~kit.errors.AssociationAbortedError`
@@ -16,6 +16,8 @@ failure or warning DIMSE status        :class:`~kit.errors.DimseStatusError`
 partial C-GET / C-MOVE                 :class:`RetrieveError` (a DimseStatusError
                                        with the sub-operation counts and the frame
                                        of what did arrive)
+C-GET / C-MOVE that delivers nothing   :class:`RetrieveError` (no such study/series)
+C-MOVE destination unknown (0xA801)    :class:`RetrieveError` naming what to register
 not DICOM / truncated file to store    :class:`~kit.errors.DicomFileError`
 TLS handshake failure                  :class:`~kit.errors.TLSError`
 =====================================  ===========================================
@@ -101,13 +103,13 @@ from kit.dicom.query import (
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
+    ConfigError,
     DicomError,
     DimseStatusError,
     InvalidInputError,
     PeerError,
     PeerTimeoutError,
     PeerUnreachableError,
-    StoreError,
     TLSError,
 )
 
@@ -119,6 +121,8 @@ T = TypeVar("T")
 DUL_POLL_SECONDS = 0.0002
 
 VERIFICATION = "1.2.840.10008.1.1"
+#: C-MOVE status: the destination AE title is unknown to the PACS
+UNKNOWN_MOVE_DESTINATION = 0xA801
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
 #: Transfer syntaxes we accept for instances received by C-GET/C-MOVE (stored as sent).
@@ -213,6 +217,12 @@ def _is_success(code: int) -> bool:
 
 def _is_pending(code: int) -> bool:
     return code in (0xFF00, 0xFF01)
+
+
+def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -> str:
+    if sop_uid:
+        return f"instance {sop_uid}"
+    return f"series {series_uid}" if series_uid else f"study {study_uid}"
 
 
 def _received_frame(receiver: FileReceiver) -> pl.DataFrame:
@@ -328,6 +338,11 @@ class PacsClient:
                                  ae_title=self.called_aet, max_pdu=self.max_pdu,
                                  ext_neg=list(roles) or None, evt_handlers=all_handlers,
                                  tls_args=tls_args)
+        except socket.gaierror as exc:
+            raise PeerUnreachableError(f"cannot resolve host {self.host!r}: {exc.strerror or exc}",
+                                       peer=self.address) from exc
+        except OSError as exc:
+            raise PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address) from exc
         except (ValueError, RuntimeError) as exc:
             raise InvalidInputError(f"cannot request an association: {exc}") from exc
         elapsed = time.monotonic() - start
@@ -521,7 +536,14 @@ class PacsClient:
         return [build_context(str(uid), syntaxes) for uid in uids]
 
     def _check_retrieve(self, what: str, last: Dataset | None, receiver: FileReceiver,
-                        assoc: Association, waited: float) -> pl.DataFrame:
+                        assoc: Association, waited: float, *, asked: str = "",
+                        move_to: tuple[str, str] | None = None) -> pl.DataFrame:
+        """The received frame of a finished C-GET/C-MOVE; raise unless it fully succeeded.
+
+        Nothing received for a successful status is a failure too: the PACS
+        has no instances for what was asked (``asked`` names it). ``move_to``
+        is a C-MOVE's destination AE title and how to register it.
+        """
         received = _received_frame(receiver)
         code = _status_int(last)
         if code is None:
@@ -531,11 +553,25 @@ class PacsClient:
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
         warning = last.get("NumberOfWarningSuboperations")
+        if code == UNKNOWN_MOVE_DESTINATION and move_to:
+            raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} (Move "
+                                f"Destination unknown): {move_to[1]}", status=code, peer=self.address,
+                                completed=completed, failed=failed, warning=warning, received=received)
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
             detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
+            comment = str(last.get("ErrorComment", "") or "").strip()
+            detail += f"; the PACS says: {comment}" if comment else ""
+            if move_to and received.is_empty() and not failed:
+                # e.g. Orthanc answers an unknown destination with 0xC000 and no sub-operations
+                detail += f"; if the PACS does not know the move destination {move_to[0]!r}: {move_to[1]}"
             raise RetrieveError(f"{what} did not complete{detail}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning,
                                 received=received)
+        if received.is_empty():
+            raise RetrieveError(f"{what}: the PACS has no instances of {asked or 'what was asked'} "
+                                f"(is the UID right? `kit pacs find` lists what it holds)",
+                                status=code, peer=self.address, completed=completed, failed=failed,
+                                warning=warning, received=received)
         return received.sort("sop_instance_uid")
 
     def get(self, *, study_uid: str | None = None, series_uid: str | None = None,
@@ -566,7 +602,8 @@ class PacsClient:
         ------
         RetrieveError
             Non-success final status, failed sub-operations or a local
-            write failure; carries the counts and what did arrive.
+            write failure; carries the counts and what did arrive. Also
+            when nothing arrives (the PACS holds no such study/series).
         AssociationAbortedError, PeerTimeoutError
             The association broke off mid-retrieve.
         """
@@ -582,7 +619,8 @@ class PacsClient:
             with self._associate(contexts, roles=roles,
                                  handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
                 last = self._get_direct(assoc, identifier, model.get_uid, receiver)
-                return self._check_retrieve("C-GET", last, receiver, assoc, 0.0)
+                return self._check_retrieve("C-GET", last, receiver, assoc, 0.0,
+                                            asked=_asked(study_uid, series_uid, sop_uid))
 
     def _get_direct(self, assoc: Association, identifier: Dataset, sop_class: str,
                     receiver: FileReceiver) -> Dataset:
@@ -642,6 +680,13 @@ class PacsClient:
         -------
         polars.DataFrame
             :data:`RECEIVED_SCHEMA`, as for :meth:`get`.
+
+        Raises
+        ------
+        RetrieveError
+            As for :meth:`get`; for status 0xA801 (the PACS does not know
+            ``move_aet``) the message says what to register: the AE title,
+            our address as the PACS reaches it and the store port.
         """
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
@@ -658,15 +703,35 @@ class PacsClient:
                 server = scp_ae.start_server(
                     (store_host, port), block=False,
                     evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay)])
-            except OSError as exc:
-                raise StoreError(f"cannot start the storage SCP on port {port}: {exc}") from exc
+            except OSError as exc:  # the port is taken or not ours to bind: a setting to change
+                raise ConfigError("pacs.store_port", f"cannot start the storage SCP on port {port}: "
+                                                     f"{exc.strerror or exc}") from exc
             try:
                 with self._associate([build_context(model.move_uid)]) as assoc:
+                    bound = int(server.server_address[1]) if server is not None else port
+                    register = self._register_hint(assoc, destination, bound, ephemeral=port == 0)
                     last, waited = _final(assoc.send_c_move(identifier, destination, model.move_uid))
-                    return self._check_retrieve("C-MOVE", last, receiver, assoc, waited)
+                    return self._check_retrieve("C-MOVE", last, receiver, assoc, waited,
+                                                asked=_asked(study_uid, series_uid, sop_uid),
+                                                move_to=(destination, register))
             finally:
                 if server is not None:
                     server.shutdown()
+
+    def _register_hint(self, assoc: Association, destination: str, store_port: int, *,
+                       ephemeral: bool) -> str:
+        """How to make ``destination`` known to the PACS (for a failed C-MOVE), in one line."""
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        try:
+            our_host = str(sock.getsockname()[0]) if sock is not None else "this machine's address"
+        except OSError:
+            our_host = "this machine's address"
+        hint = (f"register AE title {destination}, host {our_host}, port {store_port} in the PACS's "
+                f"list of DICOM nodes (for `kit serve`: [stack] move_destinations = "
+                f"{{ {destination} = \"{our_host}:{store_port}\" }})")
+        if ephemeral:
+            hint += "; this store port was ephemeral: fix one first (--store-port, [pacs] store_port)"
+        return hint
 
     def store(self, items: Iterable[str | os.PathLike[str] | Dataset], *,
               progress: bool = False) -> pl.DataFrame:

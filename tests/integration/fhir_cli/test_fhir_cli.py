@@ -152,7 +152,7 @@ def test_read_and_create(server: EmbeddedFhirServer, tmp_path: Path) -> None:
 def test_export_into_folder(server: EmbeddedFhirServer, tmp_path: Path) -> None:
     base = server.base_url
     folder = tmp_path / "export"
-    proc = kit("fhir", "export", "--type", "Patient", "--type", "ImagingStudy", "-o", str(folder),
+    proc = kit("fhir", "export", "--type", "Patient", "--type", "ImagingStudy", "--out-dir", str(folder),
                "--base", base, "--json", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     files = json.loads(proc.stdout)
@@ -177,7 +177,7 @@ def test_settings_give_the_server(server: EmbeddedFhirServer, tmp_path: Path) ->
 
 def test_closed_port_exits_1(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/fhir/R4"
-    for args in (("export", "-o", str(tmp_path / "e")),):
+    for args in (("export", "--out-dir", str(tmp_path / "e")),):
         proc = kit("fhir", *args, "--base", closed, "--timeout", "5", cwd=tmp_path)
         assert proc.returncode == 1, (args, proc.stderr)
         last = proc.stderr.strip().splitlines()[-1]
@@ -211,7 +211,7 @@ def test_failures_exit_1_with_one_line(server: EmbeddedFhirServer, tmp_path: Pat
     ("search", "Patient", "-o", "out.xlsx"),
     ("search", "Patient", "--max", "-1"),
     ("read", "Patient"),
-    ("export", "--group", "g", "--patient", "-o", "e"),
+    ("export", "--group", "g", "--patient", "--out-dir", "e"),
     ("export",),
     ("create", "missing.json"),
     ("frobnicate",),

@@ -42,7 +42,7 @@ def test_echo_and_find(loaded: OrthancServer, tmp_path: Path) -> None:
 
 def test_get_and_store(loaded: OrthancServer, tmp_path: Path) -> None:
     study = cohort_study("CT", 5)
-    code, _, err = _run(["pacs", "get", "--study", study.study_uid, "-o", str(tmp_path / "g"),
+    code, _, err = _run(["pacs", "get", "--study", study.study_uid, "--out-dir", str(tmp_path / "g"),
                          *_dimse(loaded)])
     assert code == 0, err
     assert len(list((tmp_path / "g").glob("*.dcm"))) == CT_SLICES

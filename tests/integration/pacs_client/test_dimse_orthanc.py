@@ -114,6 +114,30 @@ def test_move_series(client: PacsClient, loaded: OrthancServer, cohort_files: li
     assert pixels_by_uid([Path(p) for p in got["path"]]) == pixels_by_uid(sources)
 
 
+def test_retrieve_of_an_unknown_study_is_an_error_not_an_empty_frame(client: PacsClient,
+                                                                    tmp_path: Path) -> None:
+    from kit.dicom.dimse import RetrieveError
+
+    with pytest.raises(RetrieveError) as info:
+        client.get(study_uid="1.2.3.4.5.6.7.8", dest=tmp_path / "get")
+    assert info.value.received.is_empty()
+    assert list((tmp_path / "get").glob("*.dcm")) == []
+
+
+def test_move_to_an_unknown_destination_says_what_to_register(client: PacsClient,
+                                                               tmp_path: Path) -> None:
+    from kit.dicom.dimse import RetrieveError
+
+    port = free_port()
+    study = cohort_study("CT", 2)
+    with pytest.raises(RetrieveError) as info:
+        client.move(study_uid=study.study_uid, dest=tmp_path, move_aet="NOTREGISTERED", store_port=port)
+    assert info.value.status == 0xC000        # Orthanc's answer (the embedded PACS says 0xA801)
+    text = str(info.value)
+    assert "if the PACS does not know the move destination 'NOTREGISTERED'" in text
+    assert f"register AE title NOTREGISTERED, host 127.0.0.1, port {port}" in text
+
+
 def test_store_then_get_back(client: PacsClient, tmp_path: Path) -> None:
     files = make_ct(tmp_path / "src", 12, patient_id="MRN9101")
     sent = client.store(files)

@@ -10,7 +10,7 @@ import pytest
 KIT = Path(__file__).resolve().parents[3] / "kit"
 
 PURE = [
-    "errors", "config", "_files", "_redact", "examples/cohort",
+    "errors", "config", "_files", "_redact", "_checks", "examples/cohort",
     "dicom/query", "dicom/index", "dicom/deid", "dicom/deid_check", "dicom/_profile_options",
     "dicom/received", "dicom/matching", "dicom/pixels",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
