@@ -31,6 +31,7 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │       ├── MLLPFramingError    bytes on the wire are not MLLP
     │       └── NakError            the peer answered AE/AR (``.ack_code``)
     ├── StoreError                  a local store could not durably write
+    ├── ServiceFailedError          a service the kit runs stopped: a worker died (``.service``)
     └── VerificationError           a write-back read back differently (``.differences``)
 
 Secrets never show: every message, ``args`` and attribute of a :class:`KitError`
@@ -70,6 +71,7 @@ __all__ = [
     "PeerError",
     "PeerTimeoutError",
     "PeerUnreachableError",
+    "ServiceFailedError",
     "StoreError",
     "TLSError",
     "VerificationError",
@@ -320,6 +322,22 @@ class NakError(HL7Error):
 
 class StoreError(KitError):
     """A local store (file store, SQLite) could not durably write or read."""
+
+
+class ServiceFailedError(KitError):
+    """A service the kit runs (``kit serve``, a listener) stopped working: a worker died.
+
+    Parameters
+    ----------
+    message : str
+        What failed and why.
+    service : str
+        The service's name (``pacs``, ``fhir``, ``mllp``).
+    """
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
 
 
 class VerificationError(KitError):

@@ -62,13 +62,23 @@ def _skipped(skipped: Any, shown: int = 3) -> str:
 @click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
               help="Re-identification map to append to (.parquet or .csv); "
                    "default: OUT.reid-map.parquet beside OUT. Keep it safe.")
-@click.option("--keep-dates", is_flag=True,
-              help="Apply the profile to dates instead of shifting them per patient.")
+@click.option("--shift-dates", is_flag=True,
+              help="Retain Longitudinal Temporal Information with Modified Dates Option: shift dates by "
+                   "a per-patient offset instead of removing them (the birth date is still removed).")
+@click.option("--retain-patient-characteristics", is_flag=True,
+              help="Retain Patient Characteristics Option: keep age, sex, size, weight and the like.")
 @output_options
 @handle_errors
-def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None, keep_dates: bool,
-         output: str | None, as_json: bool) -> None:
+def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None, shift_dates: bool,
+         retain_patient_characteristics: bool, output: str | None, as_json: bool) -> None:
     """De-identify DICOM files from IN into OUT (PS3.15 Basic Profile).
+
+    The Basic Profile alone removes or empties dates (the birth date always);
+    the profile's options are off unless chosen (--shift-dates,
+    --retain-patient-characteristics) and are named in each output's
+    DeidentificationMethodCodeSequence. Every output is scanned for the
+    input's identifying values before it is written; a file with a leak is
+    not written and counts as failed.
 
     Pseudonyms are keyed: the same key gives the same pseudonymous PatientID,
     PatientName, AccessionNumber and UIDs in every run. The key comes from
@@ -80,8 +90,9 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
     Examples:
       KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1002 deid
       KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1003 d3 --map map.parquet -o d3.csv
+      KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1001 d1 --shift-dates
     """
-    from kit.dicom.deid import Deidentifier, ReidentificationMap
+    from kit.dicom.deid import Deidentifier, DeidOptions, ReidentificationMap
 
     key = _key(key_file)
     out = Path(out_dir).absolute()
@@ -93,7 +104,9 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
     if not reid_path.parent.is_dir():
         raise click.BadParameter(f"folder {reid_path.parent} does not exist", param_hint="--map")
     reid_map = ReidentificationMap.load(reid_path) if reid_path.exists() else None
-    deidentifier = Deidentifier(key, shift_dates=not keep_dates, reid_map=reid_map)
+    options = DeidOptions(retain_longitudinal_modified_dates=shift_dates,
+                          retain_patient_characteristics=retain_patient_characteristics)
+    deidentifier = Deidentifier(key, options=options, reid_map=reid_map)
     result = deidentifier.files(in_path, out, progress=True)
     frame = result.frame
     if result.n_deidentified:
@@ -110,6 +123,10 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
     click.echo(f"kit: de-identified {result.n_deidentified} of {frame.height} files into {out} "
                f"({n_skipped} skipped, {n_failed} failed, {result.n_burned_in} flagged for burned-in "
                f"annotation); re-identification map: {reid_path}", err=True)
+    if n_failed:
+        first = frame.filter(frame["status"] == "failed")
+        raise InvalidInputError(f"{n_failed} of {frame.height} files failed and were not written; first: "
+                                f"{first['path_in'][0]}: {' '.join(str(first['reason'][0]).split())[:160]}")
 
 
 def _key(key_file: str | None) -> str:

@@ -47,7 +47,7 @@ def _connection_options(func: F) -> F:
 def _client(ctx: click.Context, base: str | None, timeout: float | None, retries: int) -> Any:
     from kit.fhir.client import FhirClient, RetryPolicy
 
-    overrides: dict[str, Any] = {"retries": RetryPolicy(max_attempts=retries + 1)}
+    overrides: dict[str, Any] = {"retries": RetryPolicy.with_retries(retries)}
     if base:
         overrides["base"] = base
     if timeout:

@@ -92,7 +92,9 @@ def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_tim
     """Receive HL7 messages over MLLP until Ctrl-C or SIGTERM.
 
     Every message is committed to STORE before it is answered AA; duplicates
-    (same MSH-3, MSH-4, MSH-10) are stored once. Prints one line with the
+    (same MSH-3, MSH-4, MSH-10 and content) are stored once, and a reused control
+    id with other content is stored and flagged. If an internal worker dies the
+    command exits 1 with the reason. Prints one line with the
     address, e.g. `mllp  mllp://127.0.0.1:2575`.
 
     \b
@@ -116,7 +118,7 @@ def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_tim
         sys.stdout.flush()
         click.echo(f"store {Path(store).resolve()}", err=True)
         while not stop.wait(0.5):
-            pass
+            listener.check()  # a dead worker: exit 1 with the reason, never accept into a void
         counts = dict(listener.counts)
     click.echo("stopped: " + ", ".join(f"{k} {v}" for k, v in counts.items()), err=True)
 
@@ -171,7 +173,7 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
     messages = [m for f in files for m in split_messages(Path(f).read_bytes())]
     if not messages:
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
-    retry = RetryPolicy(max_attempts=attempts or retries + 1)
+    retry = RetryPolicy.from_retries(attempts - 1 if attempts else retries)
     with MLLPSender(host or s.host, port or s.port, timeout=timeout or s.timeout,
                     retry=retry, ssl_context=_client_tls(s)) as sender:
         for attempt in range(1, retry.max_attempts + 1):  # an unreachable peer fails once, not per message

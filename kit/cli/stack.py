@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -19,6 +20,9 @@ from kit.cli.common import (
     settings_from,
 )
 from kit.config import StackSettings
+
+if TYPE_CHECKING:
+    from kit.stack import Stack
 
 __all__ = ["demo", "serve", "status"]
 
@@ -82,8 +86,17 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
 
         sys.stdout.flush()
         while not stop.wait(0.5):
-            pass
+            _check_services(stack)
     click.echo("stopped", err=True)
+
+
+def _check_services(stack: Stack) -> None:
+    """Exit loudly (status 1) when a service's worker died: never keep serving into a void."""
+    from kit.errors import ServiceFailedError
+
+    for name, exc in stack.failures().items():
+        raise ServiceFailedError(f"the embedded {name} service stopped: {type(exc).__name__}: {exc}",
+                                 service=name) from exc
 
 
 @click.command()
