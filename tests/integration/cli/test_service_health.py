@@ -71,7 +71,8 @@ def _assert_one_line_failure(result: object, service_word: str) -> None:
     assert "Traceback" not in result.output  # type: ignore[attr-defined]
 
 
-def test_kit_serve_exits_1_when_a_service_worker_dies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kit_serve_exits_1_when_a_service_worker_dies(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     killer = _kill_store_thread_once_started(monkeypatch)
     result = CliRunner().invoke(cli, ["serve", "--only", "mllp", "--mllp-port", "0", "--no-preload",
                                        "--data-dir", str(tmp_path / "stack")])
@@ -79,7 +80,8 @@ def test_kit_serve_exits_1_when_a_service_worker_dies(tmp_path: Path, monkeypatc
     _assert_one_line_failure(result, "ServiceFailedError: the embedded mllp service stopped")
 
 
-def test_kit_hl7_listen_exits_1_when_its_worker_dies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kit_hl7_listen_exits_1_when_its_worker_dies(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     killer = _kill_store_thread_once_started(monkeypatch)
     result = CliRunner().invoke(cli, ["hl7", "listen", "--port", "0", "--store", str(tmp_path / "feed.db")])
     killer.join(10)
