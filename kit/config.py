@@ -148,6 +148,9 @@ class FhirSettings:
     ``client_id``, ``private_key_file``, optional ``key_id`` and ``token_url``,
     else discovered). ``vendor`` picks a profile of known defaults
     (``generic``, ``epic``, ``cerner``, ``athena``, ``allscripts``).
+    ``trusted_origins`` lists further origins (``https://files.example.org``,
+    ``https://*.example.org``) that may receive the credentials, e.g. a Bulk
+    Data file server; by default only ``base``'s own origin does.
     """
 
     base: str = "http://127.0.0.1:8080/fhir/R4"
@@ -164,6 +167,7 @@ class FhirSettings:
     token: Secret | None = None
     client_secret: Secret | None = None
     timeout: float = 30.0
+    trusted_origins: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,9 +78,14 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
     """
     level = {0: logging.ERROR, 1: logging.INFO}.get(verbose, logging.DEBUG)
     logging.basicConfig(format="kit: %(levelname)s %(name)s: %(message)s", level=level, stream=sys.stderr)
-    # pynetdicom logs what kit already reports as a typed error; show it only when asked.
+    for handler in logging.getLogger().handlers:  # libraries that set their own logger level obey it too
+        handler.setLevel(level)
+    logging.captureWarnings(True)  # library warnings are log lines too: shown with -v, never mid-output
+    # pynetdicom and pydicom log what kit already reports as a typed error or a skipped row (e.g.
+    # pydicom's VR guesses on a forced read); show them only when asked.
     quiet = {0: logging.CRITICAL, 1: logging.WARNING}.get(verbose, logging.DEBUG)
-    logging.getLogger("pynetdicom").setLevel(quiet)
+    for name in ("pynetdicom", "pydicom"):
+        logging.getLogger(name).setLevel(quiet)
     _STATE["verbose"] = verbose
     # Settings are read once, before any command runs: a broken kit.toml or KIT_* value is
     # reported (naming the key) whatever the command, never half-way through its work.

@@ -258,7 +258,7 @@ class FhirClient:
         fs = settings.fhir if isinstance(settings, Settings) else settings
         fs = dataclasses.replace(fs, base=overrides.pop("base", fs.base))
         kwargs: dict[str, Any] = {"auth": auth_from_settings(fs), "timeout": fs.timeout,
-                                  "vendor": fs.vendor, **overrides}
+                                  "vendor": fs.vendor, "trusted_origins": fs.trusted_origins, **overrides}
         return cls(fs.base, **kwargs)
 
     def close(self) -> None:

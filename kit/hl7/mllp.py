@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import logging
 import queue
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -265,7 +266,8 @@ class MLLPListener:
             self._writer_thread.join()
             self.store.close()
             self._thread = None
-            raise ConfigError("hl7.port", f"cannot listen on {self.host}:{self.port}: {self._error}") \
+            key = "hl7.host" if isinstance(self._error, socket.gaierror) else "hl7.port"
+            raise ConfigError(key, f"cannot listen on {self.host}:{self.port}: {self._error}") \
                 from self._error
 
     def stop(self) -> None:

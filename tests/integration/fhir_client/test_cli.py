@@ -45,8 +45,8 @@ def test_cli_round_trip(fhir_server: EmbeddedFhirServer, tmp_path: Path) -> None
     code, out, err = _run("fhir", "search", "Patient", "family=Cli", "--max", "3", "--base", base, "--json")
     assert code == 0 and len(json.loads(out)) == 3
 
-    code, out, err = _run("fhir", "export", "--type", "Patient", "-o", str(tmp_path / "exp"), "--base", base,
-                          "--json")
+    code, out, err = _run("fhir", "export", "--type", "Patient", "--out-dir", str(tmp_path / "exp"),
+                          "--base", base, "--json")
     assert code == 0, err
     files = json.loads(out)
     assert files[0]["resource_type"] == "Patient" and files[0]["resources"] >= 5

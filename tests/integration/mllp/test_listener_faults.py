@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from kit.errors import StoreError
+from kit.errors import ConfigError, StoreError
 from kit.hl7 import store as store_module
 from kit.hl7.framing import frame
 from kit.hl7.message import parse_message
@@ -216,3 +216,11 @@ def test_every_acknowledged_message_is_in_its_frames_or_skipped(listener: MLLPLi
     table = appointments(_stored(listener)["raw"])
     assert table["appointment_id"].to_list() == ["10017892"]
     assert table["filler_appointment_id"][0] == "10017892"
+
+
+def test_unresolvable_host_names_the_host_setting(tmp_path: Path) -> None:
+    listener = MLLPListener(tmp_path / "feed.db", host="no-such-host.invalid", port=0)
+    with pytest.raises(ConfigError) as info:
+        listener.start()
+    assert info.value.key == "hl7.host"
+    listener.stop()

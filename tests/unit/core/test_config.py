@@ -168,3 +168,19 @@ def test_client_settings_win_over_the_stack(tmp_path: Path) -> None:
     assert s.fhir.base == "http://127.0.0.1:8080/fhir/R4"
     s = load_settings(write(tmp_path, '[stack]\nhost = "::1"\n'), env={})
     assert s.fhir.base == "http://[::1]:8080/fhir/R4"
+
+
+def test_fhir_trusted_origins_reach_the_client(tmp_path: Path) -> None:
+    from kit.config import FhirSettings
+    from kit.fhir.client import FhirClient
+
+    path = tmp_path / "kit.toml"
+    path.write_text('[fhir]\nbase = "https://fhir.example.org/R4"\n'
+                    'trusted_origins = ["https://files.example.org"]\n')
+    settings = load_settings(path)
+    assert settings.fhir.trusted_origins == ("https://files.example.org",)
+    with FhirClient.from_settings(settings) as client:
+        assert client.trusts("https://files.example.org/export/1.ndjson")
+        assert not client.trusts("https://elsewhere.example.org/export/1.ndjson")
+    with FhirClient.from_settings(FhirSettings(base="https://fhir.example.org/R4")) as default:
+        assert not default.trusts("https://files.example.org/export/1.ndjson")
