@@ -40,8 +40,8 @@ Choices (the FHIR R4 specification leaves them open):
   ``accession_system``, default the sample cohort's) and ``basedOn`` a logical
   ServiceRequest reference by it, so ``accession_number`` joins in frames.
 * **Algorithm.** ``method`` is a coding (system ``urn:kit:algorithm``, code the
-  name, ``version`` the version) and ``device`` a display-only reference
-  ("manufacturer name version").
+  name, ``version`` the version; text only for a name FHIR's ``code`` grammar
+  cannot hold) and ``device`` a display-only reference ("manufacturer name version").
 * **Measurement.** ``valueQuantity`` with the UCUM system and code (``unit`` is
   the unit's meaning); ``bodySite`` from ``finding_site``; ``finding`` (what
   was measured) as a component coded DCM 121071 "Finding".
@@ -56,6 +56,7 @@ one transaction.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -99,6 +100,7 @@ REPORT_CODE: Final = Code("18748-4", "LN", "Diagnostic imaging study")
 _FINDING: Final = Code("121071", "DCM", "Finding")
 _SCORE: Final = Code("score", "99KIT", "Confidence score")
 _UCUM: Final = "http://unitsofmeasure.org"
+_CODE: Final = re.compile(r"[^\s]+(\s[^\s]+)*")  # FHIR's code grammar
 
 
 def _cc(code: Code) -> dict[str, Any]:
@@ -185,8 +187,10 @@ def encode_fhir(result: AnalysisResult, *, sr_instance_uid: str | None = None,
         {"reference": f"Patient/{s.fhir_patient}"} if s.fhir_patient
         else {"type": "Patient", "identifier": {"system": mrn_system, "value": s.patient_id}})
     study = _study_ref(s.study_instance_uid, s.fhir_imaging_study)
-    method = {"coding": [{"system": ALGORITHM_SYSTEM, "version": alg.version, "code": alg.name,
-                          "display": f"{alg.name} {alg.version}"}], "text": f"{alg.name} {alg.version}"}
+    method: dict[str, Any] = {"text": f"{alg.name} {alg.version}"}
+    if _CODE.fullmatch(alg.name):  # a name FHIR's code type cannot hold stays in the text
+        method["coding"] = [{"system": ALGORITHM_SYSTEM, "version": alg.version, "code": alg.name,
+                             "display": f"{alg.name} {alg.version}"}]
     device = {"display": f"{alg.manufacturer} {alg.name} {alg.version}"}
 
     def ident(part: str) -> dict[str, Any]:
@@ -228,9 +232,10 @@ def encode_fhir(result: AnalysisResult, *, sr_instance_uid: str | None = None,
         report["basedOn"] = [{"type": "ServiceRequest", "identifier": acsn}]
     report.update({
         "status": "final", "category": [_RAD], "code": _cc(report_code), "subject": dict(subject),
-        "effectiveDateTime": when, "issued": when,
-        "result": [{"reference": full_url(result, p)} for p in names[:-1]],
-        "imagingStudy": [study]})
+        "effectiveDateTime": when, "issued": when})
+    if len(names) > 1:
+        report["result"] = [{"reference": full_url(result, p)} for p in names[:-1]]
+    report["imagingStudy"] = [study]
     if result.conclusion:
         report["conclusion"] = result.conclusion
     out.append(report)

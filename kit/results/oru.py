@@ -25,7 +25,7 @@ Layout (choices the standard leaves open):
 * **OBX per finding.** Findings are numbered 1.. in the result's order
   (measurements, then labels) and that number is OBX-4 (sub-id) of every OBX
   of the finding. A measurement: ``NM``, OBX-3 its name code, OBX-5 the value
-  (positional decimal: HL7 NM has no exponent), OBX-6 ``<ucum>^<unit>^UCUM``;
+  (positional decimal), OBX-6 ``<ucum>^<unit>^UCUM``;
   then its ``finding`` (DCM 121071 "Finding") and ``finding_site`` (SCT
   363698007 "Finding site") as ``CE`` OBXs. A label: ``CE``, OBX-3 its name,
   OBX-5 its value code; its score in the next OBX, ``NM`` coded ``score^Confidence
@@ -39,8 +39,9 @@ Layout (choices the standard leaves open):
   (:func:`oru_conclusion` does) to get the conclusion back exactly.
 * **Limits.** hl7apy's limit of 199 characters (after escaping) per component:
   display texts are cut to fit; codes, identifiers and numbers are never cut:
-  one that does not fit raises :class:`~kit.errors.InvalidInputError`, as does
-  a value beyond NM's reach (over 199 digits written out, e.g. ``1e300``).
+  one that does not fit raises :class:`~kit.errors.InvalidInputError`. A number
+  beyond NM's reach (over 199 digits written out, e.g. ``1e300`` or ``1e-250``)
+  is written exactly as ``ST`` in Python's notation (``1e+300``): HL7 NM has no exponent.
 """
 
 from __future__ import annotations
@@ -113,12 +114,12 @@ def _ce(code: Code, where: str) -> str:
     return f"{_fit(code.value, where)}^{_cut(code.meaning)}^{_fit(code.scheme, where)}"
 
 
-def _nm(value: float, where: str) -> str:
+def _number(value: float) -> tuple[str, str]:
+    """(OBX-2, OBX-5) of a number: NM written out, or ST in Python's exact notation beyond NM's reach."""
     text = format(decimal.Decimal(repr(value)), "f")
     if len(text) > MAX_COMPONENT:
-        raise InvalidInputError(f"{where}: {value!r} has {len(text)} digits written out; HL7 NM has no "
-                                f"exponent and holds {MAX_COMPONENT}", source=where)
-    return text
+        return "ST", repr(value)
+    return "NM", text
 
 
 def _pieces(line: str) -> list[str]:
@@ -163,8 +164,9 @@ def _obx_lines(result: AnalysisResult) -> list[str]:
     for i, m in enumerate(result.measurements, 1):
         finding += 1
         where = f"measurements[{i - 1}]"
-        add("NM", m.name, str(finding), _nm(m.value, where), f"{_fit(m.unit.value, where)}^"
-            f"{_cut(m.unit.meaning)}^UCUM", where)
+        kind, value = _number(m.value)
+        add(kind, m.name, str(finding), value, f"{_fit(m.unit.value, where)}^{_cut(m.unit.meaning)}^UCUM",
+            where)
         if m.finding is not None:
             add("CE", FINDING_CODE, str(finding), _ce(m.finding, where), "", where)
         if m.finding_site is not None:
@@ -174,7 +176,8 @@ def _obx_lines(result: AnalysisResult) -> list[str]:
         where = f"labels[{i - 1}]"
         add("CE", lb.name, str(finding), _ce(lb.value, where), "", where)
         if lb.score is not None:
-            add("NM", SCORE_CODE, str(finding), _nm(lb.score, where), "1^^UCUM", where)
+            kind, value = _number(lb.score)
+            add(kind, SCORE_CODE, str(finding), value, "1^^UCUM", where)
     if result.conclusion:
         for number, line in enumerate(result.conclusion.split("\n"), 1):
             for piece in _pieces(line):
