@@ -47,7 +47,7 @@ _SPECIAL = "|^~\\&"
 #: FHIR ``code`` values: no whitespace (FHIR's code grammar), HL7 delimiters allowed.
 code_values = st.text(string.ascii_letters + string.digits + "-._:/" + _SPECIAL, min_size=1, max_size=20)
 #: Any text the model accepts: unicode, HL7 delimiters, tabs and line breaks.
-texts = st.text(st.one_of(st.characters(min_codepoint=32, exclude_categories=("Cs",)),
+texts = st.text(st.one_of(st.characters(min_codepoint=32, codec="utf-8"),
                           st.sampled_from(_SPECIAL + "\t\n\r ")),
                 min_size=1, max_size=80).filter(lambda s: s.strip() != "")
 schemes = st.sampled_from([*SCHEMES, "99LOCAL"])
@@ -60,7 +60,7 @@ values = st.one_of(st.floats(min_value=-1e15, max_value=1e15, allow_nan=False),
 measurements = st.builds(Measurement, codes, values, ucum, finding=st.none() | codes,
                          finding_site=st.none() | codes)
 labels = st.builds(Label, codes, codes, st.none() | st.floats(0.0, 1.0))
-conclusions = st.none() | st.text(st.one_of(st.characters(min_codepoint=32, exclude_categories=("Cs",)),
+conclusions = st.none() | st.text(st.one_of(st.characters(min_codepoint=32, codec="utf-8"),
                                             st.sampled_from(_SPECIAL + "\t\n\r ")),
                                   min_size=1, max_size=600).filter(lambda s: s.strip() != "")
 
