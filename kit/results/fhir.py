@@ -247,7 +247,9 @@ def _if_none_exist(resource: Mapping[str, Any]) -> str:
     return urlencode({"identifier": f"{first['system']}|{first['value']}"})
 
 
-def encode_bundle(result: AnalysisResult, **options: Any) -> dict[str, Any]:
+def encode_bundle(result: AnalysisResult, *, sr_instance_uid: str | None = None,
+                  seg_instance_uid: str | None = None, mrn_system: str = MRN_SYSTEM,
+                  accession_system: str = ACSN_SYSTEM, report_code: Code = REPORT_CODE) -> dict[str, Any]:
     """A ``transaction`` Bundle of conditional creates for ``result`` (validated).
 
     Keywords are those of :func:`encode_fhir`. Each entry has the fullUrl
@@ -256,7 +258,8 @@ def encode_bundle(result: AnalysisResult, **options: Any) -> dict[str, Any]:
     posting the Bundle again creates nothing new and the report's references
     resolve to the resources created (or found) in the same transaction.
     """
-    resources = encode_fhir(result, **options)
+    resources = encode_fhir(result, sr_instance_uid=sr_instance_uid, seg_instance_uid=seg_instance_uid,
+                            mrn_system=mrn_system, accession_system=accession_system, report_code=report_code)
     entries = [{"fullUrl": full_url(result, part), "resource": r,
                 "request": {"method": "POST", "url": r["resourceType"], "ifNoneExist": _if_none_exist(r)}}
                for part, r in zip(parts(result), resources, strict=True)]
