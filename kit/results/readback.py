@@ -34,6 +34,7 @@ not an SR/SEG or is malformed raises :class:`~kit.errors.DicomFileError`.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import math
 import os
@@ -67,6 +68,7 @@ from kit.results.sr import CONCLUSION, RESULT_ID, SCORE
 __all__ = [
     "MAX_SEG_VOXELS",
     "SEGMENTS_SCHEMA",
+    "Source",
     "SR_SOP_CLASSES",
     "differences",
     "read_seg",
@@ -83,7 +85,9 @@ SR_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
 })
 #: Largest decoded SEG (source images x rows x columns x segments) :func:`read_seg` allocates.
-MAX_SEG_VOXELS = 1 << 31
+MAX_SEG_VOXELS = 1 << 30
+#: What the readers take: a data set, its Part 10 bytes, or a file.
+Source = Dataset | bytes | bytearray | memoryview | str | os.PathLike[str]
 #: Columns of :func:`seg_segments_frame`.
 SEGMENTS_SCHEMA: dict[str, Any] = {
     "patient_id": pl.String, "accession_number": pl.String, "study_instance_uid": pl.String,
@@ -123,15 +127,20 @@ def _bad(message: str, source: str = "readback") -> DicomFileError:
     return DicomFileError(message, source=source)
 
 
-def _load(ds: Dataset | str | os.PathLike[str], what: str) -> Dataset:
+def _load(ds: Source, what: str) -> Dataset:
     if isinstance(ds, Dataset):
         return ds
+    if isinstance(ds, (bytes, bytearray, memoryview)):
+        try:
+            return pydicom.dcmread(io.BytesIO(bytes(ds)), force=True)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on hostile bytes
+            raise _bad(f"cannot read {what} bytes: {type(exc).__name__}: {exc}") from exc
     if isinstance(ds, (str, os.PathLike)):
         try:
             return pydicom.dcmread(ds)
         except (InvalidDicomError, OSError, *_LIBRARY_ERRORS) as exc:
             raise _bad(f"cannot read {what} file: {exc}", source=str(ds)) from exc
-    raise InvalidInputError(f"{what}: a pydicom Dataset or a path, not {type(ds).__name__}")
+    raise InvalidInputError(f"{what}: a pydicom Dataset, bytes or a path, not {type(ds).__name__}")
 
 
 # -- small readers -------------------------------------------------------------------------------
@@ -426,15 +435,15 @@ def _read_sr(ds: Dataset, seg: Dataset | None) -> AnalysisResult:
         result_id=rid or (sop if _FHIR_ID.match(sop) else "unknown"), inputs=inputs, created=_created(ds))
 
 
-def read_sr(ds: Dataset | str | os.PathLike[str], seg: Dataset | str | os.PathLike[str] | None = None
+def read_sr(ds: Source, seg: Source | None = None
             ) -> AnalysisResult:
     """Read a TID 1500 measurement report (and optionally its SEG) back into an ``AnalysisResult``.
 
     Parameters
     ----------
-    ds : pydicom.Dataset or path
+    ds : pydicom.Dataset, bytes or path
         An Enhanced, Comprehensive, Comprehensive 3D or Extensible SR.
-    seg : pydicom.Dataset or path, optional
+    seg : pydicom.Dataset, bytes or path, optional
         The SEG the report's Volumetric ROI groups reference: its segments
         become the result's regions, and the groups' findings name them.
 
@@ -457,11 +466,11 @@ def read_sr(ds: Dataset | str | os.PathLike[str], seg: Dataset | str | os.PathLi
         return _read_sr(sr, seg_ds)
     except KitError:
         raise
-    except _LIBRARY_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile content: pydicom/highdicom raise many types
         raise _bad(f"malformed SR content: {type(exc).__name__}: {exc}") from exc
 
 
-def sr_measurements_frame(ds: Dataset | str | os.PathLike[str]) -> pl.DataFrame:
+def sr_measurements_frame(ds: Source) -> pl.DataFrame:
     """The measurements of an SR as a frame: the columns of ``AnalysisResult.measurements_frame()``."""
     return read_sr(ds).measurements_frame()
 
@@ -499,7 +508,7 @@ def _segments(ds: Dataset) -> tuple[hd.seg.Segmentation, list[str], list[tuple[A
     return seg, uids, out
 
 
-def read_seg(ds: Dataset | str | os.PathLike[str]) -> tuple[Region, ...]:
+def read_seg(ds: Source) -> tuple[Region, ...]:
     """The segments of a SEG as ``Region`` objects, masks per source image.
 
     Each region's ``source_instances`` are all the source images the SEG
@@ -522,11 +531,11 @@ def read_seg(ds: Dataset | str | os.PathLike[str]) -> tuple[Region, ...]:
                      for desc, mask in segments)
     except KitError:
         raise
-    except _LIBRARY_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile content: pydicom/highdicom raise many types
         raise _bad(f"malformed SEG: {type(exc).__name__}: {exc}") from exc
 
 
-def seg_segments_frame(ds: Dataset | str | os.PathLike[str]) -> pl.DataFrame:
+def seg_segments_frame(ds: Source) -> pl.DataFrame:
     """One row per segment of a SEG (:data:`SEGMENTS_SCHEMA`), with the join keys and voxel counts."""
     seg = _load(ds, "SEG")
     try:
@@ -554,7 +563,7 @@ def seg_segments_frame(ds: Dataset | str | os.PathLike[str]) -> pl.DataFrame:
         return pl.DataFrame(rows, schema=SEGMENTS_SCHEMA)
     except KitError:
         raise
-    except _LIBRARY_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile content: pydicom/highdicom raise many types
         raise _bad(f"malformed SEG: {type(exc).__name__}: {exc}") from exc
 
 
