@@ -1,4 +1,4 @@
-"""Shared cases for the SR/SEG tests: the sample cohort's CT with its spherical lesion, and results about it."""
+"""Shared cases for the SR/SEG tests: the sample CT with its spherical lesion, and results about it."""
 
 from __future__ import annotations
 
