@@ -90,8 +90,28 @@ def coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
 
 
+#: Type 2 patient/study attributes highdicom copies from the sources: filled in empty when absent.
+_TYPE2 = ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+          "StudyTime", "ReferringPhysicianName")
+
+
 def _bad(message: str) -> InvalidInputError:
     return InvalidInputError(message, source="encode_sr")
+
+
+def _header(ds: Dataset) -> Dataset:
+    """``ds``, or a copy with the absent type 2 patient/study attributes present and empty."""
+    missing = [k for k in _TYPE2 if k not in ds]
+    if not missing:
+        return ds
+    copy = Dataset()
+    for elem in ds:
+        copy.add(elem)
+    if hasattr(ds, "file_meta"):
+        copy.file_meta = ds.file_meta
+    for keyword in missing:
+        setattr(copy, keyword, "")
+    return copy
 
 
 def check_sources(result: AnalysisResult, sources: Sequence[Dataset], *,
@@ -103,6 +123,13 @@ def check_sources(result: AnalysisResult, sources: Sequence[Dataset], *,
     kit.errors.InvalidInputError
         No sources, a source of another patient or study, a repeated instance,
         or an instance a region or box lies on that is not among the sources.
+
+    Notes
+    -----
+    Sources without a type 2 patient/study attribute (PatientName,
+    PatientBirthDate, AccessionNumber, StudyID, ...) are replaced by copies
+    where it is present and empty, as the standard allows; the originals are
+    not changed.
     """
     if not isinstance(result, AnalysisResult):
         raise InvalidInputError(f"an AnalysisResult, not {type(result).__name__}", source=where)
@@ -128,7 +155,7 @@ def check_sources(result: AnalysisResult, sources: Sequence[Dataset], *,
                                     f"{subject.study_instance_uid}", source=where)
         if sop in by_uid:
             raise InvalidInputError(f"source {sop} given twice", source=where)
-        by_uid[sop] = ds
+        by_uid[sop] = _header(ds)
     used = [u for r in result.regions for u in r.source_instances] + \
         [b.source_instance for b in result.boxes]
     missing = sorted(set(used) - set(by_uid))

@@ -187,3 +187,15 @@ def test_label_and_region_objects_survive_to_the_content() -> None:
     sr = encode_sr(result, src)
     evals = _named(sr, cases.MALIGNANCY.value)
     assert len(evals) == 1 and evals[0].ConceptCodeSequence[0].CodeValue == cases.BENIGN.value
+
+
+def test_sources_without_type2_patient_and_study_attributes_still_encode() -> None:
+    src = cases.ct()
+    for d in src:
+        for keyword in ("PatientName", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber"):
+            delattr(d, keyword)
+    result = cases.regions_and_measurements(src)
+    seg = encode_seg(result, src)
+    sr = encode_sr(result, src, seg)
+    assert seg is not None and sr.PatientName == "" and sr.AccessionNumber == cases.study().accession
+    assert all("PatientName" not in d for d in src)  # the caller's data sets are not changed
