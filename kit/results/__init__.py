@@ -3,7 +3,9 @@
 :mod:`kit.results.model` is the result itself (pure data). :mod:`kit.results.fhir`
 turns it into Observations and a DiagnosticReport (and has the helpers
 :func:`observation` and :func:`diagnostic_report` for simple cases);
-:mod:`kit.results.oru` into an HL7 ORU^R01.
+:mod:`kit.results.oru` into an HL7 ORU^R01; :mod:`kit.results.sr` and
+:mod:`kit.results.seg` into a DICOM TID 1500 SR and a SEG (highdicom), and
+:mod:`kit.results.readback` reads SR/SEG (kit's or another tool's) back.
 """
 
 from kit.results.fhir import (
@@ -25,6 +27,9 @@ from kit.results.model import (
     Subject,
 )
 from kit.results.oru import control_id, encode_oru, oru_conclusion, read_oru
+from kit.results.readback import differences, read_seg, read_sr, seg_segments_frame, sr_measurements_frame
+from kit.results.seg import encode_seg
+from kit.results.sr import encode_sr
 
 __all__ = [
     "SCHEMES",
@@ -38,11 +43,18 @@ __all__ = [
     "Subject",
     "control_id",
     "diagnostic_report",
+    "differences",
     "encode_bundle",
     "encode_fhir",
     "encode_oru",
+    "encode_seg",
+    "encode_sr",
     "observation",
     "oru_conclusion",
     "read_oru",
+    "read_seg",
+    "read_sr",
+    "seg_segments_frame",
+    "sr_measurements_frame",
     "transaction_bundle",
 ]

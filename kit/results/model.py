@@ -54,6 +54,8 @@ SCHEMES: Mapping[str, str] = MappingProxyType({
     "DCM": "http://dicom.nema.org/resources/ontology/DCM",
     "UCUM": "http://unitsofmeasure.org",
     "RADLEX": "http://radlex.org",
+    "UMLS": "http://www.nlm.nih.gov/research/umls",
+    "NCIt": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl",
     "99KIT": "urn:kit:codes",
 })
 
@@ -98,9 +100,9 @@ class Code:
         The code.
     scheme : str
         The coding scheme designator (``SCT``, ``LN``, ``DCM``, ``UCUM``,
-        ``RADLEX``, ``99KIT`` or a local ``99...`` scheme).
+        ``RADLEX``, ``UMLS``, ``NCIt``, ``99KIT`` or a local ``99...`` scheme).
     meaning : str
-        The human-readable meaning.
+        The human-readable meaning (at most 64 characters, as in DICOM).
     """
 
     value: str
@@ -109,7 +111,7 @@ class Code:
 
     def __post_init__(self) -> None:
         _text("Code.value", self.value, max_len=64)
-        _text("Code.meaning", self.meaning, max_len=256)
+        _text("Code.meaning", self.meaning, max_len=64)  # DICOM's CodeMeaning (LO) limit
         if self.scheme not in SCHEMES and not re.fullmatch(r"99[A-Z0-9_]{1,14}", str(self.scheme)):
             raise _bad("Code.scheme", f"unknown coding scheme {self.scheme!r} (one of {sorted(SCHEMES)} "
                                       "or a local 99... scheme)")

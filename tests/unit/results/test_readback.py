@@ -189,12 +189,12 @@ def test_another_tools_tid1500_reads_to_the_expected_measurements() -> None:
     diameter = rows[("Diameter", 14.0)]
     assert diameter.finding == Code("27925004", "SCT", "Nodule")  # SRT -> SCT
     assert diameter.finding_site == Code("39607008", "SCT", "Lung") and diameter.unit.value == "mm"
-    assert rows[("Area", 120.5)].name == Code("C25244", "99NCIT", "Area")  # unknown scheme -> local
+    assert rows[("Area", 120.5)].name == Code("C25244", "NCIt", "Area")
     assert rows[("Area", 200.0)].region is None  # a polygon is not a box
     assert rows[("Volume", 3750.0)].region == "Tumor"  # the segment's label, from the SEG
     assert read.labels == (Label(Code("RID5", "RADLEX", "Margin"), Code("RID5709", "RADLEX", "Spiculated")),)
     (tumor,) = read.regions
-    assert tumor.kind == Code("C3262", "99NCIT", "Neoplasm") and int(tumor.mask.sum()) == 3 * 10 * 20
+    assert tumor.kind == Code("C3262", "NCIt", "Neoplasm") and int(tumor.mask.sum()) == 3 * 10 * 20
     frame = sr_measurements_frame(sr)
     assert frame.schema == cases.measurements_only().measurements_frame().schema
     assert sorted(frame["value"].to_list()) == [14.0, 120.5, 200.0, 3750.0]

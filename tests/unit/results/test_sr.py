@@ -170,13 +170,13 @@ def test_a_conclusion_only_result_still_makes_a_valid_tid1500() -> None:
     assert _named(sr, CONCLUSION.value)[0].TextValue == cases.conclusion_only().conclusion
 
 
-def test_what_highdicom_refuses_is_an_invalid_input_error() -> None:
-    # A code meaning longer than DICOM's LO (64) is valid in the model but not in DICOM.
-    long_name = dataclasses.replace(cases.DIAMETER, meaning="x" * 200)
-    result = cases.result(measurements=(Measurement(long_name, 1.0, cases.MM),))
-    with pytest.raises(InvalidInputError, match="highdicom refused the SR: .*64") as info:
-        encode_sr(result, cases.ct())
-    assert isinstance(info.value.__cause__, ValueError)
+def test_meanings_dicom_cannot_hold_are_refused_before_encoding() -> None:
+    # DICOM's CodeMeaning is LO (64 characters): the model refuses longer ones, so no encoder meets them.
+    with pytest.raises(InvalidInputError, match="Code.meaning.*64"):
+        dataclasses.replace(cases.DIAMETER, meaning="x" * 65)
+    result = cases.result(measurements=(Measurement(dataclasses.replace(cases.DIAMETER, meaning="x" * 64),
+                                                    1.0, cases.MM),))
+    assert encode_sr(result, cases.ct()).SOPInstanceUID == result.uid("sr")
 
 
 def test_label_and_region_objects_survive_to_the_content() -> None:
