@@ -1,7 +1,7 @@
 """kit.hub: declarative sync of local tables with FHIR (mappings, transforms, conflict strategies).
 
 Pure: :mod:`kit.hub.connectors` (FieldMapping, ResourceMapping, TRANSFORMS) and
-:mod:`kit.hub.sync` (plan_sync, Strategy, SyncReport). I/O: :mod:`kit.hub.hub`
+:mod:`kit.hub.sync` (plan_sync, Strategy, SyncReport). I/O: :mod:`kit.hub.syncjob`
 (SyncJob, ConflictStore), imported lazily so the pure parts load without sqlite3.
 """
 
@@ -30,7 +30,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("SyncJob", "ConflictStore"):
-        from kit.hub import hub
+        from kit.hub import syncjob
 
-        return getattr(hub, name)
+        return getattr(syncjob, name)
     raise AttributeError(f"module 'kit.hub' has no attribute {name!r}")
