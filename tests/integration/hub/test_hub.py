@@ -7,13 +7,9 @@ import socket
 import time
 from collections.abc import Iterator
 
-import highdicom as hd
 import polars as pl
-import pydicom
 import pytest
-from pydicom.sr.codedict import codes
 
-from kit import examples
 from kit.config import Settings
 from kit.fhir.client import FhirClient
 from kit.hl7.mllp import MLLPSender
@@ -23,6 +19,7 @@ from kit.results import Algorithm, AnalysisResult, Code, Measurement, Subject
 from kit.results.fhir import encode_bundle
 from kit.stack import Stack
 from tests.conftest import free_port
+from tests.integration.hub.helpers import sample_study, sr_for, studies
 
 CONNECTORS = ["pacs-dimse", "ehr-fhir", "hl7-mllp", "endoscopy"]
 
@@ -36,21 +33,6 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture
 def settings(stack: Stack) -> Settings:
     return stack.client_settings()
-
-
-def _studies() -> pl.DataFrame:
-    rows = {}
-    for f in sorted(examples.dicom_dir().rglob("*.dcm")):
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        rows[ds.StudyInstanceUID] = {"patient_id": ds.PatientID, "study_instance_uid": ds.StudyInstanceUID,
-                                     "accession_number": ds.AccessionNumber, "modality": ds.Modality,
-                                     "path": str(f)}
-    return pl.DataFrame(list(rows.values()))
-
-
-def _study(mrn: str, modality: str) -> dict[str, str]:
-    wanted = (pl.col("patient_id") == mrn) & (pl.col("modality") == modality)
-    return _studies().filter(wanted).row(0, named=True)
 
 
 @pytest.fixture
@@ -161,14 +143,14 @@ def test_patient_view_joins_pacs_fhir_and_hl7_on_identifiers(stack: Stack, setti
     view = hub.patient_view("MRN1001")
     for name, frame in view.items():
         assert set(JOIN_COLUMNS) <= set(frame.columns), name
-    truth = _studies().filter(pl.col("patient_id") == "MRN1001")
+    truth = studies().filter(pl.col("patient_id") == "MRN1001")
     pacs = view["pacs"]
     assert sorted(pacs["study_instance_uid"].to_list()) == sorted(truth["study_instance_uid"].to_list())
     assert set(pacs["patient_id"].to_list()) == {"MRN1001"}
     assert view["fhir.Patient"]["patient_id"].to_list() == ["MRN1001"]
-    studies = view["fhir.ImagingStudy"]
-    assert set(studies["patient_id"].to_list()) == {"MRN1001"}
-    joined = pacs.join(studies, on=["study_instance_uid", "accession_number"], how="inner")
+    imaging = view["fhir.ImagingStudy"]
+    assert set(imaging["patient_id"].to_list()) == {"MRN1001"}
+    joined = pacs.join(imaging, on=["study_instance_uid", "accession_number"], how="inner")
     assert joined.height == truth.height
     obs = view["fhir.Observation"]
     assert obs.height > 0 and set(obs["patient_id"].to_list()) == {"MRN1001"}
@@ -183,7 +165,7 @@ def test_patient_view_joins_pacs_fhir_and_hl7_on_identifiers(stack: Stack, setti
 
 
 def test_report_status_diagnostic_report_in_the_ehr(settings: Settings) -> None:
-    study = _study("MRN1002", "CT")
+    study = sample_study("MRN1002", "CT")
     hub = Hub.from_settings(settings)
     before = hub.report_status([study["study_instance_uid"]])
     assert before.schema == pl.Schema(dict(REPORT_COLUMNS))
@@ -204,27 +186,12 @@ def test_report_status_diagnostic_report_in_the_ehr(settings: Settings) -> None:
     assert len(after["diagnostic_report_ids"]) == 1
 
 
-def _sr_for(path: str) -> hd.sr.Comprehensive3DSR:
-    src = pydicom.dcmread(path)
-    ctx = hd.sr.ObservationContext(observer_person_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name="Kit^Test")))
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lesion 1"),
-        measurements=[hd.sr.Measurement(name=codes.SCT.Diameter, value=12.5, unit=codes.UCUM.Millimeter)])
-    report = hd.sr.MeasurementReport(observation_context=ctx, imaging_measurements=[group],
-                                     procedure_reported=codes.LN.CTUnspecifiedBodyRegion)
-    return hd.sr.Comprehensive3DSR(evidence=[src], content=report, series_number=99,
-                                   series_instance_uid=hd.UID(), sop_instance_uid=hd.UID(), instance_number=1,
-                                   manufacturer="kit")
-
-
 def test_report_status_sr_in_the_pacs(settings: Settings) -> None:
-    study = _study("MRN1003", "CT")
-    untouched = _study("MRN1004", "CT")
+    study = sample_study("MRN1003", "CT")
+    untouched = sample_study("MRN1004", "CT")
     hub = Hub.from_settings(settings)
     assert hub.report_status([study["study_instance_uid"]])["has_report"].to_list() == [False]
-    sr = _sr_for(study["path"])
+    sr = sr_for(study["path"])
     hub.pacs.store([sr])
     status = hub.report_status([study["study_instance_uid"], untouched["study_instance_uid"]])
     first, second = status.rows(named=True)
@@ -234,7 +201,7 @@ def test_report_status_sr_in_the_pacs(settings: Settings) -> None:
 
 
 def test_report_status_with_a_dead_ehr_is_unknown_not_false(settings: Settings) -> None:
-    study = _study("MRN1004", "CT")
+    study = sample_study("MRN1004", "CT")
     dead = dataclasses.replace(settings, fhir=dataclasses.replace(
         settings.fhir, base=f"http://127.0.0.1:{free_port()}/fhir/R4"))
     row = Hub.from_settings(dead).report_status([study["study_instance_uid"]]).row(0, named=True)
