@@ -30,7 +30,6 @@ Written by hand: the orchestration over the kit's own clients.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -255,15 +254,18 @@ class Hub:
         out: list[tuple[str, str, str, Callable[[], object]]] = []
 
         def pacs_probe() -> PacsClient:
-            client = copy.copy(self.pacs)
+            from kit.dicom.dimse import PacsClient
+
+            client = PacsClient.from_settings(s)  # inside the probe: a bad TLS setting is a failed row
             client.timeout = min(client.timeout, t)
             return client
 
+        pacs_address = f"dicom://{s.pacs.called_aet}@{s.pacs.host}:{s.pacs.port}"
         for name in self.connectors:
             if name == "pacs-dimse":
-                out.append((name, self.pacs.address, "C-ECHO", lambda: pacs_probe().echo()))
+                out.append((name, pacs_address, "C-ECHO", lambda: pacs_probe().echo()))
             elif name == "endoscopy":
-                out.append((name, self.pacs.address, "worklist C-FIND Modality=ES",
+                out.append((name, pacs_address, "worklist C-FIND Modality=ES",
                             lambda: pacs_probe().worklist(modality="ES")))
             elif name == "pacs-dicomweb":
                 out.append((name, s.dicomweb.base, "QIDO-RS studies limit=1", self._qido_ping))
@@ -404,8 +406,8 @@ class Hub:
         for r in self._fhir_search("DiagnosticReport", "identifier", tokens) if tokens else []:
             by_type["DiagnosticReport"][str(r.get("id"))] = r
 
-        uid_of_accession = dict(zip(pacs["accession_number"].to_list(), pacs["study_instance_uid"].to_list(),
-                                    strict=True))
+        pairs = zip(pacs["accession_number"].to_list(), pacs["study_instance_uid"].to_list(), strict=True)
+        uid_of_accession = {a: u for a, u in pairs if a and u}
         for rtype, found in by_type.items():
             frame = _with_join_columns(to_frame(list(found.values()), rtype))
             if "patient_ref" in frame.columns:
