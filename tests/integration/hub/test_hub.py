@@ -207,3 +207,12 @@ def test_report_status_with_a_dead_ehr_is_unknown_not_false(settings: Settings) 
     row = Hub.from_settings(dead).report_status([study["study_instance_uid"]]).row(0, named=True)
     assert row["has_sr"] is False and row["has_diagnostic_report"] is None and row["has_report"] is None
     assert row["error"].startswith("fhir: PeerUnreachableError")
+
+
+def test_status_with_a_bad_tls_setting_is_a_failed_row(settings: Settings) -> None:
+    pacs = dataclasses.replace(settings.pacs, tls=True, tls_ca="/no/such/ca.pem")
+    bad = dataclasses.replace(settings, pacs=pacs)
+    rows = {r["connector"]: r for r in Hub.from_settings(bad).status().iter_rows(named=True)}
+    assert rows["pacs-dimse"]["status"] == rows["endoscopy"]["status"] == "failed"
+    assert rows["pacs-dimse"]["reason"].startswith("TLSError"), rows["pacs-dimse"]
+    assert rows["ehr-fhir"]["status"] == rows["hl7-mllp"]["status"] == "ok"
