@@ -8,7 +8,7 @@ Three parts, kept apart:
 * **Registry** (pure) -- :mod:`kit.hub.registry`: each connector's capabilities,
   auth types and entities as data.
 * **Sync engine** -- declarative sync of local tables with FHIR: pure
-  :mod:`kit.hub.connectors` (FieldMapping, ResourceMapping, TRANSFORMS) and
+  :mod:`kit.hub.syncmap` (FieldMapping, ResourceMapping, TRANSFORMS) and
   :mod:`kit.hub.sync` (plan_sync, Strategy, SyncReport); I/O
   :mod:`kit.hub.syncjob` (SyncJob, ConflictStore).
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from kit.hub.connectors import TRANSFORMS, Direction, FieldMapping, ResourceMapping
 from kit.hub.registry import (
     REGISTRY,
     AuthType,
@@ -35,6 +34,7 @@ from kit.hub.registry import (
     validate_registry,
 )
 from kit.hub.sync import Action, Conflict, PlannedAction, Strategy, SyncReport, plan_sync
+from kit.hub.syncmap import TRANSFORMS, Direction, FieldMapping, ResourceMapping
 
 __all__ = [
     "REGISTRY",
