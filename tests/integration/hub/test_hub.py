@@ -216,3 +216,21 @@ def test_status_with_a_bad_tls_setting_is_a_failed_row(settings: Settings) -> No
     assert rows["pacs-dimse"]["status"] == rows["endoscopy"]["status"] == "failed"
     assert rows["pacs-dimse"]["reason"].startswith("TLSError"), rows["pacs-dimse"]
     assert rows["ehr-fhir"]["status"] == rows["hl7-mllp"]["status"] == "ok"
+
+
+def test_send_results_delivers_and_report_status_sees_it(settings: Settings) -> None:
+    """Live once kit.results.deliver (branch ``deliver``) is on main; skipped before."""
+    pytest.importorskip("kit.results.deliver")
+    study = sample_study("MRN1006", "CT")
+    hub = Hub.from_settings(settings)
+    assert hub.report_status([study["study_instance_uid"]])["has_report"].to_list() == [False]
+    result = AnalysisResult(
+        subject=Subject("MRN1006", study["study_instance_uid"], study["accession_number"]),
+        algorithm=Algorithm("hub-test", "1"), measurements=(Measurement(
+            Code("81827009", "SCT", "Diameter"), 3.0, Code("mm", "UCUM", "millimeter")),))
+    report = hub.send_results(result, targets=["observation", "diagnostic_report", "oru"])
+    frame = report.frame
+    assert frame["target"].to_list() == ["observation", "diagnostic_report", "oru"]
+    assert frame["status"].to_list() == ["verified"] * 3, frame
+    row = hub.report_status([study["study_instance_uid"]]).row(0, named=True)
+    assert (row["has_diagnostic_report"], row["has_report"]) == (True, True)
