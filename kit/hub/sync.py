@@ -2,7 +2,7 @@
 
 The local table is the *source*, the FHIR server the *destination*. For each
 local row :func:`plan_sync` finds the remote resource with the same key (see
-:class:`~kit.hub.connectors.ResourceMapping`) and decides one :class:`Action`:
+:class:`~kit.hub.syncmap.ResourceMapping`) and decides one :class:`Action`:
 
 * no remote resource -> ``created`` (the resource built from the row);
 * remote equal on every mapped field -> ``skipped``;
@@ -21,7 +21,7 @@ A null local cell is "no opinion" under every strategy: it is never written and
 never a difference (so never a conflict), unless its field mapping says
 ``delete_on_null=True``; then it is a difference like any other, and writing it
 removes the remote value together with any element it leaves partial (see
-:mod:`kit.hub.connectors`). A null remote value is filled by ``source_wins``,
+:mod:`kit.hub.syncmap`). A null remote value is filled by ``source_wins``,
 ``merge`` and (when the row is newer) ``newest_wins``.
 
 Before a write is planned it is validated: required fields present, and FHIR R4
@@ -41,7 +41,7 @@ from typing import Any
 import polars as pl
 
 from kit.errors import InvalidInputError, KitError
-from kit.hub.connectors import ResourceMapping, _jsonable, get_path, set_path
+from kit.hub.syncmap import ResourceMapping, _jsonable, get_path, set_path
 
 __all__ = [
     "REPORT_SCHEMA",

@@ -12,7 +12,7 @@ import pytest
 from kit.fhir.client import FhirClient
 from kit.fhir.server import EmbeddedFhirServer
 from kit.hub import FieldMapping, ResourceMapping, Strategy, SyncJob
-from kit.hub.connectors import get_path
+from kit.hub.syncmap import get_path
 
 SYS = "http://hospital.example/mrn-nulls"
 STRATEGIES = [Strategy.SOURCE_WINS, Strategy.DEST_WINS, Strategy.NEWEST_WINS, Strategy.MERGE, Strategy.MANUAL]

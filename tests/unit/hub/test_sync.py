@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 
 from kit.errors import InvalidInputError
-from kit.hub.connectors import FieldMapping, ResourceMapping
 from kit.hub.sync import Action, PlannedAction, Strategy, SyncReport, plan_sync
+from kit.hub.syncmap import FieldMapping, ResourceMapping
 
 SYS = "http://hospital.example/mrn"
 MAPPING = ResourceMapping(

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from kit.hub.connectors import FieldMapping, ResourceMapping, get_path, set_path
 from kit.hub.sync import Action, Strategy, plan_sync
+from kit.hub.syncmap import FieldMapping, ResourceMapping, get_path, set_path
 
 SYS = "http://hospital.example/mrn"
 STRATEGIES = [Strategy.SOURCE_WINS, Strategy.DEST_WINS, Strategy.NEWEST_WINS, Strategy.MERGE, Strategy.MANUAL]

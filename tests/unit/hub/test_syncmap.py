@@ -1,4 +1,4 @@
-"""kit.hub.connectors: every built-in transform, path get/set, mappings."""
+"""kit.hub.syncmap: every built-in transform, path get/set, mappings."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from kit.errors import InvalidInputError
-from kit.hub.connectors import (
+from kit.hub.syncmap import (
     TRANSFORMS,
     Direction,
     FieldMapping,

@@ -27,7 +27,6 @@ import orjson
 import polars as pl
 
 from kit.errors import InvalidInputError, KitError, StoreError
-from kit.hub.connectors import ResourceMapping, get_path
 from kit.hub.sync import (
     Action,
     Conflict,
@@ -37,6 +36,7 @@ from kit.hub.sync import (
     apply_values,
     plan_sync,
 )
+from kit.hub.syncmap import ResourceMapping, get_path
 
 __all__ = ["ConflictStore", "FhirClientLike", "SyncJob"]
 
