@@ -127,6 +127,16 @@ class DicomWebClient:
 
     # -- QIDO-RS ---------------------------------------------------------------------------------
 
+    def ping(self) -> None:
+        """Ask for one study (QIDO-RS, ``limit=1``): does the server answer DICOMweb at all?
+
+        Raises
+        ------
+        kit.errors.DicomWebError, kit.errors.PeerUnreachableError, kit.errors.PeerTimeoutError
+        """
+        self._call("QIDO-RS studies", lambda: self._client.search_for_studies(
+            fields=["StudyInstanceUID"], limit=1))
+
     def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
              return_keys: Iterable[str] | None = None, **filters: Any) -> pl.DataFrame:
         """QIDO-RS search; same filters and frame as :meth:`kit.dicom.dimse.PacsClient.find`.

@@ -281,9 +281,8 @@ class Hub:
         web = self.settings.dicomweb
         client = DicomWebClient(web.base, username=web.username, password=web.password, token=web.token,
                                 timeout=min(web.timeout, self.probe_timeout))
-        # One page of one study: DicomWebClient.find would page through the whole archive.
-        return client._call("QIDO-RS studies", lambda: client._client.search_for_studies(
-            fields=["StudyInstanceUID"], limit=1))
+        client.ping()  # one study, not DicomWebClient.find's whole archive
+        return None
 
     def _fhir_ping(self) -> object:
         from kit.fhir.client import FhirClient
