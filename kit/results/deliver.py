@@ -344,31 +344,33 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
     seg: Dataset | None = None
     sr: Dataset | None = None
     errors: dict[str, Delivery] = {}
+    spent = {"seg": 0.0, "sr": 0.0}  # encoding time, added to the target's row
     if wanted & {"sr", "seg", "diagnostic_report"}:
         t = time.perf_counter()
         try:
             seg = _Dicom.encode_seg(result, sources)
         except Exception as exc:  # noqa: BLE001 - recorded as the target's failure
             errors["seg"] = Delivery("seg", "failed", "cannot encode the SEG: " + _reason(exc))
+        spent["seg"] = time.perf_counter() - t
+        t = time.perf_counter()
         try:
             sr = _Dicom.encode_sr(result, sources, seg)
         except Exception as exc:  # noqa: BLE001 - recorded as the target's failure
             errors["sr"] = Delivery("sr", "failed", "cannot encode the SR: " + _reason(exc))
-        encode_seconds = time.perf_counter() - t
-    else:
-        encode_seconds = 0.0
+        spent["sr"] = time.perf_counter() - t
 
     for target, ds in (("sr", sr), ("seg", seg)):
         if target not in wanted:
             continue
         if target in errors:
-            rows[target] = dataclasses.replace(errors[target], seconds=round(encode_seconds, 4))
+            row = errors[target]
         elif ds is None:
-            rows[target] = Delivery(target, "skipped", "the result has no regions")
+            row = Delivery(target, "skipped", "the result has no regions")
         elif pacs is None:
-            rows[target] = Delivery(target, "skipped", "no PACS client", str(ds.SOPInstanceUID))
+            row = Delivery(target, "skipped", "no PACS client", str(ds.SOPInstanceUID))
         else:
-            rows[target] = _timed(target, _dicom_job(target, result, pacs, ds, seg))
+            row = _timed(target, _dicom_job(target, result, pacs, ds, seg))
+        rows[target] = dataclasses.replace(row, seconds=round(row.seconds + spent[target], 4))
 
     fhir_targets = wanted & {"observation", "diagnostic_report"}
     if fhir_targets:
