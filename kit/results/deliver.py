@@ -16,9 +16,10 @@ clinicians and other systems see it and verifies each copy:
   the ACK must be AA or CA and acknowledge the message's MSH-10
   (:func:`kit.results.oru.control_id`), which is recorded.
 
-Targets are independent: one that fails (a DICOM failure status, a FHIR 422
-OperationOutcome, an HL7 AE) is a ``failed`` row with the error's one-line
-reason and the others still run. A target without a client is ``skipped``.
+Targets are independent and run concurrently (one thread each): one that
+fails (a DICOM failure status, a FHIR 422 OperationOutcome, an HL7 AE) is a
+``failed`` row with the error's one-line reason and the others still run.
+A target without a client is ``skipped``.
 Re-delivering the same result duplicates nothing: the DICOM UIDs, the FHIR
 identifiers (conditional create) and the MSH-10 all derive from ``result_id``.
 """
@@ -26,14 +27,16 @@ identifiers (conditional create) and the MSH-10 all derive from ``result_id``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
-from pydicom import Dataset, dcmread
+from pydicom import Dataset, dcmread, dcmwrite
 
 from kit.errors import InvalidInputError, KitError
 from kit.results.fhir import encode_bundle
@@ -181,6 +184,18 @@ def _store_and_verify(target: str, pacs: PacsClient, ds: Dataset,
     if diffs:
         return Delivery(target, "failed", "read back differs: " + "; ".join(diffs)[:480], uid)
     return Delivery(target, "verified", None, uid)
+
+
+def _plain(ds: Dataset) -> Dataset:
+    """``ds`` written and read back as a plain pydicom Dataset.
+
+    highdicom's Segmentation keeps an SQLite index bound to the thread that made
+    it; its plain copy can be read in any thread.
+    """
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    buffer.seek(0)
+    return dcmread(buffer)
 
 
 def _dicom_job(target: str, result: AnalysisResult, pacs: PacsClient, ds: Dataset,
@@ -339,12 +354,21 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
         raise InvalidInputError(f"unknown target(s) {unknown}; choose from {list(TARGETS)}", source="targets")
     sources = list(sources)
     rows: dict[str, Delivery] = {}
+    # The targets are independent: each runs in its own thread (their time is mostly waiting on a peer).
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kit-deliver")
+    jobs: dict[str, Future[Delivery]] = {}
+    fhir_job: Future[list[Delivery]] | None = None
+    if "oru" in wanted:
+        if hl7 is None:
+            rows["oru"] = Delivery("oru", "skipped", "no MLLP sender", control_id(result))
+        else:
+            jobs["oru"] = pool.submit(_timed, "oru", lambda: _oru(result, hl7))
 
     # Encode SEG, then SR (which references the SEG): pure, and needed for the FHIR report's identifiers.
     seg: Dataset | None = None
     sr: Dataset | None = None
     errors: dict[str, Delivery] = {}
-    spent = {"seg": 0.0, "sr": 0.0}  # encoding time, added to the target's row
+    spent = {"seg": 0.0, "sr": 0.0, "oru": 0.0}  # encoding time, added to the target's row
     if wanted & {"sr", "seg", "diagnostic_report"}:
         t = time.perf_counter()
         try:
@@ -369,7 +393,11 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
         elif pacs is None:
             row = Delivery(target, "skipped", "no PACS client", str(ds.SOPInstanceUID))
         else:
-            row = _timed(target, _dicom_job(target, result, pacs, ds, seg))
+            # plain copies: the threads must not touch highdicom's thread-bound objects
+            plain_seg = _plain(seg) if seg is not None and target == "sr" else None
+            job = _dicom_job(target, result, pacs, _plain(ds), plain_seg)
+            jobs[target] = pool.submit(_timed, target, job)
+            continue
         rows[target] = dataclasses.replace(row, seconds=round(row.seconds + spent[target], 4))
 
     fhir_targets = wanted & {"observation", "diagnostic_report"}
@@ -380,14 +408,18 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
         else:
             sr_uid = str(sr.SOPInstanceUID) if sr is not None else None
             seg_uid = str(seg.SOPInstanceUID) if seg is not None else None
+            fhir_job = pool.submit(_fhir, result, fhir, sr_uid, seg_uid, fhir_targets)
+    try:
+        for target, job in jobs.items():
+            row = job.result()  # _timed never raises
+            rows[target] = dataclasses.replace(row, seconds=round(row.seconds + spent.get(target, 0.0), 4))
+        if fhir_job is not None:
             try:
-                for d in _fhir(result, fhir, sr_uid, seg_uid, fhir_targets):
+                for d in fhir_job.result():
                     rows[d.target] = d
             except Exception as exc:  # noqa: BLE001 - e.g. an encoder error: both FHIR rows fail
                 for target in fhir_targets:
                     rows[target] = Delivery(target, "failed", _reason(exc))
-
-    if "oru" in wanted:
-        rows["oru"] = (Delivery("oru", "skipped", "no MLLP sender", control_id(result)) if hl7 is None
-                       else _timed("oru", lambda: _oru(result, hl7)))
+    finally:
+        pool.shutdown(wait=True)
     return DeliveryReport(result.result_id, tuple(rows[t] for t in TARGETS if t in rows))
