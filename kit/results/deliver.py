@@ -395,8 +395,8 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
         else:
             # plain copies: the threads must not touch highdicom's thread-bound objects
             plain_seg = _plain(seg) if seg is not None and target == "sr" else None
-            job = _dicom_job(target, result, pacs, _plain(ds), plain_seg)
-            jobs[target] = pool.submit(_timed, target, job)
+            work = _dicom_job(target, result, pacs, _plain(ds), plain_seg)
+            jobs[target] = pool.submit(_timed, target, work)
             continue
         rows[target] = dataclasses.replace(row, seconds=round(row.seconds + spent[target], 4))
 
