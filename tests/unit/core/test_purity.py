@@ -18,7 +18,7 @@ PURE = [
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
     "hub/connectors", "hub/sync",
     "fhir/timeline",
-    "results/model", "results/sr", "results/fhir", "results/oru",
+    "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
 ]
 
 # Network, servers and databases: what "pure" excludes.
