@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -151,10 +150,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert targets[name]["status"] == "verified", targets[name]
     assert re.fullmatch(r"[0-9A-F]{20}", targets["oru"]["identifier"])
     assert re.fullmatch(r"DiagnosticReport/[^/]+/_history/1", targets["diagnostic_report"]["identifier"])
-    if importlib.util.find_spec("kit.results.sr") is None:  # the SR/SEG encoders are not merged yet
-        assert result.returncode == 1 and "delivery failed: sr" in result.stderr
-        assert targets["sr"]["status"] == "failed" and "ModuleNotFoundError" in targets["sr"]["reason"]
-        return
     assert result.returncode == 0, result.stderr
     assert targets["sr"]["status"] == targets["seg"]["status"] == "verified", (targets["sr"], targets["seg"])
     assert re.fullmatch(r"[0-9.]+", targets["sr"]["identifier"])
@@ -166,9 +161,8 @@ def test_demo_prints_a_table_per_target(tmp_path: Path) -> None:
     for target in ("sr", "seg", "observation", "diagnostic_report", "oru"):
         assert any(line.startswith(f"│ {target} ") for line in lines), result.stdout
     assert any("analyse CT" in line for line in lines)
-    if importlib.util.find_spec("kit.results.sr") is not None:
-        assert result.returncode == 0, result.stderr
-        assert sum("verified" in line for line in lines) == 5
+    assert result.returncode == 0, result.stderr
+    assert sum("verified" in line for line in lines) == 5
 
 
 def test_misuse_exits_2(tmp_path: Path) -> None:

@@ -1,6 +1,4 @@
-"""deliver() of the shipped analysis's result to the embedded PACS (SR, SEG), FHIR server and MLLP listener.
-
-Needs the SR/SEG encoders (kit.results.sr, seg, readback)."""
+"""deliver() of the shipped analysis's result to the embedded PACS (SR, SEG), FHIR server and MLLP."""
 
 from __future__ import annotations
 
@@ -9,21 +7,18 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("kit.results.sr")
-pytest.importorskip("kit.results.readback")
-
-from kit.dicom.dimse import PacsClient  # noqa: E402
-from kit.dicom.scp import EmbeddedPACS  # noqa: E402
-from kit.examples.cohort import studies  # noqa: E402
-from kit.examples.dicom import ct_datasets  # noqa: E402
-from kit.fhir.client import FhirClient, RetryPolicy  # noqa: E402
-from kit.fhir.server import EmbeddedFhirServer  # noqa: E402
-from kit.hl7.mllp import MLLPListener, MLLPSender  # noqa: E402
-from kit.hl7.mllp import RetryPolicy as MllpRetry  # noqa: E402
-from kit.results import deliver as deliver_module  # noqa: E402
-from kit.results.analysis import analyse_ct  # noqa: E402
-from kit.results.deliver import TARGETS, deliver  # noqa: E402
-from kit.results.oru import control_id  # noqa: E402
+from kit.dicom.dimse import PacsClient
+from kit.dicom.scp import EmbeddedPACS
+from kit.examples.cohort import studies
+from kit.examples.dicom import ct_datasets
+from kit.fhir.client import FhirClient, RetryPolicy
+from kit.fhir.server import EmbeddedFhirServer
+from kit.hl7.mllp import MLLPListener, MLLPSender
+from kit.hl7.mllp import RetryPolicy as MllpRetry
+from kit.results import deliver as deliver_module
+from kit.results.analysis import analyse_ct
+from kit.results.deliver import TARGETS, deliver
+from kit.results.oru import control_id
 
 pytestmark = pytest.mark.timeout(180)
 STUDY = next(s for s in studies(modality="CT") if s.lesion is not None)
