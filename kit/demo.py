@@ -1,7 +1,10 @@
 """The main job, end to end on the embedded stack: ``kit demo``.
 
 Each step uses the same public API a notebook would; the demo only strings
-them together and reports what happened as a DataFrame (one row per step).
+them together and reports what happened as a DataFrame: one row per step
+(ingest, index, de-identify, EHR join, HL7 replay, analyse), then one row per
+delivery target of the analysis result (``sr``, ``seg``, ``observation``,
+``diagnostic_report``, ``oru``: sent to the same stack and read back).
 """
 
 from __future__ import annotations
@@ -21,16 +24,19 @@ from kit.errors import KitError
 if TYPE_CHECKING:
     from kit.stack import Stack
 
-__all__ = ["DEMO_KEY", "check_status", "run_demo"]
+__all__ = ["DEMO_KEY", "SCHEMA", "check_status", "run_demo"]
 
 #: De-identification key used by the demo only. Real projects keep their own key secret.
 DEMO_KEY = "kit-demo-key-not-secret"
 
-_SCHEMA = {"step": pl.String, "result": pl.String, "seconds": pl.Float64}
+#: Columns of :func:`run_demo`'s frame: a step row has ``target`` null; a delivery row has
+#: ``step`` "deliver <target>", ``result`` its status, and ``target``, ``status``, ``reason``, ``identifier``.
+SCHEMA = {"step": pl.String, "result": pl.String, "seconds": pl.Float64, "target": pl.String,
+          "status": pl.String, "reason": pl.String, "identifier": pl.String}
 
 
 def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = print) -> pl.DataFrame:
-    """Run ingest -> index -> de-identify -> EHR join -> HL7 replay on an embedded stack.
+    """Run ingest, index, de-identify, EHR join, HL7 replay, analyse and deliver on an embedded stack.
 
     Parameters
     ----------
@@ -43,7 +49,8 @@ def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = prin
     Returns
     -------
     polars.DataFrame
-        Columns ``step``, ``result``, ``seconds``.
+        :data:`SCHEMA`: one row per step, then one per delivery target
+        (:data:`kit.results.deliver.TARGETS`, ``target`` not null).
     """
     from kit.stack import Stack
 
@@ -64,7 +71,8 @@ def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = prin
             _pacs_steps(settings, work, step)
             _fhir_steps(settings, work, step)
             _hl7_steps(settings, step, stack)
-    return pl.DataFrame(rows, schema=_SCHEMA)
+            rows += _result_steps(settings, work, step, echo)
+    return pl.DataFrame(rows, schema=SCHEMA)
 
 
 def _pacs_steps(settings: Settings, work: Path, step: Callable[[str, float, str], None]) -> None:
@@ -144,6 +152,39 @@ def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None], stac
     patients = frames["patients"]["patient_id"].n_unique()
     step("HL7 store -> frames", t, f"{patients} patients, " + ", ".join(
         f"{frames[name].height} {name}" for name in ("orders", "results", "appointments")))
+
+
+def _result_steps(settings: Settings, work: Path, step: Callable[[str, float, str], None],
+                  echo: Callable[[str], None]) -> list[dict[str, object]]:
+    """Analyse the retrieved CT, deliver the result to the stack's PACS, FHIR server and MLLP listener."""
+    from pydicom import dcmread
+
+    from kit.dicom.dimse import PacsClient
+    from kit.fhir.client import FhirClient
+    from kit.hl7.mllp import MLLPSender
+    from kit.results.analysis import analyse_ct
+    from kit.results.deliver import deliver
+
+    t = time.perf_counter()
+    images = [dcmread(p) for p in sorted((work / "retrieved").rglob("*.dcm"))]
+    ct = [ds for ds in images if getattr(ds, "Modality", "") == "CT"]
+    series = sorted({str(ds.SeriesInstanceUID) for ds in ct})
+    if not series:
+        raise KitError("the retrieved study has no CT series to analyse")
+    sources = [ds for ds in ct if str(ds.SeriesInstanceUID) == series[0]]
+    result = analyse_ct(sources)
+    step("analyse CT (kit.results.analysis)", t, result.conclusion or "")
+
+    with FhirClient.from_settings(settings) as fhir, \
+            MLLPSender(settings.hl7.host, settings.hl7.port, timeout=settings.hl7.timeout) as hl7:
+        report = deliver(result, sources=sources, pacs=PacsClient.from_settings(settings), fhir=fhir, hl7=hl7)
+    out: list[dict[str, object]] = []
+    for d in report.deliveries:
+        echo(f"    {d.target:<18} {d.status:<9} {d.seconds:7.3f} s  {d.identifier or ''}"
+             + (f"  ({d.reason})" if d.reason else ""))
+        out.append({"step": f"deliver {d.target}", "result": d.status, "seconds": d.seconds,
+                    "target": d.target, "status": d.status, "reason": d.reason, "identifier": d.identifier})
+    return out
 
 
 def check_status(settings: Settings) -> pl.DataFrame:

@@ -110,7 +110,19 @@ def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
     Starts the embedded stack on ephemeral ports, queries the PACS, retrieves a
     CT study, indexes and de-identifies it, pulls the cohort from the FHIR
     server and joins it with the PACS frame, replays the HL7 feed over MLLP,
-    and prints what each step did.
+    analyses the CT with kit's lesion finder, and delivers the result to the
+    same stack: DICOM SR and SEG to the PACS, Observations and a
+    DiagnosticReport to the FHIR server, an ORU^R01 to the MLLP listener, each
+    read back and compared. Prints the steps, then one line per target with its
+    status (verified, sent, failed, skipped) and time. Exits 1, naming them,
+    when a target failed.
+
+    With --json, prints one list of records: first one per step
+    {"step", "result", "seconds", "target": null, "status": null, "reason":
+    null, "identifier": null}, then one per target (sr, seg, observation,
+    diagnostic_report, oru) {"step": "deliver <target>", "result": <status>,
+    "seconds", "target", "status", "reason", "identifier"}; the identifier is
+    the SOP Instance UID, "Type/<id>/_history/<version>" or the MSH-10.
 
     \b
     Examples:
@@ -120,7 +132,21 @@ def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
     from kit.demo import run_demo
 
     summary = run_demo(Path(work_dir) if work_dir else None, echo=lambda m: click.echo(m, err=True))
-    emit_frame(summary, output, as_json, label="steps")
+    if output or as_json:
+        emit_frame(summary, output, as_json, label="rows")
+    else:
+        import polars as pl
+
+        steps = summary.filter(pl.col("target").is_null()).select("step", "result", "seconds")
+        targets = summary.filter(pl.col("target").is_not_null()).select(
+            "target", "status", "seconds", "identifier", "reason")
+        emit_frame(steps, None, False, label="steps")
+        emit_frame(targets, None, False, label="targets")
+    failed = summary.filter(summary["status"] == "failed")
+    if failed.height:
+        names = ", ".join(f"{t} ({r})" for t, r in zip(failed["target"], failed["reason"], strict=True))
+        click.echo(f"kit: error: delivery failed: {names}", err=True)
+        raise SystemExit(1)
 
 
 @click.command()

@@ -129,8 +129,8 @@ def test_serve_keeps_what_it_stored_across_a_restart(tmp_path: Path) -> None:
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = _kit(tmp_path, "demo", "--json", timeout=300)
-    assert result.returncode == 0, result.stderr
-    steps = {row["step"]: row["result"] for row in json.loads(result.stdout)}
+    rows = json.loads(result.stdout)
+    steps = {row["step"]: row["result"] for row in rows if row["target"] is None}
     assert steps["C-GET one CT study"] == "16 instances"
     assert re.match(r"\d+ patients, \d+ orders, [1-9]\d* results", steps["HL7 store -> frames"])
     assert steps["index headers"].startswith("16 instances")
@@ -139,6 +139,30 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert joined and joined.group(1) == joined.group(2) != "0"
     acked = re.match(r"(\d+) of (\d+) messages acknowledged AA", steps["HL7 feed over MLLP"])
     assert acked and acked.group(1) == acked.group(2) != "0"
+    # the first CT study is MRN1001's, with its 18 mm lesion: found within one voxel (2.5 mm)
+    analysed = steps["analyse CT (kit.results.analysis)"]
+    found = re.match(r"Soft-tissue lesion in the lung, ([\d.]+) mm", analysed)
+    assert found and abs(float(found.group(1)) - 18.0) <= 2.5
+    targets = {row["target"]: row for row in rows if row["target"] is not None}
+    assert list(targets) == ["sr", "seg", "observation", "diagnostic_report", "oru"]
+    assert all(row["step"] == f"deliver {t}" and row["result"] == row["status"] for t, row in targets.items())
+    for name in ("observation", "diagnostic_report", "oru"):
+        assert targets[name]["status"] == "verified", targets[name]
+    assert re.fullmatch(r"[0-9A-F]{20}", targets["oru"]["identifier"])
+    assert re.fullmatch(r"DiagnosticReport/[^/]+/_history/1", targets["diagnostic_report"]["identifier"])
+    assert result.returncode == 0, result.stderr
+    assert targets["sr"]["status"] == targets["seg"]["status"] == "verified", (targets["sr"], targets["seg"])
+    assert re.fullmatch(r"[0-9.]+", targets["sr"]["identifier"])
+
+
+def test_demo_prints_a_table_per_target(tmp_path: Path) -> None:
+    result = _kit(tmp_path, "demo", timeout=300)
+    lines = result.stdout.splitlines()
+    for target in ("sr", "seg", "observation", "diagnostic_report", "oru"):
+        assert any(line.startswith(f"│ {target} ") for line in lines), result.stdout
+    assert any("analyse CT" in line for line in lines)
+    assert result.returncode == 0, result.stderr
+    assert sum("verified" in line for line in lines) == 5
 
 
 def test_misuse_exits_2(tmp_path: Path) -> None:
