@@ -6,8 +6,12 @@ turns it into Observations and a DiagnosticReport (and has the helpers
 :mod:`kit.results.oru` into an HL7 ORU^R01; :mod:`kit.results.sr` and
 :mod:`kit.results.seg` into a DICOM TID 1500 SR and a SEG (highdicom), and
 :mod:`kit.results.readback` reads SR/SEG (kit's or another tool's) back.
+:func:`kit.results.deliver.deliver` (I/O, imported on its own) sends a result
+to every configured target and verifies each by reading it back;
+:func:`analyse_ct` is the small lesion finder ``kit demo`` ships with.
 """
 
+from kit.results.analysis import analyse_ct
 from kit.results.fhir import (
     diagnostic_report,
     encode_bundle,
@@ -41,6 +45,7 @@ __all__ = [
     "Measurement",
     "Region",
     "Subject",
+    "analyse_ct",
     "control_id",
     "diagnostic_report",
     "differences",

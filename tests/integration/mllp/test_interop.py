@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
 import pytest
-from hl7.mllp import start_hl7_server
 
 from kit.errors import NakError
 from kit.hl7.framing import frame
 from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
 from tests.conftest import peer_env
+from tests.integration.hl7_peer import PythonHl7Server
 from tests.integration.mllp.conftest import FEED, numbered
 
 
@@ -39,52 +37,6 @@ def test_python_hl7_mllp_send_to_kit_listener(listener: MLLPListener, tmp_path: 
     assert stored["control_id"].to_list() == [hl7.parse(m).segment("MSH")[10][0] for m in FEED]
     # what was stored is what was sent (mllp_send strips the final CR of each message)
     assert [r.rstrip("\r") for r in stored["raw"].to_list()] == [m.rstrip("\r") for m in FEED]
-
-
-class PythonHl7Server:
-    """python-hl7's asyncio MLLP server in a thread; answers with python-hl7's own create_ack()."""
-
-    def __init__(self, codes: dict[str, str]) -> None:
-        self.codes = codes  # control id -> ack code to answer (default AA)
-        self.received: list[str] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
-        try:
-            while not writer.is_closing():
-                message = await reader.readmessage()
-                self.received.append(str(message))
-                control_id = str(message.segment("MSH")[10])
-                writer.writemessage(message.create_ack(ack_code=self.codes.get(control_id, "AA")))
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            writer.close()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            server = await start_hl7_server(self._client, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self._stop.wait()
-            server.close()
-            await server.wait_closed()
-
-        self._loop.run_until_complete(main())
-
-    def __enter__(self) -> PythonHl7Server:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from kit.hl7.mllp import MLLPListener, MLLPSender
 from kit.hl7.mllp import RetryPolicy as MllpRetry
 from kit.results.deliver import TARGETS, DeliveryReport, deliver
 from kit.results.oru import control_id
+from tests.integration.hl7_peer import PythonHl7Server
 from tests.integration.results_fhir.test_fhir_roundtrip import serve_app
-from tests.integration.results_fhir.test_oru_mllp import PythonHl7Server
 from tests.unit.results.samples import sample
 
 pytestmark = pytest.mark.timeout(120)

@@ -2,68 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
 import pytest
-from hl7.mllp import start_hl7_server
 
 from kit.errors import NakError
 from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
 from kit.hl7.typed import AckCode
 from kit.results.oru import control_id, encode_oru, oru_conclusion
+from tests.integration.hl7_peer import PythonHl7Server
 from tests.unit.results.samples import CONCLUSION, sample
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class PythonHl7Server:
-    """python-hl7's asyncio MLLP server in a thread, answering with python-hl7's own create_ack()."""
-
-    def __init__(self, codes: dict[str, str]) -> None:
-        self.codes = codes  # control id -> ack code (default AA)
-        self.received: list[str] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="python-hl7-server")
-
-    async def _client(self, reader: hl7.mllp.HL7StreamReader, writer: hl7.mllp.HL7StreamWriter) -> None:
-        try:
-            while not writer.is_closing():
-                message = await reader.readmessage()
-                self.received.append(str(message))
-                cid = str(message.segment("MSH")[10])
-                writer.writemessage(message.create_ack(ack_code=self.codes.get(cid, "AA")))
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            writer.close()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-
-        async def main() -> None:
-            server = await start_hl7_server(self._client, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self._stop.wait()
-            server.close()
-            await server.wait_closed()
-
-        self._loop.run_until_complete(main())
-
-    def __enter__(self) -> PythonHl7Server:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
 
 
 @pytest.fixture

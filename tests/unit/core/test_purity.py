@@ -19,6 +19,7 @@ PURE = [
     "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__",
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
+    "results/analysis",
 ]
 
 # Network, servers and databases: what "pure" excludes.
