@@ -271,6 +271,9 @@ class ResultReview(w.VBox):
         if not isinstance(frame, pl.DataFrame):
             return self._fail(f"the send callback returned {type(report).__name__}, not a report with .frame")
         self.report, self.frame, self.error = report, frame, None
+        # The targets now hold this text under identifiers derived from result_id: an edit would
+        # have to be a new result, never a silent change of what was sent.
+        self._conclusion.disabled = True
         counts = list(frame.group_by("status").len().sort("status").iter_rows()) \
             if "status" in frame.columns else []
         self._status.value = html.escape("sent: " + (", ".join(f"{n} {s}" for s, n in counts) or "nothing"))
@@ -285,6 +288,10 @@ class ResultReview(w.VBox):
 
     def _on_conclusion(self, change: dict[str, Any]) -> None:
         text = str(change["new"]).strip() or None
+        if self.report is not None:
+            self._fail(f"not taken: result {self._result.result_id} was sent with the old conclusion; "
+                       "build a new AnalysisResult (new result_id) to amend it")
+            return
         try:
             self._result = dataclasses.replace(self._result, conclusion=text)
         except KitError as exc:  # an invalid edit keeps the last valid result

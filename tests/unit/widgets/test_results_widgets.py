@@ -175,3 +175,15 @@ def test_overlay_rejects_masks_off_the_series(sources: list[Dataset], result: An
     small = dataclasses.replace(region, mask=np.zeros((len(region.source_instances), 4, 4), dtype=bool))
     with pytest.raises(InvalidInputError, match="mask"):
         MaskOverlay(load_series(sources), [small])
+
+
+def test_the_conclusion_is_locked_once_sent(result: AnalysisResult) -> None:
+    # After a send the targets hold the text under identifiers derived from result_id: an edit must
+    # not silently become a different result with the same identifiers.
+    send = Recorder()
+    review = ResultReview(result, send=send)
+    review.send()
+    sent = review.result
+    review.conclusion = "Changed after sending."
+    assert review.result is sent and review.result.conclusion == sent.conclusion
+    assert review._conclusion.disabled and "new AnalysisResult" in (review.error or "")
