@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kit.cli._limits import noting_truncation
 from kit.cli.common import (
     HTTP_URL,
     OUT_DIR,
@@ -142,8 +143,9 @@ def _search_params(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 @fhir.command()
 @click.argument("resource_type", metavar="TYPE")
 @click.argument("params", nargs=-1, metavar="[NAME=VALUE]...")
-@click.option("--max", "max_results", type=click.IntRange(min=0), default=None,
-              help="Stop after N matching resources (default: all pages).")
+@click.option("--limit", "--max", "max_results", type=click.IntRange(min=0), default=None,
+              metavar="N", help="Stop paging after N matching resources, with a warning when that "
+                                "cut the result (default: all pages).")
 @click.option("--count", "page_size", type=click.IntRange(min=1), default=None,
               help="Page size to ask for (_count).")
 @_connection_options
@@ -165,7 +167,7 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
       kit fhir search Patient identifier=MRN1001
       kit fhir search Observation 'code=http://loinc.org|8867-4' -o heart-rate.parquet
       kit fhir search Observation patient=cb95ebb3-449d-530e-b015-646eeef135ce --json
-      kit fhir search ImagingStudy _include=ImagingStudy:subject --max 100 --json
+      kit fhir search ImagingStudy _include=ImagingStudy:subject --limit 100 --json
     """
     from kit.fhir.client import SearchMode
 
@@ -173,8 +175,8 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
     if page_size:
         query.append(("_count", str(page_size)))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {(resource_type, SearchMode.MATCH.value): []}
-    with _client(ctx, base, timeout, retries) as client:
-        entries = client.search_entries(resource_type, query, max_results=max_results)
+    with _client(ctx, base, timeout, retries) as client, noting_truncation():
+        entries = client.search_entries(resource_type, query, limit=max_results)
         for e in progress(entries, total=max_results, desc=f"{resource_type}"):
             if e.mode is SearchMode.OUTCOME:
                 continue

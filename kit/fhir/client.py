@@ -60,6 +60,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 import httpx
 import orjson
 
+from kit._truncate import check_limit, warn_truncated
 from kit.config import FhirSettings, Settings
 from kit.errors import (
     AuthError,
@@ -86,6 +87,7 @@ __all__ = [
     "NO_RETRY",
     "BatchError",
     "FhirClient",
+    "IncompleteResultError",
     "RetryPolicy",
     "SearchEntry",
     "SearchMode",
@@ -121,6 +123,10 @@ class SearchEntry:
     resource: dict[str, Any]
     mode: SearchMode
     full_url: str | None = None
+
+
+class IncompleteResultError(FhirError):
+    """A search got fewer matches than the server counts (``Bundle.total``) and cannot page on."""
 
 
 class BatchError(OperationOutcomeError):
@@ -450,7 +456,8 @@ class FhirClient:
     # -- search -------------------------------------------------------------------------------------
 
     def search_entries(self, resource_type: str, params: Params | None = None, /, *,
-                       max_results: int | None = None, **kwargs: Any) -> Iterator[SearchEntry]:
+                       limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> Iterator[SearchEntry]:
         """Search, following every ``next`` link; yield each entry with its search mode.
 
         Parameters
@@ -460,9 +467,12 @@ class FhirClient:
         params : mapping or sequence of pairs, optional
             Search parameters. A list value repeats the parameter (AND); join
             values with commas for OR. Dates and aware datetimes are formatted.
+        limit : int, optional
+            Stop paging after this many ``match`` entries (the rest of that
+            page's ``include`` entries still come); when that cut the result, a
+            :class:`~kit.errors.TruncatedResultWarning` is issued and logged.
         max_results : int, optional
-            Stop after this many ``match`` entries (the rest of that page's
-            ``include`` entries still come).
+            The former name of ``limit``.
         **kwargs
             More parameters (``_count=50``, ``_include="ImagingStudy:subject"``).
 
@@ -472,10 +482,18 @@ class FhirClient:
             ``match`` and ``include`` entries (includes repeated across pages once).
             ``outcome`` warnings are logged; an ``outcome`` with an error or fatal
             issue raises :class:`~kit.errors.OperationOutcomeError`.
+
+        Raises
+        ------
+        IncompleteResultError
+            The server counts more matches (``Bundle.total``) than it sent, gives
+            no ``next`` link and does not page with ``_offset`` either: never a
+            silently partial result.
         """
         _check_type(resource_type)
-        if max_results is not None and max_results < 0:
-            raise InvalidInputError("max_results must be >= 0")
+        if limit is not None and max_results is not None and limit != max_results:
+            raise InvalidInputError("give limit or max_results (the same thing), not both")
+        limit = check_limit(limit if limit is not None else max_results)
         query = _normalise_params(params, kwargs)
         names = {n.split(":")[0] for n, _ in query}
         for required in self.profile.required_search_params:
@@ -483,20 +501,30 @@ class FhirClient:
                 raise InvalidInputError(f"{self.profile.display_name} needs the search parameter "
                                         f"{required!r} on every search")
         query = [(n, self._cap_count(v)) if n == "_count" else (n, v) for n, v in query]
-        if max_results == 0:
+        if limit == 0:
             return
         url: str | None = self.url(resource_type)
         page_params: list[tuple[str, str]] | None = query
         seen_links: set[str] = set()
         seen_includes: set[str] = set()
+        seen_matches: set[str] = set()
         matches = 0
+        total: int | None = None
         while url is not None:
             bundle = self.resource_of(self.send("GET", url, params=page_params), "Bundle")
             if bundle.get("type") != "searchset":
                 raise FhirValidationError(f"search answered a {bundle.get('type')!r} Bundle, "
                                           "not a searchset", source=url)
-            for entry in bundle.get("entry") or []:
-                item = self._search_entry(entry, resource_type, url)
+            if total is None and isinstance(bundle.get("total"), int):
+                total = bundle["total"]
+            items = [self._search_entry(e, resource_type, url) for e in bundle.get("entry") or []]
+            keys = {f"{i.resource['resourceType']}/{i.resource.get('id')}" for i in items
+                    if i.mode is SearchMode.MATCH}
+            if page_params is not None and page_params is not query and (not keys or keys & seen_matches):
+                raise self._incomplete(resource_type, total, matches, "ignores _offset")
+            seen_matches |= keys
+            cut = False
+            for item in items:
                 if item.mode is SearchMode.OUTCOME:
                     self._search_outcome(item.resource)
                     continue
@@ -505,28 +533,49 @@ class FhirClient:
                     if key in seen_includes:
                         continue
                     seen_includes.add(key)
-                elif max_results is not None and matches >= max_results:
+                elif limit is not None and matches >= limit:
+                    cut = True
                     continue
                 else:
                     matches += 1
                 yield item
-            if max_results is not None and matches >= max_results:
-                return
             url = self._next_link(bundle, seen_links)
             page_params = None
+            if limit is not None and matches >= limit:
+                if cut or url is not None or (total is not None and total > matches):
+                    warn_truncated(f"FHIR search {resource_type}", limit,
+                                   f"{total} matches" if total is not None else "more matches")
+                return
+            if url is None and total is not None and len(seen_matches) < total:
+                # No next link, yet the server counts more matches: page with _offset, once a page.
+                if not keys:
+                    raise self._incomplete(resource_type, total, matches, "sent an empty page")
+                url = self.url(resource_type)
+                start = next((int(v) for n, v in query if n == "_offset" and v.isdigit()), 0)
+                page_params = [(n, v) for n, v in query if n != "_offset"]
+                page_params.append(("_offset", str(start + len(seen_matches))))
+
+    def _incomplete(self, resource_type: str, total: int | None, got: int, why: str) -> FhirError:
+        return IncompleteResultError(
+            f"search {resource_type}: the server counts {total} matches (Bundle.total) but sent "
+            f"{got}, with no next link, and {why}; ask for larger pages (--count / _count={total}) "
+            "or accept part of it with a limit (--limit N)", peer=self.base)
 
     def search(self, resource_type: str, params: Params | None = None, /, *,
-               max_results: int | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+               limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Search, following every ``next`` link; yield the resources (matches and includes).
 
         See :meth:`search_entries` for the parameters and to tell matches from
         ``_include``/``_revinclude`` resources.
         """
-        for entry in self.search_entries(resource_type, params, max_results=max_results, **kwargs):
+        for entry in self.search_entries(resource_type, params, limit=limit, max_results=max_results,
+                                     **kwargs):
             yield entry.resource
 
     def search_frame(self, resource_type: str, params: Params | None = None, /, *,
-                     max_results: int | None = None, **kwargs: Any) -> pl.DataFrame:
+                     limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> pl.DataFrame:
         """Search across all pages and return the matching resources as a DataFrame.
 
         Columns are those of :func:`kit.fhir.frames.to_frame` for
@@ -536,16 +585,19 @@ class FhirClient:
         from kit.fhir.frames import to_frame
 
         resources = [e.resource for e in self.search_entries(
-            resource_type, params, max_results=max_results, **kwargs) if e.mode is SearchMode.MATCH]
+            resource_type, params, limit=limit, max_results=max_results,
+                                     **kwargs) if e.mode is SearchMode.MATCH]
         return to_frame(resources, resource_type)
 
     def search_frames(self, resource_type: str, params: Params | None = None, /, *,
-                      max_results: int | None = None, **kwargs: Any) -> dict[str, pl.DataFrame]:
+                      limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> dict[str, pl.DataFrame]:
         """Like :meth:`search_frame` but one frame per resource type, includes too."""
         from kit.fhir.frames import to_frame
 
         by_type: dict[str, list[dict[str, Any]]] = {resource_type: []}
-        for e in self.search_entries(resource_type, params, max_results=max_results, **kwargs):
+        for e in self.search_entries(resource_type, params, limit=limit, max_results=max_results,
+                                     **kwargs):
             by_type.setdefault(e.resource["resourceType"], []).append(e.resource)
         return {t: to_frame(rs, t) for t, rs in by_type.items()}
 
