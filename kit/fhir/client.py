@@ -77,6 +77,7 @@ from kit.errors import (
 from kit.fhir.policy import NO_RETRY, OriginRule, RetryPolicy, origin, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
+from kit.fhir.transactions import batch_in_chunks, size_hint, transaction_in_chunks
 from kit.fhir.vendors import VendorProfile, vendor_profile
 
 if TYPE_CHECKING:
@@ -731,17 +732,25 @@ class FhirClient:
         """``DELETE [base]/[type]/[id]`` (a 404 raises)."""
         self.send("DELETE", self.url(_check_type(resource_type), _check_id(resource_id)))
 
-    def batch(self, entries: Iterable[Mapping[str, Any]], *, check: bool = True) -> dict[str, Any]:
+    def batch(self, entries: Iterable[Mapping[str, Any]], *, check: bool = True,
+              chunk: int | None = None) -> dict[str, Any]:
         """POST a ``batch`` Bundle of ``entries`` (each with ``request``); return the batch-response.
 
         Entries succeed or fail one by one. With ``check`` (default) any failed
         entry raises :class:`BatchError` (``.bundle`` holds the whole response).
+        ``chunk``: batches of at most that many entries, answered as one.
         """
         items = [dict(e) for e in entries]
         self._check_entries(items)
+        if chunk is not None and len(items) > chunk:
+            return batch_in_chunks(self, items, chunk, check=check)
         bundle = {"resourceType": "Bundle", "type": "batch", "entry": items}
-        response = self.send("POST", self.base, content=orjson.dumps(bundle),
-                             headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        try:
+            response = self.send("POST", self.base, content=orjson.dumps(bundle),
+                                 headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        except FhirError as exc:
+            size_hint(exc, len(items), "batch")
+            raise
         result = self.resource_of(response, "Bundle")
         if result.get("type") != "batch-response":
             raise FhirValidationError(f"expected a batch-response, got {result.get('type')!r}",
@@ -751,8 +760,14 @@ class FhirClient:
         return result
 
     def transaction(self, bundle: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
-                    validate: bool = False) -> dict[str, Any]:
-        """POST a ``transaction`` Bundle (or its entries); all or nothing. Return the response Bundle."""
+                    validate: bool = False, chunk: int | None = None) -> dict[str, Any]:
+        """POST a ``transaction`` Bundle (or its entries); all or nothing. Return the response Bundle.
+
+        ``chunk``: for servers that cap a transaction's entries, post transactions of
+        at most that many entries, ``urn:uuid`` references resolved across them
+        (:func:`kit.fhir.transactions.transaction_in_chunks`; each chunk is all or
+        nothing, the whole is not). A refusal for size says what to try.
+        """
         if isinstance(bundle, Mapping):
             if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
                 raise FhirValidationError("transaction needs a Bundle of type 'transaction'")
@@ -760,11 +775,18 @@ class FhirClient:
         else:
             payload = {"resourceType": "Bundle", "type": "transaction",
                        "entry": [dict(e) for e in bundle]}
-        self._check_entries(payload.get("entry") or [])
+        entries = payload.get("entry") or []
+        self._check_entries(entries)
         if validate:
             validate_resource(payload)
-        response = self.send("POST", self.base, content=orjson.dumps(payload),
-                             headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        if chunk is not None and len(entries) > chunk:
+            return transaction_in_chunks(self, entries, chunk)
+        try:
+            response = self.send("POST", self.base, content=orjson.dumps(payload),
+                                 headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        except FhirError as exc:
+            size_hint(exc, len(entries))
+            raise
         result = self.resource_of(response, "Bundle")
         if result.get("type") != "transaction-response":
             raise FhirValidationError(f"expected a transaction-response, got {result.get('type')!r}",
