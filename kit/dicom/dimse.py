@@ -519,25 +519,35 @@ class PacsClient:
 
     def _check_retrieve(self, what: str, last: Dataset | None, receiver: FileReceiver,
                         assoc: Association, waited: float, *, asked: str = "",
-                        move_to: tuple[str, str] | None = None) -> pl.DataFrame:
+                        move_to: tuple[str, str] | None = None,
+                        called_back: bool = False) -> pl.DataFrame:
         """The received frame of a finished C-GET/C-MOVE; raise unless it fully succeeded.
 
         Nothing received for a successful status is a failure too: the PACS
         has no instances for what was asked (``asked`` names it). ``move_to``
-        is a C-MOVE's destination AE title and how to register it.
+        is a C-MOVE's destination AE title and how to register it; ``called_back``
+        whether the PACS connected to our storage SCP at all.
         """
         received = _received_frame(receiver)
         code = _status_int(last)
         if code is None:
             err = self._lost(assoc, what, waited)
+            if move_to and received.is_empty() and not called_back:
+                # pynetdicom aborts the association on its own DIMSE timeout: that is a timeout
+                kind = PeerTimeoutError if waited >= self.timeout * 0.9 else type(err)
+                raise kind(f"{what}: no answer within {self.timeout:g}s and the PACS never connected "
+                                f"back to our storage SCP; it must know our AE as a move destination "
+                                f"exactly: {move_to[1]}", peer=self.address)
             raise type(err)(f"{err} after {received.height} instance(s)", peer=None)
         assert last is not None
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
         warning = last.get("NumberOfWarningSuboperations")
         if code == UNKNOWN_MOVE_DESTINATION and move_to:
-            raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} (Move "
-                                f"Destination unknown): {move_to[1]}", status=code, peer=self.address,
+            raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} or "
+                                f"cannot reach it (Move Destination unknown"
+                                f"{'' if called_back else '; it never connected back to our storage SCP'}"
+                                f"): {move_to[1]}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning, received=received)
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
             detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
@@ -545,6 +555,7 @@ class PacsClient:
             detail += f"; the PACS says: {comment}" if comment else ""
             if move_to and received.is_empty() and not failed:
                 # e.g. Orthanc answers an unknown destination with 0xC000 and no sub-operations
+                detail += ("; the PACS never connected back to our storage SCP" if not called_back else "")
                 detail += f"; if the PACS does not know the move destination {move_to[0]!r}: {move_to[1]}"
             raise RetrieveError(f"{what} did not complete{detail}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning,
@@ -669,6 +680,10 @@ class PacsClient:
             As for :meth:`get`; for status 0xA801 (the PACS does not know
             ``move_aet``) the message says what to register: the AE title,
             our address as the PACS reaches it and the store port.
+        PeerTimeoutError
+            No answer within ``timeout`` and the PACS never connected back (it
+            knows our AE title at another host or port): the message says
+            which AE title, host and store port the PACS must have.
         """
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
@@ -678,13 +693,15 @@ class PacsClient:
         model = QueryModel.STUDY_ROOT
         with self._progress(progress, "C-MOVE") as tick:
             receiver = FileReceiver(folder, study_uid, tick)
+            connections: list[str] = []
             scp_ae = self._ae()
             scp_ae.ae_title = destination
             scp_ae.supported_contexts = self._storage_contexts(None)
             try:
                 server = scp_ae.start_server(
                     (store_host, port), block=False,
-                    evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay)])
+                    evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay),
+                                  (evt.EVT_CONN_OPEN, lambda e: connections.append(str(e.address)))])
             except OSError as exc:  # the port is taken or not ours to bind: a setting to change
                 raise ConfigError("pacs.store_port", f"cannot start the storage SCP on port {port}: "
                                                      f"{exc.strerror or exc}") from exc
@@ -695,7 +712,8 @@ class PacsClient:
                     last, waited = _final(assoc.send_c_move(identifier, destination, model.move_uid))
                     return self._check_retrieve("C-MOVE", last, receiver, assoc, waited,
                                                 asked=_asked(study_uid, series_uid, sop_uid),
-                                                move_to=(destination, register))
+                                                move_to=(destination, register),
+                                                called_back=bool(connections))
             finally:
                 if server is not None:
                     server.shutdown()
