@@ -504,6 +504,7 @@ class FhirClient:
         query = [(n, self._cap_count(v)) if n == "_count" else (n, v) for n, v in query]
         if limit == 0:
             return
+        counting = ("_summary", "count") in query or ("_count", "0") in query  # a total, no resources
         url: str | None = self.url(resource_type)
         page_params: list[tuple[str, str]] | None = query
         seen_links: set[str] = set()
@@ -547,7 +548,7 @@ class FhirClient:
                     warn_truncated(f"FHIR search {resource_type}", limit,
                                    f"{total} matches" if total is not None else "more matches")
                 return
-            if url is None and total is not None and len(seen_matches) < total:
+            if url is None and total is not None and len(seen_matches) < total and not counting:
                 # No next link, yet the server counts more matches: page with _offset, once a page.
                 if not keys:
                     raise self._incomplete(resource_type, total, matches, "sent an empty page")

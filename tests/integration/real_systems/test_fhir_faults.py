@@ -89,3 +89,10 @@ def test_cli_search_limit_says_it_cut(stack: Stack, no_paging: str, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 3
     assert result.stderr.startswith("kit: warning: FHIR search Observation: stopped at limit=3")
+
+
+def test_count_only_search_is_not_incomplete(stack: Stack, no_paging: str) -> None:
+    # _summary=count / _count=0 ask for the total alone: no resources is the complete answer
+    with FhirClient(no_paging) as fhir:
+        for params in ({"_summary": "count"}, {"_count": 0}):
+            assert [e.resource for e in fhir.search_entries("Observation", params)] == []
