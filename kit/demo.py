@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from kit.config import Settings
+from kit.config import DicomWebSettings, Settings
 from kit.errors import KitError
 
 if TYPE_CHECKING:
@@ -188,7 +188,11 @@ def _result_steps(settings: Settings, work: Path, step: Callable[[str, float, st
 
 
 def check_status(settings: Settings) -> pl.DataFrame:
-    """Probe the configured PACS (C-ECHO), FHIR server (metadata) and MLLP peer (TCP connect).
+    """Probe the configured PACS (C-ECHO), DICOMweb (QIDO-RS), FHIR server (metadata), MLLP peer.
+
+    DICOMweb is probed when ``[dicomweb]`` is configured (differs from the
+    defaults): the embedded stack has no DICOMweb of its own. The MLLP peer is
+    probed with a TCP connect.
 
     Returns
     -------
@@ -218,12 +222,21 @@ def check_status(settings: Settings) -> pl.DataFrame:
             cap = client.capabilities()
         return f"FHIR {cap.get('fhirVersion', '?')} {cap.get('software', {}).get('name', '')}".strip()
 
+    def dicomweb() -> str:
+        from kit.dicom.web import DicomWebClient
+
+        t = time.perf_counter()
+        DicomWebClient.from_settings(settings).ping()
+        return f"QIDO-RS {(time.perf_counter() - t) * 1000:.1f} ms"
+
     def mllp() -> str:
         with socket.create_connection((settings.hl7.host, settings.hl7.port), timeout=5):
             return "accepts connections"
 
     p = settings.pacs
     probe("pacs", f"dicom://{p.called_aet}@{p.host}:{p.port}", pacs)
+    if settings.dicomweb != DicomWebSettings():
+        probe("dicomweb", settings.dicomweb.base, dicomweb)
     probe("fhir", settings.fhir.base, fhir)
     probe("mllp", f"mllp://{settings.hl7.host}:{settings.hl7.port}", mllp)
     return pl.DataFrame(rows, schema={"service": pl.String, "address": pl.String, "ok": pl.Boolean,

@@ -34,6 +34,8 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     ├── ServiceFailedError          a service the kit runs stopped: a worker died (``.service``)
     └── VerificationError           a write-back read back differently (``.differences``)
 
+    TruncatedResultWarning (a UserWarning, not an error): a ``limit`` cut a query's result
+
 Secrets never show: every message, ``args`` and attribute of a :class:`KitError`
 (``issues``, ``text``, ...) has the values of :mod:`kit._redact`'s registry (every
 :class:`kit.config.Secret`, every access token received) and any ``Bearer``/``Basic``
@@ -74,6 +76,7 @@ __all__ = [
     "ServiceFailedError",
     "StoreError",
     "TLSError",
+    "TruncatedResultWarning",
     "VerificationError",
 ]
 
@@ -349,3 +352,11 @@ class VerificationError(KitError):
     def __init__(self, message: str, *, differences: Sequence[str] = ()) -> None:
         self.differences = list(differences)
         super().__init__(message + ("".join(f"\n  - {d}" for d in self.differences)))
+
+
+class TruncatedResultWarning(UserWarning):
+    """A query stopped at the ``limit`` it was given while the peer had more matches.
+
+    Not an error: the caller asked for at most ``limit`` results. Issued with
+    :func:`warnings.warn` (and logged) so a cut result is never silent.
+    """

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kit.cli._limits import noting_truncation
 from kit.cli.common import (
     HTTP_URL,
     OUT_DIR,
@@ -142,8 +143,9 @@ def _search_params(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
 @fhir.command()
 @click.argument("resource_type", metavar="TYPE")
 @click.argument("params", nargs=-1, metavar="[NAME=VALUE]...")
-@click.option("--max", "max_results", type=click.IntRange(min=0), default=None,
-              help="Stop after N matching resources (default: all pages).")
+@click.option("--limit", "--max", "max_results", type=click.IntRange(min=0), default=None,
+              metavar="N", help="Stop paging after N matching resources, with a warning when that "
+                                "cut the result (default: all pages).")
 @click.option("--count", "page_size", type=click.IntRange(min=1), default=None,
               help="Page size to ask for (_count).")
 @_connection_options
@@ -165,7 +167,7 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
       kit fhir search Patient identifier=MRN1001
       kit fhir search Observation 'code=http://loinc.org|8867-4' -o heart-rate.parquet
       kit fhir search Observation patient=cb95ebb3-449d-530e-b015-646eeef135ce --json
-      kit fhir search ImagingStudy _include=ImagingStudy:subject --max 100 --json
+      kit fhir search ImagingStudy _include=ImagingStudy:subject --limit 100 --json
     """
     from kit.fhir.client import SearchMode
 
@@ -173,8 +175,8 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
     if page_size:
         query.append(("_count", str(page_size)))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {(resource_type, SearchMode.MATCH.value): []}
-    with _client(ctx, base, timeout, retries) as client:
-        entries = client.search_entries(resource_type, query, max_results=max_results)
+    with _client(ctx, base, timeout, retries) as client, noting_truncation():
+        entries = client.search_entries(resource_type, query, limit=max_results)
         for e in progress(entries, total=max_results, desc=f"{resource_type}"):
             if e.mode is SearchMode.OUTCOME:
                 continue
@@ -213,17 +215,27 @@ def _search_frame(groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Any:
               help="Conditional create: only if no resource matches QUERY (e.g. identifier=sys|123).")
 @click.option("--validate/--no-validate", default=True, show_default=True,
               help="Validate with fhir.resources (R4) before sending.")
+@click.option("--batch", "as_batch", is_flag=True,
+              help="Post a transaction Bundle's entries as a batch (each entry on its own).")
+@click.option("--chunk", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Post a Bundle as transactions (or batches) of at most N entries, for servers that "
+                   "cap them; urn:uuid references are resolved across the chunks.")
 @_connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the stored resource (or response Bundle).")
 @click.pass_context
 @handle_errors
-def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: bool, base: str | None,
-           timeout: float | None, retries: int, as_json: bool) -> None:
+def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: bool, as_batch: bool,
+           chunk: int | None, base: str | None, timeout: float | None, retries: int,
+           as_json: bool) -> None:
     """Create the resource in FILE (JSON); a transaction or batch Bundle is posted as such.
+
+    A server that caps transactions (e.g. at 50 entries) takes the Bundle with
+    --chunk 50 (each chunk all or nothing, the whole not) or --batch.
 
     \b
     Examples:
       kit fhir create data/samples/fhir/bundle.json
+      kit fhir create data/samples/fhir/bundle.json --chunk 50
     """
     try:
         resource = json.loads(file.read_text())
@@ -232,9 +244,14 @@ def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: 
     if not isinstance(resource, dict):
         raise FhirValidationError("expected a JSON object", source=str(file))
     with _client(ctx, base, timeout, retries) as client:
-        if resource.get("resourceType") == "Bundle" and resource.get("type") in ("transaction", "batch"):
-            result = (client.transaction(resource, validate=validate) if resource["type"] == "transaction"
-                      else client.batch(resource.get("entry") or []))
+        is_bundle = resource.get("resourceType") == "Bundle" and resource.get("type") in ("transaction",
+                                                                                        "batch")
+        if (as_batch or chunk) and not is_bundle:
+            raise click.UsageError("--batch and --chunk take a transaction or batch Bundle")
+        if is_bundle:
+            result = (client.transaction(resource, validate=validate, chunk=chunk)
+                      if resource["type"] == "transaction" and not as_batch
+                      else client.batch(resource.get("entry") or [], chunk=chunk))
             if as_json:
                 click.echo(json.dumps(result, indent=1))
                 return

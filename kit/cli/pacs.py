@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kit.cli._limits import noting_truncation
 from kit.cli.common import (
     AE_TITLE,
     DATE_RANGE,
@@ -135,6 +136,8 @@ def echo(ctx: click.Context, url: Any, host: str | None, port: int | None, aet: 
 @click.option("--study", "study_uid", type=UID, default=None, help="StudyInstanceUID.")
 @click.option("--series", "series_uid", type=UID, default=None,
               help="SeriesInstanceUID (series/image level).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              help="At most N matches (the rest cancelled), with a warning when that cut the result.")
 @_dimse_options
 @_web_options
 @output_options
@@ -142,7 +145,8 @@ def echo(ctx: click.Context, url: Any, host: str | None, port: int | None, aet: 
 @handle_errors
 def find(ctx: click.Context, level: str, patient_id: str | None, patient_name: str | None,
          study_date: str | None, modality: str | None, accession: str | None, study_uid: str | None,
-         series_uid: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
+         series_uid: str | None, limit: int | None, url: Any, host: str | None, port: int | None,
+         aet: str | None,
          called_aet: str | None, timeout: float | None, web: bool, base: str | None,
          output: str | None, as_json: bool) -> None:
     """Find patients, studies, series or images (C-FIND, or QIDO-RS with --web).
@@ -152,6 +156,7 @@ def find(ctx: click.Context, level: str, patient_id: str | None, patient_name: s
     \b
     Examples:
       kit pacs find --patient-id MRN1001
+      kit pacs find --study-date 20260101-20260131 --limit 500
       kit pacs find --study-date 20260101-20260131 --modality CT -o studies.parquet
       kit pacs find --level series --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849
     """
@@ -166,10 +171,11 @@ def find(ctx: click.Context, level: str, patient_id: str | None, patient_name: s
         raise click.UsageError("--level patient takes only --patient-id and --patient-name")
     if series_uid and lvl in ("PATIENT", "STUDY"):
         raise click.UsageError("--series needs --level series or image")
-    if web or base:
-        df = _web(ctx, base, timeout).find(lvl, **filters)
-    else:
-        df = _client(ctx, url, host, port, aet, called_aet, timeout).find(lvl, **filters)
+    with noting_truncation():
+        if web or base:
+            df = _web(ctx, base, timeout).find(lvl, limit=limit, **filters)
+        else:
+            df = _client(ctx, url, host, port, aet, called_aet, timeout).find(lvl, limit=limit, **filters)
     emit_frame(df, output, as_json, label=f"{level.lower()} matches")
 
 
@@ -277,12 +283,15 @@ def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None
 @click.option("--modality", default=None, help="Scheduled modality, e.g. CT or ES.")
 @click.option("--station", type=AE_TITLE, default=None, help="Scheduled Station AE Title.")
 @click.option("--patient-id", default=None, help="PatientID (MRN).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
+              help="At most N matches (the rest cancelled), with a warning when that cut the result.")
 @_dimse_options
 @output_options
 @click.pass_context
 @handle_errors
 def worklist(ctx: click.Context, date: str | None, modality: str | None, station: str | None,
-             patient_id: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
+             patient_id: str | None, limit: int | None, url: Any, host: str | None, port: int | None,
+             aet: str | None,
              called_aet: str | None, timeout: float | None, output: str | None, as_json: bool) -> None:
     """Query the Modality Worklist (scheduled procedures).
 
@@ -294,5 +303,6 @@ def worklist(ctx: click.Context, date: str | None, modality: str | None, station
     filters = {k: v for k, v in {"scheduled_procedure_step_start_date": date, "modality": modality,
                                  "scheduled_station_ae_title": station,
                                  "patient_id": patient_id}.items() if v is not None}
-    df = _client(ctx, url, host, port, aet, called_aet, timeout).worklist(**filters)
+    with noting_truncation():
+        df = _client(ctx, url, host, port, aet, called_aet, timeout).worklist(limit=limit, **filters)
     emit_frame(df, output, as_json, label="worklist items")

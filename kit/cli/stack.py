@@ -154,7 +154,9 @@ def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, output: str | None, as_json: bool) -> None:
-    """Check that the configured PACS, FHIR server and MLLP peer answer (exit 1 if any does not).
+    """Check that the configured PACS, DICOMweb, FHIR server and MLLP peer answer (exit 1 if not).
+
+    DICOMweb is checked when [dicomweb] is configured (the embedded stack has none).
 
     \b
     Examples:

@@ -89,7 +89,12 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
+from kit._truncate import check_limit
 from kit.config import PacsSettings, Settings
+from kit.dicom._cfind import collect_find
+from kit.dicom._cfind import is_pending as _is_pending
+from kit.dicom._cfind import status_int as _status_int
+from kit.dicom._cfind import timed as _timed
 from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store
 from kit.dicom._outgoing import Outgoing
 from kit.dicom.query import (
@@ -185,14 +190,6 @@ def _nodelay(event: evt.Event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _timed(responses: Iterable[T]) -> Iterator[tuple[float, T]]:
-    """Each response with the seconds waited for it."""
-    start = time.monotonic()
-    for item in responses:
-        yield time.monotonic() - start, item
-        start = time.monotonic()
-
-
 def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, float]:
     """The last (non-pending) status of a C-GET/C-MOVE and the seconds waited for it."""
     last: Dataset | None = None
@@ -203,20 +200,6 @@ def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, fl
         if code is None or not _is_pending(code):
             break
     return last, waited
-
-
-def _status_int(status: Dataset | None) -> int | None:
-    if status is None or "Status" not in status:
-        return None
-    return int(status.Status)
-
-
-def _is_success(code: int) -> bool:
-    return code == 0x0000
-
-
-def _is_pending(code: int) -> bool:
-    return code in (0xFF00, 0xFF01)
 
 
 def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -> str:
@@ -440,25 +423,17 @@ class PacsClient:
                 raise DimseStatusError("C-ECHO", status=code, peer=self.address)
             return took
 
-    def _find(self, identifier: Dataset, sop_class: str, what: str) -> list[Dataset]:
-        matches: list[Dataset] = []
+    def _find(self, identifier: Dataset, sop_class: str, what: str,
+              limit: int | None = None) -> list[Dataset]:
+        if check_limit(limit) == 0:
+            return []
         with self._associate([build_context(sop_class)]) as assoc:
-            for waited, (status, ident) in _timed(assoc.send_c_find(identifier, sop_class)):
-                code = _status_int(status)
-                if code is None:
-                    raise self._lost(assoc, what, waited)
-                if _is_pending(code):
-                    if ident is not None:
-                        matches.append(ident)
-                    continue
-                if not _is_success(code):
-                    raise DimseStatusError(what, status=code, peer=self.address)
-                break
-        return matches
+            return collect_find(assoc, identifier, sop_class, what, limit=limit, peer=self.address,
+                                lost=self._lost)
 
     def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
              model: QueryModel | str | None = None, return_keys: Iterable[str] | None = None,
-             **filters: Any) -> pl.DataFrame:
+             limit: int | None = None, **filters: Any) -> pl.DataFrame:
         """C-FIND at ``level``; one row per match.
 
         Parameters
@@ -469,6 +444,10 @@ class PacsClient:
             Default: study root, patient root for PATIENT level.
         return_keys : iterable of str, optional
             Columns to ask for (default :data:`kit.dicom.query.DEFAULT_RETURN_KEYS`).
+        limit : int, optional
+            Stop after this many matches: C-CANCEL the rest, with a
+            :class:`~kit.errors.TruncatedResultWarning` (and a log line) when
+            the PACS had more. Default: every match (the whole archive, unfiltered).
         **filters
             See :func:`kit.dicom.query.find_identifier`.
 
@@ -484,7 +463,7 @@ class PacsClient:
         model = QueryModel.of(model)
         keys = None if return_keys is None else list(return_keys)
         identifier = find_identifier(level, model=model, return_keys=keys, **filters)
-        matches = self._find(identifier, model.find_uid, f"C-FIND {level.value}")
+        matches = self._find(identifier, model.find_uid, f"C-FIND {level.value}", limit)
         columns = keys if keys is not None else None
         if columns is None:
             from kit.dicom.query import DEFAULT_RETURN_KEYS
@@ -492,7 +471,7 @@ class PacsClient:
             columns += [f for f in filters if f not in columns]
         return responses_to_frame(level, matches, columns=columns)
 
-    def worklist(self, **filters: Any) -> pl.DataFrame:
+    def worklist(self, *, limit: int | None = None, **filters: Any) -> pl.DataFrame:
         """Modality Worklist C-FIND; one row per Scheduled Procedure Step.
 
         Parameters
@@ -500,6 +479,8 @@ class PacsClient:
         **filters
             See :func:`kit.dicom.query.worklist_identifier` (``modality``,
             ``scheduled_procedure_step_start_date``, ``scheduled_station_ae_title``...).
+        limit : int, optional
+            At most this many items, as for :meth:`find`.
 
         Returns
         -------
@@ -507,7 +488,8 @@ class PacsClient:
             Columns :data:`kit.dicom.query.WORKLIST_RETURN_KEYS`.
         """
         identifier = worklist_identifier(**filters)
-        return worklist_to_frame(self._find(identifier, MODALITY_WORKLIST_FIND, "C-FIND worklist"))
+        return worklist_to_frame(self._find(identifier, MODALITY_WORKLIST_FIND, "C-FIND worklist",
+                                            limit))
 
     @staticmethod
     def _retrieve_identifier(study_uid: str | None, series_uid: str | None,
@@ -537,25 +519,35 @@ class PacsClient:
 
     def _check_retrieve(self, what: str, last: Dataset | None, receiver: FileReceiver,
                         assoc: Association, waited: float, *, asked: str = "",
-                        move_to: tuple[str, str] | None = None) -> pl.DataFrame:
+                        move_to: tuple[str, str] | None = None,
+                        called_back: bool = False) -> pl.DataFrame:
         """The received frame of a finished C-GET/C-MOVE; raise unless it fully succeeded.
 
         Nothing received for a successful status is a failure too: the PACS
         has no instances for what was asked (``asked`` names it). ``move_to``
-        is a C-MOVE's destination AE title and how to register it.
+        is a C-MOVE's destination AE title and how to register it; ``called_back``
+        whether the PACS connected to our storage SCP at all.
         """
         received = _received_frame(receiver)
         code = _status_int(last)
         if code is None:
             err = self._lost(assoc, what, waited)
+            if move_to and received.is_empty() and not called_back:
+                # pynetdicom aborts the association on its own DIMSE timeout: that is a timeout
+                kind = PeerTimeoutError if waited >= self.timeout * 0.9 else type(err)
+                raise kind(f"{what}: no answer within {self.timeout:g}s and the PACS never connected "
+                                f"back to our storage SCP; it must know our AE as a move destination "
+                                f"exactly: {move_to[1]}", peer=self.address)
             raise type(err)(f"{err} after {received.height} instance(s)", peer=None)
         assert last is not None
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
         warning = last.get("NumberOfWarningSuboperations")
         if code == UNKNOWN_MOVE_DESTINATION and move_to:
-            raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} (Move "
-                                f"Destination unknown): {move_to[1]}", status=code, peer=self.address,
+            raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} or "
+                                f"cannot reach it (Move Destination unknown"
+                                f"{'' if called_back else '; it never connected back to our storage SCP'}"
+                                f"): {move_to[1]}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning, received=received)
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
             detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
@@ -563,6 +555,7 @@ class PacsClient:
             detail += f"; the PACS says: {comment}" if comment else ""
             if move_to and received.is_empty() and not failed:
                 # e.g. Orthanc answers an unknown destination with 0xC000 and no sub-operations
+                detail += ("; the PACS never connected back to our storage SCP" if not called_back else "")
                 detail += f"; if the PACS does not know the move destination {move_to[0]!r}: {move_to[1]}"
             raise RetrieveError(f"{what} did not complete{detail}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning,
@@ -687,6 +680,10 @@ class PacsClient:
             As for :meth:`get`; for status 0xA801 (the PACS does not know
             ``move_aet``) the message says what to register: the AE title,
             our address as the PACS reaches it and the store port.
+        PeerTimeoutError
+            No answer within ``timeout`` and the PACS never connected back (it
+            knows our AE title at another host or port): the message says
+            which AE title, host and store port the PACS must have.
         """
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
@@ -696,13 +693,15 @@ class PacsClient:
         model = QueryModel.STUDY_ROOT
         with self._progress(progress, "C-MOVE") as tick:
             receiver = FileReceiver(folder, study_uid, tick)
+            connections: list[str] = []
             scp_ae = self._ae()
             scp_ae.ae_title = destination
             scp_ae.supported_contexts = self._storage_contexts(None)
             try:
                 server = scp_ae.start_server(
                     (store_host, port), block=False,
-                    evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay)])
+                    evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay),
+                                  (evt.EVT_CONN_OPEN, lambda e: connections.append(str(e.address)))])
             except OSError as exc:  # the port is taken or not ours to bind: a setting to change
                 raise ConfigError("pacs.store_port", f"cannot start the storage SCP on port {port}: "
                                                      f"{exc.strerror or exc}") from exc
@@ -713,7 +712,8 @@ class PacsClient:
                     last, waited = _final(assoc.send_c_move(identifier, destination, model.move_uid))
                     return self._check_retrieve("C-MOVE", last, receiver, assoc, waited,
                                                 asked=_asked(study_uid, series_uid, sop_uid),
-                                                move_to=(destination, register))
+                                                move_to=(destination, register),
+                                                called_back=bool(connections))
             finally:
                 if server is not None:
                     server.shutdown()

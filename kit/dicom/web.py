@@ -35,6 +35,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
 from kit._files import atomic_write_bytes
+from kit._truncate import check_limit, warn_truncated
 from kit.config import DicomWebSettings, Secret, Settings
 from kit.dicom._outgoing import read_for_store
 from kit.dicom.dimse import RECEIVED_SCHEMA, STORED_SCHEMA
@@ -138,7 +139,8 @@ class DicomWebClient:
             fields=["StudyInstanceUID"], limit=1))
 
     def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
-             return_keys: Iterable[str] | None = None, **filters: Any) -> pl.DataFrame:
+             return_keys: Iterable[str] | None = None, limit: int | None = None,
+             **filters: Any) -> pl.DataFrame:
         """QIDO-RS search; same filters and frame as :meth:`kit.dicom.dimse.PacsClient.find`.
 
         Parameters
@@ -147,6 +149,10 @@ class DicomWebClient:
             PATIENT, STUDY, SERIES or IMAGE.
         return_keys : iterable of str, optional
             Columns (default :data:`kit.dicom.query.DEFAULT_RETURN_KEYS`).
+        limit : int, optional
+            At most this many results (QIDO-RS ``limit``; pages stop there), with a
+            :class:`~kit.errors.TruncatedResultWarning` (and a log line) when the
+            server had more. Default: every match.
         **filters
             See :func:`kit.dicom.query.find_identifier`.
 
@@ -170,7 +176,7 @@ class DicomWebClient:
             search_fn, what = self._client.search_for_series, "QIDO-RS series"
         else:
             search_fn, what = self._client.search_for_instances, "QIDO-RS instances"
-        found = self._search(what, search_fn, fields, search)
+        found = self._search(what, search_fn, fields, search, check_limit(limit))
         try:
             datasets = [Dataset.from_json(item) for item in found]
         except (ValueError, KeyError, TypeError) as exc:
@@ -180,20 +186,29 @@ class DicomWebClient:
         return responses_to_frame(level, datasets, columns=columns)
 
     def _search(self, what: str, search_fn: Callable[..., list[dict[str, Any]]], fields: list[str],
-                search: dict[str, str]) -> list[dict[str, Any]]:
-        """All QIDO-RS pages (``limit``/``offset``); stops on a short or repeated page."""
+                search: dict[str, str], limit: int | None = None) -> list[dict[str, Any]]:
+        """QIDO-RS pages (``limit``/``offset``) up to ``limit`` results; stops on a short or repeated page.
+
+        With ``limit``, one result more than that is asked for: its arrival is what
+        says the server had more (the warning), and it is not returned.
+        """
         found: list[dict[str, Any]] = []
         seen: set[str] = set()
         offset = 0
-        while True:
+        while limit is None or len(found) <= limit:
+            size = QIDO_PAGE if limit is None else min(QIDO_PAGE, limit + 1 - len(found))
             page = self._call(what, functools.partial(
-                search_fn, fields=fields, search_filters=search, limit=QIDO_PAGE, offset=offset))
+                search_fn, fields=fields, search_filters=search, limit=size, offset=offset))
             fresh = [item for item in page if json.dumps(item, sort_keys=True) not in seen]
             seen.update(json.dumps(item, sort_keys=True) for item in fresh)
             found.extend(fresh)
-            if len(page) < QIDO_PAGE or not fresh:
-                return found
+            if len(page) < size or not fresh:
+                break
             offset += len(page)
+        if limit is not None and len(found) > limit:
+            warn_truncated(what, limit)
+            del found[limit:]
+        return found
 
     # -- WADO-RS ---------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 import httpx
 import orjson
 
+from kit._truncate import check_limit, warn_truncated
 from kit.config import FhirSettings, Settings
 from kit.errors import (
     AuthError,
@@ -76,6 +77,7 @@ from kit.errors import (
 from kit.fhir.policy import NO_RETRY, OriginRule, RetryPolicy, origin, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
+from kit.fhir.transactions import batch_in_chunks, size_hint, transaction_in_chunks
 from kit.fhir.vendors import VendorProfile, vendor_profile
 
 if TYPE_CHECKING:
@@ -86,6 +88,7 @@ __all__ = [
     "NO_RETRY",
     "BatchError",
     "FhirClient",
+    "IncompleteResultError",
     "RetryPolicy",
     "SearchEntry",
     "SearchMode",
@@ -121,6 +124,10 @@ class SearchEntry:
     resource: dict[str, Any]
     mode: SearchMode
     full_url: str | None = None
+
+
+class IncompleteResultError(FhirError):
+    """A search got fewer matches than the server counts (``Bundle.total``) and cannot page on."""
 
 
 class BatchError(OperationOutcomeError):
@@ -450,7 +457,8 @@ class FhirClient:
     # -- search -------------------------------------------------------------------------------------
 
     def search_entries(self, resource_type: str, params: Params | None = None, /, *,
-                       max_results: int | None = None, **kwargs: Any) -> Iterator[SearchEntry]:
+                       limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> Iterator[SearchEntry]:
         """Search, following every ``next`` link; yield each entry with its search mode.
 
         Parameters
@@ -460,9 +468,12 @@ class FhirClient:
         params : mapping or sequence of pairs, optional
             Search parameters. A list value repeats the parameter (AND); join
             values with commas for OR. Dates and aware datetimes are formatted.
+        limit : int, optional
+            Stop paging after this many ``match`` entries (the rest of that
+            page's ``include`` entries still come); when that cut the result, a
+            :class:`~kit.errors.TruncatedResultWarning` is issued and logged.
         max_results : int, optional
-            Stop after this many ``match`` entries (the rest of that page's
-            ``include`` entries still come).
+            The former name of ``limit``.
         **kwargs
             More parameters (``_count=50``, ``_include="ImagingStudy:subject"``).
 
@@ -472,10 +483,18 @@ class FhirClient:
             ``match`` and ``include`` entries (includes repeated across pages once).
             ``outcome`` warnings are logged; an ``outcome`` with an error or fatal
             issue raises :class:`~kit.errors.OperationOutcomeError`.
+
+        Raises
+        ------
+        IncompleteResultError
+            The server counts more matches (``Bundle.total``) than it sent, gives
+            no ``next`` link and does not page with ``_offset`` either: never a
+            silently partial result.
         """
         _check_type(resource_type)
-        if max_results is not None and max_results < 0:
-            raise InvalidInputError("max_results must be >= 0")
+        if limit is not None and max_results is not None and limit != max_results:
+            raise InvalidInputError("give limit or max_results (the same thing), not both")
+        limit = check_limit(limit if limit is not None else max_results)
         query = _normalise_params(params, kwargs)
         names = {n.split(":")[0] for n, _ in query}
         for required in self.profile.required_search_params:
@@ -483,20 +502,31 @@ class FhirClient:
                 raise InvalidInputError(f"{self.profile.display_name} needs the search parameter "
                                         f"{required!r} on every search")
         query = [(n, self._cap_count(v)) if n == "_count" else (n, v) for n, v in query]
-        if max_results == 0:
+        if limit == 0:
             return
+        counting = ("_summary", "count") in query or ("_count", "0") in query  # a total, no resources
         url: str | None = self.url(resource_type)
         page_params: list[tuple[str, str]] | None = query
         seen_links: set[str] = set()
         seen_includes: set[str] = set()
+        seen_matches: set[str] = set()
         matches = 0
+        total: int | None = None
         while url is not None:
             bundle = self.resource_of(self.send("GET", url, params=page_params), "Bundle")
             if bundle.get("type") != "searchset":
                 raise FhirValidationError(f"search answered a {bundle.get('type')!r} Bundle, "
                                           "not a searchset", source=url)
-            for entry in bundle.get("entry") or []:
-                item = self._search_entry(entry, resource_type, url)
+            if total is None and isinstance(bundle.get("total"), int):
+                total = bundle["total"]
+            items = [self._search_entry(e, resource_type, url) for e in bundle.get("entry") or []]
+            keys = {f"{i.resource['resourceType']}/{i.resource.get('id')}" for i in items
+                    if i.mode is SearchMode.MATCH}
+            if page_params is not None and page_params is not query and (not keys or keys & seen_matches):
+                raise self._incomplete(resource_type, total, matches, "ignores _offset")
+            seen_matches |= keys
+            cut = False
+            for item in items:
                 if item.mode is SearchMode.OUTCOME:
                     self._search_outcome(item.resource)
                     continue
@@ -505,28 +535,49 @@ class FhirClient:
                     if key in seen_includes:
                         continue
                     seen_includes.add(key)
-                elif max_results is not None and matches >= max_results:
+                elif limit is not None and matches >= limit:
+                    cut = True
                     continue
                 else:
                     matches += 1
                 yield item
-            if max_results is not None and matches >= max_results:
-                return
             url = self._next_link(bundle, seen_links)
             page_params = None
+            if limit is not None and matches >= limit:
+                if cut or url is not None or (total is not None and total > matches):
+                    warn_truncated(f"FHIR search {resource_type}", limit,
+                                   f"{total} matches" if total is not None else "more matches")
+                return
+            if url is None and total is not None and len(seen_matches) < total and not counting:
+                # No next link, yet the server counts more matches: page with _offset, once a page.
+                if not keys:
+                    raise self._incomplete(resource_type, total, matches, "sent an empty page")
+                url = self.url(resource_type)
+                start = next((int(v) for n, v in query if n == "_offset" and v.isdigit()), 0)
+                page_params = [(n, v) for n, v in query if n != "_offset"]
+                page_params.append(("_offset", str(start + len(seen_matches))))
+
+    def _incomplete(self, resource_type: str, total: int | None, got: int, why: str) -> FhirError:
+        return IncompleteResultError(
+            f"search {resource_type}: the server counts {total} matches (Bundle.total) but sent "
+            f"{got}, with no next link, and {why}; ask for larger pages (--count / _count={total}) "
+            "or accept part of it with a limit (--limit N)", peer=self.base)
 
     def search(self, resource_type: str, params: Params | None = None, /, *,
-               max_results: int | None = None, **kwargs: Any) -> Iterator[dict[str, Any]]:
+               limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> Iterator[dict[str, Any]]:
         """Search, following every ``next`` link; yield the resources (matches and includes).
 
         See :meth:`search_entries` for the parameters and to tell matches from
         ``_include``/``_revinclude`` resources.
         """
-        for entry in self.search_entries(resource_type, params, max_results=max_results, **kwargs):
+        for entry in self.search_entries(resource_type, params, limit=limit, max_results=max_results,
+                                     **kwargs):
             yield entry.resource
 
     def search_frame(self, resource_type: str, params: Params | None = None, /, *,
-                     max_results: int | None = None, **kwargs: Any) -> pl.DataFrame:
+                     limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> pl.DataFrame:
         """Search across all pages and return the matching resources as a DataFrame.
 
         Columns are those of :func:`kit.fhir.frames.to_frame` for
@@ -536,16 +587,19 @@ class FhirClient:
         from kit.fhir.frames import to_frame
 
         resources = [e.resource for e in self.search_entries(
-            resource_type, params, max_results=max_results, **kwargs) if e.mode is SearchMode.MATCH]
+            resource_type, params, limit=limit, max_results=max_results,
+                                     **kwargs) if e.mode is SearchMode.MATCH]
         return to_frame(resources, resource_type)
 
     def search_frames(self, resource_type: str, params: Params | None = None, /, *,
-                      max_results: int | None = None, **kwargs: Any) -> dict[str, pl.DataFrame]:
+                      limit: int | None = None, max_results: int | None = None,
+                       **kwargs: Any) -> dict[str, pl.DataFrame]:
         """Like :meth:`search_frame` but one frame per resource type, includes too."""
         from kit.fhir.frames import to_frame
 
         by_type: dict[str, list[dict[str, Any]]] = {resource_type: []}
-        for e in self.search_entries(resource_type, params, max_results=max_results, **kwargs):
+        for e in self.search_entries(resource_type, params, limit=limit, max_results=max_results,
+                                     **kwargs):
             by_type.setdefault(e.resource["resourceType"], []).append(e.resource)
         return {t: to_frame(rs, t) for t, rs in by_type.items()}
 
@@ -679,17 +733,25 @@ class FhirClient:
         """``DELETE [base]/[type]/[id]`` (a 404 raises)."""
         self.send("DELETE", self.url(_check_type(resource_type), _check_id(resource_id)))
 
-    def batch(self, entries: Iterable[Mapping[str, Any]], *, check: bool = True) -> dict[str, Any]:
+    def batch(self, entries: Iterable[Mapping[str, Any]], *, check: bool = True,
+              chunk: int | None = None) -> dict[str, Any]:
         """POST a ``batch`` Bundle of ``entries`` (each with ``request``); return the batch-response.
 
         Entries succeed or fail one by one. With ``check`` (default) any failed
         entry raises :class:`BatchError` (``.bundle`` holds the whole response).
+        ``chunk``: batches of at most that many entries, answered as one.
         """
         items = [dict(e) for e in entries]
         self._check_entries(items)
+        if chunk is not None and len(items) > chunk:
+            return batch_in_chunks(self, items, chunk, check=check)
         bundle = {"resourceType": "Bundle", "type": "batch", "entry": items}
-        response = self.send("POST", self.base, content=orjson.dumps(bundle),
-                             headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        try:
+            response = self.send("POST", self.base, content=orjson.dumps(bundle),
+                                 headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        except FhirError as exc:
+            size_hint(exc, len(items), "batch")
+            raise
         result = self.resource_of(response, "Bundle")
         if result.get("type") != "batch-response":
             raise FhirValidationError(f"expected a batch-response, got {result.get('type')!r}",
@@ -699,8 +761,14 @@ class FhirClient:
         return result
 
     def transaction(self, bundle: Mapping[str, Any] | Iterable[Mapping[str, Any]], *,
-                    validate: bool = False) -> dict[str, Any]:
-        """POST a ``transaction`` Bundle (or its entries); all or nothing. Return the response Bundle."""
+                    validate: bool = False, chunk: int | None = None) -> dict[str, Any]:
+        """POST a ``transaction`` Bundle (or its entries); all or nothing. Return the response Bundle.
+
+        ``chunk``: for servers that cap a transaction's entries, post transactions of
+        at most that many entries, ``urn:uuid`` references resolved across them
+        (:func:`kit.fhir.transactions.transaction_in_chunks`; each chunk is all or
+        nothing, the whole is not). A refusal for size says what to try.
+        """
         if isinstance(bundle, Mapping):
             if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
                 raise FhirValidationError("transaction needs a Bundle of type 'transaction'")
@@ -708,11 +776,18 @@ class FhirClient:
         else:
             payload = {"resourceType": "Bundle", "type": "transaction",
                        "entry": [dict(e) for e in bundle]}
-        self._check_entries(payload.get("entry") or [])
+        entries = payload.get("entry") or []
+        self._check_entries(entries)
         if validate:
             validate_resource(payload)
-        response = self.send("POST", self.base, content=orjson.dumps(payload),
-                             headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        if chunk is not None and len(entries) > chunk:
+            return transaction_in_chunks(self, entries, chunk)
+        try:
+            response = self.send("POST", self.base, content=orjson.dumps(payload),
+                                 headers={"Content-Type": FHIR_JSON}, idempotent=False)
+        except FhirError as exc:
+            size_hint(exc, len(entries))
+            raise
         result = self.resource_of(response, "Bundle")
         if result.get("type") != "transaction-response":
             raise FhirValidationError(f"expected a transaction-response, got {result.get('type')!r}",
