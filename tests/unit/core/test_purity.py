@@ -14,7 +14,7 @@ PURE = [
     "dicom/query", "dicom/index", "dicom/deid", "dicom/deid_check", "dicom/_profile_options",
     "dicom/received", "dicom/matching", "dicom/pixels",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
-    "fhir/server_limits", "fhir/server_openapi", "fhir/policy", "fhir/transactions",
+    "fhir/server_limits", "fhir/server_openapi", "fhir/policy",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
     "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__",
     "fhir/timeline",
