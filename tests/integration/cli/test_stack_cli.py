@@ -7,17 +7,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import stop_pid
-
-KIT = [sys.executable, "-m", "kit.cli"]
-ADDRESS = re.compile(r"^(pacs|fhir|mllp)\s+(\S+)$")
+from tests.integration.cli.test_cli_items import KIT, start_serve
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -26,25 +22,8 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def _start_serve(tmp_path: Path, data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    proc = subprocess.Popen(
-        [*KIT, "serve", "--pacs-port", "0", "--fhir-port", "0", "--mllp-port", "0",
-         "--data-dir", str(data_dir), *extra],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
-    addresses: dict[str, str] = {}
-    deadline = time.monotonic() + 90
-    assert proc.stdout is not None
-    while len(addresses) < 3 and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = ADDRESS.match(line.strip())
-        if match:
-            addresses[match.group(1)] = match.group(2)
-    if len(addresses) < 3:
-        stop_pid(proc)  # type: ignore[arg-type]
-        pytest.fail(f"kit serve printed {addresses}; stderr: {proc.stderr.read() if proc.stderr else ''}")
-    return proc, addresses
+    return start_serve(tmp_path, _env(tmp_path), "--pacs-port", "0", "--fhir-port", "0", "--mllp-port", "0",
+                       "--data-dir", str(data_dir), *extra)
 
 
 @pytest.fixture
