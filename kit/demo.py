@@ -1,4 +1,4 @@
-"""The main job, end to end on the embedded stack: ``kit demo``.
+"""The main job, end to end: ``kit demo`` (on the configured systems, else the embedded stack).
 
 Each step uses the same public API a notebook would; the demo only strings
 them together and reports what happened as a DataFrame: one row per step
@@ -24,7 +24,7 @@ from kit.errors import KitError
 if TYPE_CHECKING:
     from kit.stack import Stack
 
-__all__ = ["DEMO_KEY", "SCHEMA", "check_status", "run_demo"]
+__all__ = ["DEMO_KEY", "QUERY_LIMIT", "SCHEMA", "check_status", "configured_addresses", "run_demo"]
 
 #: De-identification key used by the demo only. Real projects keep their own key secret.
 DEMO_KEY = "kit-demo-key-not-secret"
@@ -35,14 +35,23 @@ SCHEMA = {"step": pl.String, "result": pl.String, "seconds": pl.Float64, "target
           "status": pl.String, "reason": pl.String, "identifier": pl.String}
 
 
-def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = print) -> pl.DataFrame:
-    """Run ingest, index, de-identify, EHR join, HL7 replay, analyse and deliver on an embedded stack.
+#: Most studies, patients and imaging studies the demo lists from a configured (real) system.
+QUERY_LIMIT = 500
+
+
+def run_demo(work_dir: Path | None = None, *, settings: Settings | None = None,
+             echo: Callable[[str], None] = print) -> pl.DataFrame:
+    """Run ingest, index, de-identify, EHR join, HL7 replay, analyse and deliver.
 
     Parameters
     ----------
     work_dir : Path, optional
         Where retrieved and de-identified files go (default: a temporary folder,
         removed afterwards).
+    settings : Settings, optional
+        The systems to run against (a kit.toml's PACS, FHIR server and MLLP
+        peer). Without them the demo starts the embedded stack on ephemeral
+        ports. The first step names the systems used either way.
     echo : callable
         Receives one progress line per step.
 
@@ -65,6 +74,14 @@ def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = prin
         echo(f"work folder: {work}" + ("" if work_dir else " (temporary; --work-dir DIR keeps it)"))
         work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
+        if settings is not None:
+            step(f"configured systems ({settings.source})", t, ", ".join(
+                f"{k} {v}" for k, v in configured_addresses(settings).items()))
+            _pacs_steps(settings, work, step)
+            _fhir_steps(settings, work, step)
+            _hl7_steps(settings, step, None)
+            rows += _result_steps(settings, work, step, echo)
+            return pl.DataFrame(rows, schema=SCHEMA)
         with Stack.ephemeral() as stack:
             settings = stack.client_settings()
             step("start embedded stack", t, ", ".join(f"{k} {v}" for k, v in stack.addresses().items()))
@@ -73,6 +90,16 @@ def run_demo(work_dir: Path | None = None, *, echo: Callable[[str], None] = prin
             _hl7_steps(settings, step, stack)
             rows += _result_steps(settings, work, step, echo)
     return pl.DataFrame(rows, schema=SCHEMA)
+
+
+def configured_addresses(settings: Settings) -> dict[str, str]:
+    """The systems ``settings`` point at, as ``kit serve`` prints them (``pacs dicom://AET@host:port``)."""
+    p, h = settings.pacs, settings.hl7
+    out = {"pacs": f"dicom://{p.called_aet}@{p.host}:{p.port}", "fhir": settings.fhir.base,
+           "mllp": f"mllp://{h.host}:{h.port}"}
+    if settings.dicomweb != DicomWebSettings():
+        out["dicomweb"] = settings.dicomweb.base
+    return out
 
 
 def _pacs_steps(settings: Settings, work: Path, step: Callable[[str, float, str], None]) -> None:
@@ -86,15 +113,16 @@ def _pacs_steps(settings: Settings, work: Path, step: Callable[[str, float, str]
     step("C-ECHO", t, f"ok in {rtt * 1000:.1f} ms")
 
     t = time.perf_counter()
-    studies = client.find("STUDY")
+    studies = client.find("STUDY", limit=QUERY_LIMIT)
     step("C-FIND studies", t, f"{studies.height} studies of {studies['patient_id'].n_unique()} patients")
     (work / "studies.parquet").parent.mkdir(parents=True, exist_ok=True)
     studies.write_parquet(work / "studies.parquet")
 
     ct = studies.filter(pl.col("modalities_in_study").list.contains("CT"))
     if ct.is_empty():
-        raise KitError("the embedded PACS has no CT study: is the sample cohort complete? "
-                       "(kit samples --check)")
+        pacs = configured_addresses(settings)["pacs"]
+        raise KitError(f"the PACS at {pacs} has no CT study among the {studies.height} it listed: "
+                       "load the sample cohort (kit pacs store data/samples/dicom)")
     study_uid = str(ct.sort("study_date")["study_instance_uid"][0])
     t = time.perf_counter()
     got = client.get(study_uid=study_uid, dest=work / "retrieved")
@@ -120,8 +148,8 @@ def _fhir_steps(settings: Settings, work: Path, step: Callable[[str, float, str]
 
     client = FhirClient.from_settings(settings)
     t = time.perf_counter()
-    patients = client.search_frame("Patient")
-    studies = client.search_frame("ImagingStudy")
+    patients = client.search_frame("Patient", limit=QUERY_LIMIT)
+    studies = client.search_frame("ImagingStudy", limit=QUERY_LIMIT)
     step("FHIR search", t, f"{patients.height} patients, {studies.height} imaging studies")
 
     t = time.perf_counter()
@@ -131,7 +159,7 @@ def _fhir_steps(settings: Settings, work: Path, step: Callable[[str, float, str]
          f"{joined.height} of {pacs.height} PACS studies have an ImagingStudy in the EHR")
 
 
-def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None], stack: Stack) -> None:
+def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None], stack: Stack | None) -> None:
     from kit import examples
     from kit.hl7.message import split_messages
     from kit.hl7.mllp import MLLPSender
@@ -144,13 +172,19 @@ def _hl7_steps(settings: Settings, step: Callable[[str, float, str], None], stac
     step("HL7 feed over MLLP", t, f"{accepted} of {len(messages)} messages acknowledged AA")
 
     t = time.perf_counter()
-    listener = stack.services["mllp"]
-    store = getattr(listener, "store", None)
-    if store is None:
-        raise KitError("the MLLP listener has no message store")
-    frames = store.frames()
+    if stack is None:  # another system's listener: read the feed we sent instead of its store
+        from kit.hl7 import read_file
+
+        frames = read_file(examples.hl7_feed())
+        name = "HL7 feed sent -> frames"
+    else:
+        store = getattr(stack.services["mllp"], "store", None)
+        if store is None:
+            raise KitError("the MLLP listener has no message store")
+        frames = store.frames()
+        name = "HL7 store -> frames"
     patients = frames["patients"]["patient_id"].n_unique()
-    step("HL7 store -> frames", t, f"{patients} patients, " + ", ".join(
+    step(name, t, f"{patients} patients, " + ", ".join(
         f"{frames[name].height} {name}" for name in ("orders", "results", "appointments")))
 
 

@@ -102,16 +102,26 @@ def _check_services(stack: Stack) -> None:
 @click.command()
 @click.option("--work-dir", type=OUT_DIR, default=None,
               help="Keep the retrieved and de-identified files here (default: a temporary folder).")
+@click.option("--embedded", is_flag=True,
+              help="Use a fresh embedded stack even when a configuration (--config, $KIT_CONFIG, ./kit.toml) "
+                   "names other systems.")
 @output_options
+@click.pass_context
 @handle_errors
-def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
-    """Run the main job end to end on the embedded stack, offline.
+def demo(ctx: click.Context, work_dir: str | None, embedded: bool, output: str | None, as_json: bool) -> None:
+    """Run the main job end to end: on the configured systems, else on the embedded stack.
 
-    Starts the embedded stack on ephemeral ports, queries the PACS, retrieves a
+    With a configuration (--config, $KIT_CONFIG or ./kit.toml) the demo runs
+    against the PACS, FHIR server and MLLP peer it names, and its first line
+    says which; it writes there (the analysis result, the sample HL7 feed), so
+    point it at test systems loaded with the sample cohort. Without one (or
+    with --embedded) it starts the embedded stack on ephemeral ports.
+
+    It queries the PACS, retrieves a
     CT study, indexes and de-identifies it, pulls the cohort from the FHIR
     server and joins it with the PACS frame, replays the HL7 feed over MLLP,
     analyses the CT with kit's lesion finder, and delivers the result to the
-    same stack: DICOM SR and SEG to the PACS, Observations and a
+    same systems: DICOM SR and SEG to the PACS, Observations and a
     DiagnosticReport to the FHIR server, an ORU^R01 to the MLLP listener, each
     read back and compared. Prints the steps, then one line per target with its
     status (verified, sent, failed, skipped) and time. Exits 1, naming them,
@@ -128,10 +138,14 @@ def demo(work_dir: str | None, output: str | None, as_json: bool) -> None:
     Examples:
       kit demo
       kit demo --work-dir demo --json
+      kit --config kit.toml demo
     """
     from kit.demo import run_demo
 
-    summary = run_demo(Path(work_dir) if work_dir else None, echo=lambda m: click.echo(m, err=True))
+    settings = settings_from(ctx)
+    configured = None if embedded or settings.source == "defaults" else settings
+    summary = run_demo(Path(work_dir) if work_dir else None, settings=configured,
+                       echo=lambda m: click.echo(m, err=True))
     if output or as_json:
         emit_frame(summary, output, as_json, label="rows")
     else:

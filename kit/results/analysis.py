@@ -27,6 +27,7 @@ no findings.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Sequence
 from typing import Final
@@ -127,7 +128,7 @@ def _volume(sources: Sequence[Dataset]) -> tuple[list[Dataset], npt.NDArray[np.f
 
 
 def analyse_ct(sources: Sequence[Dataset], *, threshold_hu: float = -300.0, min_voxels: int = 4,
-               result_id: str | None = None) -> AnalysisResult:
+               result_id: str | None = None, created: dt.datetime | None = None) -> AnalysisResult:
     """Find the largest soft-tissue nodule surrounded by lung in one CT series.
 
     Parameters
@@ -139,8 +140,12 @@ def analyse_ct(sources: Sequence[Dataset], *, threshold_hu: float = -300.0, min_
     min_voxels : int
         Smallest candidate kept, in voxels.
     result_id : str, optional
-        The result's id (default: derived from the series UID and the
-        parameters, so analysing the same series twice gives the same result id).
+        The result's id (default: derived from the series UID, the parameters
+        and ``created``: one analysis run is one result, which re-sends without
+        duplicating; a new run is a new result, never a silent change of one
+        already sent under the same identifiers).
+    created : datetime, optional
+        When the analysis ran (timezone-aware; default now, UTC).
 
     Returns
     -------
@@ -169,12 +174,15 @@ def analyse_ct(sources: Sequence[Dataset], *, threshold_hu: float = -300.0, min_
         patient_sex=str(getattr(first, "PatientSex", "")) if getattr(first, "PatientSex", "") in
         ("M", "F", "O") else None,
         series_instance_uid=series_uid, sop_instance_uids=tuple(uids))
+    created = created or dt.datetime.now(dt.UTC)
     if result_id is None:
         from pydicom.uid import generate_uid
 
         result_id = str(generate_uid(prefix="2.25.", entropy_srcs=[series_uid, *ALGORITHM,
-                                                                    repr(sorted(params.items()))]))
-    common = {"subject": subject, "algorithm": algorithm, "result_id": result_id, "inputs": tuple(uids)}
+                                                                    repr(sorted(params.items())),
+                                                                    created.isoformat()]))
+    common = {"subject": subject, "algorithm": algorithm, "result_id": result_id, "inputs": tuple(uids),
+              "created": created}
 
     labels = components(hu > threshold_hu)
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)

@@ -147,3 +147,43 @@ def test_demo_prints_a_table_per_target(tmp_path: Path) -> None:
 def test_misuse_exits_2(tmp_path: Path) -> None:
     assert _kit(tmp_path, "serve", "--pacs-port", "notaport").returncode == 2
     assert _kit(tmp_path, "no-such-command").returncode == 2
+
+
+def _served_toml(addresses: dict[str, str]) -> str:
+    """A kit.toml naming a running `kit serve` as the site's systems (sections of its own, not [stack])."""
+    pacs = re.match(r"dicom://(\w+)@([\d.]+):(\d+)", addresses["pacs"])
+    mllp = re.match(r"mllp://([\d.]+):(\d+)", addresses["mllp"])
+    assert pacs and mllp
+    return (f'[pacs]\nhost = "{pacs.group(2)}"\nport = {pacs.group(3)}\ncalled_aet = "{pacs.group(1)}"\n'
+            f'[fhir]\nbase = "{addresses["fhir"]}"\n'
+            f'[hl7]\nhost = "{mllp.group(1)}"\nport = {mllp.group(2)}\n')
+
+
+def test_demo_runs_against_the_configured_systems_not_an_embedded_stack(tmp_path: Path) -> None:
+    # issue 14.1: with a kit.toml the main job uses the systems it names (here a separately started
+    # `kit serve`), says so first, and starts no stack of its own.
+    proc, addresses = _start_serve(tmp_path, tmp_path / "site")
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "kit.toml").write_text(_served_toml(addresses), encoding="utf-8")
+        result = _kit(work, "demo", "--json", timeout=300)
+        assert result.returncode == 0, result.stderr
+        rows = json.loads(result.stdout)
+        first = rows[0]
+        assert first["step"].startswith("configured systems (") and "kit.toml" in first["step"]
+        for service in ("pacs", "fhir", "mllp"):
+            assert addresses[service] in first["result"]
+        assert not any(row["step"] == "start embedded stack" for row in rows)
+        steps = {row["step"]: row["result"] for row in rows if row["target"] is None}
+        assert steps["C-GET one CT study"] == "16 instances"
+        assert steps["HL7 feed sent -> frames"].startswith("6 patients")
+        statuses = {row["target"]: row["status"] for row in rows if row["target"] is not None}
+        assert statuses == dict.fromkeys(("sr", "seg", "observation", "diagnostic_report", "oru"), "verified")
+
+        embedded = _kit(work, "demo", "--embedded", "--json", timeout=300)
+        assert embedded.returncode == 0, embedded.stderr
+        first = json.loads(embedded.stdout)[0]
+        assert first["step"] == "start embedded stack" and addresses["pacs"] not in first["result"]
+    finally:
+        stop_pid(proc)  # type: ignore[arg-type]

@@ -45,7 +45,9 @@ def test_the_lesion_is_found_where_and_as_large_as_the_cohort_made_it(study) -> 
     s = result.subject
     assert (s.patient_id, s.study_instance_uid, s.accession_number) == (study.mrn, study.study_uid,
                                                                           study.accession)
-    assert analyse_ct(sources).result_id == result.result_id  # same series, same parameters, same id
+    # one run is one result (re-sent, it duplicates nothing); a new run is a new result
+    assert analyse_ct(sources, created=result.created).result_id == result.result_id
+    assert analyse_ct(sources).result_id != result.result_id
 
 
 @pytest.mark.parametrize("study", WITHOUT, ids=lambda s: s.key)
