@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
@@ -28,7 +25,7 @@ from kit.results.fhir import (
     parts,
     transaction_bundle,
 )
-from tests.conftest import free_port
+from tests.integration.fhir_client.conftest import serve_app as fhir_client_app
 from tests.unit.results.samples import sample, with_subject
 
 pytestmark = pytest.mark.timeout(120)
@@ -124,20 +121,9 @@ def test_a_server_that_refuses_raises_operation_outcome_and_stores_nothing(clien
 
 @contextmanager
 def serve_app(app: Any) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True, name=f"results-fhir-{port}")
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "test app did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/fhir"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """A test app on a free loopback port (the FHIR client tests' runner); yields its FHIR base."""
+    with fhir_client_app(app) as origin:
+        yield origin + "/fhir"
 
 
 def test_a_422_operation_outcome_is_an_operation_outcome_error() -> None:
