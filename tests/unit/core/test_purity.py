@@ -20,6 +20,7 @@ PURE = [
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
+    "endoscopy/frame",
 ]
 
 # Network, servers and databases: what "pure" excludes.
