@@ -34,16 +34,15 @@ Frames of other resource types (Patient, Practitioner, ...) are not events and
 are left out; an event frame that lacks a column it needs raises
 :class:`~kit.errors.InvalidInputError`. Events without a time are kept (time null).
 
-:func:`patient_options`, :func:`timeline_svg` and :func:`timeline_table_html`
-shape what :class:`kit.widgets.fhir.PatientTimeline` shows. Written by hand: no
+:func:`patient_options` and :func:`timeline_lanes` shape what
+:class:`kit.widgets.fhir.PatientTimeline` shows; the chart itself is drawn by
+plotly (:func:`kit.widgets.charts.timeline_figure`). Written by hand: no
 library builds a clinical timeline from FHIR frames.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
-import html
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -52,12 +51,13 @@ import polars as pl
 from kit.errors import InvalidInputError
 
 __all__ = [
+    "KIND_COLOURS",
+    "LANES_SCHEMA",
     "TIMELINE_SCHEMA",
     "TimelineKind",
     "patient_options",
     "timeline",
-    "timeline_svg",
-    "timeline_table_html",
+    "timeline_lanes",
 ]
 
 _UTC = pl.Datetime("us", "UTC")
@@ -66,6 +66,12 @@ _UTC = pl.Datetime("us", "UTC")
 TIMELINE_SCHEMA: Final[pl.Schema] = pl.Schema({
     "patient_ref": pl.String(), "time": _UTC, "kind": pl.String(), "code": pl.String(),
     "display": pl.String(), "value": pl.String(),
+})
+
+#: columns and dtypes of :func:`timeline_lanes`
+LANES_SCHEMA: Final[pl.Schema] = pl.Schema({
+    "time": _UTC, "kind": pl.String(), "lane": pl.Int8(), "colour": pl.String(), "code": pl.String(),
+    "display": pl.String(), "value": pl.String(), "label": pl.String(),
 })
 
 
@@ -81,8 +87,8 @@ class TimelineKind(enum.StrEnum):
     MEDICATION_REQUEST = "MedicationRequest"
 
 
-# lane colours of the SVG, one per kind
-_COLOURS: Final[dict[TimelineKind, str]] = {
+#: lane colour of each kind in a chart (Vega's category10-like palette)
+KIND_COLOURS: Final[dict[TimelineKind, str]] = {
     TimelineKind.ENCOUNTER: "#4c78a8", TimelineKind.CONDITION: "#e45756",
     TimelineKind.PROCEDURE: "#f58518", TimelineKind.OBSERVATION: "#54a24b",
     TimelineKind.IMAGING_STUDY: "#b279a2", TimelineKind.DIAGNOSTIC_REPORT: "#9d755d",
@@ -233,60 +239,37 @@ def _check_events(events: pl.DataFrame) -> None:
         raise InvalidInputError(f"not a timeline frame: missing {missing}")
 
 
-def timeline_svg(events: pl.DataFrame, *, width: int = 720) -> str:
-    """An SVG strip chart of ``events``: one lane per kind, one dot per timed event.
-
-    Each dot carries a ``<title>`` tooltip (time, code, display, value). Events
-    without a time are not drawn (:func:`timeline_table_html` lists them).
+def timeline_lanes(events: pl.DataFrame) -> pl.DataFrame:
+    """The timed events of ``events`` laid out for a strip chart: one lane per kind.
 
     Parameters
     ----------
     events : polars.DataFrame
-        Output of :func:`timeline`.
-    width : int
-        Width in pixels (at least 200).
+        Output of :func:`timeline` (any subset of its rows).
+
+    Returns
+    -------
+    polars.DataFrame
+        :data:`LANES_SCHEMA`, in the order of ``events``: ``time``, ``kind``,
+        ``lane`` (the kind's place in :class:`TimelineKind` order, 0 first),
+        ``colour`` (:data:`KIND_COLOURS`), ``code``, ``display``, ``value`` and
+        ``label`` (the hover text: time to the minute, code, display, value).
+        Events without a time are left out (a table lists them).
+
+    Raises
+    ------
+    InvalidInputError
+        ``events`` is not a timeline frame.
     """
     _check_events(events)
-    if width < 200:
-        raise InvalidInputError(f"width must be at least 200, got {width}")
+    order = [k.value for k in TimelineKind]
     timed = events.filter(pl.col("time").is_not_null())
-    kinds = [k for k in TimelineKind if k.value in set(timed["kind"].to_list())]
-    lane, left, right, top = 22, 130, 16, 8
-    height = top + lane * len(kinds) + 26
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">']
-    if timed.is_empty():
-        out.append('<text x="8" y="20">no timed events</text></svg>')
-        return "".join(out)
-    times: list[dt.datetime] = timed["time"].to_list()
-    t0, t1 = min(times), max(times)
-    span = max((t1 - t0).total_seconds(), 1.0)
-    plot = width - left - right
-    for i, kind in enumerate(kinds):
-        y = top + lane * i + lane // 2
-        out.append(f'<text x="4" y="{y + 4}">{kind.value}</text>'
-                   f'<line x1="{left}" y1="{y}" x2="{width - right}" y2="{y}" stroke="#ddd"/>')
-        for row in timed.filter(pl.col("kind") == kind.value).iter_rows(named=True):
-            x = left + plot * (row["time"] - t0).total_seconds() / span
-            tip = " · ".join(str(v) for v in (row["time"].strftime("%Y-%m-%d %H:%M"), row["code"],
-                                              row["display"], row["value"]) if v)
-            out.append(f'<circle cx="{x:.1f}" cy="{y}" r="5" fill="{_COLOURS[kind]}" fill-opacity="0.8">'
-                       f'<title>{html.escape(tip)}</title></circle>')
-    axis = top + lane * len(kinds) + 14
-    out.append(f'<text x="{left}" y="{axis}">{t0:%Y-%m-%d}</text>'
-               f'<text x="{width - right}" y="{axis}" text-anchor="end">{t1:%Y-%m-%d}</text></svg>')
-    return "".join(out)
-
-
-def timeline_table_html(events: pl.DataFrame) -> str:
-    """``events`` as an HTML table (time to the minute, kind, code, display, value)."""
-    _check_events(events)
-    head = "".join(f"<th>{c}</th>" for c in ("time", "kind", "code", "display", "value"))
-    rows = []
-    for r in events.iter_rows(named=True):
-        when = r["time"].strftime("%Y-%m-%d %H:%M") if r["time"] is not None else ""
-        cells = (when, r["kind"], r["code"], r["display"], r["value"])
-        rows.append("<tr>" + "".join(f"<td>{html.escape('' if v is None else str(v))}</td>"
-                                     for v in cells) + "</tr>")
-    return (f"<table class='kit-table'><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+    label = pl.concat_str([pl.col("time").dt.strftime("%Y-%m-%d %H:%M"), pl.col("code"), pl.col("display"),
+                           pl.col("value")], separator=" · ", ignore_nulls=True)
+    return timed.select(
+        pl.col("time"), pl.col("kind"),
+        pl.col("kind").replace_strict(order, list(range(len(order))), return_dtype=pl.Int8).alias("lane"),
+        pl.col("kind").replace_strict(order, [KIND_COLOURS[k] for k in TimelineKind],
+                                      return_dtype=pl.String).alias("colour"),
+        pl.col("code"), pl.col("display"), pl.col("value"), label.alias("label"),
+    )

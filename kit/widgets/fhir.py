@@ -1,20 +1,21 @@
 """ipywidgets view of one patient's FHIR record over time.
 
 Only wiring: the events come from :func:`kit.fhir.timeline.timeline`, the picker
-labels from :func:`~kit.fhir.timeline.patient_options`, the drawing from
-:func:`~kit.fhir.timeline.timeline_svg` and
-:func:`~kit.fhir.timeline.timeline_table_html`. The widget builds and updates
+labels from :func:`~kit.fhir.timeline.patient_options`, the chart from plotly
+(:func:`kit.widgets.charts.timeline_figure` over
+:func:`~kit.fhir.timeline.timeline_lanes`) and the table from itables
+(:func:`kit.widgets.tables.data_table`). The widget builds and updates
 without a browser, so tests and nbval drive it through its attributes::
 
     frames = {t: client.search_frame(t) for t in ("Patient", "Encounter", "Observation")}
     view = PatientTimeline(frames["Patient"], frames)
     view.patient = "p1"; view.kinds = ("Observation",)
     view.events          # the frame shown
+    view.figure.data     # the chart's traces (one per kind), view.table.df the table
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +23,9 @@ import ipywidgets as w
 import polars as pl
 
 from kit.errors import InvalidInputError
-from kit.fhir.timeline import patient_options, timeline, timeline_svg, timeline_table_html
+from kit.fhir.timeline import patient_options, timeline, timeline_lanes
+from kit.widgets.charts import timeline_figure, update_timeline
+from kit.widgets.tables import data_table, set_table
 
 __all__ = ["PatientTimeline"]
 
@@ -50,8 +53,11 @@ class PatientTimeline(w.VBox):
         Event kinds shown (settable; a subset of those present).
     events : polars.DataFrame
         The shown patient's events of the shown kinds (:data:`~kit.fhir.timeline.TIMELINE_SCHEMA`).
-    rendered : str
-        The HTML shown: the chart (SVG) and the table.
+    figure : plotly.graph_objects.FigureWidget
+        The chart: one trace per kind, one dot per timed event
+        (:func:`~kit.fhir.timeline.timeline_lanes` of :attr:`events`).
+    table : itables.widget.ITable
+        Every shown event, timed or not (``table.df``).
     """
 
     def __init__(self, patients: pl.DataFrame, frames: Mapping[str, pl.DataFrame], *,
@@ -64,11 +70,13 @@ class PatientTimeline(w.VBox):
         self._patient = w.Dropdown(options=options, description="Patient", layout=w.Layout(width="95%"))
         self._kinds = w.SelectMultiple(options=present, value=tuple(present), description="Show",
                                        rows=max(len(present), 1))
-        self._summary = w.HTML()
-        self._view = w.HTML()
-        super().__init__([self._patient, self._kinds, self._summary, self._view])
+        self._summary = w.Label()
         if patient is not None:
             self.patient = patient
+        events = self.events
+        self.figure = timeline_figure(timeline_lanes(events), widget=True)
+        self.table = data_table(self._table_frame(events))
+        super().__init__([self._patient, self._kinds, self._summary, self.figure, self.table])
         self._render()
         self._patient.observe(self._on_change, names="value")
         self._kinds.observe(self._on_change, names="value")
@@ -102,20 +110,21 @@ class PatientTimeline(w.VBox):
         return self._all.filter((pl.col("patient_ref") == self.patient)
                                 & pl.col("kind").is_in(list(self.kinds)))
 
-    @property
-    def rendered(self) -> str:
-        return str(self._view.value)
-
     def __repr__(self) -> str:
         return (f"PatientTimeline(patient={self.patient!r}, kinds={list(self.kinds)}, "
                 f"events={self.events.height})")
 
     # wiring
+    @staticmethod
+    def _table_frame(events: pl.DataFrame) -> pl.DataFrame:
+        return events.select("time", "kind", "code", "display", "value")
+
     def _render(self) -> None:
         events = self.events
         label = {v: k for k, v in self._patient.options}[self.patient]
-        self._summary.value = f"<b>{html.escape(label)}</b>: {events.height} events"
-        self._view.value = timeline_svg(events) + timeline_table_html(events)
+        self._summary.value = f"{label}: {events.height} events"
+        update_timeline(self.figure, timeline_lanes(events))
+        set_table(self.table, self._table_frame(events))
 
     def _on_change(self, _change: dict[str, Any]) -> None:
         self._render()

@@ -1,9 +1,10 @@
 """ipywidgets views of an analysis result: the mask over the images, and a review before sending.
 
 Only wiring: the pixels come from :mod:`kit.dicom.pixels` (window, PNG), the
-tables from :class:`~kit.results.model.AnalysisResult`'s frames, and sending is
-a callback (e.g. :meth:`kit.hub.Hub.send_results`). Both widgets build and
-update without a browser, so tests and nbval drive them through attributes::
+tables from :class:`~kit.results.model.AnalysisResult`'s frames (shown by
+itables, :func:`kit.widgets.tables.data_table`), and sending is a callback
+(e.g. :meth:`kit.hub.Hub.send_results`). Both widgets build and update without
+a browser, so tests and nbval drive them through attributes::
 
     overlay = MaskOverlay(volume, result)          # slice slider, mask in colour
     review = ResultReview(result, send=functools.partial(hub.send_results, sources=sources))
@@ -15,7 +16,6 @@ update without a browser, so tests and nbval drive them through attributes::
 from __future__ import annotations
 
 import dataclasses
-import html
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,7 +29,9 @@ from kit.dicom.pixels import Volume, load_series, to_png, window
 from kit.errors import InvalidInputError, KitError
 from kit.results.deliver import TARGETS
 from kit.results.model import AnalysisResult, Region
-from kit.widgets.dicom import ImageViewer, _html_table
+from kit.widgets.dicom import ImageViewer
+from kit.widgets.progress import ProgressBar
+from kit.widgets.tables import data_table, set_table
 
 __all__ = ["MaskOverlay", "ResultReview"]
 
@@ -39,6 +41,10 @@ PALETTE: Final = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120),
 #: The callback a review sends with: ``send(result, targets=(...))``, returning a
 #: DeliveryReport (anything with ``.frame``) or a frame.
 SendCallback = Callable[..., Any]
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#" + "".join(f"{c:02x}" for c in rgb)
 
 
 def _regions(source: AnalysisResult | Region | Sequence[Region]) -> tuple[Region, ...]:
@@ -92,16 +98,21 @@ class MaskOverlay(ImageViewer):
         self._opacity = w.FloatSlider(value=opacity, min=0.0, max=1.0, step=0.05, description="Mask",
                                       continuous_update=False)
         super().__init__(volume, preset=preset)
-        legend = " ".join(
-            f"<span style='color:rgb{PALETTE[i % len(PALETTE)]}'>&#9632;</span> {html.escape(r.label)}"
-            for i, r in enumerate(self.regions))
+        legend = w.HBox([w.Label(f"■ {r.label}", style={"text_color": _hex(PALETTE[i % len(PALETTE)])})
+                         for i, r in enumerate(self.regions)])
         shown: tuple[w.Widget, ...] = tuple(self.children)  # type: ignore[has-type]
-        self.children = (*shown[:-1], self._opacity, w.HTML(legend), shown[-1])
+        self.children = (*shown[:-2], self._opacity, legend, *shown[-2:])
         self._opacity.observe(self._on_view, names="value")
         covered = (self.masks >= 0).sum(axis=(1, 2))
         if covered.any():
             self.slice_index = int(np.argmax(covered))  # start where the most of the masks are
         self._render()
+
+    def _accept(self, volume: Volume) -> None:
+        """Another series can be shown only if every mask lies on it (then they are placed on it)."""
+        if volume.is_rgb:
+            raise InvalidInputError("MaskOverlay draws on greyscale series")
+        self.masks = self._place(volume, self.regions)
 
     @staticmethod
     def _place(volume: Volume, regions: Sequence[Region]) -> npt.NDArray[np.int8]:
@@ -151,9 +162,9 @@ class MaskOverlay(ImageViewer):
     def _render(self) -> None:
         self._image.value = to_png(self.overlay())
         k = self.slice_index
-        self._info.value = html.escape(
-            f"slice {k + 1}/{len(self.volume)} · position {self.volume.positions[k]:.1f} mm · "
-            f"mask {int((self.masks[k] >= 0).sum())} px · SOP {self.volume.sop_instance_uids[k]}")
+        self._info.value = (f"slice {k + 1}/{len(self.volume)} · position {self.volume.positions[k]:.1f} mm"
+                            f" · mask {int((self.masks[k] >= 0).sum())} px · "
+                            f"SOP {self.volume.sop_instance_uids[k]}")
 
 
 class ResultReview(w.VBox):
@@ -167,7 +178,8 @@ class ResultReview(w.VBox):
         Called as ``send(result, targets=(...))`` by :meth:`send` (the Send
         button), e.g. ``functools.partial(hub.send_results, sources=sources)``;
         returns a :class:`~kit.results.deliver.DeliveryReport` (or a frame),
-        shown as the verification table. Without it the button is disabled.
+        shown as the verification table (``table``). Without it the button is
+        disabled.
     targets : iterable of str, optional
         The targets ticked at first (default all of ``TARGETS``).
 
@@ -187,6 +199,13 @@ class ResultReview(w.VBox):
     error : str or None
         The last error (an invalid conclusion, or the send's KitError), shown
         in the widget instead of raised.
+    findings : dict of str to itables.widget.ITable
+        The result's ``"measurements"``, ``"labels"`` and ``"regions"`` tables
+        (those it has).
+    table : itables.widget.ITable
+        The verification table of the last send (hidden before the first).
+    progress : ProgressBar
+        Shown while the send callback runs.
     """
 
     def __init__(self, result: AnalysisResult, send: SendCallback | None = None, *,
@@ -198,18 +217,23 @@ class ResultReview(w.VBox):
         self.report: Any = None
         self.frame: pl.DataFrame | None = None
         self.error: str | None = None
-        self._findings = w.HTML(self._findings_html(result))
+        self.findings = self._findings(result)
+        title = (f"{result.algorithm.name} {result.algorithm.version} · "
+                 f"patient {result.subject.patient_id} · result {result.result_id}")
         self._conclusion = w.Textarea(value=result.conclusion or "", description="Conclusion",
                                       layout=w.Layout(width="95%", height="5em"))
         self._boxes = {t: w.Checkbox(value=True, description=t, indent=False,
                                      layout=w.Layout(width="auto")) for t in TARGETS}
         self._button = w.Button(description="Send", button_style="primary", icon="paper-plane",
                                 disabled=send is None, tooltip="send to the ticked targets and verify")
-        self._status = w.HTML()
-        self._table = w.HTML()
-        super().__init__([self._findings, self._conclusion,
-                          w.HBox([w.Label("Targets"), *self._boxes.values(), self._button]),
-                          self._status, self._table])
+        self._status = w.Label()
+        self.progress = ProgressBar()
+        self.table = data_table(pl.DataFrame({"target": [], "status": []}, schema={"target": pl.String,
+                                                                                 "status": pl.String}))
+        self.table.layout.display = "none"
+        super().__init__([w.Label(title, style={"font_weight": "bold"}), *self.findings.values(),
+                          self._conclusion, w.HBox([w.Label("Targets"), *self._boxes.values(), self._button]),
+                          self.progress, self._status, self.table])
         if targets is not None:
             self.targets = tuple(targets)
         self._conclusion.observe(self._on_conclusion, names="value")
@@ -262,9 +286,11 @@ class ResultReview(w.VBox):
         targets = self.targets
         if not targets:
             return self._fail("no target ticked")
-        self._status.value = html.escape(f"sending to {', '.join(targets)} ...")
+        self._status.value = ""
         try:
-            report = self._send(self._result, targets=targets)
+            with self.progress.task(f"sending to {', '.join(targets)}", total=len(targets)) as tick:
+                report = self._send(self._result, targets=targets)
+                tick(len(targets))
         except KitError as exc:
             return self._fail(f"{type(exc).__name__}: {exc}")
         frame = report if isinstance(report, pl.DataFrame) else getattr(report, "frame", None)
@@ -276,14 +302,17 @@ class ResultReview(w.VBox):
         self._conclusion.disabled = True
         counts = list(frame.group_by("status").len().sort("status").iter_rows()) \
             if "status" in frame.columns else []
-        self._status.value = html.escape("sent: " + (", ".join(f"{n} {s}" for s, n in counts) or "nothing"))
-        self._table.value = _html_table(frame)
+        self._status.style.text_color = None
+        self._status.value = "sent: " + (", ".join(f"{n} {s}" for s, n in counts) or "nothing")
+        set_table(self.table, frame)
+        self.table.layout.display = None
         return report
 
     # wiring
     def _fail(self, message: str) -> None:
         self.error = message
-        self._status.value = f"<span style='color:#b00020'>{html.escape(message)}</span>"
+        self._status.style.text_color = "#b00020"
+        self._status.value = message
         return None
 
     def _on_conclusion(self, change: dict[str, Any]) -> None:
@@ -299,19 +328,18 @@ class ResultReview(w.VBox):
             return
         self.error = None
         self._status.value = ""
-        self._findings.value = self._findings_html(self._result)
 
     @staticmethod
-    def _findings_html(result: AnalysisResult) -> str:
-        parts = [f"<b>{html.escape(result.algorithm.name)} {html.escape(result.algorithm.version)}</b> · "
-                 f"patient {html.escape(result.subject.patient_id)} · result {html.escape(result.result_id)}"]
+    def _findings(result: AnalysisResult) -> dict[str, Any]:
+        tables: dict[str, Any] = {}
         if result.measurements:
-            parts.append(_html_table(result.measurements_frame().select(
-                "name", "value", "unit", "finding", "finding_site", "region")))
+            tables["measurements"] = data_table(result.measurements_frame().select(
+                "name", "value", "unit", "finding", "finding_site", "region"), caption="measurements")
         if result.labels:
-            parts.append(_html_table(result.labels_frame().select("name", "value", "score", "region")))
+            tables["labels"] = data_table(result.labels_frame().select("name", "value", "score", "region"),
+                                          caption="labels")
         if result.regions:
-            parts.append(_html_table(pl.DataFrame(
+            tables["regions"] = data_table(pl.DataFrame(
                 [{"region": r.label, "kind": r.kind.meaning, "images": len(r.source_instances),
-                  "voxels": int(r.mask.sum())} for r in result.regions])))
-        return "".join(parts)
+                  "voxels": int(r.mask.sum())} for r in result.regions]), caption="regions")
+        return tables

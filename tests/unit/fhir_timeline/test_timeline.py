@@ -1,9 +1,8 @@
-"""kit.fhir.timeline: events from FHIR frames, patient labels, SVG/HTML shaping."""
+"""kit.fhir.timeline: events from FHIR frames, patient labels, chart lanes."""
 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 import polars as pl
@@ -15,12 +14,13 @@ from kit import examples
 from kit.errors import InvalidInputError
 from kit.fhir.frames import to_frame, to_frames
 from kit.fhir.timeline import (
+    KIND_COLOURS,
+    LANES_SCHEMA,
     TIMELINE_SCHEMA,
     TimelineKind,
     patient_options,
     timeline,
-    timeline_svg,
-    timeline_table_html,
+    timeline_lanes,
 )
 
 UTC = dt.UTC
@@ -135,26 +135,24 @@ def test_patient_options_sorted_by_mrn(frames: dict[str, pl.DataFrame]) -> None:
         patient_options(pl.DataFrame({"name": ["x"]}))
 
 
-def test_svg_one_dot_per_timed_event_escaped(frames: dict[str, pl.DataFrame]) -> None:
+def test_lanes_one_row_per_timed_event(frames: dict[str, pl.DataFrame]) -> None:
     ev = timeline(frames)
-    svg = timeline_svg(ev)
-    assert svg.startswith("<svg") and svg.endswith("</svg>")
-    assert svg.count("<circle") == ev["time"].is_not_null().sum() == 7
-    assert "Colonoscopy &lt;ES&gt;" in svg and "<ES>" not in svg
-    xs = [float(x) for x in re.findall(r'cx="([\d.]+)"', svg)]
-    assert min(xs) == pytest.approx(130.0) and max(xs) == pytest.approx(720 - 16)
-    assert "no timed events" in timeline_svg(ev.filter(pl.col("time").is_null()))
+    lanes = timeline_lanes(ev)
+    assert lanes.schema == LANES_SCHEMA
+    timed = ev.filter(pl.col("time").is_not_null())
+    assert lanes.height == timed.height == 7
+    assert lanes.select("time", "kind", "code", "display", "value").equals(
+        timed.select("time", "kind", "code", "display", "value"))
+    order = [k.value for k in TimelineKind]
+    assert lanes["lane"].to_list() == [order.index(k) for k in lanes["kind"]]
+    assert lanes["colour"].to_list() == [KIND_COLOURS[TimelineKind(k)] for k in lanes["kind"]]
+    colonoscopy = lanes.filter(pl.col("kind") == "Procedure").row(0, named=True)
+    # the hover text is data: kept as written (the chart library escapes it), never truncated
+    assert colonoscopy["label"] == "2024-02-01 08:00 · 73761001 · Colonoscopy <ES> · completed"
+    assert timeline_lanes(ev.filter(pl.col("time").is_null())).schema == LANES_SCHEMA
+    assert timeline_lanes(ev.clear()).is_empty()
     with pytest.raises(InvalidInputError):
-        timeline_svg(ev, width=50)
-    with pytest.raises(InvalidInputError):
-        timeline_svg(ev.drop("value"))
-
-
-def test_table_html_lists_every_event(frames: dict[str, pl.DataFrame]) -> None:
-    ev = timeline(frames)
-    table = timeline_table_html(ev)
-    assert table.count("<tr>") == ev.height + 1
-    assert "2024-01-01 08:00" in table and "Colonoscopy &lt;ES&gt;" in table
+        timeline_lanes(ev.drop("value"))
 
 
 @settings(max_examples=40, deadline=None)

@@ -48,9 +48,12 @@ class Recorder:
 
 def test_review_shows_the_findings(result: AnalysisResult) -> None:
     review = ResultReview(result)
-    shown = review._findings.value
-    assert "Diameter" in shown and "Volume" in shown and "lesion-1" in shown
-    assert f"{result.measurements[0].value}" in shown
+    measured = review.findings["measurements"].df
+    assert measured.equals(result.measurements_frame().select(
+        "name", "value", "unit", "finding", "finding_site", "region"))
+    assert any("Diameter" in n for n in measured["name"]) and any("Volume" in n for n in measured["name"])
+    assert review.findings["regions"].df["region"].to_list() == ["lesion-1"]
+    assert review.table.layout.display == "none"  # no verification table before a send
     assert review.conclusion == result.conclusion and review.result is result
     assert review.targets == TARGETS
     assert review._button.disabled  # nothing to send with
@@ -101,9 +104,13 @@ def test_send_button_calls_back_with_the_reviewed_result_and_shows_the_table(res
     assert targets == ("seg", "diagnostic_report")
     assert isinstance(review.report, DeliveryReport) and review.frame is not None
     assert review.frame.equals(review.report.frame)
-    table = review._table.value
-    assert "id-seg" in table and "id-diagnostic_report" in table and "verified" in table
+    table = review.table.df
+    assert table.equals(review.report.frame) and review.table.layout.display is None
+    assert set(table["identifier"]) == {"id-seg", "id-diagnostic_report"}
+    assert set(table["status"]) == {"verified"}
     assert "2 verified" in review._status.value and review.error is None
+    assert (review.progress.value, review.progress.total) == (2, 2) and not review.progress.visible
+    assert review.progress.status == "sending to seg, diagnostic_report 2/2: done"
     assert "seg=verified" in repr(review)
     review.targets = ()
     review._button.click()  # nothing ticked: no call, said so
@@ -115,7 +122,7 @@ def test_a_frame_returned_by_the_callback_is_shown(result: AnalysisResult) -> No
         {"target": list(targets), "status": ["sent"] * len(targets)}))
     review.targets = ("oru",)
     frame = review.send()
-    assert isinstance(frame, pl.DataFrame) and "oru" in review._table.value
+    assert isinstance(frame, pl.DataFrame) and review.table.df["target"].to_list() == ["oru"]
     assert "1 sent" in review._status.value
 
 
@@ -124,12 +131,13 @@ def test_a_frame_returned_by_the_callback_is_shown(result: AnalysisResult) -> No
 def test_a_kit_error_from_the_callback_is_shown_not_raised(result: AnalysisResult, error: Exception) -> None:
     review = ResultReview(result, send=Recorder())
     review.send()
-    shown = review._table.value
+    shown = review.table.df
     review._send = Recorder(raises=error)
     review._button.click()  # does not raise
     assert review.error is not None and type(error).__name__ in review.error and str(error) in review.error
-    assert type(error).__name__ in review._status.value
-    assert review._table.value == shown  # the last good table stays
+    assert type(error).__name__ in review._status.value and review._status.style.text_color == "#b00020"
+    assert review.table.df.equals(shown)  # the last good table stays
+    assert review.progress.visible and review.progress.status.endswith(f"failed: {type(error).__name__}")
 
 
 def test_other_exceptions_are_not_swallowed(result: AnalysisResult) -> None:
