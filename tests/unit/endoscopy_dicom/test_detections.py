@@ -38,7 +38,8 @@ class Captured:
 def test_boxes_land_on_the_still_or_the_clip_frame_with_the_procedures_identifiers() -> None:
     dets = [Detection(4, "polyp", 0.9, box=(10, 10, 50, 40), time=0.33),
             Detection(10, "polyp", 0.8, box=(12, 11, 52, 44), time=0.83),
-            Detection(10, "bleed", 0.4, box=(100, 100, 120, 130), finding=Code("50960005", "SCT", "Hemorrhage"))]
+            Detection(10, "bleed", 0.4, box=(100, 100, 120, 130),
+                      finding=Code("50960005", "SCT", "Hemorrhage"))]
     res = detections_result(dets, Captured(), algorithm=ALGO, result_id="endo-1")
     s = res.subject
     assert (s.patient_id, s.study_instance_uid, s.accession_number) == ("MRN1001", "1.2.3.4", "ACC100102")
@@ -100,7 +101,8 @@ def test_detection_is_valid_by_construction(kwargs: dict[str, object]) -> None:
 @settings(max_examples=120, deadline=None)
 @given(st.lists(st.tuples(st.integers(-2, 40), st.floats(-1, 400), st.floats(-1, 400), st.floats(-5, 60),
                           st.floats(-5, 60), st.one_of(st.none(), st.floats(-0.5, 1.5))), max_size=8))
-def test_fuzz_detections_only_kit_errors(raw: list[tuple[int, float, float, float, float, float | None]]) -> None:
+def test_fuzz_detections_only_kit_errors(
+        raw: list[tuple[int, float, float, float, float, float | None]]) -> None:
     try:
         dets = [Detection(i, "polyp", s, box=(x, y, x + w, y + h)) for i, x, y, w, h, s in raw]
         res = detections_result(dets, Captured(), algorithm=ALGO)
