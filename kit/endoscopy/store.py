@@ -48,7 +48,7 @@ from kit.endoscopy.capture import (
 from kit.endoscopy.frame import Frame
 from kit.endoscopy.vendors import VendorProfile
 from kit.endoscopy.vendors import profile as vendor_profile
-from kit.errors import DicomError, InvalidInputError, VerificationError
+from kit.errors import AssociationRejectedError, DicomError, InvalidInputError, VerificationError
 
 if TYPE_CHECKING:
     from kit.dicom.dimse import PacsClient
@@ -191,13 +191,15 @@ def _check(datasets: Sequence[Dataset], clip_uid: str | None, clip_frames: int) 
 def _store(pacs: PacsClient, datasets: Sequence[Dataset]) -> None:
     try:
         pacs.store(datasets)
-    except DicomError as exc:
-        if type(exc) is DicomError and "presentation context" in str(exc):
+    except (DicomError, AssociationRejectedError) as exc:
+        # the DIMSE client says "accepted no/none of the proposed presentation context(s)": say which
+        # objects, and what a site can change
+        if type(exc) in (DicomError, AssociationRejectedError) and "presentation context" in str(exc):
             kinds = sorted({f"{_NAMES.get(str(d.SOPClassUID), d.SOPClassUID)} in "
                             f"{d.file_meta.TransferSyntaxUID.name}" for d in datasets})
-            raise DicomError(f"the PACS refuses {', '.join(kinds)}: {str(exc).split(' (')[0]}; ask for it "
-                             f"to be enabled, or set [endoscopy] overrides still_transfer_syntax / "
-                             f"video_transfer_syntax to one it takes", peer=exc.peer) from exc
+            raise type(exc)(f"the PACS refuses {', '.join(kinds)}: {str(exc).split(' (')[0]}; ask for it "
+                            f"to be enabled, or set [endoscopy] overrides still_transfer_syntax / "
+                            f"video_transfer_syntax to one it takes", peer=exc.peer) from exc
         raise
 
 
