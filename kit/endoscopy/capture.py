@@ -314,6 +314,7 @@ def still_dataset(frame: Frame, procedure: Procedure, profile: VendorProfile, *,
         ds.LossyImageCompressionMethod = "ISO_10918_1"
         ds.PixelData = encapsulate([jpeg])
         ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True  # encapsulated: what an encoder must write
     else:
         ds.PhotometricInterpretation = "RGB"
         ds.LossyImageCompression = "00"
@@ -527,6 +528,7 @@ def video_dataset(stream: bytes, procedure: Procedure, profile: VendorProfile, *
     ds.LossyImageCompressionMethod = "ISO_14496_10"
     ds.PixelData = encapsulate([bytes(stream)], has_bot=False)
     ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
     return ds
 
 

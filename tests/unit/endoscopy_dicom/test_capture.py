@@ -240,3 +240,18 @@ def test_fuzz_still_picker_is_bounded_ordered_and_spread(n: int, count: int) -> 
 def test_still_picker_count_is_checked(bad: object) -> None:
     with pytest.raises(KitError):
         StillPicker(bad)  # type: ignore[arg-type]
+
+
+def test_built_instances_encode_as_encapsulated_without_a_file_round_trip(frames: list[Frame]) -> None:
+    """What the DIMSE client encodes is the dataset as built (no dcmwrite first): JPEG and H.264 pixel
+    data must be written with undefined length, else a PACS answers 0xC000 "needs encapsulated pixel data"."""
+    from pynetdicom.dsutils import encode
+
+    marker = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff"  # (7FE0,0010) OB, undefined length
+    still = still_dataset(frames[0], PROC, GENERIC, series_instance_uid=generate_uid())
+    enc = ClipEncoder(12)
+    enc.add(frames[0])
+    clip = video_dataset(enc.finish(), PROC, GENERIC, frames=1, width=320, height=240, frame_time_ms=83.3,
+                         series_instance_uid=generate_uid())
+    for ds in (still, clip):
+        assert marker in encode(ds, False, True)
