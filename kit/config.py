@@ -51,6 +51,7 @@ from kit.errors import ConfigError
 
 __all__ = [
     "DicomWebSettings",
+    "EndoscopySettings",
     "FhirSettings",
     "HL7Settings",
     "PacsSettings",
@@ -215,6 +216,31 @@ class StackSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EndoscopySettings:
+    """The endoscopy suite: which vendor profile (:mod:`kit.endoscopy.vendors`) and site overrides.
+
+    ``vendor`` is ``generic``, ``olympus``, ``pentax``, ``fujifilm`` or
+    ``karl_storz``. ``overrides`` sets profile fields for this site, as text
+    (lists comma-separated, sizes ``WIDTHxHEIGHT``)::
+
+        [endoscopy]
+        vendor = "olympus"
+        overrides = { station_aet = "ENDO3", still_transfer_syntax = "1.2.840.10008.1.2.1" }
+
+    or ``KIT_ENDOSCOPY_OVERRIDES="station_aet=ENDO3,frame_rate=25"``.
+    """
+
+    vendor: str = "generic"
+    overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def profile(self) -> Any:
+        """The configured :class:`kit.endoscopy.vendors.VendorProfile` (overrides applied)."""
+        from kit.endoscopy.vendors import apply_overrides, profile
+
+        return apply_overrides(profile(self.vendor), self.overrides)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`."""
 
@@ -223,6 +249,7 @@ class Settings:
     fhir: FhirSettings = dataclasses.field(default_factory=FhirSettings)
     hl7: HL7Settings = dataclasses.field(default_factory=HL7Settings)
     stack: StackSettings = dataclasses.field(default_factory=StackSettings)
+    endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
     source: str = "defaults"
 
 
@@ -232,6 +259,7 @@ _SECTIONS: dict[str, type] = {
     "fhir": FhirSettings,
     "hl7": HL7Settings,
     "stack": StackSettings,
+    "endoscopy": EndoscopySettings,
 }
 
 
@@ -342,7 +370,17 @@ _CHECKS: dict[str, Any] = {
     "stack.mllp_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.video_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.allowed_aets": lambda v: tuple(_checks.ae_title(a) for a in v),
+    "endoscopy.vendor": lambda v: _endoscopy_check(v, {}) and v,
+    "endoscopy.overrides": lambda v: _endoscopy_check("generic", v) and v,
 }
+
+
+def _endoscopy_check(vendor: str, overrides: Mapping[str, str]) -> bool:
+    """A vendor name and profile overrides :mod:`kit.endoscopy.vendors` accepts (ValueError if not)."""
+    from kit.endoscopy.vendors import check_overrides
+
+    check_overrides(vendor, overrides)
+    return True
 
 
 def _checked(name: str, key: str, value: Any) -> Any:

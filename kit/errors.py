@@ -18,6 +18,7 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │   ├── PeerTimeoutError        no answer within the timeout
     │   ├── PeerDisconnectedError   the peer went away mid-exchange
     │   ├── TLSError                TLS handshake or certificate problem
+    │   ├── NotFoundError           the peer has nothing matching what was asked (``.query``)
     │   ├── DicomError              DICOM-level failures
     │   │   ├── AssociationRejectedError   (``.result``, ``.source_``, ``.reason``)
     │   │   ├── AssociationAbortedError
@@ -68,6 +69,7 @@ __all__ = [
     "KitError",
     "MLLPFramingError",
     "NakError",
+    "NotFoundError",
     "OperationOutcomeError",
     "PeerDisconnectedError",
     "PeerError",
@@ -202,6 +204,22 @@ class PeerDisconnectedError(PeerError):
 
 class TLSError(PeerError):
     """TLS handshake or certificate verification failed."""
+
+
+class NotFoundError(PeerError):
+    """The peer answered, and has nothing matching what was asked (e.g. no worklist item for an accession).
+
+    Parameters
+    ----------
+    message : str
+        What was looked for and where.
+    query : dict, optional
+        The filters that matched nothing.
+    """
+
+    def __init__(self, message: str, *, query: dict[str, Any] | None = None, peer: str | None = None) -> None:
+        self.query = dict(query or {})
+        super().__init__(message, peer=peer)
 
 
 class DicomError(PeerError):

@@ -88,6 +88,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "hl7 send": (["{hl7}"], {"--port": "{dead}"}),
     "hl7 parse": (["{hl7}"], {}),
     "hl7 stats": ([], {"--store": "{store}"}),
+    "endoscopy worklist": ([], {"--port": "{dead}"}),
+    "endoscopy capture": (["{clip}"], {"--accession": "ACC100102", "--port": "{dead}"}),
 }
 
 #: an option given without a value
@@ -251,7 +253,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     try:
         yield {"tmp": str(tmp), "garbage": str(garbage), "badtoml": str(bad_toml), "json": str(resource),
                "store": str(tmp / "store.db"), "dicom": str(examples.dicom_dir() / "MRN1002"),
-               "hl7": str(examples.hl7_feed()), "dead": str(free_port()), "busy": str(busy.getsockname()[1])}
+               "hl7": str(examples.hl7_feed()), "dead": str(free_port()), "busy": str(busy.getsockname()[1]),
+               "clip": str(examples.endoscopy_clip())}
     finally:
         busy.close()
 
