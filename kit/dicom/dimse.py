@@ -58,24 +58,9 @@ from typing import Any, TypeVar
 
 import polars as pl
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom.uid import UID
 from pynetdicom import (
     AE,
-    StoragePresentationContexts,
     build_role,
     evt,
 )
@@ -95,6 +80,7 @@ from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
+from kit.dicom._contexts import storage_contexts
 from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store
 from kit.dicom._outgoing import Outgoing
 from kit.dicom.query import (
@@ -129,13 +115,6 @@ VERIFICATION = "1.2.840.10008.1.1"
 #: C-MOVE status: the destination AE title is unknown to the PACS
 UNKNOWN_MOVE_DESTINATION = 0xA801
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
-
-#: Transfer syntaxes we accept for instances received by C-GET/C-MOVE (stored as sent).
-RECEIVE_TRANSFER_SYNTAXES = [
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLosslessSV1, JPEGLSLossless,
-    JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
-]
 
 #: Frame of received instances (get/move): one row per instance written.
 RECEIVED_SCHEMA: dict[str, pl.DataType] = {
@@ -510,13 +489,6 @@ class PacsClient:
         ds.QueryRetrieveLevel = level.value
         return ds, level
 
-    @staticmethod
-    def _storage_contexts(sop_classes: Iterable[str] | None) -> list[Any]:
-        uids = list(sop_classes) if sop_classes else [cx.abstract_syntax for cx in
-                                                        StoragePresentationContexts]
-        syntaxes: list[Any] = list(RECEIVE_TRANSFER_SYNTAXES)
-        return [build_context(str(uid), syntaxes) for uid in uids]
-
     def _check_retrieve(self, what: str, last: Dataset | None, receiver: FileReceiver,
                         assoc: Association, waited: float, *, asked: str = "",
                         move_to: tuple[str, str] | None = None,
@@ -581,7 +553,9 @@ class PacsClient:
             as sent (no decoding) to a temporary name, then renamed.
         sop_classes : iterable of str, optional
             Storage SOP classes to negotiate (default: pynetdicom's 120
-            common storage classes).
+            common storage classes, for which the PACS may have to transcode).
+            Naming them lets the PACS send each instance as stored: needed
+            for video (e.g. Video Endoscopic), which no PACS can transcode.
         progress : bool
             Show a progress bar on stderr.
 
@@ -604,9 +578,9 @@ class PacsClient:
         folder = Path(dest)
         folder.mkdir(parents=True, exist_ok=True)
         model = QueryModel.STUDY_ROOT
-        storage = self._storage_contexts(sop_classes)
+        storage = storage_contexts(sop_classes)
         contexts = [build_context(model.get_uid), *storage][:128]
-        roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in contexts[1:]]
+        roles = [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
         with self._progress(progress, "C-GET") as tick:
             receiver = FileReceiver(folder, study_uid, tick)
             with self._associate(contexts, roles=roles,
@@ -696,7 +670,7 @@ class PacsClient:
             connections: list[str] = []
             scp_ae = self._ae()
             scp_ae.ae_title = destination
-            scp_ae.supported_contexts = self._storage_contexts(None)
+            scp_ae.supported_contexts = storage_contexts(None)
             try:
                 server = scp_ae.start_server(
                     (store_host, port), block=False,

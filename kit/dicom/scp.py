@@ -728,12 +728,13 @@ class EmbeddedPACS:
             ts = syntaxes.setdefault(instance.sop_class_uid, [])
             if instance.transfer_syntax_uid and instance.transfer_syntax_uid not in ts:
                 ts.append(instance.transfer_syntax_uid)
-        contexts = []
-        for sop_class, ts in list(syntaxes.items())[:128]:
-            for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-                if fallback not in ts:
-                    ts.append(fallback)
-            contexts.append(build_context(sop_class, ts))
+        # One context per stored (class, syntax), so the destination can accept each as stored
+        # (it picks one syntax per context), then an uncompressed one per class as the fallback.
+        contexts = [build_context(sop_class, t) for sop_class, ts in syntaxes.items() for t in ts
+                    if t not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)]
+        contexts += [build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+                     for sop_class in syntaxes]
+        contexts = contexts[:128]
         yield host, port, {"contexts": contexts or None, "max_pdu": self.max_pdu,
                            "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay, [self.poll_interval])]}
         yield len(instances)

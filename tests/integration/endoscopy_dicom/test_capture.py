@@ -54,10 +54,13 @@ def test_capture_into_the_worklist_study_then_found_and_decoded(embedded, tmp_pa
     done = procedures.performed(client, accession="ACC100102")
     assert done["study_instance_uid"].to_list() == [procedure.study_instance_uid]
     assert done["patient_id"].to_list() == ["MRN1001"] and done["modalities_in_study"][0].to_list() == ["ES"]
-    # as the PACS stored it, the clip decodes to as many frames as were captured (read from its
-    # store: the DIMSE client's C-GET does not offer the MPEG-4 syntaxes yet, see the report)
-    files = [dcmread(p) for p in pacs.store.files_dir.rglob("*") if p.is_file()]
-    (ds,) = [d for d in files if d.SOPInstanceUID == clip.sop_instance_uid]
+    # retrieved by C-GET naming its SOP class (so the PACS sends it as stored), the clip decodes to as many
+    # frames as were captured
+    got = client.get(study_uid=procedure.study_instance_uid, series_uid=clip.series_instance_uid,
+                     sop_uid=clip.sop_instance_uid, sop_classes=[VIDEO],
+                     dest=tmp_path / "got")
+    (ds,) = [dcmread(p) for p in got["path"].to_list()]
+    assert ds.SOPInstanceUID == clip.sop_instance_uid
     assert (ds.SOPClassUID, ds.AccessionNumber) == (VIDEO, "ACC100102")
     assert ds.file_meta.TransferSyntaxUID == clip.transfer_syntax_uid
     assert len(decode_clip(ds)) == CLIP_FRAMES == int(ds.NumberOfFrames)
