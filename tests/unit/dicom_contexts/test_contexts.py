@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pydicom.uid import (
+    MPEG4HP41,
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
-    MPEG4HP41,
     VideoEndoscopicImageStorage,
 )
 from pynetdicom import StoragePresentationContexts
