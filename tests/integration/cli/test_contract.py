@@ -88,6 +88,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "hl7 send": (["{hl7}"], {"--port": "{dead}"}),
     "hl7 parse": (["{hl7}"], {}),
     "hl7 stats": ([], {"--store": "{store}"}),
+    # --token-file: any text file of 16+ characters is a token
+    "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
 }
 
 #: an option given without a value
