@@ -253,10 +253,9 @@ class ExportWorkers:
                 self._wake.set()  # another job may wait: let a sibling look
                 self.run(job)
         except BaseException as exc:  # noqa: BLE001 - a dead worker makes the service unhealthy, loudly
-            if not self._stop.is_set():
+            if not self._stop.is_set():  # recorded and logged; the service's health turns red
                 self.failure = exc
-                log.critical("Medix export worker died: %r", exc)
-            raise
+                log.critical("Medix export worker died: %r", exc, exc_info=exc)
 
     def _report(self, job: Job, status: MedixStatus, **kwargs: object) -> None:
         if self.store.report(job.id, status, **kwargs):  # type: ignore[arg-type]
@@ -392,8 +391,7 @@ class WebhookDispatcher:
         except BaseException as exc:  # noqa: BLE001 - a dead dispatcher makes the service unhealthy
             if not self._stop.is_set():
                 self.failure = exc
-                log.critical("Medix webhook dispatcher died: %r", exc)
-            raise
+                log.critical("Medix webhook dispatcher died: %r", exc, exc_info=exc)
 
     def _deliver(self, job: Job) -> None:
         index = job.delivered
