@@ -192,30 +192,26 @@ class JobStore:
         assert row is not None
         return _job(row)
 
-    def get(self, job_id: str) -> Job | None:
-        """The job, or None."""
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
-                row = self._row(self._db, job_id)
+                rows: list[sqlite3.Row] = self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"the Medix job table {self.path}: {exc}") from exc
-        return _job(row) if row is not None else None
+        return rows
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
 
     def jobs(self) -> list[Job]:
         """Every job, oldest first."""
-        with self._lock:
-            try:
-                rows = self._db.execute("SELECT * FROM jobs ORDER BY created, id").fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"the Medix job table {self.path}: {exc}") from exc
-        return [_job(r) for r in rows]
+        return [_job(r) for r in self._read("SELECT * FROM jobs ORDER BY created, id")]
 
     def unfinished(self) -> int:
         """Queued plus running jobs."""
-        with self._lock:
-            (count,) = self._db.execute(
-                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()
-        return int(count)
+        return int(self._read("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")[0][0])
 
     def claim(self) -> Job | None:
         """The oldest queued job, now ``running``; None when none waits."""
@@ -283,8 +279,7 @@ class JobStore:
         list of str
             The ids of the jobs queued again.
         """
-        with self._lock:
-            rows = self._db.execute("SELECT id, resumes FROM jobs WHERE state = 'running'").fetchall()
+        rows = self._read("SELECT id, resumes FROM jobs WHERE state = 'running'")
         queued: list[str] = []
         for row in rows:
             if row["resumes"] >= max_resumes:
@@ -300,17 +295,13 @@ class JobStore:
 
     def due(self, now: float, *, skip: set[str] | frozenset[str] = frozenset(), limit: int = 64) -> list[Job]:
         """Jobs with an undelivered webhook event due at ``now`` (not those in ``skip``), oldest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs WHERE delivered < emitted AND next_attempt <= ? "
-                                    "ORDER BY next_attempt, created LIMIT ?",
-                                    (now, limit + len(skip))).fetchall()
+        rows = self._read("SELECT * FROM jobs WHERE delivered < emitted AND next_attempt <= ? "
+                          "ORDER BY next_attempt, created LIMIT ?", (now, limit + len(skip)))
         return [_job(r) for r in rows if r["id"] not in skip][:limit]
 
     def next_due(self) -> float | None:
         """When the earliest undelivered event is due (epoch seconds), or None."""
-        with self._lock:
-            (when,) = self._db.execute(
-                "SELECT MIN(next_attempt) FROM jobs WHERE delivered < emitted").fetchone()
+        (when,) = self._read("SELECT MIN(next_attempt) FROM jobs WHERE delivered < emitted")[0]
         return float(when) if when is not None else None
 
     def delivered(self, job_id: str, index: int, *, error: str | None = None) -> None:

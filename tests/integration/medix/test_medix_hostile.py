@@ -57,7 +57,8 @@ def test_no_or_wrong_token_is_refused(service: MedixService, method: str, path: 
     assert TOKEN not in r.text
 
 
-def test_good_token_is_accepted_and_never_logged(service: MedixService, caplog: pytest.LogCaptureFixture) -> None:
+def test_good_token_is_accepted_and_never_logged(service: MedixService,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     with client(service.address) as c:
         assert c.get("/health").status_code == 200

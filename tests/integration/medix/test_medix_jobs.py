@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from io import BytesIO
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,8 @@ def test_pacs_going_away_mid_export_is_export_failed(medix_service: Factory, tmp
 
 def test_export_over_the_disk_bound_is_export_failed(stack: Stack, medix_service: Factory) -> None:
     study = sample_study("MRN1001", "CT")["study_instance_uid"]
-    with WebhookReceiver() as hook, medix_service(stack.client_settings(), max_export_bytes=50_000) as service:
+    with WebhookReceiver() as hook, \
+            medix_service(stack.client_settings(), max_export_bytes=50_000) as service:
         job_id = request_download(service.address, study, hook.url)
         assert hook.wait_final() == ["0", "1", "2", "-3"]
         assert "bound" in _wait_job(service, job_id)["Error"]
@@ -163,7 +164,8 @@ def test_webhook_failing_first_times_is_retried_and_delivered_in_order(
         assert all(g >= 0.04 for g in gaps), gaps  # backoff between attempts
 
 
-def test_webhook_given_up_after_its_attempts_then_next_status_goes(stack: Stack, medix_service: Factory) -> None:
+def test_webhook_given_up_after_its_attempts_then_next_status_goes(stack: Stack,
+                                                                   medix_service: Factory) -> None:
     study = sample_study("MRN1003", "ES")["study_instance_uid"]
     with WebhookReceiver(fail_first=2) as hook, \
             medix_service(stack.client_settings(), webhook_attempts=2) as service:
@@ -235,7 +237,8 @@ def test_a_dead_worker_makes_the_service_unhealthy(stack: Stack, medix_service: 
     with WebhookReceiver() as hook, medix_service(stack.client_settings()) as service, \
             client(service.address) as c:
         assert c.get("/health").status_code == 200 or where == "webhook"
-        body = {"StudyInstanceUID": sample_study("MRN1003", "ES")["study_instance_uid"], "WebhookUri": hook.url}
+        study = sample_study("MRN1003", "ES")["study_instance_uid"]
+        body = {"StudyInstanceUID": study, "WebhookUri": hook.url}
         first = c.post("/api/study/download", json=body)
         assert first.status_code in (202, 503)
         deadline = time.monotonic() + 10
