@@ -67,6 +67,8 @@ log = logging.getLogger("kit.services.medix")
 BODY_TIMEOUT: Final = 15.0
 #: Report-status requests answered at once (each is many PACS and EHR queries).
 REPORT_CONCURRENCY: Final = 2
+#: Seconds a report-status request waits for its turn before a 503.
+REPORT_WAIT: Final = 30.0
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 Scope = MutableMapping[str, Any]
@@ -152,7 +154,7 @@ def create_app(service: MedixService) -> Any:
     """The Medix ASGI application over a started :class:`MedixService` (guard included)."""
     app = FastAPI(title="kit Medix study download", docs_url=None, redoc_url=None, openapi_url=None)
     medix = service.settings.medix
-    reports = threading.BoundedSemaphore(REPORT_CONCURRENCY)
+    reports = asyncio.Semaphore(REPORT_CONCURRENCY)  # waiters wait in the event loop, holding no thread
 
     @app.exception_handler(_Answer)
     async def answer(_: Request, exc: _Answer) -> Response:
@@ -221,14 +223,20 @@ def create_app(service: MedixService) -> Any:
                                     max_studies=medix.max_report_studies)
 
         def ask() -> dict[str, Any]:
-            with reports:
-                frame = service.hub.report_status(list(uids))
-            return report_answer(frame.to_dicts())
+            return report_answer(service.hub.report_status(list(uids)).to_dicts())
 
+        try:
+            async with asyncio.timeout(REPORT_WAIT):
+                await reports.acquire()
+        except TimeoutError:
+            raise _Answer(503, "busy answering other report-status requests; retry later",
+                          {"Retry-After": "10"}) from None
         try:
             return JSONResponse(await run_in_threadpool(ask))
         except KitError as exc:
             raise _Answer(502, f"cannot ask the PACS or EHR: {type(exc).__name__}") from exc
+        finally:
+            reports.release()
 
     return _Guard(app, auth=service.auth, max_body=medix.max_body_bytes)
 
