@@ -54,6 +54,7 @@ __all__ = [
     "EndoscopySettings",
     "FhirSettings",
     "HL7Settings",
+    "MedixSettings",
     "PacsSettings",
     "Secret",
     "Settings",
@@ -238,6 +239,41 @@ class EndoscopySettings:
         from kit.endoscopy.vendors import apply_overrides, profile
 
         return apply_overrides(profile(self.vendor), self.overrides)
+class MedixSettings:
+    """The Medix study-download service (``kit medix serve``, :mod:`kit.services.medix`).
+
+    ``token`` (``KIT_MEDIX_TOKEN``, ``KIT_MEDIX_TOKEN_FILE`` or ``token_file``) is the
+    bearer token every request must carry; the service does not start without one.
+    ``workspace`` empty means ``~/.cache/kit/medix``. ``retrieve`` is how a study is
+    fetched from the PACS: ``c-get`` (default), ``c-move`` (to our ``[pacs] aet`` and
+    ``store_port``) or ``wado`` (WADO-RS from ``[dicomweb] base``). ``public_url`` is
+    the root the webhooks' ``File`` addresses start with (default: the listen address).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8070
+    workspace: str = ""
+    token: Secret | None = None
+    retrieve: Literal["c-get", "c-move", "wado"] = "c-get"
+    public_url: str | None = None
+    max_jobs: int = 2
+    max_queue: int = 100
+    max_export_bytes: int = 20 * 1024 ** 3
+    min_free_bytes: int = 512 * 1024 ** 2
+    max_body_bytes: int = 64 * 1024
+    max_report_studies: int = 200
+    webhook_timeout: float = 10.0
+    webhook_attempts: int = 8
+    webhook_backoff: float = 0.5
+    webhook_backoff_max: float = 30.0
+    max_resumes: int = 2
+
+    def resolved_workspace(self) -> Path:
+        """The workspace folder as an absolute path (default: ``~/.cache/kit/medix``)."""
+        if self.workspace:
+            return Path(self.workspace).expanduser().resolve()
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "kit" / "medix"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +286,7 @@ class Settings:
     hl7: HL7Settings = dataclasses.field(default_factory=HL7Settings)
     stack: StackSettings = dataclasses.field(default_factory=StackSettings)
     endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
+    medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     source: str = "defaults"
 
 
@@ -260,6 +297,7 @@ _SECTIONS: dict[str, type] = {
     "hl7": HL7Settings,
     "stack": StackSettings,
     "endoscopy": EndoscopySettings,
+    "medix": MedixSettings,
 }
 
 
@@ -346,6 +384,12 @@ def _read_secret_file(key: str, path: str) -> Secret:
     return Secret(text.strip() if p.suffix not in (".pem", ".key") else text)
 
 
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"{value} must not be negative")
+    return value
+
+
 #: value checks per setting (beyond its type), from :mod:`kit._checks`
 _CHECKS: dict[str, Any] = {
     "pacs.host": _checks.host_name,
@@ -372,6 +416,20 @@ _CHECKS: dict[str, Any] = {
     "stack.allowed_aets": lambda v: tuple(_checks.ae_title(a) for a in v),
     "endoscopy.vendor": lambda v: _endoscopy_check(v, {}) and v,
     "endoscopy.overrides": lambda v: _endoscopy_check("generic", v) and v,
+    "medix.host": _checks.host_name,
+    "medix.port": lambda v: _checks.port(v, ephemeral=True),
+    "medix.public_url": _checks.http_url,
+    "medix.max_jobs": _checks.positive_int,
+    "medix.max_queue": _checks.positive_int,
+    "medix.max_export_bytes": _checks.positive_int,
+    "medix.min_free_bytes": _non_negative,
+    "medix.max_body_bytes": _checks.positive_int,
+    "medix.max_report_studies": _checks.positive_int,
+    "medix.webhook_timeout": _checks.positive_seconds,
+    "medix.webhook_attempts": _checks.positive_int,
+    "medix.webhook_backoff": _checks.positive_seconds,
+    "medix.webhook_backoff_max": _checks.positive_seconds,
+    "medix.max_resumes": _non_negative,
 }
 
 

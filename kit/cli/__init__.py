@@ -41,6 +41,7 @@ COMMANDS: dict[str, str] = {
     "fhir": "kit.cli.fhir:fhir",
     "hl7": "kit.cli.hl7:hl7",
     "endoscopy": "kit.cli.endoscopy:endoscopy",
+    "medix": "kit.cli.medix:medix",
 }
 
 

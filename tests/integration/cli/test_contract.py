@@ -90,6 +90,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "hl7 stats": ([], {"--store": "{store}"}),
     "endoscopy worklist": ([], {"--port": "{dead}"}),
     "endoscopy capture": (["{clip}"], {"--accession": "ACC100102", "--port": "{dead}"}),
+    # --token-file: any text file of 16+ characters is a token
+    "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
 }
 
 #: an option given without a value

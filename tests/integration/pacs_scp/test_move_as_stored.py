@@ -30,5 +30,6 @@ def test_move_of_jpeg_endoscopy_stills_arrives_as_stored(tmp_path: Path) -> None
     assert set(got["transfer_syntax_uid"]) == {JPEGBaseline8Bit}
     for path in got["path"]:
         ds = dcmread(path)
-        assert ds.SOPClassUID == VLEndoscopicImageStorage and ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+        assert ds.SOPClassUID == VLEndoscopicImageStorage
+        assert ds.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
         assert ds.pixel_array.shape[-1] == 3  # decodes

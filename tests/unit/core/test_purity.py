@@ -21,6 +21,7 @@ PURE = [
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
     "endoscopy/frame", "endoscopy/vendors", "endoscopy/capture", "endoscopy/detections",
+    "services/medix_protocol",
 ]
 
 # Network, servers and databases: what "pure" excludes.

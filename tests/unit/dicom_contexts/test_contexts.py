@@ -16,7 +16,8 @@ from kit.dicom._contexts import MAX_STORAGE_CONTEXTS, RECEIVE_TRANSFER_SYNTAXES,
 
 def test_default_is_one_context_per_common_class_with_every_syntax() -> None:
     contexts = storage_contexts(None)
-    assert [cx.abstract_syntax for cx in contexts] == [cx.abstract_syntax for cx in StoragePresentationContexts]
+    common = [cx.abstract_syntax for cx in StoragePresentationContexts]
+    assert [cx.abstract_syntax for cx in contexts] == common
     assert all(list(cx.transfer_syntax) == RECEIVE_TRANSFER_SYNTAXES for cx in contexts)
 
 
