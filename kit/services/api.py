@@ -240,7 +240,11 @@ def _install_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, *, workspace: str | Path | None = None, hub: Any = None
+    settings: Settings | None = None,
+    *,
+    workspace: str | Path | None = None,
+    hub: Any = None,
+    body_timeout: float = 30.0,
 ) -> FastAPI:
     """The API's FastAPI application.
 
@@ -253,6 +257,8 @@ def create_app(
         Where the API keeps its state (default ``[api] workspace``).
     hub : kit.hub.Hub, optional
         The Hub to use (default: one built from ``settings``).
+    body_timeout : float
+        Seconds a request body may take to arrive (408 after).
 
     Raises
     ------
@@ -294,7 +300,11 @@ def create_app(
     )
     app.state.ctx = ApiContext(settings, store, vault, the_hub, hl7_store, api.endoscopy_stream)
     app.add_middleware(
-        ApiGuard, max_json_body=api.max_json_body, max_body=api.max_body, large_paths=("/pacs/store-image",)
+        ApiGuard,
+        max_json_body=api.max_json_body,
+        max_body=api.max_body,
+        large_paths=("/pacs/store-image",),
+        body_timeout=body_timeout,
     )
     _install_handlers(app)
 
@@ -314,6 +324,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     workspace: str | Path | None = None,
+    body_timeout: float = 30.0,
 ) -> ApiServer:
     """Build the app and start it in a background thread; stop it with ``.stop()``.
 
@@ -324,9 +335,11 @@ def serve(
         Where to listen (default ``[api] host`` and ``port``; port 0 is ephemeral).
     workspace : path, optional
         Default ``[api] workspace``.
+    body_timeout : float
+        As for :func:`create_app`.
     """
     settings = settings if settings is not None else load_settings()
-    app = create_app(settings, workspace=workspace)
+    app = create_app(settings, workspace=workspace, body_timeout=body_timeout)
     ctx: ApiContext = app.state.ctx
 
     def close() -> None:
