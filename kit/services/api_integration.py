@@ -185,7 +185,7 @@ def send_results(patient_id: PatientId, body: ResultIn, ctx: Ctx) -> Any:
 # -- PACS ---------------------------------------------------------------------------------------------
 
 
-@router.post("/pacs/connect", dependencies=[READ], summary="C-ECHO the PACS")
+@router.post("/pacs/connect", dependencies=[WRITE], summary="C-ECHO the PACS")
 def pacs_connect(ctx: Ctx) -> Any:
     return _probe(ctx, "pacs-dimse")
 
@@ -331,7 +331,7 @@ def _stream(ctx: ApiContext) -> dict[str, Any] | None:
 
 @router.post(
     "/endoscopy/connect",
-    dependencies=[READ],
+    dependencies=[WRITE],
     summary="Check the endoscopy worklist (Modality ES) and the configured video stream",
 )
 def endoscopy_connect(ctx: Ctx) -> Any:
@@ -394,7 +394,7 @@ def endoscopy_send_analysis(body: EndoscopyAnalysisIn, ctx: Ctx) -> Any:
 # -- EHR ----------------------------------------------------------------------------------------------
 
 
-@router.post("/ehr/connect", dependencies=[READ], summary="GET the EHR's metadata (CapabilityStatement)")
+@router.post("/ehr/connect", dependencies=[WRITE], summary="GET the EHR's metadata (CapabilityStatement)")
 def ehr_connect(ctx: Ctx) -> Any:
     return _probe(ctx, "ehr-fhir")
 

@@ -175,7 +175,7 @@ def test_json_siu_reaches_the_mllp_listener_with_aa_and_shows_in_appointments(ap
 
 def test_endoscopy_connect_stream_and_send_analysis(api: RunningApi) -> None:
     es = sample_study("MRN1001", "ES")
-    with api.client("read") as c:
+    with api.client("write") as c:
         probe = c.post(f"{PREFIX}/endoscopy/connect").json()
         stream = c.get(f"{PREFIX}/endoscopy/video-stream")
     assert probe["worklist"]["status"] == "ok" and probe["stream"] is None
