@@ -41,8 +41,12 @@ class RunningApi:
 
 def api_settings(stack: Stack, **api: Any) -> Settings:
     """The stack's client settings with an ``[api]`` section (a new Fernet key, the bootstrap admin key)."""
-    values: dict[str, Any] = {"fernet_key": Secret(new_fernet_key()), "admin_key": Secret(ADMIN_KEY),
-                              "hl7_store": str(stack.data_dir / "mllp.db"), **api}
+    values: dict[str, Any] = {
+        "fernet_key": Secret(new_fernet_key()),
+        "admin_key": Secret(ADMIN_KEY),
+        "hl7_store": str(stack.data_dir / "mllp.db"),
+        **api,
+    }
     return dataclasses.replace(stack.client_settings(), api=ApiSettings(**values))
 
 

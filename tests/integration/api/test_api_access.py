@@ -24,12 +24,21 @@ pytestmark = pytest.mark.timeout(240)
 SECRET = "S3cr3t-Pa55word-XYZZY-42"
 TOKEN = "tok-0123456789-PLUGH-secret"
 #: Routes only an admin may call (the rest: GET needs read, others write).
-ADMIN_ONLY = {("get", "/api/v1/keys"), ("post", "/api/v1/keys"), ("delete", "/api/v1/keys/{key_id}"),
-              ("post", "/api/v1/integrations"), ("patch", "/api/v1/integrations/{integration_id}"),
-              ("delete", "/api/v1/integrations/{integration_id}")}
+ADMIN_ONLY = {
+    ("get", "/api/v1/keys"),
+    ("post", "/api/v1/keys"),
+    ("delete", "/api/v1/keys/{key_id}"),
+    ("post", "/api/v1/integrations"),
+    ("patch", "/api/v1/integrations/{integration_id}"),
+    ("delete", "/api/v1/integrations/{integration_id}"),
+}
 OPEN = {("get", "/health")}
-FILL = {"patient_id": "MRN1001", "integration_id": "int-0000000000000000", "job_id": "job-0000000000000000",
-        "key_id": "0123456789abcdef"}
+FILL = {
+    "patient_id": "MRN1001",
+    "integration_id": "int-0000000000000000",
+    "job_id": "job-0000000000000000",
+    "key_id": "0123456789abcdef",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +55,12 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
 
 def _routes(api: RunningApi) -> list[tuple[str, str]]:
     doc = httpx.get(f"{api.base}/openapi.json", timeout=30).json()
-    return [(method, path) for path, ops in doc["paths"].items() for method in ops
-            if method in ("get", "post", "put", "patch", "delete")]
+    return [
+        (method, path)
+        for path, ops in doc["paths"].items()
+        for method in ops
+        if method in ("get", "post", "put", "patch", "delete")
+    ]
 
 
 def _call(client: httpx.Client, method: str, path: str) -> httpx.Response:
@@ -56,16 +69,23 @@ def _call(client: httpx.Client, method: str, path: str) -> httpx.Response:
 
 
 def _is_problem(response: httpx.Response, status: int) -> bool:
-    return (response.status_code == status and response.headers["content-type"] == "application/problem+json"
-            and response.json()["status"] == status)
+    return (
+        response.status_code == status
+        and response.headers["content-type"] == "application/problem+json"
+        and response.json()["status"] == status
+    )
 
 
 def test_every_route_refuses_no_key_a_bad_key_and_a_role_too_low(api: RunningApi) -> None:
     routes = _routes(api)
     assert len(routes) >= 35, routes
     wrong = []
-    with api.client(None) as anon, api.client("read") as read, api.client("write") as write, \
-            httpx.Client(base_url=api.base, headers={"X-API-Key": "kit_" + "z" * 43}, timeout=30) as unknown:
+    with (
+        api.client(None) as anon,
+        api.client("read") as read,
+        api.client("write") as write,
+        httpx.Client(base_url=api.base, headers={"X-API-Key": "kit_" + "z" * 43}, timeout=30) as unknown,
+    ):
         for method, path in routes:
             if (method, path) in OPEN:
                 continue
@@ -102,18 +122,33 @@ def _files(workspace: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in workspace.iterdir() if p.name.startswith("api.db")}
 
 
-def test_credentials_are_encrypted_at_rest_and_never_returned(api: RunningApi, stack: Stack,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_credentials_are_encrypted_at_rest_and_never_returned(
+    api: RunningApi, stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     fhir = stack.services["fhir"].address
     seen: list[str] = []
     with api.client("admin") as admin:
-        basic = admin.post("/api/v1/integrations", json={
-            "name": "EHR basic", "connector": "ehr-fhir", "auth_type": "basic",
-            "config": {"base": fhir, "username": "kit"}, "credentials": {"password": SECRET}})
-        bearer = admin.post("/api/v1/integrations", json={
-            "name": "EHR bearer", "connector": "ehr-fhir", "auth_type": "bearer", "config": {"base": fhir},
-            "credentials": {"token": TOKEN}})
+        basic = admin.post(
+            "/api/v1/integrations",
+            json={
+                "name": "EHR basic",
+                "connector": "ehr-fhir",
+                "auth_type": "basic",
+                "config": {"base": fhir, "username": "kit"},
+                "credentials": {"password": SECRET},
+            },
+        )
+        bearer = admin.post(
+            "/api/v1/integrations",
+            json={
+                "name": "EHR bearer",
+                "connector": "ehr-fhir",
+                "auth_type": "bearer",
+                "config": {"base": fhir},
+                "credentials": {"token": TOKEN},
+            },
+        )
         assert basic.status_code == bearer.status_code == 201, basic.text
         iid = basic.json()["integration_id"]
         assert basic.json()["credential_fields"] == ["password"]
@@ -121,12 +156,25 @@ def test_credentials_are_encrypted_at_rest_and_never_returned(api: RunningApi, s
         assert patched.status_code == 200 and patched.json()["credential_fields"] == ["password"]
         tested = admin.post(f"/api/v1/integrations/{bearer.json()['integration_id']}/test")
         assert tested.status_code == 200 and tested.json()["status"] == "ok", tested.text
-        bad = admin.post("/api/v1/integrations", json={  # an error about credentials does not echo them
-            "name": "x", "connector": "pacs-dimse", "config": {"host": "h", "port": 104},
-            "credentials": {"password": SECRET}})
+        bad = admin.post(
+            "/api/v1/integrations",
+            json={  # an error about credentials does not echo them
+                "name": "x",
+                "connector": "pacs-dimse",
+                "config": {"host": "h", "port": 104},
+                "credentials": {"password": SECRET},
+            },
+        )
         assert bad.status_code == 422
-        seen += [basic.text, bearer.text, patched.text, tested.text, bad.text,
-                 admin.get("/api/v1/integrations").text, admin.get(f"/api/v1/integrations/{iid}").text]
+        seen += [
+            basic.text,
+            bearer.text,
+            patched.text,
+            tested.text,
+            bad.text,
+            admin.get("/api/v1/integrations").text,
+            admin.get(f"/api/v1/integrations/{iid}").text,
+        ]
     for text in seen:
         assert SECRET not in text and TOKEN not in text
     files = _files(api.workspace)
@@ -144,24 +192,42 @@ def test_credentials_are_encrypted_at_rest_and_never_returned(api: RunningApi, s
 
 def test_pause_resume_and_a_sync_job_with_its_history(api: RunningApi, stack: Stack) -> None:
     fhir = stack.services["fhir"].address
-    job: dict[str, Any] = {"name": "patients", "resource_type": "Patient", "key_column": "mrn",
-                           "key_system": "urn:kit:api-test",
-                           "fields": [{"remote": "name[0].family", "local": "family"},
-                                      {"remote": "gender", "local": "sex", "transform": "gender"}]}
+    job: dict[str, Any] = {
+        "name": "patients",
+        "resource_type": "Patient",
+        "key_column": "mrn",
+        "key_system": "urn:kit:api-test",
+        "fields": [
+            {"remote": "name[0].family", "local": "family"},
+            {"remote": "gender", "local": "sex", "transform": "gender"},
+        ],
+    }
     with api.client("admin") as admin:
-        iid = admin.post("/api/v1/integrations", json={"name": "EHR", "connector": "ehr-fhir",
-                                                       "config": {"base": fhir}}).json()["integration_id"]
-        pacs = admin.post("/api/v1/integrations", json={"name": "PACS", "connector": "pacs-dimse",
-                                                        "config": {"host": "127.0.0.1", "port": 104}})
+        iid = admin.post(
+            "/api/v1/integrations", json={"name": "EHR", "connector": "ehr-fhir", "config": {"base": fhir}}
+        ).json()["integration_id"]
+        pacs = admin.post(
+            "/api/v1/integrations",
+            json={"name": "PACS", "connector": "pacs-dimse", "config": {"host": "127.0.0.1", "port": 104}},
+        )
     with api.client("write") as c:
-        assert c.post(f"/api/v1/integrations/{pacs.json()['integration_id']}/sync-jobs", json=job).status_code == 422
-        assert c.post(f"/api/v1/integrations/{iid}/sync-jobs",
-                      json={**job, "fields": [{"remote": "gender", "local": "sex", "transform": "nope"}]}
-                      ).status_code == 422
+        assert (
+            c.post(f"/api/v1/integrations/{pacs.json()['integration_id']}/sync-jobs", json=job).status_code
+            == 422
+        )
+        assert (
+            c.post(
+                f"/api/v1/integrations/{iid}/sync-jobs",
+                json={**job, "fields": [{"remote": "gender", "local": "sex", "transform": "nope"}]},
+            ).status_code
+            == 422
+        )
         made = c.post(f"/api/v1/integrations/{iid}/sync-jobs", json=job)
         assert made.status_code == 201, made.text
         jid = made.json()["job_id"]
-        rows = {"rows": [{"mrn": "API-1", "family": "Tester", "sex": "F"}, {"mrn": "API-2", "family": "Other"}]}
+        rows = {
+            "rows": [{"mrn": "API-1", "family": "Tester", "sex": "F"}, {"mrn": "API-2", "family": "Other"}]
+        }
         first = c.post(f"/api/v1/sync-jobs/{jid}/run", json=rows)
         assert first.status_code == 200, first.text
         assert first.json()["counts"]["created"] == 2 and first.json()["status"] == "ok"

@@ -30,8 +30,12 @@ schemathesis.serializer.alias("application/dicom", "application/octet-stream")  
 def test_schemathesis_finds_no_5xx(tmp_path: Path) -> None:
     failures: list[str] = []
     calls = 0
-    with Stack.ephemeral() as stack, running_api(  # a stream configured: video-stream answers, not 501
-            stack, tmp_path / "ws", endoscopy_stream=f"rtsp://127.0.0.1:{_port(stack)}/scope") as api:
+    with (
+        Stack.ephemeral() as stack,
+        running_api(  # a stream configured: video-stream answers, not 501
+            stack, tmp_path / "ws", endoscopy_stream=f"rtsp://127.0.0.1:{_port(stack)}/scope"
+        ) as api,
+    ):
         schema = schemathesis.openapi.from_url(f"{api.base}/openapi.json")
         operations = [r.ok() for r in schema.get_all_operations()]
         assert len(operations) >= 35, [op.path for op in operations]
@@ -40,16 +44,24 @@ def test_schemathesis_finds_no_5xx(tmp_path: Path) -> None:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
                 @given(case=op.as_strategy(generation_mode=mode))
-                @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+                @settings(
+                    max_examples=EXAMPLES,
+                    deadline=None,
+                    database=None,
+                    derandomize=True,
+                    phases=[Phase.explicit, Phase.generate],
+                    suppress_health_check=list(HealthCheck),
+                )
                 def run(case: Any) -> None:
                     nonlocal calls
                     calls += 1
                     response = case.call(base_url=api.base, timeout=60, headers={"X-API-Key": ADMIN_KEY})
                     problem = _problem(response)
                     if problem:
-                        failures.append(f"{case.method} {case.formatted_path} query={case.query} "
-                                        f"body={str(case.body)[:200]!r}: {problem}")
+                        failures.append(
+                            f"{case.method} {case.formatted_path} query={case.query} "
+                            f"body={str(case.body)[:200]!r}: {problem}"
+                        )
 
                 try:
                     run()
@@ -58,8 +70,10 @@ def test_schemathesis_finds_no_5xx(tmp_path: Path) -> None:
         elapsed = time.monotonic() - started
         with httpx.Client(base_url=api.base, headers={"X-API-Key": ADMIN_KEY}, timeout=30) as c:
             t = time.monotonic()
-            assert c.get("/api/v1/integration/pacs/find-studies", params={"patient_id": "MRN1001"}
-                         ).status_code == 200
+            assert (
+                c.get("/api/v1/integration/pacs/find-studies", params={"patient_id": "MRN1001"}).status_code
+                == 200
+            )
             assert time.monotonic() - t < 5
     print(f"schemathesis: {calls} requests on {len(operations)} operations in {elapsed:.1f} s")
     assert not failures, "\n".join(failures[:20])
