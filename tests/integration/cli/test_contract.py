@@ -88,6 +88,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "hl7 send": (["{hl7}"], {"--port": "{dead}"}),
     "hl7 parse": (["{hl7}"], {}),
     "hl7 stats": ([], {"--store": "{store}"}),
+    "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
+    "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
 }
 
 #: an option given without a value
