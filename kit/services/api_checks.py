@@ -147,17 +147,22 @@ def check_integration(
             raise InvalidInputError(f"{key}: {exc}", source="config") from None
     for key in (*_REQUIRED[connector], *_AUTH_CONFIG.get(auth_type, ())):
         if key not in clean:
-            raise InvalidInputError(f"{connector} with auth_type {auth_type} needs {key!r}", source="config")
+            raise InvalidInputError(f"{connector} needs {key!r} (auth_type {auth_type!r})", source="config")
+    # (messages name the auth type quoted, after the rest: "basic <word>" reads as a credential to
+    # kit._redact, which would mask the word)
     needed = CREDENTIAL_FIELDS.get(auth_type, ())
     given = dict(credentials or {})
     extra = sorted(set(given) - set(needed))
     if extra:
         raise InvalidInputError(
-            f"auth_type {auth_type} uses no credential {extra}; it takes {list(needed)}", source="credentials"
+            f"credential(s) {extra} are not used (auth_type {auth_type!r} takes {list(needed)})",
+            source="credentials",
         )
     missing = [k for k in needed if not given.get(k)]
     if missing:
-        raise InvalidInputError(f"auth_type {auth_type} needs credential(s) {missing}", source="credentials")
+        raise InvalidInputError(
+            f"credential(s) {missing} are needed (auth_type {auth_type!r})", source="credentials"
+        )
     return clean, given
 
 

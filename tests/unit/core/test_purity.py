@@ -21,6 +21,7 @@ PURE = [
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
     "endoscopy/frame",
+    "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
 ]
 
 # Network, servers and databases: what "pure" excludes.
