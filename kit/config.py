@@ -50,6 +50,7 @@ from kit._redact import register_secret
 from kit.errors import ConfigError
 
 __all__ = [
+    "ApiSettings",
     "DicomWebSettings",
     "EndoscopySettings",
     "FhirSettings",
@@ -239,6 +240,9 @@ class EndoscopySettings:
         from kit.endoscopy.vendors import apply_overrides, profile
 
         return apply_overrides(profile(self.vendor), self.overrides)
+
+
+@dataclasses.dataclass(frozen=True)
 class MedixSettings:
     """The Medix study-download service (``kit medix serve``, :mod:`kit.services.medix`).
 
@@ -277,6 +281,40 @@ class MedixSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiSettings:
+    """The integration REST API (``kit api serve``, :mod:`kit.services.api`).
+
+    ``workspace`` holds its SQLite state (keys, integrations, sync jobs, the
+    SIU log); empty means ``$XDG_DATA_HOME/kit/api`` (``~/.local/share/kit/api``).
+    ``fernet_key`` encrypts the connector credentials stored through the API
+    (``KIT_API_FERNET_KEY``, ``KIT_API_FERNET_KEY_FILE`` or ``fernet_key_file``);
+    ``admin_key`` is an admin API key registered on start (``KIT_API_ADMIN_KEY``,
+    ``..._FILE`` or ``admin_key_file``; at least 32 characters). ``hl7_store``
+    is an MLLP listener's message store (e.g. the embedded stack's
+    ``mllp.db``) whose SIU and other messages the API reads;
+    ``endoscopy_stream`` the endoscopy suite's video stream URL.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8071
+    workspace: str = ""
+    max_body: int = 32 * 1024 * 1024
+    max_json_body: int = 1024 * 1024
+    probe_timeout: float = 5.0
+    hl7_store: str | None = None
+    endoscopy_stream: str | None = None
+    fernet_key: Secret | None = None
+    admin_key: Secret | None = None
+
+    def resolved_workspace(self) -> Path:
+        """The workspace folder as an absolute path (default ``$XDG_DATA_HOME/kit/api``)."""
+        if self.workspace:
+            return Path(self.workspace).expanduser().resolve()
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "kit" / "api"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`."""
 
@@ -287,6 +325,7 @@ class Settings:
     stack: StackSettings = dataclasses.field(default_factory=StackSettings)
     endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
+    api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     source: str = "defaults"
 
 
@@ -298,6 +337,7 @@ _SECTIONS: dict[str, type] = {
     "stack": StackSettings,
     "endoscopy": EndoscopySettings,
     "medix": MedixSettings,
+    "api": ApiSettings,
 }
 
 
@@ -430,6 +470,11 @@ _CHECKS: dict[str, Any] = {
     "medix.webhook_backoff": _checks.positive_seconds,
     "medix.webhook_backoff_max": _checks.positive_seconds,
     "medix.max_resumes": _non_negative,
+    "api.host": _checks.host_name,
+    "api.port": lambda v: _checks.port(v, ephemeral=True),
+    "api.max_body": _checks.positive_int,
+    "api.max_json_body": _checks.positive_int,
+    "api.probe_timeout": _checks.positive_seconds,
 }
 
 

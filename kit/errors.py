@@ -32,6 +32,8 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │       ├── MLLPFramingError    bytes on the wire are not MLLP
     │       └── NakError            the peer answered AE/AR (``.ack_code``)
     ├── StoreError                  a local store could not durably write
+    ├── AccessDeniedError           a service refused a caller: no/unknown key (401) or role (403)
+    ├── RecordNotFoundError         a named record does not exist (``.what``)
     ├── ServiceFailedError          a service the kit runs stopped: a worker died (``.service``)
     └── VerificationError           a write-back read back differently (``.differences``)
 
@@ -52,6 +54,7 @@ from typing import Any
 from kit._redact import install_logging, redact, redact_value
 
 __all__ = [
+    "AccessDeniedError",
     "AssociationAbortedError",
     "AssociationRejectedError",
     "AuthError",
@@ -75,6 +78,7 @@ __all__ = [
     "PeerError",
     "PeerTimeoutError",
     "PeerUnreachableError",
+    "RecordNotFoundError",
     "ServiceFailedError",
     "StoreError",
     "TLSError",
@@ -343,6 +347,41 @@ class NakError(HL7Error):
 
 class StoreError(KitError):
     """A local store (file store, SQLite) could not durably write or read."""
+
+
+class AccessDeniedError(KitError):
+    """A service the kit runs refused a caller.
+
+    Parameters
+    ----------
+    message : str
+        Why (never the credential itself).
+    status : int
+        401: no credential, or one the service does not know; 403: a known
+        caller whose role may not do this.
+    """
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        if status not in (401, 403):
+            raise ValueError("status is 401 or 403")
+        self.status = status
+        super().__init__(message)
+
+
+class RecordNotFoundError(KitError):
+    """A record named by the caller does not exist (an integration, a key, a job, a patient).
+
+    Parameters
+    ----------
+    message : str
+        What was looked for.
+    what : str
+        The kind of record (``integration``, ``key``, ...).
+    """
+
+    def __init__(self, message: str, *, what: str = "") -> None:
+        self.what = what
+        super().__init__(message)
 
 
 class ServiceFailedError(KitError):

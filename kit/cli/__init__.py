@@ -42,6 +42,7 @@ COMMANDS: dict[str, str] = {
     "hl7": "kit.cli.hl7:hl7",
     "endoscopy": "kit.cli.endoscopy:endoscopy",
     "medix": "kit.cli.medix:medix",
+    "api": "kit.cli.api:api",
 }
 
 

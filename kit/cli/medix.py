@@ -45,7 +45,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, token_file: st
       kit medix serve --port 0 --token-file token.txt --workspace medix
     """
     from kit.errors import ServiceFailedError
-    from kit.services._auth import load_token
+    from kit.services._bearer import load_token
     from kit.services.medix import MedixService
 
     settings = settings_from(ctx)

@@ -302,8 +302,14 @@ class Hub:
             sender.connect()  # TCP (and TLS) only: no message is sent
         return None
 
-    def status(self) -> pl.DataFrame:
+    def status(self, only: Iterable[str] | None = None) -> pl.DataFrame:
         """Probe every configured connector, in parallel, each within ``probe_timeout`` seconds.
+
+        Parameters
+        ----------
+        only : iterable of str, optional
+            Probe just these connectors (registry names; one not configured
+            raises InvalidInputError). Default: all.
 
         Returns
         -------
@@ -313,6 +319,13 @@ class Hub:
             message) and ``latency_ms`` of the probe. Never raises for a peer.
         """
         probes = self._probes()
+        if only is not None:
+            wanted = set(only)
+            unknown = sorted(wanted - set(self.connectors))
+            if unknown:
+                raise InvalidInputError(f"connector(s) {unknown} are not configured; "
+                                        f"configured: {', '.join(self.connectors)}")
+            probes = [p for p in probes if p[0] in wanted]
 
         def run(call: Callable[[], object]) -> tuple[str | None, float]:
             start = time.perf_counter()

@@ -1,106 +1,121 @@
-"""Bearer-token auth for the kit's HTTP services (shared by :mod:`kit.services.medix` and others).
+"""API keys for the kit's HTTP services: roles, key generation, hashing and verification (pure).
 
-The token comes from the settings (``KIT_<SECTION>_TOKEN``, ``..._TOKEN_FILE`` or
-``token_file``: a :class:`kit.config.Secret`) or a ``--token-file``; it is never
-logged or shown. :class:`BearerAuth` compares the presented token with the
-expected one in constant time (both hashed first, so not even the length leaks)
-and answers 401 with ``WWW-Authenticate: Bearer`` otherwise. Use
-:meth:`BearerAuth.allows` in an ASGI middleware (every path, unknown ones too)
-or the instance itself as a FastAPI dependency.
+A key is a random secret (``kit_`` + 43 url-safe characters, 256 bits) shown
+once when it is made. The services store only:
 
-Written by hand: a header check over :mod:`hmac`.
+* its **key id**, the first 16 hex digits of its SHA-256, to find the stored
+  record without trying every hash (it says nothing useful about a random key);
+* its **hash**, ``scrypt`` (:func:`hashlib.scrypt`, RFC 7914) over the key with
+  a random 16-byte salt, as ``scrypt$n$r$p$<salt>$<digest>`` (base64).
+
+:func:`verify_key` recomputes the hash and compares with
+:func:`hmac.compare_digest` (constant time). A :class:`Role` is ``read``
+(read-only), ``write`` or ``admin``; each allows what the roles below it do.
+
+Written by hand: a few lines over :mod:`hashlib`, :mod:`hmac` and :mod:`secrets`.
 """
 
 from __future__ import annotations
 
+import base64
+import enum
 import hashlib
 import hmac
-import os
-from pathlib import Path
+import secrets
 from typing import Final
 
-from kit.config import Secret
-from kit.errors import ConfigError
+from kit.errors import InvalidInputError
 
-__all__ = ["MIN_TOKEN_LENGTH", "BearerAuth", "load_token"]
+__all__ = [
+    "KEY_PREFIX",
+    "MAX_KEY_LENGTH",
+    "MIN_KEY_LENGTH",
+    "Role",
+    "check_key_text",
+    "hash_key",
+    "key_id",
+    "new_key",
+    "verify_key",
+]
 
-#: Shortest token accepted (a guessable token is no protection).
-MIN_TOKEN_LENGTH: Final = 16
+#: Prefix of the keys :func:`new_key` makes (so a leaked one is recognisable in a scan).
+KEY_PREFIX: Final = "kit_"
+#: Shortest key accepted (a bootstrap key from the environment too).
+MIN_KEY_LENGTH: Final = 32
+#: Longest key accepted (a longer header is refused before any hashing).
+MAX_KEY_LENGTH: Final = 256
+
+_N: Final = 2**14  # scrypt cost: ~16 MiB and a few tens of ms per check
+_R: Final = 8
+_P: Final = 1
+_MAXMEM: Final = 64 * 1024 * 1024
 
 
-def load_token(configured: Secret | None, token_file: str | os.PathLike[str] | None, *, key: str) -> Secret:
-    """The service's token: from ``token_file`` when given, else the configured one.
+class Role(enum.StrEnum):
+    """What a key may do: ``read`` (GET only), ``write`` (change data), ``admin`` (keys, integrations)."""
 
-    Parameters
-    ----------
-    configured : Secret, optional
-        The token from the settings.
-    token_file : path, optional
-        A file holding the token (surrounding whitespace ignored).
-    key : str
-        The setting's name for messages, e.g. ``medix.token``.
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+    def allows(self, needed: Role) -> bool:
+        """True when this role may do what ``needed`` may."""
+        return _RANK[self] >= _RANK[Role(needed)]
+
+
+_RANK: Final = {Role.READ: 0, Role.WRITE: 1, Role.ADMIN: 2}
+
+
+def check_key_text(key: object) -> str:
+    """``key`` if it can be a key: printable ASCII without spaces, ``MIN_KEY_LENGTH``..``MAX_KEY_LENGTH``.
 
     Raises
     ------
-    ConfigError
-        No token, an unreadable file, or a token under :data:`MIN_TOKEN_LENGTH` characters.
+    kit.errors.InvalidInputError
+        It cannot (the message never repeats the key).
     """
-    if token_file is not None:
-        path = Path(token_file).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{key}_file", f"cannot read {path}: {exc.strerror or exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{key}_file", f"{path} is not UTF-8 text") from exc
-        token = Secret(text)
-    elif configured is not None:
-        token = configured
-    else:
-        env = "KIT_" + key.upper().replace(".", "_")
-        raise ConfigError(key, f"no token: set {env}, {env}_FILE or pass --token-file "
-                               f"(the service never runs without one)")
-    value = token.reveal()
-    if len(value) < MIN_TOKEN_LENGTH or any(c.isspace() or ord(c) < 0x21 or ord(c) > 0x7E for c in value):
-        raise ConfigError(key, f"the token must be at least {MIN_TOKEN_LENGTH} printable ASCII characters "
-                               f"without spaces")
-    return token
+    if not isinstance(key, str) or not MIN_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH:
+        raise InvalidInputError(f"an API key is {MIN_KEY_LENGTH} to {MAX_KEY_LENGTH} characters")
+    if not all(33 <= ord(c) < 127 for c in key):
+        raise InvalidInputError("an API key is printable ASCII without spaces")
+    return key
 
 
-def _digest(value: bytes) -> bytes:
-    return hashlib.sha256(value).digest()
+def new_key() -> str:
+    """A new random key: ``kit_`` and 43 url-safe characters (256 bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-class BearerAuth:
-    """Checks ``Authorization: Bearer <token>`` against one token, in constant time.
+def key_id(key: str) -> str:
+    """The key's id: the first 16 hex digits of its SHA-256 (what a stored record is found by)."""
+    return hashlib.sha256(key.encode("ascii")).hexdigest()[:16]
 
-    Parameters
-    ----------
-    token : Secret
-        The expected token.
-    """
 
-    def __init__(self, token: Secret) -> None:
-        self._expected = _digest(token.reveal().encode("ascii"))
+def _scrypt(key: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(key.encode("ascii"), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=32)
 
-    def __repr__(self) -> str:
-        return "BearerAuth(token='********')"
 
-    def allows(self, authorization: bytes | str | None) -> bool:
-        """Whether an ``Authorization`` header value carries the token."""
-        if authorization is None:
+def hash_key(key: str) -> str:
+    """The stored form of ``key``: ``scrypt$n$r$p$<salt b64>$<digest b64>`` with a new random salt."""
+    check_key_text(key)
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(key, salt, _N, _R, _P)
+    b64 = base64.b64encode
+    return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_key(key: str, stored: str) -> bool:
+    """True when ``key`` hashes to ``stored`` (constant-time compare); False for anything malformed."""
+    try:
+        check_key_text(key)
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
             return False
-        raw = authorization.encode("latin-1", "replace") if isinstance(authorization, str) else authorization
-        scheme, _, presented = raw.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or len(presented) > 4096:
+        n_, r_, p_ = int(n), int(r), int(p)
+        if not (2 <= n_ <= 2**20 and n_ & (n_ - 1) == 0 and 1 <= r_ <= 32 and 1 <= p_ <= 16):
             return False
-        return hmac.compare_digest(_digest(presented.strip()), self._expected)
-
-    async def __call__(self, request: object) -> None:
-        """FastAPI dependency: raise 401 unless the request carries the token."""
-        from fastapi import HTTPException
-
-        headers = getattr(request, "headers", {})
-        if not self.allows(headers.get("authorization")):
-            raise HTTPException(401, "a valid bearer token is required",
-                                headers={"WWW-Authenticate": "Bearer"})
+        want = base64.b64decode(digest, validate=True)
+        got = _scrypt(key, base64.b64decode(salt, validate=True), n_, r_, p_)
+    except (InvalidInputError, ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, want)

@@ -54,7 +54,7 @@ from starlette.requests import ClientDisconnect
 from kit.config import Secret, Settings
 from kit.errors import InvalidInputError, KitError, PeerError, ServiceFailedError, StoreError
 from kit.fhir.server_http import guarded_protocol
-from kit.services._auth import BearerAuth
+from kit.services._bearer import BearerAuth
 from kit.services.medix_protocol import parse_download_request, parse_report_request, report_answer
 from kit.services.medix_store import JobStore
 from kit.services.medix_worker import ExportWorkers, WebhookDispatcher

@@ -92,6 +92,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "endoscopy capture": (["{clip}"], {"--accession": "ACC100102", "--port": "{dead}"}),
     # --token-file: any text file of 16+ characters is a token
     "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
+    "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
+    "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
 }
 
 #: an option given without a value

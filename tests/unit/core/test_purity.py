@@ -22,6 +22,8 @@ PURE = [
     "results/analysis",
     "endoscopy/frame", "endoscopy/vendors", "endoscopy/capture", "endoscopy/detections",
     "services/medix_protocol",
+    "endoscopy/frame",
+    "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
 ]
 
 # Network, servers and databases: what "pure" excludes.

@@ -9,7 +9,7 @@ import pytest
 
 from kit.config import Secret
 from kit.errors import ConfigError, InvalidInputError, StoreError
-from kit.services._auth import BearerAuth, load_token
+from kit.services._bearer import BearerAuth, load_token
 from kit.services.medix_protocol import DownloadRequest, MedixStatus
 from kit.services.medix_store import JobStore
 
