@@ -46,7 +46,8 @@ class Step:
     the notebook runs and must show at least ``arg`` different values), "colour" (nothing: the
     image ``watch`` must show at least ``arg`` coloured pixels, e.g. a mask over a greyscale CT).
     watch/prop: the element (CSS inside the output; ":scope" is the output itself) and what of
-    it must change: "src", "text" or "value". expect: a (JavaScript) regex the new value must match.
+    it must change: "src", "text" or "value"; watch_cell: watch another cell's widget (e.g. a
+    viewer that follows a browser). expect: a (JavaScript) regex the new value must match.
     """
 
     cell: str
@@ -56,6 +57,7 @@ class Step:
     watch: str | None = None
     prop: str = "text"
     expect: str = ""
+    watch_cell: str = ""
 
 
 INTERACTIONS: dict[str, tuple[Step, ...]] = {
@@ -154,7 +156,9 @@ JS_SAMPLE = "([needle, selector, prop, mime]) => { " + _WIDGET_OUTPUTS + """
       if (window.__kitSeen[window.__kitSeen.length - 1] !== v) window.__kitSeen.push(v);
       return; } }, 15); }"""
 # Pixels of an <img> whose red, green and blue differ by more than 40: colour over grey.
-JS_COLOURED = """async (img) => { await img.decode(); const c = document.createElement('canvas');
+JS_COLOURED = """async (img) => {
+  await Promise.race([img.decode(), new Promise((_, no) => setTimeout(() => no('not decoded'), 10000))]);
+  const c = document.createElement('canvas');
   c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');
   g.drawImage(img, 0, 0); const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
   for (let k = 0; k < d.length; k += 4)
@@ -184,18 +188,20 @@ def test_notebook_runs_renders_and_answers(name: str, browser: Any, lab: Lab, tm
             page.wait_for_url(lab.url + "**", timeout=OPEN_TIMEOUT_MS)
         else:
             page.goto(lab.notebook_url(name, workspace=f"kit-{Path(name).stem}"))
-        page.wait_for_function(JS_READY, timeout=OPEN_TIMEOUT_MS, polling=200)
+        _wait(page, JS_READY, None, OPEN_TIMEOUT_MS, f"{name}: notebook open with an idle kernel", lab)
         assert Path(page.evaluate(JS_PATH)).name == name
 
         watched = [s for s in steps if s.do == "watch"]
         for step in watched:
             page.evaluate(JS_SAMPLE, [step.cell, step.watch, step.prop, WIDGET_MIME])
         last = page.evaluate(JS_RUN, "above")
-        page.wait_for_function(JS_RUN_FINISHED, timeout=RUN_TIMEOUT_MS, polling=250)
+        _wait(page, JS_RUN_FINISHED, None, RUN_TIMEOUT_MS, f"{name}: cells run, kernel idle", lab)
         page.screenshot(path=tmp_path / f"{Path(name).stem}-ran.png")
 
         errors = page.evaluate(JS_ERRORS, last)
         assert not errors, f"{name}: errors after running the cells:\n" + "\n".join(errors)
+        _wait(page, f"(mime) => ({JS_WIDGETS})(mime).every(w => w.widget)", WIDGET_MIME,
+              STEP_TIMEOUT_MS, None, lab)  # views render just after their outputs arrive
         widgets = page.evaluate(JS_WIDGETS, WIDGET_MIME)
         assert widgets, f"{name}: no widget output at all"
         broken = [w for w in widgets
@@ -206,7 +212,7 @@ def test_notebook_runs_renders_and_answers(name: str, browser: Any, lab: Lab, tm
             _interact(page, step, name, tmp_path / f"{Path(name).stem}-{n}-{step.do}.png")
 
         page.evaluate(JS_RUN, "rest")  # the clean-up
-        page.wait_for_function(JS_RUN_FINISHED, timeout=RUN_TIMEOUT_MS, polling=250)
+        _wait(page, JS_RUN_FINISHED, None, RUN_TIMEOUT_MS, f"{name}: clean-up run, kernel idle", lab)
         errors = page.evaluate(JS_ERRORS, -1)
         assert not errors, f"{name}: errors in the clean-up:\n" + "\n".join(errors)
     finally:
@@ -215,18 +221,27 @@ def test_notebook_runs_renders_and_answers(name: str, browser: Any, lab: Lab, tm
         lab.shutdown_sessions()  # each notebook's kernel (and the stack it started) goes now
 
 
+def _wait(page: Any, js: str, arg: Any, timeout_ms: int, what: str | None, lab: Lab) -> None:
+    """Wait until ``js`` is true in the page; fail saying ``what`` (None: the caller checks)."""
+    try:
+        page.wait_for_function(js, arg=arg, timeout=timeout_ms, polling=200)
+    except Exception as exc:  # playwright's TimeoutError (playwright may not be importable here)
+        if what is not None:
+            log = lab.log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise AssertionError(f"not within {timeout_ms / 1000:g}s: {what}\n"
+                                 f"JupyterLab log:\n{log}") from exc
+
+
 def _interact(page: Any, step: Step, name: str, shot: Path) -> None:
     if step.do == "watch":
         seen = page.evaluate(JS_SAMPLED)
         assert len(seen) >= int(step.arg), (
             f"{name}: {step.cell} showed {seen} while the notebook ran; want {step.arg} different values")
         return
-    index = page.evaluate(JS_MARK_OUTPUT, [step.cell, WIDGET_MIME])
-    assert index >= 0, f"{name}: no cell with a widget output whose source holds {step.cell!r}"
-    out = page.locator(f'[data-kit-output="{index}"]')
-    out.scroll_into_view_if_needed()
+    out = _widget_output(page, step.cell, name)
+    shown = _widget_output(page, step.watch_cell, name) if step.watch_cell else out
     target = None if step.watch is None else \
-        out if step.watch == ":scope" else out.locator(step.watch).first
+        shown if step.watch == ":scope" else shown.locator(step.watch).first
     before = None if target is None else _prop(target, step.prop)
     if step.do == "slide":
         handle = out.locator(step.control).first.locator(".noUi-handle").first
@@ -274,6 +289,14 @@ def _interact(page: Any, step: Step, name: str, shot: Path) -> None:
             out.screenshot(path=shot)
     else:
         out.screenshot(path=shot)
+
+
+def _widget_output(page: Any, needle: str, name: str) -> Any:
+    index = page.evaluate(JS_MARK_OUTPUT, [needle, WIDGET_MIME])
+    assert index >= 0, f"{name}: no cell with a widget output whose source holds {needle!r}"
+    out = page.locator(f'[data-kit-output="{index}"]')
+    out.scroll_into_view_if_needed()
+    return out
 
 
 def _prop(locator: Any, prop: str) -> str | None:
