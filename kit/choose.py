@@ -80,13 +80,13 @@ def pick_row(frame: pl.DataFrame, what: str, *, source: str | None = None,
         matched = matched.filter(pl.col(column) == value)
     if matched.height == 0:
         asked = ", ".join(f"{c} {v!r}" for c, v in equal.items()) or "any"
-        where = f"{source} has" if source else "there is"
+        where = f" in {source}" if source else ""
         there = ""
         if len(equal) == 1:
             column = next(iter(equal))
-            there = f" (it has {_listing(frame[column].to_list(), column)})" if frame.height else \
-                " (it returned none at all)"
-        raise InvalidInputError(f"{where} no {what} with {asked}{there}")
+            there = f" ({column} there: {_listing(frame[column].to_list(), column)})" if frame.height else \
+                " (there are none at all)"
+        raise InvalidInputError(f"no {what} with {asked}{where}{there}")
     return matched.row(0, named=True)
 
 
