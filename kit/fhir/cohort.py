@@ -38,9 +38,11 @@ def _search(client: FhirClient, resource_type: str, name: str, values: Sequence[
     """``resource_type`` matching any of ``values`` on ``name``, at most ``limit`` rows in all."""
     frames: list[pl.DataFrame] = []
     left = limit
-    for group in _groups(values):
-        if left <= 0:  # the limit is spent and patients remain: said, never a silent cut
-            warn_truncated(f"FHIR search {resource_type} by {name}", limit, "records of more patients")
+    for done, group in enumerate(_groups(values)):
+        if left <= 0:  # the limit is spent and values remain unsearched: said, never a silent cut
+            rest = len(values) - done * IDS_PER_SEARCH
+            warn_truncated(f"FHIR search {resource_type} by {name}", limit, f"{rest} more {name} values, "
+                           "not searched")
             break
         extra = {"_count": count} if count is not None else {}
         frame = client.search_frame(resource_type, {name: ",".join(group)}, limit=left, **extra)
