@@ -2,11 +2,12 @@
 
 Where the file comes from, first match wins:
 
-1. the ``path`` argument (the CLI's ``--config``),
+1. the ``path`` argument (the CLI's ``--config``, a notebook's ``SETTINGS_FILE``),
 2. the ``KIT_CONFIG`` environment variable,
 3. ``./kit.toml``,
 4. no file: the embedded defaults, which point every client at the embedded
-   stack on 127.0.0.1.
+   stack on 127.0.0.1 (``Settings.configured`` is False; ``kit demo`` and
+   :func:`kit.notebook.connect` then start the embedded stack).
 
 Any setting can be overridden from the environment as ``KIT_<SECTION>_<KEY>``,
 e.g. ``KIT_PACS_PORT=4242`` or ``KIT_FHIR_BASE=https://ehr.example.org/R4``.
