@@ -2,11 +2,12 @@
 
 Where the file comes from, first match wins:
 
-1. the ``path`` argument (the CLI's ``--config``),
+1. the ``path`` argument (the CLI's ``--config``, a notebook's ``SETTINGS_FILE``),
 2. the ``KIT_CONFIG`` environment variable,
 3. ``./kit.toml``,
 4. no file: the embedded defaults, which point every client at the embedded
-   stack on 127.0.0.1.
+   stack on 127.0.0.1 (``Settings.configured`` is False; ``kit demo`` and
+   :func:`kit.notebook.connect` then start the embedded stack).
 
 Any setting can be overridden from the environment as ``KIT_<SECTION>_<KEY>``,
 e.g. ``KIT_PACS_PORT=4242`` or ``KIT_FHIR_BASE=https://ehr.example.org/R4``.
@@ -60,6 +61,8 @@ __all__ = [
     "Secret",
     "Settings",
     "StackSettings",
+    "configured_settings",
+    "describe_source",
     "load_settings",
 ]
 
@@ -316,7 +319,11 @@ class ApiSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """All of the kit's settings. Build with :func:`load_settings`."""
+    """All of the kit's settings. Build with :func:`load_settings`.
+
+    ``source`` is the kit.toml read (an absolute path), or ``"defaults"`` when
+    none was: then the clients point at the embedded stack.
+    """
 
     pacs: PacsSettings = dataclasses.field(default_factory=PacsSettings)
     dicomweb: DicomWebSettings = dataclasses.field(default_factory=DicomWebSettings)
@@ -327,6 +334,11 @@ class Settings:
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     source: str = "defaults"
+
+    @property
+    def configured(self) -> bool:
+        """True when a kit.toml named the systems (not the built-in defaults of the embedded stack)."""
+        return self.source != "defaults"
 
 
 _SECTIONS: dict[str, type] = {
@@ -584,7 +596,44 @@ def load_settings(
              for name, cls in _SECTIONS.items()}
     sections = {name: obj for name, (obj, _) in built.items()}
     sections.update(_stack_defaults(sections["stack"], {n: s for n, (_, s) in built.items()}, sections))
-    return Settings(**sections, source=str(file) if file else "defaults")
+    return Settings(**sections, source=str(file.absolute()) if file else "defaults")
+
+
+def configured_settings(
+    path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings | None:
+    """The settings a configuration names, or None when there is none (use the embedded stack).
+
+    The one rule of the notebooks (:func:`kit.notebook.connect`) and the ``kit``
+    command (``kit demo``): ``path`` (a notebook's ``SETTINGS_FILE``, the
+    CLI's ``--config``), then ``KIT_CONFIG``, then ``./kit.toml``; with none of
+    them, None: the caller starts the embedded stack.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A kit.toml to read (must exist).
+    env : mapping, optional
+        As for :func:`load_settings`.
+
+    Returns
+    -------
+    Settings or None
+
+    Raises
+    ------
+    ConfigError
+        As for :func:`load_settings` (a named file that does not exist, a wrong setting).
+    """
+    settings = load_settings(path, env=env)
+    return settings if settings.configured else None
+
+
+def describe_source(settings: Settings | None) -> str:
+    """Which systems, in words: ``configured systems (/path/kit.toml)`` or ``embedded stack``."""
+    if settings is None or not settings.configured:
+        return "embedded stack"
+    return f"configured systems ({settings.source})"
 
 
 def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],

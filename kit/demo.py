@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from kit.config import DicomWebSettings, Settings
+from kit.config import DicomWebSettings, Settings, describe_source
 from kit.errors import KitError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def run_demo(work_dir: Path | None = None, *, settings: Settings | None = None,
         work.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         if settings is not None:
-            step(f"configured systems ({settings.source})", t, ", ".join(
+            step(describe_source(settings), t, ", ".join(
                 f"{k} {v}" for k, v in configured_addresses(settings).items()))
             _pacs_steps(settings, work, step)
             _fhir_steps(settings, work, step)

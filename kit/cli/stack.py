@@ -143,7 +143,7 @@ def demo(ctx: click.Context, work_dir: str | None, embedded: bool, output: str |
     from kit.demo import run_demo
 
     settings = settings_from(ctx)
-    configured = None if embedded or settings.source == "defaults" else settings
+    configured = None if embedded or not settings.configured else settings
     summary = run_demo(Path(work_dir) if work_dir else None, settings=configured,
                        echo=lambda m: click.echo(m, err=True))
     if output or as_json:

@@ -5,6 +5,9 @@
   searches, so the server always answers the first page.
 - ``max_transaction``: a transaction or batch Bundle with more entries is refused
   with 400 and an OperationOutcome, as HAPI-style servers do.
+- ``drop_types``: resource types the server does not support: left out of its
+  CapabilityStatement, and a request for one is answered 404 with an OperationOutcome;
+  ``drop_operations`` the same for operations (``export``: no Bulk Data).
 
 Everything else is passed through to the real server unchanged.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -26,15 +29,22 @@ FHIR_JSON = "application/fhir+json"
 
 
 def faulty_app(upstream: str, *, next_links: bool = True, offset: bool = True,
-               max_transaction: int | None = None) -> FastAPI:
+               max_transaction: int | None = None, drop_types: Collection[str] = (),
+               drop_operations: Collection[str] = ()) -> FastAPI:
     """The proxy app in front of ``upstream`` (a FHIR base URL)."""
     app = FastAPI()
+    dropped = frozenset(drop_types) | {f"${op}" for op in drop_operations}
     client = httpx.Client(timeout=30)
     upstream = upstream.rstrip("/")
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
     async def proxy(path: str, request: Request) -> Response:
         body = await request.body()
+        if dropped & set(path.strip("/").split("/")):
+            outcome = {"resourceType": "OperationOutcome", "issue": [{
+                "severity": "error", "code": "not-supported",
+                "diagnostics": f"Not supported here: {path}"}]}
+            return Response(orjson.dumps(outcome), status_code=404, media_type=FHIR_JSON)
         params = [(k, v) for k, v in request.query_params.multi_items() if offset or k != "_offset"]
         if request.method == "POST" and path.strip("/") == "" and max_transaction is not None:
             bundle = orjson.loads(body)
@@ -50,6 +60,13 @@ def faulty_app(upstream: str, *, next_links: bool = True, offset: bool = True,
         answer = client.request(request.method, f"{upstream}/{path}", params=params, content=body,
                                 headers=headers)
         content = answer.content
+        if dropped and path.strip("/") == "metadata" and answer.status_code == 200:
+            statement = orjson.loads(content)
+            for rest in statement.get("rest") or []:
+                rest["resource"] = [r for r in rest.get("resource") or [] if r.get("type") not in dropped]
+                rest["operation"] = [o for o in rest.get("operation") or []
+                                     if f"${o.get('name')}" not in dropped]
+            content = orjson.dumps(statement)
         if not next_links and request.method == "GET" and content:
             data = orjson.loads(content)
             if data.get("resourceType") == "Bundle" and data.get("type") == "searchset":

@@ -21,6 +21,7 @@ PURE = [
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
     "endoscopy/frame", "endoscopy/vendors", "endoscopy/capture", "endoscopy/detections",
+    "choose", "fhir/capability",
     "services/medix_protocol",
     "endoscopy/frame",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
