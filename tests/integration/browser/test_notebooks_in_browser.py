@@ -64,7 +64,10 @@ INTERACTIONS: dict[str, tuple[Step, ...]] = {
     "00_quickstart.ipynb": (
         Step("ImageViewer(", "slide", ".widget-slider", watch="img", prop="src"),),
     "01_pacs_ingest.ipynb": (
-        Step("StudyBrowser(", "select", ".widget-dropdown select", watch=":scope"),),
+        Step("StudyBrowser(", "select", ".widget-dropdown select", watch=":scope"),
+        # the viewer follows the browser: the study picked above is shown in the viewer's cell
+        Step("StudyBrowser(", "select", ".widget-dropdown select", watch="img", prop="src",
+             watch_cell="ImageViewer("),),
     "02_ehr_fhir.ipynb": (
         Step("PatientTimeline(", "select", ".widget-dropdown select", watch=":scope"),),
     "03_hl7_feeds.ipynb": (
