@@ -201,6 +201,7 @@ class StackSettings:
     fhir_port: int = 8080
     mllp_port: int = 2575
     video_port: int = 8090
+    dicomweb_port: int = 8042
     data_dir: str = ""
     allowed_aets: tuple[str, ...] = ()
     move_destinations: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -341,6 +342,7 @@ _CHECKS: dict[str, Any] = {
     "stack.fhir_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.mllp_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.video_port": lambda v: _checks.port(v, ephemeral=True),
+    "stack.dicomweb_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.allowed_aets": lambda v: tuple(_checks.ae_title(a) for a in v),
 }
 
@@ -451,10 +453,11 @@ def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
     """Client settings the file and environment left unset, taken from ``[stack]``.
 
     So a kit.toml that moves the embedded stack (``[stack] pacs_port = 4242``)
-    points ``kit pacs``, ``kit fhir`` and ``kit hl7 send`` at it too. A port 0
-    (ephemeral) says nothing about where the stack is, and a wildcard listen
-    address is reached on 127.0.0.1. A client section that sets its own
-    ``host`` (``base`` for FHIR) points elsewhere and takes nothing from the stack.
+    points ``kit pacs`` (``--web`` too, by ``dicomweb_port``), ``kit fhir`` and
+    ``kit hl7 send`` at it too. A port 0 (ephemeral) says nothing about where
+    the stack is, and a wildcard listen address is reached on 127.0.0.1. A client
+    section that sets its own ``host`` (``base`` for FHIR and DICOMweb) points
+    elsewhere and takes nothing from the stack.
     """
     host = "127.0.0.1" if stack.host in ("0.0.0.0", "::", "") else stack.host
     url_host = f"[{host}]" if ":" in host else host
@@ -470,4 +473,6 @@ def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
         "fhir": fill("fhir", {"base": f"http://{url_host}:{stack.fhir_port}/fhir/R4"
                               if stack.fhir_port else None}),
         "hl7": fill("hl7", {"host": host, "port": stack.mllp_port}),
+        "dicomweb": fill("dicomweb", {"base": f"http://{url_host}:{stack.dicomweb_port}/dicom-web"
+                                      if stack.dicomweb_port else None}),
     }
