@@ -1,8 +1,9 @@
 """``kit pacs``: echo, find, get, move, store and worklist against a PACS (DIMSE or DICOMweb).
 
 ``--web`` (or ``--base URL``) switches a subcommand to DICOMweb: echo (a QIDO-RS
-probe), find (QIDO-RS), get (WADO-RS) and store (STOW-RS). Every subcommand takes
-the option; move and worklist have no DICOMweb form and say so (exit 2). The
+probe), find (QIDO-RS), get (WADO-RS) and store (STOW-RS); the DIMSE options are
+then unused. move and worklist have no DICOMweb form: they have no such option, their
+help says why, and ``--web`` given to them is misuse naming the reason (exit 2). The
 DICOMweb root defaults to kit.toml ``[dicomweb] base``, else the embedded stack's
 (``kit serve`` prints it: ``dicomweb  http://127.0.0.1:8042/dicom-web``).
 """
@@ -60,7 +61,7 @@ def _dimse_options(func: F) -> F:
     return func
 
 
-#: Why a subcommand has no DICOMweb form (``--web`` on it is misuse, exit 2).
+#: Why a subcommand has no DICOMweb form (it has no ``--web``; given it, it says this and exits 2).
 NO_WEB = {
     "move": "DICOMweb has no C-MOVE (WADO-RS retrieves to the caller: `kit pacs get --web`)",
     "worklist": "the worklist is DIMSE only here (DICOMweb's UPS-RS is not supported)",
@@ -68,29 +69,23 @@ NO_WEB = {
 
 
 def _web_options(func: F) -> F:
-    """--web/--base URL: use DICOMweb instead of DIMSE (every subcommand has them: see :data:`NO_WEB`)."""
-    name = func.__name__
-    what = {"echo": "a QIDO-RS probe", "find": "QIDO-RS", "get": "WADO-RS", "store": "STOW-RS"}.get(name)
+    """--web/--base URL: use DICOMweb instead of DIMSE."""
+    what = {"echo": "a QIDO-RS probe", "find": "QIDO-RS", "get": "WADO-RS", "store": "STOW-RS"}[func.__name__]
     func = click.option("--base", type=HTTP_URL, default=None,
                         help="DICOMweb root URL as `kit serve` prints it (default: kit.toml [dicomweb] base, "
                              "else the embedded stack's); implies --web.")(func)
-    func = click.option("--web", is_flag=True,
-                        help=f"Use DICOMweb ({what}) instead of DIMSE." if what else
-                        f"Not available: {NO_WEB[name]}.")(func)
+    func = click.option("--web", is_flag=True, help=f"Use DICOMweb ({what}) instead of DIMSE.")(func)
     return func
 
 
-def _use_web(ctx: click.Context, web: bool, base: str | None, dimse: dict[str, Any]) -> bool:
-    """Whether to talk DICOMweb; misuse (exit 2) for a subcommand without a DICOMweb form or DIMSE options."""
-    if not (web or base):
-        return False
-    name = ctx.command.name or ""
-    if name in NO_WEB:
-        raise click.UsageError(f"kit pacs {name} has no --web form: {NO_WEB[name]}")
-    given = [f"--{k.replace('_', '-')}" for k, v in dimse.items() if v is not None]
-    if given:
-        raise click.UsageError(f"--web talks DICOMweb: give --base, not {', '.join(given)}")
-    return True
+class _DimseOnly(click.Command):
+    """A subcommand with no DICOMweb form: ``--web``/``--base`` are misuse naming why (exit 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(a in ("--web", "--base") or a.startswith("--base=") for a in args):
+            why = NO_WEB[self.name or ""]
+            raise click.UsageError(f"kit pacs {self.name} has no --web form: {why}", ctx=ctx)
+        return super().parse_args(ctx, args)
 
 
 def _client(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
@@ -152,8 +147,7 @@ def echo(ctx: click.Context, url: Any, host: str | None, port: int | None, aet: 
       kit pacs echo --url dicom://KIT@127.0.0.1:11112
       kit pacs echo --web
     """
-    if _use_web(ctx, web, base, {"url": url, "host": host, "port": port, "aet": aet,
-                                 "called_aet": called_aet}):
+    if web or base:
         import time
 
         client = _web(ctx, base, timeout)
@@ -214,10 +208,8 @@ def find(ctx: click.Context, level: str, patient_id: str | None, patient_name: s
         raise click.UsageError("--level patient takes only --patient-id and --patient-name")
     if series_uid and lvl in ("PATIENT", "STUDY"):
         raise click.UsageError("--series needs --level series or image")
-    use_web = _use_web(ctx, web, base, {"url": url, "host": host, "port": port, "aet": aet,
-                                        "called_aet": called_aet})
     with noting_truncation():
-        if use_web:
+        if web or base:
             df = _web(ctx, base, timeout).find(lvl, limit=limit, **filters)
         else:
             df = _client(ctx, url, host, port, aet, called_aet, timeout).find(lvl, limit=limit, **filters)
@@ -253,8 +245,7 @@ def get(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, u
       kit pacs get --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849 --out-dir ct
       kit pacs get --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849 --out-dir ct -o r.csv
     """  # noqa: E501 - whole UIDs
-    if _use_web(ctx, web, base, {"url": url, "host": host, "port": port, "aet": aet,
-                                 "called_aet": called_aet}):
+    if web or base:
         df = _web(ctx, base, timeout).get(study_uid, series_uid, dest=Path(dest))
     else:
         df = _client(ctx, url, host, port, aet, called_aet, timeout).get(
@@ -262,7 +253,7 @@ def get(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, u
     _received(df, dest, output, as_json)
 
 
-@pacs.command()
+@pacs.command(cls=_DimseOnly)
 @click.option("--study", "study_uid", type=UID, required=True, help="StudyInstanceUID to retrieve.")
 @click.option("--series", "series_uid", type=UID, default=None, help="Only this SeriesInstanceUID.")
 @click.option("--out-dir", "dest", type=OUT_DIR, required=True,
@@ -273,14 +264,12 @@ def get(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, u
               help="Port of our temporary storage SCP (default kit.toml [pacs] store_port; 0 = ephemeral, "
                    "which a PACS cannot know in advance).")
 @_dimse_options
-@_web_options
 @output_options
 @click.pass_context
 @handle_errors
 def move(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, move_aet: str | None,
          store_port: int | None, url: Any, host: str | None, port: int | None, aet: str | None,
-         called_aet: str | None, timeout: float | None, web: bool, base: str | None, output: str | None,
-         as_json: bool) -> None:
+         called_aet: str | None, timeout: float | None, output: str | None, as_json: bool) -> None:
     """Retrieve a study or series by C-MOVE to a temporary storage SCP.
 
     The PACS must have our AE title (or --move-aet), host and --store-port in
@@ -288,11 +277,12 @@ def move(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, 
     `[stack] move_destinations = { KITSCU = "127.0.0.1:11113" }` and
     `[pacs] store_port = 11113`. Prefer `kit pacs get` where the PACS supports C-GET.
 
+    No --web: DICOMweb has no C-MOVE (`kit pacs get --web` retrieves by WADO-RS).
+
     \b
     Examples:
       kit pacs move --study 1.2.826.0.1.3680043.8.498.22392439809703793720631504221462815849 --out-dir ct
     """
-    _use_web(ctx, web, base, {})
     client = _client(ctx, url, host, port, aet, called_aet, timeout)
     df = client.move(study_uid=study_uid, series_uid=series_uid, dest=Path(dest), move_aet=move_aet,
                      store_port=store_port, progress=True)
@@ -316,10 +306,8 @@ def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None
       kit pacs store data/samples/dicom/MRN1002
       kit pacs store data/samples/dicom/MRN1001 -o stored.parquet
     """
-    use_web = _use_web(ctx, web, base, {"url": url, "host": host, "port": port, "aet": aet,
-                                        "called_aet": called_aet})
     files = _files(paths)
-    if use_web:
+    if web or base:
         df = _web(ctx, base, timeout).store(files)
     else:
         df = _client(ctx, url, host, port, aet, called_aet, timeout).store(files, progress=True)
@@ -328,7 +316,7 @@ def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None
         emit_frame(df, output, as_json, label="instances")
 
 
-@pacs.command()
+@pacs.command(cls=_DimseOnly)
 @click.option("--date", type=DATE_RANGE, default=None,
               help="Scheduled date: 20261201, 2026-12-01 or a range 20261201-20261231.")
 @click.option("--modality", default=None, help="Scheduled modality, e.g. CT or ES.")
@@ -337,22 +325,22 @@ def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None
 @click.option("--limit", type=click.IntRange(min=0), default=None, metavar="N",
               help="At most N matches (the rest cancelled), with a warning when that cut the result.")
 @_dimse_options
-@_web_options
 @output_options
 @click.pass_context
 @handle_errors
 def worklist(ctx: click.Context, date: str | None, modality: str | None, station: str | None,
              patient_id: str | None, limit: int | None, url: Any, host: str | None, port: int | None,
-             aet: str | None, called_aet: str | None, timeout: float | None, web: bool, base: str | None,
-             output: str | None, as_json: bool) -> None:
+             aet: str | None, called_aet: str | None, timeout: float | None, output: str | None,
+             as_json: bool) -> None:
     """Query the Modality Worklist (scheduled procedures).
+
+    No --web: the worklist is DIMSE only here (DICOMweb's UPS-RS is not supported).
 
     \b
     Examples:
       kit pacs worklist
       kit pacs worklist --modality ES --json
     """
-    _use_web(ctx, web, base, {})
     filters = {k: v for k, v in {"scheduled_procedure_step_start_date": date, "modality": modality,
                                  "scheduled_station_ae_title": station,
                                  "patient_id": patient_id}.items() if v is not None}
