@@ -87,8 +87,8 @@ def target(request: pytest.FixtureRequest, embedded: Embedded) -> Target:
     orthanc = request.getfixturevalue("orthanc")
     for path in cohort():
         orthanc.upload(path)
-    return Target("orthanc", orthanc.dicomweb,
-                  PacsClient("127.0.0.1", orthanc.dicom_port, called_aet=orthanc.aet, aet="KITSCU", timeout=20))
+    dimse = PacsClient("127.0.0.1", orthanc.dicom_port, called_aet=orthanc.aet, aet="KITSCU", timeout=20)
+    return Target("orthanc", orthanc.dicomweb, dimse)
 
 
 def make_ct(folder: Path, count: int, *, patient_id: str = "MRN9001", study_uid: str | None = None,
