@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from io import BytesIO
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -197,7 +198,8 @@ def _put(ds: Dataset, path: Sequence[str], raw: str | None, *, full: str) -> Non
         return
     if tag in ds and ds[tag].value not in (None, ""):
         raise DicomWebRequestError(f"{full[:64]} is given twice")
-    ds.add(DataElement(tag, vr, _value(vr, raw, full)))
+    # wildcards and ranges are not values of the VR: no validation warnings
+    ds.add(DataElement(tag, vr, _value(vr, raw, full), validation_mode=config.IGNORE))
 
 
 def _keyword_level(keyword: str) -> QueryLevel | None:
@@ -274,7 +276,7 @@ def parse_qido(level: QueryLevel, params: Sequence[tuple[str, str]], *, study_ui
         _put(ds, path, raw, full=key)
     for keyword, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
         if uid is not None:
-            given = ds.get(keyword)
+            given = ds[keyword] if keyword in ds else None
             if given is not None and given.value not in (None, "") and str(given.value) != uid:
                 raise DicomWebRequestError(f"{keyword} in the query differs from the one in the path")
             setattr(ds, keyword, check_uid(uid, keyword))
