@@ -177,7 +177,7 @@ def demo(ctx: click.Context, work_dir: str | None, embedded: bool, output: str |
 def status(ctx: click.Context, output: str | None, as_json: bool) -> None:
     """Check that the configured PACS, DICOMweb, FHIR server and MLLP peer answer (exit 1 if not).
 
-    DICOMweb is checked when [dicomweb] is configured (the embedded stack has none).
+    DICOMweb is checked when [dicomweb] base differs from its default (the embedded stack's).
 
     \b
     Examples:

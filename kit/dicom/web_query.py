@@ -210,7 +210,7 @@ def _keyword_level(keyword: str) -> QueryLevel | None:
 
 
 def _count(raw: str, name: str, high: int) -> int:
-    if not raw.isdigit() or len(raw) > 10 or int(raw) > high:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 10 or int(raw) > high:
         raise DicomWebRequestError(f"{name} must be a whole number from 0 to {high}, got {raw[:20]!r}")
     return int(raw)
 
@@ -360,7 +360,8 @@ def parse_frames(text: str, count: int) -> list[int]:
         400 for a malformed list, 404 for a frame the instance does not have.
     """
     items = text.split(",")
-    if len(items) > 10_000 or not all(i.strip().isdigit() and len(i.strip()) <= 9 for i in items):
+    if len(items) > 10_000 or not all(i.strip().isascii() and i.strip().isdigit() and len(i.strip()) <= 9
+                                       for i in items):
         raise DicomWebRequestError(f"not a frame list: {text[:40]!r}")
     frames = [int(i) for i in items]
     for frame in frames:

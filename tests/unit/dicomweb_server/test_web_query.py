@@ -92,6 +92,7 @@ def test_defaults_paths_includefield_and_warnings() -> None:
     ([("RequestAttributesSequence", "x")], {}),
     ([("PixelData", "")], {}),
     ([("offset", "1" * 11)], {}),
+    ([("limit", "\u00b2")], {}),  # a Unicode digit is not a number here
     ([], {"study_uid": "not-a-uid"}),
 ])
 def test_refused_queries(params: list[tuple[str, str]], kwargs: dict[str, str]) -> None:
@@ -119,7 +120,7 @@ def test_negotiation() -> None:
 
 def test_frames() -> None:
     assert parse_frames("1,3,2", 3) == [1, 3, 2]
-    for text, code in (("0", 404), ("4", 404), ("1,,2", 400), ("a", 400), ("-1", 400)):
+    for text, code in (("0", 404), ("4", 404), ("1,,2", 400), ("a", 400), ("-1", 400), ("\u00b2", 400)):
         with pytest.raises(DicomWebRequestError) as info:
             parse_frames(text, 3)
         assert info.value.status_code == code
