@@ -207,6 +207,7 @@ class StackSettings:
     fhir_port: int = 8080
     mllp_port: int = 2575
     video_port: int = 8090
+    dicomweb_port: int = 8042
     data_dir: str = ""
     allowed_aets: tuple[str, ...] = ()
     move_destinations: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -334,11 +335,24 @@ class Settings:
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     source: str = "defaults"
+    #: The sections the file or the environment set (at least one key each).
+    given: frozenset[str] = frozenset()
 
     @property
     def configured(self) -> bool:
         """True when a kit.toml named the systems (not the built-in defaults of the embedded stack)."""
         return self.source != "defaults"
+
+    @property
+    def uses_dicomweb(self) -> bool:
+        """Whether DICOMweb is one of the systems to use and probe.
+
+        Always on the embedded stack (it serves DICOMweb); with a kit.toml, when
+        the file or the environment sets ``[dicomweb]`` (or its base differs
+        from the default).
+        """
+        return (not self.configured or "dicomweb" in self.given
+                or self.dicomweb.base != DicomWebSettings().base)
 
 
 _SECTIONS: dict[str, type] = {
@@ -465,6 +479,7 @@ _CHECKS: dict[str, Any] = {
     "stack.fhir_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.mllp_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.video_port": lambda v: _checks.port(v, ephemeral=True),
+    "stack.dicomweb_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.allowed_aets": lambda v: tuple(_checks.ae_title(a) for a in v),
     "endoscopy.vendor": lambda v: _endoscopy_check(v, {}) and v,
     "endoscopy.overrides": lambda v: _endoscopy_check("generic", v) and v,
@@ -596,7 +611,8 @@ def load_settings(
              for name, cls in _SECTIONS.items()}
     sections = {name: obj for name, (obj, _) in built.items()}
     sections.update(_stack_defaults(sections["stack"], {n: s for n, (_, s) in built.items()}, sections))
-    return Settings(**sections, source=str(file.absolute()) if file else "defaults")
+    return Settings(**sections, source=str(file.absolute()) if file else "defaults",
+                    given=frozenset(n for n, (_, keys) in built.items() if keys))
 
 
 def configured_settings(
@@ -641,10 +657,11 @@ def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
     """Client settings the file and environment left unset, taken from ``[stack]``.
 
     So a kit.toml that moves the embedded stack (``[stack] pacs_port = 4242``)
-    points ``kit pacs``, ``kit fhir`` and ``kit hl7 send`` at it too. A port 0
-    (ephemeral) says nothing about where the stack is, and a wildcard listen
-    address is reached on 127.0.0.1. A client section that sets its own
-    ``host`` (``base`` for FHIR) points elsewhere and takes nothing from the stack.
+    points ``kit pacs`` (``--web`` too, by ``dicomweb_port``), ``kit fhir`` and
+    ``kit hl7 send`` at it too. A port 0 (ephemeral) says nothing about where
+    the stack is, and a wildcard listen address is reached on 127.0.0.1. A client
+    section that sets its own ``host`` (``base`` for FHIR and DICOMweb) points
+    elsewhere and takes nothing from the stack.
     """
     host = "127.0.0.1" if stack.host in ("0.0.0.0", "::", "") else stack.host
     url_host = f"[{host}]" if ":" in host else host
@@ -660,4 +677,6 @@ def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
         "fhir": fill("fhir", {"base": f"http://{url_host}:{stack.fhir_port}/fhir/R4"
                               if stack.fhir_port else None}),
         "hl7": fill("hl7", {"host": host, "port": stack.mllp_port}),
+        "dicomweb": fill("dicomweb", {"base": f"http://{url_host}:{stack.dicomweb_port}/dicom-web"
+                                      if stack.dicomweb_port else None}),
     }

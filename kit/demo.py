@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from kit.config import DicomWebSettings, Settings, describe_source
+from kit.config import Settings, describe_source
 from kit.errors import KitError
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def configured_addresses(settings: Settings) -> dict[str, str]:
     p, h = settings.pacs, settings.hl7
     out = {"pacs": f"dicom://{p.called_aet}@{p.host}:{p.port}", "fhir": settings.fhir.base,
            "mllp": f"mllp://{h.host}:{h.port}"}
-    if settings.dicomweb != DicomWebSettings():
+    if settings.uses_dicomweb:
         out["dicomweb"] = settings.dicomweb.base
     return out
 
@@ -224,9 +224,9 @@ def _result_steps(settings: Settings, work: Path, step: Callable[[str, float, st
 def check_status(settings: Settings) -> pl.DataFrame:
     """Probe the configured PACS (C-ECHO), DICOMweb (QIDO-RS), FHIR server (metadata), MLLP peer.
 
-    DICOMweb is probed when ``[dicomweb]`` is configured (differs from the
-    defaults): the embedded stack has no DICOMweb of its own. The MLLP peer is
-    probed with a TCP connect.
+    DICOMweb is probed when it is one of the systems
+    (:attr:`kit.config.Settings.uses_dicomweb`: always on the embedded stack, with
+    a kit.toml when it sets ``[dicomweb]``). The MLLP peer is probed with a TCP connect.
 
     Returns
     -------
@@ -269,7 +269,7 @@ def check_status(settings: Settings) -> pl.DataFrame:
 
     p = settings.pacs
     probe("pacs", f"dicom://{p.called_aet}@{p.host}:{p.port}", pacs)
-    if settings.dicomweb != DicomWebSettings():
+    if settings.uses_dicomweb:
         probe("dicomweb", settings.dicomweb.base, dicomweb)
     probe("fhir", settings.fhir.base, fhir)
     probe("mllp", f"mllp://{settings.hl7.host}:{settings.hl7.port}", mllp)

@@ -11,6 +11,7 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     ├── ConfigError                 a setting is missing or wrong (``.key``)
     ├── InvalidInputError           bad data handed to the kit (``.source``)
     │   ├── DicomFileError          not DICOM, truncated, unreadable
+    │   ├── DicomWebRequestError    a DICOMweb request the embedded server refuses (``.status_code``)
     │   ├── FhirValidationError     not FHIR, or an invalid resource (``.issues``)
     │   └── HL7ParseError           not an HL7 v2 message (``.segment``, ``.field``)
     ├── PeerError                   talking to another system failed (``.peer``)
@@ -63,6 +64,7 @@ __all__ = [
     "DicomError",
     "DicomFileError",
     "DicomWebError",
+    "DicomWebRequestError",
     "DimseStatusError",
     "FhirError",
     "FhirValidationError",
@@ -142,6 +144,23 @@ class InvalidInputError(KitError):
 
 class DicomFileError(InvalidInputError):
     """A file is not DICOM, is truncated, or cannot be decoded."""
+
+
+class DicomWebRequestError(InvalidInputError):
+    """A DICOMweb request the embedded server refuses, with the HTTP status to answer.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong with the request.
+    status_code : int
+        400 (malformed), 404 (no such resource), 406 (no acceptable media type),
+        413 (too large), 415 (unsupported media type), ...
+    """
+
+    def __init__(self, message: str, *, status_code: int = 400) -> None:
+        self.status_code = status_code
+        super().__init__(message)
 
 
 class FhirValidationError(InvalidInputError):

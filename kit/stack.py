@@ -1,4 +1,4 @@
-"""Start and stop the embedded stack: PACS (with worklist), FHIR server, MLLP listener.
+"""Start and stop the embedded stack: PACS (with worklist and DICOMweb), FHIR server, MLLP listener.
 
 The stack runs in-process (background threads; what notebooks and tests use)
 or in the foreground with ``kit serve``. Every service listens on 127.0.0.1 by
@@ -14,7 +14,9 @@ cohort (:mod:`kit.examples`), so every notebook and the demo run offline::
 Each service implements the same small interface (:class:`EmbeddedService`):
 ``start()`` binds and returns once it serves, ``stop()`` is idempotent, and
 ``address`` names it (``dicom://KIT@127.0.0.1:11112``,
-``http://127.0.0.1:8080/fhir/R4``, ``mllp://127.0.0.1:2575``).
+``http://127.0.0.1:8080/fhir/R4``, ``mllp://127.0.0.1:2575``,
+``http://127.0.0.1:8042/dicom-web``). The DICOMweb service serves the PACS's own
+store (started after it), so C-STORE and STOW-RS, C-FIND and QIDO-RS see the same instances.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = ["SERVICES", "EmbeddedService", "Stack"]
 log = logging.getLogger(__name__)
 
 #: The services the stack can run, in start order.
-SERVICES = ("pacs", "fhir", "mllp")
+SERVICES = ("pacs", "fhir", "mllp", "dicomweb")
 
 
 @runtime_checkable
@@ -64,7 +66,7 @@ class Stack:
     settings : StackSettings, optional
         Host, ports, AE title and data folder (default: from :func:`kit.load_settings`).
     services : iterable of str
-        Which services to run, any of ``"pacs"``, ``"fhir"``, ``"mllp"``.
+        Which services to run, any of ``"pacs"``, ``"fhir"``, ``"mllp"``, ``"dicomweb"``.
     preload : bool
         Load the sample cohort (DICOM files, worklist, FHIR bundle) into the
         services on start. Loading is idempotent: a restart on the same data
@@ -89,7 +91,8 @@ class Stack:
                   host: str = "127.0.0.1") -> Stack:
         """A stack on ephemeral ports with a temporary data folder, removed on stop."""
         tmp = tempfile.mkdtemp(prefix="kit-stack-")
-        settings = StackSettings(host=host, pacs_port=0, fhir_port=0, mllp_port=0, data_dir=tmp)
+        settings = StackSettings(host=host, pacs_port=0, fhir_port=0, mllp_port=0, dicomweb_port=0,
+                                 data_dir=tmp)
         stack = cls(settings, services=services, preload=preload)
         stack._tmp = tmp
         return stack
@@ -174,6 +177,9 @@ class Stack:
                                                   auth="none", vendor="generic")
         if "mllp" in self.services:
             changes["hl7"] = dataclasses.replace(base.hl7, host=host, port=self.port("mllp"))
+        if "dicomweb" in self.services:
+            changes["dicomweb"] = dataclasses.replace(base.dicomweb, base=self.services["dicomweb"].address,
+                                                      username=None, password=None, token=None)
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
     # -- the services ------------------------------------------------------------------------
@@ -205,6 +211,21 @@ class Stack:
             preload = examples.fhir_bundle()
         return EmbeddedFhirServer(self.data_dir / "fhir.db", host=self.settings.host,
                                   port=self.settings.fhir_port, preload=preload)
+
+    def _make_dicomweb(self) -> EmbeddedService:
+        from kit.dicom.scp import EmbeddedPACS
+        from kit.dicom.web_server import EmbeddedDicomWeb
+
+        pacs = self.services.get("pacs")
+        if isinstance(pacs, EmbeddedPACS):  # the same store: C-STORE and STOW-RS, C-FIND and QIDO-RS agree
+            return EmbeddedDicomWeb(pacs.store, host=self.settings.host, port=self.settings.dicomweb_port)
+        web = EmbeddedDicomWeb(self.data_dir / "pacs", host=self.settings.host,
+                               port=self.settings.dicomweb_port)
+        if self.preload:
+            from kit import examples
+
+            web.store.import_files(sorted(examples.dicom_dir().rglob("*.dcm")), skip_existing=True)
+        return web
 
     def _make_mllp(self) -> EmbeddedService:
         from kit.hl7.mllp import MLLPListener

@@ -1,4 +1,12 @@
-"""``kit pacs``: echo, find, get, move, store and worklist against a PACS (DIMSE or DICOMweb)."""
+"""``kit pacs``: echo, find, get, move, store and worklist against a PACS (DIMSE or DICOMweb).
+
+``--web`` (or ``--base URL``) switches a subcommand to DICOMweb: echo (a QIDO-RS
+probe), find (QIDO-RS), get (WADO-RS) and store (STOW-RS); the DIMSE options are
+then unused. move and worklist have no DICOMweb form: they have no such option, their
+help says why, and ``--web`` given to them is misuse naming the reason (exit 2). The
+DICOMweb root defaults to kit.toml ``[dicomweb] base``, else the embedded stack's
+(``kit serve`` prints it: ``dicomweb  http://127.0.0.1:8042/dicom-web``).
+"""
 
 from __future__ import annotations
 
@@ -53,12 +61,31 @@ def _dimse_options(func: F) -> F:
     return func
 
 
+#: Why a subcommand has no DICOMweb form (it has no ``--web``; given it, it says this and exits 2).
+NO_WEB = {
+    "move": "DICOMweb has no C-MOVE (WADO-RS retrieves to the caller: `kit pacs get --web`)",
+    "worklist": "the worklist is DIMSE only here (DICOMweb's UPS-RS is not supported)",
+}
+
+
 def _web_options(func: F) -> F:
     """--web/--base URL: use DICOMweb instead of DIMSE."""
+    what = {"echo": "a QIDO-RS probe", "find": "QIDO-RS", "get": "WADO-RS", "store": "STOW-RS"}[func.__name__]
     func = click.option("--base", type=HTTP_URL, default=None,
-                        help="DICOMweb root URL (default: kit.toml [dicomweb]); implies --web.")(func)
-    func = click.option("--web", is_flag=True, help="Use DICOMweb (QIDO/WADO/STOW) instead of DIMSE.")(func)
+                        help="DICOMweb root URL as `kit serve` prints it (default: kit.toml [dicomweb] base, "
+                             "else the embedded stack's); implies --web.")(func)
+    func = click.option("--web", is_flag=True, help=f"Use DICOMweb ({what}) instead of DIMSE.")(func)
     return func
+
+
+class _DimseOnly(click.Command):
+    """A subcommand with no DICOMweb form: ``--web``/``--base`` are misuse naming why (exit 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(a in ("--web", "--base") or a.startswith("--base=") for a in args):
+            why = NO_WEB[self.name or ""]
+            raise click.UsageError(f"kit pacs {self.name} has no --web form: {why}", ctx=ctx)
+        return super().parse_args(ctx, args)
 
 
 def _client(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
@@ -107,17 +134,27 @@ def pacs() -> None:
 
 @pacs.command()
 @_dimse_options
+@_web_options
 @click.pass_context
 @handle_errors
 def echo(ctx: click.Context, url: Any, host: str | None, port: int | None, aet: str | None,
-         called_aet: str | None, timeout: float | None) -> None:
-    """C-ECHO the PACS and print the round-trip time.
+         called_aet: str | None, timeout: float | None, web: bool, base: str | None) -> None:
+    """C-ECHO the PACS and print the round-trip time (with --web: a one-study QIDO-RS search).
 
     \b
     Examples:
       kit pacs echo
       kit pacs echo --url dicom://KIT@127.0.0.1:11112
+      kit pacs echo --web
     """
+    if web or base:
+        import time
+
+        client = _web(ctx, base, timeout)
+        start = time.monotonic()
+        client.ping()
+        click.echo(f"{client.base} answered QIDO-RS in {(time.monotonic() - start) * 1000:.1f} ms")
+        return
     client = _client(ctx, url, host, port, aet, called_aet, timeout)
     took = client.echo()
     click.echo(f"{client.address} answered C-ECHO in {took * 1000:.1f} ms")
@@ -216,7 +253,7 @@ def get(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, u
     _received(df, dest, output, as_json)
 
 
-@pacs.command()
+@pacs.command(cls=_DimseOnly)
 @click.option("--study", "study_uid", type=UID, required=True, help="StudyInstanceUID to retrieve.")
 @click.option("--series", "series_uid", type=UID, default=None, help="Only this SeriesInstanceUID.")
 @click.option("--out-dir", "dest", type=OUT_DIR, required=True,
@@ -239,6 +276,8 @@ def move(ctx: click.Context, study_uid: str, series_uid: str | None, dest: str, 
     its list of destinations: for `kit serve`, in kit.toml
     `[stack] move_destinations = { KITSCU = "127.0.0.1:11113" }` and
     `[pacs] store_port = 11113`. Prefer `kit pacs get` where the PACS supports C-GET.
+
+    No --web: DICOMweb has no C-MOVE (`kit pacs get --web` retrieves by WADO-RS).
 
     \b
     Examples:
@@ -277,7 +316,7 @@ def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None
         emit_frame(df, output, as_json, label="instances")
 
 
-@pacs.command()
+@pacs.command(cls=_DimseOnly)
 @click.option("--date", type=DATE_RANGE, default=None,
               help="Scheduled date: 20261201, 2026-12-01 or a range 20261201-20261231.")
 @click.option("--modality", default=None, help="Scheduled modality, e.g. CT or ES.")
@@ -291,9 +330,11 @@ def store(ctx: click.Context, paths: tuple[str, ...], url: Any, host: str | None
 @handle_errors
 def worklist(ctx: click.Context, date: str | None, modality: str | None, station: str | None,
              patient_id: str | None, limit: int | None, url: Any, host: str | None, port: int | None,
-             aet: str | None,
-             called_aet: str | None, timeout: float | None, output: str | None, as_json: bool) -> None:
+             aet: str | None, called_aet: str | None, timeout: float | None, output: str | None,
+             as_json: bool) -> None:
     """Query the Modality Worklist (scheduled procedures).
+
+    No --web: the worklist is DIMSE only here (DICOMweb's UPS-RS is not supported).
 
     \b
     Examples:

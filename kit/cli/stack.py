@@ -36,15 +36,18 @@ __all__ = ["demo", "serve", "status"]
               help="FHIR HTTP port (0 = ephemeral; default 8080).")
 @click.option("--mllp-port", type=EPHEMERAL_PORT, default=None,
               help="MLLP port (0 = ephemeral; default 2575).")
+@click.option("--dicomweb-port", type=EPHEMERAL_PORT, default=None,
+              help="DICOMweb HTTP port, serving the PACS's images (0 = ephemeral; default 8042).")
 @click.option("--data-dir", type=OUT_DIR, default=None,
               help="Where the services keep their data (default ~/.cache/kit/stack).")
-@click.option("--only", "only", multiple=True, type=click.Choice(["pacs", "fhir", "mllp"]),
+@click.option("--only", "only", multiple=True, type=click.Choice(["pacs", "fhir", "mllp", "dicomweb"]),
               help="Run only these services (repeatable). Default: all.")
 @click.option("--no-preload", is_flag=True, help="Start empty instead of loading the sample cohort.")
 @click.pass_context
 @handle_errors
 def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port: int | None,
-          mllp_port: int | None, data_dir: str | None, only: tuple[str, ...], no_preload: bool) -> None:
+          mllp_port: int | None, dicomweb_port: int | None, data_dir: str | None, only: tuple[str, ...],
+          no_preload: bool) -> None:
     """Run the embedded stack in the foreground until Ctrl-C or SIGTERM.
 
     Prints one line per service with its address, e.g.
@@ -53,15 +56,18 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
       pacs  dicom://KIT@127.0.0.1:11112
       fhir  http://127.0.0.1:8080/fhir/R4
       mllp  mllp://127.0.0.1:2575
+      dicomweb  http://127.0.0.1:8042/dicom-web
 
     The clients take these addresses as they are (`kit pacs ... --url
-    dicom://...`, `kit fhir ... --base http://...`, `kit hl7 send --url
-    mllp://...`); ports set under [stack] in kit.toml are their defaults.
+    dicom://...`, `kit pacs ... --web --base http://...`, `kit fhir ... --base
+    http://...`, `kit hl7 send --url mllp://...`); ports set under [stack] in
+    kit.toml are their defaults. DICOMweb (QIDO-RS, WADO-RS, STOW-RS) serves the
+    PACS's own images: what one stores, the other finds.
 
     \b
     Examples:
       kit serve
-      kit serve --pacs-port 0 --fhir-port 0 --mllp-port 0 --data-dir stack
+      kit serve --pacs-port 0 --fhir-port 0 --mllp-port 0 --dicomweb-port 0 --data-dir stack
     """
     import dataclasses
 
@@ -71,7 +77,8 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
     if host is not None:
         listen_host(host, "serve --host")
     overrides = {k: v for k, v in {"host": host, "pacs_port": pacs_port, "fhir_port": fhir_port,
-                                   "mllp_port": mllp_port, "data_dir": data_dir}.items() if v is not None}
+                                   "mllp_port": mllp_port, "dicomweb_port": dicomweb_port,
+                                   "data_dir": data_dir}.items() if v is not None}
     settings: StackSettings = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -79,7 +86,7 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
     stack = Stack(settings, services=only or SERVICES, preload=not no_preload)
     with stack:
         for name, address in stack.addresses().items():
-            click.echo(f"{name:<5} {address}", nl=True)
+            click.echo(f"{name}{' ' * max(2, 6 - len(name))}{address}", nl=True)
         click.echo(f"data  {stack.data_dir}", err=True)
         click.echo("ready (Ctrl-C to stop)", err=True)
         import sys
@@ -170,7 +177,7 @@ def demo(ctx: click.Context, work_dir: str | None, embedded: bool, output: str |
 def status(ctx: click.Context, output: str | None, as_json: bool) -> None:
     """Check that the configured PACS, DICOMweb, FHIR server and MLLP peer answer (exit 1 if not).
 
-    DICOMweb is checked when [dicomweb] is configured (the embedded stack has none).
+    DICOMweb is checked when [dicomweb] base differs from its default (the embedded stack's).
 
     \b
     Examples:

@@ -13,8 +13,12 @@ Errors: an HTTP error answer -> :class:`~kit.errors.DicomWebError` (with
 ``status_code``), refused connection -> :class:`~kit.errors.PeerUnreachableError`,
 no answer in time -> :class:`~kit.errors.PeerTimeoutError`.
 
+Wildcards go in the query as they are: ``PatientName=Moreau*``, not
+``Moreau%2A`` (dicomweb-client percent-encodes ``*``, which RFC 3986 allows
+literally in a query, and Orthanc's DICOMweb plugin then matches nothing).
+
 Written by hand: the filter/field mapping onto QIDO parameters, the patient
-level, the frames and error conversion; HTTP, multipart and DICOM JSON are
+level, the frames, the literal wildcards and error conversion; HTTP, multipart and DICOM JSON are
 dicomweb-client's and pydicom's.
 """
 
@@ -65,6 +69,18 @@ QIDO_PAGE = 1000
 STOW_BATCH = 50
 
 
+class _LiteralWildcards(requests.Session):
+    """A session that sends the QIDO-RS wildcard ``*`` literally in query strings."""
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        prepared = super().prepare_request(request)
+        url = prepared.url or ""
+        if "?" in url:
+            path, _, query = url.partition("?")
+            prepared.url = path + "?" + query.replace("%2A", "*").replace("%2a", "*")
+        return prepared
+
+
 class DicomWebClient:
     """A DICOMweb (QIDO-RS, WADO-RS, STOW-RS) client.
 
@@ -89,7 +105,7 @@ class DicomWebClient:
             raise InvalidInputError("timeout must be positive")
         self.base = base.rstrip("/")
         self.timeout = float(timeout)
-        session = requests.Session()
+        session = _LiteralWildcards()
         if token is not None:
             value = token.reveal() if isinstance(token, Secret) else token
             session.headers["Authorization"] = f"Bearer {value}"
@@ -271,8 +287,14 @@ class DicomWebClient:
         for start in range(0, len(loaded), STOW_BATCH):
             batch = loaded[start:start + STOW_BATCH]
             datasets = [ds for ds, _ in batch]
-            answer: Dataset = self._call("STOW-RS", functools.partial(
-                self._client.store_instances, datasets))
+            try:
+                answer: Dataset = self._call("STOW-RS", functools.partial(
+                    self._client.store_instances, datasets))
+            except DicomWebError as exc:  # 409: none stored; the answer still says why, per instance
+                refused = _refusal(exc)
+                if refused is None:
+                    raise
+                answer = refused
             ok = {str(item.get("ReferencedSOPInstanceUID", ""))
                   for item in answer.get("ReferencedSOPSequence", [])}
             failed = {str(item.get("ReferencedSOPInstanceUID", "")): int(item.get("FailureReason", 0x0110))
@@ -291,6 +313,21 @@ class DicomWebClient:
                                 f"first {bad['sop_instance_uid'][0]} (reason 0x{bad['status'][0]:04X})",
                                 peer=self.base)
         return frame
+
+
+def _refusal(exc: DicomWebError) -> Dataset | None:
+    """The Store Instances Response of a STOW-RS answered 409 (none stored), if it has one."""
+    response = getattr(exc.__cause__, "response", None)
+    if exc.status_code != 409 or response is None:
+        return None
+    if response.headers.get("Content-Type", "").split(";")[0].strip() not in ("application/dicom+json",
+                                                                                "application/json"):
+        return None
+    try:
+        answer = Dataset.from_json(response.json())
+    except (ValueError, KeyError, TypeError):
+        return None
+    return answer if "FailedSOPSequence" in answer else None
 
 
 def _patients(studies: list[Dataset]) -> list[Dataset]:

@@ -13,8 +13,8 @@ hl7-mllp        :class:`kit.hl7.mllp.MLLPSender`             MLLP (TCP/TLS) conn
 endoscopy       the PACS worklist, Modality ES               worklist C-FIND, Modality ES
 =============== ============================================ ==========================
 
-``pacs-dicomweb`` is configured when ``[dicomweb] base`` differs from its
-default, or when ``dicomweb=True`` is passed (the embedded stack has no DICOMweb).
+``pacs-dicomweb`` is used on the embedded stack (it serves DICOMweb), with a
+kit.toml when it sets ``[dicomweb]``, or when ``dicomweb=True`` is passed.
 
 :meth:`Hub.status` runs the probes in parallel, each with a bounded timeout
 (``probe_timeout``, no retries), and returns one row per connector: a dead
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
-from kit.config import DicomWebSettings, Settings, load_settings
+from kit.config import Settings, load_settings
 from kit.errors import ConfigError, InvalidInputError, KitError
 from kit.hub.registry import REGISTRY
 
@@ -116,8 +116,7 @@ class Hub:
     settings : Settings, optional
         Where the peers are (default :func:`kit.load_settings`).
     dicomweb : bool, optional
-        Use DICOMweb too. Default: when ``[dicomweb] base`` differs from the
-        built-in default.
+        Use DICOMweb too. Default: :attr:`kit.config.Settings.uses_dicomweb`.
     hl7_store : path, optional
         The SQLite store of an MLLP listener (:class:`kit.hl7.store.MessageStore`)
         whose messages :meth:`patient_view` reads.
@@ -137,8 +136,7 @@ class Hub:
             raise InvalidInputError(f"settings must be kit.config.Settings, not {type(settings).__name__}")
         if not probe_timeout > 0:
             raise InvalidInputError("probe_timeout must be positive")
-        self.use_dicomweb = (self.settings.dicomweb.base != DicomWebSettings().base
-                             if dicomweb is None else bool(dicomweb))
+        self.use_dicomweb = self.settings.uses_dicomweb if dicomweb is None else bool(dicomweb)
         self.hl7_store = Path(hl7_store).expanduser() if hl7_store is not None else None
         self.probe_timeout = float(probe_timeout)
         self.mrn_system = mrn_system

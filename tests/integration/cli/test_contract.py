@@ -67,7 +67,7 @@ DEAD_PORT_GUARD = 15.0
 #: one of them (or adds one). {tmp}, {dicom}, {hl7}, {json} and {dead} are filled in.
 BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "serve": ([], {"--data-dir": "{tmp}/stack", "--pacs-port": "0", "--fhir-port": "0",
-                   "--mllp-port": "0"}),
+                   "--mllp-port": "0", "--dicomweb-port": "0"}),
     "demo": ([], {"--work-dir": "{tmp}/demo"}),
     "status": ([], {}),
     "samples": ([], {}),

@@ -21,7 +21,7 @@ from kit.stack import Stack
 from tests.conftest import free_port
 from tests.integration.hub.helpers import sample_study, sr_for, studies
 
-CONNECTORS = ["pacs-dimse", "ehr-fhir", "hl7-mllp", "endoscopy"]
+CONNECTORS = ["pacs-dimse", "pacs-dicomweb", "ehr-fhir", "hl7-mllp", "endoscopy"]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,8 @@ def test_status_all_ok(settings: Settings) -> None:
     status = Hub.from_settings(settings).status()
     assert status.schema == pl.Schema(dict(STATUS_COLUMNS))
     assert status["connector"].to_list() == CONNECTORS
-    assert status["status"].to_list() == ["ok"] * 4, status
-    assert status["reason"].null_count() == 4
+    assert status["status"].to_list() == ["ok"] * 5, status
+    assert status["reason"].null_count() == 5
     assert (status["latency_ms"] > 0).all()
 
 
@@ -98,7 +98,7 @@ def test_status_after_a_service_stops(settings: Settings) -> None:
     with Stack.ephemeral(services=("mllp",), preload=False) as own:
         changed = dataclasses.replace(settings, hl7=own.client_settings(settings).hl7)
         hub = Hub.from_settings(changed, probe_timeout=2.0)
-        assert hub.status()["status"].to_list() == ["ok"] * 4
+        assert hub.status()["status"].to_list() == ["ok"] * 5
         own.services["mllp"].stop()
         rows = {r["connector"]: r for r in hub.status().iter_rows(named=True)}
     assert rows["hl7-mllp"]["status"] == "failed" and rows["hl7-mllp"]["reason"].startswith("PeerUnreachable")
@@ -108,7 +108,7 @@ def test_status_after_a_service_stops(settings: Settings) -> None:
 def test_connect_all_and_disconnect_all(settings: Settings) -> None:
     hub = Hub.from_settings(settings)
     connected = hub.connect_all()
-    assert connected["status"].to_list() == ["ok"] * 4
+    assert connected["status"].to_list() == ["ok"] * 5
     first = hub.hl7
     hub.disconnect_all()
     hub.disconnect_all()  # idempotent

@@ -12,7 +12,8 @@ KIT = Path(__file__).resolve().parents[3] / "kit"
 PURE = [
     "errors", "config", "_files", "_redact", "_checks", "_truncate", "examples/cohort",
     "dicom/query", "dicom/index", "dicom/deid", "dicom/deid_check", "dicom/_profile_options",
-    "dicom/received", "dicom/matching", "dicom/pixels", "dicom/_contexts",
+    "dicom/received", "dicom/matching", "dicom/pixels", "dicom/_contexts", "dicom/web_multipart",
+    "dicom/web_query",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "fhir/server_limits", "fhir/server_openapi", "fhir/policy",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
@@ -23,7 +24,6 @@ PURE = [
     "endoscopy/frame", "endoscopy/vendors", "endoscopy/capture", "endoscopy/detections",
     "choose", "fhir/capability",
     "services/medix_protocol",
-    "endoscopy/frame",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
 ]
 
