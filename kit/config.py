@@ -51,6 +51,7 @@ from kit.errors import ConfigError
 
 __all__ = [
     "DicomWebSettings",
+    "EndoscopySettings",
     "FhirSettings",
     "HL7Settings",
     "PacsSettings",
@@ -185,6 +186,20 @@ class HL7Settings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EndoscopySettings:
+    """Where the endoscopy tower's live video comes from.
+
+    ``stream_url`` is what :class:`kit.endoscopy.source.FrameSource` opens by
+    default: an ``rtsp://``/``http://``/``udp://`` URL from the video gateway, a
+    capture device (``/dev/video0``) or a file. Default: the embedded stack's
+    stream (``[stack] video_port``). ``timeout`` bounds opening it and each read.
+    """
+
+    stream_url: str = "http://127.0.0.1:8090/live.ts"
+    timeout: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
 class StackSettings:
     """The embedded stack: addresses, AE title and where it keeps its data.
 
@@ -223,6 +238,7 @@ class Settings:
     fhir: FhirSettings = dataclasses.field(default_factory=FhirSettings)
     hl7: HL7Settings = dataclasses.field(default_factory=HL7Settings)
     stack: StackSettings = dataclasses.field(default_factory=StackSettings)
+    endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
     source: str = "defaults"
 
 
@@ -232,6 +248,7 @@ _SECTIONS: dict[str, type] = {
     "fhir": FhirSettings,
     "hl7": HL7Settings,
     "stack": StackSettings,
+    "endoscopy": EndoscopySettings,
 }
 
 
@@ -342,6 +359,7 @@ _CHECKS: dict[str, Any] = {
     "stack.mllp_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.video_port": lambda v: _checks.port(v, ephemeral=True),
     "stack.allowed_aets": lambda v: tuple(_checks.ae_title(a) for a in v),
+    "endoscopy.timeout": _checks.positive_seconds,
 }
 
 
@@ -470,4 +488,6 @@ def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
         "fhir": fill("fhir", {"base": f"http://{url_host}:{stack.fhir_port}/fhir/R4"
                               if stack.fhir_port else None}),
         "hl7": fill("hl7", {"host": host, "port": stack.mllp_port}),
+        "endoscopy": fill("endoscopy", {"stream_url": f"http://{url_host}:{stack.video_port}/live.ts"
+                                        if stack.video_port else None}),
     }

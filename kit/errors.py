@@ -12,12 +12,14 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     ├── InvalidInputError           bad data handed to the kit (``.source``)
     │   ├── DicomFileError          not DICOM, truncated, unreadable
     │   ├── FhirValidationError     not FHIR, or an invalid resource (``.issues``)
-    │   └── HL7ParseError           not an HL7 v2 message (``.segment``, ``.field``)
+    │   ├── HL7ParseError           not an HL7 v2 message (``.segment``, ``.field``)
+    │   └── VideoFileError          not a video file, truncated, undecodable
     ├── PeerError                   talking to another system failed (``.peer``)
     │   ├── PeerUnreachableError    connection refused, DNS, closed port
     │   ├── PeerTimeoutError        no answer within the timeout
     │   ├── PeerDisconnectedError   the peer went away mid-exchange
     │   ├── TLSError                TLS handshake or certificate problem
+    │   ├── VideoSourceError        a video stream or capture device failed (no video, protocol error)
     │   ├── DicomError              DICOM-level failures
     │   │   ├── AssociationRejectedError   (``.result``, ``.source_``, ``.reason``)
     │   │   ├── AssociationAbortedError
@@ -78,6 +80,8 @@ __all__ = [
     "TLSError",
     "TruncatedResultWarning",
     "VerificationError",
+    "VideoFileError",
+    "VideoSourceError",
 ]
 
 
@@ -172,6 +176,10 @@ class HL7ParseError(InvalidInputError):
         super().__init__(message, source=source)
 
 
+class VideoFileError(InvalidInputError):
+    """A video file is missing, not a video, truncated, or cannot be decoded."""
+
+
 class PeerError(KitError):
     """Talking to another system failed.
 
@@ -202,6 +210,14 @@ class PeerDisconnectedError(PeerError):
 
 class TLSError(PeerError):
     """TLS handshake or certificate verification failed."""
+
+
+class VideoSourceError(PeerError):
+    """A video stream or capture device failed other than by being unreachable or silent.
+
+    Unreachable, silent and dropped streams raise :class:`PeerUnreachableError`,
+    :class:`PeerTimeoutError` and :class:`PeerDisconnectedError` like every other peer.
+    """
 
 
 class DicomError(PeerError):

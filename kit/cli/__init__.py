@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "pacs": "kit.cli.pacs:pacs",
     "fhir": "kit.cli.fhir:fhir",
     "hl7": "kit.cli.hl7:hl7",
+    "endoscopy": "kit.cli.endoscopy:endoscopy",
 }
 
 
