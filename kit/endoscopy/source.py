@@ -117,7 +117,7 @@ class SourceStats:
 
 def display_url(url: str) -> str:
     """``url`` with any ``user:password@`` replaced by ``***@`` (for messages and logs)."""
-    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", url)
 
 
 def describe_source(url: str) -> tuple[str, str | None]:
@@ -232,7 +232,7 @@ class FrameSource:
 
     def __init__(self, url: str | os.PathLike[str], *, realtime: bool = False, reconnect: bool | None = None,
                  buffer_size: int = 32, open_timeout: float = 10.0, read_timeout: float = 5.0,
-                 reconnect_delay: float = 0.5, reconnect_max_delay: float = 4.0,
+                 reconnect_delay: float = 0.25, reconnect_max_delay: float = 2.0,
                  reconnect_deadline: float = 30.0, format: str | None = None,
                  options: Mapping[str, str] | None = None, drop: bool | None = None) -> None:
         delays = (open_timeout, read_timeout, reconnect_delay, reconnect_max_delay)
@@ -267,6 +267,7 @@ class FrameSource:
         self._last_at = 0.0
         self._ts_offset = 0.0
         self._origin: float | None = None
+        self._conn_frames = 0
         self._after_gap = False
         self._pace_start: float | None = None
 
@@ -484,28 +485,7 @@ class FrameSource:
         import numpy as np
 
         now = time.monotonic()
-        fps = self._nominal or 30.0
-        if self._after_gap:  # first frame after a reconnect: account for the time away
-            gap = max(0.0, now - self._last_at - 1.0 / fps)
-            missed = round(gap * fps)
-            self._index += missed
-            self._ts_offset = (self._last_ts or 0.0) + (now - self._last_at)
-            self._origin = None
-            self._after_gap = False
-            self._meter.reset()
-            with self._lock:
-                self._gap += gap
-                self._counts["missed"] += missed
-        t = vf.time
-        if t is not None and self._origin is None:
-            self._origin = float(t)
-        if t is not None and self._origin is not None:
-            ts = self._ts_offset + float(t) - self._origin
-        else:
-            ts = (self._last_ts + 1.0 / fps) if self._last_ts is not None else self._ts_offset
-        if self._last_ts is not None and ts < self._last_ts:  # a timestamp jump back: keep time monotonic
-            self._ts_offset += self._last_ts + 1.0 / fps - ts
-            ts = self._last_ts + 1.0 / fps
+        ts = self._timestamp(None if vf.time is None else float(vf.time), now)
         if vf.is_corrupt:
             with self._lock:
                 self._counts["corrupt"] += 1
@@ -525,6 +505,48 @@ class FrameSource:
             self._meter.tick(now)
         self._buffer.put(frame, block=not self.drop)
         return not self._buffer.closed
+
+    def _timestamp(self, t: float | None, now: float) -> float:
+        """Seconds from the start of the stream, continuous across reconnects and stalls.
+
+        A live stream that was away (reconnected, or silent for over a second) is
+        a gap: its wall-clock length is counted, the index skips the frames it
+        would have held, and the timestamps jump by it (the stream's own clock
+        restarts with a new connection). Frames without a timestamp are placed
+        one nominal frame interval after the previous one.
+        """
+        fps = self._nominal or 30.0
+        stalled = (self.live and self.drop and self._last_ts is not None
+                   and now - self._last_at > max(1.0, 10.0 / fps))
+        if (self._after_gap or stalled) and self._last_ts is not None:
+            away = now - self._last_at
+            gap = max(0.0, away - 1.0 / fps)
+            missed = round(gap * fps)
+            self._index += missed
+            self._ts_offset = self._last_ts + away
+            self._origin = None
+            self._conn_frames = 0
+            self._meter.reset()
+            with self._lock:
+                self._gap += gap
+                self._counts["missed"] += missed
+        elif self._after_gap:
+            self._origin = None
+            self._conn_frames = 0
+        self._after_gap = False
+        if t is not None and self._origin is None:
+            self._origin = t - self._conn_frames / fps
+        if t is not None and self._origin is not None:
+            ts = self._ts_offset + t - self._origin
+        elif self._origin is None:
+            ts = self._ts_offset + self._conn_frames / fps
+        else:
+            ts = (self._last_ts or 0.0) + 1.0 / fps
+        if self._last_ts is not None and ts <= self._last_ts - 1e-9:  # the clock jumped back: stay monotonic
+            self._ts_offset += self._last_ts + 1.0 / fps - ts
+            ts = self._last_ts + 1.0 / fps
+        self._conn_frames += 1
+        return ts
 
     def _reopen(self, cause: BaseException | None) -> InputContainer | None:
         """Reopen a dropped live stream with backoff; None if closed meanwhile."""

@@ -20,7 +20,7 @@ PURE = [
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
-    "endoscopy/frame",
+    "endoscopy/frame", "endoscopy/buffer",
 ]
 
 # Network, servers and databases: what "pure" excludes.
