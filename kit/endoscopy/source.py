@@ -282,10 +282,10 @@ class FrameSource:
         kit.errors.VideoFileError
             A file is missing or not a readable video.
         """
-        if self._thread is not None:
-            return self
         if self._stop.is_set():
             raise VideoSourceError("this frame source was closed; make a new one", peer=display_url(self.url))
+        if self._thread is not None:
+            return self
         self._opened_at = time.monotonic()
         container = self._open(self.open_timeout)
         self._thread = threading.Thread(target=self._run, args=(container,), daemon=True,
@@ -348,7 +348,8 @@ class FrameSource:
         kit.errors.KitError
             What stopped the source (see the class docs), once its earlier frames were read.
         """
-        self.start()
+        if self._thread is None:
+            self.start()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
