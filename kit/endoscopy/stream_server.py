@@ -51,6 +51,8 @@ __all__ = ["VideoStreamServer"]
 log = logging.getLogger(__name__)
 
 _TS_OPTIONS = {"flush_packets": "1", "mpegts_flags": "pat_pmt_at_frames"}
+#: bytes a client may have unsent in the kernel, and again in the transport (seconds of video)
+_SEND_BUFFER = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,13 +369,15 @@ class VideoStreamServer:
             await self._shutdown.wait()
         finally:
             self._server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for client in list(self._clients):
                 client.writer.transport.abort()
-                if client.task is not None:
-                    client.task.cancel()
-            for task, writer in list(self._pending.items()):
+            for _, writer in list(self._pending.items()):
                 writer.transport.abort()
+            for task in tasks:
                 task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=5.0)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
 
@@ -416,8 +420,10 @@ class VideoStreamServer:
         task = asyncio.current_task()
         try:
             sock = writer.get_extra_info("socket")
-            if sock is not None:
+            if sock is not None:   # small kernel and transport buffers: a client that stops reading shows
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
+            writer.transport.set_write_buffer_limits(high=_SEND_BUFFER)
             if self._stop.is_set() or len(self._clients) >= self.max_clients:
                 self.counts["rejected"] += 1
                 await self._respond(writer, "503 Service Unavailable", "Retry-After: 5\r\n")
