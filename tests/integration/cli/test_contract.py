@@ -88,6 +88,7 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "hl7 send": (["{hl7}"], {"--port": "{dead}"}),
     "hl7 parse": (["{hl7}"], {}),
     "hl7 stats": ([], {"--store": "{store}"}),
+    "endoscopy frames": (["http://127.0.0.1:{dead}/live.ts"], {"--count": "2", "--timeout": "5"}),
 }
 
 #: an option given without a value

@@ -1,4 +1,4 @@
-"""Sources that do not answer, answer nothing, or stop mid-procedure: a typed error or a reconnect, never a hang.
+"""Sources that do not answer, say nothing, or stop mid-procedure: a typed error or a reconnect, never a hang.
 
 The hostile peers are raw sockets on loopback: a closed port, a port that accepts and says
 nothing, an HTTP server that sends half a stream and then goes silent, and one that serves
@@ -88,7 +88,8 @@ class HalfStreamServer:
 
     def __init__(self, *, serve_once: bool) -> None:
         data = _ts_bytes()
-        self.payload = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + data[: len(data) // 2 // 188 * 188]
+        half = data[: len(data) // 2 // 188 * 188]
+        self.payload = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + half
         self.serve_once = serve_once
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))

@@ -114,7 +114,8 @@ def test_a_stream_that_stops_for_good_raises_after_the_deadline(
 
 
 @pytest.mark.timeout(60)
-def test_without_reconnect_a_dropped_http_stream_just_ends(ffmpeg_stream: Callable[[str], FfmpegStream]) -> None:
+def test_without_reconnect_a_dropped_http_stream_just_ends(
+        ffmpeg_stream: Callable[[str], FfmpegStream]) -> None:
     stream = ffmpeg_stream("http")
     _started(stream)
     got = 0

@@ -110,8 +110,8 @@ def _corrupt(tmp: Path, name: str) -> Path:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("name", ["truncated", "truncated-faststart", "garbled-index", "garbled-video", "zeros", "empty", "text",
-                                  "missing"])
+@pytest.mark.parametrize("name", ["truncated", "truncated-faststart", "garbled-index", "garbled-video",
+                                  "zeros", "empty", "text", "missing"])
 def test_a_corrupt_file_raises_a_clear_error(tmp_path: Path, name: str) -> None:
     path = _corrupt(tmp_path, name)
     frames: list[Frame] = []
