@@ -27,6 +27,11 @@ class DropOldestBuffer(Generic[T]):
     ----------
     capacity : int
         Most items held at once (>= 1).
+    batch : int
+        A reader waiting on an empty buffer is woken once this many items are
+        held (or on close), and a writer waiting for room once there is room
+        for this many: fewer thread switches when latency does not matter (a
+        file). 1 (the default) wakes on every item (a live stream).
 
     Attributes
     ----------
@@ -36,10 +41,13 @@ class DropOldestBuffer(Generic[T]):
         Items evicted unread because the buffer was full.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, batch: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if not 1 <= batch <= capacity:
+            raise ValueError(f"batch must be 1..{capacity}, got {batch}")
         self.capacity = capacity
+        self.batch = batch
         self.pushed = 0
         self.dropped = 0
         self._items: collections.deque[T] = collections.deque()
@@ -88,7 +96,8 @@ class DropOldestBuffer(Generic[T]):
                 self.dropped += 1
             self._items.append(item)
             self.pushed += 1
-            self._cond.notify_all()
+            if len(self._items) >= self.batch:
+                self._cond.notify_all()
             return evicted
 
     def get(self, timeout: float | None = None) -> T | None:
@@ -107,7 +116,8 @@ class DropOldestBuffer(Generic[T]):
             if not self._items:
                 return None
             item = self._items.popleft()
-            self._cond.notify_all()
+            if len(self._items) <= self.capacity - self.batch:
+                self._cond.notify_all()
             return item
 
     def drain(self) -> list[T]:

@@ -21,10 +21,11 @@ What it opens (PyAV/FFmpeg does the demuxing and decoding):
 - a V4L2 capture card or camera (``/dev/video0``; pass ``options`` such as
   ``{"video_size": "1920x1080", "framerate": "30"}``).
 
-A capture thread decodes into a bounded buffer. For a live source it never waits
-for the consumer: when the buffer is full the oldest frame is dropped (counted in
-:attr:`FrameSource.stats`; frame indices show the gap). A file source waits for
-the consumer instead, so nothing is lost. A live stream that stops (end of
+For a live source (and a ``realtime`` file) a capture thread decodes into a
+bounded buffer and never waits for the consumer: when the buffer is full the
+oldest frame is dropped (counted in :attr:`FrameSource.stats`; frame indices
+show the gap). A plain file is decoded in the consumer's own thread as it reads,
+so nothing is lost and nothing is handed between threads. A live stream that stops (end of
 stream, reset, silence past ``read_timeout``) is reopened with exponential
 backoff until ``reconnect_deadline``; the time and the estimated frames missed
 are counted, indices skip the missed frames and timestamps keep running across
@@ -49,7 +50,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +207,7 @@ class FrameSource:
         real time anyway.
     reconnect : bool or None
         Reopen a live stream that stops (default: True for network streams and
-        devices, False for files).
+        devices; files are never reconnected).
     buffer_size : int
         Frames held between the capture thread and the consumer.
     open_timeout, read_timeout : float
@@ -222,7 +223,9 @@ class FrameSource:
         FFmpeg options for the input (override the timeouts kit sets).
     drop : bool or None
         Drop the oldest frame when the buffer is full (default: for live sources
-        and ``realtime`` files) instead of waiting for the consumer.
+        and ``realtime`` files) instead of waiting for the consumer. A plain file
+        (not ``realtime``) has no buffer: it is decoded in the reader's thread as
+        it reads, so nothing is dropped and nothing is handed between threads.
 
     Raises
     ------
@@ -243,6 +246,8 @@ class FrameSource:
         self.format = format or forced
         self.live = self.kind != "file"
         self.realtime = realtime
+        if reconnect and self.kind == "file":
+            raise ValueError("a file is not reconnected: it ends (use a stream URL to reconnect)")
         self.reconnect = self.live if reconnect is None else reconnect
         self.drop = (self.live or realtime) if drop is None else drop
         self.open_timeout = open_timeout
@@ -251,9 +256,16 @@ class FrameSource:
         self.reconnect_max_delay = reconnect_max_delay
         self.reconnect_deadline = reconnect_deadline
         self.options = _ffmpeg_options(self.kind, read_timeout, open_timeout, options or {})
-        self._buffer: DropOldestBuffer[Frame] = DropOldestBuffer(buffer_size)
+        # a source that waits for its reader hands frames over in batches (fewer thread switches)
+        self._buffer: DropOldestBuffer[Frame] = DropOldestBuffer(
+            buffer_size, batch=1 if self.drop else max(1, buffer_size // 2))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._frames: Generator[Frame, None, None] | None = None
+        self._started = False
+        #: a plain file (not realtime, not reconnected) is decoded in the reader's thread, as it
+        #: reads: it can wait, so no capture thread, no hand-over, nothing dropped
+        self.in_caller_thread = self.kind == "file" and not realtime and not self.reconnect
         self._error: KitError | None = None
         self._lock = threading.Lock()
         self._meter = RateMeter()
@@ -284,10 +296,14 @@ class FrameSource:
         """
         if self._stop.is_set():
             raise VideoSourceError("this frame source was closed; make a new one", peer=display_url(self.url))
-        if self._thread is not None:
+        if self._started:
             return self
         self._opened_at = time.monotonic()
         container = self._open(self.open_timeout)
+        self._started = True
+        if self.in_caller_thread:
+            self._frames = self._file_frames(container)
+            return self
         self._thread = threading.Thread(target=self._run, args=(container,), daemon=True,
                                         name=f"kit-frames {display_url(self.url)}")
         self._thread.start()
@@ -300,6 +316,8 @@ class FrameSource:
         """
         self._stop.set()
         self._buffer.close()
+        if self._frames is not None:
+            self._frames.close()      # closes the file
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.read_timeout + self.open_timeout + 5.0)
@@ -320,7 +338,7 @@ class FrameSource:
         Iterating a source not yet started (``for f in FrameSource(url)``) starts it, and
         closes it when the loop ends or is left early.
         """
-        owned = self._thread is None
+        owned = not self._started
         self.start()
         try:
             while True:
@@ -348,8 +366,16 @@ class FrameSource:
         kit.errors.KitError
             What stopped the source (see the class docs), once its earlier frames were read.
         """
-        if self._thread is None:
+        if not self._started:
             self.start()
+        if self._frames is not None:   # a file read in this thread: decode the next frame now
+            if self._stop.is_set():
+                return None
+            frame = next(self._frames, None)
+            if frame is not None:
+                with self._lock:
+                    self._counts["delivered"] += 1
+            return frame
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
@@ -388,7 +414,7 @@ class FrameSource:
                            gap_seconds=self._gap, fps=fps, nominal_fps=self._nominal,
                            elapsed=time.monotonic() - self._opened_at if self._opened_at else 0.0)
 
-    # -- the capture thread ------------------------------------------------------------------------
+    # -- decoding (the capture thread, or the reader's for a file) ---------------------------------
     def _open(self, timeout: float) -> InputContainer:
         import av
 
@@ -410,12 +436,27 @@ class FrameSource:
         self._nominal = float(rate) if rate else self._nominal
         return container
 
+    def _file_frames(self, container: InputContainer) -> Generator[Frame, None, None]:
+        """The frames of a file, decoded in the caller's thread as it asks for them."""
+        try:
+            yield from self._decode(container)
+        except KitError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - PyAV/OS errors while reading: the kit's error
+            raise _error(exc, self.url, self.kind, waited=0.0, timeout=self.read_timeout,
+                         what="read") from exc
+        finally:
+            container.close()
+
     def _run(self, container: InputContainer | None) -> None:
         try:
             while container is not None and not self._stop.is_set():
                 failure: BaseException | None = None
                 try:
-                    self._pump(container)
+                    for frame in self._decode(container):
+                        self._buffer.put(frame, block=not self.drop)
+                        if self._buffer.closed:
+                            break
                 except KitError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - PyAV/OS errors mid-stream: reconnect or report
@@ -443,8 +484,8 @@ class FrameSource:
                 container.close()
             self._buffer.close()
 
-    def _pump(self, container: InputContainer) -> None:
-        """Decode every frame of one connection into the buffer; return at its end."""
+    def _decode(self, container: InputContainer) -> Iterator[Frame]:
+        """Every frame of one connection (or file), in order; checks a file's completeness at its end."""
         import av
 
         stream = container.streams.video[0]
@@ -463,8 +504,10 @@ class FrameSource:
                 continue
             for vf in frames:
                 decoded += 1
-                if not self._deliver(vf):
+                frame = self._make_frame(vf)
+                if frame is None:
                     return
+                yield frame
         if self.kind == "file":
             self._check_file(declared, packets, decoded)
 
@@ -481,8 +524,8 @@ class FrameSource:
             raise VideoFileError(f"corrupt: {corrupt} frame(s) could not be decoded cleanly "
                                  f"({decoded} decoded)", source=shown)
 
-    def _deliver(self, vf: Any) -> bool:
-        """Turn one decoded frame into a :class:`Frame` in the buffer; False when closed."""
+    def _make_frame(self, vf: Any) -> Frame | None:
+        """One decoded PyAV frame as a :class:`Frame` (paced when ``realtime``); None if closed meanwhile."""
         import numpy as np
 
         now = time.monotonic()
@@ -495,7 +538,7 @@ class FrameSource:
                 self._pace_start = now - ts
             due = self._pace_start + ts
             if due > now and self._stop.wait(due - now):
-                return False
+                return None
             now = time.monotonic()
         image = np.ascontiguousarray(vf.to_ndarray(format="rgb24"))
         frame = Frame(index=self._index, timestamp=ts, image=image, received=now)
@@ -504,8 +547,7 @@ class FrameSource:
         with self._lock:
             self._counts["decoded"] += 1
             self._meter.tick(now)
-        self._buffer.put(frame, block=not self.drop)
-        return not self._buffer.closed
+        return frame
 
     def _timestamp(self, t: float | None, now: float) -> float:
         """Seconds from the start of the stream, continuous across reconnects and stalls.

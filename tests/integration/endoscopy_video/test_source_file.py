@@ -134,22 +134,31 @@ def test_a_corrupt_file_raises_a_clear_error(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.timeout(30)
 def test_lifecycle_close_is_idempotent_and_joins_the_thread() -> None:
-    source = FrameSource(CLIP, buffer_size=1)
+    # a realtime file has a capture thread (as a live source does)
+    source = FrameSource(CLIP, buffer_size=1, realtime=True)
     assert source.read() is not None
     thread = source._thread
-    assert thread is not None and thread.is_alive()      # waiting for room: the buffer is full
+    assert thread is not None and thread.is_alive() and not source.in_caller_thread
     source.close()
     source.close()
     assert not thread.is_alive()
     assert source.read() is None                          # closed: the end, not an error
     with pytest.raises(KitError, match="closed"):
         source.start()
+    # a plain file is read in the caller's thread: no thread, and closing closes the file
+    plain = FrameSource(CLIP).start()
+    assert plain.in_caller_thread and plain._thread is None
+    assert plain.read() is not None
+    plain.close()
+    plain.close()
+    assert plain.read() is None
 
 
 @pytest.mark.timeout(30)
 def test_leaving_a_for_loop_early_stops_the_capture_thread() -> None:
     before = threading.active_count()
-    for frame in FrameSource(CLIP, buffer_size=1):
+    for frame in FrameSource(CLIP, buffer_size=1, realtime=True):
+        assert threading.active_count() == before + 1
         assert frame.index == 0
         break
     deadline = time.monotonic() + 10

@@ -19,10 +19,11 @@ ops = st.lists(st.one_of(st.tuples(st.just("put"), st.integers(0, 10_000)),
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 12), ops)
-def test_buffer_matches_a_bounded_deque(capacity: int, operations: list[tuple[str, int | None]]) -> None:
+@given(st.integers(1, 12), st.integers(1, 12), ops)
+def test_buffer_matches_a_bounded_deque(capacity: int, batch: int,
+                                        operations: list[tuple[str, int | None]]) -> None:
     """Fast path == slow path: the buffer behaves as deque(maxlen=capacity), and counts its evictions."""
-    buf: DropOldestBuffer[int] = DropOldestBuffer(capacity)
+    buf: DropOldestBuffer[int] = DropOldestBuffer(capacity, batch=min(batch, capacity))
     model: collections.deque[int] = collections.deque(maxlen=capacity)
     dropped = pushed = 0
     for op, value in operations:
@@ -58,9 +59,10 @@ def test_closed_buffer_hands_out_what_it_holds_then_none(capacity: int, values: 
     assert buf.dropped == max(0, len(values) - capacity)
 
 
-def test_capacity_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        DropOldestBuffer(0)
+def test_capacity_and_batch_must_be_sane() -> None:
+    for capacity, batch in ((0, 1), (4, 0), (4, 5)):
+        with pytest.raises(ValueError):
+            DropOldestBuffer(capacity, batch=batch)
 
 
 @pytest.mark.timeout(20)
@@ -78,10 +80,11 @@ def test_get_times_out_and_close_wakes_a_waiting_reader() -> None:
     assert not reader.is_alive() and got == [None]
 
 
-@pytest.mark.timeout(20)
-def test_blocking_put_waits_for_room_instead_of_dropping() -> None:
-    """A file source's mode: a slow consumer loses nothing."""
-    buf: DropOldestBuffer[int] = DropOldestBuffer(2)
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("capacity", "batch"), [(2, 1), (2, 2), (8, 4), (8, 8)])
+def test_blocking_put_waits_for_room_instead_of_dropping(capacity: int, batch: int) -> None:
+    """A file source's mode: a slow consumer loses nothing, whatever the batch (and nothing deadlocks)."""
+    buf: DropOldestBuffer[int] = DropOldestBuffer(capacity, batch=batch)
     produced = threading.Event()
 
     def producer() -> None:
@@ -98,6 +101,7 @@ def test_blocking_put_waits_for_room_instead_of_dropping() -> None:
         out.append(item)
         time.sleep(0.001)
     thread.join(5)
+    buf.close()
     assert produced.is_set() and out == list(range(50)) and buf.dropped == 0
 
 

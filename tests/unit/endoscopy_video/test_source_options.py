@@ -46,7 +46,8 @@ def test_timeouts_reach_every_protocol_in_microseconds() -> None:
 
 
 def test_parameters_are_checked() -> None:
-    for bad in ({"open_timeout": 0}, {"read_timeout": -1}, {"buffer_size": 0}, {"reconnect_delay": 0}):
+    for bad in ({"open_timeout": 0}, {"read_timeout": -1}, {"buffer_size": 0}, {"reconnect_delay": 0},
+                {"reconnect": True}):
         with pytest.raises(ValueError):
             FrameSource("x.mp4", **bad)  # type: ignore[arg-type]
 
