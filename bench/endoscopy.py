@@ -76,7 +76,7 @@ def kit_source(path: Path) -> int:
 
 def _alternated(contenders: dict[str, Callable[[], int]],
                 runs: int) -> dict[str, tuple[list[float], int]]:
-    """``{name: (seconds of each run, frames)}``, the contenders' runs interleaved (a shared machine drifts)."""
+    """``{name: (seconds of each run, frames)}``, runs interleaved (a shared machine drifts)."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     frames: dict[str, int] = {}
     for name, fn in contenders.items():   # warm-up: imports, caches, the file in the page cache
