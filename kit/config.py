@@ -223,21 +223,29 @@ class StackSettings:
 
 @dataclasses.dataclass(frozen=True)
 class EndoscopySettings:
-    """The endoscopy suite: which vendor profile (:mod:`kit.endoscopy.vendors`) and site overrides.
+    """The endoscopy suite: its vendor profile, site overrides and where its live video comes from.
 
     ``vendor`` is ``generic``, ``olympus``, ``pentax``, ``fujifilm`` or
-    ``karl_storz``. ``overrides`` sets profile fields for this site, as text
-    (lists comma-separated, sizes ``WIDTHxHEIGHT``)::
+    ``karl_storz`` (:mod:`kit.endoscopy.vendors`). ``overrides`` sets profile
+    fields for this site, as text (lists comma-separated, sizes ``WIDTHxHEIGHT``)::
 
         [endoscopy]
         vendor = "olympus"
         overrides = { station_aet = "ENDO3", still_transfer_syntax = "1.2.840.10008.1.2.1" }
+        stream_url = "rtsp://video-gateway.example/endo3"
 
     or ``KIT_ENDOSCOPY_OVERRIDES="station_aet=ENDO3,frame_rate=25"``.
+
+    ``stream_url`` is what :class:`kit.endoscopy.source.FrameSource` opens by
+    default: an ``rtsp://``/``http://``/``udp://`` URL from the video gateway, a
+    capture device (``/dev/video0``) or a file. Default: the embedded stack's
+    stream (``[stack] video_port``). ``timeout`` bounds opening it and each read.
     """
 
     vendor: str = "generic"
     overrides: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    stream_url: str = "http://127.0.0.1:8090/live.ts"
+    timeout: float = 10.0
 
     def profile(self) -> Any:
         """The configured :class:`kit.endoscopy.vendors.VendorProfile` (overrides applied)."""
@@ -502,6 +510,7 @@ _CHECKS: dict[str, Any] = {
     "api.max_body": _checks.positive_int,
     "api.max_json_body": _checks.positive_int,
     "api.probe_timeout": _checks.positive_seconds,
+    "endoscopy.timeout": _checks.positive_seconds,
 }
 
 
@@ -679,4 +688,6 @@ def _stack_defaults(stack: StackSettings, given: Mapping[str, set[str]],
         "hl7": fill("hl7", {"host": host, "port": stack.mllp_port}),
         "dicomweb": fill("dicomweb", {"base": f"http://{url_host}:{stack.dicomweb_port}/dicom-web"
                                       if stack.dicomweb_port else None}),
+        "endoscopy": fill("endoscopy", {"stream_url": f"http://{url_host}:{stack.video_port}/live.ts"
+                                        if stack.video_port else None}),
     }

@@ -13,13 +13,15 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │   ├── DicomFileError          not DICOM, truncated, unreadable
     │   ├── DicomWebRequestError    a DICOMweb request the embedded server refuses (``.status_code``)
     │   ├── FhirValidationError     not FHIR, or an invalid resource (``.issues``)
-    │   └── HL7ParseError           not an HL7 v2 message (``.segment``, ``.field``)
+    │   ├── HL7ParseError           not an HL7 v2 message (``.segment``, ``.field``)
+    │   └── VideoFileError          not a video file, truncated, undecodable
     ├── PeerError                   talking to another system failed (``.peer``)
     │   ├── PeerUnreachableError    connection refused, DNS, closed port
     │   ├── PeerTimeoutError        no answer within the timeout
     │   ├── PeerDisconnectedError   the peer went away mid-exchange
     │   ├── TLSError                TLS handshake or certificate problem
     │   ├── NotFoundError           the peer has nothing matching what was asked (``.query``)
+    │   ├── VideoSourceError        a video stream or capture device failed (no video, protocol error)
     │   ├── DicomError              DICOM-level failures
     │   │   ├── AssociationRejectedError   (``.result``, ``.source_``, ``.reason``)
     │   │   ├── AssociationAbortedError
@@ -86,6 +88,8 @@ __all__ = [
     "TLSError",
     "TruncatedResultWarning",
     "VerificationError",
+    "VideoFileError",
+    "VideoSourceError",
 ]
 
 
@@ -197,6 +201,10 @@ class HL7ParseError(InvalidInputError):
         super().__init__(message, source=source)
 
 
+class VideoFileError(InvalidInputError):
+    """A video file is missing, not a video, truncated, or cannot be decoded."""
+
+
 class PeerError(KitError):
     """Talking to another system failed.
 
@@ -243,6 +251,13 @@ class NotFoundError(PeerError):
     def __init__(self, message: str, *, query: dict[str, Any] | None = None, peer: str | None = None) -> None:
         self.query = dict(query or {})
         super().__init__(message, peer=peer)
+
+class VideoSourceError(PeerError):
+    """A video stream or capture device failed other than by being unreachable or silent.
+
+    Unreachable, silent and dropped streams raise :class:`PeerUnreachableError`,
+    :class:`PeerTimeoutError` and :class:`PeerDisconnectedError` like every other peer.
+    """
 
 
 class DicomError(PeerError):

@@ -1,4 +1,5 @@
-"""Start and stop the embedded stack: PACS (with worklist and DICOMweb), FHIR server, MLLP listener.
+"""Start and stop the embedded stack: PACS (with worklist and DICOMweb), FHIR server, MLLP listener,
+video stream.
 
 The stack runs in-process (background threads; what notebooks and tests use)
 or in the foreground with ``kit serve``. Every service listens on 127.0.0.1 by
@@ -15,8 +16,9 @@ Each service implements the same small interface (:class:`EmbeddedService`):
 ``start()`` binds and returns once it serves, ``stop()`` is idempotent, and
 ``address`` names it (``dicom://KIT@127.0.0.1:11112``,
 ``http://127.0.0.1:8080/fhir/R4``, ``mllp://127.0.0.1:2575``,
-``http://127.0.0.1:8042/dicom-web``). The DICOMweb service serves the PACS's own
-store (started after it), so C-STORE and STOW-RS, C-FIND and QIDO-RS see the same instances.
+``http://127.0.0.1:8042/dicom-web``, ``http://127.0.0.1:8090/live.ts``). The DICOMweb service
+serves the PACS's own store (started after it), so C-STORE and STOW-RS, C-FIND and QIDO-RS see
+the same instances.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ __all__ = ["SERVICES", "EmbeddedService", "Stack"]
 log = logging.getLogger(__name__)
 
 #: The services the stack can run, in start order.
-SERVICES = ("pacs", "fhir", "mllp", "dicomweb")
+SERVICES = ("pacs", "fhir", "mllp", "dicomweb", "video")
 
 
 @runtime_checkable
@@ -66,7 +68,8 @@ class Stack:
     settings : StackSettings, optional
         Host, ports, AE title and data folder (default: from :func:`kit.load_settings`).
     services : iterable of str
-        Which services to run, any of ``"pacs"``, ``"fhir"``, ``"mllp"``, ``"dicomweb"``.
+        Which services to run, any of ``"pacs"``, ``"fhir"``, ``"mllp"``, ``"dicomweb"``,
+        ``"video"`` (the sample endoscopy clip as a looping live MPEG-TS stream over HTTP).
     preload : bool
         Load the sample cohort (DICOM files, worklist, FHIR bundle) into the
         services on start. Loading is idempotent: a restart on the same data
@@ -92,6 +95,7 @@ class Stack:
         """A stack on ephemeral ports with a temporary data folder, removed on stop."""
         tmp = tempfile.mkdtemp(prefix="kit-stack-")
         settings = StackSettings(host=host, pacs_port=0, fhir_port=0, mllp_port=0, dicomweb_port=0,
+                                 video_port=0,
                                  data_dir=tmp)
         stack = cls(settings, services=services, preload=preload)
         stack._tmp = tmp
@@ -180,6 +184,9 @@ class Stack:
         if "dicomweb" in self.services:
             changes["dicomweb"] = dataclasses.replace(base.dicomweb, base=self.services["dicomweb"].address,
                                                       username=None, password=None, token=None)
+        if "video" in self.services:
+            changes["endoscopy"] = dataclasses.replace(base.endoscopy,
+                                                       stream_url=self.services["video"].address)
         return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
     # -- the services ------------------------------------------------------------------------
@@ -232,6 +239,12 @@ class Stack:
 
         return MLLPListener(self.data_dir / "mllp.db", host=self.settings.host,
                             port=self.settings.mllp_port)
+
+
+    def _make_video(self) -> EmbeddedService:
+        from kit.endoscopy.stream_server import VideoStreamServer
+
+        return VideoStreamServer(host=self.settings.host, port=self.settings.video_port)
 
 
 def _host_port(aet: str, value: str) -> tuple[str, int]:

@@ -1,18 +1,20 @@
-"""``kit endoscopy``: the endoscopy suite's worklist, and capture of stills and clips to the PACS.
+"""``kit endoscopy``: the endoscopy suite's worklist, live video, and capture of stills and clips.
 
 ``worklist`` lists the scheduled endoscopies (Modality Worklist, modality ES)
-or, with ``--performed``, the ES studies already in the PACS.
-``capture SOURCE --accession ACC`` reads frames from a video file or stream
-URL, stores stills and a clip into that accession's study and prints what it
-stored. The vendor profile (transfer syntaxes, station AE title) comes from
-kit.toml ``[endoscopy]``.
+or, with ``--performed``, the ES studies already in the PACS. ``frames`` reads
+frames from a video file, stream or capture device
+(:class:`kit.endoscopy.source.FrameSource`). ``capture SOURCE --accession ACC``
+reads frames the same way, stores stills and a clip into that accession's
+study and prints what it stored. The vendor profile (transfer syntaxes,
+station AE title) and the default stream come from kit.toml ``[endoscopy]``.
 """
 
 from __future__ import annotations
 
-import time
+import json
+import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -20,6 +22,7 @@ from kit.cli._limits import noting_truncation
 from kit.cli.common import (
     AE_TITLE,
     DATE_RANGE,
+    OUTPUT_FILE,
     SECONDS,
     emit_frame,
     handle_errors,
@@ -27,20 +30,32 @@ from kit.cli.common import (
     settings_from,
 )
 from kit.cli.pacs import _client, _dimse_options
+from kit.errors import KitError, PeerDisconnectedError, VideoFileError
 
-__all__ = ["endoscopy"]
+if TYPE_CHECKING:
+    import polars as pl
 
-#: Longest a stream URL may take to open or to deliver its next frame, seconds.
-OPEN_TIMEOUT = 10.0
+__all__ = ["endoscopy", "frame_record"]
+
+
+def frame_record(frame: Any) -> dict[str, Any]:
+    """``{index, timestamp, shape, mean}`` of a :class:`~kit.endoscopy.frame.Frame` (mean: all channels)."""
+    return {"index": frame.index, "timestamp": round(frame.timestamp, 6),
+            "shape": list(frame.image.shape), "mean": round(float(frame.image.mean()), 3)}
 
 
 @click.group()
 def endoscopy() -> None:
-    """Endoscopy: the procedure worklist, and capture of stills and clips to the PACS.
+    """Endoscopy: the procedure worklist, the live video as frames, capture to the PACS.
 
-    The vendor profile (AE titles, transfer syntaxes) comes from kit.toml
-    [endoscopy] vendor / overrides; connections from [pacs], defaulting to
-    the embedded stack (`kit serve`).
+    The vendor profile (AE titles, transfer syntaxes) and the default stream
+    come from kit.toml [endoscopy] (vendor, overrides, stream_url); PACS
+    connections from [pacs]; all default to the embedded stack (`kit serve`).
+
+    \b
+      kit endoscopy worklist --today --station ENDO1
+      kit endoscopy frames --count 5
+      kit endoscopy capture data/samples/endoscopy/MRN1001-ES2.mp4 --accession ACC100102
     """
 
 
@@ -92,43 +107,106 @@ def worklist(ctx: click.Context, date: str | None, today: bool, station: str | N
     emit_frame(df, output, as_json, label="procedures")
 
 
-def _open_frames(source: str, seconds: float | None) -> Iterator[Any]:
-    """Frames of a video file or stream URL, decoded by PyAV (``kit.endoscopy.frame.Frame``).
+@endoscopy.command()
+@click.argument("url", required=False)
+@click.option("-n", "--count", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Frames to read, then stop.")
+@click.option("--timeout", type=SECONDS, default=None,
+              help="Seconds to wait for the source to open, for each frame, and for a dropped stream to "
+                   "come back (default: endoscopy.timeout in kit.toml, else 10).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per frame and line, as it arrives.")
+@click.option("-o", "--output", type=OUTPUT_FILE, default=None,
+              help="Write the frames' table to FILE (.parquet, .csv, .json or .ndjson; its folder "
+                   "must exist).")
+@click.pass_context
+@handle_errors
+def frames(ctx: click.Context, url: str | None, count: int, timeout: float | None, as_json: bool,
+           output: str | None) -> None:
+    """Read COUNT frames from a video source and print index, timestamp, shape and mean intensity.
 
-    Stands in for ``kit.endoscopy.source.FrameSource`` (the live source with
-    reconnects and a bounded buffer); where that exists, it should be used here.
+    URL is a stream (rtsp://, http://, udp://, ...), a capture device
+    (/dev/video0) or a video file; default: endoscopy.stream_url in kit.toml,
+    else the embedded stack's stream (`kit serve` prints it as `video
+    http://127.0.0.1:8090/live.ts`). A live stream that drops is reopened
+    until --timeout; a URL that does not answer fails within --timeout. With
+    --json, each frame is one line {"index", "timestamp", "shape", "mean"};
+    the index skips frames that were dropped. A summary (fps, dropped,
+    reconnects) goes to stderr. Exits 1 if the source fails or ends before
+    COUNT frames (after printing those it read).
+
+    \b
+    Examples:
+      kit endoscopy frames --count 5
+      kit endoscopy frames http://127.0.0.1:8090/live.ts --count 24 --json
+      kit endoscopy frames data/samples/endoscopy/MRN1001-ES2.mp4 --count 36 -o frames.csv
     """
-    import av
-    import numpy as np
+    from kit.endoscopy.source import FrameSource, display_url
 
-    from kit.endoscopy.frame import Frame
-    from kit.errors import InvalidInputError, PeerUnreachableError
+    settings = settings_from(ctx)
+    source_url = url or settings.endoscopy.stream_url
+    seconds = timeout if timeout is not None else settings.endoscopy.timeout
+    rows: list[dict[str, Any]] = []
+    failure: KitError | None = None
+    with FrameSource(source_url, open_timeout=seconds, read_timeout=seconds,
+                     reconnect_deadline=seconds, buffer_size=max(32, min(count, 256))) as source:
+        try:
+            for frame in source:
+                record = frame_record(frame)
+                rows.append(record)
+                if as_json and not output:
+                    click.echo(json.dumps(record))
+                    sys.stdout.flush()
+                if len(rows) >= count:
+                    break
+        except KitError as exc:
+            if not rows:
+                raise
+            failure = exc
+        stats = source.stats
+    if failure is None and len(rows) < count:
+        message = f"the source ended after {len(rows)} of {count} frames"
+        failure = (VideoFileError(message, source=display_url(source_url)) if source.kind == "file"
+                   else PeerDisconnectedError(message, peer=display_url(source_url)))
+    if not as_json and not output:   # the frames read before a failure are shown too
+        _print_table(rows)
+    if failure is not None:
+        raise failure
+    if output:
+        emit_frame(_table(rows), output, False, label="frames")
+    click.echo(f"{len(rows)} frames from {display_url(source_url)}: {stats.fps:.1f} fps measured "
+               f"({stats.nominal_fps:g} declared), {stats.dropped} dropped, {stats.reconnects} reconnects, "
+               f"{stats.missed} missed", err=True)
 
-    is_url = "://" in source
-    options = {"rw_timeout": str(int(OPEN_TIMEOUT * 1e6)), "timeout": str(int(OPEN_TIMEOUT * 1e6))} \
-        if is_url else {}
-    try:
-        container = av.open(source, mode="r", options=options, timeout=OPEN_TIMEOUT if is_url else None)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        kind = PeerUnreachableError if is_url else InvalidInputError
-        raise kind(f"cannot open the video {source}: {exc}") from exc
-    try:
-        if not container.streams.video:
-            raise InvalidInputError("no video stream", source=source)
-        stream = container.streams.video[0]
+
+def _table(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    import polars as pl
+
+    return pl.DataFrame(rows, schema={"index": pl.Int64, "timestamp": pl.Float64,
+                                      "shape": pl.List(pl.Int64), "mean": pl.Float64})
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    import polars as pl
+
+    table = _table(rows).with_columns(
+        pl.col("shape").list.eval(pl.element().cast(pl.String)).list.join("x"))
+    emit_frame(table, None, False, label="frames")
+
+
+def _open_frames(source: str, seconds: float | None, timeout: float) -> Iterator[Any]:
+    """The frames of ``source`` (:class:`~kit.endoscopy.source.FrameSource`), ``seconds`` of them
+    (all of a file without)."""
+    from kit.endoscopy.source import FrameSource
+
+    with FrameSource(source, open_timeout=timeout, read_timeout=timeout,
+                     reconnect_deadline=timeout) as frames:
         first: float | None = None
-        for index, video in enumerate(container.decode(stream)):
-            stamp = float(video.time) if video.time is not None else index / float(stream.average_rate or 25)
-            if first is None:
-                first = stamp
-            if seconds is not None and stamp - first >= seconds:
+        for frame in frames:
+            first = frame.timestamp if first is None else first
+            if seconds is not None and frame.timestamp - first >= seconds:
                 return
-            image = np.asarray(video.to_ndarray(format="rgb24"), dtype=np.uint8)
-            yield Frame(index, stamp - first, image, time.monotonic())
-    except av.FFmpegError as exc:
-        raise InvalidInputError(f"the video does not decode: {exc}", source=source) from exc
-    finally:
-        container.close()
+            yield frame
 
 
 @endoscopy.command()
@@ -171,8 +249,9 @@ def capture(ctx: click.Context, source: str, accession: str, seconds: float | No
     profile = settings.endoscopy.profile()
     client = _client(ctx, url, host, port, aet, called_aet, timeout)
     procedure = procedures.find_procedure(client, accession, station=station)
-    result = store.capture_procedure(client, procedure, _open_frames(source, seconds), profile=profile,
-                                     stills=stills, clip=not no_clip)
+    frames = _open_frames(source, seconds, settings.endoscopy.timeout)
+    result = store.capture_procedure(client, procedure, frames, profile=profile, stills=stills,
+                                     clip=not no_clip)
     click.echo(f"stored {len(result.instances)} instance(s) into study {procedure.study_instance_uid} "
                f"(accession {accession}) and found them again", err=True)
     df = result.frame.select("kind", "sop_instance_uid", "series_instance_uid", "sop_class_uid",

@@ -38,16 +38,19 @@ __all__ = ["demo", "serve", "status"]
               help="MLLP port (0 = ephemeral; default 2575).")
 @click.option("--dicomweb-port", type=EPHEMERAL_PORT, default=None,
               help="DICOMweb HTTP port, serving the PACS's images (0 = ephemeral; default 8042).")
+@click.option("--video-port", type=EPHEMERAL_PORT, default=None,
+              help="Live endoscopy video (MPEG-TS over HTTP) port (0 = ephemeral; default 8090).")
 @click.option("--data-dir", type=OUT_DIR, default=None,
               help="Where the services keep their data (default ~/.cache/kit/stack).")
-@click.option("--only", "only", multiple=True, type=click.Choice(["pacs", "fhir", "mllp", "dicomweb"]),
+@click.option("--only", "only", multiple=True,
+              type=click.Choice(["pacs", "fhir", "mllp", "dicomweb", "video"]),
               help="Run only these services (repeatable). Default: all.")
 @click.option("--no-preload", is_flag=True, help="Start empty instead of loading the sample cohort.")
 @click.pass_context
 @handle_errors
 def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port: int | None,
-          mllp_port: int | None, dicomweb_port: int | None, data_dir: str | None, only: tuple[str, ...],
-          no_preload: bool) -> None:
+          mllp_port: int | None, dicomweb_port: int | None, video_port: int | None, data_dir: str | None,
+          only: tuple[str, ...], no_preload: bool) -> None:
     """Run the embedded stack in the foreground until Ctrl-C or SIGTERM.
 
     Prints one line per service with its address, e.g.
@@ -57,17 +60,19 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
       fhir  http://127.0.0.1:8080/fhir/R4
       mllp  mllp://127.0.0.1:2575
       dicomweb  http://127.0.0.1:8042/dicom-web
+      video  http://127.0.0.1:8090/live.ts
 
     The clients take these addresses as they are (`kit pacs ... --url
     dicom://...`, `kit pacs ... --web --base http://...`, `kit fhir ... --base
     http://...`, `kit hl7 send --url mllp://...`); ports set under [stack] in
     kit.toml are their defaults. DICOMweb (QIDO-RS, WADO-RS, STOW-RS) serves the
-    PACS's own images: what one stores, the other finds.
+    PACS's own images: what one stores, the other finds. The video service loops
+    the sample endoscopy clip as a live stream (`kit endoscopy frames` reads it).
 
     \b
     Examples:
       kit serve
-      kit serve --pacs-port 0 --fhir-port 0 --mllp-port 0 --dicomweb-port 0 --data-dir stack
+      kit serve --pacs-port 0 --fhir-port 0 --mllp-port 0 --dicomweb-port 0 --video-port 0 --data-dir stack
     """
     import dataclasses
 
@@ -78,6 +83,7 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
         listen_host(host, "serve --host")
     overrides = {k: v for k, v in {"host": host, "pacs_port": pacs_port, "fhir_port": fhir_port,
                                    "mllp_port": mllp_port, "dicomweb_port": dicomweb_port,
+                                   "video_port": video_port,
                                    "data_dir": data_dir}.items() if v is not None}
     settings: StackSettings = dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
     stop = threading.Event()

@@ -99,7 +99,7 @@ def start_serve(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.
 
 def stack_toml(pacs: int, fhir: int, mllp: int, store: int) -> str:
     return (f"[stack]\npacs_port = {pacs}\nfhir_port = {fhir}\nmllp_port = {mllp}\n"
-            f"dicomweb_port = {free_port()}\n"
+            f"dicomweb_port = {free_port()}\nvideo_port = {free_port()}\n"
             f'move_destinations = {{ KITSCU = "127.0.0.1:{store}" }}\n'
             f"[pacs]\nstore_port = {store}\n")
 

@@ -67,7 +67,8 @@ DEAD_PORT_GUARD = 15.0
 #: one of them (or adds one). {tmp}, {dicom}, {hl7}, {json} and {dead} are filled in.
 BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "serve": ([], {"--data-dir": "{tmp}/stack", "--pacs-port": "0", "--fhir-port": "0",
-                   "--mllp-port": "0", "--dicomweb-port": "0"}),
+                   "--mllp-port": "0", "--dicomweb-port": "0",
+                   "--video-port": "0"}),
     "demo": ([], {"--work-dir": "{tmp}/demo"}),
     "status": ([], {}),
     "samples": ([], {}),
@@ -94,6 +95,7 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
     "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
     "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
+    "endoscopy frames": (["http://127.0.0.1:{dead}/live.ts"], {"--count": "2", "--timeout": "5"}),
 }
 
 #: an option given without a value

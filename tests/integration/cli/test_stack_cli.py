@@ -23,7 +23,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _start_serve(tmp_path: Path, data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
     return start_serve(tmp_path, _env(tmp_path), "--pacs-port", "0", "--fhir-port", "0", "--mllp-port", "0",
-                       "--dicomweb-port", "0", "--data-dir", str(data_dir), *extra)
+                       "--dicomweb-port", "0", "--video-port", "0", "--data-dir", str(data_dir), *extra)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ PURE = [
     "choose", "fhir/capability",
     "services/medix_protocol",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
+    "endoscopy/buffer",
 ]
 
 # Network, servers and databases: what "pure" excludes.
