@@ -355,12 +355,14 @@ class Settings:
     def uses_dicomweb(self) -> bool:
         """Whether DICOMweb is one of the systems to use and probe.
 
-        Always on the embedded stack (it serves DICOMweb); with a kit.toml, when
-        the file or the environment sets ``[dicomweb]`` (or its base differs
-        from the default).
+        When the file or the environment sets ``[dicomweb]`` (or its base
+        differs from the default), and on the embedded stack's own defaults
+        (no kit.toml and no client section set: it serves DICOMweb). A
+        configuration that names other systems but no DICOMweb has none.
         """
-        return (not self.configured or "dicomweb" in self.given
-                or self.dicomweb.base != DicomWebSettings().base)
+        if "dicomweb" in self.given or self.dicomweb.base != DicomWebSettings().base:
+            return True
+        return not self.configured and not (self.given - {"stack", "audit", "endoscopy"})
 
 
 _SECTIONS: dict[str, type] = {

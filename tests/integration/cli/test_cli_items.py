@@ -26,7 +26,7 @@ from kit.examples import cohort
 from tests.conftest import free_port, stop_pid
 
 KIT = [sys.executable, "-m", "kit.cli"]
-ADDRESS = re.compile(r"^(pacs|fhir|mllp)\s+(\S+)$")
+ADDRESS = re.compile(r"^(pacs|fhir|mllp|dicomweb|video)\s+(\S+)$")
 CT = cohort.studies(modality="CT")[0]          # MRN1001's CT, 16 instances in the embedded PACS
 MRN1001_ID = "cb95ebb3-449d-530e-b015-646eeef135ce"   # its Patient id in the sample bundle
 
@@ -83,15 +83,18 @@ def start_serve(cwd: Path, env: dict[str, str], *args: str) -> tuple[subprocess.
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     addresses: dict[str, str] = {}
     assert proc.stdout is not None
+    from kit.stack import SERVICES
+
+    wanted = args.count("--only") or len(SERVICES)  # kit serve prints one line per service it runs
     deadline = time.monotonic() + 120
-    while len(addresses) < 3 and time.monotonic() < deadline:
+    while len(addresses) < wanted and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
         match = ADDRESS.match(line.strip())
         if match:
             addresses[match.group(1)] = match.group(2)
-    if len(addresses) < 3:
+    if len(addresses) < wanted:
         stop_pid(proc)  # type: ignore[arg-type]
         pytest.fail(f"kit serve printed {addresses}: {proc.stderr.read() if proc.stderr else ''}")
     return proc, addresses

@@ -48,7 +48,8 @@ def _status_env(tmp_path: Path, addresses: dict[str, str]) -> dict[str, str]:
     assert pacs and mllp
     return {**_env(tmp_path), "KIT_PACS_HOST": pacs.group(2), "KIT_PACS_PORT": pacs.group(3),
             "KIT_PACS_CALLED_AET": pacs.group(1), "KIT_FHIR_BASE": addresses["fhir"],
-            "KIT_HL7_HOST": mllp.group(1), "KIT_HL7_PORT": mllp.group(2)}
+            "KIT_HL7_HOST": mllp.group(1), "KIT_HL7_PORT": mllp.group(2),
+            "KIT_DICOMWEB_BASE": addresses["dicomweb"]}
 
 
 def test_serve_prints_addresses_on_loopback_and_stops_on_sigterm(
@@ -62,6 +63,7 @@ def test_serve_prints_addresses_on_loopback_and_stops_on_sigterm(
     status = _kit(tmp_path, "status", "--json", env=_status_env(tmp_path, addresses))
     assert status.returncode == 0, status.stderr
     rows = {r["service"]: r for r in json.loads(status.stdout)}
+    assert set(rows) >= {"pacs", "dicomweb", "fhir", "mllp"}, rows
     assert all(r["ok"] for r in rows.values()), rows
 
     proc.send_signal(signal.SIGTERM)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -27,12 +28,33 @@ def _source(stream: FfmpegStream, **kw: object) -> FrameSource:
     return FrameSource(stream.url, **args)  # type: ignore[arg-type]
 
 
+def _listening(port: int) -> bool:
+    """Whether something listens on TCP ``port``, read from /proc (connecting would use up
+    ffmpeg's one ``-listen 1`` client)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def _started(stream: FfmpegStream) -> None:
     # the RTSP pusher needs the source listening first; the others need ffmpeg up first
     if stream.kind == "rtsp":
         stream.start(delay=0.5)
+        return
+    stream.start()
+    if stream.kind == "http":  # wait until ffmpeg listens (a loaded machine starts it slowly)
+        port = int(stream.url.rsplit(":", 1)[1].split("/")[0])
+        deadline = time.monotonic() + 20
+        while not _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
     else:
-        stream.start()
         time.sleep(0.3)
 
 

@@ -31,7 +31,8 @@ def test_dicomweb_is_configured_by_its_base_and_probed_with_qido(orthanc: Orthan
     assert rows["pacs-dicomweb"]["address"] == orthanc.dicomweb
     assert rows["pacs-dimse"]["status"] == "ok" and rows["endoscopy"]["status"] == "ok"
     assert rows["ehr-fhir"]["status"] == rows["hl7-mllp"]["status"] == "failed"
-    assert not Hub.from_settings(Settings()).use_dicomweb  # the default base alone is not a DICOMweb
+    # a configuration naming other systems and no DICOMweb has none (the embedded defaults serve one)
+    assert not Hub.from_settings(Settings(source="/site/kit.toml")).use_dicomweb
 
 
 def test_dicomweb_on_a_closed_port_is_a_failed_row(orthanc: OrthancServer) -> None:

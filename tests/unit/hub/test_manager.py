@@ -19,14 +19,21 @@ from kit.hub import REGISTRY, Hub
 
 
 def test_connectors_are_registry_names_and_dicomweb_only_when_its_base_is_set() -> None:
-    hub = Hub.from_settings(Settings())
+    # the embedded stack's defaults: it serves DICOMweb
+    assert Hub.from_settings(Settings()).connectors == (
+        "pacs-dimse", "pacs-dicomweb", "ehr-fhir", "hl7-mllp", "endoscopy")
+    # a kit.toml (or the environment) naming other systems and no DICOMweb: none
+    site = Settings(source="/site/kit.toml")
+    hub = Hub.from_settings(site)
     assert hub.connectors == ("pacs-dimse", "ehr-fhir", "hl7-mllp", "endoscopy")
     assert set(hub.connectors) <= set(REGISTRY)
     assert hub.dicomweb is None
-    web = dataclasses.replace(Settings(), dicomweb=DicomWebSettings(base="http://pacs.example/dicom-web"))
+    assert "pacs-dicomweb" not in Hub.from_settings(Settings(given=frozenset({"pacs"}))).connectors
+    web = dataclasses.replace(site, dicomweb=DicomWebSettings(base="http://pacs.example/dicom-web"))
     assert "pacs-dicomweb" in Hub.from_settings(web).connectors
     assert Hub.from_settings(web).dicomweb is not None
-    assert Hub.from_settings(Settings(), dicomweb=True).connectors[1] == "pacs-dicomweb"
+    assert "pacs-dicomweb" in Hub.from_settings(dataclasses.replace(site, given=frozenset({"dicomweb"}))).connectors
+    assert Hub.from_settings(site, dicomweb=True).connectors[1] == "pacs-dicomweb"
     assert "pacs-dicomweb" not in Hub.from_settings(web, dicomweb=False).connectors
 
 
