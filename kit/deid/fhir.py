@@ -470,6 +470,9 @@ class FhirDeidentifier:
             if moved is not None:
                 out["birthDate"] = moved[:4]
         idents = value.get("identifier")
+        if idents is not None and not (isinstance(idents, list)
+                                       and all(isinstance(i, Mapping) for i in idents)):
+            raise FhirValidationError("Patient.identifier: expected an array of objects")
         n = _mrn_index(idents)
         if n is None or not isinstance(idents, list):
             return
