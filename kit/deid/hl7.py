@@ -44,7 +44,16 @@ from collections.abc import Callable, Iterable, Mapping
 from kit.deid.policy import BirthDate, DeidPolicy, PatientFacts, TextField, TextScrubber, shift_date_text
 from kit.deid.pseudonyms import Pseudonymiser
 from kit.errors import HL7ParseError, KitError
-from kit.hl7.message import Encoding, Message, Segment, escape, parse_message, split_messages, unescape
+from kit.hl7.message import (
+    Encoding,
+    Message,
+    Segment,
+    escape,
+    flatten,
+    parse_message,
+    split_messages,
+    unescape,
+)
 from kit.hl7.typed import parse_dt
 
 __all__ = ["RULES", "HL7Deidentifier", "patient_facts"]
@@ -262,7 +271,7 @@ class _Run:
     def _identifier(self, rep: str, fn: Callable[[str], str],
                     keep: tuple[int, ...] = _KEPT_COMPONENTS) -> str:
         comps = rep.split(self.enc.component)
-        first = unescape(comps[0].split(self.enc.subcomponent)[0], self.enc).strip()
+        first = flatten(comps[0], self.enc, components=False).strip()  # as the frames read it
         out = [escape(fn(first), self.enc) if first else ""]
         for n in range(2, len(comps) + 1):
             out.append(comps[n - 1] if n in keep else "")
