@@ -189,7 +189,7 @@ def shift_date_text(value: str, shift: dt.timedelta, *, syntax: str) -> str | No
         return None
     tail = value[m.end():]
     year, month, day = m.groups()
-    if tail and (day is None or time_re.fullmatch(tail) is None or tail == ""):
+    if tail and (day is None or time_re.fullmatch(tail) is None):
         return None
     try:
         if day is not None:
