@@ -26,6 +26,7 @@ PURE = [
     "services/medix_protocol",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
     "endoscopy/buffer",
+    "deid/pseudonyms", "deid/policy", "deid/fhir", "deid/hl7", "deid/cohort",
 ]
 
 # Network, servers and databases: what "pure" excludes.
