@@ -24,6 +24,7 @@ PURE = [
     "services/medix_protocol",
     "endoscopy/frame",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
+    "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
 ]
 
 # Network, servers and databases: what "pure" excludes.
