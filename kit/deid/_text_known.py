@@ -158,5 +158,8 @@ class KnownMatcher:
             start = tokens[i].start
             if hit is b and start > 0 and text[start - 1] == "+":
                 start -= 1
-            yield start, tokens[last].end, kind
+            end = tokens[last].end
+            if kind == "NAME" and len(tokens[last].key) == 1 and text[end:end + 1] == ".":
+                end += 1  # an initial's full stop belongs to the name
+            yield start, end, kind
             i = last + 1
