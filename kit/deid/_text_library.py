@@ -56,7 +56,8 @@ _ORD = r"(?:st|nd|rd|th|er)?"
 _PATTERNS: dict[str, list[tuple[str, str, float]]] = {
     "KIT_NAME": [
         ("titled name", rf"(?<=\b{_TITLE}\.?[ \t]{{1,3}}){_NAME}", 0.6),
-        ("name after a cue", rf"(?<=\b{_CUE}(?:[ \t]+(?i:by|to|with))?[:,]?[ \t]{{1,3}})(?!{_TITLE}\b){_NAME}", 0.5),
+        ("name after a cue",
+         rf"(?<=\b{_CUE}(?:[ \t]+(?i:by|to|with))?[:,]?[ \t]{{1,3}})(?!{_TITLE}\b){_NAME}", 0.5),
     ],
     "KIT_DATE": [
         ("day month year", rf"\b\d{{1,2}}{_ORD}\.?[ \t]{{0,2}}{_MONTHS}\b\.?,?[ \t]{{0,2}}\d{{2,4}}\b", 0.7),

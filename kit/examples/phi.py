@@ -111,7 +111,8 @@ def _udate(rng: random.Random) -> str:
                        f"{d.day} {month[:3]} {d.year}", d.strftime("%d/%m/%Y")])
 
 
-def _fill(kind: str, arg: str | None, p: Patient | None, rng: random.Random) -> tuple[str, dict[str, Any] | None]:
+def _fill(kind: str, arg: str | None, p: Patient | None,
+          rng: random.Random) -> tuple[str, dict[str, Any] | None]:
     """The text for one slot and its label (``{"phi": type, "known": bool}`` or ``{"keep": label}``)."""
     if kind == "keep":
         assert arg is not None
