@@ -175,9 +175,14 @@ def _xhtml(div: str, report: _Report, where: str) -> str:
         for attr in ("title", "alt"):
             if el.get(attr):
                 el.set(attr, report.text(el.get(attr) or "", where))
+    # unqualified XHTML names with one xmlns on the root (ElementTree would write "ns0:" prefixes)
+    prefix = f"{{{_XHTML}}}"
+    for el in root.iter():
+        if isinstance(el.tag, str) and el.tag.startswith(prefix):
+            el.tag = el.tag[len(prefix):]
+    if root.tag == "div":
+        root.set("xmlns", _XHTML)
     try:
-        if root.tag == f"{{{_XHTML}}}div" and all(str(e.tag).startswith("{") for e in root.iter()):
-            return ET.tostring(root, encoding="unicode", default_namespace=_XHTML)
         return ET.tostring(root, encoding="unicode")
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"narrative cannot be written back: {exc}", source=where) from exc
