@@ -1,4 +1,4 @@
-"""Shared scrubbers: the sample cohort's identifiers (FHIR bundle + HL7 feed), with and without the library."""
+"""Shared scrubbers: the sample cohort's identifiers (FHIR bundle + HL7 feed), library or not."""
 
 from __future__ import annotations
 

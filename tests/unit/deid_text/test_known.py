@@ -67,7 +67,8 @@ def test_no_substring_or_other_number_matches(jane: TextScrubber) -> None:
 
 def test_spans_report_kind_and_layer_without_values(jane: TextScrubber) -> None:
     result = jane.scrub("Jane Doe, DOB 04.03.1970, +41 21 555 0101")
-    assert [(s.kind, s.layer) for s in result.spans] == [("NAME", "known"), ("DATE", "known"), ("PHONE", "known")]
+    assert [(s.kind, s.layer) for s in result.spans] == [
+        ("NAME", "known"), ("DATE", "known"), ("PHONE", "known")]
     assert [(s.start, s.end) for s in result.spans] == [(0, 8), (14, 24), (26, 41)]
     assert "Jane" not in repr(result.spans) and result.counts == {"NAME": 1, "DATE": 1, "PHONE": 1}
 
@@ -91,7 +92,8 @@ def test_builders_read_fhir_patient_and_hl7_pid() -> None:
     assert k.ids == ("P-77", "ACC9") and k.birth_dates == (dt.date(1970, 3, 4),)
     assert PersonName("Roe", ("Rick",)) in k.names and k.emails == ("j@x.org",)
     msg = parse_message("MSH|^~\\&|A|B|C|D|20260101||ADT^A04|1|P|2.5.1\r"
-                        "PID|1||M1^^^H^MR~SSN9^^^H^SS||Doe^Jane^Ann||19700304|F|||Rue du Lac 12^^Lausanne^^1005"
+                        "PID|1||M1^^^H^MR~SSN9^^^H^SS||Doe^Jane^Ann||19700304|F|||"
+                        "Rue du Lac 12^^Lausanne^^1005"
                         "||^PRN^PH^^41^21^5550101\r"
                         "NK1|1|Roe^Rick|SPO||+41 79 555 0000\r")
     h = known_from_hl7([msg])
@@ -119,7 +121,8 @@ def test_sample_cohort_identifiers_all_replaced(known_only: TextScrubber, known:
 
 def test_matching_time_is_linear() -> None:
     names = [PersonName(f"Family{i}", (f"Given{i}",)) for i in range(2000)]
-    matcher_known = KnownIdentifiers(names=tuple(names), phones=tuple(f"+41 21 555 {i:04d}" for i in range(2000)))
+    phones = tuple(f"+41 21 555 {i:04d}" for i in range(2000))
+    matcher_known = KnownIdentifiers(names=tuple(names), phones=phones)
     s = TextScrubber(matcher_known, library=None, max_chars=10_000_000)
     unit = "Given7 Family7 called 021 555 0007; 1 2 3 4 5 6 7 8 9 0 Family99 Given99. "
     timings = []

@@ -79,7 +79,8 @@ def test_fhir_narrative_stays_valid_xhtml(scrubber: TextScrubber) -> None:
             f'<p title="for Alice Moreau">{PHI} &amp; <b>A. Moreau</b> &lt;ok&gt;</p><br/>'
             '<table><tr><td>5 mm</td><td>T2</td></tr></table>')},
         "conclusion": f"Nodule 5 mm. {PHI}.",
-        "presentedForm": [{"contentType": "application/pdf", "data": base64.b64encode(b"%PDF Moreau").decode()}],
+        "presentedForm": [{"contentType": "application/pdf",
+                           "data": base64.b64encode(b"%PDF Moreau").decode()}],
     }
     result = scrub_fhir(report, scrubber)
     out = result.value
