@@ -27,6 +27,8 @@ PURE = [
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
     "endoscopy/buffer",
     "deid/pseudonyms", "deid/policy", "deid/fhir", "deid/hl7", "deid/cohort",
+    "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
+    "deid/_text_seam",
 ]
 
 # Network, servers and databases: what "pure" excludes.
