@@ -99,8 +99,8 @@ class LocalLimiter:
     images_per_second : float
         Instances per second over all associations (> 0).
     burst : float, optional
-        Instances that may arrive at once after a pause (default: one second's
-        worth, at least 1).
+        Instances that may arrive at once after a pause (default: a tenth of a
+        second's worth, at least 1: the PACS sees a steady rate, not bursts).
     stop : threading.Event, optional
         Set to end every wait early with :class:`Stopped`.
     clock, sleep : callable
@@ -118,7 +118,7 @@ class LocalLimiter:
         self.stop = stop if stop is not None else threading.Event()
         self._clock = clock
         self._sleep = sleep if sleep is not None else self.stop.wait
-        size = burst if burst is not None else max(1.0, self.images_per_second)
+        size = burst if burst is not None else max(1.0, self.images_per_second / 10)
         self._bucket = TokenBucket(self.images_per_second, burst=size, now=clock())
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(self.max_associations)

@@ -53,6 +53,9 @@ RESOLVE_KEYS = ("study_instance_uid", "accession_number", "patient_id", "study_d
 
 # A C-MOVE's storage SCP listens on one fixed port: one C-MOVE at a time per process.
 _MOVE_LOCK = threading.Lock()
+# One DICOMweb client (one kept-alive HTTP connection) per thread and endpoint: a job's
+# connections to the server never outnumber its workers.
+_WEB = threading.local()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +103,12 @@ class Source:
         return client
 
     def dicomweb_client(self) -> DicomWebClient:
-        """A DICOMweb client for ``dicomweb``."""
-        return DicomWebClient.from_settings(self.dicomweb)
+        """This thread's DICOMweb client for ``dicomweb`` (made on first use, then kept)."""
+        clients: dict[DicomWebSettings, DicomWebClient] = _WEB.__dict__.setdefault("clients", {})
+        client = clients.get(self.dicomweb)
+        if client is None:
+            client = clients[self.dicomweb] = DicomWebClient.from_settings(self.dicomweb)
+        return client
 
 
 class _MeteredPacsClient(PacsClient):

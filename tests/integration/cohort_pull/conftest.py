@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +19,21 @@ def studies_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[St
     return folder, make_studies(folder, 50)
 
 
-@pytest.fixture
-def pacs(tmp_path: Path, studies_dir: tuple[Path, list[Study]]) -> Iterator[CountingPACS]:
-    """A counting embedded PACS on an ephemeral port holding the 50 studies (one per test)."""
-    server = CountingPACS(tmp_path / "pacs", port=0)
+@pytest.fixture(scope="module")
+def pacs_data(tmp_path_factory: pytest.TempPathFactory, studies_dir: tuple[Path, list[Study]]) -> Path:
+    """A PACS data folder holding the 50 studies (copied for each test: importing is the slow part)."""
+    folder = tmp_path_factory.mktemp("pacs") / "data"
+    server = CountingPACS(folder, port=0)
     server.import_files([studies_dir[0]])
+    server.store.close()
+    return folder
+
+
+@pytest.fixture
+def pacs(tmp_path: Path, pacs_data: Path) -> Iterator[CountingPACS]:
+    """A counting embedded PACS on an ephemeral port holding the 50 studies (one per test)."""
+    shutil.copytree(pacs_data, tmp_path / "pacs")
+    server = CountingPACS(tmp_path / "pacs", port=0)
     server.start()
     try:
         yield server
