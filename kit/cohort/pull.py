@@ -244,8 +244,6 @@ class CohortPull:
                 log.info("resuming %s: %s", self.out_dir, recovered)
             shutil.rmtree(self.partial_dir, ignore_errors=True)  # what a killed run was writing
             self.partial_dir.mkdir(parents=True, exist_ok=True)
-            if journal.next_due() is not None:
-                probe(self.source, self.limiter)
             self._loop(journal)
             report = report_frame(journal.report_rows([i.key for i in self.items]))
         self._write_report(report)
@@ -269,6 +267,8 @@ class CohortPull:
         running: dict[cf.Future[Any], _Task] = {}
         pool = cf.ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="kit-cohort")
         try:
+            if journal.next_due() is not None:  # on a worker: its connection is one of the allowed
+                pool.submit(probe, self.source, self.limiter).result()
             while True:
                 now = time.time()
                 while len(running) < workers and pause.wait(now) == 0 and not self.stop.is_set():
