@@ -11,14 +11,14 @@ The cohort names studies by ``accession_number``, ``study_instance_uid`` or
 ``patient_id`` (MRN), optionally with a ``study_date`` range
 (:func:`kit.cohort.plan.items_from_frame`). The job:
 
-1. records every requested item in a journal (``<out>/.kit-cohort/journal.sqlite``,
+1. checks that the PACS answers (C-ECHO or QIDO-RS), before anything is written;
+2. records every requested item in a journal (``<out>/.kit-cohort/journal.sqlite``,
    :mod:`kit.cohort.journal`); a rerun on the same folder resumes it: studies
    already on disk are never fetched again, one cut off mid-transfer is fetched
    again cleanly, and transient failures of the last run are tried again;
-2. checks that the PACS answers (C-ECHO or QIDO-RS), then resolves each item by
-   C-FIND (QIDO-RS with ``method="wado"``) and fetches each study it names by
-   C-GET (default), C-MOVE or WADO-RS into ``<out>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``
-   (:mod:`kit.cohort.retrieve`);
+   then resolves each item by C-FIND (QIDO-RS with ``method="wado"``) and
+   fetches each study it names by C-GET (default), C-MOVE or WADO-RS into
+   ``<out>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`` (:mod:`kit.cohort.retrieve`);
 3. holds at most ``max_associations`` associations open at the PACS and lets at
    most ``images_per_second`` instances arrive (:mod:`kit.cohort.limiter`);
    after a transient failure (unreachable, timeout, aborted, busy) the whole
@@ -233,19 +233,25 @@ class CohortPull:
         StoreError
             The journal or a study's files cannot be written.
         """
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create {self.out_dir}: {exc.strerror or exc}") from exc
-        with Journal(self.state_dir / "journal.sqlite", source=self.source.address) as journal:
-            added = journal.add_items(self.items)
-            recovered = journal.recover(retry_failed=self.retry_failed)
-            if any(recovered.values()) or added < len(self.items):
-                log.info("resuming %s: %s", self.out_dir, recovered)
-            shutil.rmtree(self.partial_dir, ignore_errors=True)  # what a killed run was writing
-            self.partial_dir.mkdir(parents=True, exist_ok=True)
-            self._loop(journal)
-            report = report_frame(journal.report_rows([i.key for i in self.items]))
+        self.stop.clear()
+        workers = max(1, int(getattr(self.limiter, "max_associations", self.cohort.max_associations)))
+        with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kit-cohort") as pool:
+            # Does the PACS answer at all? Asked on a worker (whose DICOMweb connection, kept per
+            # thread, is one of the allowed ones) before anything is written.
+            pool.submit(probe, self.source, self.limiter).result()
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {self.out_dir}: {exc.strerror or exc}") from exc
+            with Journal(self.state_dir / "journal.sqlite", source=self.source.address) as journal:
+                added = journal.add_items(self.items)
+                recovered = journal.recover(retry_failed=self.retry_failed)
+                if any(recovered.values()) or added < len(self.items):
+                    log.info("resuming %s: %s", self.out_dir, recovered)
+                shutil.rmtree(self.partial_dir, ignore_errors=True)  # what a killed run was writing
+                self.partial_dir.mkdir(parents=True, exist_ok=True)
+                self._loop(journal, pool, workers)
+                report = report_frame(journal.report_rows([i.key for i in self.items]))
         self._write_report(report)
         return report
 
@@ -257,18 +263,14 @@ class CohortPull:
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
-    def _loop(self, journal: Journal) -> None:
+    def _loop(self, journal: Journal, pool: cf.ThreadPoolExecutor, workers: int) -> None:
         counts = journal.counts()
         known = sum(counts[f"studies_{s}"] for s in ("pending", "retrieving", "done", "failed"))
         progress = _Progress(self.show_progress, counts["studies_done"] + counts["studies_failed"], known,
                              counts["instances"], counts["bytes"])
         pause = Pause(self.policy)
-        workers = getattr(self.limiter, "max_associations", self.cohort.max_associations)
         running: dict[cf.Future[Any], _Task] = {}
-        pool = cf.ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="kit-cohort")
         try:
-            if journal.next_due() is not None:  # on a worker: its connection is one of the allowed
-                pool.submit(probe, self.source, self.limiter).result()
             while True:
                 now = time.time()
                 while len(running) < workers and pause.wait(now) == 0 and not self.stop.is_set():
@@ -292,7 +294,9 @@ class CohortPull:
             self.stop.set()  # the workers' waits and transfers end early; the journal resumes them
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for future in running:
+                future.cancel()
+            cf.wait(list(running))
             progress.close()
 
     def _next(self, journal: Journal, pool: cf.ThreadPoolExecutor, now: float,

@@ -94,6 +94,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
     "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
     "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
+    "cohort pull": ([str(Path(__file__).parents[1] / "cohort_pull" / "contract-cohort.csv")],
+                    {"--out-dir": "{tmp}/cohort", "--port": "{dead}"}),
 }
 
 #: an option given without a value

@@ -163,8 +163,9 @@ def test_one_job_per_folder_and_one_pacs_per_journal(
             pytest.raises(CohortError, match="another cohort job"):
         job.run()
     job.run()
+    # the same PACS under another name: the journal cannot know, it refuses
     other = dataclasses.replace(settings_for(pacs), pacs=dataclasses.replace(settings_for(pacs).pacs,
-                                                                             port=free_port()))
+                                                                             host="localhost"))
     with pytest.raises(CohortError, match="belongs to a pull from"):
         pull(cohort, out, settings=other, progress=False)
 

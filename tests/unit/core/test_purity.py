@@ -24,6 +24,7 @@ PURE = [
     "services/medix_protocol",
     "endoscopy/frame",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
+    "cohort/plan", "cohort/limiter",
 ]
 
 # Network, servers and databases: what "pure" excludes.
