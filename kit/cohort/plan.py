@@ -37,7 +37,7 @@ from typing import Any
 
 import polars as pl
 
-from kit import _checks
+import kit._checks as _checks
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
