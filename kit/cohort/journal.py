@@ -344,7 +344,7 @@ class Journal:
             "s.study_date, s.state, s.reason, s.attempts, s.instances, s.bytes, s.seconds, s.path "
             "FROM items i LEFT JOIN links l ON l.item_key = i.key "
             "LEFT JOIN studies s ON s.study_instance_uid = l.study_instance_uid "
-            "ORDER BY i.row, i.rowid, s.study_date, s.study_instance_uid")
+            "ORDER BY i.row, i.rowid, s.study_date IS NULL, s.study_date, s.study_instance_uid")
         out = [dict(r) for r in rows]
         if keys is not None:
             order = {k: n for n, k in enumerate(keys)}

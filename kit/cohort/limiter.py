@@ -129,6 +129,8 @@ class LocalLimiter:
     @contextlib.contextmanager
     def association(self) -> Iterator[None]:
         """Hold one association slot for the block (waits for a free one; :class:`Stopped` on stop)."""
+        if self.stop.is_set():
+            raise Stopped("stopped: no new association")
         while not self._slots.acquire(timeout=0.2):
             if self.stop.is_set():
                 raise Stopped("stopped while waiting for an association slot")
