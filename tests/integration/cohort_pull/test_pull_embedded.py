@@ -197,3 +197,15 @@ def test_the_full_mixed_cohort_resolves_each_study_once(
     by_mrn = report.filter(pl.col("item") == f"patient_id={studies[0].patient_id}")
     assert set(by_mrn["study_instance_uid"]) == {s.uid for s in first_patient}  # the PACS's 5
     assert folder_contents(tmp_path / "out") == {s.uid: set(s.sops) for s in (*studies, *first_patient)}
+
+
+def test_the_progress_bar_counts_studies_instances_and_bytes(
+        tmp_path: Path, pacs: CountingPACS, studies_dir: tuple[Path, list[Study]],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    studies = studies_dir[1][:2]
+    report = pull(_accessions(studies), tmp_path / "out", settings=settings_for(pacs), progress=True)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    size = int(report["bytes"].sum())
+    assert "cohort" in last and "2/2" in last and "study" in last, last
+    assert "6 img" in last and f"{size / 1000:.1f} kB" in last, last
