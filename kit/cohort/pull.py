@@ -280,7 +280,7 @@ class CohortPull:
                     running[future] = task
                 if not running:
                     due = journal.next_due()
-                    if due is None:
+                    if due is None or self.stop.is_set():  # all done, or asked to stop (resumable)
                         break
                     self.stop.wait(min(max(due - now, pause.wait(now), 0.01), TICK_SECONDS))
                     progress.refresh()
