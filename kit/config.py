@@ -52,6 +52,7 @@ from kit.errors import ConfigError
 
 __all__ = [
     "ApiSettings",
+    "CohortSettings",
     "DicomWebSettings",
     "EndoscopySettings",
     "FhirSettings",
@@ -327,6 +328,29 @@ class ApiSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CohortSettings:
+    """Cohort retrieval (``kit cohort pull``, :mod:`kit.cohort.pull`): how politely to pull.
+
+    ``max_associations`` caps the associations (DICOMweb: requests) open to the PACS at
+    once, ``images_per_second`` the rate instances arrive at (the PACS waits for our
+    answer to each one). ``retrieve`` is ``c-get`` (default), ``c-move`` (to our
+    ``[pacs] aet`` and ``store_port``) or ``wado`` (WADO-RS from ``[dicomweb] base``).
+    A study that fails for a transient reason (unreachable, timeout, aborted, busy) is
+    tried up to ``max_attempts`` times; after such a failure the whole job waits
+    ``backoff`` seconds, doubled on each further failure up to ``max_backoff``.
+    ``max_studies_per_item`` bounds what one requested item (an MRN) may resolve to.
+    """
+
+    max_associations: int = 2
+    images_per_second: float = 50.0
+    retrieve: Literal["c-get", "c-move", "wado"] = "c-get"
+    max_attempts: int = 6
+    backoff: float = 2.0
+    max_backoff: float = 300.0
+    max_studies_per_item: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`.
 
@@ -342,6 +366,7 @@ class Settings:
     endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
+    cohort: CohortSettings = dataclasses.field(default_factory=CohortSettings)
     source: str = "defaults"
     #: The sections the file or the environment set (at least one key each).
     given: frozenset[str] = frozenset()
@@ -372,6 +397,7 @@ _SECTIONS: dict[str, type] = {
     "endoscopy": EndoscopySettings,
     "medix": MedixSettings,
     "api": ApiSettings,
+    "cohort": CohortSettings,
 }
 
 
@@ -511,6 +537,12 @@ _CHECKS: dict[str, Any] = {
     "api.max_json_body": _checks.positive_int,
     "api.probe_timeout": _checks.positive_seconds,
     "endoscopy.timeout": _checks.positive_seconds,
+    "cohort.max_associations": _checks.positive_int,
+    "cohort.images_per_second": _checks.positive_seconds,  # a positive finite number
+    "cohort.max_attempts": _checks.positive_int,
+    "cohort.backoff": _checks.positive_seconds,
+    "cohort.max_backoff": _checks.positive_seconds,
+    "cohort.max_studies_per_item": _checks.positive_int,
 }
 
 

@@ -38,6 +38,7 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     ├── AccessDeniedError           a service refused a caller: no/unknown key (401) or role (403)
     ├── RecordNotFoundError         a named record does not exist (``.what``)
     ├── ServiceFailedError          a service the kit runs stopped: a worker died (``.service``)
+    ├── CohortError                 a cohort job did not get every study (``.failed``), or cannot run
     └── VerificationError           a write-back read back differently (``.differences``)
 
     TruncatedResultWarning (a UserWarning, not an error): a ``limit`` cut a query's result
@@ -62,6 +63,7 @@ __all__ = [
     "AssociationRejectedError",
     "AuthError",
     "BulkExportError",
+    "CohortError",
     "ConfigError",
     "DicomError",
     "DicomFileError",
@@ -432,6 +434,23 @@ class ServiceFailedError(KitError):
     def __init__(self, message: str, *, service: str) -> None:
         super().__init__(message)
         self.service = service
+
+
+class CohortError(KitError):
+    """A cohort job (:mod:`kit.cohort`) could not get every study, or cannot run at all
+    (its folder is held by another job, or belongs to a pull from another PACS).
+
+    Parameters
+    ----------
+    message : str
+        What failed (the report frame holds each study's reason).
+    failed : int
+        Requested items or studies that failed (0 when the job could not run).
+    """
+
+    def __init__(self, message: str, *, failed: int = 0) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class VerificationError(KitError):

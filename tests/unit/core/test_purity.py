@@ -29,6 +29,7 @@ PURE = [
     "deid/pseudonyms", "deid/policy", "deid/fhir", "deid/hl7", "deid/cohort",
     "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
     "deid/_text_seam",
+    "cohort/plan", "cohort/limiter",
 ]
 
 # Network, servers and databases: what "pure" excludes.
