@@ -51,6 +51,7 @@ from kit.errors import ConfigError
 
 __all__ = [
     "ApiSettings",
+    "AuditSettings",
     "DicomWebSettings",
     "EndoscopySettings",
     "FhirSettings",
@@ -315,6 +316,19 @@ class ApiSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """The audit log (:mod:`kit.services.audit`): who accessed which patient or study.
+
+    ``path`` (``KIT_AUDIT_PATH``) is the log file. Without one, ``kit serve``,
+    ``kit api serve`` and ``kit medix serve`` keep ``audit.db`` in their workspace,
+    and the CLI and notebooks record nothing. ``enabled = false`` turns it off everywhere.
+    """
+
+    path: str = ""
+    enabled: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`."""
 
@@ -326,6 +340,7 @@ class Settings:
     endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
+    audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
     source: str = "defaults"
 
 
@@ -338,6 +353,7 @@ _SECTIONS: dict[str, type] = {
     "endoscopy": EndoscopySettings,
     "medix": MedixSettings,
     "api": ApiSettings,
+    "audit": AuditSettings,
 }
 
 
