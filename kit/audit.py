@@ -50,6 +50,7 @@ __all__ = [
     "emit",
     "enabled",
     "record",
+    "record_failure",
     "remove_sink",
     "sink_failures",
     "sinks",
@@ -98,7 +99,8 @@ def clean_target(target: str) -> str:
 
 
 def _ids(values: Iterable[Any]) -> tuple[tuple[str, ...], int]:
-    """Distinct non-empty identifiers in order (each cut to 128 characters), at most MAX_IDS; how many dropped."""
+    """Distinct non-empty identifiers in order (each cut to 128 characters, at most MAX_IDS), and how
+    many were dropped."""
     seen: dict[str, None] = {}
     dropped = 0
     for value in values:
@@ -248,6 +250,11 @@ def sink_failures() -> dict[str, int]:
     """Failures so far per sink (or ``describe`` step) name: events that could not be recorded."""
     with _lock:
         return dict(_failures)
+
+
+def record_failure(where: str, exc: BaseException) -> None:
+    """Count an event that could not be made or recorded (logged the first time per ``where``)."""
+    _failed(where, exc)
 
 
 def _failed(where: str, exc: BaseException) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "enable",
     "enable_configured",
     "read_frame",
+    "release",
     "verify",
 ]
 
@@ -388,29 +389,48 @@ def verify(path: str | os.PathLike[str]) -> Verification:
 
 # -- the process's log ------------------------------------------------------------------------------
 
-_open: dict[Path, AuditLog] = {}
+_open: dict[Path, tuple[AuditLog, int]] = {}
 _open_lock = threading.Lock()
 
 
 def enable(path: str | os.PathLike[str]) -> AuditLog:
-    """Open the log at ``path`` and register it as a sink (the same log once per process)."""
+    """Open the log at ``path`` and register it as a sink (one log per file and process).
+
+    Each call must be matched by a :func:`release` (or :func:`disable`): the log
+    stays open while any service that enabled it runs.
+    """
     key = Path(path).expanduser().resolve()
     with _open_lock:
-        log = _open.get(key)
+        log, users = _open.get(key, (None, 0))
         if log is None:
-            log = _open[key] = AuditLog(key)
+            log = AuditLog(key)
+        _open[key] = (log, users + 1)
         audit.add_sink(log)
         return log
+
+
+def release(log: AuditLog | None) -> None:
+    """Undo one :func:`enable` of ``log`` (None: nothing); the last one closes it."""
+    if log is None:
+        return
+    with _open_lock:
+        found, users = _open.get(log.path, (None, 0))
+        if found is not log:
+            return
+        if users > 1:
+            _open[log.path] = (log, users - 1)
+            return
+        del _open[log.path]
+    log.close()
 
 
 def disable(path: str | os.PathLike[str] | None = None) -> None:
     """Unregister and close the log at ``path`` (default: every log :func:`enable` opened)."""
     with _open_lock:
         keys = list(_open) if path is None else [Path(path).expanduser().resolve()]
-        for key in keys:
-            log = _open.pop(key, None)
-            if log is not None:
-                log.close()
+        logs = [_open.pop(key)[0] for key in keys if key in _open]
+    for log in logs:
+        log.close()
 
 
 def configured_path(settings: Settings, default: str | os.PathLike[str] | None = None) -> Path | None:

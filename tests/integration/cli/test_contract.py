@@ -94,6 +94,7 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
     "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
     "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
+    "audit": ([], {"--log": "{store}"}),
 }
 
 #: an option given without a value
