@@ -28,6 +28,7 @@ _ID_COLUMNS = (("patient_ids", "patient_id"), ("study_uids", "study_instance_uid
 _HEADER_TAGS = ["PatientID", "StudyInstanceUID", "AccessionNumber"]
 _KEYWORDS = (("patient_ids", "PatientID"), ("study_uids", "StudyInstanceUID"),
              ("accessions", "AccessionNumber"))
+_WORKLIST = "1.2.840.10008.5.1.4.31"
 #: most stored/received files whose header is read for identifiers, per call
 MAX_HEADERS = 10_000
 
@@ -164,14 +165,14 @@ def served(action: str) -> Callable[[F], F]:
                         elif code not in (0, 0xFE00) and isinstance(status, Dataset):
                             failed = f"DimseStatus{int(code):04X}"
                     yield item
-            except GeneratorExit:
-                failed = "Cancelled"
+            except GeneratorExit:  # pynetdicom stops asking once it has what it was told to expect
                 raise
             except BaseException as exc:
                 failed = type(exc).__name__
                 raise
             finally:
-                _record_served(action, event, ids, count, failed)
+                worklist = str(getattr(event.request, "AffectedSOPClassUID", "")) == _WORKLIST
+                _record_served("pacs.worklist" if worklist else action, event, ids, count, failed)
 
         return cast(F, wrapper)
 
