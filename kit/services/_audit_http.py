@@ -30,6 +30,8 @@ _KEYS = {
     "accessionnumber": "accessions", "accession": "accessions",
 }
 _NOT_ACTION = re.compile(r"[^A-Za-z0-9_.{}/$\-]")
+#: bodies kept for their identifiers (larger ones are DICOM uploads or zips, read by no one here)
+JSON_LIMIT = 1024 * 1024
 #: most JSON nodes visited per body
 MAX_NODES = 100_000
 _SKIP = ("/health", "/openapi.json", "/docs", "/redoc", "/metrics")
@@ -114,7 +116,7 @@ def api_audit(app: ASGIApp) -> AuditMiddleware:
         fields = describe(scope, status, request, answer)
         return None if fields is None else {**fields, "who": _api_actor(scope) or "anonymous"}
 
-    return AuditMiddleware(app, describe_who, actor=_api_actor)
+    return AuditMiddleware(app, describe_who, actor=_api_actor, body_limit=JSON_LIMIT)
 
 
 def medix_audit(app: ASGIApp, allows: Callable[[bytes | None], bool]) -> AuditMiddleware:
@@ -132,4 +134,4 @@ def medix_audit(app: ASGIApp, allows: Callable[[bytes | None], bool]) -> AuditMi
         fields = describe(scope, status, request, answer)
         return None if fields is None else {**fields, "who": who(scope) or "anonymous"}
 
-    return AuditMiddleware(app, describe_who, actor=who)
+    return AuditMiddleware(app, describe_who, actor=who, body_limit=JSON_LIMIT)
