@@ -53,6 +53,7 @@ from kit.errors import ConfigError
 __all__ = [
     "ApiSettings",
     "CohortSettings",
+    "AuditSettings",
     "DicomWebSettings",
     "EndoscopySettings",
     "FhirSettings",
@@ -351,6 +352,19 @@ class CohortSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """The audit log (:mod:`kit.services.audit`): who accessed which patient or study.
+
+    ``path`` (``KIT_AUDIT_PATH``) is the log file. Without one, ``kit serve``,
+    ``kit api serve`` and ``kit medix serve`` keep ``audit.db`` in their workspace,
+    and the CLI and notebooks record nothing. ``enabled = false`` turns it off everywhere.
+    """
+
+    path: str = ""
+    enabled: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`.
 
@@ -367,6 +381,7 @@ class Settings:
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     cohort: CohortSettings = dataclasses.field(default_factory=CohortSettings)
+    audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
     source: str = "defaults"
     #: The sections the file or the environment set (at least one key each).
     given: frozenset[str] = frozenset()
@@ -398,6 +413,7 @@ _SECTIONS: dict[str, type] = {
     "medix": MedixSettings,
     "api": ApiSettings,
     "cohort": CohortSettings,
+    "audit": AuditSettings,
 }
 
 

@@ -35,6 +35,7 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │       ├── MLLPFramingError    bytes on the wire are not MLLP
     │       └── NakError            the peer answered AE/AR (``.ack_code``)
     ├── StoreError                  a local store could not durably write
+    │   └── AuditLogError           the audit log's hash chain is broken (``.problems``)
     ├── AccessDeniedError           a service refused a caller: no/unknown key (401) or role (403)
     ├── RecordNotFoundError         a named record does not exist (``.what``)
     ├── ServiceFailedError          a service the kit runs stopped: a worker died (``.service``)
@@ -61,6 +62,7 @@ __all__ = [
     "AccessDeniedError",
     "AssociationAbortedError",
     "AssociationRejectedError",
+    "AuditLogError",
     "AuthError",
     "BulkExportError",
     "CohortError",
@@ -383,6 +385,17 @@ class NakError(HL7Error):
 
 class StoreError(KitError):
     """A local store (file store, SQLite) could not durably write or read."""
+
+
+class AuditLogError(StoreError):
+    """The audit log was changed behind its back: a row edited, removed or inserted.
+
+    ``problems`` lists what :func:`kit.services.audit.verify` found, first break first.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        self.problems = list(problems)
+        super().__init__(message)
 
 
 class AccessDeniedError(KitError):

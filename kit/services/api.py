@@ -60,11 +60,13 @@ from kit.errors import (
     ServiceFailedError,
     StoreError,
 )
+from kit.services._audit_http import api_audit
 from kit.services._auth import MAX_KEY_LENGTH, MIN_KEY_LENGTH, Role, check_key_text
 from kit.services.api_http import ApiGuard, ApiServer, Json, problem_response
 from kit.services.api_models import ApiProblem
 from kit.services.api_store import ApiStore
 from kit.services.api_vault import CredentialVault
+from kit.services.audit import enable_configured, release
 
 __all__ = ["API_KEY_HEADER", "ApiContext", "create_app", "require", "serve", "upstream"]
 
@@ -306,6 +308,7 @@ def create_app(
         large_paths=("/pacs/store-image",),
         body_timeout=body_timeout,
     )
+    app.add_middleware(api_audit)  # kit.audit: one event per request, outside the guard
     _install_handlers(app)
 
     @app.get("/health", tags=["service"], summary="Liveness: the service answers (no key needed)")
@@ -341,10 +344,12 @@ def serve(
     settings = settings if settings is not None else load_settings()
     app = create_app(settings, workspace=workspace, body_timeout=body_timeout)
     ctx: ApiContext = app.state.ctx
+    audit_log = enable_configured(settings, ctx.store.workspace / "audit.db")  # kit.audit: on by default
 
     def close() -> None:
         ctx.hub.disconnect_all()
         ctx.store.close()
+        release(audit_log)
 
     server = ApiServer(
         app, host=host or settings.api.host, port=settings.api.port if port is None else port, on_stop=close

@@ -98,6 +98,7 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "endoscopy frames": (["http://127.0.0.1:{dead}/live.ts"], {"--count": "2", "--timeout": "5"}),
     "cohort pull": ([str(Path(__file__).parents[1] / "cohort_pull" / "contract-cohort.csv")],
                     {"--out-dir": "{tmp}/cohort", "--port": "{dead}"}),
+    "audit": ([], {"--log": "{store}"}),
 }
 
 #: an option given without a value

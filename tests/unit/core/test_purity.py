@@ -10,7 +10,7 @@ import pytest
 KIT = Path(__file__).resolve().parents[3] / "kit"
 
 PURE = [
-    "errors", "config", "_files", "_redact", "_checks", "_truncate", "examples/cohort",
+    "errors", "config", "audit", "_files", "_redact", "_checks", "_truncate", "examples/cohort",
     "dicom/query", "dicom/index", "dicom/deid", "dicom/deid_check", "dicom/_profile_options",
     "dicom/received", "dicom/matching", "dicom/pixels", "dicom/_contexts", "dicom/web_multipart",
     "dicom/web_query",
