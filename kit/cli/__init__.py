@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "endoscopy": "kit.cli.endoscopy:endoscopy",
     "medix": "kit.cli.medix:medix",
     "api": "kit.cli.api:api",
+    "monitor": "kit.cli.monitor:monitor",
 }
 
 

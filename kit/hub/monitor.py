@@ -63,10 +63,12 @@ from kit.hub.alerts import (
 )
 from kit.hub.monitor_store import MonitorStore
 
-__all__ = ["LATENCY_BUCKETS", "SUMMARY_COLUMNS", "Monitor", "rules_from_settings"]
+__all__ = ["LATENCY_BUCKETS", "METRICS_CONTENT_TYPE", "SUMMARY_COLUMNS", "Monitor", "rules_from_settings"]
 
 log = logging.getLogger(__name__)
 
+#: The media type of :meth:`Monitor.metrics_text` (Prometheus text format 0.0.4).
+METRICS_CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Histogram buckets of the check duration (seconds).
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: Checks a connector's window holds in memory at most.

@@ -266,7 +266,7 @@ def create_app(
         No Fernet key (``[api] fernet_key``), or a bad one.
     """
     from kit.hub import Hub
-    from kit.services import api_hub, api_integration, api_scheduling
+    from kit.services import api_hub, api_integration, api_metrics, api_scheduling
 
     settings = settings if settings is not None else load_settings()
     api = settings.api
@@ -315,6 +315,7 @@ def create_app(
     app.include_router(api_integration.router)
     app.include_router(api_hub.router)
     app.include_router(api_scheduling.router)
+    app.include_router(api_metrics.router)
     return app
 
 

@@ -94,6 +94,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "medix serve": ([], {"--workspace": "{tmp}/medix", "--port": "0", "--token-file": "{json}"}),
     "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
     "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
+    "monitor serve": ([], {"--workspace": "{tmp}/monitor", "--port": "0", "--interval": "5"}),
+    "monitor status": ([], {"--timeout": "2"}),
 }
 
 #: an option given without a value
