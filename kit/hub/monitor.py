@@ -314,9 +314,9 @@ class Monitor:
                       open_alerts, now=at, window=self.window)
         new = self.store.record(results, ev.raised, ev.resolved, at)
         for alert in new:
-            log.warning("alert %d raised: %s [%s]", alert.id, alert.message, alert.severity.value)
+            log.info("alert %d raised: %s [%s]", alert.id, alert.message, alert.severity.value)
         for alert in ev.resolved:
-            log.warning("alert %d resolved: %s", alert.id, alert.message)
+            log.info("alert %d resolved: %s", alert.id, alert.message)
         gone = {a.id for a in ev.resolved}
         still = [a for a in open_alerts if a.id not in gone] + new
         self._rounds += 1
