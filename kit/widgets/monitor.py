@@ -73,6 +73,7 @@ class MonitorDashboard(widgets.VBox):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._seen = monitor.last_round
         self._alerts = monitor.alerts()
         self.figure = health_figure(self._history(), widget=True)
         self.table = data_table(self._alerts.select(ALERT_TABLE_COLUMNS), caption="active alerts",
@@ -102,9 +103,14 @@ class MonitorDashboard(widgets.VBox):
         n = self._alerts.height
         self.message.value = f"{n} active alert{'s' if n != 1 else ''}"
 
-    def refresh(self) -> None:
-        """Read the history and the alerts now and show them."""
+    def refresh(self, *, force: bool = True) -> None:
+        """Read the history and the alerts now and show them (unless ``force`` is False and no
+        round of checks ended since the last refresh)."""
         with self._lock:
+            stamp = self.monitor.last_round
+            if not force and stamp == self._seen:
+                return
+            self._seen = stamp
             history = self._history()
             alerts = self.monitor.alerts()
             update_health(self.figure, history)
@@ -150,7 +156,7 @@ class MonitorDashboard(widgets.VBox):
         def loop() -> None:
             while not self._stop.wait(interval):
                 try:
-                    self.refresh()
+                    self.refresh(force=False)
                 except KitError as exc:  # the monitor was closed or its store failed: say so, stop
                     self.message.value = f"stopped refreshing: {type(exc).__name__}: {exc}"
                     return
