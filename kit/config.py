@@ -59,6 +59,7 @@ __all__ = [
     "FhirSettings",
     "HL7Settings",
     "MedixSettings",
+    "MonitorSettings",
     "PacsSettings",
     "Secret",
     "Settings",
@@ -365,6 +366,43 @@ class AuditSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """Connector health monitoring (``kit monitor``, :mod:`kit.hub.monitor`, :mod:`kit.hub.alerts`).
+
+    Every ``interval`` seconds each configured connector is probed (each probe
+    within ``probe_timeout``); the results and the alerts are kept in
+    ``<workspace>/monitor.db`` for ``retention_days`` (empty workspace means
+    ``$XDG_DATA_HOME/kit/monitor``). The error rate is over the last
+    ``error_checks`` checks, uptime over the last ``uptime_hours``. The alert
+    thresholds are :func:`kit.hub.alerts.default_rules`' (ratios 0..1).
+    ``host``/``port`` are where ``kit monitor serve`` answers ``/metrics``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8072
+    workspace: str = ""
+    interval: float = 30.0
+    probe_timeout: float = 5.0
+    retention_days: float = 7.0
+    error_checks: int = 20
+    uptime_hours: float = 24.0
+    consecutive_failures: int = 3
+    slow_seconds: float = 5.0
+    error_rate_warning: float = 0.10
+    error_rate_critical: float = 0.25
+    uptime_warning: float = 0.95
+    uptime_critical: float = 0.90
+    min_rate_checks: int = 10
+
+    def resolved_workspace(self) -> Path:
+        """The workspace folder as an absolute path (default ``$XDG_DATA_HOME/kit/monitor``)."""
+        if self.workspace:
+            return Path(self.workspace).expanduser().resolve()
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "kit" / "monitor"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`.
 
@@ -382,6 +420,7 @@ class Settings:
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
     cohort: CohortSettings = dataclasses.field(default_factory=CohortSettings)
     audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
+    monitor: MonitorSettings = dataclasses.field(default_factory=MonitorSettings)
     source: str = "defaults"
     #: The sections the file or the environment set (at least one key each).
     given: frozenset[str] = frozenset()
@@ -414,6 +453,7 @@ _SECTIONS: dict[str, type] = {
     "api": ApiSettings,
     "cohort": CohortSettings,
     "audit": AuditSettings,
+    "monitor": MonitorSettings,
 }
 
 
@@ -559,7 +599,27 @@ _CHECKS: dict[str, Any] = {
     "cohort.backoff": _checks.positive_seconds,
     "cohort.max_backoff": _checks.positive_seconds,
     "cohort.max_studies_per_item": _checks.positive_int,
+    "monitor.host": _checks.host_name,
+    "monitor.port": lambda v: _checks.port(v, ephemeral=True),
+    "monitor.interval": _checks.positive_seconds,
+    "monitor.probe_timeout": _checks.positive_seconds,
+    "monitor.retention_days": _checks.positive_seconds,
+    "monitor.error_checks": _checks.positive_int,
+    "monitor.uptime_hours": _checks.positive_seconds,
+    "monitor.consecutive_failures": _checks.positive_int,
+    "monitor.slow_seconds": _checks.positive_seconds,
+    "monitor.error_rate_warning": lambda v: _ratio(v),
+    "monitor.error_rate_critical": lambda v: _ratio(v),
+    "monitor.uptime_warning": lambda v: _ratio(v),
+    "monitor.uptime_critical": lambda v: _ratio(v),
+    "monitor.min_rate_checks": _checks.positive_int,
 }
+
+
+def _ratio(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{value} is not a ratio between 0 and 1")
+    return value
 
 
 def _endoscopy_check(vendor: str, overrides: Mapping[str, str]) -> bool:

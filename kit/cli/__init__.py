@@ -45,6 +45,7 @@ COMMANDS: dict[str, str] = {
     "api": "kit.cli.api:api",
     "cohort": "kit.cli.cohort:cohort",
     "audit": "kit.cli.audit:audit",
+    "monitor": "kit.cli.monitor:monitor",
 }
 
 

@@ -268,7 +268,7 @@ def create_app(
         No Fernet key (``[api] fernet_key``), or a bad one.
     """
     from kit.hub import Hub
-    from kit.services import api_hub, api_integration, api_scheduling
+    from kit.services import api_hub, api_integration, api_metrics, api_scheduling
 
     settings = settings if settings is not None else load_settings()
     api = settings.api
@@ -318,6 +318,7 @@ def create_app(
     app.include_router(api_integration.router)
     app.include_router(api_hub.router)
     app.include_router(api_scheduling.router)
+    app.include_router(api_metrics.router)
     return app
 
 
@@ -348,6 +349,9 @@ def serve(
 
     def close() -> None:
         ctx.hub.disconnect_all()
+        from kit.services import api_metrics
+
+        api_metrics.close_monitor(app)  # the scrape-driven monitor's store, before the API's
         ctx.store.close()
         release(audit_log)
 

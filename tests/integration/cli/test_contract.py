@@ -99,6 +99,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "cohort pull": ([str(Path(__file__).parents[1] / "cohort_pull" / "contract-cohort.csv")],
                     {"--out-dir": "{tmp}/cohort", "--port": "{dead}"}),
     "audit": ([], {"--log": "{store}"}),
+    "monitor serve": ([], {"--workspace": "{tmp}/monitor", "--port": "0", "--interval": "5"}),
+    "monitor status": ([], {"--timeout": "2"}),
 }
 
 #: an option given without a value
