@@ -367,7 +367,8 @@ class MedixService:
             self.webhooks.start()
             self.workers.start()
             config = uvicorn.Config(create_app(self), log_level="warning", log_config=None,
-                                    access_log=False, lifespan="off", timeout_graceful_shutdown=5, proxy_headers=False,
+                                    access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                    proxy_headers=False,
                                     http=guarded_protocol(head_timeout=self.head_timeout,
                                                           max_connections=self.max_connections),
                                     timeout_keep_alive=5)
