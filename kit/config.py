@@ -52,11 +52,14 @@ from kit.errors import ConfigError
 
 __all__ = [
     "ApiSettings",
+    "CohortSettings",
+    "AuditSettings",
     "DicomWebSettings",
     "EndoscopySettings",
     "FhirSettings",
     "HL7Settings",
     "MedixSettings",
+    "MonitorSettings",
     "PacsSettings",
     "Secret",
     "Settings",
@@ -327,6 +330,79 @@ class ApiSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CohortSettings:
+    """Cohort retrieval (``kit cohort pull``, :mod:`kit.cohort.pull`): how politely to pull.
+
+    ``max_associations`` caps the associations (DICOMweb: requests) open to the PACS at
+    once, ``images_per_second`` the rate instances arrive at (the PACS waits for our
+    answer to each one). ``retrieve`` is ``c-get`` (default), ``c-move`` (to our
+    ``[pacs] aet`` and ``store_port``) or ``wado`` (WADO-RS from ``[dicomweb] base``).
+    A study that fails for a transient reason (unreachable, timeout, aborted, busy) is
+    tried up to ``max_attempts`` times; after such a failure the whole job waits
+    ``backoff`` seconds, doubled on each further failure up to ``max_backoff``.
+    ``max_studies_per_item`` bounds what one requested item (an MRN) may resolve to.
+    """
+
+    max_associations: int = 2
+    images_per_second: float = 50.0
+    retrieve: Literal["c-get", "c-move", "wado"] = "c-get"
+    max_attempts: int = 6
+    backoff: float = 2.0
+    max_backoff: float = 300.0
+    max_studies_per_item: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    """The audit log (:mod:`kit.services.audit`): who accessed which patient or study.
+
+    ``path`` (``KIT_AUDIT_PATH``) is the log file. Without one, ``kit serve``,
+    ``kit api serve`` and ``kit medix serve`` keep ``audit.db`` in their workspace,
+    and the CLI and notebooks record nothing. ``enabled = false`` turns it off everywhere.
+    """
+
+    path: str = ""
+    enabled: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """Connector health monitoring (``kit monitor``, :mod:`kit.hub.monitor`, :mod:`kit.hub.alerts`).
+
+    Every ``interval`` seconds each configured connector is probed (each probe
+    within ``probe_timeout``); the results and the alerts are kept in
+    ``<workspace>/monitor.db`` for ``retention_days`` (empty workspace means
+    ``$XDG_DATA_HOME/kit/monitor``). The error rate is over the last
+    ``error_checks`` checks, uptime over the last ``uptime_hours``. The alert
+    thresholds are :func:`kit.hub.alerts.default_rules`' (ratios 0..1).
+    ``host``/``port`` are where ``kit monitor serve`` answers ``/metrics``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8072
+    workspace: str = ""
+    interval: float = 30.0
+    probe_timeout: float = 5.0
+    retention_days: float = 7.0
+    error_checks: int = 20
+    uptime_hours: float = 24.0
+    consecutive_failures: int = 3
+    slow_seconds: float = 5.0
+    error_rate_warning: float = 0.10
+    error_rate_critical: float = 0.25
+    uptime_warning: float = 0.95
+    uptime_critical: float = 0.90
+    min_rate_checks: int = 10
+
+    def resolved_workspace(self) -> Path:
+        """The workspace folder as an absolute path (default ``$XDG_DATA_HOME/kit/monitor``)."""
+        if self.workspace:
+            return Path(self.workspace).expanduser().resolve()
+        base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return Path(base) / "kit" / "monitor"
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All of the kit's settings. Build with :func:`load_settings`.
 
@@ -342,6 +418,9 @@ class Settings:
     endoscopy: EndoscopySettings = dataclasses.field(default_factory=EndoscopySettings)
     medix: MedixSettings = dataclasses.field(default_factory=MedixSettings)
     api: ApiSettings = dataclasses.field(default_factory=ApiSettings)
+    cohort: CohortSettings = dataclasses.field(default_factory=CohortSettings)
+    audit: AuditSettings = dataclasses.field(default_factory=AuditSettings)
+    monitor: MonitorSettings = dataclasses.field(default_factory=MonitorSettings)
     source: str = "defaults"
     #: The sections the file or the environment set (at least one key each).
     given: frozenset[str] = frozenset()
@@ -374,6 +453,9 @@ _SECTIONS: dict[str, type] = {
     "endoscopy": EndoscopySettings,
     "medix": MedixSettings,
     "api": ApiSettings,
+    "cohort": CohortSettings,
+    "audit": AuditSettings,
+    "monitor": MonitorSettings,
 }
 
 
@@ -513,7 +595,33 @@ _CHECKS: dict[str, Any] = {
     "api.max_json_body": _checks.positive_int,
     "api.probe_timeout": _checks.positive_seconds,
     "endoscopy.timeout": _checks.positive_seconds,
+    "cohort.max_associations": _checks.positive_int,
+    "cohort.images_per_second": _checks.positive_seconds,  # a positive finite number
+    "cohort.max_attempts": _checks.positive_int,
+    "cohort.backoff": _checks.positive_seconds,
+    "cohort.max_backoff": _checks.positive_seconds,
+    "cohort.max_studies_per_item": _checks.positive_int,
+    "monitor.host": _checks.host_name,
+    "monitor.port": lambda v: _checks.port(v, ephemeral=True),
+    "monitor.interval": _checks.positive_seconds,
+    "monitor.probe_timeout": _checks.positive_seconds,
+    "monitor.retention_days": _checks.positive_seconds,
+    "monitor.error_checks": _checks.positive_int,
+    "monitor.uptime_hours": _checks.positive_seconds,
+    "monitor.consecutive_failures": _checks.positive_int,
+    "monitor.slow_seconds": _checks.positive_seconds,
+    "monitor.error_rate_warning": lambda v: _ratio(v),
+    "monitor.error_rate_critical": lambda v: _ratio(v),
+    "monitor.uptime_warning": lambda v: _ratio(v),
+    "monitor.uptime_critical": lambda v: _ratio(v),
+    "monitor.min_rate_checks": _checks.positive_int,
 }
+
+
+def _ratio(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{value} is not a ratio between 0 and 1")
+    return value
 
 
 def _endoscopy_check(vendor: str, overrides: Mapping[str, str]) -> bool:

@@ -35,9 +35,11 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │       ├── MLLPFramingError    bytes on the wire are not MLLP
     │       └── NakError            the peer answered AE/AR (``.ack_code``)
     ├── StoreError                  a local store could not durably write
+    │   └── AuditLogError           the audit log's hash chain is broken (``.problems``)
     ├── AccessDeniedError           a service refused a caller: no/unknown key (401) or role (403)
     ├── RecordNotFoundError         a named record does not exist (``.what``)
     ├── ServiceFailedError          a service the kit runs stopped: a worker died (``.service``)
+    ├── CohortError                 a cohort job did not get every study (``.failed``), or cannot run
     └── VerificationError           a write-back read back differently (``.differences``)
 
     TruncatedResultWarning (a UserWarning, not an error): a ``limit`` cut a query's result
@@ -60,8 +62,10 @@ __all__ = [
     "AccessDeniedError",
     "AssociationAbortedError",
     "AssociationRejectedError",
+    "AuditLogError",
     "AuthError",
     "BulkExportError",
+    "CohortError",
     "ConfigError",
     "DicomError",
     "DicomFileError",
@@ -383,6 +387,17 @@ class StoreError(KitError):
     """A local store (file store, SQLite) could not durably write or read."""
 
 
+class AuditLogError(StoreError):
+    """The audit log was changed behind its back: a row edited, removed or inserted.
+
+    ``problems`` lists what :func:`kit.services.audit.verify` found, first break first.
+    """
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        self.problems = list(problems)
+        super().__init__(message)
+
+
 class AccessDeniedError(KitError):
     """A service the kit runs refused a caller.
 
@@ -432,6 +447,23 @@ class ServiceFailedError(KitError):
     def __init__(self, message: str, *, service: str) -> None:
         super().__init__(message)
         self.service = service
+
+
+class CohortError(KitError):
+    """A cohort job (:mod:`kit.cohort`) could not get every study, or cannot run at all
+    (its folder is held by another job, or belongs to a pull from another PACS).
+
+    Parameters
+    ----------
+    message : str
+        What failed (the report frame holds each study's reason).
+    failed : int
+        Requested items or studies that failed (0 when the job could not run).
+    """
+
+    def __init__(self, message: str, *, failed: int = 0) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class VerificationError(KitError):

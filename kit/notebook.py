@@ -104,6 +104,8 @@ class Session:
     stack: Stack | None
     services: tuple[str, ...]
     note: str = ""
+    #: the audit log this session records to (``[audit] path``), released by :meth:`close`
+    audit_log: object | None = None
 
     @property
     def embedded(self) -> bool:
@@ -162,6 +164,11 @@ class Session:
         if self.stack is not None:
             self.stack.stop()
             self.stack = None
+        if self.audit_log is not None:
+            from kit.services.audit import release
+
+            release(self.audit_log)  # type: ignore[arg-type]
+            self.audit_log = None
         if keep:
             return f"kept the workspace {self.workspace}: remove it when done, it may hold patient data"
         if not self.workspace.exists():
@@ -212,8 +219,13 @@ def connect(settings_file: str | os.PathLike[str] | None = None, *,
     settings = load_settings(settings_file)
     folder = Path(workspace if workspace is not None else DEFAULT_WORKSPACE).expanduser().absolute()
     note = _make_workspace(folder)
+    log = None
+    if settings.audit.enabled and settings.audit.path:  # record this kernel's accesses, as the CLI does
+        from kit.services.audit import enable_configured
+
+        log = enable_configured(settings)
     if settings.configured:
-        return Session(settings, describe_source(settings), folder, None, wanted, note)
+        return Session(settings, describe_source(settings), folder, None, wanted, note, log)
     from kit.stack import Stack
 
     changes: dict[str, object] = {f.name: 0 for f in dataclasses.fields(StackSettings)
@@ -227,4 +239,4 @@ def connect(settings_file: str | os.PathLike[str] | None = None, *,
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return Session(stack.client_settings(settings), f"{describe_source(None)} (started in this kernel)",
-                   folder, stack, wanted, note)
+                   folder, stack, wanted, note, log)

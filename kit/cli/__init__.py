@@ -43,6 +43,9 @@ COMMANDS: dict[str, str] = {
     "endoscopy": "kit.cli.endoscopy:endoscopy",
     "medix": "kit.cli.medix:medix",
     "api": "kit.cli.api:api",
+    "cohort": "kit.cli.cohort:cohort",
+    "audit": "kit.cli.audit:audit",
+    "monitor": "kit.cli.monitor:monitor",
 }
 
 
@@ -101,6 +104,9 @@ def cli(ctx: click.Context, config: str | None, verbose: int) -> None:
         click.echo(error_line(exc), err=True)
         ctx.exit(1)
     ctx.obj = {"config": config, "verbose": verbose, "settings": settings}
+    from kit.cli.audit import start_audit  # [audit] path set: this command's accesses are logged
+
+    start_audit(ctx, settings)
 
 
 #: what the group callback learnt that :func:`main` needs after a command failed

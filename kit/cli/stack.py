@@ -90,7 +90,9 @@ def serve(ctx: click.Context, host: str | None, pacs_port: int | None, fhir_port
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stack = Stack(settings, services=only or SERVICES, preload=not no_preload)
-    with stack:
+    from kit.cli.audit import audit_serving
+
+    with stack, audit_serving(settings_from(ctx), stack.data_dir):  # on by default: <data>/audit.db
         for name, address in stack.addresses().items():
             click.echo(f"{name}{' ' * max(2, 6 - len(name))}{address}", nl=True)
         click.echo(f"data  {stack.data_dir}", err=True)

@@ -12,9 +12,12 @@ state, top-level tags only, no pseudonyms); this module applies the table
 itself, recursively into sequences, because no library does the rest:
 
 * **Keyed pseudonyms.** PatientID, PatientName and AccessionNumber become
-  HMAC-SHA256 of the original under the project key, so the same patient gets
-  the same pseudonym in every file and every run with the same key, and other
-  systems (FHIR, HL7) can be pseudonymised to match with :meth:`Deidentifier.pseudonym`.
+  HMAC-SHA256 of the original under the project key
+  (:class:`kit.deid.pseudonyms.Pseudonymiser`, the one :mod:`kit.deid.fhir` and
+  :mod:`kit.deid.hl7` use), so the same patient gets the same pseudonym in every
+  file, every run and every system (FHIR, HL7) with the same key. Other Patient
+  IDs Sequence items keep only their PatientID, pseudonymised the same way (another
+  MRN of the patient still joins), and TypeOfPatientID.
   PatientName becomes ``ANON^`` + HMAC of the original name (the same in
   every file of the patient; two patients who share a name share it too).
 * **UIDs** with action U (Study/Series/SOP Instance, Frame of Reference, every
@@ -28,7 +31,8 @@ itself, recursively into sequences, because no library does the rest:
   time (Study Date Z, Series Date X/D, Patient's Birth Date Z, ...).
   ``retain_longitudinal_modified_dates`` (DCM 113107): the attributes that
   option's column of Table E.1-1 marks C keep their dates, moved back by a
-  per-patient offset (31 to 1095 days, from the HMAC of the PatientID), so
+  per-patient offset (31 to 1095 days, from the HMAC of the PatientID: the shift
+  FHIR and HL7 dates of the patient get too), so
   intervals within a patient survive; TM values keep their time of day.
   ``retain_patient_characteristics`` (DCM 113108): age, sex, size, weight,
   ... (the option's K attributes) are kept. Patient's Birth Date is emptied
@@ -69,8 +73,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import enum
-import hashlib
-import hmac
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -93,6 +95,7 @@ from pydicom.uid import (
 
 from kit._files import atomic_path
 from kit.config import Secret
+from kit.deid.pseudonyms import REID_SCHEMA, Pseudonymiser, PseudonymKind, ReidentificationMap
 from kit.dicom._profile_options import (
     RETAIN_LONGITUDINAL_MODIFIED_DATES,
     RETAIN_PATIENT_CHARACTERISTICS,
@@ -186,107 +189,6 @@ def profile_action(tag: int) -> ProfileAction | None:
     return action
 
 
-class PseudonymKind(enum.StrEnum):
-    """What a :class:`ReidentificationMap` row maps."""
-
-    PATIENT_ID = "patient_id"
-    PATIENT_NAME = "patient_name"
-    ACCESSION_NUMBER = "accession_number"
-    UID = "uid"
-    #: the per-patient date shift in days (original = PatientID, pseudonym = days)
-    DATE_SHIFT = "date_shift_days"
-
-
-#: columns of :attr:`ReidentificationMap.frame`
-REID_SCHEMA: dict[str, Any] = {"kind": pl.String, "original": pl.String, "pseudonym": pl.String}
-
-
-class ReidentificationMap:
-    """Original -> pseudonym, per :class:`PseudonymKind`; the user keeps it safe.
-
-    Parameters
-    ----------
-    frame : polars.DataFrame, optional
-        Existing rows (``kind``, ``original``, ``pseudonym``), e.g. from :meth:`load`.
-    """
-
-    def __init__(self, frame: pl.DataFrame | None = None) -> None:
-        self._forward: dict[tuple[str, str], str] = {}
-        if frame is not None:
-            if set(frame.columns) != set(REID_SCHEMA):
-                raise InvalidInputError("a re-identification map has columns kind, original, pseudonym")
-            for kind, original, pseudonym in frame.select(list(REID_SCHEMA)).iter_rows():
-                self.add(PseudonymKind(kind), original, pseudonym)
-
-    def add(self, kind: PseudonymKind, original: str, pseudonym: str) -> None:
-        """Record one mapping; a conflicting pseudonym for the same original is an error."""
-        key = (PseudonymKind(kind).value, original)
-        known = self._forward.setdefault(key, pseudonym)
-        if known != pseudonym:
-            raise InvalidInputError(f"re-identification map conflict for a {key[0]}: two pseudonyms "
-                                    "(was it made with another key?)")
-
-    def pseudonym(self, kind: PseudonymKind, original: str) -> str | None:
-        """The pseudonym recorded for ``original``, if any."""
-        return self._forward.get((PseudonymKind(kind).value, original))
-
-    def original(self, kind: PseudonymKind, pseudonym: str) -> str | None:
-        """Re-identify: the original value behind ``pseudonym``, if recorded."""
-        kind = PseudonymKind(kind)
-        for (k, orig), pseudo in self._forward.items():
-            if k == kind.value and pseudo == pseudonym:
-                return orig
-        return None
-
-    @property
-    def frame(self) -> pl.DataFrame:
-        """All mappings as a frame (``kind``, ``original``, ``pseudonym``), sorted."""
-        rows = [(k, o, p) for (k, o), p in self._forward.items()]
-        return pl.DataFrame(rows, schema=REID_SCHEMA, orient="row").sort("kind", "original")
-
-    def __len__(self) -> int:
-        return len(self._forward)
-
-    def __repr__(self) -> str:
-        return f"ReidentificationMap({len(self)} entries)"
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ReidentificationMap:
-        """Read a map saved by :meth:`save` (.parquet or .csv)."""
-        path = Path(path)
-        try:
-            if path.suffix.lower() == ".parquet":
-                frame = pl.read_parquet(path)
-            elif path.suffix.lower() == ".csv":
-                frame = pl.read_csv(path, schema=REID_SCHEMA)
-            else:
-                raise InvalidInputError("a re-identification map is .parquet or .csv", source=str(path))
-        except (OSError, pl.exceptions.PolarsError) as exc:
-            raise InvalidInputError(f"cannot read re-identification map: {exc}", source=str(path)) from exc
-        return cls(frame)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the map to ``path`` (.parquet or .csv), merged with what the file already holds.
-
-        The write is atomic (temporary file + rename), so an interrupted save
-        never leaves half a map.
-        """
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in (".parquet", ".csv"):
-            raise InvalidInputError("a re-identification map is .parquet or .csv", source=str(path))
-        merged = ReidentificationMap(self.frame)
-        if path.exists():
-            for row in ReidentificationMap.load(path).frame.iter_rows():
-                merged.add(PseudonymKind(row[0]), row[1], row[2])
-        with atomic_path(path, suffix=suffix) as tmp:
-            if suffix == ".parquet":
-                merged.frame.write_parquet(tmp)
-            else:
-                merged.frame.write_csv(tmp)
-        return path
-
-
 # -- burned-in annotation -----------------------------------------------------------------
 
 _BURNED_MODALITIES = {"US": "ultrasound", "ES": "endoscopy", "XC": "external camera",
@@ -326,8 +228,9 @@ _STRING_MAX = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "ST": 1024, "LT": 10240, 
                "UC": 10240, "PN": 64}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"}
 _BINARY_VRS = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
-_SHIFT_MIN, _SHIFT_SPAN = 31, 1065
 _PATIENT_ID, _PATIENT_NAME, _ACCESSION = 0x00100020, 0x00100010, 0x00080050
+#: Other Patient IDs Sequence: each item keeps only its PatientID (pseudonymised) and TypeOfPatientID
+_OTHER_IDS, _OTHER_ID_KEEP = 0x00101002, frozenset({0x00100020, 0x00100022})
 #: free text the table does not list: SR TextValue (Content Sequence items, any depth)
 _FREE_TEXT = frozenset({0x0040A160})
 _INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "PatientID")
@@ -371,14 +274,6 @@ class DeidOptions:
         return [names[code] for code, _ in self.codes]
 
 
-def _coerce_key(key: str | bytes | Secret) -> bytes:
-    raw = key.reveal() if isinstance(key, Secret) else key
-    data = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-    if len(data.strip()) < 8:
-        raise ConfigError("deid.key", "the de-identification key must be at least 8 bytes")
-    return data
-
-
 class Deidentifier:
     """Apply the PS3.15 Basic Profile with keyed, cohort-consistent pseudonyms.
 
@@ -396,10 +291,15 @@ class Deidentifier:
         A map to append to (e.g. loaded from an earlier run).
     """
 
-    def __init__(self, key: str | bytes | Secret, *, options: DeidOptions | None = None,
+    def __init__(self, key: str | bytes | Secret | Pseudonymiser, *, options: DeidOptions | None = None,
                  shift_dates: bool | None = None,
                  reid_map: ReidentificationMap | None = None) -> None:
-        self._key = _coerce_key(key)
+        if isinstance(key, Pseudonymiser):
+            if reid_map is not None and reid_map is not key.reid_map:
+                raise ConfigError("deid.reid_map", "a Pseudonymiser brings its own re-identification map")
+            self._pseudo = key
+        else:
+            self._pseudo = Pseudonymiser(key, reid_map=reid_map)
         chosen = options if options is not None else DeidOptions()
         if shift_dates is not None:
             if options is not None and options.retain_longitudinal_modified_dates != shift_dates:
@@ -407,7 +307,16 @@ class Deidentifier:
                                   "contradicts options.retain_longitudinal_modified_dates")
             chosen = replace(chosen, retain_longitudinal_modified_dates=shift_dates)
         self.options = chosen
-        self.reid_map = reid_map if reid_map is not None else ReidentificationMap()
+
+    @property
+    def pseudonymiser(self) -> Pseudonymiser:
+        """The keyed pseudonymiser (shared with :mod:`kit.deid.fhir` and :mod:`kit.deid.hl7`)."""
+        return self._pseudo
+
+    @property
+    def reid_map(self) -> ReidentificationMap:
+        """Every pseudonym given so far (original -> pseudonym); save it yourself, outside the output."""
+        return self._pseudo.reid_map
 
     @property
     def shift_dates(self) -> bool:
@@ -422,14 +331,12 @@ class Deidentifier:
 
     # pseudonyms ---------------------------------------------------------------------------
 
-    def _digest(self, kind: str, value: str) -> bytes:
-        return hmac.new(self._key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
-
     def pseudonym(self, kind: PseudonymKind, original: str) -> str:
         """The keyed pseudonym of ``original`` (recorded in :attr:`reid_map`).
 
-        Use it to pseudonymise other systems' identifiers (FHIR, HL7) so they
-        still join with the de-identified DICOM.
+        The same as :meth:`kit.deid.pseudonyms.Pseudonymiser.pseudonym` with the same
+        key, which :mod:`kit.deid.fhir` and :mod:`kit.deid.hl7` use, so FHIR and HL7
+        identifiers still join with the de-identified DICOM.
 
         Parameters
         ----------
@@ -440,27 +347,14 @@ class Deidentifier:
         original : str
             The original value.
         """
-        kind = PseudonymKind(kind)
-        digest = self._digest(kind.value, original)
-        if kind is PseudonymKind.PATIENT_ID:
-            value = "P" + digest.hex()[:15].upper()
-        elif kind is PseudonymKind.PATIENT_NAME:
-            value = "ANON^N" + digest.hex()[:10].upper()
-        elif kind is PseudonymKind.ACCESSION_NUMBER:
-            value = "A" + digest.hex()[:15].upper()
-        elif kind is PseudonymKind.UID:
-            value = "2.25." + str(int.from_bytes(digest[:16], "big"))
-        else:
-            value = str(-(_SHIFT_MIN + int.from_bytes(digest[:4], "big") % _SHIFT_SPAN))
-        self.reid_map.add(kind, original, value)
-        return value
+        return self._pseudo.pseudonym(kind, original)
 
     def date_shift(self, patient_id: str) -> dt.timedelta:
         """The (negative) date offset of the patient with this original PatientID."""
-        return dt.timedelta(days=int(self.pseudonym(PseudonymKind.DATE_SHIFT, patient_id)))
+        return self._pseudo.date_shift(patient_id)
 
     def _dummy(self, vr: str, original: Any) -> Any:
-        token = self._digest("dummy", str(original)).hex().upper()
+        token = self._pseudo.digest("dummy", str(original)).hex().upper()
         if vr == "PN":
             return "ANON^" + token[:10]
         if vr in _STRING_MAX:
@@ -536,6 +430,12 @@ class Deidentifier:
                 return
             if tag == _ACCESSION:
                 elem.value = self._map_text(elem.value, PseudonymKind.ACCESSION_NUMBER)
+                return
+            if tag == _OTHER_IDS and _is_sequence(elem):  # the walk then maps each item's PatientID
+                elem.value = Sequence([_only(item, _OTHER_ID_KEEP) for item in elem.value or ()
+                                       if str(item.get("PatientID", "") or "").strip()])
+                if not elem.value:
+                    del dataset[elem.tag]
                 return
             if keep_characteristics and tag in RETAIN_PATIENT_CHARACTERISTICS:
                 return
@@ -674,6 +574,19 @@ def _file_meta(original: Dataset, out: Dataset) -> FileMetaDataset:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
     return meta
+
+
+def _is_sequence(elem: DataElement) -> bool:
+    """Whether ``elem`` holds a sequence."""
+    return str(elem.VR) == "SQ" and isinstance(elem.value, Sequence | list)
+
+
+def _only(item: Dataset, keep: frozenset[int]) -> Dataset:
+    out = Dataset()
+    for elem in item:
+        if int(elem.tag) in keep:
+            out.add(copy.deepcopy(elem))
+    return out
 
 
 def _code(value: str, meaning: str) -> Dataset:

@@ -76,6 +76,7 @@ from pynetdicom.presentation import build_context
 
 from kit._truncate import check_limit
 from kit.config import PacsSettings, Settings
+from kit.dicom._audit import pacs as _audited
 from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
@@ -383,6 +384,7 @@ class PacsClient:
 
     # -- services ------------------------------------------------------------------------------
 
+    @_audited("pacs.echo")
     def echo(self) -> float:
         """C-ECHO the PACS.
 
@@ -410,6 +412,7 @@ class PacsClient:
             return collect_find(assoc, identifier, sop_class, what, limit=limit, peer=self.address,
                                 lost=self._lost)
 
+    @_audited("pacs.find")
     def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
              model: QueryModel | str | None = None, return_keys: Iterable[str] | None = None,
              limit: int | None = None, **filters: Any) -> pl.DataFrame:
@@ -450,6 +453,7 @@ class PacsClient:
             columns += [f for f in filters if f not in columns]
         return responses_to_frame(level, matches, columns=columns)
 
+    @_audited("pacs.worklist")
     def worklist(self, *, limit: int | None = None, **filters: Any) -> pl.DataFrame:
         """Modality Worklist C-FIND; one row per Scheduled Procedure Step.
 
@@ -539,6 +543,7 @@ class PacsClient:
                                 warning=warning, received=received)
         return received.sort("sop_instance_uid")
 
+    @_audited("pacs.get")
     def get(self, *, study_uid: str | None = None, series_uid: str | None = None,
             sop_uid: str | None = None, dest: str | os.PathLike[str],
             sop_classes: Iterable[str] | None = None, progress: bool = False) -> pl.DataFrame:
@@ -616,6 +621,7 @@ class PacsClient:
                 setattr(last, keyword, value)
         return last
 
+    @_audited("pacs.move")
     def move(self, *, study_uid: str | None = None, series_uid: str | None = None,
              sop_uid: str | None = None, dest: str | os.PathLike[str], move_aet: str | None = None,
              store_port: int | None = None, store_host: str = "",
@@ -707,6 +713,7 @@ class PacsClient:
             hint += "; this store port was ephemeral: fix one first (--store-port, [pacs] store_port)"
         return hint
 
+    @_audited("pacs.store")
     def store(self, items: Iterable[str | os.PathLike[str] | Dataset], *,
               progress: bool = False) -> pl.DataFrame:
         """C-STORE files or datasets on one association.

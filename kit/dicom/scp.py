@@ -73,6 +73,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from kit.dicom._audit import served as _served
 from kit.dicom._fastnet import (
     C_ECHO_RQ,
     C_ECHO_RSP,
@@ -437,6 +438,7 @@ class EmbeddedPACS:
             status, comment = CANNOT_UNDERSTAND, f"cannot process: {type(exc).__name__}"
         return _status(status, comment)
 
+    @_served("pacs.store")
     def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, sop_class: str,
                sop_uid: str) -> tuple[int, str]:
         """Check and store one received data set; (C-STORE status, error comment).
@@ -573,6 +575,7 @@ class EmbeddedPACS:
                     LOGGER.warning("cannot read %s for extra keys: %s", record["_path"], exc)
             yield candidate
 
+    @_served("pacs.find")
     def _on_find(self, event: Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         sop_class = str(event.request.AffectedSOPClassUID)
         try:
@@ -690,6 +693,7 @@ class EmbeddedPACS:
         ds.FailedSOPInstanceUIDList = ""
         return ds
 
+    @_served("pacs.get")
     def _on_get(self, event: Event) -> Iterator[Any]:
         try:
             instances = self._matching_instances(event)
@@ -707,6 +711,7 @@ class EmbeddedPACS:
                 return
             yield PENDING, self._read(instance, accepted)
 
+    @_served("pacs.move")
     def _on_move(self, event: Event) -> Iterator[Any]:
         destination = str(event.move_destination or "").strip()
         if destination not in self.move_destinations:

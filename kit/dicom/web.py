@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset
 from kit._files import atomic_write_bytes
 from kit._truncate import check_limit, warn_truncated
 from kit.config import DicomWebSettings, Secret, Settings
+from kit.dicom._audit import web as _audited
 from kit.dicom._outgoing import read_for_store
 from kit.dicom.dimse import RECEIVED_SCHEMA, STORED_SCHEMA
 from kit.dicom.query import (
@@ -154,6 +155,7 @@ class DicomWebClient:
         self._call("QIDO-RS studies", lambda: self._client.search_for_studies(
             fields=["StudyInstanceUID"], limit=1))
 
+    @_audited("dicomweb.qido")
     def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
              return_keys: Iterable[str] | None = None, limit: int | None = None,
              **filters: Any) -> pl.DataFrame:
@@ -228,6 +230,7 @@ class DicomWebClient:
 
     # -- WADO-RS ---------------------------------------------------------------------------------
 
+    @_audited("dicomweb.wado")
     def get(self, study_uid: str, series_uid: str | None = None, *,
             dest: str | os.PathLike[str]) -> pl.DataFrame:
         """WADO-RS retrieve of a study or series into ``dest`` (``<SOPInstanceUID>.dcm``).
@@ -261,6 +264,7 @@ class DicomWebClient:
 
     # -- STOW-RS ---------------------------------------------------------------------------------
 
+    @_audited("dicomweb.stow")
     def store(self, items: Iterable[str | os.PathLike[str] | Dataset]) -> pl.DataFrame:
         """STOW-RS store of files or datasets (in batches of :data:`STOW_BATCH`).
 

@@ -680,7 +680,7 @@ class EmbeddedDicomWeb:
                          max_parts=self.max_parts, max_uploads=self.max_uploads,
                          body_timeout=self.body_timeout, idle_timeout=self.idle_timeout,
                          send_timeout=self.send_timeout)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(app, log_level="warning", log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5, proxy_headers=False,
                                 http=guarded_protocol(head_timeout=self.head_timeout,
                                                       max_connections=self.max_connections),

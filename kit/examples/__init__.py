@@ -20,7 +20,8 @@ runs of :func:`regenerate` give byte-identical files (the manifest also
 records a hash of each clip's decoded frames, which :func:`check` compares if
 a clip's bytes differ, as they may with another PyAV/x264 build).
 Generators: :mod:`kit.examples.dicom` (CT, MR), :mod:`kit.examples.endoscopy`
-(VL stills, clips) and, when installed, ``kit.examples.fhir`` and
+(VL stills, clips), :mod:`kit.examples.phi` (a labelled set of note sentences
+with PHI spans, ``phi/notes.jsonl``) and, when installed, ``kit.examples.fhir`` and
 ``kit.examples.hl7``; each has ``generate(out_dir) -> list[Path]``.
 """
 
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 #: Sample generators, in run order (modules of this package with ``generate(out_dir)``).
-GENERATORS = ("dicom", "endoscopy", "fhir", "hl7")
+GENERATORS = ("dicom", "endoscopy", "fhir", "hl7", "phi")
 #: Name of the manifest file in the samples root.
 MANIFEST = "MANIFEST.json"
 #: Bumped whenever a generator's output changes, so stale caches are rebuilt.

@@ -44,6 +44,7 @@ import polars as pl
 
 from kit._files import atomic_path, atomic_write_bytes
 from kit.errors import BulkExportError, FhirError, InvalidInputError, PeerDisconnectedError
+from kit.fhir._audit import audited_export
 from kit.fhir.client import FhirClient, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 
@@ -333,6 +334,7 @@ class BulkExport:
                                   peer=self.client.base)
         return ExportJob(self.client, urljoin(self.client.base + "/", location))
 
+    @audited_export
     def run(self, folder: str | os.PathLike[str], level: ExportLevel | str = ExportLevel.SYSTEM, *,
             group_id: str | None = None, types: Sequence[str] | None = None,
             since: dt.datetime | str | None = None, type_filters: Sequence[str] = (),

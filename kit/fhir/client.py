@@ -74,6 +74,7 @@ from kit.errors import (
     PeerUnreachableError,
     TLSError,
 )
+from kit.fhir._audit import audited_send
 from kit.fhir.policy import NO_RETRY, OriginRule, RetryPolicy, origin, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
@@ -295,6 +296,7 @@ class FhirClient:
         """
         return self._trusted.allows(url)
 
+    @audited_send
     def send(self, method: str, url: str, *, params: Sequence[tuple[str, str]] | None = None,
              content: bytes | None = None, headers: Mapping[str, str] | None = None,
              idempotent: bool | None = None, stream: bool = False, authenticate: bool = True,

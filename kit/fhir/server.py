@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kit.errors import FhirValidationError, KitError, OperationOutcomeError, PeerError, StoreError
+from kit.fhir._audit import FhirAuditMiddleware
 from kit.fhir.resources import issue, operation_outcome
 from kit.fhir.server_bundle import process_bundle
 from kit.fhir.server_export import ExportManager
@@ -163,6 +164,7 @@ def create_app(
     exports = ExportManager(store, Path(db_path).parent / "exports", delay=export_delay)
     app = FastAPI(title="kit FHIR R4", docs_url=None, redoc_url=None, openapi_url=None)
     # inside Starlette's ServerErrorMiddleware, around everything else: the last line for 500s
+    app.add_middleware(FhirAuditMiddleware, base_path=base_path)  # inside the guard: kit.audit
     app.add_middleware(GuardMiddleware, max_body=max_body, send_timeout=send_timeout)
     app.state.store = store
     app.state.exports = exports
@@ -615,6 +617,7 @@ class EmbeddedFhirServer:
         config = uvicorn.Config(
             app,
             log_level="warning",
+            log_config=None,  # uvicorn would reset the process's logging on each start
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,

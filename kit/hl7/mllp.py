@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kit.errors import ConfigError, HL7ParseError, StoreError
+from kit.hl7._audit import record_received
 from kit.hl7.build import MAX_ECHO, AckError, build_ack
 from kit.hl7.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameError, MLLPDecoder, frame
 from kit.hl7.message import Message, decode, parse_message
@@ -387,7 +388,9 @@ class MLLPListener:
                     stop = True
                     break
                 batch.append(job)
-            for job, result in zip(batch, self._store(batch), strict=True):
+            results = self._store(batch)
+            record_received(self.address, [job.item for job in batch], results)  # kit.audit
+            for job, result in zip(batch, results, strict=True):
                 fut = job.future
                 with contextlib.suppress(RuntimeError):  # its loop closed: the connection is gone
                     if isinstance(result, BaseException):

@@ -39,6 +39,7 @@ from kit.errors import (
     PeerUnreachableError,
     TLSError,
 )
+from kit.hl7._audit import audited_send
 from kit.hl7.framing import FrameError, MLLPDecoder, frame
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.typed import Ack, AckCode
@@ -205,6 +206,7 @@ class MLLPSender:
         self.close()
 
     # -- sending -----------------------------------------------------------------------------------
+    @audited_send
     def send(self, message: str | bytes | Message) -> Ack:
         """Send one message; return its positive ACK.
 

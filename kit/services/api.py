@@ -60,11 +60,13 @@ from kit.errors import (
     ServiceFailedError,
     StoreError,
 )
+from kit.services._audit_http import api_audit
 from kit.services._auth import MAX_KEY_LENGTH, MIN_KEY_LENGTH, Role, check_key_text
 from kit.services.api_http import ApiGuard, ApiServer, Json, problem_response
 from kit.services.api_models import ApiProblem
 from kit.services.api_store import ApiStore
 from kit.services.api_vault import CredentialVault
+from kit.services.audit import enable_configured, release
 
 __all__ = ["API_KEY_HEADER", "ApiContext", "create_app", "require", "serve", "upstream"]
 
@@ -266,7 +268,7 @@ def create_app(
         No Fernet key (``[api] fernet_key``), or a bad one.
     """
     from kit.hub import Hub
-    from kit.services import api_hub, api_integration, api_scheduling
+    from kit.services import api_hub, api_integration, api_metrics, api_scheduling
 
     settings = settings if settings is not None else load_settings()
     api = settings.api
@@ -306,6 +308,7 @@ def create_app(
         large_paths=("/pacs/store-image",),
         body_timeout=body_timeout,
     )
+    app.add_middleware(api_audit)  # kit.audit: one event per request, outside the guard
     _install_handlers(app)
 
     @app.get("/health", tags=["service"], summary="Liveness: the service answers (no key needed)")
@@ -315,6 +318,7 @@ def create_app(
     app.include_router(api_integration.router)
     app.include_router(api_hub.router)
     app.include_router(api_scheduling.router)
+    app.include_router(api_metrics.router)
     return app
 
 
@@ -341,10 +345,15 @@ def serve(
     settings = settings if settings is not None else load_settings()
     app = create_app(settings, workspace=workspace, body_timeout=body_timeout)
     ctx: ApiContext = app.state.ctx
+    audit_log = enable_configured(settings, ctx.store.workspace / "audit.db")  # kit.audit: on by default
 
     def close() -> None:
         ctx.hub.disconnect_all()
+        from kit.services import api_metrics
+
+        api_metrics.close_monitor(app)  # the scrape-driven monitor's store, before the API's
         ctx.store.close()
+        release(audit_log)
 
     server = ApiServer(
         app, host=host or settings.api.host, port=settings.api.port if port is None else port, on_stop=close

@@ -298,6 +298,7 @@ class ApiServer:
         config = uvicorn.Config(
             self.app,
             log_level="warning",
+            log_config=None,  # uvicorn would reset the process's logging on each start
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,

@@ -54,7 +54,9 @@ from starlette.requests import ClientDisconnect
 from kit.config import Secret, Settings
 from kit.errors import InvalidInputError, KitError, PeerError, ServiceFailedError, StoreError
 from kit.fhir.server_http import guarded_protocol
+from kit.services._audit_http import medix_audit
 from kit.services._bearer import BearerAuth
+from kit.services.audit import AuditLog, enable_configured, release
 from kit.services.medix_protocol import parse_download_request, parse_report_request, report_answer
 from kit.services.medix_store import JobStore
 from kit.services.medix_worker import ExportWorkers, WebhookDispatcher
@@ -238,7 +240,7 @@ def create_app(service: MedixService) -> Any:
         finally:
             reports.release()
 
-    return _Guard(app, auth=service.auth, max_body=medix.max_body_bytes)
+    return medix_audit(_Guard(app, auth=service.auth, max_body=medix.max_body_bytes), service.auth.allows)
 
 
 class MedixService:
@@ -278,6 +280,7 @@ class MedixService:
         self._hub: Any = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._audit: AuditLog | None = None
 
     @property
     def address(self) -> str:
@@ -354,6 +357,7 @@ class MedixService:
         self.port = int(sock.getsockname()[1])
         try:
             self.store = JobStore(self.workspace / "jobs.sqlite")
+            self._audit = enable_configured(self.settings, self.workspace / "audit.db")  # kit.audit
             resumed = self.store.recover(max_resumes=self.settings.medix.max_resumes)
             if resumed:
                 log.warning("Medix: resuming %d job(s) interrupted by a restart", len(resumed))
@@ -362,8 +366,9 @@ class MedixService:
                                          on_event=self.webhooks.wake)
             self.webhooks.start()
             self.workers.start()
-            config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
-                                    timeout_graceful_shutdown=5, proxy_headers=False,
+            config = uvicorn.Config(create_app(self), log_level="warning", log_config=None,
+                                    access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                                    proxy_headers=False,
                                     http=guarded_protocol(head_timeout=self.head_timeout,
                                                           max_connections=self.max_connections),
                                     timeout_keep_alive=5)
@@ -404,6 +409,8 @@ class MedixService:
         if self.store is not None:
             self.store.close()
             self.store = None
+        release(self._audit)
+        self._audit = None
 
     def __enter__(self) -> MedixService:
         return self.start()

@@ -26,11 +26,16 @@ from kit.fhir.timeline import KIND_COLOURS, LANES_SCHEMA, TimelineKind
 if TYPE_CHECKING:
     from plotly.basedatatypes import BaseFigure
 
-__all__ = ["RATE_SCHEMA", "rate_figure", "timeline_figure", "update_rate", "update_timeline"]
+__all__ = ["HEALTH_SCHEMA", "RATE_SCHEMA", "health_figure", "rate_figure", "timeline_figure", "update_health",
+           "update_rate", "update_timeline"]
 
 #: Columns of the frame a rate chart shows (see :class:`kit.widgets.hl7.StoreCounter`).
 RATE_SCHEMA: Final[pl.Schema] = pl.Schema({"seconds": pl.Float64(), "count": pl.Int64(),
                                            "per_second": pl.Float64()})
+
+#: Columns of the frame a health chart shows (:meth:`kit.hub.monitor.Monitor.history`).
+HEALTH_SCHEMA: Final[pl.Schema] = pl.Schema({"connector": pl.String(), "at": pl.Datetime("us", "UTC"),
+                                             "ok": pl.Boolean(), "latency_seconds": pl.Float64()})
 
 _MARGIN: Final = {"l": 10, "r": 10, "t": 30, "b": 10}
 
@@ -121,3 +126,72 @@ def update_rate(fig: BaseFigure, rate: pl.DataFrame) -> None:
     with fig.batch_update():
         fig.data[0].x = rate["seconds"].to_list()
         fig.data[0].y = rate["per_second"].to_list()
+
+
+def health_figure(history: pl.DataFrame, *, widget: bool = False,
+                  title: str = "connector health") -> BaseFigure:
+    """Latency of the good checks (top) and the failed checks (bottom) over time, per connector.
+
+    Parameters
+    ----------
+    history : polars.DataFrame
+        :data:`HEALTH_SCHEMA` (``connector``, ``at``, ``ok``, ``latency_seconds``),
+        e.g. :meth:`kit.hub.monitor.Monitor.history`.
+    widget : bool
+        Return a ``FigureWidget`` (live in a notebook) instead of a ``Figure``.
+    title : str
+        Chart title.
+
+    Returns
+    -------
+    plotly.graph_objects.Figure or FigureWidget
+        Two traces per connector, one colour each: a line of latency in
+        milliseconds, and an ``x`` for each failed check on the connector's row.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    base = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.08,
+                         subplot_titles=("latency of good checks (ms)", "failed checks"))
+    fig = go.FigureWidget(base) if widget else go.Figure(base)
+    fig.update_layout(height=380, margin={**_MARGIN, "t": 50}, title=title, hovermode="closest",
+                      legend={"orientation": "h", "y": -0.12})
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(type="category", row=2, col=1)
+    fig.update_xaxes(type="date")
+    update_health(fig, history, title=title)
+    return fig
+
+
+def update_health(fig: BaseFigure, history: pl.DataFrame, *, title: str | None = None) -> None:
+    """Put ``history`` into a :func:`health_figure` in place (traces added when a connector appears)."""
+    from plotly.colors import qualitative
+
+    _check(history, HEALTH_SCHEMA, "health history")
+    connectors = sorted(history["connector"].unique().to_list())
+    shown = [t.name for t in fig.data[::2]]
+    palette = qualitative.Plotly
+    with fig.batch_update():
+        for name in connectors:
+            if name in shown:
+                continue
+            colour = palette[len(shown) % len(palette)]
+            shown.append(name)
+            fig.add_scatter(name=name, legendgroup=name, mode="lines+markers", marker={"size": 5},
+                            line={"color": colour}, row=1, col=1,
+                            hovertemplate="%{x}<br>%{y:.1f} ms")
+            fig.add_scatter(name=name, legendgroup=name, mode="markers", showlegend=False, row=2, col=1,
+                            marker={"symbol": "x", "size": 9, "color": colour}, hovertext=[],
+                            hoverinfo="x+text")
+        for k, name in enumerate(shown):
+            rows = history.filter(pl.col("connector") == name)
+            good = rows.filter(pl.col("ok"))
+            bad = rows.filter(~pl.col("ok"))
+            fig.data[2 * k].x = good["at"].to_list()
+            fig.data[2 * k].y = (good["latency_seconds"] * 1000.0).to_list()
+            fig.data[2 * k + 1].x = bad["at"].to_list()
+            fig.data[2 * k + 1].y = bad["connector"].to_list()
+            reasons = bad["reason"].to_list() if "reason" in bad.columns else [None] * bad.height
+            fig.data[2 * k + 1].hovertext = [html.escape(r or "failed") for r in reasons]
+        if title is not None:
+            fig.layout.title = title

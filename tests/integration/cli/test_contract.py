@@ -96,6 +96,11 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "api serve": ([], {"--workspace": "{tmp}/api", "--port": "0"}),
     "api keys create": ([], {"--role": "read", "--workspace": "{tmp}/api"}),
     "endoscopy frames": (["http://127.0.0.1:{dead}/live.ts"], {"--count": "2", "--timeout": "5"}),
+    "cohort pull": ([str(Path(__file__).parents[1] / "cohort_pull" / "contract-cohort.csv")],
+                    {"--out-dir": "{tmp}/cohort", "--port": "{dead}"}),
+    "audit": ([], {"--log": "{store}"}),
+    "monitor serve": ([], {"--workspace": "{tmp}/monitor", "--port": "0", "--interval": "5"}),
+    "monitor status": ([], {"--timeout": "2"}),
 }
 
 #: an option given without a value

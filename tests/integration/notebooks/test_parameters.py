@@ -54,6 +54,8 @@ CHANGED: dict[str, tuple[dict[str, Any], list[tuple[str, str, str]]]] = {
         ('hub.pacs.find("STUDY"', "MRN1004", "MRN1001"),
         ("results.analyse_ct(", "22.5 mm in diameter", "17.5 mm in diameter"),
     ]),
+    "06_services_and_monitoring": ({"TAKE_DOWN": "fhir"}, [
+        ("service.stop()", "ehr-fhir: the connector is dow", "hl7-mllp: the connector is dow")]),
 }
 
 

@@ -180,7 +180,8 @@ def _check_configured(first: str, systems: Systems, services: tuple[str, ...]) -
 
 
 SERVICES = {"00_quickstart": ("pacs", "fhir"), "01_pacs_ingest": ("pacs",), "02_ehr_fhir": ("pacs", "fhir"),
-            "03_hl7_feeds": ("mllp",), "05_analyze_and_report_back": ("pacs", "fhir", "mllp")}
+            "03_hl7_feeds": ("mllp",), "05_analyze_and_report_back": ("pacs", "fhir", "mllp"),
+            "06_services_and_monitoring": ("pacs", "fhir", "mllp")}
 
 
 def _reports(systems: Systems) -> int:

@@ -10,14 +10,14 @@ import pytest
 KIT = Path(__file__).resolve().parents[3] / "kit"
 
 PURE = [
-    "errors", "config", "_files", "_redact", "_checks", "_truncate", "examples/cohort",
+    "errors", "config", "audit", "_files", "_redact", "_checks", "_truncate", "examples/cohort",
     "dicom/query", "dicom/index", "dicom/deid", "dicom/deid_check", "dicom/_profile_options",
     "dicom/received", "dicom/matching", "dicom/pixels", "dicom/_contexts", "dicom/web_multipart",
     "dicom/web_query",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "fhir/server_limits", "fhir/server_openapi", "fhir/policy",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
-    "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__",
+    "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__", "hub/alerts",
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
@@ -26,6 +26,10 @@ PURE = [
     "services/medix_protocol",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
     "endoscopy/buffer",
+    "deid/pseudonyms", "deid/policy", "deid/fhir", "deid/hl7", "deid/cohort",
+    "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
+    "deid/_text_seam",
+    "cohort/plan", "cohort/limiter",
 ]
 
 # Network, servers and databases: what "pure" excludes.

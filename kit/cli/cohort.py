@@ -1,0 +1,108 @@
+"""``kit cohort``: research cohorts (``kit cohort pull``: retrieve a cohort's studies, resumably)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+
+from kit.cli.common import (
+    EPHEMERAL_PORT,
+    HTTP_URL,
+    OUT_DIR,
+    emit_frame,
+    handle_errors,
+    output_options,
+    settings_from,
+    write_frame,
+)
+from kit.cli.pacs import _dimse_options
+
+__all__ = ["cohort"]
+
+
+@click.group()
+def cohort() -> None:
+    """Research cohorts: pull a cohort's studies out of the PACS, politely and resumably."""
+
+
+@cohort.command()
+@click.argument("cohort_file", metavar="COHORT.csv", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out-dir", "out_dir", type=OUT_DIR, required=True,
+              help="Folder for the studies (<DIR>/<StudyInstanceUID>/<SOPInstanceUID>.dcm), the journal "
+                   "and report.csv; run again with the same folder to resume.")
+@click.option("--web", is_flag=True,
+              help="Resolve by QIDO-RS and retrieve by WADO-RS (kit.toml [dicomweb]) instead of DIMSE.")
+@click.option("--base", type=HTTP_URL, default=None, help="DICOMweb root URL (implies --web).")
+@click.option("--move", is_flag=True,
+              help="Retrieve by C-MOVE to our AE title and --store-port (the PACS must know them) "
+                   "instead of C-GET.")
+@click.option("--store-port", type=EPHEMERAL_PORT, default=None,
+              help="Port of the storage SCP a C-MOVE sends to (default kit.toml [pacs] store_port).")
+@click.option("--max-associations", type=click.IntRange(min=1), default=None,
+              help="Associations open at the PACS at once (default kit.toml [cohort], 2).")
+@click.option("--images-per-second", type=click.FloatRange(min=0, min_open=True, max=1e6), default=None,
+              help="Instances per second the PACS may send us (default kit.toml [cohort], 50).")
+@_dimse_options
+@output_options
+@click.pass_context
+@handle_errors
+def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: str | None, move: bool,
+         store_port: int | None, max_associations: int | None, images_per_second: float | None,
+         url: Any, host: str | None, port: int | None, aet: str | None, called_aet: str | None,
+         timeout: float | None, output: str | None, as_json: bool) -> None:
+    """Retrieve every study a cohort names into DIR, resuming an earlier run there.
+
+    COHORT.csv has a column accession_number, study_instance_uid or
+    patient_id (aliases accession, study_uid, mrn), and optionally
+    study_date (20240101-20241231) or date_from/date_to. Each row is
+    resolved by C-FIND (QIDO-RS with --web) and each study retrieved once,
+    by C-GET (default), C-MOVE or WADO-RS, with at most --max-associations
+    open at the PACS and --images-per-second arriving. A transient failure
+    (unreachable, timeout, aborted, busy) is retried with backoff. The
+    report (one row per item and study: retrieved, failed with its reason)
+    is printed and written to DIR/report.csv; exit 1 if anything failed.
+
+    \b
+    Examples:
+      kit cohort pull cohort.csv --out-dir data/cohort
+      kit cohort pull cohort.csv --out-dir data/cohort --max-associations 1 --images-per-second 20 -o r.csv
+      kit cohort pull cohort.csv --out-dir data/cohort --web --base http://pacs:8042/dicom-web
+    """
+    from kit.cohort.pull import CohortPull
+    from kit.cohort.retrieve import Method
+    from kit.errors import CohortError
+
+    if base is not None:
+        web = True
+    if web and move:
+        raise click.UsageError("--web retrieves by WADO-RS: give it without --move")
+    if url is not None:
+        if host is not None or port is not None or called_aet is not None:
+            raise click.UsageError("--url names the PACS: give it without --host, --port, --called-aet")
+        called_aet, host, port = url
+    settings = settings_from(ctx)
+    pacs_changes = {k: v for k, v in {"host": host, "port": port, "aet": aet, "called_aet": called_aet,
+                                      "timeout": timeout, "store_port": store_port}.items() if v is not None}
+    web_changes = {k: v for k, v in {"base": base, "timeout": timeout}.items() if v is not None}
+    settings = dataclasses.replace(
+        settings, pacs=dataclasses.replace(settings.pacs, **pacs_changes),  # type: ignore[arg-type]
+        dicomweb=dataclasses.replace(settings.dicomweb, **web_changes))  # type: ignore[arg-type]
+    method: Method | None = "wado" if web else "c-move" if move else None
+    job = CohortPull(cohort_file, out_dir, settings=settings, method=method,
+                     max_associations=max_associations, images_per_second=images_per_second)
+    report = job.run()
+    failed = report.filter(report["status"] == "failed")
+    if failed.is_empty():
+        emit_frame(report, output, as_json, label="rows")
+        return
+    if output:
+        write_frame(report, output)  # quietly: the one stderr line is the failure
+    else:
+        emit_frame(report, None, as_json)
+    first = failed.row(0, named=True)
+    studies = report["study_instance_uid"].drop_nulls().n_unique()
+    raise CohortError(f"{failed.height} of {report.height} requested item/study rows failed ({studies} "
+                      f"stud(ies) found); first: {first['item']}: {first['reason']}; report in "
+                      f"{job.out_dir / 'report.csv'}", failed=failed.height)

@@ -1,0 +1,299 @@
+"""One unit of a cohort pull against the PACS: resolve one item, fetch one study (I/O).
+
+These functions hold no job state: they take a :class:`Source` (where and how),
+a :class:`~kit.cohort.limiter.Limiter` (the politeness caps) and one item or
+study, and return what happened or raise a :class:`~kit.errors.KitError`. The
+job (:mod:`kit.cohort.pull`) records the outcome in its journal; a Dask worker
+could run the same functions with a shared limiter.
+
+A study is fetched into ``<partial>/<study UID>/`` (C-GET, C-MOVE or WADO-RS,
+each instance written to a temporary name and renamed), every file and the
+folder are fsync'ed, and only then is the folder renamed to
+``<out>/<study UID>/``: a reader never sees half a study, and a crash leaves
+only a partial folder that the next run removes.
+
+Each arriving instance asks :meth:`Limiter.images` before it is answered: the
+PACS sends a C-GET/C-MOVE sub-operation only after our answer to the last
+one, so the rate cap holds at the PACS (WADO-RS: TCP holds the server back
+once our buffers are full).
+
+Written by hand: the glue. The protocols are :class:`kit.dicom.dimse.PacsClient`'s
+and :class:`kit.dicom.web.DicomWebClient`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from kit.cohort.limiter import Limiter
+from kit.cohort.plan import CohortItem, FoundStudy, matching_studies
+from kit.config import DicomWebSettings, PacsSettings, Settings
+from kit.dicom.dimse import RECEIVED_SCHEMA, PacsClient
+from kit.dicom.web import DicomWebClient
+from kit.errors import InvalidInputError, NotFoundError, StoreError
+
+__all__ = ["Fetched", "Method", "Source", "fetch", "probe", "resolve"]
+
+Method = Literal["c-get", "c-move", "wado"]
+
+#: The study-level keys a resolution asks for.
+RESOLVE_KEYS = ("study_instance_uid", "accession_number", "patient_id", "study_date",
+                "number_of_study_related_instances")
+
+# A C-MOVE's storage SCP listens on one fixed port: one C-MOVE at a time per process.
+_MOVE_LOCK = threading.Lock()
+# One DICOMweb client (one kept-alive HTTP connection) per thread and endpoint: a job's
+# connections to the server never outnumber its workers.
+_WEB = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where a pull reads from and how it retrieves.
+
+    Parameters
+    ----------
+    method : {"c-get", "c-move", "wado"}
+        ``wado`` resolves by QIDO-RS and fetches by WADO-RS from ``dicomweb``;
+        the others resolve by C-FIND and fetch from ``pacs``.
+    pacs, dicomweb : settings
+    """
+
+    method: Method = "c-get"
+    pacs: PacsSettings = dataclasses.field(default_factory=PacsSettings)
+    dicomweb: DicomWebSettings = dataclasses.field(default_factory=DicomWebSettings)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("c-get", "c-move", "wado"):
+            raise InvalidInputError(f"unknown retrieve method {self.method!r}: c-get, c-move or wado")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, method: Method | None = None) -> Source:
+        """The ``[pacs]``/``[dicomweb]`` source with ``method`` (default ``[cohort] retrieve``)."""
+        return cls(method or settings.cohort.retrieve, settings.pacs, settings.dicomweb)
+
+    @property
+    def web(self) -> bool:
+        """Whether the source is DICOMweb."""
+        return self.method == "wado"
+
+    @property
+    def address(self) -> str:
+        """The PACS's address (what a journal remembers): ``dicom://AET@host:port`` or the DICOMweb root."""
+        if self.web:
+            return self.dicomweb.base.rstrip("/")
+        return f"dicom://{self.pacs.called_aet}@{self.pacs.host}:{self.pacs.port}"
+
+    def dimse(self, on_instance: Callable[[], None] | None = None) -> PacsClient:
+        """A DIMSE client for ``pacs`` that calls ``on_instance`` as each instance arrives."""
+        client = _MeteredPacsClient.from_settings(self.pacs)
+        assert isinstance(client, _MeteredPacsClient)
+        client.on_instance = on_instance
+        return client
+
+    def dicomweb_client(self) -> DicomWebClient:
+        """This thread's DICOMweb client for ``dicomweb`` (made on first use, then kept)."""
+        clients: dict[DicomWebSettings, DicomWebClient] = _WEB.__dict__.setdefault("clients", {})
+        client = clients.get(self.dicomweb)
+        if client is None:
+            client = clients[self.dicomweb] = DicomWebClient.from_settings(self.dicomweb)
+        return client
+
+
+class _MeteredPacsClient(PacsClient):
+    """A PacsClient whose per-instance progress hook is ours (the rate cap and the counter).
+
+    :meth:`PacsClient.get`/:meth:`~PacsClient.move` call the tick of ``_progress``
+    after each instance is written and before it is answered.
+    """
+
+    on_instance: Callable[[], None] | None = None
+
+    @contextlib.contextmanager
+    def _progress(self, enabled: bool, desc: str,  # type: ignore[override]
+                  total: int | None = None) -> Iterator[Callable[[], None] | None]:
+        yield self.on_instance
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """A study on disk: its folder, instances, bytes and the seconds the retrieve took."""
+
+    study_instance_uid: str
+    path: str
+    instances: int
+    size: int
+    seconds: float
+
+
+def probe(source: Source, limiter: Limiter) -> None:
+    """Check that the PACS answers (C-ECHO, or a one-study QIDO-RS), within the caps.
+
+    Raises
+    ------
+    PeerError
+        Unreachable, refused (wrong AE title), TLS, no answer.
+    """
+    with limiter.association():
+        if source.web:
+            source.dicomweb_client().ping()
+        else:
+            source.dimse().echo()
+
+
+def resolve(source: Source, item: CohortItem, limiter: Limiter, *,
+            max_studies: int = 1000) -> tuple[list[FoundStudy], int]:
+    """The studies the PACS holds for ``item`` (C-FIND or QIDO-RS at study level).
+
+    Returns
+    -------
+    (list of FoundStudy, int)
+        The matching studies, and how many answers were dropped because they
+        did not match the item (see :func:`kit.cohort.plan.matching_studies`).
+
+    Raises
+    ------
+    NotFoundError
+        No study matches.
+    InvalidInputError
+        More than ``max_studies`` match (narrow the item with a date range).
+    PeerError
+        The query failed.
+    """
+    with limiter.association():
+        client = source.dicomweb_client() if source.web else source.dimse()
+        frame = client.find("STUDY", return_keys=list(RESOLVE_KEYS), limit=max_studies + 1,
+                            **item.filters())
+    found, dropped = matching_studies(item, frame.iter_rows(named=True))
+    if len(found) > max_studies:
+        raise InvalidInputError(f"{item.key} matches more than {max_studies} studies: narrow it with a "
+                                f"study_date range, or raise [cohort] max_studies_per_item")
+    if not found:
+        extra = f" (the PACS answered {dropped} that do not match it)" if dropped else ""
+        raise NotFoundError(f"not found: the PACS has no study for {item.key}{extra}",
+                            query=item.filters(), peer=source.address)
+    return found, dropped
+
+
+def fetch(source: Source, study_uid: str, out_dir: Path, limiter: Limiter, *, partial_dir: Path,
+          on_instance: Callable[[], None] | None = None) -> Fetched:
+    """Retrieve one study into ``out_dir/<study UID>/``, durably, or raise.
+
+    Parameters
+    ----------
+    source : Source
+    study_uid : str
+        A valid UID (it names the folder).
+    out_dir : Path
+        Where finished studies go.
+    limiter : Limiter
+        One association is held for the retrieve; each instance waits for the rate cap.
+    partial_dir : Path
+        Where the study is assembled (same file system as ``out_dir``).
+    on_instance : callable, optional
+        Called after each instance arrived (progress).
+
+    Raises
+    ------
+    KitError
+        The retrieve failed (:class:`~kit.dicom.dimse.RetrieveError`, a
+        PeerError, DicomWebError); nothing of the study is left in
+        ``partial_dir`` and ``out_dir`` is unchanged.
+    StoreError
+        A local write, fsync or rename failed.
+    """
+    def arrived() -> None:
+        limiter.images(1)
+        if on_instance is not None:
+            on_instance()
+
+    folder = partial_dir / study_uid
+    final = out_dir / study_uid
+    started = time.monotonic()
+    try:
+        _fresh(folder)
+        with limiter.association():
+            if source.web:
+                received = _wado(source.dicomweb_client(), study_uid, folder, arrived)
+            else:
+                client = source.dimse(arrived)
+                if source.method == "c-move":
+                    with _MOVE_LOCK:
+                        received = client.move(study_uid=study_uid, dest=folder)
+                else:
+                    received = client.get(study_uid=study_uid, dest=folder)
+        seconds = time.monotonic() - started
+        names = {f"{sop}.dcm" for sop in received["sop_instance_uid"]}
+        size = 0
+        for name in names:
+            size += _fsync(folder / name)
+        _fsync(folder)
+        _publish(folder, final)
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise StoreError(f"cannot write study {study_uid} under {out_dir}: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Fetched(study_uid, str(final), len(names), size, seconds)
+
+
+def _fresh(folder: Path) -> None:
+    """An empty ``folder`` (what an earlier, cut-off attempt left is removed)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def _fsync(path: Path) -> int:
+    """fsync a file or folder; the file's size."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        return os.fstat(fd).st_size if not path.is_dir() else 0
+    finally:
+        os.close(fd)
+
+
+def _publish(folder: Path, final: Path) -> None:
+    """Rename the complete ``folder`` to ``final`` (replacing an earlier copy) and fsync the parent."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old: Path | None = None
+    if final.exists():  # published by a run that died before its journal said so
+        old = folder.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+        os.replace(final, old)
+    os.replace(folder, final)
+    _fsync(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _wado(client: DicomWebClient, study_uid: str, folder: Path,
+          arrived: Callable[[], None]) -> pl.DataFrame:
+    """WADO-RS retrieve of a study, instance by instance as the multipart answer streams in."""
+    from kit.dicom.web import _write_instance
+
+    rows = []
+    iterator = client._call("WADO-RS", lambda: iter(client._client.iter_study(study_uid)))
+    while True:
+        ds = client._call("WADO-RS", lambda: next(iterator, None))
+        if ds is None:
+            break
+        rows.append(_write_instance(ds, folder, study_uid))
+        arrived()
+    if not rows:
+        from kit.errors import DicomWebError
+
+        raise DicomWebError(f"WADO-RS: study {study_uid} returned no instances", peer=client.base)
+    return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
