@@ -73,7 +73,8 @@ def test_capture_failures_are_one_line(pacs: EmbeddedPACS, tmp_path: Path) -> No
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"\x00\x01 not a video" * 100)
     bad = kit(pacs, "capture", str(garbage), "--accession", "ACC100102")
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "VideoFileError" in bad.stderr  # an InvalidInputError
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1
+    assert "VideoFileError" in bad.stderr  # an InvalidInputError
     url = kit(pacs, "capture", "rtsp://127.0.0.1:1/live", "--accession", "ACC100102")
     assert url.returncode == 2 and "needs --seconds" in url.stderr
     dead = kit(pacs, "capture", "rtsp://127.0.0.1:1/live", "--accession", "ACC100102", "--seconds", "2")

@@ -32,7 +32,8 @@ def test_connectors_are_registry_names_and_dicomweb_only_when_its_base_is_set() 
     web = dataclasses.replace(site, dicomweb=DicomWebSettings(base="http://pacs.example/dicom-web"))
     assert "pacs-dicomweb" in Hub.from_settings(web).connectors
     assert Hub.from_settings(web).dicomweb is not None
-    assert "pacs-dicomweb" in Hub.from_settings(dataclasses.replace(site, given=frozenset({"dicomweb"}))).connectors
+    given_web = dataclasses.replace(site, given=frozenset({"dicomweb"}))
+    assert "pacs-dicomweb" in Hub.from_settings(given_web).connectors
     assert Hub.from_settings(site, dicomweb=True).connectors[1] == "pacs-dicomweb"
     assert "pacs-dicomweb" not in Hub.from_settings(web, dicomweb=False).connectors
 
