@@ -25,7 +25,7 @@ PURE = [
     "choose", "fhir/capability",
     "services/medix_protocol",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
-    "endoscopy/buffer",
+    "endoscopy/buffer", "endoscopy/demo_detector",
 ]
 
 # Network, servers and databases: what "pure" excludes.
