@@ -41,13 +41,15 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
 def test_status_shows_each_connector_and_connect_all_opens_them(api: RunningApi) -> None:
     with api.client("read") as c:
         rows = c.get(f"{PREFIX}/status").json()["connectors"]
-    assert {r["connector"] for r in rows} == {"pacs-dimse", "ehr-fhir", "hl7-mllp", "endoscopy"}
+    assert {r["connector"] for r in rows} == {"pacs-dimse", "pacs-dicomweb", "ehr-fhir", "hl7-mllp",
+                                              "endoscopy"}
     assert all(r["status"] == "ok" and r["latency_ms"] >= 0 for r in rows), rows
     with api.client("write") as c:
         opened = c.post(f"{PREFIX}/connect-all")
         assert opened.status_code == 200
         assert {r["connector"]: r["status"] for r in opened.json()["connectors"]} == {
             "pacs-dimse": "ok",
+            "pacs-dicomweb": "ok",
             "ehr-fhir": "ok",
             "hl7-mllp": "ok",
             "endoscopy": "ok",
