@@ -24,7 +24,8 @@ from kit.errors import KitError
 if TYPE_CHECKING:
     from kit.stack import Stack
 
-__all__ = ["DEMO_KEY", "QUERY_LIMIT", "SCHEMA", "check_status", "configured_addresses", "run_demo"]
+__all__ = ["DEMO_KEY", "QUERY_LIMIT", "SCHEMA", "check_status", "configured_addresses", "run_demo",
+           "uses_video"]
 
 #: De-identification key used by the demo only. Real projects keep their own key secret.
 DEMO_KEY = "kit-demo-key-not-secret"
@@ -99,6 +100,10 @@ def configured_addresses(settings: Settings) -> dict[str, str]:
            "mllp": f"mllp://{h.host}:{h.port}"}
     if settings.uses_dicomweb:
         out["dicomweb"] = settings.dicomweb.base
+    if uses_video(settings):
+        from kit.endoscopy.source import display_url
+
+        out["video"] = display_url(settings.endoscopy.stream_url)
     return out
 
 
@@ -221,12 +226,31 @@ def _result_steps(settings: Settings, work: Path, step: Callable[[str, float, st
     return out
 
 
+def uses_video(settings: Settings) -> bool:
+    """Whether the endoscopy video stream is one of the systems to probe.
+
+    When ``[endoscopy]`` is set (a kit.toml or ``KIT_ENDOSCOPY_*``), when its
+    ``stream_url`` is not the default address (e.g. a running stack's, or one
+    derived from ``[stack] video_port``), and when nothing at all is configured
+    (the embedded stack on its default ports serves one). Settings that name
+    other systems only do not make the default address a system to probe.
+    """
+    from kit.config import EndoscopySettings
+
+    return ("endoscopy" in settings.given or not settings.given
+            or settings.endoscopy.stream_url != EndoscopySettings().stream_url)
+
+
 def check_status(settings: Settings) -> pl.DataFrame:
-    """Probe the configured PACS (C-ECHO), DICOMweb (QIDO-RS), FHIR server (metadata), MLLP peer.
+    """Probe the configured PACS (C-ECHO), DICOMweb (QIDO-RS), FHIR server (metadata), MLLP peer
+    and endoscopy video stream.
 
     DICOMweb is probed when it is one of the systems
     (:attr:`kit.config.Settings.uses_dicomweb`: always on the embedded stack, with
     a kit.toml when it sets ``[dicomweb]``). The MLLP peer is probed with a TCP connect.
+    The video stream (:func:`uses_video`) is opened and two frames are read within
+    ``[endoscopy] timeout`` (a connect proves nothing for video, and a UDP stream
+    has no connection to make).
 
     Returns
     -------
@@ -267,11 +291,23 @@ def check_status(settings: Settings) -> pl.DataFrame:
         with socket.create_connection((settings.hl7.host, settings.hl7.port), timeout=5):
             return "accepts connections"
 
+    def video() -> str:
+        from kit.endoscopy.probe import read_frames
+
+        sample = read_frames(settings.endoscopy.stream_url, 2, timeout=settings.endoscopy.timeout)
+        height, width = sample.frames[0]["shape"][:2]
+        return (f"streams ({sample.nominal_fps:g} fps declared, {width}x{height}, first frame in "
+                f"{sample.first_frame_ms:.0f} ms)")
+
     p = settings.pacs
     probe("pacs", f"dicom://{p.called_aet}@{p.host}:{p.port}", pacs)
     if settings.uses_dicomweb:
         probe("dicomweb", settings.dicomweb.base, dicomweb)
     probe("fhir", settings.fhir.base, fhir)
     probe("mllp", f"mllp://{settings.hl7.host}:{settings.hl7.port}", mllp)
+    if uses_video(settings):
+        from kit.endoscopy.source import display_url
+
+        probe("video", display_url(settings.endoscopy.stream_url), video)
     return pl.DataFrame(rows, schema={"service": pl.String, "address": pl.String, "ok": pl.Boolean,
                                       "detail": pl.String, "seconds": pl.Float64})

@@ -114,7 +114,10 @@ class Session:
 
     def addresses(self) -> dict[str, str]:
         """``{service: address}`` of the systems in use, as ``kit serve`` prints them."""
-        return _addresses(self.settings, self.services)
+        out = _addresses(self.settings, self.services)
+        if self.stack is not None:  # the embedded stack: only what this kernel started
+            out = {name: address for name, address in out.items() if name in self.stack.services}
+        return out
 
     def __str__(self) -> str:
         lines = [self.description]

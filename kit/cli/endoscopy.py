@@ -35,13 +35,7 @@ from kit.errors import KitError, PeerDisconnectedError, VideoFileError
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["endoscopy", "frame_record"]
-
-
-def frame_record(frame: Any) -> dict[str, Any]:
-    """``{index, timestamp, shape, mean}`` of a :class:`~kit.endoscopy.frame.Frame` (mean: all channels)."""
-    return {"index": frame.index, "timestamp": round(frame.timestamp, 6),
-            "shape": list(frame.image.shape), "mean": round(float(frame.image.mean()), 3)}
+__all__ = ["endoscopy"]
 
 
 @click.group()
@@ -141,6 +135,7 @@ def frames(ctx: click.Context, url: str | None, count: int, timeout: float | Non
       kit endoscopy frames http://127.0.0.1:8090/live.ts --count 24 --json
       kit endoscopy frames data/samples/endoscopy/MRN1001-ES2.mp4 --count 36 -o frames.csv
     """
+    from kit.endoscopy.probe import frame_record
     from kit.endoscopy.source import FrameSource, display_url
 
     settings = settings_from(ctx)

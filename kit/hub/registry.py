@@ -10,7 +10,7 @@ authentication types it accepts, the entities it exchanges and the
     ehr-fhir        read search create update transaction bulk_export
                                                           none bearer basic client_credentials smart
     hl7-mllp        send listen                           none tls mutual_tls
-    endoscopy       worklist (via DIMSE), video (planned) none tls mutual_tls
+    endoscopy       worklist (via DIMSE), video, capture   none tls mutual_tls
 
 :data:`REGISTRY` is the table; :func:`get_connector` looks one up by name,
 :func:`require` checks that a connector offers a capability now (a planned one
@@ -231,9 +231,11 @@ _CONNECTORS: Final[tuple[Connector, ...]] = (
         (_A.NONE, _A.TLS, _A.MUTUAL_TLS),
         ("ADT", "ORM", "ORU", "SIU", "MDM"), "hl7"),
     Connector(
-        "endoscopy", "DICOM DIMSE + video", "endoscopy suites: the PACS worklist for modality ES",
+        "endoscopy", "DICOM DIMSE + video", "endoscopy suites: the PACS worklist for modality ES, "
+        "the tower's live video, captures stored as VL/Video Endoscopic",
         _caps(("worklist", "Modality Worklist C-FIND, Modality=ES, via DIMSE"),
-              ("video", "live video capture from the scope", _PLANNED)),
+              ("video", "live video frames from a stream, file or capture device (FrameSource)"),
+              ("capture", "stills and clips stored to the PACS and found again (capture_procedure)")),
         (_A.NONE, _A.TLS, _A.MUTUAL_TLS),
         ("worklist item", "procedure", "video"), "pacs"),
 )

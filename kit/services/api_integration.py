@@ -3,22 +3,17 @@
 Status and connections, one patient across every system, results sent and
 verified (:func:`kit.results.deliver.deliver` through :meth:`Hub.send_results`),
 and per system: PACS (C-ECHO, C-STORE of an uploaded image, C-FIND of
-studies), endoscopy (the Modality ES worklist and the configured video
-stream) and EHR (metadata, a patient, an Observation or a DiagnosticReport
+studies), endoscopy (the Modality ES worklist, and frames read from the
+video stream: ``[endoscopy] stream_url``, which ``[api] endoscopy_stream``
+overrides) and EHR (metadata, a patient, an Observation or a DiagnosticReport
 created, read back and compared).
-
-What this build cannot do is a 501 problem with the reason: live frame
-capture from the endoscopy video (``kit.endoscopy.source``) is not part of it.
 """
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
@@ -41,7 +36,7 @@ from kit.services.api_models import (
     records,
 )
 
-__all__ = ["MAX_SOURCES", "router"]
+__all__ = ["MAX_SOURCES", "MAX_STREAM_FRAMES", "router"]
 
 router = APIRouter(prefix="/api/v1/integration", tags=["integration"])
 
@@ -52,19 +47,8 @@ DELIVERY_WAIT: Final = 120.0
 
 PatientId = Annotated[str, PathParam(pattern=ID_PATTERN, description="The patient id (MRN).")]
 Ctx = Annotated[ApiContext, Depends(context)]
-_STREAM_PORTS: Final = {
-    "rtsp": 554,
-    "rtsps": 322,
-    "http": 80,
-    "https": 443,
-    "rtmp": 1935,
-    "srt": None,
-    "udp": None,
-}
-_CAPTURE_REASON: Final = (
-    "live frame capture from the endoscopy video (kit.endoscopy.source.FrameSource) is "
-    "not part of this build; the registry lists the endoscopy 'video' capability as planned"
-)
+#: Most frames ``endoscopy/video-stream`` reads in one request.
+MAX_STREAM_FRAMES: Final = 30
 
 
 def _rows(frame: Any) -> dict[str, Any]:
@@ -294,85 +278,70 @@ def pacs_find_studies(
 # -- endoscopy ----------------------------------------------------------------------------------------
 
 
-def _stream(ctx: ApiContext) -> dict[str, Any] | None:
-    """The configured stream (without credentials) and whether it answers a TCP connect."""
-    url = ctx.endoscopy_stream
-    if not url:
-        return None
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+def _stream_url(ctx: ApiContext) -> str:
+    """``[api] endoscopy_stream`` if set, else ``[endoscopy] stream_url`` (default: the embedded stack's)."""
+    return ctx.endoscopy_stream or ctx.settings.endoscopy.stream_url
+
+
+def _stream(ctx: ApiContext) -> dict[str, Any]:
+    """The stream (without credentials) and whether a frame can be read from it within the probe timeout."""
+    from kit.endoscopy.probe import read_frames
+    from kit.endoscopy.source import describe_source, display_url
+
+    url = _stream_url(ctx)
+    out: dict[str, Any] = {"url": display_url(url), "scheme": describe_source(url)[0], "reachable": False,
+                           "latency_ms": None, "reason": None, "frame": None}
     try:
-        host, port = parts.hostname, parts.port or _STREAM_PORTS.get(scheme)
-    except ValueError:
-        host, port = None, None
-    if scheme not in _STREAM_PORTS or not host:
-        raise ApiProblem(503, f"[api] endoscopy_stream is not a stream URL ({', '.join(_STREAM_PORTS)})")
-    shown = parts._replace(netloc=host if parts.port is None else f"{host}:{parts.port}").geturl()
-    out: dict[str, Any] = {
-        "url": shown,
-        "scheme": scheme,
-        "reachable": None,
-        "latency_ms": None,
-        "reason": None,
-    }
-    if port is None:
-        out["reason"] = f"{scheme} is not probed (no TCP connection to make)"
+        sample = read_frames(url, 1, timeout=ctx.settings.api.probe_timeout)
+    except KitError as exc:
+        out["reason"] = f"{type(exc).__name__}: {exc}"
         return out
-    start = time.perf_counter()
-    try:
-        with socket.create_connection((host, port), timeout=ctx.settings.api.probe_timeout):
-            out["reachable"] = True
-    except OSError as exc:
-        out["reachable"] = False
-        out["reason"] = f"{type(exc).__name__}: {exc.strerror or exc}"
-    out["latency_ms"] = (time.perf_counter() - start) * 1000.0
+    out.update(reachable=True, latency_ms=sample.first_frame_ms, frame=sample.frames[0])
     return out
 
 
 @router.post(
     "/endoscopy/connect",
     dependencies=[WRITE],
-    summary="Check the endoscopy worklist (Modality ES) and the configured video stream",
+    summary="Check the endoscopy worklist (Modality ES) and the video stream (one frame read from it)",
 )
 def endoscopy_connect(ctx: Ctx) -> Any:
-    from kit.hub.registry import supports
-
+    stream = _stream(ctx)
     return {
         "worklist": _probe(ctx, "endoscopy"),
-        "stream": _stream(ctx),
-        "capture": {
-            "available": supports("endoscopy", "video"),
-            "reason": None if supports("endoscopy", "video") else _CAPTURE_REASON,
-        },
+        "stream": stream,
+        "capture": {"available": stream["reachable"], "reason": stream["reason"]},
     }
 
 
 @router.get(
     "/endoscopy/video-stream",
     dependencies=[READ],
-    summary="The endoscopy video stream: where it is, whether it answers, the procedures scheduled",
-    description="501 when no stream is configured ([api] endoscopy_stream). Frame capture from the "
-    "stream is not part of this build (`capture.available` is false).",
+    summary="Frames read from the endoscopy video stream, and the procedures scheduled",
+    description="Reads `frames` frames (1-30) from `[endoscopy] stream_url` (or `[api] endoscopy_stream`) "
+    "through kit.endoscopy.source.FrameSource within `[endoscopy] timeout`: one record per frame (index, "
+    "timestamp, shape, mean intensity, as `kit endoscopy frames --json`). 502/504 when the stream gives no "
+    "frame.",
 )
 def endoscopy_video_stream(
-    ctx: Ctx, patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None
+    ctx: Ctx,
+    patient_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    frames: Annotated[int, Query(ge=1, le=MAX_STREAM_FRAMES, description="Frames to read.")] = 5,
 ) -> Any:
-    stream = _stream(ctx)
-    if stream is None:
-        raise ApiProblem(
-            501,
-            "no endoscopy video stream is configured (set [api] endoscopy_stream or "
-            "KIT_API_ENDOSCOPY_STREAM); " + _CAPTURE_REASON,
-        )
+    from kit.endoscopy.probe import read_frames
+
+    with upstream("the endoscopy video stream"):
+        sample = read_frames(_stream_url(ctx), frames, timeout=ctx.settings.endoscopy.timeout)
     filters = {"patient_id": patient_id} if patient_id else {}
     with upstream("PACS worklist"):
         worklist = ctx.hub.endoscopy_worklist(**filters)
     rows, cut = records(worklist)
+    stream = sample.as_dict()
     return {
-        "stream": stream,
+        "stream": {k: v for k, v in stream.items() if k != "frames"},
+        "frames": stream["frames"],
         "procedures": rows,
         "truncated": cut,
-        "capture": {"available": False, "reason": _CAPTURE_REASON},
     }
 
 

@@ -6,7 +6,9 @@ query, retrieving through a client) and drives an :class:`ImageViewer`
 :class:`PatientTimeline` shows one patient's FHIR events over time (plotly chart, table);
 :class:`StoreCounter` counts the messages an MLLP listener has stored, with a live rate chart;
 :class:`MaskOverlay` draws an analysis result's masks over its series;
-:class:`ResultReview` reviews a result (findings, conclusion, targets) and sends it.
+:class:`ResultReview` reviews a result (findings, conclusion, targets) and sends it;
+:class:`ProcedurePicker` picks an endoscopy from the worklist and :class:`FrameViewer` plays
+its live video with a detection overlay, captures stills and a clip and stores them.
 
 Charts are plotly (:mod:`kit.widgets.charts`), tables itables (:mod:`kit.widgets.tables`),
 long work shows a :class:`~kit.widgets.progress.ProgressBar`; no markup is written by hand.
@@ -14,9 +16,10 @@ plotly and itables are imported when a widget is built, not by ``import kit``.
 """
 
 from kit.widgets.dicom import ImageViewer, StudyBrowser
+from kit.widgets.endoscopy import FrameViewer, ProcedurePicker
 from kit.widgets.fhir import PatientTimeline
 from kit.widgets.hl7 import StoreCounter, paced
 from kit.widgets.results import MaskOverlay, ResultReview
 
-__all__ = ["ImageViewer", "MaskOverlay", "PatientTimeline", "ResultReview", "StoreCounter", "StudyBrowser",
-           "paced"]
+__all__ = ["FrameViewer", "ImageViewer", "MaskOverlay", "PatientTimeline", "ProcedurePicker", "ResultReview",
+           "StoreCounter", "StudyBrowser", "paced"]

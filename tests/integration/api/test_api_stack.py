@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import polars as pl
 import pydicom
@@ -15,6 +17,7 @@ from kit import examples
 from kit.fhir.client import FhirClient
 from kit.hl7.store import MessageStore
 from kit.stack import Stack
+from tests.conftest import free_port
 from tests.integration.api.helpers import RunningApi, running_api
 from tests.integration.hub.helpers import sample_study
 
@@ -38,13 +41,15 @@ def api(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runn
 def test_status_shows_each_connector_and_connect_all_opens_them(api: RunningApi) -> None:
     with api.client("read") as c:
         rows = c.get(f"{PREFIX}/status").json()["connectors"]
-    assert {r["connector"] for r in rows} == {"pacs-dimse", "ehr-fhir", "hl7-mllp", "endoscopy"}
+    assert {r["connector"] for r in rows} == {"pacs-dimse", "pacs-dicomweb", "ehr-fhir", "hl7-mllp",
+                                              "endoscopy"}
     assert all(r["status"] == "ok" and r["latency_ms"] >= 0 for r in rows), rows
     with api.client("write") as c:
         opened = c.post(f"{PREFIX}/connect-all")
         assert opened.status_code == 200
         assert {r["connector"]: r["status"] for r in opened.json()["connectors"]} == {
             "pacs-dimse": "ok",
+            "pacs-dicomweb": "ok",
             "ehr-fhir": "ok",
             "hl7-mllp": "ok",
             "endoscopy": "ok",
@@ -235,14 +240,30 @@ def test_json_siu_reaches_the_mllp_listener_with_aa_and_shows_in_appointments(
     ]
 
 
-def test_endoscopy_connect_stream_and_send_analysis(api: RunningApi) -> None:
+def test_endoscopy_connect_stream_and_send_analysis(api: RunningApi, stack: Stack) -> None:
     es = sample_study("MRN1001", "ES")
+    live = stack.services["video"].address            # [endoscopy] stream_url: the stack's live stream
     with api.client("write") as c:
         probe = c.post(f"{PREFIX}/endoscopy/connect").json()
-        stream = c.get(f"{PREFIX}/endoscopy/video-stream")
-    assert probe["worklist"]["status"] == "ok" and probe["stream"] is None
-    assert probe["capture"]["available"] is False and "not part of this build" in probe["capture"]["reason"]
-    assert stream.status_code == 501 and "endoscopy_stream" in stream.json()["detail"]
+        stream = c.get(f"{PREFIX}/endoscopy/video-stream", params={"frames": 14})
+    assert probe["worklist"]["status"] == "ok"
+    assert probe["stream"]["url"] == live and probe["stream"]["scheme"] == "http"
+    assert probe["stream"]["reachable"] is True and probe["stream"]["latency_ms"] > 0
+    assert probe["stream"]["frame"]["shape"] == [240, 320, 3]
+    assert probe["capture"] == {"available": True, "reason": None}
+    assert stream.status_code == 200, stream.text
+    answer = stream.json()
+    frames = answer["frames"]
+    assert len(frames) == 14 and answer["stream"]["complete"] is True and answer["stream"]["url"] == live
+    assert all(f["shape"] == [240, 320, 3] and 0 < f["mean"] < 255 for f in frames)
+    assert [f["index"] for f in frames] == sorted({f["index"] for f in frames})
+    assert [f["timestamp"] for f in frames] == sorted(f["timestamp"] for f in frames)
+    assert answer["stream"]["nominal_fps"] == 12.0
+    assert {p["accession_number"] for p in answer["procedures"]} == {"ACC100102", "ACC100302", "ACC100602"}
+    with api.client("read") as c:
+        for bad in (0, 31, "x"):
+            refused = c.get(f"{PREFIX}/endoscopy/video-stream", params={"frames": bad})
+            assert refused.status_code == 422, (bad, refused.text)
     body = {
         "patient_id": "MRN1001",
         "study_instance_uid": es["study_instance_uid"],
@@ -259,20 +280,30 @@ def test_endoscopy_connect_stream_and_send_analysis(api: RunningApi) -> None:
     }
 
 
-def test_endoscopy_stream_when_configured(stack: Stack, tmp_path: Path) -> None:
-    port = stack.port("fhir")  # something that accepts TCP connections
-    with (
-        running_api(
-            stack, tmp_path / "ws", endoscopy_stream=f"rtsp://user:pw@127.0.0.1:{port}/scope1"
-        ) as api,
-        api.client("read") as c,
-    ):
-        answer = c.get(f"{PREFIX}/endoscopy/video-stream", params={"patient_id": "MRN1001"})
+def test_endoscopy_stream_override_and_streams_that_give_no_video(stack: Stack, tmp_path: Path) -> None:
+    live = urlsplit(stack.services["video"].address)
+    # [api] endoscopy_stream overrides [endoscopy] stream_url; its credentials are never shown
+    secret = f"http://user:pw@{live.netloc}{live.path}"
+    with running_api(stack, tmp_path / "ws", endoscopy_stream=secret) as api, api.client("read") as c:
+        answer = c.get(f"{PREFIX}/endoscopy/video-stream", params={"patient_id": "MRN1001", "frames": 2})
     assert answer.status_code == 200, answer.text
-    stream = answer.json()["stream"]
-    assert (
-        stream["reachable"] is True and stream["url"] == f"rtsp://127.0.0.1:{port}/scope1"
-    )  # no credentials
+    assert answer.json()["stream"]["url"] == f"http://***@{live.netloc}{live.path}"
     assert "pw" not in answer.text
-    assert {p["patient_id"] for p in answer.json()["procedures"]} <= {"MRN1001"}
-    assert answer.json()["capture"]["available"] is False
+    assert len(answer.json()["frames"]) == 2
+    assert {p["patient_id"] for p in answer.json()["procedures"]} == {"MRN1001"}
+    # a port that accepts but sends no video (the FHIR server), and a closed port: said, never 200 and empty
+    fhir = f"http://127.0.0.1:{stack.port('fhir')}/fhir/R4/metadata"
+    closed = f"rtsp://127.0.0.1:{free_port()}/scope1"
+    for url, status in ((fhir, 502), (closed, 502)):
+        with running_api(stack, tmp_path / f"ws{status}{len(url)}", endoscopy_stream=url) as api:
+            with api.client("write") as c:
+                probe = c.post(f"{PREFIX}/endoscopy/connect").json()
+                started = time.monotonic()
+                read = c.get(f"{PREFIX}/endoscopy/video-stream")
+                took = time.monotonic() - started
+        assert probe["stream"]["reachable"] is False and probe["stream"]["reason"], probe
+        assert probe["capture"]["available"] is False
+        assert read.status_code == status, (url, read.text)
+        assert read.headers["content-type"].startswith("application/problem+json")
+        assert "the endoscopy video stream" in read.json()["detail"]
+        assert took < api.settings.endoscopy.timeout + 5, took

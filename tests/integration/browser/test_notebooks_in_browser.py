@@ -72,6 +72,9 @@ INTERACTIONS: dict[str, tuple[Step, ...]] = {
         Step("PatientTimeline(", "select", ".widget-dropdown select", watch=":scope"),),
     "03_hl7_feeds.ipynb": (
         Step("StoreCounter(", "watch", arg="3", watch="input", prop="value"),),
+    "04_endoscopy.ipynb": (
+        # play/pause: the live stream plays in the viewer, the frame shown changes
+        Step("FrameViewer(", "click", arg="play", watch="img", prop="src"),),
     "05_analyze_and_report_back.ipynb": (
         Step("MaskOverlay(", "colour", arg="20", watch="img"),
         Step("MaskOverlay(", "slide", ".widget-slider", watch="img", prop="src"),

@@ -75,11 +75,12 @@ def test_status_fails_with_one_line_when_nothing_answers(tmp_path: Path) -> None
 
     port = free_port()
     env = {**_env(tmp_path), "KIT_PACS_PORT": str(port), "KIT_FHIR_BASE": f"http://127.0.0.1:{port}/fhir/R4",
-           "KIT_HL7_PORT": str(port), "KIT_PACS_TIMEOUT": "3", "KIT_FHIR_TIMEOUT": "3"}
+           "KIT_HL7_PORT": str(port), "KIT_PACS_TIMEOUT": "3", "KIT_FHIR_TIMEOUT": "3",
+           "KIT_ENDOSCOPY_STREAM_URL": f"http://127.0.0.1:{port}/live.ts", "KIT_ENDOSCOPY_TIMEOUT": "3"}
     result = _kit(tmp_path, "status", env=env)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0
-    assert "not answering: pacs, fhir, mllp" in result.stderr
+    assert result.stderr.strip() == "kit: error: not answering: pacs, dicomweb, fhir, mllp, video"
 
 
 def test_serve_keeps_what_it_stored_across_a_restart(tmp_path: Path) -> None:

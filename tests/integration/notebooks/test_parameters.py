@@ -50,6 +50,12 @@ CHANGED: dict[str, tuple[dict[str, Any], list[tuple[str, str, str]]]] = {
     "03_hl7_feeds": ({"DAY_MINUTES": 120}, [
         ("scheduling.analytics(", "<td>0.5</td>", "<td>0.1</td>"),
     ]),
+    "04_endoscopy": ({"ACCESSION": "ACC100302"}, [
+        ("picker.accession", "picked ACC100302: MRN1003 GASTROSCOPY",
+         "picked ACC100102: MRN1001 COLONOSCOPY"),
+        ("capture_procedure(", "into accession ACC100302", "into accession ACC100102"),
+        ("procedures.performed(", "MRN1003", "MRN1001"),
+    ]),
     "05_analyze_and_report_back": ({"PATIENT_ID": "MRN1004"}, [
         ('hub.pacs.find("STUDY"', "MRN1004", "MRN1001"),
         ("results.analyse_ct(", "22.5 mm in diameter", "17.5 mm in diameter"),
@@ -97,6 +103,8 @@ def test_runs_with_changed_parameters_and_leaves_nothing_behind(name: str, tmp_p
      "patient_id: the PACS lists no study of patient MRN9999; it lists studies of MRN1001"),
     ("01_pacs_ingest", {"MODALITY": "US"},
      "no series with modality 'US' in the retrieved studies (modality there: CT, ES)"),
+    ("04_endoscopy", {"ACCESSION": "ACC999"},
+     "no worklist item with accession number 'ACC999'; the worklist has ACC100102, ACC100302, ACC100602"),
 ])
 def test_a_missing_patient_or_modality_is_said_in_a_sentence(name: str, parameters: dict[str, Any],
                                                              sentence: str, tmp_path: Path) -> None:

@@ -180,8 +180,15 @@ def _check_configured(first: str, systems: Systems, services: tuple[str, ...]) -
 
 
 SERVICES = {"00_quickstart": ("pacs", "fhir"), "01_pacs_ingest": ("pacs",), "02_ehr_fhir": ("pacs", "fhir"),
-            "03_hl7_feeds": ("mllp",), "05_analyze_and_report_back": ("pacs", "fhir", "mllp"),
+            "03_hl7_feeds": ("mllp",), "04_endoscopy": ("pacs", "fhir", "mllp"),
+            "05_analyze_and_report_back": ("pacs", "fhir", "mllp"),
             "06_services_and_monitoring": ("pacs", "fhir", "mllp")}
+#: the README's stand-ins have no Modality Worklist (Orthanc's worklist plugin is not set up) and no
+#: video gateway, which 04 needs: it runs on the embedded stack only (tests/integration/notebooks)
+NEEDS_ENDOSCOPY_SUITE = ("04_endoscopy",)
+ON_REAL_SYSTEMS = [pytest.param(n, marks=pytest.mark.skip(reason="the stand-in systems have no worklist and "
+                                                          "no video stream")) if n in NEEDS_ENDOSCOPY_SUITE
+                   else n for n in NAMES]
 
 
 def _reports(systems: Systems) -> int:
@@ -189,7 +196,7 @@ def _reports(systems: Systems) -> int:
         return len(list(fhir.search("DiagnosticReport", limit=1000)))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", ON_REAL_SYSTEMS)
 def test_notebook_runs_on_the_configured_systems_only(name: str, systems: Systems, tmp_path: Path) -> None:
     before = {"mllp": systems.messages_received(), "pacs": len(systems.orthanc.instances()),
               "reports": _reports(systems)}

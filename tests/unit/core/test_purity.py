@@ -30,6 +30,7 @@ PURE = [
     "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
     "deid/_text_seam",
     "cohort/plan", "cohort/limiter",
+    "endoscopy/buffer", "endoscopy/demo_detector",
 ]
 
 # Network, servers and databases: what "pure" excludes.

@@ -44,7 +44,7 @@ def test_pure_hub_modules_reach_no_io(module: str) -> None:
      {"none", "bearer", "basic", "client_credentials", "smart"},
      {"Patient", "Encounter", "Observation", "DiagnosticReport", "ImagingStudy"}),
     ("hl7-mllp", {"send", "listen"}, {"none", "tls", "mutual_tls"}, {"ADT", "ORM", "ORU", "SIU", "MDM"}),
-    ("endoscopy", {"worklist", "video"}, {"none", "tls", "mutual_tls"}, {"worklist item"}),
+    ("endoscopy", {"worklist", "video", "capture"}, {"none", "tls", "mutual_tls"}, {"worklist item"}),
 ])
 def test_each_connector_describes_its_capabilities_auth_and_entities(
         name: str, caps: set[str], auths: set[str], entities: set[str]) -> None:
@@ -54,14 +54,20 @@ def test_each_connector_describes_its_capabilities_auth_and_entities(
     assert entities <= set(c.entities)
 
 
-def test_the_endoscopy_video_is_planned_and_required_raises() -> None:
+def test_the_endoscopy_video_and_capture_are_available_and_a_planned_one_raises(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     endo = get_connector("endoscopy")
-    assert endo.capability("video").status is CapabilityStatus.PLANNED
-    assert endo.planned == ("video",) and endo.available == ("worklist",)
-    assert supports("endoscopy", "worklist") and not supports("endoscopy", "video")
-    with pytest.raises(InvalidInputError, match="planned"):
-        require("endoscopy", "video")
+    assert endo.capability("video").status is CapabilityStatus.AVAILABLE
+    assert endo.planned == () and endo.available == ("worklist", "video", "capture")
+    assert supports("endoscopy", "worklist") and supports("endoscopy", "video")
     assert require("pacs-dimse", "echo").name == "echo"
+    # a capability only planned is refused by require (the registry is data: one is added here)
+    recording = Capability("recording", "hours of video to disk", status=CapabilityStatus.PLANNED)
+    with_plan = dataclasses.replace(endo, capabilities=(*endo.capabilities, recording))
+    monkeypatch.setattr("kit.hub.registry.REGISTRY", {**REGISTRY, "endoscopy": with_plan})
+    assert not supports("endoscopy", "recording")
+    with pytest.raises(InvalidInputError, match="planned"):
+        require("endoscopy", "recording")
 
 
 def test_unknown_names_raise_with_the_known_ones() -> None:
@@ -85,7 +91,7 @@ def test_frame_has_one_typed_row_per_connector() -> None:
     assert df.schema == pl.Schema(dict(REGISTRY_COLUMNS))
     assert df["connector"].to_list() == list(REGISTRY)
     endo = df.filter(pl.col("connector") == "endoscopy").row(0, named=True)
-    assert endo["capabilities"] == ["worklist"] and endo["planned"] == ["video"]
+    assert endo["capabilities"] == ["worklist", "video", "capture"] and endo["planned"] == []
     fhir = df.filter(pl.col("connector") == "ehr-fhir").row(0, named=True)
     assert fhir["auth_types"] == ["none", "bearer", "basic", "client_credentials", "smart"]
     assert fhir["settings_section"] == "fhir"
