@@ -66,9 +66,9 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
 
     \b
     Examples:
-      kit cohort pull cohort.csv --out-dir data/cohort
-      kit cohort pull cohort.csv --out-dir data/cohort --max-associations 1 --images-per-second 20 -o r.csv
-      kit cohort pull cohort.csv --out-dir data/cohort --web --base http://pacs:8042/dicom-web
+      kit cohort pull cohort.csv --out-dir cohort
+      kit cohort pull cohort.csv --out-dir cohort-slow --max-associations 1 --images-per-second 20 -o r.csv
+      kit cohort pull cohort.csv --out-dir cohort-web --web --base http://127.0.0.1:8042/dicom-web
     """
     from kit.cohort.pull import CohortPull
     from kit.cohort.retrieve import Method

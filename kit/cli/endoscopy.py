@@ -232,7 +232,7 @@ def capture(ctx: click.Context, source: str, accession: str, seconds: float | No
     \b
     Examples:
       kit endoscopy capture data/samples/endoscopy/MRN1001-ES2.mp4 --accession ACC100102
-      kit endoscopy capture rtsp://127.0.0.1:8554/live --accession ACC100102 --seconds 5 --stills 2 --json
+      kit endoscopy capture http://127.0.0.1:8090/live.ts --accession ACC100102 --seconds 2 --stills 2 --json
     """
     from kit.endoscopy import procedures, store
 

@@ -41,7 +41,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, token_file: st
 
     \b
     Examples:
-      KIT_MEDIX_TOKEN_FILE=/run/secrets/medix kit medix serve
+      KIT_MEDIX_TOKEN_FILE=token.txt kit medix serve
       kit medix serve --port 0 --token-file token.txt --workspace medix
     """
     from kit.errors import ServiceFailedError

@@ -70,13 +70,13 @@ class ApiStore:
     Parameters
     ----------
     workspace : path
-        The folder (created if missing; its parent must exist).
+        The folder (created with its parents if missing).
     """
 
     def __init__(self, workspace: str | Path) -> None:
         self.workspace = Path(workspace)
         try:
-            self.workspace.mkdir(exist_ok=True, mode=0o700)
+            self.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StoreError(
                 f"cannot create the API workspace {self.workspace}: {exc.strerror or exc}"

@@ -384,10 +384,11 @@ def help_examples() -> dict[str, list[str]]:
     return out
 
 
-LONG_RUNNING = {"serve", "hl7 listen"}
+LONG_RUNNING = {"serve", "hl7 listen", "api serve", "medix serve", "monitor serve"}
 #: the addresses of a default `kit serve`, as examples show them; replaced by the module's stack's
 DEFAULT_ADDRESSES = {"pacs": "dicom://KIT@127.0.0.1:11112", "fhir": "http://127.0.0.1:8080/fhir/R4",
-                     "mllp": "mllp://127.0.0.1:2575"}
+                     "mllp": "mllp://127.0.0.1:2575", "dicomweb": "http://127.0.0.1:8042/dicom-web",
+                     "video": "http://127.0.0.1:8090/live.ts"}
 
 
 def _argv(line: str, home: Path) -> tuple[list[str], dict[str, str]]:
@@ -409,8 +410,8 @@ def _run_long(argv: list[str], cwd: Path, env: dict[str, str]) -> str:
     assert proc.stdout is not None
     try:
         first = proc.stdout.readline()
-        assert re.match(r"^(pacs|fhir|mllp)\s+\S+://", first), (argv, first, proc.stderr.read()
-                                                                 if proc.stderr else "")
+        assert re.match(r"^(pacs|fhir|mllp|api|medix|monitor)\s+\S+://", first), (
+            argv, first, proc.stderr.read() if proc.stderr else "")
     finally:
         stop_pid(proc)  # type: ignore[arg-type]
     assert proc.returncode == 0, (argv, proc.returncode)
@@ -429,6 +430,14 @@ def test_17_every_help_example_works_against_kit_serve(served: Served, tmp_path:
     own = tmp_path / "own"
     (own / "home").mkdir(parents=True)
     (own / "kit.toml").write_text(stack_toml(free_port(), free_port(), free_port(), free_port()))
+    # what the --help says a command needs first: a key, a token file, a cohort list, the audit log
+    from cryptography.fernet import Fernet
+
+    needs = {"KIT_API_FERNET_KEY": Fernet.generate_key().decode(),
+             "KIT_AUDIT_PATH": str(served.home / ".cache" / "kit" / "stack" / "audit.db")}
+    for folder in (work, own):
+        (folder / "token.txt").write_text("help-example-token-0123456789\n")
+        (folder / "cohort.csv").write_text("accession_number\nACC100101\n")
     swap = {address: served.addresses[service] for service, address in DEFAULT_ADDRESSES.items()}
     failures = []
     ran = 0
@@ -438,11 +447,11 @@ def test_17_every_help_example_works_against_kit_serve(served: Served, tmp_path:
             ran += 1
             if name in LONG_RUNNING:
                 home = own / "home"
-                env = {**clean_env(HOME=str(home)), **extra}
+                env = {**clean_env(HOME=str(home)), **needs, **extra}
                 _run_long([str(home) + a[1:] if a.startswith("~/") else a for a in argv], own, env)
                 continue
             argv = [swap.get(a, a) for a in argv]
-            proc = kit(*argv, cwd=work, env={**served.env(), **extra}, timeout=300)
+            proc = kit(*argv, cwd=work, env={**served.env(), **needs, **extra}, timeout=300)
             if proc.returncode != 0 or not (proc.stdout.strip() or proc.stderr.strip()):
                 failures.append(f"{line}\n    exit {proc.returncode}: {proc.stderr.strip()[-400:]}")
     assert not failures, "help examples that do not work as written:\n" + "\n".join(failures)
