@@ -17,6 +17,7 @@ Ends with ``RATIO <what> kit/<alternative> = <x>`` lines (higher is better for t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -28,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from kit.dicom.dimse import PacsClient
+from kit.examples.dicom import random_ct_files
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 #: Interleaved rounds of (b) and (c); the best round of each side counts (the machine may be shared).
@@ -83,29 +83,10 @@ def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 def make_files(folder: Path, n: int) -> tuple[str, list[Path]]:
     """N 128x128 int16 CT instances of one study/series."""
-    folder.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        sop = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-        ds.PatientID, ds.PatientName, ds.Modality = "BENCH1", "Bench^Patient", "CT"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20260101", 1, i + 1
-        ds.Rows = ds.Columns = 128
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.PixelData = rng.integers(-1000, 1000, (128, 128), dtype=np.int16).tobytes()
-        path = folder / f"{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return study, paths
+    study = generate_uid()
+    return study, random_ct_files(folder, n, patient_id="BENCH1", patient_name="Bench^Patient",
+                                  study_uid=study, study_date=dt.date(2026, 1, 1), size=128, seed=0)
+
 
 
 def storescu(port: int, aet: str, src: Path) -> float:

@@ -31,6 +31,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
+    generate_uid,
 )
 
 from kit.examples.cohort import UID_PREFIX, Patient, Study, derived_uid, patient, studies
@@ -51,6 +52,7 @@ __all__ = [
     "instance_path",
     "mr_datasets",
     "mr_signal",
+    "random_ct_files",
     "rng_for",
     "write_dataset",
 ]
@@ -348,3 +350,51 @@ def generate(out_dir: Path) -> list[Path]:
         for ds in datasets:
             written.append(write_dataset(ds, instance_path(out_dir, study, 1, int(ds.InstanceNumber))))
     return written
+
+
+def random_ct_files(folder: str | Path, count: int, *, patient_id: str = "MRN9001",
+                    patient_name: str = "Test^Patient", study_uid: str | None = None,
+                    accession_number: str | None = None, study_date: dt.date = dt.date(2026, 4, 1),
+                    size: int = 32, seed: int = 0, name: str = "{i:05d}.dcm") -> list[Path]:
+    """``count`` small CT files of one new study and series, random pixels, fresh UIDs.
+
+    Test and benchmark data of any size, outside the sample cohort: a study the
+    cohort does not hold (``patient_id`` ``MRN9…``), files ``folder/<name>``
+    (``name`` formatted with the instance index ``i``), Explicit VR Little Endian,
+    16-bit signed pixels of ``size`` x ``size`` drawn from a generator seeded by ``seed``.
+
+    Returns
+    -------
+    list of Path
+        The files, in instance order.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    study = study_uid or generate_uid()
+    series = generate_uid()
+    rng = np.random.default_rng(seed)
+    accession = accession_number if accession_number is not None else f"ACC{patient_id[-4:]}99"
+    paths = []
+    for i in range(count):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.PatientID, ds.PatientName = patient_id, patient_name
+        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyDate, ds.StudyTime = study_date.strftime("%Y%m%d"), "101500"
+        ds.AccessionNumber, ds.StudyID = accession, "1"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, i + 1
+        ds.Rows = ds.Columns = size
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.PixelData = rng.integers(-1000, 1000, (size, size), dtype=np.int16).tobytes()
+        path = out / name.format(i=i)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 from pynetdicom import evt
 
 from kit.dicom.scp import EmbeddedPACS
+from kit.examples.dicom import random_ct_files
 
 
 @dataclass(frozen=True)
@@ -37,36 +37,18 @@ def make_studies(folder: Path, count: int, *, per_study: int = 3, patients: int 
 
     Patient ``MRN<prefix><k>`` gets studies ``k, k+patients, ...``, dated a week apart in 2025.
     """
-    rng = np.random.default_rng(count)
     studies = []
     for n in range(count):
         patient = f"MRN{prefix}{n % patients:02d}"
         date = dt.date(2025, 1, 6) + dt.timedelta(days=7 * (n // patients))
-        uid, series = generate_uid(), generate_uid()
-        sops = []
-        for i in range(per_study):
-            ds = Dataset()
-            ds.file_meta = FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-            sop = generate_uid()
-            ds.file_meta.MediaStorageSOPInstanceUID = sop
-            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-            ds.PatientID, ds.PatientName = patient, "Cohort^Test"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID = uid, series
-            ds.StudyDate, ds.StudyTime = date.strftime("%Y%m%d"), "090000"
-            ds.AccessionNumber, ds.StudyID = f"A{prefix}{n:04d}", "1"
-            ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, i + 1
-            ds.Rows = ds.Columns = 8
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-            ds.PixelData = rng.integers(-1000, 1000, (8, 8), dtype=np.int16).tobytes()
-            path = folder / uid / f"{i}.dcm"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_as(path, enforce_file_format=True)
-            sops.append(sop)
-        studies.append(Study(uid, f"A{prefix}{n:04d}", patient, date, frozenset(sops)))
+        uid = generate_uid()
+        paths = random_ct_files(folder / uid, per_study, patient_id=patient, patient_name="Cohort^Test",
+                                study_uid=uid, accession_number=f"A{prefix}{n:04d}", study_date=date,
+                                size=8, seed=n, name="{i}.dcm")
+        sops = frozenset(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths)
+        studies.append(Study(uid, f"A{prefix}{n:04d}", patient, date, sops))
     return studies
+
 
 
 class CountingPACS(EmbeddedPACS):

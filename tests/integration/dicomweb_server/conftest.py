@@ -4,20 +4,17 @@ tests' second server, a real Orthanc with its DICOMweb plugin (``target``, param
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import http.client
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from kit import examples
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.dicom.web_server import EmbeddedDicomWeb
+from kit.examples.dicom import random_ct_files
 
 
 @dataclasses.dataclass
@@ -94,33 +91,8 @@ def target(request: pytest.FixtureRequest, embedded: Embedded) -> Target:
 def make_ct(folder: Path, count: int, *, patient_id: str = "MRN9001", study_uid: str | None = None,
             size: int = 16, seed: int = 0) -> list[Path]:
     """``count`` small CT files of one new study/series (random pixels, fresh UIDs)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        sop = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-        ds.PatientID, ds.PatientName = patient_id, "Test^Patient"
-        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.StudyDate, ds.StudyTime = dt.date(2026, 4, 1).strftime("%Y%m%d"), "101500"
-        ds.AccessionNumber, ds.StudyID = f"ACC{patient_id[-4:]}99", "1"
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, i + 1
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.PixelData = rng.integers(-1000, 1000, (size, size), dtype=np.int16).tobytes()
-        path = folder / f"{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
+    return random_ct_files(folder, count, patient_id=patient_id, study_uid=study_uid, size=size, seed=seed)
+
 
 
 def multipart(parts: list[bytes], boundary: str = "kitboundary") -> tuple[bytes, str]:

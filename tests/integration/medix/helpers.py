@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import socket
 import threading
@@ -14,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from kit.examples.dicom import random_ct_files
 
 TOKEN = "medix-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -192,29 +191,7 @@ def dataset_bytes(blob: bytes) -> bytes:
 
 def make_study(folder: Path, count: int, *, size: int = 128) -> tuple[str, list[Path]]:
     """``count`` CT files of one new study (random pixels): its UID and the paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(), generate_uid()
-    rng = np.random.default_rng(count)
-    paths = []
-    for i in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        sop = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
-        ds.PatientID, ds.PatientName = "MRN9100", "Medix^Test"
-        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.StudyDate, ds.StudyTime = dt.date(2026, 4, 1).strftime("%Y%m%d"), "101500"
-        ds.AccessionNumber, ds.StudyID = "ACC9100", "1"
-        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, i + 1
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.PixelData = rng.integers(-1000, 1000, (size, size), dtype=np.int16).tobytes()
-        path = folder / f"{i:05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return study, paths
+    study = generate_uid()
+    return study, random_ct_files(folder, count, patient_id="MRN9100", patient_name="Medix^Test",
+                                  study_uid=study, accession_number="ACC9100", size=size, seed=count)
+
