@@ -527,33 +527,13 @@ def _fields(df: pl.DataFrame, seg: str, last: int) -> pl.DataFrame:
     return lines.select("msg", "row", *cols)
 
 
-_BATCH = ["FHS", "BHS", "BTS", "FTS"]
-
-
-def _lines_frame(lines: list[str]) -> tuple[pl.DataFrame, str | None]:
-    """Segment lines numbered by message (``msg``, 1-based), batch lines dropped, as
-    :func:`kit.hl7.message.group_messages` does; and the first line before the first MSH, if any."""
-    df = pl.DataFrame([pl.Series("line", lines, dtype=pl.String)])
-    seg = pl.col("line").str.slice(0, 3)
-    fourth = pl.col("line").str.slice(3, 1)
-    short = pl.col("line").str.len_chars() == 3
-    batch = seg.is_in(_BATCH) & (short | ~fourth.str.contains(r"^[A-Za-z0-9]$"))
-    df = df.filter(~batch).with_columns(seg.alias("seg"))
-    df = df.with_columns((pl.col("seg") == "MSH").cum_sum().alias("msg"))
-    leading = None
-    if df.height and df["msg"][0] == 0:
-        leading = str(df["line"][0])
-        df = df.filter(pl.col("msg") > 0)
-    return df, leading
-
-
 def _leading_skip(line: str) -> dict[str, Any]:
     return _skip(None, None, "messages", f"data before the first MSH segment: {line[:20]!r}")
 
 
-def _results_fast(lines: list[str]) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """The results table and the skipped rows of the vectorised path."""
-    df, leading = _lines_frame(lines)
+def _results_fast(df: pl.DataFrame, leading: str | None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """The results table and the skipped rows of the vectorised path, from
+    :func:`kit.hl7.frames_fast.lines_frame`."""
     skipped = [_leading_skip(leading)] if leading is not None else []
     if df.height == 0:
         return empty_frames(["results"])["results"], skipped
@@ -632,9 +612,9 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
               vectorised: bool = True) -> dict[str, pl.DataFrame]:
     """Read an HL7 v2 file into typed tables.
 
-    ``results`` is built by the vectorised path (see the module docstring);
-    the other tables parse each message. Ask only for ``tables=["results"]``
-    to read millions of messages fast.
+    Every table is built by the vectorised paths (``results`` here, the others
+    in :mod:`kit.hl7.frames_fast`; see the module docstrings). Ask only for
+    the tables you need to read millions of messages fast.
 
     Parameters
     ----------
@@ -644,8 +624,8 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
     tables : sequence of str, optional
         Which tables to build (default all of :data:`TABLES`); ``skipped`` is always included.
     vectorised : bool
-        Build ``results`` with the vectorised path (default) or message by
-        message (the reference the fast path is tested against; same rows).
+        Build the tables with the vectorised paths (default) or message by
+        message (the reference the fast paths are tested against; same rows).
 
     Returns
     -------
@@ -659,19 +639,13 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
         The file cannot be read, or an unknown table name.
     """
     wanted = _check_tables(tables)
-    lines = segment_lines(_read_text(path))
-    out: dict[str, pl.DataFrame] = {}
-    others = [t for t in wanted if t != "results" and (t != "skipped" or not vectorised)]
-    skipped: list[pl.DataFrame] = []
-    if others or not vectorised:
-        groups = list(group_messages(lines))
-        leading = [_leading_skip(g[1][0]) for g in groups if g[0]]
-        texts = ["\r".join(g[1]) + "\r" for g in groups if not g[0]]
-        frames = to_frames(texts, tables=[t for t in wanted if vectorised is False or t != "results"])
-        skipped += [_skipped_frame(leading), frames.pop("skipped")]
-        out.update(frames)
-    if "results" in wanted and vectorised:
-        out["results"], fast_skipped = _results_fast(lines)
-        skipped.append(_skipped_frame(fast_skipped))
-    out["skipped"] = _skipped_frame(skipped)
-    return {t: out[t] for t in wanted}
+    text = _read_text(path)
+    if vectorised:
+        from kit.hl7.frames_fast import read_tables  # it builds on this module
+
+        return read_tables(text, wanted)
+    groups = list(group_messages(segment_lines(text)))
+    leading = [_leading_skip(g[1][0]) for g in groups if g[0]]
+    frames = to_frames(["\r".join(g[1]) + "\r" for g in groups if not g[0]], tables=wanted)
+    frames["skipped"] = _skipped_frame([_skipped_frame(leading), frames["skipped"]])
+    return frames
