@@ -392,7 +392,7 @@ def _appointments(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     add = pl.col("sch11_5").is_null() & pl.col("start_time").is_not_null() & pl.col("_minutes").is_not_null()
     computed = pl.col("start_time") + pl.duration(minutes=pl.col("_minutes"))
     rows = rows.with_columns(
-        (add & (computed > pl.lit(_MAX_DT, _DTM))).alias("_overflow"),
+        (add & (computed > pl.lit(_MAX_DT, _DTM))).fill_null(False).alias("_overflow"),
         pl.when(add).then(computed).otherwise("sch11_5").alias("end_time"),
         pl.when(add).then("start_off").otherwise("sch11_5_off").alias("end_off"))
     both = pl.col("start_time").is_not_null() & pl.col("end_time").is_not_null()
@@ -400,10 +400,12 @@ def _appointments(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
             - (pl.col("start_time") - pl.duration(minutes=pl.col("start_off").fill_null(0)))
             ).dt.total_microseconds()
     rows = rows.with_columns(
-        (both & (pl.col("start_off").is_null() != pl.col("end_off").is_null())).alias("_mixed"),
+        (both & (pl.col("start_off").is_null() != pl.col("end_off").is_null())).fill_null(False)
+        .alias("_mixed"),
         pl.when(both).then(diff).alias("_diff"))
     rows = rows.with_columns(
-        (~pl.col("_overflow") & ~pl.col("_mixed") & (pl.col("_diff") < 0)).alias("_backwards"),
+        (~pl.col("_overflow") & ~pl.col("_mixed") & (pl.col("_diff") < 0)).fill_null(False)
+        .alias("_backwards"),
         (pl.col("_diff") // 60_000_000).alias("duration_minutes"))
     fractional = rows.filter(pl.col("_diff").is_not_null() & (pl.col("_diff") % 1_000_000 != 0))
     if fractional.height:  # Python's float total_seconds() // 60, exactly
@@ -427,7 +429,8 @@ def _appointments(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
 def _appointment_skips(problems: pl.DataFrame) -> pl.DataFrame:
     """The reasons kit.hl7.typed gives, in the order it meets them (rare rows: Python)."""
     reasons = []
-    for r in problems.iter_rows(named=True):
+    for r in problems.select("_overflow", "_mixed", "_backwards", "_minutes", "message_type", "control_id",
+                             "duration_minutes").iter_rows(named=True):
         if r["_overflow"]:
             reasons.append(str(HL7ParseError(
                 f"appointment duration of {r['_minutes']} minutes is out of range", segment="AIS", field=7)))
