@@ -537,8 +537,7 @@ def _results_fast(df: pl.DataFrame, leading: str | None) -> tuple[pl.DataFrame, 
     skipped = [_leading_skip(leading)] if leading is not None else []
     if df.height == 0:
         return empty_frames(["results"])["results"], skipped
-    ok = (pl.col("line").str.contains(_FIELD_OK)
-          & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH)))
+    ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH))
     bad = df.filter(~ok)["msg"].unique()
     parts: list[pl.DataFrame] = []
     if bad.len():  # messages the vectorised path cannot take: one by one
@@ -600,12 +599,11 @@ def _results_fast(df: pl.DataFrame, leading: str | None) -> tuple[pl.DataFrame, 
     return _type_results(merged.drop("msg")), skipped
 
 
-def _read_text(path: str | Path) -> str:
+def _read_bytes(path: str | Path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"cannot read HL7 file: {exc}", source=str(path)) from exc
-    return decode(data)
 
 
 def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
@@ -639,12 +637,12 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
         The file cannot be read, or an unknown table name.
     """
     wanted = _check_tables(tables)
-    text = _read_text(path)
+    data = _read_bytes(path)
     if vectorised:
         from kit.hl7.frames_fast import read_tables  # it builds on this module
 
-        return read_tables(text, wanted)
-    groups = list(group_messages(segment_lines(text)))
+        return read_tables(data, wanted)
+    groups = list(group_messages(segment_lines(decode(data))))
     leading = [_leading_skip(g[1][0]) for g in groups if g[0]]
     frames = to_frames(["\r".join(g[1]) + "\r" for g in groups if not g[0]], tables=wanted)
     frames["skipped"] = _skipped_frame([_skipped_frame(leading), frames["skipped"]])

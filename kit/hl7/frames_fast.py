@@ -22,6 +22,7 @@ cases and under hypothesis fuzzing. A change of semantics in
 from __future__ import annotations
 
 import datetime as dt
+import io
 from typing import Any
 
 import polars as pl
@@ -41,6 +42,7 @@ _DTM = pl.Datetime("us")
 PY_SPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
             "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 _BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
 _BATCH = ["FHS", "BHS", "BTS", "FTS"]
 _ORDER_TYPES = ["ORM^O01", "OML^O21", "ORU^R01"]
 # a DTM in its usual form: parsed by polars; anything else non-empty goes to parse_dtm
@@ -49,25 +51,55 @@ _MAX_DT = dt.datetime(9999, 12, 31, 23, 59, 59, 999999)
 
 
 # -- lines -----------------------------------------------------------------------------------------
-def lines_frame(text: str) -> tuple[pl.DataFrame, str | None]:
-    """Segment lines (``line``, ``seg``, ``msg`` 1-based) as :func:`kit.hl7.message.segment_lines`
+def _whole(data: bytes | str) -> tuple[pl.DataFrame, bool]:
+    """The text as polars strings in which CR ends a segment; and whether a line may start with a BOM."""
+    if isinstance(data, bytes):
+        if data[:3] == _BOM_BYTES:
+            data = data[3:]
+        if not any(b in data for b in (b"\x00", b"\x0b", b"\x1c")):
+            try:  # lines at LF by polars' (parallel) CSV reader, one column: the CRs are split next
+                lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x00", quote_char=None,
+                                    new_columns=["line"], infer_schema=False, encoding="utf8")
+                return lines.select(pl.col("line").fill_null("")), _BOM_BYTES in data
+            except pl.exceptions.PolarsError:  # not UTF-8
+                pass
+        for b in (b"\n", b"\x0b", b"\x1c"):  # ASCII bytes never occur inside a UTF-8 sequence
+            if b in data:
+                data = data.replace(b, b"\r")
+        try:  # UTF-8 checked and copied by polars, not decoded to a Python str
+            return pl.Series("line", [data], pl.Binary).cast(pl.String).to_frame(), _BOM_BYTES in data
+        except pl.exceptions.PolarsError:  # not UTF-8: Latin-1, as kit.hl7.message.decode reads it
+            data = data.decode("latin-1")
+    for ch in ("\n", "\x0b", "\x1c"):
+        if ch in data:
+            data = data.replace(ch, "\r")
+    return pl.DataFrame({"line": [data]}), _BOM in data
+
+
+def lines_frame(data: bytes | str) -> tuple[pl.DataFrame, str | None]:
+    """Segment lines (``line``, ``seg``, ``msg`` 1-based, ``ok``) as :func:`kit.hl7.message.segment_lines`
     and :func:`kit.hl7.message.group_messages` give them; and the first line before the first MSH.
 
-    CR, LF, CRLF, VT and FS end a segment whatever else the text holds (a CRLF
-    gives an empty line, dropped as blank), a byte-order mark at the start of a
-    line is dropped, blank lines and FHS/BHS/BTS/FTS envelope lines are dropped.
+    Bytes are UTF-8 (a leading byte-order mark dropped), else Latin-1, as
+    :func:`kit.hl7.message.decode` reads them. CR, LF, CRLF, VT and FS end a
+    segment whatever else the text holds (a CRLF gives an empty line, dropped as
+    blank), a byte-order mark at the start of a line is dropped, blank lines and
+    FHS/BHS/BTS/FTS envelope lines are dropped. ``ok`` is true for a line that
+    starts with a valid segment name and the field separator (or is only the name).
     """
-    for ch in ("\n", "\x0b", "\x1c"):
-        if ch in text:
-            text = text.replace(ch, "\r")
     line = pl.col("line")
-    df = pl.DataFrame({"line": [text]}).select(line.str.split("\r")).explode("line")
-    if _BOM in text:
+    whole, bom = _whole(data)
+    df = whole.select(line.str.split("\r")).explode("line")
+    if bom:
         df = df.with_columns(line.str.strip_chars_start(_BOM))
     seg = line.str.slice(0, 3)
-    batch = (seg.is_in(_BATCH) & ((line.str.len_chars() == 3)
-                                  | ~line.str.slice(3, 1).str.contains(r"^[A-Za-z0-9]$")))
-    df = df.filter(line.str.strip_chars(PY_SPACE) != "").filter(~batch).with_columns(seg.alias("seg"))
+    df = df.with_columns(seg.alias("seg"), line.str.contains(F._FIELD_OK).alias("ok"))
+    if df.filter(~pl.col("ok") & (line.str.len_bytes() > 0)).height:  # blank or odd lines: the full rules
+        batch = (pl.col("seg").is_in(_BATCH) & ((line.str.len_chars() == 3)
+                                                | ~line.str.slice(3, 1).str.contains(r"^[A-Za-z0-9]$")))
+        df = df.filter(line.str.strip_chars(PY_SPACE) != "").filter(~batch)
+    else:  # every line is empty or a valid segment: only envelopes to drop
+        df = df.filter(pl.col("ok") & ~pl.col("seg").is_in(_BATCH))
     df = df.with_columns((pl.col("seg") == "MSH").cum_sum().cast(pl.UInt32).alias("msg"))
     leading = None
     if df.height and df["msg"][0] == 0:
@@ -78,8 +110,7 @@ def lines_frame(text: str) -> tuple[pl.DataFrame, str | None]:
 
 def _split_bad(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(lines of the messages the vectorised path takes, lines of the others)."""
-    ok = (pl.col("line").str.contains(F._FIELD_OK)
-          & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(F._STANDARD_MSH)))
+    ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(F._STANDARD_MSH))
     bad = df.filter(~ok)["msg"].unique()
     if not bad.len():
         return df, df.clear()
@@ -106,27 +137,32 @@ def _extract(df: pl.DataFrame, seg: str, specs: dict[str, tuple[str, int, int, i
     lines = df.filter(pl.col("seg") == seg)
     if first:
         lines = lines.filter(pl.col("msg").is_first_distinct())
-    offset = 1 if seg == "MSH" else 0
-    last = max(s[1] for s in specs.values())
-    parts = pl.col("line").str.splitn("|", last + 1 - offset)
+    offset = 1 if seg == "MSH" else 0  # "MSH|^~\\&|..." splits to MSH, MSH-2, MSH-3...
     numbers = sorted({s[1] for s in specs.values()})
-    cols = {n: parts.struct.field(f"field_{n - offset}").fill_null("") for n in numbers}
-    cols[last] = cols[last].str.split("|").list.first()  # the last struct field holds the rest
-    out = lines.select("msg", "row", *(cols[n].alias(f"f{n}") for n in numbers))
-    out = out.with_columns(pl.col(f"f{n}").str.splitn("~", 2).struct.field("field_0").alias(f"r{n}")
-                           for n in numbers)
+    names = [f"field_{i}" for i in range(numbers[-1] - offset + 1)]
+    out = lines.select("msg", "row", pl.col("line").str.split_exact("|", len(names) - 1)
+                       .struct.rename_fields(names).alias("p")).unnest("p")
+    out = out.select("msg", "row",
+                     *(pl.col(f"field_{n - offset}").fill_null("").alias(f"f{n}") for n in numbers))
+    firsts = sorted({s[1] for s in specs.values() if s[0] != "r"})
+    out = out.with_columns(pl.col(f"f{n}").str.split_exact("~", 0).struct.field("field_0").alias(f"r{n}")
+                           for n in firsts)
+    comps: dict[int, int] = {}
+    for kind, n, comp, _sub in specs.values():
+        if kind in "cs":
+            comps[n] = max(comps.get(n, 0), comp)
+    out = out.with_columns(pl.col(f"r{n}").str.split_exact("^", k - 1).struct.rename_fields(
+        [f"c{n}_{i}" for i in range(1, k + 1)]).alias(f"c{n}") for n, k in comps.items())
+    out = out.unnest(*(f"c{n}" for n in comps)) if comps else out
     exprs = []
     for name, (kind, n, comp, sub) in specs.items():
-        if kind == "r":
-            exprs.append(pl.col(f"f{n}").alias(name))
-            continue
-        e = pl.col(f"r{n}")
-        if kind in "cs":
-            e = e.str.splitn("^", comp + 1).struct.field(f"field_{comp - 1}").fill_null("")
+        e = pl.col(f"f{n}" if kind == "r" else f"r{n}" if kind == "w" else f"c{n}_{comp}").fill_null("")
         if kind == "s":
-            e = e.str.splitn("&", sub + 1).struct.field(f"field_{sub - 1}").fill_null("")
+            e = e.str.split_exact("&", sub - 1).struct.field(f"field_{sub - 1}").fill_null("")
         exprs.append(e.alias(name))
     out = out.select("msg", "row", *exprs)
+    if not lines["line"].str.contains("\\", literal=True).any():
+        return out
     return out.with_columns(F._escaped(out[name], _KIND_FN[kind]).alias(name)
                             for name, (kind, *_rest) in specs.items())
 
@@ -491,12 +527,12 @@ def _slow(bad: pl.DataFrame, tables: list[str]) -> tuple[dict[str, pl.DataFrame]
 _BUILD = {"patients": _patients, "orders": _orders, "appointments": _appointments, "documents": _documents}
 
 
-def read_tables(text: str, wanted: tuple[str, ...]) -> dict[str, pl.DataFrame]:
-    """Every wanted table of :func:`kit.hl7.frames.read_file` from a file's text, vectorised.
+def read_tables(data: bytes | str, wanted: tuple[str, ...]) -> dict[str, pl.DataFrame]:
+    """Every wanted table of :func:`kit.hl7.frames.read_file` from a file's bytes (or text), vectorised.
 
     ``wanted`` is in :data:`kit.hl7.frames.TABLES` order and includes ``skipped``.
     """
-    df, leading = lines_frame(text)
+    df, leading = lines_frame(data)
     skipped = [F._skipped_frame([F._leading_skip(leading)])] if leading is not None else []
     out: dict[str, pl.DataFrame] = {}
     mine = [t for t in wanted if t in FAST_TABLES]
