@@ -266,16 +266,24 @@ def _skips(df: pl.DataFrame, table: str, reason: str | pl.Expr) -> pl.DataFrame:
 
 
 # -- the tables --------------------------------------------------------------------------------------
+_MSH_MORE = {"sending_application": _c(3, 1), "sending_facility": _c(4, 1), "receiving_application": _c(5, 1),
+             "receiving_facility": _c(6, 1), "version": _c(12, 1), "processing_id": _c(11, 1)}
+
+
 class _Feed:
     """The clean messages' lines, with the MSH values every table uses, computed once."""
 
-    def __init__(self, df: pl.DataFrame) -> None:
+    def __init__(self, df: pl.DataFrame, *, all_msh: bool) -> None:
         self.df = df
-        msh = _extract(df, "MSH", {"control_id": _w(10), "code": _c(9, 1), "trigger": _c(9, 2),
-                                   "msh7": _w(7)}, first=True)
-        self.msh = msh.drop("row").with_columns(
+        specs = {"control_id": _w(10), "code": _c(9, 1), "trigger": _c(9, 2), "msh7": _w(7)}
+        msh = _extract(df, "MSH", {**specs, **_MSH_MORE} if all_msh else specs, first=True)
+        self.msh = msh.with_columns(
             pl.when(pl.col("trigger") != "").then(pl.concat_str("code", pl.lit("^"), "trigger"))
-            .otherwise(pl.col("code")).alias("message_type"))
+            .otherwise(pl.col("code")).alias("message_type"),
+            # lines of a message are consecutive rows: its segments run to the next MSH
+            (pl.col("row").shift(-1, fill_value=df.height) - pl.col("row")).cast(pl.Int32)
+            .alias("segment_count"),
+        ).drop("row")
         self._pid: pl.DataFrame | None = None
 
     def pid(self) -> pl.DataFrame:
@@ -288,14 +296,8 @@ class _Feed:
 
 
 def _messages(feed: _Feed) -> pl.DataFrame:
-    df = feed.df
-    more = _extract(df, "MSH", {"sending_application": _c(3, 1), "sending_facility": _c(4, 1),
-                                "receiving_application": _c(5, 1), "receiving_facility": _c(6, 1),
-                                "version": _c(12, 1), "processing_id": _c(11, 1)}, first=True).drop("row")
-    evn = _extract(df, "EVN", {"evn2": _w(2)}, first=True).drop("row")
-    counts = df.group_by("msg").agg(pl.len().cast(pl.Int32).alias("segment_count"))
-    out = (feed.msh.join(more, on="msg", how="left").join(evn, on="msg", how="left")
-           .join(feed.pid(), on="msg", how="left").join(counts, on="msg", how="left")
+    evn = _extract(feed.df, "EVN", {"evn2": _w(2)}, first=True).drop("row")
+    out = (feed.msh.join(evn, on="msg", how="left").join(feed.pid(), on="msg", how="left")
            .with_columns(pl.col("evn2").fill_null("")))
     out = _with_dtm(out, "msh7", "evn2").rename({"msh7": "message_time", "evn2": "event_time"})
     return out.with_columns(pl.lit(False).alias("reused_control_id"))
@@ -350,10 +352,11 @@ def _orders(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = msgs.filter(pl.col("patient_id") != "")
     df = feed.df.filter(pl.col("msg").is_in(msgs["msg"].implode()))
     # groups as kit.hl7.typed._orders: an ORC opens one, an OBR too unless it follows the group's ORC
-    heads = df.filter(pl.col("seg").is_in(["ORC", "OBR"])).select(
-        "msg", "row", "seg", (pl.col("seg").shift(1).over("msg").fill_null("OBR") == "OBR")
-        .or_(pl.col("seg") == "ORC").alias("opens"))
-    heads = heads.with_columns(pl.col("opens").cum_sum().alias("group"))
+    heads = df.filter(pl.col("seg").is_in(["ORC", "OBR"])).select("msg", "row", "seg")
+    after_orc = (pl.col("seg").shift(1) == "ORC") & (pl.col("msg").shift(1) == pl.col("msg"))
+    heads = heads.with_columns(
+        ((pl.col("seg") == "ORC") | ~after_orc.fill_null(False)).cum_sum().alias("group"),
+        ((pl.col("seg") == "ORC") | ~after_orc.fill_null(False)).alias("opens"))
     starts = heads.filter("opens").select("row", "group", pl.col("msg").alias("gmsg"))
     zds = df.filter(pl.col("seg") == "ZDS").select("msg", "row").join_asof(
         starts, on="row", strategy="backward").filter(pl.col("gmsg") == pl.col("msg"))
@@ -366,7 +369,7 @@ def _orders(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
                                "observation_time": _w(7), "result_status": _w(25), "modality": _w(24)},
                    first=False)
     uid = _extract(df, "ZDS", {"study_instance_uid": _c(1, 1)}, first=False)
-    groups = heads.group_by("group", maintain_order=True).agg(pl.col("msg").first())
+    groups = heads.filter("opens").select("group", "msg")
     rows = (groups.join(heads.filter(pl.col("seg") == "ORC").select("row", "group"), on="group", how="left")
             .join(orc.drop("msg"), on="row", how="left").drop("row")
             .join(heads.filter(pl.col("seg") == "OBR").select("row", "group"), on="group", how="left")
@@ -539,7 +542,7 @@ def read_tables(data: bytes | str, wanted: tuple[str, ...]) -> dict[str, pl.Data
     if mine:
         good, bad = _split_bad(df)
         slow, slow_skipped = _slow(bad, mine) if bad.height else ({}, [])
-        feed = _Feed(good.with_row_index("row"))
+        feed = _Feed(good.with_row_index("row"), all_msh="messages" in mine)
         parts: list[pl.DataFrame] = [F._skipped_frame(slow_skipped).select(
             pl.col("message_number").cast(pl.UInt32).alias("msg"), pl.all())] if slow_skipped else []
         for table in mine:
