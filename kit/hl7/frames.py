@@ -38,15 +38,16 @@ Tables and their columns (see :data:`SCHEMAS` for dtypes):
 and control id (MSH-10) were already seen earlier in the input with other
 content (see :func:`kit.hl7.message.content_hash`).
 
-Scale (written by hand: no library does it): :func:`read_file` builds the
-``results`` table without a Python object per field. The file is split into
-segment lines once, and polars string kernels split fields and components for
-every OBX/OBR/PID line at once; only values that contain the escape character
-go through :func:`kit.hl7.message.flatten` one by one. Messages that do not
-use the standard ``|^~\\&`` delimiters, or hold a line that is not a valid
-segment, take the message-by-message path -- the same rows either way (both
-split lines with :func:`kit.hl7.message.segment_lines`; ``read_file(...,
-vectorised=False)`` is the per-message path, and the fuzz tests hold them equal).
+Scale (written by hand: no library does it): :func:`read_file` builds every
+table without a Python object per field. The file is split into segment lines
+once (:func:`kit.hl7.frames_fast.lines_frame`), and polars string kernels split
+fields and components for every line at once: ``results`` here, the other tables
+in :mod:`kit.hl7.frames_fast`; only values that contain the escape character go
+through :func:`kit.hl7.message.flatten` one by one. Messages that do not use the
+standard ``|^~\\&`` delimiters, or hold a line that is not a valid segment, take
+the message-by-message path -- the same rows either way (``read_file(...,
+vectorised=False)`` is the per-message path, and the tests and fuzz tests hold
+them equal).
 """
 
 from __future__ import annotations
