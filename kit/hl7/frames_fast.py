@@ -295,6 +295,11 @@ class _Feed:
         return self._pid
 
 
+def _lines_of(feed: _Feed, segments: list[str], msgs: pl.DataFrame) -> pl.DataFrame:
+    """The lines of ``segments`` in the messages ``msgs``."""
+    return feed.df.filter(pl.col("seg").is_in(segments)).filter(pl.col("msg").is_in(msgs["msg"].implode()))
+
+
 def _messages(feed: _Feed) -> pl.DataFrame:
     evn = _extract(feed.df, "EVN", {"evn2": _w(2)}, first=True).drop("row")
     out = (feed.msh.join(evn, on="msg", how="left").join(feed.pid(), on="msg", how="left")
@@ -350,7 +355,7 @@ def _orders(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter(pl.col("message_type").is_in(_ORDER_TYPES)).join(feed.pid(), on="msg", how="left")
     no_pid = msgs.filter(pl.col("patient_id") == "")
     msgs = msgs.filter(pl.col("patient_id") != "")
-    df = feed.df.filter(pl.col("msg").is_in(msgs["msg"].implode()))
+    df = _lines_of(feed, ["ORC", "OBR", "ZDS"], msgs)
     # groups as kit.hl7.typed._orders: an ORC opens one, an OBR too unless it follows the group's ORC
     heads = df.filter(pl.col("seg").is_in(["ORC", "OBR"])).select("msg", "row", "seg")
     after_orc = (pl.col("seg").shift(1) == "ORC") & (pl.col("msg").shift(1) == pl.col("msg"))
@@ -407,7 +412,7 @@ def _int_expr(col: str) -> pl.Expr:
 
 def _appointments(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter((pl.col("code") == "SIU") & pl.col("trigger").is_in(sorted(SIU_TRIGGERS)))
-    df = feed.df.filter(pl.col("msg").is_in(msgs["msg"].implode()))
+    df = _lines_of(feed, ["SCH", "AIS", "AIL", "AIG", "AIP"], msgs)
     rows = msgs.join(feed.pid(), on="msg", how="left")
     for seg, specs in (("SCH", _SCH), ("AIS", {"ais4": _w(4), "ais7": _w(7), "service_code": _c(3, 1),
                                              "service_text": _c(3, 2)}),
@@ -490,7 +495,7 @@ _TXA = {"unique_document_number": _c(12, 1), "document_type": _w(2), "activity_t
 
 def _documents(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter((pl.col("code") == "MDM") & pl.col("trigger").is_in(sorted(MDM_TRIGGERS)))
-    df = feed.df.filter(pl.col("msg").is_in(msgs["msg"].implode()))
+    df = _lines_of(feed, ["TXA", "OBX"], msgs)
     txa = _extract(df, "TXA", _TXA, first=True).drop("row")
     rows = msgs.join(feed.pid(), on="msg", how="left").join(txa, on="msg", how="left").with_columns(
         pl.col(c).fill_null("") for c in _TXA)
