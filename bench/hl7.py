@@ -15,8 +15,8 @@ here: at ~75 messages/s its six samples alone would take minutes.
 
 The alternatives run on a sample of the same file (they are slow); the figures
 compared are messages per second, each the best of three runs, all in the same
-run of this script (for the six tables kit and python-hl7 take turns, so that a
-busy spell of a shared machine does not fall on one side only).
+run of this script (kit and python-hl7 take turns, so that a busy spell of a
+shared machine does not fall on one side only).
 
     python bench/hl7.py [N] [M] [--only=results,tables,mllp]
     # N messages (default 100,000), M MLLP round trips (2,000); --only picks sections
@@ -153,14 +153,12 @@ def hl7apy_results(messages: list[str]) -> pl.DataFrame:
 def bench_results_frame(path: Path, messages: list[str]) -> list[str]:
     """The results-frame comparison; returns its RATIO lines."""
     n = len(messages)
-    t_kit, df = _timed(lambda: kit_results(path))
-    assert isinstance(df, pl.DataFrame)
+    sample = messages[:PYTHON_HL7_SAMPLE]
+    t_kit, df, t_p, dp = _paired(lambda: kit_results(path), lambda: python_hl7_results(sample))
+    assert isinstance(df, pl.DataFrame) and isinstance(dp, pl.DataFrame)
     kit_rate = n / t_kit
     print(f"kit read_file -> results   {df.height:>9,} rows  {t_kit:8.2f} s  {kit_rate:>12,.0f} msgs/s")
 
-    sample = messages[:PYTHON_HL7_SAMPLE]
-    t_p, dp = _timed(lambda: python_hl7_results(sample))
-    assert isinstance(dp, pl.DataFrame)
     p_rate = len(sample) / t_p
     print(f"python-hl7 (sample {len(sample):,})  {dp.height:>9,} rows  {t_p:8.2f} s"
           f"  {p_rate:>12,.0f} msgs/s")
