@@ -1,25 +1,39 @@
-"""Benchmark: an HL7 v2 file of mixed messages to the OBX results table.
+"""Benchmark: an HL7 v2 file of mixed messages to each table, and MLLP round trips.
 
-kit (``kit.hl7.frames.read_file(path, tables=["results"])``, the vectorised
-path) against python-hl7 (``hl7.parse`` per message, then a walk over the OBX
-segments into rows and a polars frame) and hl7apy
-(``parse_message(find_groups=False)`` per message, same walk). The
-alternatives run on a sample of the same file (they are slow); the figures
-compared are messages per second, each the best of three runs.
+``results``: kit (``kit.hl7.frames.read_file(path, tables=["results"])``, the
+vectorised path) against python-hl7 (``hl7.parse`` per message, then a walk over
+the OBX segments into rows and a polars frame) and hl7apy
+(``parse_message(find_groups=False)`` per message, same walk).
 
-    python bench/hl7.py [N] [M]      # N messages (default 100,000), M MLLP round trips (2,000)
+``tables``: the other six tables (``messages``, ``patients``, ``visits``,
+``orders``, ``appointments``, ``documents``), one at a time:
+``read_file(path, tables=[table])`` against python-hl7 building the same table
+message by message (``hl7.parse``, ``extract_field`` for each column, which
+unescapes, ``hl7.parse_datetime`` for dates, the same rules for which message
+gives which row, then a polars frame with the same schema). hl7apy is left out
+here: at ~75 messages/s its six samples alone would take minutes.
 
-Sections are separate functions called from ``main()``; add new ones there
-(e.g. the MLLP round trip).
+The alternatives run on a sample of the same file (they are slow); the figures
+compared are messages per second, each the best of three runs, all in the same
+run of this script (kit and python-hl7 take turns, so that a busy spell of a
+shared machine does not fall on one side only).
+
+    python bench/hl7.py [N] [M] [--only=results,tables,mllp]
+    # N messages (default 100,000), M MLLP round trips (2,000); --only picks sections
+
+Sections are separate functions called from ``main()``; add new ones there.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # this file is called hl7.py: keep its folder off sys.path so "import hl7" finds python-hl7
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -27,12 +41,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import polars as pl  # noqa: E402
 
 from kit.examples.hl7 import feed  # noqa: E402
-from kit.hl7.frames import read_file  # noqa: E402
+from kit.hl7.frames import SCHEMAS, read_file  # noqa: E402
 from kit.hl7.message import split_messages  # noqa: E402
 
 DEFAULT_N = 100_000
 PYTHON_HL7_SAMPLE = 5_000
 HL7APY_SAMPLE = 300
+#: python-hl7's sample per table (six tables, three runs each: keep the script near a minute)
+TABLE_SAMPLE = 2_000
 
 
 def make_file(n: int, directory: Path) -> Path:
@@ -58,6 +74,22 @@ def _timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
         result = fn()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def _paired(a: Callable[[], object], b: Callable[[], object],
+            repeat: int = 3) -> tuple[float, object, float, object]:
+    """Best times of ``a`` and ``b`` run alternately ``repeat`` times each, so that a busy spell
+    of the (shared) machine falls on both sides alike; and their last results."""
+    best_a = best_b = float("inf")
+    result_a = result_b = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result_a = a()
+        best_a = min(best_a, time.perf_counter() - start)
+        start = time.perf_counter()
+        result_b = b()
+        best_b = min(best_b, time.perf_counter() - start)
+    return best_a, result_a, best_b, result_b
 
 
 def kit_results(path: Path) -> pl.DataFrame:
@@ -118,34 +150,201 @@ def hl7apy_results(messages: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def bench_results_frame(n: int) -> list[str]:
+def bench_results_frame(path: Path, messages: list[str]) -> list[str]:
     """The results-frame comparison; returns its RATIO lines."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = make_file(n, Path(tmp))
-        size_mb = path.stat().st_size / 1e6
-        messages = list(split_messages(path.read_bytes()))
-        print(f"file: {n:,} messages, {size_mb:.1f} MB")
+    n = len(messages)
+    sample = messages[:PYTHON_HL7_SAMPLE]
+    t_kit, df, t_p, dp = _paired(lambda: kit_results(path), lambda: python_hl7_results(sample))
+    assert isinstance(df, pl.DataFrame) and isinstance(dp, pl.DataFrame)
+    kit_rate = n / t_kit
+    print(f"kit read_file -> results   {df.height:>9,} rows  {t_kit:8.2f} s  {kit_rate:>12,.0f} msgs/s")
 
-        t_kit, df = _timed(lambda: kit_results(path))
-        assert isinstance(df, pl.DataFrame)
-        kit_rate = n / t_kit
-        print(f"kit read_file -> results   {df.height:>9,} rows  {t_kit:8.2f} s  {kit_rate:>12,.0f} msgs/s")
+    p_rate = len(sample) / t_p
+    print(f"python-hl7 (sample {len(sample):,})  {dp.height:>9,} rows  {t_p:8.2f} s"
+          f"  {p_rate:>12,.0f} msgs/s")
 
-        sample = messages[:PYTHON_HL7_SAMPLE]
-        t_p, dp = _timed(lambda: python_hl7_results(sample))
-        assert isinstance(dp, pl.DataFrame)
-        p_rate = len(sample) / t_p
-        print(f"python-hl7 (sample {len(sample):,})  {dp.height:>9,} rows  {t_p:8.2f} s"
-              f"  {p_rate:>12,.0f} msgs/s")
-
-        sample = messages[:HL7APY_SAMPLE]
-        t_a, da = _timed(lambda: hl7apy_results(sample))
-        assert isinstance(da, pl.DataFrame)
-        a_rate = len(sample) / t_a
-        print(f"hl7apy (sample {len(sample):,})       {da.height:>9,} rows  {t_a:8.2f} s"
-              f"  {a_rate:>12,.0f} msgs/s")
+    sample = messages[:HL7APY_SAMPLE]
+    t_a, da = _timed(lambda: hl7apy_results(sample))
+    assert isinstance(da, pl.DataFrame)
+    a_rate = len(sample) / t_a
+    print(f"hl7apy (sample {len(sample):,})       {da.height:>9,} rows  {t_a:8.2f} s"
+          f"  {a_rate:>12,.0f} msgs/s")
     return [f"RATIO hl7 results frame msgs/s kit/python-hl7 = {kit_rate / p_rate:.1f}",
             f"RATIO hl7 results frame msgs/s kit/hl7apy = {kit_rate / a_rate:.1f}"]
+
+
+# -- the other tables, python-hl7 message by message ------------------------------------------------
+def _f(seg: Any, field: int, comp: int = 1, sub: int = 1) -> str:
+    """python-hl7's unescaped leaf at SEG-field.comp.sub (first repetition), "" if absent."""
+    if seg is None:
+        return ""
+    try:
+        return str(seg.extract_field(1, field, 1, comp, sub))
+    except IndexError:
+        return ""
+
+
+def _when(value: str) -> dt.datetime | None:
+    import hl7
+
+    if not value:
+        return None
+    try:
+        return hl7.parse_datetime(value).replace(tzinfo=None)
+    except (ValueError, TypeError):
+        return None
+
+
+def _first(msg: Any, name: str) -> Any:
+    try:
+        return msg.segment(name)
+    except KeyError:
+        return None
+
+
+def _header(msg: Any) -> tuple[str, str, str, str]:
+    msh = msg.segment("MSH")
+    code, trigger = _f(msh, 9, 1), _f(msh, 9, 2)
+    return _f(msh, 10), code, trigger, f"{code}^{trigger}" if trigger else code
+
+
+def _patient_id(msg: Any) -> str:
+    return _f(_first(msg, "PID"), 3, 1)
+
+
+def _p_messages(msg: Any, seen: dict[tuple[str, str, str], str]) -> list[dict[str, Any]]:
+    msh = msg.segment("MSH")
+    cid, _code, trigger, mtype = _header(msg)
+    key = (_f(msh, 3), _f(msh, 4), cid)
+    digest = hashlib.sha256(str(msg).encode()).hexdigest()
+    return [{"control_id": cid, "message_type": mtype, "trigger": trigger, "message_time": _when(_f(msh, 7)),
+             "event_time": _when(_f(_first(msg, "EVN"), 2)), "sending_application": key[0],
+             "sending_facility": key[1], "receiving_application": _f(msh, 5),
+             "receiving_facility": _f(msh, 6),
+             "version": _f(msh, 12), "processing_id": _f(msh, 11), "patient_id": _patient_id(msg),
+             "segment_count": len(msg), "reused_control_id": seen.setdefault(key, digest) != digest}]
+
+
+def _p_patients(msg: Any, seen: object) -> list[dict[str, Any]]:
+    pid = _first(msg, "PID")
+    if pid is None or not _f(pid, 3):
+        return []
+    birth = _when(_f(pid, 7))
+    return [{"control_id": _header(msg)[0], "message_time": _when(_f(msg.segment("MSH"), 7)),
+             "patient_id": _f(pid, 3), "assigning_authority": _f(pid, 3, 4), "identifier_type": _f(pid, 3, 5),
+             "family": _f(pid, 5, 1), "given": _f(pid, 5, 2), "birth_date": birth.date() if birth else None,
+             "sex": _f(pid, 8), "street": _f(pid, 11, 1), "city": _f(pid, 11, 3), "state": _f(pid, 11, 4),
+             "postal_code": _f(pid, 11, 5), "country": _f(pid, 11, 6), "phone": _f(pid, 13)}]
+
+
+def _p_visits(msg: Any, seen: object) -> list[dict[str, Any]]:
+    pv1 = _first(msg, "PV1")
+    if pv1 is None:
+        return []
+    cid, _code, _trigger, mtype = _header(msg)
+    return [{"control_id": cid, "message_type": mtype, "patient_id": _patient_id(msg),
+             "patient_class": _f(pv1, 2), "location": _f(pv1, 3, 1), "room": _f(pv1, 3, 2),
+             "bed": _f(pv1, 3, 3),
+             "attending_doctor_id": _f(pv1, 7, 1), "attending_doctor_family": _f(pv1, 7, 2),
+             "attending_doctor_given": _f(pv1, 7, 3), "hospital_service": _f(pv1, 10),
+             "visit_number": _f(pv1, 19), "admit_time": _when(_f(pv1, 44)),
+             "discharge_time": _when(_f(pv1, 45))}]
+
+
+def _p_orders(msg: Any, seen: object) -> list[dict[str, Any]]:
+    cid, _code, _trigger, mtype = _header(msg)
+    if mtype not in ("ORM^O01", "OML^O21", "ORU^R01") or not _patient_id(msg):
+        return []
+    groups: list[dict[str, Any]] = []
+    for seg in msg:
+        name = str(seg[0])
+        if name == "ORC" or (name == "OBR" and (not groups or "OBR" in groups[-1])):
+            groups.append({})
+        if groups and name in ("ORC", "OBR", "ZDS"):
+            groups[-1].setdefault(name, seg)
+    rows = []
+    for g in groups:
+        orc, obr = g.get("ORC"), g.get("OBR")
+        filler = _f(obr, 3) or _f(orc, 3)
+        rows.append({"control_id": cid, "message_type": mtype, "patient_id": _patient_id(msg),
+                     "order_control": _f(orc, 1), "placer_order_number": _f(obr, 2) or _f(orc, 2),
+                     "filler_order_number": filler, "accession_number": _f(obr, 18) or filler,
+                     "service_code": _f(obr, 4, 1), "service_text": _f(obr, 4, 2),
+                     "service_system": _f(obr, 4, 3),
+                     "order_status": _f(orc, 5), "result_status": _f(obr, 25), "modality": _f(obr, 24),
+                     "ordered_time": _when(_f(orc, 9)), "observation_time": _when(_f(obr, 7)),
+                     "study_instance_uid": _f(g.get("ZDS"), 1)})
+    return rows
+
+
+def _p_appointments(msg: Any, seen: object) -> list[dict[str, Any]]:
+    cid, code, trigger, _mtype = _header(msg)
+    sch = _first(msg, "SCH")
+    if code != "SIU" or trigger not in ("S12", "S13", "S14", "S15", "S26") or sch is None:
+        return []
+    placer, filler = _f(sch, 1), _f(sch, 2)
+    if not placer and not filler:
+        return []
+    ais, ail, aig = _first(msg, "AIS"), _first(msg, "AIL"), _first(msg, "AIG")
+    start = (_when(_f(sch, 11, 4)) or _when(_f(ais, 4)) or _when(_f(ail, 6)) or _when(_f(aig, 8)))
+    end = _when(_f(sch, 11, 5))
+    minutes = _f(ais, 7) or _f(sch, 9)
+    if end is None and start is not None and minutes.isdigit():
+        end = start + dt.timedelta(minutes=int(minutes))
+    return [{"control_id": cid, "trigger": trigger, "patient_id": _patient_id(msg),
+             "appointment_id": placer or filler, "placer_appointment_id": placer,
+             "filler_appointment_id": filler,
+             "accession_number": _f(sch, 27), "start_time": start, "end_time": end,
+             "duration_minutes": int((end - start).total_seconds() // 60) if start and end else None,
+             "status": _f(sch, 25), "reason": _f(sch, 7, 2) or _f(sch, 7, 1), "appointment_type": _f(sch, 8),
+             "service_code": _f(ais, 3, 1), "service_text": _f(ais, 3, 2), "resource_id": _f(aig, 3),
+             "resource_type": _f(aig, 4), "location": _f(ail, 3), "personnel_id": _f(_first(msg, "AIP"), 3)}]
+
+
+def _p_documents(msg: Any, seen: object) -> list[dict[str, Any]]:
+    cid, code, trigger, _mtype = _header(msg)
+    txa = _first(msg, "TXA")
+    if code != "MDM" or trigger not in ("T02", "T04") or not _patient_id(msg) or not _f(txa, 12):
+        return []
+    text = "\n".join(msg.unescape(str(seg[5])) if len(seg) > 5 else "" for seg in msg if str(seg[0]) == "OBX")
+    return [{"control_id": cid, "trigger": trigger, "patient_id": _patient_id(msg),
+             "unique_document_number": _f(txa, 12), "document_type": _f(txa, 2),
+             "activity_time": _when(_f(txa, 4)), "completion_status": _f(txa, 17),
+             "availability_status": _f(txa, 19), "accession_number": _f(txa, 15), "text": text}]
+
+
+_PYTHON_HL7: dict[str, Callable[[Any, Any], list[dict[str, Any]]]] = {
+    "messages": _p_messages, "patients": _p_patients, "visits": _p_visits, "orders": _p_orders,
+    "appointments": _p_appointments, "documents": _p_documents}
+
+
+def python_hl7_table(table: str, messages: list[str]) -> pl.DataFrame:
+    """``table`` built message by message with python-hl7."""
+    import hl7
+
+    build = _PYTHON_HL7[table]
+    seen: dict[tuple[str, str, str], str] = {}
+    rows: list[dict[str, Any]] = []
+    for text in messages:
+        rows.extend(build(hl7.parse(text), seen))
+    return pl.DataFrame(rows, schema=SCHEMAS[table], orient="row")
+
+
+def bench_tables(path: Path, messages: list[str]) -> list[str]:
+    """Each of the six other tables: kit's vectorised read_file against python-hl7; returns RATIO lines."""
+    n, sample = len(messages), messages[:TABLE_SAMPLE]
+    ratios = []
+    print(f"{'table':<13} {'kit rows':>9} {'kit s':>7} {'kit msgs/s':>11}   {'python-hl7 rows':>15}"
+          f" {'s':>6} {'msgs/s':>8} (sample {len(sample):,})")
+    for table in _PYTHON_HL7:
+        t_kit, df, t_p, dp = _paired(lambda t=table: read_file(path, tables=[t])[t],  # type: ignore[misc]
+                                     lambda t=table: python_hl7_table(t, sample))  # type: ignore[misc]
+        assert isinstance(df, pl.DataFrame) and isinstance(dp, pl.DataFrame)
+        kit_rate, p_rate = n / t_kit, len(sample) / t_p
+        print(f"{table:<13} {df.height:>9,} {t_kit:>7.2f} {kit_rate:>11,.0f}   {dp.height:>15,}"
+              f" {t_p:>6.2f} {p_rate:>8,.0f}")
+        ratios.append(f"RATIO hl7 {table} frame msgs/s kit/python-hl7 = {kit_rate / p_rate:.1f}")
+    return ratios
 
 
 # -- MLLP round trips (E2) --------------------------------------------------------------------------
@@ -192,10 +391,21 @@ def bench_mllp_round_trips(n: int) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    n = int(argv[1]) if len(argv) > 1 else DEFAULT_N
+    only = next((a.split("=", 1)[1].split(",") for a in argv[1:] if a.startswith("--only=")),
+                ["results", "tables", "mllp"])
+    args = [a for a in argv[1:] if not a.startswith("--")]
+    n = int(args[0]) if args else DEFAULT_N
     ratios: list[str] = []
-    ratios += bench_results_frame(n)
-    ratios += bench_mllp_round_trips(int(argv[2]) if len(argv) > 2 else MLLP_N)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make_file(n, Path(tmp))
+        messages = list(split_messages(path.read_bytes()))
+        print(f"file: {n:,} messages, {path.stat().st_size / 1e6:.1f} MB")
+        if "results" in only:
+            ratios += bench_results_frame(path, messages)
+        if "tables" in only:
+            ratios += bench_tables(path, messages)
+    if "mllp" in only:
+        ratios += bench_mllp_round_trips(int(args[1]) if len(args) > 1 else MLLP_N)
     print()
     for line in ratios:
         print(line)

@@ -38,15 +38,16 @@ Tables and their columns (see :data:`SCHEMAS` for dtypes):
 and control id (MSH-10) were already seen earlier in the input with other
 content (see :func:`kit.hl7.message.content_hash`).
 
-Scale (written by hand: no library does it): :func:`read_file` builds the
-``results`` table without a Python object per field. The file is split into
-segment lines once, and polars string kernels split fields and components for
-every OBX/OBR/PID line at once; only values that contain the escape character
-go through :func:`kit.hl7.message.flatten` one by one. Messages that do not
-use the standard ``|^~\\&`` delimiters, or hold a line that is not a valid
-segment, take the message-by-message path -- the same rows either way (both
-split lines with :func:`kit.hl7.message.segment_lines`; ``read_file(...,
-vectorised=False)`` is the per-message path, and the fuzz tests hold them equal).
+Scale (written by hand: no library does it): :func:`read_file` builds every
+table without a Python object per field. The file is split into segment lines
+once (:func:`kit.hl7.frames_fast.lines_frame`), and polars string kernels split
+fields and components for every line at once: ``results`` here, the other tables
+in :mod:`kit.hl7.frames_fast`; only values that contain the escape character go
+through :func:`kit.hl7.message.flatten` one by one. Messages that do not use the
+standard ``|^~\\&`` delimiters, or hold a line that is not a valid segment, take
+the message-by-message path -- the same rows either way (``read_file(...,
+vectorised=False)`` is the per-message path, and the tests and fuzz tests hold
+them equal).
 """
 
 from __future__ import annotations
@@ -527,38 +528,17 @@ def _fields(df: pl.DataFrame, seg: str, last: int) -> pl.DataFrame:
     return lines.select("msg", "row", *cols)
 
 
-_BATCH = ["FHS", "BHS", "BTS", "FTS"]
-
-
-def _lines_frame(lines: list[str]) -> tuple[pl.DataFrame, str | None]:
-    """Segment lines numbered by message (``msg``, 1-based), batch lines dropped, as
-    :func:`kit.hl7.message.group_messages` does; and the first line before the first MSH, if any."""
-    df = pl.DataFrame([pl.Series("line", lines, dtype=pl.String)])
-    seg = pl.col("line").str.slice(0, 3)
-    fourth = pl.col("line").str.slice(3, 1)
-    short = pl.col("line").str.len_chars() == 3
-    batch = seg.is_in(_BATCH) & (short | ~fourth.str.contains(r"^[A-Za-z0-9]$"))
-    df = df.filter(~batch).with_columns(seg.alias("seg"))
-    df = df.with_columns((pl.col("seg") == "MSH").cum_sum().alias("msg"))
-    leading = None
-    if df.height and df["msg"][0] == 0:
-        leading = str(df["line"][0])
-        df = df.filter(pl.col("msg") > 0)
-    return df, leading
-
-
 def _leading_skip(line: str) -> dict[str, Any]:
     return _skip(None, None, "messages", f"data before the first MSH segment: {line[:20]!r}")
 
 
-def _results_fast(lines: list[str]) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """The results table and the skipped rows of the vectorised path."""
-    df, leading = _lines_frame(lines)
+def _results_fast(df: pl.DataFrame, leading: str | None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
+    """The results table and the skipped rows of the vectorised path, from
+    :func:`kit.hl7.frames_fast.lines_frame`."""
     skipped = [_leading_skip(leading)] if leading is not None else []
     if df.height == 0:
         return empty_frames(["results"])["results"], skipped
-    ok = (pl.col("line").str.contains(_FIELD_OK)
-          & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH)))
+    ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH))
     bad = df.filter(~ok)["msg"].unique()
     parts: list[pl.DataFrame] = []
     if bad.len():  # messages the vectorised path cannot take: one by one
@@ -620,21 +600,20 @@ def _results_fast(lines: list[str]) -> tuple[pl.DataFrame, list[dict[str, Any]]]
     return _type_results(merged.drop("msg")), skipped
 
 
-def _read_text(path: str | Path) -> str:
+def _read_bytes(path: str | Path) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"cannot read HL7 file: {exc}", source=str(path)) from exc
-    return decode(data)
 
 
 def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
               vectorised: bool = True) -> dict[str, pl.DataFrame]:
     """Read an HL7 v2 file into typed tables.
 
-    ``results`` is built by the vectorised path (see the module docstring);
-    the other tables parse each message. Ask only for ``tables=["results"]``
-    to read millions of messages fast.
+    Every table is built by the vectorised paths (``results`` here, the others
+    in :mod:`kit.hl7.frames_fast`; see the module docstrings). Ask only for
+    the tables you need to read millions of messages fast.
 
     Parameters
     ----------
@@ -644,8 +623,8 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
     tables : sequence of str, optional
         Which tables to build (default all of :data:`TABLES`); ``skipped`` is always included.
     vectorised : bool
-        Build ``results`` with the vectorised path (default) or message by
-        message (the reference the fast path is tested against; same rows).
+        Build the tables with the vectorised paths (default) or message by
+        message (the reference the fast paths are tested against; same rows).
 
     Returns
     -------
@@ -659,19 +638,13 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
         The file cannot be read, or an unknown table name.
     """
     wanted = _check_tables(tables)
-    lines = segment_lines(_read_text(path))
-    out: dict[str, pl.DataFrame] = {}
-    others = [t for t in wanted if t != "results" and (t != "skipped" or not vectorised)]
-    skipped: list[pl.DataFrame] = []
-    if others or not vectorised:
-        groups = list(group_messages(lines))
-        leading = [_leading_skip(g[1][0]) for g in groups if g[0]]
-        texts = ["\r".join(g[1]) + "\r" for g in groups if not g[0]]
-        frames = to_frames(texts, tables=[t for t in wanted if vectorised is False or t != "results"])
-        skipped += [_skipped_frame(leading), frames.pop("skipped")]
-        out.update(frames)
-    if "results" in wanted and vectorised:
-        out["results"], fast_skipped = _results_fast(lines)
-        skipped.append(_skipped_frame(fast_skipped))
-    out["skipped"] = _skipped_frame(skipped)
-    return {t: out[t] for t in wanted}
+    data = _read_bytes(path)
+    if vectorised:
+        from kit.hl7.frames_fast import read_tables  # it builds on this module
+
+        return read_tables(data, wanted)
+    groups = list(group_messages(segment_lines(decode(data))))
+    leading = [_leading_skip(g[1][0]) for g in groups if g[0]]
+    frames = to_frames(["\r".join(g[1]) + "\r" for g in groups if not g[0]], tables=wanted)
+    frames["skipped"] = _skipped_frame([_skipped_frame(leading), frames["skipped"]])
+    return frames

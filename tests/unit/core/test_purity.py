@@ -18,6 +18,8 @@ PURE = [
     "fhir/server_limits", "fhir/server_openapi", "fhir/policy",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
     "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__", "hub/alerts",
+    "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/frames_fast", "hl7/scheduling", "hl7/framing",
+    "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__",
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
