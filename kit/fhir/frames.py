@@ -686,8 +686,28 @@ def to_frame(resources: Source, resource_type: str, *, columns: Sequence[ColumnS
         return _to_frame(resources, resource_type, columns, strict)
 
 
+def _fast(resources: Source, only: str | None, strict: bool) -> dict[str, pl.DataFrame] | None:
+    """The frames from the fast path (JSON bytes and files; :mod:`kit.fhir.frames_fast`), or None."""
+    if not isinstance(resources, (bytes, bytearray, memoryview, str, os.PathLike)):
+        return None
+    from kit.fhir import frames_fast  # msgspec: loaded on first use
+
+    found = frames_fast.collect(resources, only, strict)
+    if found is None:
+        return None
+    frames, urns = found
+    if urns:
+        resolver = _Resolver(urns)
+        frames = {rt: resolver.apply(f, _columns_for(rt, ())) for rt, f in frames.items()}
+    return frames
+
+
 def _to_frame(resources: Source, resource_type: str, columns: Sequence[ColumnSpec],
               strict: bool) -> pl.DataFrame:
+    if not columns:
+        fast = _fast(resources, resource_type, strict)
+        if fast is not None:
+            return fast[resource_type]
     groups, urns = _collect(resources, {resource_type: columns}, resource_type)
     resolver = _Resolver(urns) if urns else None
     return _frame(resource_type, groups.pop(resource_type).rows, columns, resolver, strict)
@@ -717,6 +737,10 @@ def to_frames(resources: Source, *, columns: Mapping[str, Sequence[ColumnSpec]] 
 
 def _to_frames(resources: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                strict: bool) -> dict[str, pl.DataFrame]:
+    if not any(extra.values()):
+        fast = _fast(resources, None, strict)
+        if fast is not None:
+            return fast
     groups, urns = _collect(resources, extra, None)
     resolver = _Resolver(urns) if urns else None
     out = {}

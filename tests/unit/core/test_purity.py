@@ -26,6 +26,7 @@ PURE = [
     "services/medix_protocol",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
     "endoscopy/buffer",
+    "fhir/frames_fast", "fhir/frames_fast_types",
 ]
 
 # Network, servers and databases: what "pure" excludes.
