@@ -19,6 +19,8 @@ from typing import Any
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
+HL7 = "http://terminology.hl7.org/CodeSystem"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 VITALS = [("8867-4", "Heart rate", "/min", 75), ("8310-5", "Body temperature", "Cel", 36.8),
           ("29463-7", "Body weight", "kg", 70), ("2339-0", "Glucose", "mg/dL", 95)]
@@ -45,7 +47,8 @@ class _Gen:
 
     def when(self, day: int, minute: int = 0) -> str:
         tz = self.rnd.choice(["Z", "+01:00", "-05:00", ".123+02:00"])
-        return f"2021-{1 + day % 12:02d}-{1 + day % 28:02d}T{8 + minute // 60 % 10:02d}:{minute % 60:02d}:00{tz}"
+        hour = 8 + minute // 60 % 10
+        return f"2021-{1 + day % 12:02d}-{1 + day % 28:02d}T{hour:02d}:{minute % 60:02d}:00{tz}"
 
     def rough(self, r: dict[str, Any]) -> dict[str, Any]:
         """Missing, unknown and reordered fields, with probability ``odd``."""
@@ -92,7 +95,7 @@ class _Gen:
                 {"url": "http://synthetichealth.github.io/synthea/disability-adjusted-life-years",
                  "valueDecimal": round(rnd.random() * 3, 6)}],
             "identifier": [
-                {"system": "https://github.com/synthetichealth/synthea", "value": str(uuid.uuid5(self.ns, f"p{p}"))},
+                {"system": "https://github.com/synthetichealth/synthea", "value": self.urn(f"p{p}")[9:]},
                 {"type": _cc("http://terminology.hl7.org/CodeSystem/v2-0203", "MR", "Medical Record Number"),
                  "system": "http://hospital.smarthealthit.org", "value": f"MRN{p:05d}"},
                 {"type": _cc("http://terminology.hl7.org/CodeSystem/v2-0203", "SS"),
@@ -141,9 +144,9 @@ class _Gen:
         })
         add(f"{enc}c", {
             "resourceType": "Condition",
-            "clinicalStatus": _cc("http://terminology.hl7.org/CodeSystem/condition-clinical", "active"),
-            "verificationStatus": _cc("http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed"),
-            "category": [_cc("http://terminology.hl7.org/CodeSystem/condition-category", "encounter-diagnosis")],
+            "clinicalStatus": _cc(f"{HL7}/condition-clinical", "active"),
+            "verificationStatus": _cc(f"{HL7}/condition-ver-status", "confirmed"),
+            "category": [_cc(f"{HL7}/condition-category", "encounter-diagnosis")],
             "code": rnd.choice([_cc(SNOMED, "444814009", "Viral sinusitis"), {"text": "Hyperlipidemia"}]),
             "subject": pat, "encounter": eref,
             **rnd.choice([{"onsetDateTime": self.when(day)}, {"onsetPeriod": {"start": self.when(day)}},
@@ -170,11 +173,10 @@ class _Gen:
         }
         if e % 2:
             med["contained"] = [{"resourceType": "Medication", "id": "m",
-                                 "code": _cc("http://www.nlm.nih.gov/research/umls/rxnorm", "313782", "Acetaminophen")}]
+                                 "code": _cc(RXNORM, "313782", "Acetaminophen")}]
             med["medicationReference"] = {"reference": "#m"}
         else:
-            med["medicationCodeableConcept"] = _cc("http://www.nlm.nih.gov/research/umls/rxnorm", "834061",
-                                                   "Penicillin V")
+            med["medicationCodeableConcept"] = _cc(RXNORM, "834061", "Penicillin V")
         add(f"{enc}med", med)
         if e % 2 == 0:
             add(f"{enc}img", {
@@ -225,7 +227,7 @@ class _Gen:
                  "valueQuantity": {"value": rnd.randint(100, 160), "unit": "mm[Hg]", "system": UCUM}},
                 {"code": _cc(LOINC, "8462-4", "Diastolic"),
                  "valueQuantity": {"value": rnd.randint(60, 100), "code": "mm[Hg]", "system": UCUM},
-                 "interpretation": [_cc("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "N")]},
+                 "interpretation": [_cc(f"{HL7}/v3-ObservationInterpretation", "N")]},
                 {"code": {"text": "position"}, "valueCodeableConcept": {"text": "sitting"}},
                 {"code": _cc(LOINC, "8478-0"), "valueString": "n/a"}]
         elif kind == 1:  # coded value
@@ -259,6 +261,7 @@ class _Gen:
         return obs
 
 
-def synthea_like(patients: int = 20, encounters: int = 3, *, seed: int = 0, odd: float = 0.0) -> dict[str, Any]:
+def synthea_like(patients: int = 20, encounters: int = 3, *, seed: int = 0,
+                 odd: float = 0.0) -> dict[str, Any]:
     """A transaction Bundle shaped like Synthea's output (see the module docstring)."""
     return _Gen(seed, odd).bundle(patients, encounters)
