@@ -30,6 +30,7 @@ orjson's limit fails msgspec first under Python's default recursion limit.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import os
 from collections.abc import Iterator
@@ -43,7 +44,7 @@ from msgspec import Raw, Struct
 
 from kit.fhir.frames import _entry_key, _listed, _scalar
 from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
-from kit.fhir.frames_fast_types import DECODERS, ROW, Head
+from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 
 __all__ = ["BATCH", "CHUNK", "collect"]
 
@@ -149,7 +150,7 @@ class _Walker:
             self.groups[only] = _Group(only, strict)
 
     def item(self, raw: Any, full: str | None = None) -> None:
-        """A resource or a Bundle (top level, or a Bundle entry's with its ``fullUrl``)."""
+        """A resource or a Bundle (top level, or an entry's with its ``fullUrl``), routed by its keys."""
         rt = _guess(raw)
         only = self.only
         if rt is None or (only is not None and rt != only and rt != "Bundle"):
@@ -174,7 +175,34 @@ class _Walker:
             res = entry.resource
             if not res or memoryview(res)[:1] == b"n":
                 continue  # no resource (e.g. a DELETE in a transaction), or null
-            self.item(res, entry.fullUrl)
+            self.any(res, entry.fullUrl)
+
+    def any(self, raw: Any, full: str | None = None) -> None:
+        """:meth:`item`, trying first the one decoder of every type with a dedicated frame."""
+        if self.only is None:
+            try:
+                r = UNION.decode(raw)
+            except msgspec.ValidationError:
+                pass  # another type, a Bundle, or a value of an unexpected type: route it
+            else:
+                self.typed(r, TYPE_OF[r.__class__], full)
+                return
+        self.item(raw, full)
+
+    def typed(self, r: Any, rt: str, full: str | None) -> None:
+        """Extract one decoded resource into its group."""
+        group = self.groups.get(rt)
+        if group is None:
+            group = self.groups[rt] = _Group(rt, self.strict)
+        row = ROW[rt](r)
+        if full is not None:
+            key = self._urn(full, rt, r.id)
+            if key is not None:
+                row = (key, *row[1:])
+        rows = group.rows
+        rows.append(row)
+        if len(rows) >= BATCH:
+            group.flush()
 
     def _urn(self, full: str, rt: str, rid: Any) -> Any:
         """Note a Bundle ``urn:`` fullUrl; the key of an entry without id (else None)."""
@@ -192,25 +220,21 @@ class _Walker:
         if group is None:
             group = self.groups[rt] = _Group(rt, self.strict)
         decode = DECODERS.get(rt)
-        row: tuple[Any, ...]
-        r: Any
-        try:
-            if decode is None:
-                raise msgspec.ValidationError
-            r = decode.decode(raw)
-            if r.resourceType != rt:
-                raise _GiveUp
-            rid = r.id
-            row = ROW[rt](r)
-        except msgspec.ValidationError:  # a value of an unexpected type, or no dedicated frame
-            r = orjson.loads(memoryview(raw))
-            if r.get("resourceType") != rt:
-                raise _GiveUp from None
-            rid = r.get("id")
-            row = EXTRACTORS.get(rt, generic_extract)(r)
-            group.clean = False
+        if decode is not None:
+            try:
+                r = decode.decode(raw)  # checks resourceType against rt
+            except msgspec.ValidationError:
+                pass  # a value of an unexpected type: the slow way
+            else:
+                self.typed(r, rt, full)
+                return
+        d = orjson.loads(memoryview(raw))
+        if d.get("resourceType") != rt:
+            raise _GiveUp
+        row = EXTRACTORS.get(rt, generic_extract)(d)
+        group.clean = False
         if full is not None:
-            key = self._urn(full, rt, rid)
+            key = self._urn(full, rt, d.get("id"))
             if key is not None:
                 row = (key, *row[1:])
         group.add(row)
@@ -229,10 +253,18 @@ def _guess(raw: Any) -> str | None:
     return None
 
 
-def _utf8(data: Any) -> None:
-    """orjson refuses invalid UTF-8 anywhere; msgspec only where it reads: check it all."""
-    if not data.isascii():
-        str(data, "utf-8")
+def _utf8(data: bytes | bytearray) -> None:
+    """orjson refuses invalid UTF-8 anywhere; msgspec only where it reads: check it all.
+
+    Decoded 64 KiB at a time (a whole-file ``str`` would cost a copy of the file).
+    """
+    if data.isascii():
+        return
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    view = memoryview(data)
+    for i in range(0, len(view), 1 << 16):
+        decode(view[i:i + (1 << 16)])
+    decode(b"", final=True)
 
 
 def _top(data: bytes | bytearray, walker: _Walker) -> None:
@@ -242,7 +274,7 @@ def _top(data: bytes | bytearray, walker: _Walker) -> None:
         i += 1
     if data[i:i + 1] == b"[":
         for item in _RAWS.decode(data):
-            walker.item(item)
+            walker.any(item)
     else:
         walker.item(data if i == 0 else _RAW.decode(data))
 
@@ -294,7 +326,7 @@ def collect(source: Any, only: str | None, strict: bool) -> tuple[dict[str, pl.D
             name = path.name.lower()
             if name.endswith(_NDJSON):
                 for line in _lines(path):
-                    walker.item(line)
+                    walker.any(line)
             else:
                 data = path.read_bytes()
                 if name.endswith(".gz"):

@@ -23,7 +23,7 @@ How the decoded values are kept equal to orjson's dicts:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Union
 
 import msgspec
 import orjson
@@ -31,7 +31,7 @@ from msgspec import Raw, Struct, field
 
 from kit.fhir import frames_extract as fx
 
-__all__ = ["DECODERS", "ROW", "Head"]
+__all__ = ["DECODERS", "ROW", "TYPE_OF", "UNION", "Head"]
 
 Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 Num = Int | float
@@ -103,7 +103,6 @@ class Note(_S):
 class _R(_S):
     """Keys every resource may be read by: id, meta, extension, contained (``#`` subjects)."""
 
-    resourceType: str = ""
     id: str | None = None
     meta: Meta | None = None
     extension: Raw = _EMPTY
@@ -126,7 +125,7 @@ class Component(_S):
     interpretation: list[CC] | None = None
 
 
-class Observation(_R):
+class Observation(_R, tag="Observation", tag_field="resourceType"):
     status: str | None = None
     category: list[CC] | None = None
     code: CC | None = None
@@ -195,6 +194,16 @@ def _components(comps: list[Component]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_PREF: dict[str, Any] = {}  # reference -> patient_ref: a few thousand patients, many rows each
+
+
+def _patient_ref(ref: str) -> Any:
+    if len(_PREF) >= 65536:
+        _PREF.clear()
+    pref = _PREF[ref] = fx._patient_ref(ref)
+    return pref
+
+
 def _observation(o: Observation) -> tuple[Any, ...]:
     """:func:`kit.fhir.frames_extract._observation`, line for line, with attribute access."""
     cc = o.code
@@ -211,16 +220,25 @@ def _observation(o: Observation) -> tuple[Any, ...]:
     cats = o.category
     categories: list[Any] | None
     if cats:
-        categories = [_code(c) for c in cats]
-        category = categories[0]
+        if len(cats) == 1:
+            c0 = cats[0]
+            cods = c0.coding
+            category = (cods[0].code or c0.text) if cods else c0.text
+            categories = [category]
+        else:
+            categories = [_code(c) for c in cats]
+            category = categories[0]
     else:
         categories = category = None
     s = o.subject
     subject = pref = pid = None
     if s is not None:
-        if s.reference and s.reference[0] != "#" and s.identifier is None:
-            subject = s.reference
-            pref = fx._patient_ref(subject)
+        ref = s.reference
+        if ref and ref[0] != "#" and s.identifier is None:
+            subject = ref
+            pref = _PREF.get(ref, _PREF)
+            if pref is _PREF:
+                pref = _patient_ref(ref)
         else:
             subject, pref, pid = fx._subject(o, s)  # type: ignore[arg-type]  # reads like a dict
     eff = o.effectiveDateTime
@@ -262,16 +280,18 @@ def _observation(o: Observation) -> tuple[Any, ...]:
     members = o.hasMember
     derived = o.derivedFrom
     ext = o.extension
+    dar = o.dataAbsentReason
+    notes = o.note
     return (
         o.id, meta.lastUpdated if meta is not None else None, o.status, category, categories,
         code, system, display, codings,
         subject, pref, pid, enc.reference if enc is not None else None, eff, eff_end, o.issued,
         vq_value, vq_unit, o.valueString, vcode, vsys, o.valueBoolean, o.valueInteger,
-        o.valueDateTime, _code(o.dataAbsentReason), _code(interp[0]) if interp else None,
+        o.valueDateTime, _code(dar) if dar is not None else None, _code(interp[0]) if interp else None,
         rr_low, rr_high, rr_text, perf[0].reference if perf else None,
         [x.reference for x in members] if members else None,
         [x.reference for x in derived] if derived else None,
-        fx._note(o.note), _components(comps) if comps else None,
+        fx._note(notes) if notes else None, _components(comps) if comps else None,
         fx._ext({"extension": orjson.loads(memoryview(ext))}) if ext else None,
     )
 
@@ -303,7 +323,7 @@ class Communication(_S):
     language: CC | None = None
 
 
-class Patient(_R):
+class Patient(_R, tag="Patient", tag_field="resourceType"):
     identifier: list[Identifier] | None = None
     active: bool | None = None
     name: list[HumanName] | None = None
@@ -319,7 +339,7 @@ class Patient(_R):
     managingOrganization: Ref | None = None
 
 
-class Condition(_R):
+class Condition(_R, tag="Condition", tag_field="resourceType"):
     clinicalStatus: CC | None = None
     verificationStatus: CC | None = None
     category: list[CC] | None = None
@@ -342,7 +362,7 @@ class Performer(_S):
     actor: Ref | None = None
 
 
-class Procedure(_R):
+class Procedure(_R, tag="Procedure", tag_field="resourceType"):
     status: str | None = None
     category: CC | None = None
     code: CC | None = None
@@ -370,7 +390,7 @@ class Hospitalization(_S):
     dischargeDisposition: CC | None = None
 
 
-class Encounter(_R):
+class Encounter(_R, tag="Encounter", tag_field="resourceType"):
     status: str | None = None
     class_: Coding | None = field(default=None, name="class")
     type: list[CC] | None = None
@@ -392,7 +412,7 @@ class Attachment(_S):
     title: str | None = None
 
 
-class DiagnosticReport(_R):
+class DiagnosticReport(_R, tag="DiagnosticReport", tag_field="resourceType"):
     status: str | None = None
     category: list[CC] | None = None
     code: CC | None = None
@@ -417,7 +437,7 @@ class Series(_S):
     modality: Raw = _EMPTY  # only its presence decides whether it counts: read as the slow path reads it
 
 
-class ImagingStudy(_R):
+class ImagingStudy(_R, tag="ImagingStudy", tag_field="resourceType"):
     identifier: list[Identifier] | None = None
     status: str | None = None
     subject: Ref | None = None
@@ -455,7 +475,7 @@ class Dosage(_S):
     route: CC | None = None
 
 
-class MedicationRequest(_R):
+class MedicationRequest(_R, tag="MedicationRequest", tag_field="resourceType"):
     status: str | None = None
     intent: str | None = None
     medicationCodeableConcept: CC | None = None
@@ -469,7 +489,7 @@ class MedicationRequest(_R):
     note: list[Note] | None = None
 
 
-class Appointment(_R):
+class Appointment(_R, tag="Appointment", tag_field="resourceType"):
     status: str | None = None
     serviceType: list[CC] | None = None
     appointmentType: CC | None = None
@@ -484,7 +504,7 @@ class Appointment(_R):
     comment: str | None = None
 
 
-class ServiceRequest(_R):
+class ServiceRequest(_R, tag="ServiceRequest", tag_field="resourceType"):
     status: str | None = None
     intent: str | None = None
     priority: str | None = None
@@ -508,7 +528,7 @@ class Qualification(_S):
     code: CC | None = None
 
 
-class Practitioner(_R):
+class Practitioner(_R, tag="Practitioner", tag_field="resourceType"):
     identifier: list[Identifier] | None = None
     active: bool | None = None
     name: list[HumanName] | None = None
@@ -526,7 +546,7 @@ class DocContext(_S):
     period: Period | None = None
 
 
-class DocumentReference(_R):
+class DocumentReference(_R, tag="DocumentReference", tag_field="resourceType"):
     status: str | None = None
     docStatus: str | None = None
     type: CC | None = None
@@ -546,9 +566,14 @@ _TYPES: Final[dict[str, type[_R]]] = {
     "Practitioner": Practitioner, "DocumentReference": DocumentReference,
 }
 
-#: resource type -> typed decoder of its struct
+#: resource type -> typed decoder of its struct (``resourceType``, when there, must match)
 DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     rt: msgspec.json.Decoder(cls) for rt, cls in _TYPES.items()}
+#: one decoder for every dedicated type, routed by ``resourceType`` (required; a later duplicate
+#: with another value is refused, so it routes as orjson reads it)
+UNION: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(Union[tuple(_TYPES.values())])  # noqa: UP007
+#: struct class -> resource type
+TYPE_OF: Final[dict[type, str]] = {cls: rt for rt, cls in _TYPES.items()}
 
 #: resource type -> extractor of one row from its struct (schema order, as :data:`frames_extract.EXTRACTORS`)
 ROW: Final[dict[str, Callable[[Any], tuple[Any, ...]]]] = {
