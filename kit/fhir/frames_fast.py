@@ -85,48 +85,63 @@ _HEAD = msgspec.json.Decoder(Head)
 
 
 class _Group:
-    """Rows of one resource type, turned into partial frames every :data:`BATCH` rows."""
+    """Rows of one resource type, turned into partial frames every :data:`BATCH` rows.
 
-    __slots__ = ("rtype", "cols", "rows", "parts", "clean", "strict")
+    The rows are kept flat, one after the other in one list (``flat``), and split
+    into columns by strided slices: far cheaper than transposing tuples.
+    """
+
+    __slots__ = ("rtype", "cols", "flat", "width", "limit", "parts", "clean", "strict")
 
     def __init__(self, rtype: str, strict: bool) -> None:
         self.rtype = rtype
         self.cols = SCHEMAS.get(rtype, GENERIC_SCHEMA)
-        self.rows: list[tuple[Any, ...]] = []
+        self.width = len(self.cols)
+        self.limit = BATCH * self.width
+        self.flat: list[Any] = []
         self.parts: list[pl.DataFrame] = []
         self.clean = True  # every row came from a typed struct (scalars of the columns' JSON types)
         self.strict = strict
 
     def add(self, row: tuple[Any, ...]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= BATCH:
+        if len(row) != self.width:
+            raise _GiveUp
+        self.flat += row
+        if len(self.flat) >= self.limit:
             self.flush()
 
     def flush(self) -> None:
-        rows, self.rows = self.rows, []
-        self.parts.append(_build(self.cols, rows, self.rtype, self.strict, self.clean))
+        flat, self.flat = self.flat, []
+        self.parts.append(_build(self.cols, flat, self.rtype, self.strict, self.clean))
         self.clean = True
 
     def frame(self) -> pl.DataFrame:
-        if self.rows or not self.parts:
+        if self.flat or not self.parts:
             self.flush()
         parts, self.parts = self.parts, []
         return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
 
 
-def _build(cols: tuple[Col, ...], rows: list[tuple[Any, ...]], rtype: str, strict: bool,
+def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
            clean: bool) -> pl.DataFrame:
     """:func:`kit.fhir.frames._build` for typed rows: the same series, without re-checking JSON types.
 
     A typed struct holds only str, bool, int64 and float scalars, so where the slow
     path's first ``pl.Series`` attempt succeeds, it returns that series too.
     """
-    columns: list[Any] = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
+    k = len(cols)
+    n, bad = divmod(len(flat), k)
+    if bad:
+        raise _GiveUp
+    columns = [flat[j::k] for j in range(k)]
+    del flat
     series = []
     for col, values in zip(cols, columns, strict=True):
         kind = col.kind
         what = f"{rtype}.{col.name}"
-        if kind in ("list", "structs"):
+        if n and values[0] is None and not any(values) and values.count(None) == n:
+            series.append(pl.repeat(None, n, dtype=col.dtype, eager=True).alias(col.name))  # as the slow path
+        elif kind in ("list", "structs"):
             series.append(_listed(col, values, what, strict))
         elif kind == "str" or kind == "bool" or (clean and kind in ("int", "float")):
             try:
@@ -171,13 +186,23 @@ class _Walker:
             raise _GiveUp
         if full is not None:
             self._urn(full, "Bundle", b.id)
+        union = UNION.decode if self.only is None else None
         for entry in b.entry or ():
             res = entry.resource
-            if not res or memoryview(res)[:1] == b"n":
-                continue  # no resource (e.g. a DELETE in a transaction), or null
-            self.any(res, entry.fullUrl)
+            if not res:
+                continue  # no resource (e.g. a DELETE in a transaction)
+            if union is not None:  # the common case, inlined: a resource with a dedicated frame
+                try:
+                    r = union(res)
+                except msgspec.ValidationError:
+                    pass
+                else:
+                    self.typed(r, TYPE_OF[r.__class__], entry.fullUrl)
+                    continue
+            if memoryview(res)[:1] != b"n":  # null: no resource either
+                self.item(res, entry.fullUrl)
 
-    def any(self, raw: Any, full: str | None = None) -> None:
+    def any(self, raw: Any) -> None:
         """:meth:`item`, trying first the one decoder of every type with a dedicated frame."""
         if self.only is None:
             try:
@@ -185,9 +210,9 @@ class _Walker:
             except msgspec.ValidationError:
                 pass  # another type, a Bundle, or a value of an unexpected type: route it
             else:
-                self.typed(r, TYPE_OF[r.__class__], full)
+                self.typed(r, TYPE_OF[r.__class__], None)
                 return
-        self.item(raw, full)
+        self.item(raw)
 
     def typed(self, r: Any, rt: str, full: str | None) -> None:
         """Extract one decoded resource into its group."""
@@ -199,9 +224,11 @@ class _Walker:
             key = self._urn(full, rt, r.id)
             if key is not None:
                 row = (key, *row[1:])
-        rows = group.rows
-        rows.append(row)
-        if len(rows) >= BATCH:
+        if len(row) != group.width:
+            raise _GiveUp
+        flat = group.flat
+        flat += row
+        if len(flat) >= group.limit:
             group.flush()
 
     def _urn(self, full: str, rt: str, rid: Any) -> Any:
