@@ -49,7 +49,7 @@ from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 __all__ = ["BATCH", "CHUNK", "collect"]
 
 #: rows of one resource type turned into a partial frame at a time
-BATCH: Final = 1 << 12
+BATCH: Final = 1 << 13
 #: bytes of NDJSON read at a time (whole lines)
 CHUNK: Final = 1 << 22
 
@@ -140,7 +140,7 @@ def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
         kind = col.kind
         what = f"{rtype}.{col.name}"
         if n and values[0] is None and not any(values) and values.count(None) == n:
-            series.append(pl.repeat(None, n, dtype=col.dtype, eager=True).alias(col.name))  # as the slow path
+            series.append(pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n))  # all null
         elif kind in ("list", "structs"):
             series.append(_listed(col, values, what, strict))
         elif kind == "str" or kind == "bool" or (clean and kind in ("int", "float")):
