@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,7 +140,7 @@ def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
     for col, values in zip(cols, columns, strict=True):
         kind = col.kind
         what = f"{rtype}.{col.name}"
-        if n and values[0] is None and not any(values) and values.count(None) == n:
+        if n and values[0] is None and values.count(None) == n:
             series.append(pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n))  # all null
         elif kind in ("list", "structs"):
             series.append(_listed(col, values, what, strict))
@@ -280,12 +281,12 @@ def _guess(raw: Any) -> str | None:
     return None
 
 
-def _utf8(data: bytes | bytearray) -> None:
+def _utf8(data: bytes | bytearray | mmap.mmap) -> None:
     """orjson refuses invalid UTF-8 anywhere; msgspec only where it reads: check it all.
 
     Decoded 64 KiB at a time (a whole-file ``str`` would cost a copy of the file).
     """
-    if data.isascii():
+    if not isinstance(data, mmap.mmap) and data.isascii():
         return
     decode = codecs.getincrementaldecoder("utf-8")().decode
     view = memoryview(data)
@@ -294,7 +295,7 @@ def _utf8(data: bytes | bytearray) -> None:
     decode(b"", final=True)
 
 
-def _top(data: bytes | bytearray, walker: _Walker) -> None:
+def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:
     """One JSON document: a resource, a Bundle or an array of them."""
     i = 0
     while data[i:i + 1] in (b" ", b"\t", b"\n", b"\r"):
@@ -354,12 +355,21 @@ def collect(source: Any, only: str | None, strict: bool) -> tuple[dict[str, pl.D
             if name.endswith(_NDJSON):
                 for line in _lines(path):
                     walker.any(line)
-            else:
-                data = path.read_bytes()
-                if name.endswith(".gz"):
-                    data = gzip.decompress(data)
+            elif name.endswith(".gz"):
+                data = gzip.decompress(path.read_bytes())
                 _utf8(data)
                 _top(data, walker)
+            else:
+                with path.open("rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size == 0 or not hasattr(mmap, "MAP_SHARED"):
+                        return None
+                    # mapped, not copied (as the slow path does); unmapped once the raw
+                    # entries pointing into it are gone, when this call returns
+                    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                    mapped = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+                _utf8(mapped)
+                _top(mapped, walker)
         else:
             return None
         return walker.frames(), walker.urns
