@@ -120,7 +120,7 @@ class _Group:
         if self.flat or not self.parts:
             self.flush()
         parts, self.parts = self.parts, []
-        return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
+        return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=False)
 
 
 def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
@@ -140,7 +140,7 @@ def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
     for col, values in zip(cols, columns, strict=True):
         kind = col.kind
         what = f"{rtype}.{col.name}"
-        if n and values[0] is None and values.count(None) == n:
+        if n and values[0] is None and not any(values) and values.count(None) == n:
             series.append(pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n))  # all null
         elif kind in ("list", "structs"):
             series.append(_listed(col, values, what, strict))
