@@ -71,7 +71,12 @@ speed; fhiry flattens with pandas.json_normalize, fhir.resources validates into
 pydantic models): the column extractors (:mod:`kit.fhir.frames_extract`) and
 the vectorised date conversion.
 
-Speed (the work is bound by memory latency, not by the interpreter): parsing
+Speed: JSON bytes and ``.json``/``.ndjson`` files without ``columns`` go the fast
+path, :mod:`kit.fhir.frames_fast` (msgspec decodes only the fields the frames read;
+NDJSON streamed in chunks; frames built in batches, so a long frame comes in
+chunks), which gives the same frames and errors as the path below (tested) or
+hands over to it. The path below (dicts, and the reference the fast path is
+tested against) is bound by memory latency, not by the interpreter: parsing
 is orjson with the cyclic GC paused for the whole call (parse and column
 building); a ``.json`` file is memory-mapped, an NDJSON file parsed line by line;
 resources are streamed through the extractors in one pass and, when kit parsed

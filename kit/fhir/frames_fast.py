@@ -7,10 +7,12 @@ cohort, Synthea-shaped bundles, edge cases and a hypothesis fuzz comparing both)
 What makes it fast: msgspec decodes each resource into a typed struct holding
 only the fields the frames read (:mod:`kit.fhir.frames_fast_types`), skipping
 the rest without building it, so there is no full parse of every resource and
-far less to free. Bundles are split into entries as raw JSON first; NDJSON is
-read in chunks of whole lines, and rows are turned into partial frames every
-:data:`BATCH` rows, so memory stays bounded by the chunk and the batch, not by
-the file.
+far less to free; one tagged-union decode routes each resource by its
+``resourceType``. A ``.json`` file is memory-mapped and split into entries as raw
+JSON; NDJSON is read in chunks of whole lines (:data:`CHUNK`); rows are kept flat
+and turned into partial frames every :data:`BATCH` rows, joined without a copy
+(a long frame comes in chunks of :data:`BATCH` rows), so memory stays bounded by
+the chunk and the batch, not by the file.
 
 How it stays equal to the slow path, in one rule: it either builds exactly the
 frames the slow path would, or gives up (:func:`collect` returns None) and the
@@ -22,8 +24,9 @@ unusual (malformed JSON or structure, a resource the slow extractor rejects,
 a value a column does not take, duplicated ``resourceType`` keys) gives up.
 
 One known difference: a number beyond the double range (``1e400``; valid JSON,
-refused by orjson) in a field the frames do not read is skipped here while the
-slow path refuses the whole input; in a field they read, both refuse it. Input
+refused by orjson) in a field the frames do not read (with ``to_frame``, also
+anywhere in resources of other types) is skipped here while the slow path refuses
+the whole input; in a field they read, both refuse it. Input
 bytes are checked to be UTF-8 as orjson checks them, and nesting deeper than
 orjson's limit fails msgspec first under Python's default recursion limit.
 """
