@@ -45,7 +45,7 @@ OBS = [  # (loinc, display, snomed, unit, low, high, mean)
 
 
 #: interleaved rounds of kit and fhiry; each side's best counts (the machine may be shared)
-ROUNDS = 2
+ROUNDS = 3
 
 
 def make_bundle(n: int, seed: int = 7) -> dict[str, Any]:
