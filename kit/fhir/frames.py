@@ -71,7 +71,12 @@ speed; fhiry flattens with pandas.json_normalize, fhir.resources validates into
 pydantic models): the column extractors (:mod:`kit.fhir.frames_extract`) and
 the vectorised date conversion.
 
-Speed (the work is bound by memory latency, not by the interpreter): parsing
+Speed: JSON bytes and ``.json``/``.ndjson`` files without ``columns`` go the fast
+path, :mod:`kit.fhir.frames_fast` (msgspec decodes only the fields the frames read;
+NDJSON streamed in chunks; frames built in batches, so a long frame comes in
+chunks), which gives the same frames and errors as the path below (tested) or
+hands over to it. The path below (dicts, and the reference the fast path is
+tested against) is bound by memory latency, not by the interpreter: parsing
 is orjson with the cyclic GC paused for the whole call (parse and column
 building); a ``.json`` file is memory-mapped, an NDJSON file parsed line by line;
 resources are streamed through the extractors in one pass and, when kit parsed
@@ -686,8 +691,28 @@ def to_frame(resources: Source, resource_type: str, *, columns: Sequence[ColumnS
         return _to_frame(resources, resource_type, columns, strict)
 
 
+def _fast(resources: Source, only: str | None, strict: bool) -> dict[str, pl.DataFrame] | None:
+    """The frames from the fast path (JSON bytes and files; :mod:`kit.fhir.frames_fast`), or None."""
+    if not isinstance(resources, (bytes, bytearray, memoryview, str, os.PathLike)):
+        return None
+    from kit.fhir import frames_fast  # msgspec: loaded on first use
+
+    found = frames_fast.collect(resources, only, strict)
+    if found is None:
+        return None
+    frames, urns = found
+    if urns:
+        resolver = _Resolver(urns)
+        frames = {rt: resolver.apply(f, _columns_for(rt, ())) for rt, f in frames.items()}
+    return frames
+
+
 def _to_frame(resources: Source, resource_type: str, columns: Sequence[ColumnSpec],
               strict: bool) -> pl.DataFrame:
+    if not columns:
+        fast = _fast(resources, resource_type, strict)
+        if fast is not None:
+            return fast[resource_type]
     groups, urns = _collect(resources, {resource_type: columns}, resource_type)
     resolver = _Resolver(urns) if urns else None
     return _frame(resource_type, groups.pop(resource_type).rows, columns, resolver, strict)
@@ -717,6 +742,10 @@ def to_frames(resources: Source, *, columns: Mapping[str, Sequence[ColumnSpec]] 
 
 def _to_frames(resources: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                strict: bool) -> dict[str, pl.DataFrame]:
+    if not any(extra.values()):
+        fast = _fast(resources, None, strict)
+        if fast is not None:
+            return fast
     groups, urns = _collect(resources, extra, None)
     resolver = _Resolver(urns) if urns else None
     out = {}

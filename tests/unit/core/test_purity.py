@@ -33,6 +33,7 @@ PURE = [
     "deid/_text_seam",
     "cohort/plan", "cohort/limiter",
     "endoscopy/buffer", "endoscopy/demo_detector",
+    "fhir/frames_fast", "fhir/frames_fast_types",
 ]
 
 # Network, servers and databases: what "pure" excludes.

@@ -1,0 +1,380 @@
+"""The fast path of :mod:`kit.fhir.frames` for JSON bytes and files (pure: no sockets).
+
+Hand-written for speed, and kept equal to the slow path (orjson dicts through
+:mod:`kit.fhir.frames_extract`) by tests (``tests/unit/fhir_fast``: the sample
+cohort, Synthea-shaped bundles, edge cases and a hypothesis fuzz comparing both).
+
+What makes it fast: msgspec decodes each resource into a typed struct holding
+only the fields the frames read (:mod:`kit.fhir.frames_fast_types`), skipping
+the rest without building it, so there is no full parse of every resource and
+far less to free; one tagged-union decode routes each resource by its
+``resourceType``. A ``.json`` file is memory-mapped and split into entries as raw
+JSON; NDJSON is read in chunks of whole lines (:data:`CHUNK`); rows are kept flat
+and turned into partial frames every :data:`BATCH` rows, joined without a copy
+(a long frame comes in chunks of :data:`BATCH` rows), so memory stays bounded by
+the chunk and the batch, not by the file.
+
+How it stays equal to the slow path, in one rule: it either builds exactly the
+frames the slow path would, or gives up (:func:`collect` returns None) and the
+slow path runs from the start, with its own results and errors. Per resource,
+a value the typed decode refuses (a number where a string belongs, an integer
+beyond 64 bits...) sends that resource through orjson and the slow extractor;
+resource types without a dedicated frame always go that way. Anything else
+unusual (malformed JSON or structure, a resource the slow extractor rejects,
+a value a column does not take, duplicated ``resourceType`` keys) gives up.
+
+One known difference: a number beyond the double range (``1e400``; valid JSON,
+refused by orjson) in a field the frames do not read (with ``to_frame``, also
+anywhere in resources of other types) is skipped here while the slow path refuses
+the whole input; in a field they read, both refuse it. Input
+bytes are checked to be UTF-8 as orjson checks them, and nesting deeper than
+orjson's limit fails msgspec first under Python's default recursion limit.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import mmap
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import orjson
+import polars as pl
+from msgspec import Raw, Struct
+
+from kit.fhir.frames import _entry_key, _listed, _scalar
+from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
+from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
+
+__all__ = ["BATCH", "CHUNK", "collect"]
+
+#: rows of one resource type turned into a partial frame at a time
+BATCH: Final = 1 << 13
+#: bytes of NDJSON read at a time (whole lines)
+CHUNK: Final = 1 << 22
+
+_NDJSON: Final = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
+_PREFIX: Final = b'{"resourceType":"'
+_MALFORMED: Final = (msgspec.MsgspecError, orjson.JSONDecodeError, AttributeError, TypeError, KeyError,
+                     IndexError, ValueError, OverflowError, RecursionError, UnicodeDecodeError,
+                     pl.exceptions.PolarsError)
+
+# fullUrl -> (resourceType, id or key, keyed by its fullUrl), as in kit.fhir.frames
+Urns = dict[str, tuple[str, str, bool]]
+
+
+class _GiveUp(Exception):
+    """Something the fast path does not reproduce exactly: the slow path takes over."""
+
+
+class _Entry(Struct, gc=False):
+    fullUrl: str | None = None
+    resource: Raw = Raw()
+
+
+class _Bundle(Struct, gc=False):
+    resourceType: str
+    id: str | None = None
+    entry: list[_Entry] | None = None
+
+
+_RAW = msgspec.json.Decoder(Raw)
+_RAWS = msgspec.json.Decoder(list[Raw])
+_BUNDLE = msgspec.json.Decoder(_Bundle)
+_HEAD = msgspec.json.Decoder(Head)
+
+
+class _Group:
+    """Rows of one resource type, turned into partial frames every :data:`BATCH` rows.
+
+    The rows are kept flat, one after the other in one list (``flat``), and split
+    into columns by strided slices: far cheaper than transposing tuples.
+    """
+
+    __slots__ = ("rtype", "cols", "flat", "width", "limit", "parts", "clean", "strict")
+
+    def __init__(self, rtype: str, strict: bool) -> None:
+        self.rtype = rtype
+        self.cols = SCHEMAS.get(rtype, GENERIC_SCHEMA)
+        self.width = len(self.cols)
+        self.limit = BATCH * self.width
+        self.flat: list[Any] = []
+        self.parts: list[pl.DataFrame] = []
+        self.clean = True  # every row came from a typed struct (scalars of the columns' JSON types)
+        self.strict = strict
+
+    def add(self, row: tuple[Any, ...]) -> None:
+        if len(row) != self.width:
+            raise _GiveUp
+        self.flat += row
+        if len(self.flat) >= self.limit:
+            self.flush()
+
+    def flush(self) -> None:
+        flat, self.flat = self.flat, []
+        self.parts.append(_build(self.cols, flat, self.rtype, self.strict, self.clean))
+        self.clean = True
+
+    def frame(self) -> pl.DataFrame:
+        if self.flat or not self.parts:
+            self.flush()
+        parts, self.parts = self.parts, []
+        return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=False)
+
+
+def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
+           clean: bool) -> pl.DataFrame:
+    """:func:`kit.fhir.frames._build` for typed rows: the same series, without re-checking JSON types.
+
+    A typed struct holds only str, bool, int64 and float scalars, so where the slow
+    path's first ``pl.Series`` attempt succeeds, it returns that series too.
+    """
+    k = len(cols)
+    n, bad = divmod(len(flat), k)
+    if bad:
+        raise _GiveUp
+    columns = [flat[j::k] for j in range(k)]
+    del flat
+    series = []
+    for col, values in zip(cols, columns, strict=True):
+        kind = col.kind
+        what = f"{rtype}.{col.name}"
+        if n and values[0] is None and not any(values) and values.count(None) == n:
+            series.append(pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n))  # all null
+        elif kind in ("list", "structs"):
+            series.append(_listed(col, values, what, strict))
+        elif kind == "str" or kind == "bool" or (clean and kind in ("int", "float")):
+            try:
+                series.append(pl.Series(col.name, values, dtype=col.dtype))
+            except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+                series.append(_scalar(col, values, what, strict))
+        else:
+            series.append(_scalar(col, values, what, strict))
+    return pl.DataFrame(series)
+
+
+class _Walker:
+    """Routes resources (Bundles flattened) to their groups, as :func:`kit.fhir.frames._walk` does."""
+
+    def __init__(self, only: str | None, strict: bool) -> None:
+        self.only = only
+        self.strict = strict
+        self.urns: Urns = {}
+        self.groups: dict[str, _Group] = {}
+        if only is not None:
+            self.groups[only] = _Group(only, strict)
+
+    def item(self, raw: Any, full: str | None = None) -> None:
+        """A resource or a Bundle (top level, or an entry's with its ``fullUrl``), routed by its keys."""
+        rt = _guess(raw)
+        only = self.only
+        if rt is None or (only is not None and rt != only and rt != "Bundle"):
+            head = _HEAD.decode(raw)  # the keys as orjson reads them (a later duplicate wins)
+            rt = head.resourceType
+            if rt != "Bundle" and only is not None and rt != only:
+                if full is not None:
+                    self._urn(full, rt, head.id)
+                return
+        if rt == "Bundle":
+            self.bundle(raw, full)
+        else:
+            self.resource(raw, rt, full)
+
+    def bundle(self, raw: Any, full: str | None) -> None:
+        b = _BUNDLE.decode(raw)
+        if b.resourceType != "Bundle":
+            raise _GiveUp
+        if full is not None:
+            self._urn(full, "Bundle", b.id)
+        union = UNION.decode if self.only is None else None
+        for entry in b.entry or ():
+            res = entry.resource
+            if not res:
+                continue  # no resource (e.g. a DELETE in a transaction)
+            if union is not None:  # the common case, inlined: a resource with a dedicated frame
+                try:
+                    r = union(res)
+                except msgspec.ValidationError:
+                    pass
+                else:
+                    self.typed(r, TYPE_OF[r.__class__], entry.fullUrl)
+                    continue
+            if memoryview(res)[:1] != b"n":  # null: no resource either
+                self.item(res, entry.fullUrl)
+
+    def any(self, raw: Any) -> None:
+        """:meth:`item`, trying first the one decoder of every type with a dedicated frame."""
+        if self.only is None:
+            try:
+                r = UNION.decode(raw)
+            except msgspec.ValidationError:
+                pass  # another type, a Bundle, or a value of an unexpected type: route it
+            else:
+                self.typed(r, TYPE_OF[r.__class__], None)
+                return
+        self.item(raw)
+
+    def typed(self, r: Any, rt: str, full: str | None) -> None:
+        """Extract one decoded resource into its group."""
+        group = self.groups.get(rt)
+        if group is None:
+            group = self.groups[rt] = _Group(rt, self.strict)
+        row = ROW[rt](r)
+        if full is not None:
+            key = self._urn(full, rt, r.id)
+            if key is not None:
+                row = (key, *row[1:])
+        if len(row) != group.width:
+            raise _GiveUp
+        flat = group.flat
+        flat += row
+        if len(flat) >= group.limit:
+            group.flush()
+
+    def _urn(self, full: str, rt: str, rid: Any) -> Any:
+        """Note a Bundle ``urn:`` fullUrl; the key of an entry without id (else None)."""
+        key = _entry_key(full, rt) if rid is None and full else None
+        if full.startswith("urn:"):
+            if rid.__class__ is str and rid:
+                self.urns[full] = (rt, rid, False)
+            elif key is not None:
+                self.urns[full] = (rt, key, True)
+        return key
+
+    def resource(self, raw: Any, rt: str, full: str | None) -> None:
+        """Extract one resource; with ``full`` (its entry's fullUrl), key it and note its urn."""
+        group = self.groups.get(rt)
+        if group is None:
+            group = self.groups[rt] = _Group(rt, self.strict)
+        decode = DECODERS.get(rt)
+        if decode is not None:
+            try:
+                r = decode.decode(raw)  # checks resourceType against rt
+            except msgspec.ValidationError:
+                pass  # a value of an unexpected type: the slow way
+            else:
+                self.typed(r, rt, full)
+                return
+        d = orjson.loads(memoryview(raw))
+        if d.get("resourceType") != rt:
+            raise _GiveUp
+        row = EXTRACTORS.get(rt, generic_extract)(d)
+        group.clean = False
+        if full is not None:
+            key = self._urn(full, rt, d.get("id"))
+            if key is not None:
+                row = (key, *row[1:])
+        group.add(row)
+
+    def frames(self) -> dict[str, pl.DataFrame]:
+        return {rt: g.frame() for rt, g in self.groups.items()}
+
+
+def _guess(raw: Any) -> str | None:
+    """The resourceType when it is the first key (the common layout), read from the first bytes."""
+    start = bytes(memoryview(raw)[:64])
+    if start.startswith(_PREFIX):
+        end = start.find(b'"', 17)
+        if end > 17 and b"\\" not in start[17:end]:
+            return start[17:end].decode()
+    return None
+
+
+def _utf8(data: bytes | bytearray | mmap.mmap) -> None:
+    """orjson refuses invalid UTF-8 anywhere; msgspec only where it reads: check it all.
+
+    Decoded 64 KiB at a time (a whole-file ``str`` would cost a copy of the file).
+    """
+    if not isinstance(data, mmap.mmap) and data.isascii():
+        return
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    view = memoryview(data)
+    for i in range(0, len(view), 1 << 16):
+        decode(view[i:i + (1 << 16)])
+    decode(b"", final=True)
+
+
+def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:
+    """One JSON document: a resource, a Bundle or an array of them."""
+    i = 0
+    while data[i:i + 1] in (b" ", b"\t", b"\n", b"\r"):
+        i += 1
+    if data[i:i + 1] == b"[":
+        for item in _RAWS.decode(data):
+            walker.any(item)
+    else:
+        walker.item(data if i == 0 else _RAW.decode(data))
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """The non-blank lines of an NDJSON file (optionally gzip), read :data:`CHUNK` bytes at a time."""
+    opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        rest = b""
+        while True:
+            chunk = fh.read(CHUNK)
+            if not chunk:
+                break
+            cut = chunk.rfind(b"\n")
+            if cut < 0:
+                rest += chunk
+                continue
+            block, rest = rest + chunk[:cut + 1], chunk[cut + 1:]
+            _utf8(block)
+            for line in block.split(b"\n"):
+                if line.strip():
+                    yield line
+        if rest.strip():
+            _utf8(rest)
+            yield rest
+
+
+def collect(source: Any, only: str | None, strict: bool) -> tuple[dict[str, pl.DataFrame], Urns] | None:
+    """The frames (urn references not yet resolved) and urns of ``source``, or None to use the slow path.
+
+    Parameters
+    ----------
+    source : bytes, bytearray, memoryview, str or path
+        JSON bytes, or a path as :func:`kit.fhir.frames.read_resources` takes it;
+        anything else returns None.
+    only : str or None
+        Extract only this resource type (its frame is there even when empty).
+    strict : bool
+        As in :func:`kit.fhir.frames.to_frames`.
+    """
+    walker = _Walker(only, strict)
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data = source.tobytes() if isinstance(source, memoryview) else source
+            _utf8(data)
+            _top(data, walker)
+        elif isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            name = path.name.lower()
+            if name.endswith(_NDJSON):
+                for line in _lines(path):
+                    walker.any(line)
+            elif name.endswith(".gz"):
+                data = gzip.decompress(path.read_bytes())
+                _utf8(data)
+                _top(data, walker)
+            else:
+                with path.open("rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size == 0 or not hasattr(mmap, "MAP_SHARED"):
+                        return None
+                    # mapped, not copied (as the slow path does); unmapped once the raw
+                    # entries pointing into it are gone, when this call returns
+                    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                    mapped = mmap.mmap(fh.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+                _utf8(mapped)
+                _top(mapped, walker)
+        else:
+            return None
+        return walker.frames(), walker.urns
+    except (_GiveUp, OSError, EOFError, gzip.BadGzipFile, *_MALFORMED):
+        return None
