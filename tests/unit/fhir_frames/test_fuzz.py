@@ -146,6 +146,8 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
         try:
             for step in path[:-1]:
                 node = node[step]
+            if isinstance(node, dict) != isinstance(path[-1], str):
+                continue  # an earlier mutation turned a list into an object or back: no such key now
             if draw(st.booleans()) and isinstance(node, dict):
                 node.pop(path[-1], None)
             else:
