@@ -434,11 +434,15 @@ class Settings:
     def uses_dicomweb(self) -> bool:
         """Whether DICOMweb is one of the systems to use and probe.
 
-        When the file or the environment sets ``[dicomweb]`` (or its base
-        differs from the default), and on the embedded stack's own defaults
-        (no kit.toml and no client section set: it serves DICOMweb). A
-        configuration that names other systems but no DICOMweb has none.
+        Never with an empty base (:meth:`kit.stack.Stack.client_settings` of a
+        stack that runs no DICOMweb). Otherwise when the file or the environment
+        sets ``[dicomweb]`` (or its base differs from the default), and on the
+        embedded stack's own defaults (no kit.toml and no client section set: it
+        serves DICOMweb). A configuration that names other systems but no
+        DICOMweb has none.
         """
+        if not self.dicomweb.base:  # e.g. an embedded stack running without its DICOMweb service
+            return False
         if "dicomweb" in self.given or self.dicomweb.base != DicomWebSettings().base:
             return True
         return not self.configured and not (self.given - {"stack", "audit", "endoscopy"})

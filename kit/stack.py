@@ -184,6 +184,8 @@ class Stack:
         if "dicomweb" in self.services:
             changes["dicomweb"] = dataclasses.replace(base.dicomweb, base=self.services["dicomweb"].address,
                                                       username=None, password=None, token=None)
+        else:  # a stack without its DICOMweb service: no DICOMweb to use (Settings.uses_dicomweb)
+            changes["dicomweb"] = dataclasses.replace(base.dicomweb, base="")
         if "video" in self.services:
             changes["endoscopy"] = dataclasses.replace(base.endoscopy,
                                                        stream_url=self.services["video"].address)

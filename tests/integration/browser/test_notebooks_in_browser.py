@@ -82,6 +82,9 @@ INTERACTIONS: dict[str, tuple[Step, ...]] = {
         Step("ResultReview(", "click", arg="Send", watch=":scope",
              expect=r"sent: 1 verified[\s\S]*\toru\tverified"),
     ),
+    # the dashboard follows the monitor live: the alert raised when MLLP goes down, then resolved
+    "06_services_and_monitoring.ipynb": (
+        Step("MonitorDashboard(", "watch", arg="2", watch=":scope", prop="text"),),
 }
 
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))

@@ -183,7 +183,7 @@ def test_the_dashboard_shows_history_and_alerts_and_acknowledges(stack: Stack, t
                          workspace=tmp_path / "ws")) as monitor:
         monitor.run_once()
         board = MonitorDashboard(monitor, user="alice")
-        assert repr(board) == "MonitorDashboard(4 connectors, 0 active alerts)"
+        assert repr(board) == "MonitorDashboard(5 connectors, 0 active alerts)"  # the stack serves DICOMweb
         shown = sorted({t.name for t in board.figure.data})
         assert shown == ["ehr-fhir", "endoscopy", "hl7-mllp", "pacs-dimse"]
         listener.stop()

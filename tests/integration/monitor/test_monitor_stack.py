@@ -176,8 +176,8 @@ def test_retention_bounds_the_history(stack: Stack, tmp_path: Path) -> None:
     with closing(monitor_of(stack, tmp_path / "ws", max_checks=3)) as monitor:
         for _ in range(5):
             monitor.run_once()
-        assert monitor.store.count() == 5 * 4  # pruned every PRUNE_EVERY rounds, not each round
+        assert monitor.store.count() == 5 * 5  # 5 connectors; pruned every PRUNE_EVERY rounds, not each round
         monitor.store.prune(before=0.0, max_per_connector=3)
-        assert monitor.store.count() == 3 * 4
-        assert monitor.store.prune(before=time.time() + 1, max_per_connector=3) == 12
+        assert monitor.store.count() == 3 * 5
+        assert monitor.store.prune(before=time.time() + 1, max_per_connector=3) == 3 * 5
         assert monitor.store.count() == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import pytest
 
@@ -119,20 +118,16 @@ def test_sample_cohort_identifiers_all_replaced(known_only: TextScrubber, known:
         assert out == "[NAME] ([ID]), born [DATE], tel [PHONE], [ADDRESS]; accession [ID]"
 
 
-def test_matching_time_is_linear() -> None:
+def test_a_long_text_with_many_known_identifiers_is_scrubbed() -> None:
+    # linear time is checked structurally (test_matcher_walk_is_bounded_by_the_longest_key), not by a
+    # timed assertion: on a busy CI machine a 10x text took 37x, from noise, and failed such a check
     names = [PersonName(f"Family{i}", (f"Given{i}",)) for i in range(2000)]
     phones = tuple(f"+41 21 555 {i:04d}" for i in range(2000))
     matcher_known = KnownIdentifiers(names=tuple(names), phones=phones)
     s = TextScrubber(matcher_known, library=None, max_chars=10_000_000)
     unit = "Given7 Family7 called 021 555 0007; 1 2 3 4 5 6 7 8 9 0 Family99 Given99. "
-    timings = []
-    for n in (200, 2000):
-        text = unit * n
-        t0 = time.perf_counter()
-        out = s(text)
-        timings.append(time.perf_counter() - t0)
-        assert "Family" not in out and "555" not in out
-    assert timings[1] < 25 * timings[0] + 0.05  # 10x the text, ~10x the time
+    out = s(unit * 2000)
+    assert "Family" not in out and "555" not in out and out.count("[NAME]") == 2 * 2000
 
 
 def test_matcher_walk_is_bounded_by_the_longest_key() -> None:
