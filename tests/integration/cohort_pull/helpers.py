@@ -68,6 +68,11 @@ class CountingPACS(EmbeddedPACS):
         assert self._server is not None
         self._server.bind(evt.EVT_CONN_CLOSE, self._on_closed)
 
+    def stop(self) -> None:
+        super().stop()
+        with self.lock:  # a stopped server holds no association (aborted ones may not report a close)
+            self.open.clear()
+
     def _on_conn_open(self, event: Any) -> None:
         super()._on_conn_open(event)
         with self.lock:

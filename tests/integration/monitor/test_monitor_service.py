@@ -185,7 +185,7 @@ def test_the_dashboard_shows_history_and_alerts_and_acknowledges(stack: Stack, t
         board = MonitorDashboard(monitor, user="alice")
         assert repr(board) == "MonitorDashboard(5 connectors, 0 active alerts)"  # the stack serves DICOMweb
         shown = sorted({t.name for t in board.figure.data})
-        assert shown == ["ehr-fhir", "endoscopy", "hl7-mllp", "pacs-dimse"]
+        assert shown == ["ehr-fhir", "endoscopy", "hl7-mllp", "pacs-dicomweb", "pacs-dimse"]
         listener.stop()
         try:
             for _ in range(3):
