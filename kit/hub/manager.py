@@ -77,7 +77,7 @@ SR_SOP_CLASSES: Final = frozenset({
     "1.2.840.10008.5.1.4.1.1.88.74", "1.2.840.10008.5.1.4.1.1.88.75", "1.2.840.10008.5.1.4.1.1.88.76",
 })
 
-#: ``Identifier.system`` of DICOM UIDs (values ``urn:oid:<uid>``), as kit.results.fhir writes them.
+#: ``Identifier.system`` of DICOM UIDs (values ``urn:oid:UID``), as kit.results.fhir writes them.
 DICOM_UID_SYSTEM: Final = "urn:dicom:uid"
 #: FHIR resource types in :meth:`Hub.patient_view`.
 FHIR_TYPES: Final = ("Patient", "Observation", "ImagingStudy", "DiagnosticReport")
@@ -378,7 +378,7 @@ class Hub:
             (by the Patient's id, resolved from the MRN identifier; reports also by
             the studies' accession numbers and StudyInstanceUIDs, for reports whose
             subject is a logical reference), and with an ``hl7_store`` one
-            ``hl7.<table>`` per :func:`kit.hl7.frames.to_frames` table with a
+            ``hl7.TABLE`` per :func:`kit.hl7.frames.to_frames` table with a
             ``patient_id``. Every frame has the columns :data:`JOIN_COLUMNS`
             (``patient_id`` filled with the MRN where a row belongs to it).
 
@@ -470,7 +470,7 @@ class Hub:
         ``has_sr``: a series of Modality SR holding instances of an SR SOP Class
         (:data:`SR_SOP_CLASSES`). ``has_diagnostic_report``: a DiagnosticReport
         whose identifier is the study's UID, one of its SRs' UIDs
-        (``urn:dicom:uid|urn:oid:<uid>``, as :mod:`kit.results.fhir` writes them)
+        (``urn:dicom:uid|urn:oid:UID``, as :mod:`kit.results.fhir` writes them)
         or its accession number. ``has_report``: either.
 
         Returns
