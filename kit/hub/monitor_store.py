@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
 
+from kit._sqlite import immediate_tx
 from kit.errors import InvalidInputError, RecordNotFoundError, StoreError
 from kit.hub.alerts import Alert, AlertState, CheckResult, Firing
 
@@ -102,19 +103,9 @@ class MonitorStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"the monitor database could not write: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One committed transaction (BEGIN IMMEDIATE ... COMMIT) under the lock."""
+        return immediate_tx(self._db, self._lock, "the monitor database could not write")
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -16,13 +16,14 @@ import datetime as dt
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
+from kit._sqlite import immediate_tx
 from kit.errors import InvalidInputError, RecordNotFoundError, StoreError
 from kit.services._auth import Role, hash_key, key_id, verify_key
 from kit.services.api_models import ApiProblem
@@ -102,20 +103,9 @@ class ApiStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """One committed transaction (BEGIN IMMEDIATE ... COMMIT) under the lock."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"the API database could not write: {exc}") from exc
+        return immediate_tx(self._db, self._lock, "the API database could not write")
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -26,11 +26,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from kit._sqlite import immediate_tx
 from kit.errors import StoreError
 from kit.services.medix_protocol import (
     FAILURES,
@@ -147,19 +147,9 @@ class JobStore:
             except sqlite3.Error:  # pragma: no cover - closing twice is harmless
                 pass
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"the Medix job table {self.path}: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One committed transaction (BEGIN IMMEDIATE ... COMMIT) under the lock."""
+        return immediate_tx(self._db, self._lock, f"the Medix job table {self.path}")
 
     def _row(self, db: sqlite3.Connection, job_id: str) -> sqlite3.Row | None:
         row: sqlite3.Row | None = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
