@@ -103,31 +103,40 @@ def _closed_now(sock: socket.socket) -> bool:
 
 
 @pytest.mark.timeout(90)
-def test_many_clients_get_the_clip_looping_with_continuous_time(
-        server: VideoStreamServer, clip_digests: set[str]) -> None:
+def test_many_clients_get_the_clip_looping_with_continuous_time(clip_digests: set[str]) -> None:
+    # The server's default limits: the fixture's max_pending=4 would rightly evict the oldest of 5
+    # clients whose request heads a loaded machine had not read yet, and its 2 s queue drop one
+    # whose decoding fell behind; neither is what this test is about.
     results: dict[int, list] = {}
+    errors: dict[int, BaseException] = {}
 
     def read(n: int) -> None:
-        with FrameSource(server.address, open_timeout=10, reconnect=False) as source:
-            frames = []
-            for frame in source:
-                frames.append(frame)
-                if len(frames) == 48:           # past the end of the 36-frame clip: it loops
-                    break
-        results[n] = frames
+        try:
+            with FrameSource(server.address, open_timeout=10, reconnect=False) as source:
+                frames = []
+                for frame in source:
+                    frames.append(frame)
+                    if len(frames) == 48:           # past the end of the 36-frame clip: it loops
+                        break
+            results[n] = frames
+        except BaseException as exc:  # noqa: BLE001 - reported below, with the client's number
+            errors[n] = exc
 
-    threads = [threading.Thread(target=read, args=(n,)) for n in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    with VideoStreamServer(CLIP, port=0) as server:
+        threads = [threading.Thread(target=read, args=(n,)) for n in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        counts, healthy = dict(server.counts), server.healthy
+    assert not errors, errors
     assert sorted(results) == list(range(5))
     for frames in results.values():
         assert all(digest(f.image) in clip_digests for f in frames)
         steps = [b.timestamp - a.timestamp for a, b in zip(frames, frames[1:], strict=False)]
         assert all(0.05 < s < 0.12 for s in steps), steps   # 1/12 s apart, across the loop too
         assert [f.index for f in frames] == list(range(48))
-    assert server.counts["served"] >= 5 and server.counts["loops"] >= 1 and server.healthy
+    assert counts["served"] >= 5 and counts["loops"] >= 1 and healthy
 
 
 @pytest.mark.timeout(60)
