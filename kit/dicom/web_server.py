@@ -28,7 +28,7 @@ Resources (below ``base_path``, default ``/dicom-web``):
   resources). 200 when all were stored, 202 when some, 409 when none.
 
 Every peer is hostile: a request head must arrive within ``head_timeout`` and
-connections are capped (uvicorn's protocol from :mod:`kit.fhir.server_http`);
+connections are capped (uvicorn's protocol from :mod:`kit._http_serve`);
 a declared body over ``max_body`` is refused (413) unread, a streamed one as soon
 as it passes the limit; a body must arrive within ``body_timeout`` with no pause
 over ``idle_timeout`` (408); at most ``max_parts`` parts and ``max_uploads``
@@ -48,9 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping
 from io import BytesIO
 from pathlib import Path
@@ -58,7 +56,6 @@ from types import TracebackType
 from typing import IO, Any
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
 from pydicom import dcmread
@@ -69,6 +66,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from kit._http_serve import ServingThread, bind
 from kit.dicom.matching import COMPUTED_KEYS, LEVEL_KEYS, candidate_dataset, matches, response_identifier
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import check_received
@@ -98,8 +96,7 @@ from kit.dicom.web_query import (
     split_part10,
     stow_response,
 )
-from kit.errors import DicomFileError, DicomWebRequestError, KitError, PeerError, StoreError
-from kit.fhir.server_http import guarded_protocol
+from kit.errors import DicomFileError, DicomWebRequestError, KitError, StoreError
 
 __all__ = ["DEFAULT_MAX_BODY", "DICOM_JSON", "EmbeddedDicomWeb", "create_app"]
 
@@ -620,10 +617,7 @@ class EmbeddedDicomWeb:
         self.body_timeout, self.idle_timeout = body_timeout, idle_timeout
         self.head_timeout, self.send_timeout, self.keep_alive = head_timeout, send_timeout, keep_alive
         self.max_connections = max_connections
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._failure: BaseException | None = None
+        self._serving = ServingThread("dicomweb", "the embedded DICOMweb server")
 
     @property
     def base_url(self) -> str:
@@ -639,24 +633,12 @@ class EmbeddedDicomWeb:
     @property
     def failure(self) -> BaseException | None:
         """The error that stopped the server, if its thread died (health: red)."""
-        return self._failure
+        return self._serving.failure
 
     @property
     def running(self) -> bool:
         """Whether the server is serving (False once its thread died)."""
-        return self._thread is not None and self._thread.is_alive() and self._failure is None
-
-    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
-        try:
-            server.run(sockets=[sock])
-        except BaseException as exc:  # noqa: BLE001 - recorded: the stack reports it and stops
-            self._failure = exc
-        finally:
-            sock.close()  # never a listener that accepts into a void
-            if not self._stopping and self._failure is None:
-                self._failure = PeerError(f"the DICOMweb server on {self.base_url} stopped")
-            if self._failure is not None and not self._stopping:
-                log.critical("embedded DICOMweb on %s is down: %r", self.base_url, self._failure)
+        return self._serving.running
 
     def start(self) -> None:
         """Bind and return once the server answers.
@@ -664,51 +646,25 @@ class EmbeddedDicomWeb:
         Raises
         ------
         PeerError
-            The port cannot be bound, or the server did not start.
+            The port cannot be bound.
+        ServiceFailedError
+            The server did not start.
         """
-        if self._thread is not None:
+        if self._serving.running:
             return
-        try:
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            raise PeerError(f"cannot bind the DICOMweb server to {self.host}:{self.port}: "
-                            f"{exc.strerror or exc}") from exc
+        sock = bind(self.host, self.port, what="the DICOMweb server")
         self.port = int(sock.getsockname()[1])
         app = create_app(self.store, base_path=self.base_path, max_body=self.max_body,
                          max_parts=self.max_parts, max_uploads=self.max_uploads,
                          body_timeout=self.body_timeout, idle_timeout=self.idle_timeout,
                          send_timeout=self.send_timeout)
-        config = uvicorn.Config(app, log_level="warning", log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, proxy_headers=False,
-                                http=guarded_protocol(head_timeout=self.head_timeout,
-                                                      max_connections=self.max_connections),
-                                timeout_keep_alive=self.keep_alive)  # type: ignore[arg-type]
-        server = uvicorn.Server(config)
-        self._server, self._stopping, self._failure = server, False, None
-        self._thread = threading.Thread(target=self._run, args=(server, sock), daemon=True,
-                                        name=f"dicomweb-{self.port}")
-        self._thread.start()
-        waiter = threading.Event()
-        for _ in range(300):
-            if server.started:
-                log.info("embedded DICOMweb listening on %s", self.base_url)
-                return
-            if not self._thread.is_alive():
-                break
-            waiter.wait(0.05)
-        self.stop()
-        raise PeerError(f"the DICOMweb server did not start on {self.host}:{self.port}")
+        self._serving.start(app, sock, head_timeout=self.head_timeout, max_connections=self.max_connections,
+                            keep_alive=self.keep_alive)
+        log.info("embedded DICOMweb listening on %s", self.base_url)
 
     def stop(self) -> None:
         """Stop serving (idempotent); a store this server opened is closed."""
-        self._stopping = True
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._serving.stop()
         if self._owns_store:
             self.store.close()
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
-import socket
-import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,19 +30,19 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kit.errors import FhirValidationError, KitError, OperationOutcomeError, PeerError, StoreError
+from kit._http_serve import ServingThread, bind
+from kit.errors import FhirValidationError, KitError, OperationOutcomeError
 from kit.fhir._audit import FhirAuditMiddleware
 from kit.fhir.resources import issue, operation_outcome
 from kit.fhir.server_bundle import process_bundle
 from kit.fhir.server_export import ExportManager
-from kit.fhir.server_http import GuardMiddleware, guarded_protocol, read_body
+from kit.fhir.server_http import GuardMiddleware, outcome_response, read_body
 from kit.fhir.server_limits import (
     MAX_FORM_BODY,
     MAX_OFFSET,
@@ -560,8 +558,17 @@ class EmbeddedFhirServer:
         self.keep_alive = keep_alive
         self.max_connections = max_connections
         self.store: FhirStore | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ServingThread("fhir", "the embedded FHIR server")
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the server thread died (health: red; None while it serves)."""
+        return self._serving.failure
+
+    @property
+    def running(self) -> bool:
+        """Whether it is serving (False once its thread died)."""
+        return self._serving.running
 
     @property
     def base_url(self) -> str:
@@ -587,19 +594,13 @@ class EmbeddedFhirServer:
 
     def start(self) -> None:
         """Open the database, preload, bind, and return once the server answers."""
-        if self._thread is not None:
+        if self._serving.running:
             return
         self.store = FhirStore(self.db_path)
         try:
             if self.preload is not None:
                 self.load(self.preload)
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            self.store.close()
-            self.store = None
-            raise PeerError(f"cannot bind the FHIR server to {self.host}:{self.port}: {exc}") from exc
+            sock = bind(self.host, self.port, what="the FHIR server")
         except BaseException:
             self.store.close()
             self.store = None
@@ -614,41 +615,17 @@ class EmbeddedFhirServer:
             body_timeout=self.body_timeout,
             send_timeout=self.send_timeout,
         )
-        config = uvicorn.Config(
-            app,
-            log_level="warning",
-            log_config=None,  # uvicorn would reset the process's logging on each start
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-            http=guarded_protocol(head_timeout=self.head_timeout, max_connections=self.max_connections),
-            timeout_keep_alive=self.keep_alive,  # type: ignore[arg-type]
-            proxy_headers=False,  # X-Forwarded-* from a peer is not trusted
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"fhir-server-{self.port}"
-        )
-        self._thread.start()
-        deadline = threading.Event()
-        for _ in range(300):
-            if server.started:
-                return
-            if not self._thread.is_alive():
-                break
-            deadline.wait(0.05)
-        self.stop()
-        raise StoreError(f"the FHIR server did not start on {self.host}:{self.port}")
+        try:
+            self._serving.start(app, sock, head_timeout=self.head_timeout,
+                                max_connections=self.max_connections, keep_alive=self.keep_alive,
+                                render=outcome_response)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Stop serving and close the database (idempotent)."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
+        self._serving.stop()
         if self.store is not None:
             self.store.close()
             self.store = None

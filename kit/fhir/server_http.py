@@ -2,15 +2,10 @@
 
 Every peer is treated as hostile:
 
-- :func:`guarded_protocol` makes uvicorn's h11 protocol close a connection whose
-  request head is not complete within ``head_timeout`` seconds of connecting
-  (or of the previous response), and drop one that reads nothing of a buffered
-  answer for a ``head_timeout`` period. uvicorn itself has no such limit: its
-  ``timeout_keep_alive`` only runs between requests and is cancelled by the first
-  byte of the next one, so a slowloris peer sending a header byte every few
-  seconds would hold a connection for ever. It also refuses connections beyond
-  ``max_connections`` (503) and answers unparseable HTTP with an
-  OperationOutcome instead of uvicorn's plain-text 400.
+- The connection guards (request-head deadline, connection cap, 400 on
+  unparseable HTTP) are :func:`kit._http_serve.guarded_protocol`'s, shared by
+  every HTTP service; :func:`outcome_response` gives them the FHIR shape
+  (an OperationOutcome).
 - :class:`GuardMiddleware` (outermost ASGI layer) rejects a declared body over
   the limit (413) and a Host header that is not a host name before any route
   runs, bounds the time one ``send`` may wait for a slow reader, and turns any
@@ -30,15 +25,14 @@ import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import h11
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from kit._http_serve import raw_response
 from kit.fhir.resources import issue, operation_outcome
 from kit.fhir.server_limits import outcome_error
 
-__all__ = ["GuardMiddleware", "guarded_protocol", "outcome_body", "read_body"]
+__all__ = ["GuardMiddleware", "outcome_body", "outcome_response", "read_body"]
 
 log = logging.getLogger("kit.fhir.server")
 
@@ -48,8 +42,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
-            500: b"Internal Server Error", 503: b"Service Unavailable"}
 _HOST = re.compile(r"(?:[A-Za-z0-9\-._~]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 
@@ -58,92 +50,9 @@ def outcome_body(code: str, message: str) -> bytes:
     return orjson.dumps(operation_outcome([issue("error", code, message)]))
 
 
-def _raw_response(status: int, code: str, message: str) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 response with an OperationOutcome (written bypassing h11)."""
-    body = outcome_body(code, message)
-    head = (f"HTTP/1.1 {status} ".encode() + _REASONS.get(status, b"Error")
-            + b"\r\ncontent-type: application/fhir+json\r\nconnection: close\r\n"
-            + f"content-length: {len(body)}\r\n\r\n".encode())
-    return head + body
-
-
-def guarded_protocol(*, head_timeout: float, max_connections: int) -> type[H11Protocol]:
-    """uvicorn's h11 protocol with a request-head deadline, a connection cap and OperationOutcome 400s.
-
-    Parameters
-    ----------
-    head_timeout : float
-        Seconds a connection may take to send a complete request head, counted
-        from connecting and from the end of each response.
-    max_connections : int
-        Open connections above this are answered 503 and closed at once.
-    """
-
-    class GuardedH11Protocol(H11Protocol):
-        _head_timer: asyncio.TimerHandle | None = None
-        _unsent: float = float("inf")
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            if len(self.connections) > max_connections:
-                log.warning("FHIR server: refusing a connection over the limit of %d", max_connections)
-                transport.write(_raw_response(503, "transient", "too many open connections; retry later"))
-                transport.close()
-                return
-            self._arm_head()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_head()
-            super().connection_lost(exc)
-
-        def handle_events(self) -> None:
-            before = self.cycle
-            super().handle_events()
-            if self.cycle is not before:  # a complete request head arrived
-                self._cancel_head()
-
-        def on_response_complete(self) -> None:
-            if not self.transport.is_closing():
-                self._unsent = float("inf")
-                self._arm_head()  # the next request head (or the rest of an unread body) has a deadline too
-            super().on_response_complete()
-
-        def send_400_response(self, msg: str) -> None:
-            log.warning("FHIR server: unparseable HTTP from %s: %s", self.client, msg)
-            self._cancel_head()
-            if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                self.transport.write(_raw_response(400, "structure", f"invalid HTTP request: {msg}"))
-            self.transport.close()
-
-        def _arm_head(self) -> None:
-            self._cancel_head()
-            self._head_timer = self.loop.call_later(head_timeout, self._head_expired)
-
-        def _cancel_head(self) -> None:
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_expired(self) -> None:
-            self._head_timer = None
-            if self.transport.is_closing():
-                return
-            unsent = self.transport.get_write_buffer_size()
-            if unsent:  # the last answer is still buffered: a slow reader, not a slow sender
-                if unsent < self._unsent:  # it is reading: give it another period
-                    self._unsent = unsent
-                    self._arm_head()
-                    return
-                log.warning("FHIR server: dropping %s, which read nothing for %g s", self.client,
-                            head_timeout)
-                self.transport.abort()  # close() would wait for the buffer to drain, i.e. for ever
-                return
-            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:  # a partial head: say why
-                self.transport.write(_raw_response(408, "timeout",
-                                                   f"request head not complete within {head_timeout:g} s"))
-            self.transport.close()
-
-    return GuardedH11Protocol
+def outcome_response(status: int, code: str, message: str) -> bytes:
+    """A :data:`kit._http_serve.Render`: a raw ``Connection: close`` response with an OperationOutcome."""
+    return raw_response(status, outcome_body(code, message), b"application/fhir+json")
 
 
 async def read_body(request: Request, *, limit: int, timeout: float) -> bytes:

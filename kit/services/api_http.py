@@ -8,7 +8,7 @@
   ``body_timeout`` (413, 408), bounds how long one ``send`` may wait for a slow
   reader, and turns anything unexpected into a logged 500 problem: the last line.
 * :class:`ApiServer` runs the app with uvicorn in a thread, with the FHIR
-  server's connection guards (:func:`kit.fhir.server_http.guarded_protocol`:
+  server's connection guards (:func:`kit._http_serve.guarded_protocol`:
   a deadline on request heads, a cap on open connections).
 
 Written by hand: Starlette and uvicorn have no such limits of their own.
@@ -19,19 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
-import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final
 
 import orjson
-import uvicorn
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from kit.errors import PeerError, ServiceFailedError
-from kit.fhir.server_http import guarded_protocol
+from kit._http_serve import ServingThread, bind
 from kit.services.api_models import problem
 
 __all__ = ["ApiGuard", "ApiServer", "Json", "problem_response"]
@@ -259,9 +255,7 @@ class ApiServer:
         self.keep_alive = keep_alive
         self.max_connections = max_connections
         self.on_stop = on_stop
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._failure: BaseException | None = None
+        self._serving = ServingThread("api", "the API server")
 
     @property
     def address(self) -> str:
@@ -272,66 +266,20 @@ class ApiServer:
     @property
     def failure(self) -> BaseException | None:
         """Why the server thread died (None while it runs or after a clean stop)."""
-        return self._failure
-
-    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
-        try:
-            server.run(sockets=[sock])
-        except BaseException as exc:  # noqa: BLE001 - reported through .failure, loudly
-            self._failure = exc
-            log.error("API server stopped: %s", exc)
-        else:
-            if not server.should_exit:
-                self._failure = ServiceFailedError("the API server stopped by itself", service="api")
+        return self._serving.failure
 
     def start(self) -> None:
         """Bind and return once the server answers."""
-        if self._thread is not None:
+        if self._serving.running:
             return
-        try:
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            raise PeerError(f"cannot bind the API to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        sock = bind(self.host, self.port, what="the API")
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            log_config=None,  # uvicorn would reset the process's logging on each start
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-            timeout_keep_alive=int(self.keep_alive),
-            http=guarded_protocol(head_timeout=self.head_timeout, max_connections=self.max_connections),
-            proxy_headers=False,
-            server_header=False,
-        )
-        server = uvicorn.Server(config)
-        self._server = server
-        self._thread = threading.Thread(
-            target=self._run, args=(server, sock), daemon=True, name=f"kit-api-{self.port}"
-        )
-        self._thread.start()
-        waiter = threading.Event()
-        for _ in range(400):
-            if server.started:
-                return
-            if not self._thread.is_alive():
-                break
-            waiter.wait(0.05)
-        self.stop()
-        sock.close()
-        raise ServiceFailedError(f"the API server did not start on {self.host}:{self.port}", service="api")
+        self._serving.start(self.app, sock, head_timeout=self.head_timeout,
+                            max_connections=self.max_connections, keep_alive=self.keep_alive)
 
     def stop(self) -> None:
         """Stop serving (idempotent)."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        self._thread = None
+        self._serving.stop()
         if self.on_stop is not None:
             self.on_stop()
             self.on_stop = None

@@ -23,7 +23,7 @@ Every peer is hostile: a declared body over ``max_body_bytes`` is refused
 within :data:`BODY_TIMEOUT`; UIDs follow the DICOM grammar; a report-status list
 holds at most ``max_report_studies``; WebhookUri is http(s) only; at most
 ``max_queue`` unfinished jobs (429 beyond, with Retry-After); the request head
-deadline and connection cap are :func:`kit.fhir.server_http.guarded_protocol`'s;
+deadline and connection cap are :func:`kit._http_serve.guarded_protocol`'s;
 an unexpected exception is a logged 500, never a dead service. A worker that
 died makes ``/health`` 503, refuses new jobs (503) and sets
 :attr:`MedixService.failure`, which ``kit medix serve`` polls to exit 1.
@@ -37,23 +37,20 @@ import asyncio
 import logging
 import os
 import re
-import socket
-import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
 import orjson
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from kit._http_serve import ServingThread, bind
 from kit.config import Secret, Settings
-from kit.errors import InvalidInputError, KitError, PeerError, ServiceFailedError, StoreError
-from kit.fhir.server_http import guarded_protocol
+from kit.errors import InvalidInputError, KitError, ServiceFailedError, StoreError
 from kit.services._audit_http import medix_audit
 from kit.services._bearer import BearerAuth
 from kit.services.audit import AuditLog, enable_configured, release
@@ -257,7 +254,7 @@ class MedixService:
     workspace : path, optional
         Folder of the job table, exports and zips (default ``[medix] workspace``).
     head_timeout, max_connections
-        HTTP hardening, as for :func:`kit.fhir.server_http.guarded_protocol`.
+        HTTP hardening, as for :func:`kit._http_serve.guarded_protocol`.
     """
 
     name = "medix"
@@ -278,8 +275,7 @@ class MedixService:
         self.workers: ExportWorkers | None = None
         self.webhooks: WebhookDispatcher | None = None
         self._hub: Any = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving = ServingThread("medix", "the Medix HTTP server")
         self._audit: AuditLog | None = None
 
     @property
@@ -328,9 +324,7 @@ class MedixService:
             return ServiceFailedError("a Medix export worker stopped", service="medix")
         if self.webhooks is not None and not self.webhooks.alive:
             return ServiceFailedError("the Medix webhook dispatcher stopped", service="medix")
-        if self._thread is not None and not self._thread.is_alive():
-            return ServiceFailedError("the Medix HTTP server stopped", service="medix")
-        return None
+        return self._serving.failure
 
     def problem(self) -> str | None:
         """Why the service is unhealthy, or None."""
@@ -341,19 +335,13 @@ class MedixService:
 
     def start(self) -> MedixService:
         """Open the job table (resuming interrupted jobs), start the workers, bind and serve; return self."""
-        if self._thread is not None:
+        if self._serving.running:
             return self
         try:
             self.workspace.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
             raise StoreError(f"cannot create the Medix workspace {self.workspace}: {exc.strerror}") from exc
-        try:
-            sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            raise PeerError(f"cannot bind the Medix service to {self.host}:{self.port}: "
-                            f"{exc.strerror or exc}") from exc
+        sock = bind(self.host, self.port, what="the Medix service")
         self.port = int(sock.getsockname()[1])
         try:
             self.store = JobStore(self.workspace / "jobs.sqlite")
@@ -366,26 +354,9 @@ class MedixService:
                                          on_event=self.webhooks.wake)
             self.webhooks.start()
             self.workers.start()
-            config = uvicorn.Config(create_app(self), log_level="warning", log_config=None,
-                                    access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-                                    proxy_headers=False,
-                                    http=guarded_protocol(head_timeout=self.head_timeout,
-                                                          max_connections=self.max_connections),
-                                    timeout_keep_alive=5)
-            server = uvicorn.Server(config)
-            self._server = server
-            self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                                            name=f"medix-http-{self.port}")
-            self._thread.start()
-            ready = threading.Event()
-            for _ in range(300):
-                if server.started:
-                    return self
-                if not self._thread.is_alive():
-                    break
-                ready.wait(0.05)
-            raise ServiceFailedError(f"the Medix service did not start on {self.host}:{self.port}",
-                                     service="medix")
+            self._serving.start(create_app(self), sock, head_timeout=self.head_timeout,
+                                max_connections=self.max_connections, keep_alive=5)
+            return self
         except BaseException:
             sock.close()
             self.stop()
@@ -393,11 +364,7 @@ class MedixService:
 
     def stop(self) -> None:
         """Stop serving and the workers (jobs in flight resume on the next start); idempotent."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
+        self._serving.stop()
         if self.workers is not None:
             self.workers.stop()
         if self.webhooks is not None:

@@ -262,10 +262,11 @@ def test_an_exception_in_one_request_does_not_stop_the_service(server: Embedded,
 
 
 def test_a_dead_server_thread_is_reported_and_stops_listening(server: Embedded) -> None:
-    assert server.web._server is not None
-    server.web._server.should_exit = True  # the thread ends without stop(): as if it had died
-    assert server.web._thread is not None
-    server.web._thread.join(timeout=10)
+    serving = server.web._serving
+    assert serving._server is not None
+    serving._server.should_exit = True  # the thread ends without stop(): as if it had died
+    assert serving._thread is not None
+    serving._thread.join(timeout=10)
     assert not server.web.running and server.web.failure is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.web.port), timeout=2).close()
