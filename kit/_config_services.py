@@ -8,6 +8,7 @@ checks (:data:`CHECKS`, merged into the config's own).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,8 @@ class MedixSettings:
     fetched from the PACS: ``c-get`` (default), ``c-move`` (to our ``[pacs] aet`` and
     ``store_port``) or ``wado`` (WADO-RS from ``[dicomweb] base``). ``public_url`` is
     the root the webhooks' ``File`` addresses start with (default: the listen address).
+    A finished study's zip is deleted ``keep_hours`` after the job's last change
+    (its download then answers 410 Gone); 0 keeps every zip.
     """
 
     host: str = "127.0.0.1"
@@ -50,6 +53,7 @@ class MedixSettings:
     webhook_backoff: float = 0.5
     webhook_backoff_max: float = 30.0
     max_resumes: int = 2
+    keep_hours: float = 72.0
 
     def resolved_workspace(self) -> Path:
         """The workspace folder as an absolute path (default: ``~/.cache/kit/medix``)."""
@@ -186,6 +190,12 @@ class DaskSettings:
     timeout: float = 30.0
 
 
+def _hours(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{value} is not a number of hours (0 or more)")
+    return value
+
+
 def _non_negative(value: int) -> int:
     if value < 0:
         raise ValueError(f"{value} must not be negative")
@@ -221,6 +231,7 @@ CHECKS: dict[str, Any] = {
     "medix.webhook_backoff": _checks.positive_seconds,
     "medix.webhook_backoff_max": _checks.positive_seconds,
     "medix.max_resumes": _non_negative,
+    "medix.keep_hours": lambda v: _hours(v),
     "api.host": _checks.host_name,
     "api.port": lambda v: _checks.port(v, ephemeral=True),
     "api.max_body": _checks.positive_int,

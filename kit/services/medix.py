@@ -209,10 +209,10 @@ def create_app(service: MedixService) -> Any:
         job = await run_in_threadpool(service.store_or_raise().get, _job_id(job_id))
         if job is None:
             raise _Answer(404, "no such job")
-        if job.state != "done" or not job.file:
+        if job.state != "done":
             raise _Answer(409, f"the study is not ready (status {job.status.protocol_name})")
-        path = service.files / job.file
-        if not path.is_file():
+        path = service.files / job.file if job.file else None
+        if path is None or not path.is_file():
             raise _Answer(410, "the file is no longer kept")
         return FileResponse(path, media_type="application/zip", filename=f"{job.study_uid}.zip")
 

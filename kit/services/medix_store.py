@@ -199,6 +199,17 @@ class JobStore:
         """Every job, oldest first."""
         return [_job(r) for r in self._read("SELECT * FROM jobs ORDER BY created, id")]
 
+    def expired(self, before: float, *, limit: int = 256) -> list[Job]:
+        """Done jobs whose zip is still kept and whose last change was before ``before`` (epoch s)."""
+        return [_job(r) for r in self._read(
+            "SELECT * FROM jobs WHERE state = 'done' AND file IS NOT NULL AND updated < ? "
+            "ORDER BY updated LIMIT ?", (before, limit))]
+
+    def forget_file(self, job_id: str) -> None:
+        """Record that the job's zip was deleted (its download answers 410 Gone from now on)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET file = NULL WHERE id = ?", (job_id,))
+
     def unfinished(self) -> int:
         """Queued plus running jobs."""
         return int(self._read("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')")[0][0])

@@ -64,6 +64,8 @@ log = logging.getLogger("kit.services.medix")
 
 #: How often the export watchdog looks at the export folder.
 POLL_SECONDS: Final = 0.1
+#: seconds between two sweeps of expired zips
+SWEEP_SECONDS: Final = 60.0
 
 
 def _reason(exc: BaseException) -> str:
@@ -210,6 +212,8 @@ class ExportWorkers:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._move_lock = threading.Lock()
+        self._sweep_lock = threading.Lock()
+        self._next_sweep = 0.0
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -247,6 +251,7 @@ class ExportWorkers:
             while not self._stop.is_set():
                 job = self.store.claim()
                 if job is None:
+                    self.sweep()
                     self._wake.wait(1.0)
                     self._wake.clear()
                     continue
@@ -256,6 +261,35 @@ class ExportWorkers:
             if not self._stop.is_set():  # recorded and logged; the service's health turns red
                 self.failure = exc
                 log.critical("Medix export worker died: %r", exc, exc_info=exc)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the zips kept longer than ``[medix] keep_hours``; how many (at most once a minute).
+
+        A file that cannot be deleted is logged and tried again on the next sweep;
+        a job table that fails raises (the worker dies loudly, as for any store failure).
+        """
+        hours = self.medix.keep_hours
+        now = time.time() if now is None else now
+        if hours <= 0 or not self._sweep_lock.acquire(blocking=False):
+            return 0
+        try:
+            if now < self._next_sweep:
+                return 0
+            self._next_sweep = now + SWEEP_SECONDS
+            removed = 0
+            for job in self.store.expired(now - hours * 3600.0):
+                try:
+                    (self.files / str(job.file)).unlink(missing_ok=True)
+                except OSError as exc:
+                    log.warning("Medix: cannot delete the expired zip of job %s: %s", job.id, _reason(exc))
+                    continue
+                self.store.forget_file(job.id)
+                removed += 1
+            if removed:
+                log.info("Medix: deleted %d zip(s) kept over %g h", removed, hours)
+            return removed
+        finally:
+            self._sweep_lock.release()
 
     def _report(self, job: Job, status: MedixStatus, **kwargs: object) -> None:
         if self.store.report(job.id, status, **kwargs):  # type: ignore[arg-type]

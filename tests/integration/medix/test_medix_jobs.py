@@ -249,3 +249,36 @@ def test_a_dead_worker_makes_the_service_unhealthy(stack: Stack, medix_service: 
         assert health.status_code == 503 and "Crash" in health.json()["reason"]
         refused = c.post("/api/study/download", json=body)
         assert refused.status_code == 503  # never accepted into a void
+
+
+def test_a_zip_kept_past_keep_hours_is_deleted_and_its_download_is_gone(
+        stack: Stack, medix_service: Factory) -> None:
+    study = sample_study("MRN1002", "MR")["study_instance_uid"]
+    with WebhookReceiver() as hook, medix_service(stack.client_settings(), keep_hours=1.0) as service:
+        job_id = request_download(service.address, study, hook.url, {})
+        assert hook.wait_final() == GOOD
+        workers, store = service.workers, service.store
+        assert workers is not None and store is not None
+        zipped = service.files / f"{job_id}.zip"
+        assert zipped.is_file()
+        now = time.time()
+        assert workers.sweep(now + 1800) == 0 and zipped.is_file()  # half an hour on: kept
+        workers._next_sweep = 0.0
+        assert workers.sweep(now + 3700) == 1 and not zipped.exists()  # over an hour: deleted
+        workers._next_sweep = 0.0
+        assert workers.sweep(now + 7200) == 0  # deleted once, forgotten
+        with client(service.address) as c:
+            gone = c.get(f"/api/study/download/{job_id}/file")
+            job = c.get(f"/api/study/download/{job_id}").json()
+        assert gone.status_code == 410 and "no longer kept" in gone.text
+        assert job["State"] == "done" and job["Statuses"] == GOOD  # the job's record stays
+
+
+def test_keep_hours_zero_keeps_every_zip(stack: Stack, medix_service: Factory) -> None:
+    study = sample_study("MRN1002", "MR")["study_instance_uid"]
+    with WebhookReceiver() as hook, medix_service(stack.client_settings(), keep_hours=0.0) as service:
+        job_id = request_download(service.address, study, hook.url, {})
+        assert hook.wait_final() == GOOD
+        assert service.workers is not None
+        assert service.workers.sweep(time.time() + 10 * 365 * 86400) == 0
+        assert (service.files / f"{job_id}.zip").is_file()
