@@ -10,6 +10,10 @@
   ``max_connections`` (503) and answers unparseable HTTP in the service's own
   error shape (``render``: an OperationOutcome for FHIR, ``{"detail": ...}`` JSON
   for the others) instead of uvicorn's plain-text 400.
+- :func:`run_guarded` is the last ASGI layer's core: each ``send`` may wait at
+  most ``send_timeout`` for a slow reader (then the connection is dropped), and
+  any unexpected exception is logged and answered 500 (if no answer started):
+  one request never stops the service.
 - :class:`ServingThread` binds the socket, runs uvicorn on it in a daemon thread
   and returns once it answers. If the thread dies, the listening socket is closed
   (never a listener that accepts into a void) and :attr:`ServingThread.failure`
@@ -21,10 +25,11 @@ Written by hand: uvicorn has no hooks for these limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import h11
@@ -34,7 +39,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kit.errors import PeerError, ServiceFailedError
 
-__all__ = ["Render", "ServingThread", "bind", "guarded_protocol", "json_response"]
+__all__ = ["Render", "Served", "ServingThread", "bind", "guarded_protocol", "json_response", "run_guarded"]
 
 log = logging.getLogger("kit.http")
 
@@ -143,6 +148,58 @@ def guarded_protocol(*, head_timeout: float, max_connections: int, service: str 
     return GuardedH11Protocol
 
 
+async def run_guarded(app: Any, scope: MutableMapping[str, Any], receive: Any, send: Any, *,
+                      send_timeout: float, service: str, logger: logging.Logger,
+                      reject: Callable[[int, str], Awaitable[None]],
+                      answer: Callable[[Exception], tuple[int, str] | None] | None = None) -> None:
+    """Call ``app`` with a slow-reader limit on ``send`` and a logged 500 for anything unexpected.
+
+    Parameters
+    ----------
+    app, scope, receive, send
+        The ASGI call to guard.
+    send_timeout : float
+        Seconds one ``send`` may wait for the peer to read; then the connection is dropped.
+    service : str
+        The service's name in log lines.
+    logger : logging.Logger
+        The service's logger.
+    reject : callable
+        ``await reject(status, message)`` writes an error response through ``send``.
+    answer : callable, optional
+        Maps an exception the app lets out on purpose to ``(status, message)``
+        (e.g. an HTTPException raised by a middleware); None: unexpected.
+    """
+    started = False
+
+    async def guarded_send(message: MutableMapping[str, Any]) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        try:
+            async with asyncio.timeout(send_timeout):
+                await send(message)
+        except TimeoutError:
+            raise OSError(f"the client read nothing for {send_timeout:g} s") from None
+
+    try:
+        await app(scope, receive, guarded_send)
+    except Exception as exc:  # noqa: BLE001 - the last line: log it, answer 500, keep serving
+        if isinstance(exc, OSError) and started:
+            logger.warning("%s: dropped a slow or gone client: %s", service, exc)
+            return
+        known = answer(exc) if answer is not None and not started else None
+        if known is not None:
+            with contextlib.suppress(OSError):
+                await reject(*known)
+            return
+        logger.error("%s: unexpected error on %s %s", service, scope.get("method"), scope.get("path"),
+                     exc_info=exc)
+        if not started:
+            with contextlib.suppress(OSError):
+                await reject(500, f"internal error ({type(exc).__name__})")
+
+
 def bind(host: str, port: int, *, what: str) -> socket.socket:
     """A TCP socket bound to ``host:port`` (0: ephemeral); :class:`PeerError` naming ``what`` if not."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -153,6 +210,22 @@ def bind(host: str, port: int, *, what: str) -> socket.socket:
         sock.close()
         raise PeerError(f"cannot bind {what} to {host}:{port}: {exc.strerror or exc}") from exc
     return sock
+
+
+class Served:
+    """Mixin of a service run by a :class:`ServingThread` held as ``_serving``: its health."""
+
+    _serving: ServingThread
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the server thread died (health: red; None while it serves and after a clean stop)."""
+        return self._serving.failure
+
+    @property
+    def running(self) -> bool:
+        """Whether it is serving (False once its thread died)."""
+        return self._serving.running
 
 
 class ServingThread:

@@ -66,7 +66,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from kit._http_serve import ServingThread, bind
+from kit._http_serve import Served, ServingThread, bind, run_guarded
 from kit.dicom.matching import COMPUTED_KEYS, LEVEL_KEYS, candidate_dataset, matches, response_identifier
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import check_received
@@ -542,35 +542,12 @@ class _Guard:
                                      or int(declared) > self.max_body):
             await _error(413, f"request body over {self.max_body} bytes", close=True)(scope, receive, send)
             return
-        started = False
-
-        async def guarded_send(message: Any) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            try:
-                async with asyncio.timeout(self.send_timeout):
-                    await send(message)
-            except TimeoutError:
-                raise OSError(f"the client read nothing for {self.send_timeout:g} s") from None
-
-        try:
-            await self.app(scope, receive, guarded_send)
-        except Exception as exc:  # noqa: BLE001 - the last line: log it, answer 500, keep serving
-            if isinstance(exc, OSError) and started:
-                log.warning("DICOMweb: dropped a slow or gone client: %s", exc)
-                return
-            log.error("DICOMweb: unexpected error on %s %s", scope.get("method"), scope.get("path"),
-                      exc_info=exc)
-            if not started:
-                try:
-                    await _error(500, f"internal error ({type(exc).__name__})", close=True)(
-                        scope, receive, send)
-                except OSError:
-                    pass
+        await run_guarded(self.app, scope, receive, send, send_timeout=self.send_timeout, service="DICOMweb",
+                          logger=log, reject=lambda status, message: _error(status, message, close=True)(
+                              scope, receive, send))
 
 
-class EmbeddedDicomWeb:
+class EmbeddedDicomWeb(Served):
     """The embedded DICOMweb server (QIDO-RS, WADO-RS, STOW-RS), run by uvicorn in a background thread.
 
     Parameters
@@ -629,16 +606,6 @@ class EmbeddedDicomWeb:
     def address(self) -> str:
         """Same as :attr:`base_url` (the stack's address convention)."""
         return self.base_url
-
-    @property
-    def failure(self) -> BaseException | None:
-        """The error that stopped the server, if its thread died (health: red)."""
-        return self._serving.failure
-
-    @property
-    def running(self) -> bool:
-        """Whether the server is serving (False once its thread died)."""
-        return self._serving.running
 
     def start(self) -> None:
         """Bind and return once the server answers.

@@ -36,7 +36,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kit._http_serve import ServingThread, bind
+from kit._http_serve import Served, ServingThread, bind
 from kit.errors import FhirValidationError, KitError, OperationOutcomeError
 from kit.fhir._audit import FhirAuditMiddleware
 from kit.fhir.resources import issue, operation_outcome
@@ -500,7 +500,7 @@ def create_app(
     return app
 
 
-class EmbeddedFhirServer:
+class EmbeddedFhirServer(Served):
     """The embedded FHIR R4 server, run by uvicorn in a background thread.
 
     Parameters
@@ -559,16 +559,6 @@ class EmbeddedFhirServer:
         self.max_connections = max_connections
         self.store: FhirStore | None = None
         self._serving = ServingThread("fhir", "the embedded FHIR server")
-
-    @property
-    def failure(self) -> BaseException | None:
-        """Why the server thread died (health: red; None while it serves)."""
-        return self._serving.failure
-
-    @property
-    def running(self) -> bool:
-        """Whether it is serving (False once its thread died)."""
-        return self._serving.running
 
     @property
     def base_url(self) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from kit._http_serve import raw_response
+from kit._http_serve import raw_response, run_guarded
 from kit.fhir.resources import issue, operation_outcome
 from kit.fhir.server_limits import outcome_error
 
@@ -117,28 +117,7 @@ class GuardMiddleware:
         if host and _HOST.fullmatch(host) is None:
             await self._reject(send, 400, "invalid", "the Host header is not a host name")
             return
-        started = False
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            try:
-                async with asyncio.timeout(self.send_timeout):
-                    await send(message)
-            except TimeoutError:
-                raise OSError(f"the client read nothing for {self.send_timeout:g} s") from None
-
-        try:
-            await self.app(scope, receive, guarded_send)
-        except Exception as exc:  # noqa: BLE001 - the last line: log it, answer 500, keep serving
-            if isinstance(exc, OSError) and started:
-                log.warning("FHIR server: dropped a slow or gone client: %s", exc)
-                return
-            log.error("FHIR server: unexpected error on %s %s", scope.get("method"), scope.get("path"),
-                      exc_info=exc)
-            if not started:
-                try:
-                    await self._reject(send, 500, "exception", f"internal error ({type(exc).__name__})")
-                except OSError:
-                    pass
+        await run_guarded(self.app, scope, receive, send, send_timeout=self.send_timeout,
+                          service="FHIR server", logger=log,
+                          reject=lambda status, message: self._reject(
+                              send, status, "exception" if status >= 500 else "invalid", message))

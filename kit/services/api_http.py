@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from kit._http_serve import ServingThread, bind
+from kit._http_serve import Served, ServingThread, bind, run_guarded
 from kit.services.api_models import problem
 
 __all__ = ["ApiGuard", "ApiServer", "Json", "problem_response"]
@@ -167,7 +167,7 @@ class ApiGuard:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout
-        state = {"received": 0, "done": False, "started": False}
+        state = {"received": 0, "done": False}
 
         async def limited_receive() -> Message:
             if state["done"]:
@@ -190,33 +190,15 @@ class ApiGuard:
                 state["done"] = True
             return message
 
-        async def guarded_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                state["started"] = True
-            try:
-                async with asyncio.timeout(self.send_timeout):
-                    await send(message)
-            except TimeoutError:
-                raise OSError(f"the client read nothing for {self.send_timeout:g} s") from None
+        def answer(exc: Exception) -> tuple[int, str] | None:
+            return (exc.status_code, str(exc.detail)) if isinstance(exc, HTTPException) else None
 
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception as exc:  # noqa: BLE001 - the last line: log it, answer 500, keep serving
-            if isinstance(exc, OSError) and state["started"]:
-                log.warning("API: dropped a slow or gone client: %s", exc)
-                return
-            if isinstance(exc, HTTPException) and not state["started"]:
-                await self._reject(send, exc.status_code, str(exc.detail))
-                return
-            log.error("API: unexpected error on %s %s", scope.get("method"), path, exc_info=exc)
-            if not state["started"]:
-                try:
-                    await self._reject(send, 500, f"internal error ({type(exc).__name__})")
-                except OSError:
-                    pass
+        await run_guarded(self.app, scope, limited_receive, send, send_timeout=self.send_timeout,
+                          service="API", logger=log, answer=answer,
+                          reject=lambda status, message: self._reject(send, status, message))
 
 
-class ApiServer:
+class ApiServer(Served):
     """The API app served by uvicorn in a background thread.
 
     Parameters
@@ -262,11 +244,6 @@ class ApiServer:
         """``http://host:port``."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
-
-    @property
-    def failure(self) -> BaseException | None:
-        """Why the server thread died (None while it runs or after a clean stop)."""
-        return self._serving.failure
 
     def start(self) -> None:
         """Bind and return once the server answers."""

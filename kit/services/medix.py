@@ -48,7 +48,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from kit._http_serve import ServingThread, bind
+from kit._http_serve import ServingThread, bind, run_guarded
 from kit.config import Secret, Settings
 from kit.errors import InvalidInputError, KitError, ServiceFailedError, StoreError
 from kit.services._audit_http import medix_audit
@@ -58,12 +58,14 @@ from kit.services.medix_protocol import parse_download_request, parse_report_req
 from kit.services.medix_store import JobStore
 from kit.services.medix_worker import ExportWorkers, WebhookDispatcher
 
-__all__ = ["BODY_TIMEOUT", "MedixService", "create_app"]
+__all__ = ["BODY_TIMEOUT", "SEND_TIMEOUT", "MedixService", "create_app"]
 
 log = logging.getLogger("kit.services.medix")
 
 #: Seconds a request body may take to arrive.
 BODY_TIMEOUT: Final = 15.0
+#: Seconds one chunk of an answer (e.g. of a zip) may wait for a client that reads nothing.
+SEND_TIMEOUT: Final = 30.0
 #: Report-status requests answered at once (each is many PACS and EHR queries).
 REPORT_CONCURRENCY: Final = 2
 #: Seconds a report-status request waits for its turn before a 503.
@@ -82,7 +84,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 class _Guard:
-    """Outermost ASGI layer: token check on every path, early 413, last-resort 500 (JSON)."""
+    """Outermost ASGI layer: token check, early 413, slow-reader limit, last-resort 500 (JSON)."""
 
     def __init__(self, app: ASGIApp, *, auth: BearerAuth, max_body: int) -> None:
         self.app = app
@@ -105,20 +107,9 @@ class _Guard:
             response.headers["Connection"] = "close"
             await response(scope, receive, send)
             return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception as exc:  # noqa: BLE001 - the last line: log, answer 500, keep serving
-            log.error("Medix: unexpected error on %s %s", scope.get("method"), scope.get("path"),
-                      exc_info=exc)
-            if not started:
-                await _error(500, f"internal error ({type(exc).__name__})")(scope, receive, send)
+        await run_guarded(self.app, scope, receive, send, send_timeout=SEND_TIMEOUT, service="Medix",
+                          logger=log,
+                          reject=lambda status, message: _error(status, message)(scope, receive, send))
 
 
 async def _json_body(request: Request, limit: int) -> Any:

@@ -79,3 +79,43 @@ def test_the_fhir_server_answers_garbage_with_an_outcome_and_reports_a_dead_thre
         assert isinstance(fhir.failure, ServiceFailedError) and fhir.failure.service == "fhir"
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", fhir.port), timeout=2).close()
+
+
+def _guarded(app, send, answer=None):  # type: ignore[no-untyped-def]
+    import asyncio
+    import logging
+
+    from kit._http_serve import run_guarded
+
+    rejected: list[tuple[int, str]] = []
+
+    async def reject(status: int, message: str) -> None:
+        rejected.append((status, message))
+
+    async def receive():  # type: ignore[no-untyped-def]
+        return {"type": "http.request", "body": b""}
+
+    asyncio.run(run_guarded(app, {"type": "http", "method": "GET", "path": "/x"}, receive, send,
+                            send_timeout=0.2, service="demo", logger=logging.getLogger("test"),
+                            reject=reject, answer=answer))
+    return rejected
+
+
+def test_run_guarded_drops_a_reader_that_reads_nothing_and_answers_500_for_a_bug() -> None:
+    import asyncio
+
+    async def stuck(message):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(3600)  # a peer whose socket never drains
+
+    started = time.monotonic()
+    assert _guarded(_app, stuck) == []  # dropped (no answer can be written), not hung
+    assert time.monotonic() - started < 5
+
+    async def bug(scope, receive, send):  # type: ignore[no-untyped-def]
+        raise KeyError("surprise")
+
+    async def fine(message):  # type: ignore[no-untyped-def]
+        pass
+
+    assert _guarded(bug, fine) == [(500, "internal error (KeyError)")]
+    assert _guarded(bug, fine, answer=lambda exc: (413, "too big")) == [(413, "too big")]
