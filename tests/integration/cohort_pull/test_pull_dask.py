@@ -248,3 +248,72 @@ def test_a_killed_client_resumes_on_the_cluster_without_fetching_a_finished_stud
     assert not done2 & set(pacs.retrieves[second_at:])
     assert set(pacs.retrieves) == {s.uid for s in studies}
     assert len(pacs.retrieves) <= len(studies) + 2 * 4  # at most the tasks in flight at each kill again
+
+
+# -- a worker that dies holding an association slot -----------------------------------------------
+
+def _hold_a_slot_and_die(limiter: DaskLimiter, marker: str) -> str:
+    """Take the one slot and die with it (once: Dask runs a task again after its worker died)."""
+    if os.path.exists(marker):
+        return "ran again"
+    with limiter.association():
+        Path(marker).touch()
+        os._exit(1)
+    return "unreachable"  # pragma: no cover
+
+
+def _take_a_slot(limiter: DaskLimiter) -> float:
+    started = time.monotonic()
+    with limiter.association():
+        return time.monotonic() - started
+
+
+def test_a_worker_that_dies_holding_a_slot_frees_it_after_the_lease_timeout(tmp_path: Path) -> None:
+    import dask
+
+    timeouts = {"distributed.scheduler.locks.lease-timeout": "2s",
+                "distributed.scheduler.locks.lease-validation-interval": "0.5s"}
+    with dask.config.set(timeouts), dask_client("local", DaskSettings(workers=2, timeout=60)) as c:
+        limiter = DaskLimiter.for_job(tmp_path / "journal.sqlite", "dicom://X@h:1", 1, 10.0).start(c)
+        marker = str(tmp_path / "died")
+        slots = distributed.Semaphore(max_leases=1, name=limiter._names[0], scheduler_rpc=c.scheduler,
+                                      loop=c.loop)
+        first = c.submit(_hold_a_slot_and_die, limiter, marker, pure=False)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(marker):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        died = time.monotonic()
+        held = []
+        while slots.get_value():  # the dead worker's lease, until the scheduler times it out
+            held.append(time.monotonic() - died)
+            assert held[-1] < 15, "a dead worker held its association slot"
+            time.sleep(0.1)
+        freed = time.monotonic() - died
+        # held for about the lease timeout (2 s, checked every 0.5 s), then free for the others
+        assert 1.0 <= freed <= 10.0, freed
+        assert c.submit(_take_a_slot, limiter, pure=False).result(timeout=60) < 5.0
+        assert first.result(timeout=60) == "ran again"
+        limiter.finish(c)
+
+
+def test_leases_that_never_time_out_are_refused(client: distributed.Client) -> None:
+    import dask
+
+    with dask.config.set({"distributed.scheduler.locks.lease-timeout": "inf"}), \
+            pytest.raises(KitError, match="hold its association slot forever"):
+        DaskLimiter("kit-cohort-test", 1, 1.0).start(client)
+
+
+def test_the_cli_refuses_dask_with_move(tmp_path: Path) -> None:
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text("accession_number\nA1\n")
+    proc = subprocess.run([*KIT, "cohort", "pull", str(cohort), "--out-dir", str(tmp_path / "out"),
+                           "--dask", "local", "--move"], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "--move sends to one fixed address" in proc.stderr
+    proc = subprocess.run([*KIT, "cohort", "pull", str(cohort), "--out-dir", str(tmp_path / "out"),
+                           "--dask", "nowhere:1"], cwd=tmp_path, env=_env(), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "ConfigError" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
