@@ -20,8 +20,8 @@ Each task gets plain data only and returns an :class:`~kit.cohort.retrieve.Attem
   timeout (its event loop blocked) loses its lease while still working; the
   retrieves hold the GIL only briefly, so keep the default timeout or raise it.
 - *images per second*: one token bucket whose state (``tokens``, ``at``:
-  :meth:`kit.cohort.limiter.TokenBucket.state`) lives in a ``distributed.Variable``
-  on the scheduler, changed only under a ``distributed.Lock`` (itself a lease:
+  :meth:`kit.cohort.limiter.TokenBucket.state`) lives in the scheduler's metadata
+  (``Client.set_metadata``), changed only under a ``distributed.Lock`` (itself a lease:
   a worker dying inside the update frees it after the same timeout). Each
   arriving instance takes the lock, continues the bucket from the stored state
   with :class:`~kit.cohort.limiter.TokenBucket`'s arithmetic, stores it back and
@@ -30,11 +30,13 @@ Each task gets plain data only and returns an :class:`~kit.cohort.retrieve.Attem
   second at most; clinical PACS caps are far below that). The bucket runs on the
   workers' wall clocks: tokens accrue only as the latest reading advances, so a
   worker whose clock lags waits a little longer; it never raises the rate.
-- the same Variable names the job's current *run*: a task of a run that ended
-  (the client stopped, or was killed and a new run of the same job started)
-  gets :class:`~kit.cohort.limiter.Stopped` at its next call, and opens no new
-  association. A killed client's task that is mid-transfer finishes under the
-  same caps (the names depend on the job and the caps, not on the run).
+- the same entry names the job's current *run*. When the client ends a run
+  (done, or stopping on an error), a task still waiting in it gets
+  :class:`~kit.cohort.limiter.Stopped`. A killed client cannot say so: its
+  tasks already running on the workers go on under the same caps (the names
+  depend on the job and the caps, not on the run, and a new run keeps the
+  bucket as it is); once a new run of the job has started they open no new
+  association (Stopped), and one mid-transfer finishes it politely.
 
 The names are derived from the job's journal path and PACS (and the caps):
 the caps hold per job, across all of its workers and leftover tasks of its
@@ -48,7 +50,7 @@ DICOMweb credentials, reads them from its own environment
 on a file system shared by the client and every worker.
 
 Written by hand: the glue above; the coordination is distributed's
-Semaphore, Lock and Variable, the arithmetic :class:`~kit.cohort.limiter.TokenBucket`'s.
+Semaphore, Lock and scheduler metadata, the arithmetic :class:`~kit.cohort.limiter.TokenBucket`'s.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ __all__ = ["DaskLimiter", "DaskRunner"]
 
 #: Longest single wait on the scheduler before a worker checks whether its run still runs.
 WAIT_SLICE = 1.0
-#: Seconds a worker waits for an answer about the run's state before it gives up (Stopped).
+#: Seconds a starting run waits for the bucket's lock.
 STATE_TIMEOUT = 30.0
 
 # per process: the distributed primitives of each limiter (one set per worker process)
@@ -147,7 +149,7 @@ class DaskLimiter:
             The scheduler refused or did not answer.
         """
         import dask
-        from distributed import Lock, Semaphore, Variable
+        from distributed import Lock, Semaphore
 
         if str(dask.config.get("distributed.scheduler.locks.lease-timeout")).strip().lower() == "inf":
             raise ConfigError("distributed.scheduler.locks.lease-timeout",
@@ -161,8 +163,13 @@ class DaskLimiter:
                 raise ServiceFailedError(f"the Dask lock {self._names[1]} stayed taken for "
                                          f"{STATE_TIMEOUT:g}s", service="dask")
             try:
-                Variable(self._names[2], client=client).set(
-                    {"run": started.run, "tokens": self.burst, "at": time.time()})
+                state = client.get_metadata(self._key, default=None)
+                try:  # an earlier run's bucket goes on (its killed client's tasks may still draw on it)
+                    tokens, at = TokenBucket.from_state(self.images_per_second, self.burst,
+                                                        float(state["tokens"]), float(state["at"])).state()
+                except (KeyError, TypeError, ValueError):  # none yet, or not a bucket: a full one
+                    tokens, at = self.burst, time.time()
+                client.set_metadata(self._key, {"run": started.run, "tokens": tokens, "at": at})
             finally:
                 lock.release()
         except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
@@ -172,50 +179,60 @@ class DaskLimiter:
 
     def finish(self, client: Client) -> None:
         """End this run: the tasks still waiting in it get :class:`Stopped` (best effort, never raises)."""
-        from distributed import Lock, Variable
+        from distributed import Lock
 
         with contextlib.suppress(Exception):
             lock = Lock(self._names[1], scheduler_rpc=client.scheduler, loop=client.loop)
             if lock.acquire(timeout=5):
                 try:
-                    variable = Variable(self._names[2], client=client)
-                    state = variable.get(timeout=5)
+                    state = client.get_metadata(self._key, default=None)
                     if isinstance(state, dict) and state.get("run") == self.run:
-                        variable.set({**state, "run": ""})
+                        client.set_metadata(self._key, {**state, "run": ""})
                 finally:
                     lock.release()
 
     # -- the workers' side: the Limiter protocol ------------------------------------------------
 
     @property
-    def _names(self) -> tuple[str, str, str]:
-        return f"{self.name}-associations", f"{self.name}-bucket-lock", f"{self.name}-bucket"
+    def _names(self) -> tuple[str, str]:
+        return f"{self.name}-associations", f"{self.name}-bucket-lock"
+
+    @property
+    def _key(self) -> list[str]:
+        """Where the run and bucket state live in the scheduler's metadata."""
+        return ["kit-cohort", self.name]
 
     def _primitives(self) -> tuple[Any, Any, Any]:
-        from distributed import Lock, Semaphore, Variable
+        """This process's (Semaphore, Lock, Client) for the limiter (a worker's own client)."""
+        from distributed import Lock, Semaphore, get_client
 
         with _PRIMITIVES_LOCK:
             found = _PRIMITIVES.get(self.name)
             if found is None:
                 found = _PRIMITIVES[self.name] = (
                     Semaphore(max_leases=self.max_associations, name=self._names[0]),
-                    Lock(self._names[1]), Variable(self._names[2]))
+                    Lock(self._names[1]), get_client())
             return found
 
-    def _state(self) -> dict[str, Any]:
-        """The run and bucket state on the scheduler; Stopped if this run is over."""
+    def _state(self, *, current: bool = True) -> dict[str, Any]:
+        """The run and bucket state on the scheduler.
+
+        Stopped if the job's run was ended, or (``current``) if it is not this one.
+        """
         try:
-            state = self._primitives()[2].get(timeout=STATE_TIMEOUT)
+            state = self._primitives()[2].get_metadata(self._key, default=None)
         except Exception as exc:  # noqa: BLE001 - the scheduler is gone or the job was removed
             raise Stopped(f"the Dask scheduler did not answer: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(state, dict) or not self.run or state.get("run") != self.run:
-            raise Stopped("this run of the cohort job has ended")
+        if not isinstance(state, dict) or not self.run or not state.get("run"):
+            raise Stopped("the cohort job's run has ended")
+        if current and state.get("run") != self.run:
+            raise Stopped("a newer run of the cohort job has started")
         return state
 
-    def _acquire(self, primitive: Any) -> None:
+    def _acquire(self, primitive: Any, *, current: bool = True) -> None:
         """Take a lease of ``primitive`` (Semaphore or Lock), checking between waits that the run goes on."""
         while True:
-            self._state()
+            self._state(current=current)
             try:
                 if primitive.acquire(timeout=WAIT_SLICE):
                     return
@@ -236,10 +253,11 @@ class DaskLimiter:
 
     def images(self, n: int = 1) -> None:
         """Wait until ``n`` more instances may arrive, by the cluster-wide bucket."""
-        _, lock, variable = self._primitives()
-        self._acquire(lock)
+        _, lock, client = self._primitives()
+        # a transfer that a killed client's run began ends under the bucket (not at the PACS's pace)
+        self._acquire(lock, current=False)
         try:
-            state = self._state()
+            state = self._state(current=False)
             try:
                 bucket = TokenBucket.from_state(self.images_per_second, self.burst,
                                                 float(state["tokens"]), float(state["at"]))
@@ -248,7 +266,7 @@ class DaskLimiter:
             wait = bucket.reserve(time.time(), n)
             tokens, at = bucket.state()
             try:
-                variable.set({"run": self.run, "tokens": tokens, "at": at})
+                client.set_metadata(self._key, {"run": state["run"], "tokens": tokens, "at": at})
             except Exception as exc:  # noqa: BLE001
                 raise Stopped(f"the Dask scheduler did not answer: {type(exc).__name__}: {exc}") from exc
         finally:
@@ -259,7 +277,7 @@ class DaskLimiter:
             time.sleep(step)
             wait -= step
             if wait > 0:
-                self._state()
+                self._state(current=False)
 
 
 # -- the tasks ------------------------------------------------------------------------------------

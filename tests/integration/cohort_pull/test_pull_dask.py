@@ -106,7 +106,7 @@ def _per_process_slots(n: int) -> threading.BoundedSemaphore:
 def test_the_association_cap_holds_across_all_workers(
         tmp_path: Path, pacs: CountingPACS, client: distributed.Client,
         studies_dir: tuple[Path, list[Study]], cap: int) -> None:
-    studies = studies_dir[1][:16]
+    studies = studies_dir[1][:10]
     settings = settings_for(pacs, max_associations=cap, images_per_second=150.0)
     report = pull(_accessions(studies), tmp_path / "out", settings=settings, progress=False, dask=client)
     assert set(report["status"]) == {"retrieved"}
@@ -317,3 +317,27 @@ def test_the_cli_refuses_dask_with_move(tmp_path: Path) -> None:
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "ConfigError" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_new_run_stops_the_old_runs_new_associations_and_keeps_its_bucket(
+        tmp_path: Path, client: distributed.Client) -> None:
+    from kit.cohort.limiter import Stopped
+
+    base = DaskLimiter.for_job(tmp_path / "journal.sqlite", "dicom://X@h:1", 1, 100.0)
+    first = base.start(client)
+    with first.association():
+        first.images(3)
+    before = client.get_metadata(base._key)
+    second = base.start(client)  # the first run's client was killed; a new one starts the job again
+    after = client.get_metadata(base._key)
+    assert after["run"] == second.run != first.run
+    assert (after["tokens"], after["at"]) == (before["tokens"], before["at"])  # no fresh burst
+    with pytest.raises(Stopped, match="newer run"), first.association():
+        pass  # pragma: no cover
+    first.images(1)  # a transfer the old run began ends under the bucket
+    with second.association():
+        second.images(1)
+    second.finish(client)
+    for limiter in (first, second):
+        with pytest.raises(Stopped, match="has ended"):
+            limiter.images(1)
