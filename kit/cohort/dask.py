@@ -230,14 +230,17 @@ class DaskLimiter:
         return state
 
     def _acquire(self, primitive: Any, *, current: bool = True) -> None:
-        """Take a lease of ``primitive`` (Semaphore or Lock), checking between waits that the run goes on."""
+        """Take a lease of ``primitive`` (Semaphore or Lock), checking between waits that the run goes on.
+
+        The caller checks the run once it holds the lease (one round trip fewer when there is no wait).
+        """
         while True:
-            self._state(current=current)
             try:
                 if primitive.acquire(timeout=WAIT_SLICE):
                     return
             except Exception as exc:  # noqa: BLE001 - the scheduler is gone
                 raise Stopped(f"the Dask scheduler did not answer: {type(exc).__name__}: {exc}") from exc
+            self._state(current=current)
 
     @contextlib.contextmanager
     def association(self) -> Iterator[None]:
@@ -245,7 +248,7 @@ class DaskLimiter:
         semaphore = self._primitives()[0]
         self._acquire(semaphore)
         try:
-            self._state()  # the run may have ended while this task waited
+            self._state()  # this run goes on (it may have ended while this task waited)
             yield
         finally:
             with contextlib.suppress(Exception):  # if the release is lost, the lease times out
@@ -386,6 +389,8 @@ class DaskRunner:
         except Exception as exc:  # noqa: BLE001 - no worker ran it
             raise ServiceFailedError(f"no Dask worker answered: {type(exc).__name__}: {exc}",
                                      service="dask") from exc
+        if outcome.stopped is not None:
+            raise ServiceFailedError(f"the Dask worker stopped: {outcome.stopped}", service="dask")
         outcome.raise_error()
 
     def resolve(self, item: CohortItem) -> cf.Future[Attempt]:

@@ -410,9 +410,9 @@ class CohortPull:
         """Write one finished task's outcome to the journal."""
         try:
             outcome = future.result()
-        except cf.CancelledError:
-            return  # the job is stopping: the journal resumes this task next time
-        except Exception as exc:  # noqa: BLE001 - the cluster lost the task (a worker died, ...)
+        except Exception as exc:  # noqa: BLE001 - the cluster lost or cancelled the task (a worker died)
+            if self.stop.is_set():
+                return  # the job is stopping: the journal resumes this task next time
             outcome = Attempt(failure=Failure(f"the Dask cluster lost the task: {type(exc).__name__}: "
                                               f"{str(exc).strip()[:200]}", transient=True))
         if outcome.stopped is not None:

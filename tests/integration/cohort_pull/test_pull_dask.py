@@ -341,3 +341,37 @@ def test_a_new_run_stops_the_old_runs_new_associations_and_keeps_its_bucket(
     for limiter in (first, second):
         with pytest.raises(Stopped, match="has ended"):
             limiter.images(1)
+
+
+def test_a_worker_killed_mid_pull_loses_nothing_and_the_caps_hold(
+        tmp_path: Path, pacs: CountingPACS, client: distributed.Client,
+        studies_dir: tuple[Path, list[Study]]) -> None:
+    studies = studies_dir[1][:20]
+    out = tmp_path / "out"
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["report"] = pull(_accessions(studies), out, progress=False, dask=client,
+                                    settings=settings_for(pacs, images_per_second=60.0))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    deadline = time.monotonic() + 90
+    while sum(s == "done" for s in journal_states(out).values()) < 5:
+        assert time.monotonic() < deadline and worker.is_alive(), result
+        time.sleep(0.02)
+    pids = client.run(os.getpid)
+    os.kill(next(iter(pids.values())), signal.SIGKILL)  # its nanny starts another
+    worker.join(180)
+    assert not worker.is_alive() and "error" not in result, result.get("error")
+    report = result["report"]
+    assert isinstance(report, pl.DataFrame) and report["status"].to_list() == ["retrieved"] * len(studies)
+    assert folder_contents(out) == {s.uid: set(s.sops) for s in studies}
+    assert 1 <= pacs.peak <= 2, pacs.peak
+    deadline = time.monotonic() + 60
+    while len(client.nthreads()) < 2:  # leave the module's cluster as it was
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
