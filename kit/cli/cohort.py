@@ -44,14 +44,18 @@ def cohort() -> None:
               help="Associations open at the PACS at once (default kit.toml [cohort], 2).")
 @click.option("--images-per-second", type=click.FloatRange(min=0, min_open=True, max=1e6), default=None,
               help="Instances per second the PACS may send us (default kit.toml [cohort], 50).")
+@click.option("--dask", "dask", metavar="ADDRESS", default=None,
+              help="Run the retrieves on a Dask cluster: 'local' (a LocalCluster of kit.toml [dask] workers) "
+                   "or a scheduler address (tcp://host:8786); the caps hold across all its workers. "
+                   "Default kit.toml [dask] scheduler; '' runs them here.")
 @_dimse_options
 @output_options
 @click.pass_context
 @handle_errors
 def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: str | None, move: bool,
          store_port: int | None, max_associations: int | None, images_per_second: float | None,
-         url: Any, host: str | None, port: int | None, aet: str | None, called_aet: str | None,
-         timeout: float | None, output: str | None, as_json: bool) -> None:
+         dask: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
+         called_aet: str | None, timeout: float | None, output: str | None, as_json: bool) -> None:
     """Retrieve every study a cohort names into DIR, resuming an earlier run there.
 
     COHORT.csv has a column accession_number, study_instance_uid or
@@ -64,11 +68,17 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
     report (one row per item and study: retrieved, failed with its reason)
     is printed and written to DIR/report.csv; exit 1 if anything failed.
 
+    With --dask the resolves and retrieves run as tasks on the cluster's
+    workers, which write into DIR (a file system they share with this
+    machine); the journal stays here, so resuming works the same. C-GET or
+    WADO-RS only (a C-MOVE sends to one fixed address).
+
     \b
     Examples:
       kit cohort pull cohort.csv --out-dir cohort
       kit cohort pull cohort.csv --out-dir cohort-slow --max-associations 1 --images-per-second 20 -o r.csv
       kit cohort pull cohort.csv --out-dir cohort-web --web --base http://127.0.0.1:8042/dicom-web
+      kit cohort pull cohort.csv --out-dir /shared/cohort --dask tcp://scheduler:8786
     """
     from kit.cohort.pull import CohortPull
     from kit.cohort.retrieve import Method
@@ -78,6 +88,9 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
         web = True
     if web and move:
         raise click.UsageError("--web retrieves by WADO-RS: give it without --move")
+    if dask and move:
+        raise click.UsageError("--move sends to one fixed address, not to each Dask worker: give --dask "
+                               "without --move")
     if url is not None:
         if host is not None or port is not None or called_aet is not None:
             raise click.UsageError("--url names the PACS: give it without --host, --port, --called-aet")
@@ -91,7 +104,7 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
         dicomweb=dataclasses.replace(settings.dicomweb, **web_changes))  # type: ignore[arg-type]
     method: Method | None = "wado" if web else "c-move" if move else None
     job = CohortPull(cohort_file, out_dir, settings=settings, method=method,
-                     max_associations=max_associations, images_per_second=images_per_second)
+                     max_associations=max_associations, images_per_second=images_per_second, dask=dask)
     report = job.run()
     failed = report.filter(report["status"] == "failed")
     if failed.is_empty():

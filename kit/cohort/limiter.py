@@ -13,7 +13,8 @@ limiter.association():`` around every association (or HTTP request) it opens,
 before it sends the next one, so waiting here slows the PACS, not only us). A
 limiter shared by several processes (e.g. Dask workers holding a
 ``distributed.Semaphore`` and a bucket on the scheduler) implements the same
-two calls.
+two calls: :class:`kit.cohort.dask.DaskLimiter` keeps this bucket's state
+(:meth:`TokenBucket.state`, :meth:`TokenBucket.from_state`) on the Dask scheduler.
 
 Written by hand: a token bucket is a dozen lines; no dependency for it.
 """
@@ -76,6 +77,36 @@ class TokenBucket:
             self._at = now
         self._tokens -= n
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    def state(self) -> tuple[float, float]:
+        """``(tokens, at)``: what another process needs to continue this bucket (:meth:`from_state`).
+
+        Examples
+        --------
+        >>> bucket = TokenBucket(10.0, burst=2.0, now=5.0)
+        >>> _ = bucket.reserve(5.0, 3)
+        >>> bucket.state()
+        (-1.0, 5.0)
+        """
+        return self._tokens, self._at
+
+    @classmethod
+    def from_state(cls, rate: float, burst: float, tokens: float, at: float) -> TokenBucket:
+        """The bucket that :meth:`state` described (``rate`` and ``burst`` as at creation).
+
+        ``tokens`` is clamped to ``burst`` (a stored value from a larger bucket
+        gives no extra burst); a non-finite ``tokens`` or ``at`` is refused.
+
+        Raises
+        ------
+        ValueError
+            ``rate``, ``burst``, ``tokens`` or ``at`` is not usable.
+        """
+        if not (math.isfinite(tokens) and math.isfinite(at)):
+            raise ValueError(f"not a token bucket state: tokens={tokens!r}, at={at!r}")
+        bucket = cls(rate, burst=burst, now=at)
+        bucket._tokens = min(bucket.burst, float(tokens))
+        return bucket
 
 
 @runtime_checkable

@@ -28,6 +28,15 @@ The cohort names studies by ``accession_number``, ``study_instance_uid`` or
    a notebook) and returns the report frame (:data:`kit.cohort.plan.REPORT_SCHEMA`),
    also written to ``<out>/report.csv``.
 
+With ``dask="local"``, a scheduler address, or ``[dask] scheduler`` set, the
+resolves and retrieves run as tasks on a Dask cluster (:mod:`kit.cohort.dask`):
+the caps hold across all its workers (one limiter on the scheduler), the
+journal stays with this process (the one writer: workers return each task's
+outcome, this process records it), so resuming works as above. Workers write
+the studies into the same ``out_dir``: it must be a file system every worker
+and this process share. Only C-GET and WADO-RS run there (a C-MOVE sends to
+one fixed address).
+
 A failed study is in the report with its reason; :func:`pull` raises only when
 the job cannot run (bad cohort, PACS unreachable at the start, the folder held
 by another job, a local disk failure).
@@ -38,6 +47,7 @@ Written by hand: the scheduling loop; the rest is the modules above.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import logging
 import os
@@ -45,26 +55,30 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
 from kit._files import atomic_path
 from kit.cohort.journal import Journal
-from kit.cohort.limiter import Limiter, LocalLimiter, Stopped
+from kit.cohort.limiter import Limiter, LocalLimiter
 from kit.cohort.plan import (
     CohortItem,
+    Failure,
     Pause,
     RetryPolicy,
     after_failure,
-    classify,
     items_from_frame,
     report_frame,
 )
-from kit.cohort.retrieve import Fetched, Method, Source, fetch, probe, resolve
+from kit.cohort.retrieve import Attempt, Fetched, Method, Source, attempt, fetch, probe, resolve
 from kit.config import CohortSettings, Settings, load_settings
-from kit.errors import InvalidInputError, KitError, StoreError
+from kit.errors import InvalidInputError, StoreError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 __all__ = ["STATE_DIR", "CohortPull", "pull", "read_cohort"]
 
@@ -130,9 +144,9 @@ class _Progress:
         self._lock = threading.Lock()
         self._shown = 0.0
 
-    def instance(self) -> None:
+    def instance(self, n: int = 1) -> None:
         with self._lock:
-            self.instances += 1
+            self.instances += n
 
     def studies(self, total: int) -> None:
         if total and total != self.bar.total:
@@ -159,6 +173,48 @@ class _Progress:
     def close(self) -> None:
         self.refresh(force=True)
         self.bar.close()
+
+
+class Runner(Protocol):
+    """Where a job's tasks run: this process's threads, or a Dask cluster (:mod:`kit.cohort.dask`).
+
+    Each task's future gives an :class:`~kit.cohort.retrieve.Attempt`.
+    """
+
+    #: tasks in flight at once
+    slots: int
+    #: whether ``on_instance`` is called as each instance arrives (else: once per study)
+    live_instances: bool
+
+    def probe(self) -> None:
+        """Check that the PACS answers (raises its KitError)."""
+
+    def resolve(self, item: CohortItem) -> cf.Future[Attempt]:
+        """Start resolving ``item``."""
+
+    def fetch(self, uid: str, on_instance: Any) -> cf.Future[Attempt]:
+        """Start fetching study ``uid``."""
+
+
+class _LocalRunner:
+    """The tasks on this process's threads, one per allowed association."""
+
+    live_instances = True
+
+    def __init__(self, job: CohortPull, pool: cf.ThreadPoolExecutor, slots: int) -> None:
+        self.job, self.pool, self.slots = job, pool, slots
+
+    def probe(self) -> None:
+        # on a worker thread, whose DICOMweb connection (kept per thread) is one of the allowed ones
+        self.pool.submit(probe, self.job.source, self.job.limiter).result()
+
+    def resolve(self, item: CohortItem) -> cf.Future[Attempt]:
+        return self.pool.submit(attempt, resolve, self.job.source, item, self.job.limiter,
+                                max_studies=self.job.cohort.max_studies_per_item)
+
+    def fetch(self, uid: str, on_instance: Any) -> cf.Future[Attempt]:
+        return self.pool.submit(attempt, fetch, self.job.source, uid, self.job.out_dir, self.job.limiter,
+                                partial_dir=self.job.partial_dir, on_instance=on_instance)
 
 
 @dataclasses.dataclass
@@ -190,14 +246,21 @@ class CohortPull:
         Try again the studies and items an earlier run gave up on for a
         transient reason (default True; "not found" stays failed).
     limiter : Limiter, optional
-        A limiter shared with other jobs (default: one for this job).
+        A limiter shared with other jobs (default: one for this job; not with ``dask``).
+    dask : str or distributed.Client, optional
+        Run the resolves and retrieves on a Dask cluster: ``"local"`` (a
+        LocalCluster of ``[dask] workers`` processes), a scheduler address
+        (``tcp://host:8786``) or a connected client. Default ``[dask] scheduler``;
+        ``""`` runs them on this process's threads.
     """
 
     def __init__(self, cohort: pl.DataFrame | str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                  settings: Settings | None = None, method: Method | None = None,
                  max_associations: int | None = None, images_per_second: float | None = None,
                  progress: bool | None = None, retry_failed: bool = True,
-                 limiter: Limiter | None = None) -> None:
+                 limiter: Limiter | None = None, dask: str | Client | None = None) -> None:
+        from kit.scale.cluster import resolve_address
+
         self.settings = settings if settings is not None else load_settings()
         self.items = items_from_frame(read_cohort(cohort))
         self.out_dir = Path(out_dir)
@@ -212,12 +275,27 @@ class CohortPull:
             raise InvalidInputError("images_per_second must be a positive number")
         self.policy = RetryPolicy(self.cohort.max_attempts, self.cohort.backoff, self.cohort.max_backoff)
         self.stop = threading.Event()
-        self.limiter: Limiter = limiter if limiter is not None else LocalLimiter(
-            self.cohort.max_associations, self.cohort.images_per_second, stop=self.stop)
-        self.retry_failed = retry_failed
-        self.show_progress = progress if progress is not None else (sys.stderr.isatty() or _in_notebook())
+        self.dask = dask if dask is not None and not isinstance(dask, str) else \
+            resolve_address(dask, self.settings.dask)
         self.state_dir = self.out_dir / STATE_DIR
         self.partial_dir = self.state_dir / "partial"
+        self.limiter: Limiter
+        if self.dask:
+            from kit.cohort.dask import DaskLimiter
+
+            if limiter is not None:
+                raise InvalidInputError("on Dask the job makes its own limiter (one for all workers): "
+                                        "give limiter or dask, not both")
+            if self.source.method == "c-move":
+                raise InvalidInputError("a C-MOVE sends to one fixed address, not to each Dask worker: "
+                                        "use C-GET or WADO-RS on Dask")
+            self.limiter = DaskLimiter.for_job(self.state_dir / "journal.sqlite", self.source.address,
+                                               self.cohort.max_associations, self.cohort.images_per_second)
+        else:
+            self.limiter = limiter if limiter is not None else LocalLimiter(
+                self.cohort.max_associations, self.cohort.images_per_second, stop=self.stop)
+        self.retry_failed = retry_failed
+        self.show_progress = progress if progress is not None else (sys.stderr.isatty() or _in_notebook())
 
     # -- the job -------------------------------------------------------------------------------
 
@@ -234,11 +312,8 @@ class CohortPull:
             The journal or a study's files cannot be written.
         """
         self.stop.clear()
-        workers = max(1, int(getattr(self.limiter, "max_associations", self.cohort.max_associations)))
-        with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kit-cohort") as pool:
-            # Does the PACS answer at all? Asked on a worker (whose DICOMweb connection, kept per
-            # thread, is one of the allowed ones) before anything is written.
-            pool.submit(probe, self.source, self.limiter).result()
+        with self._runner() as runner:
+            runner.probe()  # does the PACS answer at all? Asked before anything is written
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -250,10 +325,28 @@ class CohortPull:
                     log.info("resuming %s: %s", self.out_dir, recovered)
                 shutil.rmtree(self.partial_dir, ignore_errors=True)  # what a killed run was writing
                 self.partial_dir.mkdir(parents=True, exist_ok=True)
-                self._loop(journal, pool, workers)
+                self._loop(journal, runner)
                 report = report_frame(journal.report_rows([i.key for i in self.items]))
         self._write_report(report)
         return report
+
+    @contextlib.contextmanager
+    def _runner(self) -> Iterator[Runner]:
+        """This job's runner: threads here, or tasks on the Dask cluster."""
+        if not self.dask:
+            slots = max(1, int(getattr(self.limiter, "max_associations", self.cohort.max_associations)))
+            with cf.ThreadPoolExecutor(max_workers=slots, thread_name_prefix="kit-cohort") as pool:
+                yield _LocalRunner(self, pool, slots)
+            return
+        from kit.cohort.dask import DaskRunner
+        from kit.scale.cluster import dask_client
+
+        if not isinstance(self.dask, str):
+            with DaskRunner(self, self.dask) as runner:
+                yield runner
+            return
+        with dask_client(self.dask, self.settings.dask) as client, DaskRunner(self, client) as runner:
+            yield runner
 
     def _write_report(self, report: pl.DataFrame) -> None:
         target = self.out_dir / "report.csv"
@@ -263,18 +356,18 @@ class CohortPull:
         except OSError as exc:
             raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
 
-    def _loop(self, journal: Journal, pool: cf.ThreadPoolExecutor, workers: int) -> None:
+    def _loop(self, journal: Journal, runner: Runner) -> None:
         counts = journal.counts()
         known = sum(counts[f"studies_{s}"] for s in ("pending", "retrieving", "done", "failed"))
         progress = _Progress(self.show_progress, counts["studies_done"] + counts["studies_failed"], known,
                              counts["instances"], counts["bytes"])
         pause = Pause(self.policy)
-        running: dict[cf.Future[Any], _Task] = {}
+        running: dict[cf.Future[Attempt], _Task] = {}
         try:
             while True:
                 now = time.time()
-                while len(running) < workers and pause.wait(now) == 0 and not self.stop.is_set():
-                    task, future = self._next(journal, pool, now, progress)
+                while len(running) < runner.slots and pause.wait(now) == 0 and not self.stop.is_set():
+                    task, future = self._next(journal, runner, now, progress)
                     if task is None or future is None:
                         break
                     running[future] = task
@@ -288,7 +381,7 @@ class CohortPull:
                 done, _ = cf.wait(list(running), timeout=TICK_SECONDS, return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     task = running.pop(future)
-                    self._record(journal, task, future, pause, progress)
+                    self._record(journal, task, future, pause, progress, runner)
                 progress.refresh()
         except BaseException:
             self.stop.set()  # the workers' waits and transfers end early; the journal resumes them
@@ -299,38 +392,40 @@ class CohortPull:
             cf.wait(list(running))
             progress.close()
 
-    def _next(self, journal: Journal, pool: cf.ThreadPoolExecutor, now: float,
-              progress: _Progress) -> tuple[_Task | None, cf.Future[Any] | None]:
+    def _next(self, journal: Journal, runner: Runner, now: float,
+              progress: _Progress) -> tuple[_Task | None, cf.Future[Attempt] | None]:
         """Claim the next due item (first) or study and start it."""
         claimed_item = journal.claim_item(now)
         if claimed_item is not None:
             item, attempts = claimed_item
-            return _Task("item", item.key, attempts, item), pool.submit(
-                resolve, self.source, item, self.limiter, max_studies=self.cohort.max_studies_per_item)
+            return _Task("item", item.key, attempts, item), runner.resolve(item)
         claimed = journal.claim_study(now)
         if claimed is None:
             return None, None
         uid, attempts = claimed
-        return _Task("study", uid, attempts), pool.submit(
-            fetch, self.source, uid, self.out_dir, self.limiter, partial_dir=self.partial_dir,
-            on_instance=progress.instance)
+        return _Task("study", uid, attempts), runner.fetch(uid, progress.instance)
 
-    def _record(self, journal: Journal, task: _Task, future: cf.Future[Any], pause: Pause,
-                progress: _Progress) -> None:
+    def _record(self, journal: Journal, task: _Task, future: cf.Future[Attempt], pause: Pause,
+                progress: _Progress, runner: Runner) -> None:
         """Write one finished task's outcome to the journal."""
         try:
-            result = future.result()
-        except Stopped:
-            return  # the job is stopping: the journal resumes this task next time
-        except StoreError:
-            raise  # the local disk: nothing else will work either
-        except KitError as exc:
-            self._failed(journal, task, exc, pause, progress)
+            outcome = future.result()
+        except Exception as exc:  # noqa: BLE001 - the cluster lost or cancelled the task (a worker died)
+            if self.stop.is_set():
+                return  # the job is stopping: the journal resumes this task next time
+            outcome = Attempt(failure=Failure(f"the Dask cluster lost the task: {type(exc).__name__}: "
+                                              f"{str(exc).strip()[:200]}", transient=True))
+        if outcome.stopped is not None:
+            if self.stop.is_set():
+                return  # the job is stopping: the journal resumes this task next time
+            # a worker stopped on its own (it lost the scheduler): try again, like a transient failure
+            outcome = Attempt(failure=Failure(f"stopped on the worker: {outcome.stopped}", transient=True))
+        if outcome.store_error is not None:
+            outcome.raise_error()  # the disk: nothing else will work either
+        if outcome.failure is not None:
+            self._failed(journal, task, outcome.failure, pause, progress, internal=outcome.internal)
             return
-        except Exception as exc:  # noqa: BLE001 - one study's surprise fails that study, not the job
-            log.exception("cohort: %s %s failed unexpectedly", task.kind, task.key)
-            self._failed(journal, task, exc, pause, progress, internal=True)
-            return
+        result = outcome.value
         pause.succeeded()
         if task.kind == "item":
             found, dropped = result
@@ -342,13 +437,14 @@ class CohortPull:
             progress.studies(sum(counts[f"studies_{s}"] for s in ("pending", "retrieving", "done", "failed")))
         else:
             assert isinstance(result, Fetched)
+            if not runner.live_instances:
+                progress.instance(result.instances)
             journal.study_done(task.key, instances=result.instances, size=result.size,
                                seconds=round(result.seconds, 3), path=result.path)
             progress.finished(result.size)
 
-    def _failed(self, journal: Journal, task: _Task, exc: BaseException, pause: Pause,
+    def _failed(self, journal: Journal, task: _Task, failure: Failure, pause: Pause,
                 progress: _Progress, *, internal: bool = False) -> None:
-        failure = classify(exc)
         if internal:
             failure = dataclasses.replace(failure, reason=f"internal error: {failure.reason}",
                                           transient=False)
@@ -379,7 +475,8 @@ def pull(cohort: pl.DataFrame | str | os.PathLike[str], out_dir: str | os.PathLi
         Where the studies go (``<out_dir>/<StudyInstanceUID>/<SOPInstanceUID>.dcm``).
     **options
         :class:`CohortPull`'s keywords: ``settings``, ``method``,
-        ``max_associations``, ``images_per_second``, ``progress``, ``retry_failed``, ``limiter``.
+        ``max_associations``, ``images_per_second``, ``progress``, ``retry_failed``, ``limiter``,
+        ``dask`` (``"local"``, a scheduler address or a client: run on a Dask cluster).
 
     Returns
     -------

@@ -4,13 +4,18 @@ These functions hold no job state: they take a :class:`Source` (where and how),
 a :class:`~kit.cohort.limiter.Limiter` (the politeness caps) and one item or
 study, and return what happened or raise a :class:`~kit.errors.KitError`. The
 job (:mod:`kit.cohort.pull`) records the outcome in its journal; a Dask worker
-could run the same functions with a shared limiter.
+runs the same functions with a shared limiter (:mod:`kit.cohort.dask`).
+:func:`attempt` turns a call into an :class:`Attempt`: its value, or why it
+failed, as plain data that crosses a process boundary (a KitError itself may
+not unpickle).
 
-A study is fetched into ``<partial>/<study UID>/`` (C-GET, C-MOVE or WADO-RS,
+A study is fetched into ``<partial>/<study UID>.<random>/`` (C-GET, C-MOVE or WADO-RS,
 each instance written to a temporary name and renamed), every file and the
 folder are fsync'ed, and only then is the folder renamed to
 ``<out>/<study UID>/``: a reader never sees half a study, and a crash leaves
-only a partial folder that the next run removes.
+only a partial folder that the next run removes. Two attempts at one study
+(a killed job's task still running on a Dask worker, and the resumed job's)
+never share a folder, and either may publish last.
 
 Each arriving instance asks :meth:`Limiter.images` before it is answered: the
 PACS sends a C-GET/C-MOVE sub-operation only after our answer to the last
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import logging
 import os
 import shutil
 import threading
@@ -32,18 +39,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
-from kit.cohort.limiter import Limiter
-from kit.cohort.plan import CohortItem, FoundStudy, matching_studies
+import kit.errors as errors
+from kit.cohort.limiter import Limiter, Stopped
+from kit.cohort.plan import CohortItem, Failure, FoundStudy, classify, matching_studies
 from kit.config import DicomWebSettings, PacsSettings, Settings
 from kit.dicom.dimse import RECEIVED_SCHEMA, PacsClient
 from kit.dicom.web import DicomWebClient
-from kit.errors import InvalidInputError, NotFoundError, StoreError
+from kit.errors import InvalidInputError, KitError, NotFoundError, StoreError
 
-__all__ = ["Fetched", "Method", "Source", "fetch", "probe", "resolve"]
+__all__ = ["Attempt", "Fetched", "Method", "Source", "attempt", "fetch", "probe", "resolve"]
+
+log = logging.getLogger("kit.cohort")
 
 Method = Literal["c-get", "c-move", "wado"]
 
@@ -95,6 +105,16 @@ class Source:
             return self.dicomweb.base.rstrip("/")
         return f"dicom://{self.pacs.called_aet}@{self.pacs.host}:{self.pacs.port}"
 
+    @property
+    def credentials(self) -> tuple[str, ...]:
+        """The names of the ``[dicomweb]`` secrets this source holds (``password``, ``token``)."""
+        return tuple(n for n in ("password", "token") if getattr(self.dicomweb, n) is not None)
+
+    def without_secrets(self) -> Source:
+        """This source with no :class:`~kit.config.Secret` in it (one that can be pickled)."""
+        return dataclasses.replace(self, dicomweb=dataclasses.replace(self.dicomweb, password=None,
+                                                                      token=None))
+
     def dimse(self, on_instance: Callable[[], None] | None = None) -> PacsClient:
         """A DIMSE client for ``pacs`` that calls ``on_instance`` as each instance arrives."""
         client = _MeteredPacsClient.from_settings(self.pacs)
@@ -135,6 +155,64 @@ class Fetched:
     instances: int
     size: int
     seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """What one call of :func:`probe`, :func:`resolve` or :func:`fetch` came to, as plain data.
+
+    Exactly one of: ``value`` (it worked), ``failure`` (a KitError or a surprise,
+    classified by :func:`kit.cohort.plan.classify`; ``internal`` for a surprise),
+    ``stopped`` (the limiter said the job stops), ``store_error`` (a local write
+    failed: the job stops). ``error_type`` names the KitError class, so
+    :meth:`raise_error` can raise its like again in another process.
+    """
+
+    value: Any = None
+    failure: Failure | None = None
+    internal: bool = False
+    stopped: str | None = None
+    store_error: str | None = None
+    error_type: str | None = None
+    message: str = ""
+
+    def raise_error(self) -> None:
+        """Raise the error this attempt ended with (a KitError of the same class where possible)."""
+        if self.stopped is not None:
+            raise Stopped(self.stopped)
+        if self.store_error is not None:
+            raise StoreError(self.store_error)
+        if self.failure is None:
+            return
+        cls = getattr(errors, self.error_type or "", None)
+        if not (isinstance(cls, type) and issubclass(cls, KitError)):
+            cls = KitError
+        for klass in cls.__mro__:  # the class itself, or the nearest one built from a message alone
+            if issubclass(klass, KitError):
+                try:
+                    error = klass(self.message or self.failure.reason)
+                except TypeError:
+                    continue
+                raise error
+
+
+def attempt(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Attempt:
+    """Run ``call(*args, **kwargs)``; its :class:`Attempt` (never raises an Exception).
+
+    A surprise (not a KitError) is logged here, with its traceback, in the
+    process it happened in.
+    """
+    try:
+        return Attempt(value=call(*args, **kwargs))
+    except Stopped as exc:
+        return Attempt(stopped=str(exc) or "stopped")
+    except StoreError as exc:
+        return Attempt(store_error=str(exc), error_type=type(exc).__name__)
+    except KitError as exc:
+        return Attempt(failure=classify(exc), error_type=type(exc).__name__, message=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one study's surprise fails that study, not the job
+        log.exception("cohort: %s failed unexpectedly", getattr(call, "__name__", call))
+        return Attempt(failure=classify(exc), internal=True, message=str(exc))
 
 
 def probe(source: Source, limiter: Limiter) -> None:
@@ -218,7 +296,7 @@ def fetch(source: Source, study_uid: str, out_dir: Path, limiter: Limiter, *, pa
         if on_instance is not None:
             on_instance()
 
-    folder = partial_dir / study_uid
+    folder = partial_dir / f"{study_uid}.{uuid.uuid4().hex[:12]}"
     final = out_dir / study_uid
     started = time.monotonic()
     try:
@@ -267,15 +345,30 @@ def _fsync(path: Path) -> int:
 
 
 def _publish(folder: Path, final: Path) -> None:
-    """Rename the complete ``folder`` to ``final`` (replacing an earlier copy) and fsync the parent."""
+    """Rename the complete ``folder`` to ``final`` (replacing an earlier copy) and fsync the parent.
+
+    Another attempt at the same study may publish at the same moment (a killed
+    job's task still running on a Dask worker): each moves what is in the way
+    aside and tries again; the last rename wins, and both copies are complete.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
-    old: Path | None = None
-    if final.exists():  # published by a run that died before its journal said so
-        old = folder.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
-        os.replace(final, old)
-    os.replace(folder, final)
+    olds: list[Path] = []
+    for tries in range(8):
+        if final.exists():  # published by a run that died before its journal said so
+            old = folder.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.old")
+            try:
+                os.replace(final, old)
+                olds.append(old)
+            except FileNotFoundError:
+                pass  # the other attempt moved it first
+        try:
+            os.replace(folder, final)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or tries == 7:
+                raise  # the other attempt published in between: move it aside again
     _fsync(final.parent)
-    if old is not None:
+    for old in olds:
         shutil.rmtree(old, ignore_errors=True)
 
 
