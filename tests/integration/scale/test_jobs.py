@@ -60,7 +60,8 @@ def ct_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------------------- index
 
 
-def test_index_of_the_sample_cohort_on_two_workers_equals_the_local_index(client: Any, tmp_path: Path) -> None:
+def test_index_of_the_sample_cohort_on_two_workers_equals_the_local_index(client: Any,
+                                                                          tmp_path: Path) -> None:
     from distributed import get_task_stream
 
     with get_task_stream(client) as stream:
@@ -166,7 +167,7 @@ def hl7_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
         files.append(path)
     junk = root / "junk.hl7"
     junk.write_bytes(b"garbage before the first MSH\n" + base[0].encode() + b"\nMSH|^~\\&|X\rPID|1\n"
-                     + "MSH|^~\\&|A|B|C|D|20260101||ORU^R01|9|P|2.5\rOBX|1|NM|x||1e999\n".encode())
+                     + b"MSH|^~\\&|A|B|C|D|20260101||ORU^R01|9|P|2.5\rOBX|1|NM|x||1e999\n")
     files.append(junk)
     return files
 
@@ -218,7 +219,7 @@ def ndjson_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     resources = [json.dumps(e["resource"]) for e in build_bundle()["entry"]]
     for copy in range(40):
         for resource in resources:
-            text = _UUID.sub(lambda m: f"{copy:08x}{m.group(2)}", resource)
+            text = _UUID.sub(f"{copy:08x}" + r"\2", resource)
             by_type.setdefault(json.loads(text)["resourceType"], []).append(text)
     files = []
     for rtype, lines in sorted(by_type.items()):
