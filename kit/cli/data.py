@@ -45,6 +45,8 @@ def index(ctx: click.Context, paths: tuple[str, ...], workers: int | None, no_re
     from kit.dicom.index import index_dicom
 
     address = dask_address(ctx, dask)
+    if address and workers is not None:
+        raise click.UsageError("--workers is for the local path; on Dask the cluster's workers run the job")
     if address:
         _index_on_dask(ctx, address, paths, not no_recursive, out_dir, output, as_json)
         return

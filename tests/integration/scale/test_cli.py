@@ -96,6 +96,9 @@ def test_dask_misuse_is_a_usage_error_and_an_empty_result_a_failure(tmp_path: Pa
     assert bad.returncode == 2 and "scheduler address" in bad.stderr
     stray = kit("index", str(dicom_dir()), "--out-dir", "idx", cwd=tmp_path)
     assert stray.returncode == 2 and "--dask" in stray.stderr
+    both = kit("index", str(dicom_dir()), "--dask", "local", "--workers", "2", "--out-dir", "idx",
+               cwd=tmp_path)
+    assert both.returncode == 2 and "--workers" in both.stderr
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("not DICOM")
     none = kit("index", str(tmp_path / "empty"), "--dask", "local", "--out-dir", "idx", cwd=tmp_path,
