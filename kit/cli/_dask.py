@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
-__all__ = ["DASK_HELP", "dask_address", "dask_option", "dataset_table"]
+__all__ = ["DASK_HELP", "dask_address", "dask_option", "dataset_table", "open_client"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +40,29 @@ def dask_address(ctx: click.Context, value: str | None) -> str:
         return resolve_address(value, settings_from(ctx).dask)
     except ConfigError as exc:
         raise click.BadParameter(str(exc).removeprefix("dask.scheduler: "), param_hint="--dask") from exc
+
+
+@contextlib.contextmanager
+def open_client(ctx: click.Context, address: str) -> Iterator[Any]:
+    """The ``distributed.Client`` for ``address`` with the ``[dask]`` settings, Dask's own log
+    lines kept off stderr (a failure is kit's one ``kit: error:`` line, not a traceback log)."""
+    with contextlib.suppress(ImportError):  # dask_client says how to install it
+        import distributed  # noqa: F401 - it configures its loggers on import: quiet them after
+
+    from kit.cli.common import settings_from
+    from kit.scale.cluster import dask_client
+
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in ("distributed", "dask")]
+    loggers = [logging.getLogger(n) for n in {"distributed", "dask", *names}]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with dask_client(address, settings_from(ctx).dask) as client:
+            yield client
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def dataset_table(tables: list[tuple[str, int, Any]], partitions: int) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from kit.cli._dask import dask_address, dask_option, dataset_table
+from kit.cli._dask import dask_address, dask_option, dataset_table, open_client
 from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options, settings_from
 from kit.errors import ConfigError, InvalidInputError
 
@@ -71,13 +71,12 @@ def _dask_outputs(out_dir: str | None, output: str | None, as_json: bool) -> str
 
 def _index_on_dask(ctx: click.Context, address: str, paths: tuple[str, ...], recursive: bool,
                    out_dir: str | None, output: str | None, as_json: bool) -> None:
-    from kit.scale.cluster import dask_client
     from kit.scale.dicom import index_dataset
     from kit.scale.run import remove_parts
 
     folder = _dask_outputs(out_dir, output, as_json)
     s = settings_from(ctx).dask
-    with dask_client(address, s) as client:
+    with open_client(ctx, address) as client:
         result = index_dataset(list(paths), folder, client=client, recursive=recursive, timeout=s.timeout,
                                progress=True)
     if result.rows == 0:
@@ -169,11 +168,10 @@ def deid(ctx: click.Context, in_path: str, out_dir: str, key_file: str | None, m
     options = DeidOptions(retain_longitudinal_modified_dates=shift_dates,
                           retain_patient_characteristics=retain_patient_characteristics)
     if address:
-        from kit.scale.cluster import dask_client
         from kit.scale.dicom import deid_dataset
 
         s = settings_from(ctx).dask
-        with dask_client(address, s) as client:
+        with open_client(ctx, address) as client:
             done = deid_dataset(in_path, out, str(rows_dir), key=key, options=options, reid_map=reid_map,
                                 client=client, timeout=s.timeout, progress=True)
         result, new_map, parts = done.result, done.reid_map, done.partitions

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from kit.cli._dask import dask_address, dask_option, dataset_table
+from kit.cli._dask import dask_address, dask_option, dataset_table, open_client
 from kit.cli.common import (
     EPHEMERAL_PORT,
     HOST,
@@ -258,12 +258,11 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
 
 
 def _parse_on_dask(ctx: click.Context, address: str, files: tuple[str, ...], out_dir: str) -> None:
-    from kit.scale.cluster import dask_client
     from kit.scale.frames import hl7_dataset
     from kit.scale.run import prepare_dataset
 
     s = settings_from(ctx).dask
-    with dask_client(address, s) as client:
+    with open_client(ctx, address) as client:
         result = hl7_dataset(list(files), out_dir, client=client, timeout=s.timeout, progress=True)
     if not result.rows.get("messages"):
         prepare_dataset(result.folder)  # removes the empty parts: a failure is not an empty dataset

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def test_kit_index_dask_local_writes_the_index_of_the_local_run(tmp_path: Path) 
     assert_frame_equal(pl.read_parquet(tmp_path / "local.parquet").sort("path"),
                        pl.scan_parquet(tmp_path / "idx").collect().sort("path"))
     warning = [ln for ln in local.stderr.splitlines() if "skipped" in ln]
-    assert warning and warning == [ln for ln in dask.stderr.splitlines() if "skipped" in ln]
+    assert warning and warning == [ln for ln in dask.stderr.splitlines() if "skipped" in ln], \
+        (local.stderr, dask.stderr)
     assert str(tmp_path / "idx") in dask.stdout
 
 
@@ -105,3 +107,35 @@ def test_dask_misuse_is_a_usage_error_and_an_empty_result_a_failure(tmp_path: Pa
                KIT_DASK_WORKERS="1")
     assert none.returncode == 1 and "no DICOM found" in none.stderr and "Traceback" not in none.stderr
     assert not list((tmp_path / "idx").glob("*.parquet"))
+
+
+def test_a_scheduler_that_dies_mid_job_is_one_error_line_not_a_hang(tmp_path: Path) -> None:
+    from tests.conftest import free_port, spawned, wait_for_port
+
+    port = free_port()
+    log = tmp_path / "scheduler.log"
+    dask = str(Path(sys.executable).parent / "dask")
+    # a scheduler with no worker: the job waits on it until it is killed
+    with spawned([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                  "--dashboard-address", "127.0.0.1:0"], env=_env(), log=log) as scheduler:
+        wait_for_port(port)
+        job = subprocess.Popen([*KIT, "hl7", "parse", str(hl7_feed()), "--dask", f"tcp://127.0.0.1:{port}",
+                                "--out-dir", "t"], cwd=tmp_path, env=_env(KIT_DASK_TIMEOUT="10"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "Receive client connection" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(3)  # connected; now submitting and waiting for a worker (up to 10 s)
+            scheduler.kill()
+            start = time.monotonic()
+            out, err = job.communicate(timeout=60)
+        finally:
+            if job.poll() is None:
+                job.kill()
+    assert time.monotonic() - start < 30
+    assert job.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kit: error: ServiceFailedError: "), err
+    assert "lost the Dask scheduler" in lines[0]
+    assert not list((tmp_path / "t").rglob("*.parquet"))
