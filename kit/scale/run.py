@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     import polars as pl
     from distributed import Client
 
-__all__ = ["Fault", "guarded", "part_name", "prepare_dataset", "remove_parts", "run_partitions",
-           "scratch_dir", "write_part"]
+__all__ = ["Fault", "check_workers_kit", "guarded", "kit_version", "part_name", "prepare_dataset",
+           "remove_parts", "run_partitions", "scratch_dir", "write_part"]
 
 _PART = re.compile(r"^part-\d{5,}\.parquet$")
 #: seconds between checks on the cluster while partitions run
@@ -237,6 +237,7 @@ def _on_cluster(client: Client, fn: Callable[..., Any], partitions: Sequence[tup
                 timeout: float, bar: Callable[[int], None]) -> list[Any]:
     from distributed import wait
 
+    check_workers_kit(client)
     tag = f"kit-{getattr(fn, '__name__', 'job')}-{uuid.uuid4().hex[:12]}"
     futures = [client.submit(guarded, fn, *args, key=f"{tag}-{i}", pure=False)
                for i, args in enumerate(partitions)]
@@ -272,6 +273,38 @@ def _on_cluster(client: Client, fn: Callable[..., Any], partitions: Sequence[tup
         return results
     finally:
         client.cancel(list(pending))
+
+
+def kit_version() -> str:
+    """The version of kit installed here (run on the workers by :func:`check_workers_kit`)."""
+    import kit
+
+    return kit.__version__
+
+
+def check_workers_kit(client: Client) -> None:
+    """Check that every worker runs the same kit version as this process.
+
+    Raises
+    ------
+    ConfigError
+        A worker has another version of kit (its rows could differ from the local path's).
+    ServiceFailedError
+        A worker cannot run kit at all (not installed there: ``pip install "kit[scale]"``).
+    """
+    import kit
+    from kit.errors import ConfigError
+
+    try:
+        found = client.run(kit_version)
+    except Exception as exc:  # noqa: BLE001 - an import error on a worker, or the cluster went away
+        raise ServiceFailedError(f"the Dask workers cannot run kit (pip install \"kit[scale]\" on them): "
+                                 f"{type(exc).__name__}: {exc}", service="dask") from exc
+    other = {w: v for w, v in found.items() if v != kit.__version__}
+    if other:
+        worker, version = sorted(other.items())[0]
+        raise ConfigError("dask.scheduler", f"worker {worker} runs kit {version}, this process kit "
+                                            f"{kit.__version__}: install the same version on every worker")
 
 
 def _result(fut: Any) -> Any:

@@ -96,3 +96,12 @@ def test_the_local_cluster_serves_no_dashboard_on_the_fixed_port(client: Any) ->
     scheduler = client.cluster.scheduler
     bound = [sock.getsockname()[:2] for sock in scheduler.http_server._sockets.values()]
     assert bound and all(host == "127.0.0.1" and port != 8787 for host, port in bound)
+
+
+def test_workers_with_another_kit_version_are_refused(client: Any, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import kit
+
+    monkeypatch.setattr(kit, "__version__", "0.0.0-other")  # this process; the workers keep theirs
+    with pytest.raises(ConfigError, match="runs kit .*this process kit 0.0.0-other"):
+        run_partitions(client, _bug, [()], out_dir=tmp_path)
