@@ -59,7 +59,8 @@ class IndexDataset:
     Attributes
     ----------
     folder : Path
-        The dataset: ``part-00000.parquet``, ... (``polars.scan_parquet(folder)``).
+        The dataset: ``part-00000.parquet``, ... (``polars.scan_parquet(folder)`` gives
+        the rows of :func:`~kit.dicom.index.index_dicom`, in its order: sorted by path).
     rows : int
         Instances indexed.
     partitions : int
@@ -74,7 +75,7 @@ class IndexDataset:
     skipped: pl.DataFrame
 
     def scan(self) -> pl.LazyFrame:
-        """The index as one lazy frame (rows in file order)."""
+        """The index as one lazy frame (sorted by path, as the local index)."""
         return pl.scan_parquet(self.folder)
 
 
@@ -139,16 +140,18 @@ def index_dataset(paths: Paths, out_dir: str | os.PathLike[str], *, client: Clie
 
     if reader not in ("auto", "fast", "pydicom"):
         raise ValueError(f"reader must be auto, fast or pydicom, not {reader!r}")
-    files = list_files(_paths(paths), recursive)
+    walked = list_files(_paths(paths), recursive)
     out = prepare_dataset(out_dir)
-    chunks = _chunks(files, chunk)
+    # chunks in path order: the parts, read in name order, are the local frame (sorted by path)
+    chunks = _chunks(sorted(walked), chunk)
     if not chunks:  # an empty dataset still has its schema
         write_part(pl.DataFrame(schema=INDEX_SCHEMA), str(out), 0, 1)
         return IndexDataset(out, 0, 1, pl.DataFrame(schema=SKIPPED_SCHEMA))
     parts = [(c, reader, str(out), i, len(chunks)) for i, c in enumerate(chunks)]
     results = run_partitions(client, index_partition, parts, out_dir=out, timeout=timeout,
                              progress=progress, desc="index")
-    skipped = [row for _, s in results for row in s]
+    position = {path: i for i, path in enumerate(walked)}  # skipped files in the walk's order, as locally
+    skipped = sorted((row for _, s in results for row in s), key=lambda row: position.get(row[0], -1))
     return IndexDataset(out, sum(n for n, _ in results), len(chunks),
                         pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row"))
 
