@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options
+from kit.cli._dask import dask_address, dask_option, dataset_table, open_client
+from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options, settings_from
 from kit.errors import ConfigError, InvalidInputError
 
 __all__ = ["deid", "index"]
@@ -19,10 +20,15 @@ __all__ = ["deid", "index"]
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: one per CPU).")
 @click.option("--no-recursive", is_flag=True, help="Do not descend into sub-folders.")
+@dask_option
+@click.option("--out-dir", type=OUT_DIR, default=None,
+              help="With --dask: the folder the index is written to, one part-NNNNN.parquet per chunk "
+                   "of files (read it with polars.scan_parquet(DIR)).")
 @output_options
+@click.pass_context
 @handle_errors
-def index(paths: tuple[str, ...], workers: int | None, no_recursive: bool, output: str | None,
-          as_json: bool) -> None:
+def index(ctx: click.Context, paths: tuple[str, ...], workers: int | None, no_recursive: bool,
+          dask: str | None, out_dir: str | None, output: str | None, as_json: bool) -> None:
     """Index DICOM files and folders: one row per instance, from the headers.
 
     Columns: patient_id, patient_name, study_instance_uid, accession_number,
@@ -34,15 +40,51 @@ def index(paths: tuple[str, ...], workers: int | None, no_recursive: bool, outpu
     Examples:
       kit index data/samples/dicom
       kit index data/samples/dicom -o index.parquet --workers 2
+      kit index data/samples/dicom --dask local --out-dir index
     """
     from kit.dicom.index import index_dicom
 
+    address = dask_address(ctx, dask)
+    if address and workers is not None:
+        raise click.UsageError("--workers is for the local path; on Dask the cluster's workers run the job")
+    if address:
+        _index_on_dask(ctx, address, paths, not no_recursive, out_dir, output, as_json)
+        return
+    if out_dir:
+        raise click.UsageError("--out-dir writes the partitioned index of a Dask run: give --dask too "
+                               "(or -o FILE for one file)")
     result = index_dicom(list(paths), recursive=not no_recursive, workers=workers, progress=True)
     if result.frame.is_empty():
         raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
     for path, reason in result.skipped.iter_rows():
         click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
     emit_frame(result.frame, output, as_json, label="instances")
+
+
+def _dask_outputs(out_dir: str | None, output: str | None, as_json: bool) -> str:
+    if not out_dir:
+        raise click.UsageError("with --dask the result is a partitioned parquet folder: give --out-dir DIR")
+    if output or as_json:
+        raise click.UsageError("with --dask the result goes to --out-dir, not -o/--json")
+    return out_dir
+
+
+def _index_on_dask(ctx: click.Context, address: str, paths: tuple[str, ...], recursive: bool,
+                   out_dir: str | None, output: str | None, as_json: bool) -> None:
+    from kit.scale.dicom import index_dataset
+    from kit.scale.run import remove_parts
+
+    folder = _dask_outputs(out_dir, output, as_json)
+    s = settings_from(ctx).dask
+    with open_client(ctx, address) as client:
+        result = index_dataset(list(paths), folder, client=client, recursive=recursive, timeout=s.timeout,
+                               progress=True)
+    if result.rows == 0:
+        remove_parts(result.folder)
+        raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
+    for path, reason in result.skipped.iter_rows():
+        click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
+    emit_frame(dataset_table([("index", result.rows, result.folder)], result.partitions), None, False)
 
 
 def _skipped(skipped: Any, shown: int = 3) -> str:
@@ -67,10 +109,17 @@ def _skipped(skipped: Any, shown: int = 3) -> str:
                    "a per-patient offset instead of removing them (the birth date is still removed).")
 @click.option("--retain-patient-characteristics", is_flag=True,
               help="Retain Patient Characteristics Option: keep age, sex, size, weight and the like.")
+@dask_option
+@click.option("--out-dir", "rows_dir", type=OUT_DIR, default=None,
+              help="With --dask: the folder the per-file result rows are written to, one "
+                   "part-NNNNN.parquet per chunk of files (not inside OUT: the rows name the input "
+                   "paths). The de-identified files still go to OUT.")
 @output_options
+@click.pass_context
 @handle_errors
-def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None, shift_dates: bool,
-         retain_patient_characteristics: bool, output: str | None, as_json: bool) -> None:
+def deid(ctx: click.Context, in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
+         shift_dates: bool, retain_patient_characteristics: bool, dask: str | None, rows_dir: str | None,
+         output: str | None, as_json: bool) -> None:
     """De-identify DICOM files from IN into OUT (PS3.15 Basic Profile).
 
     The Basic Profile alone removes or empties dates (the birth date always);
@@ -91,6 +140,11 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
       KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1002 deid
       KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1003 d3 --map map.parquet -o d3.csv
       KIT_DEID_KEY=my-project-key kit deid data/samples/dicom/MRN1001 d1 --shift-dates
+      KIT_DEID_KEY=my-project-key kit deid data/samples/dicom deid --dask local --out-dir deid-rows
+
+    With --dask the files are de-identified on the Dask cluster's workers (they
+    must see IN and OUT at the same paths), the key is sent to them, and the
+    re-identification map is merged and written here only.
     """
     from kit.dicom.deid import Deidentifier, DeidOptions, ReidentificationMap
 
@@ -103,14 +157,30 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
         raise click.UsageError("--map must end in .parquet or .csv")
     if not reid_path.parent.is_dir():
         raise click.BadParameter(f"folder {reid_path.parent} does not exist", param_hint="--map")
+    address = dask_address(ctx, dask)
+    if address:
+        rows_dir = _dask_outputs(rows_dir, output, as_json)
+        if Path(rows_dir).absolute().resolve() in (reid_path.resolve(), *reid_path.resolve().parents):
+            raise click.UsageError("the re-identification map must not be written inside --out-dir")
+    elif rows_dir:
+        raise click.UsageError("--out-dir holds the result rows of a Dask run: give --dask too")
     reid_map = ReidentificationMap.load(reid_path) if reid_path.exists() else None
     options = DeidOptions(retain_longitudinal_modified_dates=shift_dates,
                           retain_patient_characteristics=retain_patient_characteristics)
-    deidentifier = Deidentifier(key, options=options, reid_map=reid_map)
-    result = deidentifier.files(in_path, out, progress=True)
+    if address:
+        from kit.scale.dicom import deid_dataset
+
+        s = settings_from(ctx).dask
+        with open_client(ctx, address) as client:
+            done = deid_dataset(in_path, out, str(rows_dir), key=key, options=options, reid_map=reid_map,
+                                client=client, timeout=s.timeout, progress=True)
+        result, new_map, parts = done.result, done.reid_map, done.partitions
+    else:
+        deidentifier = Deidentifier(key, options=options, reid_map=reid_map)
+        result, new_map = deidentifier.files(in_path, out, progress=True), deidentifier.reid_map
     frame = result.frame
     if result.n_deidentified:
-        deidentifier.reid_map.save(reid_path)
+        new_map.save(reid_path)
     n_skipped, n_failed = result.count("skipped"), result.count("failed")
     if result.n_deidentified == 0:
         reasons = frame.filter(frame["reason"].is_not_null())["reason"].head(1).to_list()
@@ -118,8 +188,11 @@ def deid(in_path: str, out_dir: str, key_file: str | None, map_path: str | None,
                                 f"{n_skipped} skipped, {n_failed} failed"
                                 + (f"; first: {' '.join(str(reasons[0]).split())[:120]})" if reasons
                                    else ")"))
-    emit_frame(frame.select("path_in", "path_out", "patient_id", "burned_in_annotation", "status",
-                            "reason"), output, as_json, label="files")
+    if address:
+        emit_frame(dataset_table([("files", frame.height, done.folder)], parts), None, False)
+    else:
+        emit_frame(frame.select("path_in", "path_out", "patient_id", "burned_in_annotation", "status",
+                                "reason"), output, as_json, label="files")
     click.echo(f"kit: de-identified {result.n_deidentified} of {frame.height} files into {out} "
                f"({n_skipped} skipped, {n_failed} failed, {result.n_burned_in} flagged for burned-in "
                f"annotation); re-identification map: {reid_path}", err=True)

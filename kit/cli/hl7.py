@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from kit.cli._dask import dask_address, dask_option, dataset_table, open_client
 from kit.cli.common import (
     EPHEMERAL_PORT,
     HOST,
@@ -197,13 +198,16 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
 @hl7.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out-dir", type=OUT_DIR, default=None,
-              help="Write every table into this folder, one <table>.parquet each (created if missing).")
+              help="Write every table into this folder, one <table>.parquet each (created if missing); "
+                   "with --dask one folder per table, <table>/part-NNNNN.parquet per input file.")
 @click.option("--table", default="results", show_default=True,
               help="The table -o, --json and the printed table show.")
+@dask_option
 @output_options
+@click.pass_context
 @handle_errors
-def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str | None,
-          as_json: bool) -> None:
+def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table: str, dask: str | None,
+          output: str | None, as_json: bool) -> None:
     """Parse HL7 files into tables (messages, patients, visits, orders, results, appointments, ...).
 
     With --out-dir, writes one parquet file per table and prints the row
@@ -215,6 +219,10 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
       kit hl7 parse data/samples/hl7/feed.hl7
       kit hl7 parse data/samples/hl7/feed.hl7 --out-dir tables
       kit hl7 parse data/samples/hl7/feed.hl7 --table orders -o orders.csv
+      kit hl7 parse archive/*.hl7 --dask local --out-dir tables
+
+    With --dask each file is parsed on a Dask worker (they must see the files
+    at the same paths) and written as partitioned parquet folders.
     """
     import polars as pl
 
@@ -225,6 +233,13 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
                                  param_hint="--table")
     if out_dir and (output or as_json):
         raise click.UsageError("--out-dir writes every table; -o/--json write one: give one of them")
+    address = dask_address(ctx, dask)
+    if address:
+        if not out_dir:
+            raise click.UsageError("with --dask the result is a partitioned parquet folder: "
+                                   "give --out-dir DIR")
+        _parse_on_dask(ctx, address, files, out_dir)
+        return
     parts = [read_file(f) for f in progress(files, total=len(files), desc="parse")]
     if not any(p["messages"].height for p in parts):
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
@@ -240,6 +255,20 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
         path = write_frame(df, out / f"{name}.parquet")
         rows.append({"table": name, "rows": df.height, "file": str(path)})
     emit_frame(pl.DataFrame(rows), None, False)
+
+
+def _parse_on_dask(ctx: click.Context, address: str, files: tuple[str, ...], out_dir: str) -> None:
+    from kit.scale.frames import hl7_dataset
+    from kit.scale.run import prepare_dataset
+
+    s = settings_from(ctx).dask
+    with open_client(ctx, address) as client:
+        result = hl7_dataset(list(files), out_dir, client=client, timeout=s.timeout, progress=True)
+    if not result.rows.get("messages"):
+        prepare_dataset(result.folder)  # removes the empty parts: a failure is not an empty dataset
+        raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
+    emit_frame(dataset_table([(t, n, result.folder / t) for t, n in result.rows.items()],
+                             result.partitions), None, False)
 
 
 @hl7.command()

@@ -78,8 +78,11 @@ def dask_client(address: str | None = None, settings: DaskSettings | None = None
         raise ConfigError("dask.scheduler", "Dask is not installed: pip install 'kit[scale]'") from exc
     if chosen == "local":
         try:
+            # no dashboard; the scheduler's HTTP routes (health, metrics) on an ephemeral loopback
+            # port, not on the fixed 8787 (dashboard_address=None alone still listens there)
             cluster = LocalCluster(n_workers=s.workers, threads_per_worker=s.threads_per_worker,
-                                   processes=True, host="127.0.0.1", dashboard_address=None, scheduler_port=0)
+                                   processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                   scheduler_port=0, scheduler_kwargs={"dashboard": False})
         except (RuntimeError, OSError, TimeoutError) as exc:
             raise ServiceFailedError(f"the local Dask cluster did not start: {exc}", service="dask") from exc
         try:
