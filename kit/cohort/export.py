@@ -207,14 +207,21 @@ class _Writer:
         return removed
 
 
-def _claim(out: Path) -> None:
-    """Make ``out`` ours: new, empty, an earlier export (has a manifest) or one in progress."""
+def _check_out(out: Path) -> None:
+    """``out`` may be written: new, empty, an earlier export (has a manifest) or one in progress."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise InvalidInputError(f"{out} exists and is not a folder", source="out_dir")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file() \
             and not (out / _IN_PROGRESS).is_file():
         raise InvalidInputError(f"{out} is not empty and holds no dataset (no {MANIFEST_NAME}); choose an "
                                 "empty or new folder", source="out_dir")
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"the folder {out.parent} does not exist", source="out_dir")
+
+
+def _claim(out: Path) -> None:
+    """Mark ``out`` as an export in progress and remove its old manifest (checked by _check_out)."""
+    _check_out(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / _IN_PROGRESS).write_text("kit cohort export is writing this folder\n", encoding="utf-8")
@@ -410,7 +417,7 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
         echo(text)
 
     store = hl7_store_path(settings, hl7_store)  # a configured store that is missing fails before any work
-    _claim(out)
+    _check_out(out)  # the sources are read first: a source that fails leaves the folder as it was
     work: Path | None = None
     bar = _Bar(show, 7)
     try:
@@ -459,6 +466,7 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
         del datasets
         bar.step("de-identified")
         # 4. the files
+        _claim(out)
         writer = _Writer(out)
         for ds in result.dicom:
             buffer = io.BytesIO()
