@@ -116,7 +116,7 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
 @click.option("--cohort", "cohort_file", metavar="COHORT.csv", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Accession numbers, study UIDs and/or MRNs (as for `kit cohort pull`); "
                                  "default: every patient the PACS, FHIR server and HL7 store hold.")
-@click.option("--from-pull", "from_pull", metavar="PULLDIR", type=click.Path(exists=True, file_okay=False),
+@click.option("--from-pull", "from_pull", metavar="PULLDIR", type=click.Path(exists=True),
               default=None, help="Read the studies from this `kit cohort pull` folder instead of the PACS.")
 @click.option("--hl7-store", type=click.Path(exists=True, dir_okay=False), default=None,
               help="An MLLP listener's message store (default kit.toml [api] hl7_store; none: the "

@@ -52,6 +52,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shutil
 import stat
 import sys
@@ -95,6 +96,9 @@ JOIN_KEYS = ("patient_id", "accession_number", "study_instance_uid")
 #: Marks a folder as an export in progress (removed before the manifest is written).
 _IN_PROGRESS = ".kit-export-in-progress"
 _CHUNK = 1 << 20
+#: The largest manifest verify reads (about 2.5 million files).
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+_UID = re.compile(r"[0-9]{1,64}(\.[0-9]{1,64}){0,63}")
 
 
 # -- the folder -----------------------------------------------------------------------------------
@@ -158,7 +162,10 @@ def verify_dataset(folder: str | os.PathLike[str]) -> Manifest:
     if not root.is_dir():
         raise VerificationError(f"{root} is not a folder")
     try:
-        data = (root / MANIFEST_NAME).read_bytes()
+        with open(root / MANIFEST_NAME, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise VerificationError(f"{root / MANIFEST_NAME} is larger than {MAX_MANIFEST_BYTES} bytes")
     except FileNotFoundError:
         raise VerificationError(f"{root} has no {MANIFEST_NAME} (not a dataset, or its export did not "
                                 "finish)") from None
@@ -177,7 +184,10 @@ class _Writer:
         self.written: set[str] = set()
 
     def bytes(self, rel: str, data: bytes) -> None:
+        FileEntry(rel, len(data), "0" * 64)  # a relative path without . or .. parts, or InvalidInputError
         target = self.root / rel
+        if not target.parent.resolve().is_relative_to(self.root.resolve()):  # a folder swapped for a link
+            raise StoreError(f"{target.parent} leads out of the dataset folder {self.root}: not written")
         self.written.add(rel)
         try:
             if target.is_file() and not target.is_symlink() and target.stat().st_size == len(data) \
@@ -469,10 +479,12 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
         _claim(out)
         writer = _Writer(out)
         for ds in result.dicom:
+            uids = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+            if not all(_UID.fullmatch(u) for u in uids):
+                raise InvalidInputError(f"a de-identified instance has an invalid UID: {uids}")
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
-            writer.bytes(f"dicom/{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm",
-                         buffer.getvalue())
+            writer.bytes("dicom/{}/{}/{}.dcm".format(*uids), buffer.getvalue())
         written = sorted(out / p for p in writer.written)  # only this export's files (stale ones go later)
         scanned = index_dicom(written, workers=1) if written else None
         if scanned is not None and scanned.skipped.height:

@@ -23,7 +23,7 @@ from kit.cohort.pull import pull
 from kit.config import ApiSettings
 from kit.deid.pseudonyms import Pseudonymiser
 from kit.dicom.index import index_frame
-from kit.errors import ConfigError, InvalidInputError, VerificationError
+from kit.errors import ConfigError, InvalidInputError, StoreError, VerificationError
 from kit.examples import dicom_dir, fhir_bundle, hl7_feed
 from kit.fhir.frames import to_frames
 from kit.hl7.frames import read_file
@@ -97,7 +97,7 @@ def test_no_original_identifier_in_any_output_file(exported: Exported) -> None:
                                                         "accession number", "study UID"}
 
 
-@pytest.mark.parametrize("change", ["tamper", "delete", "add", "hidden", "manifest"])
+@pytest.mark.parametrize("change", ["tamper", "delete", "add", "hidden", "manifest", "symlink"])
 def test_verify_names_what_is_missing_extra_or_changed(copy: Path, change: str) -> None:
     verify_dataset(copy)
     dcm = sorted(copy.glob("dicom/*/*/*.dcm"))[5]
@@ -116,6 +116,12 @@ def test_verify_names_what_is_missing_extra_or_changed(copy: Path, change: str) 
     elif change == "hidden":
         (copy / "dicom" / ".notes").write_text("x")
         expect = "1 extra (dicom/.notes)"
+    elif change == "symlink":  # the same bytes, behind a link: not the file the manifest lists
+        outside = copy.parent / "outside.dcm"
+        outside.write_bytes(dcm.read_bytes())
+        dcm.unlink()
+        dcm.symlink_to(outside)
+        expect = f"1 changed ({rel})"
     else:
         (copy / MANIFEST_NAME).unlink()
         expect = "has no manifest.json"
@@ -226,3 +232,29 @@ def test_a_folder_that_is_not_a_dataset_and_a_missing_store_are_refused(sources:
         export_dataset(sources.settings, KEY, tmp_path / "new", hl7_store=tmp_path / "none.db",
                        progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_export_is_no_dataset_until_run_again(sources: Sources, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash while the files are written (a fault no real peer produces: patched in) leaves a
+    folder without manifest, which verify refuses and the next run completes."""
+    import kit.cohort.export as export
+
+    out = tmp_path / "d"
+    cohort = pl.DataFrame({"accession_number": ["ACC100401"]})
+    export_dataset(sources.settings, KEY, out, cohort, hl7_store=sources.hl7_store, progress=False)
+    first = _files(out)
+
+    def crash(messages: object) -> object:
+        raise StoreError("disk full (simulated)")
+
+    monkeypatch.setattr(export, "_hl7_tables", crash)
+    with pytest.raises(StoreError, match="simulated"):
+        export_dataset(sources.settings, KEY, out, cohort, hl7_store=sources.hl7_store, progress=False)
+    assert not (out / MANIFEST_NAME).exists() and (out / ".kit-export-in-progress").is_file()
+    with pytest.raises(VerificationError, match="has no manifest.json"):
+        verify_dataset(out)
+    monkeypatch.undo()
+    export_dataset(sources.settings, KEY, out, cohort, hl7_store=sources.hl7_store, progress=False)
+    verify_dataset(out)
+    assert _files(out) == first and not (out / ".kit-export-in-progress").exists()
