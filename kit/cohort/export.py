@@ -444,8 +444,9 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
             asked = frame if frame is not None else all_studies(settings, method)
             datasets = []
             if not asked.is_empty():
-                pull_studies(asked, work, settings, method=method, progress=show)
-                datasets = read_pulled(work)
+                report = pull_studies(asked, work, settings, method=method, progress=show)
+                # only this cohort's studies: a crashed export of another cohort may have left others
+                datasets = read_pulled(work, report["study_instance_uid"].drop_nulls().unique().to_list())
             pacs_address = Source.from_settings(settings, method).address  # type: ignore[arg-type]
         bar.step("studies read")
         # 2. the patients: the cohort's MRNs and those of its studies (all: every one the sources hold)

@@ -258,3 +258,15 @@ def test_an_interrupted_export_is_no_dataset_until_run_again(sources: Sources, t
     export_dataset(sources.settings, KEY, out, cohort, hl7_store=sources.hl7_store, progress=False)
     verify_dataset(out)
     assert _files(out) == first and not (out / ".kit-export-in-progress").exists()
+
+
+def test_a_working_folder_left_by_another_cohort_adds_nothing(sources: Sources, tmp_path: Path) -> None:
+    """The export pulls into DIR's working folder and resumes a pull there; studies of another
+    cohort left in it (an export that crashed) are not exported."""
+    work = tmp_path / ".d.kit-export-pull"
+    pull(pl.DataFrame({"accession_number": ["ACC100601"]}), work, settings=sources.settings, progress=False)
+    manifest = export_dataset(sources.settings, KEY, tmp_path / "d",
+                              pl.DataFrame({"accession_number": ["ACC100501"]}), hl7_store=sources.hl7_store,
+                              progress=False)
+    assert manifest.counts["studies"] == 1 and manifest.counts["patients"] == 1
+    assert not work.exists()  # identified copies do not outlive the export
