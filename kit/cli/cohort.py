@@ -1,4 +1,4 @@
-"""``kit cohort``: research cohorts (``kit cohort pull``: retrieve a cohort's studies, resumably)."""
+"""``kit cohort``: research cohorts (``pull`` the studies, resumably; ``export`` a de-identified dataset; ``verify`` it)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ __all__ = ["cohort"]
 
 @click.group()
 def cohort() -> None:
-    """Research cohorts: pull a cohort's studies out of the PACS, politely and resumably."""
+    """Research cohorts: pull studies politely and resumably, export a de-identified dataset, verify it."""
 
 
 @cohort.command()
@@ -119,3 +119,112 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
     raise CohortError(f"{failed.height} of {report.height} requested item/study rows failed ({studies} "
                       f"stud(ies) found); first: {first['item']}: {first['reason']}; report in "
                       f"{job.out_dir / 'report.csv'}", failed=failed.height)
+
+
+@cohort.command("export")
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="File holding the project key (default: $KIT_DEID_KEY); never printed.")
+@click.option("--out-dir", "out_dir", type=OUT_DIR, required=True,
+              help="The dataset folder: new, empty, or an earlier export (rewritten in place).")
+@click.option("--cohort", "cohort_file", metavar="COHORT.csv", type=click.Path(exists=True, dir_okay=False),
+              default=None, help="Accession numbers, study UIDs and/or MRNs (as for `kit cohort pull`); "
+                                 "default: every patient the PACS, FHIR server and HL7 store hold.")
+@click.option("--from-pull", "from_pull", metavar="PULLDIR", type=click.Path(exists=True),
+              default=None, help="Read the studies from this `kit cohort pull` folder instead of the PACS.")
+@click.option("--hl7-store", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="An MLLP listener's message store (default kit.toml [api] hl7_store; none: the "
+                   "manifest says the dataset holds no HL7).")
+@click.option("--map", "map_path", type=click.Path(dir_okay=False), default=None,
+              help="Re-identification map to append to (.parquet or .csv); default: DIR.reid-map.parquet "
+                   "beside DIR, never inside it. Keep it safe.")
+@click.option("--web", is_flag=True, help="Resolve and retrieve by DICOMweb (kit.toml [dicomweb]).")
+@click.option("--fhir-base", type=HTTP_URL, default=None,
+              help="FHIR root URL (default kit.toml [fhir] base).")
+@_dimse_options
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest's counts as JSON.")
+@click.pass_context
+@handle_errors
+def export_(ctx: click.Context, key_file: str | None, out_dir: str, cohort_file: str | None,
+            from_pull: str | None, hl7_store: str | None, map_path: str | None, web: bool,
+            fhir_base: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
+            called_aet: str | None, timeout: float | None, as_json: bool) -> None:
+    """Export a de-identified research dataset: DICOM, FHIR and HL7 of a cohort, one key.
+
+    The cohort's studies (C-FIND + C-GET from kit.toml [pacs], or
+    --from-pull), its patients' FHIR resources ([fhir]) and HL7 messages
+    (--hl7-store / [api] hl7_store) are de-identified together: one
+    pseudonym and one date shift per patient in all three, free text
+    scrubbed. DIR gets dicom/<study>/<series>/<sop>.dcm, index.parquet,
+    fhir/*.parquet, hl7/*.parquet (joined on patient_id, accession_number,
+    study_instance_uid), datalist.json (MONAI's data list) and, last,
+    manifest.json (request, sources, key fingerprint, counts, the SHA-256
+    of every file). The same key over the same sources gives the same
+    bytes. Prints the counts; `kit cohort verify DIR` checks the folder.
+    The re-identification map goes to DIR.reid-map.parquet (or --map),
+    never into DIR. Studies already pulled (`kit cohort pull cohort.csv
+    --out-dir cohort`) are read with --from-pull cohort.
+
+    \b
+    Examples:
+      KIT_DEID_KEY=my-project-key kit cohort export --out-dir dataset --cohort cohort.csv
+      KIT_DEID_KEY=my-project-key kit cohort export --out-dir all --hl7-store ~/.cache/kit/stack/mllp.db
+    """
+    import json
+    from pathlib import Path
+
+    from kit.cohort.export import export_dataset
+    from kit.deid.pseudonyms import Pseudonymiser, ReidentificationMap, load_key
+
+    out = Path(out_dir).absolute()
+    reid_path = Path(map_path).absolute() if map_path else out.with_name(out.name + ".reid-map.parquet")
+    if reid_path.is_relative_to(out):
+        raise click.UsageError("the re-identification map must not be written inside --out-dir")
+    if reid_path.suffix.lower() not in (".parquet", ".csv"):
+        raise click.UsageError("--map must end in .parquet or .csv")
+    if not reid_path.parent.is_dir():
+        raise click.BadParameter(f"folder {reid_path.parent} does not exist", param_hint="--map")
+    if url is not None:
+        if host is not None or port is not None or called_aet is not None:
+            raise click.UsageError("--url names the PACS: give it without --host, --port, --called-aet")
+        called_aet, host, port = url
+    settings = settings_from(ctx)
+    pacs_changes = {k: v for k, v in {"host": host, "port": port, "aet": aet, "called_aet": called_aet,
+                                      "timeout": timeout}.items() if v is not None}
+    fhir_changes = {k: v for k, v in {"base": fhir_base, "timeout": timeout}.items() if v is not None}
+    settings = dataclasses.replace(
+        settings, pacs=dataclasses.replace(settings.pacs, **pacs_changes),  # type: ignore[arg-type]
+        fhir=dataclasses.replace(settings.fhir, **fhir_changes))  # type: ignore[arg-type]
+    reid_map = ReidentificationMap.load(reid_path) if reid_path.exists() else None
+    pseudo = Pseudonymiser(load_key(key_file), reid_map=reid_map)
+    manifest = export_dataset(settings, pseudo, out, cohort_file, from_pull=from_pull, hl7_store=hl7_store,
+                              method="wado" if web else None,
+                              echo=lambda text: click.echo(f"kit: {text}", err=True))
+    pseudo.reid_map.save(reid_path, output_dir=out)
+    counts = dict(manifest.counts)
+    if as_json:
+        click.echo(json.dumps(counts, indent=2, sort_keys=True))
+    else:
+        for name in ("patients", "studies", "series", "instances", "fhir_resources", "hl7_messages"):
+            click.echo(f"{name:<15} {counts.get(name, 0)}")
+    click.echo(f"kit: exported {len(manifest.files)} files into {out}; key {manifest.key_fingerprint}; "
+               f"re-identification map: {reid_path}", err=True)
+
+
+@cohort.command()
+@click.argument("dataset", metavar="DIR", type=click.Path(file_okay=False))
+@handle_errors
+def verify(dataset: str) -> None:
+    """Check a dataset folder against its manifest.json: every file present, none extra, none changed.
+
+    Exit 0 with one line (how many files were verified); exit 1 with one
+    line naming what is missing, extra or changed.
+
+    \b
+    Examples:
+      kit cohort verify dataset
+    """
+    from kit.cohort.export import verify_dataset
+
+    manifest = verify_dataset(dataset)
+    click.echo(f"{len(manifest.files)} files verified in {dataset} (key {manifest.key_fingerprint}, "
+               f"created {manifest.created})")

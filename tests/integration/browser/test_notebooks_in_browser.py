@@ -85,6 +85,10 @@ INTERACTIONS: dict[str, tuple[Step, ...]] = {
     # the dashboard follows the monitor live: the alert raised when MLLP goes down, then resolved
     "06_services_and_monitoring.ipynb": (
         Step("MonitorDashboard(", "watch", arg="2", watch=":scope", prop="text"),),
+    # the exported dataset's de-identified images: another study picked, the viewer follows
+    "07_research_dataset.ipynb": (
+        Step("StudyBrowser(", "select", ".widget-dropdown select", watch="img", prop="src",
+             watch_cell="ImageViewer("),),
 }
 
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))

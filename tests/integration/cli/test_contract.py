@@ -98,6 +98,8 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "endoscopy frames": (["http://127.0.0.1:{dead}/live.ts"], {"--count": "2", "--timeout": "5"}),
     "cohort pull": ([str(Path(__file__).parents[1] / "cohort_pull" / "contract-cohort.csv")],
                     {"--out-dir": "{tmp}/cohort", "--port": "{dead}"}),
+    "cohort export": ([], {"--out-dir": "{tmp}/dataset", "--port": "{dead}"}),
+    "cohort verify": (["{tmp}"], {}),
     "audit": ([], {"--log": "{store}"}),
     "monitor serve": ([], {"--workspace": "{tmp}/monitor", "--port": "0", "--interval": "5"}),
     "monitor status": ([], {"--timeout": "2"}),

@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("00_quickstart", "01_pacs_ingest", "02_ehr_fhir", "03_hl7_feeds", "04_endoscopy",
-         "05_analyze_and_report_back", "06_services_and_monitoring")
+         "05_analyze_and_report_back", "06_services_and_monitoring", "07_research_dataset")
 #: the folder whose sitecustomize refuses every embedded server when KIT_TEST_NO_EMBEDDED=1
 GUARD = Path(__file__).resolve().parent / "guard"
 

@@ -62,6 +62,10 @@ CHANGED: dict[str, tuple[dict[str, Any], list[tuple[str, str, str]]]] = {
     ]),
     "06_services_and_monitoring": ({"TAKE_DOWN": "fhir"}, [
         ("service.stop()", "ehr-fhir: the connector is dow", "hl7-mllp: the connector is dow")]),
+    "07_research_dataset": ({"MODALITY": "ES"}, [
+        ('fhir.search_frames("ImagingStudy"', "3 ES studies of 3 patients", "2 MR studies of 2 patients"),
+        ("datalist.json", "datalist.json: 3 series", "datalist.json: 2 series"),
+    ]),
 }
 
 

@@ -182,7 +182,8 @@ def _check_configured(first: str, systems: Systems, services: tuple[str, ...]) -
 SERVICES = {"00_quickstart": ("pacs", "fhir"), "01_pacs_ingest": ("pacs",), "02_ehr_fhir": ("pacs", "fhir"),
             "03_hl7_feeds": ("mllp",), "04_endoscopy": ("pacs", "fhir", "mllp"),
             "05_analyze_and_report_back": ("pacs", "fhir", "mllp"),
-            "06_services_and_monitoring": ("pacs", "fhir", "mllp")}
+            "06_services_and_monitoring": ("pacs", "fhir", "mllp"),
+            "07_research_dataset": ("pacs", "fhir", "mllp")}
 #: the README's stand-ins have no Modality Worklist (Orthanc's worklist plugin is not set up) and no
 #: video gateway, which 04 needs: it runs on the embedded stack only (tests/integration/notebooks)
 NEEDS_ENDOSCOPY_SUITE = ("04_endoscopy",)

@@ -31,7 +31,7 @@ PURE = [
     "deid/pseudonyms", "deid/policy", "deid/fhir", "deid/hl7", "deid/cohort",
     "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
     "deid/_text_seam",
-    "cohort/plan", "cohort/limiter",
+    "cohort/plan", "cohort/limiter", "cohort/manifest",
     "endoscopy/buffer", "endoscopy/demo_detector",
     "fhir/frames_fast", "fhir/frames_fast_types",
 ]
