@@ -1,4 +1,4 @@
-"""``kit cohort``: research cohorts (``pull`` the studies, resumably; ``export`` a de-identified dataset; ``verify`` it)."""
+"""``kit cohort``: research cohorts: ``pull`` studies resumably, ``export`` a dataset, ``verify`` it."""
 
 from __future__ import annotations
 
