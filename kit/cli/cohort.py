@@ -141,13 +141,17 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
 @click.option("--fhir-base", type=HTTP_URL, default=None,
               help="FHIR root URL (default kit.toml [fhir] base).")
 @_dimse_options
+@click.option("--dask", "dask", metavar="ADDRESS", default=None,
+              help="Pull the studies on a Dask cluster, as `kit cohort pull --dask` (default kit.toml "
+                   "[dask] scheduler; '' here). The working folder beside DIR must be shared with "
+                   "the workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's counts as JSON.")
 @click.pass_context
 @handle_errors
 def export_(ctx: click.Context, key_file: str | None, out_dir: str, cohort_file: str | None,
             from_pull: str | None, hl7_store: str | None, map_path: str | None, web: bool,
-            fhir_base: str | None, url: Any, host: str | None, port: int | None, aet: str | None,
-            called_aet: str | None, timeout: float | None, as_json: bool) -> None:
+            fhir_base: str | None, dask: str | None, url: Any, host: str | None, port: int | None,
+            aet: str | None, called_aet: str | None, timeout: float | None, as_json: bool) -> None:
     """Export a de-identified research dataset: DICOM, FHIR and HL7 of a cohort, one key.
 
     The cohort's studies (C-FIND + C-GET from kit.toml [pacs], or
@@ -197,7 +201,7 @@ def export_(ctx: click.Context, key_file: str | None, out_dir: str, cohort_file:
     reid_map = ReidentificationMap.load(reid_path) if reid_path.exists() else None
     pseudo = Pseudonymiser(load_key(key_file), reid_map=reid_map)
     manifest = export_dataset(settings, pseudo, out, cohort_file, from_pull=from_pull, hl7_store=hl7_store,
-                              method="wado" if web else None,
+                              method="wado" if web else None, dask=dask,
                               echo=lambda text: click.echo(f"kit: {text}", err=True))
     pseudo.reid_map.save(reid_path, output_dir=out)
     counts = dict(manifest.counts)

@@ -47,7 +47,7 @@ def all_studies(settings: Settings, method: str | None) -> pl.DataFrame:
 
 
 def pull_studies(cohort: pl.DataFrame, folder: Path, settings: Settings, *, method: str | None,
-                 progress: bool | None) -> pl.DataFrame:
+                 progress: bool | None, dask: Any = None) -> pl.DataFrame:
     """Pull ``cohort``'s studies into ``folder`` (resuming a pull there); the report.
 
     A study not retrieved raises :class:`~kit.errors.CohortError`.
@@ -55,7 +55,7 @@ def pull_studies(cohort: pl.DataFrame, folder: Path, settings: Settings, *, meth
     from kit.cohort.pull import CohortPull
 
     report = CohortPull(cohort, folder, settings=settings, method=method,  # type: ignore[arg-type]
-                        progress=progress).run()
+                        progress=progress, dask=dask).run()
     failed = report.filter(pl.col("status") != "retrieved")
     if failed.height:
         first = failed.row(0, named=True)

@@ -361,7 +361,7 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
                    cohort: pl.DataFrame | str | os.PathLike[str] | None = None,
                    *, from_pull: str | os.PathLike[str] | None = None,
                    hl7_store: str | os.PathLike[str] | None = None, method: str | None = None,
-                   scrub: Any = None, progress: bool | None = None,
+                   scrub: Any = None, progress: bool | None = None, dask: Any = None,
                    echo: Callable[[str], None] = log.warning,
                    now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> Manifest:
     """De-identify a cohort's DICOM, FHIR and HL7 with one key and write it as a dataset folder.
@@ -389,6 +389,9 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
         The free-text scrubber (default :func:`kit.deid.policy.default_scrubber`).
     progress : bool, optional
         Show progress bars (default: a terminal or a notebook).
+    dask : str or distributed.Client, optional
+        Run the pull's retrieves on a Dask cluster (:class:`~kit.cohort.pull.CohortPull`'s
+        ``dask``; default ``[dask] scheduler``, ``""`` here). The de-identification runs here.
     echo : callable
         Receives sentences about what the sources did not hold.
     now : callable
@@ -444,7 +447,7 @@ def export_dataset(settings: Settings | None, key: Pseudonymiser | Secret | str 
             asked = frame if frame is not None else all_studies(settings, method)
             datasets = []
             if not asked.is_empty():
-                report = pull_studies(asked, work, settings, method=method, progress=show)
+                report = pull_studies(asked, work, settings, method=method, progress=show, dask=dask)
                 # only this cohort's studies: a crashed export of another cohort may have left others
                 datasets = read_pulled(work, report["study_instance_uid"].drop_nulls().unique().to_list())
             pacs_address = Source.from_settings(settings, method).address  # type: ignore[arg-type]

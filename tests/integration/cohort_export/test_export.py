@@ -270,3 +270,20 @@ def test_a_working_folder_left_by_another_cohort_adds_nothing(sources: Sources, 
                               progress=False)
     assert manifest.counts["studies"] == 1 and manifest.counts["patients"] == 1
     assert not work.exists()  # identified copies do not outlive the export
+
+
+def test_an_export_pulled_on_a_dask_cluster_is_the_same_dataset(sources: Sources, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("distributed")
+    from kit.cohort.pull import CohortPull
+
+    ran_on: list[object] = []
+    run = CohortPull.run
+    monkeypatch.setattr(CohortPull, "run", lambda self: (ran_on.append(self.dask), run(self))[1])
+    cohort = pl.DataFrame({"accession_number": ["ACC100101", "ACC100301"]})
+    here = export_dataset(sources.settings, KEY, tmp_path / "here", cohort, hl7_store=sources.hl7_store,
+                          progress=False, dask="")
+    on_dask = export_dataset(sources.settings, KEY, tmp_path / "dask", cohort, hl7_store=sources.hl7_store,
+                             progress=False, dask="local")
+    assert ran_on == ["", "local"]  # the pull went to the cluster
+    assert on_dask.files == here.files and on_dask.counts == here.counts and here.counts["studies"] == 2
