@@ -11,7 +11,8 @@ in its own subpackage (:mod:`kit.dicom`, :mod:`kit.fhir`, :mod:`kit.hl7`, ...).
 
 from __future__ import annotations
 
-from kit.config import Settings, load_settings
+from typing import TYPE_CHECKING, Any
+
 from kit.errors import (
     ConfigError,
     InvalidInputError,
@@ -19,6 +20,9 @@ from kit.errors import (
     PeerError,
     VerificationError,
 )
+
+if TYPE_CHECKING:
+    from kit.config import Settings, load_settings
 
 __all__ = [
     "ConfigError",
@@ -31,3 +35,14 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # kit.config (tomllib, ipaddress, the settings classes) on first use: `kit --help` and the
+    # modules that only need kit.errors do not pay for it
+    if name in ("Settings", "load_settings", "config"):
+        import importlib
+
+        module = importlib.import_module("kit.config")
+        return module if name == "config" else getattr(module, name)
+    raise AttributeError(f"module 'kit' has no attribute {name!r}")

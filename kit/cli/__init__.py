@@ -3,7 +3,9 @@
 One group per protocol (``kit pacs``, ``kit fhir``, ``kit hl7``,
 ``kit endoscopy``) plus ``kit serve``, ``kit demo``, ``kit samples``,
 ``kit index``, ``kit deid`` and ``kit status``. Subcommands are imported only
-when used, so ``kit --help`` stays fast.
+when used, so ``kit --help`` stays fast: it lists them from :data:`SUMMARIES`
+(each the first paragraph of the command's help, checked by a test) without
+importing any.
 
 Conventions (see DESIGN.md): results print as a table with identifiers whole;
 ``-o FILE`` writes by extension (.parquet .csv .json .ndjson) into an existing
@@ -21,6 +23,7 @@ import importlib.util
 import logging
 import sys
 import traceback
+from gettext import gettext as _
 from typing import Any
 
 import click
@@ -48,6 +51,25 @@ COMMANDS: dict[str, str] = {
     "monitor": "kit.cli.monitor:monitor",
 }
 
+#: command name -> the first paragraph of its help, what ``kit --help`` lists (no import needed)
+SUMMARIES: dict[str, str] = {
+    "api": "The integration REST API: the Hub, integrations, sync jobs and scheduling over HTTP.",
+    "audit": "List the audit log: one row per access (who, what, when, which patient/study, outcome).",
+    "cohort": "Research cohorts: pull a cohort's studies out of the PACS, politely and resumably.",
+    "deid": "De-identify DICOM files from IN into OUT (PS3.15 Basic Profile).",
+    "demo": "Run the main job end to end: on the configured systems, else on the embedded stack.",
+    "endoscopy": "Endoscopy: the procedure worklist, the live video as frames, capture to the PACS.",
+    "fhir": "FHIR R4: capability statement, read, search (all pages), create, Bulk Data export.",
+    "hl7": "HL7 v2 over MLLP: run a durable listener, send files, parse files into tables.",
+    "index": "Index DICOM files and folders: one row per instance, from the headers.",
+    "medix": "The Medix study-download service for the image-sharing platform.",
+    "monitor": "Health checks of the configured PACS, FHIR server, MLLP peer and endoscopy worklist.",
+    "pacs": "Query, retrieve and store images on a PACS (DIMSE or DICOMweb).",
+    "samples": "Summarise the sample cohort: files, sizes, patients and studies per kind.",
+    "serve": "Run the embedded stack in the foreground until Ctrl-C or SIGTERM.",
+    "status": "Check that the configured PACS, DICOMweb, FHIR server and MLLP peer answer (exit 1 if not).",
+}
+
 
 class LazyGroup(click.Group):
     """A click group whose subcommands are imported on first use."""
@@ -63,6 +85,19 @@ class LazyGroup(click.Group):
         module, attr = COMMANDS[cmd_name].split(":")
         found: click.Command = getattr(importlib.import_module(module), attr)
         return found
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's list of commands, each lazy one shown from :data:`SUMMARIES` (nothing imported)."""
+        commands: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            lazy = name in SUMMARIES and name not in self.commands
+            cmd = click.Command(name, help=SUMMARIES[name]) if lazy else self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                commands.append((name, cmd))
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _cmd in commands)
+            with formatter.section(_("Commands")):
+                formatter.write_dl([(name, cmd.get_short_help_str(limit)) for name, cmd in commands])
 
 
 def _importable(target: str) -> bool:
@@ -120,11 +155,11 @@ def main(argv: list[str] | None = None) -> Any:
     line; any other exception is a bug in kit and exits 1 with one
     ``kit: internal error`` line (the traceback follows only with ``-v``).
     """
-    from kit.cli.common import error_line
-
     try:
         return cli.main(args=argv, prog_name="kit", standalone_mode=True)
     except KitError as exc:
+        from kit.cli.common import error_line  # here: `kit --help` imports no command module
+
         click.echo(error_line(exc), err=True)
         sys.exit(1)
     except (SystemExit, KeyboardInterrupt, GeneratorExit):

@@ -54,9 +54,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import polars as pl
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import (
@@ -105,6 +104,11 @@ from kit.errors import (
     TLSError,
 )
 
+if TYPE_CHECKING:  # polars (and the frame schemas) load with the first frame: `kit pacs echo` needs neither
+    import polars as pl
+
+    from kit.dicom._frames import RECEIVED_SCHEMA, STORED_SCHEMA
+
 __all__ = ["RECEIVED_SCHEMA", "STORED_SCHEMA", "PacsClient", "RetrieveError"]
 
 T = TypeVar("T")
@@ -117,17 +121,15 @@ VERIFICATION = "1.2.840.10008.1.1"
 UNKNOWN_MOVE_DESTINATION = 0xA801
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
-#: Frame of received instances (get/move): one row per instance written.
-RECEIVED_SCHEMA: dict[str, pl.DataType] = {
-    "sop_instance_uid": pl.String(), "sop_class_uid": pl.String(),
-    "transfer_syntax_uid": pl.String(), "study_instance_uid": pl.String(),
-    "path": pl.String(), "size_bytes": pl.Int64(),
-}
-#: Frame of stored instances (store): one row per instance sent.
-STORED_SCHEMA: dict[str, pl.DataType] = {
-    "sop_instance_uid": pl.String(), "sop_class_uid": pl.String(),
-    "transfer_syntax_uid": pl.String(), "path": pl.String(), "status": pl.Int32(),
-}
+
+def __getattr__(name: str) -> Any:
+    # RECEIVED_SCHEMA, STORED_SCHEMA (kit.dicom._frames): built with polars on first use
+    if name in ("RECEIVED_SCHEMA", "STORED_SCHEMA"):
+        from kit.dicom import _frames
+
+        return getattr(_frames, name)
+    raise AttributeError(f"module 'kit.dicom.dimse' has no attribute {name!r}")
+
 
 _LOG_HANDLERS = (
     (evt.EVT_PDU_RECV, standard_pdu_recv_handler), (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
@@ -150,6 +152,10 @@ class RetrieveError(DimseStatusError):
     def __init__(self, message: str, *, status: int | None, peer: str | None = None,
                  completed: int | None = None, failed: int | None = None,
                  warning: int | None = None, received: pl.DataFrame | None = None) -> None:
+        import polars as pl
+
+        from kit.dicom._frames import RECEIVED_SCHEMA
+
         self.completed, self.failed, self.warning = completed, failed, warning
         self.received = received if received is not None else pl.DataFrame(schema=RECEIVED_SCHEMA)
         counts = f" (completed {completed}, failed {failed}, warning {warning})" \
@@ -189,6 +195,10 @@ def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -
 
 
 def _received_frame(receiver: FileReceiver) -> pl.DataFrame:
+    import polars as pl
+
+    from kit.dicom._frames import RECEIVED_SCHEMA
+
     with receiver.lock:
         rows = list(receiver.rows)
     if not rows:
@@ -745,6 +755,10 @@ class PacsClient:
             Some instances got a failure status; ``received`` holds the
             per-instance frame and the message names the first failure.
         """
+        import polars as pl
+
+        from kit.dicom._frames import STORED_SCHEMA
+
         outgoing = [Outgoing.of(item) for item in items]
         if not outgoing:
             return pl.DataFrame(schema=STORED_SCHEMA)

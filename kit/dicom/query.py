@@ -28,15 +28,18 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from kit.errors import InvalidInputError
+
+if TYPE_CHECKING:  # polars is imported when a frame is built: `kit pacs echo` must not pay for it
+    import polars as pl
 
 __all__ = [
     "ATTRIBUTES",
@@ -149,15 +152,22 @@ class Attribute:
     @property
     def dtype(self) -> pl.DataType:
         """The polars type of the frame column."""
+        import polars as pl
+
         if self.multi:
             return pl.List(pl.String)
-        return _VR_DTYPES.get(self.vr, pl.String())
+        return _vr_dtypes().get(self.vr, pl.String())
 
 
-_VR_DTYPES: dict[str, pl.DataType] = {
-    "DA": pl.Date(), "TM": pl.Time(), "IS": pl.Int32(), "US": pl.Int32(), "UL": pl.Int64(),
-    "DT": pl.Datetime("us"),
-}
+@functools.cache
+def _vr_dtypes() -> dict[str, pl.DataType]:
+    """Polars types of the VRs that are not strings (built on first use, with polars)."""
+    import polars as pl
+
+    return {
+        "DA": pl.Date(), "TM": pl.Time(), "IS": pl.Int32(), "US": pl.Int32(), "UL": pl.Int64(),
+        "DT": pl.Datetime("us"),
+    }
 
 _P, _ST, _SE, _IM = QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE
 
@@ -502,6 +512,8 @@ def _value(attr: Attribute, ds: Dataset) -> Any:
 
 
 def _frame(attrs: Sequence[Attribute], rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
+    import polars as pl
+
     schema = {a.column: a.dtype for a in attrs}
     data = list(rows)
     return pl.DataFrame(data, schema=schema, orient="row") if data else pl.DataFrame(schema=schema)

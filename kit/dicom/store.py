@@ -37,9 +37,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -51,6 +50,9 @@ from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import Verdict, check_received
 from kit.errors import DicomFileError, StoreError
+
+if TYPE_CHECKING:  # polars is imported by frame(): the DIMSE client and `kit pacs echo` load no polars
+    import polars as pl
 
 __all__ = [
     "INDEXED_KEYWORDS",
@@ -534,6 +536,8 @@ class InstanceStore:
         ``series_number``/``instance_number`` as Int32 (as in :mod:`kit.dicom.index`), plus
         ``transfer_syntax_uid``, ``path`` (absolute) and ``size_bytes``.
         """
+        import polars as pl
+
         rows = self._query(f"SELECT {', '.join(_COLUMNS.values())}, transfer_syntax_uid, path, "
                            "size AS size_bytes FROM instances ORDER BY rowid")
         schema: dict[str, Any] = {c: (pl.Int32 if k in _INT_KEYWORDS else pl.String)

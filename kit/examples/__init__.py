@@ -36,12 +36,13 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from kit.errors import InvalidInputError, StoreError
 from kit.examples.cohort import COHORT, Lesion, Patient, Study, patient, studies
+
+if TYPE_CHECKING:  # polars is imported by summary(): the DICOM stack reads the cohort without it
+    import polars as pl
 
 __all__ = [
     "COHORT",
@@ -363,6 +364,8 @@ def summary(root: Path | None = None) -> pl.DataFrame:
     ``patients`` and ``studies`` (distinct MRNs / study keys in the paths;
     null for kinds whose paths name none).
     """
+    import polars as pl
+
     files = load_manifest(root)["files"]
     rows: dict[str, dict[str, Any]] = {}
     for rel, entry in files.items():
