@@ -55,7 +55,7 @@ COMMANDS: dict[str, str] = {
 SUMMARIES: dict[str, str] = {
     "api": "The integration REST API: the Hub, integrations, sync jobs and scheduling over HTTP.",
     "audit": "List the audit log: one row per access (who, what, when, which patient/study, outcome).",
-    "cohort": "Research cohorts: pull a cohort's studies out of the PACS, politely and resumably.",
+    "cohort": "Research cohorts: pull studies politely and resumably, export a dataset, verify it.",
     "deid": "De-identify DICOM files from IN into OUT (PS3.15 Basic Profile).",
     "demo": "Run the main job end to end: on the configured systems, else on the embedded stack.",
     "endoscopy": "Endoscopy: the procedure worklist, the live video as frames, capture to the PACS.",

@@ -24,7 +24,7 @@ __all__ = ["cohort"]
 
 @click.group()
 def cohort() -> None:
-    """Research cohorts: pull studies politely and resumably, export a de-identified dataset, verify it."""
+    """Research cohorts: pull studies politely and resumably, export a dataset, verify it."""
 
 
 @cohort.command()
