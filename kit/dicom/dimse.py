@@ -48,34 +48,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import (
-    AE,
-    build_role,
-    evt,
-)
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
+from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import build_context
 
 from kit._truncate import check_limit
 from kit.config import PacsSettings, Settings
+from kit.dicom._association import AssociationClient
+from kit.dicom._association import nodelay as _nodelay
 from kit.dicom._audit import pacs as _audited
 from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
@@ -84,56 +74,54 @@ from kit.dicom._cfind import timed as _timed
 from kit.dicom._contexts import storage_contexts
 from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store
 from kit.dicom._outgoing import Outgoing
-from kit.dicom.query import (
-    QueryLevel,
-    QueryModel,
-    find_identifier,
-    responses_to_frame,
-    worklist_identifier,
-    worklist_to_frame,
-)
 from kit.errors import (
     AssociationAbortedError,
-    AssociationRejectedError,
     ConfigError,
     DicomError,
     DimseStatusError,
     InvalidInputError,
-    PeerError,
     PeerTimeoutError,
-    PeerUnreachableError,
     TLSError,
 )
 
+if TYPE_CHECKING:  # polars and the query module load on first use: `kit pacs echo` needs neither
+    import polars as pl
+
+    from kit.dicom.query import QueryLevel, QueryModel
+
+    RECEIVED_SCHEMA: dict[str, pl.DataType]
+    STORED_SCHEMA: dict[str, pl.DataType]
+
 __all__ = ["RECEIVED_SCHEMA", "STORED_SCHEMA", "PacsClient", "RetrieveError"]
 
-T = TypeVar("T")
-
-#: Idle sleep of pynetdicom's network loop (its default is 1 ms).
-DUL_POLL_SECONDS = 0.0002
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: C-MOVE status: the destination AE title is unknown to the PACS
 UNKNOWN_MOVE_DESTINATION = 0xA801
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 
-#: Frame of received instances (get/move): one row per instance written.
-RECEIVED_SCHEMA: dict[str, pl.DataType] = {
-    "sop_instance_uid": pl.String(), "sop_class_uid": pl.String(),
-    "transfer_syntax_uid": pl.String(), "study_instance_uid": pl.String(),
-    "path": pl.String(), "size_bytes": pl.Int64(),
-}
-#: Frame of stored instances (store): one row per instance sent.
-STORED_SCHEMA: dict[str, pl.DataType] = {
-    "sop_instance_uid": pl.String(), "sop_class_uid": pl.String(),
-    "transfer_syntax_uid": pl.String(), "path": pl.String(), "status": pl.Int32(),
-}
+_SCHEMAS: dict[str, dict[str, Any]] = {}
 
-_LOG_HANDLERS = (
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler), (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-)
+
+def __getattr__(name: str) -> Any:
+    """``RECEIVED_SCHEMA`` (get/move: one row per instance written) and ``STORED_SCHEMA``
+    (store: one row per instance sent), built on first use so importing this module
+    does not import polars."""
+    if name not in ("RECEIVED_SCHEMA", "STORED_SCHEMA"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _SCHEMAS:
+        import polars as pl
+
+        _SCHEMAS["RECEIVED_SCHEMA"] = {
+            "sop_instance_uid": pl.String(), "sop_class_uid": pl.String(),
+            "transfer_syntax_uid": pl.String(), "study_instance_uid": pl.String(),
+            "path": pl.String(), "size_bytes": pl.Int64(),
+        }
+        _SCHEMAS["STORED_SCHEMA"] = {
+            "sop_instance_uid": pl.String(), "sop_class_uid": pl.String(),
+            "transfer_syntax_uid": pl.String(), "path": pl.String(), "status": pl.Int32(),
+        }
+    return _SCHEMAS[name]
 
 
 class RetrieveError(DimseStatusError):
@@ -151,23 +139,14 @@ class RetrieveError(DimseStatusError):
                  completed: int | None = None, failed: int | None = None,
                  warning: int | None = None, received: pl.DataFrame | None = None) -> None:
         self.completed, self.failed, self.warning = completed, failed, warning
-        self.received = received if received is not None else pl.DataFrame(schema=RECEIVED_SCHEMA)
+        if received is None:
+            import polars as pl
+
+            received = pl.DataFrame(schema=__getattr__("RECEIVED_SCHEMA"))
+        self.received = received
         counts = f" (completed {completed}, failed {failed}, warning {warning})" \
             if completed is not None or failed is not None else ""
         super().__init__(message + counts, status=status, peer=peer)
-
-
-def _nodelay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler: disable Nagle on the socket, poll the network loop more often.
-
-    pynetdicom's network loop sleeps ``_run_loop_delay`` (1 ms) whenever it
-    finds nothing to do, which adds up to 1 ms to every request/response.
-    """
-    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, float]:
@@ -189,14 +168,16 @@ def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -
 
 
 def _received_frame(receiver: FileReceiver) -> pl.DataFrame:
+    import polars as pl
+
     with receiver.lock:
         rows = list(receiver.rows)
     if not rows:
-        return pl.DataFrame(schema=RECEIVED_SCHEMA)
-    return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
+        return pl.DataFrame(schema=__getattr__("RECEIVED_SCHEMA"))
+    return pl.DataFrame(rows, schema=__getattr__("RECEIVED_SCHEMA"), orient="row")
 
 
-class PacsClient:
+class PacsClient(AssociationClient):
     """A DICOM DIMSE client (SCU) for one PACS.
 
     Parameters
@@ -260,129 +241,9 @@ class PacsClient:
 
     store_port: int = 0
 
-    @property
-    def address(self) -> str:
-        """``dicom://CALLED@host:port``."""
-        return f"dicom://{self.called_aet}@{self.host}:{self.port}"
-
     def __repr__(self) -> str:
         return f"PacsClient({self.address!r}, aet={self.aet!r})"
 
-    # -- association -----------------------------------------------------------------------------
-
-    def _ae(self) -> AE:
-        ae = AE(ae_title=self.aet)
-        ae.acse_timeout = self.timeout
-        ae.dimse_timeout = self.timeout
-        ae.network_timeout = self.timeout
-        ae.connection_timeout = self.timeout
-        ae.maximum_pdu_size = self.max_pdu
-        return ae
-
-    @contextlib.contextmanager
-    def _associate(self, contexts: Sequence[Any], *, roles: Sequence[Any] = (),
-                   handlers: Sequence[tuple[Any, Any]] = ()) -> Iterator[Association]:
-        ae = self._ae()
-        opened = threading.Event()
-        aborted = threading.Event()
-
-        def on_open(event: evt.Event) -> None:
-            opened.set()
-            _nodelay(event)
-
-        def on_abort(event: evt.Event) -> None:
-            aborted.set()
-
-        all_handlers: list[Any] = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ABORTED, on_abort), *handlers]
-        tls_args = (self.tls, self.host) if self.tls is not None else None
-        start = time.monotonic()
-        try:
-            assoc = ae.associate(self.host, self.port, contexts=list(contexts),
-                                 ae_title=self.called_aet, max_pdu=self.max_pdu,
-                                 ext_neg=list(roles) or None, evt_handlers=all_handlers,
-                                 tls_args=tls_args)
-        except socket.gaierror as exc:
-            raise PeerUnreachableError(f"cannot resolve host {self.host!r}: {exc.strerror or exc}",
-                                       peer=self.address) from exc
-        except OSError as exc:
-            raise PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address) from exc
-        except (ValueError, RuntimeError) as exc:
-            raise InvalidInputError(f"cannot request an association: {exc}") from exc
-        elapsed = time.monotonic() - start
-        if not assoc.is_established:
-            self._raise_unestablished(assoc, opened.is_set(), aborted.is_set(), elapsed)
-        for event, handler in _LOG_HANDLERS:
-            with contextlib.suppress(Exception):
-                assoc.unbind(event, handler)
-        try:
-            yield assoc
-        finally:
-            if assoc.is_established:
-                assoc.release()
-            else:
-                assoc.abort()
-            ae.shutdown()
-
-    def _tls_failure(self) -> PeerError:
-        """Why a TLS association did not open: pynetdicom logs the SSL error and drops it,
-        so repeat the connect and handshake once to name the cause."""
-        assert self.tls is not None
-        try:
-            with socket.create_connection((self.host, self.port), timeout=min(self.timeout, 10.0)) as raw, \
-                    self.tls.wrap_socket(raw, server_hostname=self.host):
-                pass
-        except ssl.SSLError as exc:  # includes certificate verification failures
-            return TLSError(f"TLS handshake failed: {exc}", peer=self.address)
-        except TimeoutError:
-            return PeerTimeoutError(f"no TLS connection within {self.timeout:g}s", peer=self.address)
-        except OSError as exc:
-            return PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address)
-        return PeerUnreachableError("the TLS connection failed (a retry of the handshake succeeded)",
-                                    peer=self.address)
-
-    def _raise_unestablished(self, assoc: Association, opened: bool, aborted: bool,
-                             elapsed: float) -> None:
-        peer = self.address
-        if assoc.is_rejected:
-            rj = assoc.acceptor.primitive
-            result = getattr(rj, "result", None)
-            source = getattr(rj, "result_source", None)
-            reason = getattr(rj, "diagnostic", None)
-            why = {(1, 3): "calling AE title not recognised", (1, 7): "called AE title not recognised",
-                   (1, 2): "application context not supported"}.get((source or 0, reason or 0),
-                                                                    "association rejected")
-            raise AssociationRejectedError(
-                f"association rejected: {why} (result {result}, source {source}, reason {reason})",
-                peer=peer, result=result, source_=source, reason=reason)
-        if not opened:
-            if self.tls is not None and elapsed < self.timeout:
-                raise self._tls_failure()
-            if elapsed >= self.timeout * 0.95:
-                raise PeerTimeoutError(f"no connection within {self.timeout:g}s", peer=peer)
-            raise PeerUnreachableError("cannot connect (connection refused)", peer=peer)
-        if aborted and elapsed < self.timeout * 0.95:
-            if not assoc.accepted_contexts and assoc.rejected_contexts:
-                raise AssociationRejectedError(
-                    "the peer accepted none of the proposed presentation contexts", peer=peer)
-            raise AssociationAbortedError("the peer aborted the association request", peer=peer)
-        raise PeerTimeoutError(f"no answer to the association request within {self.timeout:g}s",
-                               peer=peer)
-
-    def _lost(self, assoc: Association, what: str,
-              waited: float) -> AssociationAbortedError | PeerTimeoutError:
-        """The error for a DIMSE request that got no response after ``waited`` seconds."""
-        if assoc.is_aborted or not assoc.is_established or waited < self.timeout * 0.9:
-            return AssociationAbortedError(f"{what}: the association was aborted", peer=self.address)
-        return PeerTimeoutError(f"{what}: no response within {self.timeout:g}s", peer=self.address)
-
-    def _broke_off(self, err: AssociationAbortedError | PeerTimeoutError, what: str,
-                   done: int) -> AssociationAbortedError | PeerTimeoutError:
-        """The error for a transfer that broke off, saying how far it got."""
-        reason = str(err).removesuffix(f" ({self.address})")
-        kind = PeerTimeoutError if isinstance(err, PeerTimeoutError) else AssociationAbortedError
-        return kind(f"{what}: {reason} after {done} instance(s)", peer=self.address)
-
-    # -- services ------------------------------------------------------------------------------
 
     @_audited("pacs.echo")
     def echo(self) -> float:
@@ -413,7 +274,7 @@ class PacsClient:
                                 lost=self._lost)
 
     @_audited("pacs.find")
-    def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
+    def find(self, level: QueryLevel | str = "STUDY", *,
              model: QueryModel | str | None = None, return_keys: Iterable[str] | None = None,
              limit: int | None = None, **filters: Any) -> pl.DataFrame:
         """C-FIND at ``level``; one row per match.
@@ -439,6 +300,8 @@ class PacsClient:
             Columns as in :func:`kit.dicom.query.responses_to_frame`; no
             match gives an empty frame with the schema.
         """
+        from kit.dicom.query import QueryLevel, QueryModel, find_identifier, responses_to_frame
+
         level = QueryLevel.of(level)
         if model is None:
             model = QueryModel.PATIENT_ROOT if level is QueryLevel.PATIENT else QueryModel.STUDY_ROOT
@@ -470,6 +333,8 @@ class PacsClient:
         polars.DataFrame
             Columns :data:`kit.dicom.query.WORKLIST_RETURN_KEYS`.
         """
+        from kit.dicom.query import worklist_identifier, worklist_to_frame
+
         identifier = worklist_identifier(**filters)
         return worklist_to_frame(self._find(identifier, MODALITY_WORKLIST_FIND, "C-FIND worklist",
                                             limit))
@@ -481,6 +346,8 @@ class PacsClient:
             raise InvalidInputError("a retrieve needs study_uid (and optionally series_uid, sop_uid)")
         if sop_uid and not series_uid:
             raise InvalidInputError("sop_uid needs series_uid as well")
+        from kit.dicom.query import QueryLevel
+
         ds = Dataset()
         ds.StudyInstanceUID = study_uid
         level = QueryLevel.STUDY
@@ -582,6 +449,8 @@ class PacsClient:
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
         folder.mkdir(parents=True, exist_ok=True)
+        from kit.dicom.query import QueryModel
+
         model = QueryModel.STUDY_ROOT
         storage = storage_contexts(sop_classes)
         contexts = [build_context(model.get_uid), *storage][:128]
@@ -670,6 +539,8 @@ class PacsClient:
         folder.mkdir(parents=True, exist_ok=True)
         destination = move_aet or self.aet
         port = self.store_port if store_port is None else store_port
+        from kit.dicom.query import QueryModel
+
         model = QueryModel.STUDY_ROOT
         with self._progress(progress, "C-MOVE") as tick:
             receiver = FileReceiver(folder, study_uid, tick)
@@ -745,9 +616,12 @@ class PacsClient:
             Some instances got a failure status; ``received`` holds the
             per-instance frame and the message names the first failure.
         """
+        import polars as pl
+
+        schema = __getattr__("STORED_SCHEMA")
         outgoing = [Outgoing.of(item) for item in items]
         if not outgoing:
-            return pl.DataFrame(schema=STORED_SCHEMA)
+            return pl.DataFrame(schema=schema)
         pairs = sorted({(o.sop_class, o.transfer_syntax) for o in outgoing})
         if len(pairs) > 128:
             raise InvalidInputError("more than 128 SOP class/transfer syntax pairs in one store")
@@ -776,7 +650,7 @@ class PacsClient:
                             tick()
             except (AssociationAbortedError, PeerTimeoutError) as err:
                 raise self._broke_off(err, "C-STORE", len(rows)) from err
-        frame = pl.DataFrame(rows, schema=STORED_SCHEMA, orient="row")
+        frame = pl.DataFrame(rows, schema=schema, orient="row")
         if failures:
             first, code = failures[0]
             raise RetrieveError(f"C-STORE failed for {len(failures)} of {len(rows)} instance(s), "
