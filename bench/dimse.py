@@ -2,14 +2,18 @@
 
     python bench/dimse.py [N]        # N small CT instances in one study (default 500)
 
-(a) receive: dcmtk storescu (TCP_NODELAY=1) sends the N files into the kit's
-    EmbeddedPACS, into dcmtk storescp and into Orthanc -> images/s each.
+(a) receive: SENDERS concurrent dcmtk storescu processes (TCP_NODELAY=1), each
+    sending its quarter of N fresh instances, into the kit's EmbeddedPACS and into
+    Orthanc -> images/s each (a single storescu into dcmtk storescp, which does
+    not fsync, is printed for scale).
 (b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
 (c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
-(b) and (c) run ROUNDS interleaved rounds (kit, dcmtk, kit, dcmtk) and keep each side's best.
+Every comparison runs ROUNDS interleaved rounds (kit, other, kit, other) and keeps
+each side's best (the machine may be shared); (a) gets fresh instances each round.
 
 The kit's EmbeddedPACS acknowledges a C-STORE only after fsync'ing the file and
-its directory; storescp here (-pm +B) does not fsync, Orthanc does (SyncStorageArea).
+its directory (group commit across associations); Orthanc fsyncs too
+(SyncStorageArea, its default); storescp here (-pm +B) does not.
 
 Every server is started here on an ephemeral port and stopped by PID.
 Ends with ``RATIO <what> kit/<alternative> = <x>`` lines (higher is better for the kit).
@@ -35,8 +39,10 @@ from kit.dicom.dimse import PacsClient
 from kit.examples.dicom import random_ct_files
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-#: Interleaved rounds of (b) and (c); the best round of each side counts (the machine may be shared).
+#: Interleaved rounds of each comparison; the best round of each side counts (the machine may be shared).
 ROUNDS = 2
+#: Concurrent storescu senders in (a).
+SENDERS = 4
 
 
 def dcmtk(name: str) -> str:
@@ -89,11 +95,39 @@ def make_files(folder: Path, n: int) -> tuple[str, list[Path]]:
 
 
 
+def storescu_args(port: int, aet: str, src: Path) -> list[str]:
+    return [dcmtk("storescu"), "-aec", aet, "+sd", "+r", "-pdu", "131072", "127.0.0.1", str(port), str(src)]
+
+
 def storescu(port: int, aet: str, src: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([dcmtk("storescu"), "-aec", aet, "+sd", "+r", "-pdu", "131072", "127.0.0.1", str(port),
-                    str(src)], env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(storescu_args(port, aet, src), env=ENV, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def storescu_parallel(port: int, aet: str, folders: list[Path]) -> float:
+    """Seconds until every folder is sent, one storescu per folder, all at once."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(storescu_args(port, aet, f), env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for f in folders]
+    codes = [p.wait(120) for p in procs]
+    took = time.perf_counter() - start
+    if any(codes):
+        raise RuntimeError(f"storescu failed: exit codes {codes}")
+    return took
+
+
+def sender_folders(folder: Path, n: int, seed: int) -> list[Path]:
+    """N fresh instances (one study) split into SENDERS folders."""
+    files = random_ct_files(folder / "all", n, patient_id="BENCH2", study_uid=generate_uid(), size=128,
+                            seed=seed)
+    parts = [folder / str(i) for i in range(SENDERS)]
+    for part in parts:
+        part.mkdir()
+    for i, f in enumerate(files):
+        f.rename(parts[i % SENDERS] / f.name)
+    return parts
 
 
 def storescp(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -140,18 +174,27 @@ def main() -> None:
         src = tmp / "src"
         print(f"{n} CT instances of 128x128 int16 ({sum(p.stat().st_size for p in files) / 1e6:.1f} MB)")
 
-        # (a) receive
-        with EmbeddedPACS(tmp / "embedded", port=0, aet="KIT") as pacs:
-            t_emb = storescu(pacs.port, "KIT", src)
+        # (a) receive: SENDERS storescu at once, fresh instances each round
         scp, scp_port, _ = storescp(tmp, "storescp-a")
         procs.append(scp)
         t_scp = storescu(scp_port, "STORESCP", src)
         stop(scp)
         orth, orth_port = orthanc(tmp)
         procs.append(orth)
-        t_orth = storescu(orth_port, "ORTHANC", src)
-        print(f"(a) receive   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
-              f"dcmtk storescp {rate(n, t_scp):8.0f} img/s   Orthanc {rate(n, t_orth):8.0f} img/s")
+        storescu(orth_port, "ORTHANC", src)  # the study (c) retrieves
+        t_emb = t_orth = float("inf")
+        with EmbeddedPACS(tmp / "embedded", port=0, aet="KIT") as pacs:
+            for round_ in range(ROUNDS):
+                folders = sender_folders(tmp / f"recv-emb-{round_}", n, seed=2 * round_ + 1)
+                t_emb = min(t_emb, storescu_parallel(pacs.port, "KIT", folders))
+                folders = sender_folders(tmp / f"recv-orth-{round_}", n, seed=2 * round_ + 2)
+                t_orth = min(t_orth, storescu_parallel(orth_port, "ORTHANC", folders))
+            assert len(pacs.store) == ROUNDS * n, len(pacs.store)
+            batches = pacs.store.commit_batches()
+        print(f"(a) receive, {SENDERS} storescu at once   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
+              f"Orthanc {rate(n, t_orth):8.0f} img/s   (one storescu into storescp, no fsync: "
+              f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
+              f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
 
         # (b) send, (c) C-GET: ROUNDS interleaved rounds each, the best of each side counts
         scp, scp_port, _ = storescp(tmp, "storescp-b")
@@ -186,10 +229,9 @@ def main() -> None:
         print(f"(c) C-GET     kit PacsClient.get {rate(n, t_kit_get):8.0f} img/s   "
               f"dcmtk getscu {rate(n, t_getscu):8.0f} img/s")
 
-        print(f"RATIO receive embedded/orthanc = {t_orth / t_emb:.2f}")
-        print(f"RATIO receive embedded/storescp = {t_scp / t_emb:.2f}")
-        print(f"RATIO send kit/storescu = {t_scu / t_kit_send:.2f}")
         print(f"RATIO cget kit/getscu = {t_getscu / t_kit_get:.2f}")
+        print(f"RATIO send kit/storescu = {t_scu / t_kit_send:.2f}")
+        print(f"RATIO receive embedded/orthanc ({SENDERS} senders) = {t_orth / t_emb:.2f}")
     finally:
         for proc in procs:
             stop(proc)
