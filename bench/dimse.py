@@ -9,7 +9,8 @@
 (b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
 (c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
 Every comparison runs ROUNDS interleaved rounds (kit, other, kit, other) and keeps
-each side's best (the machine may be shared); (a) gets fresh instances each round.
+each side's best (the machine may be shared); in (a) each round starts from an empty
+store (Orthanc's copy is deleted over REST between rounds).
 
 The kit's EmbeddedPACS acknowledges a C-STORE only after fsync'ing the file and
 its directory (group commit across associations); Orthanc fsyncs too
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from pydicom.uid import generate_uid
@@ -40,7 +42,7 @@ from kit.examples.dicom import random_ct_files
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 #: Interleaved rounds of each comparison; the best round of each side counts (the machine may be shared).
-ROUNDS = 2
+ROUNDS = 3
 #: Concurrent storescu senders in (a).
 SENDERS = 4
 
@@ -118,9 +120,9 @@ def storescu_parallel(port: int, aet: str, folders: list[Path]) -> float:
     return took
 
 
-def sender_folders(folder: Path, n: int, seed: int) -> list[Path]:
-    """N fresh instances (one study) split into SENDERS folders."""
-    files = random_ct_files(folder / "all", n, patient_id="BENCH2", study_uid=generate_uid(), size=128,
+def sender_folders(folder: Path, n: int, seed: int, study_uid: str) -> list[Path]:
+    """N instances of a new study split into SENDERS folders."""
+    files = random_ct_files(folder / "all", n, patient_id="BENCH2", study_uid=study_uid, size=128,
                             seed=seed)
     parts = [folder / str(i) for i in range(SENDERS)]
     for part in parts:
@@ -140,7 +142,7 @@ def storescp(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
     return proc, port, out
 
 
-def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     dicom, http = free_port(), free_port()
     storage = tmp / "orthanc-db"
     config = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
@@ -152,7 +154,18 @@ def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     proc = spawn(["/usr/sbin/Orthanc", str(tmp / "orthanc.json")], tmp / "orthanc.log")
     wait_port(dicom, proc, 60)
     wait_port(http, proc, 60)
-    return proc, dicom
+    return proc, dicom, http
+
+
+def orthanc_delete_study(http: int, study_uid: str) -> None:
+    """Remove a study from Orthanc (REST), so the next round stores fresh instances again."""
+    base = f"http://127.0.0.1:{http}"
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/tools/lookup", data=study_uid.encode(),
+                                                       method="POST"), timeout=60) as rsp:
+        ids = [hit["ID"] for hit in json.load(rsp) if hit.get("Type") == "Study"]
+    for oid in ids:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/studies/{oid}", method="DELETE"),
+                               timeout=60).close()
 
 
 def rate(n: int, seconds: float) -> float:
@@ -174,23 +187,26 @@ def main() -> None:
         src = tmp / "src"
         print(f"{n} CT instances of 128x128 int16 ({sum(p.stat().st_size for p in files) / 1e6:.1f} MB)")
 
-        # (a) receive: SENDERS storescu at once, fresh instances each round
+        # (a) receive: SENDERS storescu at once; each round into an empty kit store / Orthanc
         scp, scp_port, _ = storescp(tmp, "storescp-a")
         procs.append(scp)
         t_scp = storescu(scp_port, "STORESCP", src)
         stop(scp)
-        orth, orth_port = orthanc(tmp)
+        orth, orth_port, orth_http = orthanc(tmp)
         procs.append(orth)
         storescu(orth_port, "ORTHANC", src)  # the study (c) retrieves
+        recv_study = generate_uid()
+        folders = sender_folders(tmp / "recv", n, 1, recv_study)
         t_emb = t_orth = float("inf")
-        with EmbeddedPACS(tmp / "embedded", port=0, aet="KIT") as pacs:
-            for round_ in range(ROUNDS):
-                folders = sender_folders(tmp / f"recv-emb-{round_}", n, seed=2 * round_ + 1)
+        batches: list[int] = []
+        for round_ in range(ROUNDS):
+            with EmbeddedPACS(tmp / f"embedded-{round_}", port=0, aet="KIT") as pacs:
                 t_emb = min(t_emb, storescu_parallel(pacs.port, "KIT", folders))
-                folders = sender_folders(tmp / f"recv-orth-{round_}", n, seed=2 * round_ + 2)
-                t_orth = min(t_orth, storescu_parallel(orth_port, "ORTHANC", folders))
-            assert len(pacs.store) == ROUNDS * n, len(pacs.store)
-            batches = pacs.store.commit_batches()
+                assert len(pacs.store) == n, len(pacs.store)
+                batches += pacs.store.commit_batches()
+                pacs.store.close()
+            t_orth = min(t_orth, storescu_parallel(orth_port, "ORTHANC", folders))
+            orthanc_delete_study(orth_http, recv_study)
         print(f"(a) receive, {SENDERS} storescu at once   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
               f"Orthanc {rate(n, t_orth):8.0f} img/s   (one storescu into storescp, no fsync: "
               f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "

@@ -8,7 +8,10 @@ adds what it leaves to applications:
 - C-STORE writes the bytes as received (``event.encoded_dataset``, never
   decoded; only the few index tags are parsed) and answers 0x0000 only after the
   file is fsync'ed, renamed into place and indexed; otherwise 0xA700 (out of
-  resources) or 0xC000 (cannot understand), with no partial file left.
+  resources) or 0xC000 (cannot understand), with no partial file left. Instances
+  arriving on several associations at once share a group commit
+  (:class:`~kit.dicom.store.InstanceStore`): one directory fsync and one index
+  transaction per batch, each response still sent only once its own file is durable.
 - C-FIND matching (:mod:`kit.dicom.matching`) over the SQLite index, reading a
   file's header only for keys the index does not hold.
 - C-GET/C-MOVE of the instances matching the unique keys; C-MOVE destinations

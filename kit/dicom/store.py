@@ -7,12 +7,18 @@ Layout under ``root``::
     tmp/                              in-flight writes, emptied on open
 
 A write is durable before it is acknowledged: the bytes go to a temporary file
-in ``tmp/``, are flushed and fsync'ed, renamed over the final path with
-``os.replace`` (atomic; a duplicate SOP Instance UID replaces the old file), the
-directory is fsync'ed and only then the index row is committed. The files are
-the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled with them on
-every open, so a row lost to a power cut is re-created; when a crash left both
-versions of a replaced instance, the committed one wins and the other is removed.
+in ``tmp/`` and are fdatasync'ed (on the caller's thread, so concurrent
+associations' fsyncs overlap), then the file joins a *group commit*
+(:mod:`kit.dicom._groupcommit`): the batch's files are renamed over their final
+paths with ``os.replace`` (atomic; a duplicate SOP Instance UID replaces the old
+file), each directory touched is fsync'ed once for the whole batch, and all the
+index rows are committed in one transaction; only then does any caller of the
+batch return (and the PACS answer its C-STORE with success). A failure in a
+batch step fails exactly the instances it concerns, leaving no file behind. The
+files are the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled
+with them on every open, so a row lost to a power cut is re-created; when a
+crash left both versions of a replaced instance, the committed one wins and the
+other is removed.
 :meth:`InstanceStore.store_encoded` stores only data sets that pass
 :func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
 :class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
@@ -311,18 +317,18 @@ class InstanceStore:
         size = sum(len(p) for p in parts)
         fd = -1
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view):]
-            # fsync'ed on the caller's thread: the associations' fdatasyncs run concurrently and
-            # share the file system's journal commits (measured faster than the leader syncing the
-            # batch, serially or from a thread pool)
-            os.fdatasync(fd)
-            new_dirs = _make_dirs(final.parent)
-            self._group.submit(_Write(sop, tmp, fd, final, str(rel), attrs, transfer_syntax, size,
-                                      new_dirs))
+            with self._group.coming() as submit:  # a batch being committed may wait for this one
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view):]
+                # fsync'ed on the caller's thread: the associations' fdatasyncs run concurrently and
+                # share the file system's journal commits (measured faster than the leader syncing
+                # the batch, serially or from a thread pool)
+                os.fdatasync(fd)
+                new_dirs = _make_dirs(final.parent)
+                submit(_Write(sop, tmp, fd, final, str(rel), attrs, transfer_syntax, size, new_dirs))
         except BaseException as exc:
             tmp.unlink(missing_ok=True)  # normally renamed away already
             if isinstance(exc, OSError | sqlite3.Error):

@@ -84,3 +84,35 @@ def test_no_item_lost_or_committed_twice_whatever_the_batch_limit(callers: int, 
     for t in threads:
         t.join(30)
     assert sorted(seen) == list(range(callers))
+
+
+def test_a_leader_lingers_for_an_announced_item_so_both_share_one_commit() -> None:
+    batches: list[list[str]] = []
+
+    def commit(batch: Sequence[Pending[str]]) -> None:
+        batches.append([p.item for p in batch])
+
+    group: GroupCommit[str] = GroupCommit(commit, linger=10.0)
+    ready = threading.Event()
+
+    def late() -> None:
+        with group.coming() as submit:
+            ready.set()
+            time.sleep(0.05)  # still writing its file when the leader takes over
+            submit("late")
+
+    t = threading.Thread(target=late)
+    t.start()
+    ready.wait(10)
+    group.submit("first")  # leads, and waits for the announced item instead of committing alone
+    t.join(10)
+    assert batches == [["first", "late"]]
+
+
+def test_a_withdrawn_announcement_does_not_hold_the_leader() -> None:
+    group: GroupCommit[str] = GroupCommit(lambda batch: None, linger=30.0)
+    with pytest.raises(OSError), group.coming():
+        raise OSError("the write failed before submitting")
+    started = time.monotonic()
+    group.submit("alone")  # nobody is coming: no linger
+    assert time.monotonic() - started < 10.0
