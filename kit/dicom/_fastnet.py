@@ -505,7 +505,7 @@ class FileReceiver:
         try:
             if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
-            final = self.dest / f"{sop_uid}.dcm"
+            final = os.path.join(self.dest, f"{sop_uid}.dcm")
             # a unique temporary name without tempfile's random retries (O_EXCL still guards)
             tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -172,6 +172,13 @@ def _default_storage_contexts() -> tuple[PresentationContext, ...]:
     return tuple(contexts)
 
 
+@functools.cache
+def _default_roles() -> tuple[Any, ...]:
+    """SCP role selection for every default storage context (built once; read-only for pynetdicom)."""
+    return tuple(build_role(str(cx.abstract_syntax), scp_role=True)
+                 for cx in _default_storage_contexts()[:127])
+
+
 def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -> str:
     if sop_uid:
         return f"instance {sop_uid}"
@@ -465,7 +472,8 @@ class PacsClient(AssociationClient):
         model = QueryModel.STUDY_ROOT
         storage = _default_storage_contexts() if sop_classes is None else storage_contexts(sop_classes)
         contexts = [build_context(model.get_uid), *storage][:128]
-        roles = [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
+        roles = _default_roles() if sop_classes is None else \
+            [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
         with self._progress(progress, "C-GET") as tick:
             receiver = FileReceiver(folder, study_uid, tick)
             with self._associate(contexts, roles=roles,
