@@ -8,9 +8,9 @@
     not fsync, is printed for scale).
 (b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
 (c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
-Every comparison runs ROUNDS interleaved rounds (kit, other, kit, other) and keeps
-each side's best (the machine may be shared); in (a) each round starts from an empty
-store (Orthanc's copy is deleted over REST between rounds).
+Every comparison runs ROUNDS interleaved rounds (kit first, then the other tool
+first, alternately) and keeps each side's best (the machine may be shared); in (a)
+each round starts from an empty store (Orthanc's copy is deleted over REST).
 
 The kit's EmbeddedPACS acknowledges a C-STORE only after fsync'ing the file and
 its directory (group commit across associations); Orthanc fsyncs too
@@ -168,6 +168,12 @@ def orthanc_delete_study(http: int, study_uid: str) -> None:
                                timeout=60).close()
 
 
+def alternate(round_: int) -> tuple[str, str]:
+    """Which side goes first in a round: the kit in even rounds, the other tool in odd ones
+    (whoever runs first after a phase change may find colder caches)."""
+    return ("kit", "other") if round_ % 2 == 0 else ("other", "kit")
+
+
 def rate(n: int, seconds: float) -> float:
     return n / seconds
 
@@ -200,13 +206,16 @@ def main() -> None:
         t_emb = t_orth = float("inf")
         batches: list[int] = []
         for round_ in range(ROUNDS):
-            with EmbeddedPACS(tmp / f"embedded-{round_}", port=0, aet="KIT") as pacs:
-                t_emb = min(t_emb, storescu_parallel(pacs.port, "KIT", folders))
-                assert len(pacs.store) == n, len(pacs.store)
-                batches += pacs.store.commit_batches()
-                pacs.store.close()
-            t_orth = min(t_orth, storescu_parallel(orth_port, "ORTHANC", folders))
-            orthanc_delete_study(orth_http, recv_study)
+            for side in alternate(round_):
+                if side == "kit":
+                    with EmbeddedPACS(tmp / f"embedded-{round_}", port=0, aet="KIT") as pacs:
+                        t_emb = min(t_emb, storescu_parallel(pacs.port, "KIT", folders))
+                        assert len(pacs.store) == n, len(pacs.store)
+                        batches += pacs.store.commit_batches()
+                        pacs.store.close()
+                else:
+                    t_orth = min(t_orth, storescu_parallel(orth_port, "ORTHANC", folders))
+                    orthanc_delete_study(orth_http, recv_study)
         print(f"(a) receive, {SENDERS} storescu at once   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
               f"Orthanc {rate(n, t_orth):8.0f} img/s   (one storescu into storescp, no fsync: "
               f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
@@ -217,11 +226,14 @@ def main() -> None:
         procs.append(scp)
         client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
         t_kit_send = t_scu = float("inf")
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            client.store(files)
-            t_kit_send = min(t_kit_send, time.perf_counter() - start)
-            t_scu = min(t_scu, storescu(scp_port, "STORESCP", src))
+        for round_ in range(ROUNDS):
+            for side in alternate(round_):
+                if side == "kit":
+                    start = time.perf_counter()
+                    client.store(files)
+                    t_kit_send = min(t_kit_send, time.perf_counter() - start)
+                else:
+                    t_scu = min(t_scu, storescu(scp_port, "STORESCP", src))
         stop(scp)
         print(f"(b) send      kit PacsClient.store {rate(n, t_kit_send):8.0f} img/s   "
               f"dcmtk storescu {rate(n, t_scu):8.0f} img/s")
@@ -229,19 +241,22 @@ def main() -> None:
         client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
         t_kit_get = t_getscu = float("inf")
         for round_ in range(ROUNDS):
-            start = time.perf_counter()
-            got = client.get(study_uid=study, dest=tmp / f"kit-get-{round_}")
-            t_kit_get = min(t_kit_get, time.perf_counter() - start)
-            assert got.height == n, got.height
-            out = tmp / f"getscu-{round_}"
-            out.mkdir()
-            start = time.perf_counter()
-            subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
-                            "-k", f"StudyInstanceUID={study}", "-od", str(out),
-                            "127.0.0.1", str(orth_port)], env=ENV, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            t_getscu = min(t_getscu, time.perf_counter() - start)
-            assert len(list(out.iterdir())) == n
+            for side in alternate(round_):
+                if side == "kit":
+                    start = time.perf_counter()
+                    got = client.get(study_uid=study, dest=tmp / f"kit-get-{round_}")
+                    t_kit_get = min(t_kit_get, time.perf_counter() - start)
+                    assert got.height == n, got.height
+                    continue
+                out = tmp / f"getscu-{round_}"
+                out.mkdir()
+                start = time.perf_counter()
+                subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={study}", "-od", str(out),
+                                "127.0.0.1", str(orth_port)], env=ENV, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                t_getscu = min(t_getscu, time.perf_counter() - start)
+                assert len(list(out.iterdir())) == n
         print(f"(c) C-GET     kit PacsClient.get {rate(n, t_kit_get):8.0f} img/s   "
               f"dcmtk getscu {rate(n, t_getscu):8.0f} img/s")
 
