@@ -2,14 +2,19 @@
 
     python bench/dimse.py [N]        # N small CT instances in one study (default 500)
 
-(a) receive: dcmtk storescu (TCP_NODELAY=1) sends the N files into the kit's
-    EmbeddedPACS, into dcmtk storescp and into Orthanc -> images/s each.
+(a) receive: SENDERS concurrent dcmtk storescu processes (TCP_NODELAY=1), each
+    sending its quarter of N fresh instances, into the kit's EmbeddedPACS and into
+    Orthanc -> images/s each (a single storescu into dcmtk storescp, which does
+    not fsync, is printed for scale).
 (b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
 (c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
-(b) and (c) run ROUNDS interleaved rounds (kit, dcmtk, kit, dcmtk) and keep each side's best.
+Every comparison runs ROUNDS interleaved rounds (kit first, then the other tool
+first, alternately) and keeps each side's best (the machine may be shared); in (a)
+each round starts from an empty store (Orthanc's copy is deleted over REST).
 
 The kit's EmbeddedPACS acknowledges a C-STORE only after fsync'ing the file and
-its directory; storescp here (-pm +B) does not fsync, Orthanc does (SyncStorageArea).
+its directory (group commit across associations); Orthanc fsyncs too
+(SyncStorageArea, its default); storescp here (-pm +B) does not.
 
 Every server is started here on an ephemeral port and stopped by PID.
 Ends with ``RATIO <what> kit/<alternative> = <x>`` lines (higher is better for the kit).
@@ -27,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from pydicom.uid import generate_uid
@@ -35,8 +41,10 @@ from kit.dicom.dimse import PacsClient
 from kit.examples.dicom import random_ct_files
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-#: Interleaved rounds of (b) and (c); the best round of each side counts (the machine may be shared).
-ROUNDS = 2
+#: Interleaved rounds of each comparison; the best round of each side counts (the machine may be shared).
+ROUNDS = 3
+#: Concurrent storescu senders in (a).
+SENDERS = 4
 
 
 def dcmtk(name: str) -> str:
@@ -89,11 +97,39 @@ def make_files(folder: Path, n: int) -> tuple[str, list[Path]]:
 
 
 
+def storescu_args(port: int, aet: str, src: Path) -> list[str]:
+    return [dcmtk("storescu"), "-aec", aet, "+sd", "+r", "-pdu", "131072", "127.0.0.1", str(port), str(src)]
+
+
 def storescu(port: int, aet: str, src: Path) -> float:
     start = time.perf_counter()
-    subprocess.run([dcmtk("storescu"), "-aec", aet, "+sd", "+r", "-pdu", "131072", "127.0.0.1", str(port),
-                    str(src)], env=ENV, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(storescu_args(port, aet, src), env=ENV, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def storescu_parallel(port: int, aet: str, folders: list[Path]) -> float:
+    """Seconds until every folder is sent, one storescu per folder, all at once."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(storescu_args(port, aet, f), env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for f in folders]
+    codes = [p.wait(120) for p in procs]
+    took = time.perf_counter() - start
+    if any(codes):
+        raise RuntimeError(f"storescu failed: exit codes {codes}")
+    return took
+
+
+def sender_folders(folder: Path, n: int, seed: int, study_uid: str) -> list[Path]:
+    """N instances of a new study split into SENDERS folders."""
+    files = random_ct_files(folder / "all", n, patient_id="BENCH2", study_uid=study_uid, size=128,
+                            seed=seed)
+    parts = [folder / str(i) for i in range(SENDERS)]
+    for part in parts:
+        part.mkdir()
+    for i, f in enumerate(files):
+        f.rename(parts[i % SENDERS] / f.name)
+    return parts
 
 
 def storescp(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -106,7 +142,7 @@ def storescp(tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
     return proc, port, out
 
 
-def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int, int]:
     dicom, http = free_port(), free_port()
     storage = tmp / "orthanc-db"
     config = {"Name": "bench", "StorageDirectory": str(storage), "IndexDirectory": str(storage),
@@ -118,7 +154,24 @@ def orthanc(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     proc = spawn(["/usr/sbin/Orthanc", str(tmp / "orthanc.json")], tmp / "orthanc.log")
     wait_port(dicom, proc, 60)
     wait_port(http, proc, 60)
-    return proc, dicom
+    return proc, dicom, http
+
+
+def orthanc_delete_study(http: int, study_uid: str) -> None:
+    """Remove a study from Orthanc (REST), so the next round stores fresh instances again."""
+    base = f"http://127.0.0.1:{http}"
+    with urllib.request.urlopen(urllib.request.Request(f"{base}/tools/lookup", data=study_uid.encode(),
+                                                       method="POST"), timeout=60) as rsp:
+        ids = [hit["ID"] for hit in json.load(rsp) if hit.get("Type") == "Study"]
+    for oid in ids:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/studies/{oid}", method="DELETE"),
+                               timeout=60).close()
+
+
+def alternate(round_: int) -> tuple[str, str]:
+    """Which side goes first in a round: the kit in even rounds, the other tool in odd ones
+    (whoever runs first after a phase change may find colder caches)."""
+    return ("kit", "other") if round_ % 2 == 0 else ("other", "kit")
 
 
 def rate(n: int, seconds: float) -> float:
@@ -140,29 +193,47 @@ def main() -> None:
         src = tmp / "src"
         print(f"{n} CT instances of 128x128 int16 ({sum(p.stat().st_size for p in files) / 1e6:.1f} MB)")
 
-        # (a) receive
-        with EmbeddedPACS(tmp / "embedded", port=0, aet="KIT") as pacs:
-            t_emb = storescu(pacs.port, "KIT", src)
+        # (a) receive: SENDERS storescu at once; each round into an empty kit store / Orthanc
         scp, scp_port, _ = storescp(tmp, "storescp-a")
         procs.append(scp)
         t_scp = storescu(scp_port, "STORESCP", src)
         stop(scp)
-        orth, orth_port = orthanc(tmp)
+        orth, orth_port, orth_http = orthanc(tmp)
         procs.append(orth)
-        t_orth = storescu(orth_port, "ORTHANC", src)
-        print(f"(a) receive   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
-              f"dcmtk storescp {rate(n, t_scp):8.0f} img/s   Orthanc {rate(n, t_orth):8.0f} img/s")
+        storescu(orth_port, "ORTHANC", src)  # the study (c) retrieves
+        recv_study = generate_uid()
+        folders = sender_folders(tmp / "recv", n, 1, recv_study)
+        t_emb = t_orth = float("inf")
+        batches: list[int] = []
+        for round_ in range(ROUNDS):
+            for side in alternate(round_):
+                if side == "kit":
+                    with EmbeddedPACS(tmp / f"embedded-{round_}", port=0, aet="KIT") as pacs:
+                        t_emb = min(t_emb, storescu_parallel(pacs.port, "KIT", folders))
+                        assert len(pacs.store) == n, len(pacs.store)
+                        batches += pacs.store.commit_batches()
+                        pacs.store.close()
+                else:
+                    t_orth = min(t_orth, storescu_parallel(orth_port, "ORTHANC", folders))
+                    orthanc_delete_study(orth_http, recv_study)
+        print(f"(a) receive, {SENDERS} storescu at once   kit EmbeddedPACS {rate(n, t_emb):8.0f} img/s   "
+              f"Orthanc {rate(n, t_orth):8.0f} img/s   (one storescu into storescp, no fsync: "
+              f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
+              f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
 
         # (b) send, (c) C-GET: ROUNDS interleaved rounds each, the best of each side counts
         scp, scp_port, _ = storescp(tmp, "storescp-b")
         procs.append(scp)
         client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
         t_kit_send = t_scu = float("inf")
-        for _ in range(ROUNDS):
-            start = time.perf_counter()
-            client.store(files)
-            t_kit_send = min(t_kit_send, time.perf_counter() - start)
-            t_scu = min(t_scu, storescu(scp_port, "STORESCP", src))
+        for round_ in range(ROUNDS):
+            for side in alternate(round_):
+                if side == "kit":
+                    start = time.perf_counter()
+                    client.store(files)
+                    t_kit_send = min(t_kit_send, time.perf_counter() - start)
+                else:
+                    t_scu = min(t_scu, storescu(scp_port, "STORESCP", src))
         stop(scp)
         print(f"(b) send      kit PacsClient.store {rate(n, t_kit_send):8.0f} img/s   "
               f"dcmtk storescu {rate(n, t_scu):8.0f} img/s")
@@ -170,26 +241,28 @@ def main() -> None:
         client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
         t_kit_get = t_getscu = float("inf")
         for round_ in range(ROUNDS):
-            start = time.perf_counter()
-            got = client.get(study_uid=study, dest=tmp / f"kit-get-{round_}")
-            t_kit_get = min(t_kit_get, time.perf_counter() - start)
-            assert got.height == n, got.height
-            out = tmp / f"getscu-{round_}"
-            out.mkdir()
-            start = time.perf_counter()
-            subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
-                            "-k", f"StudyInstanceUID={study}", "-od", str(out),
-                            "127.0.0.1", str(orth_port)], env=ENV, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            t_getscu = min(t_getscu, time.perf_counter() - start)
-            assert len(list(out.iterdir())) == n
+            for side in alternate(round_):
+                if side == "kit":
+                    start = time.perf_counter()
+                    got = client.get(study_uid=study, dest=tmp / f"kit-get-{round_}")
+                    t_kit_get = min(t_kit_get, time.perf_counter() - start)
+                    assert got.height == n, got.height
+                    continue
+                out = tmp / f"getscu-{round_}"
+                out.mkdir()
+                start = time.perf_counter()
+                subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
+                                "-k", f"StudyInstanceUID={study}", "-od", str(out),
+                                "127.0.0.1", str(orth_port)], env=ENV, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                t_getscu = min(t_getscu, time.perf_counter() - start)
+                assert len(list(out.iterdir())) == n
         print(f"(c) C-GET     kit PacsClient.get {rate(n, t_kit_get):8.0f} img/s   "
               f"dcmtk getscu {rate(n, t_getscu):8.0f} img/s")
 
-        print(f"RATIO receive embedded/orthanc = {t_orth / t_emb:.2f}")
-        print(f"RATIO receive embedded/storescp = {t_scp / t_emb:.2f}")
-        print(f"RATIO send kit/storescu = {t_scu / t_kit_send:.2f}")
         print(f"RATIO cget kit/getscu = {t_getscu / t_kit_get:.2f}")
+        print(f"RATIO send kit/storescu = {t_scu / t_kit_send:.2f}")
+        print(f"RATIO receive embedded/orthanc ({SENDERS} senders) = {t_orth / t_emb:.2f}")
     finally:
         for proc in procs:
             stop(proc)

@@ -41,7 +41,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
-from kit.dicom.store import encode_file_meta
+from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = [
@@ -463,9 +463,6 @@ def status_fields(command: Mapping[int, bytes]) -> dict[str, Any]:
     return out
 
 
-_PREAMBLE = b"\x00" * 128 + b"DICM"
-
-
 class FileReceiver:
     """Writes received C-STORE data sets to ``dest/<SOPInstanceUID>.dcm`` without decoding them
     (temporary name, then rename); also an EVT_C_STORE handler for pynetdicom.
@@ -502,13 +499,13 @@ class FileReceiver:
             "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
             "TransferSyntaxUID": transfer_syntax, "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
             "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
-        return self._write(sop_uid, sop_class, transfer_syntax, [_PREAMBLE, meta, dataset])
+        return self._write(sop_uid, sop_class, transfer_syntax, [PREAMBLE, meta, dataset])
 
     def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str, parts: list[bytes]) -> int:
         try:
             if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
-            final = self.dest / f"{sop_uid}.dcm"
+            final = os.path.join(self.dest, f"{sop_uid}.dcm")
             # a unique temporary name without tempfile's random retries (O_EXCL still guards)
             tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -39,82 +39,63 @@ connects back to us): register ``aet`` (or ``move_aet``) with our host and
 ``store_port`` in the PACS's modality table first. C-GET needs no setup and
 is the better choice where the PACS supports it.
 
-Written by hand here: the error mapping and the frame building; the
-association protocol is pynetdicom's, the C-STORE/C-GET data phase
-:mod:`kit.dicom._fastnet`'s.
+Written by hand here: the frame building; the association set-up and its
+error mapping are in :mod:`kit.dicom._association`, the association protocol
+is pynetdicom's, the C-STORE/C-GET data phase :mod:`kit.dicom._fastnet`'s (a
+hand-written fast path, tested byte for byte against pynetdicom's in
+tests/integration/pacs_perf). polars and :mod:`kit.dicom.query` are imported on
+first use, so a C-ECHO (``kit pacs echo``) loads neither.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import (
-    AE,
-    build_role,
-    evt,
-)
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
+from pynetdicom import build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 from kit._truncate import check_limit
 from kit.config import PacsSettings, Settings
+from kit.dicom._association import AssociationClient
+from kit.dicom._association import nodelay as _nodelay
 from kit.dicom._audit import pacs as _audited
 from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
 from kit.dicom._contexts import storage_contexts
-from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store
+from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store, share_context_uids
 from kit.dicom._outgoing import Outgoing
-from kit.dicom.query import (
-    QueryLevel,
-    QueryModel,
-    find_identifier,
-    responses_to_frame,
-    worklist_identifier,
-    worklist_to_frame,
-)
 from kit.errors import (
     AssociationAbortedError,
-    AssociationRejectedError,
     ConfigError,
     DicomError,
     DimseStatusError,
     InvalidInputError,
-    PeerError,
     PeerTimeoutError,
-    PeerUnreachableError,
     TLSError,
 )
 
-if TYPE_CHECKING:  # polars (and the frame schemas) load with the first frame: `kit pacs echo` needs neither
+if TYPE_CHECKING:  # polars, the frame schemas and the query module load on first use (not for echo)
     import polars as pl
 
     from kit.dicom._frames import RECEIVED_SCHEMA, STORED_SCHEMA
+    from kit.dicom.query import QueryLevel, QueryModel
 
 __all__ = ["RECEIVED_SCHEMA", "STORED_SCHEMA", "PacsClient", "RetrieveError"]
 
-T = TypeVar("T")
-
-#: Idle sleep of pynetdicom's network loop (its default is 1 ms).
-DUL_POLL_SECONDS = 0.0002
 
 VERIFICATION = "1.2.840.10008.1.1"
 #: C-MOVE status: the destination AE title is unknown to the PACS
@@ -131,13 +112,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'kit.dicom.dimse' has no attribute {name!r}")
 
 
-_LOG_HANDLERS = (
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler), (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-)
-
-
 class RetrieveError(DimseStatusError):
     """A C-GET/C-MOVE (or batch C-STORE) that did not fully succeed.
 
@@ -152,28 +126,17 @@ class RetrieveError(DimseStatusError):
     def __init__(self, message: str, *, status: int | None, peer: str | None = None,
                  completed: int | None = None, failed: int | None = None,
                  warning: int | None = None, received: pl.DataFrame | None = None) -> None:
-        import polars as pl
-
-        from kit.dicom._frames import RECEIVED_SCHEMA
-
         self.completed, self.failed, self.warning = completed, failed, warning
-        self.received = received if received is not None else pl.DataFrame(schema=RECEIVED_SCHEMA)
+        if received is None:
+            import polars as pl
+
+            from kit.dicom._frames import RECEIVED_SCHEMA
+
+            received = pl.DataFrame(schema=RECEIVED_SCHEMA)
+        self.received = received
         counts = f" (completed {completed}, failed {failed}, warning {warning})" \
             if completed is not None or failed is not None else ""
         super().__init__(message + counts, status=status, peer=peer)
-
-
-def _nodelay(event: evt.Event) -> None:
-    """EVT_CONN_OPEN handler: disable Nagle on the socket, poll the network loop more often.
-
-    pynetdicom's network loop sleeps ``_run_loop_delay`` (1 ms) whenever it
-    finds nothing to do, which adds up to 1 ms to every request/response.
-    """
-    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, float]:
@@ -186,6 +149,23 @@ def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, fl
         if code is None or not _is_pending(code):
             break
     return last, waited
+
+
+@functools.cache
+def _default_storage_contexts() -> tuple[PresentationContext, ...]:
+    """The default C-GET storage contexts, built once and cheap to copy: building 120
+    contexts of 21 syntaxes validates ~2,500 UIDs and pynetdicom deep-copies them on every
+    association (~75 ms per C-GET on a busy machine; the copies share the UIDs instead)."""
+    contexts = storage_contexts(None)
+    share_context_uids(contexts)
+    return tuple(contexts)
+
+
+@functools.cache
+def _default_roles() -> tuple[Any, ...]:
+    """SCP role selection for every default storage context (built once; read-only for pynetdicom)."""
+    return tuple(build_role(str(cx.abstract_syntax), scp_role=True)
+                 for cx in _default_storage_contexts()[:127])
 
 
 def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -> str:
@@ -206,7 +186,7 @@ def _received_frame(receiver: FileReceiver) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
 
 
-class PacsClient:
+class PacsClient(AssociationClient):
     """A DICOM DIMSE client (SCU) for one PACS.
 
     Parameters
@@ -270,129 +250,9 @@ class PacsClient:
 
     store_port: int = 0
 
-    @property
-    def address(self) -> str:
-        """``dicom://CALLED@host:port``."""
-        return f"dicom://{self.called_aet}@{self.host}:{self.port}"
-
     def __repr__(self) -> str:
         return f"PacsClient({self.address!r}, aet={self.aet!r})"
 
-    # -- association -----------------------------------------------------------------------------
-
-    def _ae(self) -> AE:
-        ae = AE(ae_title=self.aet)
-        ae.acse_timeout = self.timeout
-        ae.dimse_timeout = self.timeout
-        ae.network_timeout = self.timeout
-        ae.connection_timeout = self.timeout
-        ae.maximum_pdu_size = self.max_pdu
-        return ae
-
-    @contextlib.contextmanager
-    def _associate(self, contexts: Sequence[Any], *, roles: Sequence[Any] = (),
-                   handlers: Sequence[tuple[Any, Any]] = ()) -> Iterator[Association]:
-        ae = self._ae()
-        opened = threading.Event()
-        aborted = threading.Event()
-
-        def on_open(event: evt.Event) -> None:
-            opened.set()
-            _nodelay(event)
-
-        def on_abort(event: evt.Event) -> None:
-            aborted.set()
-
-        all_handlers: list[Any] = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ABORTED, on_abort), *handlers]
-        tls_args = (self.tls, self.host) if self.tls is not None else None
-        start = time.monotonic()
-        try:
-            assoc = ae.associate(self.host, self.port, contexts=list(contexts),
-                                 ae_title=self.called_aet, max_pdu=self.max_pdu,
-                                 ext_neg=list(roles) or None, evt_handlers=all_handlers,
-                                 tls_args=tls_args)
-        except socket.gaierror as exc:
-            raise PeerUnreachableError(f"cannot resolve host {self.host!r}: {exc.strerror or exc}",
-                                       peer=self.address) from exc
-        except OSError as exc:
-            raise PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address) from exc
-        except (ValueError, RuntimeError) as exc:
-            raise InvalidInputError(f"cannot request an association: {exc}") from exc
-        elapsed = time.monotonic() - start
-        if not assoc.is_established:
-            self._raise_unestablished(assoc, opened.is_set(), aborted.is_set(), elapsed)
-        for event, handler in _LOG_HANDLERS:
-            with contextlib.suppress(Exception):
-                assoc.unbind(event, handler)
-        try:
-            yield assoc
-        finally:
-            if assoc.is_established:
-                assoc.release()
-            else:
-                assoc.abort()
-            ae.shutdown()
-
-    def _tls_failure(self) -> PeerError:
-        """Why a TLS association did not open: pynetdicom logs the SSL error and drops it,
-        so repeat the connect and handshake once to name the cause."""
-        assert self.tls is not None
-        try:
-            with socket.create_connection((self.host, self.port), timeout=min(self.timeout, 10.0)) as raw, \
-                    self.tls.wrap_socket(raw, server_hostname=self.host):
-                pass
-        except ssl.SSLError as exc:  # includes certificate verification failures
-            return TLSError(f"TLS handshake failed: {exc}", peer=self.address)
-        except TimeoutError:
-            return PeerTimeoutError(f"no TLS connection within {self.timeout:g}s", peer=self.address)
-        except OSError as exc:
-            return PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address)
-        return PeerUnreachableError("the TLS connection failed (a retry of the handshake succeeded)",
-                                    peer=self.address)
-
-    def _raise_unestablished(self, assoc: Association, opened: bool, aborted: bool,
-                             elapsed: float) -> None:
-        peer = self.address
-        if assoc.is_rejected:
-            rj = assoc.acceptor.primitive
-            result = getattr(rj, "result", None)
-            source = getattr(rj, "result_source", None)
-            reason = getattr(rj, "diagnostic", None)
-            why = {(1, 3): "calling AE title not recognised", (1, 7): "called AE title not recognised",
-                   (1, 2): "application context not supported"}.get((source or 0, reason or 0),
-                                                                    "association rejected")
-            raise AssociationRejectedError(
-                f"association rejected: {why} (result {result}, source {source}, reason {reason})",
-                peer=peer, result=result, source_=source, reason=reason)
-        if not opened:
-            if self.tls is not None and elapsed < self.timeout:
-                raise self._tls_failure()
-            if elapsed >= self.timeout * 0.95:
-                raise PeerTimeoutError(f"no connection within {self.timeout:g}s", peer=peer)
-            raise PeerUnreachableError("cannot connect (connection refused)", peer=peer)
-        if aborted and elapsed < self.timeout * 0.95:
-            if not assoc.accepted_contexts and assoc.rejected_contexts:
-                raise AssociationRejectedError(
-                    "the peer accepted none of the proposed presentation contexts", peer=peer)
-            raise AssociationAbortedError("the peer aborted the association request", peer=peer)
-        raise PeerTimeoutError(f"no answer to the association request within {self.timeout:g}s",
-                               peer=peer)
-
-    def _lost(self, assoc: Association, what: str,
-              waited: float) -> AssociationAbortedError | PeerTimeoutError:
-        """The error for a DIMSE request that got no response after ``waited`` seconds."""
-        if assoc.is_aborted or not assoc.is_established or waited < self.timeout * 0.9:
-            return AssociationAbortedError(f"{what}: the association was aborted", peer=self.address)
-        return PeerTimeoutError(f"{what}: no response within {self.timeout:g}s", peer=self.address)
-
-    def _broke_off(self, err: AssociationAbortedError | PeerTimeoutError, what: str,
-                   done: int) -> AssociationAbortedError | PeerTimeoutError:
-        """The error for a transfer that broke off, saying how far it got."""
-        reason = str(err).removesuffix(f" ({self.address})")
-        kind = PeerTimeoutError if isinstance(err, PeerTimeoutError) else AssociationAbortedError
-        return kind(f"{what}: {reason} after {done} instance(s)", peer=self.address)
-
-    # -- services ------------------------------------------------------------------------------
 
     @_audited("pacs.echo")
     def echo(self) -> float:
@@ -423,7 +283,7 @@ class PacsClient:
                                 lost=self._lost)
 
     @_audited("pacs.find")
-    def find(self, level: QueryLevel | str = QueryLevel.STUDY, *,
+    def find(self, level: QueryLevel | str = "STUDY", *,
              model: QueryModel | str | None = None, return_keys: Iterable[str] | None = None,
              limit: int | None = None, **filters: Any) -> pl.DataFrame:
         """C-FIND at ``level``; one row per match.
@@ -449,6 +309,8 @@ class PacsClient:
             Columns as in :func:`kit.dicom.query.responses_to_frame`; no
             match gives an empty frame with the schema.
         """
+        from kit.dicom.query import QueryLevel, QueryModel, find_identifier, responses_to_frame
+
         level = QueryLevel.of(level)
         if model is None:
             model = QueryModel.PATIENT_ROOT if level is QueryLevel.PATIENT else QueryModel.STUDY_ROOT
@@ -480,6 +342,8 @@ class PacsClient:
         polars.DataFrame
             Columns :data:`kit.dicom.query.WORKLIST_RETURN_KEYS`.
         """
+        from kit.dicom.query import worklist_identifier, worklist_to_frame
+
         identifier = worklist_identifier(**filters)
         return worklist_to_frame(self._find(identifier, MODALITY_WORKLIST_FIND, "C-FIND worklist",
                                             limit))
@@ -491,6 +355,8 @@ class PacsClient:
             raise InvalidInputError("a retrieve needs study_uid (and optionally series_uid, sop_uid)")
         if sop_uid and not series_uid:
             raise InvalidInputError("sop_uid needs series_uid as well")
+        from kit.dicom.query import QueryLevel
+
         ds = Dataset()
         ds.StudyInstanceUID = study_uid
         level = QueryLevel.STUDY
@@ -592,10 +458,13 @@ class PacsClient:
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
         folder.mkdir(parents=True, exist_ok=True)
+        from kit.dicom.query import QueryModel
+
         model = QueryModel.STUDY_ROOT
-        storage = storage_contexts(sop_classes)
+        storage = _default_storage_contexts() if sop_classes is None else storage_contexts(sop_classes)
         contexts = [build_context(model.get_uid), *storage][:128]
-        roles = [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
+        roles = _default_roles() if sop_classes is None else \
+            [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
         with self._progress(progress, "C-GET") as tick:
             receiver = FileReceiver(folder, study_uid, tick)
             with self._associate(contexts, roles=roles,
@@ -680,6 +549,8 @@ class PacsClient:
         folder.mkdir(parents=True, exist_ok=True)
         destination = move_aet or self.aet
         port = self.store_port if store_port is None else store_port
+        from kit.dicom.query import QueryModel
+
         model = QueryModel.STUDY_ROOT
         with self._progress(progress, "C-MOVE") as tick:
             receiver = FileReceiver(folder, study_uid, tick)

@@ -8,7 +8,10 @@ adds what it leaves to applications:
 - C-STORE writes the bytes as received (``event.encoded_dataset``, never
   decoded; only the few index tags are parsed) and answers 0x0000 only after the
   file is fsync'ed, renamed into place and indexed; otherwise 0xA700 (out of
-  resources) or 0xC000 (cannot understand), with no partial file left.
+  resources) or 0xC000 (cannot understand), with no partial file left. Instances
+  arriving on several associations at once share a group commit
+  (:class:`~kit.dicom.store.InstanceStore`): one directory fsync and one index
+  transaction per batch, each response still sent only once its own file is durable.
 - C-FIND matching (:mod:`kit.dicom.matching`) over the SQLite index, reading a
   file's header only for keys the index does not hold.
 - C-GET/C-MOVE of the instances matching the unique keys; C-MOVE destinations
@@ -48,7 +51,7 @@ from types import TracebackType
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -131,6 +134,10 @@ _KNOWN_KEYS = frozenset(
     | {k for keys in COMPUTED_KEYS.values() for k in keys}
     | {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
 )
+#: File meta keywords a received instance's file gets (its ImplementationClassUID: the sender's
+#: for pynetdicom's path, pynetdicom's for the fast path, as before).
+_META_KEYS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID",
+              "ImplementationClassUID", "ImplementationVersionName")
 _UNIQUE = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
@@ -429,8 +436,10 @@ class EmbeddedPACS:
     def _on_store(self, event: Event) -> Dataset:
         request: Any = event.request
         try:
+            meta = event.file_meta
             status, comment = self._store(
-                event.file_meta, event.encoded_dataset(include_meta=False),
+                {k: str(meta.get(k, "") or "") for k in _META_KEYS},
+                event.encoded_dataset(include_meta=False),
                 str(event.assoc.requestor.ae_title or ""), str(request.AffectedSOPClassUID or ""),
                 str(request.AffectedSOPInstanceUID or ""))
         except Exception as exc:  # noqa: BLE001 - one message never stops the service
@@ -439,16 +448,18 @@ class EmbeddedPACS:
         return _status(status, comment)
 
     @_served("pacs.store")
-    def _store(self, meta: FileMetaDataset, encoded: bytes, calling: str, sop_class: str,
+    def _store(self, meta: dict[str, str], encoded: bytes, calling: str, sop_class: str,
                sop_uid: str) -> tuple[int, str]:
         """Check and store one received data set; (C-STORE status, error comment).
 
-        0x0000 only once the data set has passed :func:`~kit.dicom.received.check_received`
-        and is durable; otherwise its failure status (nothing kept), 0xA700 if it could not
-        be written, 0xC000 if anything else went wrong.
+        ``meta`` holds the file meta keywords (:data:`_META_KEYS`). 0x0000 only once the
+        data set has passed :func:`~kit.dicom.received.check_received` and is durable
+        (group-committed with what other associations store meanwhile, see
+        :class:`~kit.dicom.store.InstanceStore`); otherwise its failure status (nothing
+        kept), 0xA700 if it could not be written, 0xC000 if anything else went wrong.
         """
         calling = calling.strip()
-        verdict = check_received(encoded, str(meta.TransferSyntaxUID), sop_class, sop_uid,
+        verdict = check_received(encoded, meta["TransferSyntaxUID"], sop_class, sop_uid,
                                  keep=INDEX_TAGS)
         if not verdict.ok:
             LOGGER.warning("C-STORE of %s from %s refused (0x%04X): %s", sop_uid, calling,
@@ -456,15 +467,14 @@ class EmbeddedPACS:
             return verdict.status, verdict.reason
         try:
             if calling:
-                meta.SourceApplicationEntityTitle = calling
-            stored = self.store.store_encoded(meta, encoded, verdict_attributes(verdict))
+                meta["SourceApplicationEntityTitle"] = calling
+            self.store.store_encoded(meta, encoded, verdict_attributes(verdict))
         except DicomFileError as exc:
             LOGGER.warning("C-STORE from %s refused: %s", calling, exc)
             return CANNOT_UNDERSTAND, str(exc)
         except StoreError as exc:
             LOGGER.error("C-STORE could not be stored: %s", exc)
             return OUT_OF_RESOURCES, "the PACS could not store it"
-        LOGGER.debug("stored %s", stored.sop_instance_uid)
         return SUCCESS, ""
 
     # -- the fast data phase (kit.dicom._fastnet) -------------------------------------
@@ -531,12 +541,10 @@ class EmbeddedPACS:
             message_id = command_int(msg.command, 0x0110) or 0
             if field == C_STORE_RQ and sop_class == str(cx.abstract_syntax) and msg.dataset is not None:
                 sop_uid = command_str(msg.command, 0x1000)
-                meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = UID(sop_class)
-                meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-                meta.TransferSyntaxUID = UID(str(cx.transfer_syntax[0]))
-                meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-                meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+                meta = {"MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
+                        "TransferSyntaxUID": str(cx.transfer_syntax[0]),
+                        "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
+                        "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION}
                 status, comment = self._store(meta, msg.dataset, calling, sop_class, sop_uid)
                 fields: dict[int, int | str] = {
                     0x00000002: sop_class, 0x00000100: C_STORE_RSP, 0x00000120: message_id,

@@ -1,0 +1,197 @@
+"""Association set-up and error mapping for :class:`kit.dicom.dimse.PacsClient` (split from it).
+
+pynetdicom negotiates and releases the association; this module opens it with
+``TCP_NODELAY`` and a short network-loop poll, unbinds pynetdicom's per-PDU
+logging handlers once it is up, and turns every way an association can fail
+(no listener, TLS handshake, A-ASSOCIATE-RJ, A-ABORT, silence) into the kit's
+error tree. Written by hand here: the error mapping; the protocol is pynetdicom's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
+from pynetdicom.association import Association
+
+from kit.errors import (
+    AssociationAbortedError,
+    AssociationRejectedError,
+    InvalidInputError,
+    PeerError,
+    PeerTimeoutError,
+    PeerUnreachableError,
+    TLSError,
+)
+
+__all__ = ["DUL_POLL_SECONDS", "AssociationClient", "nodelay"]
+
+#: Idle sleep of pynetdicom's network loop (its default is 1 ms).
+DUL_POLL_SECONDS = 0.0002
+
+_LOG_HANDLERS = (
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler), (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+)
+
+
+def nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle on the socket, poll the network loop more often.
+
+    pynetdicom's network loop sleeps ``_run_loop_delay`` (1 ms) whenever it
+    finds nothing to do, which adds up to 1 ms to every request/response.
+    """
+    event.assoc.dul._run_loop_delay = DUL_POLL_SECONDS
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+
+class AssociationClient:
+    """Opens associations to one peer and maps their failures (base of ``PacsClient``).
+
+    Subclasses set ``host``, ``port``, ``called_aet``, ``aet``, ``timeout``,
+    ``tls`` and ``max_pdu`` in ``__init__``.
+    """
+
+    host: str
+    port: int
+    called_aet: str
+    aet: str
+    timeout: float
+    tls: ssl.SSLContext | None
+    max_pdu: int
+
+    @property
+    def address(self) -> str:
+        """``dicom://CALLED@host:port``."""
+        return f"dicom://{self.called_aet}@{self.host}:{self.port}"
+
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.aet)
+        ae.acse_timeout = self.timeout
+        ae.dimse_timeout = self.timeout
+        ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        ae.maximum_pdu_size = self.max_pdu
+        return ae
+
+    @contextlib.contextmanager
+    def _associate(self, contexts: Sequence[Any], *, roles: Sequence[Any] = (),
+                   handlers: Sequence[tuple[Any, Any]] = ()) -> Iterator[Association]:
+        ae = self._ae()
+        opened = threading.Event()
+        aborted = threading.Event()
+
+        def on_open(event: evt.Event) -> None:
+            opened.set()
+            nodelay(event)
+
+        def on_abort(event: evt.Event) -> None:
+            aborted.set()
+
+        all_handlers: list[Any] = [(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ABORTED, on_abort), *handlers]
+        tls_args = (self.tls, self.host) if self.tls is not None else None
+        start = time.monotonic()
+        try:
+            assoc = ae.associate(self.host, self.port, contexts=list(contexts),
+                                 ae_title=self.called_aet, max_pdu=self.max_pdu,
+                                 ext_neg=list(roles) or None, evt_handlers=all_handlers,
+                                 tls_args=tls_args)
+        except socket.gaierror as exc:
+            raise PeerUnreachableError(f"cannot resolve host {self.host!r}: {exc.strerror or exc}",
+                                       peer=self.address) from exc
+        except OSError as exc:
+            raise PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address) from exc
+        except (ValueError, RuntimeError) as exc:
+            raise InvalidInputError(f"cannot request an association: {exc}") from exc
+        elapsed = time.monotonic() - start
+        if not assoc.is_established:
+            self._raise_unestablished(assoc, opened.is_set(), aborted.is_set(), elapsed)
+        for event, handler in _LOG_HANDLERS:
+            with contextlib.suppress(Exception):
+                assoc.unbind(event, handler)
+        try:
+            yield assoc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            else:
+                assoc.abort()
+            ae.shutdown()
+
+    def _tls_failure(self) -> PeerError:
+        """Why a TLS association did not open: pynetdicom logs the SSL error and drops it,
+        so repeat the connect and handshake once to name the cause."""
+        assert self.tls is not None
+        try:
+            with socket.create_connection((self.host, self.port), timeout=min(self.timeout, 10.0)) as raw, \
+                    self.tls.wrap_socket(raw, server_hostname=self.host):
+                pass
+        except ssl.SSLError as exc:  # includes certificate verification failures
+            return TLSError(f"TLS handshake failed: {exc}", peer=self.address)
+        except TimeoutError:
+            return PeerTimeoutError(f"no TLS connection within {self.timeout:g}s", peer=self.address)
+        except OSError as exc:
+            return PeerUnreachableError(f"cannot connect: {exc.strerror or exc}", peer=self.address)
+        return PeerUnreachableError("the TLS connection failed (a retry of the handshake succeeded)",
+                                    peer=self.address)
+
+    def _raise_unestablished(self, assoc: Association, opened: bool, aborted: bool,
+                             elapsed: float) -> None:
+        peer = self.address
+        if assoc.is_rejected:
+            rj = assoc.acceptor.primitive
+            result = getattr(rj, "result", None)
+            source = getattr(rj, "result_source", None)
+            reason = getattr(rj, "diagnostic", None)
+            why = {(1, 3): "calling AE title not recognised", (1, 7): "called AE title not recognised",
+                   (1, 2): "application context not supported"}.get((source or 0, reason or 0),
+                                                                    "association rejected")
+            raise AssociationRejectedError(
+                f"association rejected: {why} (result {result}, source {source}, reason {reason})",
+                peer=peer, result=result, source_=source, reason=reason)
+        if not opened:
+            if self.tls is not None and elapsed < self.timeout:
+                raise self._tls_failure()
+            if elapsed >= self.timeout * 0.95:
+                raise PeerTimeoutError(f"no connection within {self.timeout:g}s", peer=peer)
+            raise PeerUnreachableError("cannot connect (connection refused)", peer=peer)
+        if aborted and elapsed < self.timeout * 0.95:
+            if not assoc.accepted_contexts and assoc.rejected_contexts:
+                raise AssociationRejectedError(
+                    "the peer accepted none of the proposed presentation contexts", peer=peer)
+            raise AssociationAbortedError("the peer aborted the association request", peer=peer)
+        raise PeerTimeoutError(f"no answer to the association request within {self.timeout:g}s",
+                               peer=peer)
+
+    def _lost(self, assoc: Association, what: str,
+              waited: float) -> AssociationAbortedError | PeerTimeoutError:
+        """The error for a DIMSE request that got no response after ``waited`` seconds."""
+        if assoc.is_aborted or not assoc.is_established or waited < self.timeout * 0.9:
+            return AssociationAbortedError(f"{what}: the association was aborted", peer=self.address)
+        return PeerTimeoutError(f"{what}: no response within {self.timeout:g}s", peer=self.address)
+
+    def _broke_off(self, err: AssociationAbortedError | PeerTimeoutError, what: str,
+                   done: int) -> AssociationAbortedError | PeerTimeoutError:
+        """The error for a transfer that broke off, saying how far it got."""
+        reason = str(err).removesuffix(f" ({self.address})")
+        kind = PeerTimeoutError if isinstance(err, PeerTimeoutError) else AssociationAbortedError
+        return kind(f"{what}: {reason} after {done} instance(s)", peer=self.address)
+
+    # -- services ------------------------------------------------------------------------------
