@@ -185,10 +185,12 @@ class MLLPListener:
         self.accept_unknown_types = accept_unknown_types
         self.store: MessageStore | None = None
         #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors,
-        #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded)
+        #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded),
+        #: commits (store transactions, each several messages when they arrive together: group
+        #: commit), failed_commits (batches answered AE because the store failed)
         self.counts: dict[str, int] = dict.fromkeys(
             ("received", "stored", "duplicates", "rejected", "framing_errors", "connections", "evicted",
-             "slow"), 0)
+             "slow", "commits", "failed_commits"), 0)
         self._activity: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -358,17 +360,28 @@ class MLLPListener:
                     job.future.get_loop().call_soon_threadsafe(_settle, job.future, None, exc)
 
     def _store(self, batch: list[_Job]) -> list[StoredResult | BaseException]:
-        """Store a batch in one commit; if that fails, each job alone (one bad job fails only itself)."""
+        """Store a batch in one transaction (one fsync); what a failure means decides what follows.
+
+        - :class:`~kit.errors.StoreError`, the database failed (I/O error, disk full, locked):
+          nothing of the batch is durable, every message in it is answered AE, nothing is retried
+          here (the senders resend).
+        - any other exception, a value in one message that no code expected: the batch is split in
+          halves, each its own transaction, so that one poison message fails only itself at a cost
+          of a few commits (not one commit per message of the batch).
+        """
         assert self.store is not None
         try:
-            return list(self.store.add_many([j.item for j in batch]))
+            results: list[StoredResult | BaseException] = list(self.store.add_many([j.item for j in batch]))
+        except StoreError as exc:
+            self.counts["failed_commits"] += 1
+            return [exc] * len(batch)
         except Exception as exc:  # noqa: BLE001 - answered AE below, never a dead thread
             if len(batch) == 1:
                 return [exc]
-        out: list[StoredResult | BaseException] = []
-        for job in batch:
-            out += self._store([job])
-        return out
+            half = len(batch) // 2
+            return self._store(batch[:half]) + self._store(batch[half:])
+        self.counts["commits"] += 1
+        return results
 
     def _write_batches(self) -> None:
         """Commit every job waiting in the queue in one transaction, then resolve their futures."""
