@@ -12,7 +12,8 @@ generated acknowledgements.
 
 from __future__ import annotations
 
-import re
+import datetime as dt
+import functools
 
 from kit.hl7.typed import Ack, AckCode, Header, parse_dtm
 
@@ -20,11 +21,39 @@ __all__ = ["fast_ack"]
 
 _START = b"MSH|^~\\&|"
 #: printable ASCII except the escape and repetition characters, and CR: nothing to unescape, one
-#: repetition per field, no other line break
-_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7d\r]*")
+#: repetition per field, no other line break (deleting them leaves nothing of a plain ACK)
+_PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b"\\~") + b"\r"
 _CODES = {code.value: code for code in AckCode}
 _MSH_FIELDS = 10  # MSH-3 .. MSH-12
 _MSA_FIELDS = 3
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(offset: str) -> dt.timezone:
+    """The fixed zone of an HL7 ``+HHMM``/``-HHMM`` offset (raises ValueError as parse_dtm meets it)."""
+    sign = -1 if offset[0] == "-" else 1
+    return dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+
+
+def _timestamp(value: str) -> dt.datetime | None:
+    """:func:`~kit.hl7.typed.parse_dtm` of ``value``, without its regular expression for the shape
+    nearly every ACK has (``YYYYMMDDHHMMSS[.F..F][+/-ZZZZ]``, ASCII digits)."""
+    digits, dot, rest = value.partition(".")
+    zone = ""
+    if not dot and len(value) == 19:
+        digits, zone = value[:14], value[14:]
+    elif dot and len(rest) > 5 and rest[-5] in "+-":
+        rest, zone = rest[:-5], rest[-5:]
+    if (len(digits) != 14 or not digits.isdigit() or not digits.isascii() or (dot and not 0 < len(rest) <= 6)
+            or not (rest.isdigit() and rest.isascii() if dot else True)
+            or (zone and not (zone[0] in "+-" and zone[1:].isdigit() and zone[1:].isascii()))):
+        return parse_dtm(value)
+    try:
+        return dt.datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
+                           int(digits[10:12]), int(digits[12:14]), int(rest.ljust(6, "0")) if dot else 0,
+                           tzinfo=_zone(zone) if zone else None)
+    except ValueError:
+        return None
 
 
 def fast_ack(data: bytes) -> Ack | None:
@@ -41,7 +70,7 @@ def fast_ack(data: bytes) -> Ack | None:
         Equal to ``parse_message(data).typed()`` whenever not None; None means
         "not a plain MSH+MSA acknowledgement: parse it in full".
     """
-    if not data.startswith(_START) or _PLAIN.fullmatch(data, len(_START)) is None:
+    if not data.startswith(_START) or data[len(_START):].translate(None, _PLAIN):
         return None
     lines = data.decode("ascii").split("\r")
     if lines[-1] == "":
@@ -57,7 +86,7 @@ def fast_ack(data: bytes) -> Ack | None:
     code = _CODES.get(a[0])
     if code is None or m[6].partition("^")[0] not in ("ACK", ""):
         return None  # an invalid MSA-1 or another message type: the full parse says what it is
-    header = Header(m[7] or "?", parse_dtm(m[4]), m[0].partition("^")[0], m[1].partition("^")[0],
+    header = Header(m[7] or "?", _timestamp(m[4]), m[0].partition("^")[0], m[1].partition("^")[0],
                     m[2].partition("^")[0], m[3].partition("^")[0], m[9].partition("^")[0],
                     m[8].partition("^")[0])
     return Ack(header, code, a[1], a[2])

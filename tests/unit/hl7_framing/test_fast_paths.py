@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kit.errors import KitError
-from kit.hl7.ack_fast import fast_ack
+from kit.hl7.ack_fast import _timestamp, fast_ack
 from kit.hl7.build import AckError, build_ack
 from kit.hl7.framing import CR, FS, VT, MLLPDecoder, frame
 from kit.hl7.message import parse_message
-from kit.hl7.typed import Ack, AckCode
+from kit.hl7.typed import Ack, AckCode, parse_dtm
 
 
 def slow_ack(data: bytes) -> Ack | None:
@@ -129,3 +129,23 @@ def test_plain_acks_are_read_by_the_fast_path_as_by_the_full_parse(data: bytes) 
     fast = fast_ack(data)
     assert fast is not None
     assert fast == slow_ack(data)
+
+
+_digits = st.text(st.sampled_from("0123456789"), min_size=14, max_size=14)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(
+    st.tuples(_digits, st.sampled_from(["", "."]), st.text(st.sampled_from("0123456789"), max_size=8),
+              st.sampled_from(["", "+", "-", "x"]), st.text(st.sampled_from("0123456789"), max_size=5))
+    .map("".join),
+    st.text(st.sampled_from("0123456789.+- ²"), max_size=26)))
+def test_ack_timestamps_read_as_parse_dtm(value: str) -> None:
+    assert _timestamp(value) == parse_dtm(value)
+
+
+@pytest.mark.parametrize("value", ["20261129141620", "20261129141620.7030+0000", "20261129141620-0530",
+                                   "20261329141620", "20261129141620+2400", "20261129141620.1234567",
+                                   "20261129141620.", "2026.5", " 20261129141620"])
+def test_ack_timestamp_edges(value: str) -> None:
+    assert _timestamp(value) == parse_dtm(value)
