@@ -6,8 +6,12 @@ messages per connection. Every message is parsed (:func:`kit.hl7.message.parse_m
 checked (MSH-9 a known HL7 table 0076 message type or a Z-type, MSH-10 present),
 stored in a :class:`~kit.hl7.store.MessageStore` and only *after the commit*
 answered AA (:func:`kit.hl7.build.build_ack`). Messages arriving together on
-all connections share one SQLite transaction (group commit in a writer
-thread). A duplicate (same MSH-3/MSH-4/MSH-10 and the same content) is stored
+all connections share one SQLite transaction and one fsync (group commit in a
+writer thread); each connection's AA is written only after the commit holding
+its message. A commit that fails (I/O error, disk full) answers every message of
+its batch AE and nothing of it is retried here (the senders resend); a message
+that makes storing fail in another way is found by halving the batch, so it
+fails alone at the cost of a few commits. A duplicate (same MSH-3/MSH-4/MSH-10 and the same content) is stored
 once and answered AA again with a note; the same id with other content is stored
 and flagged (:mod:`kit.hl7.store`). Malformed input gets AR (or AE for a bad
 segment after a good MSH) with an ERR segment, and the connection stays open; an

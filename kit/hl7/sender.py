@@ -14,6 +14,13 @@ and retries only what retrying can fix, under a :class:`RetryPolicy`:
 :meth:`MLLPSender.send_many` stops at an unreachable peer: the remaining
 messages get a row saying they were not sent, without a wait each.
 
+The round trip is lean: on Linux a plain-TCP connection is a blocking socket
+with kernel timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``), one system call per send
+and per receive (Python's own timeouts poll first); one deadline still bounds a
+whole message and a whole ACK, however the peer trickles them. An ACK of the
+usual shape (MSH + MSA, plain text) is read by :func:`kit.hl7.ack_fast.fast_ack`,
+equal to the full parse, which reads every other reply.
+
 Written by hand: python-hl7's ``MLLPClient`` reads one ``recv()`` as the ACK
 with no timeout, matching or retry. Framing is in :mod:`kit.hl7.framing`.
 """
