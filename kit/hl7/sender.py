@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import socket
 import ssl
 import struct
@@ -147,8 +148,8 @@ class MLLPSender:
     def __init__(self, host: str, port: int, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl_context: ssl.SSLContext | None = None,
                  connect_timeout: float = 10.0) -> None:
-        if timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("timeout and connect_timeout must be positive")
+        if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):  # NaN fails too
+            raise ValueError("timeout and connect_timeout must be positive and finite")
         self.host, self.port = host, int(port)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)

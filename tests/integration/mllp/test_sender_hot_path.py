@@ -80,3 +80,13 @@ def test_an_ack_that_stops_halfway_times_out_once_not_per_piece() -> None:
         with pytest.raises(PeerTimeoutError, match="no ACK"):
             sender.send(numbered(1))
         assert time.monotonic() - start < 1.2
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), float("nan"), 0.0, -1.0])
+def test_a_timeout_no_socket_can_hold_is_refused_up_front(timeout: float) -> None:
+    """An infinite or NaN timeout used to pass and then fail inside send() with OverflowError or
+    ValueError from the socket layer, outside the KitError tree."""
+    with pytest.raises(ValueError, match="positive and finite"):
+        MLLPSender("127.0.0.1", 1, timeout=timeout)
+    with pytest.raises(ValueError, match="positive and finite"):
+        MLLPSender("127.0.0.1", 1, connect_timeout=timeout)
