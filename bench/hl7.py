@@ -409,6 +409,7 @@ def bench_mllp(n: int) -> list[str]:
 
     kit_times: list[float] = []
     p_times: list[float] = []
+    kit_cpu = p_cpu = 0.0  # the client's own CPU time (this thread), system calls included
     one_rates: list[float] = []
     many_rates: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -418,17 +419,19 @@ def bench_mllp(n: int) -> list[str]:
                 for text in _mllp_messages("W", 300):  # warm up: imports, the store's first pages
                     sender.send(text)
                 kit_msgs, p_msgs = _mllp_messages("K", n), _mllp_messages("P", n)
-                clock = time.perf_counter
+                clock, cpu = time.perf_counter, time.thread_time
                 for i in range(n):
                     for side in ((0, 1) if i % 2 == 0 else (1, 0)):
                         if side == 0:
-                            start = clock()
+                            start, used = clock(), cpu()
                             sender.send(kit_msgs[i])
                             kit_times.append(clock() - start)
+                            kit_cpu += cpu() - used
                         else:
-                            start = clock()
+                            start, used = clock(), cpu()
                             _python_hl7_acked(client, p_msgs[i], f"P{i:09d}")
                             p_times.append(clock() - start)
+                            p_cpu += cpu() - used
 
             def senders(count: int, prefix: str, total: int) -> float:
                 each = total // count
@@ -461,10 +464,11 @@ def bench_mllp(n: int) -> list[str]:
 
     kit_rate, p_rate = 1 / statistics.median(kit_times), 1 / statistics.median(p_times)
     print("MLLP, one kit listener (kit hl7 listen, SQLite synchronous=FULL, AA after commit)")
-    print(f"round trips, {n:,} each, in turns:   median         mean        (round trips/s)")
-    for label, rate, times in (("kit MLLPSender", kit_rate, kit_times),
-                               ("python-hl7 MLLPClient", p_rate, p_times)):
-        print(f"  {label:<26} {rate:>10,.0f} {len(times) / sum(times):>12,.0f}")
+    print(f"round trips, {n:,} each, in turns:   median         mean   (round trips/s)   client CPU")
+    for label, rate, times, used in (("kit MLLPSender", kit_rate, kit_times, kit_cpu),
+                                     ("python-hl7 MLLPClient", p_rate, p_times, p_cpu)):
+        print(f"  {label:<26} {rate:>10,.0f} {len(times) / sum(times):>12,.0f}"
+              f"   {used / len(times) * 1e6:>18.1f} us/msg")
     print(f"listener throughput, {MLLP_ROUNDS} rounds of {per_round:,} messages in turns (msgs/s):")
     for label, rates in (("1 sender", one_rates), (f"{MLLP_SENDERS} senders", many_rates)):
         print(f"  {label:<12} median {statistics.median(rates):>7,.0f}  best {max(rates):>7,.0f}"
