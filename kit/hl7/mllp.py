@@ -41,6 +41,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -58,6 +59,10 @@ __all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 16
+#: Most messages committed in one transaction.
+_MAX_BATCH = 1000
+#: Longest wait for the other connections' messages before a commit (group commit).
+_GATHER_MAX = 0.002
 
 
 @functools.cache
@@ -388,24 +393,25 @@ class MLLPListener:
         return results
 
     def _write_batches(self) -> None:
-        """Commit every job waiting in the queue in one transaction, then resolve their futures."""
+        """Commit every job waiting in the queue in one transaction, then resolve their futures.
+
+        Senders wait for their ACK, so the connections of one batch send their next messages
+        together, just after its commit: when a batch came from several connections, the next one
+        waits a little (at most the last commit's duration, and :data:`_GATHER_MAX`) for as many
+        connections before it commits. One sender alone never waits.
+        """
         assert self.store is not None
+        gather, last_commit = 1, 0.0
         while True:
             first = self._jobs.get()
             if first is None:
                 return
             batch = [first]
-            stop = False
-            while len(batch) < 1000:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
+            stop = self._take_waiting(batch, gather, min(last_commit, _GATHER_MAX))
+            started = time.monotonic()
             results = self._store(batch)
+            last_commit = time.monotonic() - started
+            gather = len({job.item.peer for job in batch})
             record_received(self.address, [job.item for job in batch], results)  # kit.audit
             for job, result in zip(batch, results, strict=True):
                 fut = job.future
@@ -416,6 +422,24 @@ class MLLPListener:
                         fut.get_loop().call_soon_threadsafe(_settle, fut, result, None)
             if stop:
                 return
+
+    def _take_waiting(self, batch: list[_Job], gather: int, wait: float) -> bool:
+        """Add the queued jobs to ``batch`` (up to :data:`_MAX_BATCH`), waiting up to ``wait``
+        seconds while it holds fewer than ``gather``; True if the stop sentinel was met."""
+        deadline = time.monotonic() + wait
+        while len(batch) < _MAX_BATCH:
+            try:
+                if len(batch) >= gather or wait <= 0:
+                    job = self._jobs.get_nowait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            batch.append(job)
+        return False
 
     # -- one connection --------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
