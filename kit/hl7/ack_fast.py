@@ -13,7 +13,6 @@ generated acknowledgements.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 
 from kit.hl7.typed import Ack, AckCode, Header, parse_dtm
 
@@ -28,31 +27,21 @@ _MSH_FIELDS = 10  # MSH-3 .. MSH-12
 _MSA_FIELDS = 3
 
 
-@functools.lru_cache(maxsize=64)
-def _zone(offset: str) -> dt.timezone:
-    """The fixed zone of an HL7 ``+HHMM``/``-HHMM`` offset (raises ValueError as parse_dtm meets it)."""
-    sign = -1 if offset[0] == "-" else 1
-    return dt.timezone(sign * dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
-
-
 def _timestamp(value: str) -> dt.datetime | None:
-    """:func:`~kit.hl7.typed.parse_dtm` of ``value``, without its regular expression for the shape
-    nearly every ACK has (``YYYYMMDDHHMMSS[.F..F][+/-ZZZZ]``, ASCII digits)."""
-    digits, dot, rest = value.partition(".")
-    zone = ""
-    if not dot and len(value) == 19:
-        digits, zone = value[:14], value[14:]
-    elif dot and len(rest) > 5 and rest[-5] in "+-":
-        rest, zone = rest[:-5], rest[-5:]
-    if (len(digits) != 14 or not digits.isdigit() or not digits.isascii() or (dot and not 0 < len(rest) <= 6)
-            or not (rest.isdigit() and rest.isascii() if dot else True)
-            or (zone and not (zone[0] in "+-" and zone[1:].isdigit() and zone[1:].isascii()))):
+    """:func:`~kit.hl7.typed.parse_dtm` of ``value``; the shape nearly every ACK has
+    (``YYYYMMDDHHMMSS[.F..F][+/-HHMM]``, ASCII digits, a valid time of day and zone) by one
+    ``datetime.fromisoformat`` call (a tenth of the time), anything else by ``parse_dtm`` itself."""
+    body, zone = value, ""
+    if len(value) >= 19 and value[-5] in "+-":
+        body, zone = value[:-5], value[-5:]
+    digits, dot, frac = body.partition(".")
+    if (len(digits) != 14 or not value.isascii() or not (digits + frac + zone[1:]).isdigit()
+            or (dot and not 0 < len(frac) <= 6) or digits[8:10] > "23" or digits[10:12] > "59"
+            or digits[12:14] > "59" or (zone and (zone[1:3] > "23" or zone[3:5] > "59"))):
         return parse_dtm(value)
     try:
-        return dt.datetime(int(digits[:4]), int(digits[4:6]), int(digits[6:8]), int(digits[8:10]),
-                           int(digits[10:12]), int(digits[12:14]), int(rest.ljust(6, "0")) if dot else 0,
-                           tzinfo=_zone(zone) if zone else None)
-    except ValueError:
+        return dt.datetime.fromisoformat(f"{value[:8]}T{value[8:]}")
+    except ValueError:  # no such date (month 13, February 30): parse_dtm says None too
         return None
 
 

@@ -144,8 +144,25 @@ def test_ack_timestamps_read_as_parse_dtm(value: str) -> None:
     assert _timestamp(value) == parse_dtm(value)
 
 
+_two = st.sampled_from(["00", "01", "09", "12", "13", "23", "24", "28", "29", "30", "31", "32", "59", "60",
+                        "99"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.tuples(st.sampled_from(["2024", "2026", "1900", "0000", "9999"]), _two, _two, _two, _two, _two,
+                 st.sampled_from(["", ".7", ".7030", ".123456", ".1234567", "."]),
+                 st.sampled_from(["", "+0000", "-0000", "+0530", "-1200", "+2359", "+2400", "+0060", "+00"]))
+       .map("".join))
+def test_plausible_ack_timestamps_read_as_parse_dtm(value: str) -> None:
+    assert _timestamp(value) == parse_dtm(value)
+    if _timestamp(value) is not None:
+        assert _timestamp(value).utcoffset() == parse_dtm(value).utcoffset()  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("value", ["20261129141620", "20261129141620.7030+0000", "20261129141620-0530",
                                    "20261329141620", "20261129141620+2400", "20261129141620.1234567",
-                                   "20261129141620.", "2026.5", " 20261129141620"])
+                                   "20261129141620.", "2026.5", " 20261129141620", "20261129240000",
+                                   "20261129235960", "20240229120000", "20260229120000",
+                                   "20261129141620+0060"])
 def test_ack_timestamp_edges(value: str) -> None:
     assert _timestamp(value) == parse_dtm(value)
