@@ -413,13 +413,13 @@ class MLLPListener:
             last_commit = time.monotonic() - started
             gather = len({job.item.peer for job in batch})
             record_received(self.address, [job.item for job in batch], results)  # kit.audit
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StoredResult],
+                                                               StoredResult | BaseException]]] = {}
             for job, result in zip(batch, results, strict=True):
-                fut = job.future
-                with contextlib.suppress(RuntimeError):  # its loop closed: the connection is gone
-                    if isinstance(result, BaseException):
-                        fut.get_loop().call_soon_threadsafe(_settle, fut, None, result)
-                    else:
-                        fut.get_loop().call_soon_threadsafe(_settle, fut, result, None)
+                by_loop.setdefault(job.future.get_loop(), []).append((job.future, result))
+            for loop, settled in by_loop.items():  # one wake-up of the loop per batch, not per message
+                with contextlib.suppress(RuntimeError):  # the loop closed: the connections are gone
+                    loop.call_soon_threadsafe(_settle_all, settled)
             if stop:
                 return
 
@@ -623,6 +623,16 @@ def _safe_ack(message: Message | None, code: AckCode, text: str,
     except Exception:  # noqa: BLE001 - the fallback below echoes nothing of the message
         log.exception("could not build a NAK echoing the message; answering without its header")
         return build_ack(None, code, text, AckError(207, text))
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[StoredResult], StoredResult | BaseException]]) -> None:
+    """In the loop: resolve each future of a committed batch with its result (or its failure)."""
+    for fut, result in settled:
+        with contextlib.suppress(asyncio.InvalidStateError):  # one settled future never stops the rest
+            if isinstance(result, BaseException):
+                _settle(fut, None, result)
+            else:
+                _settle(fut, result, None)
 
 
 def _settle(fut: asyncio.Future[StoredResult], value: StoredResult | None,
