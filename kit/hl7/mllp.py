@@ -460,7 +460,8 @@ class MLLPListener:
                 if frame_started is not None:
                     wait = min(wait, frame_started + self.frame_timeout - loop.time())
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ_SIZE), max(wait, 0.0))
+                    async with asyncio.timeout(max(wait, 0.0)):  # no task per read, as wait_for makes
+                        data = await reader.read(_READ_SIZE)
                 except TimeoutError:
                     if frame_started is not None and loop.time() >= frame_started + self.frame_timeout:
                         self.counts["slow"] += 1
@@ -484,7 +485,8 @@ class MLLPListener:
                     frame_started = None
                 elif frame_started is None or items:
                     frame_started = loop.time()
-                await asyncio.wait_for(writer.drain(), self.idle_timeout)  # a peer that never reads
+                async with asyncio.timeout(self.idle_timeout):  # a peer that never reads
+                    await writer.drain()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
         except asyncio.CancelledError:
