@@ -19,7 +19,7 @@ run of this script (kit and python-hl7 take turns, so that a busy spell of a
 shared machine does not fall on one side only).
 
     python bench/hl7.py [N] [M] [--only=results,tables,mllp]
-    # N messages (default 100,000), M MLLP round trips (2,000); --only picks sections
+    # N messages (default 100,000), M MLLP round trips per side (2,000); --only picks sections
 
 Sections are separate functions called from ``main()``; add new ones there.
 """
@@ -347,47 +347,146 @@ def bench_tables(path: Path, messages: list[str]) -> list[str]:
     return ratios
 
 
-# -- MLLP round trips (E2) --------------------------------------------------------------------------
+# -- MLLP: round trips (kit MLLPSender vs python-hl7 MLLPClient), listener throughput 1 vs 8 -------
 MLLP_N = 2_000
+MLLP_ROUNDS = 7
+MLLP_SENDERS = 8
 
 
-def bench_mllp_round_trips(n: int) -> list[str]:
-    """MLLP send + AA round trips/s on loopback: kit MLLPSender vs python-hl7's MLLPClient.
+def _mllp_messages(prefix: str, n: int) -> list[str]:
+    """``n`` messages of the sample feed, MSH-10 ``prefix`` + a number (none is a duplicate)."""
+    base = list(feed())
+    out = []
+    for i in range(n):
+        head, _, rest = base[i % len(base)].partition("\r")
+        fields = head.split("|")
+        fields[9] = f"{prefix}{i:09d}"
+        out.append("|".join(fields) + "\r" + rest)
+    return out
 
-    Both talk to the same kit MLLPListener (which commits every message to SQLite,
-    synchronous=FULL, before its AA), with the same ``n`` messages (fresh MSH-10 per
-    client so none is a duplicate). Returns its RATIO line.
+
+def _mllp_listener(store: Path) -> tuple[Any, int]:
+    """``kit hl7 listen`` on an ephemeral port in its own process (as a hospital runs it); (process, port)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", "from kit.cli import main; main()", "hl7", "listen",
+                             "--port", "0", "--store", str(store)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()  # "mllp  mllp://127.0.0.1:PORT"
+    if not line.startswith("mllp"):
+        proc.kill()
+        raise RuntimeError(f"kit hl7 listen did not start: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def _python_hl7_acked(client: Any, text: str, control_id: str) -> None:
+    reply = client.send_message(text)
+    if f"MSA|AA|{control_id}\r".encode() not in reply:
+        raise AssertionError(f"no AA for {control_id}: {reply[:200]!r}")
+
+
+def bench_mllp(n: int) -> list[str]:
+    """MLLP on loopback against one kit listener (``kit hl7 listen`` in its own process, SQLite
+    ``synchronous=FULL``, every AA after its commit), all in this run; returns the RATIO lines.
+
+    - round trips: kit ``MLLPSender.send`` (which checks that MSA-2 is the message's MSH-10 and
+      returns the typed ACK) against python-hl7's ``MLLPClient.send_message`` (its reply checked
+      here for ``MSA|AA|<id>``), ``n`` messages each, each on its own connection, *taking turns
+      message by message* (who goes first alternates), so that a busy spell of a shared machine
+      falls on both alike. Round trips/s = 1 / the median round trip (robust to the stalls a busy
+      machine adds at random); the mean is printed beside it;
+    - listener throughput: messages/s stored and acknowledged with one python-hl7 sender and with
+      ``MLLP_SENDERS`` at once (group commit; connected before the clock starts, ``n / 2``
+      messages a round between them), ``MLLP_ROUNDS`` pairs of rounds back to back (who
+      goes first alternates); the ratio is the median of the pairs' ratios (a pair shares the
+      machine's and the disk's mood of the moment), each side's median and best beside it.
     """
+    import statistics
+    import threading
+
     import hl7.client
 
-    from kit.hl7.mllp import MLLPListener, MLLPSender
+    from kit.hl7.mllp import MLLPSender
 
-    base = list(feed())
+    kit_times: list[float] = []
+    p_times: list[float] = []
+    kit_cpu = p_cpu = 0.0  # the client's own CPU time (this thread), system calls included
+    one_rates: list[float] = []
+    many_rates: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, port = _mllp_listener(Path(tmp) / "bench.db")
+        try:
+            with MLLPSender("127.0.0.1", port) as sender, hl7.client.MLLPClient("127.0.0.1", port) as client:
+                for text in _mllp_messages("W", 300):  # warm up: imports, the store's first pages
+                    sender.send(text)
+                kit_msgs, p_msgs = _mllp_messages("K", n), _mllp_messages("P", n)
+                clock, cpu = time.perf_counter, time.thread_time
+                for i in range(n):
+                    for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                        if side == 0:
+                            start, used = clock(), cpu()
+                            sender.send(kit_msgs[i])
+                            kit_times.append(clock() - start)
+                            kit_cpu += cpu() - used
+                        else:
+                            start, used = clock(), cpu()
+                            _python_hl7_acked(client, p_msgs[i], f"P{i:09d}")
+                            p_times.append(clock() - start)
+                            p_cpu += cpu() - used
 
-    def messages(prefix: str) -> list[str]:
-        out = []
-        for i in range(n):
-            head, _, rest = base[i % len(base)].partition("\r")
-            fields = head.split("|")
-            fields[9] = f"{prefix}{i:09d}"
-            out.append("|".join(fields) + "\r" + rest)
-        return out
+            def senders(count: int, prefix: str, total: int) -> float:
+                """``count`` python-hl7 clients, connected before the clock starts, send ``total``
+                messages between them at once; messages/s from the start to the last ACK."""
+                each = total // count
+                clients = [hl7.client.MLLPClient("127.0.0.1", port) for _ in range(count)]
+                msgs = [_mllp_messages(f"{prefix}{k}-", each) for k in range(count)]
+                go = threading.Barrier(count + 1)
 
-    kit_msgs, p_msgs = messages("K"), messages("P")
-    with tempfile.TemporaryDirectory() as tmp, MLLPListener(Path(tmp) / "bench.db") as listener:
-        with MLLPSender("127.0.0.1", listener.port) as sender:
-            sender.send(base[0])  # warm up: connection, imports
-            t_kit, acks = _timed(lambda: [sender.send(m) for m in kit_msgs])
-        assert isinstance(acks, list) and all(a.code.value == "AA" for a in acks)
-        with hl7.client.MLLPClient("127.0.0.1", listener.port) as client:
-            t_p, replies = _timed(lambda: [client.send_message(m) for m in p_msgs])
-        assert isinstance(replies, list) and all(b"MSA|AA|" in r for r in replies)
-        assert listener.store is not None and listener.store.count() == 2 * n + 1
-    kit_rate, p_rate = n / t_kit, n / t_p
-    print(f"MLLP round trips, {n:,} messages (listener: kit, SQLite synchronous=FULL)")
-    print(f"kit MLLPSender          {t_kit:8.2f} s  {kit_rate:>10,.0f} round trips/s")
-    print(f"python-hl7 MLLPClient   {t_p:8.2f} s  {p_rate:>10,.0f} round trips/s")
-    return [f"RATIO mllp round trips/s kit/python-hl7 = {kit_rate / p_rate:.2f}"]
+                def run(k: int) -> None:
+                    go.wait()
+                    for i, text in enumerate(msgs[k]):
+                        _python_hl7_acked(clients[k], text, f"{prefix}{k}-{i:09d}")
+
+                threads = [threading.Thread(target=run, args=(k,)) for k in range(count)]
+                for t in threads:
+                    t.start()
+                go.wait()
+                start = time.perf_counter()
+                for t in threads:
+                    t.join()
+                elapsed = time.perf_counter() - start
+                for c in clients:
+                    c.close()
+                return count * each / elapsed
+
+            per_round = max(MLLP_SENDERS, n // 2)
+            for r in range(MLLP_ROUNDS):
+                if r % 2 == 0:
+                    one_rates.append(senders(1, f"A{r}-", per_round))
+                    many_rates.append(senders(MLLP_SENDERS, f"B{r}-", per_round))
+                else:
+                    many_rates.append(senders(MLLP_SENDERS, f"B{r}-", per_round))
+                    one_rates.append(senders(1, f"A{r}-", per_round))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    kit_rate, p_rate = 1 / statistics.median(kit_times), 1 / statistics.median(p_times)
+    print("MLLP, one kit listener (kit hl7 listen, SQLite synchronous=FULL, AA after commit)")
+    print(f"round trips, {n:,} each, in turns:   median         mean   (round trips/s)   client CPU")
+    for label, rate, times, used in (("kit MLLPSender", kit_rate, kit_times, kit_cpu),
+                                     ("python-hl7 MLLPClient", p_rate, p_times, p_cpu)):
+        print(f"  {label:<26} {rate:>10,.0f} {len(times) / sum(times):>12,.0f}"
+              f"   {used / len(times) * 1e6:>18.1f} us/msg")
+    pairs = [many / one for many, one in zip(many_rates, one_rates, strict=True)]
+    print(f"listener throughput, {MLLP_ROUNDS} pairs of rounds of {per_round:,} messages (msgs/s):")
+    for label, rates in (("1 sender", one_rates), (f"{MLLP_SENDERS} senders", many_rates)):
+        print(f"  {label:<12} median {statistics.median(rates):>7,.0f}  best {max(rates):>7,.0f}"
+              f"   rounds: {' '.join(f'{x:,.0f}' for x in rates)}")
+    print(f"  {MLLP_SENDERS}/1 per pair: {' '.join(f'{x:.2f}' for x in pairs)}")
+    return [f"RATIO mllp round trips/s kit/python-hl7 = {kit_rate / p_rate:.2f}",
+            f"RATIO mllp listener msgs/s {MLLP_SENDERS} senders/1 sender = {statistics.median(pairs):.2f}"]
 
 
 def main(argv: list[str]) -> None:
@@ -405,7 +504,7 @@ def main(argv: list[str]) -> None:
         if "tables" in only:
             ratios += bench_tables(path, messages)
     if "mllp" in only:
-        ratios += bench_mllp_round_trips(int(args[1]) if len(args) > 1 else MLLP_N)
+        ratios += bench_mllp(int(args[1]) if len(args) > 1 else MLLP_N)
     print()
     for line in ratios:
         print(line)

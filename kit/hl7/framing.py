@@ -36,6 +36,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 _WHITESPACE = frozenset(b"\r\n \t")
 _VT, _FS, _CR = VT[0], FS[0], CR[0]
+_END = FS + CR
 
 
 def frame(message: bytes | str, encoding: str = "utf-8") -> bytes:
@@ -131,6 +132,16 @@ class MLLPDecoder:
 
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         """Add received bytes; return the frames (content only) and errors completed by them, in order."""
+        # fast path: exactly one whole frame, read at a frame boundary (an ACK, a message of a
+        # sender that waits for its ACK); same result as the general path below
+        if (self._state == "outside" and not self._pending_fs and not self._garbage
+                and data[:1] == VT and data[-2:] == _END and len(data) - 3 <= self.max_message_bytes
+                and data.count(VT) == 1 and data.count(FS) == 1):
+            return [data[1:-2]]
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> list[bytes | FrameError]:
+        """The general path of :meth:`feed`: any bytes, in any state."""
         out: list[bytes | FrameError] = []
         i, n = 0, len(data)
         while i < n:

@@ -6,8 +6,12 @@ messages per connection. Every message is parsed (:func:`kit.hl7.message.parse_m
 checked (MSH-9 a known HL7 table 0076 message type or a Z-type, MSH-10 present),
 stored in a :class:`~kit.hl7.store.MessageStore` and only *after the commit*
 answered AA (:func:`kit.hl7.build.build_ack`). Messages arriving together on
-all connections share one SQLite transaction (group commit in a writer
-thread). A duplicate (same MSH-3/MSH-4/MSH-10 and the same content) is stored
+all connections share one SQLite transaction and one fsync (group commit in a
+writer thread); each connection's AA is written only after the commit holding
+its message. A commit that fails (I/O error, disk full) answers every message of
+its batch AE and nothing of it is retried here (the senders resend); a message
+that makes storing fail in another way is found by halving the batch, so it
+fails alone at the cost of a few commits. A duplicate (same MSH-3/MSH-4/MSH-10 and the same content) is stored
 once and answered AA again with a note; the same id with other content is stored
 and flagged (:mod:`kit.hl7.store`). Malformed input gets AR (or AE for a bad
 segment after a good MSH) with an ERR segment, and the connection stays open; an
@@ -37,6 +41,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +59,10 @@ __all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 16
+#: Most messages committed in one transaction.
+_MAX_BATCH = 1000
+#: Longest wait for the other connections' messages before a commit (group commit).
+_GATHER_MAX = 0.002
 
 
 @functools.cache
@@ -185,10 +194,12 @@ class MLLPListener:
         self.accept_unknown_types = accept_unknown_types
         self.store: MessageStore | None = None
         #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors,
-        #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded)
+        #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded),
+        #: commits (store transactions, each several messages when they arrive together: group
+        #: commit), failed_commits (batches answered AE because the store failed)
         self.counts: dict[str, int] = dict.fromkeys(
             ("received", "stored", "duplicates", "rejected", "framing_errors", "connections", "evicted",
-             "slow"), 0)
+             "slow", "commits", "failed_commits"), 0)
         self._activity: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -358,47 +369,77 @@ class MLLPListener:
                     job.future.get_loop().call_soon_threadsafe(_settle, job.future, None, exc)
 
     def _store(self, batch: list[_Job]) -> list[StoredResult | BaseException]:
-        """Store a batch in one commit; if that fails, each job alone (one bad job fails only itself)."""
+        """Store a batch in one transaction (one fsync); what a failure means decides what follows.
+
+        - :class:`~kit.errors.StoreError`, the database failed (I/O error, disk full, locked):
+          nothing of the batch is durable, every message in it is answered AE, nothing is retried
+          here (the senders resend).
+        - any other exception, a value in one message that no code expected: the batch is split in
+          halves, each its own transaction, so that one poison message fails only itself at a cost
+          of a few commits (not one commit per message of the batch).
+        """
         assert self.store is not None
         try:
-            return list(self.store.add_many([j.item for j in batch]))
+            results: list[StoredResult | BaseException] = list(self.store.add_many([j.item for j in batch]))
+        except StoreError as exc:
+            self.counts["failed_commits"] += 1
+            return [exc] * len(batch)
         except Exception as exc:  # noqa: BLE001 - answered AE below, never a dead thread
             if len(batch) == 1:
                 return [exc]
-        out: list[StoredResult | BaseException] = []
-        for job in batch:
-            out += self._store([job])
-        return out
+            half = len(batch) // 2
+            return self._store(batch[:half]) + self._store(batch[half:])
+        self.counts["commits"] += 1
+        return results
 
     def _write_batches(self) -> None:
-        """Commit every job waiting in the queue in one transaction, then resolve their futures."""
+        """Commit every job waiting in the queue in one transaction, then resolve their futures.
+
+        Senders wait for their ACK, so the connections of one batch send their next messages
+        together, just after its commit: when a batch came from several connections, the next one
+        waits a little (at most the last commit's duration, and :data:`_GATHER_MAX`) for as many
+        connections before it commits. One sender alone never waits.
+        """
         assert self.store is not None
+        gather, last_commit = 1, 0.0
         while True:
             first = self._jobs.get()
             if first is None:
                 return
             batch = [first]
-            stop = False
-            while len(batch) < 1000:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                batch.append(job)
+            stop = self._take_waiting(batch, gather, min(last_commit, _GATHER_MAX))
+            started = time.monotonic()
             results = self._store(batch)
+            last_commit = time.monotonic() - started
+            gather = len({job.item.peer for job in batch})
             record_received(self.address, [job.item for job in batch], results)  # kit.audit
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StoredResult],
+                                                               StoredResult | BaseException]]] = {}
             for job, result in zip(batch, results, strict=True):
-                fut = job.future
-                with contextlib.suppress(RuntimeError):  # its loop closed: the connection is gone
-                    if isinstance(result, BaseException):
-                        fut.get_loop().call_soon_threadsafe(_settle, fut, None, result)
-                    else:
-                        fut.get_loop().call_soon_threadsafe(_settle, fut, result, None)
+                by_loop.setdefault(job.future.get_loop(), []).append((job.future, result))
+            for loop, settled in by_loop.items():  # one wake-up of the loop per batch, not per message
+                with contextlib.suppress(RuntimeError):  # the loop closed: the connections are gone
+                    loop.call_soon_threadsafe(_settle_all, settled)
             if stop:
                 return
+
+    def _take_waiting(self, batch: list[_Job], gather: int, wait: float) -> bool:
+        """Add the queued jobs to ``batch`` (up to :data:`_MAX_BATCH`), waiting up to ``wait``
+        seconds while it holds fewer than ``gather``; True if the stop sentinel was met."""
+        deadline = time.monotonic() + wait
+        while len(batch) < _MAX_BATCH:
+            try:
+                if len(batch) >= gather or wait <= 0:
+                    job = self._jobs.get_nowait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            batch.append(job)
+        return False
 
     # -- one connection --------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -419,7 +460,8 @@ class MLLPListener:
                 if frame_started is not None:
                     wait = min(wait, frame_started + self.frame_timeout - loop.time())
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ_SIZE), max(wait, 0.0))
+                    async with asyncio.timeout(max(wait, 0.0)):  # no task per read, as wait_for makes
+                        data = await reader.read(_READ_SIZE)
                 except TimeoutError:
                     if frame_started is not None and loop.time() >= frame_started + self.frame_timeout:
                         self.counts["slow"] += 1
@@ -443,7 +485,8 @@ class MLLPListener:
                     frame_started = None
                 elif frame_started is None or items:
                     frame_started = loop.time()
-                await asyncio.wait_for(writer.drain(), self.idle_timeout)  # a peer that never reads
+                async with asyncio.timeout(self.idle_timeout):  # a peer that never reads
+                    await writer.drain()
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
         except asyncio.CancelledError:
@@ -582,6 +625,16 @@ def _safe_ack(message: Message | None, code: AckCode, text: str,
     except Exception:  # noqa: BLE001 - the fallback below echoes nothing of the message
         log.exception("could not build a NAK echoing the message; answering without its header")
         return build_ack(None, code, text, AckError(207, text))
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[StoredResult], StoredResult | BaseException]]) -> None:
+    """In the loop: resolve each future of a committed batch with its result (or its failure)."""
+    for fut, result in settled:
+        with contextlib.suppress(asyncio.InvalidStateError):  # one settled future never stops the rest
+            if isinstance(result, BaseException):
+                _settle(fut, None, result)
+            else:
+                _settle(fut, result, None)
 
 
 def _settle(fut: asyncio.Future[StoredResult], value: StoredResult | None,

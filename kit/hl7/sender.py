@@ -14,6 +14,13 @@ and retries only what retrying can fix, under a :class:`RetryPolicy`:
 :meth:`MLLPSender.send_many` stops at an unreachable peer: the remaining
 messages get a row saying they were not sent, without a wait each.
 
+The round trip is lean: on Linux a plain-TCP connection is a blocking socket
+with kernel timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``), one system call per send
+and per receive (Python's own timeouts poll first); one deadline still bounds a
+whole message and a whole ACK, however the peer trickles them. An ACK of the
+usual shape (MSH + MSA, plain text) is read by :func:`kit.hl7.ack_fast.fast_ack`,
+equal to the full parse, which reads every other reply.
+
 Written by hand: python-hl7's ``MLLPClient`` reads one ``recv()`` as the ACK
 with no timeout, matching or retry. Framing is in :mod:`kit.hl7.framing`.
 """
@@ -23,15 +30,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import socket
 import ssl
+import struct
+import sys
 import time
+from collections import deque
 from collections.abc import Iterable
 
 import polars as pl
 
 from kit.errors import (
+    HL7ParseError,
     KitError,
+    MLLPFramingError,
     NakError,
     PeerDisconnectedError,
     PeerError,
@@ -40,7 +53,8 @@ from kit.errors import (
     TLSError,
 )
 from kit.hl7._audit import audited_send
-from kit.hl7.framing import FrameError, MLLPDecoder, frame
+from kit.hl7.ack_fast import fast_ack
+from kit.hl7.framing import CR, FS, VT, FrameError, MLLPDecoder
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.typed import Ack, AckCode
 
@@ -51,6 +65,11 @@ log = logging.getLogger(__name__)
 _READ_SIZE = 1 << 16
 #: First wait between two connection attempts to an unreachable peer (doubled each time).
 _RECONNECT_WAIT = 0.05
+#: Plain TCP on Linux: a blocking socket with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) does one
+#: system call per send or receive; Python's own timeouts poll() before each (two, and the GIL
+#: released and taken back twice: slow when the peer shares the process).
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+_END = FS + CR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +148,8 @@ class MLLPSender:
     def __init__(self, host: str, port: int, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl_context: ssl.SSLContext | None = None,
                  connect_timeout: float = 10.0) -> None:
-        if timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("timeout and connect_timeout must be positive")
+        if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):  # NaN fails too
+            raise ValueError("timeout and connect_timeout must be positive and finite")
         self.host, self.port = host, int(port)
         self.timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
@@ -139,8 +158,10 @@ class MLLPSender:
         self.peer = f"mllp://{host}:{port}"
         self._sock: socket.socket | None = None
         self._decoder = MLLPDecoder()
-        self._frames: list[bytes | FrameError] = []
+        self._frames: deque[bytes | FrameError] = deque()
         self._answered = False
+        self._kernel_timeouts = False
+        self._sock_timeout = 0.0  # the timeout the socket has now
         #: number of attempts the last :meth:`send` needed
         self.last_attempts = 0
 
@@ -173,9 +194,25 @@ class MLLPSender:
                 raise PeerDisconnectedError(f"connection lost during TLS handshake: {exc}",
                                             peer=self.peer) from exc
         self._sock = sock
+        self._kernel_timeouts = _KERNEL_TIMEOUTS and self.ssl_context is None
+        if self._kernel_timeouts:
+            sock.settimeout(None)
+        self._set_timeout(self.timeout)
         self._decoder = MLLPDecoder()
-        self._frames = []
+        self._frames = deque()
         self._answered = False  # has this connection ever sent us a byte?
+
+    def _set_timeout(self, seconds: float) -> None:
+        """The timeout of each following send and receive on the socket."""
+        assert self._sock is not None
+        if self._kernel_timeouts:
+            sec, usec = divmod(max(int(seconds * 1e6), 1), 1_000_000)  # (0, 0) would mean "forever"
+            value = struct.pack("@ll", sec, usec)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+        else:
+            self._sock.settimeout(seconds)
+        self._sock_timeout = seconds
 
     def _connect_within(self, wait: float) -> None:
         """Connect, retrying an unreachable peer with short doubling waits for ``wait`` seconds in all."""
@@ -240,7 +277,8 @@ class MLLPSender:
             if attempt > 1:
                 time.sleep(self.retry.delay(attempt))
             try:
-                self._connect_within(self.retry.unreachable_wait)  # unreachable, TLS: final, not caught
+                if self._sock is None:
+                    self._connect_within(self.retry.unreachable_wait)  # unreachable, TLS: final, not caught
                 self._write(data)
                 ack = self._read_ack(control_id)
             except (PeerTimeoutError, PeerDisconnectedError) as exc:
@@ -310,32 +348,59 @@ class MLLPSender:
             control_id = message.control_id
         else:
             text = decode(message) if isinstance(message, bytes) else message
-            text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\x0b\x1c")
+            if "\n" in text:
+                text = text.replace("\r\n", "\r").replace("\n", "\r")
+            text = text.strip("\x0b\x1c")
             if not text.endswith("\r"):
                 text += "\r"
             control_id = _control_id(text)
-        return frame(text), control_id
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: no wire can carry them
+            raise HL7ParseError(f"message text is not valid Unicode: {exc.reason}") from exc
+        if VT in data or FS in data:
+            raise MLLPFramingError("message contains an MLLP block character (0x0B or 0x1C)")
+        return b"".join((VT, data, _END)), control_id
 
     def _write(self, data: bytes) -> None:
         assert self._sock is not None
         try:
-            self._sock.settimeout(self.timeout)
-            self._sock.sendall(data)
-        except TimeoutError as exc:
+            if self._sock_timeout != self.timeout:
+                self._set_timeout(self.timeout)
+            if not self._kernel_timeouts:
+                self._sock.sendall(data)  # Python's timeout bounds the whole call
+            elif (sent := self._sock.send(data)) < len(data):
+                self._send_rest(memoryview(data)[sent:])
+        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_SNDTIMEO
             raise PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer) from exc
         except OSError as exc:
             raise PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer) from exc
 
+    def _send_rest(self, rest: memoryview) -> None:
+        """The rest of a message the socket did not take at once, within :attr:`timeout` in all (a
+        peer that reads a byte now and then does not hold the sender longer)."""
+        assert self._sock is not None
+        deadline = time.monotonic() + self.timeout
+        while rest:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._set_timeout(remaining)
+            rest = rest[self._sock.send(rest):]
+
     def _read_ack(self, control_id: str) -> Ack:
         """The next ACK for ``control_id``; ACKs for other ids (stale, from earlier attempts) are skipped."""
         deadline = time.monotonic() + self.timeout
+        first = True
         while True:
             while self._frames:
-                item = self._frames.pop(0)
+                item = self._frames.popleft()
                 if isinstance(item, FrameError):
                     log.warning("%s: %s", self.peer, item.detail)
                     continue
-                ack = _as_ack(item)
+                ack = fast_ack(item)
+                if ack is None:
+                    ack = _as_ack(item)
                 if ack is None:
                     log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
                     continue
@@ -349,9 +414,11 @@ class MLLPSender:
                 raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s", peer=self.peer)
             assert self._sock is not None
             try:
-                self._sock.settimeout(remaining)
+                if not first or self._sock_timeout != self.timeout:  # the first wait: the full timeout
+                    self._set_timeout(remaining)
+                first = False
                 data = self._sock.recv(_READ_SIZE)
-            except TimeoutError as exc:
+            except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_RCVTIMEO
                 raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
                                        peer=self.peer) from exc
             except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
@@ -368,7 +435,7 @@ class MLLPSender:
                 raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
                                             peer=self.peer)
             self._answered = True
-            self._frames += self._decoder.feed(data)
+            self._frames.extend(self._decoder.feed(data))
 
 
 def _control_id(text: str) -> str:

@@ -212,7 +212,8 @@ class MessageStore:
                         self._bump(cur, "duplicates", dups)
                     cur.execute("COMMIT")
                 except BaseException:
-                    cur.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
+                        cur.execute("ROLLBACK")
                     raise
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot store messages in {self.path}: {exc}") from exc
