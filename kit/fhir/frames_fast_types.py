@@ -29,6 +29,7 @@ import msgspec
 import orjson
 from msgspec import Raw, Struct, field
 
+from kit.fhir import frames_columns as fc
 from kit.fhir import frames_extract as fx
 
 __all__ = ["DECODERS", "ROW", "TYPE_OF", "UNION", "Head"]
@@ -216,7 +217,7 @@ _PREF: dict[str, Any] = {}  # reference -> patient_ref: a few thousand patients,
 def _patient_ref(ref: str) -> Any:
     if len(_PREF) >= 65536:
         _PREF.clear()
-    pref = _PREF[ref] = fx._patient_ref(ref)
+    pref = _PREF[ref] = fc._patient_ref(ref)
     return pref
 
 
@@ -256,7 +257,7 @@ def _observation(o: Observation) -> tuple[Any, ...]:
             if pref is _PREF:
                 pref = _patient_ref(ref)
         else:
-            subject, pref, pid = fx._subject(o, s)  # type: ignore[arg-type]  # reads like a dict
+            subject, pref, pid = fc._subject(o, s)  # type: ignore[arg-type]  # reads like a dict
     eff = o.effectiveDateTime
     eff_end = None
     if eff is None:
@@ -307,8 +308,8 @@ def _observation(o: Observation) -> tuple[Any, ...]:
         rr_low, rr_high, rr_text, perf[0].reference if perf else None,
         [x.reference for x in members] if members else None,
         [x.reference for x in derived] if derived else None,
-        fx._note(notes) if notes else None, _components(comps) if comps else None,
-        fx._ext({"extension": orjson.loads(memoryview(ext))}) if ext else None,
+        fc._note(notes) if notes else None, _components(comps) if comps else None,
+        fc._ext({"extension": orjson.loads(memoryview(ext))}) if ext else None,
     )
 
 
