@@ -593,11 +593,17 @@ def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
     we parsed) freed right after.
     """
     urns: _Urns = {}
+    return _gather(_iter_resources(source, urns), extra, only), urns
+
+
+def _gather(items: Iterable[tuple[Mapping[str, Any], Any]], extra: Mapping[str, Sequence[ColumnSpec]],
+            only: str | None) -> dict[str, _Rows]:
+    """The rows of ``(resource, key)`` items per resource type (of type ``only`` if given)."""
     groups: dict[str, _Rows] = {}
     if only is not None:
         groups[only] = _Rows(only, extra.get(only, ()))
     try:
-        for r, key in _iter_resources(source, urns):
+        for r, key in items:
             rt = r["resourceType"]
             group = groups.get(rt)
             if group is None:
@@ -611,7 +617,7 @@ def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                                           source=f"{rt}/{_short(r.get('id'))}") from exc
     except _MALFORMED as exc:  # a malformed Bundle entry
         raise FhirValidationError(f"malformed Bundle entry: {_short(exc)}") from exc
-    return groups, urns
+    return groups
 
 
 class _Resolver:
@@ -623,6 +629,11 @@ class _Resolver:
         self.patients = {full: rid if rt == "Patient" else None for full, (rt, rid, _) in urns.items()}
 
     def apply(self, frame: pl.DataFrame, cols: Sequence[Col]) -> pl.DataFrame:
+        exprs = self.exprs(cols)
+        return frame.with_columns(exprs) if exprs else frame
+
+    def exprs(self, cols: Sequence[Col]) -> list[pl.Expr]:
+        """The replacements for the columns ``cols`` of one frame (none when nothing to resolve)."""
         exprs = []
         for col in cols:
             if col.role == "ref" and self.refs:
@@ -631,7 +642,7 @@ class _Resolver:
                              else c.replace(self.refs))
             elif col.name == "patient_ref" and self.patients:
                 exprs.append(pl.col("patient_ref").replace(self.patients))
-        return frame.with_columns(exprs) if exprs else frame
+        return exprs
 
 
 def _frame(resource_type: str, rows: list[tuple[Any, ...]], extra: Sequence[ColumnSpec],

@@ -50,7 +50,7 @@ from kit.fhir.frames import _entry_key, _listed, _scalar
 from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
 from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 
-__all__ = ["BATCH", "CHUNK", "collect"]
+__all__ = ["BATCH", "CHUNK", "blocks", "collect", "collect_block"]
 
 #: rows of one resource type turned into a partial frame at a time
 BATCH: Final = 1 << 13
@@ -310,27 +310,47 @@ def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:
         walker.item(data if i == 0 else _RAW.decode(data))
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    """The non-blank lines of an NDJSON file (optionally gzip), read :data:`CHUNK` bytes at a time."""
+def blocks(path: Path, chunk: int = CHUNK) -> Iterator[bytes]:
+    """An NDJSON file (optionally gzip) in blocks of whole lines, read ``chunk`` bytes at a time.
+
+    A block ends with a newline, except the file's last; a line longer than
+    ``chunk`` comes whole, in one block.
+    """
     opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
-        rest = b""
+        rest: list[bytes] = []
         while True:
-            chunk = fh.read(CHUNK)
-            if not chunk:
+            data = fh.read(chunk)
+            if not data:
                 break
-            cut = chunk.rfind(b"\n")
+            cut = data.rfind(b"\n")
             if cut < 0:
-                rest += chunk
+                rest.append(data)  # joined once the line ends (no quadratic copying)
                 continue
-            block, rest = rest + chunk[:cut + 1], chunk[cut + 1:]
-            _utf8(block)
-            for line in block.split(b"\n"):
-                if line.strip():
-                    yield line
-        if rest.strip():
-            _utf8(rest)
-            yield rest
+            rest.append(data[:cut + 1])
+            yield b"".join(rest)
+            rest = [data[cut + 1:]]
+        tail = b"".join(rest)
+        if tail:
+            yield tail
+
+
+def _block(block: bytes, walker: _Walker) -> None:
+    _utf8(block)
+    for line in block.split(b"\n"):
+        if line.strip():
+            walker.any(line)
+
+
+def collect_block(block: bytes, only: str | None,
+                  strict: bool) -> tuple[dict[str, pl.DataFrame], Urns] | None:
+    """:func:`collect` for one block of whole NDJSON lines (see :func:`blocks`), or None for the slow path."""
+    walker = _Walker(only, strict)
+    try:
+        _block(block, walker)
+        return walker.frames(), walker.urns
+    except (_GiveUp, *_MALFORMED):
+        return None
 
 
 def collect(source: Any, only: str | None, strict: bool) -> tuple[dict[str, pl.DataFrame], Urns] | None:
@@ -356,8 +376,8 @@ def collect(source: Any, only: str | None, strict: bool) -> tuple[dict[str, pl.D
             path = Path(source)
             name = path.name.lower()
             if name.endswith(_NDJSON):
-                for line in _lines(path):
-                    walker.any(line)
+                for block in blocks(path):
+                    _block(block, walker)
             elif name.endswith(".gz"):
                 data = gzip.decompress(path.read_bytes())
                 _utf8(data)
