@@ -224,7 +224,7 @@ class _Walker:
         if group is None:
             group = self.groups[rt] = _Group(rt, self.strict)
         row = ROW[rt](r)
-        if full is not None:
+        if full is not None and (r.id is None or full[:4] == "urn:"):  # else _urn notes nothing
             key = self._urn(full, rt, r.id)
             if key is not None:
                 row = (key, *row[1:])

@@ -41,19 +41,23 @@ _EMPTY = Raw()
 
 
 class _S(Struct, gc=False):
-    """A struct that reads like the dict it was decoded from (``get``; ``Raw`` parsed when read)."""
+    """A struct that reads like the dict it was decoded from (``get``, ``[]``; ``None`` when absent)."""
 
     def get(self, key: str, default: Any = None) -> Any:
-        v = getattr(self, _ALIASES.get(key, key), default)
-        if v.__class__ is Raw:
-            return orjson.loads(memoryview(v)) if v else default
-        return v
+        return getattr(self, key, default)
 
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
 
 
-_ALIASES: Final = {"class": "class_"}
+class _SRaw(_S):
+    """:class:`_S` with ``Raw`` fields, parsed by orjson when read (as the slow path reads them)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        v = getattr(self, key, default)
+        if v.__class__ is Raw:
+            return orjson.loads(memoryview(v)) if v else default
+        return v
 
 
 class Head(Struct, gc=False):
@@ -101,7 +105,7 @@ class Note(_S):
     text: str | None = None
 
 
-class _R(_S):
+class _R(_SRaw):
     """Keys every resource may be read by: id, meta, extension, contained (``#`` subjects)."""
 
     id: str | None = None
@@ -421,6 +425,9 @@ class Encounter(_R, tag="Encounter", tag_field="resourceType"):
     hospitalization: Hospitalization | None = None
     identifier: list[Identifier] | None = None
 
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get("class_" if key == "class" else key, default)
+
 
 class Attachment(_S):
     contentType: str | None = None
@@ -449,7 +456,7 @@ class DiagnosticReport(_R, tag="DiagnosticReport", tag_field="resourceType"):
     presentedForm: list[Attachment] | None = None
 
 
-class Series(_S):
+class Series(_SRaw):
     uid: str | None = None
     modality: Raw = _EMPTY  # only its presence decides whether it counts: read as the slow path reads it
 
