@@ -83,6 +83,10 @@ resources are streamed through the extractors in one pass and, when kit parsed
 the JSON itself, each one is freed right after its row is taken, while still
 in the CPU cache (objects the caller passes in are never modified); list
 columns are built flat and regrouped in polars.
+
+Larger than memory: :func:`kit.fhir.frames_stream.ndjson_to_parquet` writes the
+same frames for an NDJSON export of any size to parquet, one file per resource
+type, holding one block of input and one batch of rows per type at a time.
 """
 
 from __future__ import annotations
