@@ -184,6 +184,13 @@ def speed(n: int) -> None:
         def count_gc(phase: str, info: dict[str, int]) -> None:
             collections[0] += phase == "start"
 
+        def kit_call() -> Any:
+            gc.callbacks.append(count_gc)  # collections inside the call only
+            try:
+                return to_frames(path)
+            finally:
+                gc.callbacks.remove(count_gc)
+
         # one untimed call each on a small Bundle first: first-call costs (lazy imports, caches) on both sides
         warm = Path(tmp) / "warm.json"
         warm.write_text(json.dumps(make_bundle(500, seed=1)))
@@ -195,12 +202,7 @@ def speed(n: int) -> None:
         shapes: dict[str, Any] = {}
         for r in range(ROUNDS):  # interleaved, so a busy moment hits both sides alike
             kept: list[Any] = []
-            gc.callbacks.append(count_gc)
-            try:
-                kit_rates.append(_time(f"kit to_frames (Bundle file, typed) #{r + 1}",
-                                       lambda: to_frames(path), n, kept))
-            finally:
-                gc.callbacks.remove(count_gc)
+            kit_rates.append(_time(f"kit to_frames (Bundle file, typed) #{r + 1}", kit_call, n, kept))
             shapes["kit"] = {k: v.shape for k, v in kept.pop().items()}
             fhiry_rates.append(_time(f"fhiry Fhiry().process_file (pandas) #{r + 1}",
                                      lambda: Fhiry().process_file(str(path)), n, kept))

@@ -42,7 +42,7 @@ from kit.fhir import frames_fast
 __all__ = ["BATCH_ROWS", "CHUNK", "ndjson_to_parquet"]
 
 #: bytes of NDJSON read (and held as Python objects) at a time
-CHUNK: Final = frames_fast.CHUNK
+CHUNK: Final = 1 << 22
 #: rows of one resource type held before they are spilled to disk
 BATCH_ROWS: Final = 1 << 16
 
