@@ -210,20 +210,29 @@ def _spill_all(path: Path, scratch: Path, only: str | None, strict: bool, chunk:
 
 
 def _write(spills: dict[str, _Spill], urns: dict[str, tuple[str, str, bool]], out: Path) -> dict[str, Path]:
-    """Stream each type's spills into ``<out>/<type>.parquet`` (references resolved), renamed when done."""
+    """Stream each type's spills into ``<out>/<type>.parquet`` (references resolved).
+
+    Every file is written under a temporary name first and all are renamed once all
+    are complete, so a failure leaves no partial result.
+    """
     resolver = _frames._Resolver(urns) if urns else None
-    written: dict[str, Path] = {}
-    for rt, spill in spills.items():
-        lf = pl.scan_ipc(spill.files)
-        if resolver is not None:
-            exprs = resolver.exprs(_frames._columns_for(rt, ()))
-            if exprs:
-                lf = lf.with_columns(exprs)
-        final = out / f"{rt}.parquet"
-        tmp = out / f".{rt}.parquet.part"
-        lf.sink_parquet(tmp)
-        os.replace(tmp, final)
-        for f in spill.files:
-            f.unlink()
-        written[rt] = final
-    return written
+    parts: dict[str, Path] = {}
+    try:
+        for rt, spill in spills.items():
+            lf = pl.scan_ipc(spill.files)
+            if resolver is not None:
+                exprs = resolver.exprs(_frames._columns_for(rt, ()))
+                if exprs:
+                    lf = lf.with_columns(exprs)
+            parts[rt] = out / f".{rt}.parquet.part"
+            lf.sink_parquet(parts[rt])
+            for f in spill.files:
+                f.unlink()
+        written = {}
+        for rt, part in parts.items():
+            written[rt] = out / f"{rt}.parquet"
+            os.replace(part, written[rt])
+        return written
+    finally:
+        for part in parts.values():
+            part.unlink(missing_ok=True)

@@ -177,3 +177,28 @@ def test_misuse_and_unreadable_input_raise_typed_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError):
         ndjson_to_parquet(truncated, tmp_path / "out2", chunk=1024)
     assert list((tmp_path / "out2").iterdir()) == []
+
+
+def test_a_failed_write_leaves_the_previous_result_whole(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk that fails half-way (mocked: a real one cannot be made to) renames nothing and cleans up."""
+    path = write_ndjson(tmp_path / "export.ndjson", lines_of(6))
+    out = tmp_path / "out"
+    first = ndjson_to_parquet(path, out, chunk=4096)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    sink = pl.LazyFrame.sink_parquet
+    calls = [0]
+
+    def failing(self: pl.LazyFrame, target: Any, *args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 3:
+            Path(target).write_bytes(b"PAR1 half")  # a partial file, then the disk is full
+            raise OSError(28, "No space left on device")
+        return sink(self, target, *args, **kwargs)
+
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", failing)
+    other = write_ndjson(tmp_path / "other.ndjson", lines_of(7))  # a new export: other content
+    with pytest.raises(InvalidInputError, match="No space left"):
+        ndjson_to_parquet(other, out, chunk=4096)
+    assert calls[0] == 3 and len(first) > 3
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
