@@ -10,11 +10,12 @@ the rest without building it, so there is no full parse of every resource and
 far less to free; one tagged-union decode routes each resource by its
 ``resourceType``. A ``.json`` file is memory-mapped and split into entries as raw
 JSON; NDJSON is read in chunks of whole lines (:data:`CHUNK`); rows are kept flat
-and turned into partial frames every :data:`BATCH` rows, joined into one contiguous
-frame at the end. Both are small on purpose: the work is bound by memory latency,
-not by the interpreter, and a batch of 1,024 rows is turned into columns while its
-strings are still in the CPU cache (8,192-row batches ran 2-3x slower on a busy
-machine, whose other processes share the cache; 1 MiB chunks beat 4 MiB likewise).
+and turned into partial frames every :data:`BATCH` rows, merged into contiguous
+chunks of ``BATCH * MERGE`` rows (65,536; a longer frame comes in such chunks).
+Both are small on purpose: the work is bound by memory latency, not by the
+interpreter, and a batch of 1,024 rows is turned into columns while its strings
+are still in the CPU cache (8,192-row batches ran 2-3x slower on a busy machine,
+whose other processes share the cache; 1 MiB chunks beat 4 MiB likewise).
 Memory stays bounded by the chunk and the batch plus the frames built so far.
 
 How it stays equal to the slow path, in one rule: it either builds exactly the
@@ -53,10 +54,12 @@ from kit.fhir.frames import _entry_key, _listed, _scalar
 from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
 from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 
-__all__ = ["BATCH", "CHUNK", "blocks", "collect", "collect_block"]
+__all__ = ["BATCH", "CHUNK", "MERGE", "blocks", "collect", "collect_block"]
 
 #: rows of one resource type turned into a partial frame at a time
 BATCH: Final = 1 << 10
+#: partial frames merged into one contiguous chunk (a long frame comes in chunks of BATCH * MERGE rows)
+MERGE: Final = 64
 #: bytes of NDJSON read at a time (whole lines)
 CHUNK: Final = 1 << 20
 
@@ -95,10 +98,12 @@ class _Group:
     """Rows of one resource type, turned into partial frames every :data:`BATCH` rows.
 
     The rows are kept flat, one after the other in one list (``flat``), and split
-    into columns by strided slices: far cheaper than transposing tuples.
+    into columns by strided slices: far cheaper than transposing tuples. Every
+    :data:`MERGE` partial frames are merged into one contiguous chunk (a copy of
+    that many rows at a time, not of the whole frame).
     """
 
-    __slots__ = ("rtype", "cols", "flat", "width", "limit", "parts", "clean", "strict")
+    __slots__ = ("rtype", "cols", "flat", "width", "limit", "parts", "merged", "clean", "strict")
 
     def __init__(self, rtype: str, strict: bool) -> None:
         self.rtype = rtype
@@ -107,6 +112,7 @@ class _Group:
         self.limit = BATCH * self.width
         self.flat: list[Any] = []
         self.parts: list[pl.DataFrame] = []
+        self.merged: list[pl.DataFrame] = []
         self.clean = True  # every row came from a typed struct (scalars of the columns' JSON types)
         self.strict = strict
 
@@ -121,12 +127,20 @@ class _Group:
         flat, self.flat = self.flat, []
         self.parts.append(_build(self.cols, flat, self.rtype, self.strict, self.clean))
         self.clean = True
+        if len(self.parts) >= MERGE:
+            self._merge()
+
+    def _merge(self) -> None:
+        parts, self.parts = self.parts, []
+        self.merged.append(parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True))
 
     def frame(self) -> pl.DataFrame:
-        if self.flat or not self.parts:
+        if self.flat or not (self.parts or self.merged):
             self.flush()
-        parts, self.parts = self.parts, []
-        return parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True)
+        if self.parts:
+            self._merge()
+        merged, self.merged = self.merged, []
+        return merged[0] if len(merged) == 1 else pl.concat(merged, rechunk=False)
 
 
 def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,

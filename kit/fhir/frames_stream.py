@@ -1,8 +1,8 @@
 """NDJSON exports of any size to typed frames on disk, one parquet file per resource type.
 
 :func:`ndjson_to_parquet` gives the frames :func:`kit.fhir.frames.to_frames` gives
-for the same NDJSON file (the same columns, types, rows in the same order, the
-same errors), but never holds more than one block of the input and one batch of
+for the same NDJSON file (the same columns, types, rows in the same order; an
+error of the same class where it fails), but never holds more than one block of the input and one batch of
 rows per resource type in memory: the file is read :data:`CHUNK` bytes of whole
 lines at a time; each block goes the fast path (:func:`kit.fhir.frames_fast.collect_block`)
 or, when that declines, the slow path (orjson dicts through
@@ -16,7 +16,10 @@ by the block and the batch, not by the export.
 Why block by block equals the whole file: the fast path either gives exactly the
 slow path's frames or declines, so any mix of fast and slow blocks gives the
 slow path's frames; the rows of a frame do not depend on other rows, except
-``urn:`` references, which are resolved once all blocks are read.
+``urn:`` references, which are resolved once all blocks are read. One difference:
+errors are found block by block, so in a file with several bad values the error
+may name another one than the in-memory path (which checks a column over all rows
+before the next column).
 
 Written by hand: the blocking and spilling (polars has no incremental parquet
 writer for frames built in Python; its streaming ``sink_parquet`` writes the result).
@@ -147,7 +150,8 @@ def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike
     Raises
     ------
     FhirValidationError
-        Malformed input or (strict) a value that does not parse, as the in-memory path.
+        Malformed input or (strict) a value that does not parse, where the in-memory
+        path raises it (see the module docstring for which bad value it names).
     InvalidInputError
         ``source`` is not an NDJSON file, cannot be read, or ``out_dir`` cannot be written;
         ``chunk`` or ``batch_rows`` is not positive; ``resource_type`` is not a FHIR type.
