@@ -529,15 +529,26 @@ def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
     first = lens[0]
     if first and lens.count(first) == n:  # the same number of items in every row
         return items.select(value.alias(col.name)).to_series().reshape((n, first)).cast(col.dtype)
-    row = pl.Series("_r", lens, dtype=pl.UInt32)
-    rows = pl.select(pl.int_range(n, dtype=pl.UInt32).repeat_by(row).explode().drop_nulls()).to_series()
-    grouped = items.with_columns(rows.alias("_r").set_sorted()).group_by(
-        "_r", maintain_order=True).agg(value.alias(col.name))
-    if grouped.height == n:  # no empty rows
-        return grouped.get_column(col.name).cast(col.dtype)
-    full = pl.DataFrame({"_r": pl.arange(0, n, eager=True, dtype=pl.UInt32)}).join(
-        grouped, on="_r", how="left", maintain_order="left")
-    return full.get_column(col.name).cast(col.dtype)
+    # the rows with items, grouped (reshaped when they all have as many), then put in place by
+    # one gather: the rows without items are null
+    filled = [i for i, m in enumerate(lens) if m]
+    counts = [lens[i] for i in filled]
+    if not counts:
+        return pl.Series(col.name, [None] * n, dtype=col.dtype)
+    if counts.count(counts[0]) == len(counts):
+        lists = items.select(value.alias(col.name)).to_series().reshape((len(counts), counts[0]))
+    else:
+        row = pl.Series("_r", counts, dtype=pl.UInt32)
+        rows = pl.select(pl.int_range(len(counts), dtype=pl.UInt32).repeat_by(row).explode()).to_series()
+        lists = items.with_columns(rows.alias("_r").set_sorted()).group_by(
+            "_r", maintain_order=True).agg(value.alias(col.name)).get_column(col.name)
+    lists = lists.cast(col.dtype)
+    if len(counts) == n:
+        return lists
+    where = [len(counts)] * n
+    for j, i in enumerate(filled):
+        where[i] = j
+    return pl.concat([lists, pl.Series(col.name, [None], dtype=col.dtype)]).gather(where)
 
 
 def _build(cols: Sequence[Col], rows: list[tuple[Any, ...]], resource_type: str,
