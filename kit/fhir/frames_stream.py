@@ -16,10 +16,11 @@ by the block and the batch, not by the export.
 Why block by block equals the whole file: the fast path either gives exactly the
 slow path's frames or declines, so any mix of fast and slow blocks gives the
 slow path's frames; the rows of a frame do not depend on other rows, except
-``urn:`` references, which are resolved once all blocks are read. One difference:
+``urn:`` references, which are resolved once all blocks are read. Two differences:
 errors are found block by block, so in a file with several bad values the error
 may name another one than the in-memory path (which checks a column over all rows
-before the next column).
+before the next column); and a ``resourceType`` that is not a plain name
+(``[A-Z][A-Za-z0-9]*``; it names a file) raises instead of getting a generic frame.
 
 Written by hand: the blocking and spilling (polars has no incremental parquet
 writer for frames built in Python; its streaming ``sink_parquet`` writes the result).
@@ -28,6 +29,7 @@ writer for frames built in Python; its streaming ``sink_parquet`` writes the res
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -50,6 +52,8 @@ CHUNK: Final = 1 << 22
 BATCH_ROWS: Final = 1 << 16
 
 _NDJSON: Final = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
+#: what a resourceType must look like to name a file (FHIR's names are letters only)
+_TYPE_NAME: Final = re.compile(r"[A-Z][A-Za-z0-9]{0,63}", re.ASCII)
 
 
 class _Spill:
@@ -202,6 +206,9 @@ def _spill_all(path: Path, scratch: Path, only: str | None, strict: bool, chunk:
             for rt, frame in _block_frames(block, line, label, only, strict, urns).items():
                 spill = spills.get(rt)
                 if spill is None:
+                    if not _TYPE_NAME.fullmatch(rt):  # it names files: no paths, no odd names
+                        raise FhirValidationError(f"resourceType {rt[:80]!r} is not a resource type name",
+                                                  source=f"{label}:{line}")
                     spill = spills[rt] = _Spill(rt, scratch, batch_rows)
                 if frame.height:
                     spill.add(frame)

@@ -202,3 +202,17 @@ def test_a_failed_write_leaves_the_previous_result_whole(tmp_path: Path,
         ndjson_to_parquet(other, out, chunk=4096)
     assert calls[0] == 3 and len(first) > 3
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("rtype", ["../../evil", "/tmp/evil", "Patient/../x", "a b", "", "É"])
+def test_a_resource_type_that_is_no_plain_name_names_no_file(rtype: str, tmp_path: Path) -> None:
+    """resourceType names the output file: a path or odd name raises, and nothing is written anywhere."""
+    good = write_ndjson(tmp_path / "good.ndjson", lines_of(1)).read_bytes()
+    path = tmp_path / "x" / "export.ndjson"
+    path.parent.mkdir()
+    path.write_bytes(good + dumps({"resourceType": rtype, "id": "1"}) + b"\n")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(FhirValidationError):
+        ndjson_to_parquet(path, tmp_path / "x" / "out", chunk=1024)
+    assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "x" / "out"])
+    assert list((tmp_path / "x" / "out").iterdir()) == []
