@@ -481,6 +481,24 @@ def _scalar(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
     return pl.Series(col.name, clean, dtype=dtype)
 
 
+_FIELDS: dict[int, tuple[Any, tuple[Col, ...]]] = {}
+
+
+def _fields_of(inner: pl.DataType) -> tuple[Col, ...]:
+    """The item columns of a list column's inner dtype (cached: dtype comparisons are slow)."""
+    hit = _FIELDS.get(id(inner))
+    if hit is not None and hit[0] is inner:  # the cache holds ``inner``, so its id is not reused
+        return hit[1]
+    if isinstance(inner, pl.Struct):
+        fields = tuple(Col(f.name, *_kind_of(f.dtype)) for f in inner.fields)
+    else:
+        fields = (Col("_v", _kind_of(inner)[0]),)
+    if len(_FIELDS) >= 256:
+        _FIELDS.clear()
+    _FIELDS[id(inner)] = (inner, fields)
+    return fields
+
+
 def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Series:
     """A List column built flat (one row per item) and grouped back: far faster than nested lists.
 
@@ -493,13 +511,7 @@ def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
     assert inner is not None
     if not any(values):
         return pl.Series(col.name, [None] * n, dtype=col.dtype)
-    fields: list[Col] = []
-    if isinstance(inner, pl.Struct):
-        for f in inner.fields:
-            kind, inner_dtype = _kind_of(f.dtype)
-            fields.append(Col(f.name, kind, inner_dtype))
-    else:
-        fields.append(Col("_v", _kind_of(inner)[0]))
+    fields = _fields_of(inner)
     names = [f.name for f in fields]
     k = len(names)
     sample = next(xs for xs in values if xs)

@@ -11,6 +11,7 @@ coerced) are described in :mod:`kit.fhir.frames_extract`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -70,7 +71,7 @@ class Col:
         if self.kind in ("list", "structs") and self.inner is None:
             raise ValueError(f"column {self.name}: kind {self.kind} needs an inner dtype")
 
-    @property
+    @functools.cached_property  # built once: a List dtype is rebuilt on every call otherwise
     def dtype(self) -> pl.DataType:
         """The polars dtype of the finished column."""
         if self.kind in ("list", "structs"):
