@@ -50,7 +50,8 @@ import orjson
 import polars as pl
 from msgspec import Raw, Struct
 
-from kit.fhir.frames import _entry_key, _listed, _scalar
+from kit.fhir.frames import _entry_key
+from kit.fhir.frames_build import _listed, _scalar
 from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
 from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 
@@ -145,7 +146,7 @@ class _Group:
 
 def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
            clean: bool) -> pl.DataFrame:
-    """:func:`kit.fhir.frames._build` for typed rows: the same series, without re-checking JSON types.
+    """:func:`kit.fhir.frames_build._build` for typed rows: the same series, without re-checking JSON types.
 
     A typed struct holds only str, bool, int64 and float scalars, so where the slow
     path's first ``pl.Series`` attempt succeeds, it returns that series too.
