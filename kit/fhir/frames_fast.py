@@ -50,6 +50,7 @@ import orjson
 import polars as pl
 from msgspec import Raw, Struct
 
+from kit.errors import FhirValidationError
 from kit.fhir.frames import _entry_key
 from kit.fhir.frames_build import _listed, _scalar
 from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
@@ -126,7 +127,11 @@ class _Group:
 
     def flush(self) -> None:
         flat, self.flat = self.flat, []
-        self.parts.append(_build(self.cols, flat, self.rtype, self.strict, self.clean))
+        try:
+            part = _build(self.cols, flat, self.rtype, self.strict, self.clean)
+        except FhirValidationError as exc:  # its message counts this batch's bad values only:
+            raise _GiveUp from exc  # the slow path reports them over the whole column
+        self.parts.append(part)
         self.clean = True
         if len(self.parts) >= MERGE:
             self._merge()
