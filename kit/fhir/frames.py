@@ -83,6 +83,10 @@ resources are streamed through the extractors in one pass and, when kit parsed
 the JSON itself, each one is freed right after its row is taken, while still
 in the CPU cache (objects the caller passes in are never modified); list
 columns are built flat and regrouped in polars.
+
+Larger than memory: :func:`kit.fhir.frames_stream.ndjson_to_parquet` writes the
+same frames for an NDJSON export of any size to parquet, one file per resource
+type, holding one block of input and one batch of rows per type at a time.
 """
 
 from __future__ import annotations
@@ -94,7 +98,6 @@ import mmap
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +105,7 @@ import orjson
 import polars as pl
 
 from kit.errors import FhirValidationError, InvalidInputError
+from kit.fhir.frames_build import _build, _kind_of, _short
 from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
 
 __all__ = [
@@ -122,31 +126,6 @@ Source = Mapping[str, Any] | Iterable[Mapping[str, Any]] | str | os.PathLike[str
 
 
 # --------------------------------------------------------------------------- FHIRPath columns
-
-def _kind_of(dtype: Any) -> tuple[str, pl.DataType | None]:
-    """Column kind and (for lists) inner dtype of a polars dtype."""
-    if isinstance(dtype, type):
-        dtype = dtype()
-    if isinstance(dtype, pl.List):
-        inner = dtype.inner
-        if isinstance(inner, type):
-            inner = inner()
-        return ("structs" if isinstance(inner, pl.Struct) else "list"), inner
-    if dtype == pl.Utf8:
-        return "str", None
-    if dtype.is_float():
-        return "float", None
-    if dtype.is_integer():
-        return "int", None
-    if dtype == pl.Boolean:
-        return "bool", None
-    if dtype == pl.Date:
-        return "date", None
-    if isinstance(dtype, pl.Datetime):
-        return "datetime", None
-    raise InvalidInputError(f"ColumnSpec dtype {dtype} is not supported "
-                            "(use Utf8, Float64, Int64, Boolean, Date, Datetime or List of them)")
-
 
 @dataclasses.dataclass(frozen=True)
 class ColumnSpec:
@@ -391,167 +370,6 @@ def read_resources(source: Source) -> tuple[list[Mapping[str, Any]], dict[str, s
     return out, {full: rid for full, (_, rid, _) in urns.items()}
 
 
-# --------------------------------------------------------------------------- building columns
-
-_DT_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%z"
-
-
-def _datetime_fast(raw: pl.Series) -> pl.Series:
-    """Full FHIR dateTimes/instants (the usual case) in one pass; partial ones go the slow way."""
-    out = raw.str.replace("Z", "+00:00", literal=True).str.to_datetime(
-        _DT_FORMAT, strict=False, time_unit="us", time_zone="UTC")
-    if out.null_count() != raw.null_count():
-        out = out.fill_null(raw.to_frame().select(_datetime_expr(pl.col(raw.name))).to_series())
-    return out
-
-
-def _datetime_expr(s: pl.Expr) -> pl.Expr:
-    s = s.str.replace(r"Z$", "+00:00")
-    n = s.str.len_bytes()
-    s = (pl.when(n == 4).then(s + "-01-01T00:00:00+00:00")
-         .when(n == 7).then(s + "-01T00:00:00+00:00")
-         .when(n == 10).then(s + "T00:00:00+00:00")
-         .when(s.str.contains(r"[+-]\d\d:\d\d$")).then(s)
-         .otherwise(s + "+00:00"))
-    return s.str.to_datetime(_DT_FORMAT, strict=False, time_unit="us", time_zone="UTC")
-
-
-def _date_expr(s: pl.Expr) -> pl.Expr:
-    n = s.str.len_bytes()
-    s = (pl.when(n == 4).then(s + "-01-01").when(n == 7).then(s + "-01")
-         .otherwise(s.str.slice(0, 10)))
-    return s.str.to_date("%Y-%m-%d", strict=False)
-
-
-def _check(raw: pl.Series, out: pl.Series, what: str, strict: bool) -> pl.Series:
-    if strict and out.null_count() != raw.null_count():
-        bad = raw.filter(out.is_null() & raw.is_not_null())
-        raise FhirValidationError(f"{what}: {bad.len()} value(s) are not valid, e.g. {bad[0]!r}")
-    return out
-
-
-_INT64 = (-(2**63), 2**63)
-
-
-def _fits(kind: str, v: Any) -> bool:
-    """Whether ``v`` is a JSON value of the type a ``kind`` column holds (bool is not a number)."""
-    cls = v.__class__
-    if kind == "str":
-        return cls is str or isinstance(v, str)
-    if kind == "bool":
-        return cls is bool
-    if cls is bool or not isinstance(v, (int, float)):
-        return False
-    if kind == "int":
-        return isinstance(v, int) and _INT64[0] <= v < _INT64[1]
-    return isinstance(v, float) or -(2**1023) < v < 2**1023  # a float column: float(v) must not overflow
-
-
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _scalar(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Series:
-    kind = col.kind
-    if kind in ("date", "datetime"):
-        raw = _scalar(Col(col.name), values, what, strict)
-        if kind == "datetime":
-            return _check(raw, _datetime_fast(raw), what, strict)
-        return _check(raw, raw.to_frame().select(_date_expr(pl.col(col.name))).to_series(), what, strict)
-    dtype = col.dtype
-    try:
-        out = pl.Series(col.name, values, dtype=dtype)
-    except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-        pass
-    else:  # polars takes true/false as numbers: the one coercion left to catch
-        if kind not in ("int", "float") or not any(v.__class__ is bool for v in values):
-            return out
-    # values of the wrong JSON type: FhirValidationError, or (strict=False) null
-    bad = [i for i, v in enumerate(values) if v is not None and not _fits(kind, v)]
-    if strict and bad:
-        raise FhirValidationError(f"{what}: not a {kind}: {_short(values[bad[0]])}")
-    clean = list(values)
-    for i in bad:
-        clean[i] = None
-    return pl.Series(col.name, clean, dtype=dtype)
-
-
-def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Series:
-    """A List column built flat (one row per item) and grouped back: far faster than nested lists.
-
-    Struct items come either flattened into one tuple per row (the extractors:
-    ``(f1, f2, f1, f2, ...)``, built while the resource is hot in the CPU cache
-    and split here by C-level slicing) or as a list of dicts (FHIRPath columns).
-    """
-    n = len(values)
-    inner = col.inner
-    assert inner is not None
-    if not any(values):
-        return pl.Series(col.name, [None] * n, dtype=col.dtype)
-    fields: list[Col] = []
-    if isinstance(inner, pl.Struct):
-        for f in inner.fields:
-            kind, inner_dtype = _kind_of(f.dtype)
-            fields.append(Col(f.name, kind, inner_dtype))
-    else:
-        fields.append(Col("_v", _kind_of(inner)[0]))
-    names = [f.name for f in fields]
-    k = len(names)
-    sample = next(xs for xs in values if xs)
-    flat: list[Sequence[Any]]
-    if sample.__class__ is tuple:  # extractor output: struct fields flattened
-        lens = [len(xs) // k if xs else 0 for xs in values]
-        flat_values = list(chain.from_iterable(xs for xs in values if xs))
-        if len(flat_values) != k * sum(lens):
-            raise FhirValidationError(f"{what}: malformed struct items")
-        flat = [flat_values[j::k] for j in range(k)]
-    else:
-        lens = [len(xs) if xs.__class__ is list else (0 if xs is None else -1) for xs in values]
-        if min(lens) < 0:  # single items: wrap them
-            values = [xs if xs is None or xs.__class__ is list else [xs] for xs in values]
-            lens = [len(xs) if xs else 0 for xs in values]
-        flat_items = list(chain.from_iterable(xs for xs in values if xs))
-        if not isinstance(inner, pl.Struct):
-            flat = [flat_items]
-        else:
-            try:
-                flat = [[x.get(name) for x in flat_items] for name in names]
-            except AttributeError as exc:
-                raise FhirValidationError(f"{what}: malformed list item: {exc}") from exc
-    items = pl.DataFrame([_scalar(f, acc, f"{what}.{f.name}", strict)
-                          for f, acc in zip(fields, flat, strict=True)])
-    value = pl.struct(names) if isinstance(inner, pl.Struct) else pl.col("_v")
-    first = lens[0]
-    if first and lens.count(first) == n:  # the same number of items in every row
-        return items.select(value.alias(col.name)).to_series().reshape((n, first)).cast(col.dtype)
-    row = pl.Series("_r", lens, dtype=pl.UInt32)
-    rows = pl.select(pl.int_range(n, dtype=pl.UInt32).repeat_by(row).explode().drop_nulls()).to_series()
-    grouped = items.with_columns(rows.alias("_r").set_sorted()).group_by(
-        "_r", maintain_order=True).agg(value.alias(col.name))
-    if grouped.height == n:  # no empty rows
-        return grouped.get_column(col.name).cast(col.dtype)
-    full = pl.DataFrame({"_r": pl.arange(0, n, eager=True, dtype=pl.UInt32)}).join(
-        grouped, on="_r", how="left", maintain_order="left")
-    return full.get_column(col.name).cast(col.dtype)
-
-
-def _build(cols: Sequence[Col], rows: list[tuple[Any, ...]], resource_type: str,
-           strict: bool) -> pl.DataFrame:
-    columns: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
-    series = []
-    for col, values in zip(cols, columns, strict=True):
-        what = f"{resource_type}.{col.name}"
-        try:
-            if col.kind in ("list", "structs"):
-                series.append(_listed(col, values, what, strict))
-            else:
-                series.append(_scalar(col, values, what, strict))
-        except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError) as exc:
-            raise FhirValidationError(f"{what}: malformed values ({type(exc).__name__}: {exc})") from exc
-    return pl.DataFrame(series)
-
-
 def _columns_for(resource_type: str, extra: Sequence[ColumnSpec]) -> tuple[Col, ...]:
     base = SCHEMAS.get(resource_type, GENERIC_SCHEMA)
     if not extra:
@@ -593,11 +411,17 @@ def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
     we parsed) freed right after.
     """
     urns: _Urns = {}
+    return _gather(_iter_resources(source, urns), extra, only), urns
+
+
+def _gather(items: Iterable[tuple[Mapping[str, Any], Any]], extra: Mapping[str, Sequence[ColumnSpec]],
+            only: str | None) -> dict[str, _Rows]:
+    """The rows of ``(resource, key)`` items per resource type (of type ``only`` if given)."""
     groups: dict[str, _Rows] = {}
     if only is not None:
         groups[only] = _Rows(only, extra.get(only, ()))
     try:
-        for r, key in _iter_resources(source, urns):
+        for r, key in items:
             rt = r["resourceType"]
             group = groups.get(rt)
             if group is None:
@@ -611,7 +435,7 @@ def _collect(source: Source, extra: Mapping[str, Sequence[ColumnSpec]],
                                           source=f"{rt}/{_short(r.get('id'))}") from exc
     except _MALFORMED as exc:  # a malformed Bundle entry
         raise FhirValidationError(f"malformed Bundle entry: {_short(exc)}") from exc
-    return groups, urns
+    return groups
 
 
 class _Resolver:
@@ -623,6 +447,11 @@ class _Resolver:
         self.patients = {full: rid if rt == "Patient" else None for full, (rt, rid, _) in urns.items()}
 
     def apply(self, frame: pl.DataFrame, cols: Sequence[Col]) -> pl.DataFrame:
+        exprs = self.exprs(cols)
+        return frame.with_columns(exprs) if exprs else frame
+
+    def exprs(self, cols: Sequence[Col]) -> list[pl.Expr]:
+        """The replacements for the columns ``cols`` of one frame (none when nothing to resolve)."""
         exprs = []
         for col in cols:
             if col.role == "ref" and self.refs:
@@ -631,7 +460,7 @@ class _Resolver:
                              else c.replace(self.refs))
             elif col.name == "patient_ref" and self.patients:
                 exprs.append(pl.col("patient_ref").replace(self.patients))
-        return frame.with_columns(exprs) if exprs else frame
+        return exprs
 
 
 def _frame(resource_type: str, rows: list[tuple[Any, ...]], extra: Sequence[ColumnSpec],

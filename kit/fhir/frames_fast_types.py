@@ -29,6 +29,7 @@ import msgspec
 import orjson
 from msgspec import Raw, Struct, field
 
+from kit.fhir import frames_columns as fc
 from kit.fhir import frames_extract as fx
 
 __all__ = ["DECODERS", "ROW", "TYPE_OF", "UNION", "Head"]
@@ -40,19 +41,23 @@ _EMPTY = Raw()
 
 
 class _S(Struct, gc=False):
-    """A struct that reads like the dict it was decoded from (``get``; ``Raw`` parsed when read)."""
+    """A struct that reads like the dict it was decoded from (``get``, ``[]``; ``None`` when absent)."""
 
     def get(self, key: str, default: Any = None) -> Any:
-        v = getattr(self, _ALIASES.get(key, key), default)
-        if v.__class__ is Raw:
-            return orjson.loads(memoryview(v)) if v else default
-        return v
+        return getattr(self, key, default)
 
     def __getitem__(self, key: str) -> Any:
         return self.get(key)
 
 
-_ALIASES: Final = {"class": "class_"}
+class _SRaw(_S):
+    """:class:`_S` with ``Raw`` fields, parsed by orjson when read (as the slow path reads them)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        v = getattr(self, key, default)
+        if v.__class__ is Raw:
+            return orjson.loads(memoryview(v)) if v else default
+        return v
 
 
 class Head(Struct, gc=False):
@@ -100,7 +105,7 @@ class Note(_S):
     text: str | None = None
 
 
-class _R(_S):
+class _R(_SRaw):
     """Keys every resource may be read by: id, meta, extension, contained (``#`` subjects)."""
 
     id: str | None = None
@@ -216,7 +221,7 @@ _PREF: dict[str, Any] = {}  # reference -> patient_ref: a few thousand patients,
 def _patient_ref(ref: str) -> Any:
     if len(_PREF) >= 65536:
         _PREF.clear()
-    pref = _PREF[ref] = fx._patient_ref(ref)
+    pref = _PREF[ref] = fc._patient_ref(ref)
     return pref
 
 
@@ -256,7 +261,7 @@ def _observation(o: Observation) -> tuple[Any, ...]:
             if pref is _PREF:
                 pref = _patient_ref(ref)
         else:
-            subject, pref, pid = fx._subject(o, s)  # type: ignore[arg-type]  # reads like a dict
+            subject, pref, pid = fc._subject(o, s)  # type: ignore[arg-type]  # reads like a dict
     eff = o.effectiveDateTime
     eff_end = None
     if eff is None:
@@ -307,8 +312,8 @@ def _observation(o: Observation) -> tuple[Any, ...]:
         rr_low, rr_high, rr_text, perf[0].reference if perf else None,
         [x.reference for x in members] if members else None,
         [x.reference for x in derived] if derived else None,
-        fx._note(notes) if notes else None, _components(comps) if comps else None,
-        fx._ext({"extension": orjson.loads(memoryview(ext))}) if ext else None,
+        fc._note(notes) if notes else None, _components(comps) if comps else None,
+        fc._ext({"extension": orjson.loads(memoryview(ext))}) if ext else None,
     )
 
 
@@ -420,6 +425,9 @@ class Encounter(_R, tag="Encounter", tag_field="resourceType"):
     hospitalization: Hospitalization | None = None
     identifier: list[Identifier] | None = None
 
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get("class_" if key == "class" else key, default)
+
 
 class Attachment(_S):
     contentType: str | None = None
@@ -448,7 +456,7 @@ class DiagnosticReport(_R, tag="DiagnosticReport", tag_field="resourceType"):
     presentedForm: list[Attachment] | None = None
 
 
-class Series(_S):
+class Series(_SRaw):
     uid: str | None = None
     modality: Raw = _EMPTY  # only its presence decides whether it counts: read as the slow path reads it
 

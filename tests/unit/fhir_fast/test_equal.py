@@ -285,3 +285,25 @@ def test_chunks_and_batches_smaller_than_the_input(tmp_path: Path, monkeypatch: 
     same(got, whole)
     assert got["Observation"].height > 3 * 7
     same(agree(dumps(bundle)), to_frames(bundle))
+
+
+def test_batches_merged_into_contiguous_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partial frames of BATCH rows are merged every MERGE of them: same frames, few chunks."""
+    bundle = synthea_like(6, 2, seed=8)
+    whole = to_frames(bundle)
+    monkeypatch.setattr(frames_fast, "BATCH", 5)
+    monkeypatch.setattr(frames_fast, "MERGE", 3)
+    got = agree(dumps(bundle))
+    same(got, whole)
+    obs = got["Observation"]
+    assert obs.height > 2 * 15
+    assert obs.n_chunks("all") == [-(-obs.height // 15)] * obs.width  # chunks of BATCH * MERGE rows
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_bad_values_in_many_batches_report_as_the_slow_path(strict: bool, tmp_path: Path) -> None:
+    """An error counting bad values counts them over the whole column, as the slow path does."""
+    rs = [obs(id=str(i), effectiveDateTime="yesterday" if i % 3 else "2024-01-02") for i in range(3000)]
+    got = agree(dumps(rs), strict=strict, fast=not strict)
+    if strict:
+        assert got[0] is FhirValidationError and "2000 value(s)" in got[1]

@@ -82,3 +82,37 @@ def test_mutated_bytes_fast_equals_slow(edits: list[tuple[str, int, int]], stric
         # where the frames do not read
         error = slow(lambda: to_frames(bytes(data), strict=strict))
         assert isinstance(error, tuple) and "infinity" in error[1]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(resources=st.lists(mutated(), min_size=1, max_size=6), strict=st.booleans(),
+       chunk=st.integers(1, 600), batch_rows=st.integers(1, 3),
+       only=st.sampled_from([None, "Observation", "Patient", "Basic"]))
+def test_streamed_parquet_equals_in_memory(resources: list[dict[str, Any]], strict: bool, chunk: int,
+                                           batch_rows: int, only: str | None) -> None:
+    """kit.fhir.frames_stream.ndjson_to_parquet: the in-memory frames (or an error of the same class)."""
+    import polars as pl
+
+    from kit.errors import FhirValidationError
+    from kit.fhir.frames_stream import _TYPE_NAME, ndjson_to_parquet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        name = os.path.join(tmp, "x.ndjson")
+        with open(name, "wb") as fh:
+            fh.write(b"\n".join(orjson.dumps(r) for r in resources) + b"\n")
+        want = outcome(lambda: to_frames(name, strict=strict) if only is None
+                       else {only: to_frame(name, only, strict=strict)})
+
+        def streamed() -> Any:
+            paths = ndjson_to_parquet(name, os.path.join(tmp, "out"), resource_type=only, strict=strict,
+                                      chunk=chunk, batch_rows=batch_rows)
+            return {rt: pl.read_parquet(p) for rt, p in paths.items()}
+
+        got = outcome(streamed)
+        if isinstance(want, dict) and not all(_TYPE_NAME.fullmatch(rt) for rt in want):
+            assert isinstance(got, tuple) and got[0] is FhirValidationError  # it would name a file
+        elif isinstance(want, tuple) or isinstance(got, tuple):  # an error: the same class (which bad
+            assert isinstance(got, tuple) and isinstance(want, tuple)  # value it names is found block
+            assert got[0] is want[0]  # by block, so with several it may be another one)
+        else:
+            same(got, want)
