@@ -16,10 +16,8 @@ PURE = [
     "dicom/web_query",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "fhir/server_limits", "fhir/server_openapi", "fhir/policy",
-    "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/scheduling", "hl7/framing",
-    "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__", "hub/alerts",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/frames_fast", "hl7/scheduling", "hl7/framing",
-    "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__",
+    "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__", "hub/alerts",
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
     "results/analysis",
@@ -27,13 +25,13 @@ PURE = [
     "choose", "fhir/capability",
     "services/medix_protocol",
     "services/_auth", "services/api_vault", "services/api_models", "services/api_checks",
-    "endoscopy/buffer",
     "deid/pseudonyms", "deid/policy", "deid/fhir", "deid/hl7", "deid/cohort",
     "deid/text", "deid/_text_known", "deid/_text_library", "deid/_text_variants", "deid/_text_targets",
     "deid/_text_seam",
     "cohort/plan", "cohort/limiter", "cohort/manifest",
     "endoscopy/buffer", "endoscopy/demo_detector",
-    "fhir/frames_fast", "fhir/frames_fast_types",
+    "fhir/frames_fast", "fhir/frames_fast_types", "fhir/frames_columns", "fhir/frames_build",
+    "hl7/ack_fast", "_config_services", "_secret",
 ]
 
 # Network, servers and databases: what "pure" excludes.
