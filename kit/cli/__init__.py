@@ -59,7 +59,7 @@ SUMMARIES: dict[str, str] = {
     "deid": "De-identify DICOM files from IN into OUT (PS3.15 Basic Profile).",
     "demo": "Run the main job end to end: on the configured systems, else on the embedded stack.",
     "endoscopy": "Endoscopy: the procedure worklist, the live video as frames, capture to the PACS.",
-    "fhir": "FHIR R4: capability statement, read, search (all pages), create, Bulk Data export.",
+    "fhir": "FHIR R4: capability statement, read, search (all pages), create, Bulk Data export, frames.",
     "hl7": "HL7 v2 over MLLP: run a durable listener, send files, parse files into tables.",
     "index": "Index DICOM files and folders: one row per instance, from the headers.",
     "medix": "The Medix study-download service for the image-sharing platform.",

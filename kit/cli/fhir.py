@@ -1,4 +1,4 @@
-"""``kit fhir``: talk to a FHIR R4 server (metadata, read, search, create, bulk export)."""
+"""``kit fhir``: talk to a FHIR R4 server (metadata, read, search, create, bulk export); NDJSON to frames."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kit.cli._dask import dask_address, dask_option, dataset_table, open_client
 from kit.cli._limits import noting_truncation
 from kit.cli.common import (
     HTTP_URL,
@@ -58,7 +59,7 @@ def _client(ctx: click.Context, base: str | None, timeout: float | None, retries
 
 @click.group()
 def fhir() -> None:
-    """FHIR R4: capability statement, read, search (all pages), create, Bulk Data export.
+    """FHIR R4: capability statement, read, search (all pages), create, Bulk Data export, frames.
 
     The server and credentials come from the [fhir] section of kit.toml (and
     KIT_FHIR_* variables); without one, the embedded server of `kit serve`.
@@ -309,3 +310,64 @@ def export(ctx: click.Context, folder: str, types: tuple[str, ...], group_id: st
     total = result.files["resources"].sum() if result.files.height else 0
     click.echo(f"exported {total} resources in {result.files.height} files to {folder}", err=True)
     emit_frame(result.files, None, as_json, label="files")
+
+
+@fhir.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out-dir", "out_dir", type=OUT_DIR, required=True,
+              help="Folder for one parquet file per resource type (with --dask: one folder of "
+                   "part-NNNNN.parquet per type).")
+@click.option("--type", "resource_type", default=None, metavar="TYPE",
+              help="Only this resource type (default: every type found).")
+@dask_option
+@click.pass_context
+@handle_errors
+def frames(ctx: click.Context, files: tuple[str, ...], out_dir: str, resource_type: str | None,
+           dask: str | None) -> None:
+    """Turn NDJSON files (a Bulk Data export's) into typed frames: parquet per resource type.
+
+    Streams each file in blocks, so memory stays bounded whatever the
+    export's size; the columns are those of `kit.fhir.frames.to_frames`.
+    Prints the rows per type. Read a result with
+    `polars.scan_parquet("DIR/Observation.parquet")` (with --dask:
+    `polars.scan_parquet("DIR/Observation")`).
+
+    \b
+    Examples:
+      kit fhir frames export/*.ndjson --out-dir frames
+      kit fhir frames export/Observation.*.ndjson --type Observation --out-dir obs
+      kit fhir frames /shared/export/*.ndjson --dask local --out-dir frames
+
+    With --dask each file is turned into frames on a Dask worker (they must
+    see the files at the same paths).
+    """
+    import polars as pl
+
+    from kit.fhir.resources import is_resource_type
+
+    if resource_type is not None and not is_resource_type(resource_type):
+        raise click.BadParameter(f"{resource_type!r} is not a FHIR R4 resource type", param_hint="--type")
+    address = dask_address(ctx, dask)
+    if address:
+        from kit.scale.frames import fhir_dataset
+
+        if resource_type is not None:
+            raise click.UsageError("--type is for the local path; with --dask every type is written")
+        with open_client(ctx, address) as client:
+            result = fhir_dataset(list(files), out_dir, client=client,
+                                  timeout=settings_from(ctx).dask.timeout, progress=True)
+        tables = [(t, n, result.folder / t) for t, n in sorted(result.rows.items())]
+        emit_frame(dataset_table(tables, result.partitions), None, False)
+        return
+    from kit.fhir.frames_stream import files_to_parquet
+
+    bad = [f for f in files if not f.lower().endswith((".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz"))]
+    if bad:
+        raise click.BadParameter(f"{bad[0]} is not an NDJSON file (.ndjson, .jsonl, optionally .gz)",
+                                 param_hint="FILES")
+    written = files_to_parquet(list(files), out_dir, resource_type=resource_type)
+    rows = [{"type": t, "rows": pl.scan_parquet(p).select(pl.len()).collect().item(), "file": str(p)}
+            for t, p in written.items()]
+    if not rows:
+        raise FhirValidationError("no FHIR resource in " + ", ".join(files))
+    emit_frame(pl.DataFrame(rows), None, False)

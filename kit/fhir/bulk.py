@@ -8,7 +8,8 @@ then only to the origins the client trusts: its base's, the vendor's
 ``file_hosts`` and ``trusted_origins``; a status or file URL anywhere else is
 requested without credentials, see :meth:`kit.fhir.client.FhirClient.trusts`),
 a line-count check against the manifest's ``count``, and conversion to one
-parquet file per resource type through :func:`kit.fhir.frames.to_frame`.
+parquet file per resource type through :func:`kit.fhir.frames_stream.files_to_parquet`
+(the frames of :func:`kit.fhir.frames.to_frame`, in bounded memory).
 
 It is resumable: the job's state (request, status URL, manifest, each file's
 bytes and whether it is complete) lives in ``.kit-export.json`` in the output
@@ -42,7 +43,7 @@ import httpx
 import orjson
 import polars as pl
 
-from kit._files import atomic_path, atomic_write_bytes
+from kit._files import atomic_write_bytes
 from kit.errors import BulkExportError, FhirError, InvalidInputError, PeerDisconnectedError
 from kit.fhir._audit import audited_export
 from kit.fhir.client import FhirClient, parse_retry_after
@@ -498,7 +499,8 @@ class BulkExport:
         return path.stat().st_size, lines
 
     def _convert(self, out: Path, files: Mapping[str, Mapping[str, Any]]) -> dict[str, Path]:
-        from kit.fhir.frames import to_frame
+        # streamed (kit.fhir.frames_stream): memory bounded by a block, whatever the export's size
+        from kit.fhir.frames_stream import files_to_parquet
 
         by_type: dict[str, list[Path]] = {}
         for entry in files.values():
@@ -506,9 +508,5 @@ class BulkExport:
                 by_type.setdefault(entry["type"], []).append(out / entry["path"])
         parquet: dict[str, Path] = {}
         for rtype, paths in sorted(by_type.items()):
-            frames = [to_frame(p, rtype) for p in sorted(paths)]
-            target = out / f"{rtype}.parquet"
-            with atomic_path(target, suffix=".parquet") as tmp:
-                pl.concat(frames, how="vertical_relaxed").write_parquet(tmp)
-            parquet[rtype] = target
+            parquet.update(files_to_parquet(list(sorted(paths)), out, resource_type=rtype))
         return parquet

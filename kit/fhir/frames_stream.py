@@ -44,7 +44,7 @@ from kit.errors import FhirValidationError, InvalidInputError, KitError
 from kit.fhir import frames as _frames
 from kit.fhir import frames_fast
 
-__all__ = ["BATCH_ROWS", "CHUNK", "ndjson_to_parquet"]
+__all__ = ["BATCH_ROWS", "CHUNK", "files_to_parquet", "ndjson_to_parquet"]
 
 #: bytes of NDJSON read (and held as Python objects) at a time
 CHUNK: Final = 1 << 22
@@ -247,3 +247,65 @@ def _write(spills: dict[str, _Spill], urns: dict[str, tuple[str, str, bool]], ou
     finally:
         for part in parts.values():
             part.unlink(missing_ok=True)
+
+
+def files_to_parquet(sources: list[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
+                     resource_type: str | None = None, strict: bool = True) -> dict[str, Path]:
+    """Several NDJSON files (e.g. a Bulk Data export's) to one parquet file per resource type.
+
+    Each file goes through :func:`ndjson_to_parquet` into a scratch folder; each type's
+    files are then streamed by polars, in input order, into ``out_dir/<Type>.parquet``
+    (renamed into place once complete). Memory stays bounded by one file's block and
+    batch, whatever the number and size of the files. The result equals
+    ``pl.concat([to_frame(f, type) for f in sources], how="vertical_relaxed")`` per type.
+
+    Parameters
+    ----------
+    sources : list of str or path
+        ``.ndjson`` / ``.jsonl`` files (optionally ``.gz``).
+    out_dir : str or path
+        Folder for ``<ResourceType>.parquet`` (created if missing).
+    resource_type : str, optional
+        Only this type; by default every type found.
+    strict : bool
+        As in :func:`kit.fhir.frames.to_frames`.
+
+    Returns
+    -------
+    dict of str to pathlib.Path
+        The parquet file per resource type, sorted by type.
+
+    Raises
+    ------
+    FhirValidationError, InvalidInputError
+        As :func:`ndjson_to_parquet` raises them, for the first failing file; the
+        parquet files of an earlier run are then left as they were.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".files-", dir=out))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write: {exc}", source=str(out)) from exc
+    try:
+        parts: dict[str, list[Path]] = {}
+        for i, source in enumerate(sources):
+            for rtype, path in ndjson_to_parquet(source, scratch / f"{i:06d}", resource_type=resource_type,
+                                                 strict=strict).items():
+                parts.setdefault(rtype, []).append(path)
+        written: dict[str, Path] = {}
+        for rtype in sorted(parts):
+            tmp = scratch / f"{rtype}.parquet"
+            pl.concat([pl.scan_parquet(p) for p in parts[rtype]], how="vertical_relaxed").sink_parquet(tmp)
+            written[rtype] = tmp
+        for rtype, tmp in written.items():
+            os.replace(tmp, out / f"{rtype}.parquet")
+            written[rtype] = out / f"{rtype}.parquet"
+        return written
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read or write: {exc}", source=str(out)) from exc
+    except pl.exceptions.PolarsError as exc:
+        raise FhirValidationError(f"cannot combine the frames: {type(exc).__name__}: {exc}",
+                                  source=str(out)) from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -64,7 +64,7 @@ CASE_TIMEOUT = 60.0
 DEAD_PORT_GUARD = 15.0
 
 #: A valid invocation of each command: positionals and options. Each bad-input case replaces
-#: one of them (or adds one). {tmp}, {dicom}, {hl7}, {json} and {dead} are filled in.
+#: one of them (or adds one). {tmp}, {dicom}, {hl7}, {json}, {ndjson} and {dead} are filled in.
 BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "serve": ([], {"--data-dir": "{tmp}/stack", "--pacs-port": "0", "--fhir-port": "0",
                    "--mllp-port": "0", "--dicomweb-port": "0",
@@ -88,6 +88,7 @@ BASE: dict[str, tuple[list[str], dict[str, str]]] = {
     "hl7 listen": ([], {"--store": "{tmp}/feed.db", "--port": "0"}),
     "hl7 send": (["{hl7}"], {"--port": "{dead}"}),
     "hl7 parse": (["{hl7}"], {}),
+    "fhir frames": (["{ndjson}"], {"--out-dir": "{tmp}/frames"}),
     "hl7 stats": ([], {"--store": "{store}"}),
     "endoscopy worklist": ([], {"--port": "{dead}"}),
     "endoscopy capture": (["{clip}"], {"--accession": "ACC100102", "--port": "{dead}"}),
@@ -256,6 +257,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
     bad_toml.write_text("[pacs]\nport = 70000\n", encoding="utf-8")
     resource = tmp / "patient.json"
     resource.write_text('{"resourceType": "Patient", "name": [{"family": "Test"}]}', encoding="utf-8")
+    ndjson = tmp / "Patient.ndjson"
+    ndjson.write_text('{"resourceType": "Patient", "id": "p1"}\n', encoding="utf-8")
     from kit.hl7.store import MessageStore
 
     with MessageStore(tmp / "store.db"):
@@ -267,7 +270,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         yield {"tmp": str(tmp), "garbage": str(garbage), "badtoml": str(bad_toml), "json": str(resource),
                "store": str(tmp / "store.db"), "dicom": str(examples.dicom_dir() / "MRN1002"),
                "hl7": str(examples.hl7_feed()), "dead": str(free_port()), "busy": str(busy.getsockname()[1]),
-               "clip": str(examples.endoscopy_clip())}
+               "clip": str(examples.endoscopy_clip()), "ndjson": str(ndjson)}
     finally:
         busy.close()
 

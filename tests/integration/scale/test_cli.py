@@ -1,4 +1,4 @@
-"""``--dask`` on ``kit index``, ``kit deid`` and ``kit hl7 parse``, run as the user runs them.
+"""``--dask`` on ``kit index``, ``kit deid``, ``kit hl7 parse``, ``kit fhir frames``, run as users run them.
 
 One command starts its own LocalCluster (``--dask local``); the others connect to
 the package's running cluster by its scheduler address (``--dask tcp://...``),
@@ -139,3 +139,33 @@ def test_a_scheduler_that_dies_mid_job_is_one_error_line_not_a_hang(tmp_path: Pa
     assert len(lines) == 1 and lines[0].startswith("kit: error: ServiceFailedError: "), err
     assert "lost the Dask scheduler" in lines[0]
     assert not list((tmp_path / "t").rglob("*.parquet"))
+
+
+def test_kit_fhir_frames_on_a_running_scheduler_gives_the_frames_of_the_local_run(
+        tmp_path: Path, client: Any) -> None:
+    import orjson
+
+    from kit.examples import fhir_bundle
+    from kit.fhir.frames import to_frames
+
+    resources = [e["resource"] for e in orjson.loads(fhir_bundle().read_bytes())["entry"]]
+    files = []
+    for i in range(3):  # an export in three files
+        path = tmp_path / f"export-{i}.ndjson"
+        path.write_bytes(b"\n".join(orjson.dumps(r) for r in resources[i::3]) + b"\n")
+        files.append(str(path))
+    _ok(kit("fhir", "frames", *files, "--out-dir", "local", cwd=tmp_path))
+    out = _ok(kit("fhir", "frames", *files, "--dask", client.scheduler.address, "--out-dir", "dask",
+                  cwd=tmp_path))
+    want = {rt: pl.concat([to_frames(f)[rt] for f in files if rt in to_frames(f)], how="vertical_relaxed")
+            for rt in {rt for f in files for rt in to_frames(f)}}
+    assert sorted(p.stem for p in (tmp_path / "local").glob("*.parquet")) == sorted(want)
+    for rt, frame in want.items():
+        assert_frame_equal(pl.read_parquet(tmp_path / "local" / f"{rt}.parquet"), frame)
+        assert_frame_equal(pl.scan_parquet(tmp_path / "dask" / rt).collect(), frame)
+        assert rt in out.stdout
+    misuse = kit("fhir", "frames", files[0], "--dask", "local", "--type", "Patient", "--out-dir", "x",
+                 cwd=tmp_path)
+    assert misuse.returncode == 2 and "--type" in misuse.stderr
+    not_ndjson = kit("fhir", "frames", str(fhir_bundle()), "--out-dir", "y", cwd=tmp_path)
+    assert not_ndjson.returncode == 2 and "not an NDJSON file" in not_ndjson.stderr

@@ -216,3 +216,36 @@ def test_a_resource_type_that_is_no_plain_name_names_no_file(rtype: str, tmp_pat
         ndjson_to_parquet(path, tmp_path / "x" / "out", chunk=1024)
     assert sorted(tmp_path.rglob("*")) == sorted([*before, tmp_path / "x" / "out"])
     assert list((tmp_path / "x" / "out").iterdir()) == []
+
+
+def test_several_files_stream_into_one_parquet_per_type_as_their_frames_concatenated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kit.fhir.frames_stream import files_to_parquet
+
+    monkeypatch.setattr(frames_stream, "CHUNK", 4096)  # many blocks per file
+    files = [write_ndjson(tmp_path / f"part{i}.ndjson", lines_of(seed=i)) for i in range(3)]
+    got = written(files_to_parquet(files, tmp_path / "out"))
+    per_file = [to_frames(f) for f in files]
+    types = sorted({rt for frames in per_file for rt in frames})
+    assert list(got) == types and "Observation" in got
+    for rt in types:
+        want = pl.concat([frames[rt] for frames in per_file if rt in frames], how="vertical_relaxed")
+        assert_frame_equal(got[rt], want)
+    only = written(files_to_parquet(files, tmp_path / "obs", resource_type="Observation"))
+    assert list(only) == ["Observation"]
+    assert_frame_equal(only["Observation"], got["Observation"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{rt}.parquet" for rt in types]
+
+
+def test_a_bad_file_among_several_leaves_the_earlier_result_whole(tmp_path: Path) -> None:
+    from kit.fhir.frames_stream import files_to_parquet
+
+    good = write_ndjson(tmp_path / "good.ndjson", lines_of(seed=1))
+    first = files_to_parquet([good], tmp_path / "out")
+    before = {rt: p.read_bytes() for rt, p in first.items()}
+    bad = tmp_path / "bad.ndjson"
+    bad.write_bytes(b'{"resourceType": "Patient", "id": "p1"}\n{not json\n')
+    with pytest.raises(FhirValidationError, match="not JSON"):
+        files_to_parquet([good, bad], tmp_path / "out")
+    assert {rt: p.read_bytes() for rt, p in first.items()} == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in first.values())
