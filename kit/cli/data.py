@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options
-from kit.errors import ConfigError, InvalidInputError
+from kit.errors import ConfigError, InvalidInputError, StoreError
 
 __all__ = ["deid", "index"]
 
@@ -37,12 +37,34 @@ def index(paths: tuple[str, ...], workers: int | None, no_recursive: bool, outpu
     """
     from kit.dicom.index import index_dicom
 
+    if output and Path(output).suffix.lower() == ".parquet":  # rows streamed to the file, not held
+        _index_to_parquet(paths, output, workers=workers, recursive=not no_recursive)
+        return
     result = index_dicom(list(paths), recursive=not no_recursive, workers=workers, progress=True)
     if result.frame.is_empty():
         raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
     for path, reason in result.skipped.iter_rows():
         click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
     emit_frame(result.frame, output, as_json, label="instances")
+
+
+def _index_to_parquet(paths: tuple[str, ...], output: str, *, workers: int | None, recursive: bool) -> None:
+    """``kit index -o X.parquet``: written chunk by chunk; X is replaced only if some file is DICOM."""
+    from kit._files import atomic_path
+    from kit.dicom.index import index_dicom
+
+    if not Path(output).absolute().parent.is_dir():
+        raise click.BadParameter(f"folder {Path(output).absolute().parent} does not exist", param_hint="-o")
+    try:
+        with atomic_path(output) as tmp:
+            result = index_dicom(list(paths), recursive=recursive, workers=workers, progress=True, out=tmp)
+            if result.rows == 0:
+                raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
+    except OSError as exc:
+        raise StoreError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    for path, reason in result.skipped.iter_rows():
+        click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
+    click.echo(f"wrote {result.rows} instances to {output}", err=True)
 
 
 def _skipped(skipped: Any, shown: int = 3) -> str:
