@@ -24,7 +24,6 @@ from kit.cli.common import (
     output_options,
     progress,
     settings_from,
-    write_frame,
 )
 from kit.config import HL7Settings
 from kit.errors import ConfigError, InvalidInputError
@@ -225,21 +224,15 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
                                  param_hint="--table")
     if out_dir and (output or as_json):
         raise click.UsageError("--out-dir writes every table; -o/--json write one: give one of them")
+    if out_dir:  # chunk by chunk into the parquet files: memory bounded whatever the files' size
+        from kit.hl7.archive import write_tables
+
+        emit_frame(write_tables(files, out_dir), None, False)
+        return
     parts = [read_file(f) for f in progress(files, total=len(files), desc="parse")]
     if not any(p["messages"].height for p in parts):
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
-    if not out_dir:
-        emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json,
-                   label=f"{table} rows")
-        return
-    out = Path(out_dir)
-    out.mkdir(exist_ok=True)
-    rows = []
-    for name in TABLES:
-        df = pl.concat([p[name] for p in parts], how="vertical")
-        path = write_frame(df, out / f"{name}.parquet")
-        rows.append({"table": name, "rows": df.height, "file": str(path)})
-    emit_frame(pl.DataFrame(rows), None, False)
+    emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json, label=f"{table} rows")
 
 
 @hl7.command()
