@@ -45,13 +45,14 @@ _BOM = b"\xef\xbb\xbf"
 # a message starts on a line beginning with MSH; these bytes end a line (kit.hl7.message's rules)
 _STARTS = (b"\rMSH", b"\nMSH", b"\x0bMSH", b"\x1cMSH")
 _KEY = ("sending_application", "sending_facility", "control_id")
+_BLOCK = 4 * 2 ** 20  # bytes per read
 
 
 def _open(path: str | os.PathLike[str]) -> Iterator[bytes]:
-    """The file's bytes in blocks of 4 MiB."""
+    """The file's bytes in blocks of ``_BLOCK``."""
     try:
         with open(path, "rb") as fh:
-            while block := fh.read(4 * 2 ** 20):
+            while block := fh.read(_BLOCK):
                 yield block
     except OSError as exc:
         raise InvalidInputError(f"cannot read HL7 file: {exc.strerror or exc}", source=str(path)) from exc
@@ -70,20 +71,27 @@ def _is_utf8(path: str | os.PathLike[str]) -> bool:
 
 
 def _byte_chunks(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[bytes]:
-    """The file in pieces of about ``chunk_bytes``, each ending just before a line starting ``MSH``
-    (the last piece ends with the file). At least one piece, empty for an empty file."""
+    """The file in pieces, each ending just before a line that starts with ``MSH`` (the last piece
+    ends with the file): the longest such piece of at most ``chunk_bytes``, else the shortest.
+    At least one piece (empty for an empty file)."""
+    width = len(_STARTS[0])
     buf = b""
-    searched = 0  # no cut point starts before buf[searched]
+    searched = 0  # no cut point starts in buf[pos:searched]
     for block in _open(path):
         buf += block
-        if len(buf) < chunk_bytes:
-            continue
-        cut = max(buf.rfind(s, searched) for s in _STARTS)
-        if cut < 0:  # one message larger than a chunk: read on until the next one starts
-            searched = max(0, len(buf) - len(_STARTS[0]) + 1)
-            continue
-        yield buf[:cut + 1]
-        buf, searched = buf[cut + 1:], 0
+        pos = 0
+        while len(buf) - pos >= chunk_bytes:
+            cut = max(buf.rfind(s, pos, pos + chunk_bytes + width - 1) for s in _STARTS)
+            if cut < 0:  # a message longer than a chunk: it ends where the next one starts
+                found = [i for i in (buf.find(s, max(pos, searched)) for s in _STARTS) if i >= 0]
+                if not found:  # read on
+                    searched = max(pos, len(buf) - width + 1)
+                    break
+                cut = min(found)
+            yield buf[pos:cut + 1]
+            pos = cut + 1
+        buf = buf[pos:]
+        searched = max(0, searched - pos)
     yield buf
 
 
@@ -126,7 +134,7 @@ class _Reused:
 
 
 def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | None = None,
-                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[dict[str, pl.DataFrame]]:
+                     chunk_bytes: int | None = None) -> Iterator[dict[str, pl.DataFrame]]:
     """The tables of :func:`kit.hl7.frames.read_file`, a chunk of messages at a time.
 
     Parameters
@@ -137,9 +145,10 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
     tables : sequence of str, optional
         Which tables to build (default all of :data:`kit.hl7.frames.TABLES`);
         ``skipped`` is always included.
-    chunk_bytes : int
-        About how many bytes of the file each chunk holds (a chunk ends where a
-        message starts, so a message larger than this makes a larger chunk).
+    chunk_bytes : int, optional
+        About how many bytes of the file each chunk holds (default
+        :data:`DEFAULT_CHUNK_BYTES`; a chunk ends where a message starts, so a
+        message larger than this makes a larger chunk).
 
     Yields
     ------
@@ -154,6 +163,7 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
         The file cannot be read, an unknown table name, or a bad ``chunk_bytes``.
     """
     wanted = F._check_tables(tables)
+    chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     if chunk_bytes < 1:
         raise InvalidInputError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
     utf8 = _is_utf8(path)
@@ -178,7 +188,7 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
 
 def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                  out_dir: str | os.PathLike[str], *, tables: Sequence[str] | None = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, allow_empty: bool = False) -> pl.DataFrame:
+                 chunk_bytes: int | None = None, allow_empty: bool = False) -> pl.DataFrame:
     """Read HL7 files chunk by chunk into ``out_dir/<table>.parquet``, one file per table.
 
     The files' tables are concatenated in the order given, each file read as
@@ -193,7 +203,7 @@ def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
         Folder for the parquet files (created if missing; its parent must exist).
     tables : sequence of str, optional
         Which tables to write (default all; ``skipped`` always).
-    chunk_bytes : int
+    chunk_bytes : int, optional
         As for :func:`read_file_chunks`.
     allow_empty : bool
         Write the tables even if no message could be read (the ``messages``
