@@ -223,8 +223,8 @@ def _runs(label: str, figures: list[dict[str, Any]]) -> tuple[float, float]:
     print(f"{label}\n    peak RSS (MiB) runs [{each}] median {statistics.median(peaks):.0f} spread "
           f"{max(peaks) - min(peaks):.0f}; upper bound runs [{upper}]; rows {figures[0]['rows']:,}")
     for f in figures:
-        print(f"      own {f['own_mib']:.0f}, largest worker {f['worker_mib']:.0f} x {f['workers']}, tree RSS "
-              f"{f['tree_rss_mib']:.0f}, tree PSS {f['tree_pss_mib']:.0f}, {f['seconds']:.1f} s")
+        print(f"      own {f['own_mib']:.0f}, largest worker {f['worker_mib']:.0f} x {f['workers']}, "
+              f"tree RSS {f['tree_rss_mib']:.0f}, tree PSS {f['tree_pss_mib']:.0f}, {f['seconds']:.1f} s")
     return statistics.median(peaks), statistics.median(bounds)
 
 
