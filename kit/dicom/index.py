@@ -322,7 +322,8 @@ def _flush(sink: ParquetSink | None, frames: list[pl.DataFrame],
            pending: list[pl.DataFrame]) -> list[pl.DataFrame]:
     """Write the pending frames to the sink, or keep them (in memory, without a sink)."""
     if sink is None:
-        return frames + pending
+        frames.extend(pending)
+        return frames
     if pending:
         sink.write(pl.concat(pending, how="vertical"))
     return frames

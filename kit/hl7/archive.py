@@ -73,9 +73,10 @@ def _is_utf8(path: str | os.PathLike[str]) -> bool:
 def _byte_chunks(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[bytes]:
     """The file in pieces, each ending just before a line that starts with ``MSH`` (the last piece
     ends with the file): the longest such piece of at most ``chunk_bytes``, else the shortest.
-    At least one piece (empty for an empty file)."""
+    At least one piece (empty for an empty file). Linear in the file's size, also for a
+    message of many blocks (the buffer grows in place; each byte is searched once)."""
     width = len(_STARTS[0])
-    buf = b""
+    buf = bytearray()
     searched = 0  # no cut point starts in buf[pos:searched]
     for block in _open(path):
         buf += block
@@ -88,11 +89,11 @@ def _byte_chunks(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[byt
                     searched = max(pos, len(buf) - width + 1)
                     break
                 cut = min(found)
-            yield buf[pos:cut + 1]
+            yield bytes(buf[pos:cut + 1])
             pos = cut + 1
-        buf = buf[pos:]
+        del buf[:pos]
         searched = max(0, searched - pos)
-    yield buf
+    yield bytes(buf)
 
 
 class _Reused:
