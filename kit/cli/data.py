@@ -29,6 +29,7 @@ def index(paths: tuple[str, ...], workers: int | None, no_recursive: bool, outpu
     series_instance_uid, sop_instance_uid, modality, dates, sizes, path, ...
     (see kit.dicom.index). Files that are not DICOM are listed on stderr as
     warnings and left out; if no file is DICOM, exit 1 with the reasons.
+    With -o X.parquet the rows are written as they are read (any number of files).
 
     \b
     Examples:

@@ -206,7 +206,8 @@ def parse(files: tuple[str, ...], out_dir: str | None, table: str, output: str |
     """Parse HL7 files into tables (messages, patients, visits, orders, results, appointments, ...).
 
     With --out-dir, writes one parquet file per table and prints the row
-    counts. Otherwise prints one table (--table, default results), or writes
+    counts; files are read a chunk of messages at a time, so memory stays flat
+    whatever their size. Otherwise prints one table (--table, default results), or writes
     it with -o FILE (.parquet, .csv, .json, .ndjson) or --json.
 
     \b
