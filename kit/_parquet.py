@@ -44,6 +44,8 @@ class ParquetSink:
 
     def __init__(self, path: str | Path, schema: dict[str, Any]) -> None:
         self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise StoreError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
         self.schema = dict(schema)
         self.rows = 0
         self._parts: list[Path] = []

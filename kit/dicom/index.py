@@ -278,7 +278,7 @@ def index_dicom(
     if reader not in ("auto", "fast", "pydicom"):
         raise ValueError(f"reader must be auto, fast or pydicom, not {reader!r}")
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+        raise InvalidInputError(f"chunk_size must be at least 1, not {chunk_size}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     # sorted up front: chunks come back in order, so rows (and skipped files) are in path order as

@@ -16,7 +16,7 @@ from polars.testing import assert_frame_equal
 import kit.dicom.index as index_mod
 from kit.cli import cli
 from kit.dicom.index import INDEX_SCHEMA, DicomIndexFile, index_dicom
-from kit.errors import StoreError
+from kit.errors import InvalidInputError, StoreError
 from kit.examples import dicom_dir
 from kit.examples.dicom import random_ct_files
 
@@ -134,8 +134,12 @@ def test_a_failed_run_leaves_no_file(mixed: Path, tmp_path: Path, monkeypatch: p
         index_dicom(mixed, workers=1, chunk_size=2, out=target)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "index.parquet"]
-    with pytest.raises(StoreError):
-        index_dicom(mixed, workers=1, out=tmp_path / "missing" / "index.parquet")
+    for missing in (mixed, tmp_path / "in" / "s0" / "00003.5.txt"):  # rows, or none: the folder is not made
+        with pytest.raises(StoreError, match="does not exist"):
+            index_dicom(missing, workers=1, out=tmp_path / "missing" / "index.parquet")
+    assert not (tmp_path / "missing").exists()
+    with pytest.raises(InvalidInputError):
+        index_dicom(mixed, chunk_size=0)
 
 
 def test_cli_index_parquet_streams(mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
