@@ -19,6 +19,11 @@ Two workloads, each measured in a fresh process per figure:
   ``hl7.parse`` once per message and ``bench/hl7.py``'s per-message builders of the six
   tables other than ``results`` (one table fewer than kit builds), then polars frames.
 
+At the default sizes a run takes long (on a busy 2-core machine: ~4 min to generate the
+files, ~2.5 min per pydicom run at 100,000 files and per python-hl7 run at 100,000
+messages, ~1 min per kit run at 1,000,000 messages); for a quick look:
+``--dicom-files 10000 --hl7-messages 100000 --alt-hl7-messages 10000 --runs 1``.
+
 The alternatives are slow (~1-5 thousand items/s), so they run at ``--alt-*`` sizes
 (default: the kit's size for DICOM, 100,000 messages for HL7) and kit runs there too:
 the RATIO lines compare the same files in the same run. Kit's streamed paths also run
