@@ -10,7 +10,7 @@ import click
 
 from kit.cli._dask import dask_address, dask_option, dataset_table, open_client
 from kit.cli.common import OUT_DIR, emit_frame, handle_errors, output_options, settings_from
-from kit.errors import ConfigError, InvalidInputError
+from kit.errors import ConfigError, InvalidInputError, StoreError
 
 __all__ = ["deid", "index"]
 
@@ -35,6 +35,7 @@ def index(ctx: click.Context, paths: tuple[str, ...], workers: int | None, no_re
     series_instance_uid, sop_instance_uid, modality, dates, sizes, path, ...
     (see kit.dicom.index). Files that are not DICOM are listed on stderr as
     warnings and left out; if no file is DICOM, exit 1 with the reasons.
+    With -o X.parquet the rows are written as they are read (any number of files).
 
     \b
     Examples:
@@ -53,6 +54,9 @@ def index(ctx: click.Context, paths: tuple[str, ...], workers: int | None, no_re
     if out_dir:
         raise click.UsageError("--out-dir writes the partitioned index of a Dask run: give --dask too "
                                "(or -o FILE for one file)")
+    if output and Path(output).suffix.lower() == ".parquet":  # rows streamed to the file, not held
+        _index_to_parquet(paths, output, workers=workers, recursive=not no_recursive)
+        return
     result = index_dicom(list(paths), recursive=not no_recursive, workers=workers, progress=True)
     if result.frame.is_empty():
         raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
@@ -85,6 +89,25 @@ def _index_on_dask(ctx: click.Context, address: str, paths: tuple[str, ...], rec
     for path, reason in result.skipped.iter_rows():
         click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
     emit_frame(dataset_table([("index", result.rows, result.folder)], result.partitions), None, False)
+
+
+def _index_to_parquet(paths: tuple[str, ...], output: str, *, workers: int | None, recursive: bool) -> None:
+    """``kit index -o X.parquet``: written chunk by chunk; X is replaced only if some file is DICOM."""
+    from kit._files import atomic_path
+    from kit.dicom.index import index_dicom
+
+    if not Path(output).absolute().parent.is_dir():
+        raise click.BadParameter(f"folder {Path(output).absolute().parent} does not exist", param_hint="-o")
+    try:
+        with atomic_path(output) as tmp:
+            result = index_dicom(list(paths), recursive=recursive, workers=workers, progress=True, out=tmp)
+            if result.rows == 0:
+                raise InvalidInputError(f"no DICOM found in {', '.join(paths)} ({_skipped(result.skipped)})")
+    except OSError as exc:
+        raise StoreError(f"cannot write {output}: {exc.strerror or exc}") from exc
+    for path, reason in result.skipped.iter_rows():
+        click.echo(f"kit: warning: skipped {path}: {reason}", err=True)
+    click.echo(f"wrote {result.rows} instances to {output}", err=True)
 
 
 def _skipped(skipped: Any, shown: int = 3) -> str:

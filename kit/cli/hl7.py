@@ -25,7 +25,6 @@ from kit.cli.common import (
     output_options,
     progress,
     settings_from,
-    write_frame,
 )
 from kit.config import HL7Settings
 from kit.errors import ConfigError, InvalidInputError
@@ -211,7 +210,8 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
     """Parse HL7 files into tables (messages, patients, visits, orders, results, appointments, ...).
 
     With --out-dir, writes one parquet file per table and prints the row
-    counts. Otherwise prints one table (--table, default results), or writes
+    counts; files are read a chunk of messages at a time, so memory stays flat
+    whatever their size. Otherwise prints one table (--table, default results), or writes
     it with -o FILE (.parquet, .csv, .json, .ndjson) or --json.
 
     \b
@@ -240,21 +240,15 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
                                    "give --out-dir DIR")
         _parse_on_dask(ctx, address, files, out_dir)
         return
+    if out_dir:  # chunk by chunk into the parquet files: memory bounded whatever the files' size
+        from kit.hl7.archive import write_tables
+
+        emit_frame(write_tables(files, out_dir), None, False)
+        return
     parts = [read_file(f) for f in progress(files, total=len(files), desc="parse")]
     if not any(p["messages"].height for p in parts):
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
-    if not out_dir:
-        emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json,
-                   label=f"{table} rows")
-        return
-    out = Path(out_dir)
-    out.mkdir(exist_ok=True)
-    rows = []
-    for name in TABLES:
-        df = pl.concat([p[name] for p in parts], how="vertical")
-        path = write_frame(df, out / f"{name}.parquet")
-        rows.append({"table": name, "rows": df.height, "file": str(path)})
-    emit_frame(pl.DataFrame(rows), None, False)
+    emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json, label=f"{table} rows")
 
 
 def _parse_on_dask(ctx: click.Context, address: str, files: tuple[str, ...], out_dir: str) -> None:

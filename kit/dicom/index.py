@@ -9,7 +9,10 @@ Headers are read by a small hand-written walker (:mod:`kit.dicom._header`) for
 the common case (Part 10, implicit or explicit VR little endian); pydicom
 (``dcmread(stop_before_pixels=True)``) reads anything unusual (big endian,
 deflate, no preamble or File Meta, ISO 2022 character sets, ...). Both give
-identical rows. Files are spread over worker processes in chunks.
+identical rows. Files are spread over worker processes in chunks, a few in
+flight at a time; ``index_dicom(..., out="index.parquet")`` writes the rows to
+a parquet file chunk by chunk instead of holding them (peak memory stays flat
+as the number of files grows; ``bench/memory.py`` measures it).
 
 Columns of ``.frame`` (stable; the first ones are the cross-system join keys):
 
@@ -49,18 +52,22 @@ Empty or malformed values are null. ``.skipped`` has columns ``path``
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, overload
 
 import polars as pl
 
+from kit._parquet import ParquetSink
 from kit.dicom._header import COLUMNS, Fallback, Skip, read_fast, read_file, read_pydicom, to_row
 from kit.errors import InvalidInputError
 
-__all__ = ["DicomIndex", "INDEX_SCHEMA", "SKIPPED_SCHEMA", "index_dicom", "index_frame", "list_files"]
+__all__ = ["DicomIndex", "DicomIndexFile", "INDEX_SCHEMA", "SKIPPED_SCHEMA", "index_chunk", "index_dicom",
+           "index_frame", "list_files"]
 
 _DTYPES: dict[str, Any] = {
     "str": pl.String, "date": pl.Date, "time": pl.Time, "int": pl.Int32,
@@ -141,8 +148,21 @@ def _walk(folder: str, recursive: bool) -> Iterator[str]:
 _Result = tuple[list[tuple[Any, ...]], list[tuple[str, str]]]
 
 
-def _index_chunk(paths: list[str], reader: str = "auto") -> _Result:
-    """Read a chunk of files (runs in a worker process)."""
+def index_chunk(paths: list[str], reader: str = "auto") -> _Result:
+    """Index a chunk of files: ``(rows, skipped)``; the unit of work of a process pool or a Dask task.
+
+    Parameters
+    ----------
+    paths : list of str
+        The files, in the order the rows are wanted.
+    reader : {"auto", "fast", "pydicom"}
+        As :func:`index_dicom`'s ``reader``.
+
+    Returns
+    -------
+    tuple
+        Rows (tuples in :data:`INDEX_SCHEMA` order) and ``(path, reason)`` of each file skipped.
+    """
     read: Callable[[str], Any] = {"auto": read_file, "fast": _fast_only,
                                   "pydicom": _pydicom_only}[reader]
     rows: list[tuple[Any, ...]] = []
@@ -178,6 +198,42 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
 
 
+@dataclasses.dataclass(frozen=True)
+class DicomIndexFile:
+    """The result of :func:`index_dicom` with ``out``: the frame is in a parquet file.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The parquet file: the rows :attr:`DicomIndex.frame` would hold, same
+        columns, same order.
+    rows : int
+        Rows written.
+    skipped : polars.DataFrame
+        Files that were not indexed: ``path``, ``reason``.
+    """
+
+    path: Path
+    rows: int
+    skipped: pl.DataFrame
+
+    def scan(self) -> pl.LazyFrame:
+        """The index as a lazy frame over :attr:`path` (read only what a query needs)."""
+        return pl.scan_parquet(self.path)
+
+
+@overload
+def index_dicom(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *, recursive: bool = ...,
+                workers: int | None = ..., progress: bool = ..., reader: str = ..., out: None = ...,
+                chunk_size: int | None = ...) -> DicomIndex: ...
+
+
+@overload
+def index_dicom(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], *, recursive: bool = ...,
+                workers: int | None = ..., progress: bool = ..., reader: str = ...,
+                out: str | os.PathLike[str], chunk_size: int | None = ...) -> DicomIndexFile: ...
+
+
 def index_dicom(
     paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
@@ -185,8 +241,17 @@ def index_dicom(
     workers: int | None = None,
     progress: bool = False,
     reader: str = "auto",
-) -> DicomIndex:
+    out: str | os.PathLike[str] | None = None,
+    chunk_size: int | None = None,
+) -> DicomIndex | DicomIndexFile:
     """Index DICOM files and folders: one row per instance, headers only.
+
+    Memory is bounded by the number of files (their paths) and, without
+    ``out``, the frame itself: chunks of files go to the worker processes a few
+    at a time (at most two per worker in flight) and each chunk's rows become a
+    polars frame at once. With ``out`` the rows go to a parquet file chunk by
+    chunk (:class:`kit._parquet.ParquetSink`), for folders whose index would
+    not fit in memory.
 
     Parameters
     ----------
@@ -203,47 +268,103 @@ def index_dicom(
         ``"auto"`` uses the fast reader with pydicom as the fallback; the
         others force one reader (for testing and benchmarks; ``"fast"``
         reports files it cannot read as skipped).
+    out : path, optional
+        Write the frame to this parquet file (its folder must exist; written
+        atomically: a failed run leaves no partial file) and return a
+        :class:`DicomIndexFile` instead of a :class:`DicomIndex`.
+    chunk_size : int, optional
+        Files per chunk (default 128): the unit of work of a worker process.
 
     Returns
     -------
-    DicomIndex
-        ``.frame`` sorted by path, ``.skipped`` with one reason per file.
+    DicomIndex or DicomIndexFile
+        ``.frame`` (or the file at ``.path``) sorted by path, ``.skipped`` with
+        one reason per file, also sorted by path.
 
     Raises
     ------
     kit.errors.InvalidInputError
         A given path does not exist.
+    kit.errors.StoreError
+        ``out`` cannot be written.
     """
     if reader not in ("auto", "fast", "pydicom"):
         raise ValueError(f"reader must be auto, fast or pydicom, not {reader!r}")
+    if chunk_size is not None and chunk_size < 1:
+        raise InvalidInputError(f"chunk_size must be at least 1, not {chunk_size}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    files = list(_files(paths, recursive))
+    # sorted up front: chunks come back in order, so rows (and skipped files) are in path order as
+    # they are produced, and the parquet file needs no sort at the end
+    files = sorted(_files(paths, recursive))
+    size = chunk_size or _CHUNK
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
-    chunks = [files[i:i + _CHUNK] for i in range(0, len(files), _CHUNK)]
-    rows: list[tuple[Any, ...]] = []
+    sink = ParquetSink(Path(out), INDEX_SCHEMA) if out is not None else None
+    frames: list[pl.DataFrame] = []
+    pending: list[pl.DataFrame] = []
+    n_pending = 0
     skipped: list[tuple[str, str]] = []
     bar = _bar(len(files), progress)
     try:
-        if n_workers == 1 or len(files) < _SERIAL_BELOW:
-            for chunk in chunks:
-                r, s = _index_chunk(chunk, reader)
-                rows += r
-                skipped += s
-                bar(len(chunk))
-        else:
-            with _pool(min(n_workers, len(chunks))) as pool:
-                futures = [pool.submit(_index_chunk, chunk, reader) for chunk in chunks]
-                for chunk, fut in zip(chunks, futures, strict=True):
-                    r, s = fut.result()
-                    rows += r
-                    skipped += s
-                    bar(len(chunk))
+        for rows, skips, n in _chunk_results(files, size, n_workers, reader):
+            skipped += skips
+            bar(n)
+            if rows:
+                pending.append(pl.DataFrame(rows, schema=INDEX_SCHEMA, orient="row"))
+                n_pending += len(rows)
+            if n_pending >= _PART_ROWS or sink is None:
+                frames, pending, n_pending = _flush(sink, frames, pending), [], 0
+        frames = _flush(sink, frames, pending)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
     finally:
         bar(-1)
-    frame = pl.DataFrame(rows, schema=INDEX_SCHEMA, orient="row")
-    return DicomIndex(frame=frame.sort("path"),
-                      skipped=pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row"))
+    skipped_frame = pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row")
+    if sink is not None:
+        return DicomIndexFile(path=sink.close(), rows=sink.rows, skipped=skipped_frame)
+    frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=INDEX_SCHEMA)
+    return DicomIndex(frame=frame.sort("path", maintain_order=True), skipped=skipped_frame)
+
+
+_PART_ROWS = 16384  # rows gathered before a part of the parquet file is written
+
+
+def _flush(sink: ParquetSink | None, frames: list[pl.DataFrame],
+           pending: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """Write the pending frames to the sink, or keep them (in memory, without a sink)."""
+    if sink is None:
+        frames.extend(pending)
+        return frames
+    if pending:
+        sink.write(pl.concat(pending, how="vertical"))
+    return frames
+
+
+def _chunk_results(files: list[str], size: int, n_workers: int,
+                   reader: str) -> Iterator[tuple[list[tuple[Any, ...]], list[tuple[str, str]], int]]:
+    """(rows, skipped, files read) per chunk of ``size`` files, in file order.
+
+    With worker processes, at most two chunks per worker are in flight: the
+    results waiting to be consumed stay bounded however many files there are.
+    """
+    chunks = (files[i:i + size] for i in range(0, len(files), size))
+    if n_workers == 1 or len(files) < _SERIAL_BELOW:
+        for chunk in chunks:
+            yield (*index_chunk(chunk, reader), len(chunk))
+        return
+    n_chunks = -(-len(files) // size)
+    with _pool(min(n_workers, n_chunks)) as pool:
+        window: collections.deque[tuple[int, Future[_Result]]] = collections.deque()
+        for chunk in chunks:
+            window.append((len(chunk), pool.submit(index_chunk, chunk, reader)))
+            if len(window) >= 2 * n_workers:
+                n, fut = window.popleft()
+                yield (*fut.result(), n)
+        while window:
+            n, fut = window.popleft()
+            yield (*fut.result(), n)
 
 
 def _bar(total: int, show: bool) -> Callable[[int], None]:

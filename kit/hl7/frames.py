@@ -47,7 +47,8 @@ through :func:`kit.hl7.message.flatten` one by one. Messages that do not use the
 standard ``|^~\\&`` delimiters, or hold a line that is not a valid segment, take
 the message-by-message path -- the same rows either way (``read_file(...,
 vectorised=False)`` is the per-message path, and the tests and fuzz tests hold
-them equal).
+them equal). Files larger than memory: :mod:`kit.hl7.archive` reads them a
+chunk of messages at a time, to the same rows.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -32,7 +33,7 @@ from kit.hl7 import frames as F
 from kit.hl7.message import STANDARD_ENCODING, parse_message, unescape
 from kit.hl7.typed import MDM_TRIGGERS, SIU_TRIGGERS, parse_dtm
 
-__all__ = ["FAST_TABLES", "lines_frame", "read_tables"]
+__all__ = ["FAST_TABLES", "ReusedFn", "lines_frame", "read_chunk", "read_tables"]
 
 #: The tables this module builds (``results`` has its own fast path in :mod:`kit.hl7.frames`).
 FAST_TABLES = ("messages", "patients", "visits", "orders", "appointments", "documents")
@@ -540,7 +541,19 @@ def read_tables(data: bytes | str, wanted: tuple[str, ...]) -> dict[str, pl.Data
 
     ``wanted`` is in :data:`kit.hl7.frames.TABLES` order and includes ``skipped``.
     """
+    return read_chunk(data, wanted, _reused)[0]
+
+
+#: ``reused(messages, lines)``: the messages table (with ``msg``) with ``reused_control_id`` set
+ReusedFn = Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]
+
+
+def read_chunk(data: bytes | str, wanted: tuple[str, ...],
+               reused: ReusedFn) -> tuple[dict[str, pl.DataFrame], int]:
+    """:func:`read_tables` with the ``reused_control_id`` rule given (one that remembers earlier
+    chunks, for :mod:`kit.hl7.archive`); and the number of messages (MSH lines) in ``data``."""
     df, leading = lines_frame(data)
+    n_messages = int(df["msg"].max() or 0) if df.height else 0  # type: ignore[arg-type]
     skipped = [F._skipped_frame([F._leading_skip(leading)])] if leading is not None else []
     out: dict[str, pl.DataFrame] = {}
     mine = [t for t in wanted if t in FAST_TABLES]
@@ -561,7 +574,7 @@ def read_tables(data: bytes | str, wanted: tuple[str, ...]) -> dict[str, pl.Data
             if table in slow:
                 rows = pl.concat([rows, slow[table]]).sort("msg", maintain_order=True)
             if table == "messages":
-                rows = _reused(rows, df)
+                rows = reused(rows, df)
             out[table] = rows.drop("msg")
         if parts:
             merged = pl.concat(parts).sort("msg", maintain_order=True).drop("msg")
@@ -570,4 +583,4 @@ def read_tables(data: bytes | str, wanted: tuple[str, ...]) -> dict[str, pl.Data
         out["results"], fast_skipped = F._results_fast(df, leading)
         skipped.append(F._skipped_frame(fast_skipped))
     out["skipped"] = F._skipped_frame(skipped) if skipped else F.empty_frames(["skipped"])["skipped"]
-    return {t: out[t] for t in wanted}
+    return {t: out[t] for t in wanted}, n_messages

@@ -82,9 +82,9 @@ class IndexDataset:
 def index_partition(paths: list[str], reader: str, folder: str, index: int,
                     total: int) -> tuple[int, list[tuple[str, str]]]:
     """Index one chunk of files (on a worker) and write its part; (rows, skipped rows)."""
-    from kit.dicom.index import INDEX_SCHEMA, _index_chunk
+    from kit.dicom.index import INDEX_SCHEMA, index_chunk
 
-    rows, skipped = _index_chunk(paths, reader)
+    rows, skipped = index_chunk(paths, reader)
     frame = pl.DataFrame(rows, schema=INDEX_SCHEMA, orient="row").sort("path")
     write_part(frame, folder, index, total)
     return frame.height, skipped
