@@ -150,8 +150,7 @@ def index_dataset(paths: Paths, out_dir: str | os.PathLike[str], *, client: Clie
     parts = [(c, reader, str(out), i, len(chunks)) for i, c in enumerate(chunks)]
     results = run_partitions(client, index_partition, parts, out_dir=out, timeout=timeout,
                              progress=progress, desc="index")
-    position = {path: i for i, path in enumerate(walked)}  # skipped files in the walk's order, as locally
-    skipped = sorted((row for _, s in results for row in s), key=lambda row: position.get(row[0], -1))
+    skipped = sorted((row for _, s in results for row in s), key=lambda row: row[0])  # by path, as locally
     return IndexDataset(out, sum(n for n, _ in results), len(chunks),
                         pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row"))
 
