@@ -63,6 +63,7 @@ from typing import Any, overload
 import polars as pl
 
 from kit._parquet import ParquetSink
+from kit._progress import counter
 from kit.dicom._header import COLUMNS, Fallback, Skip, read_fast, read_file, read_pydicom, to_row
 from kit.errors import InvalidInputError
 
@@ -369,22 +370,7 @@ def _chunk_results(files: list[str], size: int, n_workers: int,
 
 def _bar(total: int, show: bool) -> Callable[[int], None]:
     """A tqdm bar advanced by ``update(n)``; ``update(-1)`` closes it."""
-    if not show:
-        return lambda n: None
-    import sys
-
-    from tqdm import tqdm
-
-    t = tqdm(total=total, unit="file", desc="index", file=sys.stderr, leave=False,
-             disable=not sys.stderr.isatty())
-
-    def update(n: int) -> None:
-        if n < 0:
-            t.close()
-        else:
-            t.update(n)
-
-    return update
+    return counter(total, show, desc="index", unit="file")
 
 
 def index_frame(

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kit._progress import counter
 from kit.errors import KitError, ServiceFailedError
 
 if TYPE_CHECKING:
@@ -338,19 +339,4 @@ def _check_workers(client: Client, alone_since: float | None, timeout: float) ->
 
 
 def _bar(total: int, show: bool, desc: str) -> Callable[[int], None]:
-    if not show:
-        return lambda n: None
-    import sys
-
-    from tqdm import tqdm
-
-    t = tqdm(total=total, unit="part", desc=desc, file=sys.stderr, leave=False,
-             disable=not sys.stderr.isatty())
-
-    def update(n: int) -> None:
-        if n < 0:
-            t.close()
-        else:
-            t.update(n)
-
-    return update
+    return counter(total, show, desc=desc, unit="part")
