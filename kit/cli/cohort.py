@@ -78,7 +78,7 @@ def pull(ctx: click.Context, cohort_file: str, out_dir: str, web: bool, base: st
       kit cohort pull cohort.csv --out-dir cohort
       kit cohort pull cohort.csv --out-dir cohort-slow --max-associations 1 --images-per-second 20 -o r.csv
       kit cohort pull cohort.csv --out-dir cohort-web --web --base http://127.0.0.1:8042/dicom-web
-      kit cohort pull cohort.csv --out-dir /shared/cohort --dask tcp://scheduler:8786
+      kit cohort pull cohort.csv --out-dir cohort-dask --dask local
     """
     from kit.cohort.pull import CohortPull
     from kit.cohort.retrieve import Method

@@ -326,17 +326,18 @@ def frames(ctx: click.Context, files: tuple[str, ...], out_dir: str, resource_ty
            dask: str | None) -> None:
     """Turn NDJSON files (a Bulk Data export's) into typed frames: parquet per resource type.
 
-    Streams each file in blocks, so memory stays bounded whatever the
-    export's size; the columns are those of `kit.fhir.frames.to_frames`.
+    Streams each NDJSON file in blocks, so memory stays bounded whatever the
+    export's size (a JSON Bundle file is read whole); the columns are those of
+    `kit.fhir.frames.to_frames`.
     Prints the rows per type. Read a result with
     `polars.scan_parquet("DIR/Observation.parquet")` (with --dask:
     `polars.scan_parquet("DIR/Observation")`).
 
     \b
     Examples:
-      kit fhir frames export/*.ndjson --out-dir frames
-      kit fhir frames export/Observation.*.ndjson --type Observation --out-dir obs
-      kit fhir frames /shared/export/*.ndjson --dask local --out-dir frames
+      kit fhir frames export/Patient.000.ndjson export/Observation.000.ndjson --out-dir frames
+      kit fhir frames export/Observation.000.ndjson --type Observation --out-dir obs
+      kit fhir frames export/Observation.000.ndjson --dask local --out-dir frames-dask
 
     With --dask each file is turned into frames on a Dask worker (they must
     see the files at the same paths).
@@ -361,10 +362,6 @@ def frames(ctx: click.Context, files: tuple[str, ...], out_dir: str, resource_ty
         return
     from kit.fhir.frames_stream import files_to_parquet
 
-    bad = [f for f in files if not f.lower().endswith((".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz"))]
-    if bad:
-        raise click.BadParameter(f"{bad[0]} is not an NDJSON file (.ndjson, .jsonl, optionally .gz)",
-                                 param_hint="FILES")
     written = files_to_parquet(list(files), out_dir, resource_type=resource_type)
     rows = [{"type": t, "rows": pl.scan_parquet(p).select(pl.len()).collect().item(), "file": str(p)}
             for t, p in written.items()]

@@ -219,7 +219,7 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
       kit hl7 parse data/samples/hl7/feed.hl7
       kit hl7 parse data/samples/hl7/feed.hl7 --out-dir tables
       kit hl7 parse data/samples/hl7/feed.hl7 --table orders -o orders.csv
-      kit hl7 parse archive/*.hl7 --dask local --out-dir tables
+      kit hl7 parse data/samples/hl7/feed.hl7 --dask local --out-dir tables-dask
 
     With --dask each file is parsed on a Dask worker (they must see the files
     at the same paths) and written as partitioned parquet folders.

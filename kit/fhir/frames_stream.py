@@ -262,7 +262,8 @@ def files_to_parquet(sources: list[str | os.PathLike[str]], out_dir: str | os.Pa
     Parameters
     ----------
     sources : list of str or path
-        ``.ndjson`` / ``.jsonl`` files (optionally ``.gz``).
+        ``.ndjson`` / ``.jsonl`` files (optionally ``.gz``), streamed; any other file
+        (a JSON Bundle) is read whole by :func:`kit.fhir.frames.to_frames`.
     out_dir : str or path
         Folder for ``<ResourceType>.parquet`` (created if missing).
     resource_type : str, optional
@@ -290,8 +291,7 @@ def files_to_parquet(sources: list[str | os.PathLike[str]], out_dir: str | os.Pa
     try:
         parts: dict[str, list[Path]] = {}
         for i, source in enumerate(sources):
-            for rtype, path in ndjson_to_parquet(source, scratch / f"{i:06d}", resource_type=resource_type,
-                                                 strict=strict).items():
+            for rtype, path in _one_file(source, scratch / f"{i:06d}", resource_type, strict).items():
                 parts.setdefault(rtype, []).append(path)
         written: dict[str, Path] = {}
         for rtype in sorted(parts):
@@ -309,3 +309,23 @@ def files_to_parquet(sources: list[str | os.PathLike[str]], out_dir: str | os.Pa
                                   source=str(out)) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _one_file(source: str | os.PathLike[str], folder: Path, resource_type: str | None,
+              strict: bool) -> dict[str, Path]:
+    """One file's parquet per type: NDJSON streamed, anything else (a Bundle) read whole."""
+    if str(source).lower().endswith(_NDJSON):
+        return ndjson_to_parquet(source, folder, resource_type=resource_type, strict=strict)
+    frames = _frames.to_frames(source, strict=strict)
+    if resource_type is not None:
+        empty = pl.DataFrame(schema=_frames.schema(resource_type))
+        frames = {resource_type: frames.get(resource_type, empty)}
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for rtype, frame in frames.items():
+        if not _TYPE_NAME.fullmatch(rtype):
+            raise FhirValidationError(f"resourceType {rtype[:80]!r} is not a resource type name",
+                                      source=str(source))
+        frame.write_parquet(folder / f"{rtype}.parquet")
+        written[rtype] = folder / f"{rtype}.parquet"
+    return written

@@ -250,6 +250,7 @@ class Hub:
         t = self.probe_timeout
         s = self.settings
         out: list[tuple[str, str, str, Callable[[], object]]] = []
+        _import_clients(self.connectors)
 
         def pacs_probe() -> PacsClient:
             from kit.dicom.dimse import PacsClient
@@ -553,3 +554,25 @@ def _hl7_tls(settings: Settings) -> Any:
         raise TLSError(f"cannot build the HL7 TLS context: {exc}") from exc
     return context
 
+
+
+#: the client modules each connector's probe uses
+_PROBE_MODULES: dict[str, tuple[str, ...]] = {
+    "pacs-dimse": ("kit.dicom.dimse",), "endoscopy": ("kit.dicom.dimse",),
+    "pacs-dicomweb": ("kit.dicom.web",), "ehr-fhir": ("kit.fhir.client", "kit.fhir.policy"),
+    "hl7-mllp": ("kit.hl7.mllp",),
+}
+
+
+def _import_clients(connectors: Iterable[str]) -> None:
+    """Import the probes' client modules on the calling thread, before the probe threads start.
+
+    The clients import pynetdicom and pydicom lazily (``kit pacs echo`` stays fast); two probe
+    threads importing them at once hit pynetdicom's circular imports half-way ("partially
+    initialized module") and both probes failed.
+    """
+    import importlib
+
+    for name in connectors:
+        for module in _PROBE_MODULES.get(name, ()):
+            importlib.import_module(module)

@@ -95,9 +95,22 @@ def _guarded(app, send, answer=None):  # type: ignore[no-untyped-def]
     async def receive():  # type: ignore[no-untyped-def]
         return {"type": "http.request", "body": b""}
 
-    asyncio.run(run_guarded(app, {"type": "http", "method": "GET", "path": "/x"}, receive, send,
-                            send_timeout=0.2, service="demo", logger=logging.getLogger("test"),
-                            reject=reject, answer=answer))
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:  # a thread of its own: the test's thread may hold another test's event loop
+        try:
+            asyncio.run(run_guarded(app, {"type": "http", "method": "GET", "path": "/x"}, receive, send,
+                                    send_timeout=0.2, service="demo", logger=logging.getLogger("test"),
+                                    reject=reject, answer=answer))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and not errors, errors
     return rejected
 
 

@@ -167,5 +167,9 @@ def test_kit_fhir_frames_on_a_running_scheduler_gives_the_frames_of_the_local_ru
     misuse = kit("fhir", "frames", files[0], "--dask", "local", "--type", "Patient", "--out-dir", "x",
                  cwd=tmp_path)
     assert misuse.returncode == 2 and "--type" in misuse.stderr
-    not_ndjson = kit("fhir", "frames", str(fhir_bundle()), "--out-dir", "y", cwd=tmp_path)
-    assert not_ndjson.returncode == 2 and "not an NDJSON file" in not_ndjson.stderr
+    bundle = _ok(kit("fhir", "frames", str(fhir_bundle()), "--out-dir", "bundle", cwd=tmp_path))
+    assert "Patient" in bundle.stdout  # a Bundle file is read whole, as on Dask
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\xff\x00 not FHIR")
+    bad = kit("fhir", "frames", str(garbage), "--out-dir", "z", cwd=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith("kit: error: FhirValidationError")
