@@ -224,6 +224,11 @@ class ExportWorkers:
             leftover.unlink(missing_ok=True)
         for folder in self.exports.iterdir():
             shutil.rmtree(folder, ignore_errors=True)
+        # the retrieve clients are imported here, once: workers importing pynetdicom at the same
+        # time fail on its circular imports (see kit.hub.manager._import_clients)
+        import kit.dicom.dimse  # noqa: F401
+        import kit.dicom.web  # noqa: F401
+
         for i in range(self.medix.max_jobs):
             thread = threading.Thread(target=self._loop, daemon=True, name=f"medix-export-{i}")
             thread.start()
