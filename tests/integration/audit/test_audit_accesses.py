@@ -61,7 +61,8 @@ def log_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def stack(log_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, int]]:
     store_port = free_port()
-    settings = StackSettings(host="127.0.0.1", pacs_port=0, fhir_port=0, mllp_port=0,
+    settings = StackSettings(host="127.0.0.1", pacs_port=0, fhir_port=0, mllp_port=0, dicomweb_port=0,
+                             video_port=0,
                              data_dir=str(tmp_path_factory.mktemp("stack")),
                              move_destinations={MOVE_AET: f"127.0.0.1:{store_port}"})
     with Stack(settings) as running:

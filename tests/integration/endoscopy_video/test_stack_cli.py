@@ -56,6 +56,7 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, st
     tmp = tmp_path / "serve"
     tmp.mkdir()
     proc = subprocess.Popen([*KIT, "serve", "--pacs-port", "0", "--fhir-port", "0", "--mllp-port", "0",
+                             "--dicomweb-port", "0",
                              "--no-preload", "--data-dir", str(tmp / "stack")], cwd=tmp,
                             env=_env(KIT_STACK_VIDEO_PORT="0"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
