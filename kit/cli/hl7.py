@@ -197,8 +197,8 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
 @hl7.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out-dir", type=OUT_DIR, default=None,
-              help="Write every table into this folder, one <table>.parquet each (created if missing); "
-                   "with --dask one folder per table, <table>/part-NNNNN.parquet per input file.")
+              help="Write every table into this folder, one TABLE.parquet each (created if missing); "
+                   "with --dask one folder per table, TABLE/part-NNNNN.parquet per input file.")
 @click.option("--table", default="results", show_default=True,
               help="The table -o, --json and the printed table show.")
 @dask_option

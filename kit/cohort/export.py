@@ -21,7 +21,7 @@ patient, the free-text scrubber), then written as one folder::
     index.parquet                      kit.dicom.index frame of those files (path relative)
     fhir/<Type>.parquet                kit.fhir.frames tables (patient_id filled from Patient)
     fhir/resources.ndjson              the de-identified resources
-    hl7/<table>.parquet                kit.hl7.frames tables
+    hl7/TABLE.parquet                kit.hl7.frames tables
     hl7/messages.hl7                   the de-identified messages (ER7, one per line group)
     datalist.json                      MONAI's data list: {"training": [one item per series]}
     manifest.json                      written last: request, sources, key fingerprint, counts,

@@ -190,7 +190,7 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
 def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                  out_dir: str | os.PathLike[str], *, tables: Sequence[str] | None = None,
                  chunk_bytes: int | None = None, allow_empty: bool = False) -> pl.DataFrame:
-    """Read HL7 files chunk by chunk into ``out_dir/<table>.parquet``, one file per table.
+    """Read HL7 files chunk by chunk into ``out_dir/TABLE.parquet``, one file per table.
 
     The files' tables are concatenated in the order given, each file read as
     by :func:`read_file_chunks` (message numbers count from each file's start,

@@ -2,7 +2,7 @@
 
 - :func:`hl7_dataset`: :func:`kit.hl7.frames.read_file` (what ``kit hl7 parse``
   runs) on each file, on a worker; every table becomes a dataset folder
-  (``OUT/<table>/part-00000.parquet``, ...), one part per input file, empty parts
+  (``OUT/TABLE/part-00000.parquet``, ...), one part per input file, empty parts
   included, so every table has the same partitions. Messages that cannot be read
   are rows of ``skipped`` (``OUT/skipped``), as locally; a file that cannot be
   read raises its :class:`~kit.errors.InvalidInputError`, as locally.
