@@ -574,13 +574,16 @@ def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_
 
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
-          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int]) -> dict[str, Any]:
+          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int],
+          cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``: send the request, answer every C-STORE sub-operation with the
     status ``write(sop_instance_uid, sop_class_uid, transfer_syntax, dataset)`` returns,
     until the final (non-pending) C-GET-RSP; its :func:`status_fields`.
 
     ``syntaxes`` maps accepted presentation context IDs to their transfer syntax; a
     sub-operation on any other context is answered 0x0122 (SOP class not supported).
+    ``cancelled`` is asked after each message: once True, the C-GET is cancelled
+    (:func:`kit.dicom._cancel.drain_get`) and that final response's fields returned.
     """
     phase.send(context_id, encode_command({
         0x00000002: sop_class, 0x00000100: C_GET_RQ, 0x00000110: 1, 0x00000700: 0x0002,
@@ -602,3 +605,7 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
         else:
             raise AssociationAbortedError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
                                           "during C-GET", peer=phase.peer)
+        if cancelled is not None and cancelled():  # asked to stop: C-CANCEL (kit.dicom._cancel)
+            from kit.dicom._cancel import drain_get
+
+            return drain_get(phase, context_id)
