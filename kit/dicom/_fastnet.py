@@ -114,15 +114,21 @@ def encode_command(fields: Mapping[int, int | str]) -> bytes:
 
 
 def decode_command(buf: bytes) -> dict[int, bytes]:
-    """``{element number: raw value}`` of an Implicit VR Little Endian command set."""
+    """``{element number: raw value}`` of an Implicit VR Little Endian command set.
+
+    Elements of other groups after group 0000 are skipped (DCMTK, so Orthanc, puts a
+    failed sub-operation's (0008,0058) Failed SOP Instance UID List there; pynetdicom
+    and dcmtk ignore it too).
+    """
     out: dict[int, bytes] = {}
     pos, end = 0, len(buf)
     while pos + 8 <= end:
         group, elem, length = struct.unpack_from("<HHI", buf, pos)
         pos += 8
-        if group != 0x0000 or pos + length > end:
+        if pos + length > end or (group != 0x0000 and not out):
             raise ValueError(f"malformed command set at byte {pos - 8}")
-        out[elem] = buf[pos:pos + length]
+        if group == 0x0000:
+            out[elem] = buf[pos:pos + length]
         pos += length
     if pos != end:
         raise ValueError("malformed command set (trailing bytes)")

@@ -15,7 +15,7 @@ from kit.cohort import CohortPull
 from kit.cohort.limiter import LocalLimiter, Stopped
 from kit.cohort.retrieve import Source
 from kit.config import CohortSettings, PacsSettings, Settings, load_settings
-from kit.dicom.dimse import PacsClient, RetrieveCancelledError
+from kit.dicom.dimse import PacsClient, RetrieveCancelledError, RetrieveError
 from tests.conftest import free_port
 from tests.integration.cohort_pull.helpers import Study, folder_contents, make_studies
 from tests.integration.conftest import OrthancServer
@@ -109,3 +109,22 @@ def test_a_stopped_pull_from_orthanc_resumes_to_the_whole_study(
     again = CohortPull(cohort, out, settings=settings, progress=False).run()
     assert set(again["status"]) == {"retrieved"}
     assert folder_contents(out) == {s.uid: set(s.sops) for s in studies}
+
+
+def test_a_failed_sub_operation_from_orthanc_is_a_retrieve_error_not_a_broken_association(
+        loaded: tuple[OrthancServer, list[Study], int], tmp_path: Path) -> None:
+    """Orthanc (DCMTK) answers a failed C-STORE sub-operation (what a cancelled C-GET's in-flight
+    instances get) with a C-GET-RSP whose command set carries (0008,0058); the C-GET used to
+    break off with "malformed command set" instead of reporting the failure."""
+    server, studies, store_port = loaded
+    study = studies[1]
+    dest = tmp_path / "dest"
+    blocked = sorted(study.sops)[0]
+    (dest / f"{blocked}.dcm").mkdir(parents=True)  # a local write that fails: a folder in the way
+    client = PacsClient.from_settings(_settings(server, store_port))
+    with pytest.raises(RetrieveError) as caught:
+        client.get(study_uid=study.uid, dest=dest)
+    err = caught.value
+    assert err.failed == 1 and err.completed == len(study.sops) - 1
+    assert set(err.received["sop_instance_uid"]) == set(study.sops) - {blocked}
+    assert "local write failed" in str(err)
