@@ -49,7 +49,8 @@ class RetrieveCancel:
         Set (or returning True) to stop the retrieve; checked after each instance.
     on_file : callable, optional
         Called after each instance is written (progress, rate limit); if it
-        raises, the retrieve is cancelled and that exception is raised again.
+        (or ``cancel``) raises, the retrieve is cancelled and that exception is
+        raised again.
     """
 
     def __init__(self, cancel: threading.Event | Callable[[], bool] | None,
@@ -72,7 +73,14 @@ class RetrieveCancel:
         """Whether the retrieve must stop (asked by ``cancel`` or by the hook); fires once."""
         if self._fired:
             return True
-        if self.hook_error is None and not (self._cancel is not None and self._cancel()):
+        asked = self.hook_error is not None
+        if not asked and self._cancel is not None:
+            try:
+                asked = bool(self._cancel())
+            except Exception as exc:  # noqa: BLE001 - a failing check stops the retrieve: raised again
+                self._keep(exc)
+                asked = True
+        if not asked:
             return False
         with self._lock:
             if self._fired:
@@ -99,10 +107,13 @@ class RetrieveCancel:
             try:
                 self._on_file()
             except Exception as exc:  # noqa: BLE001 - kept and raised again by the retrieve
-                with self._lock:
-                    if self.hook_error is None:
-                        self.hook_error = exc
+                self._keep(exc)
         self.requested()
+
+    def _keep(self, exc: Exception) -> None:
+        with self._lock:
+            if self.hook_error is None:
+                self.hook_error = exc
 
     @contextlib.contextmanager
     def raising(self, error: Callable[[], Exception]) -> Iterator[None]:

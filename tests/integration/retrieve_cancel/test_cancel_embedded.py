@@ -195,3 +195,21 @@ def test_a_stopped_pull_leaves_the_study_not_done_and_a_resumed_pull_fetches_it_
     assert set(again["status"]) == {"retrieved"}
     assert folder_contents(out) == {s.uid: set(s.sops) for s in wanted}
     assert pacs.retrieves[asked:].count(wanted[0].uid) == 1
+
+
+@pytest.mark.parametrize("method", ["c-get", "c-move"])
+def test_a_cancel_check_that_raises_cancels_and_its_error_is_raised(
+        tmp_path: Path, pacs: CountingPACS, store_port: int, studies: tuple[Path, list[Study]],
+        method: str) -> None:
+    big = studies[1][0]
+    dest = tmp_path / "cut"
+
+    def check() -> bool:
+        if files(dest) >= AFTER:
+            raise LookupError("the caller's own check failed")
+        return False
+
+    with pytest.raises(LookupError, match="own check"):
+        _retrieve(_client(pacs, store_port), method, big.uid, dest, cancel=check)
+    assert len(pacs.sent) <= AFTER + SLACK
+    pacs.wait_idle()
