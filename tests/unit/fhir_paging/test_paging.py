@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from kit.errors import FhirError, KitError
 from kit.fhir._paging import IncompleteResultError, SearchMode, page_entries
 from kit.fhir.client import IncompleteResultError as PublicIncomplete
-from kit.fhir.client import SearchEntry, SearchMode as PublicMode
+from kit.fhir.client import SearchEntry
+from kit.fhir.client import SearchMode as PublicMode
 
 BASE = "http://fhir.test/R4"
 
