@@ -18,6 +18,7 @@ partial C-GET / C-MOVE                 :class:`RetrieveError` (a DimseStatusErro
                                        of what did arrive)
 C-GET / C-MOVE that delivers nothing   :class:`RetrieveError` (no such study/series)
 C-MOVE destination unknown (0xA801)    :class:`RetrieveError` naming what to register
+C-GET / C-MOVE ``cancel`` set          :class:`RetrieveCancelledError` (after C-CANCEL)
 not DICOM / truncated file to store    :class:`~kit.errors.DicomFileError`
 TLS handshake failure                  :class:`~kit.errors.TLSError`
 =====================================  ===========================================
