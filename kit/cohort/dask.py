@@ -32,7 +32,8 @@ Each task gets plain data only and returns an :class:`~kit.cohort.retrieve.Attem
   worker whose clock lags waits a little longer; it never raises the rate.
 - the same entry names the job's current *run*. When the client ends a run
   (done, or stopping on an error), a task still waiting in it gets
-  :class:`~kit.cohort.limiter.Stopped`. A killed client cannot say so: its
+  :class:`~kit.cohort.limiter.Stopped`, and a retrieve under way is cancelled at
+  its next instance (C-CANCEL, :mod:`kit.dicom._cancel`). A killed client cannot say so: its
   tasks already running on the workers go on under the same caps (the names
   depend on the job and the caps, not on the run, and a new run keeps the
   bucket as it is); once a new run of the job has started they open no new

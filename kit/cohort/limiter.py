@@ -10,7 +10,9 @@ Two pieces:
 A job asks the :class:`Limiter` protocol, not a class: ``with
 limiter.association():`` around every association (or HTTP request) it opens,
 ``limiter.images(1)`` as each instance arrives (the PACS waits for our answer
-before it sends the next one, so waiting here slows the PACS, not only us). A
+before it sends the next one, so waiting here slows the PACS, not only us).
+:class:`Stopped` raised there cancels the retrieve under way (C-CANCEL, see
+:mod:`kit.dicom._cancel`) and reaches the job, which leaves the study to resume. A
 limiter shared by several processes (e.g. Dask workers holding a
 ``distributed.Semaphore`` and a bucket on the scheduler) implements the same
 two calls: :class:`kit.cohort.dask.DaskLimiter` keeps this bucket's state

@@ -114,15 +114,21 @@ def encode_command(fields: Mapping[int, int | str]) -> bytes:
 
 
 def decode_command(buf: bytes) -> dict[int, bytes]:
-    """``{element number: raw value}`` of an Implicit VR Little Endian command set."""
+    """``{element number: raw value}`` of an Implicit VR Little Endian command set.
+
+    Elements of other groups after group 0000 are skipped (DCMTK, so Orthanc, puts a
+    failed sub-operation's (0008,0058) Failed SOP Instance UID List there; pynetdicom
+    and dcmtk ignore it too).
+    """
     out: dict[int, bytes] = {}
     pos, end = 0, len(buf)
     while pos + 8 <= end:
         group, elem, length = struct.unpack_from("<HHI", buf, pos)
         pos += 8
-        if group != 0x0000 or pos + length > end:
+        if pos + length > end or (group != 0x0000 and not out):
             raise ValueError(f"malformed command set at byte {pos - 8}")
-        out[elem] = buf[pos:pos + length]
+        if group == 0x0000:
+            out[elem] = buf[pos:pos + length]
         pos += length
     if pos != end:
         raise ValueError("malformed command set (trailing bytes)")
@@ -574,13 +580,16 @@ def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_
 
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
-          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int]) -> dict[str, Any]:
+          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int],
+          cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``: send the request, answer every C-STORE sub-operation with the
     status ``write(sop_instance_uid, sop_class_uid, transfer_syntax, dataset)`` returns,
     until the final (non-pending) C-GET-RSP; its :func:`status_fields`.
 
     ``syntaxes`` maps accepted presentation context IDs to their transfer syntax; a
     sub-operation on any other context is answered 0x0122 (SOP class not supported).
+    ``cancelled`` is asked after each message: once True, the C-GET is cancelled
+    (:func:`kit.dicom._cancel.drain_get`) and that final response's fields returned.
     """
     phase.send(context_id, encode_command({
         0x00000002: sop_class, 0x00000100: C_GET_RQ, 0x00000110: 1, 0x00000700: 0x0002,
@@ -602,3 +611,7 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
         else:
             raise AssociationAbortedError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
                                           "during C-GET", peer=phase.peer)
+        if cancelled is not None and cancelled():  # asked to stop: C-CANCEL (kit.dicom._cancel)
+            from kit.dicom._cancel import drain_get
+
+            return drain_get(phase, context_id)

@@ -18,6 +18,7 @@ partial C-GET / C-MOVE                 :class:`RetrieveError` (a DimseStatusErro
                                        of what did arrive)
 C-GET / C-MOVE that delivers nothing   :class:`RetrieveError` (no such study/series)
 C-MOVE destination unknown (0xA801)    :class:`RetrieveError` naming what to register
+C-GET / C-MOVE ``cancel`` set          :class:`RetrieveCancelledError` (after C-CANCEL)
 not DICOM / truncated file to store    :class:`~kit.errors.DicomFileError`
 TLS handshake failure                  :class:`~kit.errors.TLSError`
 =====================================  ===========================================
@@ -71,6 +72,7 @@ from kit.config import PacsSettings, Settings
 from kit.dicom._association import AssociationClient
 from kit.dicom._association import nodelay as _nodelay
 from kit.dicom._audit import pacs as _audited
+from kit.dicom._cancel import RetrieveCancel, cancel_move
 from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
@@ -94,7 +96,7 @@ if TYPE_CHECKING:  # polars, the frame schemas and the query module load on firs
     from kit.dicom._frames import RECEIVED_SCHEMA, STORED_SCHEMA
     from kit.dicom.query import QueryLevel, QueryModel
 
-__all__ = ["RECEIVED_SCHEMA", "STORED_SCHEMA", "PacsClient", "RetrieveError"]
+__all__ = ["RECEIVED_SCHEMA", "STORED_SCHEMA", "PacsClient", "RetrieveCancelledError", "RetrieveError"]
 
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -137,6 +139,19 @@ class RetrieveError(DimseStatusError):
         counts = f" (completed {completed}, failed {failed}, warning {warning})" \
             if completed is not None or failed is not None else ""
         super().__init__(message + counts, status=status, peer=peer)
+
+
+class RetrieveCancelledError(RetrieveError):
+    """A C-GET/C-MOVE stopped part-way because its ``cancel`` was set: C-CANCEL was sent and the
+    association released (aborted if the PACS went on). ``received`` holds what had arrived: an
+    incomplete retrieve."""
+
+    @classmethod
+    def of(cls, what: str, receiver: FileReceiver, peer: str) -> RetrieveCancelledError:
+        """The error for a cancelled ``what`` (C-GET, C-MOVE) with what ``receiver`` wrote."""
+        received = _received_frame(receiver)
+        return cls(f"{what} cancelled after {received.height} instance(s)", status=0xFE00, peer=peer,
+                   received=received)
 
 
 def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, float]:
@@ -422,7 +437,8 @@ class PacsClient(AssociationClient):
     @_audited("pacs.get")
     def get(self, *, study_uid: str | None = None, series_uid: str | None = None,
             sop_uid: str | None = None, dest: str | os.PathLike[str],
-            sop_classes: Iterable[str] | None = None, progress: bool = False) -> pl.DataFrame:
+            sop_classes: Iterable[str] | None = None, progress: bool = False,
+            cancel: threading.Event | Callable[[], bool] | None = None) -> pl.DataFrame:
         """C-GET a study, series or instance into ``dest`` (``<SOPInstanceUID>.dcm`` files).
 
         Parameters
@@ -439,6 +455,10 @@ class PacsClient(AssociationClient):
             for video (e.g. Video Endoscopic), which no PACS can transcode.
         progress : bool
             Show a progress bar on stderr.
+        cancel : threading.Event or callable, optional
+            Checked after each instance: once set (or True), the C-GET is
+            cancelled (C-CANCEL, then release; abort if the PACS goes on) and
+            :class:`RetrieveCancelledError` raised (:mod:`kit.dicom._cancel`).
 
         Returns
         -------
@@ -452,6 +472,8 @@ class PacsClient(AssociationClient):
             Non-success final status, failed sub-operations or a local
             write failure; carries the counts and what did arrive. Also
             when nothing arrives (the PACS holds no such study/series).
+        RetrieveCancelledError
+            ``cancel`` was set; what had arrived is in ``received``.
         AssociationAbortedError, PeerTimeoutError
             The association broke off mid-retrieve.
         """
@@ -466,15 +488,19 @@ class PacsClient(AssociationClient):
         roles = _default_roles() if sop_classes is None else \
             [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
         with self._progress(progress, "C-GET") as tick:
-            receiver = FileReceiver(folder, study_uid, tick)
+            stop = RetrieveCancel(cancel, tick)  # cancel: checked per instance (kit.dicom._cancel)
+            receiver = FileReceiver(folder, study_uid, stop.tick)
+            with stop.raising(lambda: RetrieveCancelledError.of("C-GET", receiver, self.address)):
+                stop.requested()  # already set: the PACS is not asked
             with self._associate(contexts, roles=roles,
                                  handlers=[(evt.EVT_C_STORE, receiver)]) as assoc:
-                last = self._get_direct(assoc, identifier, model.get_uid, receiver)
+                with stop.raising(lambda: RetrieveCancelledError.of("C-GET", receiver, self.address)):
+                    last = self._get_direct(assoc, identifier, model.get_uid, receiver, stop.requested)
                 return self._check_retrieve("C-GET", last, receiver, assoc, 0.0,
                                             asked=_asked(study_uid, series_uid, sop_uid))
 
     def _get_direct(self, assoc: Association, identifier: Dataset, sop_class: str,
-                    receiver: FileReceiver) -> Dataset:
+                    receiver: FileReceiver, cancelled: Callable[[], bool] | None = None) -> Dataset:
         """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
         (:class:`~kit.dicom._fastnet.DataPhase`); the final C-GET-RSP status as a dataset."""
         syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
@@ -491,7 +517,7 @@ class PacsClient(AssociationClient):
         try:
             with DataPhase(assoc, self.timeout, self.address) as phase:
                 fields = c_get(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
-                               receiver.write)
+                               receiver.write, cancelled)
         except (AssociationAbortedError, PeerTimeoutError) as err:
             raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
         last = Dataset()
@@ -504,7 +530,8 @@ class PacsClient(AssociationClient):
     def move(self, *, study_uid: str | None = None, series_uid: str | None = None,
              sop_uid: str | None = None, dest: str | os.PathLike[str], move_aet: str | None = None,
              store_port: int | None = None, store_host: str = "",
-             progress: bool = False) -> pl.DataFrame:
+             progress: bool = False,
+             cancel: threading.Event | Callable[[], bool] | None = None) -> pl.DataFrame:
         """C-MOVE a study, series or instance to a temporary storage SCP writing into ``dest``.
 
         The PACS must know ``move_aet`` (default: our ``aet``) as a
@@ -527,6 +554,9 @@ class PacsClient(AssociationClient):
             Interface the storage SCP binds to (default all).
         progress : bool
             Show a progress bar on stderr.
+        cancel : threading.Event or callable, optional
+            As for :meth:`get`: checked as each instance arrives; once set, C-CANCEL
+            and :class:`RetrieveCancelledError`.
 
         Returns
         -------
@@ -543,6 +573,8 @@ class PacsClient(AssociationClient):
             No answer within ``timeout`` and the PACS never connected back (it
             knows our AE title at another host or port): the message says
             which AE title, host and store port the PACS must have.
+        RetrieveCancelledError
+            ``cancel`` was set; what had arrived is in ``received``.
         """
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
@@ -553,7 +585,10 @@ class PacsClient(AssociationClient):
 
         model = QueryModel.STUDY_ROOT
         with self._progress(progress, "C-MOVE") as tick:
-            receiver = FileReceiver(folder, study_uid, tick)
+            stop = RetrieveCancel(cancel, tick)  # cancel: checked per instance (kit.dicom._cancel)
+            receiver = FileReceiver(folder, study_uid, stop.tick)
+            with stop.raising(lambda: RetrieveCancelledError.of("C-MOVE", receiver, self.address)):
+                stop.requested()  # already set: the PACS is not asked
             connections: list[str] = []
             scp_ae = self._ae()
             scp_ae.ae_title = destination
@@ -570,7 +605,16 @@ class PacsClient(AssociationClient):
                 with self._associate([build_context(model.move_uid)]) as assoc:
                     bound = int(server.server_address[1]) if server is not None else port
                     register = self._register_hint(assoc, destination, bound, ephemeral=port == 0)
-                    last, waited = _final(assoc.send_c_move(identifier, destination, model.move_uid))
+                    timers: list[threading.Timer] = []  # C-CANCEL from the storage thread on cancel
+                    stop.arm(lambda: timers.append(cancel_move(assoc, model.move_uid)))
+                    try:
+                        with stop.raising(lambda: RetrieveCancelledError.of("C-MOVE", receiver,
+                                                                            self.address)):
+                            last, waited = _final(assoc.send_c_move(identifier, destination,
+                                                                    model.move_uid))
+                    finally:
+                        for timer in timers:
+                            timer.cancel()
                     return self._check_retrieve("C-MOVE", last, receiver, assoc, waited,
                                                 asked=_asked(study_uid, series_uid, sop_uid),
                                                 move_to=(destination, register),

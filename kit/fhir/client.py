@@ -39,23 +39,21 @@ Credentials go only to the server's own origin (scheme, host and port of
 URL, a redirect target) is sent without the auth flow and without an
 ``Authorization`` header.
 
-Hand-written here: paging, retries and the error mapping (no maintained Python
-FHIR client does these with httpx; fhirpy is async-first and untyped on errors).
+Hand-written here: retries and the error mapping; the paging and Bundle reading
+in :mod:`kit.fhir._paging` (no maintained Python FHIR client does these with
+httpx; fhirpy is async-first and untyped on errors).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import enum
 import logging
-import re
 import socket
 import ssl
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 import orjson
@@ -75,6 +73,10 @@ from kit.errors import (
     TLSError,
 )
 from kit.fhir._audit import audited_send
+from kit.fhir._paging import IncompleteResultError, Params, SearchEntry, SearchMode, page_entries
+from kit.fhir._paging import check_id as _check_id
+from kit.fhir._paging import check_type as _check_type
+from kit.fhir._paging import normalise_params as _normalise_params
 from kit.fhir.policy import NO_RETRY, OriginRule, RetryPolicy, origin, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
@@ -101,36 +103,6 @@ log = logging.getLogger(__name__)
 #: The FHIR JSON media type.
 FHIR_JSON = "application/fhir+json"
 
-_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-
-ParamValue = str | int | float | bool | dt.date | dt.datetime | Sequence[Any]
-Params = Mapping[str, ParamValue] | Sequence[tuple[str, ParamValue]]
-
-
-
-
-class SearchMode(enum.StrEnum):
-    """``Bundle.entry.search.mode``: why an entry is in a search result."""
-
-    MATCH = "match"
-    INCLUDE = "include"
-    OUTCOME = "outcome"
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchEntry:
-    """One entry of a search result: the resource, why it is there, and its full URL."""
-
-    resource: dict[str, Any]
-    mode: SearchMode
-    full_url: str | None = None
-
-
-class IncompleteResultError(FhirError):
-    """A search got fewer matches than the server counts (``Bundle.total``) and cannot page on."""
-
-
 class BatchError(OperationOutcomeError):
     """Entries of a batch failed (the others were applied). ``bundle`` is the batch-response."""
 
@@ -138,49 +110,6 @@ class BatchError(OperationOutcomeError):
                  peer: str | None = None) -> None:
         self.bundle = bundle
         super().__init__(message, issues=issues, status_code=None, peer=peer)
-
-
-def _param_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            raise InvalidInputError(f"search datetime {value.isoformat()} has no time zone")
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return str(value)
-
-
-def _normalise_params(params: Params | None, extra: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Search parameters as (name, value) pairs; a list value repeats the parameter (AND)."""
-    items: list[tuple[str, Any]] = []
-    if params is not None:
-        items.extend(params.items() if isinstance(params, Mapping) else params)
-    items.extend(extra.items())
-    out: list[tuple[str, str]] = []
-    for name, value in items:
-        if not isinstance(name, str) or not name:
-            raise InvalidInputError(f"search parameter name must be a non-empty string, got {name!r}")
-        if value is None:
-            continue
-        if isinstance(value, list | tuple | set | frozenset):
-            out.extend((name, _param_text(v)) for v in value)
-        else:
-            out.append((name, _param_text(value)))
-    return out
-
-
-def _check_type(resource_type: str) -> str:
-    if not isinstance(resource_type, str) or not _TYPE_RE.match(resource_type):
-        raise InvalidInputError(f"not a FHIR resource type: {resource_type!r}")
-    return resource_type
-
-
-def _check_id(resource_id: str) -> str:
-    if not isinstance(resource_id, str) or not _ID_RE.match(resource_id):
-        raise InvalidInputError(f"not a FHIR resource id: {resource_id!r}")
-    return resource_id
 
 
 def _etag(version: str | int) -> str:
@@ -506,64 +435,15 @@ class FhirClient:
         query = [(n, self._cap_count(v)) if n == "_count" else (n, v) for n, v in query]
         if limit == 0:
             return
-        counting = ("_summary", "count") in query or ("_count", "0") in query  # a total, no resources
-        url: str | None = self.url(resource_type)
-        page_params: list[tuple[str, str]] | None = query
-        seen_links: set[str] = set()
-        seen_includes: set[str] = set()
-        seen_matches: set[str] = set()
-        matches = 0
-        total: int | None = None
-        while url is not None:
-            bundle = self.resource_of(self.send("GET", url, params=page_params), "Bundle")
-            if bundle.get("type") != "searchset":
-                raise FhirValidationError(f"search answered a {bundle.get('type')!r} Bundle, "
-                                          "not a searchset", source=url)
-            if total is None and isinstance(bundle.get("total"), int):
-                total = bundle["total"]
-            items = [self._search_entry(e, resource_type, url) for e in bundle.get("entry") or []]
-            keys = {f"{i.resource['resourceType']}/{i.resource.get('id')}" for i in items
-                    if i.mode is SearchMode.MATCH}
-            if page_params is not None and page_params is not query and (not keys or keys & seen_matches):
-                raise self._incomplete(resource_type, total, matches, "ignores _offset")
-            seen_matches |= keys
-            cut = False
-            for item in items:
-                if item.mode is SearchMode.OUTCOME:
-                    self._search_outcome(item.resource)
-                    continue
-                if item.mode is SearchMode.INCLUDE:
-                    key = f"{item.resource['resourceType']}/{item.resource.get('id')}"
-                    if key in seen_includes:
-                        continue
-                    seen_includes.add(key)
-                elif limit is not None and matches >= limit:
-                    cut = True
-                    continue
-                else:
-                    matches += 1
-                yield item
-            url = self._next_link(bundle, seen_links)
-            page_params = None
-            if limit is not None and matches >= limit:
-                if cut or url is not None or (total is not None and total > matches):
-                    warn_truncated(f"FHIR search {resource_type}", limit,
-                                   f"{total} matches" if total is not None else "more matches")
-                return
-            if url is None and total is not None and len(seen_matches) < total and not counting:
-                # No next link, yet the server counts more matches: page with _offset, once a page.
-                if not keys:
-                    raise self._incomplete(resource_type, total, matches, "sent an empty page")
-                url = self.url(resource_type)
-                start = next((int(v) for n, v in query if n == "_offset" and v.isdigit()), 0)
-                page_params = [(n, v) for n, v in query if n != "_offset"]
-                page_params.append(("_offset", str(start + len(seen_matches))))
 
-    def _incomplete(self, resource_type: str, total: int | None, got: int, why: str) -> FhirError:
-        return IncompleteResultError(
-            f"search {resource_type}: the server counts {total} matches (Bundle.total) but sent "
-            f"{got}, with no next link, and {why}; ask for larger pages (--count / _count={total}) "
-            "or accept part of it with a limit (--limit N)", peer=self.base)
+        def get_bundle(url: str, params: list[tuple[str, str]] | None) -> dict[str, Any]:
+            return self.resource_of(self.send("GET", url, params=params), "Bundle")
+
+        left_out = yield from page_entries(get_bundle, resource_type, query, url=self.url(resource_type),
+                                           base=self.base, limit=limit,
+                                           rewrite_next_links=self.rewrite_next_links)
+        if left_out is not None and limit is not None:
+            warn_truncated(f"FHIR search {resource_type}", limit, left_out)
 
     def search(self, resource_type: str, params: Params | None = None, /, *,
                limit: int | None = None, max_results: int | None = None,
@@ -614,50 +494,6 @@ class FhirClient:
             log.info("_count %d capped to %d for %s", count, self.profile.max_count, self.profile.name)
             count = self.profile.max_count
         return str(count)
-
-    def _search_entry(self, entry: Any, resource_type: str, url: str) -> SearchEntry:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            raise FhirValidationError("search Bundle entry without a resource", source=url)
-        mode_text = (entry.get("search") or {}).get("mode")
-        if mode_text is None:
-            mode_text = "match" if resource["resourceType"] == resource_type else "include"
-        try:
-            mode = SearchMode(mode_text)
-        except ValueError:
-            raise FhirValidationError(f"unknown search mode {mode_text!r}", source=url) from None
-        return SearchEntry(resource, mode, entry.get("fullUrl"))
-
-    def _search_outcome(self, outcome: dict[str, Any]) -> None:
-        issues = outcome_issues(outcome)
-        if any(i.get("severity") in ("error", "fatal") for i in issues):
-            raise OperationOutcomeError(f"search failed: {outcome_message(outcome)}", issues=issues,
-                                        peer=self.base)
-        if issues:
-            log.warning("FHIR search: %s", outcome_message(outcome))
-
-    def _next_link(self, bundle: dict[str, Any], seen: set[str]) -> str | None:
-        links = [lk for lk in bundle.get("link") or []
-                 if isinstance(lk, dict) and lk.get("relation") == "next"]
-        if not links:
-            return None
-        href = links[0].get("url")
-        if not isinstance(href, str) or not href.strip():
-            raise FhirValidationError("search Bundle has a next link without a url", source=self.base)
-        url = urljoin(self.base + "/", href.strip())
-        parts, base = urlsplit(url), urlsplit(self.base)
-        if parts.scheme not in ("http", "https"):
-            raise FhirError(f"next link {href!r} is not an http(s) URL", peer=self.base)
-        if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
-            if not self.rewrite_next_links:
-                raise FhirError(f"next link points to another server ({parts.netloc}); pass "
-                                "rewrite_next_links=True if the server sits behind a proxy",
-                                peer=self.base)
-            url = urlunsplit((base.scheme, base.netloc, parts.path, parts.query, parts.fragment))
-        if url in seen:
-            raise FhirError("server sent the same next link twice (paging loop)", peer=self.base)
-        seen.add(url)
-        return url
 
     # -- write --------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ PURE = [
     "dicom/received", "dicom/matching", "dicom/pixels", "dicom/_contexts", "dicom/web_multipart",
     "dicom/web_query",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
-    "fhir/server_limits", "fhir/server_openapi", "fhir/policy",
+    "fhir/server_limits", "fhir/server_openapi", "fhir/policy", "fhir/_paging",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/frames_fast", "hl7/scheduling", "hl7/framing",
     "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__", "hub/alerts",
     "fhir/timeline",
