@@ -333,22 +333,36 @@ def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:
         walker.item(data if i == 0 else _RAW.decode(data))
 
 
-def blocks(path: Path, chunk: int | None = None) -> Iterator[bytes]:
+def blocks(path: Path, chunk: int | None = None, max_line: int | None = None) -> Iterator[bytes]:
     """An NDJSON file (optionally gzip) in blocks of whole lines, read ``chunk`` bytes at a time.
 
     A block ends with a newline, except the file's last; a line longer than
-    ``chunk`` (default :data:`CHUNK`) comes whole, in one block.
+    ``chunk`` (default :data:`CHUNK`) comes whole, in one block, unless it is
+    longer than ``max_line`` bytes (newline excluded): then
+    :class:`~kit.errors.FhirValidationError` is raised as soon as that many bytes
+    of it are read (so a hostile multi-GB line is never held whole), before the
+    block holding it is yielded: the bad line is the one right after the blocks
+    yielded so far. No limit when ``max_line`` is None.
     """
     if chunk is None:
         chunk = CHUNK
+    if max_line is not None:
+        chunk = min(chunk, max(max_line, 1))  # a line inside one read is then never too long
     opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
         rest: list[bytes] = []
+        pending = 0  # bytes of the line being read, before this read
         while True:
             data = fh.read(chunk)
             if not data:
                 break
             cut = data.rfind(b"\n")
+            if max_line is not None:
+                head = len(data) if cut < 0 else data.find(b"\n")
+                if pending + head > max_line:
+                    raise FhirValidationError(f"an NDJSON line is longer than {max_line:,} bytes",
+                                              source=str(path))
+                pending = pending + len(data) if cut < 0 else len(data) - cut - 1
             if cut < 0:
                 rest.append(data)  # joined once the line ends (no quadratic copying)
                 continue
