@@ -41,6 +41,7 @@ import codecs
 import gzip
 import mmap
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -52,24 +53,21 @@ from msgspec import Raw, Struct
 
 from kit.errors import FhirValidationError
 from kit.fhir.frames import _entry_key
-from kit.fhir.frames_build import _listed, _scalar
-from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
+from kit.fhir.frames_extract import EXTRACTORS, generic_extract
+from kit.fhir.frames_fast_build import BATCH, MERGE, Group
 from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 
 __all__ = ["BATCH", "CHUNK", "MERGE", "blocks", "collect", "collect_block"]
 
-#: rows of one resource type turned into a partial frame at a time
-BATCH: Final = 1 << 10
-#: partial frames merged into one contiguous chunk (a long frame comes in chunks of BATCH * MERGE rows)
-MERGE: Final = 64
 #: bytes of NDJSON read at a time (whole lines)
 CHUNK: Final = 1 << 20
 
 _NDJSON: Final = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
-_PREFIX: Final = b'{"resourceType":"'
-_MALFORMED: Final = (msgspec.MsgspecError, orjson.JSONDecodeError, AttributeError, TypeError, KeyError,
-                     IndexError, ValueError, OverflowError, RecursionError, UnicodeDecodeError,
-                     pl.exceptions.PolarsError)
+#: the first key of an object, when it is resourceType: its value (no escapes)
+_FIRST_KEY: Final = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"resourceType"[ \t\n\r]*:[ \t\n\r]*"([^"\\]+)"')
+_MALFORMED: Final = (FhirValidationError, msgspec.MsgspecError, orjson.JSONDecodeError, AttributeError,
+                     TypeError, KeyError, IndexError, ValueError, OverflowError, RecursionError,
+                     UnicodeDecodeError, pl.exceptions.PolarsError)
 
 # fullUrl -> (resourceType, id or key, keyed by its fullUrl), as in kit.fhir.frames
 Urns = dict[str, tuple[str, str, bool]]
@@ -96,90 +94,6 @@ _BUNDLE = msgspec.json.Decoder(_Bundle)
 _HEAD = msgspec.json.Decoder(Head)
 
 
-class _Group:
-    """Rows of one resource type, turned into partial frames every :data:`BATCH` rows.
-
-    The rows are kept flat, one after the other in one list (``flat``), and split
-    into columns by strided slices: far cheaper than transposing tuples. Every
-    :data:`MERGE` partial frames are merged into one contiguous chunk (a copy of
-    that many rows at a time, not of the whole frame).
-    """
-
-    __slots__ = ("rtype", "cols", "flat", "width", "limit", "parts", "merged", "clean", "strict")
-
-    def __init__(self, rtype: str, strict: bool) -> None:
-        self.rtype = rtype
-        self.cols = SCHEMAS.get(rtype, GENERIC_SCHEMA)
-        self.width = len(self.cols)
-        self.limit = BATCH * self.width
-        self.flat: list[Any] = []
-        self.parts: list[pl.DataFrame] = []
-        self.merged: list[pl.DataFrame] = []
-        self.clean = True  # every row came from a typed struct (scalars of the columns' JSON types)
-        self.strict = strict
-
-    def add(self, row: tuple[Any, ...]) -> None:
-        if len(row) != self.width:
-            raise _GiveUp
-        self.flat += row
-        if len(self.flat) >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        flat, self.flat = self.flat, []
-        try:
-            part = _build(self.cols, flat, self.rtype, self.strict, self.clean)
-        except FhirValidationError as exc:  # its message counts this batch's bad values only:
-            raise _GiveUp from exc  # the slow path reports them over the whole column
-        self.parts.append(part)
-        self.clean = True
-        if len(self.parts) >= MERGE:
-            self._merge()
-
-    def _merge(self) -> None:
-        parts, self.parts = self.parts, []
-        self.merged.append(parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True))
-
-    def frame(self) -> pl.DataFrame:
-        if self.flat or not (self.parts or self.merged):
-            self.flush()
-        if self.parts:
-            self._merge()
-        merged, self.merged = self.merged, []
-        return merged[0] if len(merged) == 1 else pl.concat(merged, rechunk=False)
-
-
-def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
-           clean: bool) -> pl.DataFrame:
-    """:func:`kit.fhir.frames_build._build` for typed rows: the same series, without re-checking JSON types.
-
-    A typed struct holds only str, bool, int64 and float scalars, so where the slow
-    path's first ``pl.Series`` attempt succeeds, it returns that series too.
-    """
-    k = len(cols)
-    n, bad = divmod(len(flat), k)
-    if bad:
-        raise _GiveUp
-    columns = [flat[j::k] for j in range(k)]
-    del flat
-    series = []
-    for col, values in zip(cols, columns, strict=True):
-        kind = col.kind
-        what = f"{rtype}.{col.name}"
-        if n and values[0] is None and not any(values) and values.count(None) == n:
-            series.append(pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n))  # all null
-        elif kind in ("list", "structs"):
-            series.append(_listed(col, values, what, strict))
-        elif kind == "str" or kind == "bool" or (clean and kind in ("int", "float")):
-            try:
-                series.append(pl.Series(col.name, values, dtype=col.dtype))
-            except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-                series.append(_scalar(col, values, what, strict))
-        else:
-            series.append(_scalar(col, values, what, strict))
-    return pl.DataFrame(series)
-
-
 class _Walker:
     """Routes resources (Bundles flattened) to their groups, as :func:`kit.fhir.frames._walk` does."""
 
@@ -187,9 +101,9 @@ class _Walker:
         self.only = only
         self.strict = strict
         self.urns: Urns = {}
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, Group] = {}
         if only is not None:
-            self.groups[only] = _Group(only, strict)
+            self.groups[only] = Group(only, strict)
 
     def item(self, raw: Any, full: str | None = None) -> None:
         """A resource or a Bundle (top level, or an entry's with its ``fullUrl``), routed by its keys."""
@@ -245,7 +159,7 @@ class _Walker:
         """Extract one decoded resource into its group."""
         group = self.groups.get(rt)
         if group is None:
-            group = self.groups[rt] = _Group(rt, self.strict)
+            group = self.groups[rt] = Group(rt, self.strict)
         row = ROW[rt](r)
         if full is not None and (r.id is None or full[:4] == "urn:"):  # else _urn notes nothing
             key = self._urn(full, rt, r.id)
@@ -272,7 +186,7 @@ class _Walker:
         """Extract one resource; with ``full`` (its entry's fullUrl), key it and note its urn."""
         group = self.groups.get(rt)
         if group is None:
-            group = self.groups[rt] = _Group(rt, self.strict)
+            group = self.groups[rt] = Group(rt, self.strict)
         decode = DECODERS.get(rt)
         if decode is not None:
             try:
@@ -291,20 +205,23 @@ class _Walker:
             key = self._urn(full, rt, d.get("id"))
             if key is not None:
                 row = (key, *row[1:])
-        group.add(row)
+        if len(row) != group.width:
+            raise _GiveUp
+        group.flat += row
+        if len(group.flat) >= group.limit:
+            group.flush()
 
     def frames(self) -> dict[str, pl.DataFrame]:
         return {rt: g.frame() for rt, g in self.groups.items()}
 
 
 def _guess(raw: Any) -> str | None:
-    """The resourceType when it is the first key (the common layout), read from the first bytes."""
-    start = bytes(memoryview(raw)[:64])
-    if start.startswith(_PREFIX):
-        end = start.find(b'"', 17)
-        if end > 17 and b"\\" not in start[17:end]:
-            return start[17:end].decode()
-    return None
+    """The resourceType when it is the first key (the common layout), read from the first bytes.
+
+    A hint only: the decode that follows checks it (a Bundle's, or the typed struct's tag).
+    """
+    m = _FIRST_KEY.match(memoryview(raw)[:128])
+    return m.group(1).decode() if m is not None else None
 
 
 def _utf8(data: bytes | bytearray | mmap.mmap) -> None:
