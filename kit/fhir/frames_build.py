@@ -230,7 +230,8 @@ def _list_series(col: Col, items: pl.DataFrame | None, lens: list[int]) -> pl.Se
     where = [len(counts)] * n
     for j, i in enumerate(filled):
         where[i] = j
-    return pl.concat([lists, pl.Series(col.name, [None], dtype=col.dtype)]).gather(where)
+    # one chunk: a gather from a list column of two chunks copies row by row, ~10x slower
+    return pl.concat([lists, pl.Series(col.name, [None], dtype=col.dtype)], rechunk=True).gather(where)
 
 
 def _as_items(col: Col, items: pl.DataFrame) -> pl.Series:

@@ -102,6 +102,7 @@ class _Walker:
         self.strict = strict
         self.urns: Urns = {}
         self.groups: dict[str, Group] = {}
+        self.hot: dict[type, tuple[Group, Any]] = {}  # struct class -> its group and row extractor
         if only is not None:
             self.groups[only] = Group(only, strict)
 
@@ -128,6 +129,7 @@ class _Walker:
         if full is not None:
             self._urn(full, "Bundle", b.id)
         union = UNION.decode if self.only is None else None
+        hot = self.hot
         for entry in b.entry or ():
             res = entry.resource
             if not res:
@@ -137,8 +139,20 @@ class _Walker:
                     r = union(res)
                 except msgspec.ValidationError:
                     pass
-                else:
-                    self.typed(r, TYPE_OF[r.__class__], entry.fullUrl)
+                else:  # :meth:`typed`, inlined
+                    group, extract = hot.get(r.__class__) or self._hot(r.__class__)
+                    row = extract(r)
+                    full = entry.fullUrl
+                    if full is not None and (r.id is None or full[:4] == "urn:"):  # else _urn notes nothing
+                        key = self._urn(full, group.rtype, r.id)
+                        if key is not None:
+                            row = (key, *row[1:])
+                    if len(row) != group.width:
+                        raise _GiveUp
+                    flat = group.flat
+                    flat += row
+                    if len(flat) >= group.limit:
+                        group.flush()
                     continue
             if memoryview(res)[:1] != b"n":  # null: no resource either
                 self.item(res, entry.fullUrl)
@@ -151,18 +165,25 @@ class _Walker:
             except msgspec.ValidationError:
                 pass  # another type, a Bundle, or a value of an unexpected type: route it
             else:
-                self.typed(r, TYPE_OF[r.__class__], None)
+                self.typed(r, None)
                 return
         self.item(raw)
 
-    def typed(self, r: Any, rt: str, full: str | None) -> None:
-        """Extract one decoded resource into its group."""
+    def _hot(self, cls: type) -> tuple[Group, Any]:
+        """The group and row extractor of a struct class (noted in ``hot``)."""
+        rt = TYPE_OF[cls]
         group = self.groups.get(rt)
         if group is None:
             group = self.groups[rt] = Group(rt, self.strict)
-        row = ROW[rt](r)
+        hit = self.hot[cls] = (group, ROW[rt])
+        return hit
+
+    def typed(self, r: Any, full: str | None) -> None:
+        """Extract one decoded resource into its group."""
+        group, extract = self.hot.get(r.__class__) or self._hot(r.__class__)
+        row = extract(r)
         if full is not None and (r.id is None or full[:4] == "urn:"):  # else _urn notes nothing
-            key = self._urn(full, rt, r.id)
+            key = self._urn(full, group.rtype, r.id)
             if key is not None:
                 row = (key, *row[1:])
         if len(row) != group.width:
@@ -194,7 +215,7 @@ class _Walker:
             except msgspec.ValidationError:
                 pass  # a value of an unexpected type: the slow way
             else:
-                self.typed(r, rt, full)
+                self.typed(r, full)
                 return
         d = orjson.loads(memoryview(raw))
         if d.get("resourceType") != rt:
@@ -227,15 +248,19 @@ def _guess(raw: Any) -> str | None:
 def _utf8(data: bytes | bytearray | mmap.mmap) -> None:
     """orjson refuses invalid UTF-8 anywhere; msgspec only where it reads: check it all.
 
-    Decoded 64 KiB at a time (a whole-file ``str`` would cost a copy of the file).
+    64 KiB at a time (a whole-file ``str`` would cost a copy of the file): a piece of
+    ASCII, with no character left open by the piece before it, is valid as it is;
+    any other piece goes through an incremental UTF-8 decoder (the one state kept).
     """
     if not isinstance(data, mmap.mmap) and data.isascii():
         return
-    decode = codecs.getincrementaldecoder("utf-8")().decode
+    decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
     for i in range(0, len(view), 1 << 16):
-        decode(view[i:i + (1 << 16)])
-    decode(b"", final=True)
+        piece = bytes(view[i:i + (1 << 16)])
+        if not piece.isascii() or decoder.getstate()[0]:
+            decoder.decode(piece)
+    decoder.decode(b"", final=True)
 
 
 def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:

@@ -328,3 +328,25 @@ def test_bad_values_in_many_batches_report_as_the_slow_path(strict: bool, tmp_pa
     got = agree(dumps(rs), strict=strict, fast=not strict)
     if strict:
         assert got[0] is FhirValidationError and "2000 value(s)" in got[1]
+
+
+# --------------------------------------------------------------------------- UTF-8 checked in pieces
+
+@pytest.mark.parametrize("tail", [
+    "é".encode(),  # valid, two bytes: placed across a 64 KiB piece boundary below
+    "€".encode(),  # valid, three bytes
+    b"\xff",  # never valid
+    b"\xc3",  # a character left open at the end of a piece, then ASCII
+    b"\xed\xa0\x80",  # an encoded surrogate
+])
+@pytest.mark.parametrize("at", [(1 << 16) - 1, (1 << 16) - 2, 3 << 16])
+def test_utf8_checked_across_pieces_as_orjson_checks_it(tail: bytes, at: int, tmp_path: Path) -> None:
+    """Checked 64 KiB at a time (ASCII pieces skipped): a bad byte anywhere fails as on the slow path."""
+    head = b'{"resourceType":"Observation","id":"x","zz":"'
+    data = head + b"a" * (at - len(head)) + tail + b"a" * 1000 + b'"}'
+    assert data.index(tail) == at
+    (tmp_path / "x.json").write_bytes(data)
+    (tmp_path / "x.ndjson").write_bytes(data + b"\n")
+    for source in (data, tmp_path / "x.json", tmp_path / "x.ndjson"):
+        got = agree(source, fast=False)
+        assert isinstance(got, dict) == (tail in ("é".encode(), "€".encode()))
