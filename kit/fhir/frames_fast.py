@@ -10,13 +10,16 @@ the rest without building it, so there is no full parse of every resource and
 far less to free; one tagged-union decode routes each resource by its
 ``resourceType``. A ``.json`` file is memory-mapped and split into entries as raw
 JSON; NDJSON is read in chunks of whole lines (:data:`CHUNK`); rows are kept flat
-and turned into partial frames every :data:`BATCH` rows, merged into contiguous
-chunks of ``BATCH * MERGE`` rows (65,536; a longer frame comes in such chunks).
-Both are small on purpose: the work is bound by memory latency, not by the
-interpreter, and a batch of 1,024 rows is turned into columns while its strings
-are still in the CPU cache (8,192-row batches ran 2-3x slower on a busy machine,
-whose other processes share the cache; 1 MiB chunks beat 4 MiB likewise).
-Memory stays bounded by the chunk and the batch plus the frames built so far.
+and turned into series every :data:`BATCH` rows, merged into contiguous chunks of
+``BATCH * MERGE`` rows (65,536; a longer frame comes in such chunks), where dates
+are parsed and list columns grouped (:mod:`kit.fhir.frames_fast_build`: no polars
+query per batch, so no wait for polars' threads on a busy machine). Both are
+small on purpose: the work is bound by memory latency, not by the interpreter,
+and a batch of 1,024 rows is turned into columns while its strings are still in
+the CPU cache (8,192-row batches ran 2-3x slower on a busy machine, whose other
+processes share the cache; 256-row batches cost more per row; 1 MiB chunks beat
+4 MiB likewise). Memory stays bounded by the chunk and the batch plus the frames
+built so far.
 
 How it stays equal to the slow path, in one rule: it either builds exactly the
 frames the slow path would, or gives up (:func:`collect` returns None) and the
