@@ -157,11 +157,22 @@ def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
     ``(f1, f2, f1, f2, ...)``, built while the resource is hot in the CPU cache
     and split here by C-level slicing) or as a list of dicts (FHIRPath columns).
     """
+    items, lens = _list_items(col, values, what, strict)
+    return _list_series(col, items, lens)
+
+
+def _list_items(col: Col, values: Sequence[Any], what: str,
+                strict: bool) -> tuple[pl.DataFrame | None, list[int]]:
+    """The items of a List column, one row per item (None when there are none), and the count per row.
+
+    :func:`_list_series` groups them back; items and counts of consecutive row
+    ranges, concatenated, group into the column of all those rows.
+    """
     n = len(values)
     inner = col.inner
     assert inner is not None
     if not any(values):
-        return pl.Series(col.name, [None] * n, dtype=col.dtype)
+        return None, [0] * n
     fields = _fields_of(inner)
     names = [f.name for f in fields]
     k = len(names)
@@ -188,19 +199,27 @@ def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
                 raise FhirValidationError(f"{what}: malformed list item: {exc}") from exc
     items = pl.DataFrame([_scalar(f, acc, f"{what}.{f.name}", strict)
                           for f, acc in zip(fields, flat, strict=True)])
-    value = pl.struct(names) if isinstance(inner, pl.Struct) else pl.col("_v")
+    return items, lens
+
+
+def _list_series(col: Col, items: pl.DataFrame | None, lens: list[int]) -> pl.Series:
+    """The List column of :func:`_list_items`' items and counts (rows without items are null)."""
+    n = len(lens)
+    inner = col.inner
+    if items is None or not items.height:
+        return pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n) if n else \
+            pl.Series(col.name, [], dtype=col.dtype)
     first = lens[0]
     if first and lens.count(first) == n:  # the same number of items in every row
-        return items.select(value.alias(col.name)).to_series().reshape((n, first)).cast(col.dtype)
+        return _as_items(col, items).reshape((n, first)).cast(col.dtype)
     # the rows with items, grouped (reshaped when they all have as many), then put in place by
     # one gather: the rows without items are null
     filled = [i for i, m in enumerate(lens) if m]
     counts = [lens[i] for i in filled]
-    if not counts:
-        return pl.Series(col.name, [None] * n, dtype=col.dtype)
     if counts.count(counts[0]) == len(counts):
-        lists = items.select(value.alias(col.name)).to_series().reshape((len(counts), counts[0]))
+        lists = _as_items(col, items).reshape((len(counts), counts[0]))
     else:
+        value = pl.struct(items.columns) if isinstance(inner, pl.Struct) else pl.col("_v")
         row = pl.Series("_r", counts, dtype=pl.UInt32)
         rows = pl.select(pl.int_range(len(counts), dtype=pl.UInt32).repeat_by(row).explode()).to_series()
         lists = items.with_columns(rows.alias("_r").set_sorted()).group_by(
@@ -211,7 +230,15 @@ def _listed(col: Col, values: Sequence[Any], what: str, strict: bool) -> pl.Seri
     where = [len(counts)] * n
     for j, i in enumerate(filled):
         where[i] = j
-    return pl.concat([lists, pl.Series(col.name, [None], dtype=col.dtype)]).gather(where)
+    # one chunk: a gather from a list column of two chunks copies row by row, ~10x slower
+    return pl.concat([lists, pl.Series(col.name, [None], dtype=col.dtype)], rechunk=True).gather(where)
+
+
+def _as_items(col: Col, items: pl.DataFrame) -> pl.Series:
+    """The items as one series named like the column: structs of the fields, or the scalars."""
+    if isinstance(col.inner, pl.Struct):
+        return items.to_struct(col.name)
+    return items.to_series().alias(col.name)
 
 
 def _build(cols: Sequence[Col], rows: list[tuple[Any, ...]], resource_type: str,

@@ -10,13 +10,16 @@ the rest without building it, so there is no full parse of every resource and
 far less to free; one tagged-union decode routes each resource by its
 ``resourceType``. A ``.json`` file is memory-mapped and split into entries as raw
 JSON; NDJSON is read in chunks of whole lines (:data:`CHUNK`); rows are kept flat
-and turned into partial frames every :data:`BATCH` rows, merged into contiguous
-chunks of ``BATCH * MERGE`` rows (65,536; a longer frame comes in such chunks).
-Both are small on purpose: the work is bound by memory latency, not by the
-interpreter, and a batch of 1,024 rows is turned into columns while its strings
-are still in the CPU cache (8,192-row batches ran 2-3x slower on a busy machine,
-whose other processes share the cache; 1 MiB chunks beat 4 MiB likewise).
-Memory stays bounded by the chunk and the batch plus the frames built so far.
+and turned into series every :data:`BATCH` rows, merged into contiguous chunks of
+``BATCH * MERGE`` rows (65,536; a longer frame comes in such chunks), where dates
+are parsed and list columns grouped (:mod:`kit.fhir.frames_fast_build`: no polars
+query per batch, so no wait for polars' threads on a busy machine). Both are
+small on purpose: the work is bound by memory latency, not by the interpreter,
+and a batch of 1,024 rows is turned into columns while its strings are still in
+the CPU cache (8,192-row batches ran 2-3x slower on a busy machine, whose other
+processes share the cache; 256-row batches cost more per row; 1 MiB chunks beat
+4 MiB likewise). Memory stays bounded by the chunk and the batch plus the frames
+built so far.
 
 How it stays equal to the slow path, in one rule: it either builds exactly the
 frames the slow path would, or gives up (:func:`collect` returns None) and the
@@ -41,6 +44,7 @@ import codecs
 import gzip
 import mmap
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -52,24 +56,21 @@ from msgspec import Raw, Struct
 
 from kit.errors import FhirValidationError
 from kit.fhir.frames import _entry_key
-from kit.fhir.frames_build import _listed, _scalar
-from kit.fhir.frames_extract import EXTRACTORS, GENERIC_SCHEMA, SCHEMAS, Col, generic_extract
+from kit.fhir.frames_extract import EXTRACTORS, generic_extract
+from kit.fhir.frames_fast_build import BATCH, MERGE, Group
 from kit.fhir.frames_fast_types import DECODERS, ROW, TYPE_OF, UNION, Head
 
 __all__ = ["BATCH", "CHUNK", "MERGE", "blocks", "collect", "collect_block"]
 
-#: rows of one resource type turned into a partial frame at a time
-BATCH: Final = 1 << 10
-#: partial frames merged into one contiguous chunk (a long frame comes in chunks of BATCH * MERGE rows)
-MERGE: Final = 64
 #: bytes of NDJSON read at a time (whole lines)
 CHUNK: Final = 1 << 20
 
 _NDJSON: Final = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
-_PREFIX: Final = b'{"resourceType":"'
-_MALFORMED: Final = (msgspec.MsgspecError, orjson.JSONDecodeError, AttributeError, TypeError, KeyError,
-                     IndexError, ValueError, OverflowError, RecursionError, UnicodeDecodeError,
-                     pl.exceptions.PolarsError)
+#: the first key of an object, when it is resourceType: its value (no escapes)
+_FIRST_KEY: Final = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"resourceType"[ \t\n\r]*:[ \t\n\r]*"([^"\\]+)"')
+_MALFORMED: Final = (FhirValidationError, msgspec.MsgspecError, orjson.JSONDecodeError, AttributeError,
+                     TypeError, KeyError, IndexError, ValueError, OverflowError, RecursionError,
+                     UnicodeDecodeError, pl.exceptions.PolarsError)
 
 # fullUrl -> (resourceType, id or key, keyed by its fullUrl), as in kit.fhir.frames
 Urns = dict[str, tuple[str, str, bool]]
@@ -96,90 +97,6 @@ _BUNDLE = msgspec.json.Decoder(_Bundle)
 _HEAD = msgspec.json.Decoder(Head)
 
 
-class _Group:
-    """Rows of one resource type, turned into partial frames every :data:`BATCH` rows.
-
-    The rows are kept flat, one after the other in one list (``flat``), and split
-    into columns by strided slices: far cheaper than transposing tuples. Every
-    :data:`MERGE` partial frames are merged into one contiguous chunk (a copy of
-    that many rows at a time, not of the whole frame).
-    """
-
-    __slots__ = ("rtype", "cols", "flat", "width", "limit", "parts", "merged", "clean", "strict")
-
-    def __init__(self, rtype: str, strict: bool) -> None:
-        self.rtype = rtype
-        self.cols = SCHEMAS.get(rtype, GENERIC_SCHEMA)
-        self.width = len(self.cols)
-        self.limit = BATCH * self.width
-        self.flat: list[Any] = []
-        self.parts: list[pl.DataFrame] = []
-        self.merged: list[pl.DataFrame] = []
-        self.clean = True  # every row came from a typed struct (scalars of the columns' JSON types)
-        self.strict = strict
-
-    def add(self, row: tuple[Any, ...]) -> None:
-        if len(row) != self.width:
-            raise _GiveUp
-        self.flat += row
-        if len(self.flat) >= self.limit:
-            self.flush()
-
-    def flush(self) -> None:
-        flat, self.flat = self.flat, []
-        try:
-            part = _build(self.cols, flat, self.rtype, self.strict, self.clean)
-        except FhirValidationError as exc:  # its message counts this batch's bad values only:
-            raise _GiveUp from exc  # the slow path reports them over the whole column
-        self.parts.append(part)
-        self.clean = True
-        if len(self.parts) >= MERGE:
-            self._merge()
-
-    def _merge(self) -> None:
-        parts, self.parts = self.parts, []
-        self.merged.append(parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=True))
-
-    def frame(self) -> pl.DataFrame:
-        if self.flat or not (self.parts or self.merged):
-            self.flush()
-        if self.parts:
-            self._merge()
-        merged, self.merged = self.merged, []
-        return merged[0] if len(merged) == 1 else pl.concat(merged, rechunk=False)
-
-
-def _build(cols: tuple[Col, ...], flat: list[Any], rtype: str, strict: bool,
-           clean: bool) -> pl.DataFrame:
-    """:func:`kit.fhir.frames_build._build` for typed rows: the same series, without re-checking JSON types.
-
-    A typed struct holds only str, bool, int64 and float scalars, so where the slow
-    path's first ``pl.Series`` attempt succeeds, it returns that series too.
-    """
-    k = len(cols)
-    n, bad = divmod(len(flat), k)
-    if bad:
-        raise _GiveUp
-    columns = [flat[j::k] for j in range(k)]
-    del flat
-    series = []
-    for col, values in zip(cols, columns, strict=True):
-        kind = col.kind
-        what = f"{rtype}.{col.name}"
-        if n and values[0] is None and not any(values) and values.count(None) == n:
-            series.append(pl.Series(col.name, [None], dtype=col.dtype).new_from_index(0, n))  # all null
-        elif kind in ("list", "structs"):
-            series.append(_listed(col, values, what, strict))
-        elif kind == "str" or kind == "bool" or (clean and kind in ("int", "float")):
-            try:
-                series.append(pl.Series(col.name, values, dtype=col.dtype))
-            except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
-                series.append(_scalar(col, values, what, strict))
-        else:
-            series.append(_scalar(col, values, what, strict))
-    return pl.DataFrame(series)
-
-
 class _Walker:
     """Routes resources (Bundles flattened) to their groups, as :func:`kit.fhir.frames._walk` does."""
 
@@ -187,9 +104,10 @@ class _Walker:
         self.only = only
         self.strict = strict
         self.urns: Urns = {}
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[str, Group] = {}
+        self.hot: dict[type, tuple[Group, Any]] = {}  # struct class -> its group and row extractor
         if only is not None:
-            self.groups[only] = _Group(only, strict)
+            self.groups[only] = Group(only, strict)
 
     def item(self, raw: Any, full: str | None = None) -> None:
         """A resource or a Bundle (top level, or an entry's with its ``fullUrl``), routed by its keys."""
@@ -214,6 +132,7 @@ class _Walker:
         if full is not None:
             self._urn(full, "Bundle", b.id)
         union = UNION.decode if self.only is None else None
+        hot = self.hot
         for entry in b.entry or ():
             res = entry.resource
             if not res:
@@ -223,8 +142,20 @@ class _Walker:
                     r = union(res)
                 except msgspec.ValidationError:
                     pass
-                else:
-                    self.typed(r, TYPE_OF[r.__class__], entry.fullUrl)
+                else:  # :meth:`typed`, inlined
+                    group, extract = hot.get(r.__class__) or self._hot(r.__class__)
+                    row = extract(r)
+                    full = entry.fullUrl
+                    if full is not None and (r.id is None or full[:4] == "urn:"):  # else _urn notes nothing
+                        key = self._urn(full, group.rtype, r.id)
+                        if key is not None:
+                            row = (key, *row[1:])
+                    if len(row) != group.width:
+                        raise _GiveUp
+                    flat = group.flat
+                    flat += row
+                    if len(flat) >= group.limit:
+                        group.flush()
                     continue
             if memoryview(res)[:1] != b"n":  # null: no resource either
                 self.item(res, entry.fullUrl)
@@ -237,18 +168,25 @@ class _Walker:
             except msgspec.ValidationError:
                 pass  # another type, a Bundle, or a value of an unexpected type: route it
             else:
-                self.typed(r, TYPE_OF[r.__class__], None)
+                self.typed(r, None)
                 return
         self.item(raw)
 
-    def typed(self, r: Any, rt: str, full: str | None) -> None:
-        """Extract one decoded resource into its group."""
+    def _hot(self, cls: type) -> tuple[Group, Any]:
+        """The group and row extractor of a struct class (noted in ``hot``)."""
+        rt = TYPE_OF[cls]
         group = self.groups.get(rt)
         if group is None:
-            group = self.groups[rt] = _Group(rt, self.strict)
-        row = ROW[rt](r)
+            group = self.groups[rt] = Group(rt, self.strict)
+        hit = self.hot[cls] = (group, ROW[rt])
+        return hit
+
+    def typed(self, r: Any, full: str | None) -> None:
+        """Extract one decoded resource into its group."""
+        group, extract = self.hot.get(r.__class__) or self._hot(r.__class__)
+        row = extract(r)
         if full is not None and (r.id is None or full[:4] == "urn:"):  # else _urn notes nothing
-            key = self._urn(full, rt, r.id)
+            key = self._urn(full, group.rtype, r.id)
             if key is not None:
                 row = (key, *row[1:])
         if len(row) != group.width:
@@ -272,7 +210,7 @@ class _Walker:
         """Extract one resource; with ``full`` (its entry's fullUrl), key it and note its urn."""
         group = self.groups.get(rt)
         if group is None:
-            group = self.groups[rt] = _Group(rt, self.strict)
+            group = self.groups[rt] = Group(rt, self.strict)
         decode = DECODERS.get(rt)
         if decode is not None:
             try:
@@ -280,7 +218,7 @@ class _Walker:
             except msgspec.ValidationError:
                 pass  # a value of an unexpected type: the slow way
             else:
-                self.typed(r, rt, full)
+                self.typed(r, full)
                 return
         d = orjson.loads(memoryview(raw))
         if d.get("resourceType") != rt:
@@ -291,34 +229,41 @@ class _Walker:
             key = self._urn(full, rt, d.get("id"))
             if key is not None:
                 row = (key, *row[1:])
-        group.add(row)
+        if len(row) != group.width:
+            raise _GiveUp
+        group.flat += row
+        if len(group.flat) >= group.limit:
+            group.flush()
 
     def frames(self) -> dict[str, pl.DataFrame]:
         return {rt: g.frame() for rt, g in self.groups.items()}
 
 
 def _guess(raw: Any) -> str | None:
-    """The resourceType when it is the first key (the common layout), read from the first bytes."""
-    start = bytes(memoryview(raw)[:64])
-    if start.startswith(_PREFIX):
-        end = start.find(b'"', 17)
-        if end > 17 and b"\\" not in start[17:end]:
-            return start[17:end].decode()
-    return None
+    """The resourceType when it is the first key (the common layout), read from the first bytes.
+
+    A hint only: the decode that follows checks it (a Bundle's, or the typed struct's tag).
+    """
+    m = _FIRST_KEY.match(memoryview(raw)[:128])
+    return m.group(1).decode() if m is not None else None
 
 
 def _utf8(data: bytes | bytearray | mmap.mmap) -> None:
     """orjson refuses invalid UTF-8 anywhere; msgspec only where it reads: check it all.
 
-    Decoded 64 KiB at a time (a whole-file ``str`` would cost a copy of the file).
+    64 KiB at a time (a whole-file ``str`` would cost a copy of the file): a piece of
+    ASCII, with no character left open by the piece before it, is valid as it is;
+    any other piece goes through an incremental UTF-8 decoder (the one state kept).
     """
     if not isinstance(data, mmap.mmap) and data.isascii():
         return
-    decode = codecs.getincrementaldecoder("utf-8")().decode
+    decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
     for i in range(0, len(view), 1 << 16):
-        decode(view[i:i + (1 << 16)])
-    decode(b"", final=True)
+        piece = bytes(view[i:i + (1 << 16)])
+        if not piece.isascii() or decoder.getstate()[0]:
+            decoder.decode(piece)
+    decoder.decode(b"", final=True)
 
 
 def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:
@@ -333,22 +278,36 @@ def _top(data: bytes | bytearray | mmap.mmap, walker: _Walker) -> None:
         walker.item(data if i == 0 else _RAW.decode(data))
 
 
-def blocks(path: Path, chunk: int | None = None) -> Iterator[bytes]:
+def blocks(path: Path, chunk: int | None = None, max_line: int | None = None) -> Iterator[bytes]:
     """An NDJSON file (optionally gzip) in blocks of whole lines, read ``chunk`` bytes at a time.
 
     A block ends with a newline, except the file's last; a line longer than
-    ``chunk`` (default :data:`CHUNK`) comes whole, in one block.
+    ``chunk`` (default :data:`CHUNK`) comes whole, in one block, unless it is
+    longer than ``max_line`` bytes (newline excluded): then
+    :class:`~kit.errors.FhirValidationError` is raised as soon as that many bytes
+    of it are read (so a hostile multi-GB line is never held whole), before the
+    block holding it is yielded: the bad line is the one right after the blocks
+    yielded so far. No limit when ``max_line`` is None.
     """
     if chunk is None:
         chunk = CHUNK
+    if max_line is not None:
+        chunk = min(chunk, max(max_line, 1))  # a line inside one read is then never too long
     opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as fh:
         rest: list[bytes] = []
+        pending = 0  # bytes of the line being read, before this read
         while True:
             data = fh.read(chunk)
             if not data:
                 break
             cut = data.rfind(b"\n")
+            if max_line is not None:
+                head = len(data) if cut < 0 else data.find(b"\n")
+                if pending + head > max_line:
+                    raise FhirValidationError(f"an NDJSON line is longer than {max_line:,} bytes",
+                                              source=str(path))
+                pending = pending + len(data) if cut < 0 else len(data) - cut - 1
             if cut < 0:
                 rest.append(data)  # joined once the line ends (no quadratic copying)
                 continue

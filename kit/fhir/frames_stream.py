@@ -44,12 +44,14 @@ from kit.errors import FhirValidationError, InvalidInputError, KitError
 from kit.fhir import frames as _frames
 from kit.fhir import frames_fast
 
-__all__ = ["BATCH_ROWS", "CHUNK", "files_to_parquet", "ndjson_to_parquet"]
+__all__ = ["BATCH_ROWS", "CHUNK", "MAX_LINE", "files_to_parquet", "ndjson_to_parquet"]
 
 #: bytes of NDJSON read (and held as Python objects) at a time
 CHUNK: Final = 1 << 22
 #: rows of one resource type held before they are spilled to disk
 BATCH_ROWS: Final = 1 << 16
+#: longest NDJSON line read (bytes, newline excluded); a longer one is refused, never held whole
+MAX_LINE: Final = 1 << 26
 
 _NDJSON: Final = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
 #: what a resourceType must look like to name a file (FHIR's names are letters only)
@@ -122,7 +124,7 @@ def _block_frames(block: bytes, first_line: int, label: str, only: str | None, s
 
 def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
                       resource_type: str | None = None, strict: bool = True, chunk: int = CHUNK,
-                      batch_rows: int = BATCH_ROWS) -> dict[str, Path]:
+                      batch_rows: int = BATCH_ROWS, max_line: int = MAX_LINE) -> dict[str, Path]:
     """Turn an NDJSON file of any size into one typed parquet file per resource type, in bounded memory.
 
     Parameters
@@ -144,6 +146,9 @@ def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike
         Bytes of input read (and held as Python objects) at a time.
     batch_rows : int
         Rows of one type held in memory before they are spilled to disk.
+    max_line : int
+        Longest line accepted, in bytes (default :data:`MAX_LINE`, 64 MiB): a longer
+        one (say a hostile multi-GB line) raises once that many bytes of it are read.
 
     Returns
     -------
@@ -155,10 +160,11 @@ def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike
     ------
     FhirValidationError
         Malformed input or (strict) a value that does not parse, where the in-memory
-        path raises it (see the module docstring for which bad value it names).
+        path raises it (see the module docstring for which bad value it names); a
+        line longer than ``max_line`` (its ``source`` is ``<file>:<line number>``).
     InvalidInputError
         ``source`` is not an NDJSON file, cannot be read, or ``out_dir`` cannot be written;
-        ``chunk`` or ``batch_rows`` is not positive; ``resource_type`` is not a FHIR type.
+        ``chunk``, ``batch_rows`` or ``max_line`` is not positive; ``resource_type`` is not a FHIR type.
 
     Examples
     --------
@@ -168,8 +174,9 @@ def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike
     path = Path(source)
     if not path.name.lower().endswith(_NDJSON):
         raise InvalidInputError("not an NDJSON file (.ndjson, .jsonl, optionally .gz)", source=str(path))
-    if chunk < 1 or batch_rows < 1:
-        raise InvalidInputError(f"chunk and batch_rows must be positive (got {chunk}, {batch_rows})")
+    if chunk < 1 or batch_rows < 1 or max_line < 1:
+        raise InvalidInputError("chunk, batch_rows and max_line must be positive "
+                                f"(got {chunk}, {batch_rows}, {max_line})")
     if resource_type is not None:
         _frames._check_type(resource_type)
     out = Path(out_dir)
@@ -180,7 +187,7 @@ def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike
         raise InvalidInputError(f"cannot write: {exc}", source=str(out)) from exc
     try:
         with _frames._gc_paused():
-            spills, urns = _spill_all(path, scratch, resource_type, strict, chunk, batch_rows)
+            spills, urns = _spill_all(path, scratch, resource_type, strict, chunk, batch_rows, max_line)
         return _write(spills, urns, out)
     except OSError as exc:
         raise InvalidInputError(f"cannot read or write: {exc}", source=str(path)) from exc
@@ -193,8 +200,8 @@ def ndjson_to_parquet(source: str | os.PathLike[str], out_dir: str | os.PathLike
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _spill_all(path: Path, scratch: Path, only: str | None, strict: bool, chunk: int,
-               batch_rows: int) -> tuple[dict[str, _Spill], dict[str, tuple[str, str, bool]]]:
+def _spill_all(path: Path, scratch: Path, only: str | None, strict: bool, chunk: int, batch_rows: int,
+               max_line: int) -> tuple[dict[str, _Spill], dict[str, tuple[str, str, bool]]]:
     urns: dict[str, tuple[str, str, bool]] = {}
     spills: dict[str, _Spill] = {}
     if only is not None:
@@ -202,7 +209,15 @@ def _spill_all(path: Path, scratch: Path, only: str | None, strict: bool, chunk:
     line = 1
     label = str(path)
     try:
-        for block in frames_fast.blocks(path, chunk):
+        reader = frames_fast.blocks(path, chunk, max_line)
+        while True:
+            try:
+                block = next(reader, b"")
+            except FhirValidationError as exc:  # a line too long: the one after the blocks read so far
+                raise FhirValidationError(f"line longer than {max_line:,} bytes (max_line)",
+                                          source=f"{label}:{line}") from exc
+            if not block:
+                break
             for rt, frame in _block_frames(block, line, label, only, strict, urns).items():
                 spill = spills.get(rt)
                 if spill is None:

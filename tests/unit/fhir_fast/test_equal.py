@@ -23,7 +23,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from kit.errors import FhirValidationError, KitError
-from kit.fhir import frames, frames_fast
+from kit.fhir import frames, frames_fast, frames_fast_build
 from kit.fhir.frames import RESOURCE_TYPES, to_frame, to_frames
 from tests.unit.fhir_fast.cohort import synthea_like
 from tests.unit.fhir_frames import test_frames as samples
@@ -105,6 +105,16 @@ def test_sample_cohort_every_source(tmp_path: Path) -> None:
         got = agree(source)
         assert got["Patient"].height >= 5 and got["Observation"].height >= 10
     agree(SAMPLE)
+
+
+@pytest.mark.parametrize("layout", [{}, {"indent": 2}, {"separators": (", ", ": ")}])
+def test_bundle_laid_out_as_json_dumps_writes_it(layout: dict[str, Any], tmp_path: Path) -> None:
+    """Spaces after the colons (json.dumps' default), or indented: the fast path, the same frames."""
+    bundle = synthea_like(4, 2, seed=3)
+    data = json.dumps(bundle, **layout).encode()
+    (tmp_path / "b.json").write_bytes(data)
+    for source in (data, tmp_path / "b.json"):
+        same(agree(source), to_frames(dumps(bundle)))
 
 
 def test_sample_cohort_equals_the_dict_path() -> None:
@@ -224,6 +234,17 @@ RAW_EDGES: dict[str, bytes] = {
                                   b'"resource":{"resourceType":"Patient"}}]}',
     "no resourceType": b'{"id":"x"}',
     "escaped resourceType": b'{"resourceType":"Observ\\u0061tion","id":"x"}',
+    # spaced as json.dumps writes by default (the first key is read from the first bytes, as a hint)
+    "spaced, duplicated resourceType":
+        b'{"resourceType": "Patient", "id": "x", "resourceType": "Observation"}',
+    "spaced bundle, duplicated resourceType":
+        b'{ "resourceType" : "Bundle", "entry": [{"resource": {"resourceType": "Patient"}}], '
+        b'"resourceType": "Observation"}',
+    "spaced, a type no frame has, duplicated": b'{"resourceType": "Basic", "resourceType": "Patient"}',
+    "spaced, unknown type": b'{\n  "resourceType": "NotAType",\n  "id": "x"\n}',
+    "spaced, bundle in a bundle": b'{"resourceType": "Bundle", "entry": [{"fullUrl": "urn:uuid:b", '
+                                  b'"resource": {"resourceType": "Bundle", "entry": [{"resource": '
+                                  b'{"resourceType": "Patient", "id": "p"}}]}}]}',
 }
 
 
@@ -280,7 +301,7 @@ def test_chunks_and_batches_smaller_than_the_input(tmp_path: Path, monkeypatch: 
     path = write_ndjson(tmp_path / "r.ndjson", [e["resource"] for e in bundle["entry"]], end=b"")
     whole = to_frames(path)
     monkeypatch.setattr(frames_fast, "CHUNK", 700)
-    monkeypatch.setattr(frames_fast, "BATCH", 7)
+    monkeypatch.setattr(frames_fast_build, "BATCH", 7)
     got = agree(path)
     same(got, whole)
     assert got["Observation"].height > 3 * 7
@@ -291,8 +312,8 @@ def test_batches_merged_into_contiguous_chunks(tmp_path: Path, monkeypatch: pyte
     """Partial frames of BATCH rows are merged every MERGE of them: same frames, few chunks."""
     bundle = synthea_like(6, 2, seed=8)
     whole = to_frames(bundle)
-    monkeypatch.setattr(frames_fast, "BATCH", 5)
-    monkeypatch.setattr(frames_fast, "MERGE", 3)
+    monkeypatch.setattr(frames_fast_build, "BATCH", 5)
+    monkeypatch.setattr(frames_fast_build, "MERGE", 3)
     got = agree(dumps(bundle))
     same(got, whole)
     obs = got["Observation"]
@@ -307,3 +328,25 @@ def test_bad_values_in_many_batches_report_as_the_slow_path(strict: bool, tmp_pa
     got = agree(dumps(rs), strict=strict, fast=not strict)
     if strict:
         assert got[0] is FhirValidationError and "2000 value(s)" in got[1]
+
+
+# --------------------------------------------------------------------------- UTF-8 checked in pieces
+
+@pytest.mark.parametrize("tail", [
+    "é".encode(),  # valid, two bytes: placed across a 64 KiB piece boundary below
+    "€".encode(),  # valid, three bytes
+    b"\xff",  # never valid
+    b"\xc3",  # a character left open at the end of a piece, then ASCII
+    b"\xed\xa0\x80",  # an encoded surrogate
+])
+@pytest.mark.parametrize("at", [(1 << 16) - 1, (1 << 16) - 2, 3 << 16])
+def test_utf8_checked_across_pieces_as_orjson_checks_it(tail: bytes, at: int, tmp_path: Path) -> None:
+    """Checked 64 KiB at a time (ASCII pieces skipped): a bad byte anywhere fails as on the slow path."""
+    head = b'{"resourceType":"Observation","id":"x","zz":"'
+    data = head + b"a" * (at - len(head)) + tail + b"a" * 1000 + b'"}'
+    assert data.index(tail) == at
+    (tmp_path / "x.json").write_bytes(data)
+    (tmp_path / "x.ndjson").write_bytes(data + b"\n")
+    for source in (data, tmp_path / "x.json", tmp_path / "x.ndjson"):
+        got = agree(source, fast=False)
+        assert isinstance(got, dict) == (tail in ("é".encode(), "€".encode()))
