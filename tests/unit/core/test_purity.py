@@ -30,7 +30,8 @@ PURE = [
     "deid/_text_seam",
     "cohort/plan", "cohort/limiter", "cohort/manifest",
     "endoscopy/buffer", "endoscopy/demo_detector",
-    "fhir/frames_fast", "fhir/frames_fast_build", "fhir/frames_fast_types", "fhir/frames_columns", "fhir/frames_build",
+    "fhir/frames_fast",
+    "fhir/frames_fast_build", "fhir/frames_fast_types", "fhir/frames_columns", "fhir/frames_build",
     "hl7/ack_fast", "_config_services", "_secret", "hl7/archive", "_parquet",
 ]
 
