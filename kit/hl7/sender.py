@@ -396,10 +396,13 @@ class MLLPSender:
                 self._sock.sendall(data)  # Python's timeout bounds the whole call
             elif (sent := self._sock.send(data)) < len(data):
                 self._send_rest(memoryview(data)[sent:])
-        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_SNDTIMEO
-            raise PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer) from exc
         except OSError as exc:
-            raise PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer) from exc
+            raise self._send_failed(exc) from exc
+
+    def _send_failed(self, exc: OSError) -> PeerError:
+        if isinstance(exc, TimeoutError | BlockingIOError):  # BlockingIOError: the kernel's SO_SNDTIMEO
+            return PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer)
+        return PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer)
 
     def _send_rest(self, rest: memoryview) -> None:
         """The rest of a message the socket did not take at once, within :attr:`timeout` in all (a
@@ -421,17 +424,27 @@ class MLLPSender:
         stale ACK, a framing error, an ACK the fast path does not read) goes on through
         :meth:`_read_ack` under the same deadline.
         """
-        self._write(data)
+        sock = self._sock
+        if sock is None or not self._kernel_timeouts or self._sock_timeout != self.timeout or self._frames:
+            self._write(data)
+            return self._read_ack(control_id)
+        try:  # the lean path: the socket's kernel timeouts are set to self.timeout
+            sent = sock.send(data)
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
+        except OSError as exc:
+            raise self._send_failed(exc) from exc
         deadline = time.monotonic() + self.timeout
-        if not self._frames and self._sock_timeout == self.timeout:
-            items = self._decoder.feed(self._recv(control_id))
-            self._answered = True
-            if len(items) == 1:
-                item = items[0]
-                if isinstance(item, bytes) and (ack := fast_ack(item)) is not None \
-                        and ack.control_id == control_id:
-                    return ack
-            self._frames.extend(items)
+        if self._sock_timeout != self.timeout:  # _send_rest changed it: the general path
+            return self._read_ack(control_id, deadline)
+        items = self._decoder.feed(self._recv(control_id))
+        self._answered = True
+        if len(items) == 1:
+            item = items[0]
+            if isinstance(item, bytes) and (ack := fast_ack(item)) is not None \
+                    and ack.control_id == control_id:
+                return ack
+        self._frames.extend(items)
         return self._read_ack(control_id, deadline)
 
     def _read_ack(self, control_id: str, deadline: float | None = None) -> Ack:
