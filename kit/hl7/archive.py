@@ -27,6 +27,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -37,15 +38,19 @@ from kit.errors import InvalidInputError, KitError, StoreError
 from kit.hl7 import frames as F
 from kit.hl7 import frames_fast as FF
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "read_file_chunks", "write_tables"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "DEFAULT_MAX_MESSAGE_BYTES", "read_file_chunks", "write_tables"]
 
 #: bytes read per chunk (a chunk's tables take roughly ten times as much memory while built)
 DEFAULT_CHUNK_BYTES = 16 * 2 ** 20
+#: longest message (the bytes from one line starting with MSH to the next, or before the first)
+#: read by default: a hostile file of one multi-GB "message" is refused, not read whole
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 2 ** 20
 _BOM = b"\xef\xbb\xbf"
 # a message starts on a line beginning with MSH; these bytes end a line (kit.hl7.message's rules)
 _STARTS = (b"\rMSH", b"\nMSH", b"\x0bMSH", b"\x1cMSH")
 _KEY = ("sending_application", "sending_facility", "control_id")
 _BLOCK = 4 * 2 ** 20  # bytes per read
+_START_RE = re.compile(rb"[\r\n\x0b\x1c]MSH")  # any of _STARTS
 
 
 def _open(path: str | os.PathLike[str]) -> Iterator[bytes]:
@@ -70,13 +75,19 @@ def _is_utf8(path: str | os.PathLike[str]) -> bool:
     return True
 
 
-def _byte_chunks(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[bytes]:
+def _byte_chunks(path: str | os.PathLike[str], chunk_bytes: int,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[bytes]:
     """The file in pieces, each ending just before a line that starts with ``MSH`` (the last piece
     ends with the file): the longest such piece of at most ``chunk_bytes``, else the shortest.
     At least one piece (empty for an empty file). Linear in the file's size, also for a
-    message of many blocks (the buffer grows in place; each byte is searched once)."""
+    message of many blocks (the buffer grows in place; each byte is searched once).
+
+    A message longer than ``max_message_bytes`` raises :class:`~kit.errors.InvalidInputError`
+    once that many bytes of it are read (memory stays bounded by the larger of the two limits).
+    """
     width = len(_STARTS[0])
     buf = bytearray()
+    base = 0  # the file offset of buf[0]
     searched = 0  # no cut point starts in buf[pos:searched]
     for block in _open(path):
         buf += block
@@ -85,15 +96,42 @@ def _byte_chunks(path: str | os.PathLike[str], chunk_bytes: int) -> Iterator[byt
             cut = max(buf.rfind(s, pos, pos + chunk_bytes + width - 1) for s in _STARTS)
             if cut < 0:  # a message longer than a chunk: it ends where the next one starts
                 found = [i for i in (buf.find(s, max(pos, searched)) for s in _STARTS) if i >= 0]
-                if not found:  # read on
+                if not found:  # read on, unless the message is already too long
+                    if len(buf) - pos > max_message_bytes + width:
+                        _too_long(path, base + pos, max_message_bytes)
                     searched = max(pos, len(buf) - width + 1)
                     break
                 cut = min(found)
+            _check_sizes(path, buf, pos, cut + 1, base, max_message_bytes)
             yield bytes(buf[pos:cut + 1])
             pos = cut + 1
         del buf[:pos]
+        base += pos
         searched = max(0, searched - pos)
+    _check_sizes(path, buf, 0, len(buf), base, max_message_bytes)
     yield bytes(buf)
+
+
+def _check_sizes(path: str | os.PathLike[str], buf: bytearray, start: int, end: int, base: int,
+                 limit: int) -> None:
+    """Raise if a message of ``buf[start:end]`` (a piece: whole messages) is longer than ``limit``
+    bytes; a scan only for a piece longer than the limit."""
+    if end - start <= limit:
+        return
+    prev = start
+    for match in _START_RE.finditer(buf, start, end):
+        if match.start() + 1 - prev > limit:
+            break
+        prev = match.start() + 1
+    else:
+        if end - prev <= limit:
+            return
+    _too_long(path, base + prev, limit)
+
+
+def _too_long(path: str | os.PathLike[str], offset: int, limit: int) -> None:
+    raise InvalidInputError(f"the message at byte offset {offset:,} is longer than {limit:,} bytes "
+                            "(max_message_bytes); refused rather than read whole", source=str(path))
 
 
 class _Reused:
@@ -135,7 +173,8 @@ class _Reused:
 
 
 def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | None = None,
-                     chunk_bytes: int | None = None) -> Iterator[dict[str, pl.DataFrame]]:
+                     chunk_bytes: int | None = None,
+                     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[dict[str, pl.DataFrame]]:
     """The tables of :func:`kit.hl7.frames.read_file`, a chunk of messages at a time.
 
     Parameters
@@ -150,6 +189,10 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
         About how many bytes of the file each chunk holds (default
         :data:`DEFAULT_CHUNK_BYTES`; a chunk ends where a message starts, so a
         message larger than this makes a larger chunk).
+    max_message_bytes : int
+        Longest message read (the bytes from a line starting with ``MSH`` to the
+        next such line; also what comes before the first); a longer one raises
+        once that many bytes of it are read (default :data:`DEFAULT_MAX_MESSAGE_BYTES`).
 
     Yields
     ------
@@ -161,16 +204,20 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
     Raises
     ------
     kit.errors.InvalidInputError
-        The file cannot be read, an unknown table name, or a bad ``chunk_bytes``.
+        The file cannot be read, an unknown table name, a bad ``chunk_bytes`` or
+        ``max_message_bytes``, or a message longer than ``max_message_bytes`` (the
+        message names the file and the message's byte offset).
     """
     wanted = F._check_tables(tables)
     chunk_bytes = DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     if chunk_bytes < 1:
         raise InvalidInputError(f"chunk_bytes must be at least 1, not {chunk_bytes}")
+    if max_message_bytes < 1:
+        raise InvalidInputError(f"max_message_bytes must be at least 1, not {max_message_bytes}")
     utf8 = _is_utf8(path)
     reused = _Reused()
     offset = 0
-    for number, piece in enumerate(_byte_chunks(path, chunk_bytes)):
+    for number, piece in enumerate(_byte_chunks(path, chunk_bytes, max_message_bytes)):
         data: bytes | str = piece
         if not utf8:  # Latin-1 for the whole file (a leading BOM dropped, as decode() does)
             data = (piece[3:] if number == 0 and piece[:3] == _BOM else piece).decode("latin-1")
@@ -189,7 +236,8 @@ def read_file_chunks(path: str | os.PathLike[str], *, tables: Sequence[str] | No
 
 def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                  out_dir: str | os.PathLike[str], *, tables: Sequence[str] | None = None,
-                 chunk_bytes: int | None = None, allow_empty: bool = False) -> pl.DataFrame:
+                 chunk_bytes: int | None = None, allow_empty: bool = False,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> pl.DataFrame:
     """Read HL7 files chunk by chunk into ``out_dir/TABLE.parquet``, one file per table.
 
     The files' tables are concatenated in the order given, each file read as
@@ -209,6 +257,8 @@ def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     allow_empty : bool
         Write the tables even if no message could be read (the ``messages``
         table is empty); by default that is an error and no file is written.
+    max_message_bytes : int
+        As for :func:`read_file_chunks` (a longer message: an error, no file written).
 
     Returns
     -------
@@ -218,8 +268,8 @@ def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     Raises
     ------
     kit.errors.InvalidInputError
-        A file cannot be read, holds no readable message (unless ``allow_empty``),
-        or an unknown table name.
+        A file cannot be read, holds no readable message (unless ``allow_empty``)
+        or a message longer than ``max_message_bytes``, or an unknown table name.
     kit.errors.StoreError
         ``out_dir`` or a table file cannot be written.
     """
@@ -233,7 +283,8 @@ def write_tables(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]
     sinks = {t: ParquetSink(out / f"{t}.parquet", F.SCHEMAS[t]) for t in wanted}
     try:
         for path in files:
-            for chunk in read_file_chunks(path, tables=wanted, chunk_bytes=chunk_bytes):
+            for chunk in read_file_chunks(path, tables=wanted, chunk_bytes=chunk_bytes,
+                                          max_message_bytes=max_message_bytes):
                 for t, sink in sinks.items():
                     sink.write(chunk[t])
         if not allow_empty and "messages" in sinks and sinks["messages"].rows == 0:

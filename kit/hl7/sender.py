@@ -70,6 +70,8 @@ _RECONNECT_WAIT = 0.05
 #: released and taken back twice: slow when the peer shares the process).
 _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
 _END = FS + CR
+_POSITIVE = (AckCode.AA, AckCode.CA)
+_STANDARD_MSH = "MSH|^~\\&|"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,8 +273,24 @@ class MLLPSender:
             ``message`` is not an HL7 message.
         """
         data, control_id = self._prepare(message)
-        last: KitError | None = None
-        for attempt in range(1, self.retry.max_attempts + 1):
+        self.last_attempts = 1
+        if self._sock is not None:  # the lean first attempt on a kept connection: no retry machinery
+            try:
+                ack = self._exchange(data, control_id)
+            except (PeerTimeoutError, PeerDisconnectedError) as exc:
+                self.close()
+                return self._resend(data, control_id, exc)
+            if ack.code in _POSITIVE:
+                return ack
+            return self._resend(data, control_id, self._nak(ack, control_id))
+        return self._resend(data, control_id, None)
+
+    def _resend(self, data: bytes, control_id: str, first: KitError | None) -> Ack:
+        """The attempts after a failed first one (``first``: its error), or all of them (None)."""
+        if isinstance(first, NakError) and not self._retryable(first):
+            raise first
+        last: KitError | None = first
+        for attempt in range(1 if first is None else 2, self.retry.max_attempts + 1):
             self.last_attempts = attempt
             if attempt > 1:
                 time.sleep(self.retry.delay(attempt))
@@ -287,14 +305,20 @@ class MLLPSender:
                 continue
             if ack.code.is_positive:
                 return ack
-            nak = NakError(f"message {control_id} answered {ack.code.value}: "
-                           f"{ack.error_text or ack.text or 'no reason given'}", ack_code=ack.code.value,
-                           control_id=control_id, text=ack.error_text or ack.text, peer=self.peer)
-            if ack.code in (AckCode.AR, AckCode.CR) or not self.retry.retry_on_ae:
-                raise nak
-            last = nak
+            last = self._nak(ack, control_id)
+            if not self._retryable(last):
+                raise last
         assert last is not None
         raise last
+
+    def _nak(self, ack: Ack, control_id: str) -> NakError:
+        return NakError(f"message {control_id} answered {ack.code.value}: "
+                        f"{ack.error_text or ack.text or 'no reason given'}", ack_code=ack.code.value,
+                        control_id=control_id, text=ack.error_text or ack.text, peer=self.peer)
+
+    def _retryable(self, nak: NakError) -> bool:
+        """AE/CE with ``retry_on_ae``; AR/CR never."""
+        return nak.ack_code not in (AckCode.AR.value, AckCode.CR.value) and self.retry.retry_on_ae
 
     def send_many(self, messages: Iterable[str | bytes | Message], progress: bool = False) -> pl.DataFrame:
         """Send messages in order; one row per message, failures recorded rather than raised.
@@ -343,15 +367,16 @@ class MLLPSender:
     # -- internals ---------------------------------------------------------------------------------
     @staticmethod
     def _prepare(message: str | bytes | Message) -> tuple[bytes, str]:
+        """The MLLP frame of ``message`` and its MSH-10 (read once, here)."""
         if isinstance(message, Message):
             text = message.to_er7()
             control_id = message.control_id
         else:
-            text = decode(message) if isinstance(message, bytes) else message
+            text = message if isinstance(message, str) else decode(message)
             if "\n" in text:
                 text = text.replace("\r\n", "\r").replace("\n", "\r")
             text = text.strip("\x0b\x1c")
-            if not text.endswith("\r"):
+            if text[-1:] != "\r":
                 text += "\r"
             control_id = _control_id(text)
         try:
@@ -360,7 +385,7 @@ class MLLPSender:
             raise HL7ParseError(f"message text is not valid Unicode: {exc.reason}") from exc
         if VT in data or FS in data:
             raise MLLPFramingError("message contains an MLLP block character (0x0B or 0x1C)")
-        return b"".join((VT, data, _END)), control_id
+        return VT + data + _END, control_id
 
     def _write(self, data: bytes) -> None:
         assert self._sock is not None
@@ -371,10 +396,13 @@ class MLLPSender:
                 self._sock.sendall(data)  # Python's timeout bounds the whole call
             elif (sent := self._sock.send(data)) < len(data):
                 self._send_rest(memoryview(data)[sent:])
-        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_SNDTIMEO
-            raise PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer) from exc
         except OSError as exc:
-            raise PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer) from exc
+            raise self._send_failed(exc) from exc
+
+    def _send_failed(self, exc: OSError) -> PeerError:
+        if isinstance(exc, TimeoutError | BlockingIOError):  # BlockingIOError: the kernel's SO_SNDTIMEO
+            return PeerTimeoutError(f"send timed out after {self.timeout}s", peer=self.peer)
+        return PeerDisconnectedError(f"connection lost while sending: {exc}", peer=self.peer)
 
     def _send_rest(self, rest: memoryview) -> None:
         """The rest of a message the socket did not take at once, within :attr:`timeout` in all (a
@@ -388,64 +416,113 @@ class MLLPSender:
             self._set_timeout(remaining)
             rest = rest[self._sock.send(rest):]
 
-    def _read_ack(self, control_id: str) -> Ack:
-        """The next ACK for ``control_id``; ACKs for other ids (stale, from earlier attempts) are skipped."""
+    def _exchange(self, data: bytes, control_id: str) -> Ack:
+        """Send ``data`` on the open connection and read its ACK.
+
+        The usual case takes one send, one receive and :func:`~kit.hl7.ack_fast.fast_ack`: a
+        whole plain ACK of this message in one read. Anything else (pieces, several frames, a
+        stale ACK, a framing error, an ACK the fast path does not read) goes on through
+        :meth:`_read_ack` under the same deadline.
+        """
+        sock = self._sock
+        if sock is None or not self._kernel_timeouts or self._sock_timeout != self.timeout or self._frames:
+            self._write(data)
+            return self._read_ack(control_id)
+        try:  # the lean path: the socket's kernel timeouts are set to self.timeout
+            sent = sock.send(data)
+            if sent < len(data):
+                self._send_rest(memoryview(data)[sent:])
+        except OSError as exc:
+            raise self._send_failed(exc) from exc
         deadline = time.monotonic() + self.timeout
-        first = True
-        while True:
-            while self._frames:
-                item = self._frames.popleft()
-                if isinstance(item, FrameError):
-                    log.warning("%s: %s", self.peer, item.detail)
-                    continue
-                ack = fast_ack(item)
-                if ack is None:
-                    ack = _as_ack(item)
-                if ack is None:
-                    log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
-                    continue
-                if ack.control_id and ack.control_id != control_id:
-                    log.info("%s: skipping ACK for %s while waiting for %s", self.peer, ack.control_id,
-                             control_id)
-                    continue
+        if self._sock_timeout != self.timeout:  # _send_rest changed it: the general path
+            return self._read_ack(control_id, deadline)
+        items = self._decoder.feed(self._recv(control_id))
+        self._answered = True
+        if len(items) == 1:
+            item = items[0]
+            if isinstance(item, bytes) and (ack := fast_ack(item)) is not None \
+                    and ack.control_id == control_id:
                 return ack
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s", peer=self.peer)
-            assert self._sock is not None
-            try:
-                if not first or self._sock_timeout != self.timeout:  # the first wait: the full timeout
-                    self._set_timeout(remaining)
+        self._frames.extend(items)
+        return self._read_ack(control_id, deadline)
+
+    def _read_ack(self, control_id: str, deadline: float | None = None) -> Ack:
+        """The next ACK for ``control_id`` by ``deadline`` (default: :attr:`timeout` from now); ACKs
+        for other ids (stale, from earlier attempts) are skipped."""
+        frames = self._frames
+        first = deadline is None  # the first wait: the full timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
+        while True:
+            while frames:
+                ack = self._ack_of(frames.popleft(), control_id)
+                if ack is not None:
+                    return ack
+            if first:
                 first = False
-                data = self._sock.recv(_READ_SIZE)
-            except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_RCVTIMEO
-                raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
-                                       peer=self.peer) from exc
-            except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
-                raise TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer) from exc
-            except OSError as exc:
-                raise PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}",
-                                            peer=self.peer) from exc
-            if not data:
-                if self.ssl_context is not None and not self._answered:
-                    # A TLS 1.3 server that wants a client certificate completes the handshake and then
-                    # drops the connection (asyncio sends no alert). Resending cannot help: final.
-                    raise TLSError("the peer closed a new TLS connection without answering; it may "
-                                   "require a client certificate (mutual TLS)", peer=self.peer)
-                raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
-                                            peer=self.peer)
+                if self._sock_timeout != self.timeout:
+                    self._set_timeout(self.timeout)
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s", peer=self.peer)
+                self._set_timeout(remaining)
+            data = self._recv(control_id)
             self._answered = True
-            self._frames.extend(self._decoder.feed(data))
+            frames.extend(self._decoder.feed(data))
+
+    def _recv(self, control_id: str) -> bytes:
+        """One receive within the socket's timeout; typed errors for a timeout, a loss, an end."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(_READ_SIZE)
+        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_RCVTIMEO
+            raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
+                                   peer=self.peer) from exc
+        except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
+            raise TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer) from exc
+        except OSError as exc:
+            raise PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}",
+                                        peer=self.peer) from exc
+        if not data:
+            if self.ssl_context is not None and not self._answered:
+                # A TLS 1.3 server that wants a client certificate completes the handshake and then
+                # drops the connection (asyncio sends no alert). Resending cannot help: final.
+                raise TLSError("the peer closed a new TLS connection without answering; it may "
+                               "require a client certificate (mutual TLS)", peer=self.peer)
+            raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
+                                        peer=self.peer)
+        return data
+
+    def _ack_of(self, item: bytes | FrameError, control_id: str) -> Ack | None:
+        """The ACK for ``control_id`` in one received frame, or None (logged: an error, not an ACK, stale)."""
+        if isinstance(item, FrameError):
+            log.warning("%s: %s", self.peer, item.detail)
+            return None
+        ack = fast_ack(item)
+        if ack is None:
+            ack = _as_ack(item)
+            if ack is None:
+                log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
+                return None
+        if ack.control_id and ack.control_id != control_id:
+            log.info("%s: skipping ACK for %s while waiting for %s", self.peer, ack.control_id, control_id)
+            return None
+        return ack
 
 
 def _control_id(text: str) -> str:
-    """MSH-10 from the first line when it is plain (no escapes); otherwise by a full parse."""
-    line = text[: text.find("\r")]
-    if line.startswith("MSH") and len(line) > 8:
-        fields = line.split(line[3])
-        escape = fields[1][2:3]
-        if len(fields) > 9 and escape and escape not in fields[9] and fields[1][0] not in fields[9]:
-            return fields[9]
+    """MSH-10 of an outgoing message: read from its first line when the delimiters are the
+    standard ones and the value holds none of them (its full parse is the raw text); otherwise by a
+    full parse. Only the header is read here: the peer judges the rest of the message."""
+    end = text.find("\r")
+    if end > 8 and text.startswith(_STANDARD_MSH):
+        fields = text[:end].split("|", 10)  # fields[k] is MSH-(k+1)
+        if len(fields) > 9:
+            value = fields[9]
+            if "^" not in value and "~" not in value and "\\" not in value and "&" not in value:
+                return value
     return parse_message(text).control_id
 
 
