@@ -282,7 +282,9 @@ class DataPhase:
             self._restore()
             raise AssociationAbortedError("the association's network loop stopped", peer=self.peer)
         self._old_delay = dul._run_loop_delay
-        dul._run_loop_delay = 0.0  # it parks in the held check instead (_Hold): no extra sleep
+        # it parks in the held check (_Hold); 1 ms only bounds its loop should the association
+        # leave Sta6 (aborted) before we are done
+        dul._run_loop_delay = 0.001
         self._sock = dul.socket.socket
         self._old_timeout = self._sock.gettimeout()
         self._sock.settimeout(self.timeout)
