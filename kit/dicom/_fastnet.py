@@ -172,32 +172,57 @@ class Message:
         return command_int(self.command, 0x0100) or 0
 
 
-def hold_dul(assoc: Association) -> threading.Event:
+#: Seconds the DUL reactor parks in each check while a data phase holds it (it sees an abort
+#: queued by another thread, or its association leaving Sta6, at most this late; the end of the
+#: data phase wakes it at once).
+HOLD_PARK = 0.05
+
+
+class _Hold:
+    """The DUL reactor's socket check while held: parks the reactor thread until released."""
+
+    def __init__(self, dul: Any) -> None:
+        self.dul = dul
+        self.original = type(dul)._is_transport_event
+        self.idle = threading.Event()
+        self.wake = threading.Event()
+        self.park = False  # only in a data phase: before it, pynetdicom still sends the A-ASSOCIATE-AC
+
+    def __call__(self) -> bool:  # replaces DULServiceProvider._is_transport_event
+        dul = self.dul
+        if dul.state_machine.current_state != "Sta6":  # aborted or releasing: pynetdicom's again
+            return bool(self.original(dul))
+        self.idle.set()
+        if self.park:  # parked rather than polled: no wake-ups every few ms for each association,
+            self.wake.wait(HOLD_PARK)  # and the hand-back (release_dul) wakes it at once
+        return False
+
+
+def hold_dul(assoc: Association, *, park: bool = False) -> threading.Event:
     """Stop the DUL reactor reading the socket; the event is set once it has stopped.
 
     The reactor sends everything queued before it checks the socket again, so
     once set, it will neither read nor write until the hold is lifted, unless
-the association leaves the data transfer state (Sta6), e.g. aborted by
-another thread: then it reads as usual to see the connection close.
+    the association leaves the data transfer state (Sta6), e.g. aborted by
+    another thread: then it reads as usual to see the connection close.
+    Holding an association already held returns the same event. With ``park``
+    (a data phase, nothing left for pynetdicom to send) the reactor thread waits
+    in its check instead of polling, until :func:`release_dul` wakes it.
     """
-    idle = threading.Event()
     dul = assoc.dul
-    original = type(dul)._is_transport_event
-
-    def hold() -> bool:  # replaces DULServiceProvider._is_transport_event
-        if dul.state_machine.current_state != "Sta6":  # aborted or releasing: pynetdicom's again
-            return original(dul)
-        idle.set()
-        return False
-
-    dul._is_transport_event = hold  # type: ignore[method-assign]
-    return idle
+    hold = vars(dul).get("_is_transport_event")
+    if not isinstance(hold, _Hold):
+        hold = _Hold(dul)
+        dul._is_transport_event = hold  # type: ignore[method-assign]
+    hold.park = hold.park or park
+    return hold.idle
 
 
 def release_dul(assoc: Association) -> None:
-    """Lift :func:`hold_dul` (idempotent): pynetdicom's reactor reads the socket again."""
-    if "_is_transport_event" in vars(assoc.dul):
-        del assoc.dul._is_transport_event
+    """Lift :func:`hold_dul` (idempotent): pynetdicom's reactor reads the socket again at once."""
+    hold = vars(assoc.dul).pop("_is_transport_event", None)
+    if isinstance(hold, _Hold):
+        hold.wake.set()
 
 
 class DataPhase:
@@ -258,12 +283,14 @@ class DataPhase:
                     raise AssociationAbortedError("the association ended before the transfer",
                                                   peer=self.peer)
                 time.sleep(0.0001)
-        idle = hold_dul(assoc)
+        idle = hold_dul(assoc, park=True)
         if not idle.wait(wait) or dul.socket is None or dul.socket.socket is None:
             self._restore()
             raise AssociationAbortedError("the association's network loop stopped", peer=self.peer)
         self._old_delay = dul._run_loop_delay
-        dul._run_loop_delay = 0.01  # it only waits for us now: spare the GIL
+        # it parks in the held check (_Hold); 1 ms only bounds its loop should the association
+        # leave Sta6 (aborted) before we are done
+        dul._run_loop_delay = 0.001
         self._sock = dul.socket.socket
         self._old_timeout = self._sock.gettimeout()
         self._sock.settimeout(self.timeout)
@@ -271,9 +298,9 @@ class DataPhase:
 
     def _restore(self) -> None:
         dul = self.assoc.dul
-        release_dul(self.assoc)
         if self._old_delay:
             dul._run_loop_delay = self._old_delay
+        release_dul(self.assoc)
         if self._sock is not None:
             try:
                 self._sock.settimeout(self._old_timeout)

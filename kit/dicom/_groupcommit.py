@@ -66,7 +66,13 @@ class GroupCommit(Generic[T]):
         self._max_batch = max_batch
         self._linger = linger
         self._coming = 0
-        self._cv = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        # Two conditions on one lock: an arrival wakes only a lingering leader, a finished batch
+        # wakes the callers waiting for theirs (one notify_all for both woke every waiting
+        # caller on every arrival: threads woken for nothing, each needing a CPU and the GIL).
+        self._arrived = threading.Condition(lock)
+        self._finished = threading.Condition(lock)
+        self._lingering = False
         self._queue: list[Pending[T]] = []
         self._leading = False
         #: Sizes of the batches committed so far (the last 1,000), for tests and tuning.
@@ -79,7 +85,7 @@ class GroupCommit(Generic[T]):
         While announced, a leader may linger for it (see ``linger``). Leaving the block
         without submitting (e.g. the write failed) withdraws the announcement.
         """
-        with self._cv:
+        with self._arrived:
             self._coming += 1
         announced = [True]
 
@@ -90,9 +96,10 @@ class GroupCommit(Generic[T]):
             yield submit
         finally:
             if announced[0]:
-                with self._cv:
+                with self._arrived:
                     self._coming -= 1
-                    self._cv.notify_all()
+                    if self._lingering:  # it may be lingering for this one alone
+                        self._arrived.notify()
 
     def submit(self, item: T, *, _announced: list[bool] | None = None) -> None:
         """Queue ``item`` and return once its batch is committed.
@@ -103,16 +110,17 @@ class GroupCommit(Generic[T]):
             Whatever ``commit`` recorded for this item (or raised for its batch).
         """
         pending = Pending(item)
-        with self._cv:
+        with self._arrived:
             if _announced is not None and _announced[0]:
                 _announced[0] = False
                 self._coming -= 1
             self._queue.append(pending)
-            self._cv.notify_all()  # a lingering leader takes it
+            if self._lingering:
+                self._arrived.notify()  # the lingering leader takes it
         while True:
-            with self._cv:
+            with self._finished:
                 while self._leading and not pending.done:
-                    self._cv.wait()
+                    self._finished.wait()
                 if pending.done:
                     break
                 self._leading = True  # lead the next batch (ours is in it unless the queue is long)
@@ -121,7 +129,9 @@ class GroupCommit(Generic[T]):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._cv.wait(left)
+                    self._lingering = True
+                    self._arrived.wait(left)
+                    self._lingering = False
                 batch = self._queue[:self._max_batch]
                 del self._queue[:len(batch)]
             self._lead(batch)
@@ -136,10 +146,10 @@ class GroupCommit(Generic[T]):
                 if p.error is None:
                     p.error = exc
         finally:
-            with self._cv:
+            with self._finished:
                 for p in batch:
                     p.done = True
                 self.batch_sizes.append(len(batch))
                 del self.batch_sizes[:-1000]
                 self._leading = False
-                self._cv.notify_all()
+                self._finished.notify_all()  # its callers return; a queued one leads next

@@ -53,7 +53,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
-from kit.dicom._filemeta import encode_file_meta
+from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._groupcommit import GroupCommit, Pending
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
@@ -95,6 +95,9 @@ _SCHEMA = (
                 + (" PRIMARY KEY" if k == "SOPInstanceUID" else "") for k, c in _COLUMNS.items())
     + ", transfer_syntax_uid TEXT, path TEXT NOT NULL, size INTEGER, stored_at TEXT)"
 )
+_INSERT_COLUMNS = [*_COLUMNS.values(), "transfer_syntax_uid", "path", "size", "stored_at"]
+_INSERT = (f"INSERT OR REPLACE INTO instances ({', '.join(_INSERT_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
 _INDEXES = [f"CREATE INDEX IF NOT EXISTS ix_{c} ON instances ({c})"
             for c in ("patient_id", "study_instance_uid", "series_instance_uid", "accession_number")]
 
@@ -198,8 +201,9 @@ class InstanceStore:
         self.db_path = self.root / "index.sqlite"
         self._lock = threading.RLock()
         self._group: GroupCommit[_Write] = GroupCommit(self._commit_batch)
-        self._tmp_tag = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._tmp_prefix = os.path.join(self.tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}-")
         self._tmp_names = itertools.count()
+        self._files = str(self.files_dir)
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -207,8 +211,12 @@ class InstanceStore:
                 leftover.unlink(missing_ok=True)
             self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL: a commit is not fsync'ed; the fsync'ed files are the truth and
-            # _reconcile() indexes any file whose row a power cut lost.
+            # WAL + NORMAL, exactly: a commit is atomic and survives a crash of the process (it
+            # is in the OS's cache), but is fsync'ed only at checkpoints, so a power cut may undo
+            # the last commits (never corrupting the index). FULL would fsync the WAL on every
+            # commit: a second flush on each acknowledgement's path, for nothing, since an
+            # acknowledged file was fdatasync'ed and its directory fsync'ed before the ack, and
+            # _reconcile() indexes on open any file whose row a power cut undid.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
             for statement in _INDEXES:
@@ -251,8 +259,7 @@ class InstanceStore:
             if not verdict.ok:
                 raise DicomFileError(f"data set refused: {verdict.reason}")
             attributes = verdict_attributes(verdict)
-        head = b"\x00" * 128 + b"DICM" + encode_file_meta(file_meta)
-        return self._commit([head, encoded], attributes, syntax)
+        return self._commit([PREAMBLE, encode_file_meta(file_meta), encoded], attributes, syntax)
 
     def store_dataset(self, ds: Dataset) -> StoredInstance:
         """Durably store a decoded dataset (file meta added if missing)."""
@@ -305,32 +312,34 @@ class InstanceStore:
                 count += 1
         return count
 
-    def _commit(self, parts: Sequence[bytes], attrs: Mapping[str, Any],
+    def _commit(self, parts: Sequence[bytes | memoryview], attrs: Mapping[str, Any],
                 transfer_syntax: str) -> StoredInstance:
         sop = attrs.get("SOPInstanceUID")
         if not sop:
             raise DicomFileError("dataset has no SOPInstanceUID")
-        rel = Path("files") / _dirname(attrs.get("StudyInstanceUID")) / \
-            _dirname(attrs.get("SeriesInstanceUID")) / f"{_dirname(sop)}.dcm"
-        final = self.root / rel
-        tmp = self.tmp_dir / f"{self._tmp_tag}-{next(self._tmp_names)}.part"  # O_EXCL below guards
+        study, series = _dirname(attrs.get("StudyInstanceUID")), _dirname(attrs.get("SeriesInstanceUID"))
+        name = f"{_dirname(sop)}.dcm"
+        rel = f"files{os.sep}{study}{os.sep}{series}{os.sep}{name}"
+        folder = os.path.join(self._files, study, series)
+        final = os.path.join(folder, name)
+        tmp = f"{self._tmp_prefix}{next(self._tmp_names)}.part"  # O_EXCL below guards
         size = sum(len(p) for p in parts)
+        # the index row, prepared here rather than under the commit lock (stored_at is added there)
+        row = [attrs.get(k) for k in _COLUMNS]
+        row += (transfer_syntax, rel, size)
         fd = -1
         try:
             with self._group.coming() as submit:  # a batch being committed may wait for this one
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        view = view[os.write(fd, view):]
+                _write_all(fd, parts)
                 # fsync'ed on the caller's thread: the associations' fdatasyncs run concurrently and
-                # share the file system's journal commits (measured faster than the leader syncing
-                # the batch, serially or from a thread pool)
-                os.fdatasync(fd)
-                new_dirs = _make_dirs(final.parent)
-                submit(_Write(sop, tmp, fd, final, str(rel), attrs, transfer_syntax, size, new_dirs))
+                # share the device's cache flushes (measured faster than the leader syncing the
+                # batch, serially or from a thread pool)
+                _fdatasync(fd)
+                new_dirs = _make_dirs(folder)
+                submit(_Write(sop, tmp, final, rel, row, new_dirs))
         except BaseException as exc:
-            tmp.unlink(missing_ok=True)  # normally renamed away already
+            _unlink(tmp)  # normally renamed away already
             if isinstance(exc, OSError | sqlite3.Error):
                 raise StoreError(f"cannot store {sop}: {exc}") from exc
             raise
@@ -340,7 +349,7 @@ class InstanceStore:
         return StoredInstance(sop, str(attrs.get("SOPClassUID") or ""), transfer_syntax,
                               str(attrs.get("StudyInstanceUID") or ""),
                               str(attrs.get("SeriesInstanceUID") or ""),
-                              str(attrs.get("PatientID") or ""), final)
+                              str(attrs.get("PatientID") or ""), Path(final))
 
     def _commit_batch(self, batch: Sequence[Pending[_Write]]) -> None:
         """Make a batch of fsync'ed temporary files durable and indexed (group commit).
@@ -361,53 +370,63 @@ class InstanceStore:
 
     def _commit_run(self, run: Sequence[Pending[_Write]]) -> None:
         renamed: list[Pending[_Write]] = []
+        try:  # the versions this run replaces: one query for the run
+            olds = dict(self._db.execute(
+                "SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN "
+                f"({', '.join('?' * len(run))})", [p.item.sop for p in run]).fetchall())
+        except BaseException as exc:
+            for pending in run:
+                pending.error = exc
+                _unlink(pending.item.tmp)
+            return
         for pending in run:
             w = pending.item
             try:
-                old = self._db.execute("SELECT path FROM instances WHERE sop_instance_uid = ?",
-                                       (w.sop,)).fetchone()
-                w.old = None if old is None else str(old[0])
-                os.replace(w.tmp, w.final)
+                old = olds.get(w.sop)
+                w.old = None if old is None else str(old)
+                try:
+                    os.replace(w.tmp, w.final)
+                except FileNotFoundError:  # its folder was removed since: made again, synced below
+                    if not os.path.exists(w.tmp):
+                        raise
+                    w.new_dirs = w.new_dirs | _make_dirs(os.path.dirname(w.final))
+                    os.replace(w.tmp, w.final)
                 renamed.append(pending)
             except BaseException as exc:
                 pending.error = exc
-                w.tmp.unlink(missing_ok=True)
+                _unlink(w.tmp)
         if not renamed:
             return
         try:
-            for folder in sorted({d for p in renamed for d in (p.item.final.parent, *p.item.new_dirs)}):
+            folders = {d for p in renamed for d in (os.path.dirname(p.item.final), *p.item.new_dirs)}
+            for folder in sorted(folders):
                 _fsync_dir(folder)
-            self._insert([(p.item.attrs, p.item.transfer_syntax, p.item.rel, p.item.size)
-                          for p in renamed])
+            now = dt.datetime.now(dt.UTC).isoformat()
+            self._insert([[*p.item.row, now] for p in renamed])
         except BaseException as exc:
             for pending in renamed:
                 pending.error = exc
                 if pending.item.old is None:  # not indexed: the file must not stay behind
-                    pending.item.final.unlink(missing_ok=True)
+                    _unlink(pending.item.final)
             return
         # a replaced version stored elsewhere moves out before the ack: after a crash here the
         # committed row wins (_reconcile), after the ack a power cut cannot revive it
         stale = [p for p in renamed if p.item.old is not None and p.item.old != p.item.rel]
         for pending in stale:
             (self.root / str(pending.item.old)).unlink(missing_ok=True)
-        for folder in sorted({(self.root / str(p.item.old)).parent for p in stale}):
+        for folder in sorted({os.fspath((self.root / str(p.item.old)).parent) for p in stale}):
             try:
                 _fsync_dir(folder)
             except OSError as exc:
                 for pending in stale:
-                    if (self.root / str(pending.item.old)).parent == folder:
+                    if os.fspath((self.root / str(pending.item.old)).parent) == folder:
                         pending.error = exc
 
-    def _insert(self, rows: Sequence[tuple[Mapping[str, Any], str, str, int]]) -> None:
-        """Index rows ``(attributes, transfer syntax, relative path, size)`` in one transaction."""
-        cols = [*_COLUMNS.values(), "transfer_syntax_uid", "path", "size", "stored_at"]
-        now = dt.datetime.now(dt.UTC).isoformat()
-        values = [[attrs.get(k) for k in _COLUMNS] + [transfer_syntax, rel, size, now]
-                  for attrs, transfer_syntax, rel, size in rows]
+    def _insert(self, values: Sequence[Sequence[Any]]) -> None:
+        """Index rows (values in :data:`_INSERT_COLUMNS` order) in one transaction."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.executemany(f"INSERT OR REPLACE INTO instances ({', '.join(cols)}) "
-                                 f"VALUES ({', '.join('?' * len(cols))})", values)
+            self._db.executemany(_INSERT, values)
             self._db.execute("COMMIT")
         except sqlite3.Error:
             self._db.execute("ROLLBACK")
@@ -421,8 +440,9 @@ class InstanceStore:
         attrs = index_attributes(ds)
         if not attrs.get("SOPInstanceUID"):
             return False
-        self._insert([(attrs, str(ds.file_meta.get("TransferSyntaxUID", "")),
-                       str(f.relative_to(self.root)), f.stat().st_size)])
+        self._insert([[attrs.get(k) for k in _COLUMNS]
+                      + [str(ds.file_meta.get("TransferSyntaxUID", "")), str(f.relative_to(self.root)),
+                         f.stat().st_size, dt.datetime.now(dt.UTC).isoformat()]])
         return True
 
     def _reconcile(self) -> None:
@@ -617,37 +637,60 @@ def _with_meta(ds: Dataset) -> Dataset:
     return ds
 
 
-@dataclasses.dataclass(eq=False)
 class _Write:
     """A written, fsync'ed temporary file waiting for its group commit."""
 
-    sop: str
-    tmp: Path
-    fd: int
-    final: Path
-    rel: str
-    attrs: Mapping[str, Any]
-    transfer_syntax: str
-    size: int
-    new_dirs: frozenset[Path]
-    old: str | None = None
+    __slots__ = ("final", "new_dirs", "old", "rel", "row", "sop", "tmp")
+
+    def __init__(self, sop: str, tmp: str, final: str, rel: str, row: list[Any],
+                 new_dirs: frozenset[str]) -> None:
+        self.sop, self.tmp, self.final, self.rel, self.row = sop, tmp, final, rel, row
+        self.new_dirs = new_dirs
+        self.old: str | None = None
 
 
-def _make_dirs(folder: Path) -> frozenset[Path]:
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """Write ``parts`` in order: one ``writev`` (no concatenation), continued if it is short."""
+    done = os.writev(fd, parts)
+    if done == sum(len(p) for p in parts):
+        return
+    for part in parts:
+        view = memoryview(part)
+        if done >= len(view):
+            done -= len(view)
+            continue
+        view, done = view[done:], 0
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def _fdatasync(fd: int) -> None:
+    """Make a file's data (and the metadata needed to read it) durable."""
+    os.fdatasync(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _make_dirs(folder: str) -> frozenset[str]:
     """Create ``folder`` (and missing parents); the directories whose entries changed
     (to fsync with the commit, so the new folders survive a power cut too)."""
-    if folder.is_dir():
+    if os.path.isdir(folder):
         return frozenset()
-    created: list[Path] = []
+    created: list[str] = []
     probe = folder
-    while not probe.exists():
+    while not os.path.exists(probe):
         created.append(probe)
-        probe = probe.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    return frozenset(c.parent for c in created)
+        probe = os.path.dirname(probe)
+    os.makedirs(folder, exist_ok=True)
+    return frozenset(os.path.dirname(c) for c in created)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str | os.PathLike[str]) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
