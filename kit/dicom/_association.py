@@ -10,6 +10,8 @@ error tree. Written by hand here: the error mapping; the protocol is pynetdicom'
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import socket
 import ssl
 import threading
@@ -36,7 +38,8 @@ from kit.errors import (
     TLSError,
 )
 
-__all__ = ["DUL_POLL_SECONDS", "AssociationClient", "nodelay"]
+__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "kill", "nodelay",
+           "unbind_log_handlers"]
 
 #: Idle sleep of pynetdicom's network loop (its default is 1 ms).
 DUL_POLL_SECONDS = 0.0002
@@ -60,6 +63,35 @@ def nodelay(event: evt.Event) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+
+
+def unbind_log_handlers(assoc: Association) -> None:
+    """Unbind pynetdicom's standard logging handlers (they format every PDU and DIMSE
+    message, ~10 ms for an A-ASSOCIATE-RQ of 120 contexts), unless its logger is on DEBUG."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return
+    for event, handler in _LOG_HANDLERS:
+        with contextlib.suppress(Exception):
+            assoc.unbind(event, handler)
+
+
+#: The sleep between checks in :func:`kill` (pynetdicom's own: 10 ms).
+KILL_POLL_SECONDS = 0.0005
+
+
+def kill(assoc: Association) -> None:
+    """``Association.kill`` of pynetdicom 3.0.4 with a 0.5 ms instead of a 10 ms poll.
+
+    pynetdicom's release hands the A-RELEASE-RP to the waiting thread before its
+    state machine reaches Sta1, so its ``kill`` nearly always sleeps once: 10 ms
+    on every association.
+    """
+    assoc._reactor_checkpoint.set()
+    assoc._kill = True
+    assoc.is_established = False
+    assoc._is_paused = True
+    while assoc.dul.is_alive() and not assoc.dul.stop_dul():
+        time.sleep(KILL_POLL_SECONDS)
 
 
 class AssociationClient:
@@ -98,9 +130,11 @@ class AssociationClient:
         opened = threading.Event()
         aborted = threading.Event()
 
-        def on_open(event: evt.Event) -> None:
+        def on_open(event: evt.Event) -> None:  # on the DUL thread, before the A-ASSOCIATE-RQ
             opened.set()
             nodelay(event)
+            unbind_log_handlers(event.assoc)
+            event.assoc.kill = functools.partial(kill, event.assoc)  # type: ignore[method-assign]
 
         def on_abort(event: evt.Event) -> None:
             aborted.set()
@@ -123,9 +157,7 @@ class AssociationClient:
         elapsed = time.monotonic() - start
         if not assoc.is_established:
             self._raise_unestablished(assoc, opened.is_set(), aborted.is_set(), elapsed)
-        for event, handler in _LOG_HANDLERS:
-            with contextlib.suppress(Exception):
-                assoc.unbind(event, handler)
+        unbind_log_handlers(assoc)
         try:
             yield assoc
         finally:

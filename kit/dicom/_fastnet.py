@@ -46,7 +46,7 @@ from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
-    "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
+    "HOLD_POLL_SECONDS", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
     "command_int", "command_str", "decode_command", "encode_command", "pdu_limit", "release_dul",
     "share_context_uids", "status_fields",
@@ -166,15 +166,24 @@ class Message:
         return command_int(self.command, 0x0100) or 0
 
 
+#: Longest a held DUL reactor waits before it looks at its queues again (an abort from
+#: another thread); :func:`release_dul` wakes it at once.
+HOLD_POLL_SECONDS = 0.01
+
+
 def hold_dul(assoc: Association) -> threading.Event:
     """Stop the DUL reactor reading the socket; the event is set once it has stopped.
 
     The reactor sends everything queued before it checks the socket again, so
     once set, it will neither read nor write until the hold is lifted, unless
 the association leaves the data transfer state (Sta6), e.g. aborted by
-another thread: then it reads as usual to see the connection close.
+another thread: then it reads as usual to see the connection close. While
+held it waits on an event (up to :data:`HOLD_POLL_SECONDS` at a time) instead
+of its idle sleep, so it neither spins on the GIL nor sleeps on after
+:func:`release_dul`.
     """
     idle = threading.Event()
+    resume = threading.Event()
     dul = assoc.dul
     original = type(dul)._is_transport_event
 
@@ -182,16 +191,24 @@ another thread: then it reads as usual to see the connection close.
         if dul.state_machine.current_state != "Sta6":  # aborted or releasing: pynetdicom's again
             return original(dul)
         idle.set()
+        resume.wait(HOLD_POLL_SECONDS)
         return False
 
     dul._is_transport_event = hold  # type: ignore[method-assign]
+    previous = vars(dul).get("_kit_resume")
+    dul._kit_resume = resume  # type: ignore[attr-defined]
+    if isinstance(previous, threading.Event):
+        previous.set()  # a reactor waiting in an earlier hold looks again (at this one)
     return idle
 
 
 def release_dul(assoc: Association) -> None:
-    """Lift :func:`hold_dul` (idempotent): pynetdicom's reactor reads the socket again."""
-    if "_is_transport_event" in vars(assoc.dul):
-        del assoc.dul._is_transport_event
+    """Lift :func:`hold_dul` (idempotent): pynetdicom's reactor reads the socket again, at once."""
+    state = vars(assoc.dul)
+    state.pop("_is_transport_event", None)
+    resume = state.pop("_kit_resume", None)
+    if isinstance(resume, threading.Event):
+        resume.set()
 
 
 class DataPhase:
@@ -230,7 +247,6 @@ class DataPhase:
         self.maximum = int(own.maximum_length or 0)  # ours: what the peer may send
         self._sock: socket.socket | None = None
         self._old_timeout: float | None = None
-        self._old_delay = 0.0
         self._header = bytearray(6)
         self._pdvs: collections.deque[tuple[int, int, bytes]] = collections.deque()
         #: The PDUs read for the current message, when ``keep_raw`` (to hand it to pynetdicom).
@@ -256,8 +272,6 @@ class DataPhase:
         if not idle.wait(wait) or dul.socket is None or dul.socket.socket is None:
             self._restore()
             raise AssociationAbortedError("the association's network loop stopped", peer=self.peer)
-        self._old_delay = dul._run_loop_delay
-        dul._run_loop_delay = 0.01  # it only waits for us now: spare the GIL
         self._sock = dul.socket.socket
         self._old_timeout = self._sock.gettimeout()
         self._sock.settimeout(self.timeout)
@@ -266,8 +280,6 @@ class DataPhase:
     def _restore(self) -> None:
         dul = self.assoc.dul
         release_dul(self.assoc)
-        if self._old_delay:
-            dul._run_loop_delay = self._old_delay
         if self._sock is not None:
             try:
                 self._sock.settimeout(self._old_timeout)
