@@ -28,6 +28,7 @@ from pynetdicom._handlers import (
 )
 from pynetdicom.association import Association
 
+from kit.dicom._assoc_rq import encode_associate_rq
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
@@ -38,7 +39,7 @@ from kit.errors import (
     TLSError,
 )
 
-__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "kill", "nodelay",
+__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "fast_request", "kill", "nodelay",
            "unbind_log_handlers"]
 
 #: Idle sleep of pynetdicom's network loop (its default is 1 ms).
@@ -94,6 +95,40 @@ def kill(assoc: Association) -> None:
         time.sleep(KILL_POLL_SECONDS)
 
 
+def fast_request(assoc: Association) -> None:
+    """Send this association's A-ASSOCIATE-RQ as bytes encoded by hand
+    (:func:`kit.dicom._assoc_rq.encode_associate_rq`, equal to pynetdicom's).
+
+    Call from EVT_CONN_OPEN (on the DUL thread, before the request is sent). It
+    takes over the one state machine action AE-2 (Sta4 + Evt2: send the
+    A-ASSOCIATE-RQ, go to Sta5) of pynetdicom 3.0.4, and only where nothing
+    listens to EVT_PDU_SENT or EVT_FSM_TRANSITION (which it does not fire); a
+    request the hand encoder does not cover is left to pynetdicom.
+    """
+    if assoc.get_handlers(evt.EVT_PDU_SENT) or assoc.get_handlers(evt.EVT_FSM_TRANSITION):
+        return
+    dul = assoc.dul
+    machine = dul.state_machine
+    original = machine.do_action
+
+    def do_action(event: str) -> None:
+        if event != "Evt2" or machine.current_state != "Sta4":
+            original(event)
+            return
+        del machine.do_action  # once only: pynetdicom's own from here on
+        try:
+            data = encode_associate_rq(dul.to_provider_queue.queue[0].request)
+        except Exception:  # noqa: BLE001 - not covered by hand: pynetdicom encodes it
+            original(event)
+            return
+        dul.to_provider_queue.get(False)  # AE-2: the T-CONNECT confirmation, then send
+        assert dul.socket is not None
+        dul.socket.send(data)
+        machine.transition("Sta5")
+
+    machine.do_action = do_action  # type: ignore[method-assign]
+
+
 class AssociationClient:
     """Opens associations to one peer and maps their failures (base of ``PacsClient``).
 
@@ -134,6 +169,7 @@ class AssociationClient:
             opened.set()
             nodelay(event)
             unbind_log_handlers(event.assoc)
+            fast_request(event.assoc)
             event.assoc.kill = functools.partial(kill, event.assoc)  # type: ignore[method-assign]
 
         def on_abort(event: evt.Event) -> None:
