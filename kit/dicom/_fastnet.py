@@ -48,6 +48,7 @@ __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
     "HOLD_POLL_SECONDS", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
+    "store_request", "store_response",
     "command_int", "command_str", "decode_command", "encode_command", "pdu_limit", "release_dul",
     "share_context_uids", "status_fields",
 ]
@@ -307,11 +308,16 @@ class DataPhase:
 
     def send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
         """Send one DIMSE message (command set, then data set if any) in P-DATA-TF PDUs."""
+        self._sendall(self.frame(context_id, command, dataset))
+
+    def frame(self, context_id: int, command: bytes,
+              dataset: bytes | memoryview | None = None) -> list[bytes | memoryview]:
+        """One DIMSE message as P-DATA-TF PDUs (header and fragment parts), not sent yet."""
         parts: list[bytes | memoryview] = []
         self._fragments(parts, context_id, command, 0x01)
         if dataset is not None:
             self._fragments(parts, context_id, memoryview(dataset), 0x00)
-        self._sendall(parts)
+        return parts
 
     def _fragments(self, parts: list[bytes | memoryview], context_id: int, data: bytes | memoryview,
                    kind: int) -> None:
@@ -326,6 +332,10 @@ class DataPhase:
             parts.append(chunk)
             if pos >= size:
                 return
+
+    def send_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Send a message :meth:`frame` built."""
+        self._sendall(parts)
 
     def _sendall(self, parts: Sequence[bytes | memoryview]) -> None:
         assert self._sock is not None
@@ -565,8 +575,11 @@ def share_context_uids(contexts: Sequence[PresentationContext]) -> None:
             cx.__class__ = _SharedUIDContext
 
 
+# -- the client's requests (PacsClient.store / PacsClient.get) ----------------------------
+
+
 def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_uid: str,
-            dataset: bytes) -> int:
+            dataset: bytes | memoryview) -> int:
     """One C-STORE-RQ and its response on ``phase``; the response status.
 
     Raises
@@ -574,9 +587,22 @@ def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_
     AssociationAbortedError
         The peer answered with something other than a C-STORE-RSP with a status.
     """
-    phase.send(context_id, encode_command({
+    phase.send_parts(store_request(phase, context_id, msg_id, sop_class, sop_uid, dataset))
+    return store_response(phase, sop_uid)
+
+
+def store_request(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_uid: str,
+                  dataset: bytes | memoryview) -> list[bytes | memoryview]:
+    """A C-STORE-RQ framed for ``phase``, to send with :meth:`DataPhase.send_parts` (built while the
+    peer still works on the previous one: :meth:`PacsClient.store` prepares each request
+    before it waits for the previous response, and sends it after)."""
+    return phase.frame(context_id, encode_command({
         0x00000002: sop_class, 0x00000100: C_STORE_RQ, 0x00000110: msg_id, 0x00000700: 0x0002,
         0x00000800: 0x0001, 0x00001000: sop_uid}), dataset)
+
+
+def store_response(phase: DataPhase, sop_uid: str) -> int:
+    """The status of the C-STORE-RSP the peer sends next on ``phase`` (see :func:`c_store`)."""
     rsp = phase.recv()
     code = command_int(rsp.command, 0x0900)
     if rsp.command_field != C_STORE_RSP or code is None:

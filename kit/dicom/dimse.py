@@ -76,7 +76,14 @@ from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
 from kit.dicom._contexts import storage_contexts
-from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store, share_context_uids
+from kit.dicom._fastnet import (
+    DataPhase,
+    FileReceiver,
+    c_get,
+    share_context_uids,
+    store_request,
+    store_response,
+)
 from kit.dicom._outgoing import Outgoing
 from kit.errors import (
     AssociationAbortedError,
@@ -101,6 +108,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 #: C-MOVE status: the destination AE title is unknown to the PACS
 UNKNOWN_MOVE_DESTINATION = 0xA801
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Bytes of checked files :meth:`PacsClient.store` keeps to send from memory (the rest are read again).
+KEEP_CHECKED_BYTES = 256 * 1024 * 1024
 
 
 def __getattr__(name: str) -> Any:
@@ -630,7 +639,12 @@ class PacsClient(AssociationClient):
 
         from kit.dicom._frames import STORED_SCHEMA
 
-        outgoing = [Outgoing.of(item) for item in items]
+        outgoing: list[Outgoing] = []
+        held = 0
+        for entry in items:  # every file read once: checked here, sent from memory within the budget
+            checked = Outgoing.of(entry, keep=held < KEEP_CHECKED_BYTES)
+            held += checked.size
+            outgoing.append(checked)
         if not outgoing:
             return pl.DataFrame(schema=STORED_SCHEMA)
         pairs = sorted({(o.sop_class, o.transfer_syntax) for o in outgoing})
@@ -647,18 +661,32 @@ class PacsClient(AssociationClient):
                 if (item.sop_class, item.transfer_syntax) not in accepted:
                     raise DicomError(f"the peer accepted no presentation context for "
                                      f"{item.sop_class} in {item.transfer_syntax}", peer=self.address)
+
+            def answered(item: Outgoing, code: int) -> None:
+                rows.append((item.sop_instance, item.sop_class, item.transfer_syntax, item.source, code))
+                if code != 0 and not (0xB000 <= code <= 0xBFFF) and code not in (0x0107, 0x0116):
+                    failures.append((item.source or item.sop_instance, code))
+                if tick is not None:
+                    tick()
+
             try:
                 with DataPhase(assoc, self.timeout, self.address) as phase:
-                    for msg_id, item in enumerate(outgoing, start=1):
-                        code = c_store(phase, accepted[(item.sop_class, item.transfer_syntax)],
-                                       msg_id & 0xFFFF or 1, item.sop_class, item.sop_instance,
-                                       item.payload())
-                        rows.append((item.sop_instance, item.sop_class, item.transfer_syntax,
-                                     item.source, code))
-                        if code != 0 and not (0xB000 <= code <= 0xBFFF) and code not in (0x0107, 0x0116):
-                            failures.append((item.source or item.sop_instance, code))
-                        if tick is not None:
-                            tick()
+                    # lockstep as ever (one request outstanding), but each request is built
+                    # while the peer still stores the previous one
+                    sent: Outgoing | None = None
+                    for msg_id, one in enumerate(outgoing, start=1):
+                        try:
+                            request = store_request(
+                                phase, accepted[(one.sop_class, one.transfer_syntax)],
+                                msg_id & 0xFFFF or 1, one.sop_class, one.sop_instance, one.payload())
+                        finally:  # the previous answer first, even if this file went bad
+                            if sent is not None:
+                                answered(sent, store_response(phase, sent.sop_instance))
+                                sent = None
+                        phase.send_parts(request)
+                        sent = one
+                    if sent is not None:
+                        answered(sent, store_response(phase, sent.sop_instance))
             except (AssociationAbortedError, PeerTimeoutError) as err:
                 raise self._broke_off(err, "C-STORE", len(rows)) from err
         frame = pl.DataFrame(rows, schema=STORED_SCHEMA, orient="row")
