@@ -532,13 +532,15 @@ class FileReceiver:
             tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                with os.fdopen(fd, "wb", buffering=0) as fh:
+                try:
                     if sum(len(p) for p in parts) < (1 << 20):
                         parts = [b"".join(parts)]  # one write for a small file
                     for part in parts:
                         view = memoryview(part)
                         while view:
-                            view = view[fh.write(view) or 0:]
+                            view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
                 os.replace(tmp, final)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -634,9 +636,8 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
                 0x00000120: command_int(msg.command, 0x0110) or 0, 0x00000800: NO_DATASET,
                 0x00000900: status, 0x00001000: sop_uid}))
         elif msg.command_field == C_GET_RSP:
-            fields = status_fields(msg.command)
-            if fields["Status"] not in (0xFF00, 0xFF01):
-                return fields
+            if command_int(msg.command, 0x0900) not in (0xFF00, 0xFF01):  # not pending: the last
+                return status_fields(msg.command)
         else:
             raise AssociationAbortedError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
                                           "during C-GET", peer=phase.peer)

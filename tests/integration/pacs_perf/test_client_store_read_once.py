@@ -70,3 +70,13 @@ def test_a_file_gone_after_its_check_stops_the_store_after_the_previous_answer(
         client.store(files)
     assert [i.sop_instance_uid for i in pacs.store] == [str(dcmread(files[0]).SOPInstanceUID)]
     assert client.echo() >= 0  # the PACS still serves
+
+
+def test_get_frame_is_sorted_by_instance_as_polars_sorts_it(pacs: EmbeddedPACS, tmp_path: Path) -> None:
+    files = _files(tmp_path / "src", 12, seed=11)
+    client = PacsClient("127.0.0.1", pacs.port, called_aet=pacs.aet, timeout=20)
+    client.store(files)
+    got = client.get(study_uid=str(dcmread(files[0]).StudyInstanceUID), dest=tmp_path / "back")
+    assert got.height == 12
+    assert got.equals(got.sort("sop_instance_uid"))
+    assert sorted(got["sop_instance_uid"].to_list()) == got["sop_instance_uid"].to_list()
