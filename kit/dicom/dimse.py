@@ -75,9 +75,9 @@ from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
+from kit.dicom._clientphase import ClientPhase
 from kit.dicom._contexts import storage_contexts
 from kit.dicom._fastnet import (
-    DataPhase,
     FileReceiver,
     c_get,
     share_context_uids,
@@ -496,7 +496,7 @@ class PacsClient(AssociationClient):
     def _get_direct(self, assoc: Association, identifier: Dataset, sop_class: str,
                     receiver: FileReceiver) -> Dataset:
         """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
-        (:class:`~kit.dicom._fastnet.DataPhase`); the final C-GET-RSP status as a dataset."""
+        (:class:`~kit.dicom._clientphase.ClientPhase`); the final C-GET-RSP status as a dataset."""
         syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
                     if cx.context_id is not None}
         get_cx = next((cx for cx in assoc.accepted_contexts
@@ -509,7 +509,7 @@ class PacsClient(AssociationClient):
         if encoded is None:
             raise InvalidInputError("pydicom could not encode the C-GET identifier")
         try:
-            with DataPhase(assoc, self.timeout, self.address) as phase:
+            with ClientPhase(assoc, self.timeout, self.address) as phase:
                 fields = c_get(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
                                receiver.write)
         except (AssociationAbortedError, PeerTimeoutError) as err:
@@ -681,7 +681,7 @@ class PacsClient(AssociationClient):
                     tick()
 
             try:
-                with DataPhase(assoc, self.timeout, self.address) as phase:
+                with ClientPhase(assoc, self.timeout, self.address) as phase:
                     # lockstep as ever (one request outstanding), but each request is built
                     # while the peer still stores the previous one
                     sent: Outgoing | None = None
