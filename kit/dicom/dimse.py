@@ -183,17 +183,11 @@ def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -
     return f"series {series_uid}" if series_uid else f"study {study_uid}"
 
 
-def _received_frame(receiver: FileReceiver, *, ordered: bool = False) -> pl.DataFrame:
-    """What ``receiver`` wrote, in arrival order or (``ordered``) by SOP Instance UID (sorted
-    here, not by polars: its first sort in a process starts its thread pool, ~50 ms)."""
+def _rows_frame(rows: list[tuple[str, str, str, str | None, str, int]]) -> pl.DataFrame:
     import polars as pl
 
     from kit.dicom._frames import RECEIVED_SCHEMA
 
-    with receiver.lock:
-        rows = list(receiver.rows)
-    if ordered:
-        rows.sort(key=_by_instance)
     if not rows:
         return pl.DataFrame(schema=RECEIVED_SCHEMA)
     return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
@@ -397,17 +391,18 @@ class PacsClient(AssociationClient):
         is a C-MOVE's destination AE title and how to register it; ``called_back``
         whether the PACS connected to our storage SCP at all.
         """
-        received = _received_frame(receiver)
+        with receiver.lock:
+            rows = list(receiver.rows)
         code = _status_int(last)
         if code is None:
             err = self._lost(assoc, what, waited)
-            if move_to and received.is_empty() and not called_back:
+            if move_to and not rows and not called_back:
                 # pynetdicom aborts the association on its own DIMSE timeout: that is a timeout
                 kind = PeerTimeoutError if waited >= self.timeout * 0.9 else type(err)
                 raise kind(f"{what}: no answer within {self.timeout:g}s and the PACS never connected "
                                 f"back to our storage SCP; it must know our AE as a move destination "
                                 f"exactly: {move_to[1]}", peer=self.address)
-            raise type(err)(f"{err} after {received.height} instance(s)", peer=None)
+            raise type(err)(f"{err} after {len(rows)} instance(s)", peer=None)
         assert last is not None
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
@@ -417,27 +412,27 @@ class PacsClient(AssociationClient):
                                 f"cannot reach it (Move Destination unknown"
                                 f"{'' if called_back else '; it never connected back to our storage SCP'}"
                                 f"): {move_to[1]}", status=code, peer=self.address,
-                                completed=completed, failed=failed, warning=warning, received=received)
+                                completed=completed, failed=failed, warning=warning,
+                                received=_rows_frame(rows))
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
             detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
             comment = str(last.get("ErrorComment", "") or "").strip()
             detail += f"; the PACS says: {comment}" if comment else ""
-            if move_to and received.is_empty() and not failed:
+            if move_to and not rows and not failed:
                 # e.g. Orthanc answers an unknown destination with 0xC000 and no sub-operations
                 detail += ("; the PACS never connected back to our storage SCP" if not called_back else "")
                 detail += f"; if the PACS does not know the move destination {move_to[0]!r}: {move_to[1]}"
             raise RetrieveError(f"{what} did not complete{detail}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning,
-                                received=received)
-        if received.is_empty():
+                                received=_rows_frame(rows))
+        if not rows:
             raise RetrieveError(f"{what}: the PACS has no instances of {asked or 'what was asked'} "
                                 f"(is the UID right? `kit pacs find` lists what it holds)",
                                 status=code, peer=self.address, completed=completed, failed=failed,
-                                warning=warning, received=received)
-        ordered = _received_frame(receiver, ordered=True)
-        if ordered.height != received.height:  # a late C-MOVE sub-operation: the frame checked above
-            return received.sort("sop_instance_uid")
-        return ordered
+                                warning=warning, received=_rows_frame(rows))
+        # by SOP Instance UID, sorted here as polars would (its first sort in a process starts
+        # its thread pool, ~50 ms)
+        return _rows_frame(sorted(rows, key=_by_instance))
 
     @_audited("pacs.get")
     def get(self, *, study_uid: str | None = None, series_uid: str | None = None,
