@@ -99,3 +99,12 @@ def test_generated_requests_equal_pynetdicoms(called: str, calling: str, maximum
     p = _primitive([build_context(a, ts) for a, ts in contexts], [*_mandatory(maximum), *role_items],
                    called, calling)
     assert encode_associate_rq(p) == A_ASSOCIATE_RQ(p).encode()
+
+
+def test_the_encoder_is_pure() -> None:
+    """No socket or network import reachable from kit.dicom._assoc_rq (the purity rule)."""
+    from tests.unit.core.test_purity import FORBIDDEN, KIT, _closure
+
+    reached = _closure(KIT / "dicom" / "_assoc_rq.py")
+    bad = sorted(n for n in reached if any(n == f or n.startswith(f + ".") for f in FORBIDDEN))
+    assert not bad, bad
