@@ -119,10 +119,11 @@ def fast_request(assoc: Association) -> None:
         try:
             data = encode_associate_rq(dul.to_provider_queue.queue[0].request)
         except Exception:  # noqa: BLE001 - not covered by hand: pynetdicom encodes it
+            data = None
+        if data is None or dul.socket is None:
             original(event)
             return
         dul.to_provider_queue.get(False)  # AE-2: the T-CONNECT confirmation, then send
-        assert dul.socket is not None
         dul.socket.send(data)
         machine.transition("Sta5")
 
