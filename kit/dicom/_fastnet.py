@@ -169,7 +169,7 @@ class Message:
 
 #: Longest a held DUL reactor waits before it looks at its queues again (an abort from
 #: another thread); :func:`release_dul` wakes it at once.
-HOLD_POLL_SECONDS = 0.01
+HOLD_POLL_SECONDS = 0.05
 
 
 def hold_dul(assoc: Association) -> threading.Event:
