@@ -32,7 +32,12 @@ and writing received instances straight from the encoded bytes (never
 decoded) to a temporary file renamed into place. Every association socket
 gets ``TCP_NODELAY`` (pynetdicom never sets it; Nagle plus delayed ACK stalls
 each small PDU), large PDUs are asked for, and pynetdicom's per-PDU logging
-handlers are unbound once the association is up.
+handlers are unbound before the request (unless its logger is on DEBUG). The
+A-ASSOCIATE-RQ is encoded by hand (:mod:`kit.dicom._assoc_rq`, byte-equal to
+pynetdicom's), the release skips pynetdicom's 10 ms polls, the data phase runs
+on a blocking socket with kernel timeouts, reading PDUs in chunks
+(:mod:`kit.dicom._clientphase`), and a store reads each file once (the checked
+bytes are sent, up to :data:`KEEP_CHECKED_BYTES`).
 
 C-MOVE needs the PACS to know our AE title as a move destination (the PACS
 connects back to us): register ``aet`` (or ``move_aet``) with our host and
