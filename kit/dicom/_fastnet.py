@@ -502,6 +502,30 @@ class FileReceiver:
         self.lock = threading.Lock()
         self._names = itertools.count()
         self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._spare: tuple[str, int] | None = None
+
+    def _temp(self) -> tuple[str, int]:
+        """A new temporary file in ``dest``: a unique name without tempfile's random retries
+        (O_EXCL still guards), and its descriptor."""
+        tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def prepare(self) -> None:
+        """Create the next temporary file now (C-GET, one thread: while the PACS sends the next
+        instance), so creating it, slow on a busy disk, is not between receiving an instance
+        and answering for it. A failure here is left to :meth:`write` to meet and report."""
+        if self._spare is None:
+            with contextlib.suppress(OSError):
+                self._spare = self._temp()
+
+    def discard(self) -> None:
+        """Remove the temporary file :meth:`prepare` made if nothing used it (idempotent)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(spare[1])
+            with contextlib.suppress(OSError):
+                os.unlink(spare[0])
 
     def __call__(self, event: evt.Event) -> int:
         """EVT_C_STORE handler (C-MOVE's storage SCP)."""
@@ -528,9 +552,8 @@ class FileReceiver:
             if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
             final = os.path.join(self.dest, f"{sop_uid}.dcm")
-            # a unique temporary name without tempfile's random retries (O_EXCL still guards)
-            tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            spare, self._spare = self._spare, None  # made by prepare() (C-GET), else made now
+            tmp, fd = spare if spare is not None else self._temp()
             try:
                 try:
                     if sum(len(p) for p in parts) < (1 << 20):
@@ -614,10 +637,12 @@ def store_response(phase: DataPhase, sop_uid: str) -> int:
 
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
-          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int]) -> dict[str, Any]:
+          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int],
+          answered: Callable[[], None] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``: send the request, answer every C-STORE sub-operation with the
     status ``write(sop_instance_uid, sop_class_uid, transfer_syntax, dataset)`` returns,
-    until the final (non-pending) C-GET-RSP; its :func:`status_fields`.
+    until the final (non-pending) C-GET-RSP; its :func:`status_fields`. ``answered`` is
+    called after each answer is sent (e.g. :meth:`FileReceiver.prepare`).
 
     ``syntaxes`` maps accepted presentation context IDs to their transfer syntax; a
     sub-operation on any other context is answered 0x0122 (SOP class not supported).
@@ -635,6 +660,8 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
                 0x00000002: sop_cls, 0x00000100: C_STORE_RSP,
                 0x00000120: command_int(msg.command, 0x0110) or 0, 0x00000800: NO_DATASET,
                 0x00000900: status, 0x00001000: sop_uid}))
+            if answered is not None:
+                answered()
         elif msg.command_field == C_GET_RSP:
             if command_int(msg.command, 0x0900) not in (0xFF00, 0xFF01):  # not pending: the last
                 return status_fields(msg.command)

@@ -508,12 +508,15 @@ class PacsClient(AssociationClient):
         encoded = encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
         if encoded is None:
             raise InvalidInputError("pydicom could not encode the C-GET identifier")
+        receiver.prepare()  # each instance's file is created before it arrives
         try:
             with ClientPhase(assoc, self.timeout, self.address) as phase:
                 fields = c_get(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
-                               receiver.write)
+                               receiver.write, receiver.prepare)
         except (AssociationAbortedError, PeerTimeoutError) as err:
             raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
+        finally:
+            receiver.discard()
         last = Dataset()
         for keyword, value in fields.items():
             if value is not None:
