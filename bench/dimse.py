@@ -6,15 +6,20 @@
     sending its quarter of N fresh instances, into the kit's EmbeddedPACS and into
     Orthanc -> images/s each (a single storescu into dcmtk storescp, which does
     not fsync, is printed for scale). One untimed warm-up round per side, then
-    RECV_ROUNDS interleaved rounds; the RATIO compares each side's best round, as
-    (b) and (c) do (other load only ever slows a round down, so the best round is
-    the least disturbed); the medians, and the median of the per-round ratios (each
-    kit round against the Orthanc round next to it in time), are printed beside it.
-(b) send: kit PacsClient.store vs dcmtk storescu, both into storescp.
-(c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu.
-(b) and (c) run ROUNDS interleaved rounds (kit first, then the other tool first,
-alternately) and keep each side's best (the machine may be shared); in (a) each
-round starts from an empty store (Orthanc's copy is deleted over REST).
+    RECV_ROUNDS interleaved rounds; the RATIO compares each side's best round
+    (other load only ever slows a round down, so the best round is the least
+    disturbed; there are too few rounds here for a stable median); the medians,
+    and the median of the per-round ratios (each kit round against the Orthanc
+    round next to it in time), are printed beside it.
+(b) send: kit PacsClient.store vs dcmtk storescu, both into one storescp, the same
+    folder (the kit's timing includes listing it, as storescu +sd scans it).
+(c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu,
+    each into a fresh folder of the same file system (neither fsyncs).
+Both sides run with TCP_NODELAY (dcmtk via TCP_NODELAY=1, the kit sets it) and the same
+maximum PDU on the peer. In (a) each round starts from an empty store (Orthanc's copy
+is deleted over REST). (b) and (c) warm each side up once, then run PAIRED_ROUNDS
+rounds (the order alternating) and their RATIO is the median of the per-round
+ratios (robust on a shared machine; the best-vs-best ratio is printed beside it).
 
 Durability is not the same on both sides of (a), and the kit's is the stronger:
 the EmbeddedPACS acknowledges a C-STORE only after fdatasync'ing the file, renaming
@@ -42,6 +47,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from pydicom.uid import generate_uid
@@ -185,6 +191,37 @@ def alternate(round_: int) -> tuple[str, str]:
     return ("kit", "other") if round_ % 2 == 0 else ("other", "kit")
 
 
+#: Timed rounds of (b) and (c), after one warm-up of each side.
+PAIRED_ROUNDS = 7
+
+
+class Paired:
+    """Seconds of both sides per round; ``ratio`` is the median of other/kit over the rounds."""
+
+    def __init__(self, kit: list[float], other: list[float]) -> None:
+        self.kit, self.other = kit, other
+        ratios = sorted(o / k for k, o in zip(kit, other, strict=True))
+        self.ratios = ratios
+        self.ratio = statistics.median(ratios)
+        self.best_kit, self.best_other = min(kit), min(other)
+
+    def spread(self) -> str:
+        return (f"round ratios {self.ratios[0]:.2f}-{self.ratios[-1]:.2f}, median {self.ratio:.2f}, "
+                f"best/best {self.best_other / self.best_kit:.2f}")
+
+
+def paired(kit: Callable[[], float], other: Callable[[], float]) -> Paired:
+    """One untimed warm-up of each, then PAIRED_ROUNDS rounds, the order alternating per round."""
+    kit()
+    other()
+    kits: list[float] = []
+    others: list[float] = []
+    for round_ in range(PAIRED_ROUNDS):
+        for side in alternate(round_):
+            (kits if side == "kit" else others).append(kit() if side == "kit" else other())
+    return Paired(kits, others)
+
+
 def rate(n: int, seconds: float) -> float:
     return n / seconds
 
@@ -240,47 +277,54 @@ def main() -> None:
               f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
               f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
 
-        # (b) send, (c) C-GET: ROUNDS interleaved rounds each, the best of each side counts
+        # (b) send, (c) C-GET: one untimed warm-up of each side, then PAIRED rounds (the order
+        # alternating); each round's ratio compares two runs seconds apart, so a burst of load
+        # from elsewhere hits both; the RATIO line is the median of the rounds' ratios.
         scp, scp_port, _ = storescp(tmp, "storescp-b")
         procs.append(scp)
         client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
-        t_kit_send = t_scu = float("inf")
-        for round_ in range(ROUNDS):
-            for side in alternate(round_):
-                if side == "kit":
-                    start = time.perf_counter()
-                    client.store(files)
-                    t_kit_send = min(t_kit_send, time.perf_counter() - start)
-                else:
-                    t_scu = min(t_scu, storescu(scp_port, "STORESCP", src))
+
+        def kit_send() -> float:
+            start = time.perf_counter()
+            client.store(sorted(src.iterdir()))  # the listing too: storescu scans the folder (+sd)
+            return time.perf_counter() - start
+
+        send = paired(kit_send, lambda: storescu(scp_port, "STORESCP", src))
         stop(scp)
-        print(f"(b) send      kit PacsClient.store {rate(n, t_kit_send):8.0f} img/s   "
-              f"dcmtk storescu {rate(n, t_scu):8.0f} img/s")
+        print(f"(b) send      kit PacsClient.store {rate(n, send.best_kit):8.0f} img/s   "
+              f"dcmtk storescu {rate(n, send.best_other):8.0f} img/s   (best rounds; {send.spread()})")
 
         client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
-        t_kit_get = t_getscu = float("inf")
-        for round_ in range(ROUNDS):
-            for side in alternate(round_):
-                if side == "kit":
-                    start = time.perf_counter()
-                    got = client.get(study_uid=study, dest=tmp / f"kit-get-{round_}")
-                    t_kit_get = min(t_kit_get, time.perf_counter() - start)
-                    assert got.height == n, got.height
-                    continue
-                out = tmp / f"getscu-{round_}"
-                out.mkdir()
-                start = time.perf_counter()
-                subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
-                                "-k", f"StudyInstanceUID={study}", "-od", str(out),
-                                "127.0.0.1", str(orth_port)], env=ENV, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                t_getscu = min(t_getscu, time.perf_counter() - start)
-                assert len(list(out.iterdir())) == n
-        print(f"(c) C-GET     kit PacsClient.get {rate(n, t_kit_get):8.0f} img/s   "
-              f"dcmtk getscu {rate(n, t_getscu):8.0f} img/s")
+        gets = iter(range(1_000_000))
 
-        print(f"RATIO cget kit/getscu = {t_getscu / t_kit_get:.2f}")
-        print(f"RATIO send kit/storescu = {t_scu / t_kit_send:.2f}")
+        def kit_get() -> float:
+            dest = tmp / f"kit-get-{next(gets)}"
+            start = time.perf_counter()
+            got = client.get(study_uid=study, dest=dest)
+            took = time.perf_counter() - start
+            assert got.height == n, got.height
+            shutil.rmtree(dest)
+            return took
+
+        def getscu() -> float:
+            out = tmp / f"getscu-{next(gets)}"
+            out.mkdir()
+            start = time.perf_counter()
+            subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
+                            "-k", f"StudyInstanceUID={study}", "-od", str(out),
+                            "127.0.0.1", str(orth_port)], env=ENV, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            took = time.perf_counter() - start
+            assert len(list(out.iterdir())) == n
+            shutil.rmtree(out)
+            return took
+
+        cget = paired(kit_get, getscu)
+        print(f"(c) C-GET     kit PacsClient.get {rate(n, cget.best_kit):8.0f} img/s   "
+              f"dcmtk getscu {rate(n, cget.best_other):8.0f} img/s   (best rounds; {cget.spread()})")
+
+        print(f"RATIO cget kit/getscu = {cget.ratio:.2f}")
+        print(f"RATIO send kit/storescu = {send.ratio:.2f}")
         print(f"RATIO receive embedded/orthanc ({SENDERS} senders) = {min(t_orth) / min(t_emb):.2f}")
     finally:
         for proc in procs:

@@ -46,8 +46,9 @@ from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
-    "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
+    "HOLD_PARK", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
+    "store_request", "store_response",
     "command_int", "command_str", "decode_command", "encode_command", "pdu_limit", "release_dul",
     "share_context_uids", "status_fields",
 ]
@@ -261,7 +262,6 @@ class DataPhase:
         self.maximum = int(own.maximum_length or 0)  # ours: what the peer may send
         self._sock: socket.socket | None = None
         self._old_timeout: float | None = None
-        self._old_delay = 0.0
         self._header = bytearray(6)
         self._pdvs: collections.deque[tuple[int, int, bytes]] = collections.deque()
         #: The PDUs read for the current message, when ``keep_raw`` (to hand it to pynetdicom).
@@ -328,11 +328,16 @@ class DataPhase:
 
     def send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
         """Send one DIMSE message (command set, then data set if any) in P-DATA-TF PDUs."""
+        self._sendall(self.frame(context_id, command, dataset))
+
+    def frame(self, context_id: int, command: bytes,
+              dataset: bytes | memoryview | None = None) -> list[bytes | memoryview]:
+        """One DIMSE message as P-DATA-TF PDUs (header and fragment parts), not sent yet."""
         parts: list[bytes | memoryview] = []
         self._fragments(parts, context_id, command, 0x01)
         if dataset is not None:
             self._fragments(parts, context_id, memoryview(dataset), 0x00)
-        self._sendall(parts)
+        return parts
 
     def _fragments(self, parts: list[bytes | memoryview], context_id: int, data: bytes | memoryview,
                    kind: int) -> None:
@@ -347,6 +352,10 @@ class DataPhase:
             parts.append(chunk)
             if pos >= size:
                 return
+
+    def send_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Send a message :meth:`frame` built."""
+        self._sendall(parts)
 
     def _sendall(self, parts: Sequence[bytes | memoryview]) -> None:
         assert self._sock is not None
@@ -513,6 +522,30 @@ class FileReceiver:
         self.lock = threading.Lock()
         self._names = itertools.count()
         self._tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._spare: tuple[str, int] | None = None
+
+    def _temp(self) -> tuple[str, int]:
+        """A new temporary file in ``dest``: a unique name without tempfile's random retries
+        (O_EXCL still guards), and its descriptor."""
+        tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def prepare(self) -> None:
+        """Create the next temporary file now (C-GET, one thread: while the PACS sends the next
+        instance), so creating it, slow on a busy disk, is not between receiving an instance
+        and answering for it. A failure here is left to :meth:`write` to meet and report."""
+        if self._spare is None:
+            with contextlib.suppress(OSError):
+                self._spare = self._temp()
+
+    def discard(self) -> None:
+        """Remove the temporary file :meth:`prepare` made if nothing used it (idempotent)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(spare[1])
+            with contextlib.suppress(OSError):
+                os.unlink(spare[0])
 
     def __call__(self, event: evt.Event) -> int:
         """EVT_C_STORE handler (C-MOVE's storage SCP)."""
@@ -539,17 +572,18 @@ class FileReceiver:
             if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
             final = os.path.join(self.dest, f"{sop_uid}.dcm")
-            # a unique temporary name without tempfile's random retries (O_EXCL still guards)
-            tmp = os.path.join(self.dest, f".recv-{self._tag}-{next(self._names)}.part")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            spare, self._spare = self._spare, None  # made by prepare() (C-GET), else made now
+            tmp, fd = spare if spare is not None else self._temp()
             try:
-                with os.fdopen(fd, "wb", buffering=0) as fh:
+                try:
                     if sum(len(p) for p in parts) < (1 << 20):
                         parts = [b"".join(parts)]  # one write for a small file
                     for part in parts:
                         view = memoryview(part)
                         while view:
-                            view = view[fh.write(view) or 0:]
+                            view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
                 os.replace(tmp, final)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -586,8 +620,11 @@ def share_context_uids(contexts: Sequence[PresentationContext]) -> None:
             cx.__class__ = _SharedUIDContext
 
 
+# -- the client's requests (PacsClient.store / PacsClient.get) ----------------------------
+
+
 def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_uid: str,
-            dataset: bytes) -> int:
+            dataset: bytes | memoryview) -> int:
     """One C-STORE-RQ and its response on ``phase``; the response status.
 
     Raises
@@ -595,9 +632,22 @@ def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_
     AssociationAbortedError
         The peer answered with something other than a C-STORE-RSP with a status.
     """
-    phase.send(context_id, encode_command({
+    phase.send_parts(store_request(phase, context_id, msg_id, sop_class, sop_uid, dataset))
+    return store_response(phase, sop_uid)
+
+
+def store_request(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_uid: str,
+                  dataset: bytes | memoryview) -> list[bytes | memoryview]:
+    """A C-STORE-RQ framed for ``phase``, to send with :meth:`DataPhase.send_parts` (built while the
+    peer still works on the previous one: :meth:`PacsClient.store` prepares each request
+    before it waits for the previous response, and sends it after)."""
+    return phase.frame(context_id, encode_command({
         0x00000002: sop_class, 0x00000100: C_STORE_RQ, 0x00000110: msg_id, 0x00000700: 0x0002,
         0x00000800: 0x0001, 0x00001000: sop_uid}), dataset)
+
+
+def store_response(phase: DataPhase, sop_uid: str) -> int:
+    """The status of the C-STORE-RSP the peer sends next on ``phase`` (see :func:`c_store`)."""
     rsp = phase.recv()
     code = command_int(rsp.command, 0x0900)
     if rsp.command_field != C_STORE_RSP or code is None:
@@ -608,10 +658,12 @@ def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
           syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int],
+          answered: Callable[[], None] | None = None,
           cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``: send the request, answer every C-STORE sub-operation with the
     status ``write(sop_instance_uid, sop_class_uid, transfer_syntax, dataset)`` returns,
-    until the final (non-pending) C-GET-RSP; its :func:`status_fields`.
+    until the final (non-pending) C-GET-RSP; its :func:`status_fields`. ``answered`` is
+    called after each answer is sent (e.g. :meth:`FileReceiver.prepare`).
 
     ``syntaxes`` maps accepted presentation context IDs to their transfer syntax; a
     sub-operation on any other context is answered 0x0122 (SOP class not supported).
@@ -631,10 +683,11 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
                 0x00000002: sop_cls, 0x00000100: C_STORE_RSP,
                 0x00000120: command_int(msg.command, 0x0110) or 0, 0x00000800: NO_DATASET,
                 0x00000900: status, 0x00001000: sop_uid}))
+            if answered is not None:
+                answered()
         elif msg.command_field == C_GET_RSP:
-            fields = status_fields(msg.command)
-            if fields["Status"] not in (0xFF00, 0xFF01):
-                return fields
+            if command_int(msg.command, 0x0900) not in (0xFF00, 0xFF01):  # not pending: the last
+                return status_fields(msg.command)
         else:
             raise AssociationAbortedError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
                                           "during C-GET", peer=phase.peer)

@@ -176,9 +176,13 @@ class Outgoing:
     path: Path | None = None
     offset: int = 0
     dataset: Dataset | None = None
+    #: The file's bytes as checked, when kept (sent from memory instead of read again).
+    content: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, item: str | os.PathLike[str] | Dataset) -> Outgoing:
+    def of(cls, item: str | os.PathLike[str] | Dataset, *, keep: bool = False) -> Outgoing:
+        """Check one file (or dataset) to store; ``keep``: hold the checked bytes, so
+        :meth:`payload` sends exactly them without reading the file again."""
         if isinstance(item, Dataset):
             meta = getattr(item, "file_meta", None)
             if "SOPClassUID" not in item or "SOPInstanceUID" not in item or meta is None \
@@ -201,8 +205,11 @@ class Outgoing:
             raise DicomFileError(f"not a DICOM Part 10 file (file meta lacks {', '.join(missing)})",
                                  source=str(path))
         ts = UID(str(meta.get("TransferSyntaxUID")))
-        if ts not in _RAW_SYNTAXES and not (ts.is_compressed and ts.is_little_endian
-                                            and not ts.is_deflated):
+        try:
+            raw = ts in _RAW_SYNTAXES or (ts.is_compressed and ts.is_little_endian and not ts.is_deflated)
+        except ValueError as exc:  # pydicom: "UID is not a transfer syntax" (unknown or damaged)
+            raise DicomFileError(f"unknown transfer syntax {ts!r}: {exc}", source=str(path)) from exc
+        if not raw:
             ds = read_for_store(path)  # big endian or deflated: let pydicom decode and re-encode
             return cls(str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ts), str(path), dataset=ds)
         if offset >= len(buf):
@@ -212,16 +219,24 @@ class Outgoing:
         except (ValueError, struct.error) as exc:
             raise DicomFileError(f"truncated or corrupt: {exc}", source=str(path)) from exc
         return cls(str(meta.get("MediaStorageSOPClassUID")), str(meta.get("MediaStorageSOPInstanceUID")),
-                   str(ts), str(path), path=path, offset=offset)
+                   str(ts), str(path), path=path, offset=offset, content=buf if keep else None)
 
-    def payload(self) -> bytes:
-        """The data set as it goes on the wire: the file's bytes after its meta, or the encoded dataset.
+    @property
+    def size(self) -> int:
+        """Bytes held in memory for this instance (0 unless kept)."""
+        return len(self.content) if self.content is not None else 0
+
+    def payload(self) -> bytes | memoryview:
+        """The data set as it goes on the wire: the file's bytes after its meta (those checked,
+        when kept), or the encoded dataset.
 
         Raises
         ------
         DicomFileError
             The file changed or vanished since it was checked, or pydicom cannot encode the dataset.
         """
+        if self.content is not None:
+            return memoryview(self.content)[self.offset:]
         if self.path is not None:
             try:
                 with open(self.path, "rb") as fh:

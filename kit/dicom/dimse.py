@@ -33,7 +33,12 @@ and writing received instances straight from the encoded bytes (never
 decoded) to a temporary file renamed into place. Every association socket
 gets ``TCP_NODELAY`` (pynetdicom never sets it; Nagle plus delayed ACK stalls
 each small PDU), large PDUs are asked for, and pynetdicom's per-PDU logging
-handlers are unbound once the association is up.
+handlers are unbound before the request (unless its logger is on DEBUG). The
+A-ASSOCIATE-RQ is encoded by hand (:mod:`kit.dicom._assoc_rq`, byte-equal to
+pynetdicom's), the release skips pynetdicom's 10 ms polls, the data phase runs
+on a blocking socket with kernel timeouts, reading PDUs in chunks
+(:mod:`kit.dicom._clientphase`), and a store reads each file once (the checked
+bytes are sent, up to :data:`KEEP_CHECKED_BYTES`).
 
 C-MOVE needs the PACS to know our AE title as a move destination (the PACS
 connects back to us): register ``aet`` (or ``move_aet``) with our host and
@@ -77,8 +82,15 @@ from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
+from kit.dicom._clientphase import ClientPhase
 from kit.dicom._contexts import storage_contexts
-from kit.dicom._fastnet import DataPhase, FileReceiver, c_get, c_store, share_context_uids
+from kit.dicom._fastnet import (
+    FileReceiver,
+    c_get,
+    share_context_uids,
+    store_request,
+    store_response,
+)
 from kit.dicom._outgoing import Outgoing
 from kit.errors import (
     AssociationAbortedError,
@@ -103,6 +115,8 @@ VERIFICATION = "1.2.840.10008.1.1"
 #: C-MOVE status: the destination AE title is unknown to the PACS
 UNKNOWN_MOVE_DESTINATION = 0xA801
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
+#: Bytes of checked files :meth:`PacsClient.store` keeps to send from memory (the rest are read again).
+KEEP_CHECKED_BYTES = 256 * 1024 * 1024
 
 
 def __getattr__(name: str) -> Any:
@@ -149,7 +163,9 @@ class RetrieveCancelledError(RetrieveError):
     @classmethod
     def of(cls, what: str, receiver: FileReceiver, peer: str) -> RetrieveCancelledError:
         """The error for a cancelled ``what`` (C-GET, C-MOVE) with what ``receiver`` wrote."""
-        received = _received_frame(receiver)
+        with receiver.lock:
+            rows = sorted(receiver.rows, key=_by_instance)
+        received = _rows_frame(rows)
         return cls(f"{what} cancelled after {received.height} instance(s)", status=0xFE00, peer=peer,
                    received=received)
 
@@ -189,16 +205,18 @@ def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -
     return f"series {series_uid}" if series_uid else f"study {study_uid}"
 
 
-def _received_frame(receiver: FileReceiver) -> pl.DataFrame:
+def _rows_frame(rows: list[tuple[str, str, str, str | None, str, int]]) -> pl.DataFrame:
     import polars as pl
 
     from kit.dicom._frames import RECEIVED_SCHEMA
 
-    with receiver.lock:
-        rows = list(receiver.rows)
     if not rows:
         return pl.DataFrame(schema=RECEIVED_SCHEMA)
     return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
+
+
+def _by_instance(row: tuple[Any, ...]) -> str:
+    return str(row[0])
 
 
 class PacsClient(AssociationClient):
@@ -395,17 +413,18 @@ class PacsClient(AssociationClient):
         is a C-MOVE's destination AE title and how to register it; ``called_back``
         whether the PACS connected to our storage SCP at all.
         """
-        received = _received_frame(receiver)
+        with receiver.lock:
+            rows = list(receiver.rows)
         code = _status_int(last)
         if code is None:
             err = self._lost(assoc, what, waited)
-            if move_to and received.is_empty() and not called_back:
+            if move_to and not rows and not called_back:
                 # pynetdicom aborts the association on its own DIMSE timeout: that is a timeout
                 kind = PeerTimeoutError if waited >= self.timeout * 0.9 else type(err)
                 raise kind(f"{what}: no answer within {self.timeout:g}s and the PACS never connected "
                                 f"back to our storage SCP; it must know our AE as a move destination "
                                 f"exactly: {move_to[1]}", peer=self.address)
-            raise type(err)(f"{err} after {received.height} instance(s)", peer=None)
+            raise type(err)(f"{err} after {len(rows)} instance(s)", peer=None)
         assert last is not None
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
@@ -415,24 +434,27 @@ class PacsClient(AssociationClient):
                                 f"cannot reach it (Move Destination unknown"
                                 f"{'' if called_back else '; it never connected back to our storage SCP'}"
                                 f"): {move_to[1]}", status=code, peer=self.address,
-                                completed=completed, failed=failed, warning=warning, received=received)
+                                completed=completed, failed=failed, warning=warning,
+                                received=_rows_frame(rows))
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
             detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
             comment = str(last.get("ErrorComment", "") or "").strip()
             detail += f"; the PACS says: {comment}" if comment else ""
-            if move_to and received.is_empty() and not failed:
+            if move_to and not rows and not failed:
                 # e.g. Orthanc answers an unknown destination with 0xC000 and no sub-operations
                 detail += ("; the PACS never connected back to our storage SCP" if not called_back else "")
                 detail += f"; if the PACS does not know the move destination {move_to[0]!r}: {move_to[1]}"
             raise RetrieveError(f"{what} did not complete{detail}", status=code, peer=self.address,
                                 completed=completed, failed=failed, warning=warning,
-                                received=received)
-        if received.is_empty():
+                                received=_rows_frame(rows))
+        if not rows:
             raise RetrieveError(f"{what}: the PACS has no instances of {asked or 'what was asked'} "
                                 f"(is the UID right? `kit pacs find` lists what it holds)",
                                 status=code, peer=self.address, completed=completed, failed=failed,
-                                warning=warning, received=received)
-        return received.sort("sop_instance_uid")
+                                warning=warning, received=_rows_frame(rows))
+        # by SOP Instance UID, sorted here as polars would (its first sort in a process starts
+        # its thread pool, ~50 ms)
+        return _rows_frame(sorted(rows, key=_by_instance))
 
     @_audited("pacs.get")
     def get(self, *, study_uid: str | None = None, series_uid: str | None = None,
@@ -502,7 +524,7 @@ class PacsClient(AssociationClient):
     def _get_direct(self, assoc: Association, identifier: Dataset, sop_class: str,
                     receiver: FileReceiver, cancelled: Callable[[], bool] | None = None) -> Dataset:
         """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
-        (:class:`~kit.dicom._fastnet.DataPhase`); the final C-GET-RSP status as a dataset."""
+        (:class:`~kit.dicom._clientphase.ClientPhase`); the final C-GET-RSP status as a dataset."""
         syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
                     if cx.context_id is not None}
         get_cx = next((cx for cx in assoc.accepted_contexts
@@ -514,12 +536,15 @@ class PacsClient(AssociationClient):
         encoded = encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
         if encoded is None:
             raise InvalidInputError("pydicom could not encode the C-GET identifier")
+        receiver.prepare()  # each instance's file is created before it arrives
         try:
-            with DataPhase(assoc, self.timeout, self.address) as phase:
+            with ClientPhase(assoc, self.timeout, self.address) as phase:
                 fields = c_get(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
-                               receiver.write, cancelled)
+                               receiver.write, receiver.prepare, cancelled)
         except (AssociationAbortedError, PeerTimeoutError) as err:
             raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
+        finally:
+            receiver.discard()
         last = Dataset()
         for keyword, value in fields.items():
             if value is not None:
@@ -674,7 +699,12 @@ class PacsClient(AssociationClient):
 
         from kit.dicom._frames import STORED_SCHEMA
 
-        outgoing = [Outgoing.of(item) for item in items]
+        outgoing: list[Outgoing] = []
+        held = 0
+        for entry in items:  # every file read once: checked here, sent from memory within the budget
+            checked = Outgoing.of(entry, keep=held < KEEP_CHECKED_BYTES)
+            held += checked.size
+            outgoing.append(checked)
         if not outgoing:
             return pl.DataFrame(schema=STORED_SCHEMA)
         pairs = sorted({(o.sop_class, o.transfer_syntax) for o in outgoing})
@@ -691,18 +721,32 @@ class PacsClient(AssociationClient):
                 if (item.sop_class, item.transfer_syntax) not in accepted:
                     raise DicomError(f"the peer accepted no presentation context for "
                                      f"{item.sop_class} in {item.transfer_syntax}", peer=self.address)
+
+            def answered(item: Outgoing, code: int) -> None:
+                rows.append((item.sop_instance, item.sop_class, item.transfer_syntax, item.source, code))
+                if code != 0 and not (0xB000 <= code <= 0xBFFF) and code not in (0x0107, 0x0116):
+                    failures.append((item.source or item.sop_instance, code))
+                if tick is not None:
+                    tick()
+
             try:
-                with DataPhase(assoc, self.timeout, self.address) as phase:
-                    for msg_id, item in enumerate(outgoing, start=1):
-                        code = c_store(phase, accepted[(item.sop_class, item.transfer_syntax)],
-                                       msg_id & 0xFFFF or 1, item.sop_class, item.sop_instance,
-                                       item.payload())
-                        rows.append((item.sop_instance, item.sop_class, item.transfer_syntax,
-                                     item.source, code))
-                        if code != 0 and not (0xB000 <= code <= 0xBFFF) and code not in (0x0107, 0x0116):
-                            failures.append((item.source or item.sop_instance, code))
-                        if tick is not None:
-                            tick()
+                with ClientPhase(assoc, self.timeout, self.address) as phase:
+                    # lockstep as ever (one request outstanding), but each request is built
+                    # while the peer still stores the previous one
+                    sent: Outgoing | None = None
+                    for msg_id, one in enumerate(outgoing, start=1):
+                        try:
+                            request = store_request(
+                                phase, accepted[(one.sop_class, one.transfer_syntax)],
+                                msg_id & 0xFFFF or 1, one.sop_class, one.sop_instance, one.payload())
+                        finally:  # the previous answer first, even if this file went bad
+                            if sent is not None:
+                                answered(sent, store_response(phase, sent.sop_instance))
+                                sent = None
+                        phase.send_parts(request)
+                        sent = one
+                    if sent is not None:
+                        answered(sent, store_response(phase, sent.sop_instance))
             except (AssociationAbortedError, PeerTimeoutError) as err:
                 raise self._broke_off(err, "C-STORE", len(rows)) from err
         frame = pl.DataFrame(rows, schema=STORED_SCHEMA, orient="row")
