@@ -173,37 +173,58 @@ def _items(body: bytes, pos: int, end: int) -> list[tuple[int, bytes]]:
     return out
 
 
+def _plain(data: bytes) -> bool:
+    """Printable ASCII without backslash (what pynetdicom reads back as the same text)."""
+    return all(0x20 <= b < 0x7F and b != 0x5C for b in data)
+
+
+def _uid(data: bytes) -> bool:
+    """A conformant UID: 1-64 characters, numeric components without leading zeros."""
+    return 0 < len(data) <= 64 and all(
+        part == b"0" or (part[:1] in b"123456789" and part[:1] != b"" and part.isdigit())
+        for part in data.split(b"."))
+
+
 def accepted_max_pdu(body: bytes) -> int:
     """The peer's Maximum Length Received (0 = unlimited) from an A-ASSOCIATE-AC body (the
     bytes after the 6-byte PDU header), if it accepts presentation context
-    :data:`CONTEXT_ID` with one of :data:`TRANSFER_SYNTAXES`; else :class:`EchoDeclined`."""
+    :data:`CONTEXT_ID` with one of :data:`TRANSFER_SYNTAXES`; else :class:`EchoDeclined`.
+
+    Only the plain form is read: our application context, one presentation context result,
+    user information of Maximum Length, Implementation Class UID and Version Name (each at
+    most once), printable text; anything else is declined, so what is accepted here
+    pynetdicom reads the same way (tested on mutated PDUs).
+    """
     if len(body) < 68:
         raise EchoDeclined("an A-ASSOCIATE-AC body is at least 68 bytes")
-    results: list[tuple[int, int, list[tuple[int, bytes]]]] = []
-    maximum: int | None = None
-    for kind, value in _items(body, 68, len(body)):
-        if kind == 0x21:
-            if len(value) < 4:
-                raise EchoDeclined("truncated presentation context item")
-            results.append((value[0], value[2], _items(value, 4, len(value))))
-        elif kind == 0x50:
-            for sub, data in _items(value, 0, len(value)):
-                if sub == 0x51:
-                    if len(data) != 4 or maximum is not None:
-                        raise EchoDeclined("malformed maximum length item")
-                    maximum = struct.unpack(">I", data)[0]
-        elif kind != 0x10:
-            raise EchoDeclined(f"unexpected item 0x{kind:02X} in an A-ASSOCIATE-AC")
-    if len(results) != 1:
-        raise EchoDeclined(f"{len(results)} presentation context results for one context")
-    context_id, result, subitems = results[0]
-    if context_id != CONTEXT_ID or result != 0:
-        raise EchoDeclined(f"presentation context {context_id}: result {result}")
-    syntaxes = [data for sub, data in subitems if sub == 0x40]
-    if len(syntaxes) != 1 or syntaxes[0].rstrip(b"\x00 ").decode("ascii", "replace") not in TRANSFER_SYNTAXES:
+    if not _plain(body[4:36]):
+        raise EchoDeclined("AE title fields that are not printable ASCII")
+    kinds = [kind for kind, _value in _items(body, 68, len(body))]
+    if sorted(kinds) != [0x10, 0x21, 0x50]:
+        raise EchoDeclined(f"A-ASSOCIATE-AC items {[f'0x{k:02X}' for k in kinds]}")
+    items = dict(_items(body, 68, len(body)))
+    if items[0x10] != APPLICATION_CONTEXT.encode():
+        raise EchoDeclined("another application context")
+    context = items[0x21]
+    if len(context) < 4:
+        raise EchoDeclined("truncated presentation context item")
+    if context[0] != CONTEXT_ID or context[2] != 0:
+        raise EchoDeclined(f"presentation context {context[0]}: result {context[2]}")
+    syntaxes = _items(context, 4, len(context))
+    if len(syntaxes) != 1 or syntaxes[0][0] != 0x40 \
+            or syntaxes[0][1] not in [ts.encode() for ts in TRANSFER_SYNTAXES]:
         raise EchoDeclined("the accepted context names no transfer syntax we proposed")
-    if maximum is None:
-        raise EchoDeclined("no maximum length item")
+    user = _items(items[0x50], 0, len(items[0x50]))
+    subs = dict(user)
+    if len(subs) != len(user) or not set(subs) <= {0x51, 0x52, 0x55} or 0x51 not in subs:
+        raise EchoDeclined("user information other than maximum length and implementation")
+    if len(subs[0x51]) != 4:
+        raise EchoDeclined("malformed maximum length item")
+    if 0x52 in subs and not _uid(subs[0x52]):
+        raise EchoDeclined("an implementation class UID that is not a UID")
+    if 0x55 in subs and not (0 < len(subs[0x55]) <= 16 and _plain(subs[0x55])):
+        raise EchoDeclined("an implementation version name that is not 1-16 printable characters")
+    maximum: int = struct.unpack(">I", subs[0x51])[0]
     return maximum
 
 
