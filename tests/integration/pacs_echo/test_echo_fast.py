@@ -32,7 +32,7 @@ from kit.dicom import _echo_fast
 from kit.dicom._echo_pdu import RELEASE_RP, EchoDeclined
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
-from kit.errors import AssociationRejectedError, KitError
+from kit.errors import KitError
 from tests.conftest import free_port, peer_env, require_tool, spawned, wait_for_port
 from tests.integration.conftest import OrthancServer
 
@@ -449,3 +449,49 @@ def test_fuzz_any_answer_is_a_kit_error_or_the_echo_within_the_timeout(after_ac:
         assert time.monotonic() - started < 1.5  # three deadlines of 0.3 s at most
     finally:
         peer.close()
+
+
+# -- what the fast path leaves to pynetdicom from the start -----------------------------------------
+
+def test_an_audited_echo_runs_the_pynetdicom_path_and_is_recorded(embedded: EmbeddedPACS,
+                                                                  fallbacks: list[str]) -> None:
+    """With an audit sink (``[audit] path``) the echo is PacsClient.echo's, event and all."""
+    from kit import audit
+
+    events: list[audit.AuditEvent] = []
+    audit.add_sink(events.extend)
+    try:
+        config = at(embedded.port, embedded.aet)
+        assert fast(config) == ("ok", embedded.address, ())
+    finally:
+        audit.remove_sink(events.extend)
+    assert fallbacks == [embedded.address]
+    client_events = [e for e in events if e.side == "client"]
+    assert [(e.action, e.target, e.outcome) for e in client_events] == [("pacs.echo", embedded.address, "ok")]
+
+
+def test_the_protocol_log_runs_the_pynetdicom_path(embedded: EmbeddedPACS, fallbacks: list[str],
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """``kit -vv`` asks for pynetdicom's own log of the association: only its path writes one."""
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="pynetdicom"):
+        assert fast(at(embedded.port, embedded.aet)) == ("ok", embedded.address, ())
+    assert fallbacks == [embedded.address]
+    assert any(r.name.startswith("pynetdicom") for r in caplog.records)
+
+
+def test_tls_runs_the_pynetdicom_path(embedded: EmbeddedPACS, fallbacks: list[str]) -> None:
+    """TLS to a plain-TCP PACS: the fast path never speaks TLS; PacsClient's TLS error."""
+    config = dataclasses.replace(at(embedded.port, embedded.aet, timeout=5.0), tls=True)
+    got = fast(config)
+    assert got[0] == "TLSError" and got == canonical(config)
+    assert len(fallbacks) == 2
+
+
+@pytest.mark.parametrize("title", [" KIT", "KIT "])
+def test_titles_the_fast_path_does_not_send_run_the_pynetdicom_path(embedded: EmbeddedPACS, title: str,
+                                                                     fallbacks: list[str]) -> None:
+    config = dataclasses.replace(at(embedded.port, embedded.aet), aet=title)
+    assert fast(config) == canonical(config)
+    assert len(fallbacks) == 2

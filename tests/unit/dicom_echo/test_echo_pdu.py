@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dimse_messages import C_ECHO_RSP, DIMSEMessage
 from pynetdicom.dimse_messages import C_ECHO_RQ as C_ECHO_RQ_MESSAGE
+from pynetdicom.dimse_messages import C_ECHO_RSP, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
