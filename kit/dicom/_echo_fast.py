@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_PDU", "echo", "fast_echo"]
 
+LOGGER = logging.getLogger(__name__)
+
 #: our Maximum Length Received, as :class:`kit.dicom.dimse.PacsClient` asks (its ``max_pdu`` default)
 MAX_PDU = 4 * 1024 * 1024
 
@@ -81,8 +83,8 @@ def echo(settings: PacsSettings) -> tuple[str, float]:
     if _covered(settings):
         try:
             return _address(settings), fast_echo(settings)
-        except EchoDeclined:
-            pass
+        except EchoDeclined as exc:  # shown with `kit -v`
+            LOGGER.info("C-ECHO handed to pynetdicom: %s", exc)
     from kit.dicom.dimse import PacsClient  # the canonical path: pynetdicom
 
     client = PacsClient.from_settings(settings)
@@ -173,7 +175,10 @@ class _Peer:
 
 def _connect(settings: PacsSettings, address: str, start: float) -> socket.socket:
     family, sockaddr = _resolve(settings.host, settings.port, address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:  # e.g. no IPv6 here: the library path says what
+        raise EchoDeclined(f"cannot open a socket: {exc}") from exc
     sock.settimeout(settings.timeout)
     try:
         sock.connect(sockaddr)
