@@ -88,18 +88,24 @@ class _DimseOnly(click.Command):
         return super().parse_args(ctx, args)
 
 
-def _client(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
-            port: int | None, aet: str | None, called_aet: str | None, timeout: float | None) -> Any:
+def _pacs_settings(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
+                   port: int | None, aet: str | None, called_aet: str | None, timeout: float | None) -> Any:
+    """kit.toml's [pacs] with the command line's --url/--host/--port/--aet/--called-aet/--timeout."""
     if url is not None:
         if host is not None or port is not None or called_aet is not None:
             raise click.UsageError("--url names the PACS: give it without --host, --port, --called-aet")
         called_aet, host, port = url
-    from kit.dicom.dimse import PacsClient
-
     settings = settings_from(ctx).pacs
     overrides = {k: v for k, v in {"host": host, "port": port, "aet": aet, "called_aet": called_aet,
                                    "timeout": timeout}.items() if v is not None}
-    return PacsClient.from_settings(dataclasses.replace(settings, **overrides))  # type: ignore[arg-type]
+    return dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+
+
+def _client(ctx: click.Context, url: tuple[str | None, str, int] | None, host: str | None,
+            port: int | None, aet: str | None, called_aet: str | None, timeout: float | None) -> Any:
+    from kit.dicom.dimse import PacsClient
+
+    return PacsClient.from_settings(_pacs_settings(ctx, url, host, port, aet, called_aet, timeout))
 
 
 def _web(ctx: click.Context, base: str | None, timeout: float | None) -> Any:
@@ -155,9 +161,12 @@ def echo(ctx: click.Context, url: Any, host: str | None, port: int | None, aet: 
         client.ping()
         click.echo(f"{client.base} answered QIDO-RS in {(time.monotonic() - start) * 1000:.1f} ms")
         return
-    client = _client(ctx, url, host, port, aet, called_aet, timeout)
-    took = client.echo()
-    click.echo(f"{client.address} answered C-ECHO in {took * 1000:.1f} ms")
+    # PacsClient.echo's answer, on a plain socket when the exchange is clean: pynetdicom is
+    # imported only when it must answer (kit.dicom._echo_fast)
+    from kit.dicom._echo_fast import echo as c_echo
+
+    address, took = c_echo(_pacs_settings(ctx, url, host, port, aet, called_aet, timeout))
+    click.echo(f"{address} answered C-ECHO in {took * 1000:.1f} ms")
 
 
 @pacs.command()

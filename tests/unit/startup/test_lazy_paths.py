@@ -174,3 +174,20 @@ err = RetrieveError("x", status=0xA700)
 assert err.received.columns[0] == "sop_instance_uid" and err.received.height == 0
 """
     assert loaded_after(code, "polars") == {"polars": True}
+
+
+#: what `kit pacs echo` runs on its clean path: the command module, the settings, the fast echo
+ECHO_FAST_PATH = """
+import kit.cli, kit.cli.pacs, kit.cli.common, kit.dicom._echo_fast, kit.dicom._echo_pdu
+from kit.config import load_settings
+from kit.dicom._echo_fast import _covered
+from kit.dicom._echo_pdu import associate_rq, echo_rq
+settings = load_settings(None).pacs
+assert _covered(settings)
+associate_rq(settings.called_aet, settings.aet, 4 * 1024 * 1024), echo_rq()
+"""
+
+
+def test_the_echo_fast_path_loads_no_dicom_library() -> None:
+    assert loaded_after(ECHO_FAST_PATH, "pynetdicom", "pydicom", "numpy", "polars", "kit.dicom.dimse") == {
+        "pynetdicom": False, "pydicom": False, "numpy": False, "polars": False, "kit.dicom.dimse": False}
