@@ -16,15 +16,9 @@ from typing import Any
 
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
+from kit.dicom._assoc_pdu import associate_rq_pdu, item
+
 __all__ = ["encode_associate_rq"]
-
-_ITEM = struct.Struct(">BBH")
-
-
-def _item(kind: int, body: bytes) -> bytes:
-    if len(body) > 0xFFFF:
-        raise ValueError(f"item 0x{kind:02X} of {len(body)} bytes does not fit its length field")
-    return _ITEM.pack(kind, 0, len(body)) + body
 
 
 def _ae(title: Any) -> bytes:
@@ -48,24 +42,20 @@ def encode_associate_rq(primitive: Any) -> bytes:
     ValueError, TypeError, AttributeError, UnicodeError
         Something the hand encoder does not cover (the caller leaves the PDU to pynetdicom).
     """
-    items = [_item(0x10, str(primitive.application_context_name).encode("ascii"))]
+    contexts: list[tuple[int, str, list[str]]] = []
     for cx in primitive.presentation_context_definition_list:
         if cx.context_id is None or cx.abstract_syntax is None:
             raise ValueError("presentation context without an ID or abstract syntax")
-        subs = [bytes((int(cx.context_id), 0, 0, 0)),
-                _item(0x30, str(cx.abstract_syntax).encode("ascii"))]
-        subs += [_item(0x40, str(ts).encode("ascii")) for ts in cx.transfer_syntax]
-        items.append(_item(0x20, b"".join(subs)))
+        contexts.append((int(cx.context_id), str(cx.abstract_syntax),
+                         [str(ts) for ts in cx.transfer_syntax]))
     user: list[bytes] = []
     for sub in primitive.user_information:
         if type(sub) is SCP_SCU_RoleSelectionNegotiation:
             uid = str(sub.sop_class_uid).encode("ascii")
-            user.append(_item(0x54, struct.pack(">H", len(uid)) + uid + bytes((
+            user.append(item(0x54, struct.pack(">H", len(uid)) + uid + bytes((
                 int(sub.scu_role) if sub.scu_role is not None else 0,
                 int(sub.scp_role) if sub.scp_role is not None else 0))))
         else:
             user.append(sub.from_primitive().encode())
-    items.append(_item(0x50, b"".join(user)))
-    body = b"".join(items)
-    return struct.pack(">BBIHH16s16s32x", 0x01, 0x00, 68 + len(body), 0x0001, 0x0000,
-                       _ae(primitive.called_ae_title), _ae(primitive.calling_ae_title)) + body
+    return associate_rq_pdu(_ae(primitive.called_ae_title), _ae(primitive.calling_ae_title),
+                            str(primitive.application_context_name), contexts, b"".join(user))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import struct
 
+from kit.dicom._assoc_pdu import associate_rq_pdu, item
 from kit.errors import DicomError
 
 __all__ = [
@@ -103,10 +104,6 @@ def check_ae_title(title: str) -> bytes:
     return title.encode("ascii").ljust(16, b" ")
 
 
-def _item(kind: int, value: bytes) -> bytes:
-    return struct.pack(">BBH", kind, 0, len(value)) + value
-
-
 def associate_rq(called_aet: str, calling_aet: str, max_pdu: int) -> bytes:
     """The A-ASSOCIATE-RQ PDU for a C-ECHO (see the module docstring).
 
@@ -119,13 +116,10 @@ def associate_rq(called_aet: str, calling_aet: str, max_pdu: int) -> bytes:
     """
     if not 0 <= max_pdu <= 0xFFFFFFFF:
         raise EchoDeclined(f"maximum PDU length {max_pdu} is out of range")
-    context = struct.pack(">BBBB", CONTEXT_ID, 0, 0, 0) + _item(0x30, VERIFICATION.encode()) + \
-        b"".join(_item(0x40, ts.encode()) for ts in TRANSFER_SYNTAXES)
-    user = _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, IMPLEMENTATION_CLASS_UID.encode()) + \
-        _item(0x55, IMPLEMENTATION_VERSION_NAME.encode())
-    body = struct.pack(">HH", 0x0001, 0) + check_ae_title(called_aet) + check_ae_title(calling_aet) + \
-        bytes(32) + _item(0x10, APPLICATION_CONTEXT.encode()) + _item(0x20, context) + _item(0x50, user)
-    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+    user = item(0x51, struct.pack(">I", max_pdu)) + item(0x52, IMPLEMENTATION_CLASS_UID.encode()) + \
+        item(0x55, IMPLEMENTATION_VERSION_NAME.encode())
+    return associate_rq_pdu(check_ae_title(called_aet), check_ae_title(calling_aet), APPLICATION_CONTEXT,
+                            [(CONTEXT_ID, VERIFICATION, TRANSFER_SYNTAXES)], user)
 
 
 def _element(elem: int, value: bytes) -> bytes:
