@@ -230,10 +230,10 @@ def add_sink(sink: Sink) -> None:
 
 
 def remove_sink(sink: Sink) -> None:
-    """Unregister ``sink`` (nothing if it is not registered)."""
+    """Unregister ``sink``, or a sink equal to it (nothing if none is registered)."""
     global _sinks
     with _lock:
-        _sinks = tuple(s for s in _sinks if s is not sink)
+        _sinks = tuple(s for s in _sinks if s != sink)  # equal, as add_sink compares (bound methods)
 
 
 def sinks() -> tuple[Sink, ...]:
