@@ -269,11 +269,11 @@ def main() -> None:
                     orthanc_delete_study(orth_http, recv_study)
                     if round_ >= 0:
                         t_orth.append(took)
-        paired = statistics.median(o / k for o, k in zip(t_orth, t_emb, strict=True))
+        per_round = statistics.median(o / k for o, k in zip(t_orth, t_emb, strict=True))
         print(f"(a) receive, {SENDERS} storescu at once   kit EmbeddedPACS {rate(n, min(t_emb)):8.0f} img/s  "
               f"Orthanc {rate(n, min(t_orth)):8.0f} img/s   (best of {RECV_ROUNDS} rounds; medians "
               f"{rate(n, statistics.median(t_emb)):.0f} vs {rate(n, statistics.median(t_orth)):.0f}, "
-              f"median of the per-round ratios {paired:.2f}; one storescu into storescp, no fsync: "
+              f"median of the per-round ratios {per_round:.2f}; one storescu into storescp, no fsync: "
               f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
               f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
 
