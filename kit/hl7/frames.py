@@ -498,20 +498,22 @@ _ONLY_SIMPLE = r"^(?:[^\\]|\\(?:[FSTRE]|\.br)\\)*$"
 
 
 def _escaped(series: pl.Series, fn: Callable[[str], str]) -> pl.Series:
-    """Resolve escapes: simple ones with a polars kernel, the rest (hex, .sp, unknown) with ``fn``."""
+    """Resolve escapes: simple ones with a polars kernel, the rest (hex, .sp, unknown) with ``fn``.
+
+    Only the values holding the escape character are looked at; ``series`` is not changed
+    (a new series is returned when any value holds one)."""
     mask = series.str.contains("\\", literal=True).fill_null(False)
     if not mask.any():
         return series
-    simple = mask & series.str.contains(_ONLY_SIMPLE).fill_null(False)
-    if simple.any():
-        replaced = series.str.replace_many(list(_SIMPLE_ESCAPES), list(_SIMPLE_ESCAPES.values()))
-        series = pl.select(pl.when(simple).then(replaced).otherwise(series)).to_series().alias(series.name)
-    rest = mask & ~simple
-    if not rest.any():
-        return series
-    values = series.filter(rest).to_list()
-    resolved = {v: fn(v) for v in set(values)}
-    return series.scatter(rest.arg_true(), [resolved[v] for v in values])
+    where = mask.arg_true()
+    values = series.gather(where)
+    simple = values.str.contains(_ONLY_SIMPLE)
+    out = values.str.replace_many(list(_SIMPLE_ESCAPES), list(_SIMPLE_ESCAPES.values()))
+    if not simple.all():
+        odd = values.filter(~simple).to_list()
+        resolved = {v: fn(v) for v in set(odd)}
+        out = out.scatter((~simple).arg_true(), [resolved[v] for v in odd])
+    return series.clone().scatter(where, out)
 
 
 def _flat_whole(v: str) -> str:

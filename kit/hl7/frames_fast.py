@@ -115,8 +115,12 @@ def lines_frame(data: bytes | str) -> tuple[pl.DataFrame, str | None]:
 
 def _split_bad(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(lines of the messages the vectorised path takes, lines of the others)."""
-    ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(F._STANDARD_MSH))
-    bad = df.filter(~ok)["msg"].unique()
+    if df["ok"].all():  # the usual case: only the headers to check
+        msh = df.filter(pl.col("seg") == "MSH")
+        bad = msh.filter(~pl.col("line").str.starts_with(F._STANDARD_MSH))["msg"]
+    else:
+        ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(F._STANDARD_MSH))
+        bad = df.filter(~ok)["msg"].unique()
     if not bad.len():
         return df, df.clear()
     is_bad = pl.col("msg").is_in(bad.implode())
@@ -142,12 +146,17 @@ def _compact(line: pl.Series) -> pl.Series:
     return line.str.strip_chars_start("\x00")
 
 
-def _pieces(values: pl.Series, by: str, count: int) -> list[pl.Series]:
+#: the characters that make a field more than its text: separators within a field, the escape
+_SPECIAL = r"[\\^~&]"
+
+
+def _pieces(values: pl.Series, by: str, count: int, *, plain: bool = False) -> list[pl.Series]:
     """The first ``count`` pieces of every value cut at ``by`` (``""`` where a value has fewer).
 
-    No value holding ``by`` (the usual case for ``~`` and ``&``, and for ``^`` in most
-    fields) costs one scan, not a split."""
-    if not values.str.contains(by, literal=True).any():
+    No value holding ``by`` (the usual case for ``~`` and ``&``, and for ``^`` in many
+    fields; ``plain``: known not to) costs one scan or none, not a split; the pieces are new
+    series or ``values`` itself."""
+    if plain or not values.str.contains(by, literal=True).any():
         empty = pl.repeat("", values.len(), dtype=pl.String, eager=True)
         return [values, *(empty for _ in range(count - 1))]
     parts = values.str.split_exact(by, count - 1)
@@ -170,19 +179,21 @@ def _extract(df: pl.DataFrame, seg: str, specs: dict[str, tuple[str, int, int, i
     line = _compact(lines["line"])
     split = line.str.split_exact("|", numbers[-1] - offset).struct
     fields = {n: split.field(f"field_{n - offset}").fill_null("") for n in numbers}
-    firsts = {n: _pieces(fields[n], "~", 1)[0] for n in sorted({s[1] for s in specs.values() if s[0] != "r"})}
+    # a field none of whose values holds a separator or the escape character (most): read as it is
+    plain = {n: not fields[n].str.contains(_SPECIAL).any() for n in numbers}
+    firsts = {n: _pieces(fields[n], "~", 1, plain=plain[n])[0]
+              for n in sorted({s[1] for s in specs.values() if s[0] != "r"})}
     comps: dict[int, int] = {}
     for kind, n, comp, _sub in specs.values():
         if kind in "cs":
             comps[n] = max(comps.get(n, 0), comp)
-    parts = {n: _pieces(firsts[n], "^", k) for n, k in comps.items()}
-    escapes = line.str.contains("\\", literal=True).any()
+    parts = {n: _pieces(firsts[n], "^", k, plain=plain[n]) for n, k in comps.items()}
     out = []
     for name, (kind, n, comp, sub) in specs.items():
         value = fields[n] if kind == "r" else firsts[n] if kind == "w" else parts[n][comp - 1]
         if kind == "s":
-            value = _pieces(value, "&", sub)[sub - 1]
-        if escapes:
+            value = _pieces(value, "&", sub, plain=plain[n])[sub - 1]
+        if not plain[n]:
             value = F._escaped(value, _KIND_FN[kind])
         out.append(value.alias(name))
     return pl.DataFrame([lines["msg"], lines["row"], *out])
@@ -311,13 +322,20 @@ class _Feed:
         ).drop("row")
         self._pid: pl.DataFrame | None = None
 
-    def pid(self) -> pl.DataFrame:
-        """msg and ``patient_id`` (PID-3.1 of the first PID; ``""`` if none) for every message."""
-        if self._pid is None:
-            pid = _extract(self.df, "PID", {"patient_id": _c(3, 1)}, first=True).drop("row")
-            self._pid = self.msh.select("msg").join(pid, on="msg", how="left").with_columns(
-                pl.col("patient_id").fill_null(""))
-        return self._pid
+    def pid(self, msgs: pl.DataFrame | None = None) -> pl.DataFrame:
+        """msg and ``patient_id`` (PID-3.1 of the first PID; ``""`` if none) for every message, or for
+        those of ``msgs`` (only their PID lines are read, unless every message's are at hand)."""
+        if msgs is None or self._pid is not None:
+            if self._pid is None:
+                self._pid = self._patient_ids(self.df, self.msh)
+            return self._pid if msgs is None else msgs.select("msg").join(self._pid, on="msg", how="left")
+        return self._patient_ids(_lines_of(self, ["PID"], msgs), msgs)
+
+    @staticmethod
+    def _patient_ids(lines: pl.DataFrame, msgs: pl.DataFrame) -> pl.DataFrame:
+        pid = _extract(lines, "PID", {"patient_id": _c(3, 1)}, first=True).drop("row")
+        return msgs.select("msg").join(pid, on="msg", how="left").with_columns(
+            pl.col("patient_id").fill_null(""))
 
 
 def _lines_of(feed: _Feed, segments: list[str], msgs: pl.DataFrame) -> pl.DataFrame:
@@ -372,12 +390,14 @@ _VISIT = {"patient_class": _w(2), "location": _c(3, 1), "room": _c(3, 2), "bed":
 
 def _visits(feed: _Feed) -> pl.DataFrame:
     pv1 = _extract(feed.df, "PV1", _VISIT, first=True).drop("row")
-    rows = feed.msh.join(pv1, on="msg", how="inner").join(feed.pid(), on="msg", how="left")
+    rows = feed.msh.join(pv1, on="msg", how="inner")
+    rows = rows.join(feed.pid(rows), on="msg", how="left")
     return _typed(_with_dtm(rows, "admit_time", "discharge_time"), "visits")
 
 
 def _orders(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
-    msgs = feed.msh.filter(pl.col("message_type").is_in(_ORDER_TYPES)).join(feed.pid(), on="msg", how="left")
+    msgs = feed.msh.filter(pl.col("message_type").is_in(_ORDER_TYPES))
+    msgs = msgs.join(feed.pid(msgs), on="msg", how="left")
     no_pid = msgs.filter(pl.col("patient_id") == "")
     msgs = msgs.filter(pl.col("patient_id") != "")
     df = _lines_of(feed, ["ORC", "OBR", "ZDS"], msgs)
@@ -438,7 +458,7 @@ def _int_expr(col: str) -> pl.Expr:
 def _appointments(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter((pl.col("code") == "SIU") & pl.col("trigger").is_in(sorted(SIU_TRIGGERS)))
     df = _lines_of(feed, ["SCH", "AIS", "AIL", "AIG", "AIP"], msgs)
-    rows = msgs.join(feed.pid(), on="msg", how="left")
+    rows = msgs.join(feed.pid(msgs), on="msg", how="left")
     for seg, specs in (("SCH", _SCH), ("AIS", {"ais4": _w(4), "ais7": _w(7), "service_code": _c(3, 1),
                                              "service_text": _c(3, 2)}),
                        ("AIL", {"ail6": _w(6), "location": _c(3, 1)}),
@@ -522,7 +542,7 @@ def _documents(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter((pl.col("code") == "MDM") & pl.col("trigger").is_in(sorted(MDM_TRIGGERS)))
     df = _lines_of(feed, ["TXA", "OBX"], msgs)
     txa = _extract(df, "TXA", _TXA, first=True).drop("row")
-    rows = msgs.join(feed.pid(), on="msg", how="left").join(txa, on="msg", how="left").with_columns(
+    rows = msgs.join(feed.pid(msgs), on="msg", how="left").join(txa, on="msg", how="left").with_columns(
         pl.col(c).fill_null("") for c in _TXA)
     ok = (pl.col("patient_id") != "") & (pl.col("unique_document_number") != "")
     skipped = _skips(rows.filter(~ok), "documents", pl.col("message_type")
@@ -629,12 +649,13 @@ def read_chunk(data: bytes | str, wanted: tuple[str, ...],
     out: dict[str, pl.DataFrame] = {}
     mine = [t for t in wanted if t in FAST_TABLES]
     results = "results" in wanted
+    # the messages the per-message path takes (those it cannot read are skipped rows, whatever the tables)
+    good, bad = _split_bad(df)
+    slow, slow_skipped = _slow(bad, mine, results) if bad.height else ({}, [])
+    parts: list[pl.DataFrame] = [F._skipped_frame(slow_skipped).select(
+        pl.col("message_number").cast(pl.UInt32).alias("msg"), pl.all())] if slow_skipped else []
     if mine or results:
-        good, bad = _split_bad(df)
-        slow, slow_skipped = _slow(bad, mine, results) if bad.height else ({}, [])
         feed = _Feed(good.with_row_index("row"), all_msh="messages" in mine, results=results)
-        parts: list[pl.DataFrame] = [F._skipped_frame(slow_skipped).select(
-            pl.col("message_number").cast(pl.UInt32).alias("msg"), pl.all())] if slow_skipped else []
         for table in [*mine, "results"] if results else mine:
             if table == "messages":
                 rows = _typed(_messages(feed), "messages")
@@ -650,8 +671,7 @@ def read_chunk(data: bytes | str, wanted: tuple[str, ...],
             if table == "messages":
                 rows = reused(rows, df)
             out[table] = F._type_results(rows.drop("msg")) if table == "results" else rows.drop("msg")
-        if parts:
-            merged = pl.concat(parts).sort("msg", maintain_order=True).drop("msg")
-            skipped.append(merged)
+    if parts:
+        skipped.append(pl.concat(parts).sort("msg", maintain_order=True).drop("msg"))
     out["skipped"] = F._skipped_frame(skipped) if skipped else F.empty_frames(["skipped"])["skipped"]
     return {t: out[t] for t in wanted}, n_messages
