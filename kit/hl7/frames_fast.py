@@ -171,16 +171,19 @@ def _extract(df: pl.DataFrame, seg: str, specs: dict[str, tuple[str, int, int, i
     repetition whole (as ``Message.get("SEG-n")``), ``r`` every repetition
     (flattened), ``c`` component (``"SEG-n.c"``), ``s`` subcomponent (``"SEG-n.c.s"``).
     """
-    lines = df.filter(pl.col("seg") == seg)
-    if first:
+    lines = df.select("msg", "row", "line").filter(df["seg"] == seg)
+    if first and seg != "MSH":  # (an MSH starts a message: there is one per message)
         lines = lines.filter(pl.col("msg").is_first_distinct())
     offset = 1 if seg == "MSH" else 0  # "MSH|^~\\&|..." splits to MSH, MSH-2, MSH-3...
     numbers = sorted({s[1] for s in specs.values()})
     line = _compact(lines["line"])
     split = line.str.split_exact("|", numbers[-1] - offset).struct
     fields = {n: split.field(f"field_{n - offset}").fill_null("") for n in numbers}
-    # a field none of whose values holds a separator or the escape character (most): read as it is
-    plain = {n: not fields[n].str.contains(_SPECIAL).any() for n in numbers}
+    # a field none of whose values holds a separator or the escape character (most): read as it is;
+    # a field read whole only (kind r) needs only the escapes looked for
+    whole = {n for n in numbers if all(s[0] == "r" for s in specs.values() if s[1] == n)}
+    plain = {n: n not in whole and not fields[n].str.contains(_SPECIAL).any() for n in numbers}
+    escapes = {n: not plain[n] and fields[n].str.contains("\\", literal=True).any() for n in numbers}
     firsts = {n: _pieces(fields[n], "~", 1, plain=plain[n])[0]
               for n in sorted({s[1] for s in specs.values() if s[0] != "r"})}
     comps: dict[int, int] = {}
@@ -193,7 +196,7 @@ def _extract(df: pl.DataFrame, seg: str, specs: dict[str, tuple[str, int, int, i
         value = fields[n] if kind == "r" else firsts[n] if kind == "w" else parts[n][comp - 1]
         if kind == "s":
             value = _pieces(value, "&", sub, plain=plain[n])[sub - 1]
-        if not plain[n]:
+        if escapes[n]:
             value = F._escaped(value, _KIND_FN[kind])
         out.append(value.alias(name))
     return pl.DataFrame([lines["msg"], lines["row"], *out])
