@@ -360,18 +360,18 @@ def _whole(msg: Any, seg: Any, field: int) -> str:
     return msg.unescape(str(seg[field])) if len(seg) > field else ""
 
 
+#: the six tables of the ``tables`` section (bench/memory.py builds these too)
 _PYTHON_HL7: dict[str, Callable[[Any, Any], list[dict[str, Any]]]] = {
     "messages": _p_messages, "patients": _p_patients, "visits": _p_visits, "orders": _p_orders,
-    "appointments": _p_appointments, "documents": _p_documents, "results": _p_results}
-#: the tables of the ``tables`` section
-TABLES = ("messages", "patients", "visits", "orders", "appointments", "documents")
+    "appointments": _p_appointments, "documents": _p_documents}
+TABLES = tuple(_PYTHON_HL7)
 
 
 def python_hl7_table(table: str, path: Path) -> pl.DataFrame:
     """``table`` built message by message with python-hl7 from the file at ``path``."""
     import hl7
 
-    build = _PYTHON_HL7[table]
+    build = _p_results if table == "results" else _PYTHON_HL7[table]
     seen: dict[tuple[str, str, str], str] = {}
     rows: list[dict[str, Any]] = []
     for text in _python_hl7_messages(path):
