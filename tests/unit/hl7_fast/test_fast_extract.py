@@ -183,3 +183,26 @@ def test_generated_fields_fast_equals_slow(text: str, tables: list[str] | None) 
                 assert_frame_equal(fast[name], slow[name], check_exact=True)
     finally:
         path.unlink()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.text(alphabet="ab^~\\&é", max_size=3), min_size=20, max_size=50).map("|".join),
+                min_size=1, max_size=30),
+       st.sets(st.integers(0, 46), min_size=1, max_size=8))
+def test_split_by_list_equals_split_exact(lines: list[str], wanted: set[int]) -> None:
+    # far pieces (PV1-44, -45) of lines not much longer are cut by str.split (as here), near ones by
+    # str.split_exact: the same pieces, "" past a line's end
+    series, order = pl.Series(lines), sorted(wanted | {47})
+    got = frames_fast._split(series, order)
+    for i in order:
+        want = series.str.split_exact("|", order[-1]).struct.field(f"field_{i}").fill_null("")
+        assert got[i].to_list() == want.to_list() == [(x.split("|") + [""] * 50)[i] for x in lines]
+
+
+def test_visits_with_short_and_long_pv1_lines(tmp_path: Path) -> None:
+    long = "PV1|1|I|W^R^B||||D^F^G|||SVC|||||||||V1" + "|" * 24 + "|20260315093000|20260316\\F\\"
+    text = "".join([msg("ADT^A01", "PID|1||M1", long, cid="C1"),
+                     msg("ADT^A01", "PID|1||M2", "PV1|1|O", cid="C2"),
+                     msg("ADT^A01", "PID|1||M3", long.replace("|V1|", "|V~2|") + "|more|fields", cid="C3")])
+    out = _same(_write(tmp_path, text), ["visits"])
+    assert out["visits"]["admit_time"].null_count() == 1
