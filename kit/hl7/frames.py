@@ -41,9 +41,9 @@ content (see :func:`kit.hl7.message.content_hash`).
 Scale (written by hand: no library does it): :func:`read_file` builds every
 table without a Python object per field. The file is split into segment lines
 once (:func:`kit.hl7.frames_fast.lines_frame`), and polars string kernels split
-fields and components for every line at once: ``results`` here, the other tables
-in :mod:`kit.hl7.frames_fast`; only values that contain the escape character go
-through :func:`kit.hl7.message.flatten` one by one. Messages that do not use the
+fields and components for every line at once, every table in
+:mod:`kit.hl7.frames_fast`; escapes other than the simple ones are resolved by
+:func:`kit.hl7.message.flatten`, once per distinct value. Messages that do not use the
 standard ``|^~\\&`` delimiters, or hold a line that is not a valid segment, take
 the message-by-message path -- the same rows either way (``read_file(...,
 vectorised=False)`` is the per-message path, and the tests and fuzz tests hold
@@ -539,8 +539,8 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
               vectorised: bool = True) -> dict[str, pl.DataFrame]:
     """Read an HL7 v2 file into typed tables.
 
-    Every table is built by the vectorised paths (``results`` here, the others
-    in :mod:`kit.hl7.frames_fast`; see the module docstrings). Ask only for
+    Every table is built by the vectorised path of :mod:`kit.hl7.frames_fast`
+    (see the module docstrings). Ask only for
     the tables you need to read millions of messages fast.
 
     Parameters

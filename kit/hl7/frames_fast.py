@@ -1,10 +1,13 @@
-"""Vectorised HL7 tables for files: messages, patients, visits, orders, appointments, documents (pure).
+"""Vectorised HL7 tables for files: every table of :mod:`kit.hl7.frames` (pure).
 
 Written by hand for speed (no library builds frames from ER7 without a Python
-object per field), next to the ``results`` path of :mod:`kit.hl7.frames`. The
-file's text is split into segment lines once, by polars; fields, repetitions and
-components of every wanted segment are cut with polars string kernels for all
-messages at once. Python runs only where a value needs it: escapes other than
+object per field). The file's text is split into segment lines once, by polars;
+the lines of each wanted segment are copied compact (polars kernels over a
+sparse subset of the file's buffers cost ~3x), cut into fields once, and a field
+is cut into repetitions, components and subcomponents, or looked at for escapes,
+only where one of its values holds the separator or the escape character; the
+MSH and PID values every table uses are read once. Python runs only where a
+value needs it: escapes other than
 ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\`` (see :func:`kit.hl7.frames._escaped`), dates
 that are not plain ``YYYY[MM..][.S][+ZZZZ]`` digits (:func:`kit.hl7.typed.parse_dtm`
 per distinct value), the reason text of the rare skipped appointment, and whole
