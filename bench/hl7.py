@@ -1,22 +1,28 @@
 """Benchmark: an HL7 v2 file of mixed messages to each table, and MLLP round trips.
 
 ``results``: kit (``kit.hl7.frames.read_file(path, tables=["results"])``, the
-vectorised path) against python-hl7 (``hl7.parse`` per message, then a walk over
-the OBX segments into rows and a polars frame) and hl7apy
-(``parse_message(find_groups=False)`` per message, same walk).
+vectorised path) against python-hl7 and hl7apy building the same table.
 
 ``tables``: the other six tables (``messages``, ``patients``, ``visits``,
-``orders``, ``appointments``, ``documents``), one at a time:
-``read_file(path, tables=[table])`` against python-hl7 building the same table
-message by message (``hl7.parse``, ``extract_field`` for each column, which
-unescapes, ``hl7.parse_datetime`` for dates, the same rules for which message
-gives which row, then a polars frame with the same schema). hl7apy is left out
-here: at ~75 messages/s its six samples alone would take minutes.
+``orders``, ``appointments``, ``documents``), one at a time.
 
-The alternatives run on a sample of the same file (they are slow); the figures
-compared are messages per second, each the best of three runs, all in the same
-run of this script (kit and python-hl7 take turns, so that a busy spell of a
-shared machine does not fall on one side only).
+Every comparison builds the same table, column for column (the kit schema), from
+the same input, a file on disk: kit ``read_file(path, tables=[table])`` over the
+whole file; python-hl7 over a file of the file's first messages (a whole number
+of cycles of the sample feed, so the same mix), read and split by
+``hl7.split_file``, then ``hl7.parse`` per message, ``extract_field`` for each
+column (which unescapes), ``hl7.parse_datetime`` for dates, the same rules for
+which message gives which row, and a polars frame with the kit schema. kit's
+table of the sample file is checked to have python-hl7's rows and columns.
+hl7apy (``parse_message(find_groups=False)`` per message, results only: at ~75
+messages/s more would take minutes) builds the results columns it has names for.
+
+Timing: an untimed warm-up per side (kit on the sample file, python-hl7 on
+one cycle of the feed), then ``ROUNDS`` rounds in which kit
+and python-hl7 take turns (who goes first alternates), so that a busy spell of a
+shared machine falls on both; the ratio is the median of the rounds' ratios
+(each round's two runs share the machine's mood), each side's median rate and
+the ratios' spread are printed beside it.
 
     python bench/hl7.py [N] [M] [--only=results,tables,mllp]
     # N messages (default 100,000), M MLLP round trips per side (2,000); --only picks sections
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import statistics
 import sys
 import tempfile
 import time
@@ -42,13 +49,16 @@ import polars as pl  # noqa: E402
 
 from kit.examples.hl7 import feed  # noqa: E402
 from kit.hl7.frames import SCHEMAS, read_file  # noqa: E402
-from kit.hl7.message import split_messages  # noqa: E402
 
 DEFAULT_N = 100_000
-PYTHON_HL7_SAMPLE = 5_000
-HL7APY_SAMPLE = 300
-#: python-hl7's sample per table (six tables, three runs each: keep the script near a minute)
-TABLE_SAMPLE = 2_000
+#: python-hl7's sample, every table: 10 cycles of the 63-message sample feed (the file's mix; about
+#: as long a run as kit's over the whole file, so that a round's two runs share the machine alike)
+PYTHON_HL7_SAMPLE = 630
+#: the warm-up's sample: one cycle
+WARM_UP_SAMPLE = 63
+HL7APY_SAMPLE = 100
+#: timed rounds per table after the warm-up (seven tables: keep the script under a minute)
+ROUNDS = 7
 
 
 def make_file(n: int, directory: Path) -> Path:
@@ -76,54 +86,52 @@ def _timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, object]:
     return best, result
 
 
-def _paired(a: Callable[[], object], b: Callable[[], object],
-            repeat: int = 3) -> tuple[float, object, float, object]:
-    """Best times of ``a`` and ``b`` run alternately ``repeat`` times each, so that a busy spell
-    of the (shared) machine falls on both sides alike; and their last results."""
-    best_a = best_b = float("inf")
-    result_a = result_b = None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result_a = a()
-        best_a = min(best_a, time.perf_counter() - start)
-        start = time.perf_counter()
-        result_b = b()
-        best_b = min(best_b, time.perf_counter() - start)
-    return best_a, result_a, best_b, result_b
+def _rounds(kit: Callable[[], pl.DataFrame], other: Callable[[], pl.DataFrame], n_kit: int,
+            n_other: int) -> tuple[list[float], list[float], pl.DataFrame, pl.DataFrame]:
+    """Messages/s of ``kit`` (``n_kit`` messages) and ``other`` (``n_other``) in ``ROUNDS`` rounds,
+    the two taking turns (who goes first alternates); and their last tables."""
+    kit_rates: list[float] = []
+    other_rates: list[float] = []
+    df = dp = pl.DataFrame()
+    for r in range(ROUNDS):
+        for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+            start = time.perf_counter()
+            if side == 0:
+                df = kit()
+                kit_rates.append(n_kit / (time.perf_counter() - start))
+            else:
+                dp = other()
+                other_rates.append(n_other / (time.perf_counter() - start))
+    return kit_rates, other_rates, df, dp
+
+
+def _ratio(kit_rates: list[float], other_rates: list[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest) of the rounds' kit/other ratios."""
+    ratios = [k / o for k, o in zip(kit_rates, other_rates, strict=True)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def _same_table(kit: pl.DataFrame, other: pl.DataFrame, table: str) -> None:
+    """python-hl7's table has kit's columns and, on the same messages, kit's number of rows."""
+    if other.columns != kit.columns or other.height != kit.height:
+        raise AssertionError(f"{table}: python-hl7 built {other.height} rows {other.columns}, "
+                             f"kit {kit.height} rows {kit.columns} from the same messages")
+
+
+def _python_hl7_messages(path: Path) -> list[str]:
+    """python-hl7's own reading of a file: the text, split into messages by ``hl7.split_file``."""
+    import hl7
+
+    return list(hl7.split_file(path.read_bytes().decode("utf-8")))
 
 
 def kit_results(path: Path) -> pl.DataFrame:
     return read_file(path, tables=["results"])["results"]
 
 
-def python_hl7_results(messages: list[str]) -> pl.DataFrame:
-    import hl7
-
-    rows = []
-    for text in messages:
-        msg = hl7.parse(text)
-        if str(msg.segment("MSH")[9][0][0]) == "MDM":
-            continue
-        control_id = str(msg.segment("MSH")[10])
-        try:
-            patient_id = str(msg.segment("PID")[3][0][0])
-        except KeyError:
-            patient_id = ""
-        obr: object = None
-        for seg in msg:
-            name = str(seg[0])
-            if name == "OBR":
-                obr = seg
-            elif name == "OBX":
-                accession = ""
-                if obr is not None:
-                    accession = str(obr[18]) if len(obr) > 18 and str(obr[18]) else str(obr[3])  # type: ignore
-                value = msg.unescape(str(seg[5])) if len(seg) > 5 else ""
-                rows.append({"control_id": control_id, "patient_id": patient_id,
-                             "accession_number": accession, "set_id": str(seg[1]), "value_type": str(seg[2]),
-                             "observation_code": str(seg[3][0][0]) if len(seg) > 3 else "",
-                             "value": value, "units": str(seg[6]) if len(seg) > 6 else ""})
-    return pl.DataFrame(rows)
+def python_hl7_results(path: Path) -> pl.DataFrame:
+    """The results table built message by message with python-hl7 (see :func:`_p_results`)."""
+    return python_hl7_table("results", path)
 
 
 def hl7apy_results(messages: list[str]) -> pl.DataFrame:
@@ -150,26 +158,29 @@ def hl7apy_results(messages: list[str]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def bench_results_frame(path: Path, messages: list[str]) -> list[str]:
+def bench_results_frame(path: Path, n: int, sample: Path, warm: Path) -> list[str]:
     """The results-frame comparison; returns its RATIO lines."""
-    n = len(messages)
-    sample = messages[:PYTHON_HL7_SAMPLE]
-    t_kit, df, t_p, dp = _paired(lambda: kit_results(path), lambda: python_hl7_results(sample))
-    assert isinstance(df, pl.DataFrame) and isinstance(dp, pl.DataFrame)
-    kit_rate = n / t_kit
-    print(f"kit read_file -> results   {df.height:>9,} rows  {t_kit:8.2f} s  {kit_rate:>12,.0f} msgs/s")
+    kit_sample = kit_results(sample)  # warm-ups (and kit's table of python-hl7's messages)
+    python_hl7_results(warm)
+    kit_rates, p_rates, df, dp = _rounds(lambda: kit_results(path), lambda: python_hl7_results(sample),
+                                         n, PYTHON_HL7_SAMPLE)
+    _same_table(kit_sample, dp, "results")
+    kit_rate, p_rate = statistics.median(kit_rates), statistics.median(p_rates)
+    ratio, low, high = _ratio(kit_rates, p_rates)
+    print(f"kit read_file -> results   {df.height:>9,} rows  {n / kit_rate:8.2f} s"
+          f"  {kit_rate:>12,.0f} msgs/s")
+    print(f"python-hl7 (sample {PYTHON_HL7_SAMPLE:,})  {dp.height:>9,} rows"
+          f"  {PYTHON_HL7_SAMPLE / p_rate:8.2f} s  {p_rate:>12,.0f} msgs/s")
+    print(f"  kit/python-hl7 {ratio:.1f}: median of {ROUNDS} rounds (range {low:.1f}-{high:.1f})")
 
-    p_rate = len(sample) / t_p
-    print(f"python-hl7 (sample {len(sample):,})  {dp.height:>9,} rows  {t_p:8.2f} s"
-          f"  {p_rate:>12,.0f} msgs/s")
-
-    sample = messages[:HL7APY_SAMPLE]
-    t_a, da = _timed(lambda: hl7apy_results(sample))
+    messages = _python_hl7_messages(sample)[:HL7APY_SAMPLE]
+    hl7apy_results(messages)  # warm-up
+    t_a, da = _timed(lambda: hl7apy_results(messages))
     assert isinstance(da, pl.DataFrame)
-    a_rate = len(sample) / t_a
-    print(f"hl7apy (sample {len(sample):,})       {da.height:>9,} rows  {t_a:8.2f} s"
+    a_rate = len(messages) / t_a
+    print(f"hl7apy (sample {len(messages):,})       {da.height:>9,} rows  {t_a:8.2f} s"
           f"  {a_rate:>12,.0f} msgs/s")
-    return [f"RATIO hl7 results frame msgs/s kit/python-hl7 = {kit_rate / p_rate:.1f}",
+    return [f"RATIO hl7 results frame msgs/s kit/python-hl7 = {ratio:.1f}",
             f"RATIO hl7 results frame msgs/s kit/hl7apy = {kit_rate / a_rate:.1f}"]
 
 
@@ -313,37 +324,79 @@ def _p_documents(msg: Any, seen: object) -> list[dict[str, Any]]:
              "availability_status": _f(txa, 19), "accession_number": _f(txa, 15), "text": text}]
 
 
+def _number(value: str, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(value.strip())
+    except ValueError:
+        return None
+
+
+def _p_results(msg: Any, seen: object) -> list[dict[str, Any]]:
+    cid, code, _trigger, _mtype = _header(msg)
+    if code == "MDM":
+        return []
+    patient_id, obr, rows = _patient_id(msg), None, []
+    for seg in msg:
+        name = str(seg[0])
+        if name == "OBR":
+            obr = seg
+        elif name == "OBX":
+            filler, value_type = _f(obr, 3), _f(seg, 2)
+            value, time_ = _whole(msg, seg, 5), _f(seg, 14)
+            rows.append({
+                "control_id": cid, "patient_id": patient_id, "accession_number": _f(obr, 18) or filler,
+                "placer_order_number": _f(obr, 2), "filler_order_number": filler, "service_code": _f(obr, 4),
+                "set_id": _number(_f(seg, 1), int), "value_type": value_type,
+                "observation_code": _f(seg, 3, 1), "observation_text": _f(seg, 3, 2),
+                "observation_system": _f(seg, 3, 3), "observation_sub_id": _f(seg, 4), "value": value,
+                "value_numeric": _number(value, float) if value_type == "NM" else None, "units": _f(seg, 6),
+                "reference_range": _whole(msg, seg, 7), "abnormal_flags": _whole(msg, seg, 8),
+                "result_status": _f(seg, 11),
+                "observation_time": _when(time_) if time_ else _when(_f(obr, 7))})
+    return rows
+
+
+def _whole(msg: Any, seg: Any, field: int) -> str:
+    """A whole field (components and repetitions), unescaped."""
+    return msg.unescape(str(seg[field])) if len(seg) > field else ""
+
+
+#: the six tables of the ``tables`` section (bench/memory.py builds these too)
 _PYTHON_HL7: dict[str, Callable[[Any, Any], list[dict[str, Any]]]] = {
     "messages": _p_messages, "patients": _p_patients, "visits": _p_visits, "orders": _p_orders,
     "appointments": _p_appointments, "documents": _p_documents}
+TABLES = tuple(_PYTHON_HL7)
 
 
-def python_hl7_table(table: str, messages: list[str]) -> pl.DataFrame:
-    """``table`` built message by message with python-hl7."""
+def python_hl7_table(table: str, path: Path) -> pl.DataFrame:
+    """``table`` built message by message with python-hl7 from the file at ``path``."""
     import hl7
 
-    build = _PYTHON_HL7[table]
+    build = _p_results if table == "results" else _PYTHON_HL7[table]
     seen: dict[tuple[str, str, str], str] = {}
     rows: list[dict[str, Any]] = []
-    for text in messages:
+    for text in _python_hl7_messages(path):
         rows.extend(build(hl7.parse(text), seen))
     return pl.DataFrame(rows, schema=SCHEMAS[table], orient="row")
 
 
-def bench_tables(path: Path, messages: list[str]) -> list[str]:
+def bench_tables(path: Path, n: int, sample: Path, warm: Path) -> list[str]:
     """Each of the six other tables: kit's vectorised read_file against python-hl7; returns RATIO lines."""
-    n, sample = len(messages), messages[:TABLE_SAMPLE]
     ratios = []
-    print(f"{'table':<13} {'kit rows':>9} {'kit s':>7} {'kit msgs/s':>11}   {'python-hl7 rows':>15}"
-          f" {'s':>6} {'msgs/s':>8} (sample {len(sample):,})")
-    for table in _PYTHON_HL7:
-        t_kit, df, t_p, dp = _paired(lambda t=table: read_file(path, tables=[t])[t],  # type: ignore[misc]
-                                     lambda t=table: python_hl7_table(t, sample))  # type: ignore[misc]
-        assert isinstance(df, pl.DataFrame) and isinstance(dp, pl.DataFrame)
-        kit_rate, p_rate = n / t_kit, len(sample) / t_p
-        print(f"{table:<13} {df.height:>9,} {t_kit:>7.2f} {kit_rate:>11,.0f}   {dp.height:>15,}"
-              f" {t_p:>6.2f} {p_rate:>8,.0f}")
-        ratios.append(f"RATIO hl7 {table} frame msgs/s kit/python-hl7 = {kit_rate / p_rate:.1f}")
+    print(f"{'table':<13} {'kit rows':>9} {'kit msgs/s':>11}   {'python-hl7 rows':>15} {'msgs/s':>8}"
+          f"   kit/python-hl7: median (range) of {ROUNDS} rounds")
+    for table in TABLES:
+        kit_sample = read_file(sample, tables=[table])[table]  # warm-ups (and kit's table of the sample)
+        python_hl7_table(table, warm)
+        kit_rates, p_rates, df, dp = _rounds(
+            lambda t=table: read_file(path, tables=[t])[t],  # type: ignore[misc]
+            lambda t=table: python_hl7_table(t, sample), n, PYTHON_HL7_SAMPLE)  # type: ignore[misc]
+        _same_table(kit_sample, dp, table)
+        kit_rate, p_rate = statistics.median(kit_rates), statistics.median(p_rates)
+        ratio, low, high = _ratio(kit_rates, p_rates)
+        print(f"{table:<13} {df.height:>9,} {kit_rate:>11,.0f}   {dp.height:>15,} {p_rate:>8,.0f}"
+              f"   {ratio:6.1f} ({low:.1f}-{high:.1f})")
+        ratios.append(f"RATIO hl7 {table} frame msgs/s kit/python-hl7 = {ratio:.1f}")
     return ratios
 
 
@@ -502,12 +555,15 @@ def main(argv: list[str]) -> None:
     ratios: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = make_file(n, Path(tmp))
-        messages = list(split_messages(path.read_bytes()))
-        print(f"file: {n:,} messages, {path.stat().st_size / 1e6:.1f} MB")
+        # python-hl7's sample and the warm-up's: the same first messages
+        sample, warm = make_file(min(n, PYTHON_HL7_SAMPLE), Path(tmp)), make_file(WARM_UP_SAMPLE, Path(tmp))
+        print(f"file: {n:,} messages, {path.stat().st_size / 1e6:.1f} MB; python-hl7 reads the first"
+              f" {PYTHON_HL7_SAMPLE:,} ({PYTHON_HL7_SAMPLE // 63} cycles of the sample feed) from a file"
+              " of their own")
         if "results" in only:
-            ratios += bench_results_frame(path, messages)
+            ratios += bench_results_frame(path, n, sample, warm)
         if "tables" in only:
-            ratios += bench_tables(path, messages)
+            ratios += bench_tables(path, n, sample, warm)
     if "mllp" in only:
         ratios += bench_mllp(int(args[1]) if len(args) > 1 else MLLP_N)
     print()

@@ -41,9 +41,9 @@ content (see :func:`kit.hl7.message.content_hash`).
 Scale (written by hand: no library does it): :func:`read_file` builds every
 table without a Python object per field. The file is split into segment lines
 once (:func:`kit.hl7.frames_fast.lines_frame`), and polars string kernels split
-fields and components for every line at once: ``results`` here, the other tables
-in :mod:`kit.hl7.frames_fast`; only values that contain the escape character go
-through :func:`kit.hl7.message.flatten` one by one. Messages that do not use the
+fields and components for every line at once, every table in
+:mod:`kit.hl7.frames_fast`; escapes other than the simple ones are resolved by
+:func:`kit.hl7.message.flatten`, once per distinct value. Messages that do not use the
 standard ``|^~\\&`` delimiters, or hold a line that is not a valid segment, take
 the message-by-message path -- the same rows either way (``read_file(...,
 vectorised=False)`` is the per-message path, and the tests and fuzz tests hold
@@ -251,19 +251,30 @@ def _dtm_expr(col: str) -> pl.Expr:
     return (base + pl.duration(microseconds=frac.fill_null(0))).alias(col)
 
 
+def _dtm_series(values: pl.Series) -> pl.Series:
+    """:func:`_dtm_expr` of a column: plain ``YYYYMMDDHHMMSS`` values (what it reduces to for
+    them) parsed at once, :func:`_dtm_expr` itself only on the other non-null values."""
+    plain = values.str.contains(r"^[0-9]{14}$").fill_null(False)
+    out = values.str.strptime(_DTM, "%Y%m%d%H%M%S", strict=False)
+    rest = values.is_not_null() & ~plain
+    if rest.any():
+        odd = values.filter(rest).to_frame("v").select(_dtm_expr("v"))["v"]
+        out = out.scatter(rest.arg_true(), odd)
+    return out.alias(values.name)
+
+
 def _type_results(df: pl.DataFrame) -> pl.DataFrame:
     """Typed ``results`` from the string columns ``_RESULT_RAW``."""
     strings = [c for c in _RESULT_RAW if c not in ("set_id", "observation_time", "obr_time")]
     df = df.with_columns(pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c)
                          for c in [*strings, "set_id", "observation_time", "obr_time"])
+    obs, obr = _dtm_series(df["observation_time"]), _dtm_series(df["obr_time"])
     return df.with_columns(
         pl.col("set_id").str.strip_chars().cast(pl.Int32, strict=False),
         pl.when(pl.col("value_type") == "NM")
         .then(pl.col("value").str.strip_chars().cast(pl.Float64, strict=False))
         .otherwise(None).alias("value_numeric"),
-        _dtm_expr("observation_time"), _dtm_expr("obr_time"),
-    ).with_columns(
-        pl.coalesce("observation_time", "obr_time").alias("observation_time"),
+        obs.fill_null(obr).alias("observation_time"),
     ).select(list(SCHEMAS["results"]))
 
 
@@ -487,20 +498,22 @@ _ONLY_SIMPLE = r"^(?:[^\\]|\\(?:[FSTRE]|\.br)\\)*$"
 
 
 def _escaped(series: pl.Series, fn: Callable[[str], str]) -> pl.Series:
-    """Resolve escapes: simple ones with a polars kernel, the rest (hex, .sp, unknown) with ``fn``."""
+    """Resolve escapes: simple ones with a polars kernel, the rest (hex, .sp, unknown) with ``fn``.
+
+    Only the values holding the escape character are looked at; ``series`` is not changed
+    (a new series is returned when any value holds one)."""
     mask = series.str.contains("\\", literal=True).fill_null(False)
     if not mask.any():
         return series
-    simple = mask & series.str.contains(_ONLY_SIMPLE).fill_null(False)
-    if simple.any():
-        replaced = series.str.replace_many(list(_SIMPLE_ESCAPES), list(_SIMPLE_ESCAPES.values()))
-        series = pl.select(pl.when(simple).then(replaced).otherwise(series)).to_series().alias(series.name)
-    rest = mask & ~simple
-    if not rest.any():
-        return series
-    values = series.filter(rest).to_list()
-    resolved = {v: fn(v) for v in set(values)}
-    return series.scatter(rest.arg_true(), [resolved[v] for v in values])
+    where = mask.arg_true()
+    values = series.gather(where)
+    simple = values.str.contains(_ONLY_SIMPLE)
+    out = values.str.replace_many(list(_SIMPLE_ESCAPES), list(_SIMPLE_ESCAPES.values()))
+    if not simple.all():
+        odd = values.filter(~simple).to_list()
+        resolved = {v: fn(v) for v in set(odd)}
+        out = out.scatter((~simple).arg_true(), [resolved[v] for v in odd])
+    return series.clone().scatter(where, out)
 
 
 def _flat_whole(v: str) -> str:
@@ -511,94 +524,8 @@ def _flat_comp(v: str) -> str:
     return flatten(v, STANDARD_ENCODING, components=False)
 
 
-def _component(raw: pl.Expr, k: int) -> pl.Expr:
-    """Component ``k`` of the first repetition of a raw field expression ("" if absent)."""
-    first = raw.str.split("~").list.first()
-    return first.str.split("^").list.get(k - 1, null_on_oob=True).fill_null("")
-
-
-def _fields(df: pl.DataFrame, seg: str, last: int) -> pl.DataFrame:
-    """Lines of segment ``seg`` split into fields up to ``last`` (columns ``f1``..., numbered as HL7 does)."""
-    lines = df.filter(pl.col("seg") == seg)
-    offset = 1 if seg == "MSH" else 0  # "MSH|^~\\&|..." splits to MSH, MSH-2, MSH-3...
-    parts = pl.col("line").str.splitn("|", last + 1 - offset)
-    cols = [parts.struct.field(f"field_{n - offset}").fill_null("").alias(f"f{n}")
-            for n in range(1 + offset, last + 1)]
-    # the last struct field keeps the rest of the line: cut it at the next separator
-    cols[-1] = cols[-1].str.split("|").list.first().alias(f"f{last}")
-    return lines.select("msg", "row", *cols)
-
-
 def _leading_skip(line: str) -> dict[str, Any]:
     return _skip(None, None, "messages", f"data before the first MSH segment: {line[:20]!r}")
-
-
-def _results_fast(df: pl.DataFrame, leading: str | None) -> tuple[pl.DataFrame, list[dict[str, Any]]]:
-    """The results table and the skipped rows of the vectorised path, from
-    :func:`kit.hl7.frames_fast.lines_frame`."""
-    skipped = [_leading_skip(leading)] if leading is not None else []
-    if df.height == 0:
-        return empty_frames(["results"])["results"], skipped
-    ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(_STANDARD_MSH))
-    bad = df.filter(~ok)["msg"].unique()
-    parts: list[pl.DataFrame] = []
-    if bad.len():  # messages the vectorised path cannot take: one by one
-        slow_msgs = df.filter(pl.col("msg").is_in(bad.implode())).group_by("msg", maintain_order=True).agg(
-            pl.col("line"))
-        for msg, msg_lines in slow_msgs.iter_rows():
-            try:
-                m = parse_message("\r".join(msg_lines))
-            except KitError as exc:
-                skipped.append(_skip(msg, None, "messages", exc))
-                continue
-            rows = _result_rows(m)
-            if rows:
-                parts.append(pl.DataFrame(rows, schema=dict.fromkeys(_RESULT_RAW, pl.String), orient="row")
-                             .select(pl.lit(msg, pl.UInt32).alias("msg"), *_RESULT_RAW))
-        df = df.filter(~pl.col("msg").is_in(bad.implode()))
-    df = df.filter(pl.col("seg").is_in(["MSH", "PID", "OBR", "OBX"])).with_row_index("row")
-    msh = _fields(df, "MSH", 10).select("msg", _component(pl.col("f10"), 1).alias("control_id"),
-                                        _component(pl.col("f9"), 1).alias("code"))
-    # MSH-9.1 compared unescaped, as Message.message_code is
-    msh = msh.with_columns(_escaped(msh["code"], _flat_comp).alias("code"))
-    msh = msh.filter(pl.col("code") != "MDM").drop("code")
-    pid = _fields(df, "PID", 3).group_by("msg", maintain_order=True).first().select(
-        "msg", _component(pl.col("f3"), 1).alias("patient_id"))
-    obr = _fields(df, "OBR", 18).select(
-        "msg", pl.col("row").alias("obr_row"), _component(pl.col("f18"), 1).alias("obr18"),
-        _component(pl.col("f2"), 1).alias("placer_order_number"),
-        _component(pl.col("f3"), 1).alias("filler_order_number"),
-        _component(pl.col("f4"), 1).alias("service_code"), _component(pl.col("f7"), 1).alias("obr_time"))
-    obx = _fields(df, "OBX", 14).select(
-        "msg", "row", _component(pl.col("f1"), 1).alias("set_id"),
-        _component(pl.col("f2"), 1).alias("value_type"), *(
-            _component(pl.col("f3"), k).alias(name) for k, name in
-            enumerate(("observation_code", "observation_text", "observation_system"), 1)),
-        _component(pl.col("f4"), 1).alias("observation_sub_id"), pl.col("f5").alias("value"),
-        _component(pl.col("f6"), 1).alias("units"), pl.col("f7").alias("reference_range"),
-        pl.col("f8").alias("abnormal_flags"), _component(pl.col("f11"), 1).alias("result_status"),
-        _component(pl.col("f14"), 1).alias("observation_time"))
-    # parent OBR: the last OBR line before the OBX in the same message (rows are in file order)
-    obx = obx.join_asof(obr.select("obr_row", pl.col("msg").alias("obr_msg")), left_on="row",
-                        right_on="obr_row", strategy="backward")
-    obx = obx.with_columns(pl.when(pl.col("obr_msg") == pl.col("msg")).then(pl.col("obr_row"))
-                           .alias("obr_row")).drop("obr_msg")
-    out = (obx.join(msh, on="msg", how="inner").join(obr.drop("msg"), on="obr_row", how="left")
-           .join(pid, on="msg", how="left").sort("row"))
-    out = out.with_columns(pl.col(c).fill_null("") for c in out.columns if c not in ("msg", "row", "obr_row"))
-    # escapes: a polars kernel for the common ones, Python only for the rare others
-    whole = {"value", "reference_range", "abnormal_flags"}
-    out = out.with_columns(
-        _escaped(out[c], _flat_whole if c in whole else _flat_comp).alias(c)
-        for c in out.columns if c not in ("msg", "row", "obr_row"))
-    out = out.with_columns(
-        pl.when(pl.col("obr18") != "").then(pl.col("obr18")).otherwise(pl.col("filler_order_number"))
-        .alias("accession_number")).select(pl.col("msg").cast(pl.UInt32), *_RESULT_RAW)
-    parts.insert(0, out)
-    merged = pl.concat(parts, how="vertical") if len(parts) > 1 else out
-    if len(parts) > 1:
-        merged = merged.sort("msg", maintain_order=True)
-    return _type_results(merged.drop("msg")), skipped
 
 
 def _read_bytes(path: str | Path) -> bytes:
@@ -612,8 +539,8 @@ def read_file(path: str | Path, *, tables: Sequence[str] | None = None,
               vectorised: bool = True) -> dict[str, pl.DataFrame]:
     """Read an HL7 v2 file into typed tables.
 
-    Every table is built by the vectorised paths (``results`` here, the others
-    in :mod:`kit.hl7.frames_fast`; see the module docstrings). Ask only for
+    Every table is built by the vectorised path of :mod:`kit.hl7.frames_fast`
+    (see the module docstrings). Ask only for
     the tables you need to read millions of messages fast.
 
     Parameters

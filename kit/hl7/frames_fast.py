@@ -1,10 +1,13 @@
-"""Vectorised HL7 tables for files: messages, patients, visits, orders, appointments, documents (pure).
+"""Vectorised HL7 tables for files: every table of :mod:`kit.hl7.frames` (pure).
 
 Written by hand for speed (no library builds frames from ER7 without a Python
-object per field), next to the ``results`` path of :mod:`kit.hl7.frames`. The
-file's text is split into segment lines once, by polars; fields, repetitions and
-components of every wanted segment are cut with polars string kernels for all
-messages at once. Python runs only where a value needs it: escapes other than
+object per field). The file's text is split into segment lines once, by polars;
+the lines of each wanted segment are copied compact (polars kernels over a
+sparse subset of the file's buffers cost ~3x), cut into fields once, and a field
+is cut into repetitions, components and subcomponents, or looked at for escapes,
+only where one of its values holds the separator or the escape character; the
+MSH and PID values every table uses are read once. Python runs only where a
+value needs it: escapes other than
 ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\`` (see :func:`kit.hl7.frames._escaped`), dates
 that are not plain ``YYYY[MM..][.S][+ZZZZ]`` digits (:func:`kit.hl7.typed.parse_dtm`
 per distinct value), the reason text of the rare skipped appointment, and whole
@@ -22,7 +25,6 @@ cases and under hypothesis fuzzing. A change of semantics in
 from __future__ import annotations
 
 import datetime as dt
-import io
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +37,7 @@ from kit.hl7.typed import MDM_TRIGGERS, SIU_TRIGGERS, parse_dtm
 
 __all__ = ["FAST_TABLES", "ReusedFn", "lines_frame", "read_chunk", "read_tables"]
 
-#: The tables this module builds (``results`` has its own fast path in :mod:`kit.hl7.frames`).
+#: The tables built here from the fields of single segments (``results`` is built here too).
 FAST_TABLES = ("messages", "patients", "visits", "orders", "appointments", "documents")
 
 _DTM = pl.Datetime("us")
@@ -52,6 +54,11 @@ _MAX_DT = dt.datetime(9999, 12, 31, 23, 59, 59, 999999)
 
 
 # -- lines -----------------------------------------------------------------------------------------
+def _has_bom(data: bytes) -> bool:
+    # a one-byte search first: bytes.find of the three-byte mark is ~10x slower than memchr
+    return b"\xef" in data and _BOM_BYTES in data
+
+
 def _whole(data: bytes | str) -> tuple[pl.DataFrame, bool]:
     """The text as polars strings in which CR ends a segment; and whether a line may start with a BOM."""
     if isinstance(data, bytes):
@@ -59,16 +66,16 @@ def _whole(data: bytes | str) -> tuple[pl.DataFrame, bool]:
             data = data[3:]
         if not any(b in data for b in (b"\x00", b"\x0b", b"\x1c")):
             try:  # lines at LF by polars' (parallel) CSV reader, one column: the CRs are split next
-                lines = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x00", quote_char=None,
+                lines = pl.read_csv(data, has_header=False, separator="\x00", quote_char=None,
                                     new_columns=["line"], infer_schema=False, encoding="utf8")
-                return lines.select(pl.col("line").fill_null("")), _BOM_BYTES in data
+                return lines.select(pl.col("line").fill_null("")), _has_bom(data)
             except pl.exceptions.PolarsError:  # not UTF-8
                 pass
         for b in (b"\n", b"\x0b", b"\x1c"):  # ASCII bytes never occur inside a UTF-8 sequence
             if b in data:
                 data = data.replace(b, b"\r")
         try:  # UTF-8 checked and copied by polars, not decoded to a Python str
-            return pl.Series("line", [data], pl.Binary).cast(pl.String).to_frame(), _BOM_BYTES in data
+            return pl.Series("line", [data], pl.Binary).cast(pl.String).to_frame(), _has_bom(data)
         except pl.exceptions.PolarsError:  # not UTF-8: Latin-1, as kit.hl7.message.decode reads it
             data = data.decode("latin-1")
     for ch in ("\n", "\x0b", "\x1c"):
@@ -111,8 +118,12 @@ def lines_frame(data: bytes | str) -> tuple[pl.DataFrame, str | None]:
 
 def _split_bad(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(lines of the messages the vectorised path takes, lines of the others)."""
-    ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(F._STANDARD_MSH))
-    bad = df.filter(~ok)["msg"].unique()
+    if df["ok"].all():  # the usual case: only the headers to check
+        msh = df.filter(pl.col("seg") == "MSH")
+        bad = msh.filter(~pl.col("line").str.starts_with(F._STANDARD_MSH))["msg"]
+    else:
+        ok = pl.col("ok") & ((pl.col("seg") != "MSH") | pl.col("line").str.starts_with(F._STANDARD_MSH))
+        bad = df.filter(~ok)["msg"].unique()
     if not bad.len():
         return df, df.clear()
     is_bad = pl.col("msg").is_in(bad.implode())
@@ -127,6 +138,50 @@ def _unesc(v: str) -> str:
 _KIND_FN = {"w": F._flat_whole, "r": F._flat_whole, "c": F._flat_comp, "s": _unesc}
 
 
+def _compact(line: pl.Series) -> pl.Series:
+    """``line`` with its text copied into buffers of its own.
+
+    A subset of the lines (one segment's) shares the buffers of the whole file, and
+    every polars string kernel on such a sparse view array copies it again: one copy
+    here is cheaper. The lines of a clean message start with a segment name, so
+    stripping NULs at the start changes nothing; it is the cheapest kernel that copies.
+    """
+    return line.str.strip_chars_start("\x00")
+
+
+#: the characters that make a field more than its text: separators within a field, the escape
+_SPECIAL = r"[\\^~&]"
+
+
+def _pieces(values: pl.Series, by: str, count: int, *, plain: bool = False) -> list[pl.Series]:
+    """The first ``count`` pieces of every value cut at ``by`` (``""`` where a value has fewer).
+
+    No value holding ``by`` (the usual case for ``~`` and ``&``, and for ``^`` in many
+    fields; ``plain``: known not to) costs one scan or none, not a split; the pieces are new
+    series or ``values`` itself."""
+    if plain or not values.str.contains(by, literal=True).any():
+        empty = pl.repeat("", values.len(), dtype=pl.String, eager=True)
+        return [values, *(empty for _ in range(count - 1))]
+    parts = values.str.split_exact(by, count - 1)
+    return [parts.struct.field(f"field_{i}").fill_null("") for i in range(count)]
+
+
+def _split(line: pl.Series, wanted: list[int]) -> dict[int, pl.Series]:
+    """Pieces ``wanted`` (sorted, 0-based) of every line cut at ``|`` (``""`` where a line has fewer).
+
+    ``split_exact`` costs about twice per piece it gives what ``split`` costs per piece of the
+    line: far pieces (PV1-44) of lines not much longer (estimated on a sample) are cut by ``split``."""
+    if wanted[-1] < 30:
+        sample = 0.0
+    else:
+        sample = float(line.head(1000).str.count_matches("|", literal=True).mean() or 0.0)  # type: ignore[arg-type]
+    if sample and 0.55 * (sample + 1) + 0.5 * len(wanted) < wanted[-1] + 1:
+        parts = line.str.split("|").list
+        return {i: parts.get(i, null_on_oob=True).fill_null("") for i in wanted}
+    exact = line.str.split_exact("|", wanted[-1]).struct
+    return {i: exact.field(f"field_{i}").fill_null("") for i in wanted}
+
+
 def _extract(df: pl.DataFrame, seg: str, specs: dict[str, tuple[str, int, int, int]], *,
              first: bool) -> pl.DataFrame:
     """Values of segment ``seg`` (the first per message, or every one), unescaped, as string columns.
@@ -135,37 +190,35 @@ def _extract(df: pl.DataFrame, seg: str, specs: dict[str, tuple[str, int, int, i
     repetition whole (as ``Message.get("SEG-n")``), ``r`` every repetition
     (flattened), ``c`` component (``"SEG-n.c"``), ``s`` subcomponent (``"SEG-n.c.s"``).
     """
-    lines = df.filter(pl.col("seg") == seg)
-    if first:
+    lines = df.select("msg", "row", "line").filter(df["seg"] == seg)
+    if first and seg != "MSH":  # (an MSH starts a message: there is one per message)
         lines = lines.filter(pl.col("msg").is_first_distinct())
     offset = 1 if seg == "MSH" else 0  # "MSH|^~\\&|..." splits to MSH, MSH-2, MSH-3...
     numbers = sorted({s[1] for s in specs.values()})
-    names = [f"field_{i}" for i in range(numbers[-1] - offset + 1)]
-    out = lines.select("msg", "row", pl.col("line").str.split_exact("|", len(names) - 1)
-                       .struct.rename_fields(names).alias("p")).unnest("p")
-    out = out.select("msg", "row",
-                     *(pl.col(f"field_{n - offset}").fill_null("").alias(f"f{n}") for n in numbers))
-    firsts = sorted({s[1] for s in specs.values() if s[0] != "r"})
-    out = out.with_columns(pl.col(f"f{n}").str.split_exact("~", 0).struct.field("field_0").alias(f"r{n}")
-                           for n in firsts)
+    line = _compact(lines["line"])
+    pieces = _split(line, [n - offset for n in numbers])
+    fields = {n: pieces[n - offset] for n in numbers}
+    # a field none of whose values holds a separator or the escape character (most): read as it is;
+    # a field read whole only (kind r) needs only the escapes looked for
+    whole = {n for n in numbers if all(s[0] == "r" for s in specs.values() if s[1] == n)}
+    plain = {n: n not in whole and not fields[n].str.contains(_SPECIAL).any() for n in numbers}
+    escapes = {n: not plain[n] and fields[n].str.contains("\\", literal=True).any() for n in numbers}
+    firsts = {n: _pieces(fields[n], "~", 1, plain=plain[n])[0]
+              for n in sorted({s[1] for s in specs.values() if s[0] != "r"})}
     comps: dict[int, int] = {}
     for kind, n, comp, _sub in specs.values():
         if kind in "cs":
             comps[n] = max(comps.get(n, 0), comp)
-    out = out.with_columns(pl.col(f"r{n}").str.split_exact("^", k - 1).struct.rename_fields(
-        [f"c{n}_{i}" for i in range(1, k + 1)]).alias(f"c{n}") for n, k in comps.items())
-    out = out.unnest(*(f"c{n}" for n in comps)) if comps else out
-    exprs = []
+    parts = {n: _pieces(firsts[n], "^", k, plain=plain[n]) for n, k in comps.items()}
+    out = []
     for name, (kind, n, comp, sub) in specs.items():
-        e = pl.col(f"f{n}" if kind == "r" else f"r{n}" if kind == "w" else f"c{n}_{comp}").fill_null("")
+        value = fields[n] if kind == "r" else firsts[n] if kind == "w" else parts[n][comp - 1]
         if kind == "s":
-            e = e.str.split_exact("&", sub - 1).struct.field(f"field_{sub - 1}").fill_null("")
-        exprs.append(e.alias(name))
-    out = out.select("msg", "row", *exprs)
-    if not lines["line"].str.contains("\\", literal=True).any():
-        return out
-    return out.with_columns(F._escaped(out[name], _KIND_FN[kind]).alias(name)
-                            for name, (kind, *_rest) in specs.items())
+            value = _pieces(value, "&", sub, plain=plain[n])[sub - 1]
+        if escapes[n]:
+            value = F._escaped(value, _KIND_FN[kind])
+        out.append(value.alias(name))
+    return pl.DataFrame([lines["msg"], lines["row"], *out])
 
 
 def _w(n: int) -> tuple[str, int, int, int]:
@@ -274,10 +327,14 @@ _MSH_MORE = {"sending_application": _c(3, 1), "sending_facility": _c(4, 1), "rec
 class _Feed:
     """The clean messages' lines, with the MSH values every table uses, computed once."""
 
-    def __init__(self, df: pl.DataFrame, *, all_msh: bool) -> None:
+    def __init__(self, df: pl.DataFrame, *, all_msh: bool, results: bool) -> None:
         self.df = df
         specs = {"control_id": _w(10), "code": _c(9, 1), "trigger": _c(9, 2), "msh7": _w(7)}
-        msh = _extract(df, "MSH", {**specs, **_MSH_MORE} if all_msh else specs, first=True)
+        if all_msh:
+            specs |= _MSH_MORE
+        if results:  # the results table's control id is MSH-10.1, the others' MSH-10 whole
+            specs["result_control_id"] = _c(10, 1)
+        msh = _extract(df, "MSH", specs, first=True)
         self.msh = msh.with_columns(
             pl.when(pl.col("trigger") != "").then(pl.concat_str("code", pl.lit("^"), "trigger"))
             .otherwise(pl.col("code")).alias("message_type"),
@@ -287,13 +344,20 @@ class _Feed:
         ).drop("row")
         self._pid: pl.DataFrame | None = None
 
-    def pid(self) -> pl.DataFrame:
-        """msg and ``patient_id`` (PID-3.1 of the first PID; ``""`` if none) for every message."""
-        if self._pid is None:
-            pid = _extract(self.df, "PID", {"patient_id": _c(3, 1)}, first=True).drop("row")
-            self._pid = self.msh.select("msg").join(pid, on="msg", how="left").with_columns(
-                pl.col("patient_id").fill_null(""))
-        return self._pid
+    def pid(self, msgs: pl.DataFrame | None = None) -> pl.DataFrame:
+        """msg and ``patient_id`` (PID-3.1 of the first PID; ``""`` if none) for every message, or for
+        those of ``msgs`` (only their PID lines are read, unless every message's are at hand)."""
+        if msgs is None or self._pid is not None:
+            if self._pid is None:
+                self._pid = self._patient_ids(self.df, self.msh)
+            return self._pid if msgs is None else msgs.select("msg").join(self._pid, on="msg", how="left")
+        return self._patient_ids(_lines_of(self, ["PID"], msgs), msgs)
+
+    @staticmethod
+    def _patient_ids(lines: pl.DataFrame, msgs: pl.DataFrame) -> pl.DataFrame:
+        pid = _extract(lines, "PID", {"patient_id": _c(3, 1)}, first=True).drop("row")
+        return msgs.select("msg").join(pid, on="msg", how="left").with_columns(
+            pl.col("patient_id").fill_null(""))
 
 
 def _lines_of(feed: _Feed, segments: list[str], msgs: pl.DataFrame) -> pl.DataFrame:
@@ -348,12 +412,14 @@ _VISIT = {"patient_class": _w(2), "location": _c(3, 1), "room": _c(3, 2), "bed":
 
 def _visits(feed: _Feed) -> pl.DataFrame:
     pv1 = _extract(feed.df, "PV1", _VISIT, first=True).drop("row")
-    rows = feed.msh.join(pv1, on="msg", how="inner").join(feed.pid(), on="msg", how="left")
+    rows = feed.msh.join(pv1, on="msg", how="inner")
+    rows = rows.join(feed.pid(rows), on="msg", how="left")
     return _typed(_with_dtm(rows, "admit_time", "discharge_time"), "visits")
 
 
 def _orders(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
-    msgs = feed.msh.filter(pl.col("message_type").is_in(_ORDER_TYPES)).join(feed.pid(), on="msg", how="left")
+    msgs = feed.msh.filter(pl.col("message_type").is_in(_ORDER_TYPES))
+    msgs = msgs.join(feed.pid(msgs), on="msg", how="left")
     no_pid = msgs.filter(pl.col("patient_id") == "")
     msgs = msgs.filter(pl.col("patient_id") != "")
     df = _lines_of(feed, ["ORC", "OBR", "ZDS"], msgs)
@@ -414,7 +480,7 @@ def _int_expr(col: str) -> pl.Expr:
 def _appointments(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter((pl.col("code") == "SIU") & pl.col("trigger").is_in(sorted(SIU_TRIGGERS)))
     df = _lines_of(feed, ["SCH", "AIS", "AIL", "AIG", "AIP"], msgs)
-    rows = msgs.join(feed.pid(), on="msg", how="left")
+    rows = msgs.join(feed.pid(msgs), on="msg", how="left")
     for seg, specs in (("SCH", _SCH), ("AIS", {"ais4": _w(4), "ais7": _w(7), "service_code": _c(3, 1),
                                              "service_text": _c(3, 2)}),
                        ("AIL", {"ail6": _w(6), "location": _c(3, 1)}),
@@ -498,7 +564,7 @@ def _documents(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     msgs = feed.msh.filter((pl.col("code") == "MDM") & pl.col("trigger").is_in(sorted(MDM_TRIGGERS)))
     df = _lines_of(feed, ["TXA", "OBX"], msgs)
     txa = _extract(df, "TXA", _TXA, first=True).drop("row")
-    rows = msgs.join(feed.pid(), on="msg", how="left").join(txa, on="msg", how="left").with_columns(
+    rows = msgs.join(feed.pid(msgs), on="msg", how="left").join(txa, on="msg", how="left").with_columns(
         pl.col(c).fill_null("") for c in _TXA)
     ok = (pl.col("patient_id") != "") & (pl.col("unique_document_number") != "")
     skipped = _skips(rows.filter(~ok), "documents", pl.col("message_type")
@@ -511,11 +577,45 @@ def _documents(feed: _Feed) -> tuple[pl.DataFrame, pl.DataFrame]:
     return _typed(rows, "documents"), skipped
 
 
+# -- results -----------------------------------------------------------------------------------------
+_OBR_RESULT = {"obr18": _c(18, 1), "placer_order_number": _c(2, 1), "filler_order_number": _c(3, 1),
+               "service_code": _c(4, 1), "obr_time": _c(7, 1)}
+_OBX_RESULT = {"set_id": _c(1, 1), "value_type": _c(2, 1), "observation_code": _c(3, 1),
+               "observation_text": _c(3, 2), "observation_system": _c(3, 3), "observation_sub_id": _c(4, 1),
+               "value": ("r", 5, 0, 0), "units": _c(6, 1), "reference_range": ("r", 7, 0, 0),
+               "abnormal_flags": ("r", 8, 0, 0), "result_status": _c(11, 1), "observation_time": _c(14, 1)}
+
+
+def _results(feed: _Feed) -> pl.DataFrame:
+    """``results`` as strings (``msg`` plus :data:`kit.hl7.frames._RESULT_RAW`), as
+    :func:`kit.hl7.frames._result_rows` gives them: one row per OBX of a message that is not MDM."""
+    msgs = feed.msh.filter(pl.col("code") != "MDM").select(
+        "msg", pl.col("result_control_id").alias("control_id"))
+    df = _lines_of(feed, ["OBR", "OBX"], msgs)
+    obx = _extract(df, "OBX", _OBX_RESULT, first=False)
+    obr = _extract(df, "OBR", _OBR_RESULT, first=False).rename({"row": "obr_row"})
+    # the parent OBR: the last OBR line before the OBX in the same message (rows are in file order)
+    obx = obx.join_asof(obr.select("obr_row", pl.col("msg").alias("obr_msg")), left_on="row",
+                        right_on="obr_row", strategy="backward")
+    obx = obx.with_columns(pl.when(pl.col("obr_msg") == pl.col("msg")).then(pl.col("obr_row"))
+                           .alias("obr_row")).drop("obr_msg")
+    out = (obx.join(msgs, on="msg", how="inner").join(obr.drop("msg"), on="obr_row", how="left")
+           .join(feed.pid(), on="msg", how="left").sort("row"))
+    out = out.with_columns(pl.col(c).fill_null("") for c in (*_OBR_RESULT, "patient_id"))
+    return out.with_columns(
+        pl.when(pl.col("obr18") != "").then(pl.col("obr18")).otherwise(pl.col("filler_order_number"))
+        .alias("accession_number")).select("msg", *F._RESULT_RAW)
+
+
 # -- the slow subset and the whole -----------------------------------------------------------------
-def _slow(bad: pl.DataFrame, tables: list[str]) -> tuple[dict[str, pl.DataFrame], list[dict[str, Any]]]:
-    """The per-message builders of :mod:`kit.hl7.frames` for the messages the fast path does not take."""
+def _slow(bad: pl.DataFrame, tables: list[str],
+          results: bool) -> tuple[dict[str, pl.DataFrame], list[dict[str, Any]]]:
+    """The per-message builders of :mod:`kit.hl7.frames` for the messages the fast path does not take
+    (``results`` as strings, see :func:`_results`)."""
     rows: dict[str, list[dict[str, Any]]] = {t: [] for t in tables}
     msgs: dict[str, list[int]] = {t: [] for t in tables}
+    result_rows: list[list[str]] = []
+    result_msgs: list[int] = []
     skipped: list[dict[str, Any]] = []
     seen: dict[tuple[str, str, str], str] = {}
     grouped = bad.group_by("msg", maintain_order=True).agg(pl.col("line"))
@@ -529,8 +629,21 @@ def _slow(bad: pl.DataFrame, tables: list[str]) -> tuple[dict[str, pl.DataFrame]
         F._rows_of(m, number, rows, skipped, seen)
         for t in tables:
             msgs[t] += [number] * (len(rows[t]) - before[t])
-    return ({t: F._frame(rows[t], t).select(pl.Series("msg", msgs[t], pl.UInt32), pl.all())
-             for t in tables}, skipped)
+        if results:
+            try:
+                found = F._result_rows(m)
+            except Exception as exc:  # noqa: BLE001 - as kit.hl7.frames.to_frames: a skipped row
+                skipped.append(F._skip(number, m, "results", exc))
+                continue
+            result_rows += found
+            result_msgs += [number] * len(found)
+    out = {t: F._frame(rows[t], t).select(pl.Series("msg", msgs[t], pl.UInt32), pl.all()) for t in tables}
+    if results:
+        raw = dict.fromkeys(F._RESULT_RAW, pl.String)
+        frame = (pl.DataFrame(result_rows, schema=raw, orient="row") if result_rows
+                 else pl.DataFrame(schema=raw))
+        out["results"] = frame.select(pl.Series("msg", result_msgs, pl.UInt32), pl.all())
+    return out, skipped
 
 
 _BUILD = {"patients": _patients, "orders": _orders, "appointments": _appointments, "documents": _documents}
@@ -557,17 +670,21 @@ def read_chunk(data: bytes | str, wanted: tuple[str, ...],
     skipped = [F._skipped_frame([F._leading_skip(leading)])] if leading is not None else []
     out: dict[str, pl.DataFrame] = {}
     mine = [t for t in wanted if t in FAST_TABLES]
-    if mine:
-        good, bad = _split_bad(df)
-        slow, slow_skipped = _slow(bad, mine) if bad.height else ({}, [])
-        feed = _Feed(good.with_row_index("row"), all_msh="messages" in mine)
-        parts: list[pl.DataFrame] = [F._skipped_frame(slow_skipped).select(
-            pl.col("message_number").cast(pl.UInt32).alias("msg"), pl.all())] if slow_skipped else []
-        for table in mine:
+    results = "results" in wanted
+    # the messages the per-message path takes (those it cannot read are skipped rows, whatever the tables)
+    good, bad = _split_bad(df)
+    slow, slow_skipped = _slow(bad, mine, results) if bad.height else ({}, [])
+    parts: list[pl.DataFrame] = [F._skipped_frame(slow_skipped).select(
+        pl.col("message_number").cast(pl.UInt32).alias("msg"), pl.all())] if slow_skipped else []
+    if mine or results:
+        feed = _Feed(good.with_row_index("row"), all_msh="messages" in mine, results=results)
+        for table in [*mine, "results"] if results else mine:
             if table == "messages":
                 rows = _typed(_messages(feed), "messages")
             elif table == "visits":
                 rows = _visits(feed)
+            elif table == "results":
+                rows = _results(feed)
             else:
                 rows, skips = _BUILD[table](feed)
                 parts.append(skips.select("msg", *F.SCHEMAS["skipped"]))
@@ -575,12 +692,8 @@ def read_chunk(data: bytes | str, wanted: tuple[str, ...],
                 rows = pl.concat([rows, slow[table]]).sort("msg", maintain_order=True)
             if table == "messages":
                 rows = reused(rows, df)
-            out[table] = rows.drop("msg")
-        if parts:
-            merged = pl.concat(parts).sort("msg", maintain_order=True).drop("msg")
-            skipped.append(merged)
-    if "results" in wanted:
-        out["results"], fast_skipped = F._results_fast(df, leading)
-        skipped.append(F._skipped_frame(fast_skipped))
+            out[table] = F._type_results(rows.drop("msg")) if table == "results" else rows.drop("msg")
+    if parts:
+        skipped.append(pl.concat(parts).sort("msg", maintain_order=True).drop("msg"))
     out["skipped"] = F._skipped_frame(skipped) if skipped else F.empty_frames(["skipped"])["skipped"]
     return {t: out[t] for t in wanted}, n_messages
