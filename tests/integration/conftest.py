@@ -24,11 +24,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.conftest import free_port, peer_env, require_tool, spawned, wait_for_port
+
+if TYPE_CHECKING:
+    from kit.dicom.scp import EmbeddedPACS
 
 PLUGINS = Path("/usr/share/orthanc/plugins")
 
@@ -166,3 +169,17 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory
 def basic_auth(user: str, password: str) -> str:
     """An HTTP Basic ``Authorization`` header value."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
+    """An empty embedded PACS (AE title KITPACS) on an ephemeral 127.0.0.1 port, closed after the test
+    (folders with their own ``pacs`` fixture override it)."""
+    from kit.dicom.scp import EmbeddedPACS
+
+    server = EmbeddedPACS(tmp_path / "pacs", port=0, aet="KITPACS")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -12,7 +12,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -137,16 +136,6 @@ def test_kernel_timeout_is_a_peer_timeout() -> None:
 
 
 # -- end to end ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    server = EmbeddedPACS(tmp_path / "pacs", port=0, aet="KITPACS")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_large_instances_store_and_get_byte_identical(pacs: EmbeddedPACS, tmp_path: Path) -> None:

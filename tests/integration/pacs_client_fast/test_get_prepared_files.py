@@ -3,7 +3,6 @@ nothing left behind, failures still answered 0xA700 and reported."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,6 @@ from kit.dicom._fastnet import FileReceiver
 from kit.dicom.dimse import PacsClient, RetrieveError
 from kit.dicom.scp import EmbeddedPACS
 from kit.examples.dicom import random_ct_files
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    server = EmbeddedPACS(tmp_path / "pacs", port=0, aet="KITPACS")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_get_leaves_only_the_instances(pacs: EmbeddedPACS, tmp_path: Path) -> None:

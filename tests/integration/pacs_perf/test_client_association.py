@@ -8,7 +8,6 @@ import logging
 import socket
 import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from kit.dicom._fastnet import hold_dul, release_dul
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationRejectedError
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    server = EmbeddedPACS(tmp_path / "pacs", port=0, aet="KITPACS")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _read_pdu(conn: socket.socket) -> bytes:

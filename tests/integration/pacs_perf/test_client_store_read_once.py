@@ -3,7 +3,6 @@ and still answers for every instance, also when a file goes bad between check an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,16 +14,6 @@ from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import DicomFileError
 from kit.examples.dicom import random_ct_files
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    server = EmbeddedPACS(tmp_path / "pacs", port=0, aet="KITPACS")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def _files(folder: Path, n: int, seed: int) -> list[Path]:

@@ -44,6 +44,24 @@ def _body(path: Path) -> bytes:
     return data[144 + int.from_bytes(data[140:144], "little"):]
 
 
+def store_concurrently(client: PacsClient, folders: list[list[Path]]) -> list[dict[str, object]]:
+    """Each folder's files stored by its own thread at once; every stored row, failed ones included."""
+    results: list[object] = [None] * len(folders)
+
+    def send(i: int) -> None:
+        try:
+            results[i] = client.store(folders[i])
+        except RetrieveError as exc:
+            results[i] = exc.received
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(folders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return [row for frame in results for row in frame.iter_rows(named=True)]  # type: ignore[attr-defined]
+
+
 def test_four_concurrent_storescu_every_acknowledged_instance_durable_once(tmp_path: Path) -> None:
     """Four dcmtk storescu at once: each success-acknowledged instance is on disk, readable, byte
     for byte what was sent, indexed exactly once; some commits were shared between associations."""
@@ -89,23 +107,11 @@ def test_failed_group_commit_answers_failure_and_keeps_nothing(tmp_path: Path,
         real(path)
 
     folders = _sender_files(tmp_path / "src")
-    results: list[object] = [None] * SENDERS
     with EmbeddedPACS(tmp_path / "pacs") as pacs:
         monkeypatch.setattr(store_module, "_fsync_dir", flaky)
         client = PacsClient("127.0.0.1", pacs.port, called_aet=pacs.aet, timeout=60)
 
-        def send(i: int) -> None:
-            try:
-                results[i] = client.store(folders[i])
-            except RetrieveError as exc:
-                results[i] = exc.received
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(SENDERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        rows = [row for frame in results for row in frame.iter_rows(named=True)]  # type: ignore[attr-defined]
+        rows = store_concurrently(client, folders)
         assert len(rows) == SENDERS * PER_SENDER
         ok = {r["sop_instance_uid"] for r in rows if r["status"] == 0}
         failed = {r["sop_instance_uid"] for r in rows if r["status"] != 0}

@@ -17,12 +17,12 @@ from pydicom import dcmread
 
 import kit.dicom._fastnet as fastnet
 import kit.dicom.store as store_module
-from kit.dicom.dimse import PacsClient, RetrieveError
+from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.dicom.store import InstanceStore
 from tests.conftest import free_port, peer_env, wait_for_port
 from tests.integration.pacs_scp.conftest import dcmtk, make_instance
-from tests.integration.pacs_scp.test_group_commit import _SENT, _body, _sender_files
+from tests.integration.pacs_scp.test_group_commit import _SENT, _body, _sender_files, store_concurrently
 from tests.integration.pacs_scp.test_robustness import echo_ok, leftovers
 
 SENDERS = 4
@@ -100,23 +100,11 @@ def test_a_failed_file_sync_fails_exactly_that_instance(tmp_path: Path,
             raise OSError(5, "Input/output error")
         real(fd)
 
-    results: list[object] = [None] * SENDERS
     with EmbeddedPACS(tmp_path / "pacs") as pacs:
         monkeypatch.setattr(store_module, "_fdatasync", flaky)
         client = PacsClient("127.0.0.1", pacs.port, called_aet=pacs.aet, timeout=60)
 
-        def send(i: int) -> None:
-            try:
-                results[i] = client.store(folders[i])
-            except RetrieveError as exc:
-                results[i] = exc.received
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(SENDERS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        rows = [row for frame in results for row in frame.iter_rows(named=True)]  # type: ignore[attr-defined]
+        rows = store_concurrently(client, folders)
         assert len(rows) == SENDERS * len(folders[0])
         failed = {r["sop_instance_uid"]: r["status"] for r in rows if r["status"] != 0}
         assert failed == dict.fromkeys(doomed, 0xA700)
