@@ -27,6 +27,7 @@ from pynetdicom._handlers import (
     standard_pdu_sent_handler,
 )
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from kit.dicom._assoc_rq import encode_associate_rq
 from kit.errors import (
@@ -130,6 +131,23 @@ def fast_request(assoc: Association) -> None:
     machine.do_action = do_action  # type: ignore[method-assign]
 
 
+def _unread_rejection(assoc: Association) -> Any:
+    """The A-ASSOCIATE-RJ the peer sent that pynetdicom never read (None if there is none).
+
+    pynetdicom 3.0.4 race: its requestor thread waits for the socket to be ready and
+    then checks that it is still connected; on a busy machine its network thread may by
+    then have sent the request, received a rejection and closed the socket (the peer
+    closes right after its A-ASSOCIATE-RJ, as dcmtk and Orthanc do). The requestor then
+    aborts as if the connection had failed, and the rejection stays unread in the DUL's
+    ``to_user_queue``. Seen for about a third of rejections under heavy load.
+    """
+    queue = getattr(getattr(assoc, "dul", None), "to_user_queue", None)
+    for item in list(getattr(queue, "queue", ())):
+        if isinstance(item, A_ASSOCIATE) and getattr(item, "result", None) in (0x01, 0x02):
+            return item
+    return None
+
+
 class AssociationClient:
     """Opens associations to one peer and maps their failures (base of ``PacsClient``).
 
@@ -224,8 +242,8 @@ class AssociationClient:
     def _raise_unestablished(self, assoc: Association, opened: bool, aborted: bool,
                              elapsed: float) -> None:
         peer = self.address
-        if assoc.is_rejected:
-            rj = assoc.acceptor.primitive
+        rj = assoc.acceptor.primitive if assoc.is_rejected else _unread_rejection(assoc)
+        if rj is not None:
             result = getattr(rj, "result", None)
             source = getattr(rj, "result_source", None)
             reason = getattr(rj, "diagnostic", None)
