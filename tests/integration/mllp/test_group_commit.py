@@ -162,9 +162,10 @@ def test_a_failed_commit_answers_every_message_of_the_batch_ae_and_retries_none(
     answers = [msa(r) for r in replies]
     assert answers == [("AE", f"FULL{i:06d}") for i in range(8)]
     assert all("full" in r for r in replies)
-    # two transactions (the first held while the others queued behind it), no message tried twice
-    assert sum(calls) == len(big) and len(calls) == 2, f"batches tried: {calls}"
-    assert listener.counts["failed_commits"] == 2
+    # no message tried twice: one transaction per batch, each failed once (usually two batches, the
+    # first held while the others queued behind it; on a busy machine all eight may be in the first)
+    assert sum(calls) == len(big) and 1 <= len(calls) <= 2, f"batches tried: {calls}"
+    assert listener.counts["failed_commits"] == len(calls)
     assert listener.store.messages()["control_id"].to_list() == ["WARM000000"]  # nothing of it stored
     with listener.store._lock:
         db.execute("PRAGMA max_page_count=1073741823")
