@@ -95,8 +95,11 @@ def test_time_is_linear_on_hostile_text(scrubber: TextScrubber, unit: str) -> No
     timings = []
     for n in (1_000, 4_000):
         text = unit * (n // len(unit) + 1)
-        t0 = time.perf_counter()
-        scrubber(text)
-        timings.append(time.perf_counter() - t0)
+        runs = []
+        for _ in range(3):  # the best of three: a stall of a busy machine is not the matcher's time
+            t0 = time.perf_counter()
+            scrubber(text)
+            runs.append(time.perf_counter() - t0)
+        timings.append(min(runs))
     assert timings[1] < 8 * timings[0] + 0.2, timings  # 4x the text
     assert timings[1] < 5.0
