@@ -173,11 +173,11 @@ def basic_auth(user: str, password: str) -> str:
 
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    """An empty embedded PACS (AE title KITPACS) on an ephemeral 127.0.0.1 port, closed after the test
-    (folders with their own ``pacs`` fixture override it)."""
+    """An empty embedded PACS (its default AE title) on an ephemeral 127.0.0.1 port, closed after the
+    test (folders with their own ``pacs`` fixture override it)."""
     from kit.dicom.scp import EmbeddedPACS
 
-    server = EmbeddedPACS(tmp_path / "pacs", port=0, aet="KITPACS")
+    server = EmbeddedPACS(tmp_path / "pacs", port=0)
     server.start()
     try:
         yield server

@@ -112,13 +112,9 @@ def fallbacks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Calls]:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    server = EmbeddedPACS(tmp_path / "pacs", port=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
+def embedded(pacs: EmbeddedPACS) -> EmbeddedPACS:
+    """The empty embedded PACS of tests/integration/conftest.py."""
+    return pacs
 
 
 @contextlib.contextmanager

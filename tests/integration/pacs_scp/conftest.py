@@ -107,17 +107,6 @@ def cohort_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    """An empty running EmbeddedPACS on an ephemeral port, stopped afterwards."""
-    server = EmbeddedPACS(tmp_path / "pacs", port=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture(scope="module")
 def loaded_pacs(tmp_path_factory: pytest.TempPathFactory, cohort_dir: Path) -> Iterator[EmbeddedPACS]:
     """A running EmbeddedPACS preloaded (import_files) with the cohort folder."""

@@ -16,10 +16,6 @@ import json
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from kit.dicom.scp import EmbeddedPACS
 from tests.unit.startup.test_lazy_imports import HEAVY
@@ -47,16 +43,6 @@ def heavy_after(*args: str) -> tuple[int, str, list[str]]:
     assert len(marks) == 1, (done.stdout, done.stderr[-2000:])
     found: list[str] = json.loads(marks[0].removeprefix("MODULES "))
     return done.returncode, "\n".join(line for line in lines if line not in marks) + done.stderr, found
-
-
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
-    server = EmbeddedPACS(tmp_path / "pacs", port=0)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_kit_pacs_echo_imports_no_heavy_library(pacs: EmbeddedPACS) -> None:
