@@ -105,16 +105,17 @@ def test_slow_responses_raise_the_latency_alert_and_clear_when_fast(stack: Stack
     with SlowFhir() as peer:
         settings = stack.client_settings()
         settings = dataclasses.replace(settings, fhir=FhirSettings(base=peer.base),
-                                       monitor=MonitorSettings(slow_seconds=0.3))  # a short threshold
+                                       monitor=MonitorSettings(slow_seconds=1.0))  # a short threshold
         with closing(Monitor(settings, workspace=tmp_path / "ws", probe_timeout=3.0)) as monitor:
             monitor.run_once()
             assert "slow_response" not in active(monitor, "ehr-fhir")
-            peer.delay = 0.6
+            peer.delay = 1.5
             status = monitor.run_once()
             assert status.filter(connector="ehr-fhir")["status"].item() == "ok"
             assert active(monitor, "ehr-fhir") == {"slow_response": "warning"}
-            message = monitor.alerts().filter(rule="slow_response")["message"].item()
-            assert "latency_seconds" in message and "> 0.3 s" in message
+            # the threshold holds for every connector: on a busy machine the embedded PACS may cross it too
+            message = monitor.alerts().filter(rule="slow_response", connector="ehr-fhir")["message"].item()
+            assert "latency_seconds" in message and "> 1 s" in message
             peer.delay = 0.0
             monitor.run_once()
             assert active(monitor, "ehr-fhir") == {}
