@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import kit.hl7.archive as archive
 from kit.cli import cli
-from kit.cli.hl7 import parse
-from kit.hl7.archive import DEFAULT_MAX_MESSAGE_BYTES
 from kit.hl7.frames import read_file
 
 from .test_archive_cap import _file, _message
@@ -63,9 +62,18 @@ def test_at_the_cap_or_by_default_the_file_is_parsed_whole(
             assert [r["control_id"] for r in json.loads(out)] == whole["messages"]["control_id"].to_list()
 
 
-def test_the_default_is_the_archive_readers_cap_and_help_explains_it() -> None:
-    option = next(p for p in parse.params if p.name == "max_message_bytes")
-    assert option.default == DEFAULT_MAX_MESSAGE_BYTES
+@pytest.mark.parametrize("out_dir", [False, True])
+def test_the_default_is_the_archive_readers_cap(tmp_path: Path, hostile: tuple[Path, int], out_dir: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the option, kit.hl7.archive.DEFAULT_MAX_MESSAGE_BYTES applies (lowered here to BIG - 1)."""
+    assert archive.DEFAULT_MAX_MESSAGE_BYTES == 64 * 2 ** 20
+    monkeypatch.setattr(archive, "DEFAULT_MAX_MESSAGE_BYTES", BIG - 1)
+    path, offset = hostile
+    code, _, err = _run(str(path), *(["--out-dir", str(tmp_path / "t")] if out_dir else []))
+    assert code == 1 and f"byte offset {offset:,}" in err and f"{BIG - 1:,} bytes" in err
+
+
+def test_help_explains_the_cap() -> None:
     code, out, _ = _run("--help")
     assert code == 0
     text = " ".join(out.split())
