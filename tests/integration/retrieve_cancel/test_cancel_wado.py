@@ -32,6 +32,7 @@ from kit.dicom.web_server import EmbeddedDicomWeb
 from kit.errors import StoreError
 from tests.conftest import free_port
 from tests.integration.cohort_pull.helpers import Study, folder_contents, make_studies
+from tests.integration.conftest import OrthancServer
 from tests.integration.retrieve_cancel.helpers import AFTER, BIG, StopAfter, files
 
 
@@ -255,3 +256,20 @@ def test_sigint_mid_wado_study_stops_the_pull_and_a_rerun_fetches_it_whole(
                            capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert folder_contents(out) == {study.uid: set(study.sops)}
+
+
+@pytest.mark.orthanc
+def test_cancel_against_orthanc_closes_the_stream_and_the_client_goes_on(
+        tmp_path: Path, orthanc: OrthancServer, studies: tuple[Path, list[Study]]) -> None:
+    big = studies[1][0]
+    for path in sorted((studies[0] / big.uid).rglob("*.dcm")):
+        orthanc.upload(path)
+    client = DicomWebClient(orthanc.dicomweb, timeout=20)
+    before = _open_to(orthanc.http_port)
+    dest = tmp_path / "cut"
+    with pytest.raises(RetrieveCancelledError) as caught:
+        client.get(big.uid, dest=dest, cancel=lambda: files(dest) >= AFTER)
+    assert caught.value.received.height == files(dest) == AFTER
+    assert _open_to(orthanc.http_port) - before == set(), "open while the exception lives"
+    full = client.get(big.uid, dest=tmp_path / "full")
+    assert set(full["sop_instance_uid"]) == set(big.sops)
