@@ -17,11 +17,9 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import polars as pl
 import psutil
 import pytest
 
-from kit.cohort import CohortPull
 from kit.cohort.limiter import LocalLimiter, Stopped
 from kit.cohort.retrieve import Source, fetch
 from kit.config import DicomWebSettings, load_settings
@@ -31,9 +29,17 @@ from kit.dicom.web import DicomWebClient
 from kit.dicom.web_server import EmbeddedDicomWeb
 from kit.errors import StoreError
 from tests.conftest import free_port
-from tests.integration.cohort_pull.helpers import Study, folder_contents, make_studies
+from tests.integration.cohort_pull.helpers import Study, folder_contents
 from tests.integration.conftest import OrthancServer
-from tests.integration.retrieve_cancel.helpers import AFTER, BIG, StopAfter, files
+from tests.integration.retrieve_cancel.helpers import (
+    AFTER,
+    BIG,
+    StopAfter,
+    StopsAt,
+    files,
+    resumed_pull,
+    stopped_pull,
+)
 
 
 class Web:
@@ -53,14 +59,6 @@ class Web:
     def close(self) -> None:
         self.web.stop()
         self.pacs.close()
-
-
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Study]]:
-    """One study of BIG instances, then two of 3."""
-    folder = tmp_path_factory.mktemp("studies")
-    big = make_studies(folder, 1, per_study=BIG, prefix="WBIG")
-    return folder, big + make_studies(folder, 2, prefix="WSML")
 
 
 @pytest.fixture(scope="module")
@@ -177,16 +175,7 @@ def test_a_stopped_wado_fetch_leaves_nothing_and_closes_the_stream(
     source = _source(server)
     before = _open_to(server.port)
 
-    class StopsAtAfter(LocalLimiter):
-        count = 0
-
-        def images(self, n: int = 1) -> None:
-            self.count += n
-            if self.count == AFTER:
-                self.stop.set()
-            super().images(n)
-
-    limiter = StopsAtAfter(1, 1000.0)
+    limiter = StopsAt(1, 1000.0)
     with pytest.raises(Stopped) as caught:
         fetch(source, big.uid, tmp_path / "out", limiter, partial_dir=tmp_path / "partial")
     assert limiter.count == AFTER
@@ -199,29 +188,9 @@ def test_a_stopped_wado_fetch_leaves_nothing_and_closes_the_stream(
 
 def test_a_stopped_wado_pull_leaves_the_study_not_done_and_a_resumed_pull_fetches_it_whole(
         tmp_path: Path, server: Web, studies: tuple[Path, list[Study]]) -> None:
-    wanted = studies[1]
-    cohort = pl.DataFrame({"study_instance_uid": [s.uid for s in wanted]})
-    out = tmp_path / "out"
     settings = load_settings(env={"KIT_DICOMWEB_BASE": server.web.base_url, "KIT_COHORT_BACKOFF": "0.1"})
-    job = CohortPull(cohort, out, settings=settings, method="wado", progress=False, max_associations=1)
-
-    class StopsTheJob(LocalLimiter):
-        count = 0
-
-        def images(self, n: int = 1) -> None:
-            self.count += n
-            if self.count == AFTER:
-                job.stop.set()
-            super().images(n)
-
-    job.limiter = StopsTheJob(1, 1000.0, stop=job.stop)
-    report = job.run()
-    by_uid = dict(zip(report["study_instance_uid"], report["status"], strict=False))
-    assert by_uid.get(wanted[0].uid) != "retrieved"
-    assert wanted[0].uid not in folder_contents(out)
-    again = CohortPull(cohort, out, settings=settings, method="wado", progress=False).run()
-    assert set(again["status"]) == {"retrieved"}
-    assert folder_contents(out) == {s.uid: set(s.sops) for s in wanted}
+    stopped_pull(studies[1], tmp_path / "out", settings, "wado")
+    resumed_pull(studies[1], tmp_path / "out", settings, "wado")
 
 
 def test_sigint_mid_wado_study_stops_the_pull_and_a_rerun_fetches_it_whole(
