@@ -16,8 +16,9 @@ Two workloads, each measured in a fresh process per figure:
   file: every message its own control id). kit: ``read_file(path)`` (all seven tables
   in memory) and ``kit.hl7.archive.write_tables(path, out_dir)`` (what ``kit hl7 parse
   --out-dir`` runs: chunk by chunk to parquet). The alternative: python-hl7,
-  ``hl7.parse`` once per message and ``bench/hl7.py``'s per-message builders of the six
-  tables other than ``results`` (one table fewer than kit builds), then polars frames.
+  ``hl7.parse`` once per message and ``bench/hl7.py``'s per-message builders of the same
+  seven tables (``results`` with its 19 typed columns, and the six others), then polars
+  frames; each side's rows per table are printed, and whether they agree.
 
 At the default sizes a run takes long (on a busy 2-core machine: ~4 min to generate the
 files, ~2.5 min per pydicom run at 100,000 files and per python-hl7 run at 100,000
@@ -124,11 +125,13 @@ def _hl7_kit(path: str, out_dir: str = "") -> dict[str, Any]:
         from kit.hl7.archive import write_tables
 
         counts = write_tables(path, out_dir)
-        return {"rows": int(counts["rows"].sum()), "workers": 1}
+        return {"rows": int(counts["rows"].sum()), "workers": 1,
+                "tables": dict(zip(counts["table"], counts["rows"], strict=True))}
     from kit.hl7.frames import read_file
 
     tables = read_file(path)
-    return {"rows": sum(df.height for df in tables.values()), "workers": 1}
+    return {"rows": sum(df.height for df in tables.values()), "workers": 1,
+            "tables": {t: df.height for t, df in tables.items()}}
 
 
 def _load_bench_hl7() -> Any:
@@ -147,7 +150,9 @@ def _hl7_python_hl7(path: str) -> dict[str, Any]:
     from kit.hl7.frames import SCHEMAS
     from kit.hl7.message import split_messages
 
-    builders: dict[str, Callable[..., list[dict[str, Any]]]] = bench_hl7._PYTHON_HL7
+    # the six tables of bench/hl7.py's "tables" section and its results builder: kit's seven
+    builders: dict[str, Callable[..., list[dict[str, Any]]]] = {**bench_hl7._PYTHON_HL7,
+                                                                "results": bench_hl7._p_results}
     rows: dict[str, list[dict[str, Any]]] = {t: [] for t in builders}
     seen: dict[tuple[str, str, str], str] = {}
     for text in split_messages(Path(path).read_bytes()):
@@ -155,7 +160,8 @@ def _hl7_python_hl7(path: str) -> dict[str, Any]:
         for table, build in builders.items():
             rows[table].extend(build(msg, seen))
     frames = {t: pl.DataFrame(r, schema=SCHEMAS[t], orient="row") for t, r in rows.items()}
-    return {"rows": sum(df.height for df in frames.values()), "workers": 1}
+    return {"rows": sum(df.height for df in frames.values()), "workers": 1,
+            "tables": {t: df.height for t, df in frames.items()}}
 
 
 WORKLOADS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -319,10 +325,13 @@ def bench_hl7(args: argparse.Namespace, tmp: Path) -> list[str]:
         alt.append(measure("hl7-python-hl7", path=str(small)))
         if n_full != n_alt:
             full.append(measure("hl7-kit", path=str(big), out_dir=str(tmp / "tables")))
-    print(f"HL7 archive, {n_alt:,} messages")
+    kit_rows, alt_rows = kit_mem[0]["tables"], alt[0]["tables"]
+    same = {t: kit_rows.get(t) == n for t, n in alt_rows.items()}
+    print(f"HL7 archive, {n_alt:,} messages (rows per table, python-hl7 {alt_rows}; kit the same: "
+          f"{all(same.values())}{'' if all(same.values()) else f' {same}'})")
     m_kit = _runs(f"kit read_file, 7 tables in memory ({n_alt:,} msgs)", kit_mem)
     m_stream = _runs(f"kit write_tables, 7 tables to parquet ({n_alt:,} msgs)", kit_stream)
-    m_alt = _runs(f"python-hl7 per message, 6 tables ({n_alt:,} msgs)", alt)
+    m_alt = _runs(f"python-hl7 per message, the same 7 tables ({n_alt:,} msgs)", alt)
     lines = [_limit(f"hl7 archive {n_alt:,} msgs kit in memory", m_kit),
              _limit(f"hl7 archive {n_alt:,} msgs kit streamed", m_stream),
              _limit(f"hl7 archive {n_alt:,} msgs python-hl7", m_alt)]

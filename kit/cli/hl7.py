@@ -201,12 +201,17 @@ def send(ctx: click.Context, files: tuple[str, ...], url: tuple[str, int] | None
                    "with --dask one folder per table, TABLE/part-NNNNN.parquet per input file.")
 @click.option("--table", default="results", show_default=True,
               help="The table -o, --json and the printed table show.")
+@click.option("--max-message-bytes", type=click.IntRange(min=1), default=None, metavar="BYTES",
+              show_default="64 MiB, kit.hl7.archive.DEFAULT_MAX_MESSAGE_BYTES",
+              help="Longest message read (from a line starting with MSH to the next one): a longer "
+                   "one stops the parse with an error naming the file and the message's byte offset, "
+                   "rather than be read whole. Raise it for messages with large embedded documents.")
 @dask_option
 @output_options
 @click.pass_context
 @handle_errors
-def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table: str, dask: str | None,
-          output: str | None, as_json: bool) -> None:
+def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table: str,
+          max_message_bytes: int | None, dask: str | None, output: str | None, as_json: bool) -> None:
     """Parse HL7 files into tables (messages, patients, visits, orders, results, appointments, ...).
 
     With --out-dir, writes one parquet file per table and prints the row
@@ -226,7 +231,8 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
     """
     import polars as pl
 
-    from kit.hl7.frames import TABLES, read_file
+    from kit.hl7 import archive
+    from kit.hl7.frames import TABLES
 
     if table not in TABLES:
         raise click.BadParameter(f"{table!r} is not a table; choose from {', '.join(TABLES)}",
@@ -238,14 +244,17 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
         if not out_dir:
             raise click.UsageError("with --dask the result is a partitioned parquet folder: "
                                    "give --out-dir DIR")
+        if max_message_bytes is not None:
+            raise click.UsageError("--max-message-bytes is not applied with --dask (each worker reads a "
+                                   "file whole): parse without --dask to cap messages")
         _parse_on_dask(ctx, address, files, out_dir)
         return
+    cap = archive.DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
     if out_dir:  # chunk by chunk into the parquet files: memory bounded whatever the files' size
-        from kit.hl7.archive import write_tables
-
-        emit_frame(write_tables(files, out_dir), None, False)
+        emit_frame(archive.write_tables(files, out_dir, max_message_bytes=cap), None, False)
         return
-    parts = [read_file(f) for f in progress(files, total=len(files), desc="parse")]
+    parts = [chunk for f in progress(files, total=len(files), desc="parse")  # read_file's tables, capped
+             for chunk in archive.read_file_chunks(f, tables=[table, "messages"], max_message_bytes=cap)]
     if not any(p["messages"].height for p in parts):
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")
     emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json, label=f"{table} rows")

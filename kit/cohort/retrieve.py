@@ -20,7 +20,9 @@ never share a folder, and either may publish last.
 Each arriving instance asks :meth:`Limiter.images` before it is answered: the
 PACS sends a C-GET/C-MOVE sub-operation only after our answer to the last
 one, so the rate cap holds at the PACS (WADO-RS: TCP holds the server back
-once our buffers are full).
+once our buffers are full). A :class:`~kit.cohort.limiter.Stopped` raised there ends the
+retrieve (C-CANCEL, or the WADO-RS answer's connection closed) and reaches the job,
+which leaves the study to be fetched whole by the next run.
 
 Written by hand: the glue. The protocols are :class:`kit.dicom.dimse.PacsClient`'s
 and :class:`kit.dicom.web.DicomWebClient`'s.
@@ -41,13 +43,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import polars as pl
-
 import kit.errors as errors
 from kit.cohort.limiter import Limiter, Stopped
 from kit.cohort.plan import CohortItem, Failure, FoundStudy, classify, matching_studies
 from kit.config import DicomWebSettings, PacsSettings, Settings
-from kit.dicom.dimse import RECEIVED_SCHEMA, PacsClient
+from kit.dicom.dimse import PacsClient
 from kit.dicom.web import DicomWebClient
 from kit.errors import InvalidInputError, KitError, NotFoundError, StoreError
 
@@ -303,7 +303,7 @@ def fetch(source: Source, study_uid: str, out_dir: Path, limiter: Limiter, *, pa
         _fresh(folder)
         with limiter.association():
             if source.web:
-                received = _wado(source.dicomweb_client(), study_uid, folder, arrived)
+                received = source.dicomweb_client().get(study_uid, dest=folder, on_instance=arrived)
             else:
                 client = source.dimse(arrived)
                 if source.method == "c-move":
@@ -371,22 +371,3 @@ def _publish(folder: Path, final: Path) -> None:
     for old in olds:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def _wado(client: DicomWebClient, study_uid: str, folder: Path,
-          arrived: Callable[[], None]) -> pl.DataFrame:
-    """WADO-RS retrieve of a study, instance by instance as the multipart answer streams in."""
-    from kit.dicom.web import _write_instance
-
-    rows = []
-    iterator = client._call("WADO-RS", lambda: iter(client._client.iter_study(study_uid)))
-    while True:
-        ds = client._call("WADO-RS", lambda: next(iterator, None))
-        if ds is None:
-            break
-        rows.append(_write_instance(ds, folder, study_uid))
-        arrived()
-    if not rows:
-        from kit.errors import DicomWebError
-
-        raise DicomWebError(f"WADO-RS: study {study_uid} returned no instances", peer=client.base)
-    return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")

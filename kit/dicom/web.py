@@ -13,6 +13,13 @@ Errors: an HTTP error answer -> :class:`~kit.errors.DicomWebError` (with
 ``status_code``), refused connection -> :class:`~kit.errors.PeerUnreachableError`,
 no answer in time -> :class:`~kit.errors.PeerTimeoutError`.
 
+A WADO-RS retrieve stops part-way as a C-GET does (:mod:`kit.dicom._cancel`): its
+``cancel`` is checked and its ``on_instance`` hook called after each instance is
+written; then, or on any other exception, the streamed answer's connection is
+closed at once (the only way to stop an HTTP/1.1 answer; the next request opens
+a new one) and :class:`~kit.dicom.dimse.RetrieveCancelledError` (with what had
+arrived) or the hook's own exception is raised.
+
 Wildcards go in the query as they are: ``PatientName=Moreau*``, not
 ``Moreau%2A`` (dicomweb-client percent-encodes ``*``, which RFC 3986 allows
 literally in a query, and Orthanc's DICOMweb plugin then matches nothing).
@@ -24,9 +31,11 @@ dicomweb-client's and pydicom's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
@@ -42,8 +51,9 @@ from kit._files import atomic_write_bytes
 from kit._truncate import check_limit, warn_truncated
 from kit.config import DicomWebSettings, Secret, Settings
 from kit.dicom._audit import web as _audited
+from kit.dicom._cancel import RetrieveCancel
 from kit.dicom._outgoing import read_for_store
-from kit.dicom.dimse import RECEIVED_SCHEMA, STORED_SCHEMA
+from kit.dicom.dimse import RECEIVED_SCHEMA, STORED_SCHEMA, RetrieveCancelledError
 from kit.dicom.query import (
     ATTRIBUTES,
     DEFAULT_RETURN_KEYS,
@@ -58,6 +68,7 @@ from kit.errors import (
     InvalidInputError,
     PeerTimeoutError,
     PeerUnreachableError,
+    StoreError,
 )
 
 __all__ = ["DicomWebClient"]
@@ -71,7 +82,32 @@ STOW_BATCH = 50
 
 
 class _LiteralWildcards(requests.Session):
-    """A session that sends the QIDO-RS wildcard ``*`` literally in query strings."""
+    """A session that sends the QIDO-RS wildcard ``*`` literally in query strings, and keeps the
+    streamed answers opened inside :meth:`streaming` (on this thread) to close them there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._streams = threading.local()
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        response = super().send(request, **kwargs)
+        opened: list[requests.Response] | None = getattr(self._streams, "opened", None)
+        if kwargs.get("stream") and opened is not None:
+            opened.append(response)
+        return response
+
+    @contextlib.contextmanager
+    def streaming(self) -> Iterator[None]:
+        """Close every streamed answer this thread opens in the block when it ends, read to the end
+        or not (dicomweb-client closes one only when its generator is finalized)."""
+        opened: list[requests.Response] = []
+        self._streams.opened = opened
+        try:
+            yield
+        finally:
+            self._streams.opened = None
+            for response in opened:
+                response.close()
 
     def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
         prepared = super().prepare_request(request)
@@ -106,7 +142,7 @@ class DicomWebClient:
             raise InvalidInputError("timeout must be positive")
         self.base = base.rstrip("/")
         self.timeout = float(timeout)
-        session = _LiteralWildcards()
+        session = self._session = _LiteralWildcards()
         if token is not None:
             value = token.reveal() if isinstance(token, Secret) else token
             session.headers["Authorization"] = f"Bearer {value}"
@@ -231,36 +267,74 @@ class DicomWebClient:
     # -- WADO-RS ---------------------------------------------------------------------------------
 
     @_audited("dicomweb.wado")
-    def get(self, study_uid: str, series_uid: str | None = None, *,
-            dest: str | os.PathLike[str]) -> pl.DataFrame:
+    def get(self, study_uid: str, series_uid: str | None = None, *, dest: str | os.PathLike[str],
+            cancel: threading.Event | Callable[[], bool] | None = None,
+            on_instance: Callable[[], None] | None = None) -> pl.DataFrame:
         """WADO-RS retrieve of a study or series into ``dest`` (``<SOPInstanceUID>.dcm``).
+
+        Parameters
+        ----------
+        study_uid, series_uid : str
+            What to retrieve.
+        dest : path
+            Folder for the files (created if missing); each is written to a
+            temporary name, then renamed.
+        cancel : threading.Event or callable, optional
+            Checked after each instance: once set (or True), the answer's
+            connection is closed and :class:`~kit.dicom.dimse.RetrieveCancelledError`
+            raised; if it raises, that exception is raised instead.
+        on_instance : callable, optional
+            Called after each instance is written (progress, a rate limit); if it
+            raises, the retrieve stops the same way and its exception is raised.
 
         Returns
         -------
         polars.DataFrame
             :data:`kit.dicom.dimse.RECEIVED_SCHEMA`, sorted by SOP Instance UID.
+
+        Raises
+        ------
+        RetrieveCancelledError
+            ``cancel`` was set; what had arrived (whole files) is in ``received``.
+        DicomWebError
+            HTTP failure, an unusable answer, or no instance at all.
+        StoreError
+            An instance cannot be written under ``dest``.
         """
         if not study_uid:
             raise InvalidInputError("a WADO-RS retrieve needs study_uid")
         folder = Path(dest)
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def instances() -> Iterator[Dataset]:
-            if series_uid:
-                yield from self._client.iter_series(study_uid, series_uid)
-            else:
-                yield from self._client.iter_study(study_uid)
-
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"WADO-RS: cannot create {folder}: {exc.strerror or exc}") from exc
         rows: list[tuple[str, str, str, str, str, int]] = []
-        iterator = self._call("WADO-RS", lambda: iter(instances()))
-        while True:
-            ds = self._call("WADO-RS", lambda: next(iterator, None))
-            if ds is None:
-                break
-            rows.append(_write_instance(ds, folder, study_uid))
+        stop = RetrieveCancel(cancel, on_instance)
+
+        def cancelled() -> RetrieveCancelledError:
+            return RetrieveCancelledError(f"WADO-RS cancelled after {len(rows)} instance(s)", status=None,
+                                          peer=self.base, received=_received(rows))
+
+        with stop.raising(cancelled):
+            stop.requested()  # already set: the server is not asked
+        with stop.raising(cancelled), self._session.streaming():
+            if series_uid:
+                answer = self._call("WADO-RS", lambda: self._client.iter_series(study_uid, series_uid))
+            else:
+                answer = self._call("WADO-RS", lambda: self._client.iter_study(study_uid))
+            while not stop.fired:
+                ds = self._call("WADO-RS", lambda: next(answer, None))
+                if ds is None:
+                    break
+                try:
+                    rows.append(_write_instance(ds, folder, study_uid))
+                except OSError as exc:
+                    raise StoreError(f"WADO-RS: cannot write an instance under {folder}: "
+                                     f"{exc.strerror or exc}") from exc
+                stop.tick()
         if not rows:
             raise DicomWebError(f"WADO-RS: study {study_uid} returned no instances", peer=self.base)
-        return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row").sort("sop_instance_uid")
+        return _received(rows).sort("sop_instance_uid")
 
     # -- STOW-RS ---------------------------------------------------------------------------------
 
@@ -347,6 +421,10 @@ def _patients(studies: list[Dataset]) -> list[Dataset]:
         ds.NumberOfPatientRelatedStudies = str(counts[pid])
         out.append(ds)
     return out
+
+
+def _received(rows: list[tuple[str, str, str, str, str, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
 
 
 def _write_instance(ds: Dataset, folder: Path, study_uid: str) -> tuple[str, str, str, str, str, int]:

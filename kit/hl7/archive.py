@@ -131,7 +131,8 @@ def _check_sizes(path: str | os.PathLike[str], buf: bytearray, start: int, end: 
 
 def _too_long(path: str | os.PathLike[str], offset: int, limit: int) -> None:
     raise InvalidInputError(f"the message at byte offset {offset:,} is longer than {limit:,} bytes "
-                            "(max_message_bytes); refused rather than read whole", source=str(path))
+                            "(max_message_bytes, kit hl7 parse --max-message-bytes); refused rather than "
+                            "read whole", source=str(path))
 
 
 class _Reused:

@@ -15,23 +15,23 @@ from typing import Any
 import polars as pl
 import pytest
 
-from kit.cohort import CohortPull
-from kit.cohort.limiter import LocalLimiter, Stopped
+from kit.cohort.limiter import Stopped
 from kit.cohort.retrieve import Source
 from kit.dicom import _cancel
 from kit.dicom.dimse import PacsClient, RetrieveCancelledError
 from tests.conftest import free_port
 from tests.integration.cohort_pull.conftest import settings_for
-from tests.integration.cohort_pull.helpers import CountingPACS, Study, folder_contents, make_studies
-from tests.integration.retrieve_cancel.helpers import AFTER, BIG, SLACK, StopAfter, after, files
-
-
-@pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Study]]:
-    """One study of BIG instances, then two of 3."""
-    folder = tmp_path_factory.mktemp("studies")
-    big = make_studies(folder, 1, per_study=BIG, prefix="BIG")
-    return folder, big + make_studies(folder, 2, prefix="SML")
+from tests.integration.cohort_pull.helpers import CountingPACS, Study
+from tests.integration.retrieve_cancel.helpers import (
+    AFTER,
+    BIG,
+    SLACK,
+    StopAfter,
+    after,
+    files,
+    resumed_pull,
+    stopped_pull,
+)
 
 
 @pytest.fixture(scope="module")
@@ -168,32 +168,12 @@ def test_a_peer_that_ignores_c_cancel_is_aborted_after_the_grace(
 def test_a_stopped_pull_leaves_the_study_not_done_and_a_resumed_pull_fetches_it_whole(
         tmp_path: Path, pacs: CountingPACS, studies: tuple[Path, list[Study]]) -> None:
     wanted = studies[1]
-    cohort = pl.DataFrame({"study_instance_uid": [s.uid for s in wanted]})
     out = tmp_path / "out"
     settings = settings_for(pacs)
-    job = CohortPull(cohort, out, settings=settings, progress=False, max_associations=1)
-
-    class StopsTheJob(LocalLimiter):
-        """The job's limiter, whose job is stopped (job.stop) at the AFTER-th instance."""
-
-        count = 0
-
-        def images(self, n: int = 1) -> None:
-            self.count += n
-            if self.count == AFTER:
-                job.stop.set()
-            super().images(n)
-
-    job.limiter = StopsTheJob(1, 1000.0, stop=job.stop)
-    report = job.run()
+    stopped_pull(wanted, out, settings)
     assert len(pacs.sent) <= AFTER + SLACK, f"the PACS sent {len(pacs.sent)} of {BIG}"
-    by_uid = dict(zip(report["study_instance_uid"], report["status"], strict=False))
-    assert by_uid.get(wanted[0].uid) != "retrieved"
-    assert wanted[0].uid not in folder_contents(out)
     asked = len(pacs.retrieves)
-    again = CohortPull(cohort, out, settings=settings, progress=False).run()
-    assert set(again["status"]) == {"retrieved"}
-    assert folder_contents(out) == {s.uid: set(s.sops) for s in wanted}
+    resumed_pull(wanted, out, settings)
     assert pacs.retrieves[asked:].count(wanted[0].uid) == 1
 
 
