@@ -46,6 +46,7 @@ the routes, the mapping onto the store and the limits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -234,12 +235,13 @@ def _stream(instances: list[StoredInstance], boundary: str, syntax: str | None) 
             log.error("WADO-RS: cannot send %s: %s", inst.sop_instance_uid, exc)
             continue
         ts = send or inst.transfer_syntax_uid
-        yield part_head(boundary, f"application/dicom; transfer-syntax={ts}", first=first)
-        first = False
-        if fh is None:
-            yield data
-            continue
-        with fh:
+        # the file is closed however the answer ends, a client gone after the part's head included
+        with fh if fh is not None else contextlib.nullcontext():
+            yield part_head(boundary, f"application/dicom; transfer-syntax={ts}", first=first)
+            first = False
+            if fh is None:
+                yield data
+                continue
             while chunk := fh.read(_CHUNK):
                 yield chunk
     yield closing(boundary, empty=first)
