@@ -244,10 +244,7 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
         if not out_dir:
             raise click.UsageError("with --dask the result is a partitioned parquet folder: "
                                    "give --out-dir DIR")
-        if max_message_bytes is not None:
-            raise click.UsageError("--max-message-bytes is not applied with --dask (each worker reads a "
-                                   "file whole): parse without --dask to cap messages")
-        _parse_on_dask(ctx, address, files, out_dir)
+        _parse_on_dask(ctx, address, files, out_dir, max_message_bytes)
         return
     cap = archive.DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
     if out_dir:  # chunk by chunk into the parquet files: memory bounded whatever the files' size
@@ -260,13 +257,15 @@ def parse(ctx: click.Context, files: tuple[str, ...], out_dir: str | None, table
     emit_frame(pl.concat([p[table] for p in parts], how="vertical"), output, as_json, label=f"{table} rows")
 
 
-def _parse_on_dask(ctx: click.Context, address: str, files: tuple[str, ...], out_dir: str) -> None:
+def _parse_on_dask(ctx: click.Context, address: str, files: tuple[str, ...], out_dir: str,
+                   max_message_bytes: int | None) -> None:
     from kit.scale.frames import hl7_dataset
     from kit.scale.run import prepare_dataset
 
     s = settings_from(ctx).dask
     with open_client(ctx, address) as client:
-        result = hl7_dataset(list(files), out_dir, client=client, timeout=s.timeout, progress=True)
+        result = hl7_dataset(list(files), out_dir, client=client, timeout=s.timeout, progress=True,
+                             max_message_bytes=max_message_bytes)
     if not result.rows.get("messages"):
         prepare_dataset(result.folder)  # removes the empty parts: a failure is not an empty dataset
         raise InvalidInputError(f"no HL7 message (MSH segment) in {', '.join(files)}")

@@ -90,11 +90,21 @@ def _files(files: Files) -> list[str]:
     return out
 
 
-def hl7_partition(path: str, tables: list[str], folder: str, index: int, total: int) -> dict[str, int]:
-    """Read one HL7 file (on a worker) and write one part per table; rows per table."""
-    from kit.hl7.frames import read_file
+def hl7_partition(path: str, tables: list[str], folder: str, index: int, total: int,
+                  max_message_bytes: int | None = None) -> dict[str, int]:
+    """Read one HL7 file (on a worker) and write one part per table; rows per table.
 
-    frames = read_file(path, tables=tables)
+    The file is read a chunk at a time (:func:`kit.hl7.archive.read_file_chunks`, whose tables
+    concatenate to ``read_file``'s), so a message longer than ``max_message_bytes`` (default the
+    archive reader's cap) raises instead of being read whole.
+    """
+    import polars as pl
+
+    from kit.hl7 import archive
+
+    cap = archive.DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+    chunks = list(archive.read_file_chunks(path, tables=tables, max_message_bytes=cap))
+    frames = {name: pl.concat([c[name] for c in chunks], how="vertical") for name in chunks[0]}
     for name, frame in frames.items():
         write_part(frame, os.path.join(folder, name), index, total)
     return {name: frame.height for name, frame in frames.items()}
@@ -102,7 +112,7 @@ def hl7_partition(path: str, tables: list[str], folder: str, index: int, total: 
 
 def hl7_dataset(files: Files, out_dir: str | os.PathLike[str], *, client: Client | None = None,
                 tables: Sequence[str] | None = None, timeout: float = 30.0,
-                progress: bool = False) -> FramesDataset:
+                progress: bool = False, max_message_bytes: int | None = None) -> FramesDataset:
     """HL7 v2 files to a partitioned parquet dataset per table, on Dask or in this process.
 
     Parameters
@@ -119,6 +129,10 @@ def hl7_dataset(files: Files, out_dir: str | os.PathLike[str], *, client: Client
         Seconds the cluster may have no worker before the job fails.
     progress : bool
         Show a progress bar (stderr, when a terminal).
+    max_message_bytes : int, optional
+        Longest message read (default :data:`kit.hl7.archive.DEFAULT_MAX_MESSAGE_BYTES`);
+        a longer one fails the job with :class:`~kit.errors.InvalidInputError` naming
+        the file and the message's byte offset.
 
     Returns
     -------
@@ -147,7 +161,7 @@ def hl7_dataset(files: Files, out_dir: str | os.PathLike[str], *, client: Client
             if name in wanted:
                 write_part(frame, str(out / name), 0, 1)
         return FramesDataset(out, dict.fromkeys(wanted, 0), 0)
-    parts = [(p, wanted, str(out), i, len(paths)) for i, p in enumerate(paths)]
+    parts = [(p, wanted, str(out), i, len(paths), max_message_bytes) for i, p in enumerate(paths)]
     results = run_partitions(client, hl7_partition, parts, out_dir=out, timeout=timeout,
                              progress=progress, desc="hl7")
     return FramesDataset(out, {t: sum(r[t] for r in results) for t in wanted}, len(paths))

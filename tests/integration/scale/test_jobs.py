@@ -28,6 +28,7 @@ from kit.examples.dicom import random_ct_files
 from kit.examples.fhir import build_bundle
 from kit.examples.hl7 import feed
 from kit.fhir.frames import to_frames
+from kit.hl7.archive import read_file_chunks
 from kit.hl7.frames import TABLES, read_file
 from kit.scale.dicom import deid_dataset, index_dataset
 from kit.scale.frames import fhir_dataset, hl7_dataset
@@ -194,9 +195,9 @@ def test_an_unreadable_hl7_file_raises_as_locally_and_leaves_no_dataset(
     folder = tmp_path / "looks-like-a-file.hl7"
     folder.mkdir()  # exists, but reading it fails on the worker (IsADirectoryError)
     files = [str(hl7_files[0]), str(folder)]
-    with pytest.raises(InvalidInputError) as local:
+    with pytest.raises(InvalidInputError) as local:  # what a worker does: read the file chunk by chunk
         for f in files:
-            read_file(f)
+            list(read_file_chunks(f))
     from kit.scale import frames as scale_frames
 
     real = scale_frames._files

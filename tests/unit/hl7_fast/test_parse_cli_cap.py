@@ -86,8 +86,23 @@ def test_a_bad_cap_is_misuse(hostile: tuple[Path, int], value: str) -> None:
     assert code == 2 and "--max-message-bytes" in err
 
 
-def test_the_cap_is_not_silently_ignored_on_dask(tmp_path: Path, hostile: tuple[Path, int]) -> None:
-    """The Dask path reads each file whole on a worker: an explicit cap there is refused, not dropped."""
-    code, _, err = _run(str(hostile[0]), "--max-message-bytes", "4000", "--dask", "local",
+def test_the_cap_holds_on_dask_too(tmp_path: Path, hostile: tuple[Path, int]) -> None:
+    """Each Dask worker reads its file chunk by chunk under the same cap: exit 1 naming file and offset."""
+    path, offset = hostile
+    code, _, err = _run(str(path), "--max-message-bytes", "4000", "--dask", "local",
                         "--out-dir", str(tmp_path / "d"))
-    assert code == 2 and "--max-message-bytes" in err and "--dask" in err
+    assert code == 1 and str(path) in err and f"byte offset {offset:,}" in err and "4,000 bytes" in err
+
+
+def test_the_dataset_job_takes_the_archive_readers_cap_by_default(
+        tmp_path: Path, hostile: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    from kit.errors import InvalidInputError
+    from kit.scale.frames import hl7_dataset
+
+    monkeypatch.setattr(archive, "DEFAULT_MAX_MESSAGE_BYTES", BIG - 1)
+    path, offset = hostile
+    with pytest.raises(InvalidInputError, match=f"byte offset {offset:,}"):
+        hl7_dataset([path], tmp_path / "d")
+    monkeypatch.setattr(archive, "DEFAULT_MAX_MESSAGE_BYTES", BIG + 1)
+    whole = hl7_dataset([path], tmp_path / "e")
+    assert whole.rows["messages"] >= 2
