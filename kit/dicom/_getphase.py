@@ -4,18 +4,20 @@ Per sub-operation the PACS waits for our C-STORE-RSP before it sends the next
 instance, so everything between the last byte of an instance and our answer
 is paid once per instance. Three things are taken off that path here:
 
-- creating the file: ext4 may spend up to a millisecond of kernel time
-  allocating an inode (it skips recently freed ones on a busy file system).
-  :class:`TempPool` keeps a few empty temporary files ready in the target
-  folder, made by a helper thread (``os.open`` releases the GIL), so the path
-  is write, close, rename, answer;
+- creating the file: ext4 without a journal may spend up to a millisecond of
+  kernel time allocating an inode (it scans past recently freed ones on a busy
+  file system). :class:`TempPool` keeps a few empty files ready in the target
+  folder, made by a helper thread (``os.open`` releases the GIL): unnamed
+  (``O_TMPFILE``) where the system has them, so making one takes no lock on the
+  folder, and each is linked at its final name once written; so the path is
+  write, link (or rename), close, answer;
 - the bookkeeping (the row, the progress/limit hook): after the answer is on the
   wire (:func:`get_loop`);
 - building the answer: one P-DATA-TF PDU encoded in one go (:func:`store_rsp_pdu`,
   equal to :meth:`kit.dicom._fastnet.DataPhase.frame` of the same command set).
 
 The guarantee is unchanged: the success status is sent only after the file is
-written whole, closed and renamed to its final path (readable there). Written by
+written whole, put at its final path (it appears there whole) and closed. Written by
 hand: no library does any of this; the file layout and names are
 :class:`kit.dicom._fastnet.FileReceiver`'s.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import itertools
 import os
 import struct
@@ -56,7 +59,14 @@ POOL_LIMIT = 8
 #: Seconds :meth:`TempPool.close` waits for the helper thread (a file system that hangs in
 #: ``open``): past it the thread removes what it still makes itself.
 CLOSE_WAIT = 5.0
-_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
+#: An unnamed file in a folder (Linux); 0 where the platform has none.
+_TMPFILE = (os.O_WRONLY | os.O_TMPFILE | _CLOEXEC) if hasattr(os, "O_TMPFILE") else 0
+#: open(O_TMPFILE) errors meaning "this file system has no unnamed files".
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+#: linkat errors meaning "unnamed files cannot be linked here" (no /proc, a refusing LSM...).
+_NO_LINK = {errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTDIR, errno.ELOOP}
 
 
 class TempPool:
@@ -139,26 +149,42 @@ class TempPool:
 def _remove(made: tuple[str, int]) -> None:
     with contextlib.suppress(OSError):
         os.close(made[1])
-    with contextlib.suppress(OSError):
-        os.unlink(made[0])
+    if made[0]:  # a named temporary file (an unnamed one is gone once closed)
+        with contextlib.suppress(OSError):
+            os.unlink(made[0])
 
 
 class PooledReceiver(FileReceiver):
-    """A :class:`~kit.dicom._fastnet.FileReceiver` for C-GET whose temporary files come from a
-    :class:`TempPool`, answering before its bookkeeping (:meth:`place`, then :meth:`record`)."""
+    """A :class:`~kit.dicom._fastnet.FileReceiver` for C-GET whose files come from a
+    :class:`TempPool`, answering before its bookkeeping (:meth:`place`, then :meth:`record`).
+
+    Where the file system has unnamed files (Linux ``O_TMPFILE``: ext4, xfs, btrfs, tmpfs),
+    each file is made without a name and linked at its final name once written whole
+    (``linkat`` of ``/proc/self/fd/N``): making one then takes no lock on the folder, so the
+    helper thread's slow inode allocation never holds up the link of the instance being
+    answered (a named temporary file is created under the folder's lock, which a rename in
+    the same folder waits for). Elsewhere, or if linking fails, named temporary files
+    renamed into place, as :class:`~kit.dicom._fastnet.FileReceiver` does.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pool = TempPool(self._new_temp)
         self._made = itertools.count()  # next() is atomic: the helper thread and the owner both call
+        self.unnamed = _TMPFILE != 0
+        self._dirfd: int | None = None
 
     def _new_temp(self) -> tuple[str, int]:
+        """A new empty file: ("", descriptor) when unnamed, else (temporary path, descriptor)."""
+        if self.unnamed:
+            try:
+                return "", os.open(self.dest, _TMPFILE, 0o600)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+                self.unnamed = False  # this file system has no unnamed files
         tmp = os.path.join(self.dest, f".recv-{self._tag}-p{next(self._made)}.part")
         return tmp, os.open(tmp, _FLAGS, 0o600)
-
-    def _temp(self) -> tuple[str, int]:
-        made = self.pool.take()
-        return made if made is not None else self._new_temp()
 
     def prepare(self) -> None:
         """Keep one file ready (more with :meth:`TempPool.top_up`)."""
@@ -168,14 +194,18 @@ class PooledReceiver(FileReceiver):
         """Remove the files made ahead and not used (idempotent)."""
         super().discard()
         self.pool.close()
+        dirfd, self._dirfd = self._dirfd, None
+        if dirfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(dirfd)
 
     def place(self, sop_uid: str, sop_class: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, int, str]:
         """Write one received data set as a Part 10 file at its final path: (status, size, path).
 
-        The file is written whole, closed and renamed to ``<SOPInstanceUID>.dcm`` before this
-        returns 0; a local failure is kept in ``errors`` and answered 0xA700. Call
-        :meth:`record` after the answer is sent.
+        The file is written whole, put at ``<SOPInstanceUID>.dcm`` (linked or renamed: it
+        appears there whole) and closed before this returns 0; a local failure is kept in
+        ``errors`` and answered 0xA700. Call :meth:`record` after the answer is sent.
         """
         try:
             if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
@@ -185,23 +215,59 @@ class PooledReceiver(FileReceiver):
                 "TransferSyntaxUID": transfer_syntax,
                 "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
                 "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
-            final = os.path.join(self.dest, f"{sop_uid}.dcm")
-            tmp, fd = self._temp()
+            name = f"{sop_uid}.dcm"
+            final = os.path.join(self.dest, name)
+            made = self.pool.take()
+            tmp, fd = made if made is not None else self._new_temp()
             try:
                 try:
                     _write_all(fd, head, dataset)
+                    linked = not tmp and self._link(fd, name)
                 finally:
                     os.close(fd)
-                os.replace(tmp, final)
+                if not tmp and not linked:  # linking failed: named files from now on
+                    tmp, fd = self._new_temp()
+                    try:
+                        _write_all(fd, head, dataset)
+                    finally:
+                        os.close(fd)
+                if tmp:
+                    os.replace(tmp, final)
             except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                if tmp:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
                 raise
             return 0x0000, len(head) + len(dataset), final
         except Exception as exc:  # answered with a status, never raised
             with self.lock:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             return 0xA700, 0, ""
+
+    def _link(self, fd: int, name: str) -> bool:
+        """Give the unnamed file ``fd`` the name ``name`` in the folder (replacing a file of
+        that name, as a rename would); False if this system cannot link unnamed files."""
+        if self._dirfd is None:
+            self._dirfd = os.open(self.dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+        source = f"/proc/self/fd/{fd}"
+        try:
+            os.link(source, name, dst_dir_fd=self._dirfd)  # linkat(..., AT_SYMLINK_FOLLOW)
+            return True
+        except FileExistsError:  # an instance already there: linked aside, then renamed over it
+            aside = f".recv-{self._tag}-l{next(self._made)}.part"
+            os.link(source, aside, dst_dir_fd=self._dirfd)
+            try:
+                os.replace(aside, name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside, dir_fd=self._dirfd)
+                raise
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            self.unnamed = False  # no /proc, or linking refused: named files from now on
+            return False
 
     def record(self, sop_uid: str, sop_class: str, transfer_syntax: str, size: int,
                final: str) -> None:

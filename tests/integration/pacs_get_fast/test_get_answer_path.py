@@ -83,12 +83,14 @@ def _get_rsp(status: int, remaining: int | None, fragment: int) -> bytes:
     return _frame(1, encode_command(fields), None, fragment)
 
 
-def _run(stream: bytes, dest: Path, fragment: int, *, fast: bool,
-         cancel_after: int | None) -> tuple[Any, bytes, list[tuple[str, bytes]], list[Any], list[str]]:
+def _run(stream: bytes, dest: Path, fragment: int, *, fast: bool, cancel_after: int | None,
+         unnamed: bool = True) -> tuple[Any, bytes, list[tuple[str, bytes]], list[Any], list[str]]:
     """What one C-GET client does with the peer's ``stream``: its result, the bytes it sent,
     the files it left, its rows and errors."""
     dest.mkdir()
     receiver = PooledReceiver(dest, "1.2.9", None) if fast else FileReceiver(dest, "1.2.9", None)
+    if isinstance(receiver, PooledReceiver):
+        receiver.unnamed = unnamed and receiver.unnamed
     calls = [0]
 
     def cancelled() -> bool:
@@ -143,10 +145,11 @@ _OPS = st.lists(st.one_of(
 @given(ops=_OPS, final=st.sampled_from([0x0000, 0xB000, 0xA702, None]),
        fragment=st.sampled_from([0, 64, 120, 4096]), cut=st.one_of(st.none(), st.integers(0, 30_000)),
        damage=st.one_of(st.none(), st.tuples(st.integers(0, 30_000), st.integers(0, 255))),
-       cancel_after=st.one_of(st.none(), st.integers(0, 6)))
+       cancel_after=st.one_of(st.none(), st.integers(0, 6)), unnamed=st.booleans())
 def test_answer_path_equals_c_get(tmp_path_factory: pytest.TempPathFactory, ops: list[Any],
                                   final: int | None, fragment: int, cut: int | None,
-                                  damage: tuple[int, int] | None, cancel_after: int | None) -> None:
+                                  damage: tuple[int, int] | None, cancel_after: int | None,
+                                  unnamed: bool) -> None:
     parts: list[bytes] = []
     for op in ops:
         if op[0] == "store":
@@ -163,7 +166,8 @@ def test_answer_path_equals_c_get(tmp_path_factory: pytest.TempPathFactory, ops:
         stream[damage[0] % len(stream)] = damage[1]
     base = tmp_path_factory.mktemp("get")
     slow = _run(bytes(stream), base / "slow", fragment, fast=False, cancel_after=cancel_after)
-    fast = _run(bytes(stream), base / "fast", fragment, fast=True, cancel_after=cancel_after)
+    fast = _run(bytes(stream), base / "fast", fragment, fast=True, cancel_after=cancel_after,
+                unnamed=unnamed)
     assert fast == slow
     result = fast[0]
     assert isinstance(result, dict) or result[0] in {"AssociationAbortedError", "PduInterrupt",
@@ -185,6 +189,18 @@ def test_one_pdu_answer_equals_the_framed_command(cx: int, sop_class: str, msg_i
 # -- a real peer: pynetdicom's C-GET SCP -----------------------------------------------------------
 
 
+def _ahead(dest: Path) -> int:
+    """Files this process holds open in ``dest`` (made ahead: unnamed ones show as ``#ino``)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        count += target.startswith(f"{dest}/")
+    return count
+
+
 @pytest.fixture
 def get_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
     """A pynetdicom C-GET SCP serving 40 small CT instances; at each of our C-STORE-RSPs (when it
@@ -201,8 +217,7 @@ def get_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
             return
         if pydicom.dcmread(path).PixelData != ds.PixelData:
             state.problems.append(f"{path.name} incomplete when its success arrived")
-        parts = sum(1 for p in state.dest.iterdir() if p.name.endswith(".part"))
-        state.most_parts = max(state.most_parts, parts)
+        state.most_parts = max(state.most_parts, _ahead(state.dest))
 
     def on_get(event: evt.Event) -> Iterator[Any]:
         yield len(datasets)
@@ -225,15 +240,23 @@ def get_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
     server.shutdown()
 
 
+@pytest.mark.parametrize("unnamed", [True, False], ids=["linked", "renamed"])
 def test_each_file_is_at_its_final_path_before_the_peer_sees_success(
-        get_scp: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.replace
+        get_scp: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, unnamed: bool) -> None:
+    real_replace, real_link = os.replace, os.link
 
-    def slow_replace(src: Any, dst: Any) -> None:  # a slow rename: an answer sent before it would show
+    def slow_replace(*args: Any, **kwargs: Any) -> None:  # slow: an answer sent before it would show
         time.sleep(0.02)
-        real(src, dst)
+        real_replace(*args, **kwargs)
+
+    def slow_link(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.02)
+        real_link(*args, **kwargs)
 
     monkeypatch.setattr(_getphase.os, "replace", slow_replace)
+    monkeypatch.setattr(_getphase.os, "link", slow_link)
+    if not unnamed:
+        monkeypatch.setattr(_getphase, "_TMPFILE", 0)
     client = PacsClient("127.0.0.1", get_scp.port, called_aet="GETSCP", timeout=20)
     got = client.get(study_uid=get_scp.study, dest=get_scp.dest, sop_classes=[CTImageStorage])
     assert got.height == len(get_scp.datasets)
@@ -241,6 +264,12 @@ def test_each_file_is_at_its_final_path_before_the_peer_sees_success(
     assert 0 < get_scp.most_parts <= POOL_LIMIT  # files made ahead, never more than the limit
     assert sorted(p.name for p in get_scp.dest.iterdir()) == sorted(
         f"{ds.SOPInstanceUID}.dcm" for ds in get_scp.datasets)
+    assert _ahead(get_scp.dest) == 0  # nothing left open
+    again = client.get(study_uid=get_scp.study, dest=get_scp.dest, sop_classes=[CTImageStorage])
+    assert again.height == got.height  # over the files already there: replaced, nothing left aside
+    assert sorted(p.name for p in get_scp.dest.iterdir()) == sorted(
+        f"{ds.SOPInstanceUID}.dcm" for ds in get_scp.datasets)
+    assert get_scp.problems == []
 
 
 def test_an_answer_before_the_rename_is_seen_by_the_peer(get_scp: SimpleNamespace,
@@ -258,6 +287,7 @@ def test_an_answer_before_the_rename_is_seen_by_the_peer(get_scp: SimpleNamespac
         thread.start()
         late.append(thread)
 
+    monkeypatch.setattr(_getphase, "_TMPFILE", 0)  # named files, renamed (late) into place
     monkeypatch.setattr(_getphase.os, "replace", late_replace)
     client = PacsClient("127.0.0.1", get_scp.port, called_aet="GETSCP", timeout=20)
     client.get(study_uid=get_scp.study, dest=get_scp.dest, sop_classes=[CTImageStorage])
@@ -266,26 +296,45 @@ def test_an_answer_before_the_rename_is_seen_by_the_peer(get_scp: SimpleNamespac
     assert any("not at its final path" in p for p in get_scp.problems)
 
 
+def test_a_refused_link_falls_back_to_renamed_files(get_scp: SimpleNamespace,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /proc or an LSM refusing linkat: the same files, named and renamed from then on."""
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_getphase.os, "link", refuse)
+    client = PacsClient("127.0.0.1", get_scp.port, called_aet="GETSCP", timeout=20)
+    got = client.get(study_uid=get_scp.study, dest=get_scp.dest, sop_classes=[CTImageStorage])
+    assert got.height == len(get_scp.datasets) and get_scp.problems == []
+    assert sorted(p.name for p in get_scp.dest.iterdir()) == sorted(
+        f"{ds.SOPInstanceUID}.dcm" for ds in get_scp.datasets)
+    assert _ahead(get_scp.dest) == 0
+
+
 # -- the pool ---------------------------------------------------------------------------------------
 
 
-def test_pool_is_bounded_and_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
+def test_pool_is_bounded_and_leaves_nothing(tmp_path: Path, unnamed: bool) -> None:
     receiver = PooledReceiver(tmp_path, None, None)
+    receiver.unnamed = unnamed and receiver.unnamed
     receiver.pool.top_up(1000)
     deadline = time.monotonic() + 10
-    while len(list(tmp_path.iterdir())) < POOL_LIMIT and time.monotonic() < deadline:
+    while _ahead(tmp_path) < POOL_LIMIT and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.05)
-    assert len(list(tmp_path.iterdir())) == POOL_LIMIT  # never more than the limit
+    assert _ahead(tmp_path) == POOL_LIMIT  # never more than the limit
     for i in range(3 * POOL_LIMIT):
         status, _, _ = receiver.place(f"1.2.{i}", CT, SYNTAXES[1], b"\x08\x00\x16\x00\x00\x00\x00\x00")
         assert status == 0
         receiver.pool.top_up(POOL_LIMIT)
+        assert _ahead(tmp_path) <= POOL_LIMIT + 1  # the pool and the directory descriptor
     receiver.discard()
     receiver.discard()
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted(f"1.2.{i}.dcm" for i in range(3 * POOL_LIMIT))
     assert receiver.pool._thread is not None and not receiver.pool._thread.is_alive()
+    assert _ahead(tmp_path) == 0
 
 
 def test_a_folder_gone_mid_way_is_answered_a700_and_reported(tmp_path: Path) -> None:
