@@ -38,7 +38,10 @@ A-ASSOCIATE-RQ is encoded by hand (:mod:`kit.dicom._assoc_rq`, byte-equal to
 pynetdicom's), the release skips pynetdicom's 10 ms polls, the data phase runs
 on a blocking socket with kernel timeouts, reading PDUs in chunks
 (:mod:`kit.dicom._clientphase`), and a store reads each file once (the checked
-bytes are sent, up to :data:`KEEP_CHECKED_BYTES`).
+bytes are sent, up to :data:`KEEP_CHECKED_BYTES`) and sends each request as
+soon as the previous answer is in. A C-GET answers each instance as soon as its
+file is at its final path, with the files made ahead on a helper thread
+(:mod:`kit.dicom._getphase`).
 
 C-MOVE needs the PACS to know our AE title as a move destination (the PACS
 connects back to us): register ``aet`` (or ``move_aet``) with our host and
