@@ -194,7 +194,7 @@ def alternate(round_: int) -> tuple[str, str]:
 
 
 #: Timed rounds of (b) and (c), after one warm-up of each side.
-PAIRED_ROUNDS = 7
+PAIRED_ROUNDS = 9
 
 
 class Paired:
