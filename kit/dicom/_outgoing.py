@@ -25,20 +25,33 @@ from kit.errors import DicomFileError
 __all__ = ["Outgoing", "read_for_store"]
 
 
+#: What pydicom raises for a file it cannot read, or for an element it cannot convert when it is
+#: first accessed (an unknown VR: NotImplementedError; a missing element: AttributeError).
+_UNREADABLE = (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError,
+               NotImplementedError, AttributeError, struct.error)
+
+
 def read_for_store(path: Path) -> Dataset:
     """Read a Part 10 file, so a truncated or non-DICOM file fails before anything is sent.
 
     pydicom reads a truncated value silently (shorter than its length); the
     check here compares every top-level value with its declared length and
-    the last element's end with the file size.
+    the last element's end with the file size. The SOP Class and Instance UIDs
+    are converted here, so an element pydicom cannot convert fails now too.
     """
     try:
-        size = path.stat().st_size
-        ds = dcmread(path)
+        ds = _read_checked(path)
+        str(ds.SOPClassUID), str(ds.SOPInstanceUID)  # noqa: B018 - converted now: fail here, not later
+        return ds
     except FileNotFoundError as exc:
         raise DicomFileError("no such file", source=str(path)) from exc
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+    except _UNREADABLE as exc:
         raise DicomFileError(f"not a readable DICOM file: {exc}", source=str(path)) from exc
+
+
+def _read_checked(path: Path) -> Dataset:
+    size = path.stat().st_size
+    ds = dcmread(path)
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
         raise DicomFileError("no file meta information (not a DICOM Part 10 file)", source=str(path))
@@ -212,16 +225,24 @@ class Outgoing:
                     or "TransferSyntaxUID" not in meta:
                 raise DicomFileError("a dataset to store needs SOPClassUID, SOPInstanceUID and "
                                      "file meta TransferSyntaxUID", source="dataset")
-            return cls(str(item.SOPClassUID), str(item.SOPInstanceUID),
-                       str(meta.TransferSyntaxUID), None, dataset=item)
+            try:
+                return cls(str(item.SOPClassUID), str(item.SOPInstanceUID),
+                           str(meta.TransferSyntaxUID), None, dataset=item)
+            except _UNREADABLE as exc:  # a raw element pydicom cannot convert
+                raise DicomFileError(f"a dataset to store has an unreadable UID: {exc}",
+                                     source="dataset") from exc
         path = item if isinstance(item, Path) else Path(item)
         try:
             buf = _read(path)
             quick = _file_meta(buf)
-            meta, offset = quick if quick is not None else split_dataset(path)
+            if quick is not None:
+                meta, offset = quick
+            else:  # pydicom's reading, its elements converted here (where they may fail)
+                found, offset = split_dataset(path)
+                meta = {k: str(found.get(k) or "") for k in _META_KEYS}
         except FileNotFoundError as exc:
             raise DicomFileError("no such file", source=str(path)) from exc
-        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        except _UNREADABLE as exc:
             raise DicomFileError(f"not a readable DICOM file: {exc}", source=str(path)) from exc
         missing = [k for k in _META_KEYS if not meta.get(k)]
         if missing:

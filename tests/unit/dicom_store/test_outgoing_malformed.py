@@ -74,3 +74,14 @@ def test_a_good_big_endian_file_still_goes(tmp_path: Path) -> None:
     out = Outgoing.of(path)
     assert out.dataset is not None and out.transfer_syntax == ExplicitVRBigEndian
     assert out.sop_class == str(dcmread(SAMPLES[0]).SOPClassUID)
+
+
+def test_a_dataset_with_an_unconvertible_uid_is_a_dicom_file_error(tmp_path: Path) -> None:
+    path = _big_endian(tmp_path)
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x00\x08\x00\x16UI")
+    data[at + 5] = 0
+    path.write_bytes(bytes(data))
+    ds = dcmread(path)  # read lazily: the damaged element is converted when first accessed
+    with pytest.raises(DicomFileError):
+        Outgoing.of(ds)
