@@ -1,6 +1,8 @@
 """DIMSE throughput: the kit against dcmtk and Orthanc on the same generated CT files.
 
-    python bench/dimse.py [N]        # N small CT instances in one study (default 500)
+    python bench/dimse.py [N] [--only=send,cget,receive]
+        N small CT instances in one study (default 500); --only runs those sections
+        (default: all three)
 
 (a) receive: SENDERS concurrent dcmtk storescu processes (TCP_NODELAY=1), each
     sending its quarter of N fresh instances, into the kit's EmbeddedPACS and into
@@ -192,7 +194,7 @@ def alternate(round_: int) -> tuple[str, str]:
 
 
 #: Timed rounds of (b) and (c), after one warm-up of each side.
-PAIRED_ROUNDS = 7
+PAIRED_ROUNDS = 9
 
 
 class Paired:
@@ -226,8 +228,70 @@ def rate(n: int, seconds: float) -> float:
     return n / seconds
 
 
+SECTIONS = ("receive", "send", "cget")
+
+
+def parse_args(argv: list[str]) -> tuple[int, set[str]]:
+    """N and the sections to run (``--only=send,cget``; all by default)."""
+    n, only = 500, set(SECTIONS)
+    for arg in argv:
+        if arg.startswith("--only="):
+            only = {part.strip() for part in arg.split("=", 1)[1].split(",") if part.strip()}
+            if not only or not only <= set(SECTIONS):
+                sys.exit(f"--only takes a comma-separated list of {', '.join(SECTIONS)}")
+        else:
+            n = int(arg)
+    return n, only
+
+
+def bench_send(tmp: Path, src: Path, procs: list[subprocess.Popen[bytes]]) -> Paired:
+    """(b) kit PacsClient.store vs dcmtk storescu, both into one storescp."""
+    scp, scp_port, _ = storescp(tmp, "storescp-b")
+    procs.append(scp)
+    client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
+
+    def kit_send() -> float:
+        start = time.perf_counter()
+        client.store(sorted(src.iterdir()))  # the listing too: storescu scans the folder (+sd)
+        return time.perf_counter() - start
+
+    send = paired(kit_send, lambda: storescu(scp_port, "STORESCP", src))
+    stop(scp)
+    return send
+
+
+def bench_cget(tmp: Path, study: str, n: int, orth_port: int) -> Paired:
+    """(c) C-GET of the study from Orthanc: kit PacsClient.get vs dcmtk getscu."""
+    client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
+    gets = iter(range(1_000_000))
+
+    def kit_get() -> float:
+        dest = tmp / f"kit-get-{next(gets)}"
+        start = time.perf_counter()
+        got = client.get(study_uid=study, dest=dest)
+        took = time.perf_counter() - start
+        assert got.height == n, got.height
+        shutil.rmtree(dest)
+        return took
+
+    def getscu() -> float:
+        out = tmp / f"getscu-{next(gets)}"
+        out.mkdir()
+        start = time.perf_counter()
+        subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", f"StudyInstanceUID={study}", "-od", str(out),
+                        "127.0.0.1", str(orth_port)], env=ENV, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        took = time.perf_counter() - start
+        assert len(list(out.iterdir())) == n
+        shutil.rmtree(out)
+        return took
+
+    return paired(kit_get, getscu)
+
+
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+    n, only = parse_args(sys.argv[1:])
     for tool in ("storescu", "storescp", "getscu"):
         dcmtk(tool)
     if not Path("/usr/sbin/Orthanc").is_file():
@@ -240,92 +304,64 @@ def main() -> None:
         study, files = make_files(tmp / "src", n)
         src = tmp / "src"
         print(f"{n} CT instances of 128x128 int16 ({sum(p.stat().st_size for p in files) / 1e6:.1f} MB)")
+        if only & {"receive", "cget"}:
+            orth, orth_port, orth_http = orthanc(tmp)
+            procs.append(orth)
+            storescu(orth_port, "ORTHANC", src)  # the study (c) retrieves
 
-        # (a) receive: SENDERS storescu at once; each round into an empty kit store / Orthanc
-        scp, scp_port, _ = storescp(tmp, "storescp-a")
-        procs.append(scp)
-        t_scp = storescu(scp_port, "STORESCP", src)
-        stop(scp)
-        orth, orth_port, orth_http = orthanc(tmp)
-        procs.append(orth)
-        storescu(orth_port, "ORTHANC", src)  # the study (c) retrieves
-        recv_study = generate_uid()
-        folders = sender_folders(tmp / "recv", n, 1, recv_study)
-        t_emb: list[float] = []
-        t_orth: list[float] = []
-        batches: list[int] = []
-        for round_ in range(-1, RECV_ROUNDS):  # round -1: warm-up, not timed
-            for side in alternate(round_):
-                if side == "kit":
-                    with EmbeddedPACS(tmp / f"embedded-{round_}", port=0, aet="KIT") as pacs:
-                        took = storescu_parallel(pacs.port, "KIT", folders)
-                        assert len(pacs.store) == n, len(pacs.store)
+        if "receive" in only:
+            # (a) receive: SENDERS storescu at once; each round into an empty kit store / Orthanc
+            scp, scp_port, _ = storescp(tmp, "storescp-a")
+            procs.append(scp)
+            t_scp = storescu(scp_port, "STORESCP", src)
+            stop(scp)
+            recv_study = generate_uid()
+            folders = sender_folders(tmp / "recv", n, 1, recv_study)
+            t_emb: list[float] = []
+            t_orth: list[float] = []
+            batches: list[int] = []
+            for round_ in range(-1, RECV_ROUNDS):  # round -1: warm-up, not timed
+                for side in alternate(round_):
+                    if side == "kit":
+                        with EmbeddedPACS(tmp / f"embedded-{round_}", port=0, aet="KIT") as pacs:
+                            took = storescu_parallel(pacs.port, "KIT", folders)
+                            assert len(pacs.store) == n, len(pacs.store)
+                            if round_ >= 0:
+                                t_emb.append(took)
+                                batches += pacs.store.commit_batches()
+                            pacs.store.close()
+                    else:
+                        took = storescu_parallel(orth_port, "ORTHANC", folders)
+                        orthanc_delete_study(orth_http, recv_study)
                         if round_ >= 0:
-                            t_emb.append(took)
-                            batches += pacs.store.commit_batches()
-                        pacs.store.close()
-                else:
-                    took = storescu_parallel(orth_port, "ORTHANC", folders)
-                    orthanc_delete_study(orth_http, recv_study)
-                    if round_ >= 0:
-                        t_orth.append(took)
-        per_round = statistics.median(o / k for o, k in zip(t_orth, t_emb, strict=True))
-        print(f"(a) receive, {SENDERS} storescu at once   kit EmbeddedPACS {rate(n, min(t_emb)):8.0f} img/s  "
-              f"Orthanc {rate(n, min(t_orth)):8.0f} img/s   (best of {RECV_ROUNDS} rounds; medians "
-              f"{rate(n, statistics.median(t_emb)):.0f} vs {rate(n, statistics.median(t_orth)):.0f}, "
-              f"median of the per-round ratios {per_round:.2f}; one storescu into storescp, no fsync: "
-              f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
-              f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
+                            t_orth.append(took)
+            per_round = statistics.median(o / k for o, k in zip(t_orth, t_emb, strict=True))
+            print(f"(a) receive, {SENDERS} storescu at once   "
+                  f"kit EmbeddedPACS {rate(n, min(t_emb)):8.0f} img/s  "
+                  f"Orthanc {rate(n, min(t_orth)):8.0f} img/s   (best of {RECV_ROUNDS} rounds; medians "
+                  f"{rate(n, statistics.median(t_emb)):.0f} vs {rate(n, statistics.median(t_orth)):.0f}, "
+                  f"median of the per-round ratios {per_round:.2f}; one storescu into storescp, no fsync: "
+                  f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
+                  f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
 
         # (b) send, (c) C-GET: one untimed warm-up of each side, then PAIRED rounds (the order
         # alternating); each round's ratio compares two runs seconds apart, so a burst of load
         # from elsewhere hits both; the RATIO line is the median of the rounds' ratios.
-        scp, scp_port, _ = storescp(tmp, "storescp-b")
-        procs.append(scp)
-        client = PacsClient("127.0.0.1", scp_port, called_aet="STORESCP", timeout=60)
+        if "send" in only:
+            send = bench_send(tmp, src, procs)
+            print(f"(b) send      kit PacsClient.store {rate(n, send.best_kit):8.0f} img/s   "
+                  f"dcmtk storescu {rate(n, send.best_other):8.0f} img/s   (best rounds; {send.spread()})")
+        if "cget" in only:
+            cget = bench_cget(tmp, study, n, orth_port)
+            print(f"(c) C-GET     kit PacsClient.get {rate(n, cget.best_kit):8.0f} img/s   "
+                  f"dcmtk getscu {rate(n, cget.best_other):8.0f} img/s   (best rounds; {cget.spread()})")
 
-        def kit_send() -> float:
-            start = time.perf_counter()
-            client.store(sorted(src.iterdir()))  # the listing too: storescu scans the folder (+sd)
-            return time.perf_counter() - start
-
-        send = paired(kit_send, lambda: storescu(scp_port, "STORESCP", src))
-        stop(scp)
-        print(f"(b) send      kit PacsClient.store {rate(n, send.best_kit):8.0f} img/s   "
-              f"dcmtk storescu {rate(n, send.best_other):8.0f} img/s   (best rounds; {send.spread()})")
-
-        client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
-        gets = iter(range(1_000_000))
-
-        def kit_get() -> float:
-            dest = tmp / f"kit-get-{next(gets)}"
-            start = time.perf_counter()
-            got = client.get(study_uid=study, dest=dest)
-            took = time.perf_counter() - start
-            assert got.height == n, got.height
-            shutil.rmtree(dest)
-            return took
-
-        def getscu() -> float:
-            out = tmp / f"getscu-{next(gets)}"
-            out.mkdir()
-            start = time.perf_counter()
-            subprocess.run([dcmtk("getscu"), "-S", "-aec", "ORTHANC", "-k", "QueryRetrieveLevel=STUDY",
-                            "-k", f"StudyInstanceUID={study}", "-od", str(out),
-                            "127.0.0.1", str(orth_port)], env=ENV, check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            took = time.perf_counter() - start
-            assert len(list(out.iterdir())) == n
-            shutil.rmtree(out)
-            return took
-
-        cget = paired(kit_get, getscu)
-        print(f"(c) C-GET     kit PacsClient.get {rate(n, cget.best_kit):8.0f} img/s   "
-              f"dcmtk getscu {rate(n, cget.best_other):8.0f} img/s   (best rounds; {cget.spread()})")
-
-        print(f"RATIO cget kit/getscu = {cget.ratio:.2f}")
-        print(f"RATIO send kit/storescu = {send.ratio:.2f}")
-        print(f"RATIO receive embedded/orthanc ({SENDERS} senders) = {min(t_orth) / min(t_emb):.2f}")
+        if "cget" in only:
+            print(f"RATIO cget kit/getscu = {cget.ratio:.2f}")
+        if "send" in only:
+            print(f"RATIO send kit/storescu = {send.ratio:.2f}")
+        if "receive" in only:
+            print(f"RATIO receive embedded/orthanc ({SENDERS} senders) = {min(t_orth) / min(t_emb):.2f}")
     finally:
         for proc in procs:
             stop(proc)

@@ -9,6 +9,7 @@ that proves a file is complete lives here; the bytes are sent by
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import struct
 from pathlib import Path
@@ -24,20 +25,33 @@ from kit.errors import DicomFileError
 __all__ = ["Outgoing", "read_for_store"]
 
 
+#: What pydicom raises for a file it cannot read, or for an element it cannot convert when it is
+#: first accessed (an unknown VR: NotImplementedError; a missing element: AttributeError).
+_UNREADABLE = (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError,
+               NotImplementedError, AttributeError, struct.error)
+
+
 def read_for_store(path: Path) -> Dataset:
     """Read a Part 10 file, so a truncated or non-DICOM file fails before anything is sent.
 
     pydicom reads a truncated value silently (shorter than its length); the
     check here compares every top-level value with its declared length and
-    the last element's end with the file size.
+    the last element's end with the file size. The SOP Class and Instance UIDs
+    are converted here, so an element pydicom cannot convert fails now too.
     """
     try:
-        size = path.stat().st_size
-        ds = dcmread(path)
+        ds = _read_checked(path)
+        str(ds.SOPClassUID), str(ds.SOPInstanceUID)  # noqa: B018 - converted now: fail here, not later
+        return ds
     except FileNotFoundError as exc:
         raise DicomFileError("no such file", source=str(path)) from exc
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+    except _UNREADABLE as exc:
         raise DicomFileError(f"not a readable DICOM file: {exc}", source=str(path)) from exc
+
+
+def _read_checked(path: Path) -> Dataset:
+    size = path.stat().st_size
+    ds = dcmread(path)
     meta = getattr(ds, "file_meta", None)
     if meta is None or "TransferSyntaxUID" not in meta:
         raise DicomFileError("no file meta information (not a DICOM Part 10 file)", source=str(path))
@@ -106,6 +120,28 @@ def _file_meta(buf: bytes) -> tuple[dict[str, str], int] | None:
 
 
 _RAW_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+@functools.lru_cache(maxsize=256)
+def _sent_raw(ts: str) -> bool:
+    """Whether a file in transfer syntax ``ts`` is sent as its bytes (little endian, not
+    deflated); raises ValueError for a UID that is not a transfer syntax (not cached)."""
+    uid = UID(ts)
+    return uid in _RAW_SYNTAXES or (uid.is_compressed and uid.is_little_endian and not uid.is_deflated)
+
+
+def _read(path: Path) -> bytes:
+    """The whole file in one read where it can (``Path.read_bytes`` makes 9 system calls,
+    this 5: open, fstat, read, read at the end, close)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        chunks = [os.read(fd, size + 1)]
+        while chunks[-1]:  # until the end (a file that grew since fstat is read whole too)
+            chunks.append(os.read(fd, max(size, 1 << 16)))
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 
 
@@ -189,16 +225,24 @@ class Outgoing:
                     or "TransferSyntaxUID" not in meta:
                 raise DicomFileError("a dataset to store needs SOPClassUID, SOPInstanceUID and "
                                      "file meta TransferSyntaxUID", source="dataset")
-            return cls(str(item.SOPClassUID), str(item.SOPInstanceUID),
-                       str(meta.TransferSyntaxUID), None, dataset=item)
-        path = Path(item)
+            try:
+                return cls(str(item.SOPClassUID), str(item.SOPInstanceUID),
+                           str(meta.TransferSyntaxUID), None, dataset=item)
+            except _UNREADABLE as exc:  # a raw element pydicom cannot convert
+                raise DicomFileError(f"a dataset to store has an unreadable UID: {exc}",
+                                     source="dataset") from exc
+        path = item if isinstance(item, Path) else Path(item)
         try:
-            buf = path.read_bytes()
+            buf = _read(path)
             quick = _file_meta(buf)
-            meta, offset = quick if quick is not None else split_dataset(path)
+            if quick is not None:
+                meta, offset = quick
+            else:  # pydicom's reading, its elements converted here (where they may fail)
+                found, offset = split_dataset(path)
+                meta = {k: str(found.get(k) or "") for k in _META_KEYS}
         except FileNotFoundError as exc:
             raise DicomFileError("no such file", source=str(path)) from exc
-        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
+        except _UNREADABLE as exc:
             raise DicomFileError(f"not a readable DICOM file: {exc}", source=str(path)) from exc
         missing = [k for k in _META_KEYS if not meta.get(k)]
         if missing:
@@ -206,7 +250,7 @@ class Outgoing:
                                  source=str(path))
         ts = UID(str(meta.get("TransferSyntaxUID")))
         try:
-            raw = ts in _RAW_SYNTAXES or (ts.is_compressed and ts.is_little_endian and not ts.is_deflated)
+            raw = _sent_raw(ts)
         except ValueError as exc:  # pydicom: "UID is not a transfer syntax" (unknown or damaged)
             raise DicomFileError(f"unknown transfer syntax {ts!r}: {exc}", source=str(path)) from exc
         if not raw:

@@ -38,7 +38,10 @@ A-ASSOCIATE-RQ is encoded by hand (:mod:`kit.dicom._assoc_rq`, byte-equal to
 pynetdicom's), the release skips pynetdicom's 10 ms polls, the data phase runs
 on a blocking socket with kernel timeouts, reading PDUs in chunks
 (:mod:`kit.dicom._clientphase`), and a store reads each file once (the checked
-bytes are sent, up to :data:`KEEP_CHECKED_BYTES`).
+bytes are sent, up to :data:`KEEP_CHECKED_BYTES`) and sends each request as
+soon as the previous answer is in. A C-GET answers each instance as soon as its
+file is at its final path, with the files made ahead on a helper thread
+(:mod:`kit.dicom._getphase`).
 
 C-MOVE needs the PACS to know our AE title as a move destination (the PACS
 connects back to us): register ``aet`` (or ``move_aet``) with our host and
@@ -86,11 +89,11 @@ from kit.dicom._clientphase import ClientPhase
 from kit.dicom._contexts import storage_contexts
 from kit.dicom._fastnet import (
     FileReceiver,
-    c_get,
     share_context_uids,
     store_request,
     store_response,
 )
+from kit.dicom._getphase import PooledReceiver, get_loop
 from kit.dicom._outgoing import Outgoing
 from kit.errors import (
     AssociationAbortedError,
@@ -511,7 +514,7 @@ class PacsClient(AssociationClient):
             [build_role(str(cx.abstract_syntax), scp_role=True) for cx in contexts[1:]]
         with self._progress(progress, "C-GET") as tick:
             stop = RetrieveCancel(cancel, tick)  # cancel: checked per instance (kit.dicom._cancel)
-            receiver = FileReceiver(folder, study_uid, stop.tick)
+            receiver = PooledReceiver(folder, study_uid, stop.tick)
             with stop.raising(lambda: RetrieveCancelledError.of("C-GET", receiver, self.address)):
                 stop.requested()  # already set: the PACS is not asked
             with self._associate(contexts, roles=roles,
@@ -522,7 +525,7 @@ class PacsClient(AssociationClient):
                                             asked=_asked(study_uid, series_uid, sop_uid))
 
     def _get_direct(self, assoc: Association, identifier: Dataset, sop_class: str,
-                    receiver: FileReceiver, cancelled: Callable[[], bool] | None = None) -> Dataset:
+                    receiver: PooledReceiver, cancelled: Callable[[], bool] | None = None) -> Dataset:
         """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
         (:class:`~kit.dicom._clientphase.ClientPhase`); the final C-GET-RSP status as a dataset."""
         syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
@@ -536,11 +539,11 @@ class PacsClient(AssociationClient):
         encoded = encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
         if encoded is None:
             raise InvalidInputError("pydicom could not encode the C-GET identifier")
-        receiver.prepare()  # each instance's file is created before it arrives
+        receiver.prepare()  # files are made ahead of the instances (kit.dicom._getphase)
         try:
             with ClientPhase(assoc, self.timeout, self.address) as phase:
-                fields = c_get(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
-                               receiver.write, receiver.prepare, cancelled)
+                fields = get_loop(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
+                                  receiver, cancelled)
         except (AssociationAbortedError, PeerTimeoutError) as err:
             raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
         finally:
@@ -732,18 +735,24 @@ class PacsClient(AssociationClient):
             try:
                 with ClientPhase(assoc, self.timeout, self.address) as phase:
                     # lockstep as ever (one request outstanding), but each request is built
-                    # while the peer still stores the previous one
+                    # (in one buffer) while the peer still stores the previous one, and sent
+                    # as soon as its answer is in: the bookkeeping of that answer follows
                     sent: Outgoing | None = None
                     for msg_id, one in enumerate(outgoing, start=1):
                         try:
-                            request = store_request(
+                            request = b"".join(store_request(
                                 phase, accepted[(one.sop_class, one.transfer_syntax)],
-                                msg_id & 0xFFFF or 1, one.sop_class, one.sop_instance, one.payload())
-                        finally:  # the previous answer first, even if this file went bad
+                                msg_id & 0xFFFF or 1, one.sop_class, one.sop_instance, one.payload()))
+                        except BaseException:  # the previous answer first, even if this file went bad
                             if sent is not None:
                                 answered(sent, store_response(phase, sent.sop_instance))
-                                sent = None
-                        phase.send_parts(request)
+                            raise
+                        if sent is not None:
+                            code = store_response(phase, sent.sop_instance)
+                            phase.send_parts((request,))
+                            answered(sent, code)
+                        else:
+                            phase.send_parts((request,))
                         sent = one
                     if sent is not None:
                         answered(sent, store_response(phase, sent.sop_instance))

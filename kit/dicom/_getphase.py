@@ -1,0 +1,358 @@
+"""The C-GET answer path (:meth:`kit.dicom.dimse.PacsClient.get`): files made ahead, answer first.
+
+Per sub-operation the PACS waits for our C-STORE-RSP before it sends the next
+instance, so everything between the last byte of an instance and our answer
+is paid once per instance. Three things are taken off that path here:
+
+- creating the file: ext4 without a journal may spend up to a millisecond of
+  kernel time allocating an inode (it scans past recently freed ones on a busy
+  file system). :class:`TempPool` keeps a few empty files ready in the target
+  folder, made by a helper thread (``os.open`` releases the GIL): unnamed
+  (``O_TMPFILE``) where the system has them, so making one takes no lock on the
+  folder, and each is linked at its final name once written; so the path is
+  write, link (or rename), close, answer;
+- the bookkeeping (the row, the progress/limit hook): after the answer is on the
+  wire (:func:`get_loop`);
+- building the answer: one P-DATA-TF PDU encoded in one go (:func:`store_rsp_pdu`,
+  equal to :meth:`kit.dicom._fastnet.DataPhase.frame` of the same command set).
+
+The guarantee is unchanged: the success status is sent only after the file is
+written whole, put at its final path (it appears there whole) and closed. Written by
+hand: no library does any of this; the file layout and names are
+:class:`kit.dicom._fastnet.FileReceiver`'s.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import itertools
+import os
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+from kit.dicom._fastnet import (
+    C_GET_RQ,
+    C_GET_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    NO_DATASET,
+    DataPhase,
+    FileReceiver,
+    command_int,
+    command_str,
+    encode_command,
+    status_fields,
+)
+from kit.dicom._filemeta import PREAMBLE, encode_file_meta
+from kit.errors import AssociationAbortedError
+
+__all__ = ["POOL_LIMIT", "PooledReceiver", "TempPool", "get_loop", "store_rsp_pdu"]
+
+#: Most temporary files kept ready ahead of the instances (each an open descriptor).
+POOL_LIMIT = 8
+#: Seconds :meth:`TempPool.close` waits for the helper thread (a file system that hangs in
+#: ``open``): past it the thread removes what it still makes itself.
+CLOSE_WAIT = 5.0
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
+#: An unnamed file in a folder (Linux); 0 where the platform has none.
+_TMPFILE = (os.O_WRONLY | os.O_TMPFILE | _CLOEXEC) if hasattr(os, "O_TMPFILE") else 0
+#: open(O_TMPFILE) errors meaning "this file system has no unnamed files".
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+#: linkat errors meaning "unnamed files cannot be linked here" (no /proc, a refusing LSM...).
+_NO_LINK = {errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTDIR, errno.ELOOP}
+
+
+class TempPool:
+    """Empty temporary files made ahead by a helper thread, taken one per instance.
+
+    The owner (one thread) calls :meth:`take`, then :meth:`top_up` once the
+    instance is answered, and :meth:`close` at the end. At most ``ahead``
+    (<= :data:`POOL_LIMIT`) files are ready or being made at any time; a file
+    the thread could not make (full disk, folder gone) stops the thread, and
+    :meth:`take` then returns None (the caller makes the file itself and meets
+    the error there).
+
+    Parameters
+    ----------
+    make : callable
+        Makes one temporary file: its path and an open descriptor.
+    """
+
+    def __init__(self, make: Callable[[], tuple[str, int]]) -> None:
+        self._make = make
+        self._ready: collections.deque[tuple[str, int]] = collections.deque()
+        self._slots = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._granted = 0  # files ready or being made (the owner's count)
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.failed = False
+
+    def _run(self) -> None:
+        while True:
+            self._slots.acquire()
+            if self._closed:
+                return
+            try:
+                made = self._make()
+            except OSError:
+                self.failed = True
+                return
+            with self._lock:  # close() drains under the same lock: nothing appended after it
+                if not self._closed:
+                    self._ready.append(made)
+                    continue
+            _remove(made)
+            return
+
+    def take(self) -> tuple[str, int] | None:
+        """A ready temporary file (path, descriptor), or None if none is ready yet."""
+        try:
+            made = self._ready.popleft()
+        except IndexError:
+            return None
+        self._granted -= 1
+        return made
+
+    def top_up(self, ahead: int) -> None:
+        """Let the helper thread make files until ``ahead`` (capped) are ready or on the way."""
+        if self._closed or self.failed:
+            return
+        ahead = min(ahead, POOL_LIMIT)
+        while self._granted < ahead:
+            self._granted += 1
+            self._slots.release()
+        if self._thread is None and self._granted:
+            self._thread = threading.Thread(target=self._run, name="kit-get-files", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the helper thread and remove every file not taken (idempotent)."""
+        with self._lock:
+            self._closed = True
+            left = list(self._ready)
+            self._ready.clear()
+        self._slots.release(POOL_LIMIT + 1)
+        for made in left:
+            _remove(made)
+        if self._thread is not None:
+            self._thread.join(CLOSE_WAIT)
+
+
+def _remove(made: tuple[str, int]) -> None:
+    with contextlib.suppress(OSError):
+        os.close(made[1])
+    if made[0]:  # a named temporary file (an unnamed one is gone once closed)
+        with contextlib.suppress(OSError):
+            os.unlink(made[0])
+
+
+class PooledReceiver(FileReceiver):
+    """A :class:`~kit.dicom._fastnet.FileReceiver` for C-GET whose files come from a
+    :class:`TempPool`, answering before its bookkeeping (:meth:`place`, then :meth:`record`).
+
+    Where the file system has unnamed files (Linux ``O_TMPFILE``: ext4, xfs, btrfs, tmpfs),
+    each file is made without a name and linked at its final name once written whole
+    (``linkat`` of ``/proc/self/fd/N``): making one then takes no lock on the folder, so the
+    helper thread's slow inode allocation never holds up the link of the instance being
+    answered (a named temporary file is created under the folder's lock, which a rename in
+    the same folder waits for). Elsewhere, or if linking fails, named temporary files
+    renamed into place, as :class:`~kit.dicom._fastnet.FileReceiver` does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pool = TempPool(self._new_temp)
+        self._made = itertools.count()  # next() is atomic: the helper thread and the owner both call
+        self.unnamed = _TMPFILE != 0
+        self._dirfd: int | None = None
+
+    def _new_temp(self) -> tuple[str, int]:
+        """A new empty file: ("", descriptor) when unnamed, else (temporary path, descriptor)."""
+        if self.unnamed:
+            try:
+                return "", os.open(self.dest, _TMPFILE, 0o600)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+                self.unnamed = False  # this file system has no unnamed files
+        tmp = os.path.join(self.dest, f".recv-{self._tag}-p{next(self._made)}.part")
+        return tmp, os.open(tmp, _FLAGS, 0o600)
+
+    def prepare(self) -> None:
+        """Keep one file ready (more with :meth:`TempPool.top_up`)."""
+        self.pool.top_up(1)
+
+    def discard(self) -> None:
+        """Remove the files made ahead and not used (idempotent)."""
+        super().discard()
+        self.pool.close()
+        dirfd, self._dirfd = self._dirfd, None
+        if dirfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(dirfd)
+
+    def place(self, sop_uid: str, sop_class: str, transfer_syntax: str,
+              dataset: bytes) -> tuple[int, int, str]:
+        """Write one received data set as a Part 10 file at its final path: (status, size, path).
+
+        The file is written whole, put at ``<SOPInstanceUID>.dcm`` (linked or renamed: it
+        appears there whole) and closed before this returns 0; a local failure is kept in
+        ``errors`` and answered 0xA700. Call :meth:`record` after the answer is sent.
+        """
+        try:
+            if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
+                raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
+            head = PREAMBLE + encode_file_meta({
+                "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
+                "TransferSyntaxUID": transfer_syntax,
+                "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
+                "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
+            name = f"{sop_uid}.dcm"
+            final = os.path.join(self.dest, name)
+            made = self.pool.take()
+            tmp, fd = made if made is not None else self._new_temp()
+            try:
+                try:
+                    _write_all(fd, head, dataset)
+                    linked = not tmp and self._link(fd, name)
+                finally:
+                    os.close(fd)
+                if not tmp and not linked:  # linking failed: named files from now on
+                    tmp, fd = self._new_temp()
+                    try:
+                        _write_all(fd, head, dataset)
+                    finally:
+                        os.close(fd)
+                if tmp:
+                    os.replace(tmp, final)
+            except BaseException:
+                if tmp:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                raise
+            return 0x0000, len(head) + len(dataset), final
+        except Exception as exc:  # answered with a status, never raised
+            with self.lock:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            return 0xA700, 0, ""
+
+    def _link(self, fd: int, name: str) -> bool:
+        """Give the unnamed file ``fd`` the name ``name`` in the folder (replacing a file of
+        that name, as a rename would); False if this system cannot link unnamed files."""
+        if self._dirfd is None:
+            self._dirfd = os.open(self.dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+        source = f"/proc/self/fd/{fd}"
+        try:
+            os.link(source, name, dst_dir_fd=self._dirfd)  # linkat(..., AT_SYMLINK_FOLLOW)
+            return True
+        except FileExistsError:  # an instance already there: linked aside, then renamed over it
+            aside = f".recv-{self._tag}-l{next(self._made)}.part"
+            os.link(source, aside, dst_dir_fd=self._dirfd)
+            try:
+                os.replace(aside, name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside, dir_fd=self._dirfd)
+                raise
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            self.unnamed = False  # no /proc, or linking refused: named files from now on
+            return False
+
+    def record(self, sop_uid: str, sop_class: str, transfer_syntax: str, size: int,
+               final: str) -> None:
+        """The row of an instance :meth:`place` wrote, and the per-instance hook."""
+        with self.lock:
+            self.rows.append((sop_uid, sop_class, transfer_syntax, self.study_uid, final, size))
+        if self.on_file is not None:
+            self.on_file()
+
+
+def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
+    """``head`` then ``body`` to ``fd`` in one system call where the kernel takes it all."""
+    done = os.writev(fd, (head, body))
+    total = len(head) + len(body)
+    if done == total:
+        return
+    data = memoryview(head + bytes(body))[done:]  # short write (rare): the rest in a loop
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def store_rsp_pdu(context_id: int, sop_class: str, msg_id: int, status: int, sop_uid: str) -> bytes:
+    """A C-STORE-RSP in one P-DATA-TF PDU of one PDV (command, last fragment): the bytes
+    ``DataPhase.frame(context_id, encode_command({...}))`` gives when it fits one fragment."""
+    return _pdu(context_id, encode_command({
+        0x00000002: sop_class, 0x00000100: C_STORE_RSP, 0x00000120: msg_id,
+        0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
+
+
+def _pdu(context_id: int, command: bytes) -> bytes:
+    n = len(command) + 2
+    return struct.pack(">BBIIBB", 0x04, 0x00, n + 4, n, context_id, 0x03) + command
+
+
+def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
+             syntaxes: Mapping[int, str], receiver: PooledReceiver,
+             cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """A C-GET on ``phase``, as :func:`kit.dicom._fastnet.c_get` with ``receiver.write``, but
+    each C-STORE-RSP goes out as soon as the file is at its final path; the row, the hook and
+    the next temporary files follow it. The final C-GET-RSP's :func:`status_fields`.
+
+    Files are made ahead up to the number of remaining sub-operations the PACS reports
+    in its pending C-GET-RSPs (doubling per instance, from one, when it reports none),
+    at most :data:`POOL_LIMIT`.
+    """
+    phase.send(context_id, encode_command({
+        0x00000002: sop_class, 0x00000100: C_GET_RQ, 0x00000110: 1, 0x00000700: 0x0002,
+        0x00000800: 0x0001}), identifier)
+    pool = receiver.pool
+    ahead = 1
+    remaining: int | None = None
+    pool.top_up(ahead)
+    one_pdv = phase.fragment
+    send = phase.send_parts
+    while True:
+        msg = phase.recv()
+        command = msg.command
+        field = command_int(command, 0x0100)
+        if field == C_STORE_RQ:
+            sop_uid, sop_cls = command_str(command, 0x1000), command_str(command, 0x0002)
+            syntax = syntaxes.get(msg.context_id)
+            if syntax is None:
+                status, size, final = 0x0122, 0, ""
+            else:
+                status, size, final = receiver.place(sop_uid, sop_cls, syntax, msg.dataset or b"")
+            pdu = store_rsp_pdu(msg.context_id, sop_cls, command_int(command, 0x0110) or 0, status,
+                                sop_uid)
+            # one PDV when it fits the peer's maximum (always, but for a tiny one): else framed
+            send((pdu,) if len(pdu) - 12 <= one_pdv else phase.frame(msg.context_id, pdu[12:]))
+            # -- answered: the rest is off the PACS's path
+            if status == 0x0000 and syntax is not None:
+                receiver.record(sop_uid, sop_cls, syntax, size, final)
+            if remaining is not None:
+                remaining = max(remaining - 1, 0)
+            ahead = min(POOL_LIMIT, remaining if remaining is not None else ahead * 2)
+            pool.top_up(ahead)
+        elif field == C_GET_RSP:
+            code = command_int(command, 0x0900)
+            if code not in (0xFF00, 0xFF01):  # not pending: the last
+                return status_fields(command)
+            remaining = command_int(command, 0x1020)
+        else:
+            raise AssociationAbortedError(f"unexpected DIMSE command 0x{field or 0:04X} "
+                                          "during C-GET", peer=phase.peer)
+        if cancelled is not None and cancelled():  # asked to stop: C-CANCEL (kit.dicom._cancel)
+            from kit.dicom._cancel import drain_get
+
+            return drain_get(phase, context_id)
