@@ -24,7 +24,8 @@ def instances(tmp_path: Path, n: int) -> list[StoredInstance]:
     for i in range(n):
         path = tmp_path / f"{i}.dcm"
         path.write_bytes(bytes([i]) * 300_000)  # more than one chunk
-        out.append(StoredInstance(f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2", TS, "1.2.3", "1.2.3.9", "P", path))
+        out.append(StoredInstance(f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2", TS, "1.2.3", "1.2.3.9", "P",
+                                  path))
     return out
 
 
