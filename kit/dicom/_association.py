@@ -269,10 +269,14 @@ class AssociationClient:
 
     def _lost(self, assoc: Association, what: str,
               waited: float) -> AssociationAbortedError | PeerTimeoutError:
-        """The error for a DIMSE request that got no response after ``waited`` seconds."""
-        if assoc.is_aborted or not assoc.is_established or waited < self.timeout * 0.9:
-            return AssociationAbortedError(f"{what}: the association was aborted", peer=self.address)
-        return PeerTimeoutError(f"{what}: no response within {self.timeout:g}s", peer=self.address)
+        """The error for a DIMSE request that got no response after ``waited`` seconds.
+
+        A wait that ran its course is a timeout, whatever the association's state now:
+        pynetdicom aborts the association itself on its DIMSE timeout, before we look.
+        """
+        if waited >= self.timeout * 0.9:
+            return PeerTimeoutError(f"{what}: no response within {self.timeout:g}s", peer=self.address)
+        return AssociationAbortedError(f"{what}: the association was aborted", peer=self.address)
 
     def _broke_off(self, err: AssociationAbortedError | PeerTimeoutError, what: str,
                    done: int) -> AssociationAbortedError | PeerTimeoutError:

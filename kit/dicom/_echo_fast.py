@@ -16,9 +16,8 @@ stay the canonical path's:
 * The failures that cost time are raised here, with the class and message the
   pynetdicom path gives (tested against it): nothing listening or host unknown
   (:class:`~kit.errors.PeerUnreachableError`), no connection or no A-ASSOCIATE
-  answer within ``timeout`` (:class:`~kit.errors.PeerTimeoutError`), no C-ECHO
-  response within ``timeout`` (:class:`~kit.errors.AssociationAbortedError`,
-  as pynetdicom aborts then).
+  answer within ``timeout``, no C-ECHO response within ``timeout``
+  (:class:`~kit.errors.PeerTimeoutError`; the association is aborted then).
 * After a successful C-ECHO the release never fails the call: no A-RELEASE-RP
   within ``timeout``, or anything else, aborts and returns, as pynetdicom does.
 
@@ -48,7 +47,7 @@ from kit.dicom._echo_pdu import (
     echo_rq,
     pdu_header,
 )
-from kit.errors import AssociationAbortedError, PeerTimeoutError, PeerUnreachableError
+from kit.errors import PeerTimeoutError, PeerUnreachableError
 
 if TYPE_CHECKING:
     from kit.config import PacsSettings
@@ -242,9 +241,9 @@ def _exchange(peer: _Peer, message: bytes, timeout: float, address: str) -> floa
                     raise EchoDeclined(f"C-ECHO status 0x{status:04X}")
                 return took
         raise EchoDeclined(f"no whole C-ECHO response in {MAX_PDUS} PDUs")
-    except TimeoutError as exc:  # pynetdicom aborts on its DIMSE timeout and reports the abort
+    except TimeoutError as exc:  # as PacsClient.echo: a timeout (pynetdicom aborts the association then)
         peer.abort()
-        raise AssociationAbortedError("C-ECHO: the association was aborted", peer=address) from exc
+        raise PeerTimeoutError(f"C-ECHO: no response within {timeout:g}s", peer=address) from exc
 
 
 def _release(peer: _Peer, timeout: float) -> None:

@@ -422,9 +422,7 @@ class PacsClient(AssociationClient):
         if code is None:
             err = self._lost(assoc, what, waited)
             if move_to and not rows and not called_back:
-                # pynetdicom aborts the association on its own DIMSE timeout: that is a timeout
-                kind = PeerTimeoutError if waited >= self.timeout * 0.9 else type(err)
-                raise kind(f"{what}: no answer within {self.timeout:g}s and the PACS never connected "
+                raise type(err)(f"{what}: no answer within {self.timeout:g}s and the PACS never connected "
                                 f"back to our storage SCP; it must know our AE as a move destination "
                                 f"exactly: {move_to[1]}", peer=self.address)
             raise type(err)(f"{err} after {len(rows)} instance(s)", peer=None)

@@ -98,6 +98,34 @@ def test_silent_peer_times_out_within_the_timeout() -> None:
         thread.join(2)
 
 
+@pytest.mark.parametrize("service", ["echo", "find"])
+def test_a_peer_silent_after_accepting_is_a_timeout_not_an_abort(scp: Callable[..., int], service: str) -> None:
+    """pynetdicom aborts the association on its own DIMSE timeout; the user is told it timed out."""
+    release = threading.Event()
+
+    def slow(event: evt.Event) -> Any:
+        release.wait(5)
+        return 0x0000
+
+    def slow_find(event: evt.Event) -> Iterator[Any]:
+        release.wait(5)
+        yield 0x0000, None
+
+    port = scp([(evt.EVT_C_ECHO, slow), (evt.EVT_C_FIND, slow_find)],
+               [("1.2.840.10008.1.1", False), (StudyRootQueryRetrieveInformationModelFind, False)])
+    client = PacsClient("127.0.0.1", port, called_aet="FAKEPACS", timeout=1.0)
+    start = time.monotonic()
+    try:
+        with pytest.raises(PeerTimeoutError, match="no response within 1s"):
+            if service == "echo":
+                client.echo()
+            else:
+                client.find(level="STUDY", patient_id="X")
+    finally:
+        release.set()
+    assert time.monotonic() - start < 4.0
+
+
 def test_peer_abort_mid_get(scp: Callable[..., int], tmp_path: Path) -> None:
     files = make_ct(tmp_path / "src", 3)
     datasets = [pydicom.dcmread(p) for p in files]
