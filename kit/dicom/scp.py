@@ -76,6 +76,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from kit.dicom._accept import AcceptCache
+from kit.dicom._association import unbind_log_handlers
 from kit.dicom._audit import served as _served
 from kit.dicom._fastnet import (
     C_ECHO_RQ,
@@ -281,6 +283,8 @@ class EmbeddedPACS:
         self.store = InstanceStore(storage_dir)
         self._ae: AE | None = None
         self._server: GuardedServer | None = None
+        #: A-ASSOCIATE-RQs answered with pynetdicom's earlier answer to the same proposal (fast only).
+        self._accept: AcceptCache | None = None
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -354,6 +358,7 @@ class EmbeddedPACS:
                                 peer=self.address) from exc
             assert isinstance(server, GuardedServer)
             share_context_uids(server.contexts)
+            self._accept = AcceptCache() if self.fast else None  # answers depend on this AE's contexts
             ae._servers.append(server)
             self._ae, self._server = ae, server
             self.port = int(server.server_address[1])
@@ -485,8 +490,9 @@ class EmbeddedPACS:
         assoc = event.assoc
         dul = assoc.dul
         server = assoc._server
+        unbind_log_handlers(assoc)  # they format the whole A-ASSOCIATE-RQ/AC (unless pynetdicom logs DEBUG)
         if isinstance(server, GuardedServer):
-            deliver_request(server, dul)
+            deliver_request(server, dul, self._accept.deliver if self._accept is not None else None)
         dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
             read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
         _nodelay(event, self.poll_interval)
@@ -525,6 +531,12 @@ class EmbeddedPACS:
             LOGGER.exception("association from %s aborted: %s", assoc.requestor.ae_title, exc)
 
     def _serve_fast(self, assoc: Any, phase: DataPhase) -> None:
+        try:
+            self._serve_messages(assoc, phase)
+        finally:
+            self.store.discard_prepared()  # this thread's temporary file for a next instance
+
+    def _serve_messages(self, assoc: Any, phase: DataPhase) -> None:
         contexts = {int(cx.context_id): cx for cx in assoc.accepted_contexts if cx.context_id is not None}
         calling = str(assoc.requestor.ae_title or "")
         while True:
@@ -552,6 +564,7 @@ class EmbeddedPACS:
                 if comment:
                     fields[0x00000902] = comment[:64]
                 phase.send(msg.context_id, encode_command(fields))
+                self.store.prepare()  # the next instance's file, made while the peer sends it
             elif field == C_ECHO_RQ and sop_class == str(Verification) == str(cx.abstract_syntax):
                 phase.send(msg.context_id, encode_command({
                     0x00000002: sop_class, 0x00000100: C_ECHO_RSP, 0x00000120: message_id,

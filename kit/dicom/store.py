@@ -31,6 +31,7 @@ dataset).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -203,6 +204,7 @@ class InstanceStore:
         self._group: GroupCommit[_Write] = GroupCommit(self._commit_batch)
         self._tmp_prefix = os.path.join(self.tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}-")
         self._tmp_names = itertools.count()
+        self._spares = threading.local()  # each thread's temporary file made ahead (prepare())
         self._files = str(self.files_dir)
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -322,15 +324,20 @@ class InstanceStore:
         rel = f"files{os.sep}{study}{os.sep}{series}{os.sep}{name}"
         folder = os.path.join(self._files, study, series)
         final = os.path.join(folder, name)
-        tmp = f"{self._tmp_prefix}{next(self._tmp_names)}.part"  # O_EXCL below guards
         size = sum(len(p) for p in parts)
         # the index row, prepared here rather than under the commit lock (stored_at is added there)
         row = [attrs.get(k) for k in _COLUMNS]
         row += (transfer_syntax, rel, size)
-        fd = -1
+        spare: _Spare | None = getattr(self._spares, "file", None)
+        if spare is not None:  # made by prepare() while the peer sent this instance
+            self._spares.file = None
+            tmp, fd = spare.take()
+        else:
+            tmp, fd = f"{self._tmp_prefix}{next(self._tmp_names)}.part", -1
         try:
             with self._group.coming() as submit:  # a batch being committed may wait for this one
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                if fd < 0:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # O_EXCL guards
                 _write_all(fd, parts)
                 # fsync'ed on the caller's thread: the associations' fdatasyncs run concurrently and
                 # share the device's cache flushes (measured faster than the leader syncing the
@@ -350,6 +357,29 @@ class InstanceStore:
                               str(attrs.get("StudyInstanceUID") or ""),
                               str(attrs.get("SeriesInstanceUID") or ""),
                               str(attrs.get("PatientID") or ""), Path(final))
+
+    def prepare(self) -> None:
+        """Create the calling thread's next temporary file now, for its next write.
+
+        A receiver calls this once it has answered an instance, while its peer sends the
+        next one, so creating the file (a metadata journal operation: up to a millisecond
+        on a busy disk) is not between receiving an instance and acknowledging it. A failure
+        here is left to the write to meet and report. Idempotent; :meth:`discard_prepared`
+        removes an unused file (a thread ending with one removes it too).
+        """
+        if getattr(self._spares, "file", None) is None:
+            tmp = f"{self._tmp_prefix}{next(self._tmp_names)}.part"
+            try:
+                self._spares.file = _Spare(tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except OSError:
+                pass
+
+    def discard_prepared(self) -> None:
+        """Remove the calling thread's unused :meth:`prepare` file, if any (idempotent)."""
+        spare: _Spare | None = getattr(self._spares, "file", None)
+        self._spares.file = None
+        if spare is not None:
+            spare.discard()
 
     def _commit_batch(self, batch: Sequence[Pending[_Write]]) -> None:
         """Make a batch of fsync'ed temporary files durable and indexed (group commit).
@@ -647,6 +677,31 @@ class _Write:
         self.sop, self.tmp, self.final, self.rel, self.row = sop, tmp, final, rel, row
         self.new_dirs = new_dirs
         self.old: str | None = None
+
+
+class _Spare:
+    """A temporary file made ahead by :meth:`InstanceStore.prepare`; removed if never used
+    (also when dropped, e.g. with the thread-local of a thread that ended)."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def take(self) -> tuple[str, int]:
+        """Its path and descriptor, now the caller's to close (and remove on failure)."""
+        fd, self.fd = self.fd, -1
+        return self.path, fd
+
+    def discard(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            _unlink(self.path)
+
+    def __del__(self) -> None:
+        self.discard()
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
