@@ -1,6 +1,7 @@
 """DIMSE throughput: the kit against dcmtk and Orthanc on the same generated CT files.
 
     python bench/dimse.py [N]        # N small CT instances in one study (default 500)
+    KIT_BENCH_DIMSE_ONLY=receive python bench/dimse.py [N]   # (a) only
 
 (a) receive: SENDERS concurrent dcmtk storescu processes (TCP_NODELAY=1), each
     sending its quarter of N fresh instances, into the kit's EmbeddedPACS and into
@@ -276,6 +277,9 @@ def main() -> None:
               f"median of the per-round ratios {per_round:.2f}; one storescu into storescp, no fsync: "
               f"{rate(n, t_scp):.0f} img/s; kit group commits: {len(batches)}, "
               f"mean {sum(batches) / max(len(batches), 1):.2f} instances)")
+        if os.environ.get("KIT_BENCH_DIMSE_ONLY") == "receive":  # (a) alone: skip (b) and (c)
+            print(f"RATIO receive embedded/orthanc ({SENDERS} senders) = {min(t_orth) / min(t_emb):.2f}")
+            return
 
         # (b) send, (c) C-GET: one untimed warm-up of each side, then PAIRED rounds (the order
         # alternating); each round's ratio compares two runs seconds apart, so a burst of load
