@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -44,7 +45,7 @@ from pynetdicom.presentation import PresentationContext
 
 from kit.dicom._rq_shape import request_key
 
-__all__ = ["AcceptCache"]
+__all__ = ["AcceptCache", "fingerprint"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -123,8 +124,26 @@ class _Entry:
         return primitive, self.ac[:10] + called + calling + self.ac[42:]
 
 
+def fingerprint(ae: Any, contexts: Sequence[PresentationContext]) -> str:
+    """What an AE's answer depends on besides the request: its supported contexts (with
+    roles), maximum PDU length and implementation UID/version (the AE title checks are
+    pynetdicom's, made for every association)."""
+    digest = hashlib.sha256()
+    for cx in contexts:
+        digest.update(repr((str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax],
+                            cx.scu_role, cx.scp_role)).encode())
+    digest.update(repr((ae.maximum_pdu_size, str(ae.implementation_class_uid),
+                        ae.implementation_version_name)).encode())
+    return digest.hexdigest()
+
+
+_SHARED: collections.OrderedDict[str, AcceptCache] = collections.OrderedDict()
+_SHARED_LOCK = threading.Lock()
+
+
 class AcceptCache:
-    """Per server: recorded answers to common-shape requests (see the module docstring).
+    """Recorded answers to common-shape requests (see the module docstring), shared by the
+    servers of one process whose AEs answer alike (:meth:`shared`).
 
     Parameters
     ----------
@@ -132,6 +151,19 @@ class AcceptCache:
         Distinct proposals remembered (the oldest is forgotten first); each key is at
         most :data:`kit.dicom._rq_shape.MAX_KEY` bytes, so the cache stays small.
     """
+
+    @classmethod
+    def shared(cls, key: str, *, max_caches: int = 8) -> AcceptCache:
+        """The cache of the servers whose AEs have the :func:`fingerprint` ``key`` (a PACS
+        started again, e.g. in the next cell of a notebook, answers from the start)."""
+        with _SHARED_LOCK:
+            cache = _SHARED.get(key)
+            if cache is None:
+                cache = _SHARED[key] = cls()
+                while len(_SHARED) > max_caches:
+                    _SHARED.popitem(last=False)
+            _SHARED.move_to_end(key)
+            return cache
 
     def __init__(self, max_entries: int = 32) -> None:
         self.max_entries = max_entries

@@ -76,7 +76,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from kit.dicom._accept import AcceptCache
+from kit.dicom._accept import AcceptCache, fingerprint
 from kit.dicom._association import unbind_log_handlers
 from kit.dicom._audit import served as _served
 from kit.dicom._fastnet import (
@@ -358,7 +358,8 @@ class EmbeddedPACS:
                                 peer=self.address) from exc
             assert isinstance(server, GuardedServer)
             share_context_uids(server.contexts)
-            self._accept = AcceptCache() if self.fast else None  # answers depend on this AE's contexts
+            # answers recorded by any PACS of this process whose AE answers alike (same contexts, PDU size)
+            self._accept = AcceptCache.shared(fingerprint(ae, server.contexts)) if self.fast else None
             ae._servers.append(server)
             self._ae, self._server = ae, server
             self.port = int(server.server_address[1])
