@@ -451,6 +451,7 @@ class EmbeddedPACS:
         except Exception as exc:  # noqa: BLE001 - one message never stops the service
             LOGGER.exception("C-STORE failed: %s", exc)
             status, comment = CANNOT_UNDERSTAND, f"cannot process: {type(exc).__name__}"
+        self.store.checkpoint()  # pynetdicom's path (fast=False): before its answer, as SQLite did
         return _status(status, comment)
 
     @_served("pacs.store")
@@ -474,7 +475,8 @@ class EmbeddedPACS:
         try:
             if calling:
                 meta["SourceApplicationEntityTitle"] = calling
-            self.store.store_encoded(meta, encoded, verdict_attributes(verdict))
+            self.store.store_encoded(meta, encoded, verdict_attributes(verdict),
+                                     checkpoint=False)  # after the answer (_serve_messages)
         except DicomFileError as exc:
             LOGGER.warning("C-STORE from %s refused: %s", calling, exc)
             return CANNOT_UNDERSTAND, str(exc)
@@ -566,6 +568,7 @@ class EmbeddedPACS:
                     fields[0x00000902] = comment[:64]
                 phase.send(msg.context_id, encode_command(fields))
                 self.store.prepare()  # the next instance's file, made while the peer sends it
+                self.store.checkpoint()  # the index's WAL, if due: off every acknowledgement's path
             elif field == C_ECHO_RQ and sop_class == str(Verification) == str(cx.abstract_syntax):
                 phase.send(msg.context_id, encode_command({
                     0x00000002: sop_class, 0x00000100: C_ECHO_RSP, 0x00000120: message_id,

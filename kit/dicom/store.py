@@ -54,6 +54,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
+from kit._sqlite import WalCheckpointer
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._groupcommit import GroupCommit, Pending
 from kit.dicom.matching import LEVEL_KEYS
@@ -220,6 +221,10 @@ class InstanceStore:
             # acknowledged file was fdatasync'ed and its directory fsync'ed before the ack, and
             # _reconcile() indexes on open any file whose row a power cut undid.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoints off the commit path: run by an idle caller (checkpoint()), or by the
+            # writer only once overdue (the WAL stays bounded)
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = WalCheckpointer(self.db_path)
             self._db.execute(_SCHEMA)
             for statement in _INDEXES:
                 self._db.execute(statement)
@@ -230,7 +235,8 @@ class InstanceStore:
     # -- writing --------------------------------------------------------------------
 
     def store_encoded(self, file_meta: FileMetaDataset | Mapping[str, Any], encoded: bytes,
-                      attributes: Mapping[str, Any] | None = None) -> StoredInstance:
+                      attributes: Mapping[str, Any] | None = None, *,
+                      checkpoint: bool = True) -> StoredInstance:
         """Durably store a dataset received encoded (e.g. a C-STORE's bytes), without decoding it.
 
         Parameters
@@ -245,6 +251,9 @@ class InstanceStore:
             The indexed attributes if already known (:func:`verdict_attributes` of a
             :func:`~kit.dicom.received.check_received` verdict); otherwise the data set
             is checked here the same way (whole, readable, identifiers as in the meta).
+        checkpoint : bool
+            Checkpoint the index afterwards if due; False leaves it to the caller's
+            :meth:`checkpoint` (e.g. once it has acknowledged the instance).
 
         Raises
         ------
@@ -261,7 +270,10 @@ class InstanceStore:
             if not verdict.ok:
                 raise DicomFileError(f"data set refused: {verdict.reason}")
             attributes = verdict_attributes(verdict)
-        return self._commit([PREAMBLE, encode_file_meta(file_meta), encoded], attributes, syntax)
+        stored = self._commit([PREAMBLE, encode_file_meta(file_meta), encoded], attributes, syntax)
+        if checkpoint:
+            self.checkpoint()
+        return stored
 
     def store_dataset(self, ds: Dataset) -> StoredInstance:
         """Durably store a decoded dataset (file meta added if missing)."""
@@ -271,7 +283,9 @@ class InstanceStore:
             ds.save_as(buf, enforce_file_format=True)
         except (ValueError, TypeError, AttributeError) as exc:
             raise DicomFileError(f"cannot encode dataset: {exc}") from exc
-        return self._commit([buf.getvalue()], index_attributes(ds), str(ds.file_meta.TransferSyntaxUID))
+        stored = self._commit([buf.getvalue()], index_attributes(ds), str(ds.file_meta.TransferSyntaxUID))
+        self.checkpoint()
+        return stored
 
     def import_file(self, path: str | os.PathLike[str]) -> StoredInstance:
         """Copy one DICOM file into the store (bytes kept as they are when it has file meta)."""
@@ -287,7 +301,9 @@ class InstanceStore:
                 return self.store_dataset(dcmread(path, force=True))
             except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
                 raise DicomFileError(f"cannot read DICOM file: {exc}", source=str(path)) from exc
-        return self._commit([data], index_attributes(ds), str(meta.TransferSyntaxUID))
+        stored = self._commit([data], index_attributes(ds), str(meta.TransferSyntaxUID))
+        self.checkpoint()
+        return stored
 
     def import_files(self, paths: Iterable[str | os.PathLike[str]], *, skip_existing: bool = False) -> int:
         """Import files and folders (recursively; ``DICOMDIR`` skipped); returns how many were stored.
@@ -461,6 +477,22 @@ class InstanceStore:
         except sqlite3.Error:
             self._db.execute("ROLLBACK")
             raise
+        if self._checkpointer.committed(len(values)):  # overdue: nobody idle ran one
+            self.checkpoint(wait=True)
+
+    def checkpoint(self, *, wait: bool = False) -> bool:
+        """Checkpoint the index's WAL if enough rows were committed since the last time.
+
+        Called once an instance is acknowledged (off the commit path; a checkpoint fsyncs
+        twice); returns at once when not due or when another thread is checkpointing
+        (unless ``wait``). A failure is logged, not raised: the rows are committed (the WAL
+        keeps them) and the next call tries again. Returns whether a checkpoint ran.
+        """
+        try:
+            return self._checkpointer.run(wait=wait)
+        except StoreError as exc:
+            LOGGER.warning("%s (will retry)", exc)
+            return False
 
     def _index_file(self, f: Path) -> bool:
         try:
@@ -648,6 +680,7 @@ class InstanceStore:
 
     def close(self) -> None:
         """Close the index (idempotent)."""
+        self._checkpointer.close()
         with self._lock:
             try:
                 self._db.close()
