@@ -165,7 +165,7 @@ class AcceptCache:
             _SHARED.move_to_end(key)
             return cache
 
-    def __init__(self, max_entries: int = 32) -> None:
+    def __init__(self, max_entries: int = 16) -> None:
         self.max_entries = max_entries
         self._entries: collections.OrderedDict[tuple[bytes, bool, bool], _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()

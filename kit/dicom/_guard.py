@@ -267,8 +267,12 @@ def deliver_request(server: GuardedServer, dul: DULServiceProvider,
     raw = server.requests.pop(sock, None) if sock is not None else None
     if raw is None:
         return False
-    if replay is not None and replay(dul, raw):
-        return True
+    if replay is not None:
+        try:
+            if replay(dul, raw):
+                return True
+        except Exception:  # noqa: BLE001 - an optimisation failing: pynetdicom decodes it as always
+            LOGGER.exception("A-ASSOCIATE-RQ replay failed; decoded as usual")
     try:
         pdu, event = dul._decode_pdu(bytearray(raw))
     except Exception as exc:  # noqa: BLE001 - an undecodable request: Evt19, A-ABORT

@@ -239,3 +239,16 @@ def test_answers_shared_only_between_pacs_that_answer_alike(tmp_path: Path) -> N
         assert expected != answer  # its A-ASSOCIATE-AC names another maximum length
         assert exchange(other.port, request) == expected
         assert exchange(other.port, request) == expected
+
+
+def test_a_failing_replay_leaves_the_request_to_pynetdicom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from kit.dicom._accept import AcceptCache
+
+    def broken(self: AcceptCache, dul: object, raw: bytes) -> bool:
+        raise RuntimeError("replay bug")
+
+    monkeypatch.setattr(AcceptCache, "deliver", broken)
+    with EmbeddedPACS(tmp_path / "pacs", acse_timeout=3) as pacs:
+        assert echo_ok(pacs)  # answered by pynetdicom, not left waiting for its request
+        assert "replay failed" in caplog.text
