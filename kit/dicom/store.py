@@ -18,7 +18,9 @@ batch step fails exactly the instances it concerns, leaving no file behind. The
 files are the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled
 with them on every open, so a row lost to a power cut is re-created; when a
 crash left both versions of a replaced instance, the committed one wins and the
-other is removed.
+other is removed. The WAL is checkpointed off the commit path
+(:class:`kit._sqlite.WalCheckpointer`, :meth:`InstanceStore.checkpoint`), and a
+receiver may create its next temporary file ahead (:meth:`InstanceStore.prepare`).
 :meth:`InstanceStore.store_encoded` stores only data sets that pass
 :func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
 :class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
