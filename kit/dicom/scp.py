@@ -381,6 +381,7 @@ class EmbeddedPACS:
             assoc.abort()
         server.shutdown()
         ae.shutdown()
+        self.store.release_spares()  # the files made ahead for receivers (a restart makes more)
 
     def _on_failure(self, exc: BaseException) -> None:
         LOGGER.critical("embedded PACS on %s is down: %r", self.address, exc)

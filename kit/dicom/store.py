@@ -33,11 +33,9 @@ dataset).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -59,6 +57,9 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from kit._sqlite import WalCheckpointer
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._groupcommit import GroupCommit, Pending
+from kit.dicom._spares import Spare, SparePool
+from kit.dicom._spares import create as create_spare
+from kit.dicom._spares import names as spare_names
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import Verdict, check_received
@@ -205,9 +206,10 @@ class InstanceStore:
         self.db_path = self.root / "index.sqlite"
         self._lock = threading.RLock()
         self._group: GroupCommit[_Write] = GroupCommit(self._commit_batch)
-        self._tmp_prefix = os.path.join(self.tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}-")
-        self._tmp_names = itertools.count()
+        self._new_tmp = spare_names(os.path.join(self.tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}-"))
         self._spares = threading.local()  # each thread's temporary file made ahead (prepare())
+        self._pool: SparePool | None = None  # files made ahead by a thread (started by prepare())
+        self._pool_lock = threading.Lock()
         self._files = str(self.files_dir)
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -346,12 +348,12 @@ class InstanceStore:
         # the index row, prepared here rather than under the commit lock (stored_at is added there)
         row = [attrs.get(k) for k in _COLUMNS]
         row += (transfer_syntax, rel, size)
-        spare: _Spare | None = getattr(self._spares, "file", None)
+        spare: Spare | None = getattr(self._spares, "file", None)
         if spare is not None:  # made by prepare() while the peer sent this instance
             self._spares.file = None
             tmp, fd = spare.take()
         else:
-            tmp, fd = f"{self._tmp_prefix}{next(self._tmp_names)}.part", -1
+            tmp, fd = self._new_tmp(), -1
         try:
             with self._group.coming() as submit:  # a batch being committed may wait for this one
                 if fd < 0:
@@ -377,27 +379,44 @@ class InstanceStore:
                               str(attrs.get("PatientID") or ""), Path(final))
 
     def prepare(self) -> None:
-        """Create the calling thread's next temporary file now, for its next write.
+        """Have the calling thread's next temporary file ready for its next write.
 
         A receiver calls this once it has answered an instance, while its peer sends the
-        next one, so creating the file (a metadata journal operation: up to a millisecond
-        on a busy disk) is not between receiving an instance and acknowledging it. A failure
-        here is left to the write to meet and report. Idempotent; :meth:`discard_prepared`
-        removes an unused file (a thread ending with one removes it too).
+        next one, so creating the file (a journalled metadata operation: ~1 ms on a busy
+        disk) is neither between receiving an instance and acknowledging it nor, mostly,
+        on the receiver's thread at all: a pool thread (:mod:`kit.dicom._spares`) keeps a
+        few ready, and only when it has none is one made here. A failure here is left to
+        the write to meet and report. Idempotent; :meth:`discard_prepared` removes an unused
+        file (a thread ending with one removes it too); :meth:`release_spares` stops the pool.
         """
-        if getattr(self._spares, "file", None) is None:
-            tmp = f"{self._tmp_prefix}{next(self._tmp_names)}.part"
+        if getattr(self._spares, "file", None) is not None:
+            return
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                pool = self._pool = self._pool or SparePool(self._new_tmp)
+        spare = pool.take()
+        if spare is None:
             try:
-                self._spares.file = _Spare(tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                spare = create_spare(self._new_tmp())
             except OSError:
-                pass
+                return
+        self._spares.file = spare
 
     def discard_prepared(self) -> None:
         """Remove the calling thread's unused :meth:`prepare` file, if any (idempotent)."""
-        spare: _Spare | None = getattr(self._spares, "file", None)
+        spare: Spare | None = getattr(self._spares, "file", None)
         self._spares.file = None
         if spare is not None:
             spare.discard()
+
+    def release_spares(self) -> None:
+        """Stop the pool of files made ahead and remove its unused files (idempotent; a later
+        :meth:`prepare` starts a new one)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _commit_batch(self, batch: Sequence[Pending[_Write]]) -> None:
         """Make a batch of fsync'ed temporary files durable and indexed (group commit).
@@ -681,7 +700,8 @@ class InstanceStore:
         return df.with_columns(exprs)
 
     def close(self) -> None:
-        """Close the index (idempotent)."""
+        """Close the index (idempotent) and stop the pool of files made ahead."""
+        self.release_spares()
         self._checkpointer.close()
         with self._lock:
             try:
@@ -712,31 +732,6 @@ class _Write:
         self.sop, self.tmp, self.final, self.rel, self.row = sop, tmp, final, rel, row
         self.new_dirs = new_dirs
         self.old: str | None = None
-
-
-class _Spare:
-    """A temporary file made ahead by :meth:`InstanceStore.prepare`; removed if never used
-    (also when dropped, e.g. with the thread-local of a thread that ended)."""
-
-    __slots__ = ("fd", "path")
-
-    def __init__(self, path: str, fd: int) -> None:
-        self.path, self.fd = path, fd
-
-    def take(self) -> tuple[str, int]:
-        """Its path and descriptor, now the caller's to close (and remove on failure)."""
-        fd, self.fd = self.fd, -1
-        return self.path, fd
-
-    def discard(self) -> None:
-        fd, self.fd = self.fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            _unlink(self.path)
-
-    def __del__(self) -> None:
-        self.discard()
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
