@@ -235,7 +235,7 @@ def _do_action(machine: Any, original: Callable[[str], None], ac: bytes, event: 
         original(event)
         return
     dul = machine.dul
-    del machine.do_action  # once: pynetdicom's own from here on
+    vars(machine).pop("do_action", None)  # once: pynetdicom's own from here on
     dul.to_provider_queue.get(False)  # the A-ASSOCIATE (accept) primitive, as AE_7 takes it
     dul.socket.send(ac)
     evt.trigger(dul.assoc, evt.EVT_FSM_TRANSITION, {
