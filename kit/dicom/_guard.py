@@ -256,12 +256,23 @@ class GuardedServer(ThreadedAssociationServer):
             self.shutdown_request(sock)
 
 
-def deliver_request(server: GuardedServer, dul: DULServiceProvider) -> bool:
-    """EVT_CONN_OPEN: give the association the A-ASSOCIATE-RQ the gate read (after Evt5)."""
+def deliver_request(server: GuardedServer, dul: DULServiceProvider,
+                    replay: Callable[[DULServiceProvider, bytes], bool] | None = None) -> bool:
+    """EVT_CONN_OPEN: give the association the A-ASSOCIATE-RQ the gate read (after Evt5).
+
+    ``replay`` (e.g. :meth:`kit.dicom._accept.AcceptCache.deliver`) may deliver it instead
+    (returning True); otherwise it is decoded here as pynetdicom's reader would.
+    """
     sock = getattr(dul.socket, "socket", None)
     raw = server.requests.pop(sock, None) if sock is not None else None
     if raw is None:
         return False
+    if replay is not None:
+        try:
+            if replay(dul, raw):
+                return True
+        except Exception:  # noqa: BLE001 - an optimisation failing: pynetdicom decodes it as always
+            LOGGER.exception("A-ASSOCIATE-RQ replay failed; decoded as usual")
     try:
         pdu, event = dul._decode_pdu(bytearray(raw))
     except Exception as exc:  # noqa: BLE001 - an undecodable request: Evt19, A-ABORT

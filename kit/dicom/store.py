@@ -18,7 +18,9 @@ batch step fails exactly the instances it concerns, leaving no file behind. The
 files are the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled
 with them on every open, so a row lost to a power cut is re-created; when a
 crash left both versions of a replaced instance, the committed one wins and the
-other is removed.
+other is removed. The WAL is checkpointed off the commit path
+(:class:`kit._sqlite.WalCheckpointer`, :meth:`InstanceStore.checkpoint`), and a
+receiver may create its next temporary file ahead (:meth:`InstanceStore.prepare`).
 :meth:`InstanceStore.store_encoded` stores only data sets that pass
 :func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
 :class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
@@ -34,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import itertools
 import logging
 import os
 import re
@@ -53,8 +54,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
+from kit._sqlite import WalCheckpointer
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._groupcommit import GroupCommit, Pending
+from kit.dicom._spares import Spare, SparePool
+from kit.dicom._spares import create as create_spare
+from kit.dicom._spares import names as spare_names
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import Verdict, check_received
@@ -201,8 +206,10 @@ class InstanceStore:
         self.db_path = self.root / "index.sqlite"
         self._lock = threading.RLock()
         self._group: GroupCommit[_Write] = GroupCommit(self._commit_batch)
-        self._tmp_prefix = os.path.join(self.tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}-")
-        self._tmp_names = itertools.count()
+        self._new_tmp = spare_names(os.path.join(self.tmp_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}-"))
+        self._spares = threading.local()  # each thread's temporary file made ahead (prepare())
+        self._pool: SparePool | None = None  # files made ahead by a thread (started by prepare())
+        self._pool_lock = threading.Lock()
         self._files = str(self.files_dir)
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +225,10 @@ class InstanceStore:
             # acknowledged file was fdatasync'ed and its directory fsync'ed before the ack, and
             # _reconcile() indexes on open any file whose row a power cut undid.
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # checkpoints off the commit path: run by an idle caller (checkpoint()), or by the
+            # writer only once overdue (the WAL stays bounded)
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = WalCheckpointer(self.db_path)
             self._db.execute(_SCHEMA)
             for statement in _INDEXES:
                 self._db.execute(statement)
@@ -228,7 +239,8 @@ class InstanceStore:
     # -- writing --------------------------------------------------------------------
 
     def store_encoded(self, file_meta: FileMetaDataset | Mapping[str, Any], encoded: bytes,
-                      attributes: Mapping[str, Any] | None = None) -> StoredInstance:
+                      attributes: Mapping[str, Any] | None = None, *,
+                      checkpoint: bool = True) -> StoredInstance:
         """Durably store a dataset received encoded (e.g. a C-STORE's bytes), without decoding it.
 
         Parameters
@@ -243,6 +255,9 @@ class InstanceStore:
             The indexed attributes if already known (:func:`verdict_attributes` of a
             :func:`~kit.dicom.received.check_received` verdict); otherwise the data set
             is checked here the same way (whole, readable, identifiers as in the meta).
+        checkpoint : bool
+            Checkpoint the index afterwards if due; False leaves it to the caller's
+            :meth:`checkpoint` (e.g. once it has acknowledged the instance).
 
         Raises
         ------
@@ -259,7 +274,10 @@ class InstanceStore:
             if not verdict.ok:
                 raise DicomFileError(f"data set refused: {verdict.reason}")
             attributes = verdict_attributes(verdict)
-        return self._commit([PREAMBLE, encode_file_meta(file_meta), encoded], attributes, syntax)
+        stored = self._commit([PREAMBLE, encode_file_meta(file_meta), encoded], attributes, syntax)
+        if checkpoint:
+            self.checkpoint()
+        return stored
 
     def store_dataset(self, ds: Dataset) -> StoredInstance:
         """Durably store a decoded dataset (file meta added if missing)."""
@@ -269,7 +287,9 @@ class InstanceStore:
             ds.save_as(buf, enforce_file_format=True)
         except (ValueError, TypeError, AttributeError) as exc:
             raise DicomFileError(f"cannot encode dataset: {exc}") from exc
-        return self._commit([buf.getvalue()], index_attributes(ds), str(ds.file_meta.TransferSyntaxUID))
+        stored = self._commit([buf.getvalue()], index_attributes(ds), str(ds.file_meta.TransferSyntaxUID))
+        self.checkpoint()
+        return stored
 
     def import_file(self, path: str | os.PathLike[str]) -> StoredInstance:
         """Copy one DICOM file into the store (bytes kept as they are when it has file meta)."""
@@ -285,7 +305,9 @@ class InstanceStore:
                 return self.store_dataset(dcmread(path, force=True))
             except (OSError, InvalidDicomError, ValueError, EOFError) as exc:
                 raise DicomFileError(f"cannot read DICOM file: {exc}", source=str(path)) from exc
-        return self._commit([data], index_attributes(ds), str(meta.TransferSyntaxUID))
+        stored = self._commit([data], index_attributes(ds), str(meta.TransferSyntaxUID))
+        self.checkpoint()
+        return stored
 
     def import_files(self, paths: Iterable[str | os.PathLike[str]], *, skip_existing: bool = False) -> int:
         """Import files and folders (recursively; ``DICOMDIR`` skipped); returns how many were stored.
@@ -322,15 +344,20 @@ class InstanceStore:
         rel = f"files{os.sep}{study}{os.sep}{series}{os.sep}{name}"
         folder = os.path.join(self._files, study, series)
         final = os.path.join(folder, name)
-        tmp = f"{self._tmp_prefix}{next(self._tmp_names)}.part"  # O_EXCL below guards
         size = sum(len(p) for p in parts)
         # the index row, prepared here rather than under the commit lock (stored_at is added there)
         row = [attrs.get(k) for k in _COLUMNS]
         row += (transfer_syntax, rel, size)
-        fd = -1
+        spare: Spare | None = getattr(self._spares, "file", None)
+        if spare is not None:  # made by prepare() while the peer sent this instance
+            self._spares.file = None
+            tmp, fd = spare.take()
+        else:
+            tmp, fd = self._new_tmp(), -1
         try:
             with self._group.coming() as submit:  # a batch being committed may wait for this one
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                if fd < 0:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # O_EXCL guards
                 _write_all(fd, parts)
                 # fsync'ed on the caller's thread: the associations' fdatasyncs run concurrently and
                 # share the device's cache flushes (measured faster than the leader syncing the
@@ -350,6 +377,46 @@ class InstanceStore:
                               str(attrs.get("StudyInstanceUID") or ""),
                               str(attrs.get("SeriesInstanceUID") or ""),
                               str(attrs.get("PatientID") or ""), Path(final))
+
+    def prepare(self) -> None:
+        """Have the calling thread's next temporary file ready for its next write.
+
+        A receiver calls this once it has answered an instance, while its peer sends the
+        next one, so creating the file (a journalled metadata operation: ~1 ms on a busy
+        disk) is neither between receiving an instance and acknowledging it nor, mostly,
+        on the receiver's thread at all: a pool thread (:mod:`kit.dicom._spares`) keeps a
+        few ready, and only when it has none is one made here. A failure here is left to
+        the write to meet and report. Idempotent; :meth:`discard_prepared` removes an unused
+        file (a thread ending with one removes it too); :meth:`release_spares` stops the pool.
+        """
+        if getattr(self._spares, "file", None) is not None:
+            return
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                pool = self._pool = self._pool or SparePool(self._new_tmp)
+        spare = pool.take()
+        if spare is None:
+            try:
+                spare = create_spare(self._new_tmp())
+            except OSError:
+                return
+        self._spares.file = spare
+
+    def discard_prepared(self) -> None:
+        """Remove the calling thread's unused :meth:`prepare` file, if any (idempotent)."""
+        spare: Spare | None = getattr(self._spares, "file", None)
+        self._spares.file = None
+        if spare is not None:
+            spare.discard()
+
+    def release_spares(self) -> None:
+        """Stop the pool of files made ahead and remove its unused files (idempotent; a later
+        :meth:`prepare` starts a new one)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
 
     def _commit_batch(self, batch: Sequence[Pending[_Write]]) -> None:
         """Make a batch of fsync'ed temporary files durable and indexed (group commit).
@@ -431,6 +498,22 @@ class InstanceStore:
         except sqlite3.Error:
             self._db.execute("ROLLBACK")
             raise
+        if self._checkpointer.committed(len(values)):  # overdue: nobody idle ran one
+            self.checkpoint(wait=True)
+
+    def checkpoint(self, *, wait: bool = False) -> bool:
+        """Checkpoint the index's WAL if enough rows were committed since the last time.
+
+        Called once an instance is acknowledged (off the commit path; a checkpoint fsyncs
+        twice); returns at once when not due or when another thread is checkpointing
+        (unless ``wait``). A failure is logged, not raised: the rows are committed (the WAL
+        keeps them) and the next call tries again. Returns whether a checkpoint ran.
+        """
+        try:
+            return self._checkpointer.run(wait=wait)
+        except StoreError as exc:
+            LOGGER.warning("%s (will retry)", exc)
+            return False
 
     def _index_file(self, f: Path) -> bool:
         try:
@@ -617,7 +700,9 @@ class InstanceStore:
         return df.with_columns(exprs)
 
     def close(self) -> None:
-        """Close the index (idempotent)."""
+        """Close the index (idempotent) and stop the pool of files made ahead."""
+        self.release_spares()
+        self._checkpointer.close()
         with self._lock:
             try:
                 self._db.close()

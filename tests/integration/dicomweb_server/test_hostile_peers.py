@@ -50,6 +50,7 @@ def _reasons(body: bytes) -> list[int]:
 def _nothing_left(server: Embedded) -> None:
     assert len(server.pacs.store) == 0
     assert not any(server.pacs.store.files_dir.rglob("*.dcm"))
+    server.pacs.store.release_spares()  # the empty files made ahead for the next C-STOREs
     assert not any(server.pacs.store.tmp_dir.iterdir())
 
 
@@ -234,6 +235,7 @@ def test_concurrent_stow_and_cstore_of_one_instance(server: Embedded, tmp_path: 
     assert len(rows) == 1 and len(server.pacs.store) == 1
     stored = pydicom.dcmread(rows[0].path)
     assert bytes(stored.PixelData) in (pydicom.dcmread(a_path).PixelData, version_b.PixelData)
+    server.pacs.store.release_spares()  # the empty files made ahead for the next C-STOREs
     assert not any(server.pacs.store.tmp_dir.iterdir())
     assert len(list(server.pacs.store.files_dir.rglob("*.dcm"))) == 1
     got = web.get(str(stored.StudyInstanceUID), dest=tmp_path / "back")

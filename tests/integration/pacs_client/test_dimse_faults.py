@@ -99,7 +99,8 @@ def test_silent_peer_times_out_within_the_timeout() -> None:
 
 
 @pytest.mark.parametrize("service", ["echo", "find"])
-def test_a_peer_silent_after_accepting_is_a_timeout_not_an_abort(scp: Callable[..., int], service: str) -> None:
+def test_a_peer_silent_after_accepting_is_a_timeout_not_an_abort(scp: Callable[..., int],
+                                                                 service: str) -> None:
     """pynetdicom aborts the association on its own DIMSE timeout; the user is told it timed out."""
     release = threading.Event()
 

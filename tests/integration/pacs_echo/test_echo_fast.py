@@ -385,7 +385,7 @@ def test_silence_gives_pacsclients_error_within_the_timeout(name: str, fallbacks
         took = time.monotonic() - started
     finally:
         peer.close()
-    assert got[0] == "PeerTimeoutError" and got == want  # a peer silent after the echo too: no abort of its own
+    assert got[0] == "PeerTimeoutError" and got == want  # silent after the echo too: a timeout
     assert fallbacks == [config_address(config)]  # canonical's own: the fast path raised itself
     assert 0.9 < took < 1.8
 

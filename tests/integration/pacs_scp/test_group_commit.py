@@ -83,7 +83,7 @@ def test_four_concurrent_storescu_every_acknowledged_instance_durable_once(tmp_p
             stored = by_uid[str(sent.SOPInstanceUID)].path
             assert dcmread(stored).PixelData == sent.PixelData
             assert _body(stored) == _body(path)
-        assert leftovers(pacs.store.root) == []
+        assert leftovers(pacs.store) == []
         assert max(pacs.store.commit_batches()) > 1  # associations did share commits
         assert sum(pacs.store.commit_batches()) == len(acked)
         assert echo_ok(pacs)
@@ -122,7 +122,7 @@ def test_failed_group_commit_answers_failure_and_keeps_nothing(tmp_path: Path,
         assert len(list(pacs.store.files_dir.rglob("*.dcm"))) == len(ok)
         for uid in ok:
             assert str(dcmread(stored[uid]).SOPInstanceUID) == uid
-        assert leftovers(pacs.store.root) == []
+        assert leftovers(pacs.store) == []
         monkeypatch.undo()
         again = client.store([p for paths in folders for p in paths])  # the same files, now durable
         assert set(again["status"].to_list()) == {0}

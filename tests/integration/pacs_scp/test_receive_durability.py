@@ -74,7 +74,7 @@ def test_sigkill_while_receiving_keeps_every_acknowledged_instance(tmp_path: Pat
             assert _body(held.path) == _body(path)
             assert dcmread(held.path).PixelData == sent.PixelData
         assert len(list(store.files_dir.rglob("*.dcm"))) == len(store)  # indexed once, none unindexed
-        assert leftovers(store.root) == []
+        assert leftovers(store) == []
     finally:
         store.close()
     with EmbeddedPACS(root) as pacs:  # the reopened store receives again
@@ -113,7 +113,7 @@ def test_a_failed_file_sync_fails_exactly_that_instance(tmp_path: Path,
         assert len(list(pacs.store.files_dir.rglob("*.dcm"))) == len(stored)
         for uid, path in stored.items():
             assert str(dcmread(path).SOPInstanceUID) == uid
-        assert leftovers(pacs.store.root) == []
+        assert leftovers(pacs.store) == []
         assert echo_ok(pacs)
 
 
@@ -140,7 +140,7 @@ def test_a_folder_removed_before_the_commit_is_made_again(tmp_path: Path,
         assert held.path.parent == Path(removed[0])
         assert dcmread(held.path).SOPInstanceUID == ds.SOPInstanceUID
         assert [i.sop_instance_uid for i in store] == [str(ds.SOPInstanceUID)]
-        assert leftovers(store.root) == []
+        assert leftovers(store) == []
     finally:
         store.close()
 

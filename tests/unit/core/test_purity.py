@@ -13,7 +13,7 @@ PURE = [
     "errors", "config", "audit", "_files", "_redact", "_checks", "_truncate", "examples/cohort",
     "dicom/query", "dicom/index", "dicom/deid", "dicom/deid_check", "dicom/_profile_options",
     "dicom/received", "dicom/matching", "dicom/pixels", "dicom/_contexts", "dicom/web_multipart",
-    "dicom/web_query", "dicom/_echo_pdu", "dicom/_assoc_pdu", "dicom/_assoc_rq",
+    "dicom/web_query", "dicom/_echo_pdu", "dicom/_assoc_pdu", "dicom/_assoc_rq", "dicom/_rq_shape",
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "fhir/server_limits", "fhir/server_openapi", "fhir/policy", "fhir/_paging",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/frames_fast", "hl7/scheduling", "hl7/framing",
