@@ -214,27 +214,28 @@ def test_one_poison_message_in_a_batch_costs_a_few_commits_not_one_per_message(
     assert stored == sorted(f"B{i:06d}" for i in range(32) if i != 17)
 
 
-def test_the_committer_waits_a_little_for_as_many_connections_as_its_last_batch_had(tmp_path: Path) -> None:
+def test_the_committer_waits_a_little_for_as_many_connections_as_its_last_batches_had(tmp_path: Path) -> None:
     """Eight senders in lock step send their next messages just after a commit: the next batch
-    waits (bounded) for all of them instead of committing the first alone. One sender never waits."""
+    waits (bounded) for all of them instead of committing the first alone. One sender never waits.
+    The loop hands its jobs over as lists (one per loop iteration); a batch takes every list waiting."""
     from kit.hl7.mllp import _Job
 
     listener = MLLPListener(tmp_path / "unused.db")  # not started: only its queue is used
 
-    def job() -> _Job:
-        return _Job(None, None)  # type: ignore[arg-type]  # the committer's queue handling only
+    def jobs(count: int = 1) -> list[_Job]:
+        return [_Job(None, None) for _ in range(count)]  # type: ignore[arg-type]  # queue handling only
 
     def later(count: int, after: float) -> None:
-        threading.Timer(after, lambda: [listener._jobs.put(job()) for _ in range(count)]).start()
+        threading.Timer(after, lambda: [listener._jobs.put(jobs()) for _ in range(count)]).start()
 
-    batch = [job()]
-    listener._jobs.put(job())
+    batch = jobs()
+    listener._jobs.put(jobs())
     later(2, 0.05)
     start = time.monotonic()
     assert listener._take_waiting(batch, 4, 1.0) is False
     assert len(batch) == 4 and time.monotonic() - start < 0.9  # waited for the two, not the full second
 
-    batch = [job()]
+    batch = jobs()
     later(1, 0.3)
     start = time.monotonic()
     listener._take_waiting(batch, 1, 1.0)  # one connection last time: no wait at all
@@ -243,10 +244,16 @@ def test_the_committer_waits_a_little_for_as_many_connections_as_its_last_batch_
     assert listener._jobs.qsize() == 1
     listener._jobs.get_nowait()
 
-    batch = [job()]
+    batch = jobs()
     start = time.monotonic()
     listener._take_waiting(batch, 8, 0.1)  # the others never come: bounded by the wait
     assert len(batch) == 1 and 0.09 <= time.monotonic() - start < 0.6
 
+    for count in (3, 1, 4):  # everything waiting is taken, whatever the target
+        listener._jobs.put(jobs(count))
+    batch = jobs()
+    listener._take_waiting(batch, 1, 0.0)
+    assert len(batch) == 9 and listener._jobs.qsize() == 0
+
     listener._jobs.put(None)
-    assert listener._take_waiting([job()], 8, 1.0) is True  # stop sentinel
+    assert listener._take_waiting(jobs(), 8, 1.0) is True  # stop sentinel
