@@ -38,6 +38,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import math
 import os
 import queue
 import socket
@@ -129,6 +130,56 @@ class _Job:
 
     item: Received
     reply: asyncio.Future[str]
+
+
+class _Watch:
+    """The time limit of one connection's read or write: one timer per connection, not one per read.
+
+    ``asyncio.timeout`` around every read and drain schedules and cancels a timer each time;
+    here a read sets a deadline (a float) and the timer, armed once, re-arms itself when it fires
+    early. When the deadline has passed, the connection's task is cancelled, and
+    :meth:`expired` tells that cancellation from any other (shutdown, eviction).
+    """
+
+    __slots__ = ("_handle", "_loop", "_task", "deadline", "fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+        self._loop, self._task = loop, task
+        self._handle: asyncio.TimerHandle | None = None
+        self.deadline = math.inf
+        self.fired = False
+
+    def expect(self, deadline: float) -> None:
+        """The next read or write must end by ``deadline`` (loop time); ``math.inf``: no limit now."""
+        self.deadline = deadline
+        handle = self._handle
+        if deadline < math.inf and (handle is None or deadline < handle.when()):
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self.deadline == math.inf:
+            return
+        if self._loop.time() + 0.001 >= self.deadline:
+            self.fired = True
+            self.deadline = math.inf
+            self._task.cancel()
+        else:  # the deadline moved on since the timer was armed
+            self._handle = self._loop.call_at(self.deadline, self._fire)
+
+    def expired(self) -> bool:
+        """For a CancelledError just caught: True if it was this time limit alone (then it is spent)."""
+        if not self.fired:
+            return False
+        self.fired = False
+        return self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class MLLPListener:
@@ -494,16 +545,20 @@ class MLLPListener:
         peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
         decoder = MLLPDecoder(self.max_message_bytes)
         frame_started: float | None = None
+        watch = _Watch(loop, task)
+        stalled = False  # the peer stopped reading its ACKs
         try:
             while True:
-                wait = self.idle_timeout
-                if frame_started is not None:
-                    wait = min(wait, frame_started + self.frame_timeout - loop.time())
+                deadline, slow = loop.time() + self.idle_timeout, False
+                if frame_started is not None and frame_started + self.frame_timeout < deadline:
+                    deadline, slow = frame_started + self.frame_timeout, True  # a frame under way
+                watch.expect(deadline)
                 try:
-                    async with asyncio.timeout(max(wait, 0.0)):  # no task per read, as wait_for makes
-                        data = await reader.read(_READ_SIZE)
-                except TimeoutError:
-                    if frame_started is not None and loop.time() >= frame_started + self.frame_timeout:
+                    data = await reader.read(_READ_SIZE)
+                except asyncio.CancelledError:
+                    if not watch.expired():
+                        raise
+                    if slow:  # the frame's time ran out before the idle time
                         self.counts["slow"] += 1
                         log.warning("MLLP peer %s did not finish a frame within %ss; disconnecting", peer,
                                     self.frame_timeout)
@@ -512,6 +567,7 @@ class MLLPListener:
                     else:
                         log.info("closing idle MLLP connection from %s", peer)
                     break
+                watch.expect(math.inf)
                 self._activity[task] = loop.time()
                 items = decoder.feed(data) if data else decoder.flush()
                 replies = [self._handle(item, peer) for item in items]
@@ -525,18 +581,33 @@ class MLLPListener:
                     frame_started = None
                 elif frame_started is None or items:
                     frame_started = loop.time()
-                async with asyncio.timeout(self.idle_timeout):  # a peer that never reads
-                    await writer.drain()
+                if writer.transport.get_write_buffer_size():  # a peer that does not read: bounded
+                    watch.expect(loop.time() + self.idle_timeout)
+                    try:
+                        await writer.drain()
+                    except asyncio.CancelledError:
+                        if not watch.expired():
+                            raise
+                        stalled = True
+                        raise TimeoutError(f"the peer read no ACK for {self.idle_timeout}s") from None
+                    watch.expect(math.inf)
+                else:
+                    await writer.drain()  # nothing waits; raises if the connection was lost
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
         except asyncio.CancelledError:
             pass
         finally:
+            watch.stop()
             self._clients.discard(task)
             self._activity.pop(task, None)
+            if stalled:  # close() would wait for the peer to read what is buffered: forever
+                writer.transport.abort()
             writer.close()
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
+            except Exception:  # noqa: BLE001 - the peer does not take the last bytes: drop them
+                writer.transport.abort()
 
     def _make_room(self) -> None:
         """At ``max_connections``: close the connection idle the longest."""
