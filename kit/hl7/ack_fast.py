@@ -18,11 +18,12 @@ read. A sender that only checks the code and MSA-2 never pays for it.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from kit.hl7.typed import Ack, AckCode, Header, parse_dtm
 
-__all__ = ["fast_ack"]
+__all__ = ["AckExpected", "ack_frame", "fast_ack"]
 
 _START = b"MSH|^~\\&|"
 _SKIP = len(_START)
@@ -32,6 +33,26 @@ _PLAIN = bytes(b for b in range(0x20, 0x7F) if b not in b"\\~") + b"\r"
 _CODES = {code.value: code for code in AckCode}
 _MSH_FIELDS = 10  # MSH-3 .. MSH-12
 _ACK_TYPES = frozenset(("ACK", ""))
+_CODES_B = {code.value.encode(): code for code in AckCode}
+
+_Q = rb"[ -\[\]-{}]"  # a plain byte of a field: printable ASCII but \\ ~ and the field separator |
+_P = rb"[ -\[\]-}]"   # a plain byte of several fields: | too
+#: MSH-3... of a plain acknowledgement: any number of fields; from seven on, MSH-9 is ``ACK...`` or
+#: empty. Seven or more first (the usual ACK), possessive (no field class holds its delimiter:
+#: nothing to give back), so one pass.
+_MSH_PLAIN = (rb"(?:(?:" + _Q + rb"*+\|){6}(?:ACK)?(?:\^" + _Q + rb"*+)?(?:\|" + _P + rb"*+)?|(?:" + _Q
+              + rb"*+\|){0,5}+" + _Q + rb"*+)")
+#: The frame of a plain acknowledgement up to its MSH segment's end (the rest: :class:`AckExpected`).
+_HEAD = re.compile(rb"\x0bMSH\|\^~\\&\|" + _MSH_PLAIN)
+#: One whole MLLP frame holding a plain MSH + MSA acknowledgement, exactly what :func:`fast_ack`
+#: reads (nothing else: no other segment, byte or frame): MSH, then MSA-1 a table 0008 code,
+#: MSA-2, MSA-3, more fields. Groups: MSA-1, MSA-2, MSA-3. Linear: no field class holds its
+#: own delimiter.
+_PLAIN_FRAME = re.compile(rb"\x0bMSH\|\^~\\&\|" + _MSH_PLAIN + rb"\rMSA\|(AA|AE|AR|CA|CE|CR)(?:\|(" + _Q
+                          + rb"*)(?:\|(" + _Q + rb"*)(?:\|" + _P + rb"*)?)?)?\r?\x1c\r")
+#: A control id that stands as it is in a plain acknowledgement, where the sender reads it raw
+_PLAIN_ID = re.compile(r"[ -\[\]-{}]*")
+_NEVER = b"\x00"  # no frame ends with it
 
 
 def _timestamp(value: str) -> dt.datetime | None:
@@ -71,8 +92,9 @@ class _LazyAck(Ack):
 
     __slots__ = ()
 
-    def __init__(self, msh: list[str], code: AckCode, control_id: str, text: str) -> None:  # noqa: D107
-        # the frozen dataclass's fields, set as its own __init__ sets them (but not ``header``)
+    def __init__(self, msh: str | bytes, code: AckCode, control_id: str, text: str) -> None:  # noqa: D107
+        # the frozen dataclass's fields, set as its own __init__ sets them (but not ``header``);
+        # ``msh`` is the MSH segment from MSH-3 on, or the whole plain frame holding the ACK
         state = self.__dict__
         state["_msh"] = msh
         state["code"] = code
@@ -84,7 +106,10 @@ class _LazyAck(Ack):
         state = self.__dict__
         built: Header | None = state.get("_header")
         if built is None:
-            built = state["_header"] = _header(state["_msh"])
+            msh = state["_msh"]  # MSH-3... as text, or the whole plain frame (AckExpected, ack_frame)
+            if isinstance(msh, bytes):
+                msh = msh[_SKIP + 1:msh.index(b"\r")].decode("ascii")
+            built = state["_header"] = _header(msh.split("|"))
         return built
 
     @property  # type: ignore[misc]
@@ -120,8 +145,71 @@ def fast_ack(data: bytes) -> Ack | None:
         return None
     a = msa.split("|")  # a[0] is MSA-1
     code = _CODES.get(a[0])
-    m = text[_SKIP:end].split("|")  # m[0] is MSH-3, m[k] MSH-(k+3)
+    msh = text[_SKIP:end]
+    m = msh.split("|", 7)  # m[0] is MSH-3, m[k] MSH-(k+3)
     if code is None or (len(m) > 6 and m[6].partition("^")[0] not in _ACK_TYPES):
         return None  # an invalid MSA-1 or another message type: the full parse says what it is
     n = len(a)
-    return _LazyAck(m, code, a[1] if n > 1 else "", a[2] if n > 2 else "")
+    return _LazyAck(msh, code, a[1] if n > 1 else "", a[2] if n > 2 else "")
+
+
+class AckExpected:
+    """The plain AA a sender expects for one message, made while the peer works on the message.
+
+    Reading the reply, when it comes (the caches cold after the wait), is then a comparison of
+    its end with ``MSA|AA|<control id>``, one match of its MSH, one store: :meth:`read`. Any other
+    reply goes to :func:`ack_frame`, then (None) to the general path.
+
+    Parameters
+    ----------
+    control_id : str
+        MSH-10 of the message sent.
+    """
+
+    __slots__ = ("_ack", "_tail", "control_id")
+
+    def __init__(self, control_id: str) -> None:
+        self.control_id = control_id
+        plain = _PLAIN_ID.fullmatch(control_id) is not None
+        self._tail = b"\rMSA|AA|" + control_id.encode("ascii") + b"\r\x1c\r" if plain else _NEVER
+        ack = _LazyAck.__new__(_LazyAck)
+        state = ack.__dict__  # the Ack of that reply, but for its MSH (see read)
+        state["code"] = AckCode.AA
+        state["control_id"] = control_id
+        state["text"] = ""
+        self._ack = ack
+
+    def read(self, data: bytes) -> Ack | None:
+        """The acknowledgement of :attr:`control_id` if ``data`` (one receive) is exactly one MLLP
+        frame holding it, plain; else None. Equal to :func:`ack_frame`'s (and the full parse)."""
+        tail = self._tail
+        if data.endswith(tail) and _HEAD.fullmatch(data, 0, len(data) - len(tail)) is not None:
+            ack = self._ack
+            ack.__dict__["_msh"] = data
+            return ack
+        return ack_frame(data, self.control_id)
+
+
+def ack_frame(data: bytes, control_id: str) -> Ack | None:
+    """The acknowledgement of ``control_id`` if ``data`` is exactly one MLLP frame holding it, plain.
+
+    Parameters
+    ----------
+    data : bytes
+        What one receive gave, framing bytes included.
+    control_id : str
+        MSH-10 of the message sent.
+
+    Returns
+    -------
+    kit.hl7.typed.Ack or None
+        ``fast_ack(data[1:-2])`` when that is the ACK of ``control_id``, the frame is one plain
+        frame and nothing else is in ``data``; else None (read it the general way).
+    """
+    found = _PLAIN_FRAME.fullmatch(data)
+    if found is None:
+        return None
+    code, msa2, msa3 = found.groups()
+    if (msa2.decode("ascii") if msa2 else "") != control_id:
+        return None
+    return _LazyAck(data, _CODES_B[code], control_id, msa3.decode("ascii") if msa3 else "")

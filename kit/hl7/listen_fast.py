@@ -97,7 +97,7 @@ def msh_values(message: Message) -> MshValues:
 
 
 def positive_ack(message: Message, values: MshValues, text: str | None, *, control_id: str,
-                 timestamp: dt.datetime) -> str:
+                 timestamp: dt.datetime, stamp: str | None = None) -> str:
     """``build_ack(message, AckCode.AA, text, control_id=control_id, timestamp=timestamp)``.
 
     Parameters
@@ -112,6 +112,8 @@ def positive_ack(message: Message, values: MshValues, text: str | None, *, contr
         MSH-10 of the ACK.
     timestamp : datetime
         MSH-7 of the ACK.
+    stamp : str, optional
+        ``format_dtm(timestamp)``, if the caller has it already (one per batch of ACKs).
 
     Returns
     -------
@@ -130,5 +132,6 @@ def positive_ack(message: Message, values: MshValues, text: str | None, *, contr
     trigger = parts[4]
     kind = (f"ACK^{trigger}^ACK" if _names_structure(version) else f"ACK^{trigger}") if trigger else "ACK"
     msa = f"MSA|AA|{parts[8]}|{parts[9]}\r" if text else f"MSA|AA|{parts[8]}\r"
-    return (f"MSH|{_STANDARD_MSH2}|{parts[0]}|{parts[1]}|{parts[2]}|{parts[3]}|{format_dtm(timestamp)}||"
+    msh7 = stamp or format_dtm(timestamp)
+    return (f"MSH|{_STANDARD_MSH2}|{parts[0]}|{parts[1]}|{parts[2]}|{parts[3]}|{msh7}||"
             f"{kind}|{parts[5]}|{parts[6]}|{parts[7]}\r{msa}")

@@ -56,7 +56,7 @@ from kit.hl7.listen_fast import MshValues, msh_values, positive_ack
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.sender import MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
-from kit.hl7.typed import AckCode
+from kit.hl7.typed import AckCode, format_dtm
 
 __all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "server_tls_context"]
 
@@ -461,10 +461,11 @@ class MLLPListener:
 
         Senders wait for their ACK, so the connections of one batch send their next messages
         together, just after its commit: the next batch waits a little (at most the last commit's
-        duration, and :data:`_GATHER_MAX`) until it holds as many messages as the last *two*
-        batches had connections -- two, so that eight senders that fell into two groups of four
-        (each group's commit satisfied by the other group already waiting) join again into one.
-        One sender alone never waits.
+        duration, and :data:`_GATHER_MAX`) until it holds as many messages as the last batch had
+        connections -- or, when that batch had several, as the last *two* had: eight senders that
+        fell into two groups of four (each group's commit satisfied by the other group, already
+        waiting) join again into one. A batch of one connection never makes the next one wait:
+        one sender alone, or senders taking turns (each waiting for another's ACK), never wait.
         """
         assert self.store is not None
         jobs = self._jobs
@@ -488,7 +489,7 @@ class MLLPListener:
                 record_received(self.address, [job.item for job in part], results)  # kit.audit
                 with contextlib.suppress(RuntimeError):  # the loop closed: the connections are gone
                     loop.call_soon_threadsafe(self._settle, part, results)  # one wake-up per batch
-            gather, before = len(peers | before), peers
+            gather, before = len(peers | before) if len(peers) > 1 else 1, peers
             if stop:
                 return
 
@@ -527,10 +528,11 @@ class MLLPListener:
         """In the loop: answer each message of a committed (or failed) batch. The ACKs of one batch
         share their MSH-7 (written within microseconds) and their random MSH-10s are drawn at once."""
         when = dt.datetime.now().astimezone()
+        stamp = format_dtm(when)
         ids = os.urandom(10 * len(batch)).hex()  # 20 hex digits each, as build_ack's
         for n, (job, outcome) in enumerate(zip(batch, results, strict=True)):
             if not job.reply.done():  # done: its connection was closed meanwhile
-                self._acknowledge(job.item, job.reply, outcome, when, ids[20 * n:20 * n + 20])
+                self._acknowledge(job.item, job.reply, outcome, when, stamp, ids[20 * n:20 * n + 20])
 
     # -- one connection --------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -696,7 +698,7 @@ class MLLPListener:
                 log.warning("could not count %s: %s", counter, exc)
 
     def _acknowledge(self, item: Received, result: asyncio.Future[str], outcome: StoredResult | BaseException,
-                     when: dt.datetime, ack_id: str) -> None:
+                     when: dt.datetime, stamp: str, ack_id: str) -> None:
         message = item.message
         try:
             if isinstance(outcome, BaseException):
@@ -712,7 +714,8 @@ class MLLPListener:
                 self.counts["stored"] += 1
                 note = (f"stored as #{outcome.rowid}, flagged: control id reused with other content"
                         if outcome.reused_control_id else None)
-            result.set_result(positive_ack(message, item.values, note, control_id=ack_id, timestamp=when))
+            result.set_result(positive_ack(message, item.values, note, control_id=ack_id, timestamp=when,
+                                           stamp=stamp))
         except Exception as exc:  # noqa: BLE001 - never leave a connection waiting for its ACK
             log.exception("could not acknowledge message %s", item.key[2][:MAX_ECHO])
             if not result.done():

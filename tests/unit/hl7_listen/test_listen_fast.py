@@ -15,7 +15,7 @@ from kit.hl7 import listen_fast
 from kit.hl7.build import build_ack
 from kit.hl7.listen_fast import MshValues, msh_values, positive_ack
 from kit.hl7.message import Message, parse_message
-from kit.hl7.typed import AckCode
+from kit.hl7.typed import AckCode, format_dtm
 
 FEED = [parse_message(text) for text in feed()]
 PATHS = {"sending_application": "MSH-3.1", "sending_facility": "MSH-4.1", "receiving_application": "MSH-5.1",
@@ -38,6 +38,8 @@ def assert_same(m: Message) -> None:
         for when in (WHEN, WHEN.replace(microsecond=0, tzinfo=None)):
             expected = build_ack(m, AckCode.AA, text, control_id="c0ffee", timestamp=when)
             assert positive_ack(m, values, text, control_id="c0ffee", timestamp=when) == expected
+            assert positive_ack(m, values, text, control_id="c0ffee", timestamp=when,
+                                stamp=format_dtm(when)) == expected
 
 
 @pytest.mark.parametrize("m", FEED, ids=lambda m: m.control_id)
