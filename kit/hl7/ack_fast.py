@@ -23,7 +23,7 @@ from typing import Any
 
 from kit.hl7.typed import Ack, AckCode, Header, parse_dtm
 
-__all__ = ["AckExpected", "ack_frame", "fast_ack"]
+__all__ = ["aa_read", "aa_tail", "ack_frame", "fast_ack"]
 
 _START = b"MSH|^~\\&|"
 _SKIP = len(_START)
@@ -34,6 +34,7 @@ _CODES = {code.value: code for code in AckCode}
 _MSH_FIELDS = 10  # MSH-3 .. MSH-12
 _ACK_TYPES = frozenset(("ACK", ""))
 _CODES_B = {code.value.encode(): code for code in AckCode}
+_AA = AckCode.AA
 
 _Q = rb"[ -\[\]-{}]"  # a plain byte of a field: printable ASCII but \\ ~ and the field separator |
 _P = rb"[ -\[\]-}]"   # a plain byte of several fields: | too
@@ -42,7 +43,7 @@ _P = rb"[ -\[\]-}]"   # a plain byte of several fields: | too
 #: nothing to give back), so one pass.
 _MSH_PLAIN = (rb"(?:(?:" + _Q + rb"*+\|){6}(?:ACK)?(?:\^" + _Q + rb"*+)?(?:\|" + _P + rb"*+)?|(?:" + _Q
               + rb"*+\|){0,5}+" + _Q + rb"*+)")
-#: The frame of a plain acknowledgement up to its MSH segment's end (the rest: :class:`AckExpected`).
+#: The frame of a plain acknowledgement up to its MSH segment's end (the rest: :func:`aa_tail`).
 _HEAD = re.compile(rb"\x0bMSH\|\^~\\&\|" + _MSH_PLAIN)
 #: One whole MLLP frame holding a plain MSH + MSA acknowledgement, exactly what :func:`fast_ack`
 #: reads (nothing else: no other segment, byte or frame): MSH, then MSA-1 a table 0008 code,
@@ -106,7 +107,7 @@ class _LazyAck(Ack):
         state = self.__dict__
         built: Header | None = state.get("_header")
         if built is None:
-            msh = state["_msh"]  # MSH-3... as text, or the whole plain frame (AckExpected, ack_frame)
+            msh = state["_msh"]  # MSH-3... as text, or the whole plain frame (aa_read, ack_frame)
             if isinstance(msh, bytes):
                 msh = msh[_SKIP + 1:msh.index(b"\r")].decode("ascii")
             built = state["_header"] = _header(msh.split("|"))
@@ -153,41 +154,31 @@ def fast_ack(data: bytes) -> Ack | None:
     return _LazyAck(msh, code, a[1] if n > 1 else "", a[2] if n > 2 else "")
 
 
-class AckExpected:
-    """The plain AA a sender expects for one message, made while the peer works on the message.
+def aa_tail(control_id: str) -> bytes:
+    """How a plain AA of ``control_id`` ends, framing included: ``\\rMSA|AA|<control id>\\r<FS><CR>``.
 
-    Reading the reply, when it comes (the caches cold after the wait), is then a comparison of
-    its end with ``MSA|AA|<control id>``, one match of its MSH, one store: :meth:`read`. Any other
-    reply goes to :func:`ack_frame`, then (None) to the general path.
-
-    Parameters
-    ----------
-    control_id : str
-        MSH-10 of the message sent.
+    A sender makes it while the peer works on the message; :func:`aa_read` then reads the reply,
+    when it comes (the caches cold after the wait), with a comparison of its end, one match of its
+    MSH and one object. A control id that a plain ACK cannot hold as it is gives a tail no frame has.
     """
+    if _PLAIN_ID.fullmatch(control_id) is None:
+        return _NEVER
+    return b"\rMSA|AA|" + control_id.encode("ascii") + b"\r\x1c\r"
 
-    __slots__ = ("_ack", "_tail", "control_id")
 
-    def __init__(self, control_id: str) -> None:
-        self.control_id = control_id
-        plain = _PLAIN_ID.fullmatch(control_id) is not None
-        self._tail = b"\rMSA|AA|" + control_id.encode("ascii") + b"\r\x1c\r" if plain else _NEVER
+def aa_read(data: bytes, tail: bytes, control_id: str) -> Ack | None:
+    """The acknowledgement of ``control_id`` if ``data`` (one receive) is exactly one MLLP frame
+    holding it, plain; else None. ``tail`` is ``aa_tail(control_id)``: a plain AA without MSA-3 is
+    read by it, any other plain ACK by :func:`ack_frame`; the result is :func:`ack_frame`'s."""
+    if data.endswith(tail) and _HEAD.fullmatch(data, 0, len(data) - len(tail)) is not None:
         ack = _LazyAck.__new__(_LazyAck)
-        state = ack.__dict__  # the Ack of that reply, but for its MSH (see read)
-        state["code"] = AckCode.AA
+        state = ack.__dict__  # as _LazyAck.__init__ sets it, without the call
+        state["_msh"] = data
+        state["code"] = _AA
         state["control_id"] = control_id
         state["text"] = ""
-        self._ack = ack
-
-    def read(self, data: bytes) -> Ack | None:
-        """The acknowledgement of :attr:`control_id` if ``data`` (one receive) is exactly one MLLP
-        frame holding it, plain; else None. Equal to :func:`ack_frame`'s (and the full parse)."""
-        tail = self._tail
-        if data.endswith(tail) and _HEAD.fullmatch(data, 0, len(data) - len(tail)) is not None:
-            ack = self._ack
-            ack.__dict__["_msh"] = data
-            return ack
-        return ack_frame(data, self.control_id)
+        return ack
+    return ack_frame(data, control_id)
 
 
 def ack_frame(data: bytes, control_id: str) -> Ack | None:

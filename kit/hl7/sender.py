@@ -55,7 +55,7 @@ from kit.errors import (
     TLSError,
 )
 from kit.hl7._audit import audited_send
-from kit.hl7.ack_fast import AckExpected, fast_ack
+from kit.hl7.ack_fast import aa_read, aa_tail, fast_ack
 from kit.hl7.framing import CR, FS, VT, FrameError, MLLPDecoder
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.typed import Ack, AckCode
@@ -300,7 +300,7 @@ class MLLPSender:
                     sent = sock.send(data)
                 except OSError as exc:
                     return self._first_failed(data, control_id, self._send_failed(exc))
-                expected = AckExpected(control_id)  # made while the peer works
+                tail = aa_tail(control_id)  # made while the peer works
                 deadline = time.monotonic() + self.timeout  # for the whole ACK, from the whole message
                 if sent < len(data):
                     return self._lean_rest(data, control_id, memoryview(data)[sent:])
@@ -308,7 +308,7 @@ class MLLPSender:
                     reply = sock.recv(_READ_SIZE)
                 except OSError as exc:
                     return self._first_failed(data, control_id, self._recv_failed(exc, control_id))
-                ack = expected.read(reply)
+                ack = aa_read(reply, tail, control_id)
                 if ack is not None and ack.code in _POSITIVE:
                     return ack
                 return self._lean_on(data, control_id, reply, ack, deadline)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kit.examples.hl7 import feed
-from kit.hl7.ack_fast import AckExpected, ack_frame, fast_ack
+from kit.hl7.ack_fast import aa_read, aa_tail, ack_frame, fast_ack
 from kit.hl7.build import AckError, build_ack
 from kit.hl7.framing import CR, FS, VT, MLLPDecoder, frame
 from kit.hl7.message import parse_message
@@ -35,7 +35,7 @@ def general(data: bytes, control_id: str) -> Ack | None:
 
 def _check(data: bytes, control_id: str) -> None:
     fast = ack_frame(data, control_id)
-    expected = AckExpected(control_id).read(data)  # the sender's read: its own test first, then ack_frame
+    expected = aa_read(data, aa_tail(control_id), control_id)  # the sender's: its own test, then ack_frame
     slow = general(data, control_id)
     if fast is not None:
         assert slow is not None
@@ -128,7 +128,7 @@ def test_any_control_id_is_read_as_by_the_general_path(control_id: str) -> None:
 
 
 def test_the_listeners_aa_is_read_by_one_comparison(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reply nearly every message gets takes AckExpected's own test, not ack_frame's match."""
+    """The reply nearly every message gets takes aa_read's own test, not ack_frame's match."""
     from kit.hl7 import ack_fast
 
     messages = [parse_message(t) for t in list(feed())[:10]]
@@ -140,7 +140,7 @@ def test_the_listeners_aa_is_read_by_one_comparison(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(ack_fast, "ack_frame", unused)
     for reply, m, slow in zip(replies, messages, expected, strict=True):
-        fast = AckExpected(m.control_id).read(reply)
+        fast = aa_read(reply, aa_tail(m.control_id), m.control_id)
         assert fast is not None and slow is not None
         _assert_same_ack(fast, slow)
 
