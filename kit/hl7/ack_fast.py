@@ -13,6 +13,11 @@ Everything that decides *whether* the fast path applies, and the MSA fields the
 sender matches on (code, MSA-2, MSA-3), is read at once; the :class:`~kit.hl7.typed.Header`
 (MSH-7's timestamp above all) is built from the MSH fields the first time it is
 read. A sender that only checks the code and MSA-2 never pays for it.
+
+:func:`ack_frame` reads one whole MLLP frame of a plain ACK by one regular
+expression (its MSA-2 must be the message's control id), and :func:`aa_read`
+the usual plain AA by comparing the reply's end with :func:`aa_tail`; both equal
+``fast_ack`` of the frame's content, or give None.
 """
 
 from __future__ import annotations

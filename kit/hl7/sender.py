@@ -19,7 +19,12 @@ with kernel timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``), one system call per send
 and per receive (Python's own timeouts poll first); one deadline still bounds a
 whole message and a whole ACK, however the peer trickles them. An ACK of the
 usual shape (MSH + MSA, plain text) is read by :func:`kit.hl7.ack_fast.fast_ack`,
-equal to the full parse, which reads every other reply.
+equal to the full parse, which reads every other reply. :meth:`MLLPSender.send` of
+ER7 text (CR segment ends, a plain MSH-10) on a kept connection does the whole round
+trip in one function: one send, the AA's expected end made while the peer works
+(:func:`~kit.hl7.ack_fast.aa_tail`), one receive read by
+:func:`~kit.hl7.ack_fast.aa_read` -- few operations after the wait, when the caches
+are cold; anything else goes through the general path with the same results (tested).
 
 Written by hand: python-hl7's ``MLLPClient`` reads one ``recv()`` as the ACK
 with no timeout, matching or retry. Framing is in :mod:`kit.hl7.framing`.
