@@ -404,6 +404,10 @@ def bench_tables(path: Path, n: int, sample: Path, warm: Path) -> list[str]:
 MLLP_N = 2_000
 MLLP_ROUNDS = 7
 MLLP_SENDERS = 8
+#: the many-sender rounds send this many times the messages of a one-sender round, so that both
+#: rounds of a pair last about as long: a stall of the shared machine or disk (tens of ms) then
+#: weighs alike on both, not four times as much on the shorter round
+MLLP_MANY_FACTOR = 3
 
 
 def _mllp_messages(prefix: str, n: int) -> list[str]:
@@ -433,6 +437,24 @@ def _mllp_listener(store: Path) -> tuple[Any, int]:
     return proc, int(line.rsplit(":", 1)[1])
 
 
+def _listener_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) the listener process has used so far (Linux /proc; else None)."""
+    import os
+
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _bare(sock: Any, text: str) -> None:
+    """The floor: one send, one receive, nothing checked (what neither client can do without)."""
+    sock.sendall(b"\x0b" + text.encode() + b"\x1c\r")
+    if not sock.recv(65536):
+        raise AssertionError("the listener closed the connection")
+
+
 def _python_hl7_acked(client: Any, text: str, control_id: str) -> None:
     reply = client.send_message(text)
     if f"MSA|AA|{control_id}\r".encode() not in reply:
@@ -450,13 +472,18 @@ def bench_mllp(n: int) -> list[str]:
       alternates), so that a busy spell of a shared machine falls on both alike. Round trips/s =
       1 / the median round trip (robust to the stalls a busy machine adds at random); the mean is
       printed beside it. Both wait on the same listener's fsync'ed commit, which is nearly all of
-      a round trip: the ratio compares what each client adds to it;
+      a round trip: the ratio compares what each client adds to it. A third side in the same
+      turns, a bare socket (send, receive, nothing checked), gives the floor: the listener and
+      the kernel, which neither client can avoid; each client's median minus it is what the
+      client adds. The listener's own CPU per message (its process, from /proc) is printed too;
     - listener throughput: messages/s stored and acknowledged with one python-hl7 sender and with
       ``MLLP_SENDERS`` at once (group commit; connected before the clock starts, ``n / 2``
-      messages a round between them), ``MLLP_ROUNDS`` pairs of rounds back to back (who
+      messages a round for one sender, ``MLLP_MANY_FACTOR`` times that between the many, so that
+      both rounds last about as long), ``MLLP_ROUNDS`` pairs of rounds back to back (who
       goes first alternates); the ratio is the median of the pairs' ratios (a pair shares the
       machine's and the disk's mood of the moment), each side's median and best beside it.
     """
+    import socket
     import statistics
     import threading
 
@@ -466,32 +493,48 @@ def bench_mllp(n: int) -> list[str]:
 
     kit_times: list[float] = []
     p_times: list[float] = []
+    bare_times: list[float] = []
     kit_cpu = p_cpu = 0.0  # the client's own CPU time (this thread), system calls included
+    listener_cpu: float | None = None
     one_rates: list[float] = []
     many_rates: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         proc, port = _mllp_listener(Path(tmp) / "bench.db")
         try:
-            with MLLPSender("127.0.0.1", port) as sender, hl7.client.MLLPClient("127.0.0.1", port) as client:
+            with MLLPSender("127.0.0.1", port) as sender, \
+                    hl7.client.MLLPClient("127.0.0.1", port) as client, \
+                    socket.create_connection(("127.0.0.1", port)) as bare:
                 # warm up both sides alike (imports, caches, the store's first pages)
-                warm = zip(_mllp_messages("W", 300), _mllp_messages("V", 300), strict=True)
-                for i, (mine, theirs) in enumerate(warm):
+                warm = zip(_mllp_messages("W", 300), _mllp_messages("V", 300), _mllp_messages("U", 300),
+                           strict=True)
+                for i, (mine, theirs, floor) in enumerate(warm):
                     sender.send(mine)
                     _python_hl7_acked(client, theirs, f"V{i:09d}")
+                    _bare(bare, floor)
                 kit_msgs, p_msgs = _mllp_messages("K", n), _mllp_messages("P", n)
+                bare_msgs = _mllp_messages("B", n)
                 clock, cpu = time.perf_counter, time.thread_time
+                orders = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (1, 0, 2), (0, 2, 1), (2, 1, 0))
+                before = _listener_cpu(proc.pid)
                 for i in range(n):
-                    for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    for side in orders[i % len(orders)]:
                         if side == 0:
                             start, used = clock(), cpu()
                             sender.send(kit_msgs[i])
                             kit_times.append(clock() - start)
                             kit_cpu += cpu() - used
-                        else:
+                        elif side == 1:
                             start, used = clock(), cpu()
                             _python_hl7_acked(client, p_msgs[i], f"P{i:09d}")
                             p_times.append(clock() - start)
                             p_cpu += cpu() - used
+                        else:
+                            start = clock()
+                            _bare(bare, bare_msgs[i])
+                            bare_times.append(clock() - start)
+                after = _listener_cpu(proc.pid)
+                if before is not None and after is not None:
+                    listener_cpu = (after - before) / (3 * n)
 
             def senders(count: int, prefix: str, total: int) -> float:
                 """``count`` python-hl7 clients, connected before the clock starts, send ``total``
@@ -519,26 +562,35 @@ def bench_mllp(n: int) -> list[str]:
                 return count * each / elapsed
 
             per_round = max(MLLP_SENDERS, n // 2)
+            per_many = MLLP_MANY_FACTOR * per_round
             for r in range(MLLP_ROUNDS):
                 if r % 2 == 0:
                     one_rates.append(senders(1, f"A{r}-", per_round))
-                    many_rates.append(senders(MLLP_SENDERS, f"B{r}-", per_round))
+                    many_rates.append(senders(MLLP_SENDERS, f"B{r}-", per_many))
                 else:
-                    many_rates.append(senders(MLLP_SENDERS, f"B{r}-", per_round))
+                    many_rates.append(senders(MLLP_SENDERS, f"B{r}-", per_many))
                     one_rates.append(senders(1, f"A{r}-", per_round))
         finally:
             proc.terminate()
             proc.wait(10)
 
     kit_rate, p_rate = 1 / statistics.median(kit_times), 1 / statistics.median(p_times)
+    floor = statistics.median(bare_times)
     print("MLLP, one kit listener (kit hl7 listen, SQLite synchronous=FULL, AA after commit)")
-    print(f"round trips, {n:,} each, in turns:   median         mean   (round trips/s)   client CPU")
+    print(f"round trips, {n:,} each, in turns:   median         mean   (round trips/s)   client CPU"
+          "   median round trip, over the bare socket")
     for label, rate, times, used in (("kit MLLPSender", kit_rate, kit_times, kit_cpu),
                                      ("python-hl7 MLLPClient", p_rate, p_times, p_cpu)):
         print(f"  {label:<26} {rate:>10,.0f} {len(times) / sum(times):>12,.0f}"
-              f"   {used / len(times) * 1e6:>18.1f} us/msg")
+              f"   {used / len(times) * 1e6:>18.1f} us/msg   {1e6 / rate:>8.1f} us,"
+              f" +{1e6 / rate - floor * 1e6:.1f} us")
+    print(f"  {'bare socket (the floor)':<26} {1 / floor:>10,.0f} {len(bare_times) / sum(bare_times):>12,.0f}"
+          f"   {'':>18}          {floor * 1e6:>8.1f} us: the listener and the kernel, in both round trips")
+    if listener_cpu is not None:
+        print(f"  listener process CPU per message: {listener_cpu * 1e6:.1f} us (the same for every side)")
     pairs = [many / one for many, one in zip(many_rates, one_rates, strict=True)]
-    print(f"listener throughput, {MLLP_ROUNDS} pairs of rounds of {per_round:,} messages (msgs/s):")
+    print(f"listener throughput, {MLLP_ROUNDS} pairs of rounds of {per_round:,} messages (1 sender) and"
+          f" {per_many:,} ({MLLP_SENDERS} senders), about as long (msgs/s):")
     for label, rates in (("1 sender", one_rates), (f"{MLLP_SENDERS} senders", many_rates)):
         print(f"  {label:<12} median {statistics.median(rates):>7,.0f}  best {max(rates):>7,.0f}"
               f"   rounds: {' '.join(f'{x:,.0f}' for x in rates)}")

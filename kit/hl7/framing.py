@@ -126,6 +126,12 @@ class MLLPDecoder:
         return self._state == "inside" or self._pending_fs
 
     @property
+    def between_frames(self) -> bool:
+        """True when nothing is pending: no partial frame, no end byte awaiting its CR, no garbage
+        run not yet reported (the next bytes are read as if by a new decoder)."""
+        return self._state == "outside" and not self._pending_fs and not self._garbage
+
+    @property
     def buffered(self) -> int:
         """Bytes of the current partial frame held in memory."""
         return len(self._buf)

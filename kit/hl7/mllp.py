@@ -35,8 +35,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import logging
+import math
+import os
 import queue
 import socket
 import ssl
@@ -49,10 +52,11 @@ from kit.errors import ConfigError, HL7ParseError, StoreError
 from kit.hl7._audit import record_received
 from kit.hl7.build import MAX_ECHO, AckError, build_ack
 from kit.hl7.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameError, MLLPDecoder, frame
+from kit.hl7.listen_fast import MshValues, msh_values, positive_ack
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.sender import MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
-from kit.hl7.typed import AckCode
+from kit.hl7.typed import AckCode, format_dtm
 
 __all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "server_tls_context"]
 
@@ -120,10 +124,62 @@ def _require_client_certs(ctx: ssl.SSLContext) -> None:
 # ==================================================================================================
 # listener
 # ==================================================================================================
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class _Job:
+    """One message on its way to the store: what to store, and the future its ACK text goes to."""
+
     item: Received
-    future: asyncio.Future[StoredResult]
+    reply: asyncio.Future[str]
+
+
+class _Watch:
+    """The time limit of one connection's read or write: one timer per connection, not one per read.
+
+    ``asyncio.timeout`` around every read and drain schedules and cancels a timer each time;
+    here a read sets a deadline (a float) and the timer, armed once, re-arms itself when it fires
+    early. When the deadline has passed, the connection's task is cancelled, and
+    :meth:`expired` tells that cancellation from any other (shutdown, eviction).
+    """
+
+    __slots__ = ("_handle", "_loop", "_task", "deadline", "fired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
+        self._loop, self._task = loop, task
+        self._handle: asyncio.TimerHandle | None = None
+        self.deadline = math.inf
+        self.fired = False
+
+    def expect(self, deadline: float) -> None:
+        """The next read or write must end by ``deadline`` (loop time); ``math.inf``: no limit now."""
+        self.deadline = deadline
+        handle = self._handle
+        if deadline < math.inf and (handle is None or deadline < handle.when()):
+            if handle is not None:
+                handle.cancel()
+            self._handle = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self.deadline == math.inf:
+            return
+        if self._loop.time() + 0.001 >= self.deadline:
+            self.fired = True
+            self.deadline = math.inf
+            self._task.cancel()
+        else:  # the deadline moved on since the timer was armed
+            self._handle = self._loop.call_at(self.deadline, self._fire)
+
+    def expired(self) -> bool:
+        """For a CancelledError just caught: True if it was this time limit alone (then it is spent)."""
+        if not self.fired:
+            return False
+        self.fired = False
+        return self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class MLLPListener:
@@ -204,7 +260,10 @@ class MLLPListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._writer_thread: threading.Thread | None = None
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        #: the event loop hands the store thread lists of jobs (all those of one loop iteration), so
+        #: eight connections' messages wake it once, not eight times; None stops it
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: list[_Job] = []  # the loop's jobs not handed over yet (loop thread only)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()
         self._shutdown: asyncio.Event | None = None
@@ -359,14 +418,19 @@ class MLLPListener:
 
     def _fail_pending(self, exc: BaseException) -> None:
         """Answer every queued job 'not stored' (AE), so no connection waits on a dead thread."""
+        failed: list[_Job] = []
         while True:
             try:
-                job = self._jobs.get_nowait()
+                jobs = self._jobs.get_nowait()
             except queue.Empty:
-                return
-            if job is not None:
-                with contextlib.suppress(RuntimeError):
-                    job.future.get_loop().call_soon_threadsafe(_settle, job.future, None, exc)
+                break
+            if jobs is not None:
+                failed += jobs
+        loop = self._loop
+        if failed and loop is not None:
+            outcomes: list[StoredResult | BaseException] = [exc] * len(failed)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the connections are gone
+                loop.call_soon_threadsafe(self._settle, failed, outcomes)
 
     def _store(self, batch: list[_Job]) -> list[StoredResult | BaseException]:
         """Store a batch in one transaction (one fsync); what a failure means decides what follows.
@@ -393,53 +457,82 @@ class MLLPListener:
         return results
 
     def _write_batches(self) -> None:
-        """Commit every job waiting in the queue in one transaction, then resolve their futures.
+        """Commit every job waiting in the queue in one transaction, then answer them in the loop.
 
         Senders wait for their ACK, so the connections of one batch send their next messages
-        together, just after its commit: when a batch came from several connections, the next one
-        waits a little (at most the last commit's duration, and :data:`_GATHER_MAX`) for as many
-        connections before it commits. One sender alone never waits.
+        together, just after its commit: the next batch waits a little (at most the last commit's
+        duration, and :data:`_GATHER_MAX`) until it holds as many messages as the last batch had
+        connections -- or, when that batch had several, as the last *two* had: eight senders that
+        fell into two groups of four (each group's commit satisfied by the other group, already
+        waiting) join again into one. A batch of one connection never makes the next one wait:
+        one sender alone, or senders taking turns (each waiting for another's ACK), never wait.
         """
         assert self.store is not None
+        jobs = self._jobs
         gather, last_commit = 1, 0.0
+        before: set[str] = set()
         while True:
-            first = self._jobs.get()
+            first = jobs.get()
             if first is None:
                 return
-            batch = [first]
+            batch = list(first)
             stop = self._take_waiting(batch, gather, min(last_commit, _GATHER_MAX))
-            started = time.monotonic()
-            results = self._store(batch)
-            last_commit = time.monotonic() - started
-            gather = len({job.item.peer for job in batch})
-            record_received(self.address, [job.item for job in batch], results)  # kit.audit
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[StoredResult],
-                                                               StoredResult | BaseException]]] = {}
-            for job, result in zip(batch, results, strict=True):
-                by_loop.setdefault(job.future.get_loop(), []).append((job.future, result))
-            for loop, settled in by_loop.items():  # one wake-up of the loop per batch, not per message
+            loop = self._loop  # set before the loop made the first job
+            assert loop is not None
+            peers: set[str] = set()
+            for at in range(0, len(batch), _MAX_BATCH):  # one read of a pipelining peer may hold more
+                part = batch[at:at + _MAX_BATCH]
+                started = time.monotonic()
+                results = self._store(part)
+                last_commit = time.monotonic() - started
+                peers.update(job.item.peer for job in part)
+                record_received(self.address, [job.item for job in part], results)  # kit.audit
                 with contextlib.suppress(RuntimeError):  # the loop closed: the connections are gone
-                    loop.call_soon_threadsafe(_settle_all, settled)
+                    loop.call_soon_threadsafe(self._settle, part, results)  # one wake-up per batch
+            gather, before = len(peers | before) if len(peers) > 1 else 1, peers
             if stop:
                 return
 
     def _take_waiting(self, batch: list[_Job], gather: int, wait: float) -> bool:
-        """Add the queued jobs to ``batch`` (up to :data:`_MAX_BATCH`), waiting up to ``wait``
-        seconds while it holds fewer than ``gather``; True if the stop sentinel was met."""
-        deadline = time.monotonic() + wait
+        """Add every queued job to ``batch`` (stopping once it holds :data:`_MAX_BATCH`), waiting up
+        to ``wait`` seconds while it holds fewer than ``gather``; True if the stop sentinel was met."""
+        jobs = self._jobs
+        deadline = 0.0
         while len(batch) < _MAX_BATCH:
             try:
                 if len(batch) >= gather or wait <= 0:
-                    job = self._jobs.get_nowait()
+                    more = jobs.get_nowait()
                 else:
+                    if not deadline:
+                        deadline = time.monotonic() + wait
                     remaining = deadline - time.monotonic()
-                    job = self._jobs.get(timeout=remaining) if remaining > 0 else self._jobs.get_nowait()
+                    more = jobs.get(timeout=remaining) if remaining > 0 else jobs.get_nowait()
             except queue.Empty:
                 return False
-            if job is None:
+            if more is None:
                 return True
-            batch.append(job)
+            batch += more
         return False
+
+    def _hand_over(self) -> None:
+        """In the loop, after the connections that had data this iteration were read: queue their
+        jobs for the store thread in one piece."""
+        jobs, self._pending = self._pending, []
+        if not jobs:
+            return
+        self._jobs.put(jobs)
+        if self._failure is not None:  # the store thread died meanwhile: no one would answer them
+            self._fail_pending(self._failure)
+
+    def _settle(self, batch: list[_Job], results: list[StoredResult | BaseException]) -> None:
+        """In the loop: answer each message of a committed (or failed) batch. The ACKs of one batch
+        share their MSH-7 (written within microseconds) and their random MSH-10s are drawn at once."""
+        when = dt.datetime.now().astimezone()
+        stamp = format_dtm(when)
+        ids = os.urandom(10 * len(batch)).hex()  # 20 hex digits each, as build_ack's
+        for n, (job, outcome) in enumerate(zip(batch, results, strict=True)):
+            if not job.reply.done():  # done: its connection was closed meanwhile
+                self._acknowledge(job.item, job.reply, outcome, when, stamp, ids[20 * n:20 * n + 20])
 
     # -- one connection --------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -454,16 +547,20 @@ class MLLPListener:
         peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
         decoder = MLLPDecoder(self.max_message_bytes)
         frame_started: float | None = None
+        watch = _Watch(loop, task)
+        stalled = False  # the peer stopped reading its ACKs
         try:
             while True:
-                wait = self.idle_timeout
-                if frame_started is not None:
-                    wait = min(wait, frame_started + self.frame_timeout - loop.time())
+                deadline, slow = loop.time() + self.idle_timeout, False
+                if frame_started is not None and frame_started + self.frame_timeout < deadline:
+                    deadline, slow = frame_started + self.frame_timeout, True  # a frame under way
+                watch.expect(deadline)
                 try:
-                    async with asyncio.timeout(max(wait, 0.0)):  # no task per read, as wait_for makes
-                        data = await reader.read(_READ_SIZE)
-                except TimeoutError:
-                    if frame_started is not None and loop.time() >= frame_started + self.frame_timeout:
+                    data = await reader.read(_READ_SIZE)
+                except asyncio.CancelledError:
+                    if not watch.expired():
+                        raise
+                    if slow:  # the frame's time ran out before the idle time
                         self.counts["slow"] += 1
                         log.warning("MLLP peer %s did not finish a frame within %ss; disconnecting", peer,
                                     self.frame_timeout)
@@ -472,6 +569,7 @@ class MLLPListener:
                     else:
                         log.info("closing idle MLLP connection from %s", peer)
                     break
+                watch.expect(math.inf)
                 self._activity[task] = loop.time()
                 items = decoder.feed(data) if data else decoder.flush()
                 replies = [self._handle(item, peer) for item in items]
@@ -485,18 +583,33 @@ class MLLPListener:
                     frame_started = None
                 elif frame_started is None or items:
                     frame_started = loop.time()
-                async with asyncio.timeout(self.idle_timeout):  # a peer that never reads
-                    await writer.drain()
+                if writer.transport.get_write_buffer_size():  # a peer that does not read: bounded
+                    watch.expect(loop.time() + self.idle_timeout)
+                    try:
+                        await writer.drain()
+                    except asyncio.CancelledError:
+                        if not watch.expired():
+                            raise
+                        stalled = True
+                        raise TimeoutError(f"the peer read no ACK for {self.idle_timeout}s") from None
+                    watch.expect(math.inf)
+                else:
+                    await writer.drain()  # nothing waits; raises if the connection was lost
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.info("MLLP connection from %s ended: %s", peer, exc or type(exc).__name__)
         except asyncio.CancelledError:
             pass
         finally:
+            watch.stop()
             self._clients.discard(task)
             self._activity.pop(task, None)
+            if stalled:  # close() would wait for the peer to read what is buffered: forever
+                writer.transport.abort()
             writer.close()
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
+            except Exception:  # noqa: BLE001 - the peer does not take the last bytes: drop them
+                writer.transport.abort()
 
     def _make_room(self) -> None:
         """At ``max_connections``: close the connection idle the longest."""
@@ -534,21 +647,23 @@ class MLLPListener:
                 message = parse_message(raw, source=peer)
             except HL7ParseError as exc:
                 return self._reject(result, None, AckCode.AR, exc)
-            code, reason = self._check(message)
+            values = msh_values(message)
+            code, reason = self._check(values)
             if code is not None and reason is not None:
                 return self._reject(result, message, code, reason)
             if self._failure is not None:
                 raise StoreError("the listener's store thread has died; the message is not stored")
-            job = _Job(Received(message, raw, peer), loop.create_future())
-            job.future.add_done_callback(functools.partial(self._acknowledge, message, result))
-            self._jobs.put(job)
+            pending = self._pending
+            pending.append(_Job(Received(message, raw, peer, values), result))
+            if len(pending) == 1:  # handed over after this iteration's other connections were read
+                loop.call_soon(self._hand_over)
         except Exception as exc:  # noqa: BLE001 - one message's failure is its NAK, never the service's
             log.exception("MLLP message from %s could not be handled", peer)
             if not result.done():
                 self._reject(result, message, AckCode.AE, AckError(207, f"{type(exc).__name__}: {exc}"))
         return result
 
-    def _check(self, m: Message) -> tuple[AckCode | None, AckError | None]:
+    def _check(self, m: MshValues) -> tuple[AckCode | None, AckError | None]:
         code = m.message_code
         if not code:
             return AckCode.AR, AckError(101, "MSH-9 message type is empty", "MSH", 1, 9)
@@ -582,39 +697,36 @@ class MLLPListener:
             except StoreError as exc:  # a counter is not worth failing the connection
                 log.warning("could not count %s: %s", counter, exc)
 
-    def _acknowledge(self, message: Message, result: asyncio.Future[str],
-                     stored: asyncio.Future[StoredResult]) -> None:
+    def _acknowledge(self, item: Received, result: asyncio.Future[str], outcome: StoredResult | BaseException,
+                     when: dt.datetime, stamp: str, ack_id: str) -> None:
+        message = item.message
         try:
-            self._answer(message, result, stored)
+            if isinstance(outcome, BaseException):
+                log.error("could not store message %s: %s", item.key[2][:MAX_ECHO], outcome)
+                failure = AckError(207, f"store failure: {type(outcome).__name__}: {outcome}")
+                result.set_result(_safe_ack(message, AckCode.AE, "message not stored; resend later", failure))
+                return
+            assert item.values is not None  # Received reads them
+            if outcome.duplicate:
+                self.counts["duplicates"] += 1
+                note: str | None = f"duplicate: already stored as #{outcome.rowid}"
+            else:
+                self.counts["stored"] += 1
+                note = (f"stored as #{outcome.rowid}, flagged: control id reused with other content"
+                        if outcome.reused_control_id else None)
+            result.set_result(positive_ack(message, item.values, note, control_id=ack_id, timestamp=when,
+                                           stamp=stamp))
         except Exception as exc:  # noqa: BLE001 - never leave a connection waiting for its ACK
-            log.exception("could not acknowledge message %s", message.control_id[:MAX_ECHO])
+            log.exception("could not acknowledge message %s", item.key[2][:MAX_ECHO])
             if not result.done():
                 result.set_result(_safe_ack(message, AckCode.AE, "message not acknowledged; resend later",
                                             AckError(207, f"{type(exc).__name__}: {exc}")))
-
-    def _answer(self, message: Message, result: asyncio.Future[str],
-                stored: asyncio.Future[StoredResult]) -> None:
-        exc = None if stored.cancelled() else stored.exception()
-        if exc is not None or stored.cancelled():
-            log.error("could not store message %s: %s", message.control_id[:MAX_ECHO], exc)
-            result.set_result(_safe_ack(message, AckCode.AE, "message not stored; resend later",
-                                        AckError(207, f"store failure: {type(exc).__name__}: {exc}")))
             return
-        outcome = stored.result()
-        if outcome.duplicate:
-            self.counts["duplicates"] += 1
-            note = f"duplicate: already stored as #{outcome.rowid}"
-            result.set_result(build_ack(message, AckCode.AA, note))
-            return
-        self.counts["stored"] += 1
-        reused = (f"stored as #{outcome.rowid}, flagged: control id reused with other content"
-                  if outcome.reused_control_id else None)
-        result.set_result(build_ack(message, AckCode.AA, reused))
-        if self.on_message is not None:
+        if self.on_message is not None and not outcome.duplicate:
             try:
                 self.on_message(message)
             except Exception:  # noqa: BLE001 - a callback must not change the ACK
-                log.exception("on_message callback failed for %s", message.control_id)
+                log.exception("on_message callback failed for %s", item.key[2])
 
 
 def _safe_ack(message: Message | None, code: AckCode, text: str,
@@ -625,26 +737,3 @@ def _safe_ack(message: Message | None, code: AckCode, text: str,
     except Exception:  # noqa: BLE001 - the fallback below echoes nothing of the message
         log.exception("could not build a NAK echoing the message; answering without its header")
         return build_ack(None, code, text, AckError(207, text))
-
-
-def _settle_all(settled: list[tuple[asyncio.Future[StoredResult], StoredResult | BaseException]]) -> None:
-    """In the loop: resolve each future of a committed batch with its result (or its failure)."""
-    for fut, result in settled:
-        with contextlib.suppress(asyncio.InvalidStateError):  # one settled future never stops the rest
-            if isinstance(result, BaseException):
-                _settle(fut, None, result)
-            else:
-                _settle(fut, result, None)
-
-
-def _settle(fut: asyncio.Future[StoredResult], value: StoredResult | None,
-            exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        assert value is not None
-        fut.set_result(value)
-
-

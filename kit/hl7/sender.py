@@ -19,7 +19,12 @@ with kernel timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``), one system call per send
 and per receive (Python's own timeouts poll first); one deadline still bounds a
 whole message and a whole ACK, however the peer trickles them. An ACK of the
 usual shape (MSH + MSA, plain text) is read by :func:`kit.hl7.ack_fast.fast_ack`,
-equal to the full parse, which reads every other reply.
+equal to the full parse, which reads every other reply. :meth:`MLLPSender.send` of
+ER7 text (CR segment ends, a plain MSH-10) on a kept connection does the whole round
+trip in one function: one send, the AA's expected end made while the peer works
+(:func:`~kit.hl7.ack_fast.aa_tail`), one receive read by
+:func:`~kit.hl7.ack_fast.aa_read` -- few operations after the wait, when the caches
+are cold; anything else goes through the general path with the same results (tested).
 
 Written by hand: python-hl7's ``MLLPClient`` reads one ``recv()`` as the ACK
 with no timeout, matching or retry. Framing is in :mod:`kit.hl7.framing`.
@@ -31,6 +36,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import socket
 import ssl
 import struct
@@ -41,6 +47,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
+from kit import audit
 from kit.errors import (
     HL7ParseError,
     KitError,
@@ -53,7 +60,7 @@ from kit.errors import (
     TLSError,
 )
 from kit.hl7._audit import audited_send
-from kit.hl7.ack_fast import fast_ack
+from kit.hl7.ack_fast import aa_read, aa_tail, fast_ack
 from kit.hl7.framing import CR, FS, VT, FrameError, MLLPDecoder
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.typed import Ack, AckCode
@@ -72,6 +79,9 @@ _KERNEL_TIMEOUTS = sys.platform.startswith("linux")
 _END = FS + CR
 _POSITIVE = (AckCode.AA, AckCode.CA)
 _STANDARD_MSH = "MSH|^~\\&|"
+#: what makes _control_id parse the message (a delimiter or the escape in MSH-10, or MSH-10 the last
+#: field of its line): not on the lean path
+_ODD_ID = re.compile(r"[\^~\\&\r]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +173,7 @@ class MLLPSender:
         self._frames: deque[bytes | FrameError] = deque()
         self._answered = False
         self._kernel_timeouts = False
+        self._lean = False  # the next round trip may take the lean path (see _lean_again)
         self._sock_timeout = 0.0  # the timeout the socket has now
         #: number of attempts the last :meth:`send` needed
         self.last_attempts = 0
@@ -202,7 +213,7 @@ class MLLPSender:
         self._set_timeout(self.timeout)
         self._decoder = MLLPDecoder()
         self._frames = deque()
-        self._answered = False  # has this connection ever sent us a byte?
+        self._answered = False  # has this connection ever sent us a byte? (TLS only: not on the lean path)
 
     def _set_timeout(self, seconds: float) -> None:
         """The timeout of each following send and receive on the socket."""
@@ -215,6 +226,7 @@ class MLLPSender:
         else:
             self._sock.settimeout(seconds)
         self._sock_timeout = seconds
+        self._lean = False
 
     def _connect_within(self, wait: float) -> None:
         """Connect, retrying an unreachable peer with short doubling waits for ``wait`` seconds in all."""
@@ -245,7 +257,6 @@ class MLLPSender:
         self.close()
 
     # -- sending -----------------------------------------------------------------------------------
-    @audited_send
     def send(self, message: str | bytes | Message) -> Ack:
         """Send one message; return its positive ACK.
 
@@ -272,18 +283,105 @@ class MLLPSender:
         kit.errors.HL7ParseError
             ``message`` is not an HL7 message.
         """
+        sock = self._sock
+        if (type(message) is str and sock is not None and (self._lean or self._lean_again())
+                and not audit.enabled()):
+            # The usual round trip, in one piece: ER7 text with CR segment ends and a plain MSH-10
+            # (where _prepare changes nothing: no LF, no block byte, a CR at the end), one send, one
+            # receive holding one whole plain ACK frame of this message (kernel timeouts bound both)
+            # -- few operations after the receive, when the caches are cold. Anything else takes
+            # the general path below, with its checks and errors.
+            fields = message[:message.find("\r")].split("|", 10)  # the first line, as _control_id reads it
+            control_id = fields[9] if len(fields) > 9 else "\r"
+            if (message.startswith(_STANDARD_MSH) and message[-1:] == "\r" and "\n" not in message
+                    and "\x0b" not in message and "\x1c" not in message
+                    and _ODD_ID.search(control_id) is None):
+                try:
+                    data = VT + message.encode("utf-8") + _END
+                except UnicodeEncodeError:  # lone surrogates: the general path names the error
+                    return self._send(message)
+                self.last_attempts = 1
+                try:
+                    sent = sock.send(data)
+                except OSError as exc:
+                    return self._first_failed(data, control_id, self._send_failed(exc))
+                tail = aa_tail(control_id)  # made while the peer works
+                deadline = time.monotonic() + self.timeout  # for the whole ACK, from the whole message
+                if sent < len(data):
+                    return self._lean_rest(data, control_id, memoryview(data)[sent:])
+                try:
+                    reply = sock.recv(_READ_SIZE)
+                except OSError as exc:
+                    return self._first_failed(data, control_id, self._recv_failed(exc, control_id))
+                ack = aa_read(reply, tail, control_id)
+                if ack is not None and ack.code in _POSITIVE:
+                    return ack
+                return self._lean_on(data, control_id, reply, ack, deadline)
+        return self._send(message)
+
+    @audited_send
+    def _send(self, message: str | bytes | Message) -> Ack:
+        """:meth:`send` with all its checks and the retries (audited as ``hl7.send``)."""
         data, control_id = self._prepare(message)
         self.last_attempts = 1
-        if self._sock is not None:  # the lean first attempt on a kept connection: no retry machinery
-            try:
-                ack = self._exchange(data, control_id)
-            except (PeerTimeoutError, PeerDisconnectedError) as exc:
-                self.close()
-                return self._resend(data, control_id, exc)
-            if ack.code in _POSITIVE:
-                return ack
-            return self._resend(data, control_id, self._nak(ack, control_id))
-        return self._resend(data, control_id, None)
+        if self._sock is None:
+            return self._resend(data, control_id, None)
+        try:  # the first attempt on a kept connection: no retry machinery
+            self._write(data)
+            ack = self._read_ack(control_id)
+        except (PeerTimeoutError, PeerDisconnectedError) as exc:
+            self.close()
+            return self._resend(data, control_id, exc)
+        if ack.code in _POSITIVE:
+            return ack
+        return self._resend(data, control_id, self._nak(ack, control_id))
+
+    def _first_failed(self, data: bytes, control_id: str, exc: KitError) -> Ack:
+        """The first attempt failed with ``exc``: the retries, or ``exc`` itself if final."""
+        if not isinstance(exc, PeerTimeoutError | PeerDisconnectedError):
+            raise exc
+        self.close()
+        return self._resend(data, control_id, exc)
+
+    def _lean_on(self, data: bytes, control_id: str, reply: bytes | None, ack: Ack | None,
+                 deadline: float) -> Ack:
+        """The lean path's reply (None: nothing received yet) was not a positive plain ACK of this
+        message in one frame: read on under the same deadline, or answer the NAK, as the general
+        path does."""
+        try:
+            if ack is None:
+                ack = (self._read_ack(control_id, deadline) if reply is None
+                       else self._read_on(reply, control_id, deadline))
+        except (PeerTimeoutError, PeerDisconnectedError) as exc:
+            return self._first_failed(data, control_id, exc)
+        if ack.code in _POSITIVE:
+            return ack
+        return self._resend(data, control_id, self._nak(ack, control_id))
+
+    def _lean_rest(self, data: bytes, control_id: str, rest: memoryview) -> Ack:
+        """The socket took part of the message: the rest within :attr:`timeout`, then the ACK."""
+        self._lean = False
+        try:
+            self._send_rest(rest)
+        except OSError as exc:
+            return self._first_failed(data, control_id, self._send_failed(exc))
+        return self._lean_on(data, control_id, None, None, time.monotonic() + self.timeout)
+
+    def _lean_again(self) -> bool:
+        """Whether the next round trip can take the lean path: plain TCP with kernel timeouts set
+        to :attr:`timeout`, no frame queued, the decoder between frames (remembered until the
+        general path runs again)."""
+        self._lean = (self._sock is not None and self._kernel_timeouts and self._sock_timeout == self.timeout
+                      and not self._frames and self._decoder.between_frames)
+        return self._lean
+
+    def _read_on(self, data: bytes, control_id: str, deadline: float) -> Ack:
+        """The general read of the ACK, starting with ``data`` already received."""
+        if not data:
+            raise self._closed(control_id)
+        self._answered = True
+        self._frames.extend(self._decoder.feed(data))
+        return self._read_ack(control_id, deadline)
 
     def _resend(self, data: bytes, control_id: str, first: KitError | None) -> Ack:
         """The attempts after a failed first one (``first``: its error), or all of them (None)."""
@@ -416,40 +514,10 @@ class MLLPSender:
             self._set_timeout(remaining)
             rest = rest[self._sock.send(rest):]
 
-    def _exchange(self, data: bytes, control_id: str) -> Ack:
-        """Send ``data`` on the open connection and read its ACK.
-
-        The usual case takes one send, one receive and :func:`~kit.hl7.ack_fast.fast_ack`: a
-        whole plain ACK of this message in one read. Anything else (pieces, several frames, a
-        stale ACK, a framing error, an ACK the fast path does not read) goes on through
-        :meth:`_read_ack` under the same deadline.
-        """
-        sock = self._sock
-        if sock is None or not self._kernel_timeouts or self._sock_timeout != self.timeout or self._frames:
-            self._write(data)
-            return self._read_ack(control_id)
-        try:  # the lean path: the socket's kernel timeouts are set to self.timeout
-            sent = sock.send(data)
-            if sent < len(data):
-                self._send_rest(memoryview(data)[sent:])
-        except OSError as exc:
-            raise self._send_failed(exc) from exc
-        deadline = time.monotonic() + self.timeout
-        if self._sock_timeout != self.timeout:  # _send_rest changed it: the general path
-            return self._read_ack(control_id, deadline)
-        items = self._decoder.feed(self._recv(control_id))
-        self._answered = True
-        if len(items) == 1:
-            item = items[0]
-            if isinstance(item, bytes) and (ack := fast_ack(item)) is not None \
-                    and ack.control_id == control_id:
-                return ack
-        self._frames.extend(items)
-        return self._read_ack(control_id, deadline)
-
     def _read_ack(self, control_id: str, deadline: float | None = None) -> Ack:
         """The next ACK for ``control_id`` by ``deadline`` (default: :attr:`timeout` from now); ACKs
         for other ids (stale, from earlier attempts) are skipped."""
+        self._lean = False  # the decoder and the socket's timeout may change: check again next time
         frames = self._frames
         first = deadline is None  # the first wait: the full timeout
         if deadline is None:
@@ -477,23 +545,28 @@ class MLLPSender:
         assert self._sock is not None
         try:
             data = self._sock.recv(_READ_SIZE)
-        except (TimeoutError, BlockingIOError) as exc:  # BlockingIOError: the kernel's SO_RCVTIMEO
-            raise PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s",
-                                   peer=self.peer) from exc
-        except ssl.SSLError as exc:  # e.g. a TLS alert after the handshake (certificate required)
-            raise TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer) from exc
         except OSError as exc:
-            raise PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}",
-                                        peer=self.peer) from exc
+            raise self._recv_failed(exc, control_id) from exc
         if not data:
-            if self.ssl_context is not None and not self._answered:
-                # A TLS 1.3 server that wants a client certificate completes the handshake and then
-                # drops the connection (asyncio sends no alert). Resending cannot help: final.
-                raise TLSError("the peer closed a new TLS connection without answering; it may "
-                               "require a client certificate (mutual TLS)", peer=self.peer)
-            raise PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
-                                        peer=self.peer)
+            raise self._closed(control_id)
         return data
+
+    def _recv_failed(self, exc: OSError, control_id: str) -> KitError:
+        if isinstance(exc, TimeoutError | BlockingIOError):  # BlockingIOError: the kernel's SO_RCVTIMEO
+            return PeerTimeoutError(f"no ACK for {control_id} within {self.timeout}s", peer=self.peer)
+        if isinstance(exc, ssl.SSLError):  # e.g. a TLS alert after the handshake (certificate required)
+            return TLSError(f"TLS error waiting for the ACK: {exc}", peer=self.peer)
+        return PeerDisconnectedError(f"connection lost waiting for the ACK: {exc}", peer=self.peer)
+
+    def _closed(self, control_id: str) -> KitError:
+        """The peer ended the connection before the ACK."""
+        if self.ssl_context is not None and not self._answered:
+            # A TLS 1.3 server that wants a client certificate completes the handshake and then
+            # drops the connection (asyncio sends no alert). Resending cannot help: final.
+            return TLSError("the peer closed a new TLS connection without answering; it may "
+                            "require a client certificate (mutual TLS)", peer=self.peer)
+        return PeerDisconnectedError(f"peer closed the connection before the ACK of {control_id}",
+                                     peer=self.peer)
 
     def _ack_of(self, item: bytes | FrameError, control_id: str) -> Ack | None:
         """The ACK for ``control_id`` in one received frame, or None (logged: an error, not an ACK, stale)."""

@@ -37,6 +37,7 @@ import polars as pl
 
 from kit.errors import KitError, StoreError
 from kit.hl7.frames import to_frames
+from kit.hl7.listen_fast import MshValues, msh_values
 from kit.hl7.message import Message, content_hash, parse_message
 
 log = logging.getLogger(__name__)
@@ -80,21 +81,24 @@ class Received:
 
     The stored values (sender, control id, type, content hash) are read from the
     message when this is built, so a message whose values cannot be read fails
-    here, before it reaches a storage transaction.
+    here, before it reaches a storage transaction. ``values``, the message's header
+    values (:func:`kit.hl7.listen_fast.msh_values`), is read here unless given.
     """
 
     message: Message
     raw: str
     peer: str = ""
+    values: MshValues | None = dataclasses.field(default=None, compare=False, repr=False)
     key: tuple[str, str, str] = dataclasses.field(init=False)
     message_type: str = dataclasses.field(init=False)
     content_hash: str = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        m = self.message
-        object.__setattr__(self, "key", (m.sending_application, m.sending_facility, m.control_id))
-        object.__setattr__(self, "message_type", m.message_type)
-        object.__setattr__(self, "content_hash", content_hash(m))
+        v = self.values if self.values is not None else msh_values(self.message)
+        object.__setattr__(self, "values", v)
+        object.__setattr__(self, "key", (v.sending_application, v.sending_facility, v.control_id))
+        object.__setattr__(self, "message_type", v.message_type)
+        object.__setattr__(self, "content_hash", content_hash(self.message))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -214,27 +214,28 @@ def test_one_poison_message_in_a_batch_costs_a_few_commits_not_one_per_message(
     assert stored == sorted(f"B{i:06d}" for i in range(32) if i != 17)
 
 
-def test_the_committer_waits_a_little_for_as_many_connections_as_its_last_batch_had(tmp_path: Path) -> None:
+def test_the_committer_waits_a_little_for_as_many_connections_as_its_last_batches_had(tmp_path: Path) -> None:
     """Eight senders in lock step send their next messages just after a commit: the next batch
-    waits (bounded) for all of them instead of committing the first alone. One sender never waits."""
+    waits (bounded) for all of them instead of committing the first alone. One sender never waits.
+    The loop hands its jobs over as lists (one per loop iteration); a batch takes every list waiting."""
     from kit.hl7.mllp import _Job
 
     listener = MLLPListener(tmp_path / "unused.db")  # not started: only its queue is used
 
-    def job() -> _Job:
-        return _Job(None, None)  # type: ignore[arg-type]  # the committer's queue handling only
+    def jobs(count: int = 1) -> list[_Job]:
+        return [_Job(None, None) for _ in range(count)]  # type: ignore[arg-type]  # queue handling only
 
     def later(count: int, after: float) -> None:
-        threading.Timer(after, lambda: [listener._jobs.put(job()) for _ in range(count)]).start()
+        threading.Timer(after, lambda: [listener._jobs.put(jobs()) for _ in range(count)]).start()
 
-    batch = [job()]
-    listener._jobs.put(job())
+    batch = jobs()
+    listener._jobs.put(jobs())
     later(2, 0.05)
     start = time.monotonic()
     assert listener._take_waiting(batch, 4, 1.0) is False
     assert len(batch) == 4 and time.monotonic() - start < 0.9  # waited for the two, not the full second
 
-    batch = [job()]
+    batch = jobs()
     later(1, 0.3)
     start = time.monotonic()
     listener._take_waiting(batch, 1, 1.0)  # one connection last time: no wait at all
@@ -243,10 +244,91 @@ def test_the_committer_waits_a_little_for_as_many_connections_as_its_last_batch_
     assert listener._jobs.qsize() == 1
     listener._jobs.get_nowait()
 
-    batch = [job()]
+    batch = jobs()
     start = time.monotonic()
     listener._take_waiting(batch, 8, 0.1)  # the others never come: bounded by the wait
     assert len(batch) == 1 and 0.09 <= time.monotonic() - start < 0.6
 
+    for count in (3, 1, 4):  # everything waiting is taken, whatever the target
+        listener._jobs.put(jobs(count))
+    batch = jobs()
+    listener._take_waiting(batch, 1, 0.0)
+    assert len(batch) == 9 and listener._jobs.qsize() == 0
+
     listener._jobs.put(None)
-    assert listener._take_waiting([job()], 8, 1.0) is True  # stop sentinel
+    assert listener._take_waiting(jobs(), 8, 1.0) is True  # stop sentinel
+
+
+def _slow_commits(monkeypatch: pytest.MonkeyPatch, seconds: float) -> tuple[list[int], list[int]]:
+    """Every commit takes ``seconds`` more (a slow disk), the gather wait may reach it; returns the
+    batch sizes committed and the ``gather`` targets the committer waited for, as they happen."""
+    import kit.hl7.mllp as mllp
+
+    sizes: list[int] = []
+    targets: list[int] = []
+    real_add, real_take = MessageStore.add_many, MLLPListener._take_waiting
+
+    def add_many(self: MessageStore, items: list[Received]) -> list[StoredResult]:
+        sizes.append(len(items))
+        time.sleep(seconds)
+        return real_add(self, items)
+
+    def take(self: MLLPListener, batch: list[object], gather: int, wait: float) -> bool:
+        targets.append(gather)
+        return real_take(self, batch, gather, wait)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(MessageStore, "add_many", add_many)
+    monkeypatch.setattr(MLLPListener, "_take_waiting", take)
+    monkeypatch.setattr(mllp, "_GATHER_MAX", 1.0)
+    return sizes, targets
+
+
+def test_senders_taking_turns_never_wait_for_each_other(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three connections sending one message at a time in turns (as a bench or an interface engine
+    with several channels does): no batch waits for another connection's message, which cannot
+    come before this one's ACK (it waited the last commit's duration each time)."""
+    sizes, targets = _slow_commits(monkeypatch, 0.02)
+    with MLLPListener(tmp_path / "mllp.db") as listener:
+        clients = [hl7.client.MLLPClient("127.0.0.1", listener.port) for _ in range(3)]
+        try:
+            for i in range(12):
+                for k, client in enumerate(clients):
+                    control_id = f"G{k * 100_000 + i:06d}"
+                    assert _acked(client.send_message(numbered(k * 100_000 + i, "G")), control_id)
+        finally:
+            for client in clients:
+                client.close()
+    assert sizes == [1] * 36
+    assert targets == [1] * 36, "a batch waited for a connection that was waiting for its turn"
+
+
+def test_eight_senders_split_into_two_groups_join_into_one_batch(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four senders run in lock step, four more join during a commit: the second group, waiting when
+    that commit ends, made a batch of four by itself, the first group's next messages the next
+    batch, and so on (two commits per round instead of one). The batch after a batch of several
+    connections now waits for the connections of the last two batches: they join into one."""
+    sizes, _ = _slow_commits(monkeypatch, 0.03)
+    first, second = 40, 24
+    acked: list[list[str]] = [[] for _ in range(SENDERS)]
+    with MLLPListener(tmp_path / "mllp.db") as listener:
+        def run(k: int) -> None:
+            with hl7.client.MLLPClient("127.0.0.1", listener.port) as client:
+                client.socket.settimeout(20)
+                if k >= SENDERS // 2:
+                    time.sleep(0.3)  # the first group runs alone for a few commits
+                for i in range(first if k < SENDERS // 2 else second):
+                    control_id = f"G{k * 100_000 + i:06d}"
+                    if _acked(client.send_message(numbered(k * 100_000 + i, "G")), control_id):
+                        acked[k].append(control_id)
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(SENDERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert listener.store is not None
+        _assert_stored_once_in_order(listener.store.messages()["control_id"].to_list(), acked, 0)
+    assert [len(ids) for ids in acked] == [first] * (SENDERS // 2) + [second] * (SENDERS // 2)
+    assert sizes.count(SENDERS) >= second // 2, f"the groups stayed apart; batches: {sizes}"

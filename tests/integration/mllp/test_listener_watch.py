@@ -1,0 +1,94 @@
+"""The listener's time limits on reads and writes (one timer per connection): a peer that never
+reads its ACKs is cut off and its socket closed; a connection waiting for a slow commit is not."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kit.hl7.framing import frame
+from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
+from kit.hl7.store import MessageStore, Received, StoredResult
+from tests.integration.mllp.conftest import exchange, msa, numbered
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _listener_holds(port: int, peer_port: int) -> bool:
+    """Whether this process (the listener runs in it) has a socket open from ``port`` to ``peer_port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                cols = line.split()
+                local, remote = int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16)
+                if (local, remote) == (port, peer_port):
+                    inodes.add(f"socket:[{cols[9]}]")
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") in inodes:
+                return True
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads sockets in /proc")
+def test_a_peer_that_never_reads_its_acks_is_cut_off_and_its_socket_closed(tmp_path: Path) -> None:
+    with MLLPListener(tmp_path / "mllp.db", idle_timeout=1.0) as listener:
+        hog = socket.socket()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # a small window: the ACKs pile up
+        hog.connect(("127.0.0.1", listener.port))
+        hog_port = hog.getsockname()[1]
+        hog.settimeout(0.5)
+        wide = "R" * 199  # MSH-5/MSH-6, echoed in each ACK: ACKs as long as the messages
+        data = b"".join(frame(f"MSH|^~\\&|A|F|{wide}|{wide}|20260101||ADT^A01|HOG{i}|P|2.5.1\r")
+                        for i in range(8000))
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += hog.send(data[sent:sent + 65536])
+        except TimeoutError:
+            pass  # the kernel's buffers are full too
+        try:
+            assert _listener_holds(listener.port, hog_port)
+            deadline = time.monotonic() + 15
+            while _listener_holds(listener.port, hog_port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _listener_holds(listener.port, hog_port), \
+                "the listener kept the socket of a peer that reads nothing"
+            once = RetryPolicy(max_attempts=1)
+            with MLLPSender("127.0.0.1", listener.port, timeout=5, retry=once) as sender:
+                start = time.monotonic()
+                assert sender.send(numbered(1, "GOOD")).control_id == "GOOD000001"
+                assert time.monotonic() - start < 2.0
+        finally:
+            hog.close()
+        assert listener.healthy
+
+
+def test_a_connection_waiting_longer_than_the_idle_time_for_its_commit_gets_its_ack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time limit covers reading and writing only: a slow disk does not cut off the senders."""
+    gate = threading.Event()
+    real = MessageStore.add_many
+
+    def add_many(self: MessageStore, items: list[Received]) -> list[StoredResult]:
+        gate.wait(20)
+        return real(self, items)
+
+    monkeypatch.setattr(MessageStore, "add_many", add_many)
+    with MLLPListener(tmp_path / "mllp.db", idle_timeout=0.5) as listener, \
+            socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        threading.Timer(2.0, gate.set).start()  # four idle times
+        start = time.monotonic()
+        reply = exchange(sock, frame(numbered(7, "SLOW")), 10)[0]
+        assert msa(reply) == ("AA", "SLOW000007") and time.monotonic() - start >= 1.9
+        assert msa(exchange(sock, frame(numbered(8, "SLOW")), 10)[0]) == ("AA", "SLOW000008")
+        time.sleep(1.5)  # then idle: closed
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
