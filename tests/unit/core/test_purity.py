@@ -17,6 +17,7 @@ PURE = [
     "fhir/resources", "fhir/frames", "fhir/frames_extract", "fhir/vendors", "fhir/server_search",
     "fhir/server_limits", "fhir/server_openapi", "fhir/policy", "fhir/_paging",
     "hl7/message", "hl7/typed", "hl7/build", "hl7/frames", "hl7/frames_fast", "hl7/scheduling", "hl7/framing",
+    "hl7/listen_fast",
     "hub/syncmap", "hub/sync", "hub/registry", "hub/__init__", "hub/alerts",
     "fhir/timeline",
     "results/model", "results/sr", "results/seg", "results/readback", "results/fhir", "results/oru",
