@@ -182,11 +182,11 @@ def _run(ref: weakref.ref[SparePool], shared: _Shared) -> None:
             _remove(made)
             return
     except BaseException as exc:  # noqa: BLE001 - the pool stops; callers make their own files
+        LOGGER.critical("the spare-file thread died (callers now make their own files): %r", exc)
         pool = ref()
-        if pool is not None:
+        if pool is not None:  # after the log: who sees the failure finds it logged
             pool.failure = exc
         del pool
-        LOGGER.critical("the spare-file thread died (callers now make their own files): %r", exc)
     finally:
         with cond:
             shared.closed = True
