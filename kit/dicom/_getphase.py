@@ -6,8 +6,8 @@ is paid once per instance. Three things are taken off that path here:
 
 - creating the file: ext4 without a journal may spend up to a millisecond of
   kernel time allocating an inode (it scans past recently freed ones on a busy
-  file system). :class:`TempPool` keeps a few empty files ready in the target
-  folder, made by a helper thread (``os.open`` releases the GIL): unnamed
+  file system). A :class:`~kit.dicom._spares.SparePool` keeps a few empty files
+  ready in the target folder, made by its thread (``os.open`` releases the GIL): unnamed
   (``O_TMPFILE``) where the system has them, so making one takes no lock on the
   folder, and each is linked at its final name once written; so the path is
   write, link (or rename), close, answer;
@@ -24,13 +24,11 @@ hand: no library does any of this; the file layout and names are
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import itertools
 import os
 import struct
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,15 +48,11 @@ from kit.dicom._fastnet import (
     status_fields,
 )
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
+from kit.dicom._spares import POOL_LIMIT, SparePool
 from kit.errors import AssociationAbortedError
 
-__all__ = ["POOL_LIMIT", "PooledReceiver", "TempPool", "get_loop", "store_rsp_pdu"]
+__all__ = ["PooledReceiver", "get_loop", "store_rsp_pdu"]
 
-#: Most temporary files kept ready ahead of the instances (each an open descriptor).
-POOL_LIMIT = 8
-#: Seconds :meth:`TempPool.close` waits for the helper thread (a file system that hangs in
-#: ``open``): past it the thread removes what it still makes itself.
-CLOSE_WAIT = 5.0
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
 #: An unnamed file in a folder (Linux); 0 where the platform has none.
@@ -69,94 +63,10 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, getattr(errno, "ENO
 _NO_LINK = {errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTDIR, errno.ELOOP}
 
 
-class TempPool:
-    """Empty temporary files made ahead by a helper thread, taken one per instance.
-
-    The owner (one thread) calls :meth:`take`, then :meth:`top_up` once the
-    instance is answered, and :meth:`close` at the end. At most ``ahead``
-    (<= :data:`POOL_LIMIT`) files are ready or being made at any time; a file
-    the thread could not make (full disk, folder gone) stops the thread, and
-    :meth:`take` then returns None (the caller makes the file itself and meets
-    the error there).
-
-    Parameters
-    ----------
-    make : callable
-        Makes one temporary file: its path and an open descriptor.
-    """
-
-    def __init__(self, make: Callable[[], tuple[str, int]]) -> None:
-        self._make = make
-        self._ready: collections.deque[tuple[str, int]] = collections.deque()
-        self._slots = threading.Semaphore(0)
-        self._lock = threading.Lock()
-        self._granted = 0  # files ready or being made (the owner's count)
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self.failed = False
-
-    def _run(self) -> None:
-        while True:
-            self._slots.acquire()
-            if self._closed:
-                return
-            try:
-                made = self._make()
-            except OSError:
-                self.failed = True
-                return
-            with self._lock:  # close() drains under the same lock: nothing appended after it
-                if not self._closed:
-                    self._ready.append(made)
-                    continue
-            _remove(made)
-            return
-
-    def take(self) -> tuple[str, int] | None:
-        """A ready temporary file (path, descriptor), or None if none is ready yet."""
-        try:
-            made = self._ready.popleft()
-        except IndexError:
-            return None
-        self._granted -= 1
-        return made
-
-    def top_up(self, ahead: int) -> None:
-        """Let the helper thread make files until ``ahead`` (capped) are ready or on the way."""
-        if self._closed or self.failed:
-            return
-        ahead = min(ahead, POOL_LIMIT)
-        while self._granted < ahead:
-            self._granted += 1
-            self._slots.release()
-        if self._thread is None and self._granted:
-            self._thread = threading.Thread(target=self._run, name="kit-get-files", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        """Stop the helper thread and remove every file not taken (idempotent)."""
-        with self._lock:
-            self._closed = True
-            left = list(self._ready)
-            self._ready.clear()
-        self._slots.release(POOL_LIMIT + 1)
-        for made in left:
-            _remove(made)
-        if self._thread is not None:
-            self._thread.join(CLOSE_WAIT)
-
-
-def _remove(made: tuple[str, int]) -> None:
-    with contextlib.suppress(OSError):
-        os.close(made[1])
-    if made[0]:  # a named temporary file (an unnamed one is gone once closed)
-        with contextlib.suppress(OSError):
-            os.unlink(made[0])
-
-
 class PooledReceiver(FileReceiver):
     """A :class:`~kit.dicom._fastnet.FileReceiver` for C-GET whose files come from a
-    :class:`TempPool`, answering before its bookkeeping (:meth:`place`, then :meth:`record`).
+    :class:`~kit.dicom._spares.SparePool`, answering before its bookkeeping (:meth:`place`,
+    then :meth:`record`).
 
     Where the file system has unnamed files (Linux ``O_TMPFILE``: ext4, xfs, btrfs, tmpfs),
     each file is made without a name and linked at its final name once written whole
@@ -169,7 +79,7 @@ class PooledReceiver(FileReceiver):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pool = TempPool(self._new_temp)
+        self.pool = SparePool(self._new_temp, POOL_LIMIT, name="kit-get-files")
         self._made = itertools.count()  # next() is atomic: the helper thread and the owner both call
         self.unnamed = _TMPFILE != 0
         self._dirfd: int | None = None
@@ -187,7 +97,7 @@ class PooledReceiver(FileReceiver):
         return tmp, os.open(tmp, _FLAGS, 0o600)
 
     def prepare(self) -> None:
-        """Keep one file ready (more with :meth:`TempPool.top_up`)."""
+        """Keep one file ready (more with :meth:`~kit.dicom._spares.SparePool.top_up`)."""
         self.pool.top_up(1)
 
     def discard(self) -> None:
@@ -311,7 +221,7 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
 
     Files are made ahead up to the number of remaining sub-operations the PACS reports
     in its pending C-GET-RSPs (doubling per instance, from one, when it reports none),
-    at most :data:`POOL_LIMIT`.
+    at most :data:`kit.dicom._spares.POOL_LIMIT`.
     """
     phase.send(context_id, encode_command({
         0x00000002: sop_class, 0x00000100: C_GET_RQ, 0x00000110: 1, 0x00000700: 0x0002,

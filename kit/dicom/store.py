@@ -59,6 +59,7 @@ from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._groupcommit import GroupCommit, Pending
 from kit.dicom._spares import Spare, SparePool
 from kit.dicom._spares import create as create_spare
+from kit.dicom._spares import maker as spare_maker
 from kit.dicom._spares import names as spare_names
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
@@ -393,15 +394,17 @@ class InstanceStore:
             return
         pool = self._pool
         if pool is None:
-            with self._pool_lock:
-                pool = self._pool = self._pool or SparePool(self._new_tmp)
-        spare = pool.take()
-        if spare is None:
+            with self._pool_lock:  # the pool's make holds the namer only: never the store
+                pool = self._pool = self._pool or SparePool(spare_maker(self._new_tmp),
+                                                            name="kit-store-spares")
+        made = pool.take()
+        pool.top_up()  # keep pool.size ready (starts its thread on first use)
+        if made is None:
             try:
-                spare = create_spare(self._new_tmp())
+                made = create_spare(self._new_tmp())
             except OSError:
                 return
-        self._spares.file = spare
+        self._spares.file = Spare(*made)
 
     def discard_prepared(self) -> None:
         """Remove the calling thread's unused :meth:`prepare` file, if any (idempotent)."""

@@ -6,7 +6,8 @@
   streams over real sockets (Hypothesis, bounded);
 - durability: a real peer (pynetdicom's C-GET SCP) finds each instance complete at its final
   path when it receives our C-STORE-RSP, even with a slow rename;
-- the pool: bounded, nothing left behind, a failing folder answered 0xA700 and reported.
+- the pool, as the receiver uses it (named and unnamed): bounded, nothing left behind, a failing
+  folder answered 0xA700 and reported (the pool itself: tests/unit/dicom_store/test_spare_pool.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from kit.dicom._fastnet import (
     c_get,
     encode_command,
 )
-from kit.dicom._getphase import POOL_LIMIT, PooledReceiver, TempPool, get_loop, store_rsp_pdu
+from kit.dicom._getphase import PooledReceiver, get_loop, store_rsp_pdu
+from kit.dicom._spares import POOL_LIMIT
 from kit.dicom.dimse import PacsClient
 from kit.errors import KitError
 from kit.examples.dicom import random_ct_files
@@ -352,26 +354,3 @@ def test_a_folder_gone_mid_way_is_answered_a700_and_reported(tmp_path: Path) -> 
     assert receiver.errors and any("No such file" in e for e in receiver.errors)
     receiver.discard()
     assert not dest.exists()
-
-
-def test_pool_close_while_the_thread_makes_a_file(tmp_path: Path) -> None:
-    made: list[str] = []
-    gate = threading.Event()
-
-    def make() -> tuple[str, int]:
-        gate.wait(5)
-        path = str(tmp_path / f"f{len(made)}")
-        made.append(path)
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-
-    pool = TempPool(make)
-    pool.top_up(3)
-    time.sleep(0.02)
-    closer = threading.Thread(target=pool.close)
-    closer.start()
-    gate.set()
-    closer.join(10)
-    assert pool._thread is not None
-    pool._thread.join(5)
-    assert list(tmp_path.iterdir()) == []  # what it made after close() it removed itself
-    assert pool.take() is None

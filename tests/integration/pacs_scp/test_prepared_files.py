@@ -170,6 +170,8 @@ def test_a_dead_pool_thread_only_slows_writes_down(tmp_path: Path, monkeypatch: 
     assert store._pool is not None
     pool = store._pool
     assert _wait(lambda: pool.failure is not None)
+    assert pool._thread is not None
+    pool._thread.join(5)
     assert "spare-file thread died" in caplog.text
     for number in range(1, 4):  # files made by the writers themselves, as before
         store.prepare()
