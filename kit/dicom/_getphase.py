@@ -12,9 +12,7 @@ is paid once per instance. Three things are taken off that path here:
   folder, and each is linked at its final name once written; so the path is
   write, link (or rename), close, answer;
 - the bookkeeping (the row, the progress/limit hook): after the answer is on the
-  wire (:func:`get_loop`);
-- building the answer: one P-DATA-TF PDU encoded in one go (:func:`store_rsp_pdu`,
-  equal to :meth:`kit.dicom._fastnet.DataPhase.frame` of the same command set).
+  wire (:func:`get_loop`).
 
 The guarantee is unchanged: the success status is sent only after the file is
 written whole, put at its final path (it appears there whole) and closed. Written by
@@ -28,7 +26,6 @@ import contextlib
 import errno
 import itertools
 import os
-import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,7 +48,7 @@ from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._spares import POOL_LIMIT, SparePool
 from kit.errors import AssociationAbortedError
 
-__all__ = ["PooledReceiver", "get_loop", "store_rsp_pdu"]
+__all__ = ["PooledReceiver", "get_loop"]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
@@ -199,19 +196,6 @@ def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
         data = data[os.write(fd, data):]
 
 
-def store_rsp_pdu(context_id: int, sop_class: str, msg_id: int, status: int, sop_uid: str) -> bytes:
-    """A C-STORE-RSP in one P-DATA-TF PDU of one PDV (command, last fragment): the bytes
-    ``DataPhase.frame(context_id, encode_command({...}))`` gives when it fits one fragment."""
-    return _pdu(context_id, encode_command({
-        0x00000002: sop_class, 0x00000100: C_STORE_RSP, 0x00000120: msg_id,
-        0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
-
-
-def _pdu(context_id: int, command: bytes) -> bytes:
-    n = len(command) + 2
-    return struct.pack(">BBIIBB", 0x04, 0x00, n + 4, n, context_id, 0x03) + command
-
-
 def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
              syntaxes: Mapping[int, str], receiver: PooledReceiver,
              cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
@@ -230,8 +214,6 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
     ahead = 1
     remaining: int | None = None
     pool.top_up(ahead)
-    one_pdv = phase.fragment
-    send = phase.send_parts
     while True:
         msg = phase.recv()
         command = msg.command
@@ -243,10 +225,9 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
                 status, size, final = 0x0122, 0, ""
             else:
                 status, size, final = receiver.place(sop_uid, sop_cls, syntax, msg.dataset or b"")
-            pdu = store_rsp_pdu(msg.context_id, sop_cls, command_int(command, 0x0110) or 0, status,
-                                sop_uid)
-            # one PDV when it fits the peer's maximum (always, but for a tiny one): else framed
-            send((pdu,) if len(pdu) - 12 <= one_pdv else phase.frame(msg.context_id, pdu[12:]))
+            phase.send(msg.context_id, encode_command({
+                0x00000002: sop_cls, 0x00000100: C_STORE_RSP, 0x00000120: command_int(command, 0x0110) or 0,
+                0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
             # -- answered: the rest is off the PACS's path
             if status == 0x0000 and syntax is not None:
                 receiver.record(sop_uid, sop_cls, syntax, size, final)

@@ -40,7 +40,7 @@ from kit.dicom._fastnet import (
     c_get,
     encode_command,
 )
-from kit.dicom._getphase import PooledReceiver, get_loop, store_rsp_pdu
+from kit.dicom._getphase import PooledReceiver, get_loop
 from kit.dicom._spares import POOL_LIMIT
 from kit.dicom.dimse import PacsClient
 from kit.errors import KitError
@@ -175,17 +175,6 @@ def test_answer_path_equals_c_get(tmp_path_factory: pytest.TempPathFactory, ops:
     assert isinstance(result, dict) or result[0] in {"AssociationAbortedError", "PduInterrupt",
                                                      "PeerTimeoutError"}
     assert not any(name.endswith(".part") for name, _ in fast[2])  # nothing left behind
-
-
-@settings(max_examples=30, deadline=None)
-@given(cx=st.integers(1, 255), sop_class=st.text("0123456789.", min_size=1, max_size=64),
-       msg_id=st.integers(0, 0xFFFF), status=st.integers(0, 0xFFFF),
-       sop=st.text("0123456789.", min_size=0, max_size=64))
-def test_one_pdu_answer_equals_the_framed_command(cx: int, sop_class: str, msg_id: int, status: int,
-                                                  sop: str) -> None:
-    command = encode_command({0x00000002: sop_class, 0x00000100: 0x8001, 0x00000120: msg_id,
-                              0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop})
-    assert store_rsp_pdu(cx, sop_class, msg_id, status, sop) == _frame(cx, command, None, 0)
 
 
 # -- a real peer: pynetdicom's C-GET SCP -----------------------------------------------------------
