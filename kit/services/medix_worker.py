@@ -73,6 +73,11 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else 'no detail'}"
 
 
+def _cut_name(folder: Path) -> Path:
+    """Where the watchdog moves an export folder it cuts."""
+    return folder.with_name(folder.name + ".over")
+
+
 def retrieve(settings: Settings, mode: str, study_uid: str, dest: Path) -> pl.DataFrame:
     """Retrieve the study into ``dest`` by ``mode`` (``c-get``, ``c-move``, ``wado``); the received frame."""
     if mode == "wado":
@@ -175,7 +180,7 @@ class _Watchdog:
         """Take the folder away: the retrieve's next writes fail and the PACS is told so."""
         self.over = reason
         log.warning("Medix: stopping the export into %s: %s", self.folder, reason)
-        gone = self.folder.with_name(self.folder.name + ".over")
+        gone = _cut_name(self.folder)
         try:
             os.replace(self.folder, gone)
         except OSError:
@@ -334,7 +339,10 @@ class ExportWorkers:
             log.exception("Medix job %s failed unexpectedly", job.id)
             self._fail(job, f"internal error: {_reason(exc)}", started=bool(watch and watch.started))
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            # the cut folder too: files made ahead through a folder descriptor can still land in
+            # it after the watchdog's rename and its rmtree (the retrieve has returned by now)
+            for leftover in (folder, _cut_name(folder)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def _compress(self, job: Job, received: pl.DataFrame) -> None:
         self._report(job, MedixStatus.COMPRESS_STARTED)
