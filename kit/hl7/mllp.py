@@ -265,7 +265,8 @@ class MLLPListener:
         self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._pending: list[_Job] = []  # the loop's jobs not handed over yet (loop thread only)
         self._server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        self._clients: set[asyncio.Task[None]] = set()  # connections counted against max_connections
+        self._tasks: set[asyncio.Task[None]] = set()  # every connection's task until it has closed
         self._shutdown: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -403,9 +404,9 @@ class MLLPListener:
         self._ready.set()
         await shutdown.wait()
         self._server.close()
-        for task in list(self._clients):
+        for task in list(self._tasks):  # evicted ones too, still closing: they drop what is unsent
             task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
     # -- storage (group commit) ------------------------------------------------------------------
@@ -541,6 +542,8 @@ class MLLPListener:
         loop = asyncio.get_running_loop()
         self._make_room()
         self._clients.add(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         self._activity[task] = loop.time()
         self.counts["connections"] += 1
         info = writer.get_extra_info("peername")
@@ -575,7 +578,7 @@ class MLLPListener:
                 replies = [self._handle(item, peer) for item in items]
                 for reply in replies:
                     text = await reply
-                    if data:
+                    if data and not writer.transport.is_closing():  # gone: asyncio would log each write
                         writer.write(frame(text))
                 if not data:
                     break
@@ -609,6 +612,8 @@ class MLLPListener:
             try:
                 await asyncio.wait_for(writer.wait_closed(), 2.0)
             except Exception:  # noqa: BLE001 - the peer does not take the last bytes: drop them
+                writer.transport.abort()
+            except asyncio.CancelledError:  # the listener stops: drop them now
                 writer.transport.abort()
 
     def _make_room(self) -> None:

@@ -4,8 +4,11 @@ reads its ACKs is cut off and its socket closed; a connection waiting for a slow
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kit.hl7.framing import frame
-from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
+from kit.hl7.mllp import _READ_SIZE, MLLPListener, MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
 from tests.integration.mllp.conftest import exchange, msa, numbered
 
@@ -71,6 +74,52 @@ def test_a_peer_that_never_reads_its_acks_is_cut_off_and_its_socket_closed(tmp_p
         assert listener.healthy
 
 
+def _hog(port: int, count: int = 8000) -> socket.socket:
+    """A peer that sends ``count`` messages with long ACKs and reads none (a small receive window)."""
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    hog.connect(("127.0.0.1", port))
+    hog.settimeout(0.5)
+    wide = "R" * 199  # MSH-5/MSH-6, echoed in each ACK: ACKs as long as the messages
+    data = b"".join(frame(f"MSH|^~\\&|A|F|{wide}|{wide}|20260101||ADT^A01|HOG{i}|P|2.5.1\r")
+                    for i in range(count))
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += hog.send(data[sent:sent + 65536])
+    except TimeoutError:
+        pass  # the kernel's buffers are full too
+    return hog
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads sockets in /proc")
+def test_stop_closes_a_connection_evicted_while_it_closes(tmp_path: Path) -> None:
+    """An evicted connection whose peer reads nothing is still closing (its last ACKs unsent) when
+    the listener stops: stop waits for it and closes its socket, it is not left to the GC."""
+    listener = MLLPListener(tmp_path / "mllp.db", max_connections=1, idle_timeout=30.0)
+    listener.start()
+    try:
+        hog = _hog(listener.port)
+        hog_port = hog.getsockname()[1]
+        seen, still_since = -1, time.monotonic()
+        while time.monotonic() - still_since < 0.5:  # until the listener is stuck writing its ACKs
+            if listener.counts["received"] != seen:
+                seen, still_since = listener.counts["received"], time.monotonic()
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as other:
+            assert msa(exchange(other, frame(numbered(1, "NEXT")), 10)[0]) == ("AA", "NEXT000001")
+            assert _listener_holds(listener.port, hog_port)  # evicted, its close still waiting
+            gc.disable()  # the socket must be closed by stop, not collected with a forgotten task
+            try:
+                listener.stop()
+                assert not _listener_holds(listener.port, hog_port), "stop left the evicted socket open"
+            finally:
+                gc.enable()
+        hog.close()
+    finally:
+        listener.stop()
+
+
 def test_a_connection_waiting_longer_than_the_idle_time_for_its_commit_gets_its_ack(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The time limit covers reading and writing only: a slow disk does not cut off the senders."""
@@ -92,3 +141,40 @@ def test_a_connection_waiting_longer_than_the_idle_time_for_its_commit_gets_its_
         time.sleep(1.5)  # then idle: closed
         sock.settimeout(5)
         assert sock.recv(100) == b""
+
+
+def test_acks_for_a_peer_that_reset_are_dropped_without_log_noise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer sends messages in one go (one read) and resets while they commit (a slow disk, made here):
+    the listener keeps them all, writes no ACK after the reset (asyncio would log "socket.send()
+    raised exception" for each) and serves on."""
+    gate = threading.Event()
+    real = MessageStore.add_many
+
+    def add_many(self: MessageStore, items: list[Received]) -> list[StoredResult]:
+        gate.wait(20)
+        return real(self, items)
+
+    monkeypatch.setattr(MessageStore, "add_many", add_many)
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    with MLLPListener(tmp_path / "mllp.db") as listener:
+        sock = socket.create_connection(("127.0.0.1", listener.port), timeout=10)
+        data = b"".join(frame(numbered(i, "RST")) for i in range(100))
+        assert len(data) < _READ_SIZE  # one read takes them all: the reset drops none unread
+        sock.sendall(data)
+        deadline = time.monotonic() + 20
+        while listener.counts["received"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, the ACKs still to come
+        time.sleep(0.2)
+        gate.set()
+        deadline = time.monotonic() + 20
+        while listener.counts["stored"] < 100 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.counts["stored"] == 100  # read before the reset: every one kept
+        with MLLPSender("127.0.0.1", listener.port, timeout=5) as sender:
+            assert sender.send(numbered(1, "AFTER")).control_id == "AFTER000001"
+        assert listener.healthy
+    noise = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert not noise, noise[:3]
