@@ -175,7 +175,8 @@ def aa_read(data: bytes, tail: bytes, control_id: str) -> Ack | None:
     """The acknowledgement of ``control_id`` if ``data`` (one receive) is exactly one MLLP frame
     holding it, plain; else None. ``tail`` is ``aa_tail(control_id)``: a plain AA without MSA-3 is
     read by it, any other plain ACK by :func:`ack_frame`; the result is :func:`ack_frame`'s."""
-    if data.endswith(tail) and _HEAD.fullmatch(data, 0, len(data) - len(tail)) is not None:
+    if (tail[:1] == b"\r" and data.endswith(tail)  # a real tail, not _NEVER (which one byte can end)
+            and _HEAD.fullmatch(data, 0, len(data) - len(tail)) is not None):
         ack = _LazyAck.__new__(_LazyAck)
         state = ack.__dict__  # as _LazyAck.__init__ sets it, without the call
         state["_msh"] = data

@@ -70,6 +70,9 @@ __all__ = ["MLLPSender", "RetryPolicy"]
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 16
+#: The one-piece round trip's receive: an ACK is a few hundred bytes (a longer one is read on by the
+#: general path); a 64 KiB receive allocates 64 KiB and shrinks it each time (~1 us a round trip here).
+_LEAN_READ = 1 << 12
 #: First wait between two connection attempts to an unreachable peer (doubled each time).
 _RECONNECT_WAIT = 0.05
 #: Plain TCP on Linux: a blocking socket with kernel timeouts (SO_RCVTIMEO/SO_SNDTIMEO) does one
@@ -310,7 +313,7 @@ class MLLPSender:
                 if sent < len(data):
                     return self._lean_rest(data, control_id, memoryview(data)[sent:])
                 try:
-                    reply = sock.recv(_READ_SIZE)
+                    reply = sock.recv(_LEAN_READ)
                 except OSError as exc:
                     return self._first_failed(data, control_id, self._recv_failed(exc, control_id))
                 ack = aa_read(reply, tail, control_id)

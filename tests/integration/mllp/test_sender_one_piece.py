@@ -160,3 +160,29 @@ _chars = st.sampled_from(list("AZaz09 .-_/:") + ["^", "~", "\\", "&", "\r", "\n"
        st.sampled_from(["\r", "", "\n", "\r\r"]))
 def test_generated_texts_go_alike_both_ways(peer: Peer, fields: list[str], rest: str, end: str) -> None:
     assert_same(peer, "MSH|^~\\&|" + "|".join(fields) + "\r" + rest + end)
+
+
+def test_a_reply_without_msa_is_no_ack_for_an_id_a_plain_ack_cannot_hold() -> None:
+    """A peer that answers an MSH and no MSA, its last byte the one a non-ASCII control id's expected
+    ending is made of: the one-piece read once took that for an AA. It is no ACK: the send times out."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"\x0bMSH|^~\\&|A|B\x00")
+            conn.recv(65536)  # until the sender gives up
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    text = "MSH|^~\\&|A|F|B|G|20260101||ADT^A01|\u00e91|P|2.5.1\rEVN|A01|20260101\r"
+    try:
+        with MLLPSender("127.0.0.1", server.getsockname()[1], timeout=1.0,
+                        retry=RetryPolicy(max_attempts=1)) as sender:
+            sender.connect()
+            with pytest.raises(KitError, match="no ACK|timed out|within"):
+                sender.send(text)
+    finally:
+        server.close()
+        thread.join(5)

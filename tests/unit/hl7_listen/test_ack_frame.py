@@ -145,6 +145,16 @@ def test_the_listeners_aa_is_read_by_one_comparison(monkeypatch: pytest.MonkeyPa
         _assert_same_ack(fast, slow)
 
 
+@pytest.mark.parametrize("control_id", ["é1", "C\x7f", "\x01"])
+def test_a_control_id_no_plain_ack_holds_reads_no_reply_as_positive(control_id: str) -> None:
+    """Such an id's tail is one that no frame has: a reply ending like it (an MSH, no MSA) is no ACK."""
+    tail = aa_tail(control_id)
+    heads = (b"MSH|^~\\&|A|B", b"MSH|^~\\&|", b"MSH|^~\\&|A|B|C|D|E|F|ACK")
+    for data in (VT + head + tail for head in heads):
+        assert aa_read(data, tail, control_id) is None
+        _check(data, control_id)
+
+
 def test_every_message_type_and_header_length_is_read_as_by_the_general_path() -> None:
     taken = 0
     for kind in ["ACK", "ACK^A01^ACK", "", "^A01", "ACK^", "ADT^A01", "ACKX", "ack", "ACK~X", "AC", "XACK",
