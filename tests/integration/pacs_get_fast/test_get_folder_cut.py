@@ -150,3 +150,21 @@ def test_a_real_get_into_a_cut_folder_fails_the_rest(cutting_scp: SimpleNamespac
     names = sorted(p.name for p in over.iterdir() if not p.name.endswith(".part"))
     assert names == sorted(Path(p).name for p in err.received["path"])
     assert _ahead(over) == 0
+
+
+def test_no_proc_falls_back_to_named_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without /proc (the link's source folder) unnamed files cannot be linked: named ones."""
+    real_open = os.open
+
+    def no_proc(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(_getphase.os, "open", no_proc)
+    receiver = PooledReceiver(tmp_path, None, None)
+    statuses = [receiver.place(f"1.2.{i}", CT, SYNTAXES[1], DATA)[0] for i in range(3)]
+    receiver.discard()
+    assert statuses == [0, 0, 0] and not receiver.errors and not receiver.unnamed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"1.2.{i}.dcm" for i in range(3)]
+    assert _ahead(tmp_path) == 0
