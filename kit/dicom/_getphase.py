@@ -116,7 +116,9 @@ class PooledReceiver(FileReceiver):
         ``errors`` and answered 0xA700. Call :meth:`record` after the answer is sent.
         """
         try:
-            if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
+            # "\ufffd": bytes outside ASCII (the command decoder replaces each with it), so two
+            # different UIDs would share one file; a UID is digits and dots
+            if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
             head = PREAMBLE + encode_file_meta({
                 "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
