@@ -41,8 +41,10 @@ def _answers(sent: bytes) -> list[tuple[int, bytes]]:
     pos = 0
     while pos + 6 <= len(sent):
         (length,) = struct.unpack_from(">I", sent, pos + 2)
-        body = sent[pos + 6:pos + 6 + length]
+        kind, body = sent[pos], sent[pos + 6:pos + 6 + length]
         pos += 6 + length
+        if kind != 0x04:  # an A-ABORT we sent
+            continue
         pdv_len = struct.unpack_from(">I", body, 0)[0]
         if body[5] & 0x01:  # a command fragment (ours are whole)
             command = decode_command(bytes(body[6:4 + pdv_len]))
