@@ -10,11 +10,15 @@ for the broken one, no temporary or half file is left and no file made ahead sta
 
 from __future__ import annotations
 
+import os
 import struct
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from kit.dicom import _getphase
 from tests.integration.pacs_get_fast.test_get_answer_path import _ahead, _run
 from tests.integration.pacs_get_fast.test_get_hostile_uids import (
     DATA,
@@ -83,3 +87,33 @@ def test_a_broken_instance_is_never_answered_and_leaves_nothing(tmp_path: Path, 
     assert _ahead(dest) == 0  # no file made ahead left open
     if brk == "pdu-over-any-limit":  # refused from its header: A-ABORT, its body never read
         assert sent.endswith(b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06")
+
+
+@pytest.mark.parametrize("first", [0, 5, 200, 300_000])
+def test_a_short_write_finishes_the_file_without_copying_the_data_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int) -> None:
+    """writev writes at most 2 GiB - 4 KiB at once (Linux): the rest of a large data set (a video)
+    follows from where it stopped, without a second copy of it in memory (tracemalloc's peak)."""
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: Any) -> int:  # the kernel takes only ``first`` bytes
+        views, room = [], first
+        for buffer in buffers:
+            views.append(memoryview(buffer)[:room])
+            room -= len(views[-1])
+        return real_writev(fd, views) if first else 0
+
+    body = os.urandom(4 << 20)
+    monkeypatch.setattr(_getphase.os, "writev", short_writev)
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        _getphase._write_all(fd, b"H" * 256, body)
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"H" * 256 + body
+    assert peak < len(body) // 2
