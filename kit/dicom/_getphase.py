@@ -197,12 +197,13 @@ class PooledReceiver(FileReceiver):
 def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
     """``head`` then ``body`` to ``fd`` in one system call where the kernel takes it all."""
     done = os.writev(fd, (head, body))
-    total = len(head) + len(body)
-    if done == total:
+    if done == len(head) + len(body):
         return
-    data = memoryview(head + bytes(body))[done:]  # short write (rare): the rest in a loop
-    while data:
-        data = data[os.write(fd, data):]
+    for part in (head, body):  # short write (e.g. over 2 GiB): the rest from where it stopped
+        view = memoryview(part)[done:]  # no copy of a data set that may be gigabytes
+        done = max(done - len(part), 0)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
