@@ -208,10 +208,15 @@ def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
 
 def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
              syntaxes: Mapping[int, str], receiver: PooledReceiver,
-             cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+             cancelled: Callable[[], bool] | None = None,
+             classes: Mapping[int, str] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``, as :func:`kit.dicom._fastnet.c_get` with ``receiver.write``, but
     each C-STORE-RSP goes out as soon as the file is at its final path; the row, the hook and
     the next temporary files follow it. The final C-GET-RSP's :func:`status_fields`.
+
+    ``classes`` maps the accepted contexts to their abstract syntax: a sub-operation whose SOP
+    class is not its context's is answered 0x0122 and not written, as pynetdicom does (its
+    data set is not what the context was negotiated for).
 
     Files are made ahead up to the number of remaining sub-operations the PACS reports
     in its pending C-GET-RSPs (doubling per instance, from one, when it reports none),
@@ -231,7 +236,7 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
         if field == C_STORE_RQ:
             sop_uid, sop_cls = command_str(command, 0x1000), command_str(command, 0x0002)
             syntax = syntaxes.get(msg.context_id)
-            if syntax is None:
+            if syntax is None or (classes is not None and classes.get(msg.context_id) != sop_cls):
                 status, size, final = 0x0122, 0, ""
             else:
                 status, size, final = receiver.place(sop_uid, sop_cls, syntax, msg.dataset or b"")

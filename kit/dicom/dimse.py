@@ -526,8 +526,9 @@ class PacsClient(AssociationClient):
                     receiver: PooledReceiver, cancelled: Callable[[], bool] | None = None) -> Dataset:
         """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
         (:class:`~kit.dicom._clientphase.ClientPhase`); the final C-GET-RSP status as a dataset."""
-        syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
-                    if cx.context_id is not None}
+        accepted = {cx.context_id: cx for cx in assoc.accepted_contexts if cx.context_id is not None}
+        syntaxes = {int(i): str(cx.transfer_syntax[0]) for i, cx in accepted.items()}
+        classes = {int(i): str(cx.abstract_syntax) for i, cx in accepted.items()}  # a store must be on its class
         get_cx = next((cx for cx in assoc.accepted_contexts
                        if str(cx.abstract_syntax) == sop_class), None)
         if get_cx is None or get_cx.context_id is None:
@@ -541,7 +542,7 @@ class PacsClient(AssociationClient):
         try:
             with ClientPhase(assoc, self.timeout, self.address) as phase:
                 fields = get_loop(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
-                                  receiver, cancelled)
+                                  receiver, cancelled, classes)
         except (AssociationAbortedError, PeerTimeoutError) as err:
             raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
         finally:
