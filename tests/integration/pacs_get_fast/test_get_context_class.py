@@ -78,3 +78,44 @@ def test_a_store_on_another_class_context_is_answered_0122(crossing_scp: SimpleN
                       if str(ds.SOPInstanceUID) != crossed)
     assert sorted(p.name for p in dest.iterdir()) == expected
     assert caught.value.received.height == 5
+
+
+@pytest.fixture
+def repeating_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
+    """A C-GET SCP that sends 3 CT instances, then the first one again with other pixels."""
+    files = random_ct_files(tmp_path / "src", 3, patient_id="TWICE", size=16, seed=7)
+    datasets = [pydicom.dcmread(p) for p in files]
+    again = pydicom.dcmread(files[0])
+    again.PixelData = bytes(len(again.PixelData))
+    again.ImageComments = "the second copy, a little longer"
+    state = SimpleNamespace(datasets=datasets, again=again, study=str(datasets[0].StudyInstanceUID))
+
+    def on_get(event: evt.Event) -> Iterator[Any]:
+        yield 4
+        for ds in [*datasets, again]:
+            yield 0xFF00, ds
+
+    ae = AE(ae_title="GETSCP")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_supported_context(CTImageStorage, scu_role=True, scp_role=True)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
+    state.port = port
+    yield state
+    server.shutdown()
+
+
+def test_an_instance_sent_twice_is_one_row_for_its_one_file(repeating_scp: SimpleNamespace,
+                                                          tmp_path: Path) -> None:
+    """The frame lists the files received, one row each, as on disk (a row per copy would list
+    a path twice with the first copy's size: Medix would zip the file twice)."""
+    client = PacsClient("127.0.0.1", repeating_scp.port, called_aet="GETSCP", timeout=20)
+    dest = tmp_path / "dest"
+    got = client.get(study_uid=repeating_scp.study, dest=dest, sop_classes=[CTImageStorage])
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm"
+                                                            for ds in repeating_scp.datasets)
+    assert got.height == 3 and got["path"].n_unique() == 3
+    for path, size in got.select("path", "size_bytes").iter_rows():
+        assert Path(path).stat().st_size == size
+    first = dest / f"{repeating_scp.again.SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(first).PixelData == repeating_scp.again.PixelData  # the later copy
