@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from kit.dicom._fastnet import C_STORE_RQ, FileReceiver, decode_command, encode_command
 from kit.dicom._getphase import PooledReceiver
@@ -137,3 +139,29 @@ def test_a_file_from_an_earlier_retrieve_is_replaced_whole(tmp_path: Path, kind:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["1.2.840.7.dcm", "1.2.840.8.dcm"]  # none aside
     assert (tmp_path / "1.2.840.7.dcm").read_bytes().endswith(DATA)
     assert len((tmp_path / "1.2.840.7.dcm").read_bytes()) < 1000
+
+
+@settings(max_examples=40, deadline=None)
+@given(uids=st.lists(st.binary(min_size=0, max_size=80) | st.lists(st.sampled_from(
+    [b"1", b".", b"\xff", b"\xfe", b"/", b"\x00", b" "]), max_size=3).map(b"".join),
+    min_size=1, max_size=8))
+@example(uids=[b"1.2.\xff", b"1.2.\xfe"])
+def test_no_uid_escapes_or_shares_a_file(tmp_path_factory: pytest.TempPathFactory,
+                                         uids: list[bytes]) -> None:
+    """Any bytes as UIDs: only KitError (here: none), every file directly in the folder, and two
+    successes share a file only when their UIDs are the same UID (padding aside)."""
+    stream = b"".join(_store_rq_raw(i + 1, uid, DATA + bytes([i])) for i, uid in enumerate(uids))
+    base = tmp_path_factory.mktemp("uids")
+    result, sent, files, rows, errors = _run(stream + _get_rsp(0x0000, None, FRAGMENT), base / "d",
+                                             FRAGMENT, fast=True, cancel_after=None)
+    assert isinstance(result, dict)
+    assert [p.name for p in base.iterdir()] == ["d"]
+    answers = _answers(sent)
+    assert len(answers) == len(uids)
+    succeeded = [uid.rstrip(b"\x00 ") for uid, (status, _) in zip(uids, answers, strict=True)
+                 if status == 0]
+    by_file: dict[str, set[bytes]] = {}
+    for uid, row in zip(succeeded, rows, strict=True):
+        by_file.setdefault(row[4], set()).add(uid)
+    assert all(len(same) == 1 for same in by_file.values())
+    assert sorted(by_file) == sorted(name for name, _ in files)
