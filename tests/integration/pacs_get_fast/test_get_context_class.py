@@ -1,4 +1,5 @@
-"""A C-STORE sub-operation on a presentation context negotiated for another SOP class.
+"""A real C-GET SCP (pynetdicom) misbehaving: a C-STORE sub-operation on a presentation context
+negotiated for another SOP class, and one instance sent twice (one row for its one file).
 
 pynetdicom (the library path the kit's C-GET replaced) answers it 0x0122 (SOP Class not
 supported) without calling the handler: its data set is not what the context was negotiated
