@@ -66,8 +66,9 @@ class PooledReceiver(FileReceiver):
     then :meth:`record`).
 
     Where the file system has unnamed files (Linux ``O_TMPFILE``: ext4, xfs, btrfs, tmpfs),
-    each file is made without a name and linked at its final name once written whole
-    (``linkat`` of ``/proc/self/fd/N``): making one then takes no lock on the folder, so the
+    each file is made without a name and linked at its final path once written whole
+    (``linkat`` of ``/proc/self/fd/N``, the path resolved as a rename's is: a folder moved
+    mid-retrieve gets nothing more): making one then takes no lock on the folder, so the
     helper thread's slow inode allocation never holds up the link of the instance being
     answered (a named temporary file is created under the folder's lock, which a rename in
     the same folder waits for). Elsewhere, or if linking fails, named temporary files
@@ -79,7 +80,7 @@ class PooledReceiver(FileReceiver):
         self.pool = SparePool(self._new_temp, POOL_LIMIT, name="kit-get-files")
         self._made = itertools.count()  # next() is atomic: the helper thread and the owner both call
         self.unnamed = _TMPFILE != 0
-        self._dirfd: int | None = None
+        self._procfd: int | None = None  # /proc/self/fd, for linkat (see _link)
 
     def _new_temp(self) -> tuple[str, int]:
         """A new empty file: ("", descriptor) when unnamed, else (temporary path, descriptor)."""
@@ -101,10 +102,10 @@ class PooledReceiver(FileReceiver):
         """Remove the files made ahead and not used (idempotent)."""
         super().discard()
         self.pool.close()
-        dirfd, self._dirfd = self._dirfd, None
-        if dirfd is not None:
+        procfd, self._procfd = self._procfd, None
+        if procfd is not None:
             with contextlib.suppress(OSError):
-                os.close(dirfd)
+                os.close(procfd)
 
     def place(self, sop_uid: str, sop_class: str, transfer_syntax: str,
               dataset: bytes) -> tuple[int, int, str]:
@@ -115,21 +116,22 @@ class PooledReceiver(FileReceiver):
         ``errors`` and answered 0xA700. Call :meth:`record` after the answer is sent.
         """
         try:
-            if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
+            # "\ufffd": bytes outside ASCII (the command decoder replaces each with it), so two
+            # different UIDs would share one file; a UID is digits and dots
+            if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
             head = PREAMBLE + encode_file_meta({
                 "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
                 "TransferSyntaxUID": transfer_syntax,
                 "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
                 "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
-            name = f"{sop_uid}.dcm"
-            final = os.path.join(self.dest, name)
+            final = os.path.join(self.dest, f"{sop_uid}.dcm")
             made = self.pool.take()
             tmp, fd = made if made is not None else self._new_temp()
             try:
                 try:
                     _write_all(fd, head, dataset)
-                    linked = not tmp and self._link(fd, name)
+                    linked = not tmp and self._link(fd, final)
                 finally:
                     os.close(fd)
                 if not tmp and not linked:  # linking failed: named files from now on
@@ -151,29 +153,36 @@ class PooledReceiver(FileReceiver):
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             return 0xA700, 0, ""
 
-    def _link(self, fd: int, name: str) -> bool:
-        """Give the unnamed file ``fd`` the name ``name`` in the folder (replacing a file of
-        that name, as a rename would); False if this system cannot link unnamed files."""
-        if self._dirfd is None:
-            self._dirfd = os.open(self.dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
-        source = f"/proc/self/fd/{fd}"
+    def _link(self, fd: int, final: str) -> bool:
+        """Give the unnamed file ``fd`` the path ``final`` (replacing a file there, as a rename
+        would); False if this system cannot link unnamed files.
+
+        ``final`` is resolved by path, as the named files' rename is: a destination folder
+        renamed or removed mid-retrieve (Medix's disk bound) fails here (ENOENT: then the named
+        file fails too, answered 0xA700) instead of the file landing in the moved folder.
+        ``/proc/self/fd`` is passed as a folder descriptor only so that Python calls
+        ``linkat(..., AT_SYMLINK_FOLLOW)`` (plain ``link`` would not follow the fd's link).
+        """
+        source = str(fd)
         try:
-            os.link(source, name, dst_dir_fd=self._dirfd)  # linkat(..., AT_SYMLINK_FOLLOW)
+            if self._procfd is None:
+                self._procfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            os.link(source, final, src_dir_fd=self._procfd)
             return True
         except FileExistsError:  # an instance already there: linked aside, then renamed over it
-            aside = f".recv-{self._tag}-l{next(self._made)}.part"
-            os.link(source, aside, dst_dir_fd=self._dirfd)
+            aside = os.path.join(self.dest, f".recv-{self._tag}-l{next(self._made)}.part")
+            os.link(source, aside, src_dir_fd=self._procfd)
             try:
-                os.replace(aside, name, src_dir_fd=self._dirfd, dst_dir_fd=self._dirfd)
+                os.replace(aside, final)
             except BaseException:
                 with contextlib.suppress(OSError):
-                    os.unlink(aside, dir_fd=self._dirfd)
+                    os.unlink(aside)
                 raise
             return True
         except OSError as exc:
             if exc.errno not in _NO_LINK:
                 raise
-            self.unnamed = False  # no /proc, or linking refused: named files from now on
+            self.unnamed = False  # no /proc, linking refused or the folder gone: named files now
             return False
 
     def record(self, sop_uid: str, sop_class: str, transfer_syntax: str, size: int,
@@ -188,20 +197,26 @@ class PooledReceiver(FileReceiver):
 def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
     """``head`` then ``body`` to ``fd`` in one system call where the kernel takes it all."""
     done = os.writev(fd, (head, body))
-    total = len(head) + len(body)
-    if done == total:
+    if done == len(head) + len(body):
         return
-    data = memoryview(head + bytes(body))[done:]  # short write (rare): the rest in a loop
-    while data:
-        data = data[os.write(fd, data):]
+    for part in (head, body):  # short write (e.g. over 2 GiB): the rest from where it stopped
+        view = memoryview(part)[done:]  # no copy of a data set that may be gigabytes
+        done = max(done - len(part), 0)
+        while view:
+            view = view[os.write(fd, view):]
 
 
 def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
              syntaxes: Mapping[int, str], receiver: PooledReceiver,
-             cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+             cancelled: Callable[[], bool] | None = None,
+             classes: Mapping[int, str] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``, as :func:`kit.dicom._fastnet.c_get` with ``receiver.write``, but
     each C-STORE-RSP goes out as soon as the file is at its final path; the row, the hook and
     the next temporary files follow it. The final C-GET-RSP's :func:`status_fields`.
+
+    ``classes`` maps the accepted contexts to their abstract syntax: a sub-operation whose SOP
+    class is not its context's is answered 0x0122 and not written, as pynetdicom does (its
+    data set is not what the context was negotiated for).
 
     Files are made ahead up to the number of remaining sub-operations the PACS reports
     in its pending C-GET-RSPs (doubling per instance, from one, when it reports none),
@@ -221,7 +236,7 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
         if field == C_STORE_RQ:
             sop_uid, sop_cls = command_str(command, 0x1000), command_str(command, 0x0002)
             syntax = syntaxes.get(msg.context_id)
-            if syntax is None:
+            if syntax is None or (classes is not None and classes.get(msg.context_id) != sop_cls):
                 status, size, final = 0x0122, 0, ""
             else:
                 status, size, final = receiver.place(sop_uid, sop_cls, syntax, msg.dataset or b"")

@@ -209,13 +209,16 @@ def _asked(study_uid: str | None, series_uid: str | None, sop_uid: str | None) -
 
 
 def _rows_frame(rows: list[tuple[str, str, str, str | None, str, int]]) -> pl.DataFrame:
+    """The received frame: one row per file, the last instance written to it (a PACS that sends
+    an instance twice replaced the first copy's file: its row would list the path twice)."""
     import polars as pl
 
     from kit.dicom._frames import RECEIVED_SCHEMA
 
     if not rows:
         return pl.DataFrame(schema=RECEIVED_SCHEMA)
-    return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
+    last = list({row[4]: row for row in rows}.values())  # by path: the last row of each
+    return pl.DataFrame(last, schema=RECEIVED_SCHEMA, orient="row")
 
 
 def _by_instance(row: tuple[Any, ...]) -> str:
@@ -526,8 +529,9 @@ class PacsClient(AssociationClient):
                     receiver: PooledReceiver, cancelled: Callable[[], bool] | None = None) -> Dataset:
         """Send the C-GET-RQ and answer its C-STORE sub-operations on the calling thread
         (:class:`~kit.dicom._clientphase.ClientPhase`); the final C-GET-RSP status as a dataset."""
-        syntaxes = {int(cx.context_id): str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
-                    if cx.context_id is not None}
+        accepted = {cx.context_id: cx for cx in assoc.accepted_contexts if cx.context_id is not None}
+        syntaxes = {int(i): str(cx.transfer_syntax[0]) for i, cx in accepted.items()}
+        classes = {int(i): str(cx.abstract_syntax) for i, cx in accepted.items()}
         get_cx = next((cx for cx in assoc.accepted_contexts
                        if str(cx.abstract_syntax) == sop_class), None)
         if get_cx is None or get_cx.context_id is None:
@@ -541,7 +545,7 @@ class PacsClient(AssociationClient):
         try:
             with ClientPhase(assoc, self.timeout, self.address) as phase:
                 fields = get_loop(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
-                                  receiver, cancelled)
+                                  receiver, cancelled, classes)
         except (AssociationAbortedError, PeerTimeoutError) as err:
             raise self._broke_off(err, "C-GET", len(receiver.rows)) from err
         finally:
