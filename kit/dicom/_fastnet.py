@@ -569,7 +569,8 @@ class FileReceiver:
 
     def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str, parts: list[bytes]) -> int:
         try:
-            if not sop_uid or "/" in sop_uid or sop_uid.startswith("."):
+            # "\ufffd": bytes outside ASCII, replaced by the command decoder (two UIDs, one file)
+            if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
                 raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
             final = os.path.join(self.dest, f"{sop_uid}.dcm")
             spare, self._spare = self._spare, None  # made by prepare() (C-GET), else made now

@@ -339,8 +339,8 @@ class ExportWorkers:
             log.exception("Medix job %s failed unexpectedly", job.id)
             self._fail(job, f"internal error: {_reason(exc)}", started=bool(watch and watch.started))
         finally:
-            # the cut folder too: files made ahead through a folder descriptor can still land in
-            # it after the watchdog's rename and its rmtree (the retrieve has returned by now)
+            # the cut folder too: a file renamed or linked into place just before the watchdog's
+            # rename can land in it while its rmtree runs (the retrieve has returned by now)
             for leftover in (folder, _cut_name(folder)):
                 shutil.rmtree(leftover, ignore_errors=True)
 

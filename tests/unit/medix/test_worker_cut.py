@@ -1,9 +1,9 @@
 """An export cut by the disk bound leaves nothing behind, even when files land after the cut.
 
-The C-GET answer path links files made ahead into the export folder through a folder
-descriptor, so a file can land in the watchdog's renamed folder while its rmtree runs,
-and the rmtree (ignoring errors) leaves the folder. No real peer makes that interleaving
-happen on demand, so the watchdog's rmtree is made to lose the race here.
+A file renamed or linked into place just before the watchdog renames the export folder can
+land in the renamed folder while the watchdog's rmtree runs, and the rmtree (ignoring errors)
+then leaves the folder. No real peer makes that interleaving happen on demand, so the
+watchdog's rmtree is made to lose the race here.
 """
 
 from __future__ import annotations
