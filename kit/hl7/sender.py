@@ -166,7 +166,7 @@ class MLLPSender:
         if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):  # NaN fails too
             raise ValueError("timeout and connect_timeout must be positive and finite")
         self.host, self.port = host, int(port)
-        self.timeout = timeout
+        self._timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.retry = retry
         self.ssl_context = ssl_context
@@ -180,6 +180,24 @@ class MLLPSender:
         self._sock_timeout = 0.0  # the timeout the socket has now
         #: number of attempts the last :meth:`send` needed
         self.last_attempts = 0
+
+    @property
+    def timeout(self) -> float:
+        """Seconds for each ACK (and for sending each message); may be changed between sends.
+
+        Raises
+        ------
+        ValueError
+            On setting a value that is not positive and finite.
+        """
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        if not 0 < seconds < math.inf:  # NaN fails too
+            raise ValueError("timeout must be positive and finite")
+        self._timeout = seconds
+        self._lean = False  # the socket keeps the old one: the next round trip sets it (_write)
 
     # -- connection --------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -309,7 +327,7 @@ class MLLPSender:
                 except OSError as exc:
                     return self._first_failed(data, control_id, self._send_failed(exc))
                 tail = aa_tail(control_id)  # made while the peer works
-                deadline = time.monotonic() + self.timeout  # for the whole ACK, from the whole message
+                deadline = time.monotonic() + self._timeout  # for the whole ACK, from the whole message
                 if sent < len(data):
                     return self._lean_rest(data, control_id, memoryview(data)[sent:])
                 try:
