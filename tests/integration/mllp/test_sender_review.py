@@ -11,14 +11,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from kit.errors import KitError, PeerTimeoutError
+from kit.errors import KitError, NakError, PeerTimeoutError
 from kit.hl7.build import build_ack
 from kit.hl7.framing import MLLPDecoder, frame
 from kit.hl7.message import parse_message
-from kit.hl7.mllp import MLLPSender, RetryPolicy
+from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
 from kit.hl7.typed import Ack, AckCode
 from tests.integration.mllp.conftest import numbered
 
@@ -211,3 +212,31 @@ def test_a_timeout_set_to_a_value_no_socket_can_hold_is_refused() -> None:
             with pytest.raises(ValueError):
                 sender.timeout = bad
         assert sender.timeout == 1.0
+
+
+def test_the_kit_listeners_nak_of_a_control_id_over_199_characters_is_read_as_final(tmp_path: Path) -> None:
+    """The listener refuses MSH-10 longer than 199 characters (AR) and echoes at most 199 of them
+    in MSA-2 (its bound on every echoed value): the sender once skipped that AR as another
+    message's, waited out its timeout and resent, both ways, ending in a timeout, not the AR."""
+    text = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|" + "I" * 250 + "|P|2.5.1\rEVN|A01\r"
+    retry = RetryPolicy(max_attempts=3, backoff=0.01)
+    with MLLPListener(tmp_path / "mllp.db") as listener:
+        for lean in (True, False):
+            with MLLPSender("127.0.0.1", listener.port, timeout=3.0, retry=retry) as sender:
+                sender.send(numbered(1, "W" if lean else "V"))  # connected: the next send may be lean
+                start = time.monotonic()
+                with pytest.raises(NakError) as err:
+                    (sender.send if lean else sender._send)(text)
+                assert err.value.ack_code == "AR" and sender.last_attempts == 1
+                assert time.monotonic() - start < 2.0
+        # an ACK naming only the first 199 characters of *another* long id is still skipped
+        with MLLPSender("127.0.0.1", listener.port, timeout=0.5, retry=ONCE) as sender:
+            sender.connect()
+
+            def nak(msa2: str) -> bytes:
+                return f"MSH|^~\\&|K|K\rMSA|AR|{msa2}\r".encode()
+
+            assert sender._ack_of(nak("I" * 199), "I" * 199 + "J") is not None  # its own, cut
+            assert sender._ack_of(nak("I" * 199), "J" + "I" * 249) is None
+            assert sender._ack_of(nak("I" * 198), "I" * 250) is None
+            assert sender._ack_of(nak("I" * 199), "I" * 199) is not None
