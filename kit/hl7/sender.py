@@ -61,6 +61,7 @@ from kit.errors import (
 )
 from kit.hl7._audit import audited_send
 from kit.hl7.ack_fast import aa_read, aa_tail, fast_ack
+from kit.hl7.build import MAX_ECHO
 from kit.hl7.framing import CR, FS, VT, FrameError, MLLPDecoder
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.typed import Ack, AckCode
@@ -600,7 +601,7 @@ class MLLPSender:
             if ack is None:
                 log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
                 return None
-        if ack.control_id and ack.control_id != control_id:
+        if ack.control_id and ack.control_id != control_id and not _cut_echo(ack.control_id, control_id):
             log.info("%s: skipping ACK for %s while waiting for %s", self.peer, ack.control_id, control_id)
             return None
         return ack
@@ -618,6 +619,12 @@ def _control_id(text: str) -> str:
             if "^" not in value and "~" not in value and "\\" not in value and "&" not in value:
                 return value
     return parse_message(text).control_id
+
+
+def _cut_echo(msa2: str, control_id: str) -> bool:
+    """Whether ``msa2`` is ``control_id`` cut to :data:`~kit.hl7.build.MAX_ECHO` characters, as the
+    kit listener (and a peer bounding MSA-2 to HL7 v2.7's 199) echoes a longer one."""
+    return len(control_id) > MAX_ECHO and msa2 == control_id[:MAX_ECHO]
 
 
 def _as_ack(data: bytes) -> Ack | None:
