@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kit.errors import StoreError
 from kit.hl7 import mllp as mllp_module
 from kit.hl7.framing import MLLPDecoder, frame
 from kit.hl7.message import parse_message
@@ -234,3 +235,44 @@ def test_stop_closes_connections_accepted_just_before_it(tmp_path: Path) -> None
                     sock.close()
     finally:
         gc.enable()
+
+
+def test_a_failed_commit_answers_exactly_its_batch_ae_and_the_next_batch_aa(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held first batch fails (the store raises StoreError: nothing of it is durable); the
+    messages queued behind it, from two other connections, are the next batch and are stored."""
+    gate, calls = threading.Event(), []
+    real = MessageStore.add_many
+
+    def add_many(self: MessageStore, items: Sequence[Received]) -> list[StoredResult]:
+        calls.append([it.key[2] for it in items])
+        if len(calls) == 1:
+            gate.wait(20)
+            raise StoreError("disk I/O error (injected)")
+        return real(self, items)
+
+    monkeypatch.setattr(MessageStore, "add_many", add_many)
+    with MLLPListener(tmp_path / "mllp.db", idle_timeout=30) as listener:
+        socks = [socket.create_connection(("127.0.0.1", listener.port), timeout=5) for _ in range(3)]
+        try:
+            socks[0].sendall(frame(numbered(1, "LOST")) + frame(numbered(2, "LOST")))
+            deadline = time.monotonic() + 5
+            while not calls and time.monotonic() < deadline:
+                time.sleep(0.01)
+            socks[1].sendall(frame(numbered(3, "KEPT")))
+            socks[2].sendall(frame(numbered(4, "KEPT")))
+            while listener.counts["received"] < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            gate.set()
+            replies = [_replies(socks[0], 2, 5), _replies(socks[1], 1, 5), _replies(socks[2], 1, 5)]
+        finally:
+            for sock in socks:
+                sock.close()
+        assert calls == [["LOST000001", "LOST000002"], ["KEPT000003", "KEPT000004"]]
+        assert [[_msa(r)[:2] for r in rs] for rs in replies] == [
+            [("AE", "LOST000001"), ("AE", "LOST000002")], [("AA", "KEPT000003")], [("AA", "KEPT000004")]]
+        assert listener.counts["failed_commits"] == 1 and listener.counts["commits"] == 1
+        assert listener.counts["stored"] == 2 and listener.counts["received"] == 4
+        assert listener.store is not None
+        assert sorted(listener.store.messages()["control_id"]) == ["KEPT000003", "KEPT000004"]
+        assert listener.healthy
