@@ -37,6 +37,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import inspect
 import logging
 import math
 import os
@@ -403,11 +404,31 @@ class MLLPListener:
         self.port = int(self._server.sockets[0].getsockname()[1])
         self._ready.set()
         await shutdown.wait()
-        self._server.close()
-        for task in list(self._tasks):  # evicted ones too, still closing: they drop what is unsent
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        await self._close_all(self._server)
+
+    async def _close_all(self, server: asyncio.Server) -> None:
+        """Stop accepting and wait until every connection has closed (its task ended)."""
+        loop = asyncio.get_running_loop()
+        # No accept from now on, but the connections accepted already take their transport first:
+        # one whose transport is made after server.close() fails to attach and its socket is
+        # left open (CPython 3.11 _accept_connection2).
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+        server.close()
+        # Every other task of this loop works for a connection: cancel each (evicted ones too, still
+        # closing: they drop what is unsent) until none is left. One not started yet is let start
+        # first (cancelled before its first step, it would never close its socket).
+        current, cancelled = asyncio.current_task(), set[asyncio.Task[object]]()
+        while others := asyncio.all_tasks() - {current}:
+            for task in others - cancelled:
+                coro = task.get_coro()
+                if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                    continue
+                task.cancel()
+                cancelled.add(task)
+            await asyncio.wait(others, timeout=0.05)
+        await server.wait_closed()
 
     # -- storage (group commit) ------------------------------------------------------------------
     def _writer(self) -> None:

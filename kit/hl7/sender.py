@@ -61,6 +61,7 @@ from kit.errors import (
 )
 from kit.hl7._audit import audited_send
 from kit.hl7.ack_fast import aa_read, aa_tail, fast_ack
+from kit.hl7.build import MAX_ECHO
 from kit.hl7.framing import CR, FS, VT, FrameError, MLLPDecoder
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.typed import Ack, AckCode
@@ -166,7 +167,7 @@ class MLLPSender:
         if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):  # NaN fails too
             raise ValueError("timeout and connect_timeout must be positive and finite")
         self.host, self.port = host, int(port)
-        self.timeout = timeout
+        self._timeout = timeout
         self.connect_timeout = min(connect_timeout, timeout)
         self.retry = retry
         self.ssl_context = ssl_context
@@ -180,6 +181,24 @@ class MLLPSender:
         self._sock_timeout = 0.0  # the timeout the socket has now
         #: number of attempts the last :meth:`send` needed
         self.last_attempts = 0
+
+    @property
+    def timeout(self) -> float:
+        """Seconds for each ACK (and for sending each message); may be changed between sends.
+
+        Raises
+        ------
+        ValueError
+            On setting a value that is not positive and finite.
+        """
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        if not 0 < seconds < math.inf:  # NaN fails too
+            raise ValueError("timeout must be positive and finite")
+        self._timeout = seconds
+        self._lean = False  # the socket keeps the old one: the next round trip sets it (_write)
 
     # -- connection --------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -309,7 +328,7 @@ class MLLPSender:
                 except OSError as exc:
                     return self._first_failed(data, control_id, self._send_failed(exc))
                 tail = aa_tail(control_id)  # made while the peer works
-                deadline = time.monotonic() + self.timeout  # for the whole ACK, from the whole message
+                deadline = time.monotonic() + self._timeout  # for the whole ACK, from the whole message
                 if sent < len(data):
                     return self._lean_rest(data, control_id, memoryview(data)[sent:])
                 try:
@@ -582,7 +601,7 @@ class MLLPSender:
             if ack is None:
                 log.warning("%s sent a frame that is not an ACK; ignored", self.peer)
                 return None
-        if ack.control_id and ack.control_id != control_id:
+        if ack.control_id and ack.control_id != control_id and not _cut_echo(ack.control_id, control_id):
             log.info("%s: skipping ACK for %s while waiting for %s", self.peer, ack.control_id, control_id)
             return None
         return ack
@@ -600,6 +619,12 @@ def _control_id(text: str) -> str:
             if "^" not in value and "~" not in value and "\\" not in value and "&" not in value:
                 return value
     return parse_message(text).control_id
+
+
+def _cut_echo(msa2: str, control_id: str) -> bool:
+    """Whether ``msa2`` is ``control_id`` cut to :data:`~kit.hl7.build.MAX_ECHO` characters, as the
+    kit listener (and a peer bounding MSA-2 to HL7 v2.7's 199) echoes a longer one."""
+    return len(control_id) > MAX_ECHO and msa2 == control_id[:MAX_ECHO]
 
 
 def _as_ack(data: bytes) -> Ack | None:
