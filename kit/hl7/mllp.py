@@ -64,6 +64,9 @@ __all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 1 << 16
+#: Seconds a TLS peer has to finish its handshake (at most the idle timeout); until then its
+#: connection is not counted against max_connections.
+_HANDSHAKE_TIMEOUT = 10.0
 #: Most messages committed in one transaction.
 _MAX_BATCH = 1000
 #: Longest wait for the other connections' messages before a commit (group commit).
@@ -394,9 +397,11 @@ class MLLPListener:
     async def _main(self) -> None:
         self._shutdown = shutdown = asyncio.Event()
         try:
+            tls = {} if self.ssl_context is None else {  # a peer that never finishes its handshake
+                "ssl_handshake_timeout": min(_HANDSHAKE_TIMEOUT, self.idle_timeout)}  # (60 s otherwise)
             self._server = await asyncio.start_server(
                 self._client, self.host, self.port, ssl=self.ssl_context, reuse_address=True,
-                limit=_READ_SIZE)
+                limit=_READ_SIZE, **tls)
         except OSError as exc:
             self._error = exc
             self._ready.set()

@@ -261,3 +261,26 @@ def test_cli_send_uses_hl7_tls_settings(tmp_path: Path, tls_listener: MLLPListen
     assert bad.exit_code == 1
     assert "TLSError" in bad.output and "certificate verify failed" in bad.output
     assert "CLI000002" not in stored_ids(tls_listener)
+
+
+def test_a_peer_that_never_finishes_its_handshake_is_cut_off(tmp_path: Path, pki: Pki) -> None:
+    """A TCP peer that opens a TLS listener's port and sends nothing is closed within the idle
+    timeout (asyncio would hold it for 60 s, outside max_connections); the listener serves on."""
+    ctx = server_tls_context(pki.server_cert, pki.server_key)
+    with MLLPListener(tmp_path / "mllp.db", idle_timeout=1.0, ssl_context=ctx) as listener:
+        silent = [socket.create_connection(("127.0.0.1", listener.port), timeout=10) for _ in range(5)]
+        start = time.monotonic()
+        try:
+            for sock in silent:
+                try:
+                    assert sock.recv(100) == b""  # closed by the listener
+                except ConnectionResetError:
+                    pass
+            assert time.monotonic() - start < 8
+        finally:
+            for sock in silent:
+                sock.close()
+        with MLLPSender("127.0.0.1", listener.port, ssl_context=client_context(pki), timeout=10,
+                        retry=ONCE) as sender:
+            assert sender.send(message("AFTER-HS")).code is AckCode.AA
+        assert listener.healthy
