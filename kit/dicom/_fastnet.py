@@ -262,6 +262,7 @@ class DataPhase:
         self.maximum = int(own.maximum_length or 0)  # ours: what the peer may send
         self._sock: socket.socket | None = None
         self._old_timeout: float | None = None
+        self._old_delay: float | None = None  # set on entry; _restore may run before (a failed entry)
         self._header = bytearray(6)
         self._pdvs: collections.deque[tuple[int, int, bytes]] = collections.deque()
         #: The PDUs read for the current message, when ``keep_raw`` (to hand it to pynetdicom).

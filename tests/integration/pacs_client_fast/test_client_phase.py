@@ -26,7 +26,7 @@ from kit.dicom._clientphase import CHUNK, ClientPhase
 from kit.dicom._fastnet import C_STORE_RSP, NO_DATASET, DataPhase, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
-from kit.errors import KitError, PeerTimeoutError
+from kit.errors import AssociationAbortedError, KitError, PeerTimeoutError
 from kit.examples.dicom import random_ct_files
 
 
@@ -232,3 +232,24 @@ def test_a_silent_peer_times_out_through_the_kernel_timeout(monkeypatch: pytest.
     with pytest.raises(PeerTimeoutError):
         client.store(files)
     assert seen == [True]
+
+
+@pytest.mark.parametrize("cls", [ClientPhase, DataPhase])
+def test_an_association_whose_network_loop_stops_before_the_phase_is_an_abort(
+        cls: type[DataPhase], pacs: EmbeddedPACS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PACS went away between the association and the transfer: pynetdicom's network loop
+    never stops for us. A typed abort (the cohort pull waits and retries it), not an
+    AttributeError from the clean-up (which failed a study for good)."""
+    from pynetdicom import build_context
+
+    from kit.dicom import _fastnet
+
+    client = PacsClient("127.0.0.1", pacs.port, called_aet=pacs.aet, timeout=10)
+    with client._associate([build_context("1.2.840.10008.1.1")]) as assoc:
+        never = threading.Event()
+        with monkeypatch.context() as patched:
+            patched.setattr(_fastnet, "hold_dul", lambda assoc, park=False: never)
+            with pytest.raises(AssociationAbortedError, match="network loop stopped"), \
+                    cls(assoc, 0.2, "test"):
+                pass
+    assert client.echo() >= 0
