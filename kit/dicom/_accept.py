@@ -9,7 +9,8 @@ selection, extended negotiation, user identity or asynchronous operations),
 :class:`AcceptCache` lets the first association with given proposal bytes run
 through pynetdicom unchanged and records its outcome (the request primitive,
 the negotiated contexts, the A-ASSOCIATE-AC bytes); a later association with
-the same bytes then skips only the costly steps:
+the same bytes (and the same pynetdicom settings and AE values the answer depends
+on, :func:`_key`) then skips only the costly steps:
 
 - the request is not decoded again: the DUL gets a copy of the recorded primitive
   with this request's AE titles (set through pynetdicom's own setters);
@@ -137,6 +138,20 @@ def fingerprint(ae: Any, contexts: Sequence[PresentationContext]) -> str:
     return digest.hexdigest()
 
 
+_Key = tuple[Any, ...]
+
+
+def _key(body: bytes, acceptor: Any) -> _Key:
+    """The request's bytes after the AE titles, with everything else pynetdicom's answer to
+    them depends on that may change while serving: its process-wide settings that decode
+    (CODECS, the UID validator, UID conformance) and negotiate (unrestricted storage), and
+    what it reads from the AE for each association (maximum PDU length, implementation class
+    UID and version name). The supported contexts are the cache's (:func:`fingerprint`)."""
+    return (body, bool(_config.UNRESTRICTED_STORAGE_SERVICE), bool(_config.ENFORCE_UID_CONFORMANCE),
+            tuple(_config.CODECS), _config.VALIDATORS.get("UI"), acceptor.maximum_length,
+            str(acceptor.implementation_class_uid), acceptor.implementation_version_name)
+
+
 _SHARED: collections.OrderedDict[str, AcceptCache] = collections.OrderedDict()
 _SHARED_LOCK = threading.Lock()
 
@@ -167,7 +182,7 @@ class AcceptCache:
 
     def __init__(self, max_entries: int = 16) -> None:
         self.max_entries = max_entries
-        self._entries: collections.OrderedDict[tuple[bytes, bool, bool], _Entry] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[_Key, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()
         #: Associations answered from the cache, and recorded (for tests and tuning).
         self.replayed = 0
@@ -184,7 +199,7 @@ class AcceptCache:
         body = request_key(raw)
         if body is None:
             return False
-        key = (body, bool(_config.UNRESTRICTED_STORAGE_SERVICE), bool(_config.ENFORCE_UID_CONFORMANCE))
+        key = _key(body, dul.assoc.acceptor)
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
@@ -202,7 +217,7 @@ class AcceptCache:
             self.replayed += 1
         return True
 
-    def _record_when_sent(self, dul: Any, key: tuple[bytes, bool, bool]) -> None:
+    def _record_when_sent(self, dul: Any, key: _Key) -> None:
         original: Callable[[Any], None] = dul._send
 
         def send(pdu: Any) -> None:
@@ -216,7 +231,7 @@ class AcceptCache:
 
         dul._send = send
 
-    def _record(self, key: tuple[bytes, bool, bool], assoc: Any, ac: bytes) -> None:
+    def _record(self, key: _Key, assoc: Any, ac: bytes) -> None:
         if assoc.acceptor.extended_negotiation or assoc.acceptor._common_ext:
             return  # negotiation items in the answer (none for this shape): not replayed
         result = sorted([*assoc._accepted_cx.values(), *assoc._rejected_cx], key=lambda cx: cx.context_id)
