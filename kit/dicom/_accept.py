@@ -46,7 +46,7 @@ from pynetdicom.presentation import PresentationContext
 
 from kit.dicom._rq_shape import request_key
 
-__all__ = ["AcceptCache", "fingerprint"]
+__all__ = ["ABORT_WAIT", "AcceptCache", "deliver_checked", "fingerprint"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,15 +82,64 @@ if getattr(pynetdicom.acse.negotiate_as_acceptor, "__module__", "") != __name__:
 
 
 class _Replayed:
-    """Stands in for the decoded A_ASSOCIATE_RQ PDU that ``fsm.AE_6`` takes from the DUL."""
+    """Stands in for the decoded A_ASSOCIATE_RQ PDU that ``fsm.AE_6`` takes from the DUL,
+    with its primitive built already."""
 
-    protocol_version = 0x0001
-
-    def __init__(self, primitive: A_ASSOCIATE) -> None:
+    def __init__(self, primitive: A_ASSOCIATE, protocol_version: int = 0x0001) -> None:
         self._primitive = primitive
+        self.protocol_version = protocol_version
 
     def to_primitive(self) -> A_ASSOCIATE:
         return self._primitive
+
+
+#: Seconds an association given up on (a request pynetdicom cannot decode or negotiate) waits
+#: for its peer to read the A-ABORT and close, instead of the ACSE timeout.
+ABORT_WAIT = 0.5
+
+
+def deliver_checked(dul: Any, raw: bytes) -> bool:
+    """Give the DUL this request as pynetdicom's reader would (for :func:`kit.dicom._guard.
+    deliver_request`; True: delivered), without the three ways a hostile request left pynetdicom's
+    threads dead or waiting (each holding the connection, and an association place, for the ACSE
+    timeout or for ever):
+
+    - its primitive is built here, not in ``fsm.AE_6`` on the DUL thread (an even or zero
+      presentation context ID raises there and kills that thread, the request unanswered);
+    - a request that cannot be decoded or built is answered with an A-ABORT (Evt19, as the DUL
+      answers an unrecognised PDU) and its association gives up after :data:`ABORT_WAIT`;
+    - an exception in the negotiation (e.g. IndexError on a context whose transfer syntaxes are
+      all empty) aborts the association instead of ending its thread with the DUL left open.
+    """
+    assoc = dul.assoc
+    _guard_negotiation(assoc)
+    try:
+        pdu, event = dul._decode_pdu(bytearray(raw))
+        if isinstance(pdu, A_ASSOCIATE_RQ):
+            pdu = _Replayed(pdu.to_primitive(), pdu.protocol_version)
+    except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on hostile bytes
+        LOGGER.info("A-ASSOCIATE-RQ not decodable, aborted: %s", exc)
+        assoc.acse_timeout = ABORT_WAIT
+        dul.event_queue.put("Evt19")
+        return True
+    dul._recv_pdu.put(pdu)
+    dul.event_queue.put(event)
+    return True
+
+
+def _guard_negotiation(assoc: Any) -> None:
+    negotiate: Callable[[], None] = assoc.acse.negotiate_association
+
+    def guarded() -> None:
+        try:
+            negotiate()
+        except Exception:  # noqa: BLE001 - a hostile request must not leave the DUL and socket open
+            LOGGER.warning("A-ASSOCIATE-RQ from %s could not be negotiated: aborted",
+                           assoc.requestor.ae_title, exc_info=True)
+            assoc.acse_timeout = ABORT_WAIT
+            assoc.abort()
+
+    assoc.acse.negotiate_association = guarded
 
 
 class _Entry:
@@ -191,24 +240,25 @@ class AcceptCache:
     def deliver(self, dul: Any, raw: bytes) -> bool:
         """Give the DUL this request as pynetdicom would, replayed if recorded before.
 
-        Returns True if it was replayed; False if the caller must decode it as usual
-        (a first request of a common shape is then recorded once pynetdicom answers it).
+        Returns True (delivered): replayed, or else decoded by :func:`deliver_checked` (a
+        first request of a common shape is then recorded once pynetdicom answers it).
         """
         if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            return False  # pynetdicom's handlers log the decoded PDUs: give them the real ones
+            return deliver_checked(dul, raw)  # pynetdicom's handlers log the decoded PDUs
         body = request_key(raw)
         if body is None:
-            return False
+            return deliver_checked(dul, raw)
         key = _key(body, dul.assoc.acceptor)
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
             self._record_when_sent(dul, key)
-            return False
+            return deliver_checked(dul, raw)
         try:
             primitive, ac = entry.replay(raw)
         except (ValueError, TypeError, UnicodeError):
-            return False  # pynetdicom meets the same AE title and answers as it does
+            return deliver_checked(dul, raw)  # pynetdicom meets the same AE title and answers as it does
+        _guard_negotiation(dul.assoc)
         machine = dul.state_machine
         machine.do_action = functools.partial(_do_action, machine, machine.do_action, ac)
         dul._recv_pdu.put(_Replayed(primitive))

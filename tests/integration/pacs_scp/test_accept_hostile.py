@@ -34,21 +34,25 @@ USER = item(0x51, struct.pack(">I", 16384)) + item(0x52, b"1.2.826.0.1.3680043.9
 
 
 def context(cid: int, abstract: bytes, *syntaxes: bytes) -> bytes:
-    return item(0x20, bytes((cid, 0, 0, 0)) + item(0x30, abstract) + b"".join(item(0x40, t) for t in syntaxes))
+    subs = item(0x30, abstract) + b"".join(item(0x40, t) for t in syntaxes)
+    return item(0x20, bytes((cid, 0, 0, 0)) + subs)
 
 
 def pdu(items: bytes, *, called: bytes = b"KIT", calling: bytes = b"A1", version: int = 1,
         length: int | None = None) -> bytes:
     """An A-ASSOCIATE-RQ around ``items`` (``length``: the header's length field, else the true one)."""
     declared = 68 + len(items) if length is None else length
-    return struct.pack(">BBIHH16s16s32x", 1, 0, declared, version, 0, called.ljust(16), calling.ljust(16)) + items
+    return struct.pack(">BBIHH16s16s32x", 1, 0, declared, version, 0, called.ljust(16),
+                       calling.ljust(16)) + items
 
 
 APPLICATION = item(0x10, APP.encode())
-GOOD = context(1, CT.encode(), EXPLICIT.encode(), IMPLICIT.encode()) + context(3, ECHO.encode(), IMPLICIT.encode())
+GOOD = context(1, CT.encode(), EXPLICIT.encode(), IMPLICIT.encode()) \
+    + context(3, ECHO.encode(), IMPLICIT.encode())
 
 HOSTILE = {
-    "duplicate ID, same syntax": APPLICATION + context(1, CT.encode(), EXPLICIT.encode()) * 2 + item(0x50, USER),
+    "duplicate ID, same syntax": APPLICATION + context(1, CT.encode(), EXPLICIT.encode()) * 2
+    + item(0x50, USER),
     "duplicate ID": APPLICATION + context(1, CT.encode(), EXPLICIT.encode())
     + context(1, ECHO.encode(), IMPLICIT.encode()) + item(0x50, USER),
     "even ID": APPLICATION + context(2, CT.encode(), EXPLICIT.encode()) + item(0x50, USER),
@@ -56,7 +60,8 @@ HOSTILE = {
     "no context": APPLICATION + item(0x50, USER),
     "128 contexts (all odd IDs)": APPLICATION + b"".join(
         context(i, CT.encode(), EXPLICIT.encode()) for i in range(1, 256, 2)) + item(0x50, USER),
-    "abstract syntax not a UID": APPLICATION + context(1, b"hello world", EXPLICIT.encode()) + item(0x50, USER),
+    "abstract syntax not a UID": APPLICATION + context(1, b"hello world", EXPLICIT.encode())
+    + item(0x50, USER),
     "abstract syntax of 64 characters": APPLICATION + context(1, b"1." + b"2" * 62, EXPLICIT.encode())
     + item(0x50, USER),
     "abstract syntax of 65 characters": APPLICATION + context(1, b"1." + b"2" * 63, EXPLICIT.encode())
@@ -71,7 +76,8 @@ HOSTILE = {
     + item(0x50, USER),
     "item length past the PDU": APPLICATION + b"\x20\x00\xff\xff\x01\x00\x00\x00" + item(0x30, CT.encode())
     + item(0x50, USER),
-    "sub-item length past its item": APPLICATION + context(1, CT.encode(), EXPLICIT.encode())[:-len(EXPLICIT) - 2]
+    "sub-item length past its item": APPLICATION
+    + context(1, CT.encode(), EXPLICIT.encode())[:-len(EXPLICIT) - 2]
     + b"\x7f\xff" + EXPLICIT.encode() + item(0x50, USER),
     "no user information": APPLICATION + GOOD,
     "two user informations": APPLICATION + GOOD + item(0x50, USER) * 2,
@@ -104,7 +110,8 @@ def test_hostile_requests_answered_as_pynetdicom_answers(pair: tuple[EmbeddedPAC
     for name, items in HOSTILE.items():
         raw = pdu(items)
         keyed = request_key(raw) is not None
-        assert keyed == name.startswith(("128 contexts", "abstract syntax", "transfer syntax", "NUL-padded", "maximum length 0", "implementation version",
+        assert keyed == name.startswith(("128 contexts", "abstract syntax", "transfer syntax", "NUL-padded",
+                                         "maximum length 0", "implementation version",
                                          "non-ASCII")), name
         same_answers(fast, slow, raw)
     # headers that lie: a length field short of the items, AE titles of spaces / non-ASCII / a
@@ -122,7 +129,8 @@ def test_hostile_requests_answered_as_pynetdicom_answers(pair: tuple[EmbeddedPAC
     assert echo_ok(fast)
 
 
-def test_a_flood_of_distinct_proposals_keeps_the_cache_bounded(pair: tuple[EmbeddedPACS, EmbeddedPACS]) -> None:
+def test_a_flood_of_distinct_proposals_keeps_the_cache_bounded(
+        pair: tuple[EmbeddedPACS, EmbeddedPACS]) -> None:
     fast, slow = pair
     cache = fast._accept
     assert cache is not None
@@ -142,20 +150,20 @@ def test_many_associations_record_and_replay_one_proposal_at_once(
     """16 senders at once with a proposal new to the cache (all record it), then 16 at once again
     (all replay it): every answer is pynetdicom's, with each sender's own AE title."""
     fast, slow = pair
-    items = APPLICATION + GOOD + context(5, b"1.2.826.0.1.3680043.9.7.77", EXPLICIT.encode()) + item(0x50, USER)
+    items = APPLICATION + GOOD + context(5, b"1.2.826.0.1.3680043.9.7.77", EXPLICIT.encode()) \
+        + item(0x50, USER)
     assert request_key(pdu(items)) is not None
     callers = [f"S{n}".encode() for n in range(16)]
     expected = {c: exchange(slow.port, pdu(items, calling=c)) for c in callers}
     assert all(a[:1] == b"\x02" for a in expected.values())
+    def send(calling: bytes, start: threading.Barrier, got: dict[bytes, bytes]) -> None:
+        start.wait(10)
+        got[calling] = exchange(fast.port, pdu(items, calling=calling))
+
     for _ in range(2):
         got: dict[bytes, bytes] = {}
         start = threading.Barrier(len(callers))
-
-        def send(calling: bytes) -> None:
-            start.wait(10)
-            got[calling] = exchange(fast.port, pdu(items, calling=calling))
-
-        threads = [threading.Thread(target=send, args=(c,)) for c in callers]
+        threads = [threading.Thread(target=send, args=(c, start, got)) for c in callers]
         for t in threads:
             t.start()
         for t in threads:
