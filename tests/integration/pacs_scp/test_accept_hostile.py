@@ -262,3 +262,29 @@ def test_requests_pynetdicom_fails_on_are_aborted_and_free_their_place(tmp_path:
             time.sleep(0.05)
         assert threading.active_count() <= baseline
         assert echo_ok(pacs)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_answers_equal_a_plain_pynetdicom_server_with_the_same_ae(tmp_path: Path) -> None:
+    """The PACS's checked delivery and replay against pynetdicom itself (its own server and reader,
+    the PACS's AE settings): the same bytes for every request pynetdicom answers (all but those
+    its threads die on, which it leaves unanswered)."""
+    crashers = {"even ID", "ID 0", "empty transfer syntax"}
+    with EmbeddedPACS(tmp_path / "fast") as fast, EmbeddedPACS(tmp_path / "slow", fast=False) as slow:
+        ae = fast._make_ae()
+        server = ae.start_server(("127.0.0.1", 0), block=False)
+        try:
+            plain = server.server_address[1]
+            requests = [pdu(items) for name, items in HOSTILE.items() if name not in crashers]
+            requests += [pdu(APPLICATION + GOOD + item(0x50, USER), called=b"OTHER"),
+                         pdu(APPLICATION + GOOD + item(0x50, USER), version=2),
+                         pdu(APPLICATION + GOOD + item(0x50, USER), calling=b"A\\1")]
+            for raw in requests:
+                reference = exchange(plain, raw)
+                assert reference, raw  # pynetdicom answers it
+                for _ in range(2):  # recorded, then replayed where keyed
+                    assert exchange(slow.port, raw) == reference
+                    assert exchange(fast.port, raw) == reference
+        finally:
+            server.shutdown()
+            ae.shutdown()
