@@ -20,11 +20,14 @@ on, :func:`_key`) then skips only the costly steps:
 - the A-ASSOCIATE-AC sent is the recorded one with this request's AE titles.
 
 Everything else (other shapes, a logger on DEBUG, a request pynetdicom rejected or
-aborted) goes through pynetdicom as before. Tested byte-equal to pynetdicom on
-real and generated requests. Checked against pynetdicom 3.0.4 (``DULServiceProvider.
-_recv_pdu`` / ``event_queue`` / ``to_provider_queue`` / ``_send`` / ``state_machine``,
-``fsm.AE_6``/``AE_7``, ``acse.negotiate_as_acceptor``, ``A_ASSOCIATE`` primitive
-attributes).
+aborted) goes through pynetdicom as before, delivered by :func:`deliver_checked` (also
+the PACS's delivery with ``fast=False``): a request pynetdicom's threads would die on is
+aborted at once instead of holding its connection and association place. Tested
+byte-equal to pynetdicom on real, generated and hostile requests. Checked against
+pynetdicom 3.0.4 (``DULServiceProvider._recv_pdu`` / ``_decode_pdu`` / ``event_queue`` /
+``to_provider_queue`` / ``_send`` / ``state_machine``,
+``fsm.AE_6``/``AE_7``, ``acse.negotiate_as_acceptor``, ``ACSE.negotiate_association``,
+``Association.acse_timeout``, ``A_ASSOCIATE`` primitive attributes).
 """
 
 from __future__ import annotations
