@@ -10,6 +10,7 @@ import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE, _config
@@ -185,3 +186,27 @@ def test_a_plain_pynetdicom_scp_in_the_process_negotiates_as_before(
     finally:
         server.shutdown()
         ae.shutdown()
+
+
+def test_a_negotiation_patched_in_the_process_is_not_bypassed(pair: tuple[EmbeddedPACS, EmbeddedPACS],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone replaces pynetdicom's acceptor negotiation in the process (say, to accept only
+    Verification) after kit was imported: the answers recorded under the old one are not replayed
+    (the replayed AC would name contexts the association does not have)."""
+    import pynetdicom.acse
+
+    fast, slow = pair
+    raw = request()
+    for _ in range(2):
+        reference, answer = answers(fast, slow, raw)
+        assert reference[:1] == b"\x02" and answer == reference
+    before = pynetdicom.acse.negotiate_as_acceptor
+
+    def only_verification(rq: Any, ac: Any, roles: Any = None) -> Any:
+        return before(rq, [cx for cx in ac if str(cx.abstract_syntax) == ECHO], roles)
+
+    monkeypatch.setattr(pynetdicom.acse, "negotiate_as_acceptor", only_verification)
+    accepted = reference
+    reference, answer = answers(fast, slow, raw)
+    assert b"\x21\x00\x00\x1b\x01\x00\x03\x00" in reference and reference != accepted  # CT refused
+    assert answer == reference
