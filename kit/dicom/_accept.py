@@ -246,8 +246,10 @@ class AcceptCache:
         Returns True (delivered): replayed, or else decoded by :func:`deliver_checked` (a
         first request of a common shape is then recorded once pynetdicom answers it).
         """
-        if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            return deliver_checked(dul, raw)  # pynetdicom's handlers log the decoded PDUs
+        if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG) \
+                or pynetdicom.acse.negotiate_as_acceptor is not _negotiate:
+            # pynetdicom's handlers log the decoded PDUs; or someone replaced the negotiation
+            return deliver_checked(dul, raw)
         body = request_key(raw)
         if body is None:
             return deliver_checked(dul, raw)
