@@ -9,7 +9,8 @@ selection, extended negotiation, user identity or asynchronous operations),
 :class:`AcceptCache` lets the first association with given proposal bytes run
 through pynetdicom unchanged and records its outcome (the request primitive,
 the negotiated contexts, the A-ASSOCIATE-AC bytes); a later association with
-the same bytes then skips only the costly steps:
+the same bytes (and the same pynetdicom settings and AE values the answer depends
+on, :func:`_key`) then skips only the costly steps:
 
 - the request is not decoded again: the DUL gets a copy of the recorded primitive
   with this request's AE titles (set through pynetdicom's own setters);
@@ -19,11 +20,14 @@ the same bytes then skips only the costly steps:
 - the A-ASSOCIATE-AC sent is the recorded one with this request's AE titles.
 
 Everything else (other shapes, a logger on DEBUG, a request pynetdicom rejected or
-aborted) goes through pynetdicom as before. Tested byte-equal to pynetdicom on
-real and generated requests. Checked against pynetdicom 3.0.4 (``DULServiceProvider.
-_recv_pdu`` / ``event_queue`` / ``to_provider_queue`` / ``_send`` / ``state_machine``,
-``fsm.AE_6``/``AE_7``, ``acse.negotiate_as_acceptor``, ``A_ASSOCIATE`` primitive
-attributes).
+aborted) goes through pynetdicom as before, delivered by :func:`deliver_checked` (also
+the PACS's delivery with ``fast=False``): a request pynetdicom's threads would die on is
+aborted at once instead of holding its connection and association place. Tested
+byte-equal to pynetdicom on real, generated and hostile requests. Checked against
+pynetdicom 3.0.4 (``DULServiceProvider._recv_pdu`` / ``_decode_pdu`` / ``event_queue`` /
+``to_provider_queue`` / ``_send`` / ``state_machine``,
+``fsm.AE_6``/``AE_7``, ``acse.negotiate_as_acceptor``, ``ACSE.negotiate_association``,
+``Association.acse_timeout``, ``A_ASSOCIATE`` primitive attributes).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from pynetdicom.presentation import PresentationContext
 
 from kit.dicom._rq_shape import request_key
 
-__all__ = ["AcceptCache", "fingerprint"]
+__all__ = ["ABORT_WAIT", "AcceptCache", "deliver_checked", "fingerprint"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -81,15 +85,64 @@ if getattr(pynetdicom.acse.negotiate_as_acceptor, "__module__", "") != __name__:
 
 
 class _Replayed:
-    """Stands in for the decoded A_ASSOCIATE_RQ PDU that ``fsm.AE_6`` takes from the DUL."""
+    """Stands in for the decoded A_ASSOCIATE_RQ PDU that ``fsm.AE_6`` takes from the DUL,
+    with its primitive built already."""
 
-    protocol_version = 0x0001
-
-    def __init__(self, primitive: A_ASSOCIATE) -> None:
+    def __init__(self, primitive: A_ASSOCIATE, protocol_version: int = 0x0001) -> None:
         self._primitive = primitive
+        self.protocol_version = protocol_version
 
     def to_primitive(self) -> A_ASSOCIATE:
         return self._primitive
+
+
+#: Seconds an association given up on (a request pynetdicom cannot decode or negotiate) waits
+#: for its peer to read the A-ABORT and close, instead of the ACSE timeout.
+ABORT_WAIT = 0.5
+
+
+def deliver_checked(dul: Any, raw: bytes) -> bool:
+    """Give the DUL this request as pynetdicom's reader would (for :func:`kit.dicom._guard.
+    deliver_request`; True: delivered), without the three ways a hostile request left pynetdicom's
+    threads dead or waiting (each holding the connection, and an association place, for the ACSE
+    timeout or for ever):
+
+    - its primitive is built here, not in ``fsm.AE_6`` on the DUL thread (an even or zero
+      presentation context ID raises there and kills that thread, the request unanswered);
+    - a request that cannot be decoded or built is answered with an A-ABORT (Evt19, as the DUL
+      answers an unrecognised PDU) and its association gives up after :data:`ABORT_WAIT`;
+    - an exception in the negotiation (e.g. IndexError on a context whose transfer syntaxes are
+      all empty) aborts the association instead of ending its thread with the DUL left open.
+    """
+    assoc = dul.assoc
+    _guard_negotiation(assoc)
+    try:
+        pdu, event = dul._decode_pdu(bytearray(raw))
+        if isinstance(pdu, A_ASSOCIATE_RQ):
+            pdu = _Replayed(pdu.to_primitive(), pdu.protocol_version)
+    except Exception as exc:  # noqa: BLE001 - whatever pynetdicom raises on hostile bytes
+        LOGGER.info("A-ASSOCIATE-RQ not decodable, aborted: %s", exc)
+        assoc.acse_timeout = ABORT_WAIT
+        dul.event_queue.put("Evt19")
+        return True
+    dul._recv_pdu.put(pdu)
+    dul.event_queue.put(event)
+    return True
+
+
+def _guard_negotiation(assoc: Any) -> None:
+    negotiate: Callable[[], None] = assoc.acse.negotiate_association
+
+    def guarded() -> None:
+        try:
+            negotiate()
+        except Exception:  # noqa: BLE001 - a hostile request must not leave the DUL and socket open
+            LOGGER.warning("A-ASSOCIATE-RQ from %s could not be negotiated: aborted",
+                           assoc.requestor.ae_title, exc_info=True)
+            assoc.acse_timeout = ABORT_WAIT
+            assoc.abort()
+
+    assoc.acse.negotiate_association = guarded
 
 
 class _Entry:
@@ -137,6 +190,20 @@ def fingerprint(ae: Any, contexts: Sequence[PresentationContext]) -> str:
     return digest.hexdigest()
 
 
+_Key = tuple[Any, ...]
+
+
+def _key(body: bytes, acceptor: Any) -> _Key:
+    """The request's bytes after the AE titles, with everything else pynetdicom's answer to
+    them depends on that may change while serving: its process-wide settings that decode
+    (CODECS, the UID validator, UID conformance) and negotiate (unrestricted storage), and
+    what it reads from the AE for each association (maximum PDU length, implementation class
+    UID and version name). The supported contexts are the cache's (:func:`fingerprint`)."""
+    return (body, bool(_config.UNRESTRICTED_STORAGE_SERVICE), bool(_config.ENFORCE_UID_CONFORMANCE),
+            tuple(_config.CODECS), _config.VALIDATORS.get("UI"), acceptor.maximum_length,
+            str(acceptor.implementation_class_uid), acceptor.implementation_version_name)
+
+
 _SHARED: collections.OrderedDict[str, AcceptCache] = collections.OrderedDict()
 _SHARED_LOCK = threading.Lock()
 
@@ -167,7 +234,7 @@ class AcceptCache:
 
     def __init__(self, max_entries: int = 16) -> None:
         self.max_entries = max_entries
-        self._entries: collections.OrderedDict[tuple[bytes, bool, bool], _Entry] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[_Key, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()
         #: Associations answered from the cache, and recorded (for tests and tuning).
         self.replayed = 0
@@ -176,24 +243,27 @@ class AcceptCache:
     def deliver(self, dul: Any, raw: bytes) -> bool:
         """Give the DUL this request as pynetdicom would, replayed if recorded before.
 
-        Returns True if it was replayed; False if the caller must decode it as usual
-        (a first request of a common shape is then recorded once pynetdicom answers it).
+        Returns True (delivered): replayed, or else decoded by :func:`deliver_checked` (a
+        first request of a common shape is then recorded once pynetdicom answers it).
         """
-        if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-            return False  # pynetdicom's handlers log the decoded PDUs: give them the real ones
+        if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG) \
+                or pynetdicom.acse.negotiate_as_acceptor is not _negotiate:
+            # pynetdicom's handlers log the decoded PDUs; or someone replaced the negotiation
+            return deliver_checked(dul, raw)
         body = request_key(raw)
         if body is None:
-            return False
-        key = (body, bool(_config.UNRESTRICTED_STORAGE_SERVICE), bool(_config.ENFORCE_UID_CONFORMANCE))
+            return deliver_checked(dul, raw)
+        key = _key(body, dul.assoc.acceptor)
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:
             self._record_when_sent(dul, key)
-            return False
+            return deliver_checked(dul, raw)
         try:
             primitive, ac = entry.replay(raw)
         except (ValueError, TypeError, UnicodeError):
-            return False  # pynetdicom meets the same AE title and answers as it does
+            return deliver_checked(dul, raw)  # pynetdicom meets the same AE title and answers as it does
+        _guard_negotiation(dul.assoc)
         machine = dul.state_machine
         machine.do_action = functools.partial(_do_action, machine, machine.do_action, ac)
         dul._recv_pdu.put(_Replayed(primitive))
@@ -202,7 +272,7 @@ class AcceptCache:
             self.replayed += 1
         return True
 
-    def _record_when_sent(self, dul: Any, key: tuple[bytes, bool, bool]) -> None:
+    def _record_when_sent(self, dul: Any, key: _Key) -> None:
         original: Callable[[Any], None] = dul._send
 
         def send(pdu: Any) -> None:
@@ -216,7 +286,7 @@ class AcceptCache:
 
         dul._send = send
 
-    def _record(self, key: tuple[bytes, bool, bool], assoc: Any, ac: bytes) -> None:
+    def _record(self, key: _Key, assoc: Any, ac: bytes) -> None:
         if assoc.acceptor.extended_negotiation or assoc.acceptor._common_ext:
             return  # negotiation items in the answer (none for this shape): not replayed
         result = sorted([*assoc._accepted_cx.values(), *assoc._rejected_cx], key=lambda cx: cx.context_id)

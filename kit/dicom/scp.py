@@ -80,7 +80,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from kit.dicom._accept import AcceptCache, fingerprint
+from kit.dicom._accept import AcceptCache, deliver_checked, fingerprint
 from kit.dicom._association import unbind_log_handlers
 from kit.dicom._audit import served as _served
 from kit.dicom._fastnet import (
@@ -500,7 +500,7 @@ class EmbeddedPACS:
         server = assoc._server
         unbind_log_handlers(assoc)  # they format the whole A-ASSOCIATE-RQ/AC (unless pynetdicom logs DEBUG)
         if isinstance(server, GuardedServer):
-            deliver_request(server, dul, self._accept.deliver if self._accept is not None else None)
+            deliver_request(server, dul, deliver_checked if self._accept is None else self._accept.deliver)
         dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
             read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
         _nodelay(event, self.poll_interval)
