@@ -41,6 +41,7 @@ from typing import Any
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 
+from kit.dicom._accept import deliver_checked
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
 __all__ = ["GuardedServer", "deliver_request", "read_bounded_pdu"]
@@ -261,7 +262,8 @@ def deliver_request(server: GuardedServer, dul: DULServiceProvider,
     """EVT_CONN_OPEN: give the association the A-ASSOCIATE-RQ the gate read (after Evt5).
 
     ``replay`` (e.g. :meth:`kit.dicom._accept.AcceptCache.deliver`) may deliver it instead
-    (returning True); otherwise it is decoded here as pynetdicom's reader would.
+    (returning True); otherwise :func:`kit.dicom._accept.deliver_checked` decodes it as
+    pynetdicom's reader would, aborting at once a request pynetdicom's threads would die on.
     """
     sock = getattr(dul.socket, "socket", None)
     raw = server.requests.pop(sock, None) if sock is not None else None
@@ -273,15 +275,7 @@ def deliver_request(server: GuardedServer, dul: DULServiceProvider,
                 return True
         except Exception:  # noqa: BLE001 - an optimisation failing: pynetdicom decodes it as always
             LOGGER.exception("A-ASSOCIATE-RQ replay failed; decoded as usual")
-    try:
-        pdu, event = dul._decode_pdu(bytearray(raw))
-    except Exception as exc:  # noqa: BLE001 - an undecodable request: Evt19, A-ABORT
-        LOGGER.info("undecodable A-ASSOCIATE-RQ: %s", exc)
-        dul.event_queue.put("Evt19")
-        return True
-    dul._recv_pdu.put(pdu)
-    dul.event_queue.put(event)
-    return True
+    return deliver_checked(dul, raw)
 
 
 class _Closed(Exception):

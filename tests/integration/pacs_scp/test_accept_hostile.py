@@ -265,6 +265,30 @@ def test_requests_pynetdicom_fails_on_are_aborted_and_free_their_place(tmp_path:
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failing_replay_falls_back_to_the_checked_delivery(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay is an optimisation: when it raises, the request is delivered as with fast=False
+    (checked: a request pynetdicom's DUL thread would die on is aborted at once)."""
+    from kit.dicom._accept import AcceptCache
+
+    def broken(self: AcceptCache, dul: object, raw: bytes) -> bool:
+        raise RuntimeError("replay broken")
+
+    monkeypatch.setattr(AcceptCache, "deliver", broken)
+    with EmbeddedPACS(tmp_path / "pacs", max_associations=2) as pacs:
+        baseline = threading.active_count()
+        with socket.create_connection(("127.0.0.1", pacs.port), timeout=5) as sock:
+            sock.sendall(pdu(HOSTILE["even ID"]))
+            assert _answer_then_close(sock)[:1] == b"\x07"
+        deadline = time.monotonic() + 5
+        while threading.active_count() > baseline and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= baseline
+        assert echo_ok(pacs)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_answers_equal_a_plain_pynetdicom_server_with_the_same_ae(tmp_path: Path) -> None:
     """The PACS's checked delivery and replay against pynetdicom itself (its own server and reader,
     the PACS's AE settings): the same bytes for every request pynetdicom answers (all but those
