@@ -51,3 +51,22 @@ def msa(reply: str) -> tuple[str, str]:
 
 
 __all__ = ["FEED", "exchange", "frame", "msa", "numbered"]
+
+
+def hog(port: int, count: int = 8000, prefix: str = "HOG", timeout: float = 0.5) -> socket.socket:
+    """A peer that sends ``count`` messages (MSH-10 ``prefix`` + number) whose ACKs are as long as
+    they are, and reads none (a small receive window): sends until the kernel's buffers are full."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(timeout)
+    wide = "R" * 199  # MSH-5/MSH-6, echoed in each ACK
+    data = b"".join(frame(f"MSH|^~\\&|A|F|{wide}|{wide}|20260101||ADT^A01|{prefix}{i}|P|2.5.1\r")
+                    for i in range(count))
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += sock.send(data[sent:sent + 65536])
+    except (TimeoutError, ConnectionError):
+        pass  # the kernel's buffers are full too (or the listener cut it off)
+    return sock

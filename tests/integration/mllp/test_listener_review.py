@@ -23,6 +23,7 @@ from kit.hl7.framing import MLLPDecoder, frame
 from kit.hl7.message import parse_message
 from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
+from tests.integration.mllp.conftest import hog as hog_peer
 from tests.integration.mllp.conftest import numbered
 from tests.integration.mllp.test_listener_watch import _listener_holds
 
@@ -167,19 +168,7 @@ def test_peers_that_never_read_their_acks_at_max_connections_do_not_lock_out_a_s
     with MLLPListener(tmp_path / "mllp.db", idle_timeout=2.0, max_connections=4) as listener:
         hogs = []
         for h in range(4):
-            hog = socket.socket()
-            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-            hog.connect(("127.0.0.1", listener.port))
-            hog.settimeout(0.2)
-            wide = "R" * 199
-            data = b"".join(frame(f"MSH|^~\\&|A|F|{wide}|{wide}|20260101||ADT^A01|H{h}N{i}|P|2.5.1\r")
-                            for i in range(2000))
-            sent = 0
-            try:
-                while sent < len(data):
-                    sent += hog.send(data[sent:sent + 65536])
-            except (TimeoutError, ConnectionError):
-                pass
+            hog = hog_peer(listener.port, 2000, f"H{h}N", timeout=0.2)
             hogs.append(hog)
         try:
             time.sleep(0.2)

@@ -19,6 +19,7 @@ from kit.hl7.framing import frame
 from kit.hl7.mllp import _READ_SIZE, MLLPListener, MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
 from tests.integration.mllp.conftest import exchange, msa, numbered
+from tests.integration.mllp.conftest import hog as hog_peer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,20 +44,8 @@ def _listener_holds(port: int, peer_port: int) -> bool:
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads sockets in /proc")
 def test_a_peer_that_never_reads_its_acks_is_cut_off_and_its_socket_closed(tmp_path: Path) -> None:
     with MLLPListener(tmp_path / "mllp.db", idle_timeout=1.0) as listener:
-        hog = socket.socket()
-        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # a small window: the ACKs pile up
-        hog.connect(("127.0.0.1", listener.port))
+        hog = hog_peer(listener.port)  # a small window: the ACKs pile up
         hog_port = hog.getsockname()[1]
-        hog.settimeout(0.5)
-        wide = "R" * 199  # MSH-5/MSH-6, echoed in each ACK: ACKs as long as the messages
-        data = b"".join(frame(f"MSH|^~\\&|A|F|{wide}|{wide}|20260101||ADT^A01|HOG{i}|P|2.5.1\r")
-                        for i in range(8000))
-        sent = 0
-        try:
-            while sent < len(data):
-                sent += hog.send(data[sent:sent + 65536])
-        except TimeoutError:
-            pass  # the kernel's buffers are full too
         try:
             assert _listener_holds(listener.port, hog_port)
             deadline = time.monotonic() + 15
@@ -74,24 +63,6 @@ def test_a_peer_that_never_reads_its_acks_is_cut_off_and_its_socket_closed(tmp_p
         assert listener.healthy
 
 
-def _hog(port: int, count: int = 8000) -> socket.socket:
-    """A peer that sends ``count`` messages with long ACKs and reads none (a small receive window)."""
-    hog = socket.socket()
-    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    hog.connect(("127.0.0.1", port))
-    hog.settimeout(0.5)
-    wide = "R" * 199  # MSH-5/MSH-6, echoed in each ACK: ACKs as long as the messages
-    data = b"".join(frame(f"MSH|^~\\&|A|F|{wide}|{wide}|20260101||ADT^A01|HOG{i}|P|2.5.1\r")
-                    for i in range(count))
-    sent = 0
-    try:
-        while sent < len(data):
-            sent += hog.send(data[sent:sent + 65536])
-    except TimeoutError:
-        pass  # the kernel's buffers are full too
-    return hog
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads sockets in /proc")
 def test_stop_closes_a_connection_evicted_while_it_closes(tmp_path: Path) -> None:
     """An evicted connection whose peer reads nothing is still closing (its last ACKs unsent) when
@@ -99,7 +70,7 @@ def test_stop_closes_a_connection_evicted_while_it_closes(tmp_path: Path) -> Non
     listener = MLLPListener(tmp_path / "mllp.db", max_connections=1, idle_timeout=30.0)
     listener.start()
     try:
-        hog = _hog(listener.port)
+        hog = hog_peer(listener.port)
         hog_port = hog.getsockname()[1]
         seen, still_since = -1, time.monotonic()
         while time.monotonic() - still_since < 0.5:  # until the listener is stuck writing its ACKs
@@ -120,9 +91,8 @@ def test_stop_closes_a_connection_evicted_while_it_closes(tmp_path: Path) -> Non
         listener.stop()
 
 
-def test_a_connection_waiting_longer_than_the_idle_time_for_its_commit_gets_its_ack(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The time limit covers reading and writing only: a slow disk does not cut off the senders."""
+def _gated_commits(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every commit waits for the event (set it, or 20 s pass): a slow disk."""
     gate = threading.Event()
     real = MessageStore.add_many
 
@@ -131,6 +101,13 @@ def test_a_connection_waiting_longer_than_the_idle_time_for_its_commit_gets_its_
         return real(self, items)
 
     monkeypatch.setattr(MessageStore, "add_many", add_many)
+    return gate
+
+
+def test_a_connection_waiting_longer_than_the_idle_time_for_its_commit_gets_its_ack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time limit covers reading and writing only: a slow disk does not cut off the senders."""
+    gate = _gated_commits(monkeypatch)
     with MLLPListener(tmp_path / "mllp.db", idle_timeout=0.5) as listener, \
             socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
         threading.Timer(2.0, gate.set).start()  # four idle times
@@ -148,14 +125,7 @@ def test_acks_for_a_peer_that_reset_are_dropped_without_log_noise(
     """A peer sends messages in one go (one read) and resets while they commit (a slow disk, made here):
     the listener keeps them all, writes no ACK after the reset (asyncio would log "socket.send()
     raised exception" for each) and serves on."""
-    gate = threading.Event()
-    real = MessageStore.add_many
-
-    def add_many(self: MessageStore, items: list[Received]) -> list[StoredResult]:
-        gate.wait(20)
-        return real(self, items)
-
-    monkeypatch.setattr(MessageStore, "add_many", add_many)
+    gate = _gated_commits(monkeypatch)
     caplog.set_level(logging.WARNING, logger="asyncio")
     with MLLPListener(tmp_path / "mllp.db") as listener:
         sock = socket.create_connection(("127.0.0.1", listener.port), timeout=10)

@@ -27,8 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom.uid import CTImageStorage
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pynetdicom import evt
 
 from kit.dicom import _getphase
 from kit.dicom._clientphase import ClientPhase
@@ -45,7 +44,7 @@ from kit.dicom._spares import POOL_LIMIT
 from kit.dicom.dimse import PacsClient
 from kit.errors import KitError
 from kit.examples.dicom import random_ct_files
-from tests.conftest import free_port
+from tests.integration.pacs_get_fast.scp import serving_get
 
 GET_MODEL = "1.2.840.10008.5.1.4.1.2.2.3"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -221,14 +220,8 @@ def get_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
         if previous is not None:
             check(previous)
 
-    ae = AE(ae_title="GETSCP")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_supported_context(CTImageStorage, scu_role=True, scp_role=True)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
-    state.port = port
-    yield state
-    server.shutdown()
+    with serving_get(on_get) as state.port:
+        yield state
 
 
 @pytest.mark.parametrize("unnamed", [True, False], ids=["linked", "renamed"])

@@ -17,12 +17,11 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, MRImageStorage
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pynetdicom import evt
 
 from kit.dicom.dimse import PacsClient, RetrieveError
 from kit.examples.dicom import random_ct_files
-from tests.conftest import free_port
+from tests.integration.pacs_get_fast.scp import serving_get
 
 
 @pytest.fixture
@@ -54,16 +53,8 @@ def crossing_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
         if int(command.CommandField) == 0x8001:  # our C-STORE-RSP
             state.statuses.append(int(command.Status))
 
-    ae = AE(ae_title="GETSCP")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    for cls in (CTImageStorage, MRImageStorage):
-        ae.add_supported_context(cls, scu_role=True, scp_role=True)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_GET, on_get), (evt.EVT_DIMSE_RECV, on_recv)])
-    state.port = port
-    yield state
-    server.shutdown()
+    with serving_get(on_get, on_recv=on_recv, classes=(CTImageStorage, MRImageStorage)) as state.port:
+        yield state
 
 
 def test_a_store_on_another_class_context_is_answered_0122(crossing_scp: SimpleNamespace,
@@ -96,14 +87,8 @@ def repeating_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
         for ds in [*datasets, again]:
             yield 0xFF00, ds
 
-    ae = AE(ae_title="GETSCP")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_supported_context(CTImageStorage, scu_role=True, scp_role=True)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_GET, on_get)])
-    state.port = port
-    yield state
-    server.shutdown()
+    with serving_get(on_get) as state.port:
+        yield state
 
 
 def test_an_instance_sent_twice_is_one_row_for_its_one_file(repeating_scp: SimpleNamespace,

@@ -21,15 +21,14 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+from pynetdicom import evt
 
 from kit.dicom import _getphase
 from kit.dicom._fastnet import FileReceiver
 from kit.dicom._getphase import PooledReceiver
 from kit.dicom.dimse import PacsClient, RetrieveError
 from kit.examples.dicom import random_ct_files
-from tests.conftest import free_port
+from tests.integration.pacs_get_fast.scp import serving_get
 from tests.integration.pacs_get_fast.test_get_answer_path import CT, SYNTAXES, _ahead
 
 DATA = b"\x08\x00\x16\x00\x02\x00\x00\x001\x00"
@@ -120,15 +119,8 @@ def cutting_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
         if getattr(msg, "AffectedSOPInstanceUID", None) is not None and msg.Status is not None:
             state.statuses.append(int(msg.Status))
 
-    ae = AE(ae_title="GETSCP")
-    ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
-    ae.add_supported_context(CTImageStorage, scu_role=True, scp_role=True)
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_GET, on_get), (evt.EVT_DIMSE_RECV, on_store_rsp)])
-    state.port = port
-    yield state
-    server.shutdown()
+    with serving_get(on_get, on_recv=on_store_rsp) as state.port:
+        yield state
 
 
 @pytest.mark.parametrize("unnamed", [True, False], ids=["linked", "renamed"])

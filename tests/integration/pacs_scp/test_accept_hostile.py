@@ -217,6 +217,15 @@ def test_the_kit_clients_storage_scp_in_the_process_as_before(tmp_path: Path) ->
     assert results[0] == results[1] == results[2] and results[0]
 
 
+def _threads_back_and_serving(pacs: EmbeddedPACS, baseline: int) -> None:
+    """The PACS's threads are back to ``baseline`` within 5 s and it accepts a good association."""
+    deadline = time.monotonic() + 5
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= baseline
+    assert echo_ok(pacs)
+
+
 def _answer_then_close(sock: socket.socket) -> bytes:
     """What the PACS sent before closing (b'' if it sent nothing; TimeoutError if it kept the
     connection open for 5 s)."""
@@ -257,11 +266,7 @@ def test_requests_pynetdicom_fails_on_are_aborted_and_free_their_place(tmp_path:
         finally:
             for sock in socks:
                 sock.close()
-        deadline = time.monotonic() + 5
-        while threading.active_count() > baseline and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert threading.active_count() <= baseline
-        assert echo_ok(pacs)
+        _threads_back_and_serving(pacs, baseline)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -281,11 +286,7 @@ def test_a_failing_replay_falls_back_to_the_checked_delivery(tmp_path: Path,
         with socket.create_connection(("127.0.0.1", pacs.port), timeout=5) as sock:
             sock.sendall(pdu(HOSTILE["even ID"]))
             assert _answer_then_close(sock)[:1] == b"\x07"
-        deadline = time.monotonic() + 5
-        while threading.active_count() > baseline and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert threading.active_count() <= baseline
-        assert echo_ok(pacs)
+        _threads_back_and_serving(pacs, baseline)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
