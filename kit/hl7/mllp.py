@@ -201,7 +201,8 @@ class MLLPListener:
         Largest accepted message; bigger frames are answered AR and discarded.
     idle_timeout : float
         Seconds without data after which a connection is closed (also the
-        longest wait for a peer to read its ACKs).
+        longest wait for a peer to read its ACKs, and, at most 10 s, for a TLS
+        peer to finish its handshake).
     frame_timeout : float
         Seconds one frame may take from its first byte to its end; a peer
         trickling bytes slower than that (slowloris) gets AR and is disconnected.
