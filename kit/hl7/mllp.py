@@ -271,7 +271,6 @@ class MLLPListener:
         self._pending: list[_Job] = []  # the loop's jobs not handed over yet (loop thread only)
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()  # connections counted against max_connections
-        self._tasks: set[asyncio.Task[None]] = set()  # every connection's task until it has closed
         self._shutdown: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -569,8 +568,6 @@ class MLLPListener:
         loop = asyncio.get_running_loop()
         self._make_room()
         self._clients.add(task)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         self._activity[task] = loop.time()
         self.counts["connections"] += 1
         info = writer.get_extra_info("peername")
