@@ -49,7 +49,8 @@ __all__ = [
     "HOLD_PARK", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
     "store_request", "store_response",
-    "command_int", "command_str", "decode_command", "encode_command", "pdu_limit", "release_dul",
+    "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
+    "release_dul",
     "share_context_uids", "status_fields",
 ]
 
@@ -506,6 +507,17 @@ def status_fields(command: Mapping[int, bytes]) -> dict[str, Any]:
     return out
 
 
+def instance_file_name(sop_uid: str) -> str:
+    """``<sop_uid>.dcm``, the name a received instance is stored under in its folder.
+
+    Raises ValueError for a UID that cannot name a file there (empty, a path, hidden) or
+    that lost bytes outside ASCII when decoded (U+FFFD: two instances would share a file).
+    """
+    if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
+        raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
+    return f"{sop_uid}.dcm"
+
+
 class FileReceiver:
     """Writes received C-STORE data sets to ``dest/<SOPInstanceUID>.dcm`` without decoding them
     (temporary name, then rename); also an EVT_C_STORE handler for pynetdicom.
@@ -570,10 +582,7 @@ class FileReceiver:
 
     def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str, parts: list[bytes]) -> int:
         try:
-            # "\ufffd": bytes outside ASCII, replaced by the command decoder (two UIDs, one file)
-            if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
-                raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
-            final = os.path.join(self.dest, f"{sop_uid}.dcm")
+            final = os.path.join(self.dest, instance_file_name(sop_uid))
             spare, self._spare = self._spare, None  # made by prepare() (C-GET), else made now
             tmp, fd = spare if spare is not None else self._temp()
             try:

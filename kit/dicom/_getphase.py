@@ -42,6 +42,7 @@ from kit.dicom._fastnet import (
     command_int,
     command_str,
     encode_command,
+    instance_file_name,
     status_fields,
 )
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
@@ -116,16 +117,13 @@ class PooledReceiver(FileReceiver):
         ``errors`` and answered 0xA700. Call :meth:`record` after the answer is sent.
         """
         try:
-            # "\ufffd": bytes outside ASCII (the command decoder replaces each with it), so two
-            # different UIDs would share one file; a UID is digits and dots
-            if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
-                raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
+            name = instance_file_name(sop_uid)
             head = PREAMBLE + encode_file_meta({
                 "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
                 "TransferSyntaxUID": transfer_syntax,
                 "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
                 "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
-            final = os.path.join(self.dest, f"{sop_uid}.dcm")
+            final = os.path.join(self.dest, name)
             made = self.pool.take()
             tmp, fd = made if made is not None else self._new_temp()
             try:
