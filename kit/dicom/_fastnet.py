@@ -42,6 +42,7 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
+from kit.dicom.received import CANNOT_UNDERSTAND
 from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = [
@@ -49,7 +50,8 @@ __all__ = [
     "HOLD_PARK", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
     "store_request", "store_response",
-    "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
+    "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "no_data_set",
+    "pdu_limit",
     "release_dul",
     "share_context_uids", "status_fields",
 ]
@@ -518,6 +520,12 @@ def instance_file_name(sop_uid: str) -> str:
     return f"{sop_uid}.dcm"
 
 
+def no_data_set(sop_uid: str) -> str:
+    """The error kept for a C-STORE sub-operation that carries no data set (answered 0xC000,
+    cannot understand, and not written: a file of the file meta alone is no instance)."""
+    return f"the PACS sent {sop_uid!r} with no data set (answered 0xC000, not written)"
+
+
 class FileReceiver:
     """Writes received C-STORE data sets to ``dest/<SOPInstanceUID>.dcm`` without decoding them
     (temporary name, then rename); also an EVT_C_STORE handler for pynetdicom.
@@ -563,22 +571,33 @@ class FileReceiver:
     def __call__(self, event: evt.Event) -> int:
         """EVT_C_STORE handler (C-MOVE's storage SCP)."""
         request: Any = event.request
+        data = request.DataSet
+        if data is None or not data.getbuffer().nbytes:
+            return self._refuse(str(request.AffectedSOPInstanceUID))
         try:
             blob = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # a handler must answer with a status, never raise
             with self.lock:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
             return 0xA700
         return self._write(str(request.AffectedSOPInstanceUID), str(request.AffectedSOPClassUID),
                            str(event.context.transfer_syntax), [blob])
 
     def write(self, sop_uid: str, sop_class: str, transfer_syntax: str, dataset: bytes) -> int:
-        """Write one received data set (encoded, without file meta) as a Part 10 file; its status."""
+        """Write one received data set (encoded, without file meta) as a Part 10 file; its status
+        (0xC000 for an empty one, which is not written)."""
+        if not dataset:
+            return self._refuse(sop_uid)
         meta = encode_file_meta({
             "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
             "TransferSyntaxUID": transfer_syntax, "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
             "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
         return self._write(sop_uid, sop_class, transfer_syntax, [PREAMBLE, meta, dataset])
+
+    def _refuse(self, sop_uid: str) -> int:
+        with self.lock:
+            self.errors.append(no_data_set(sop_uid))
+        return CANNOT_UNDERSTAND
 
     def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str, parts: list[bytes]) -> int:
         try:
@@ -608,7 +627,7 @@ class FileReceiver:
             return 0x0000
         except Exception as exc:  # a handler must answer with a status, never raise
             with self.lock:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
             return 0xA700
 
 

@@ -43,10 +43,12 @@ from kit.dicom._fastnet import (
     command_str,
     encode_command,
     instance_file_name,
+    no_data_set,
     status_fields,
 )
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._spares import POOL_LIMIT, SparePool
+from kit.dicom.received import CANNOT_UNDERSTAND
 from kit.errors import AssociationAbortedError
 
 __all__ = ["PooledReceiver", "get_loop"]
@@ -114,8 +116,13 @@ class PooledReceiver(FileReceiver):
 
         The file is written whole, put at ``<SOPInstanceUID>.dcm`` (linked or renamed: it
         appears there whole) and closed before this returns 0; a local failure is kept in
-        ``errors`` and answered 0xA700. Call :meth:`record` after the answer is sent.
+        ``errors`` and answered 0xA700; an empty data set is answered 0xC000 and not written.
+        Call :meth:`record` after the answer is sent.
         """
+        if not dataset:
+            with self.lock:
+                self.errors.append(no_data_set(sop_uid))
+            return CANNOT_UNDERSTAND, 0, ""
         try:
             name = instance_file_name(sop_uid)
             head = PREAMBLE + encode_file_meta({
@@ -148,7 +155,7 @@ class PooledReceiver(FileReceiver):
             return 0x0000, len(head) + len(dataset), final
         except Exception as exc:  # answered with a status, never raised
             with self.lock:
-                self.errors.append(f"{type(exc).__name__}: {exc}")
+                self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
             return 0xA700, 0, ""
 
     def _link(self, fd: int, final: str) -> bool:

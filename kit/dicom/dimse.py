@@ -441,7 +441,7 @@ class PacsClient(AssociationClient):
                                 completed=completed, failed=failed, warning=warning,
                                 received=_rows_frame(rows))
         if code != 0x0000 or receiver.errors or (failed or 0) > 0:
-            detail = f"; local write failed: {receiver.errors[0]}" if receiver.errors else ""
+            detail = f"; {receiver.errors[0]}" if receiver.errors else ""
             comment = str(last.get("ErrorComment", "") or "").strip()
             detail += f"; the PACS says: {comment}" if comment else ""
             if move_to and not rows and not failed:
