@@ -97,3 +97,28 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout)
+
+
+@contextmanager
+def syn_dropping_port() -> Iterator[int]:
+    """A loopback port whose accept queue is full: the kernel drops each further SYN, so a
+    connect to it neither succeeds nor fails until its timeout (a host that drops packets)."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                try:
+                    filler.connect(("127.0.0.1", port))
+                except BlockingIOError:
+                    pass
+                fillers.append(filler)
+            time.sleep(0.2)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()

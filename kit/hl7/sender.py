@@ -164,11 +164,11 @@ class MLLPSender:
     def __init__(self, host: str, port: int, *, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), ssl_context: ssl.SSLContext | None = None,
                  connect_timeout: float = 10.0) -> None:
-        if not (0 < timeout < math.inf and 0 < connect_timeout < math.inf):  # NaN fails too
-            raise ValueError("timeout and connect_timeout must be positive and finite")
+        if not 0 < connect_timeout < math.inf:  # NaN fails too
+            raise ValueError("connect_timeout must be positive and finite")
         self.host, self.port = host, int(port)
-        self._timeout = timeout
-        self.connect_timeout = min(connect_timeout, timeout)
+        self.timeout = timeout  # checked by the setter
+        self.connect_timeout = connect_timeout
         self.retry = retry
         self.ssl_context = ssl_context
         self.peer = f"mllp://{host}:{port}"
@@ -210,11 +210,11 @@ class MLLPSender:
         """
         if self._sock is not None:
             return
+        wait = min(self.connect_timeout, self._timeout)  # a timeout lowered since bounds it too
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=wait)
         except TimeoutError as exc:
-            raise PeerUnreachableError(f"connect timed out after {self.connect_timeout}s",
-                                       peer=self.peer) from exc
+            raise PeerUnreachableError(f"connect timed out after {wait:g}s", peer=self.peer) from exc
         except OSError as exc:
             raise PeerUnreachableError(f"cannot connect: {exc}", peer=self.peer) from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

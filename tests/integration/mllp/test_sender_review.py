@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import KitError, NakError, PeerTimeoutError
+from kit.errors import KitError, NakError, PeerTimeoutError, PeerUnreachableError
 from kit.hl7.build import build_ack
 from kit.hl7.framing import MLLPDecoder, frame
 from kit.hl7.message import parse_message
 from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
 from kit.hl7.typed import Ack, AckCode
+from tests.conftest import syn_dropping_port
 from tests.integration.mllp.conftest import numbered
 
 pytestmark = pytest.mark.timeout(120)
@@ -204,6 +205,21 @@ def test_a_timeout_changed_between_sends_bounds_the_next_one_round_trip() -> Non
         with pytest.raises(PeerTimeoutError):
             sender.send(numbered(3))
         assert time.monotonic() - start < 3.0
+
+
+def test_a_timeout_lowered_later_bounds_the_connect_too() -> None:
+    """A peer whose accept queue is full drops the SYN: the connect waits. The timeout lowered
+    after construction bounds it, as one given at construction does (it waited ``connect_timeout``,
+    10 s, before)."""
+    with syn_dropping_port() as port:
+        for late in (False, True):
+            sender = MLLPSender("127.0.0.1", port, timeout=30.0 if late else 0.5, retry=ONCE)
+            if late:
+                sender.timeout = 0.5
+            start = time.monotonic()
+            with pytest.raises(PeerUnreachableError, match="connect timed out after 0.5s"):
+                sender.connect()
+            assert time.monotonic() - start < 3.0
 
 
 def test_a_timeout_set_to_a_value_no_socket_can_hold_is_refused() -> None:

@@ -37,7 +37,7 @@ def test_prepare_write_discard(tmp_path: Path) -> None:
     assert len(hidden) == 1 and hidden[0].name.startswith(".recv-")
     assert receiver.write("1.2.3", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", b"\x08\x00") == 0
     assert [p.name for p in tmp_path.iterdir()] == ["1.2.3.dcm"]  # written through the spare
-    assert receiver.write("../x", "1.2", "1.2.840.10008.1.2.1", b"\x08\x00") == 0xA700  # refused before a file
+    assert receiver.write("../x", "1.2", "1.2.840.10008.1.2.1", b"\x08\x00") == 0xA700  # refused: no file
     receiver.prepare()
     receiver.discard()
     receiver.discard()

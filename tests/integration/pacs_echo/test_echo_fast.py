@@ -34,7 +34,7 @@ from kit.dicom._echo_pdu import RELEASE_RP, EchoDeclined
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import KitError
-from tests.conftest import free_port, peer_env, require_tool, spawned, wait_for_port
+from tests.conftest import free_port, peer_env, require_tool, spawned, syn_dropping_port, wait_for_port
 from tests.integration.conftest import OrthancServer
 
 Outcome = tuple[str, str, tuple[Any, ...]]
@@ -404,27 +404,12 @@ def test_refused_and_unknown_host_give_pacsclients_error_without_pynetdicom(fall
 
 def test_a_connect_that_never_completes_gives_pacsclients_timeout(fallbacks: Calls) -> None:
     """A listener whose accept queue is full: the SYN is dropped, connect() times out."""
-    with socket.socket() as full:
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        port = full.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(4):
-                filler = socket.socket()
-                filler.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    filler.connect(("127.0.0.1", port))
-                fillers.append(filler)
-            time.sleep(0.2)
-            config = at(port, "KIT", timeout=1.0)
-            started = time.monotonic()
-            got = fast(config)
-            took = time.monotonic() - started
-            assert got == canonical(config)
-        finally:
-            for filler in fillers:
-                filler.close()
+    with syn_dropping_port() as port:
+        config = at(port, "KIT", timeout=1.0)
+        started = time.monotonic()
+        got = fast(config)
+        took = time.monotonic() - started
+        assert got == canonical(config)
     assert got[0] == "PeerTimeoutError" and "no connection within 1s" in got[1]
     assert took < 1.8 and len(fallbacks) == 1
 
