@@ -45,17 +45,21 @@ def _assoc(fragment: int) -> Any:
 
 
 def _phase(sock: socket.socket, *, fast: bool, timeout: float = 2.0, pdu_timeout: float = 2.0,
-           fragment: int = 4096) -> DataPhase:
-    """A phase on a connected socket without an association, set up as ``__enter__`` would."""
+           fragment: int = 4096, kernel: bool = True) -> DataPhase:
+    """A phase on a connected socket without an association, set up as ``__enter__`` would
+    (``kernel``: ReceiverPhase with the timeouts in the kernel, else a Python timeout, as on TLS)."""
     phase: DataPhase
-    if fast:
+    if fast and not kernel:
+        phase = ReceiverPhase(_assoc(fragment), timeout, "test", pdu_timeout=pdu_timeout)
+        sock.settimeout(timeout)
+    elif fast:
         phase = ReceiverPhase(_assoc(fragment), timeout, "test", pdu_timeout=pdu_timeout)
         whole = int(timeout)
         limit = struct.pack("@ll", whole, int((timeout - whole) * 1_000_000))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         sock.settimeout(None)
-        phase._kernel = True  # type: ignore[attr-defined]
+        phase._kernel = True
     else:
         phase = DataPhase(_assoc(fragment), timeout, "test", keep_raw=True, pdu_timeout=pdu_timeout)
         sock.settimeout(timeout)
@@ -80,16 +84,17 @@ def _echo_rq(cx: int, msg_id: int, fragment: int) -> bytes:
                                       0x00000110: msg_id, 0x00000800: NO_DATASET}), None, fragment)
 
 
-def _read_all(stream: bytes, pieces: list[int], *, fast: bool, fragment: int) -> tuple[list[Any], bytes]:
+def _read_all(stream: bytes, pieces: list[int], *, fast: bool, fragment: int,
+              kernel: bool = True) -> tuple[list[Any], bytes]:
     """Every message a phase reads from a peer sending ``stream`` in ``pieces``, how it ended,
     and the bytes the peer received."""
     ours, theirs = socket.socketpair()
     got = bytearray()
     out: list[Any] = []
     with ours, theirs:
-        phase = _phase(ours, fast=fast, fragment=fragment)
+        phase = _phase(ours, fast=fast, fragment=fragment, kernel=kernel)
 
-        def peer() -> None:
+        def send() -> None:  # what the peer sends, in pieces
             try:
                 pos = 0
                 for size in pieces:
@@ -97,13 +102,19 @@ def _read_all(stream: bytes, pieces: list[int], *, fast: bool, fragment: int) ->
                     pos += size
                 theirs.sendall(stream[pos:])
                 theirs.shutdown(socket.SHUT_WR)
+            except OSError:  # we stopped reading (an abort)
+                pass
+
+        def receive() -> None:  # and what it receives meanwhile
+            try:
                 while chunk := theirs.recv(65536):
                     got.extend(chunk)
             except OSError:
                 pass
 
-        thread = threading.Thread(target=peer)
-        thread.start()
+        threads = [threading.Thread(target=send), threading.Thread(target=receive)]
+        for thread in threads:
+            thread.start()
         try:
             for _ in range(50):
                 msg = phase.recv()
@@ -115,7 +126,8 @@ def _read_all(stream: bytes, pieces: list[int], *, fast: bool, fragment: int) ->
             out.append((type(exc).__name__, str(exc)))
         finally:
             ours.shutdown(socket.SHUT_RDWR)
-        thread.join(10)
+        for thread in threads:
+            thread.join(10)
     return out, bytes(got)
 
 
@@ -153,7 +165,9 @@ def test_receiver_phase_equals_data_phase(ops: list[Any], fragment: int, cut: in
         stream[damage[0] % len(stream)] = damage[1]
     slow = _read_all(bytes(stream), pieces, fast=False, fragment=fragment)
     fast = _read_all(bytes(stream), pieces, fast=True, fragment=fragment)
+    timed = _read_all(bytes(stream), pieces, fast=True, fragment=fragment, kernel=False)
     assert fast == slow
+    assert timed == slow
 
 
 def _serve_one(phase: DataPhase) -> tuple[Any, float]:
@@ -165,11 +179,12 @@ def _serve_one(phase: DataPhase) -> tuple[Any, float]:
         return exc, time.monotonic() - start
 
 
-def test_a_body_trickled_past_the_pdu_deadline_is_aborted() -> None:
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_body_trickled_past_the_pdu_deadline_is_aborted(kernel: bool) -> None:
     message = _store_rq(1, 1, "1.2.3.4", b"\x01" * 3000, 4096)
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        phase = _phase(ours, fast=True, timeout=5.0, pdu_timeout=0.6)
+        phase = _phase(ours, fast=True, timeout=5.0, pdu_timeout=0.6, kernel=kernel)
         stop = threading.Event()
 
         def trickle() -> None:
@@ -198,12 +213,13 @@ def test_a_body_trickled_past_the_pdu_deadline_is_aborted() -> None:
         assert received == abort_pdu(0x00)  # told, then cut off
 
 
-def test_a_body_that_arrives_late_but_in_time_is_read_whole() -> None:
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_body_that_arrives_late_but_in_time_is_read_whole(kernel: bool) -> None:
     data = bytes(range(256)) * 12
     message = _store_rq(1, 7, "1.2.3.4", data, 4096)
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        phase = _phase(ours, fast=True, timeout=5.0, pdu_timeout=3.0)
+        phase = _phase(ours, fast=True, timeout=5.0, pdu_timeout=3.0, kernel=kernel)
 
         def slow() -> None:
             theirs.sendall(message[:300])
