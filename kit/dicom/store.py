@@ -61,6 +61,12 @@ from kit.dicom._spares import Spare, SparePool
 from kit.dicom._spares import create as create_spare
 from kit.dicom._spares import maker as spare_maker
 from kit.dicom._spares import names as spare_names
+from kit.dicom._storefs import Folders
+from kit.dicom._storefs import fdatasync as _fdatasync
+from kit.dicom._storefs import fsync_dir as _fsync_dir
+from kit.dicom._storefs import make_dirs as _make_dirs
+from kit.dicom._storefs import unlink as _unlink
+from kit.dicom._storefs import write_all as _write_all
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import Verdict, check_received
@@ -212,6 +218,7 @@ class InstanceStore:
         self._pool: SparePool | None = None  # files made ahead by a thread (started by prepare())
         self._pool_lock = threading.Lock()
         self._files = str(self.files_dir)
+        self._folders = Folders()  # series folders known to exist; new ones' parents to fsync
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -364,8 +371,8 @@ class InstanceStore:
                 # share the device's cache flushes (measured faster than the leader syncing the
                 # batch, serially or from a thread pool)
                 _fdatasync(fd)
-                new_dirs = _make_dirs(folder)
-                submit(_Write(sop, tmp, final, rel, row, new_dirs))
+                self._folders.need(folder, _make_dirs)  # a known folder: no stat
+                submit(_Write(sop, tmp, final, rel, row))
         except BaseException as exc:
             _unlink(tmp)  # normally renamed away already
             if isinstance(exc, OSError | sqlite3.Error):
@@ -459,7 +466,7 @@ class InstanceStore:
                 except FileNotFoundError:  # its folder was removed since: made again, synced below
                     if not os.path.exists(w.tmp):
                         raise
-                    w.new_dirs = w.new_dirs | _make_dirs(os.path.dirname(w.final))
+                    self._folders.remade(os.path.dirname(w.final), _make_dirs(os.path.dirname(w.final)))
                     os.replace(w.tmp, w.final)
                 renamed.append(pending)
             except BaseException as exc:
@@ -468,9 +475,11 @@ class InstanceStore:
         if not renamed:
             return
         try:
-            folders = {d for p in renamed for d in (os.path.dirname(p.item.final), *p.item.new_dirs)}
+            homes = {os.path.dirname(p.item.final) for p in renamed}
+            folders = homes.union(*(self._folders.parents(h) for h in homes))  # new folders' parents too
             for folder in sorted(folders):
                 _fsync_dir(folder)
+            self._folders.synced(homes, folders)
             now = dt.datetime.now(dt.UTC).isoformat()
             self._insert([[*p.item.row, now] for p in renamed])
         except BaseException as exc:
@@ -728,62 +737,11 @@ def _with_meta(ds: Dataset) -> Dataset:
 class _Write:
     """A written, fsync'ed temporary file waiting for its group commit."""
 
-    __slots__ = ("final", "new_dirs", "old", "rel", "row", "sop", "tmp")
+    __slots__ = ("final", "old", "rel", "row", "sop", "tmp")
 
-    def __init__(self, sop: str, tmp: str, final: str, rel: str, row: list[Any],
-                 new_dirs: frozenset[str]) -> None:
+    def __init__(self, sop: str, tmp: str, final: str, rel: str, row: list[Any]) -> None:
         self.sop, self.tmp, self.final, self.rel, self.row = sop, tmp, final, rel, row
-        self.new_dirs = new_dirs
         self.old: str | None = None
-
-
-def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
-    """Write ``parts`` in order: one ``writev`` (no concatenation), continued if it is short."""
-    done = os.writev(fd, parts)
-    if done == sum(len(p) for p in parts):
-        return
-    for part in parts:
-        view = memoryview(part)
-        if done >= len(view):
-            done -= len(view)
-            continue
-        view, done = view[done:], 0
-        while view:
-            view = view[os.write(fd, view):]
-
-
-def _fdatasync(fd: int) -> None:
-    """Make a file's data (and the metadata needed to read it) durable."""
-    os.fdatasync(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _make_dirs(folder: str) -> frozenset[str]:
-    """Create ``folder`` (and missing parents); the directories whose entries changed
-    (to fsync with the commit, so the new folders survive a power cut too)."""
-    if os.path.isdir(folder):
-        return frozenset()
-    created: list[str] = []
-    probe = folder
-    while not os.path.exists(probe):
-        created.append(probe)
-        probe = os.path.dirname(probe)
-    os.makedirs(folder, exist_ok=True)
-    return frozenset(os.path.dirname(c) for c in created)
-
-
-def _fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sop_instance_uid(path: Path) -> str | None:

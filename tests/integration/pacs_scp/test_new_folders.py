@@ -76,9 +76,10 @@ def test_a_known_folder_is_not_checked_again_but_a_removed_one_is_made_again(
         for item in stored:
             item.path.unlink()
         folder.rmdir()  # an operator removes the series folder while the store runs
-        again = store.store_dataset(make_instance("MRN1001", 0, 1, 4))
+        fourth = make_instance("MRN1001", 0, 1, 4)
+        again = store.store_dataset(fourth)
         assert again.path.parent == folder and folder.is_dir()
-        assert str(dcmread(again.path).SOPInstanceUID) == str(make_instance("MRN1001", 0, 1, 4).SOPInstanceUID)
+        assert str(dcmread(again.path).SOPInstanceUID) == str(fourth.SOPInstanceUID)
         assert leftovers(store) == []
     finally:
         store.close()
