@@ -447,11 +447,13 @@ class InstanceStore:
 
     def _commit_run(self, run: Sequence[Pending[_Write]]) -> None:
         renamed: list[Pending[_Write]] = []
-        try:  # the versions this run replaces: one query for the run
+        try:  # one write transaction: the versions this run replaces (one query), then its rows
+            self._db.execute("BEGIN IMMEDIATE")
             olds = dict(self._db.execute(
                 "SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN "
                 f"({', '.join('?' * len(run))})", [p.item.sop for p in run]).fetchall())
         except BaseException as exc:
+            self._rollback()
             for pending in run:
                 pending.error = exc
                 _unlink(pending.item.tmp)
@@ -473,6 +475,7 @@ class InstanceStore:
                 pending.error = exc
                 _unlink(w.tmp)
         if not renamed:
+            self._rollback()
             return
         try:
             homes = {os.path.dirname(p.item.final) for p in renamed}
@@ -481,8 +484,9 @@ class InstanceStore:
                 _fsync_dir(folder)
             self._folders.synced(homes, folders)
             now = dt.datetime.now(dt.UTC).isoformat()
-            self._insert([[*p.item.row, now] for p in renamed])
+            self._insert([[*p.item.row, now] for p in renamed])  # commits the transaction
         except BaseException as exc:
+            self._rollback()
             for pending in renamed:
                 pending.error = exc
                 if pending.item.old is None:  # not indexed: the file must not stay behind
@@ -502,8 +506,10 @@ class InstanceStore:
                         pending.error = exc
 
     def _insert(self, values: Sequence[Sequence[Any]]) -> None:
-        """Index rows (values in :data:`_INSERT_COLUMNS` order) in one transaction."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Index rows (values in :data:`_INSERT_COLUMNS` order) and commit: in the write
+        transaction already begun (a group commit's), else in one of their own."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(_INSERT, values)
             self._db.execute("COMMIT")
@@ -512,6 +518,14 @@ class InstanceStore:
             raise
         if self._checkpointer.committed(len(values)):  # overdue: nobody idle ran one
             self.checkpoint(wait=True)
+
+    def _rollback(self) -> None:
+        """End a write transaction left open by a failure (its rows are not committed)."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # pragma: no cover - the connection is broken
+                LOGGER.error("cannot roll back the index transaction: %s", exc)
 
     def checkpoint(self, *, wait: bool = False) -> bool:
         """Checkpoint the index's WAL if enough rows were committed since the last time.
