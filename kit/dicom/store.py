@@ -393,9 +393,10 @@ class InstanceStore:
         next one, so creating the file (a journalled metadata operation: ~1 ms on a busy
         disk) is neither between receiving an instance and acknowledging it nor, mostly,
         on the receiver's thread at all: a pool thread (:mod:`kit.dicom._spares`) keeps a
-        few ready, and only when it has none is one made here. A failure here is left to
-        the write to meet and report. Idempotent; :meth:`discard_prepared` removes an unused
-        file (a thread ending with one removes it too); :meth:`release_spares` stops the pool.
+        few ready (refilled once half are taken), and only when it has none is one made
+        here. A failure here is left to the write to meet and report. Idempotent;
+        :meth:`discard_prepared` removes an unused file (a thread ending with one removes it
+        too); :meth:`release_spares` stops the pool.
         """
         if getattr(self._spares, "file", None) is not None:
             return
@@ -405,7 +406,8 @@ class InstanceStore:
                 pool = self._pool = self._pool or SparePool(spare_maker(self._new_tmp),
                                                             name="kit-store-spares")
         made = pool.take()
-        pool.top_up()  # keep pool.size ready (starts its thread on first use)
+        if pool.outstanding <= pool.size // 2:  # refilled in bursts: its thread wakes once per
+            pool.top_up()  # size/2 files taken, not for each (starts the thread on first use)
         if made is None:
             try:
                 made = create_spare(self._new_tmp())
