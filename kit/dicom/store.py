@@ -6,25 +6,27 @@ Layout under ``root``::
     files/<study>/<series>/<sop>.dcm  DICOM Part 10 files (preamble + file meta)
     tmp/                              in-flight writes, emptied on open
 
-A write is durable before it is acknowledged: the bytes go to a temporary file
-in ``tmp/`` and are fdatasync'ed (on the caller's thread, so concurrent
-associations' fsyncs overlap), then the file joins a *group commit*
+A write is durable before it is acknowledged: the bytes go to a temporary file in
+``tmp/`` and are fdatasync'ed (on the caller's thread, so concurrent associations'
+fsyncs overlap), then the file joins a *group commit*
 (:mod:`kit.dicom._groupcommit`): the batch's files are renamed over their final
 paths with ``os.replace`` (atomic; a duplicate SOP Instance UID replaces the old
-file), each directory touched is fsync'ed once for the whole batch, and all the
-index rows are committed in one transaction; only then does any caller of the
-batch return (and the PACS answer its C-STORE with success). A failure in a
-batch step fails exactly the instances it concerns, leaving no file behind. The
-files are the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled
-with them on every open, so a row lost to a power cut is re-created; when a
-crash left both versions of a replaced instance, the committed one wins and the
-other is removed. The WAL is checkpointed off the commit path
-(:class:`kit._sqlite.WalCheckpointer`, :meth:`InstanceStore.checkpoint`), and a
-receiver may create its next temporary file ahead (:meth:`InstanceStore.prepare`).
-:meth:`InstanceStore.store_encoded` stores only data sets that pass
-:func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
-:class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
-index is rebuilt from the files (:meth:`InstanceStore.rebuild`).
+file), each directory touched is fsync'ed once for the whole batch (with the parents
+of a folder made for it, until a commit has synced them: :mod:`kit.dicom._storefs`),
+and all the index rows are committed in one transaction with the look-up of the
+versions they replace; only then does any caller of the batch return (and the PACS
+answer its C-STORE with success). A failure in a batch step fails exactly the
+instances it concerns, leaving no file behind. The files are the truth: the index
+(WAL, ``synchronous = NORMAL``) is reconciled with them on every open, so a row lost
+to a power cut is re-created; when a crash left both versions of a replaced
+instance, the committed one wins and the other is removed. The WAL is checkpointed
+off the commit path (:class:`kit._sqlite.WalCheckpointer`,
+:meth:`InstanceStore.checkpoint`), and a receiver may create its next temporary file
+ahead (:meth:`InstanceStore.prepare`). :meth:`InstanceStore.store_encoded` stores
+only data sets that pass :func:`kit.dicom.received.check_received`. Any failure
+removes the temporary file and raises :class:`~kit.errors.StoreError`, so no partial
+file is ever left behind. A missing index is rebuilt from the files
+(:meth:`InstanceStore.rebuild`).
 
 SQLite with a lock is written by hand here: pydicom and pynetdicom store files
 but keep no index (pynetdicom's qrscp app needs SQLAlchemy and decodes every
