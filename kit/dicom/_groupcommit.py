@@ -67,7 +67,7 @@ class GroupCommit(Generic[T]):
         self._linger = linger
         self._coming = 0
         lock = threading.Lock()
-        # Two conditions on one lock: an arrival wakes only a lingering leader, a finished batch
+        # Two conditions on one lock: the last arrival wakes a lingering leader, a finished batch
         # wakes the callers waiting for theirs (one notify_all for both woke every waiting
         # caller on every arrival: threads woken for nothing, each needing a CPU and the GIL).
         self._arrived = threading.Condition(lock)
@@ -98,7 +98,7 @@ class GroupCommit(Generic[T]):
             if announced[0]:
                 with self._arrived:
                     self._coming -= 1
-                    if self._lingering:  # it may be lingering for this one alone
+                    if self._lingering and self._coming == 0:  # it lingered for this one last
                         self._arrived.notify()
 
     def submit(self, item: T, *, _announced: list[bool] | None = None) -> None:
@@ -115,8 +115,10 @@ class GroupCommit(Generic[T]):
                 _announced[0] = False
                 self._coming -= 1
             self._queue.append(pending)
-            if self._lingering:
-                self._arrived.notify()  # the lingering leader takes it
+            if self._lingering and (self._coming == 0 or len(self._queue) >= self._max_batch):
+                # the lingering leader takes the batch: woken once, when nobody else is coming
+                # (it cannot proceed before, so a wake-up per arrival was a context switch for nothing)
+                self._arrived.notify()
         while True:
             with self._finished:
                 while self._leading and not pending.done:

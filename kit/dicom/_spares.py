@@ -109,6 +109,11 @@ class SparePool:
             shared.granted -= 1
             return shared.ready.popleft()
 
+    @property
+    def outstanding(self) -> int:
+        """Files ready or being made (or still to make) now: a hint, read without the lock."""
+        return self._shared.granted
+
     def top_up(self, ahead: int | None = None) -> None:
         """Have the thread make files until ``ahead`` (at most ``size``; default ``size``)
         are ready or being made; starts the thread on first use. Never lowers a grant."""

@@ -18,7 +18,7 @@ adds what it leaves to applications:
   come from ``move_destinations`` (unknown AE title: 0xA801). Sub-operation
   failures are counted in the final response, never hidden.
 - Speed: C-STORE and C-ECHO are served on the association's own thread straight
-  from the socket (:mod:`kit.dicom._fastnet`, ``fast=True``); any other request,
+  from the socket (:mod:`kit.dicom._recvphase`, ``fast=True``); any other request,
   and the release or an abort, is handed to pynetdicom with the PDUs it came in.
   The supported contexts are made cheap to copy (pynetdicom deep-copies them for
   every association: ~90 ms re-validating ~5,000 UIDs), and a request proposing what
@@ -89,7 +89,6 @@ from kit.dicom._fastnet import (
     C_STORE_RQ,
     C_STORE_RSP,
     NO_DATASET,
-    DataPhase,
     PduInterrupt,
     command_int,
     command_str,
@@ -99,6 +98,7 @@ from kit.dicom._fastnet import (
     share_context_uids,
 )
 from kit.dicom._guard import GuardedServer, deliver_request, read_bounded_pdu
+from kit.dicom._recvphase import ReceiverPhase
 from kit.dicom.matching import (
     COMPUTED_KEYS,
     LEVEL_KEYS,
@@ -518,9 +518,9 @@ class EmbeddedPACS:
         if not assoc.is_acceptor or not self.fast:
             return
         try:
-            phase = DataPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
-                              f"{assoc.requestor.address}:{assoc.requestor.port}", keep_raw=True,
-                              pdu_timeout=self.timeouts[1])
+            phase = ReceiverPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
+                                  f"{assoc.requestor.address}:{assoc.requestor.port}",
+                                  pdu_timeout=self.timeouts[1])
         except Exception:  # noqa: BLE001 - never leave pynetdicom's reader on hold
             release_dul(assoc)
             LOGGER.exception("fast path unavailable: association left to pynetdicom")
@@ -538,13 +538,13 @@ class EmbeddedPACS:
         except Exception as exc:  # noqa: BLE001 - a handler must not raise; the phase aborted
             LOGGER.exception("association from %s aborted: %s", assoc.requestor.ae_title, exc)
 
-    def _serve_fast(self, assoc: Any, phase: DataPhase) -> None:
+    def _serve_fast(self, assoc: Any, phase: ReceiverPhase) -> None:
         try:
             self._serve_messages(assoc, phase)
         finally:
             self.store.discard_prepared()  # this thread's temporary file for a next instance
 
-    def _serve_messages(self, assoc: Any, phase: DataPhase) -> None:
+    def _serve_messages(self, assoc: Any, phase: ReceiverPhase) -> None:
         contexts = {int(cx.context_id): cx for cx in assoc.accepted_contexts if cx.context_id is not None}
         calling = str(assoc.requestor.ae_title or "")
         while True:

@@ -6,25 +6,27 @@ Layout under ``root``::
     files/<study>/<series>/<sop>.dcm  DICOM Part 10 files (preamble + file meta)
     tmp/                              in-flight writes, emptied on open
 
-A write is durable before it is acknowledged: the bytes go to a temporary file
-in ``tmp/`` and are fdatasync'ed (on the caller's thread, so concurrent
-associations' fsyncs overlap), then the file joins a *group commit*
+A write is durable before it is acknowledged: the bytes go to a temporary file in
+``tmp/`` and are fdatasync'ed (on the caller's thread, so concurrent associations'
+fsyncs overlap), then the file joins a *group commit*
 (:mod:`kit.dicom._groupcommit`): the batch's files are renamed over their final
 paths with ``os.replace`` (atomic; a duplicate SOP Instance UID replaces the old
-file), each directory touched is fsync'ed once for the whole batch, and all the
-index rows are committed in one transaction; only then does any caller of the
-batch return (and the PACS answer its C-STORE with success). A failure in a
-batch step fails exactly the instances it concerns, leaving no file behind. The
-files are the truth: the index (WAL, ``synchronous = NORMAL``) is reconciled
-with them on every open, so a row lost to a power cut is re-created; when a
-crash left both versions of a replaced instance, the committed one wins and the
-other is removed. The WAL is checkpointed off the commit path
-(:class:`kit._sqlite.WalCheckpointer`, :meth:`InstanceStore.checkpoint`), and a
-receiver may create its next temporary file ahead (:meth:`InstanceStore.prepare`).
-:meth:`InstanceStore.store_encoded` stores only data sets that pass
-:func:`kit.dicom.received.check_received`. Any failure removes the temporary file and raises
-:class:`~kit.errors.StoreError`, so no partial file is ever left behind. A missing
-index is rebuilt from the files (:meth:`InstanceStore.rebuild`).
+file), each directory touched is fsync'ed once for the whole batch (with the parents
+of a folder made for it, until a commit has synced them: :mod:`kit.dicom._storefs`),
+and all the index rows are committed in one transaction with the look-up of the
+versions they replace; only then does any caller of the batch return (and the PACS
+answer its C-STORE with success). A failure in a batch step fails exactly the
+instances it concerns, leaving no file behind. The files are the truth: the index
+(WAL, ``synchronous = NORMAL``) is reconciled with them on every open, so a row lost
+to a power cut is re-created; when a crash left both versions of a replaced
+instance, the committed one wins and the other is removed. The WAL is checkpointed
+off the commit path (:class:`kit._sqlite.WalCheckpointer`,
+:meth:`InstanceStore.checkpoint`), and a receiver may create its next temporary file
+ahead (:meth:`InstanceStore.prepare`). :meth:`InstanceStore.store_encoded` stores
+only data sets that pass :func:`kit.dicom.received.check_received`. Any failure
+removes the temporary file and raises :class:`~kit.errors.StoreError`, so no partial
+file is ever left behind. A missing index is rebuilt from the files
+(:meth:`InstanceStore.rebuild`).
 
 SQLite with a lock is written by hand here: pydicom and pynetdicom store files
 but keep no index (pynetdicom's qrscp app needs SQLAlchemy and decodes every
@@ -61,6 +63,12 @@ from kit.dicom._spares import Spare, SparePool
 from kit.dicom._spares import create as create_spare
 from kit.dicom._spares import maker as spare_maker
 from kit.dicom._spares import names as spare_names
+from kit.dicom._storefs import Folders
+from kit.dicom._storefs import fdatasync as _fdatasync
+from kit.dicom._storefs import fsync_dir as _fsync_dir
+from kit.dicom._storefs import make_dirs as _make_dirs
+from kit.dicom._storefs import unlink as _unlink
+from kit.dicom._storefs import write_all as _write_all
 from kit.dicom.matching import LEVEL_KEYS
 from kit.dicom.query import QueryLevel
 from kit.dicom.received import Verdict, check_received
@@ -212,6 +220,7 @@ class InstanceStore:
         self._pool: SparePool | None = None  # files made ahead by a thread (started by prepare())
         self._pool_lock = threading.Lock()
         self._files = str(self.files_dir)
+        self._folders = Folders()  # series folders known to exist; new ones' parents to fsync
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -364,8 +373,8 @@ class InstanceStore:
                 # share the device's cache flushes (measured faster than the leader syncing the
                 # batch, serially or from a thread pool)
                 _fdatasync(fd)
-                new_dirs = _make_dirs(folder)
-                submit(_Write(sop, tmp, final, rel, row, new_dirs))
+                self._folders.need(folder, _make_dirs)  # a known folder: no stat
+                submit(_Write(sop, tmp, final, rel, row))
         except BaseException as exc:
             _unlink(tmp)  # normally renamed away already
             if isinstance(exc, OSError | sqlite3.Error):
@@ -386,9 +395,10 @@ class InstanceStore:
         next one, so creating the file (a journalled metadata operation: ~1 ms on a busy
         disk) is neither between receiving an instance and acknowledging it nor, mostly,
         on the receiver's thread at all: a pool thread (:mod:`kit.dicom._spares`) keeps a
-        few ready, and only when it has none is one made here. A failure here is left to
-        the write to meet and report. Idempotent; :meth:`discard_prepared` removes an unused
-        file (a thread ending with one removes it too); :meth:`release_spares` stops the pool.
+        few ready (refilled once half are taken), and only when it has none is one made
+        here. A failure here is left to the write to meet and report. Idempotent;
+        :meth:`discard_prepared` removes an unused file (a thread ending with one removes it
+        too); :meth:`release_spares` stops the pool.
         """
         if getattr(self._spares, "file", None) is not None:
             return
@@ -398,7 +408,8 @@ class InstanceStore:
                 pool = self._pool = self._pool or SparePool(spare_maker(self._new_tmp),
                                                             name="kit-store-spares")
         made = pool.take()
-        pool.top_up()  # keep pool.size ready (starts its thread on first use)
+        if pool.outstanding <= pool.size // 2:  # refilled in bursts: its thread wakes once per
+            pool.top_up()  # size/2 files taken, not for each (starts the thread on first use)
         if made is None:
             try:
                 made = create_spare(self._new_tmp())
@@ -440,11 +451,13 @@ class InstanceStore:
 
     def _commit_run(self, run: Sequence[Pending[_Write]]) -> None:
         renamed: list[Pending[_Write]] = []
-        try:  # the versions this run replaces: one query for the run
+        try:  # one write transaction: the versions this run replaces (one query), then its rows
+            self._db.execute("BEGIN IMMEDIATE")
             olds = dict(self._db.execute(
                 "SELECT sop_instance_uid, path FROM instances WHERE sop_instance_uid IN "
                 f"({', '.join('?' * len(run))})", [p.item.sop for p in run]).fetchall())
         except BaseException as exc:
+            self._rollback()
             for pending in run:
                 pending.error = exc
                 _unlink(pending.item.tmp)
@@ -459,21 +472,25 @@ class InstanceStore:
                 except FileNotFoundError:  # its folder was removed since: made again, synced below
                     if not os.path.exists(w.tmp):
                         raise
-                    w.new_dirs = w.new_dirs | _make_dirs(os.path.dirname(w.final))
+                    self._folders.remade(os.path.dirname(w.final), _make_dirs(os.path.dirname(w.final)))
                     os.replace(w.tmp, w.final)
                 renamed.append(pending)
             except BaseException as exc:
                 pending.error = exc
                 _unlink(w.tmp)
         if not renamed:
+            self._rollback()
             return
         try:
-            folders = {d for p in renamed for d in (os.path.dirname(p.item.final), *p.item.new_dirs)}
+            homes = {os.path.dirname(p.item.final) for p in renamed}
+            folders = homes.union(*(self._folders.parents(h) for h in homes))  # new folders' parents too
             for folder in sorted(folders):
                 _fsync_dir(folder)
+            self._folders.synced(homes, folders)
             now = dt.datetime.now(dt.UTC).isoformat()
-            self._insert([[*p.item.row, now] for p in renamed])
+            self._insert([[*p.item.row, now] for p in renamed])  # commits the transaction
         except BaseException as exc:
+            self._rollback()
             for pending in renamed:
                 pending.error = exc
                 if pending.item.old is None:  # not indexed: the file must not stay behind
@@ -493,8 +510,10 @@ class InstanceStore:
                         pending.error = exc
 
     def _insert(self, values: Sequence[Sequence[Any]]) -> None:
-        """Index rows (values in :data:`_INSERT_COLUMNS` order) in one transaction."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """Index rows (values in :data:`_INSERT_COLUMNS` order) and commit: in the write
+        transaction already begun (a group commit's), else in one of their own."""
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(_INSERT, values)
             self._db.execute("COMMIT")
@@ -503,6 +522,14 @@ class InstanceStore:
             raise
         if self._checkpointer.committed(len(values)):  # overdue: nobody idle ran one
             self.checkpoint(wait=True)
+
+    def _rollback(self) -> None:
+        """End a write transaction left open by a failure (its rows are not committed)."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:  # pragma: no cover - the connection is broken
+                LOGGER.error("cannot roll back the index transaction: %s", exc)
 
     def checkpoint(self, *, wait: bool = False) -> bool:
         """Checkpoint the index's WAL if enough rows were committed since the last time.
@@ -728,62 +755,11 @@ def _with_meta(ds: Dataset) -> Dataset:
 class _Write:
     """A written, fsync'ed temporary file waiting for its group commit."""
 
-    __slots__ = ("final", "new_dirs", "old", "rel", "row", "sop", "tmp")
+    __slots__ = ("final", "old", "rel", "row", "sop", "tmp")
 
-    def __init__(self, sop: str, tmp: str, final: str, rel: str, row: list[Any],
-                 new_dirs: frozenset[str]) -> None:
+    def __init__(self, sop: str, tmp: str, final: str, rel: str, row: list[Any]) -> None:
         self.sop, self.tmp, self.final, self.rel, self.row = sop, tmp, final, rel, row
-        self.new_dirs = new_dirs
         self.old: str | None = None
-
-
-def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
-    """Write ``parts`` in order: one ``writev`` (no concatenation), continued if it is short."""
-    done = os.writev(fd, parts)
-    if done == sum(len(p) for p in parts):
-        return
-    for part in parts:
-        view = memoryview(part)
-        if done >= len(view):
-            done -= len(view)
-            continue
-        view, done = view[done:], 0
-        while view:
-            view = view[os.write(fd, view):]
-
-
-def _fdatasync(fd: int) -> None:
-    """Make a file's data (and the metadata needed to read it) durable."""
-    os.fdatasync(fd)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _make_dirs(folder: str) -> frozenset[str]:
-    """Create ``folder`` (and missing parents); the directories whose entries changed
-    (to fsync with the commit, so the new folders survive a power cut too)."""
-    if os.path.isdir(folder):
-        return frozenset()
-    created: list[str] = []
-    probe = folder
-    while not os.path.exists(probe):
-        created.append(probe)
-        probe = os.path.dirname(probe)
-    os.makedirs(folder, exist_ok=True)
-    return frozenset(os.path.dirname(c) for c in created)
-
-
-def _fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sop_instance_uid(path: Path) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import kit.dicom.store as store_module
+from kit.dicom._spares import SparePool
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.dicom.store import InstanceStore
@@ -195,3 +196,34 @@ def test_an_unclosed_store_ends_its_pool(tmp_path: Path) -> None:
     gc.collect()
     thread.join(5)
     assert not thread.is_alive() and list(tmp_dir.iterdir()) == []
+
+
+def test_the_pool_is_refilled_in_bursts_not_woken_for_each_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each top-up that grants files wakes the pool's thread: once half the pool is taken, not
+    after every take; the receivers still find files ready and nothing is left behind."""
+    store = InstanceStore(tmp_path / "store")
+    grants: list[int] = []
+    real = SparePool.top_up
+
+    def counting(pool: SparePool, ahead: int | None = None) -> None:
+        before = pool.outstanding
+        real(pool, ahead)
+        if pool.outstanding > before:
+            grants.append(pool.outstanding - before)
+
+    monkeypatch.setattr(SparePool, "top_up", counting)
+    try:
+        store.prepare()
+        assert store._pool is not None
+        assert _wait(lambda: len(list(store.tmp_dir.iterdir())) >= store._pool.size)
+        for n in range(1, 17):
+            store.prepare()
+            store.store_dataset(make_instance("MRN1001", 0, 1, n))
+        size = store._pool.size
+        assert len(grants) <= 1 + 16 // (size - size // 2) + 1  # a burst per size/2 taken
+        assert all(g >= size - size // 2 for g in grants[1:])
+        assert len(store) == 16
+    finally:
+        store.close()
+    assert list(store.tmp_dir.iterdir()) == []

@@ -116,3 +116,39 @@ def test_a_withdrawn_announcement_does_not_hold_the_leader() -> None:
     started = time.monotonic()
     group.submit("alone")  # nobody is coming: no linger
     assert time.monotonic() - started < 10.0
+
+
+def test_a_lingering_leader_is_woken_once_everyone_announced_has_arrived_not_per_arrival() -> None:
+    """Three announced items arrive one by one while the leader lingers: it takes them in one
+    batch, and is woken when the last arrives (each wake-up of a thread is a context switch;
+    one per arrival woke it for nothing while others were still coming)."""
+    batches: list[list[str]] = []
+    group: GroupCommit[str] = GroupCommit(lambda batch: batches.append([p.item for p in batch]),
+                                          linger=10.0)
+    wakes = [0]
+    notify = group._arrived.notify
+
+    def counting(n: int = 1) -> None:
+        wakes[0] += 1
+        notify(n)
+
+    group._arrived.notify = counting  # type: ignore[method-assign]
+    announced = threading.Barrier(4)
+
+    def late(name: str, delay: float) -> None:
+        with group.coming() as submit:
+            announced.wait(10)
+            time.sleep(delay)  # still writing its file when the leader takes over
+            submit(name)
+
+    threads = [threading.Thread(target=late, args=(f"late{i}", 0.05 * (i + 1))) for i in range(3)]
+    for t in threads:
+        t.start()
+    announced.wait(10)
+    started = time.monotonic()
+    group.submit("first")  # leads, and lingers for the three announced items
+    for t in threads:
+        t.join(10)
+    assert batches == [["first", "late0", "late1", "late2"]]
+    assert time.monotonic() - started < 5.0
+    assert wakes[0] == 1
