@@ -1,12 +1,13 @@
 """File-system steps of :class:`kit.dicom.store.InstanceStore`'s writes, and its folder state.
 
 :class:`Folders` remembers the series folders the store has made or found, so an
-instance going into a known folder costs no ``stat``, and which parents of a new
-folder still need an fsync: every instance stored into that folder syncs them with
-its own commit until one commit has, so none is acknowledged before the folder's
-entry is durable (the association that created the folder is not necessarily the
-first to commit into it). A folder removed behind the store's back is met by the
-rename, which makes it again (:func:`make_dirs`) and records its parents here.
+instance going into a known folder costs no ``stat``, and which directories the store
+made whose entries (in their parents) are not durable yet: an instance is acknowledged
+only after its commit has fsync'ed the parent of every such directory on its folder's
+path. Which association made them does not matter: another one storing into the same
+new series, or into a sibling series of the same new study, may commit first, and then
+syncs them itself. A folder removed behind the store's back is met by the rename, which
+makes it again (:func:`make_dirs`) and records what it made here.
 """
 
 from __future__ import annotations
@@ -17,46 +18,68 @@ from collections.abc import Callable, Iterable, Sequence
 
 __all__ = ["Folders", "fdatasync", "fsync_dir", "make_dirs", "unlink", "write_all"]
 
-#: Folders remembered at most (the durable ones are forgotten first; pending ones are kept).
+#: Series folders remembered at most (forgetting one costs a ``stat`` when it is next used), and
+#: new directories not yet synced at most (beyond it they are synced at once).
 FOLDER_LIMIT = 4096
 
 
 class Folders:
-    """Known folders of a store and, for new ones, the parents still to fsync. Thread-safe."""
+    """Known folders of a store and the directories it made whose entries are not yet durable.
+    Thread-safe."""
 
     def __init__(self, limit: int = FOLDER_LIMIT) -> None:
         self._limit = limit
         self._lock = threading.Lock()
-        self._pending: dict[str, frozenset[str]] = {}  # folder -> parents to fsync (empty: durable)
+        self._known: set[str] = set()
+        self._fresh: set[str] = set()  # made by the store; the entry in the parent not yet fsync'ed
 
     def need(self, folder: str, make: Callable[[str], frozenset[str]]) -> None:
-        """Have ``folder`` exist: made (``make`` returns the parents whose entries changed)
-        unless known. Raises what ``make`` raises."""
-        if folder in self._pending:
+        """Have ``folder`` exist: made (``make`` returns the directories it created) unless
+        known. Raises what ``make`` raises."""
+        if folder in self._known:
             return
-        with self._lock:  # one thread makes it; another waits and finds its parents recorded
-            if folder not in self._pending:
-                made = make(folder)
-                if len(self._pending) >= self._limit:
-                    self._pending = {f: p for f, p in self._pending.items() if p}
-                self._pending[folder] = made
+        with self._lock:  # one thread makes it; another waits and finds it recorded
+            if folder not in self._known:
+                self._made(make(folder))
+                if len(self._known) >= self._limit:
+                    self._known.clear()
+                self._known.add(folder)
 
-    def remade(self, folder: str, parents: frozenset[str]) -> None:
-        """``folder`` was made again (removed behind our back): its ``parents`` need an fsync."""
+    def remade(self, folder: str, made: frozenset[str]) -> None:
+        """``folder`` was made again (removed behind our back), creating the directories ``made``."""
         with self._lock:
-            self._pending[folder] = self._pending.get(folder, frozenset()) | parents
+            self._made(made)
+            self._known.add(folder)
+
+    def _made(self, made: frozenset[str]) -> None:
+        self._fresh |= made
+        if len(self._fresh) > self._limit:  # bounded: sync them now rather than keep them
+            for parent in sorted({os.path.dirname(d) for d in self._fresh}):
+                fsync_dir(parent)
+            self._fresh.clear()
 
     def parents(self, folder: str) -> frozenset[str]:
-        """The parents of ``folder`` to fsync before an instance in it is acknowledged."""
-        return self._pending.get(folder, frozenset())
-
-    def synced(self, folders: Iterable[str], dirs: set[str]) -> None:
-        """A commit fsynced ``dirs``: the ``folders`` whose parents are all among them are durable."""
+        """The directories to fsync, besides ``folder``, before an instance in it is acknowledged:
+        the parent of ``folder`` and of each of its ancestors that the store made and no
+        commit has synced yet."""
         with self._lock:
-            for folder in folders:
-                parents = self._pending.get(folder)
-                if parents and parents <= dirs:
-                    self._pending[folder] = frozenset()
+            if not self._fresh:
+                return frozenset()
+            out: list[str] = []
+            path = folder
+            while True:
+                parent = os.path.dirname(path)
+                if parent == path:
+                    return frozenset(out)
+                if path in self._fresh:
+                    out.append(parent)
+                path = parent
+
+    def synced(self, dirs: Iterable[str]) -> None:
+        """A commit fsync'ed ``dirs``: the entries of the directories in them are durable."""
+        done = set(dirs)
+        with self._lock:
+            self._fresh = {d for d in self._fresh if os.path.dirname(d) not in done}
 
 
 def write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
@@ -88,8 +111,8 @@ def unlink(path: str) -> None:
 
 
 def make_dirs(folder: str) -> frozenset[str]:
-    """Create ``folder`` (and missing parents); the directories whose entries changed
-    (to fsync with the commit, so the new folders survive a power cut too)."""
+    """Create ``folder`` (and missing parents); the directories created (their parents are
+    fsync'ed with the commit, so the new folders survive a power cut too)."""
     if os.path.isdir(folder):
         return frozenset()
     created: list[str] = []
@@ -98,7 +121,7 @@ def make_dirs(folder: str) -> frozenset[str]:
         created.append(probe)
         probe = os.path.dirname(probe)
     os.makedirs(folder, exist_ok=True)
-    return frozenset(os.path.dirname(c) for c in created)
+    return frozenset(created)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -484,9 +484,13 @@ class InstanceStore:
         try:
             homes = {os.path.dirname(p.item.final) for p in renamed}
             folders = homes.union(*(self._folders.parents(h) for h in homes))  # new folders' parents too
-            for folder in sorted(folders):
-                _fsync_dir(folder)
-            self._folders.synced(homes, folders)
+            done: list[str] = []
+            try:
+                for folder in sorted(folders):
+                    _fsync_dir(folder)
+                    done.append(folder)
+            finally:
+                self._folders.synced(done)  # durable entries, even if a later fsync failed
             now = dt.datetime.now(dt.UTC).isoformat()
             self._insert([[*p.item.row, now] for p in renamed])  # commits the transaction
         except BaseException as exc:

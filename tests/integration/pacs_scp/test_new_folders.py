@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,26 +23,29 @@ from tests.integration.pacs_scp.conftest import make_instance
 from tests.integration.pacs_scp.test_robustness import leftovers
 
 
+@pytest.mark.parametrize("series", [1, 2], ids=["same series", "sibling series of the new study"])
 def test_a_store_into_a_folder_another_is_creating_syncs_its_parents(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, series: int) -> None:
+    """The second store goes into the folder the first made, or into a sibling series folder of
+    the study folder the first made (its own make then changes only the study folder's entries:
+    the study folder's own entry is the first store's to sync)."""
     store = InstanceStore(tmp_path / "store")
-    real_make, real_sync = store_module._make_dirs, store_module._fsync_dir
+    real_need, real_sync = store._folders.need, store_module._fsync_dir
     made, go = threading.Event(), threading.Event()
     synced: list[str] = []
     creator: list[frozenset[str]] = []
 
-    def make_then_pause(folder: str) -> frozenset[str]:
-        parents = real_make(folder)
+    def need_then_pause(folder: str, make: Callable[[str], frozenset[str]]) -> None:
+        real_need(folder, make)
         if not creator:  # the first association: folder made, then slow to submit
-            creator.append(parents)
+            creator.append(store._folders.parents(folder))
             made.set()
             go.wait(10)
-        return parents
 
-    monkeypatch.setattr(store_module, "_make_dirs", make_then_pause)
+    monkeypatch.setattr(store._folders, "need", need_then_pause)
     monkeypatch.setattr(store_module, "_fsync_dir", lambda path: (synced.append(os.fspath(path)),
                                                                   real_sync(path))[1])
-    first, second = make_instance("MRN1001", 0, 1, 1), make_instance("MRN1001", 0, 1, 2)
+    first, second = make_instance("MRN1001", 0, 1, 1), make_instance("MRN1001", 0, series, 2)
     slow = threading.Thread(target=store.store_dataset, args=(first,))
     try:
         slow.start()
@@ -50,7 +54,7 @@ def test_a_store_into_a_folder_another_is_creating_syncs_its_parents(
         synced_by_then = set(synced)
         go.set()
         slow.join(10)
-        assert creator[0], "the first store created the study and series folders"
+        assert len(creator[0]) == 2, "the first store created the study and series folders"
         assert held.path.parent.is_dir()
         assert creator[0] <= synced_by_then, "acknowledged before its new folder's entry was durable"
         assert {i.sop_instance_uid for i in store} == {str(first.SOPInstanceUID),
