@@ -134,6 +134,11 @@ class ClientPhase(DataPhase):
             self._hi += self._recv_some(self._view[self._hi:])
 
     def _recv_pdu(self) -> tuple[int, bytearray]:
+        kind, length = self._recv_header()
+        return kind, self._recv_body(length)
+
+    def _recv_header(self) -> tuple[int, int]:
+        """The next PDU's type and length (checked against the limit), its body not read yet."""
         self._fill(6)
         lo = self._lo
         self._header[:] = self._view[lo:lo + 6]
@@ -143,20 +148,24 @@ class ClientPhase(DataPhase):
             self._abort_transport(0x06)
             raise AssociationAbortedError(f"the peer sent a PDU of {length} bytes, more than the "
                                           f"{limit} negotiated: aborted", peer=self.peer)
-        lo += 6
+        self._lo = lo + 6
+        return kind, length
+
+    def _recv_body(self, length: int) -> bytearray:
+        """The body of the PDU whose header :meth:`_recv_header` read."""
         if length <= CHUNK:
-            self._lo = lo
             self._fill(length)
             lo = self._lo
             body = bytearray(self._view[lo:lo + length])
             self._lo = lo + length
-            return kind, body
+            return body
+        lo = self._lo
         body = bytearray(length)  # larger than the buffer: the rest straight into its own
         have = self._hi - lo
         body[:have] = self._view[lo:self._hi]
         self._lo = self._hi = 0
         self._recv_into(memoryview(body)[have:])
-        return kind, body
+        return body
 
     # -- sending ---------------------------------------------------------------------
 

@@ -29,19 +29,15 @@ import contextlib
 import math
 import select
 import socket
-import struct
 import time
 from typing import NoReturn
 
 from pynetdicom.association import Association
 
-from kit.dicom._clientphase import CHUNK, ClientPhase
-from kit.dicom._fastnet import pdu_limit
+from kit.dicom._clientphase import ClientPhase
 from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = ["ReceiverPhase"]
-
-_HEAD = struct.Struct(">BBI")
 
 
 class ReceiverPhase(ClientPhase):
@@ -71,31 +67,10 @@ class ReceiverPhase(ClientPhase):
 
     def _recv_pdu(self) -> tuple[int, bytearray]:
         self._deadline = None
-        self._fill(6)  # the header: the idle wait
-        lo = self._lo
-        self._header[:] = self._view[lo:lo + 6]
-        kind, _reserved, length = _HEAD.unpack_from(self._buf, lo)
-        limit = pdu_limit(kind, self.maximum)
-        if length > limit:
-            self._abort_transport(0x06)
-            raise AssociationAbortedError(f"the peer sent a PDU of {length} bytes, more than the "
-                                          f"{limit} negotiated: aborted", peer=self.peer)
-        lo += 6
+        kind, length = self._recv_header()  # the idle wait
         self._deadline = time.monotonic() + self._pdu_seconds  # the body: whole within the deadline
         try:
-            if length <= CHUNK:
-                self._lo = lo
-                self._fill(length)
-                lo = self._lo
-                body = bytearray(self._view[lo:lo + length])
-                self._lo = lo + length
-                return kind, body
-            body = bytearray(length)  # larger than the buffer: the rest straight into its own
-            have = self._hi - lo
-            body[:have] = self._view[lo:self._hi]
-            self._lo = self._hi = 0
-            self._recv_into(memoryview(body)[have:])
-            return kind, body
+            return kind, self._recv_body(length)
         finally:
             self._deadline = None
 
