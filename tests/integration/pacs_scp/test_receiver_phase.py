@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from kit.dicom._fastnet import (
     C_ECHO_RQ,
-    C_STORE_RQ,
     NO_DATASET,
     DataPhase,
     PduInterrupt,
@@ -33,8 +32,8 @@ from kit.dicom._fastnet import (
 )
 from kit.dicom._recvphase import ReceiverPhase
 from kit.errors import KitError, PeerTimeoutError
+from tests.integration.pacs_get_fast.test_get_answer_path import _frame, _store_rq
 
-CT = "1.2.840.10008.5.1.4.1.1.2"
 OURS = 16_384  # our Maximum Length Received: a larger P-DATA-TF is aborted unread
 
 
@@ -65,18 +64,6 @@ def _phase(sock: socket.socket, *, fast: bool, timeout: float = 2.0, pdu_timeout
         sock.settimeout(timeout)
     phase._sock = sock
     return phase
-
-
-def _frame(cx: int, command: bytes, data: bytes | None, fragment: int) -> bytes:
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        phase = _phase(ours, fast=False, fragment=fragment)
-        return b"".join(bytes(p) for p in phase.frame(cx, command, data))
-
-
-def _store_rq(cx: int, msg_id: int, sop: str, data: bytes, fragment: int) -> bytes:
-    return _frame(cx, encode_command({0x00000002: CT, 0x00000100: C_STORE_RQ, 0x00000110: msg_id,
-                                      0x00000700: 0, 0x00000800: 1, 0x00001000: sop}), data, fragment)
 
 
 def _echo_rq(cx: int, msg_id: int, fragment: int) -> bytes:
