@@ -52,11 +52,11 @@ def test_a_pacs_that_goes_away_and_comes_back_loses_and_repeats_nothing(
         assert time.monotonic() < deadline and worker.is_alive(), result
         time.sleep(0.02)
     pacs.stop()  # aborts the associations in flight; then nobody listens
-    with pacs.lock:
-        done_before = {u for u, s in journal_states(out).items() if s == "done"}
-        asked_before = len(pacs.retrieves)
     time.sleep(1.5)
     assert worker.is_alive(), "the job gave up while the PACS was away"
+    with pacs.lock:  # after the wait: a retrieve whose last answer came just before the stop is done
+        done_before = {u for u, s in journal_states(out).items() if s == "done"}
+        asked_before = len(pacs.retrieves)
     pacs.start()  # same port, same data folder
     worker.join(90)
     assert not worker.is_alive()
