@@ -50,10 +50,8 @@ __all__ = [
     "HOLD_PARK", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
     "store_request", "store_response",
-    "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "no_data_set",
-    "pdu_limit",
-    "release_dul",
-    "share_context_uids", "status_fields",
+    "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
+    "release_dul", "share_context_uids", "status_fields",
 ]
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
@@ -520,12 +518,6 @@ def instance_file_name(sop_uid: str) -> str:
     return f"{sop_uid}.dcm"
 
 
-def no_data_set(sop_uid: str) -> str:
-    """The error kept for a C-STORE sub-operation that carries no data set (answered 0xC000,
-    cannot understand, and not written: a file of the file meta alone is no instance)."""
-    return f"the PACS sent {sop_uid!r} with no data set (answered 0xC000, not written)"
-
-
 class FileReceiver:
     """Writes received C-STORE data sets to ``dest/<SOPInstanceUID>.dcm`` without decoding them
     (temporary name, then rename); also an EVT_C_STORE handler for pynetdicom.
@@ -577,9 +569,7 @@ class FileReceiver:
         try:
             blob = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # a handler must answer with a status, never raise
-            with self.lock:
-                self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
-            return 0xA700
+            return self._failed(exc)
         return self._write(str(request.AffectedSOPInstanceUID), str(request.AffectedSOPClassUID),
                            str(event.context.transfer_syntax), [blob])
 
@@ -595,9 +585,17 @@ class FileReceiver:
         return self._write(sop_uid, sop_class, transfer_syntax, [PREAMBLE, meta, dataset])
 
     def _refuse(self, sop_uid: str) -> int:
+        """A C-STORE with no data set: kept in ``errors``, answered 0xC000 (cannot understand);
+        not written (a file of the file meta alone is no instance)."""
         with self.lock:
-            self.errors.append(no_data_set(sop_uid))
+            self.errors.append(f"the PACS sent {sop_uid!r} with no data set (answered 0xC000, not written)")
         return CANNOT_UNDERSTAND
+
+    def _failed(self, exc: Exception) -> int:
+        """A local failure to write an instance: kept in ``errors``, answered 0xA700."""
+        with self.lock:
+            self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
+        return 0xA700
 
     def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str, parts: list[bytes]) -> int:
         try:
@@ -626,9 +624,7 @@ class FileReceiver:
                 self.on_file()
             return 0x0000
         except Exception as exc:  # a handler must answer with a status, never raise
-            with self.lock:
-                self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
-            return 0xA700
+            return self._failed(exc)
 
 
 class _SharedUIDContext(PresentationContext):

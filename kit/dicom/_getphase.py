@@ -43,12 +43,10 @@ from kit.dicom._fastnet import (
     command_str,
     encode_command,
     instance_file_name,
-    no_data_set,
     status_fields,
 )
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._spares import POOL_LIMIT, SparePool
-from kit.dicom.received import CANNOT_UNDERSTAND
 from kit.errors import AssociationAbortedError
 
 __all__ = ["PooledReceiver", "get_loop"]
@@ -120,9 +118,7 @@ class PooledReceiver(FileReceiver):
         Call :meth:`record` after the answer is sent.
         """
         if not dataset:
-            with self.lock:
-                self.errors.append(no_data_set(sop_uid))
-            return CANNOT_UNDERSTAND, 0, ""
+            return self._refuse(sop_uid), 0, ""
         try:
             name = instance_file_name(sop_uid)
             head = PREAMBLE + encode_file_meta({
@@ -154,9 +150,7 @@ class PooledReceiver(FileReceiver):
                 raise
             return 0x0000, len(head) + len(dataset), final
         except Exception as exc:  # answered with a status, never raised
-            with self.lock:
-                self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
-            return 0xA700, 0, ""
+            return self._failed(exc), 0, ""
 
     def _link(self, fd: int, final: str) -> bool:
         """Give the unnamed file ``fd`` the path ``final`` (replacing a file there, as a rename

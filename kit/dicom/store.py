@@ -472,7 +472,8 @@ class InstanceStore:
                 except FileNotFoundError:  # its folder was removed since: made again, synced below
                     if not os.path.exists(w.tmp):
                         raise
-                    self._folders.remade(os.path.dirname(w.final), _make_dirs(os.path.dirname(w.final)))
+                    folder = os.path.dirname(w.final)
+                    self._folders.remade(folder, _make_dirs(folder))
                     os.replace(w.tmp, w.final)
                 renamed.append(pending)
             except BaseException as exc:
