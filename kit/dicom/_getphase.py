@@ -11,8 +11,9 @@ is paid once per instance. Three things are taken off that path here:
   (``O_TMPFILE``) where the system has them, so making one takes no lock on the
   folder, and each is linked at its final name once written; so the path is
   write, link (or rename), close, answer;
-- the bookkeeping (the row, the progress/limit hook): after the answer is on the
-  wire (:func:`get_loop`).
+- the bookkeeping (the row, the next files): after the answer is on the wire
+  (:func:`get_loop`). The per-instance hook (progress, the rate cap) runs before
+  it, as on pynetdicom's path: a wait there must hold back the PACS's next instance.
 
 The guarantee is unchanged: the success status is sent only after the file is
 written whole, put at its final path (it appears there whole) and closed. Written by
@@ -109,7 +110,7 @@ class PooledReceiver(FileReceiver):
                 os.close(procfd)
 
     def place(self, sop_uid: str, sop_class: str, transfer_syntax: str,
-              dataset: bytes) -> tuple[int, int, str]:
+              dataset: bytes | memoryview) -> tuple[int, int, str]:
         """Write one received data set as a Part 10 file at its final path: (status, size, path).
 
         The file is written whole, put at ``<SOPInstanceUID>.dcm`` (linked or renamed: it
@@ -186,11 +187,10 @@ class PooledReceiver(FileReceiver):
 
     def record(self, sop_uid: str, sop_class: str, transfer_syntax: str, size: int,
                final: str) -> None:
-        """The row of an instance :meth:`place` wrote, and the per-instance hook."""
+        """The row of an instance :meth:`place` wrote (its per-instance hook, ``on_file``, is the
+        caller's to call before the answer)."""
         with self.lock:
             self.rows.append((sop_uid, sop_class, transfer_syntax, self.study_uid, final, size))
-        if self.on_file is not None:
-            self.on_file()
 
 
 def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
@@ -210,8 +210,9 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
              cancelled: Callable[[], bool] | None = None,
              classes: Mapping[int, str] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``, as :func:`kit.dicom._fastnet.c_get` with ``receiver.write``, but
-    each C-STORE-RSP goes out as soon as the file is at its final path; the row, the hook and
-    the next temporary files follow it. The final C-GET-RSP's :func:`status_fields`.
+    each C-STORE-RSP goes out as soon as the file is at its final path and the per-instance hook
+    (``receiver.on_file``) has run; the row and the next temporary files follow it. The final
+    C-GET-RSP's :func:`status_fields`.
 
     ``classes`` maps the accepted contexts to their abstract syntax: a sub-operation whose SOP
     class is not its context's is answered 0x0122 and not written, as pynetdicom does (its
@@ -239,6 +240,8 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
                 status, size, final = 0x0122, 0, ""
             else:
                 status, size, final = receiver.place(sop_uid, sop_cls, syntax, msg.dataset or b"")
+            if status == 0x0000 and receiver.on_file is not None:
+                receiver.on_file()  # before the answer: a wait there (the rate cap) holds the PACS back
             phase.send(msg.context_id, encode_command({
                 0x00000002: sop_cls, 0x00000100: C_STORE_RSP, 0x00000120: command_int(command, 0x0110) or 0,
                 0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
