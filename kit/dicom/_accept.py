@@ -305,7 +305,7 @@ def _do_action(machine: Any, original: Callable[[str], None], ac: bytes, event: 
         original(event)
         return
     dul = machine.dul
-    vars(machine).pop("do_action", None)  # once: pynetdicom's own from here on
+    machine.do_action = original  # once: what it wrapped from here on (pynetdicom's, or a guard)
     dul.to_provider_queue.get(False)  # the A-ASSOCIATE (accept) primitive, as AE_7 takes it
     dul.socket.send(ac)
     evt.trigger(dul.assoc, evt.EVT_FSM_TRANSITION, {

@@ -116,7 +116,7 @@ def fast_request(assoc: Association) -> None:
         if event != "Evt2" or machine.current_state != "Sta4":
             original(event)
             return
-        del machine.do_action  # once only: pynetdicom's own from here on
+        machine.do_action = original  # type: ignore[method-assign]  # once: what it wrapped from here on
         try:
             data = encode_associate_rq(dul.to_provider_queue.queue[0].request)
         except Exception:  # noqa: BLE001 - not covered by hand: pynetdicom encodes it

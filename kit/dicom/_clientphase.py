@@ -18,6 +18,7 @@ hand (no library does it); the framing and limits are DataPhase's.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 from collections.abc import Sequence
@@ -47,10 +48,14 @@ class ClientPhase(DataPhase):
         Seconds to wait for each read or write on the socket.
     peer : str
         The peer's address, for error messages.
+    keep_raw, spill_dir, max_dataset
+        As for :class:`~kit.dicom._fastnet.DataPhase`.
     """
 
-    def __init__(self, assoc: Association, timeout: float | None, peer: str) -> None:
-        super().__init__(assoc, timeout, peer)
+    def __init__(self, assoc: Association, timeout: float | None, peer: str, *, keep_raw: bool = False,
+                 spill_dir: str | os.PathLike[str] | None = None, max_dataset: int | None = None) -> None:
+        super().__init__(assoc, timeout, peer, keep_raw=keep_raw, spill_dir=spill_dir,
+                         max_dataset=max_dataset)
         self._kernel = False
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)

@@ -35,19 +35,20 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
+from kit.dicom._spill import SPILL_AT, Spill
 from kit.dicom.received import CANNOT_UNDERSTAND
-from kit.errors import AssociationAbortedError, PeerTimeoutError
+from kit.errors import AssociationAbortedError, PeerTimeoutError, StoreError
 
 __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
-    "HOLD_PARK", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
+    "HOLD_PARK", "MAX_COMMAND", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
     "store_request", "store_response",
     "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
@@ -75,6 +76,8 @@ MAX_RQ_PDU = 256 * 1024
 PDU_SLACK = 1024
 #: The P-DATA-TF bound when we negotiated no Maximum Length (0 = "unlimited").
 UNLIMITED_PDU_CAP = 64 * 1024 * 1024
+#: Bytes of one command set (they have a few hundred): more is not a DIMSE peer.
+MAX_COMMAND = 1 << 20
 
 
 def pdu_limit(kind: int, maximum: int) -> int:
@@ -163,7 +166,8 @@ class Message:
 
     __slots__ = ("command", "context_id", "dataset")
 
-    def __init__(self, context_id: int, command: dict[int, bytes], dataset: bytes | None) -> None:
+    def __init__(self, context_id: int, command: dict[int, bytes],
+                 dataset: bytes | memoryview | None) -> None:
         self.context_id = context_id
         self.command = command
         self.dataset = dataset
@@ -248,14 +252,30 @@ class DataPhase:
         Seconds within which a PDU must arrive whole once its first bytes have (a
         peer trickling a PDU is aborted); None: only ``timeout`` per read.
 
+    keep_raw : bool
+        Keep the raw PDUs of each message in :attr:`raw` (to hand it to pynetdicom);
+        not those of a data set past ``SPILL_AT`` (:attr:`raw` is None then).
+    spill_dir : str or path-like, optional
+        Where a data set past :data:`~kit.dicom._spill.SPILL_AT` bytes is kept while
+        it arrives (:class:`~kit.dicom._spill.Spill`); None: the system's temporary folder.
+    max_dataset : int, optional
+        Bytes one data set may have; a peer sending more is answered with A-ABORT
+        (None: no bound but the disk's).
+
     A received PDU longer than our negotiated Maximum Length (:func:`pdu_limit`) is
-    answered with A-ABORT and the connection shut down before its body is read.
+    answered with A-ABORT and the connection shut down before its body is read, and
+    so is a command set over :data:`MAX_COMMAND` bytes. A message's data set is
+    held in memory up to ``SPILL_AT`` bytes, then on disk: :attr:`Message.dataset` is
+    then a read-only memoryview of a memory-mapped file.
     """
 
     def __init__(self, assoc: Association, timeout: float | None, peer: str, *,
-                 keep_raw: bool = False, pdu_timeout: float | None = None) -> None:
+                 keep_raw: bool = False, pdu_timeout: float | None = None,
+                 spill_dir: str | os.PathLike[str] | None = None, max_dataset: int | None = None) -> None:
         self.assoc, self.timeout, self.peer = assoc, timeout, peer
         self.pdu_timeout = pdu_timeout
+        self.keep_raw, self.spill_dir, self.max_dataset = keep_raw, spill_dir, max_dataset
+        self.spill_at = SPILL_AT
         other, own = (assoc.acceptor, assoc.requestor) if assoc.is_requestor else (assoc.requestor,
                                                                                  assoc.acceptor)
         limit = int(other.maximum_length or 0)  # the peer's Maximum Length Received
@@ -441,11 +461,11 @@ class DataPhase:
             view = memoryview(body)
             while pos < end:
                 if pos + _PDV_HEADER > end:
-                    raise AssociationAbortedError("malformed P-DATA-TF PDU", peer=self.peer)
+                    self._malformed("malformed P-DATA-TF PDU")
                 length, cx, control = struct.unpack_from(">IBB", body, pos)
                 stop = pos + 4 + length
                 if length < 2 or stop > end:
-                    raise AssociationAbortedError("malformed P-DATA-TF PDU", peer=self.peer)
+                    self._malformed("malformed P-DATA-TF PDU")
                 self._pdvs.append((cx, control, bytes(view[pos + _PDV_HEADER:stop])))
                 pos = stop
         return self._pdvs.popleft()
@@ -456,42 +476,74 @@ class DataPhase:
         Raises
         ------
         AssociationAbortedError
-            A-ABORT, A-RELEASE-RQ, a closed connection or a malformed PDU.
+            A-ABORT, A-RELEASE-RQ, a closed connection, a malformed PDU, or a command set
+            or data set over its bound (the peer is sent A-ABORT).
         PeerTimeoutError
             Nothing arrived within ``timeout``.
+        kit.errors.StoreError
+            A data set past ``SPILL_AT`` bytes could not be kept on disk (aborted too).
         """
         self.whole_pdus = not self._pdvs  # the message starts a PDU (see raw)
-        if self.raw is not None:
-            self.raw.clear()
+        if self.keep_raw:
+            self.raw = []
         command: list[bytes] = []
         data: list[bytes] = []
+        size = 0  # of the command set, then of the data set
+        spill: Spill | None = None
         context: int | None = None
         decoded: dict[int, bytes] | None = None
-        while True:
-            cx, control, fragment = self._next_pdv()
-            if context is not None and cx != context:
-                raise AssociationAbortedError("presentation context changed within a message",
-                                              peer=self.peer)
-            context = cx
-            if control & 0x01:
-                if decoded is not None:
-                    raise AssociationAbortedError("command fragment after the command set",
-                                                  peer=self.peer)
-                command.append(fragment)
-                if control & 0x02:
-                    try:
-                        decoded = decode_command(b"".join(command))
-                    except ValueError as exc:
-                        raise AssociationAbortedError(str(exc), peer=self.peer) from exc
-                    if command_int(decoded, 0x0800) == NO_DATASET:
-                        return Message(cx, decoded, None)
-            else:
-                if decoded is None:
-                    raise AssociationAbortedError("data fragment before the command set",
-                                                  peer=self.peer)
-                data.append(fragment)
-                if control & 0x02:
-                    return Message(cx, decoded, data[0] if len(data) == 1 else b"".join(data))
+        try:
+            while True:
+                cx, control, fragment = self._next_pdv()
+                if context is not None and cx != context:
+                    self._malformed("presentation context changed within a message")
+                context = cx
+                size += len(fragment)
+                if control & 0x01:
+                    if decoded is not None:
+                        self._malformed("command fragment after the command set")
+                    if size > MAX_COMMAND:
+                        self._too_large("command set", MAX_COMMAND)
+                    command.append(fragment)
+                    if control & 0x02:
+                        try:
+                            decoded = decode_command(b"".join(command))
+                        except ValueError as exc:
+                            self._malformed(str(exc), exc)
+                        if command_int(decoded, 0x0800) == NO_DATASET:
+                            return Message(cx, decoded, None)
+                        size = 0
+                else:
+                    if decoded is None:
+                        self._malformed("data fragment before the command set")
+                    if self.max_dataset is not None and size > self.max_dataset:
+                        self._too_large("data set", self.max_dataset)
+                    if spill is not None:
+                        spill.write(fragment)
+                    elif size > self.spill_at:  # on to disk, and no raw copy of it kept
+                        data.append(fragment)
+                        self.raw = None
+                        spill, data = Spill(self.spill_dir, data), []
+                    else:
+                        data.append(fragment)
+                    if control & 0x02:
+                        if spill is not None:
+                            return Message(cx, decoded, spill.finish())
+                        return Message(cx, decoded, data[0] if len(data) == 1 else b"".join(data))
+        except BaseException as exc:
+            if spill is not None:
+                spill.close()
+            if isinstance(exc, StoreError):  # the rest of the data set has nowhere to go
+                self._abort_transport(0x00)
+            raise
+
+    def _too_large(self, what: str, limit: int) -> NoReturn:
+        self._malformed(f"the peer sent a {what} of more than {limit:,} bytes: aborted")
+
+    def _malformed(self, reason: str, cause: Exception | None = None) -> NoReturn:
+        """A-ABORT to the peer (the stream cannot be read on), then the error."""
+        self._abort_transport(0x00)
+        raise AssociationAbortedError(reason, peer=self.peer) from cause
 
 
 def status_fields(command: Mapping[int, bytes]) -> dict[str, Any]:
@@ -573,7 +625,7 @@ class FileReceiver:
         return self._write(str(request.AffectedSOPInstanceUID), str(request.AffectedSOPClassUID),
                            str(event.context.transfer_syntax), [blob])
 
-    def write(self, sop_uid: str, sop_class: str, transfer_syntax: str, dataset: bytes) -> int:
+    def write(self, sop_uid: str, sop_class: str, transfer_syntax: str, dataset: bytes | memoryview) -> int:
         """Write one received data set (encoded, without file meta) as a Part 10 file; its status
         (0xC000 for an empty one, which is not written)."""
         if not dataset:
@@ -597,7 +649,8 @@ class FileReceiver:
             self.errors.append(f"local write failed: {type(exc).__name__}: {exc}")
         return 0xA700
 
-    def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str, parts: list[bytes]) -> int:
+    def _write(self, sop_uid: str, sop_class: str, transfer_syntax: str,
+               parts: list[bytes | memoryview]) -> int:
         try:
             final = os.path.join(self.dest, instance_file_name(sop_uid))
             spare, self._spare = self._spare, None  # made by prepare() (C-GET), else made now
@@ -683,7 +736,7 @@ def store_response(phase: DataPhase, sop_uid: str) -> int:
 
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
-          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes], int],
+          syntaxes: Mapping[int, str], write: Callable[[str, str, str, bytes | memoryview], int],
           answered: Callable[[], None] | None = None,
           cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """A C-GET on ``phase``: send the request, answer every C-STORE sub-operation with the

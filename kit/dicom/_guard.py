@@ -17,7 +17,11 @@ _read_pdu_data`` / ``_decode_pdu`` / ``_recv_pdu`` / ``event_queue``):
   request is handed to pynetdicom with its bytes (:func:`deliver_request`).
 - :func:`read_bounded_pdu`: pynetdicom's PDU reader with the negotiated maximum
   enforced (a larger PDU is answered with A-ABORT before any of its body is
-  read) and a deadline for the whole PDU.
+  read), a deadline for the whole PDU, and a bound on the command or data set
+  the PDUs add up to (:class:`MessageBound`: pynetdicom holds it in memory whole).
+- :func:`drop_data_after_abort`: a message pynetdicom queues to send after the
+  association was aborted (the PACS stopping mid C-GET) is dropped, not an
+  ``InvalidEventError`` that kills the association's network thread.
 - Worker threads (accept, gate) that die take the server down loudly: the
   listening socket is closed, ``failure`` is set, ``on_failure`` is called.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import queue
 import selectors
@@ -44,9 +49,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 from kit.dicom._accept import deliver_checked
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
-__all__ = ["GuardedServer", "deliver_request", "read_bounded_pdu"]
+__all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MessageBound", "deliver_request", "drop_data_after_abort",
+           "guard_dul", "read_bounded_pdu"]
 
 LOGGER = logging.getLogger(__name__)
+
+#: Bytes of one command or data set read for pynetdicom, which holds it in memory whole
+#: (the fast data phase keeps a large one on disk instead: kit.dicom._spill).
+IN_MEMORY_MESSAGE = 256 * 1024 * 1024
 
 
 class _ServerStopped(Exception):
@@ -299,14 +309,50 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
     return b"".join(parts)
 
 
-def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None) -> None:
+def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None, max_dataset: int) -> None:
+    """Put the embedded PACS's guards on a new connection's DUL (before its thread starts): PDUs
+    read by :func:`read_bounded_pdu`, a command or data set bounded to ``max_dataset`` bytes and
+    :data:`IN_MEMORY_MESSAGE`, and :func:`drop_data_after_abort`."""
+    dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
+        read_bounded_pdu, dul, maximum, pdu_timeout, MessageBound(min(max_dataset, IN_MEMORY_MESSAGE)))
+    drop_data_after_abort(dul)
+
+
+class MessageBound:
+    """How many bytes of one command set or data set a connection has sent so far, and how
+    many it may (for :func:`read_bounded_pdu`; one per connection)."""
+
+    __slots__ = ("limit", "pending")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0
+
+    def add(self, body: bytes) -> bool:
+        """Count the PDVs of a P-DATA-TF body; False once a command or data set passes the limit
+        (a PDV with its last-fragment bit ends one). A malformed body is left to pynetdicom."""
+        pos, end = 0, len(body)
+        while pos + 6 <= end:
+            stop = pos + 4 + int.from_bytes(body[pos:pos + 4], "big")
+            self.pending += max(min(stop, end) - pos - 6, 0)
+            if self.pending > self.limit:
+                return False
+            if body[pos + 5] & 0x02:
+                self.pending = 0
+            pos = stop
+        return True
+
+
+def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
+                     bound: MessageBound | None = None) -> None:
     """Replacement for ``DULServiceProvider._read_pdu_data`` (bind with functools.partial).
 
     Reads one PDU like pynetdicom's own reader (same events: Evt17 closed, Evt19
     unrecognised, else the PDU's event), except that a PDU longer than
     :func:`~kit.dicom._fastnet.pdu_limit` allows for ``maximum`` (the Maximum Length we
     negotiated) or not complete within ``pdu_timeout`` seconds is answered with
-    A-ABORT and the connection is shut down, its body never read.
+    A-ABORT and the connection is shut down, its body never read; and so is a P-DATA-TF
+    that takes a command or data set past ``bound`` (which pynetdicom would hold whole).
     """
     assoc_sock = dul.socket
     sock = getattr(assoc_sock, "socket", None)
@@ -328,6 +374,11 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
             dul.event_queue.put("Evt17")
             return
         body = _recv_exact(sock, length, deadline)
+        if kind == 0x04 and bound is not None and not bound.add(body):
+            LOGGER.warning("a command or data set of more than %d bytes: association aborted", bound.limit)
+            _abort_transport(sock, 0x00)
+            dul.event_queue.put("Evt17")
+            return
     except TimeoutError:
         LOGGER.warning("PDU not complete within %ss: association aborted", pdu_timeout)
         _abort_transport(sock, 0x00)
@@ -347,6 +398,33 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
         dul.event_queue.put("Evt19")
         return
     dul._recv_pdu.put(pdu)
+
+
+#: PS3.8 states in which the association is over: Sta13 (A-ABORT sent, awaiting the close), Sta1.
+_ENDED = frozenset(("Sta1", "Sta13"))
+
+
+def drop_data_after_abort(dul: DULServiceProvider) -> None:
+    """Drop a P-DATA that the association's own thread queues after the association ended.
+
+    pynetdicom's state machine has no transition for Evt9 (a P-DATA to send) in Sta13 or Sta1: it
+    raises ``InvalidEventError`` in the DUL reactor thread, which dies with a traceback. That is
+    what :meth:`~kit.dicom.scp.EmbeddedPACS.stop` met when it aborted an association whose
+    thread was sending a C-GET's next sub-operation or a C-FIND's next match. Nothing can reach
+    the peer then; the primitive is taken off the queue (as DT-1 would) and dropped.
+    """
+    fsm = dul.state_machine
+    act = fsm.do_action
+
+    def do_action(event: str) -> None:
+        if event == "Evt9" and fsm.current_state in _ENDED:
+            with contextlib.suppress(queue.Empty):
+                dul.to_provider_queue.get(False)
+            LOGGER.debug("a message to send after the association ended (%s): dropped", fsm.current_state)
+            return
+        act(event)
+
+    fsm.do_action = do_action  # type: ignore[method-assign]
 
 
 def _abort_transport(sock: socket.socket, reason: int) -> None:

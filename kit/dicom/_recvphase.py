@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import select
 import socket
 import time
@@ -54,12 +55,15 @@ class ReceiverPhase(ClientPhase):
     pdu_timeout : float
         Seconds within which a PDU must arrive whole once its header has (a peer
         trickling a PDU is sent A-ABORT and the connection shut down).
+    spill_dir, max_dataset
+        As for :class:`~kit.dicom._fastnet.DataPhase`: where a large data set is kept
+        while it arrives, and the most bytes one may have.
     """
 
     def __init__(self, assoc: Association, timeout: float | None, peer: str, *,
-                 pdu_timeout: float) -> None:
-        super().__init__(assoc, timeout, peer)
-        self.raw = []
+                 pdu_timeout: float, spill_dir: str | os.PathLike[str] | None = None,
+                 max_dataset: int | None = None) -> None:
+        super().__init__(assoc, timeout, peer, keep_raw=True, spill_dir=spill_dir, max_dataset=max_dataset)
         self.pdu_timeout = pdu_timeout
         self._pdu_seconds = pdu_timeout
         self._deadline: float | None = None  # set while a PDU's body is read

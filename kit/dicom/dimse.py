@@ -543,7 +543,7 @@ class PacsClient(AssociationClient):
             raise InvalidInputError("pydicom could not encode the C-GET identifier")
         receiver.prepare()  # files are made ahead of the instances (kit.dicom._getphase)
         try:
-            with ClientPhase(assoc, self.timeout, self.address) as phase:
+            with ClientPhase(assoc, self.timeout, self.address, spill_dir=receiver.dest) as phase:
                 fields = get_loop(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,
                                   receiver, cancelled, classes)
         except (AssociationAbortedError, PeerTimeoutError) as err:

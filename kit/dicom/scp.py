@@ -43,7 +43,6 @@ adds what it leaves to applications:
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -97,7 +96,7 @@ from kit.dicom._fastnet import (
     release_dul,
     share_context_uids,
 )
-from kit.dicom._guard import GuardedServer, deliver_request, read_bounded_pdu
+from kit.dicom._guard import GuardedServer, deliver_request, guard_dul
 from kit.dicom._recvphase import ReceiverPhase
 from kit.dicom.matching import (
     COMPUTED_KEYS,
@@ -226,6 +225,13 @@ class EmbeddedPACS:
     max_pending : int
         Connections that may wait for their A-ASSOCIATE-RQ at once; a new one
         closes the one that has waited longest.
+    max_dataset_size : int
+        Bytes one received data set may have (default 4 GiB); a peer sending more is
+        answered with A-ABORT. The fast path keeps a data set past 8 MiB on disk
+        while it arrives, so memory does not grow with it. Requests that pynetdicom
+        serves (on an association after a query, or with ``fast=False``) are held in
+        memory whole and bounded to :data:`~kit.dicom._guard.IN_MEMORY_MESSAGE`
+        (256 MiB) too.
 
     Examples
     --------
@@ -256,6 +262,7 @@ class EmbeddedPACS:
         request_timeout: float = 5.0,
         max_associations: int = 64,
         max_pending: int = 128,
+        max_dataset_size: int = 4 << 30,
     ) -> None:
         if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
             raise ConfigError("stack.pacs_aet", f"not a valid AE title: {aet!r}")
@@ -263,8 +270,9 @@ class EmbeddedPACS:
             raise ConfigError("stack.pacs_port", f"not a TCP port: {port}")
         if max_pdu < 0:
             raise ConfigError("pacs.max_pdu", "must be >= 0")
-        if request_timeout <= 0 or max_associations < 1 or max_pending < 1:
-            raise ConfigError("pacs", "request_timeout, max_associations and max_pending must be > 0")
+        if request_timeout <= 0 or max_associations < 1 or max_pending < 1 or max_dataset_size < 1:
+            raise ConfigError("pacs", "request_timeout, max_associations, max_pending and "
+                                      "max_dataset_size must be > 0")
         self.host = host
         self.port = port
         self.aet = aet
@@ -278,6 +286,7 @@ class EmbeddedPACS:
         self.accept_any_called_aet = accept_any_called_aet
         self.request_timeout = request_timeout
         self.max_associations, self.max_pending = max_associations, max_pending
+        self.max_dataset_size = max_dataset_size
         self._worklist_dir: Path | None = None
         self._worklist: list[Dataset] = []
         if isinstance(worklist, str | os.PathLike):
@@ -460,7 +469,7 @@ class EmbeddedPACS:
         return _status(status, comment)
 
     @_served("pacs.store")
-    def _store(self, meta: dict[str, str], encoded: bytes, calling: str, sop_class: str,
+    def _store(self, meta: dict[str, str], encoded: bytes | memoryview, calling: str, sop_class: str,
                sop_uid: str) -> tuple[int, str]:
         """Check and store one received data set; (C-STORE status, error comment).
 
@@ -494,15 +503,14 @@ class EmbeddedPACS:
 
     def _on_conn_open(self, event: Event) -> None:
         """EVT_CONN_OPEN (before the association's threads start): TCP_NODELAY, the gate's
-        A-ASSOCIATE-RQ, and pynetdicom's PDU reader bounded (size and time)."""
+        A-ASSOCIATE-RQ, and pynetdicom's DUL guarded (:func:`~kit.dicom._guard.guard_dul`)."""
         assoc = event.assoc
         dul = assoc.dul
         server = assoc._server
         unbind_log_handlers(assoc)  # they format the whole A-ASSOCIATE-RQ/AC (unless pynetdicom logs DEBUG)
+        guard_dul(dul, self.max_pdu, self.timeouts[1], self.max_dataset_size)  # first: innermost
         if isinstance(server, GuardedServer):
             deliver_request(server, dul, deliver_checked if self._accept is None else self._accept.deliver)
-        dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
-            read_bounded_pdu, dul, self.max_pdu, self.timeouts[1])
         _nodelay(event, self.poll_interval)
 
     def _on_accepted(self, event: Event) -> None:
@@ -520,7 +528,8 @@ class EmbeddedPACS:
         try:
             phase = ReceiverPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
                                   f"{assoc.requestor.address}:{assoc.requestor.port}",
-                                  pdu_timeout=self.timeouts[1])
+                                  pdu_timeout=self.timeouts[1], spill_dir=self.store.tmp_dir,
+                                  max_dataset=self.max_dataset_size)
         except Exception:  # noqa: BLE001 - never leave pynetdicom's reader on hold
             release_dul(assoc)
             LOGGER.exception("fast path unavailable: association left to pynetdicom")
@@ -581,6 +590,9 @@ class EmbeddedPACS:
             elif phase.whole_pdus and phase.raw:  # C-FIND, C-GET, C-MOVE...: pynetdicom serves
                 phase.hand_over(phase.raw)
                 return
+            elif phase.raw is None:  # past SPILL_AT: not kept raw (C-STOREs are served above)
+                raise AssociationAbortedError(f"a {msg.dataset and len(msg.dataset):,}-byte data set the "
+                                              "fast path does not serve (not a C-STORE on its context)")
             else:
                 raise AssociationAbortedError("cannot hand a message that shares a PDU to pynetdicom")
 

@@ -248,7 +248,7 @@ class InstanceStore:
 
     # -- writing --------------------------------------------------------------------
 
-    def store_encoded(self, file_meta: FileMetaDataset | Mapping[str, Any], encoded: bytes,
+    def store_encoded(self, file_meta: FileMetaDataset | Mapping[str, Any], encoded: bytes | memoryview,
                       attributes: Mapping[str, Any] | None = None, *,
                       checkpoint: bool = True) -> StoredInstance:
         """Durably store a dataset received encoded (e.g. a C-STORE's bytes), without decoding it.
@@ -259,7 +259,7 @@ class InstanceStore:
             File meta information (MediaStorageSOPClassUID/InstanceUID, TransferSyntaxUID,
             optionally ImplementationClassUID, ImplementationVersionName,
             SourceApplicationEntityTitle).
-        encoded : bytes
+        encoded : bytes or memoryview
             The dataset encoded in ``file_meta.TransferSyntaxUID``, without preamble or meta.
         attributes : mapping, optional
             The indexed attributes if already known (:func:`verdict_attributes` of a

@@ -1,10 +1,10 @@
 """The embedded PACS against a hostile peer on 127.0.0.1 (issue 7): raw sockets and hand-built PDUs.
 
-One PACS for the module, attacked in turn by garbage bytes, PDUs declaring huge lengths, an
-idle-connection flood beyond the association limit, slowloris peers, poison data sets via
-C-STORE, wildcard bombs and unparsable dates via C-FIND. Good C-STOREs are interleaved and
-remembered; the last test checks that the PACS still answers C-ECHO, C-STORE, C-FIND and C-GET
-at normal speed and that every instance it acknowledged is there. Bounded loops throughout.
+One PACS for the module, attacked in turn by garbage bytes, PDUs declaring huge lengths, data
+sets that never end, an idle-connection flood beyond the association limit, slowloris peers,
+poison data sets via C-STORE, wildcard bombs and unparsable dates via C-FIND. Good C-STOREs are
+interleaved and remembered; the last test checks that the PACS still answers C-ECHO, C-STORE,
+C-FIND and C-GET at normal speed and that every instance it acknowledged is there. Bounded loops throughout.
 """
 
 from __future__ import annotations
@@ -116,6 +116,100 @@ def test_huge_declared_lengths(pacs: EmbeddedPACS) -> None:
     with open("/proc/self/statm") as fh:
         assert int(fh.read().split()[1]) * resource.getpagesize() - before < 100e6
     good_store(pacs)
+
+
+def _raw_association(pacs: EmbeddedPACS) -> socket.socket:
+    """A socket past A-ASSOCIATE-AC (one CT context, ID 1), with no pynetdicom reading it: the
+    request pynetdicom would send, captured from it and sent by hand."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    got: dict[str, bytes] = {}
+
+    def take() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while len(data) < 6 or len(data) < 6 + struct.unpack(">I", data[2:6])[0]:
+                data += conn.recv(65536)
+            got["rq"] = data
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    ae = AE(ae_title="RAWPEER")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.acse_timeout = 1
+    ae.associate("127.0.0.1", listener.getsockname()[1], ae_title=pacs.aet)
+    thread.join(10)
+    listener.close()
+    sock = socket.create_connection(("127.0.0.1", pacs.port), timeout=5)
+    sock.sendall(got["rq"])
+    assert sock.recv(65536)[:1] == b"\x02"  # A-ASSOCIATE-AC
+    return sock
+
+
+def test_a_garbage_command_set_gets_a_abort(pacs: EmbeddedPACS) -> None:
+    """PS3.8: a peer whose DIMSE stream cannot be read is sent A-ABORT, not just a closed socket."""
+    garbage = b"\xff" * 40
+    with _raw_association(pacs) as sock:
+        sock.sendall(struct.pack(">BBIIBB", 0x04, 0, len(garbage) + 6, len(garbage) + 2, 1, 0x03) + garbage)
+        sock.settimeout(3)
+        assert sock.recv(4096)[:1] == b"\x07"
+    good_store(pacs)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def test_endless_data_sets_at_full_speed(pacs: EmbeddedPACS) -> None:
+    """Four peers each send a C-STORE whose data set never ends (64 MiB, then they hang up):
+    the PACS keeps what passes 8 MiB on disk, not in memory, and nothing of it stays."""
+    from kit.dicom._fastnet import encode_command
+
+    command = encode_command({0x00000002: str(CTImageStorage), 0x00000100: 0x0001, 0x00000110: 1,
+                              0x00000700: 0, 0x00000800: 0x0000, 0x00001000: "1.2.826.0.1.3680043.8.498.99"})
+    piece = b"\x00" * 65_000  # within the 64 KiB negotiated, never the last fragment
+    pdv = struct.pack(">BBIIBB", 0x04, 0, len(piece) + 6, len(piece) + 2, 1, 0x00) + piece
+    before = _rss()
+
+    def flood() -> None:
+        ae = AE(ae_title="ENDLESS")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+        assert assoc.is_established
+        sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+        try:
+            size = len(command)
+            sock.sendall(struct.pack(">BBIIBB", 0x04, 0, size + 6, size + 2, 1, 0x03) + command)
+            for _ in range((64 << 20) // len(piece)):
+                sock.sendall(pdv)
+        finally:
+            ae.shutdown()
+
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:  # the peak while the floods run (memory freed after is no proof)
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _rss())
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    done.set()
+    sampler.join()
+    assert peak[0] - before < 150e6  # held in memory, 4 x 64 MiB would be 512 MiB and more
+    deadline = time.monotonic() + 5
+    while any(p.stat().st_size for p in pacs.store.tmp_dir.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.name for p in pacs.store.tmp_dir.iterdir() if p.stat().st_size] == []
+    good_store(pacs)
+    quick_echo(pacs)
 
 
 def test_idle_flood_beyond_the_association_limit(pacs: EmbeddedPACS) -> None:

@@ -71,6 +71,19 @@ def _echo_rq(cx: int, msg_id: int, fragment: int) -> bytes:
                                       0x00000110: msg_id, 0x00000800: NO_DATASET}), None, fragment)
 
 
+def collector(sock: socket.socket, into: bytearray) -> threading.Thread:
+    """A thread (not started) that keeps what ``sock`` receives in ``into`` until the connection ends."""
+
+    def receive() -> None:
+        try:
+            while chunk := sock.recv(65536):
+                into.extend(chunk)
+        except OSError:
+            pass
+
+    return threading.Thread(target=receive)
+
+
 def _read_all(stream: bytes, pieces: list[int], *, fast: bool, fragment: int,
               kernel: bool = True) -> tuple[list[Any], bytes]:
     """Every message a phase reads from a peer sending ``stream`` in ``pieces``, how it ended,
@@ -92,14 +105,7 @@ def _read_all(stream: bytes, pieces: list[int], *, fast: bool, fragment: int,
             except OSError:  # we stopped reading (an abort)
                 pass
 
-        def receive() -> None:  # and what it receives meanwhile
-            try:
-                while chunk := theirs.recv(65536):
-                    got.extend(chunk)
-            except OSError:
-                pass
-
-        threads = [threading.Thread(target=send), threading.Thread(target=receive)]
+        threads = [threading.Thread(target=send), collector(theirs, got)]  # and what it receives meanwhile
         for thread in threads:
             thread.start()
         try:
