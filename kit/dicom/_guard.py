@@ -50,7 +50,7 @@ from kit.dicom._accept import deliver_checked
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
 __all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MessageBound", "deliver_request", "drop_data_after_abort",
-           "guard_dul", "read_bounded_pdu"]
+           "guard_dul", "guard_storage_scp", "read_bounded_pdu"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -309,13 +309,22 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
     return b"".join(parts)
 
 
-def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None, max_dataset: int) -> None:
-    """Put the embedded PACS's guards on a new connection's DUL (before its thread starts): PDUs
-    read by :func:`read_bounded_pdu`, a command or data set bounded to ``max_dataset`` bytes and
-    :data:`IN_MEMORY_MESSAGE`, and :func:`drop_data_after_abort`."""
+def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
+              max_dataset: int | None) -> None:
+    """Put the guards on a new connection's DUL (before its thread starts): PDUs read by
+    :func:`read_bounded_pdu`, a command or data set bounded to ``max_dataset`` bytes and
+    :data:`IN_MEMORY_MESSAGE` (None: not bounded), and :func:`drop_data_after_abort`."""
+    bound = None if max_dataset is None else MessageBound(min(max_dataset, IN_MEMORY_MESSAGE))
     dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
-        read_bounded_pdu, dul, maximum, pdu_timeout, MessageBound(min(max_dataset, IN_MEMORY_MESSAGE)))
+        read_bounded_pdu, dul, maximum, pdu_timeout, bound)
     drop_data_after_abort(dul)
+
+
+def guard_storage_scp(event: Any, maximum: int, pdu_timeout: float | None) -> None:
+    """EVT_CONN_OPEN handler of a client's own storage SCP (:meth:`~kit.dicom.dimse.PacsClient.move`):
+    :func:`guard_dul` without the message bound (pynetdicom holds each instance in memory there, and
+    a bound would refuse the large instances the retrieve is for)."""
+    guard_dul(event.assoc.dul, maximum, pdu_timeout, None)
 
 
 class MessageBound:

@@ -606,6 +606,8 @@ class PacsClient(AssociationClient):
         RetrieveCancelledError
             ``cancel`` was set; what had arrived is in ``received``.
         """
+        from kit.dicom._guard import guard_storage_scp  # the storage SCP's PDU bounds (not for echo)
+
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
         folder.mkdir(parents=True, exist_ok=True)
@@ -627,6 +629,7 @@ class PacsClient(AssociationClient):
                 server = scp_ae.start_server(
                     (store_host, port), block=False,
                     evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay),
+                                  (evt.EVT_CONN_OPEN, guard_storage_scp, [self.max_pdu, self.timeout]),
                                   (evt.EVT_CONN_OPEN, lambda e: connections.append(str(e.address)))])
             except OSError as exc:  # the port is taken or not ours to bind: a setting to change
                 raise ConfigError("pacs.store_port", f"cannot start the storage SCP on port {port}: "
