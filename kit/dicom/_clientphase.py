@@ -21,18 +21,21 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 
 from pynetdicom.association import Association
 
-from kit.dicom._fastnet import DataPhase, pdu_limit
+from kit.dicom._fastnet import DataPhase, pdu_limit, store_command, store_request, store_response
+from kit.dicom._outgoing import Outgoing
 from kit.errors import AssociationAbortedError, PeerTimeoutError
 
-__all__ = ["CHUNK", "ClientPhase"]
+__all__ = ["CHUNK", "ClientPhase", "store_all"]
 
 #: Bytes asked of the socket per read (a larger PDU is read into its own buffer).
 CHUNK = 256 * 1024
+#: What :meth:`ClientPhase.send_pieces` gathers before one send.
+_SEND_BATCH = 4 * 1024 * 1024
 _HEAD = struct.Struct(">BBI")
 _NO_TIMEOUT = struct.pack("@ll", 0, 0)
 
@@ -174,6 +177,28 @@ class ClientPhase(DataPhase):
 
     # -- sending ---------------------------------------------------------------------
 
+    def send_pieces(self, context_id: int, command: bytes, pieces: Iterable[bytes], size: int) -> None:
+        """Send one DIMSE message whose data set of ``size`` bytes comes in ``pieces`` (each at most
+        :attr:`fragment` bytes, read as they go), a few MiB at a time: memory does not grow with
+        the data set. A piece source that fails mid-message leaves the stream cut: the caller's
+        phase aborts (its ``__exit__``)."""
+        batch = self.frame(context_id, command)
+        held, sent = 0, 0
+        for piece in pieces:
+            sent += len(piece)
+            n = len(piece) + 2
+            control = 0x02 if sent >= size else 0x00  # the last fragment of the data set
+            batch.append(struct.pack(">BBIIBB", 0x04, 0x00, n + 4, n, context_id, control))
+            batch.append(piece)
+            held += n + 4
+            if held >= _SEND_BATCH:
+                self._sendall(batch)
+                batch, held = [], 0
+        if sent != size:
+            raise AssociationAbortedError(f"a data set of {sent} bytes, not the {size} announced",
+                                          peer=self.peer)
+        self._sendall(batch)
+
     def _sendall(self, parts: Sequence[bytes | memoryview]) -> None:
         if not self._kernel:
             super()._sendall(parts)
@@ -187,3 +212,43 @@ class ClientPhase(DataPhase):
         except OSError as exc:
             raise AssociationAbortedError(f"connection lost while sending: {exc}",
                                           peer=self.peer) from exc
+
+
+def store_all(phase: ClientPhase, outgoing: Sequence[Outgoing], accepted: Mapping[tuple[str, str], int],
+              answered: Callable[[Outgoing, int], None]) -> None:
+    """C-STORE every instance on ``phase`` (:meth:`~kit.dicom.dimse.PacsClient.store`), calling
+    ``answered(item, status)`` for each as its response is in; ``accepted`` maps (SOP class,
+    transfer syntax) to the context ID.
+
+    Lockstep as ever (one request outstanding), but each request is built (in one buffer) while
+    the peer still stores the previous one, and sent as soon as its answer is in; the bookkeeping
+    of that answer follows. A large file (:attr:`Outgoing.in_pieces`) is sent from the file as it
+    is read instead, after the previous answer.
+    """
+    sent: Outgoing | None = None
+    for msg_id, one in enumerate(outgoing, start=1):
+        context = accepted[(one.sop_class, one.transfer_syntax)]
+        msg_id = msg_id & 0xFFFF or 1
+        if one.in_pieces:
+            if sent is not None:
+                answered(sent, store_response(phase, sent.sop_instance))
+            phase.send_pieces(context, store_command(msg_id, one.sop_class, one.sop_instance),
+                              one.pieces(phase.fragment), one.file_size - one.offset)
+            sent = one
+            continue
+        try:
+            request = b"".join(store_request(phase, context, msg_id, one.sop_class, one.sop_instance,
+                                             one.payload()))
+        except BaseException:  # the previous answer first, even if this file went bad
+            if sent is not None:
+                answered(sent, store_response(phase, sent.sop_instance))
+            raise
+        if sent is not None:
+            code = store_response(phase, sent.sop_instance)
+            phase.send_parts((request,))
+            answered(sent, code)
+        else:
+            phase.send_parts((request,))
+        sent = one
+    if sent is not None:
+        answered(sent, store_response(phase, sent.sop_instance))

@@ -50,7 +50,7 @@ __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
     "HOLD_PARK", "MAX_COMMAND", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
-    "store_request", "store_response",
+    "store_command", "store_request", "store_response",
     "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
     "release_dul", "share_context_uids", "status_fields",
 ]
@@ -720,9 +720,13 @@ def store_request(phase: DataPhase, context_id: int, msg_id: int, sop_class: str
     """A C-STORE-RQ framed for ``phase``, to send with :meth:`DataPhase.send_parts` (built while the
     peer still works on the previous one: :meth:`PacsClient.store` prepares each request
     before it waits for the previous response, and sends it after)."""
-    return phase.frame(context_id, encode_command({
-        0x00000002: sop_class, 0x00000100: C_STORE_RQ, 0x00000110: msg_id, 0x00000700: 0x0002,
-        0x00000800: 0x0001, 0x00001000: sop_uid}), dataset)
+    return phase.frame(context_id, store_command(msg_id, sop_class, sop_uid), dataset)
+
+
+def store_command(msg_id: int, sop_class: str, sop_uid: str) -> bytes:
+    """The command set of a C-STORE-RQ (a data set follows)."""
+    return encode_command({0x00000002: sop_class, 0x00000100: C_STORE_RQ, 0x00000110: msg_id,
+                           0x00000700: 0x0002, 0x00000800: 0x0001, 0x00001000: sop_uid})
 
 
 def store_response(phase: DataPhase, sop_uid: str) -> int:

@@ -8,10 +8,13 @@ that proves a file is complete lives here; the bytes are sent by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import mmap
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydicom import dcmread
@@ -22,7 +25,13 @@ from pynetdicom.dsutils import encode, split_dataset
 
 from kit.errors import DicomFileError
 
-__all__ = ["Outgoing", "read_for_store"]
+__all__ = ["LARGE_FILE", "Outgoing", "read_for_store"]
+
+#: A file larger than this is checked through a read-only memory map (its pages are read as the
+#: walk touches them: a video's or a whole-slide image's headers, not its pixels) and sent in pieces
+#: read as they go (:meth:`Outgoing.pieces`, :meth:`~kit.dicom._fastnet.DataPhase.send_pieces`):
+#: the store's memory does not grow with it.
+LARGE_FILE = 64 * 1024 * 1024
 
 
 #: What pydicom raises for a file it cannot read, or for an element it cannot convert when it is
@@ -92,7 +101,7 @@ _META_KEYS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "Transfer
 _META_TAGS = {0x0002: _META_KEYS[0], 0x0003: _META_KEYS[1], 0x0010: _META_KEYS[2]}
 
 
-def _file_meta(buf: bytes) -> tuple[dict[str, str], int] | None:
+def _file_meta(buf: bytes | mmap.mmap) -> tuple[dict[str, str], int] | None:
     """The three file meta UIDs and where the data set starts, parsed from the bytes
     (group 0002 is always Explicit VR Little Endian, PS3.10 7.1); None to leave an
     unusual file (no preamble, odd encoding) to pydicom."""
@@ -130,6 +139,28 @@ def _sent_raw(ts: str) -> bool:
     return uid in _RAW_SYNTAXES or (uid.is_compressed and uid.is_little_endian and not uid.is_deflated)
 
 
+def _read_or_map(path: Path, held: contextlib.ExitStack) -> tuple[bytes | mmap.mmap, int]:
+    """The file's bytes (:func:`_read`), or for one over :data:`LARGE_FILE` a read-only map of it
+    (closed with ``held``); and its size.
+
+    A mapped file cut short by another program while the walk reads it would fault the process
+    (SIGBUS): the walk reads headers only, in moments; the pieces sent later are read, not mapped.
+    """
+    if os.stat(path).st_size <= LARGE_FILE:
+        buf = _read(path)
+        return buf, len(buf)
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        mapped = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+    held.callback(_close_map, mapped)
+    return mapped, size
+
+
+def _close_map(mapped: mmap.mmap) -> None:
+    with contextlib.suppress(BufferError):  # a view still held: the map goes with it
+        mapped.close()
+
+
 def _read(path: Path) -> bytes:
     """The whole file in one read where it can (``Path.read_bytes`` makes 9 system calls,
     this 5: open, fstat, read, read at the end, close)."""
@@ -145,7 +176,7 @@ def _read(path: Path) -> bytes:
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 
 
-def _skip_dataset(buf: bytes, pos: int, end: int, explicit: bool, nested: bool) -> int:
+def _skip_dataset(buf: bytes | mmap.mmap, pos: int, end: int, explicit: bool, nested: bool) -> int:
     """Walk the elements of an encoded dataset; return where it ends.
 
     Raises ValueError if an element runs past ``end`` (a truncated file). A
@@ -182,7 +213,7 @@ def _skip_dataset(buf: bytes, pos: int, end: int, explicit: bool, nested: bool) 
     return pos
 
 
-def _skip_items(buf: bytes, pos: int, end: int, explicit: bool) -> int:
+def _skip_items(buf: bytes | mmap.mmap, pos: int, end: int, explicit: bool) -> int:
     """Skip the items of an undefined-length sequence or encapsulated pixel data."""
     while True:
         if pos + 8 > end:
@@ -214,6 +245,8 @@ class Outgoing:
     dataset: Dataset | None = None
     #: The file's bytes as checked, when kept (sent from memory instead of read again).
     content: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: The file's size when checked (a large file is sent in pieces and must not have changed).
+    file_size: int = dataclasses.field(default=0, compare=False)
 
     @classmethod
     def of(cls, item: str | os.PathLike[str] | Dataset, *, keep: bool = False) -> Outgoing:
@@ -232,8 +265,18 @@ class Outgoing:
                 raise DicomFileError(f"a dataset to store has an unreadable UID: {exc}",
                                      source="dataset") from exc
         path = item if isinstance(item, Path) else Path(item)
+        with contextlib.ExitStack() as held:
+            try:
+                buf, size = _read_or_map(path, held)
+            except FileNotFoundError as exc:
+                raise DicomFileError("no such file", source=str(path)) from exc
+            except OSError as exc:
+                raise DicomFileError(f"not a readable DICOM file: {exc}", source=str(path)) from exc
+            return cls._checked(path, buf, size, keep)
+
+    @classmethod
+    def _checked(cls, path: Path, buf: bytes | mmap.mmap, size: int, keep: bool) -> Outgoing:
         try:
-            buf = _read(path)
             quick = _file_meta(buf)
             if quick is not None:
                 meta, offset = quick
@@ -263,12 +306,42 @@ class Outgoing:
         except (ValueError, struct.error) as exc:
             raise DicomFileError(f"truncated or corrupt: {exc}", source=str(path)) from exc
         return cls(str(meta.get("MediaStorageSOPClassUID")), str(meta.get("MediaStorageSOPInstanceUID")),
-                   str(ts), str(path), path=path, offset=offset, content=buf if keep else None)
+                   str(ts), str(path), path=path, offset=offset,
+                   content=buf if keep and isinstance(buf, bytes) else None, file_size=size)
 
     @property
     def size(self) -> int:
         """Bytes held in memory for this instance (0 unless kept)."""
         return len(self.content) if self.content is not None else 0
+
+    @property
+    def in_pieces(self) -> bool:
+        """Whether this instance is sent from its file in pieces (:meth:`pieces`): a large file."""
+        return self.content is None and self.path is not None and self.file_size > LARGE_FILE
+
+    def pieces(self, step: int) -> Iterator[bytes]:
+        """The data set from the file, read ``step`` bytes at a time as they are sent.
+
+        Raises
+        ------
+        DicomFileError
+            The file is not the size it was when checked, or cannot be read.
+        """
+        assert self.path is not None
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                if os.fstat(fh.fileno()).st_size != self.file_size:
+                    raise DicomFileError("the file changed since it was checked", source=str(self.path))
+                pos, end = self.offset, self.file_size
+                while pos < end:
+                    piece = os.pread(fh.fileno(), min(step, end - pos), pos)
+                    if not piece:
+                        raise DicomFileError("the file was cut short while it was sent",
+                                             source=str(self.path))
+                    pos += len(piece)
+                    yield piece
+        except OSError as exc:
+            raise DicomFileError(f"cannot read: {exc}", source=str(self.path)) from exc
 
     def payload(self) -> bytes | memoryview:
         """The data set as it goes on the wire: the file's bytes after its meta (those checked,

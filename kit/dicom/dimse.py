@@ -85,14 +85,9 @@ from kit.dicom._cfind import collect_find
 from kit.dicom._cfind import is_pending as _is_pending
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
-from kit.dicom._clientphase import ClientPhase
+from kit.dicom._clientphase import ClientPhase, store_all
 from kit.dicom._contexts import storage_contexts
-from kit.dicom._fastnet import (
-    FileReceiver,
-    share_context_uids,
-    store_request,
-    store_response,
-)
+from kit.dicom._fastnet import FileReceiver, share_context_uids
 from kit.dicom._getphase import PooledReceiver, get_loop
 from kit.dicom._outgoing import Outgoing
 from kit.errors import (
@@ -739,28 +734,7 @@ class PacsClient(AssociationClient):
 
             try:
                 with ClientPhase(assoc, self.timeout, self.address) as phase:
-                    # lockstep as ever (one request outstanding), but each request is built
-                    # (in one buffer) while the peer still stores the previous one, and sent
-                    # as soon as its answer is in: the bookkeeping of that answer follows
-                    sent: Outgoing | None = None
-                    for msg_id, one in enumerate(outgoing, start=1):
-                        try:
-                            request = b"".join(store_request(
-                                phase, accepted[(one.sop_class, one.transfer_syntax)],
-                                msg_id & 0xFFFF or 1, one.sop_class, one.sop_instance, one.payload()))
-                        except BaseException:  # the previous answer first, even if this file went bad
-                            if sent is not None:
-                                answered(sent, store_response(phase, sent.sop_instance))
-                            raise
-                        if sent is not None:
-                            code = store_response(phase, sent.sop_instance)
-                            phase.send_parts((request,))
-                            answered(sent, code)
-                        else:
-                            phase.send_parts((request,))
-                        sent = one
-                    if sent is not None:
-                        answered(sent, store_response(phase, sent.sop_instance))
+                    store_all(phase, outgoing, accepted, answered)
             except (AssociationAbortedError, PeerTimeoutError) as err:
                 raise self._broke_off(err, "C-STORE", len(rows)) from err
         frame = pl.DataFrame(rows, schema=STORED_SCHEMA, orient="row")
