@@ -1,9 +1,10 @@
 """Benchmark: peak memory (RSS) of the kit against the alternative, as the input grows.
 
     python bench/memory.py [--dicom-files N] [--alt-dicom-files N] [--dicom-dir DIR]
-                           [--hl7-messages M] [--alt-hl7-messages M] [--runs R] [--only dicom,hl7]
+                           [--hl7-messages M] [--alt-hl7-messages M] [--large-mb S] [--runs R]
+                           [--only dicom,hl7,large]
 
-Two workloads, each measured in a fresh process per figure:
+Three workloads, each measured in a fresh process per figure:
 
 * **DICOM index**: ``N`` CT files from :func:`kit.examples.dicom.random_ct_files`
   (generated into a temporary folder, 1,000 per sub-folder, or read from ``--dicom-dir``:
@@ -19,6 +20,9 @@ Two workloads, each measured in a fresh process per figure:
   ``hl7.parse`` once per message and ``bench/hl7.py``'s per-message builders of the same
   seven tables (``results`` with its 19 typed columns, and the six others), then polars
   frames; each side's rows per table are printed, and whether they agree.
+* **A large instance**: one CT instance of ``S`` MiB (default 512) C-STOREd to dcmtk
+  ``storescp --ignore``: kit's ``PacsClient.store`` (the file checked through a memory
+  map and sent from it in pieces) against dcmtk ``storescu``.
 
 At the default sizes a run takes long (on a busy 2-core machine: ~4 min to generate the
 files, ~2.5 min per pydicom run at 100,000 files and per python-hl7 run at 100,000
@@ -164,17 +168,51 @@ def _hl7_python_hl7(path: str) -> dict[str, Any]:
             "tables": {t: df.height for t, df in frames.items()}}
 
 
+def _large_kit(path: str, port: str) -> dict[str, Any]:
+    from kit.dicom.dimse import PacsClient
+
+    frame = PacsClient("127.0.0.1", int(port), called_aet="STORESCP", timeout=300).store([path])
+    if frame["status"].to_list() != [0]:
+        raise SystemExit(f"kit store: {frame}")
+    return {"rows": frame.height, "workers": 0}
+
+
+def _large_storescu(path: str, port: str) -> dict[str, Any]:
+    proc = subprocess.Popen(["storescu", "-aec", "STORESCP", "127.0.0.1", port, path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    peak = 0
+    while proc.poll() is None:  # its own high-water mark (monotonic: the last reading is the peak)
+        peak = max(peak, _hwm_kib(proc.pid))
+        time.sleep(0.005)
+    if proc.returncode != 0:
+        raise SystemExit(f"storescu: {proc.communicate()[1].strip()[-500:]}")
+    return {"rows": 1, "workers": 1, "tool_kib": peak}
+
+
 WORKLOADS: dict[str, Callable[..., dict[str, Any]]] = {
     "dicom-kit": _dicom_kit, "dicom-pydicom": _dicom_pydicom,
     "hl7-kit": _hl7_kit, "hl7-python-hl7": _hl7_python_hl7,
+    "large-kit": _large_kit, "large-storescu": _large_storescu,
 }
+
+
+def _hwm_kib(pid: int | str = "self") -> int:
+    """The process's own high-water RSS (KiB, /proc VmHWM; 0 if gone). Not ``getrusage``'s
+    ``ru_maxrss``: Linux carries that over an exec from the process that spawned it, so a child of a
+    parent that once held 500 MiB reports at least 500 MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def child(name: str, kwargs: str) -> None:
     start = time.perf_counter()
     info = WORKLOADS[name](**json.loads(kwargs))
     info["seconds"] = time.perf_counter() - start
-    info["self_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    info["self_kib"] = _hwm_kib() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     info["children_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # pool workers, joined
     print("RESULT " + json.dumps(info))
 
@@ -344,6 +382,42 @@ def bench_hl7(args: argparse.Namespace, tmp: Path) -> list[str]:
     return lines
 
 
+def bench_large(args: argparse.Namespace, tmp: Path) -> list[str]:
+    """One CT instance of ``--large-mb`` MiB C-STOREd to dcmtk storescp (``--ignore``: received,
+    not written): kit's PacsClient.store (the file checked through a memory map, sent in pieces)
+    against dcmtk storescu; each in a fresh process (storescu's own peak: its high-water mark)."""
+    import math
+    import socket
+
+    from kit.examples.dicom import random_ct_files
+
+    side = math.isqrt(args.large_mb * 2 ** 20 // 2)
+    (path,) = random_ct_files(tmp / "large", 1, patient_id="LARGE", size=side, seed=1)
+    size_mib = path.stat().st_size / 2 ** 20
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    scp = subprocess.Popen(["storescp", "--ignore", "-aet", "STORESCP", port], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        time.sleep(0.5)
+        kit_runs, alt_runs = [], []
+        for _ in range(args.runs):
+            kit_runs.append(measure("large-kit", path=str(path), port=port))
+            alt_runs.append(measure("large-storescu", path=str(path), port=port))
+    finally:
+        scp.terminate()
+        scp.wait(10)
+    m_kit = _runs(f"kit PacsClient.store, one {size_mib:.0f} MiB instance", kit_runs)
+    alt = [f["tool_kib"] / 1024 for f in alt_runs]
+    each = ", ".join(f"{a:.0f}" for a in alt)
+    print(f"dcmtk storescu, the same instance\n    its peak RSS (MiB) runs [{each}] median "
+          f"{statistics.median(alt):.0f}")
+    return [_limit(f"C-STORE of a {size_mib:.0f} MiB instance kit", m_kit),
+            f"RATIO memory C-STORE {size_mib:.0f} MiB instance peak RSS storescu/kit = "
+            f"{statistics.median(alt) / m_kit[0]:.2f}"]
+
+
 def main(argv: list[str]) -> None:
     if argv[1:2] == ["--child"]:
         child(argv[2], argv[3])
@@ -356,7 +430,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--alt-hl7-messages", type=int, default=100_000)
     parser.add_argument("--workers", default="auto", help="kit's index worker processes (default: CPUs)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--only", default="dicom,hl7")
+    parser.add_argument("--large-mb", type=int, default=512, help="the large instance's size (MiB)")
+    parser.add_argument("--only", default="dicom,hl7,large")
     args = parser.parse_args(argv[1:])
     args.alt_dicom_files = args.alt_dicom_files or args.dicom_files
     lines: list[str] = []
@@ -365,6 +440,8 @@ def main(argv: list[str]) -> None:
             lines += bench_dicom(args, Path(tmp))
         if "hl7" in args.only:
             lines += bench_hl7(args, Path(tmp))
+        if "large" in args.only:
+            lines += bench_large(args, Path(tmp))
     print()
     for line in lines:
         print(line)
