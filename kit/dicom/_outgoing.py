@@ -151,7 +151,11 @@ def _read_or_map(path: Path, held: contextlib.ExitStack) -> tuple[bytes | mmap.m
         return buf, len(buf)
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        mapped = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+        try:
+            mapped = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system that cannot map it: read it whole
+            buf = _read(path)
+            return buf, len(buf)
     held.callback(_close_map, mapped)
     return mapped, size
 
