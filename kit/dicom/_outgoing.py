@@ -29,7 +29,7 @@ __all__ = ["LARGE_FILE", "Outgoing", "read_for_store"]
 
 #: A file larger than this is checked through a read-only memory map (its pages are read as the
 #: walk touches them: a video's or a whole-slide image's headers, not its pixels) and sent in pieces
-#: read as they go (:meth:`Outgoing.pieces`, :meth:`~kit.dicom._fastnet.DataPhase.send_pieces`):
+#: read as they go (:meth:`Outgoing.pieces`, :meth:`~kit.dicom._clientphase.ClientPhase.send_pieces`):
 #: the store's memory does not grow with it.
 LARGE_FILE = 64 * 1024 * 1024
 

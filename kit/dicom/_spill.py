@@ -3,8 +3,9 @@
 :class:`~kit.dicom._fastnet.DataPhase` holds a DIMSE message's data set fragments in
 memory up to :data:`SPILL_AT` bytes; past that it moves them into a :class:`Spill`,
 a temporary file without a name (``O_TMPFILE`` where the system has it), in the
-folder the data set is bound for (a PACS's ``tmp/``, a retrieve's destination:
-never a ``/tmp`` that may be memory). Whole, the data set is read back as a
+folder the data set is bound for (the embedded PACS's ``tmp/``, a C-GET's
+destination: not a ``/tmp`` that may be memory; the system's temporary folder only
+where a caller names none). Whole, the data set is read back as a
 read-only memory map: pages of the file, which the kernel can drop, not memory
 of the process. The file goes when the last view of the map does.
 
