@@ -19,9 +19,9 @@ _read_pdu_data`` / ``_decode_pdu`` / ``_recv_pdu`` / ``event_queue``):
   enforced (a larger PDU is answered with A-ABORT before any of its body is
   read), a deadline for the whole PDU, and a bound on the command or data set
   the PDUs add up to (:class:`MessageBound`: pynetdicom holds it in memory whole).
-- :func:`drop_data_after_abort`: a message pynetdicom queues to send after the
-  association was aborted (the PACS stopping mid C-GET) is dropped, not an
-  ``InvalidEventError`` that kills the association's network thread.
+- :func:`drop_data_after_abort`: a message (or a second abort) pynetdicom queues
+  to send after the association was aborted (the PACS stopping mid C-GET) is
+  dropped, not an ``InvalidEventError`` that kills the association's network thread.
 - Worker threads (accept, gate) that die take the server down loudly: the
   listening socket is closed, ``failure`` is set, ``on_failure`` is called.
 """
@@ -411,25 +411,30 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
 
 #: PS3.8 states in which the association is over: Sta13 (A-ABORT sent, awaiting the close), Sta1.
 _ENDED = frozenset(("Sta1", "Sta13"))
+#: Events of a primitive the local user queues (an A-ASSOCIATE answer, P-DATA, A-RELEASE, A-ABORT):
+#: pynetdicom 3.0.4 has no transition for any of them in Sta13 or Sta1.
+_USER_EVENTS = frozenset(("Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"))
 
 
 def drop_data_after_abort(dul: DULServiceProvider) -> None:
-    """Drop a P-DATA that the association's own thread queues after the association ended.
+    """Drop what the association's own thread queues to send after the association ended.
 
-    pynetdicom's state machine has no transition for Evt9 (a P-DATA to send) in Sta13 or Sta1: it
-    raises ``InvalidEventError`` in the DUL reactor thread, which dies with a traceback. That is
-    what :meth:`~kit.dicom.scp.EmbeddedPACS.stop` met when it aborted an association whose
-    thread was sending a C-GET's next sub-operation or a C-FIND's next match. Nothing can reach
-    the peer then; the primitive is taken off the queue (as DT-1 would) and dropped.
+    pynetdicom's state machine has no transition for a local user's primitive (a P-DATA, Evt9; an
+    A-ABORT, Evt15; a release or an association answer) in Sta13 or Sta1: it raises
+    ``InvalidEventError`` in the DUL reactor thread, which dies with a traceback. That is what
+    :meth:`~kit.dicom.scp.EmbeddedPACS.stop` met when it aborted an association whose thread was
+    sending a C-GET's next sub-operation or a C-FIND's next match, or aborting it too. Nothing can
+    reach the peer then; the primitive is taken off the queue (as the action would) and dropped.
     """
     fsm = dul.state_machine
     act = fsm.do_action
 
     def do_action(event: str) -> None:
-        if event == "Evt9" and fsm.current_state in _ENDED:
+        if event in _USER_EVENTS and fsm.current_state in _ENDED:
             with contextlib.suppress(queue.Empty):
                 dul.to_provider_queue.get(False)
-            LOGGER.debug("a message to send after the association ended (%s): dropped", fsm.current_state)
+            LOGGER.debug("a message to send after the association ended (%s, %s): dropped", event,
+                         fsm.current_state)
             return
         act(event)
 

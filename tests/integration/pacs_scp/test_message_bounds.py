@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import signal
@@ -255,6 +256,7 @@ def test_an_instance_over_max_dataset_size_is_aborted_and_the_pacs_goes_on(
 def test_a_peer_that_queries_first_is_bounded_on_pynetdicoms_path_too(
         bounded_pacs: EmbeddedPACS, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """After a C-FIND the association is pynetdicom's, which holds a data set in memory whole."""
+    caplog.set_level(logging.WARNING, logger="kit.dicom._guard")  # whatever an earlier test set
     pacs = bounded_pacs
     ae = AE(ae_title="QUERYFIRST")
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
