@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import queue
 import socket
 import ssl
 import threading
@@ -40,8 +41,10 @@ from kit.errors import (
     TLSError,
 )
 
-__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "fast_request", "kill", "nodelay",
-           "unbind_log_handlers"]
+__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "drop_data_after_abort",
+           "fast_request", "kill", "nodelay", "unbind_log_handlers"]
+
+LOGGER = logging.getLogger(__name__)
 
 #: Idle sleep of pynetdicom's network loop (its default is 1 ms).
 DUL_POLL_SECONDS = 0.0002
@@ -131,6 +134,40 @@ def fast_request(assoc: Association) -> None:
     machine.do_action = do_action  # type: ignore[method-assign]
 
 
+#: PS3.8 states in which the association is over: Sta13 (A-ABORT sent, awaiting the close), Sta1.
+_ENDED = frozenset(("Sta1", "Sta13"))
+#: Events of a primitive the local user queues (an A-ASSOCIATE answer, P-DATA, A-RELEASE, A-ABORT):
+#: pynetdicom 3.0.4 has no transition for any of them in Sta13 or Sta1.
+_USER_EVENTS = frozenset(("Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"))
+
+
+def drop_data_after_abort(dul: Any) -> None:
+    """Drop what the association's own thread queues to send after the association ended.
+
+    pynetdicom's state machine has no transition for a local user's primitive (a P-DATA, Evt9; an
+    A-ABORT, Evt15; a release or an association answer) in Sta13 or Sta1: it raises
+    ``InvalidEventError`` in the DUL reactor thread, which dies with a traceback. That is what
+    :meth:`~kit.dicom.scp.EmbeddedPACS.stop` met when it aborted an association whose thread was
+    sending a C-GET's next sub-operation or a C-FIND's next match, or aborting it too, and what a
+    client met when its peer did not answer the release (pynetdicom aborts twice). Nothing can
+    reach the peer then; the primitive is taken off the queue (as the action would) and dropped.
+    Used on the embedded PACS's associations and on every client association.
+    """
+    fsm = dul.state_machine
+    act = fsm.do_action
+
+    def do_action(event: str) -> None:
+        if event in _USER_EVENTS and fsm.current_state in _ENDED:
+            with contextlib.suppress(queue.Empty):
+                dul.to_provider_queue.get(False)
+            LOGGER.debug("a message to send after the association ended (%s, %s): dropped", event,
+                         fsm.current_state)
+            return
+        act(event)
+
+    fsm.do_action = do_action
+
+
 def _unread_rejection(assoc: Association) -> Any:
     """The A-ASSOCIATE-RJ the peer sent that pynetdicom never read (None if there is none).
 
@@ -188,6 +225,7 @@ class AssociationClient:
             opened.set()
             nodelay(event)
             unbind_log_handlers(event.assoc)
+            drop_data_after_abort(event.assoc.dul)  # first: innermost (fast_request's wrapper goes)
             fast_request(event.assoc)
             event.assoc.kill = functools.partial(kill, event.assoc)  # type: ignore[method-assign]
 

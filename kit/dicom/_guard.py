@@ -47,10 +47,11 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._accept import deliver_checked
+from kit.dicom._association import drop_data_after_abort
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
-__all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MessageBound", "deliver_request", "drop_data_after_abort",
-           "guard_dul", "guard_storage_scp", "read_bounded_pdu"]
+__all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MessageBound", "deliver_request", "guard_dul",
+           "guard_storage_scp", "read_bounded_pdu"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -407,38 +408,6 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
         dul.event_queue.put("Evt19")
         return
     dul._recv_pdu.put(pdu)
-
-
-#: PS3.8 states in which the association is over: Sta13 (A-ABORT sent, awaiting the close), Sta1.
-_ENDED = frozenset(("Sta1", "Sta13"))
-#: Events of a primitive the local user queues (an A-ASSOCIATE answer, P-DATA, A-RELEASE, A-ABORT):
-#: pynetdicom 3.0.4 has no transition for any of them in Sta13 or Sta1.
-_USER_EVENTS = frozenset(("Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"))
-
-
-def drop_data_after_abort(dul: DULServiceProvider) -> None:
-    """Drop what the association's own thread queues to send after the association ended.
-
-    pynetdicom's state machine has no transition for a local user's primitive (a P-DATA, Evt9; an
-    A-ABORT, Evt15; a release or an association answer) in Sta13 or Sta1: it raises
-    ``InvalidEventError`` in the DUL reactor thread, which dies with a traceback. That is what
-    :meth:`~kit.dicom.scp.EmbeddedPACS.stop` met when it aborted an association whose thread was
-    sending a C-GET's next sub-operation or a C-FIND's next match, or aborting it too. Nothing can
-    reach the peer then; the primitive is taken off the queue (as the action would) and dropped.
-    """
-    fsm = dul.state_machine
-    act = fsm.do_action
-
-    def do_action(event: str) -> None:
-        if event in _USER_EVENTS and fsm.current_state in _ENDED:
-            with contextlib.suppress(queue.Empty):
-                dul.to_provider_queue.get(False)
-            LOGGER.debug("a message to send after the association ended (%s, %s): dropped", event,
-                         fsm.current_state)
-            return
-        act(event)
-
-    fsm.do_action = do_action  # type: ignore[method-assign]
 
 
 def _abort_transport(sock: socket.socket, reason: int) -> None:

@@ -414,8 +414,17 @@ def test_a_connect_that_never_completes_gives_pacsclients_timeout(fallbacks: Cal
     assert took < 1.8 and len(fallbacks) == 1
 
 
+def _silent_on_release(c: socket.socket) -> None:
+    """Accept, answer the C-ECHO, then say nothing to the A-RELEASE-RQ."""
+    read_pdu(c)
+    c.sendall(AC)
+    read_pdu(c)
+    c.sendall(RSP)
+    read_pdu(c)
+
+
 def test_a_peer_silent_on_release_costs_the_timeout_and_the_echo_succeeds(fallbacks: Calls) -> None:
-    peer = RawPeer(lambda c: (read_pdu(c), c.sendall(AC), read_pdu(c), c.sendall(RSP), read_pdu(c)) and None)
+    peer = RawPeer(_silent_on_release)
     try:
         config = at(peer.port, "KIT", timeout=1.0)
         started = time.monotonic()
@@ -425,6 +434,22 @@ def test_a_peer_silent_on_release_costs_the_timeout_and_the_echo_succeeds(fallba
     finally:
         peer.close()
     assert 0.9 < took < 1.8 and len(fallbacks) == 1
+
+
+def test_a_peer_silent_on_release_leaves_no_dying_network_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom aborts an association whose release goes unanswered, and its A-ABORT could come
+    twice: the second, in Sta13, was an InvalidEventError that killed the DUL thread with a
+    traceback (about one run in two). The client's associations drop it (drop_data_after_abort)."""
+    died: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", died.append)
+    for _ in range(4):
+        peer = RawPeer(_silent_on_release)
+        try:
+            assert PacsClient.from_settings(at(peer.port, "KIT", timeout=0.5)).echo() > 0
+            time.sleep(0.2)  # the DUL thread's last events
+        finally:
+            peer.close()
+    assert [str(d.exc_value) for d in died] == []
 
 
 def test_a_4gb_length_is_declined_unread_without_allocating() -> None:

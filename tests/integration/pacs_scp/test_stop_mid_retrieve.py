@@ -43,7 +43,7 @@ def _after(kind: str) -> Any:
 def test_data_queued_after_the_abort_is_dropped_quietly(pacs: EmbeddedPACS, monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture,
                                                         answer: str, after: str) -> None:
-    caplog.set_level(logging.DEBUG, logger="kit.dicom._guard")
+    caplog.set_level(logging.DEBUG, logger="kit.dicom._association")
     died: list[Any] = []
     monkeypatch.setattr(threading, "excepthook", died.append)
     ae = AE(ae_title="RACER")
