@@ -41,7 +41,7 @@ from kit.errors import (
     TLSError,
 )
 
-__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "drop_data_after_abort",
+__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "drop_sends_after_abort",
            "fast_request", "kill", "nodelay", "unbind_log_handlers"]
 
 LOGGER = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ _ENDED = frozenset(("Sta1", "Sta13"))
 _USER_EVENTS = frozenset(("Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"))
 
 
-def drop_data_after_abort(dul: Any) -> None:
+def drop_sends_after_abort(dul: Any) -> None:
     """Drop what the association's own thread queues to send after the association ended.
 
     pynetdicom's state machine has no transition for a local user's primitive (a P-DATA, Evt9; an
@@ -225,7 +225,7 @@ class AssociationClient:
             opened.set()
             nodelay(event)
             unbind_log_handlers(event.assoc)
-            drop_data_after_abort(event.assoc.dul)  # first: innermost (fast_request's wrapper goes)
+            drop_sends_after_abort(event.assoc.dul)  # first: innermost (fast_request's wrapper goes)
             fast_request(event.assoc)
             event.assoc.kill = functools.partial(kill, event.assoc)  # type: ignore[method-assign]
 

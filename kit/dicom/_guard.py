@@ -19,7 +19,7 @@ _read_pdu_data`` / ``_decode_pdu`` / ``_recv_pdu`` / ``event_queue``):
   enforced (a larger PDU is answered with A-ABORT before any of its body is
   read), a deadline for the whole PDU, and a bound on the command or data set
   the PDUs add up to (:class:`MessageBound`: pynetdicom holds it in memory whole).
-- :func:`drop_data_after_abort`: a message (or a second abort) pynetdicom queues
+- :func:`drop_sends_after_abort`: a message (or a second abort) pynetdicom queues
   to send after the association was aborted (the PACS stopping mid C-GET) is
   dropped, not an ``InvalidEventError`` that kills the association's network thread.
 - Worker threads (accept, gate) that die take the server down loudly: the
@@ -47,7 +47,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._accept import deliver_checked
-from kit.dicom._association import drop_data_after_abort
+from kit.dicom._association import drop_sends_after_abort
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
 __all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MessageBound", "deliver_request", "guard_dul",
@@ -314,11 +314,11 @@ def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
               max_dataset: int | None) -> None:
     """Put the guards on a new connection's DUL (before its thread starts): PDUs read by
     :func:`read_bounded_pdu`, a command or data set bounded to ``max_dataset`` bytes and
-    :data:`IN_MEMORY_MESSAGE` (None: not bounded), and :func:`drop_data_after_abort`."""
+    :data:`IN_MEMORY_MESSAGE` (None: not bounded), and :func:`drop_sends_after_abort`."""
     bound = None if max_dataset is None else MessageBound(min(max_dataset, IN_MEMORY_MESSAGE))
     dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
         read_bounded_pdu, dul, maximum, pdu_timeout, bound)
-    drop_data_after_abort(dul)
+    drop_sends_after_abort(dul)
 
 
 def guard_storage_scp(event: Any, maximum: int, pdu_timeout: float | None) -> None:

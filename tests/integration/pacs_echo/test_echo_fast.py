@@ -439,7 +439,7 @@ def test_a_peer_silent_on_release_costs_the_timeout_and_the_echo_succeeds(fallba
 def test_a_peer_silent_on_release_leaves_no_dying_network_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     """pynetdicom aborts an association whose release goes unanswered, and its A-ABORT could come
     twice: the second, in Sta13, was an InvalidEventError that killed the DUL thread with a
-    traceback (about one run in two). The client's associations drop it (drop_data_after_abort)."""
+    traceback (about one run in two). The client's associations drop it (drop_sends_after_abort)."""
     died: list[Any] = []
     monkeypatch.setattr(threading, "excepthook", died.append)
     for _ in range(4):
