@@ -140,24 +140,32 @@ def _sent_raw(ts: str) -> bool:
 
 
 def _read_or_map(path: Path, held: contextlib.ExitStack) -> tuple[bytes | mmap.mmap, int]:
-    """The file's bytes (:func:`_read`), or for one over :data:`LARGE_FILE` a read-only map of it
-    (closed with ``held``); and its size.
+    """The file's bytes, or for one over :data:`LARGE_FILE` a read-only map of it (closed with
+    ``held``); and its size. One open, one ``fstat``: a small file is read in one ``read`` where
+    it can (``Path.read_bytes`` makes 9 system calls, this 5: open, fstat, read, read at the end,
+    close).
 
     A mapped file cut short by another program while the walk reads it would fault the process
     (SIGBUS): the walk reads headers only, in moments; the pieces sent later are read, not mapped.
     """
-    if os.stat(path).st_size <= LARGE_FILE:
-        buf = _read(path)
-        return buf, len(buf)
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        try:
-            mapped = mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # a file system that cannot map it: read it whole
-            buf = _read(path)
-            return buf, len(buf)
-    held.callback(_close_map, mapped)
-    return mapped, size
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size > LARGE_FILE:
+            try:
+                mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # a file system that cannot map it: read it whole
+                pass
+            else:
+                held.callback(_close_map, mapped)
+                return mapped, size
+        chunks = [os.read(fd, size + 1)]
+        while chunks[-1]:  # until the end (a file that grew since fstat is read whole too)
+            chunks.append(os.read(fd, max(size, 1 << 16)))
+    finally:
+        os.close(fd)
+    buf = chunks[0] if len(chunks) == 2 else b"".join(chunks)
+    return buf, len(buf)
 
 
 def _close_map(mapped: mmap.mmap) -> None:
@@ -165,18 +173,6 @@ def _close_map(mapped: mmap.mmap) -> None:
         mapped.close()
 
 
-def _read(path: Path) -> bytes:
-    """The whole file in one read where it can (``Path.read_bytes`` makes 9 system calls,
-    this 5: open, fstat, read, read at the end, close)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        size = os.fstat(fd).st_size
-        chunks = [os.read(fd, size + 1)]
-        while chunks[-1]:  # until the end (a file that grew since fstat is read whole too)
-            chunks.append(os.read(fd, max(size, 1 << 16)))
-    finally:
-        os.close(fd)
-    return chunks[0] if len(chunks) == 2 else b"".join(chunks)
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV", b"UV"}
 
 

@@ -3,6 +3,7 @@ syntax decision, cached, equals pydicom's properties."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import UID
 
-from kit.dicom._outgoing import _RAW_SYNTAXES, _read, _sent_raw
+from kit.dicom._outgoing import _RAW_SYNTAXES, _read_or_map, _sent_raw
+
+
+def _read(path: Path) -> bytes:
+    """The bytes ``_read_or_map`` gives for a file (under LARGE_FILE: read, not mapped)."""
+    with contextlib.ExitStack() as held:
+        return bytes(_read_or_map(path, held)[0])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
