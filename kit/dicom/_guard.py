@@ -19,6 +19,10 @@ _read_pdu_data`` / ``_decode_pdu`` / ``_recv_pdu`` / ``event_queue``):
   enforced (a larger PDU is answered with A-ABORT before any of its body is
   read), a deadline for the whole PDU, and a bound on the command or data set
   the PDUs add up to (:class:`MessageBound`: pynetdicom holds it in memory whole).
+  It reads no further PDU while a whole message waits for the association's
+  reactor (pynetdicom would queue every message a peer sends without waiting for
+  the answers), and a server-wide :class:`MemoryBudget` bounds the bytes all
+  associations hold at once.
 - :func:`drop_sends_after_abort`: a message (or a second abort) pynetdicom queues
   to send after the association was aborted (the PACS stopping mid C-GET) is
   dropped, not an ``InvalidEventError`` that kills the association's network thread.
@@ -43,6 +47,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -50,8 +55,8 @@ from kit.dicom._accept import deliver_checked
 from kit.dicom._association import drop_sends_after_abort
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
-__all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MessageBound", "deliver_request", "guard_dul",
-           "guard_storage_scp", "read_bounded_pdu"]
+__all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MemoryBudget", "MessageBound", "deliver_request",
+           "guard_dul", "guard_storage_scp", "read_bounded_pdu"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -311,14 +316,37 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
 
 
 def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
-              max_dataset: int | None) -> None:
-    """Put the guards on a new connection's DUL (before its thread starts): PDUs read by
+              max_dataset: int | None, budget: MemoryBudget | None = None) -> None:
+    """Put the guards on a new connection's DUL (before its threads start): PDUs read by
     :func:`read_bounded_pdu`, a command or data set bounded to ``max_dataset`` bytes and
-    :data:`IN_MEMORY_MESSAGE` (None: not bounded), and :func:`drop_sends_after_abort`."""
-    bound = None if max_dataset is None else MessageBound(min(max_dataset, IN_MEMORY_MESSAGE))
+    :data:`IN_MEMORY_MESSAGE` (None: not bounded, no budget), the messages held in memory
+    counted against ``budget``, and :func:`drop_sends_after_abort`."""
+    bound = None
+    if max_dataset is not None:
+        limit = min(max_dataset, IN_MEMORY_MESSAGE, budget.limit if budget is not None else IN_MEMORY_MESSAGE)
+        bound = MessageBound(limit, budget)
+        if budget is not None:
+            _count_served(dul.assoc, bound, budget)
     dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
         read_bounded_pdu, dul, maximum, pdu_timeout, bound)
     drop_sends_after_abort(dul)
+
+
+def _count_served(assoc: Any, bound: MessageBound, budget: MemoryBudget) -> None:
+    """Give ``bound``'s bytes back to ``budget`` as the association is done with them: a message's
+    when the reactor comes for the next one (it has served it), those never served when the
+    connection closes, the last one served when the reactor ends."""
+    assoc.dimse.msg_queue = _ServedQueue(bound, budget)
+    reactor = assoc._run_reactor
+
+    def run_then_give_back() -> None:
+        try:
+            reactor()
+        finally:
+            budget.close(bound)
+
+    assoc._run_reactor = run_then_give_back
+    assoc.bind(evt.EVT_CONN_CLOSE, lambda event: budget.drop_waiting(bound))
 
 
 def guard_storage_scp(event: Any, maximum: int, pdu_timeout: float | None) -> None:
@@ -328,29 +356,131 @@ def guard_storage_scp(event: Any, maximum: int, pdu_timeout: float | None) -> No
     guard_dul(event.assoc.dul, maximum, pdu_timeout, None)
 
 
-class MessageBound:
-    """How many bytes of one command set or data set a connection has sent so far, and how
-    many it may (for :func:`read_bounded_pdu`; one per connection)."""
+class MemoryBudget:
+    """Bytes of DIMSE messages pynetdicom holds in memory at once, across a server's associations.
 
-    __slots__ = ("limit", "pending")
+    A connection's P-DATA bytes are taken as they arrive (:meth:`MessageBound.add`) and given back
+    when its association is done with the message they made (:func:`guard_dul`); a PDU that would
+    take more than ``limit`` aborts its association. A message being served is given back when the
+    reactor comes for the next one, so a served message may still be referenced briefly after.
+
+    Parameters
+    ----------
+    limit : int
+        Bytes all associations may hold at once.
+    """
+
+    __slots__ = ("_lock", "limit", "peak", "used")
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.pending = 0
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._lock = threading.Lock()
 
-    def add(self, body: bytes) -> bool:
-        """Count the PDVs of a P-DATA-TF body; False once a command or data set passes the limit
-        (a PDV with its last-fragment bit ends one). A malformed body is left to pynetdicom."""
+    def take(self, bound: MessageBound, size: int) -> bool:
+        """Count ``size`` more bytes for ``bound``'s connection; False if the budget has no room."""
+        with self._lock:
+            if bound.closed:  # its association has ended: nothing it still reads is served
+                return True
+            if self.used + size > self.limit:
+                return False
+            self.used += size
+            self.peak = max(self.peak, self.used)
+            bound.reserved += size
+            return True
+
+    def give(self, bound: MessageBound, size: int) -> None:
+        """Give back ``size`` of the bytes ``bound``'s connection holds."""
+        with self._lock:
+            size = min(size, bound.reserved)
+            self.used -= size
+            bound.reserved -= size
+
+    def drop_waiting(self, bound: MessageBound) -> None:
+        """The connection closed: give back what it holds but the message being served (if any);
+        take nothing more for it."""
+        with self._lock:
+            size = max(bound.reserved - bound.serving, 0)
+            self.used -= size
+            bound.reserved -= size
+            bound.sizes.clear()
+            bound.closed = True
+
+    def close(self, bound: MessageBound) -> None:
+        """The association's reactor has ended: give back everything the connection holds."""
+        with self._lock:
+            self.used -= bound.reserved
+            bound.reserved = 0
+            bound.closed = True
+
+
+class MessageBound:
+    """How many bytes of one command set or data set a connection has sent so far, and how
+    many it may (for :func:`read_bounded_pdu`; one per connection), and, with a
+    :class:`MemoryBudget`, the bytes it holds against it."""
+
+    __slots__ = ("budget", "closed", "limit", "pending", "reserved", "serving", "sizes", "unqueued")
+
+    def __init__(self, limit: int, budget: MemoryBudget | None = None) -> None:
+        self.limit, self.budget = limit, budget
+        self.pending = 0
+        self.reserved = 0  # bytes taken from the budget and not given back (under the budget's lock)
+        self.unqueued = 0  # bytes taken since the last message was queued (the DUL's thread)
+        self.sizes: collections.deque[int] = collections.deque()  # of the queued messages, in order
+        self.serving = 0  # bytes of the message the reactor serves (the association's thread)
+        self.closed = False
+
+    def add(self, body: bytes, counted: bool = True) -> str | None:
+        """Count the PDVs of a P-DATA-TF body (against the budget too if ``counted``); None, or
+        why the association must end: a command or data set past the limit (a PDV with its
+        last-fragment bit ends one) or no room in the budget. A malformed body is left to pynetdicom."""
         pos, end = 0, len(body)
         while pos + 6 <= end:
             stop = pos + 4 + int.from_bytes(body[pos:pos + 4], "big")
-            self.pending += max(min(stop, end) - pos - 6, 0)
+            size = max(min(stop, end) - pos - 6, 0)
+            self.pending += size
             if self.pending > self.limit:
-                return False
+                return f"a command or data set of more than {self.limit} bytes"
+            if counted and self.budget is not None:
+                if not self.budget.take(self, size):
+                    return (f"the messages held in memory would pass the PACS's {self.budget.limit} bytes"
+                            " (max_in_memory)")
+                self.unqueued += size
             if body[pos + 5] & 0x02:
                 self.pending = 0
             pos = stop
-        return True
+        return None
+
+    def waiting(self, dul: DULServiceProvider) -> bool:
+        """Whether a whole message of this established association waits for its reactor: then no
+        further PDU is read (the peer's bytes wait in TCP's buffers, not in memory)."""
+        return (self.budget is not None and dul.state_machine.current_state == "Sta6"
+                and dul.assoc.dimse.msg_queue.qsize() > 0)
+
+
+class _ServedQueue(queue.Queue):
+    """pynetdicom's queue of an association's received DIMSE messages, which knows the bytes each
+    took from the budget and gives back a served message's when the reactor comes for the next."""
+
+    def __init__(self, bound: MessageBound, budget: MemoryBudget) -> None:
+        super().__init__()
+        self.bound, self.budget = bound, budget
+
+    def _put(self, item: Any) -> None:  # the DUL's thread, under the queue's lock
+        super()._put(item)
+        self.bound.sizes.append(self.bound.unqueued)
+        self.bound.unqueued = 0
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        bound = self.bound
+        if bound.serving:  # the reactor (or a service waiting for an answer) is done with it
+            self.budget.give(bound, bound.serving)
+            bound.serving = 0
+        return super().get(block, timeout)
+
+    def _get(self) -> Any:
+        bound = self.bound
+        bound.serving = bound.sizes.popleft() if bound.sizes else 0
+        return super()._get()
 
 
 def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
@@ -362,13 +492,17 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
     :func:`~kit.dicom._fastnet.pdu_limit` allows for ``maximum`` (the Maximum Length we
     negotiated) or not complete within ``pdu_timeout`` seconds is answered with
     A-ABORT and the connection is shut down, its body never read; and so is a P-DATA-TF
-    that takes a command or data set past ``bound`` (which pynetdicom would hold whole).
+    that takes a command or data set past ``bound`` (which pynetdicom would hold whole) or
+    the bound's :class:`MemoryBudget` past its limit. While a whole message waits for the
+    association's reactor, nothing is read (pynetdicom's loop calls again).
     """
     assoc_sock = dul.socket
     sock = getattr(assoc_sock, "socket", None)
     if sock is None:
         dul.event_queue.put("Evt17")
         return
+    if bound is not None and bound.waiting(dul):
+        return  # read on once the reactor has taken the message: pynetdicom's loop polls again
     deadline = None if pdu_timeout is None else time.monotonic() + pdu_timeout
     old = sock.gettimeout()
     try:
@@ -384,8 +518,9 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
             dul.event_queue.put("Evt17")
             return
         body = _recv_exact(sock, length, deadline)
-        if kind == 0x04 and bound is not None and not bound.add(body):
-            LOGGER.warning("a command or data set of more than %d bytes: association aborted", bound.limit)
+        if kind == 0x04 and bound is not None and (
+                why := bound.add(body, dul.state_machine.current_state == "Sta6")) is not None:
+            LOGGER.warning("%s: association aborted", why)
             _abort_transport(sock, 0x00)
             dul.event_queue.put("Evt17")
             return

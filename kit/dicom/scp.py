@@ -96,7 +96,7 @@ from kit.dicom._fastnet import (
     release_dul,
     share_context_uids,
 )
-from kit.dicom._guard import GuardedServer, deliver_request, guard_dul
+from kit.dicom._guard import GuardedServer, MemoryBudget, deliver_request, guard_dul
 from kit.dicom._recvphase import ReceiverPhase
 from kit.dicom.matching import (
     COMPUTED_KEYS,
@@ -232,6 +232,10 @@ class EmbeddedPACS:
         serves (on an association after a query, or with ``fast=False``) are held in
         memory whole and bounded to :data:`~kit.dicom._guard.IN_MEMORY_MESSAGE`
         (256 MiB) too.
+    max_in_memory : int
+        Bytes of received messages pynetdicom may hold at once, across associations
+        (default 1 GiB; :attr:`in_memory`), else A-ABORT. A peer that sends without
+        waiting for the answers has at most two read: one served, one waiting.
 
     Examples
     --------
@@ -263,6 +267,7 @@ class EmbeddedPACS:
         max_associations: int = 64,
         max_pending: int = 128,
         max_dataset_size: int = 4 << 30,
+        max_in_memory: int = 1 << 30,
     ) -> None:
         if not aet or len(aet) > 16 or not aet.isascii() or "\\" in aet:
             raise ConfigError("stack.pacs_aet", f"not a valid AE title: {aet!r}")
@@ -270,9 +275,10 @@ class EmbeddedPACS:
             raise ConfigError("stack.pacs_port", f"not a TCP port: {port}")
         if max_pdu < 0:
             raise ConfigError("pacs.max_pdu", "must be >= 0")
-        if request_timeout <= 0 or max_associations < 1 or max_pending < 1 or max_dataset_size < 1:
-            raise ConfigError("pacs", "request_timeout, max_associations, max_pending and "
-                                      "max_dataset_size must be > 0")
+        if (request_timeout <= 0 or max_associations < 1 or max_pending < 1 or max_dataset_size < 1
+                or max_in_memory < 1):
+            raise ConfigError("pacs", "request_timeout, max_associations, max_pending, "
+                                      "max_dataset_size and max_in_memory must be > 0")
         self.host = host
         self.port = port
         self.aet = aet
@@ -287,6 +293,8 @@ class EmbeddedPACS:
         self.request_timeout = request_timeout
         self.max_associations, self.max_pending = max_associations, max_pending
         self.max_dataset_size = max_dataset_size
+        #: the bytes of received messages pynetdicom holds, across associations (max_in_memory)
+        self.in_memory = MemoryBudget(max_in_memory)
         self._worklist_dir: Path | None = None
         self._worklist: list[Dataset] = []
         if isinstance(worklist, str | os.PathLike):
@@ -508,7 +516,7 @@ class EmbeddedPACS:
         dul = assoc.dul
         server = assoc._server
         unbind_log_handlers(assoc)  # they format the whole A-ASSOCIATE-RQ/AC (unless pynetdicom logs DEBUG)
-        guard_dul(dul, self.max_pdu, self.timeouts[1], self.max_dataset_size)  # first: innermost
+        guard_dul(dul, self.max_pdu, self.timeouts[1], self.max_dataset_size, self.in_memory)  # innermost
         if isinstance(server, GuardedServer):
             deliver_request(server, dul, deliver_checked if self._accept is None else self._accept.deliver)
         _nodelay(event, self.poll_interval)

@@ -190,3 +190,19 @@ def poison_datasets() -> dict[str, tuple[bytes, str, int]]:
         "no PatientID": (encode(no_patient), str(no_patient.SOPInstanceUID), 0xA900),
         "other SOPInstanceUID": (encode(case(5)), uid, 0xA900),
     }
+
+
+def assert_echoes(pacs: EmbeddedPACS, calling: str = "AFTER") -> None:
+    """A C-ECHO to ``pacs`` succeeds (it goes on serving after what a test did to it)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()

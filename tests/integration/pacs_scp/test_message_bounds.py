@@ -33,7 +33,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 
 from kit.dicom._clientphase import ClientPhase
 from kit.dicom._fastnet import MAX_COMMAND, DataPhase, encode_command
@@ -43,7 +43,7 @@ from kit.errors import AssociationAbortedError, KitError, StoreError
 from kit.examples.dicom import random_ct_files
 from tests.integration.pacs_client_fast.test_client_phase import _phase as _client_phase
 from tests.integration.pacs_get_fast.test_get_answer_path import _store_rq
-from tests.integration.pacs_scp.conftest import encode, run
+from tests.integration.pacs_scp.conftest import assert_echoes, encode, run
 from tests.integration.pacs_scp.test_receiver_phase import _phase as _receiver_phase
 from tests.integration.pacs_scp.test_receiver_phase import collector
 
@@ -275,13 +275,7 @@ def test_a_peer_that_queries_first_is_bounded_on_pynetdicoms_path_too(
         if assoc.is_established:
             assoc.abort()
     assert list((pacs.store.root / "files").rglob("*.dcm")) == []
-    echo = AE(ae_title="AFTER")
-    echo.add_requested_context(Verification)
-    again = echo.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
-    try:
-        assert again.send_c_echo().Status == 0x0000
-    finally:
-        again.release()
+    assert_echoes(pacs)
     assert len(encode(ds)) > pacs.max_dataset_size  # the case: over the bound
     assert f"data set of more than {pacs.max_dataset_size} bytes: association aborted" in caplog.text
 
