@@ -625,6 +625,11 @@ class FileReceiver:
         return self._write(str(request.AffectedSOPInstanceUID), str(request.AffectedSOPClassUID),
                            str(event.context.transfer_syntax), [blob])
 
+    def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview,
+              calling: str) -> tuple[int, str]:
+        """:meth:`write` as a :data:`kit.dicom._storeserve.StoreFn` (C-MOVE's storage SCP)."""
+        return self.write(sop_uid, sop_class, transfer_syntax, dataset), ""
+
     def write(self, sop_uid: str, sop_class: str, transfer_syntax: str, dataset: bytes | memoryview) -> int:
         """Write one received data set (encoded, without file meta) as a Part 10 file; its status
         (0xC000 for an empty one, which is not written)."""

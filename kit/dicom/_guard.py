@@ -351,8 +351,9 @@ def _count_served(assoc: Any, bound: MessageBound, budget: MemoryBudget) -> None
 
 def guard_storage_scp(event: Any, maximum: int, pdu_timeout: float | None) -> None:
     """EVT_CONN_OPEN handler of a client's own storage SCP (:meth:`~kit.dicom.dimse.PacsClient.move`):
-    :func:`guard_dul` without the message bound (pynetdicom holds each instance in memory there, and
-    a bound would refuse the large instances the retrieve is for)."""
+    :func:`guard_dul` without the message bound, for what it leaves to pynetdicom (its C-STOREs are
+    served from the socket, kit.dicom._storeserve; a bound would refuse the large instances the
+    retrieve is for)."""
     guard_dul(event.assoc.dul, maximum, pdu_timeout, None)
 
 

@@ -87,7 +87,7 @@ from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._cfind import timed as _timed
 from kit.dicom._clientphase import ClientPhase, store_all
 from kit.dicom._contexts import storage_contexts
-from kit.dicom._fastnet import FileReceiver, share_context_uids
+from kit.dicom._fastnet import FileReceiver, hold_dul, share_context_uids
 from kit.dicom._getphase import PooledReceiver, get_loop
 from kit.dicom._outgoing import Outgoing
 from kit.errors import (
@@ -562,7 +562,7 @@ class PacsClient(AssociationClient):
         The PACS must know ``move_aet`` (default: our ``aet``) as a
         destination at this host and ``store_port``: add it to the PACS's
         modality table first. The storage SCP runs only for the duration of
-        the call.
+        the call; it keeps an instance past 8 MiB on disk as it arrives.
 
         Parameters
         ----------
@@ -602,6 +602,8 @@ class PacsClient(AssociationClient):
             ``cancel`` was set; what had arrived is in ``received``.
         """
         from kit.dicom._guard import guard_storage_scp  # the storage SCP's PDU bounds (not for echo)
+        from kit.dicom._recvphase import ReceiverPhase
+        from kit.dicom._storeserve import serve_established
 
         identifier, _ = self._retrieve_identifier(study_uid, series_uid, sop_uid)
         folder = Path(dest)
@@ -620,12 +622,21 @@ class PacsClient(AssociationClient):
             scp_ae = self._ae()
             scp_ae.ae_title = destination
             scp_ae.supported_contexts = storage_contexts(None)
+
+            def serve(event: evt.Event) -> None:  # each instance kept on disk as it arrives, if large
+                assoc = event.assoc
+                serve_established(assoc, lambda: ReceiverPhase(
+                    assoc, self.timeout, f"dicom://{assoc.requestor.ae_title}@{assoc.requestor.address}",
+                    pdu_timeout=self.timeout, spill_dir=folder), receiver.store)
+
             try:
                 server = scp_ae.start_server(
                     (store_host, port), block=False,
                     evt_handlers=[(evt.EVT_C_STORE, receiver), (evt.EVT_CONN_OPEN, _nodelay),
                                   (evt.EVT_CONN_OPEN, guard_storage_scp, [self.max_pdu, self.timeout]),
-                                  (evt.EVT_CONN_OPEN, lambda e: connections.append(str(e.address)))])
+                                  (evt.EVT_CONN_OPEN, lambda e: connections.append(str(e.address))),
+                                  (evt.EVT_ACCEPTED, lambda e: hold_dul(e.assoc)),
+                                  (evt.EVT_ESTABLISHED, serve)])
             except OSError as exc:  # the port is taken or not ours to bind: a setting to change
                 raise ConfigError("pacs.store_port", f"cannot start the storage SCP on port {port}: "
                                                      f"{exc.strerror or exc}") from exc

@@ -82,22 +82,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from kit.dicom._accept import AcceptCache, deliver_checked, fingerprint
 from kit.dicom._association import unbind_log_handlers
 from kit.dicom._audit import served as _served
-from kit.dicom._fastnet import (
-    C_ECHO_RQ,
-    C_ECHO_RSP,
-    C_STORE_RQ,
-    C_STORE_RSP,
-    NO_DATASET,
-    PduInterrupt,
-    command_int,
-    command_str,
-    encode_command,
-    hold_dul,
-    release_dul,
-    share_context_uids,
-)
+from kit.dicom._fastnet import hold_dul, share_context_uids
 from kit.dicom._guard import GuardedServer, MemoryBudget, deliver_request, guard_dul
 from kit.dicom._recvphase import ReceiverPhase
+from kit.dicom._storeserve import serve_established
 from kit.dicom.matching import (
     COMPUTED_KEYS,
     LEVEL_KEYS,
@@ -112,12 +100,10 @@ from kit.dicom.query import QueryLevel, QueryModel
 from kit.dicom.received import check_received
 from kit.dicom.store import INDEX_TAGS, InstanceStore, StoredInstance, verdict_attributes
 from kit.errors import (
-    AssociationAbortedError,
     ConfigError,
     DicomFileError,
     InvalidInputError,
     PeerError,
-    PeerTimeoutError,
     StoreError,
 )
 
@@ -528,81 +514,28 @@ class EmbeddedPACS:
 
     def _on_established(self, event: Event) -> None:
         """EVT_ESTABLISHED (on the association's thread, before pynetdicom's reactor starts):
-        serve C-STORE and C-ECHO directly on the socket; hand anything else, and the
-        release, to pynetdicom."""
+        serve C-STORE and C-ECHO directly on the socket (:mod:`kit.dicom._storeserve`); hand
+        anything else, and the release, to pynetdicom."""
         assoc = event.assoc
         if not assoc.is_acceptor or not self.fast:
             return
-        try:
-            phase = ReceiverPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
-                                  f"{assoc.requestor.address}:{assoc.requestor.port}",
-                                  pdu_timeout=self.timeouts[1], spill_dir=self.store.tmp_dir,
-                                  max_dataset=self.max_dataset_size)
-        except Exception:  # noqa: BLE001 - never leave pynetdicom's reader on hold
-            release_dul(assoc)
-            LOGGER.exception("fast path unavailable: association left to pynetdicom")
-            return
-        try:
-            with phase:
-                if assoc.dimse.message is not None or not assoc.dimse.msg_queue.empty() \
-                        or not assoc.dul.event_queue.empty():
-                    return  # pynetdicom already took a message: leave the association to it
-                self._serve_fast(assoc, phase)
-        except PeerTimeoutError:
-            LOGGER.error("network timeout: association from %s aborted", assoc.requestor.ae_title)
-        except (PeerError, StoreError) as exc:
-            LOGGER.warning("association from %s aborted: %s", assoc.requestor.ae_title, exc)
-        except Exception as exc:  # noqa: BLE001 - a handler must not raise; the phase aborted
-            LOGGER.exception("association from %s aborted: %s", assoc.requestor.ae_title, exc)
+        serve_established(
+            assoc, lambda: ReceiverPhase(assoc, self.timeouts[2], f"dicom://{assoc.requestor.ae_title}@"
+                                         f"{assoc.requestor.address}:{assoc.requestor.port}",
+                                         pdu_timeout=self.timeouts[1], spill_dir=self.store.tmp_dir,
+                                         max_dataset=self.max_dataset_size),
+            self._store_fast, after=self._after_store, cleanup=self.store.discard_prepared)
 
-    def _serve_fast(self, assoc: Any, phase: ReceiverPhase) -> None:
-        try:
-            self._serve_messages(assoc, phase)
-        finally:
-            self.store.discard_prepared()  # this thread's temporary file for a next instance
+    def _store_fast(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview,
+                    calling: str) -> tuple[int, str]:
+        meta = {"MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
+                "TransferSyntaxUID": transfer_syntax, "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
+                "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION}
+        return self._store(meta, dataset, calling, sop_class, sop_uid)
 
-    def _serve_messages(self, assoc: Any, phase: ReceiverPhase) -> None:
-        contexts = {int(cx.context_id): cx for cx in assoc.accepted_contexts if cx.context_id is not None}
-        calling = str(assoc.requestor.ae_title or "")
-        while True:
-            try:
-                msg = phase.recv()
-            except PduInterrupt as exc:  # A-RELEASE-RQ or A-ABORT: pynetdicom's job
-                phase.hand_over([exc.raw])
-                return
-            cx = contexts.get(msg.context_id)
-            if cx is None:
-                raise AssociationAbortedError(f"DIMSE message on unknown presentation context "
-                                              f"{msg.context_id}")
-            field, sop_class = msg.command_field, command_str(msg.command, 0x0002)
-            message_id = command_int(msg.command, 0x0110) or 0
-            if field == C_STORE_RQ and sop_class == str(cx.abstract_syntax) and msg.dataset is not None:
-                sop_uid = command_str(msg.command, 0x1000)
-                meta = {"MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
-                        "TransferSyntaxUID": str(cx.transfer_syntax[0]),
-                        "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
-                        "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION}
-                status, comment = self._store(meta, msg.dataset, calling, sop_class, sop_uid)
-                fields: dict[int, int | str] = {
-                    0x00000002: sop_class, 0x00000100: C_STORE_RSP, 0x00000120: message_id,
-                    0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}
-                if comment:
-                    fields[0x00000902] = comment[:64]
-                phase.send(msg.context_id, encode_command(fields))
-                self.store.prepare()  # the next instance's file, made while the peer sends it
-                self.store.checkpoint()  # the index's WAL, if due: off every acknowledgement's path
-            elif field == C_ECHO_RQ and sop_class == str(Verification) == str(cx.abstract_syntax):
-                phase.send(msg.context_id, encode_command({
-                    0x00000002: sop_class, 0x00000100: C_ECHO_RSP, 0x00000120: message_id,
-                    0x00000800: NO_DATASET, 0x00000900: SUCCESS}))
-            elif phase.whole_pdus and phase.raw:  # C-FIND, C-GET, C-MOVE...: pynetdicom serves
-                phase.hand_over(phase.raw)
-                return
-            elif phase.raw is None:  # past SPILL_AT: not kept raw (C-STOREs are served above)
-                raise AssociationAbortedError(f"a {msg.dataset and len(msg.dataset):,}-byte data set the "
-                                              "fast path does not serve (not a C-STORE on its context)")
-            else:
-                raise AssociationAbortedError("cannot hand a message that shares a PDU to pynetdicom")
+    def _after_store(self) -> None:
+        self.store.prepare()  # the next instance's file, made while the peer sends it
+        self.store.checkpoint()  # the index's WAL, if due: off every acknowledgement's path
 
     def _records(self, identifier: Dataset, level: QueryLevel) -> Iterator[Dataset]:
         """Candidates at ``level`` (prefiltered in SQL on exact unique keys), as datasets."""
