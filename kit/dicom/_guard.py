@@ -23,6 +23,8 @@ _read_pdu_data`` / ``_decode_pdu`` / ``_recv_pdu`` / ``event_queue``):
   reactor (pynetdicom would queue every message a peer sends without waiting for
   the answers), and a server-wide :class:`MemoryBudget` bounds the bytes all
   associations hold at once.
+- :func:`serve_fitting_requests`: a request its SOP class's service does not serve (an
+  N-EVENT-REPORT naming CT Image Storage) is answered with A-ABORT, not handed to that service.
 - :func:`drop_sends_after_abort`: a message (or a second abort) pynetdicom queues
   to send after the association was aborted (the PACS stopping mid C-GET) is
   dropped, not an ``InvalidEventError`` that kills the association's network thread.
@@ -48,7 +50,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.service_class import QueryRetrieveServiceClass, StorageServiceClass, VerificationServiceClass
+from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._accept import deliver_checked
@@ -56,7 +61,7 @@ from kit.dicom._association import drop_sends_after_abort
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
 __all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MemoryBudget", "MessageBound", "deliver_request",
-           "guard_dul", "guard_storage_scp", "read_bounded_pdu"]
+           "guard_dul", "guard_storage_scp", "read_bounded_pdu", "serve_fitting_requests"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -320,7 +325,7 @@ def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
     """Put the guards on a new connection's DUL (before its threads start): PDUs read by
     :func:`read_bounded_pdu`, a command or data set bounded to ``max_dataset`` bytes and
     :data:`IN_MEMORY_MESSAGE` (None: not bounded, no budget), the messages held in memory
-    counted against ``budget``, and :func:`drop_sends_after_abort`."""
+    counted against ``budget``, :func:`drop_sends_after_abort` and :func:`serve_fitting_requests`."""
     bound = None
     if max_dataset is not None:
         limit = min(max_dataset, IN_MEMORY_MESSAGE, budget.limit if budget is not None else IN_MEMORY_MESSAGE)
@@ -330,6 +335,36 @@ def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
     dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
         read_bounded_pdu, dul, maximum, pdu_timeout, bound)
     drop_sends_after_abort(dul)
+    serve_fitting_requests(dul.assoc)
+
+
+#: The requests each service class of the PACS serves (pynetdicom hands any request to the service
+#: its SOP Class UID names: an N-EVENT-REPORT or a C-FIND naming CT Image Storage reached the
+#: C-STORE handler, or pynetdicom's storage service, which logged a traceback and aborted).
+_SERVES = ((StorageServiceClass, (C_STORE,)), (VerificationServiceClass, (C_ECHO,)),
+           (QueryRetrieveServiceClass, (C_FIND, C_GET, C_MOVE)))
+
+
+def serve_fitting_requests(assoc: Any) -> None:
+    """Answer a request its service class does not serve (by its SOP Class UID, as pynetdicom
+    dispatches it) with A-ABORT and one warning line; leave every other message to pynetdicom."""
+    serve = assoc._serve_request
+
+    def serve_if_it_fits(msg: Any, context_id: int) -> None:
+        if msg is not None and msg.is_valid_request:
+            uid = getattr(msg, "AffectedSOPClassUID", None) or getattr(msg, "RequestedSOPClassUID", None)
+            service = uid_to_service_class(str(uid or ""))
+            for kind, requests in _SERVES:
+                if issubclass(service, kind):
+                    if not isinstance(msg, requests):
+                        LOGGER.warning("a %s request naming SOP class %s from %s: association aborted",
+                                       msg.msg_type, uid, assoc.requestor.ae_title)
+                        assoc.abort()
+                        return
+                    break
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_if_it_fits
 
 
 def _count_served(assoc: Any, bound: MessageBound, budget: MemoryBudget) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -205,4 +207,26 @@ def assert_echoes(pacs: EmbeddedPACS, calling: str = "AFTER") -> None:
     finally:
         if assoc.is_established:
             assoc.release()
+        ae.shutdown()
+
+
+@contextlib.contextmanager
+def owned_association(pacs: EmbeddedPACS, aet: str) -> Iterator[tuple[Any, Any, int]]:
+    """An association to ``pacs`` whose socket the test owns (a DataPhase holds pynetdicom off)."""
+    from pynetdicom import AE
+
+    from kit.dicom._fastnet import DataPhase
+
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
+    assert assoc.is_established
+    try:
+        cx = assoc.accepted_contexts[0].context_id
+        assert cx is not None
+        with DataPhase(assoc, 60, aet) as phase:
+            yield assoc, phase, cx
+    finally:
+        if assoc.is_established:
+            assoc.abort()
         ae.shutdown()

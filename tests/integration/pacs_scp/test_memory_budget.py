@@ -27,14 +27,13 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.association import Association
 
 from kit.dicom._fastnet import C_STORE_RQ, DataPhase, command_int, encode_command
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationAbortedError
-from tests.integration.pacs_scp.conftest import assert_echoes, encode, make_instance
+from tests.integration.pacs_scp.conftest import assert_echoes, encode, make_instance, owned_association
 
 MIB = 1 << 20
 Blobs = list[tuple[str, bytes]]
@@ -53,24 +52,6 @@ def _blobs(count: int, size: int) -> Blobs:
 def _command(uid: str, message_id: int) -> bytes:
     return encode_command({0x00000002: str(CTImageStorage), 0x00000100: C_STORE_RQ,
                            0x00000110: message_id, 0x00000700: 2, 0x00000800: 1, 0x00001000: uid})
-
-
-@contextlib.contextmanager
-def _owned(pacs: EmbeddedPACS, aet: str) -> Iterator[tuple[Association, DataPhase, int]]:
-    """An association to ``pacs`` whose socket the test owns (a DataPhase holds pynetdicom off)."""
-    ae = AE(ae_title=aet)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.aet)
-    assert assoc.is_established
-    try:
-        cx = assoc.accepted_contexts[0].context_id
-        assert cx is not None
-        with DataPhase(assoc, 60, aet) as phase:
-            yield assoc, phase, cx
-    finally:
-        if assoc.is_established:
-            assoc.abort()
-        ae.shutdown()
 
 
 def _eventually(check: Callable[[], bool], what: str, wait: float = 10.0) -> None:
@@ -98,7 +79,7 @@ def slow_pacs(tmp_path: Path) -> Iterator[EmbeddedPACS]:
 def test_a_peer_that_does_not_wait_for_answers_is_held_to_two_messages(slow_pacs: EmbeddedPACS) -> None:
     pacs = slow_pacs
     blobs = _blobs(24, 1024)  # 2 MiB each: 48 MiB in all, 8 times max_in_memory
-    with _owned(pacs, "PIPELINE") as (_, phase, cx):
+    with owned_association(pacs, "PIPELINE") as (_, phase, cx):
         for i, (uid, blob) in enumerate(blobs, 1):
             phase.send(cx, _command(uid, i), blob)  # no answer read yet
         statuses = [command_int(phase.recv().command, 0x0900) for _ in blobs]
@@ -114,12 +95,12 @@ def test_a_data_set_past_max_in_memory_is_aborted_and_the_other_association_goes
     caplog.set_level(logging.WARNING, logger="kit.dicom._guard")
     pacs = slow_pacs
     (first, first_blob), (second, second_blob) = _blobs(2, 1448)  # 4 MiB each, 6 MiB allowed
-    with _owned(pacs, "HOLDER") as (holder, hold_phase, hold_cx):
+    with owned_association(pacs, "HOLDER") as (holder, hold_phase, hold_cx):
         parts = hold_phase.frame(hold_cx, _command(first, 1), first_blob)
         cut = len(parts) - 2  # all but the last fragment of the data set
         holder.dul.socket.socket.sendall(b"".join(parts[:cut]))
         _eventually(lambda: pacs.in_memory.used >= 3 * MIB, "the PACS did not read the first data set")
-        with pytest.raises(AssociationAbortedError), _owned(pacs, "LATE") as (_, phase, cx):
+        with pytest.raises(AssociationAbortedError), owned_association(pacs, "LATE") as (_, phase, cx):
             phase.send(cx, _command(second, 1), second_blob)
             phase.recv()
         holder.dul.socket.socket.sendall(b"".join(parts[cut:]))
@@ -170,13 +151,13 @@ def test_what_an_association_held_is_given_back_however_it_ends(slow_pacs: Embed
     pacs = slow_pacs
     blobs = _blobs(3, 1024)
     with contextlib.suppress(RuntimeError, AssociationAbortedError), \
-            _owned(pacs, "ENDING") as (assoc, phase, cx):
+            owned_association(pacs, "ENDING") as (assoc, phase, cx):
         ENDINGS[ending](assoc, phase, cx, blobs)
     assert pacs.in_memory.peak > 0  # it did hold something
     _eventually(lambda: pacs.in_memory.used == 0, f"{ending}: {pacs.in_memory.used} bytes still counted")
     assert_echoes(pacs)
     (uid, blob), = _blobs(1, 64)
-    with _owned(pacs, "NEXT") as (_, phase, cx):
+    with owned_association(pacs, "NEXT") as (_, phase, cx):
         phase.send(cx, _command(uid, 1), blob)
         assert command_int(phase.recv().command, 0x0900) == 0x0000
 

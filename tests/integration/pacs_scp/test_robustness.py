@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sqlite3
 import struct
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -233,3 +235,57 @@ def test_store_frame_has_the_index_columns_and_types(tmp_path: Path) -> None:
         assert frame[column].to_list() == index[column].to_list(), column
     assert frame["size_bytes"].null_count() == 0 and frame.schema["size_bytes"] == pl.Int64
     pacs.close()
+
+
+def _request_on_a_storage_context(kind: str) -> tuple[bytes, bytes | None]:
+    """(command set, data set) of a request that is not a C-STORE but names CT Image Storage as
+    its Affected SOP Class: pynetdicom hands it to the storage service (the C-STORE handler)."""
+    from pynetdicom.dimse_messages import C_FIND_RQ, N_EVENT_REPORT_RQ
+    from pynetdicom.dimse_primitives import C_FIND, N_EVENT_REPORT
+    from pynetdicom.dsutils import encode
+
+    from tests.integration.pacs_scp.conftest import encode as encode_dataset
+
+    if kind == "N-EVENT-REPORT":
+        primitive: Any = N_EVENT_REPORT()
+        primitive.AffectedSOPInstanceUID, primitive.EventTypeID = "1.2.3.4", 1
+        message: Any = N_EVENT_REPORT_RQ()
+        dataset = None
+    else:
+        primitive = C_FIND()
+        primitive.Priority = 2
+        message = C_FIND_RQ()
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel, identifier.PatientID = "PATIENT", "*"
+        dataset = encode_dataset(identifier)
+    primitive.MessageID, primitive.AffectedSOPClassUID = 1, CTImageStorage
+    message.primitive_to_message(primitive)
+    message.command_set.CommandDataSetType = 0x0101 if dataset is None else 0x0001
+    command = encode(message.command_set, True, True)
+    assert command is not None
+    return command, dataset
+
+
+@pytest.mark.parametrize("kind", ["N-EVENT-REPORT", "C-FIND"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "pynetdicom"])
+def test_a_request_that_is_not_a_c_store_on_a_storage_context_is_aborted_in_one_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, fast: bool) -> None:
+    from kit.errors import AssociationAbortedError
+    from tests.integration.pacs_scp.conftest import owned_association
+
+    caplog.set_level(logging.WARNING)
+    command, dataset = _request_on_a_storage_context(kind)
+    pacs = EmbeddedPACS(tmp_path / "pacs", port=0, fast=fast)
+    pacs.start()
+    try:
+        with pytest.raises(AssociationAbortedError, match="A-ABORT"), \
+                owned_association(pacs, "ODDREQUEST") as (_, phase, cx):
+            phase.send(cx, command, dataset)
+            phase.recv()
+        assert echo_ok(pacs)
+    finally:
+        pacs.stop()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("kit.")] == [
+        f"a {kind} request naming SOP class {CTImageStorage} from ODDREQUEST: association aborted"]
+    assert leftovers(pacs.store) == [] and not list((pacs.store.root / "files").rglob("*.dcm"))
