@@ -439,6 +439,7 @@ class MemoryBudget:
             self.used -= size
             bound.reserved -= size
             bound.sizes.clear()
+            bound.unqueued = 0
             bound.closed = True
 
     def close(self, bound: MessageBound) -> None:
