@@ -52,7 +52,12 @@ from typing import Any
 from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.service_class import QueryRetrieveServiceClass, StorageServiceClass, VerificationServiceClass
+from pynetdicom.service_class import (
+    BasicWorklistManagementServiceClass,
+    QueryRetrieveServiceClass,
+    StorageServiceClass,
+    VerificationServiceClass,
+)
 from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -342,6 +347,7 @@ def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
 #: its SOP Class UID names: an N-EVENT-REPORT or a C-FIND naming CT Image Storage reached the
 #: C-STORE handler, or pynetdicom's storage service, which logged a traceback and aborted).
 _SERVES = ((StorageServiceClass, (C_STORE,)), (VerificationServiceClass, (C_ECHO,)),
+           (BasicWorklistManagementServiceClass, (C_FIND,)),  # before its base class
            (QueryRetrieveServiceClass, (C_FIND, C_GET, C_MOVE)))
 
 

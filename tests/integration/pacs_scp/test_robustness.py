@@ -237,28 +237,27 @@ def test_store_frame_has_the_index_columns_and_types(tmp_path: Path) -> None:
     pacs.close()
 
 
-def _request_on_a_storage_context(kind: str) -> tuple[bytes, bytes | None]:
-    """(command set, data set) of a request that is not a C-STORE but names CT Image Storage as
-    its Affected SOP Class: pynetdicom hands it to the storage service (the C-STORE handler)."""
-    from pynetdicom.dimse_messages import C_FIND_RQ, N_EVENT_REPORT_RQ
-    from pynetdicom.dimse_primitives import C_FIND, N_EVENT_REPORT
+def _request_naming(kind: str, sop_class: str) -> tuple[bytes, bytes | None]:
+    """(command set, data set) of a ``kind`` request naming ``sop_class`` as its Affected SOP Class,
+    whose service does not serve it: pynetdicom handed it to that service all the same."""
+    from pynetdicom.dimse_messages import C_FIND_RQ, C_GET_RQ, N_EVENT_REPORT_RQ
+    from pynetdicom.dimse_primitives import C_FIND, C_GET, N_EVENT_REPORT
     from pynetdicom.dsutils import encode
 
     from tests.integration.pacs_scp.conftest import encode as encode_dataset
 
+    dataset = None
     if kind == "N-EVENT-REPORT":
         primitive: Any = N_EVENT_REPORT()
         primitive.AffectedSOPInstanceUID, primitive.EventTypeID = "1.2.3.4", 1
         message: Any = N_EVENT_REPORT_RQ()
-        dataset = None
     else:
-        primitive = C_FIND()
+        primitive, message = (C_FIND(), C_FIND_RQ()) if kind == "C-FIND" else (C_GET(), C_GET_RQ())
         primitive.Priority = 2
-        message = C_FIND_RQ()
         identifier = Dataset()
         identifier.QueryRetrieveLevel, identifier.PatientID = "PATIENT", "*"
         dataset = encode_dataset(identifier)
-    primitive.MessageID, primitive.AffectedSOPClassUID = 1, CTImageStorage
+    primitive.MessageID, primitive.AffectedSOPClassUID = 1, sop_class
     message.primitive_to_message(primitive)
     message.command_set.CommandDataSetType = 0x0101 if dataset is None else 0x0001
     command = encode(message.command_set, True, True)
@@ -266,15 +265,17 @@ def _request_on_a_storage_context(kind: str) -> tuple[bytes, bytes | None]:
     return command, dataset
 
 
-@pytest.mark.parametrize("kind", ["N-EVENT-REPORT", "C-FIND"])
+@pytest.mark.parametrize(("kind", "sop_class"), [
+    ("N-EVENT-REPORT", str(CTImageStorage)), ("C-FIND", str(CTImageStorage)),
+    ("C-GET", "1.2.840.10008.5.1.4.31")])  # Modality Worklist: C-FIND only
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "pynetdicom"])
-def test_a_request_that_is_not_a_c_store_on_a_storage_context_is_aborted_in_one_line(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, fast: bool) -> None:
+def test_a_request_its_sop_class_does_not_serve_is_aborted_in_one_line(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, sop_class: str, fast: bool) -> None:
     from kit.errors import AssociationAbortedError
     from tests.integration.pacs_scp.conftest import owned_association
 
     caplog.set_level(logging.WARNING)
-    command, dataset = _request_on_a_storage_context(kind)
+    command, dataset = _request_naming(kind, sop_class)
     pacs = EmbeddedPACS(tmp_path / "pacs", port=0, fast=fast)
     pacs.start()
     try:
@@ -287,5 +288,5 @@ def test_a_request_that_is_not_a_c_store_on_a_storage_context_is_aborted_in_one_
         pacs.stop()
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kit.")] == [
-        f"a {kind} request naming SOP class {CTImageStorage} from ODDREQUEST: association aborted"]
+        f"a {kind} request naming SOP class {sop_class} from ODDREQUEST: association aborted"]
     assert leftovers(pacs.store) == [] and not list((pacs.store.root / "files").rglob("*.dcm"))
