@@ -484,7 +484,7 @@ class EmbeddedPACS:
             if calling:
                 meta["SourceApplicationEntityTitle"] = calling
             self.store.store_encoded(meta, encoded, verdict_attributes(verdict),
-                                     checkpoint=False)  # after the answer (_serve_messages)
+                                     checkpoint=False)  # after the answer (_after_store)
         except DicomFileError as exc:
             LOGGER.warning("C-STORE from %s refused: %s", calling, exc)
             return CANNOT_UNDERSTAND, str(exc)
