@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,6 +65,15 @@ def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0,
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+
+def wait_until(condition: Callable[[], object], what: str = "timed out", seconds: float = 20.0) -> None:
+    """Poll ``condition`` until it is true; fail with ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
 
 
 def peer_env() -> dict[str, str]:

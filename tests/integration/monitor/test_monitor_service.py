@@ -12,7 +12,6 @@ import sys
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import httpx
 import polars as pl
@@ -24,7 +23,7 @@ from kit.hub import Hub
 from kit.hub.monitor import Monitor
 from kit.services.api_metrics import serve_monitor
 from kit.stack import Stack
-from tests.conftest import stop_pid
+from tests.conftest import stop_pid, wait_until
 from tests.integration.api.helpers import running_api
 
 KIT = [sys.executable, "-m", "kit.cli"]
@@ -48,13 +47,6 @@ class BrokenHub:
 
     def disconnect_all(self) -> None:
         pass
-
-
-def wait_until(condition: Any, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_a_worker_that_dies_makes_the_monitor_unhealthy_loudly(stack: Stack, tmp_path: Path) -> None:

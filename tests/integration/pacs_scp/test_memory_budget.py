@@ -22,7 +22,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from pynetdicom.association import Association
 from kit.dicom._fastnet import C_STORE_RQ, DataPhase, command_int, encode_command
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationAbortedError
+from tests.conftest import wait_until
 from tests.integration.pacs_scp.conftest import assert_echoes, encode, make_instance, owned_association
 
 MIB = 1 << 20
@@ -52,13 +53,6 @@ def _blobs(count: int, size: int) -> Blobs:
 def _command(uid: str, message_id: int) -> bytes:
     return encode_command({0x00000002: str(CTImageStorage), 0x00000100: C_STORE_RQ,
                            0x00000110: message_id, 0x00000700: 2, 0x00000800: 1, 0x00001000: uid})
-
-
-def _eventually(check: Callable[[], bool], what: str, wait: float = 10.0) -> None:
-    deadline = time.monotonic() + wait
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def _stored(pacs: EmbeddedPACS) -> set[str]:
@@ -87,7 +81,7 @@ def test_a_peer_that_does_not_wait_for_answers_is_held_to_two_messages(slow_pacs
     assert _stored(pacs) == {uid for uid, _ in blobs}
     # one message served, one waiting for the reactor; the rest waits in TCP's buffers
     assert pacs.in_memory.peak <= 2 * (len(blobs[0][1]) + 256), pacs.in_memory.peak
-    _eventually(lambda: pacs.in_memory.used == 0, "the PACS still counts bytes of ended associations")
+    wait_until(lambda: pacs.in_memory.used == 0, "the PACS still counts bytes of ended associations")
 
 
 def test_a_data_set_past_max_in_memory_is_aborted_and_the_other_association_goes_on(
@@ -99,7 +93,7 @@ def test_a_data_set_past_max_in_memory_is_aborted_and_the_other_association_goes
         parts = hold_phase.frame(hold_cx, _command(first, 1), first_blob)
         cut = len(parts) - 2  # all but the last fragment of the data set
         holder.dul.socket.socket.sendall(b"".join(parts[:cut]))
-        _eventually(lambda: pacs.in_memory.used >= 3 * MIB, "the PACS did not read the first data set")
+        wait_until(lambda: pacs.in_memory.used >= 3 * MIB, "the PACS did not read the first data set")
         with pytest.raises(AssociationAbortedError), owned_association(pacs, "LATE") as (_, phase, cx):
             phase.send(cx, _command(second, 1), second_blob)
             phase.recv()
@@ -107,7 +101,7 @@ def test_a_data_set_past_max_in_memory_is_aborted_and_the_other_association_goes
         assert command_int(hold_phase.recv().command, 0x0900) == 0x0000
     assert "max_in_memory" in caplog.text
     assert _stored(pacs) == {first}
-    _eventually(lambda: pacs.in_memory.used == 0, "the PACS still counts bytes of ended associations")
+    wait_until(lambda: pacs.in_memory.used == 0, "the PACS still counts bytes of ended associations")
     assert_echoes(pacs)
 
 
@@ -154,7 +148,7 @@ def test_what_an_association_held_is_given_back_however_it_ends(slow_pacs: Embed
             owned_association(pacs, "ENDING") as (assoc, phase, cx):
         ENDINGS[ending](assoc, phase, cx, blobs)
     assert pacs.in_memory.peak > 0  # it did hold something
-    _eventually(lambda: pacs.in_memory.used == 0, f"{ending}: {pacs.in_memory.used} bytes still counted")
+    wait_until(lambda: pacs.in_memory.used == 0, f"{ending}: {pacs.in_memory.used} bytes still counted")
     assert_echoes(pacs)
     (uid, blob), = _blobs(1, 64)
     with owned_association(pacs, "NEXT") as (_, phase, cx):

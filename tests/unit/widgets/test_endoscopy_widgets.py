@@ -21,6 +21,7 @@ from kit.endoscopy.source import FrameSource
 from kit.errors import InvalidInputError, VideoFileError
 from kit.widgets import FrameViewer, ProcedurePicker
 from kit.widgets.endoscopy import draw_detections
+from tests.conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 CLIPS = sorted((ROOT / "data" / "samples" / "endoscopy").glob("*.mp4"))
@@ -43,13 +44,6 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as img:
         assert img.format == "JPEG"
         return img.size
-
-
-def wait_for(condition, what: str, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def test_picker_dropdown_and_table_follow_each_other(worklist: pl.DataFrame) -> None:
@@ -149,9 +143,9 @@ def test_play_shows_frames_in_the_background_until_paused(viewer: FrameViewer) -
     viewer.max_fps = 50.0
     viewer.play()
     assert viewer._play.value and viewer._play.description == "pause"
-    wait_for(lambda: viewer.shown >= 3, "frames shown while playing")
+    wait_until(lambda: viewer.shown >= 3, "frames shown while playing", seconds=30.0)
     first = viewer.image
-    wait_for(lambda: viewer.image != first, "the image changes while playing")
+    wait_until(lambda: viewer.image != first, "the image changes while playing", seconds=30.0)
     with pytest.raises(InvalidInputError, match="pause the viewer"):
         viewer.step()
     viewer.pause()
@@ -160,8 +154,8 @@ def test_play_shows_frames_in_the_background_until_paused(viewer: FrameViewer) -
     time.sleep(0.2)
     assert viewer.shown == shown                            # paused: nothing more is shown
     viewer.play()                                           # plays on to the file's end, then stops by itself
-    wait_for(lambda: not viewer.playing, "playing stops at the end of the file")
-    wait_for(lambda: not viewer._play.value, "the button shows it stopped")
+    wait_until(lambda: not viewer.playing, "playing stops at the end of the file", seconds=30.0)
+    wait_until(lambda: not viewer._play.value, "the button shows it stopped", seconds=30.0)
     assert viewer.error is None and viewer.frame is not None and viewer.frame.index == 35
 
 
@@ -170,7 +164,7 @@ def test_record_button_while_playing_collects_every_frame(viewer: FrameViewer) -
     viewer._seconds.value = 1.0
     viewer._record.click()                                  # starts playing and recording
     assert viewer.playing or viewer.clip
-    wait_for(lambda: not viewer.recording, "the recording ends after 1 s of stream time")
+    wait_until(lambda: not viewer.recording, "the recording ends after 1 s of stream time", seconds=30.0)
     indices = [f.index for f in viewer.clip]
     assert len(indices) == 12 and indices == list(range(indices[0], indices[0] + 12))
     viewer.pause()
@@ -183,7 +177,7 @@ def test_a_failing_detector_stops_playing_and_says_why() -> None:
     v = FrameViewer(FrameSource(CLIPS[1]), detector=broken)
     try:
         v.play()
-        wait_for(lambda: not v.playing and not v._play.value, "the thread stops")
+        wait_until(lambda: not v.playing and not v._play.value, "the thread stops", seconds=30.0)
         assert v.error == "the detector or display failed: ValueError: model exploded"
         assert v._status.value == v.error
     finally:
@@ -198,7 +192,7 @@ def test_a_source_that_fails_is_said_not_raised(tmp_path: Path) -> None:
     v = FrameViewer(FrameSource(bad))
     try:
         v.play()
-        wait_for(lambda: not v.playing and v.error is not None, "the failure is shown")
+        wait_until(lambda: not v.playing and v.error is not None, "the failure is shown", seconds=30.0)
         assert v.error is not None and v.error.startswith("VideoFileError")
         with pytest.raises(VideoFileError):                 # stepping by hand raises it
             v.step()
