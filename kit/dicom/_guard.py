@@ -365,12 +365,34 @@ def serve_fitting_requests(assoc: Any) -> None:
                     if not isinstance(msg, requests):
                         LOGGER.warning("a %s request naming SOP class %s from %s: association aborted",
                                        msg.msg_type, uid, assoc.requestor.ae_title)
-                        assoc.abort()
+                        _abort_from_any_thread(assoc)
                         return
                     break
         serve(msg, context_id)
 
     assoc._serve_request = serve_if_it_fits
+
+
+def _abort_from_any_thread(assoc: Any, wait: float = 5.0) -> None:
+    """Abort ``assoc`` with an A-ABORT that reaches the peer, from its own thread or another.
+
+    pynetdicom serves an N-EVENT-REPORT on a thread of its own. Its blocking ``abort()`` there
+    stops the association's thread at once, and that thread closes the socket as it ends, often
+    before the DUL thread has sent the queued A-ABORT: the peer saw the connection closed. Here
+    the A-ABORT is queued, the DUL given up to ``wait`` seconds to send it (it leaves the state it
+    was in), and only then is the association stopped.
+    """
+    own_thread = threading.current_thread() is assoc
+    if own_thread:
+        assoc.abort()
+        return
+    dul = assoc.dul
+    state = dul.state_machine.current_state
+    assoc._abort_nonblocking()
+    deadline = time.monotonic() + wait
+    while dul.state_machine.current_state == state and dul.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assoc.kill()
 
 
 def _count_served(assoc: Any, bound: MessageBound, budget: MemoryBudget) -> None:
