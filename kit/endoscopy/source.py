@@ -29,8 +29,10 @@ so nothing is lost and nothing is handed between threads. A live stream that sto
 stream, reset, silence past ``read_timeout``) is reopened with exponential
 backoff until ``reconnect_deadline``; the time and the estimated frames missed
 are counted, indices skip the missed frames and timestamps keep running across
-the gap. Every open and read has a timeout, so iteration never hangs: a URL that
-does not answer raises :class:`~kit.errors.PeerTimeoutError` (a closed port
+the gap. A live stream's frame the decoder flags corrupt (a peer gone mid-frame) is
+not delivered, nor are the last frames drained with it; they are counted. Every open
+and read has a timeout, so iteration never hangs: a URL that does not answer raises
+:class:`~kit.errors.PeerTimeoutError` (a closed port
 :class:`~kit.errors.PeerUnreachableError`) within ``open_timeout``; a stream
 that stays away raises :class:`~kit.errors.PeerDisconnectedError` after the
 frames already decoded; a corrupt or truncated file raises
@@ -89,7 +91,8 @@ class SourceStats:
     dropped : int
         Frames decoded but dropped unread because the consumer fell behind (live sources).
     corrupt : int
-        Frames the decoder flagged corrupt, plus packets it could not decode.
+        Frames the decoder flagged corrupt, plus packets it could not decode (a live
+        stream's are not delivered, nor the frames drained with one at a connection's end).
     reconnects : int
         Times a dropped live stream was reopened.
     missed : int
@@ -489,7 +492,8 @@ class FrameSource:
         import av
 
         stream = container.streams.video[0]
-        declared = stream.frames if self.kind == "file" else 0
+        live = self.kind != "file"
+        declared = 0 if live else stream.frames
         packets = decoded = 0
         for packet in container.demux(stream):
             if self._stop.is_set():
@@ -502,6 +506,8 @@ class FrameSource:
                 with self._lock:
                     self._counts["corrupt"] += 1
                 continue
+            if live:
+                frames = self._whole(frames, draining=not packet.size)
             for vf in frames:
                 decoded += 1
                 frame = self._make_frame(vf)
@@ -510,6 +516,19 @@ class FrameSource:
                 yield frame
         if self.kind == "file":
             self._check_file(declared, packets, decoded)
+
+    def _whole(self, frames: list[Any], *, draining: bool) -> list[Any]:
+        """The frames of a live stream to deliver: not those the decoder flags corrupt (a frame cut
+        short by a peer gone mid-frame) and, when the decoder is drained at the end of a connection
+        and one of its last frames is flagged, none of them (a frame shown before the cut one may
+        lean on it, unflagged). The others are counted corrupt."""
+        bad = [vf for vf in frames if vf.is_corrupt]
+        if not bad:
+            return frames
+        keep = [] if draining else [vf for vf in frames if not vf.is_corrupt]
+        with self._lock:
+            self._counts["corrupt"] += len(frames) - len(keep)
+        return keep
 
     def _check_file(self, declared: int, packets: int, decoded: int) -> None:
         """A file that yields nothing, fewer frames than it declares, or corrupt frames is an error."""
@@ -530,7 +549,7 @@ class FrameSource:
 
         now = time.monotonic()
         ts = self._timestamp(None if vf.time is None else float(vf.time), now)
-        if vf.is_corrupt:
+        if vf.is_corrupt:  # a file's (a live stream's are not delivered: _whole)
             with self._lock:
                 self._counts["corrupt"] += 1
         if self.realtime:

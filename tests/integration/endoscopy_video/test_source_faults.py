@@ -19,7 +19,7 @@ import pytest
 from kit.endoscopy.source import FrameSource
 from kit.errors import PeerDisconnectedError, PeerTimeoutError, PeerUnreachableError
 from tests.conftest import free_port
-from tests.integration.endoscopy_video.conftest import CLIP
+from tests.integration.endoscopy_video.conftest import CLIP, digest
 
 
 @pytest.fixture
@@ -84,13 +84,18 @@ class HalfStreamServer:
     """An HTTP server that sends the first half of a TS stream, then holds the connection silently.
 
     ``serve_once``: after the first connection the listening socket closes (nothing comes back).
+    ``body``: what to send instead of the first half; ``hold=False``: close the connection after it.
     """
 
-    def __init__(self, *, serve_once: bool) -> None:
-        data = _ts_bytes()
-        half = data[: len(data) // 2 // 188 * 188]
-        self.payload = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + half
-        self.serve_once = serve_once
+    def __init__(self, *, serve_once: bool, body: bytes | None = None, hold: bool = True) -> None:
+        if body is None:
+            data = _ts_bytes()
+            body = data[: len(data) // 2 // 188 * 188]
+        # closing after the body: its length said, so that the end is a clean end of stream (as an
+        # RTSP gateway's closed connection is), not a read error
+        length = b"" if hold else b"Content-Length: %d\r\n" % len(body)
+        self.payload = b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n" + length + b"\r\n" + body
+        self.serve_once, self.hold = serve_once, hold
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
@@ -117,7 +122,10 @@ class HalfStreamServer:
                 conn.sendall(self.payload)
             except OSError:
                 pass
-            self._held.append(conn)       # silent from here on, connection open
+            if self.hold:
+                self._held.append(conn)   # silent from here on, connection open
+            else:
+                conn.close()
             if self.serve_once:
                 self.sock.close()
                 return
@@ -184,3 +192,39 @@ def test_a_silent_stream_that_comes_back_is_reconnected_and_the_gap_counted() ->
         assert times == sorted(times)          # the clock keeps running across reconnects
     finally:
         server.close()
+
+
+def _decoded(data: bytes) -> list[str]:
+    """Digests of the frames a bare PyAV decode of TS bytes gives, the decoder drained at the end."""
+    out = []
+    with av.open(io.BytesIO(data), format="mpegts") as container:
+        for packet in container.demux(container.streams.video[0]):
+            out.extend(digest(frame.to_ndarray(format="rgb24")) for frame in packet.decode())
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_cut_mid_frame_delivers_no_damaged_frame(clip_digests: set[str]) -> None:
+    """A peer gone mid-frame (a killed gateway, a reset): the decoder drains frames made from the
+    cut frame, or leaning on it, which look like video but are not the procedure's. Only the
+    frames decoded whole are delivered; the others are counted corrupt."""
+    data = _ts_bytes()
+    damaging = [cut for cut in range(188 * 40, len(data), 188 * 5)
+                if any(d not in clip_digests for d in _decoded(data[:cut]))]
+    assert len(damaging) >= 3, "no cut of the clip gives a damaged frame: the test shows nothing"
+    for cut in damaging:
+        server = HalfStreamServer(serve_once=True, body=data[:cut], hold=False)
+        try:
+            with FrameSource(f"http://127.0.0.1:{server.port}/live.ts", reconnect=False, open_timeout=5,
+                             read_timeout=5) as source:
+                delivered = [digest(frame.image) for frame in source]
+                stats = source.stats
+        finally:
+            server.close()
+        bare = _decoded(data[:cut])
+        assert all(d in clip_digests for d in delivered), (cut, [d in clip_digests for d in delivered])
+        rest = iter(bare)
+        assert all(d in rest for d in delivered), cut            # in the decode's order
+        whole = sum(d in clip_digests for d in bare)
+        assert whole - 4 <= len(delivered) <= whole, (cut, len(delivered), whole)
+        assert stats.corrupt >= 1, (cut, stats)
