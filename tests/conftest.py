@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -74,6 +75,15 @@ def wait_until(condition: Callable[[], object], what: str = "timed out", seconds
     while not condition():
         assert time.monotonic() < deadline, what
         time.sleep(0.02)
+
+
+def open_fds(collect: bool = False) -> int:
+    """Descriptors this process has open (Linux /proc). ``collect``: run the garbage collector
+    first, so that what earlier tests in this process (an xdist worker runs many) left for it is
+    closed before a test takes its baseline, not during the test."""
+    if collect:
+        gc.collect()
+    return len(os.listdir("/proc/self/fd"))
 
 
 def peer_env() -> dict[str, str]:

@@ -18,6 +18,7 @@ import pytest
 
 from kit.dicom import _spares
 from kit.dicom._spares import POOL_LIMIT, Spare, SparePool, create, maker, names
+from tests.conftest import open_fds
 
 
 def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -27,10 +28,6 @@ def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return condition()
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 class Counting:
@@ -103,7 +100,7 @@ def test_files_ready_or_being_made_never_exceed_the_bound(tmp_path: Path) -> Non
 
 @pytest.mark.skipif(not hasattr(os, "O_TMPFILE"), reason="no unnamed files on this system")
 def test_unnamed_files_are_closed_and_nothing_stays_open(tmp_path: Path) -> None:
-    before = _open_fds()
+    before = open_fds(collect=True)
 
     def unnamed() -> tuple[str, int]:
         return "", os.open(tmp_path, os.O_WRONLY | os.O_TMPFILE, 0o600)
@@ -117,7 +114,7 @@ def test_unnamed_files_are_closed_and_nothing_stays_open(tmp_path: Path) -> None
     os.close(made[1])
     pool.close()
     pool.close()  # idempotent
-    assert _wait(lambda: _open_fds() == before)
+    assert _wait(lambda: open_fds() == before)
     assert list(tmp_path.iterdir()) == []
 
 

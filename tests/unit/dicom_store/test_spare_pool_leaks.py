@@ -16,14 +16,13 @@ import pytest
 
 from kit.dicom._getphase import PooledReceiver
 from kit.dicom._spares import POOL_LIMIT, SparePool, create, names
+from tests.conftest import open_fds
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SYNTAX = "1.2.840.10008.1.2.1"
 DATA = b"\x08\x00\x16\x00\x02\x00\x00\x001\x00"
 
 
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def _pool_threads() -> list[threading.Thread]:
@@ -40,7 +39,7 @@ def _settle(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 @pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
 def test_one_pool_per_retrieve_leaks_nothing(tmp_path: Path, unnamed: bool) -> None:
     assert _settle(lambda: not _pool_threads())
-    fds, threads = _fds(), threading.active_count()
+    fds, threads = open_fds(collect=True), threading.active_count()
     for n in range(40):  # as PacsClient.get: a receiver per retrieve, prepared, used, discarded
         dest = tmp_path / f"r{n}"
         dest.mkdir()
@@ -55,26 +54,26 @@ def test_one_pool_per_retrieve_leaks_nothing(tmp_path: Path, unnamed: bool) -> N
         receiver.discard()
         assert sorted(p.name for p in dest.iterdir()) == [f"1.2.{i}.dcm" for i in range(3)]
     assert _settle(lambda: threading.active_count() == threads and not _pool_threads())
-    assert _fds() == fds
+    assert open_fds() == fds
 
 
 def test_pools_dropped_unclosed_end_and_close_their_files(tmp_path: Path) -> None:
     assert _settle(lambda: not _pool_threads())
-    fds = _fds()
+    fds = open_fds(collect=True)
     receivers = [PooledReceiver(tmp_path, None, None) for _ in range(10)]
     for receiver in receivers:
         receiver.pool.top_up(POOL_LIMIT)
-    assert _settle(lambda: _fds() == fds + 10 * POOL_LIMIT)
+    assert _settle(lambda: open_fds() == fds + 10 * POOL_LIMIT)
     del receivers, receiver
     gc.collect()
     assert _settle(lambda: not _pool_threads())  # each thread sees its pool gone within _POLL
-    assert _fds() == fds
+    assert open_fds() == fds
     assert [p.name for p in tmp_path.iterdir()] == []  # named or unnamed: nothing left
 
 
 @pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed", "named"])
 def test_the_folder_deleted_under_files_made_ahead(tmp_path: Path, unnamed: bool) -> None:
-    fds = _fds()
+    fds = open_fds(collect=True)
     dest = tmp_path / "dest"
     dest.mkdir()
     receiver = PooledReceiver(dest, None, None)
@@ -89,7 +88,7 @@ def test_the_folder_deleted_under_files_made_ahead(tmp_path: Path, unnamed: bool
     thread = receiver.pool._thread
     receiver.discard()
     assert thread is not None and not thread.is_alive()
-    assert _fds() == fds and not tmp_path.joinpath("dest").exists()
+    assert open_fds() == fds and not tmp_path.joinpath("dest").exists()
 
 
 def _race_close_and_take(folder: Path) -> None:
@@ -126,7 +125,7 @@ def _race_close_and_take(folder: Path) -> None:
 
 
 def test_close_racing_take_from_many_threads(tmp_path: Path) -> None:
-    fds = _fds()
+    fds = open_fds(collect=True)
     for _ in range(20):
         _race_close_and_take(tmp_path)
-    assert _fds() == fds
+    assert open_fds() == fds
