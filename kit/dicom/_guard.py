@@ -353,7 +353,8 @@ _SERVES = ((StorageServiceClass, (C_STORE,)), (VerificationServiceClass, (C_ECHO
 
 def serve_fitting_requests(assoc: Any) -> None:
     """Answer a request its service class does not serve (by its SOP Class UID, as pynetdicom
-    dispatches it) with A-ABORT and one warning line; leave every other message to pynetdicom."""
+    dispatches it) with A-ABORT and one warning line (the requests that arrive while the
+    association ends are dropped unlogged); leave every other message to pynetdicom."""
     serve = assoc._serve_request
 
     def serve_if_it_fits(msg: Any, context_id: int) -> None:
@@ -363,9 +364,10 @@ def serve_fitting_requests(assoc: Any) -> None:
             for kind, requests in _SERVES:
                 if issubclass(service, kind):
                     if not isinstance(msg, requests):
-                        LOGGER.warning("a %s request naming SOP class %s from %s: association aborted",
-                                       msg.msg_type, uid, assoc.requestor.ae_title)
-                        _abort_from_any_thread(assoc)
+                        if not assoc._sent_abort:  # one line an association, not one a request after it
+                            LOGGER.warning("a %s request naming SOP class %s from %s: association aborted",
+                                           msg.msg_type, uid, assoc.requestor.ae_title)
+                            _abort_from_any_thread(assoc)
                         return
                     break
         serve(msg, context_id)

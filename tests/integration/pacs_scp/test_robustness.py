@@ -290,3 +290,37 @@ def test_a_request_its_sop_class_does_not_serve_is_aborted_in_one_line(
     assert [r.getMessage() for r in caplog.records if r.name.startswith("kit.")] == [
         f"a {kind} request naming SOP class {sop_class} from ODDREQUEST: association aborted"]
     assert leftovers(pacs.store) == [] and not list((pacs.store.root / "files").rglob("*.dcm"))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "pynetdicom"])
+def test_a_flood_of_requests_that_do_not_fit_is_one_line_an_association(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, fast: bool) -> None:
+    """300 N-EVENT-REPORTs naming CT Image Storage sent without reading, on each of 3 associations:
+    pynetdicom serves each on a thread of its own, and those that arrive while the association
+    ends are dropped without a line (there were about 170 lines an association)."""
+    import threading
+
+    from kit.errors import KitError
+    from tests.conftest import wait_until
+    from tests.integration.pacs_scp.conftest import owned_association
+
+    caplog.set_level(logging.WARNING)
+    command, dataset = _request_naming("N-EVENT-REPORT", str(CTImageStorage))
+    pacs = EmbeddedPACS(tmp_path / "pacs", port=0, fast=fast)
+    pacs.start()
+    threads = threading.active_count()
+    try:
+        for _ in range(3):
+            try:
+                with owned_association(pacs, "FLOOD") as (_, phase, cx):
+                    for _ in range(300):
+                        phase.send(cx, command, dataset)
+            except KitError:
+                pass  # aborted while still sending: what the peer may see
+        assert echo_ok(pacs)
+        wait_until(lambda: threading.active_count() <= threads, "the request threads did not end")
+    finally:
+        pacs.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("kit.")]
+    assert 3 <= len(lines) <= 6, lines      # one an association (two threads may race to the first)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
