@@ -68,7 +68,6 @@ def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 30.0,
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
-
 def wait_until(condition: Callable[[], object], what: str = "timed out", seconds: float = 20.0) -> None:
     """Poll ``condition`` until it is true; fail with ``what`` after ``seconds``."""
     deadline = time.monotonic() + seconds

@@ -522,8 +522,7 @@ class FrameSource:
         short by a peer gone mid-frame) and, when the decoder is drained at the end of a connection
         and one of its last frames is flagged, none of them (a frame shown before the cut one may
         lean on it, unflagged). The others are counted corrupt."""
-        bad = [vf for vf in frames if vf.is_corrupt]
-        if not bad:
+        if not any(vf.is_corrupt for vf in frames):
             return frames
         keep = [] if draining else [vf for vf in frames if not vf.is_corrupt]
         with self._lock:

@@ -209,10 +209,10 @@ def test_a_stream_cut_mid_frame_delivers_no_damaged_frame(clip_digests: set[str]
     cut frame, or leaning on it, which look like video but are not the procedure's. Only the
     frames decoded whole are delivered; the others are counted corrupt."""
     data = _ts_bytes()
-    damaging = [cut for cut in range(188 * 40, len(data), 188 * 5)
-                if any(d not in clip_digests for d in _decoded(data[:cut]))]
+    cuts = {cut: _decoded(data[:cut]) for cut in range(188 * 40, len(data), 188 * 5)}
+    damaging = {cut: bare for cut, bare in cuts.items() if any(d not in clip_digests for d in bare)}
     assert len(damaging) >= 3, "no cut of the clip gives a damaged frame: the test shows nothing"
-    for cut in damaging:
+    for cut, bare in damaging.items():
         server = HalfStreamServer(serve_once=True, body=data[:cut], hold=False)
         try:
             with FrameSource(f"http://127.0.0.1:{server.port}/live.ts", reconnect=False, open_timeout=5,
@@ -221,7 +221,6 @@ def test_a_stream_cut_mid_frame_delivers_no_damaged_frame(clip_digests: set[str]
                 stats = source.stats
         finally:
             server.close()
-        bare = _decoded(data[:cut])
         assert all(d in clip_digests for d in delivered), (cut, [d in clip_digests for d in delivered])
         rest = iter(bare)
         assert all(d in rest for d in delivered), cut            # in the decode's order
