@@ -1,4 +1,4 @@
-"""PacsClient.store of a large file: checked through a memory map, sent from the file in pieces.
+"""PacsClient.store of a large file: checked where its headers are, sent from the file in pieces.
 
 Against dcmtk storescp (a real peer in its own process, so that tracemalloc here counts the
 client alone): an 18 MiB instance, with LARGE_FILE lowered to 1 MiB, arrives byte for byte while
@@ -110,18 +110,3 @@ def test_a_large_file_cut_short_after_its_check_is_an_error_and_nothing_of_it_is
     monkeypatch.setattr(pacs.store, "store_encoded", store)
     assert [dcmread(p).PatientID for p in (pacs.store.root / "files").rglob("*.dcm")] == ["SMALLSEND"]
     assert PacsClient("127.0.0.1", pacs.port, called_aet=pacs.aet, timeout=10).echo() is not None
-
-
-def test_a_file_system_that_cannot_map_the_file_falls_back_to_reading_it(
-        to_storescp: tuple[PacsClient, Path, Path, list[Path]], monkeypatch: pytest.MonkeyPatch) -> None:
-    """mmap refused (ENODEV, as some FUSE file systems answer; faked here): read whole, as before."""
-    client, out, big, _ = to_storescp
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError(19, "No such device")
-
-    monkeypatch.setattr(_outgoing.mmap, "mmap", refuse)
-    assert _outgoing.Outgoing.of(big).file_size == big.stat().st_size
-    assert client.store([big])["status"].to_list() == [0]
-    source = dcmread(big)
-    assert _received(out) == {str(source.SOPInstanceUID): source.PixelData}
