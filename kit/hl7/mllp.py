@@ -33,6 +33,7 @@ idle timeout or duplicate handling; hl7apy's ``MLLPServer`` is a blocking
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -67,6 +68,10 @@ _READ_SIZE = 1 << 16
 #: Seconds a TLS peer has to finish its handshake (at most the idle timeout); until then its
 #: connection is not counted against max_connections.
 _HANDSHAKE_TIMEOUT = 10.0
+#: A connection whose frames are refused this many times in a row (framing errors, AR: nothing a
+#: working sender sends) is closed: 64 KiB of empty frames made 21,800 NAKs, seconds of the event
+#: loop that every other connection waited for.
+_MAX_REFUSED_IN_A_ROW = 100
 #: Most messages committed in one transaction.
 _MAX_BATCH = 1000
 #: Longest wait for the other connections' messages before a commit (group commit).
@@ -257,10 +262,11 @@ class MLLPListener:
         #: in-memory counts since start: received, stored, duplicates, rejected, framing_errors,
         #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded),
         #: commits (store transactions, each several messages when they arrive together: group
-        #: commit), failed_commits (batches answered AE because the store failed)
+        #: commit), failed_commits (batches answered AE because the store failed), cut_off
+        #: (connections closed after _MAX_REFUSED_IN_A_ROW refused frames)
         self.counts: dict[str, int] = dict.fromkeys(
             ("received", "stored", "duplicates", "rejected", "framing_errors", "connections", "evicted",
-             "slow", "commits", "failed_commits"), 0)
+             "slow", "commits", "failed_commits", "cut_off"), 0)
         self._activity: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -269,6 +275,11 @@ class MLLPListener:
         #: eight connections' messages wake it once, not eight times; None stops it
         self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._pending: list[_Job] = []  # the loop's jobs not handed over yet (loop thread only)
+        #: rejections and framing errors counted by the loop, not yet written by the store thread (a
+        #: write each, fsync'ed on the loop, let a flood of empty frames stall every connection)
+        self._uncounted: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()
+        self._counts_queued = False  # the store thread has been woken to write them
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[None]] = set()  # connections counted against max_connections
         self._shutdown: asyncio.Event | None = None
@@ -501,9 +512,12 @@ class MLLPListener:
         while True:
             first = jobs.get()
             if first is None:
+                self._write_counts()
                 return
             batch = list(first)
             stop = self._take_waiting(batch, gather, min(last_commit, _GATHER_MAX))
+            self._write_counts()  # before the batch: a count the loop made before a message's
+            # arrival is in the store before that message's ACK
             loop = self._loop  # set before the loop made the first job
             assert loop is not None
             peers: set[str] = set()
@@ -519,6 +533,19 @@ class MLLPListener:
             gather, before = len(peers | before) if len(peers) > 1 else 1, peers
             if stop:
                 return
+
+    def _write_counts(self) -> None:
+        """In the store thread: write the counts the loop gathered since the last time, in one
+        transaction (a flood of bad frames costs a commit per store-thread round, not one per frame
+        on the loop)."""
+        with self._counts_lock:
+            counts, self._uncounted = self._uncounted, collections.Counter()
+            self._counts_queued = False
+        if counts and self.store is not None:
+            try:
+                self.store.add_counts(counts)
+            except StoreError as exc:  # a counter is not worth failing the listener
+                log.warning("could not count %s: %s", ", ".join(sorted(counts)), exc)
 
     def _take_waiting(self, batch: list[_Job], gather: int, wait: float) -> bool:
         """Add every queued job to ``batch`` (stopping once it holds :data:`_MAX_BATCH`), waiting up
@@ -576,6 +603,7 @@ class MLLPListener:
         frame_started: float | None = None
         watch = _Watch(loop, task)
         stalled = False  # the peer stopped reading its ACKs
+        refused = 0  # frames refused in a row
         try:
             while True:
                 deadline, slow = loop.time() + self.idle_timeout, False
@@ -599,11 +627,23 @@ class MLLPListener:
                 watch.expect(math.inf)
                 self._activity[task] = loop.time()
                 items = decoder.feed(data) if data else decoder.flush()
-                replies = [self._handle(item, peer) for item in items]
+                replies = []
+                for item in items:
+                    reply = self._handle(item, peer)
+                    replies.append(reply)
+                    # answered at once: refused (a message that is stored is answered after its commit)
+                    refused = refused + 1 if reply.done() else 0
+                    if refused >= _MAX_REFUSED_IN_A_ROW:
+                        break
                 for reply in replies:
                     text = await reply
                     if data and not writer.transport.is_closing():  # gone: asyncio would log each write
-                        writer.write(frame(text))
+                        writer.write(frame(text))  # at end of stream: only errors, of a cut frame
+                if refused >= _MAX_REFUSED_IN_A_ROW:
+                    self.counts["cut_off"] += 1
+                    log.warning("MLLP peer %s: %d frames refused in a row; disconnecting", peer, refused)
+                    await asyncio.wait_for(writer.drain(), 2.0)
+                    break
                 if not data:
                     break
                 if not decoder.in_frame:
@@ -720,11 +760,13 @@ class MLLPListener:
         return result
 
     def _count_in_store(self, counter: str) -> None:
-        if self.store is not None:
-            try:
-                self.store.increment(counter)
-            except StoreError as exc:  # a counter is not worth failing the connection
-                log.warning("could not count %s: %s", counter, exc)
+        """Count a rejection or framing error in the store: written by the store thread, which an
+        empty batch wakes if it is not already due to write counts."""
+        with self._counts_lock:
+            self._uncounted[counter] += 1
+            wake, self._counts_queued = not self._counts_queued, True
+        if wake:
+            self._jobs.put([])
 
     def _acknowledge(self, item: Received, result: asyncio.Future[str], outcome: StoredResult | BaseException,
                      when: dt.datetime, stamp: str, ack_id: str) -> None:

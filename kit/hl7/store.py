@@ -30,7 +30,7 @@ import hashlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -232,6 +232,27 @@ class MessageStore:
                 self._bump(self._db.cursor(), counter, by)
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot update counter {counter} in {self.path}: {exc}") from exc
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Add to several counters in one transaction (one fsync), e.g. those a listener gathered
+        while its store was busy."""
+        unknown = set(counts) - set(COUNTERS)
+        if unknown:
+            raise ValueError(f"unknown counters {sorted(unknown)}; expected some of {COUNTERS}")
+        with self._lock:
+            try:
+                cur = self._db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    for counter, by in counts.items():
+                        self._bump(cur, counter, by)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        cur.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot update counters in {self.path}: {exc}") from exc
 
     @staticmethod
     def _bump(cur: sqlite3.Cursor, counter: str, by: int) -> None:

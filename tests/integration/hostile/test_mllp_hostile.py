@@ -23,7 +23,7 @@ import pytest
 
 from kit.hl7.framing import CR, FS, VT, MLLPDecoder, frame
 from kit.hl7.message import parse_message
-from kit.hl7.mllp import MLLPListener, MLLPSender, RetryPolicy
+from kit.hl7.mllp import _MAX_REFUSED_IN_A_ROW, MLLPListener, MLLPSender, RetryPolicy
 from tests.conftest import peer_env
 from tests.integration.mllp.conftest import FEED, numbered
 
@@ -137,6 +137,59 @@ def peer(tmp_path: Path) -> Iterator[Peer]:
         p.baseline = statistics.median(p.round_trip() for _ in range(5))
         p.still_serves()
         yield p
+
+
+# -- floods of refused frames --------------------------------------------------------------------
+@pytest.mark.parametrize("unit", [VT + FS + CR, VT + b"MSH|^~\\&|A|B|C|D|2024||QQQ^Q01|U1|P|2.5\r" + FS + CR,
+                                  b"x" + VT + FS + CR], ids=["empty", "unknown-type", "garbage-and-empty"])
+def test_a_flood_of_refused_frames_is_cut_off_and_others_are_served_meanwhile(peer: Peer,
+                                                                              unit: bytes) -> None:
+    """Thousands of frames refused in one write (3 bytes each for empty frames): each cost a
+    counter fsync'ed on the event loop (about 5 ms: an empty frame flood of 6 KB stalled every
+    connection for 10 s) and a NAK. Now the counts are written by the store thread, and the
+    connection is closed after _MAX_REFUSED_IN_A_ROW refusals, each answered; a good sender is served
+    while the flooding connection is open, and the refusals are counted in the store."""
+    before = peer.listener.counts["rejected"] + peer.listener.counts["framing_errors"]
+    with socket.create_connection(("127.0.0.1", peer.listener.port), timeout=5) as sock:
+        with _suppress_reset():
+            sock.sendall(unit * 5000)
+        peer.still_serves()
+        replies = _read_replies(sock, 5.0)
+        assert not _open(sock)  # cut off
+    assert len(replies) == _MAX_REFUSED_IN_A_ROW
+    assert all(parse_message(r).get("MSA-1") in ("AR", "AE") for r in replies)
+    assert peer.listener.counts["cut_off"] == 1
+    refused = peer.listener.counts["rejected"] + peer.listener.counts["framing_errors"] - before
+    assert refused >= _MAX_REFUSED_IN_A_ROW
+    peer.still_serves()  # its commit comes after the counts of every frame refused before it
+    assert peer.listener.store is not None
+    stored = peer.listener.store.counters()
+    assert stored["rejected"] + stored["framing_errors"] >= refused
+
+
+def test_a_connection_refused_now_and_then_is_not_cut_off(peer: Peer) -> None:
+    """Refusals broken by good messages never add up to a cut-off."""
+    with socket.create_connection(("127.0.0.1", peer.listener.port), timeout=5) as sock:
+        for n in range(3):
+            data = (VT + FS + CR) * (_MAX_REFUSED_IN_A_ROW - 1) + frame(numbered(n, "BETWEEN"))
+            sock.sendall(data)
+            replies = peer.record(_read_replies(sock, 5.0, want=_MAX_REFUSED_IN_A_ROW))
+            assert [parse_message(r).get("MSA-1") for r in replies][-1] == "AA"
+        assert _open(sock)
+    assert peer.listener.counts["cut_off"] == 0
+    peer.still_serves()
+
+
+def test_a_frame_ended_by_fs_without_cr_is_acknowledged_at_once(peer: Peer) -> None:
+    """Some senders omit the CR after FS and wait for their ACK: the frame ends at FS (it waited
+    for one more byte, and the sender got nothing until the idle timeout closed the connection)."""
+    with socket.create_connection(("127.0.0.1", peer.listener.port), timeout=5) as sock:
+        for n in range(2):
+            sock.sendall(VT + numbered(n, "NOCR").encode() + FS)
+            (reply,) = peer.record(_read_replies(sock, 2.0, want=1))
+            assert (parse_message(reply).get("MSA-1"), parse_message(reply).get("MSA-2")) == (
+                "AA", f"NOCR{n:06d}")
+    peer.still_serves()
 
 
 # -- garbage ------------------------------------------------------------------------------------
