@@ -15,8 +15,9 @@ whatever bytes arrive and returns complete frames:
   reported and a new frame starts;
 - a frame longer than ``max_message_bytes`` is reported as soon as the limit
   is passed and the rest of it is discarded up to its end bytes;
-- a lone ``<FS>`` not followed by ``<CR>`` still ends the frame (some senders
-  omit the CR); the byte after it is read as outside the frame.
+- ``<FS>`` ends the frame at once, with or without the ``<CR>`` after it (some
+  senders omit the CR, and wait for their ACK); a CR right after it, in the same
+  read or the next, is skipped; any other byte after it is read as outside the frame.
 """
 
 from __future__ import annotations
@@ -103,12 +104,12 @@ class MLLPDecoder:
     --------
     >>> d = MLLPDecoder()
     >>> d.feed(b"\\x0bMSH|^~\\\\&|A\\r\\x1c")
-    []
-    >>> d.feed(b"\\r")
     [b'MSH|^~\\\\&|A\\r']
+    >>> d.feed(b"\\r")
+    []
     """
 
-    __slots__ = ("_buf", "_garbage", "_pending_fs", "_skipping", "_state", "max_message_bytes")
+    __slots__ = ("_buf", "_garbage", "_pending_cr", "_skipping", "_state", "max_message_bytes")
 
     def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         if max_message_bytes < 1:
@@ -117,19 +118,19 @@ class MLLPDecoder:
         self._buf = bytearray()
         self._state = "outside"  # "outside" | "inside"
         self._skipping = False  # inside an oversize frame: discard to its end
-        self._pending_fs = False  # saw FS as the last byte, CR may follow
+        self._pending_cr = False  # a frame ended with FS as the last byte read: skip a CR next
         self._garbage = 0  # garbage bytes in the current run outside frames
 
     @property
     def in_frame(self) -> bool:
         """True while a frame has started and not ended (a partial frame is buffered)."""
-        return self._state == "inside" or self._pending_fs
+        return self._state == "inside"
 
     @property
     def between_frames(self) -> bool:
         """True when nothing is pending: no partial frame, no end byte awaiting its CR, no garbage
         run not yet reported (the next bytes are read as if by a new decoder)."""
-        return self._state == "outside" and not self._pending_fs and not self._garbage
+        return self._state == "outside" and not self._pending_cr and not self._garbage
 
     @property
     def buffered(self) -> int:
@@ -140,7 +141,7 @@ class MLLPDecoder:
         """Add received bytes; return the frames (content only) and errors completed by them, in order."""
         # fast path: exactly one whole frame, read at a frame boundary (an ACK, a message of a
         # sender that waits for its ACK); same result as the general path below
-        if (self._state == "outside" and not self._pending_fs and not self._garbage
+        if (self._state == "outside" and not self._pending_cr and not self._garbage
                 and data[:1] == VT and data[-2:] == _END and len(data) - 3 <= self.max_message_bytes
                 and data.count(VT) == 1 and data.count(FS) == 1):
             return [data[1:-2]]
@@ -151,9 +152,8 @@ class MLLPDecoder:
         out: list[bytes | FrameError] = []
         i, n = 0, len(data)
         while i < n:
-            if self._pending_fs:
-                self._pending_fs = False
-                self._end_frame(out)
+            if self._pending_cr:
+                self._pending_cr = False
                 if data[i] == _CR:
                     i += 1
                 continue
@@ -183,14 +183,14 @@ class MLLPDecoder:
                 self._append(data, i, n, out)
                 break
             self._append(data, i, f, out)
+            self._end_frame(out)
             i = f + 1
             if i >= n:
-                self._pending_fs = True
+                self._pending_cr = True  # its CR, if any, comes in the next read
                 break
-            self._end_frame(out)
             if data[i] == _CR:
                 i += 1
-        if self._state == "outside" and not self._pending_fs:
+        if self._state == "outside":
             self._flush_garbage(out)  # report a run of garbage once per read, not at the next frame
         return out
 
@@ -223,11 +223,9 @@ class MLLPDecoder:
             self._garbage = 0
 
     def flush(self) -> list[bytes | FrameError]:
-        """At end of stream: a frame missing its final CR, pending garbage, a partial frame (dropped)."""
+        """At end of stream: pending garbage, a partial frame (dropped)."""
         out: list[bytes | FrameError] = []
-        if self._pending_fs:
-            self._pending_fs = False
-            self._end_frame(out)
+        self._pending_cr = False
         self._flush_garbage(out)
         if self._state == "inside":
             out.append(FrameError("unterminated", f"stream ended inside a frame ({len(self._buf)} bytes)"))
