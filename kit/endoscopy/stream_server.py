@@ -470,13 +470,14 @@ class VideoStreamServer:
         try:
             line = head.split(b"\r\n", 1)[0].decode("ascii")
             method, target, version = line.split(" ")
+            path = urllib.parse.urlsplit(target).path  # ValueError: "http://[/live.ts" (a bad IPv6 host)
         except (UnicodeDecodeError, ValueError):
             return "400 Bad Request", False, False
         if not version.startswith("HTTP/1."):
             return "505 HTTP Version Not Supported", False, False
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", False, False
-        if urllib.parse.urlsplit(target).path != self.path:
+        if path != self.path:
             return "404 Not Found", False, False
         return "", version == "HTTP/1.0", method == "HEAD"
 

@@ -204,6 +204,8 @@ def test_a_trickled_request_is_cut_at_the_header_timeout(server: VideoStreamServ
     (b"GET /live.ts HTTP/2.0\r\n\r\n", b"505"),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"400"),
     (b"GET  /live.ts  HTTP/1.1\r\n\r\n", b"400"),
+    (b"GET http://[/live.ts HTTP/1.1\r\n\r\n", b"400"),  # urlsplit: "Invalid IPv6 URL"
+    (b"GET //[::1/live.ts HTTP/1.1\r\n\r\n", b"400"),
 ])
 @pytest.mark.timeout(30)
 def test_nonsense_requests_get_an_error_status(server: VideoStreamServer, raw: bytes, status: bytes) -> None:
