@@ -101,7 +101,10 @@ def public_address(address: str) -> str:
     text = address.strip()
     if "://" not in text:
         return text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:  # "http://[ehr/fhir": Invalid IPv6 URL
+        raise InvalidInputError(f"not an address: {exc}") from exc
     host = parts.hostname or ""
     if ":" in host:  # IPv6
         host = f"[{host}]"

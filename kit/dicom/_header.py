@@ -436,19 +436,27 @@ def _str(v: Any) -> str | None:
 
 
 def _int(v: Any) -> int | None:
-    if v is None or isinstance(v, int):
-        return v
-    s = str(v).strip()
-    if not s or "\\" in s:
+    """An IS or US value as an int; None if absent, not an integer, or more than the index's Int32
+    columns hold (an IS of 12 digits is valid DICOM: one such file stopped the whole index)."""
+    if v is None:
         return None
-    try:
-        return int(s)
-    except ValueError:
-        try:
-            f = float(s)
-        except ValueError:
+    if isinstance(v, int):
+        n = v
+    else:
+        s = str(v).strip()
+        if not s or "\\" in s:
             return None
-        return int(f) if f.is_integer() else None
+        try:
+            n = int(s)
+        except ValueError:
+            try:
+                f = float(s)
+            except ValueError:
+                return None
+            if not f.is_integer():
+                return None
+            n = int(f)
+    return n if -(1 << 31) <= n < (1 << 31) else None
 
 
 def _float(v: Any) -> float | None:

@@ -114,7 +114,7 @@ def list_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = True) 
     Raises
     ------
     kit.errors.InvalidInputError
-        A path does not exist.
+        A path does not exist, or a folder cannot be read.
     """
     return list(_files(paths, recursive))
 
@@ -132,8 +132,11 @@ def _files(paths: Iterable[str | os.PathLike[str]], recursive: bool) -> Iterator
 
 def _walk(folder: str, recursive: bool) -> Iterator[str]:
     dirs: list[str] = []
-    with os.scandir(folder) as it:
-        entries = sorted(it, key=lambda e: e.name)
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:  # a folder the user may not read: a typed error, not an internal one
+        raise InvalidInputError(f"cannot read the folder: {exc.strerror or exc}", source=folder) from exc
     for entry in entries:
         if entry.name.startswith("."):
             continue

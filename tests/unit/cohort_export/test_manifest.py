@@ -114,7 +114,8 @@ def test_a_broken_manifest_file_is_a_verification_error() -> None:
     for bad in (b"", b"[]", b"{", orjson.dumps({**good, "files": outside}),
                 orjson.dumps({**good, "format": "other/1"}), orjson.dumps({k: v for k, v in good.items()
                                                                            if k != "files"}),
-                orjson.dumps({**good, "created": "2026-11-29T14:00:05+01:00"})):
+                orjson.dumps({**good, "created": "2026-11-29T14:00:05+01:00"}),
+                orjson.dumps({**good, "sources": {"fhir": "http://[ehr/fhir"}})):  # urlsplit: Invalid IPv6
         with pytest.raises(VerificationError, match="manifest.json"):
             from_json(bad)
 

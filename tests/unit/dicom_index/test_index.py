@@ -71,6 +71,42 @@ def test_index_frame_and_missing_path(folder: Path) -> None:
         index_dicom(folder / "nope")
 
 
+@pytest.mark.parametrize("reader", ["fast", "pydicom"])
+def test_an_integer_the_int32_columns_cannot_hold_is_null_and_the_rest_is_indexed(
+        tmp_path: Path, reader: str) -> None:
+    """A 12-digit InstanceNumber is valid IS; it made polars fail the whole index (an internal error)."""
+    write(ct_dataset(0, 1, 1), tmp_path / "a.dcm")
+    big = ct_dataset(0, 1, 2)
+    big.InstanceNumber, big.SeriesNumber = "99999999999", "-2147483649"
+    write(big, tmp_path / "b.dcm")
+    edge = ct_dataset(0, 1, 3)
+    edge.InstanceNumber, edge.SeriesNumber = "2147483647", "-2147483648"
+    write(edge, tmp_path / "c.dcm")
+    frame = index_dicom(tmp_path, workers=1, reader=reader).frame
+    assert frame["instance_number"].to_list() == [1, None, 2147483647]
+    assert frame["series_number"].to_list()[1:] == [None, -2147483648]
+
+
+def test_a_folder_that_cannot_be_read_is_a_typed_error(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """(A folder the user may not read: faked, as root reads every folder.)"""
+    (tmp_path / "locked").mkdir()
+    write(ct_dataset(0), tmp_path / "a.dcm")
+    scandir = index_mod.os.scandir
+
+    def refuse(path: str) -> object:
+        if path.endswith("locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return scandir(path)
+
+    monkeypatch.setattr(index_mod.os, "scandir", refuse)
+    with pytest.raises(InvalidInputError, match="cannot read the folder: Permission denied"):
+        index_dicom(tmp_path, workers=1)
+    result = CliRunner().invoke(cli, ["index", str(tmp_path)])
+    assert result.exit_code != 0 and "internal error" not in result.output, result.output
+    assert "Permission denied" in result.output
+
+
 def test_skipped_non_dicom_and_truncated(tmp_path: Path) -> None:
     good = write(ct_dataset(0), tmp_path / "good.dcm")
     data = good.read_bytes()
