@@ -48,8 +48,10 @@ itself, recursively into sequences, because no library does the rest:
   :func:`kit.dicom.deid_check.is_instance_uid`) is remapped wherever it is
   (SOPInstanceUIDOfConcatenationSource, TargetFrameOfReferenceUID, inside SR
   content, ...); every person name (PN) and SR free text (TextValue) gets a
-  dummy; public attributes of VR UN (unknown to the dictionary, so not
-  judgeable) are removed. The File Meta is rebuilt
+  dummy; other free text (LT, ST, UT: a comment where a birth date was typed)
+  is emptied; dates (DA, DT) are emptied, or shifted with the dates option;
+  public attributes unknown to the dictionary (VR UN or not: not judgeable)
+  are removed. The File Meta is rebuilt
   (MediaStorageSOPInstanceUID = the new SOP Instance UID, no
   SourceApplicationEntityTitle, kit's implementation version name).
 * **Leak scan.** Every de-identified data set is scanned for every
@@ -73,6 +75,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import enum
+import filecmp
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -81,6 +84,7 @@ from typing import Any
 
 import polars as pl
 from pydicom import dcmread
+from pydicom.datadict import dictionary_has_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -233,6 +237,9 @@ _PATIENT_ID, _PATIENT_NAME, _ACCESSION = 0x00100020, 0x00100010, 0x00080050
 _OTHER_IDS, _OTHER_ID_KEEP = 0x00101002, frozenset({0x00100020, 0x00100022})
 #: free text the table does not list: SR TextValue (Content Sequence items, any depth)
 _FREE_TEXT = frozenset({0x0040A160})
+#: VRs of free text: an attribute of one the table does not list is emptied (the 2026c table has no
+#: Comments on the Scheduled Procedure Step nor Document Title, where a birth date was kept as typed)
+_UNLISTED_TEXT = frozenset({"LT", "ST", "UT"})
 _INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "PatientID")
 _IMPLEMENTATION_VERSION = "KIT_DEID_1"
 
@@ -446,8 +453,12 @@ class Deidentifier:
                     elem.value = self._map_uid(elem.value, tag)
                 elif vr == "PN" or tag in _FREE_TEXT:
                     elem.value = self._map_multi(elem.value, lambda v: self._dummy(vr, v))
-                elif vr == "UN":  # a public attribute pydicom does not know: cannot be judged
+                elif vr == "UN" or not dictionary_has_tag(tag):  # unknown to pydicom: cannot be judged
                     del dataset[elem.tag]
+                elif vr in _UNLISTED_TEXT:  # free text no one has judged: emptied (the IOD stays valid)
+                    elem.value = None
+                elif vr in ("DA", "DT"):  # a date the table does not list: as the table treats dates
+                    elem.value = None if shift is None else _shift_value(elem.value, vr, shift)
                 return
             if shift is not None and tag in RETAIN_LONGITUDINAL_MODIFIED_DATES:
                 if vr in ("DA", "DT"):
@@ -495,7 +506,9 @@ class Deidentifier:
         Output files are named from pseudonyms only
         (``<PatientID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``, never the input
         name, which may carry identifiers) and written atomically. Files that
-        are not DICOM are reported as ``skipped``; failures as ``failed``.
+        are not DICOM are reported as ``skipped``; failures as ``failed``. An
+        output file already there is replaced only by the same bytes (a re-run):
+        a second input with the same SOP Instance UID fails, and the first stays.
         The re-identification map is not written: save :attr:`reid_map` yourself.
 
         Parameters
@@ -547,6 +560,12 @@ class Deidentifier:
             target = out.joinpath(*[p or "unknown" for p in parts[:3]], parts[3] + ".dcm")
             with atomic_path(target, suffix=".dcm") as tmp:
                 clean.save_as(tmp, enforce_file_format=True)
+                # the output is a function of the input, the key and the options: the same bytes are
+                # a re-run; other bytes, another input of this SOP Instance UID (it was overwritten)
+                if target.exists() and not filecmp.cmp(tmp, target, shallow=False):
+                    raise DicomFileError("the output folder already holds another de-identified file "
+                                         "of this SOP Instance UID (another input with the same UID, or "
+                                         "a run with other options); not overwritten", source=path)
         except Exception as exc:
             return (path, None, None, reason is not None, reason, "failed",
                     f"{type(exc).__name__}: {exc}".splitlines()[0])

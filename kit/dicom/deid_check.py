@@ -16,8 +16,9 @@ Identifying values of the input (hand-written: no library ships such a scan):
 * places and devices: institution name/address/department, station names, every AE title
   (File Meta SourceApplicationEntityTitle included), addresses, telephone numbers,
   locations;
-* the birth date in the usual spellings (``19710723``, ``1971-07-23``, ``23/07/1971``,
-  ``07/23/1971``, ``23.07.1971``, ``23 Jul 1971``, ``July 23, 1971``, ...);
+* the birth date as people write it (:func:`_date_spellings`: ``19710723``, ``1971-7-23``,
+  ``23/07/1971``, ``7/23/71``, ``23.07.1971``, ``23-Jul-1971``, ``July 23, 1971``, ``23rd July
+  1971``, ...);
 * every UID that identifies an instance (every UI value except well-known DICOM UIDs and
   class / transfer syntax / coding scheme UIDs, see :func:`is_instance_uid`).
 
@@ -200,12 +201,36 @@ def _add_birth_date(texts: dict[str, str], value: str) -> None:
     if d is None:
         _add(texts, s, "birth date")
         return
-    y, m, day, month = f"{d.year:04d}", f"{d.month:02d}", f"{d.day:02d}", _MONTHS[d.month - 1]
-    for spelled in (y + m + day, f"{y}-{m}-{day}", f"{y}/{m}/{day}", f"{y}.{m}.{day}",
-                    f"{day}/{m}/{y}", f"{m}/{day}/{y}", f"{day}.{m}.{y}", f"{day}-{m}-{y}",
-                    f"{m}-{day}-{y}", day + m + y, f"{d.day} {month} {y}", f"{d.day} {month[:3]} {y}",
-                    f"{month} {d.day}, {y}", f"{month[:3]} {d.day}, {y}", f"{month} {d.day} {y}"):
+    for spelled in _date_spellings(d):
         texts.setdefault(spelled.lower(), "birth date")
+
+
+def _date_spellings(d: dt.date) -> set[str]:
+    """How a date is written by hand: digits in every order with ``- / .`` or a space, padded or
+    not, the year in four digits or two (``14.3.58`` excepted: a UID could hold it); run
+    together (``19580314``, ``14031958``, ``03141958``); the month named in full or in three
+    letters (``14 Mar 1958``, ``14-Mar-1958``, ``March 14, 1958``, ``14th March 1958``)."""
+    y4, y2 = f"{d.year:04d}", f"{d.year % 100:02d}"
+    month = _MONTHS[d.month - 1]
+    suffix = {1: "st", 2: "nd", 3: "rd", 21: "st", 22: "nd", 23: "rd", 31: "st"}.get(d.day, "th")
+    m0, d0 = f"{d.month:02d}", f"{d.day:02d}"
+    out = {y4 + m0 + d0, d0 + m0 + y4, m0 + d0 + y4}
+    for mm in {m0, str(d.month)}:
+        for dd in {d0, str(d.day)}:
+            for sep in "-/. ":
+                out.add(sep.join((y4, mm, dd)))
+                for year in (y4, y2):
+                    if sep == "." and year == y2 and not (mm[0] == "0" or dd[0] == "0"):
+                        continue
+                    out.add(sep.join((dd, mm, year)))
+                    out.add(sep.join((mm, dd, year)))
+    for name in (month, month[:3]):
+        for dd in {d0, str(d.day)}:
+            for year in (y4, y2):
+                out.update((f"{dd} {name} {year}", f"{dd}-{name}-{year}", f"{dd}/{name}/{year}"))
+            out.update((f"{name} {dd}, {y4}", f"{name} {dd} {y4}", f"{dd}{suffix} {name} {y4}",
+                        f"{name} {dd}{suffix}, {y4}", f"{name} {dd}{suffix} {y4}", f"{dd}{name}{y4}"))
+    return out
 
 
 def _walk(ds: Dataset, path: str = "") -> Iterator[tuple[str, int, str, Any]]:

@@ -8,6 +8,7 @@ planted leak is shown to be found (so the scan can fail).
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -229,6 +230,70 @@ def test_a_leak_fails_the_file_and_nothing_is_written(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").rglob("*.dcm"))
     with pytest.raises(DeidLeakError):
         Deidentifier(KEY).dataset(ds)
+
+
+def _unlisted(ds: Dataset) -> Dataset:
+    """Attributes the 2026c table does not list, holding what identifies, as an audit found them."""
+    ds.add_new(0x00400400, "LT", "DOB 3/14/1958, seen 2024-04-15")  # Comments on the Sched. Proc. Step
+    ds.add_new(0x00420010, "ST", "Report of 14-Mar-1958")  # Document Title
+    ds.add_new(0x00081999, "LO", "DOB 1958-3-14")  # public, unknown to the dictionary
+    ds.add_new(0x00140102, "DA", "20240415")  # Secondary Review Date (DICONDE)
+    return ds
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_text_dates_and_unknown_attributes_the_table_does_not_list_do_not_survive(shift: bool) -> None:
+    """The table's attributes were handled; those it does not list were kept as they were, unless
+    a UID, a name or SR text: a birth date typed into a comment, a date (which, kept beside
+    shifted ones, gives the patient's offset away) and unknown public attributes now go."""
+    ds = _unlisted(ct_dataset(0))
+    d = Deidentifier(KEY, options=DeidOptions(retain_longitudinal_modified_dates=shift))
+    out = d.dataset(ds)
+    assert out[0x00400400].value in ("", None) and out[0x00420010].value in ("", None)  # emptied
+    assert 0x00081999 not in out
+    review = out[0x00140102].value
+    if shift:
+        assert review == (dt.date(2024, 4, 15) + d.date_shift(ds.PatientID)).strftime("%Y%m%d")
+    else:
+        assert review in ("", None)
+
+
+@pytest.mark.parametrize("spelled", ["DOB 3/14/1958", "14-Mar-1958", "1958-3-14", "14.03.58", "3/14/58",
+                                     "14.3.1958", "born 14th March 1958", "March 14, 1958", "14031958",
+                                     "Mar 14 1958", "14 mar 58"])
+def test_the_scan_finds_the_birth_date_as_people_write_it(spelled: str) -> None:
+    """It knew the zero-padded spellings only: "3/14/1958" and "14-Mar-1958" passed."""
+    ds = ct_dataset(0)
+    ds.PatientBirthDate = "19580314"
+    out = Dataset()
+    out.Manufacturer = f"note: {spelled}."
+    assert find_leaks(identifiers(ds), out) == ["(0008,0070) Manufacturer: birth date"]
+
+
+@pytest.mark.parametrize("other", ["1.2.826.0.1.14.3.58.2", "14.3.58", "3/14/1957", "1958", "314"])
+def test_the_birth_date_scan_spares_what_is_not_the_birth_date(other: str) -> None:
+    ds = ct_dataset(0)
+    ds.PatientBirthDate = "19580314"
+    out = Dataset()
+    out.Manufacturer = other
+    assert find_leaks(identifiers(ds), out) == []
+
+
+def test_a_second_input_with_the_same_sop_instance_uid_does_not_overwrite_the_first(
+        tmp_path: Path) -> None:
+    """An original and a corrected re-send share their SOP Instance UID: both were reported
+    de-identified and the second silently replaced the first. A re-run still writes the same bytes."""
+    first, second = ct_dataset(0, 1, 1), ct_dataset(0, 1, 1)
+    second.ImageType = ["DERIVED", "SECONDARY"]
+    write(first, tmp_path / "in" / "a.dcm")
+    write(second, tmp_path / "in" / "b.dcm")
+    frame = Deidentifier(KEY).files(tmp_path / "in", tmp_path / "out").frame
+    assert frame["status"].to_list() == ["deidentified", "failed"]
+    assert "not overwritten" in frame["reason"][1]
+    (written,) = list((tmp_path / "out").rglob("*.dcm"))
+    assert "ImageType" not in dcmread(written) and str(written) == frame["path_out"][0]  # the first
+    again = Deidentifier(KEY).files(tmp_path / "in" / "a.dcm", tmp_path / "out").frame
+    assert again["status"].to_list() == ["deidentified"] and again["path_out"][0] == str(written)
 
 
 def test_whole_sample_cohort_leaks_nothing(tmp_path: Path) -> None:
