@@ -594,19 +594,22 @@ def build_where(query: SearchQuery, *, now: dt.datetime | None = None) -> tuple[
         clauses.append(f"r.id IN ({','.join('?' * len(ids))})")
         args.extend(ids)
     for cond in query.conditions:
-        exists = "EXISTS (SELECT 1 FROM idx i WHERE i.type = r.type AND i.id = r.id AND i.param = ?"
+        # the ids whose index rows match, found once (SQLite keeps them in a temporary index), not
+        # a subquery per resource: correlated, SQLite probed idx_value (type, param, value) for
+        # each resource, and ``gender=female`` over 8,000 patients took 15 s (quadratic)
+        matching = "r.id IN (SELECT i.id FROM idx i WHERE i.type = ? AND i.param = ?"
         if cond.modifier == "missing":
             missing = cond.values[0] == "true"
-            clauses.append(("NOT " if missing else "") + exists + ")")
-            args.append(cond.param.name)
+            clauses.append(("NOT " if missing else "") + matching + ")")
+            args.extend((query.resource_type, cond.param.name))
             continue
         ors, or_args = [], []
         for value in cond.values:
             sql, a = _value_sql(cond.param, cond.modifier, value, now)
             ors.append(sql)
             or_args.extend(a)
-        clauses.append(("NOT " if cond.modifier == "not" else "") + exists + f" AND ({' OR '.join(ors)}))")
-        args.append(cond.param.name)
+        clauses.append(("NOT " if cond.modifier == "not" else "") + matching + f" AND ({' OR '.join(ors)}))")
+        args.extend((query.resource_type, cond.param.name))
         args.extend(or_args)
     return " AND ".join(clauses), args
 
@@ -625,8 +628,10 @@ def build_order(query: SearchQuery) -> tuple[str, list[Any]]:
         else:
             column = "lo" if known[name].type is ParamType.DATE else "value"
             agg = "MAX" if desc else "MIN"
-            parts.append(f"(SELECT {agg}(i.{column}) FROM idx i WHERE i.type = r.type AND i.id = r.id "
-                         f"AND i.param = ?) {direction} NULLS LAST")
+            # this resource's own rows (INDEXED BY: for MIN/MAX SQLite picked idx_value, ordered by
+            # value, and scanned every resource's rows for each resource)
+            parts.append(f"(SELECT {agg}(i.{column}) FROM idx i INDEXED BY idx_owner WHERE i.type = r.type "
+                         f"AND i.id = r.id AND i.param = ?) {direction} NULLS LAST")
             args.append(name)
     parts.append("r.rowid ASC")
     return ", ".join(parts), args

@@ -48,7 +48,8 @@ CREATE INDEX IF NOT EXISTS history_time ON history (last_updated);
 CREATE TABLE IF NOT EXISTS idx (
     type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL,
     system TEXT, value TEXT, lo TEXT, hi TEXT);
-CREATE INDEX IF NOT EXISTS idx_resource ON idx (type, id);
+DROP INDEX IF EXISTS idx_resource;
+CREATE INDEX IF NOT EXISTS idx_owner ON idx (type, id, param);
 CREATE INDEX IF NOT EXISTS idx_value ON idx (type, param, value);
 CREATE INDEX IF NOT EXISTS idx_date ON idx (type, param, lo, hi);
 """
