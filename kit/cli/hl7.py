@@ -83,12 +83,15 @@ DEFAULT_RETRIES = 2
               help="Close a connection after this many seconds without data.")
 @click.option("--max-message-bytes", type=click.IntRange(min=1), default=None,
               help="Largest accepted message (default: kit.toml [hl7] max_message_bytes, 16 MiB).")
+@click.option("--max-segments", type=click.IntRange(min=1), default=50_000, show_default=True,
+              help="Most segments a message may have (and 20 times as many fields); more is answered "
+                   "AR before the message is parsed, so that one message cannot hold gigabytes.")
 @click.option("--accept-unknown-types", is_flag=True,
               help="Store message types outside HL7 table 0076 instead of answering AR.")
 @click.pass_context
 @handle_errors
 def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_timeout: float,
-           max_message_bytes: int | None, accept_unknown_types: bool) -> None:
+           max_message_bytes: int | None, max_segments: int, accept_unknown_types: bool) -> None:
     """Receive HL7 messages over MLLP until Ctrl-C or SIGTERM.
 
     Every message is committed to STORE before it is answered AA; duplicates
@@ -112,7 +115,7 @@ def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_tim
     listener = MLLPListener(store, host=host, port=s.port if port is None else port,
                             max_message_bytes=max_message_bytes or s.max_message_bytes,
                             idle_timeout=idle_timeout, ssl_context=_server_tls(s),
-                            accept_unknown_types=accept_unknown_types)
+                            accept_unknown_types=accept_unknown_types, max_segments=max_segments)
     with listener:
         click.echo(f"mllp  {listener.address}")
         sys.stdout.flush()

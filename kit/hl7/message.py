@@ -487,7 +487,8 @@ def flatten(raw: str, encoding: Encoding, *, components: bool = True, rep_join: 
     return joiner.join(out)
 
 
-def parse_message(data: bytes | str, *, source: str | None = None) -> Message:
+def parse_message(data: bytes | str, *, source: str | None = None,
+                  max_segments: int | None = None) -> Message:
     """Parse one HL7 v2 message (ER7), honouring its own delimiters.
 
     Parameters
@@ -497,6 +498,10 @@ def parse_message(data: bytes | str, *, source: str | None = None) -> Message:
         ignored. Bytes are decoded as UTF-8, falling back to Latin-1.
     source : str, optional
         Where the message came from, for error messages.
+    max_segments : int, optional
+        Refuse a message of more segments, or of more than twenty times as many
+        fields, before it is split: a parse holds about 300 bytes and takes 5 to
+        10 us a segment, so 16 MiB of tiny segments would hold about 900 MB.
 
     Returns
     -------
@@ -508,6 +513,8 @@ def parse_message(data: bytes | str, *, source: str | None = None) -> Message:
         Empty input, no MSH first, bad encoding characters, or a malformed
         segment (``.segment`` and ``.field`` say where).
     """
+    if max_segments is not None:
+        _check_size(data, max_segments, source)
     lines = segment_lines(data)
     if not lines:
         raise HL7ParseError("empty message", source=source)
@@ -519,6 +526,18 @@ def parse_message(data: bytes | str, *, source: str | None = None) -> Message:
         if source is not None and exc.source is None:
             raise HL7ParseError(str(exc), source=source, segment=exc.segment, field=exc.field) from exc
         raise
+
+
+def _check_size(data: bytes | str, max_segments: int, source: str | None) -> None:
+    """HL7ParseError if ``data`` has more than ``max_segments`` segment ends (CR, LF; a CRLF
+    counts twice: the bound errs low) or 20 times as many field separators (MSH-1), counted
+    without splitting anything."""
+    text = data if isinstance(data, str) else data.decode("latin_1")  # one byte, one character
+    if text.count("\r") + text.count("\n") > max_segments:
+        raise HL7ParseError(f"the message has more than {max_segments:,} segments", source=source)
+    separator = text[3:4] if text.startswith("MSH") and text[3:4] else "|"
+    if text.count(separator) > 20 * max_segments:
+        raise HL7ParseError(f"the message has more than {20 * max_segments:,} fields", source=source)
 
 
 def split_messages(data: bytes | str) -> Iterator[str]:

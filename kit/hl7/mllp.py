@@ -58,6 +58,7 @@ from kit.hl7.listen_fast import MshValues, msh_values, positive_ack
 from kit.hl7.message import Message, decode, parse_message
 from kit.hl7.sender import MLLPSender, RetryPolicy
 from kit.hl7.store import MessageStore, Received, StoredResult
+from kit.hl7.tls import require_client_certs, server_tls_context
 from kit.hl7.typed import AckCode, format_dtm
 
 __all__ = ["MLLPListener", "MLLPSender", "RetryPolicy", "known_message_codes", "server_tls_context"]
@@ -92,42 +93,6 @@ def known_message_codes() -> frozenset[str]:
 
 #: Longest MSH-3.1 / MSH-4.1 (HD namespace id plus room) accepted as a sender's key.
 MAX_SENDER = 227
-
-
-def server_tls_context(certfile: str | Path, keyfile: str | Path | None = None,
-                       cafile: str | Path | None = None) -> ssl.SSLContext:
-    """A server TLS context for :class:`MLLPListener` (TLS 1.2 or newer).
-
-    Parameters
-    ----------
-    certfile, keyfile : str or Path
-        The listener's certificate chain and private key (PEM).
-    cafile : str or Path, optional
-        CA bundle of the clients: when given, every client must present a
-        certificate signed by it (``CERT_REQUIRED``, mutual TLS).
-
-    Raises
-    ------
-    kit.errors.ConfigError
-        A file cannot be read or does not hold what it should.
-    """
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH,
-                                         cafile=str(cafile) if cafile is not None else None)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(certfile), str(keyfile) if keyfile is not None else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("hl7.tls_cert" if cafile is None else "hl7.tls_ca",
-                          f"cannot load TLS files: {exc}") from exc
-    ctx.verify_mode = ssl.CERT_REQUIRED if cafile is not None else ssl.CERT_NONE
-    return ctx
-
-
-def _require_client_certs(ctx: ssl.SSLContext) -> None:
-    """A server context that trusts CA certificates but verifies nobody: require client certificates."""
-    if ctx.verify_mode == ssl.CERT_NONE and ctx.cert_store_stats().get("x509_ca", 0) > 0:
-        log.info("MLLP TLS: CA certificates are loaded, so client certificates are required")
-        ctx.verify_mode = ssl.CERT_REQUIRED
 
 
 # ==================================================================================================
@@ -226,6 +191,11 @@ class MLLPListener:
         logged and do not change the ACK.
     accept_unknown_types : bool
         Store messages whose MSH-9.1 is not in HL7 table 0076 (default: AR 200).
+    max_segments : int
+        Most segments a message may have (and twenty times as many fields); a message with more
+        is answered AR before it is parsed (:func:`~kit.hl7.message.parse_message`'s
+        ``max_segments``): a frame of 16 MiB of tiny segments held 915 MB and the event loop
+        for 10 s.
 
     Examples
     --------
@@ -240,12 +210,14 @@ class MLLPListener:
                  ssl_context: ssl.SSLContext | None = None,
                  on_message: Callable[[Message], None] | None = None,
                  accept_unknown_types: bool = False, frame_timeout: float = 120.0,
-                 max_connections: int = 256) -> None:
+                 max_connections: int = 256, max_segments: int = 50_000) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
-        if max_message_bytes < 1 or idle_timeout <= 0 or frame_timeout <= 0 or max_connections < 1:
-            raise ValueError("max_message_bytes, idle_timeout, frame_timeout and max_connections must be "
-                             "positive")
+        if (max_message_bytes < 1 or idle_timeout <= 0 or frame_timeout <= 0 or max_connections < 1
+                or max_segments < 1):
+            raise ValueError("max_message_bytes, idle_timeout, frame_timeout, max_connections and "
+                             "max_segments must be positive")
+        self.max_segments = max_segments
         self.frame_timeout = frame_timeout
         self.max_connections = max_connections
         self.store_path = Path(store_path)
@@ -254,7 +226,7 @@ class MLLPListener:
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         if ssl_context is not None:
-            _require_client_certs(ssl_context)
+            require_client_certs(ssl_context)
         self.ssl_context = ssl_context
         self.on_message = on_message
         self.accept_unknown_types = accept_unknown_types
@@ -713,7 +685,7 @@ class MLLPListener:
         try:
             raw = decode(item)
             try:
-                message = parse_message(raw, source=peer)
+                message = parse_message(raw, source=peer, max_segments=self.max_segments)
             except HL7ParseError as exc:
                 return self._reject(result, None, AckCode.AR, exc)
             values = msh_values(message)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -189,6 +190,23 @@ def test_a_frame_ended_by_fs_without_cr_is_acknowledged_at_once(peer: Peer) -> N
             (reply,) = peer.record(_read_replies(sock, 2.0, want=1))
             assert (parse_message(reply).get("MSA-1"), parse_message(reply).get("MSA-2")) == (
                 "AA", f"NOCR{n:06d}")
+    peer.still_serves()
+
+
+def test_a_message_of_tiny_segments_is_refused_before_its_parse_holds_memory(peer: Peer) -> None:
+    """Just under the size limit of ``ZZZ|ab`` lines (150,000 segments): a parse held 55 times the
+    frame (915 MB for a 16 MiB frame) and the event loop for seconds. It is refused (AR) before
+    it is split; the listener (in this process) allocates a few times the frame at most."""
+    body = "MSH|^~\\&|A|B|C|D|2024||ADT^A01|BIG1|P|2.5\r" + "ZZZ|ab\r" * ((LIMIT - 100) // 7)
+    tracemalloc.start()
+    try:
+        (reply,) = peer.talk(frame(body), wait=10.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    m = parse_message(reply)
+    assert m.get("MSA-1") == "AR" and "more than 50,000 segments" in m.get("MSA-3"), reply[:300]
+    assert peak < 12 * LIMIT, f"{peak:,} bytes allocated for a {LIMIT:,}-byte frame"
     peer.still_serves()
 
 

@@ -1,7 +1,8 @@
 """Durability: a listener in its own process is SIGKILLed mid-stream and restarted on the same store.
 
 Every message that got AA must be in the store exactly once, and the senders'
-retries must deliver the rest: all 10,000 present once.
+retries must deliver the rest: all 10,000 present once. (And ``kit hl7 listen
+--max-segments``, in its own process as well.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from kit.errors import KitError
+import pytest
+
+from kit.errors import KitError, NakError
 from kit.hl7.mllp import MLLPSender, RetryPolicy
 from tests.conftest import free_port, peer_env, stop_pid, wait_for_port
 from tests.integration.mllp.conftest import numbered
@@ -23,9 +26,9 @@ SENDERS = 8
 KILL_AFTER = 3_000
 
 
-def _listen(port: int, store: Path, log: Path) -> subprocess.Popen[bytes]:
+def _listen(port: int, store: Path, log: Path, *more: str) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-c", "from kit.cli import main; main()", "hl7", "listen",
-            "--port", str(port), "--store", str(store)]
+            "--port", str(port), "--store", str(store), *more]
     out = log.open("ab")
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=peer_env(),
                             start_new_session=True)
@@ -89,3 +92,18 @@ def test_sigkill_mid_stream_loses_nothing_and_stores_once(tmp_path: Path) -> Non
     assert total == TOTAL
     assert {cid for cid, _ in rows} == everything
     assert all(n == 1 for _, n in rows)
+
+
+def test_kit_hl7_listen_max_segments(tmp_path: Path) -> None:
+    """``--max-segments``: a message of more is answered AR, unparsed and unstored; others go on."""
+    port, store, log = free_port(), tmp_path / "mllp.db", tmp_path / "listener.log"
+    proc = _listen(port, store, log, "--max-segments", "5")
+    try:
+        with MLLPSender("127.0.0.1", port, timeout=10, retry=RetryPolicy(max_attempts=1)) as sender:
+            long = numbered(1, "LONG") + "NTE|1||x\r" * 5
+            with pytest.raises(NakError, match="more than 5 segments"):
+                sender.send(long)
+            assert sender.send("MSH|^~\\&|A|B|C|D|2026||ADT^A01|SHORT1|P|2.5\rPID|1||M1\r").code.value == "AA"
+    finally:
+        stop_pid(proc)
+    assert [r[0] for r in sqlite3.connect(store).execute("SELECT control_id FROM messages")] == ["SHORT1"]

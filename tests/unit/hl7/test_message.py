@@ -166,3 +166,24 @@ def test_hl7ish_text_never_crashes(text: str) -> None:
         m.typed()
     except HL7ParseError:
         pass
+
+
+@pytest.mark.parametrize("data_type", [str, bytes])
+def test_max_segments_refuses_a_message_before_splitting_it(data_type: type) -> None:
+    """A parse holds about 300 bytes a segment: ``max_segments`` bounds it, counted before a split."""
+    head = "MSH|^~\\&|A|B|C|D|20240101||ADT^A01|X1|P|2.5\r"
+
+    def as_type(text: str) -> str | bytes:
+        return text if data_type is str else text.encode()
+
+    assert len(parse_message(as_type(head + "ZZZ|a\r" * 9), max_segments=10).segments_) == 10
+    with pytest.raises(HL7ParseError, match="more than 10 segments"):
+        parse_message(as_type(head + "ZZZ|a\r" * 10), max_segments=10)
+    with pytest.raises(HL7ParseError, match="more than 10 segments"):
+        parse_message(as_type(head + "ZZZ|a\n" * 10), max_segments=10)
+    many_fields = head + "ZZZ" + "|a" * 200 + "\r"
+    with pytest.raises(HL7ParseError, match="more than 200 fields"):
+        parse_message(as_type(many_fields), max_segments=10)
+    assert parse_message(as_type(many_fields)).segments_[1].field(200) == "a"  # no bound by default
+    custom = "MSH#^~\\&#A#B\rZZZ#" + "|" * 500 + "\r"  # the message's own field separator counts
+    assert parse_message(as_type(custom), max_segments=10).segments_[1].field(1) == "|" * 500
