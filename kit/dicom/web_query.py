@@ -357,7 +357,7 @@ def parse_frames(text: str, count: int) -> list[int]:
     Raises
     ------
     DicomWebRequestError
-        400 for a malformed list, 404 for a frame the instance does not have.
+        400 for a malformed list or a frame listed twice, 404 for a frame the instance does not have.
     """
     items = text.split(",")
     if len(items) > 10_000 or not all(i.strip().isascii() and i.strip().isdigit() and len(i.strip()) <= 9
@@ -368,6 +368,8 @@ def parse_frames(text: str, count: int) -> list[int]:
         if not 1 <= frame <= count:
             raise DicomWebRequestError(f"frame {frame} does not exist (the instance has {count})",
                                        status_code=404)
+    if len(set(frames)) < len(frames):  # PS3.18 8.3.5.1: "non-duplicate frame numbers"; 1,1,1,...
+        raise DicomWebRequestError("a frame is listed more than once")  # made 524 MB of one 512 KB frame
     return frames
 
 

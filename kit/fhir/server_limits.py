@@ -23,6 +23,7 @@ from kit.fhir.resources import is_resource_type, issue
 __all__ = [
     "ID_RE",
     "MAX_BUNDLE_ENTRIES",
+    "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_FORM_BODY",
     "MAX_INCLUDED",
@@ -32,6 +33,7 @@ __all__ = [
     "MAX_SEARCH_PARAMS",
     "MAX_VERSION",
     "ascii_int",
+    "check_containers",
     "check_depth",
     "check_id",
     "etag_version",
@@ -47,6 +49,9 @@ _DIGITS: Final = re.compile(r"[0-9]{1,19}")
 #: Deepest JSON nesting accepted in a request body (objects and arrays count one level each;
 #: a nested extension is two). Realistic resources stay far below; ~250 overflows the validator.
 MAX_DEPTH: Final = 100
+#: Objects and arrays a request body may hold (a Bundle of 10,000 entries of 100 each is half):
+#: parsed, each takes about 150 bytes, so a body of 32 MB of ``{}`` would take 1.5 GB.
+MAX_CONTAINERS: Final = 2_000_000
 #: Values one search parameter may OR together (``a,b,c``); SQLite's expression depth is 1000.
 MAX_OR_VALUES: Final = 100
 #: Query pairs in one search (each AND-ed parameter is one SQL clause).
@@ -130,8 +135,16 @@ def etag_version(value: object, name: str = "If-Match") -> int:
     return ascii_int(text, name, low=1, high=MAX_VERSION)
 
 
+def check_containers(raw: bytes, limit: int = MAX_CONTAINERS) -> None:
+    """Raise a 400 OperationOutcomeError if the JSON text ``raw`` may hold more than ``limit``
+    objects and arrays (its ``{`` and ``[`` counted, those in strings too: a bound, before a parse)."""
+    if raw.count(b"{") + raw.count(b"[") > limit:
+        raise outcome_error(400, "too-costly", f"JSON with more than {limit:,} objects and arrays")
+
+
 def check_depth(document: Any, limit: int = MAX_DEPTH) -> None:
-    """Raise a 400 OperationOutcomeError if JSON ``document`` nests deeper than ``limit`` (iterative)."""
+    """Raise a 400 OperationOutcomeError if JSON ``document`` nests deeper than ``limit`` (iterative;
+    empty objects and arrays, which nest nothing, are not visited)."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         node, depth = stack.pop()
@@ -143,4 +156,4 @@ def check_depth(document: Any, limit: int = MAX_DEPTH) -> None:
             continue
         if depth > limit:
             raise outcome_error(400, "too-costly", f"JSON nested deeper than {limit} levels")
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (Mapping, list)))
+        stack.extend((child, depth + 1) for child in children if child and isinstance(child, (Mapping, list)))

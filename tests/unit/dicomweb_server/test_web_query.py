@@ -120,7 +120,8 @@ def test_negotiation() -> None:
 
 def test_frames() -> None:
     assert parse_frames("1,3,2", 3) == [1, 3, 2]
-    for text, code in (("0", 404), ("4", 404), ("1,,2", 400), ("a", 400), ("-1", 400), ("\u00b2", 400)):
+    for text, code in (("0", 404), ("4", 404), ("1,,2", 400), ("a", 400), ("-1", 400), ("\u00b2", 400),
+                       ("1,1", 400), ("2,3,2", 400), (",".join(["1"] * 1000), 400)):  # a frame repeated
         with pytest.raises(DicomWebRequestError) as info:
             parse_frames(text, 3)
         assert info.value.status_code == code
