@@ -23,6 +23,7 @@ from kit.fhir.resources import is_resource_type, issue
 __all__ = [
     "ID_RE",
     "MAX_BUNDLE_ENTRIES",
+    "MAX_BUNDLE_READ",
     "MAX_CONTAINERS",
     "MAX_DEPTH",
     "MAX_FORM_BODY",
@@ -66,6 +67,9 @@ MAX_OFFSET: Final = 1_000_000_000
 MAX_VERSION: Final = 2**63 - 1
 #: Entries in one batch/transaction Bundle.
 MAX_BUNDLE_ENTRIES: Final = 10_000
+#: Resources the GET entries of one batch/transaction Bundle may return together (ten pages of
+#: the largest ``_count``): beyond, the entry that passes it, and every GET after it, is 400.
+MAX_BUNDLE_READ: Final = 10_000
 #: Largest ``application/x-www-form-urlencoded`` body of ``POST [type]/_search``.
 MAX_FORM_BODY: Final = 256 * 1024
 

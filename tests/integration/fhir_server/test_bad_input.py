@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from kit.examples.fhir import MRN_SYSTEM
+from kit.fhir import server_bundle
 from kit.fhir.server import EmbeddedFhirServer
 from kit.fhir.server_limits import MAX_CONTAINERS
 
@@ -132,6 +133,29 @@ def test_a_body_of_millions_of_objects_is_refused_before_its_parse(client: httpx
     outcome(client.post("/Patient", content=under, headers={"content-type": "application/fhir+json"}), 400)
     assert total(client) == before
     assert client.get("/metadata").status_code == 200
+
+
+def test_the_get_entries_of_a_bundle_return_a_bounded_number_of_resources(
+        client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 entries of ``Patient?_count=1000`` in a 7.8 KB batch answered 76 MB. The GET entries
+    of one Bundle return at most MAX_BUNDLE_READ resources (lowered to 50 here): past it, a
+    batch answers the entry that passes it and every GET after it 400, a transaction fails."""
+    monkeypatch.setattr(server_bundle, "MAX_BUNDLE_READ", 50)
+    for n in range(10):
+        assert client.post("/Patient", json=patient(f"BUDGET{n}", gender="other")).status_code == 201
+    get = {"request": {"method": "GET", "url": "Patient?gender=other&_count=1000"}}
+    batch = client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [get] * 8})
+    assert batch.status_code == 200, batch.text[:300]
+    statuses = [e["response"]["status"] for e in batch.json()["entry"]]
+    assert statuses == ["200 OK"] * 5 + ["400"] * 3, statuses
+    assert "more than 50 resources" in str(batch.json()["entry"][5]["response"]["outcome"])
+    create = {"resource": patient("BUDGET-TX"), "request": {"method": "POST", "url": "Patient"}}
+    tx = client.post("/", json={"resourceType": "Bundle", "type": "transaction",
+                                "entry": [create, *[get] * 6]})
+    outcome(tx, 400)
+    assert total(client, identifier=f"{MRN_SYSTEM}|BUDGET-TX") == 0  # nothing of it stored
+    assert client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": [get] * 5}
+                       ).status_code == 200  # the budget is per Bundle
 
 
 def test_deep_nesting_is_400_not_recursion(client: httpx.Client) -> None:
