@@ -68,12 +68,15 @@ from kit.services.api_store import ApiStore
 from kit.services.api_vault import CredentialVault
 from kit.services.audit import enable_configured, release
 
-__all__ = ["API_KEY_HEADER", "ApiContext", "create_app", "require", "serve", "upstream"]
+__all__ = ["API_KEY_HEADER", "HL7_WAIT", "ApiContext", "create_app", "hl7_turn", "require", "serve",
+           "upstream"]
 
 log = logging.getLogger("kit.services.api")
 
 #: The header that carries the API key.
 API_KEY_HEADER: Final = "X-API-Key"
+#: Longest wait (seconds) of a request for the kept MLLP connection while another one sends.
+HL7_WAIT: Final = 2.0
 #: Verified keys are remembered this long (seconds), so scrypt runs once per key, not per request.
 KEY_CACHE_SECONDS: Final = 60.0
 _KEY_CACHE_SIZE: Final = 1024
@@ -159,6 +162,20 @@ def require(role: Role) -> Callable[..., tuple[str, Role]]:
 READ = Depends(require(Role.READ))
 WRITE = Depends(require(Role.WRITE))
 ADMIN = Depends(require(Role.ADMIN))
+
+
+@contextmanager
+def hl7_turn(ctx: ApiContext) -> Iterator[None]:
+    """The kept MLLP connection for one request; 503 after :data:`HL7_WAIT` seconds of waiting
+    for another request's send (a silent peer held it 30 s a try, and 45 requests waiting for
+    it took every worker thread: even ``/health`` went unanswered)."""
+    if not ctx.hl7_lock.acquire(timeout=HL7_WAIT):
+        raise ApiProblem(503, f"the MLLP peer has been busy with another request for over {HL7_WAIT:g} s; "
+                         "retry later")
+    try:
+        yield
+    finally:
+        ctx.hl7_lock.release()
 
 
 @contextmanager
@@ -312,7 +329,7 @@ def create_app(
     _install_handlers(app)
 
     @app.get("/health", tags=["service"], summary="Liveness: the service answers (no key needed)")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:  # on the event loop: answered while every worker thread waits
         return {"status": "ok"}
 
     app.include_router(api_integration.router)

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 from kit.errors import InvalidInputError, KitError
-from kit.services.api import READ, WRITE, ApiContext, context, upstream
+from kit.services.api import READ, WRITE, ApiContext, context, hl7_turn, upstream
 from kit.services.api_http import Json
 from kit.services.api_models import (
     ID_PATTERN,
@@ -66,13 +66,13 @@ def status(ctx: Ctx) -> Any:
 
 @router.post("/connect-all", dependencies=[WRITE], summary="Build every adapter and open kept connections")
 def connect_all(ctx: Ctx) -> Any:
-    with ctx.hl7_lock:
+    with hl7_turn(ctx):
         return {"connectors": records(ctx.hub.connect_all())[0]}
 
 
 @router.post("/disconnect-all", dependencies=[WRITE], summary="Close every adapter's connections")
 def disconnect_all(ctx: Ctx) -> Any:
-    with ctx.hl7_lock:
+    with hl7_turn(ctx):
         ctx.hub.disconnect_all()
     return {"disconnected": list(ctx.hub.connectors)}
 
@@ -133,7 +133,7 @@ def _deliver(ctx: ApiContext, result: Any, targets: list[str] | None, sources: l
     if not ctx.deliver_lock.acquire(timeout=DELIVERY_WAIT):
         raise ApiProblem(503, f"another delivery has run for over {DELIVERY_WAIT:g} s; retry later")
     try:
-        with ctx.hl7_lock:
+        with hl7_turn(ctx):
             report = ctx.hub.send_results(result, targets=targets, sources=sources)
     finally:
         ctx.deliver_lock.release()

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, Query
 
 from kit.errors import NakError
 from kit.hl7.scheduling import analytics, conflicts, replay, siu_from_json
-from kit.services.api import READ, WRITE, ApiContext, context, upstream
+from kit.services.api import READ, WRITE, ApiContext, context, hl7_turn, upstream
 from kit.services.api_checks import SiuIn
 from kit.services.api_http import Json
 from kit.services.api_models import ID_PATTERN, ApiProblem, records
@@ -140,8 +140,8 @@ def scheduling_conflicts(ctx: Ctx) -> Any:
     status_code=201,
     summary="An appointment as JSON -> SIU message, stored, then sent over MLLP",
     description="The SIU is stored before it is sent, so it counts among the appointments even "
-    "when the MLLP peer is down (then the answer is a 502 problem with `stored: true`). "
-    "`send=false` only stores it.",
+    "when the MLLP peer is down (then the answer is a 502 problem with `stored: true`; 503 when "
+    "another request has held the MLLP connection for over 2 s). `send=false` only stores it.",
 )
 def enter_siu(body: SiuIn, ctx: Ctx, send: bool = True) -> Any:
     message = siu_from_json(body.as_json())
@@ -157,14 +157,14 @@ def enter_siu(body: SiuIn, ctx: Ctx, send: bool = True) -> Any:
     }
     if send:
         try:
-            with upstream("MLLP peer"), ctx.hl7_lock:
+            with upstream("MLLP peer"), hl7_turn(ctx):
                 ack = ctx.hub.hl7.send(message)
         except ApiProblem as exc:
             cause = exc.__cause__
             code = cause.ack_code if isinstance(cause, NakError) else None
             ctx.store.siu_sent(control_id, code, exc.detail[:500])
             raise ApiProblem(
-                502,
+                503 if exc.status == 503 else 502,  # 503: the connection was busy, nothing was sent
                 exc.detail,
                 extra={"control_id": control_id, "stored": True, "sent": False, "ack_code": code},
             ) from exc

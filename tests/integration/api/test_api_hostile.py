@@ -6,16 +6,20 @@ still holds what it acknowledged before.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
+from kit.services.api import serve
 from kit.stack import Stack
-from tests.integration.api.helpers import ADMIN_KEY, RunningApi, running_api
+from tests.integration.api.helpers import ADMIN_KEY, RunningApi, api_settings, running_api
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -119,3 +123,51 @@ def test_large_uploads_have_their_own_limit(api: RunningApi, tmp_path: Path) -> 
             "/api/v1/integration/pacs/store-image", content=b"x", headers={"Content-Type": "text/plain"}
         )
         assert wrong.status_code == 415
+
+
+def test_a_silent_mllp_peer_holds_one_request_not_every_worker(tmp_path: Path) -> None:
+    """The MLLP peer accepts and never answers. Each SIU send waited for the kept connection's lock
+    while another send waited 30 s on the peer: 45 of them took every worker thread, and even
+    /health went unanswered for over a minute. Now a request waits at most HL7_WAIT for the
+    connection (then 503, the SIU stored), and /health does not need a worker thread."""
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)
+    held: list[socket.socket] = []
+
+    def accept_and_keep_silent() -> None:
+        while True:
+            try:
+                held.append(silent.accept()[0])
+            except OSError:  # closed at the end
+                return
+
+    threading.Thread(target=accept_and_keep_silent, daemon=True).start()
+    with Stack.ephemeral(services=("mllp",)) as stack:
+        settings = api_settings(stack)
+        settings = dataclasses.replace(settings, hl7=dataclasses.replace(
+            settings.hl7, host="127.0.0.1", port=silent.getsockname()[1], timeout=3.0))
+        server = serve(settings, port=0, workspace=tmp_path / "ws")
+        try:
+            answers: list[int] = []
+
+            def post(i: int) -> None:
+                with httpx.Client(base_url=server.address, headers={"X-API-Key": ADMIN_KEY}, timeout=60) as c:
+                    answers.append(c.post("/api/v1/scheduling/siu", json={
+                        "placer_appointment_id": f"SILENT{i}", "start": "2026-04-01T08:00:00",
+                        "modality": "CT"}).status_code)
+
+            posts = [threading.Thread(target=post, args=(i,)) for i in range(45)]
+            for t in posts:
+                t.start()
+            time.sleep(1.0)
+            started = time.monotonic()
+            assert httpx.get(server.address + "/health", timeout=30).status_code == 200
+            assert time.monotonic() - started < 10.0  # the silent peer holds its request longer
+            for t in posts:
+                t.join(60)
+            # one 502 (the peer's timeout, the SIU stored); every other request 503 within HL7_WAIT
+            assert sorted(set(answers)) == [502, 503] and answers.count(502) == 1, answers
+        finally:
+            server.stop()
+            silent.close()
+            for conn in held:
+                conn.close()
