@@ -6,6 +6,12 @@ file, then atomic rename) under ``<data>/exports/<job>/``; the status endpoint
 reports progress until the manifest is ready; ``DELETE`` cancels a job and
 removes its files. System, Patient and Group/[id] level exports are supported,
 with ``_type`` and ``_since``.
+
+A job's state is kept in its folder (``job.json``, written atomically at the
+kick-off and when the job ends), so a restarted server still answers for the
+jobs it acknowledged with 202: a finished one with its manifest, one the restart
+cut short with an error saying so. A folder without a readable ``job.json`` (a
+kick-off cut short) is removed when the server starts.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from kit._files import atomic_write_bytes
 from kit.errors import KitError
 from kit.fhir.server_limits import is_type
 from kit.fhir.server_search import date_range
@@ -36,6 +45,7 @@ NDJSON_FORMATS = frozenset({"application/fhir+ndjson", "application/ndjson", "nd
 MAX_RUNNING_JOBS = 4
 log = logging.getLogger("kit.fhir.server")
 MAX_KEPT_JOBS = 100
+_STATE = "job.json"
 
 
 @dataclasses.dataclass
@@ -58,6 +68,34 @@ class ExportJob:
         return {"transactionTime": self.transaction_time, "request": self.request,
                 "requiresAccessToken": False, "output": self.output, "error": []}
 
+    def save(self) -> None:
+        """Write the job's state to ``job.json`` in its folder (atomically, durably)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {"id": self.id, "request": self.request, "base_url": self.base_url,
+                 "transaction_time": self.transaction_time, "status": self.status,
+                 "output": self.output, "error": self.error}
+        atomic_write_bytes(self.folder / _STATE, orjson.dumps(state), fsync=True)
+
+    @classmethod
+    def load(cls, folder: Path) -> ExportJob | None:
+        """The job saved in ``folder``; one that was running is now an error (the server stopped
+        during it); None if there is no readable state."""
+        try:
+            state = orjson.loads((folder / _STATE).read_bytes())
+            job = cls(str(state["id"]), str(state["request"]), str(state["base_url"]),
+                      str(state["transaction_time"]), folder, str(state["status"]),
+                      output=list(state.get("output") or []), error=state.get("error"))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+        if job.id != folder.name or job.status not in ("running", "done", "error"):
+            return None
+        job.progress = "complete" if job.status == "done" else job.status
+        if job.status == "running":
+            job.status, job.progress = "error", "error"
+            job.error = "the server stopped during this export; kick it off again"
+            job.save()
+        return job
+
 
 class ExportManager:
     """Runs and tracks ``$export`` jobs.
@@ -78,6 +116,24 @@ class ExportManager:
         self.delay = delay
         self._jobs: dict[str, ExportJob] = {}
         self._lock = threading.Lock()
+        self._reload()
+
+    def _reload(self) -> None:
+        """The jobs of an earlier run from their folders (the newest MAX_KEPT_JOBS); other folders go."""
+        if not self.folder.is_dir():
+            return
+        found = []
+        for sub in self.folder.iterdir():
+            job = ExportJob.load(sub) if sub.is_dir() else None
+            if job is None:
+                log.warning("FHIR export folder %s has no job state; removed", sub.name)
+                shutil.rmtree(sub, ignore_errors=True)
+            else:
+                found.append(job)
+        found.sort(key=lambda j: j.transaction_time)
+        for old in found[:max(0, len(found) - MAX_KEPT_JOBS)]:
+            shutil.rmtree(old.folder, ignore_errors=True)
+        self._jobs = {j.id: j for j in found[-MAX_KEPT_JOBS:]}
 
     def kick_off(self, *, level: str, params: Mapping[str, str], request_url: str, base_url: str,
                  group_id: str | None = None) -> ExportJob:
@@ -113,6 +169,12 @@ class ExportManager:
             self._jobs[job_id] = job
         for old in evicted:
             shutil.rmtree(old.folder, ignore_errors=True)
+        try:
+            job.save()  # before the 202: a restart still knows the job
+        except OSError as exc:
+            with self._lock:
+                self._jobs.pop(job_id, None)
+            raise fail(500, "exception", f"cannot start the export: {exc}") from exc
         threading.Thread(target=self._run, args=(job, types, since, patients), daemon=True,
                          name=f"fhir-export-{job_id[:8]}").start()
         return job
@@ -161,6 +223,11 @@ class ExportManager:
             log.exception("FHIR export job %s failed", job.id)
             job.error = f"internal error ({type(exc).__name__})"
             job.status = "error"
+        if not job.cancel.is_set():
+            try:
+                job.save()
+            except OSError as exc:  # answered from memory until a restart, which reports it cut short
+                log.warning("FHIR export job %s: cannot save its state: %s", job.id, exc)
 
     def get(self, job_id: str) -> ExportJob:
         """A job by id (404 if unknown or cancelled)."""
