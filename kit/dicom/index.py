@@ -114,7 +114,7 @@ def list_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = True) 
     Raises
     ------
     kit.errors.InvalidInputError
-        A path does not exist, or a folder cannot be read.
+        A path does not exist or is not a regular file or a folder, or a folder cannot be read.
     """
     return list(_files(paths, recursive))
 
@@ -124,8 +124,10 @@ def _files(paths: Iterable[str | os.PathLike[str]], recursive: bool) -> Iterator
         path = os.path.abspath(os.fspath(p))
         if os.path.isdir(path):
             yield from _walk(path, recursive)
-        elif os.path.exists(path):
+        elif os.path.isfile(path):
             yield path
+        elif os.path.exists(path):  # a FIFO would block the read for ever, a device read for ever
+            raise InvalidInputError("not a regular file or a folder", source=path)
         else:
             raise InvalidInputError("no such file or directory", source=path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import polars as pl
@@ -105,6 +106,15 @@ def test_a_folder_that_cannot_be_read_is_a_typed_error(tmp_path: Path,
     result = CliRunner().invoke(cli, ["index", str(tmp_path)])
     assert result.exit_code != 0 and "internal error" not in result.output, result.output
     assert "Permission denied" in result.output
+
+
+def test_a_fifo_named_is_a_typed_error_not_a_read_for_ever(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.dcm"
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidInputError, match="not a regular file"):
+        index_dicom(fifo, workers=1)
+    write(ct_dataset(0), tmp_path / "a.dcm")
+    assert index_dicom(tmp_path, workers=1).frame.height == 1  # in a folder: not a file, passed by
 
 
 def test_skipped_non_dicom_and_truncated(tmp_path: Path) -> None:
