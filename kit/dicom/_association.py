@@ -42,7 +42,7 @@ from kit.errors import (
 )
 
 __all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "drop_sends_after_abort",
-           "fast_request", "kill", "nodelay", "unbind_log_handlers"]
+           "fast_request", "keep_responses_for_the_sender", "kill", "nodelay", "unbind_log_handlers"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -141,6 +141,30 @@ _ENDED = frozenset(("Sta1", "Sta13"))
 _USER_EVENTS = frozenset(("Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"))
 
 
+def keep_responses_for_the_sender(assoc: Any) -> None:
+    """Give a response the association's reactor took to the ``send_*`` call waiting for it.
+
+    pynetdicom's ``send_c_store`` (C-GET, and C-MOVE's sub-associations) pauses the reactor by
+    clearing its checkpoint and waiting for ``_is_paused``; the reactor sets that flag just
+    before it checks the checkpoint, so a sender can read it while the reactor is already past
+    the check. Under load the reactor then took the C-STORE-RSP off the queue itself, logged
+    "Received unexpected C-STORE service message" and dropped it, and the sender waited out the
+    DIMSE timeout (a C-MOVE stalled 10 s and failed, 4 runs in 14 with three CPU burners). A
+    response taken while a sender has the reactor paused goes back on the queue for it; any
+    other message is served as before.
+    """
+    serve = assoc._serve_request
+
+    def serve_or_give_back(msg: Any, context_id: int) -> None:
+        if (msg is not None and not assoc._reactor_checkpoint.is_set() and not msg.is_valid_request
+                and msg.is_valid_response):
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_give_back
+
+
 def drop_sends_after_abort(dul: Any) -> None:
     """Drop what the association's own thread queues to send after the association ended.
 
@@ -227,6 +251,7 @@ class AssociationClient:
             unbind_log_handlers(event.assoc)
             drop_sends_after_abort(event.assoc.dul)  # first: innermost (fast_request's wrapper goes)
             fast_request(event.assoc)
+            keep_responses_for_the_sender(event.assoc)
             event.assoc.kill = functools.partial(kill, event.assoc)  # type: ignore[method-assign]
 
         def on_abort(event: evt.Event) -> None:

@@ -198,6 +198,12 @@ class _Hold:
         dul = self.dul
         if dul.state_machine.current_state != "Sta6":  # aborted or releasing: pynetdicom's again
             return bool(self.original(dul))
+        if not dul.event_queue.empty():
+            # The reactor takes an event off this queue right after this check, in this same loop:
+            # a PDU it read before the hold. Idle only once it has been handled: otherwise the fast
+            # path could look (no message under way, queues empty) while pynetdicom decodes it, and
+            # the two would split one message between them (under load: no C-STORE-RSP, a 10 s stall).
+            return False
         self.idle.set()
         if self.park:  # parked rather than polled: no wake-ups every few ms for each association,
             self.wake.wait(HOLD_PARK)  # and the hand-back (release_dul) wakes it at once

@@ -62,7 +62,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._accept import deliver_checked
-from kit.dicom._association import drop_sends_after_abort
+from kit.dicom._association import drop_sends_after_abort, keep_responses_for_the_sender
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
 __all__ = ["IN_MEMORY_MESSAGE", "GuardedServer", "MemoryBudget", "MessageBound", "deliver_request",
@@ -341,6 +341,7 @@ def guard_dul(dul: DULServiceProvider, maximum: int, pdu_timeout: float | None,
         read_bounded_pdu, dul, maximum, pdu_timeout, bound)
     drop_sends_after_abort(dul)
     serve_fitting_requests(dul.assoc)
+    keep_responses_for_the_sender(dul.assoc)
 
 
 #: The requests each service class of the PACS serves (pynetdicom hands any request to the service

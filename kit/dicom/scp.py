@@ -80,7 +80,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from kit.dicom._accept import AcceptCache, deliver_checked, fingerprint
-from kit.dicom._association import unbind_log_handlers
+from kit.dicom._association import keep_responses_for_the_sender, unbind_log_handlers
 from kit.dicom._audit import served as _served
 from kit.dicom._fastnet import hold_dul, share_context_uids
 from kit.dicom._guard import GuardedServer, MemoryBudget, deliver_request, guard_dul
@@ -132,7 +132,14 @@ _META_KEYS = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "Transfer
 _UNIQUE = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-def _nodelay(event: Event, poll_interval: float | None = None) -> None:  # C-MOVE sub-associations
+def _sub_association(event: Event, poll_interval: float | None = None) -> None:
+    """EVT_CONN_OPEN of a C-MOVE sub-association: :func:`_nodelay`, and its C-STORE responses
+    kept for pynetdicom's sender (:func:`~kit.dicom._guard.keep_responses_for_the_sender`)."""
+    _nodelay(event, poll_interval)
+    keep_responses_for_the_sender(event.assoc)
+
+
+def _nodelay(event: Event, poll_interval: float | None = None) -> None:
     """EVT_CONN_OPEN handler: disable Nagle's algorithm on the association's socket and
     shorten the DUL reactor's idle sleep (``_run_loop_delay``, 1 ms by default, the knob
     pynetdicom's source names for latency versus idle CPU)."""
@@ -724,7 +731,7 @@ class EmbeddedPACS:
                      for sop_class in syntaxes]
         contexts = contexts[:128]
         yield host, port, {"contexts": contexts or None, "max_pdu": self.max_pdu,
-                           "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay, [self.poll_interval])]}
+                           "evt_handlers": [(evt.EVT_CONN_OPEN, _sub_association, [self.poll_interval])]}
         yield len(instances)
         for instance in instances:
             if event.is_cancelled:

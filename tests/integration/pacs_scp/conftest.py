@@ -15,9 +15,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
+from kit.config import StackSettings
+from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.examples.cohort import patient
-from tests.conftest import peer_env, require_tool
+from kit.stack import Stack
+from tests.conftest import free_port, peer_env, require_tool
 
 #: (mrn, study index in the patient's studies, number of series, instances per series)
 LAYOUT = (("MRN1001", 0, 2, 3), ("MRN1002", 0, 1, 2), ("MRN1002", 1, 1, 2), ("MRN1003", 0, 1, 2))
@@ -230,3 +233,16 @@ def owned_association(pacs: EmbeddedPACS, aet: str) -> Iterator[tuple[Any, Any, 
         if assoc.is_established:
             assoc.abort()
         ae.shutdown()
+
+
+@contextlib.contextmanager
+def sample_stack_to_move_from(tmp_path: Path) -> Iterator[tuple[PacsClient, int]]:
+    """The embedded stack's PACS (the sample cohort) and a client it may C-MOVE to: (client, its
+    storage port), the port registered as move destination KITMOVE."""
+    store_port = free_port()
+    settings = StackSettings(pacs_port=0, fhir_port=0, mllp_port=0, data_dir=str(tmp_path / "stack"),
+                             move_destinations={"KITMOVE": f"127.0.0.1:{store_port}"})
+    with Stack(settings, services=["pacs"]) as stack:
+        s = stack.client_settings()
+        yield PacsClient(s.pacs.host, s.pacs.port, called_aet=s.pacs.called_aet, aet="KITMOVE",
+                         timeout=10), store_port

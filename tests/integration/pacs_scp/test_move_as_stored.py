@@ -11,19 +11,11 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import JPEGBaseline8Bit, VLEndoscopicImageStorage
 
-from kit.config import StackSettings
-from kit.dicom.dimse import PacsClient
-from kit.stack import Stack
-from tests.conftest import free_port
+from tests.integration.pacs_scp.conftest import sample_stack_to_move_from
 
 
 def test_move_of_jpeg_endoscopy_stills_arrives_as_stored(tmp_path: Path) -> None:
-    store_port = free_port()
-    settings = StackSettings(pacs_port=0, fhir_port=0, mllp_port=0, data_dir=str(tmp_path / "stack"),
-                             move_destinations={"KITMOVE": f"127.0.0.1:{store_port}"})
-    with Stack(settings, services=["pacs"]) as stack:
-        s = stack.client_settings()
-        client = PacsClient(s.pacs.host, s.pacs.port, called_aet=s.pacs.called_aet, aet="KITMOVE", timeout=10)
+    with sample_stack_to_move_from(tmp_path) as (client, store_port):
         study = str(client.find("STUDY", modalities_in_study="ES")["study_instance_uid"][0])
         got = client.move(study_uid=study, dest=tmp_path / "moved", store_port=store_port)
     assert got.height > 0

@@ -5,6 +5,7 @@ data phase's hold on pynetdicom's reactor neither delays the association nor its
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -185,6 +186,7 @@ def test_a_parked_reactor_wakes_when_released() -> None:
 
     class _Dul:
         state_machine = _State()
+        event_queue: queue.Queue[str] = queue.Queue()  # nothing read before the hold
 
         def _is_transport_event(self) -> bool:
             raise AssertionError("the original check must not run while held")
