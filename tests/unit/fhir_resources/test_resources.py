@@ -166,7 +166,7 @@ def test_index_rows_and_query_parsing() -> None:
     )
     assert q.count == 5 and q.sort == (("date", True),) and q.includes[0].param == "subject"
     sql, args = build_where(q)
-    assert sql.count("EXISTS") == 2 and "Patient" in args and "p1" in args
+    assert sql.count("r.id IN (SELECT i.id FROM idx i") == 2 and "Patient" in args and "p1" in args
     with pytest.raises(FhirValidationError):
         parse_search("Observation", [("nonsense", "1")])
     assert parse_search("Observation", [("nonsense", "1")], strict=False).conditions == ()
