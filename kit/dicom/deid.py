@@ -76,6 +76,7 @@ import copy
 import datetime as dt
 import enum
 import filecmp
+import functools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -84,7 +85,7 @@ from typing import Any
 
 import polars as pl
 from pydicom import dcmread
-from pydicom.datadict import dictionary_has_tag
+from pydicom.datadict import get_entry
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -453,7 +454,7 @@ class Deidentifier:
                     elem.value = self._map_uid(elem.value, tag)
                 elif vr == "PN" or tag in _FREE_TEXT:
                     elem.value = self._map_multi(elem.value, lambda v: self._dummy(vr, v))
-                elif vr == "UN" or not dictionary_has_tag(tag):  # unknown to pydicom: cannot be judged
+                elif vr == "UN" or not _in_dictionary(tag):  # unknown to pydicom: cannot be judged
                     del dataset[elem.tag]
                 elif vr in _UNLISTED_TEXT:  # free text no one has judged: emptied (the IOD stays valid)
                     elem.value = None
@@ -614,6 +615,17 @@ def _code(value: str, meaning: str) -> Dataset:
     item.CodingSchemeDesignator = "DCM"
     item.CodeMeaning = meaning
     return item
+
+
+@functools.lru_cache(maxsize=4096)
+def _in_dictionary(tag: int) -> bool:
+    """Whether pydicom's dictionary knows ``tag``, its repeating groups included (overlays 60xx,
+    curves 50xx: Overlay Rows is not in the main dictionary, but is known)."""
+    try:
+        get_entry(tag)
+    except KeyError:
+        return False
+    return True
 
 
 def _shift_value(value: Any, vr: str, shift: dt.timedelta) -> Any:
