@@ -164,14 +164,15 @@ def _within_budget(get: Getter) -> Getter:
     """``get``, failing (400 too-costly) once the Bundle's GET entries have returned more than
     :data:`MAX_BUNDLE_READ` resources (100 entries of ``Patient?_count=1000`` in a 7.8 KB batch
     answered 76 MB; a transaction held the store meanwhile). One search page more at most."""
-    left = [MAX_BUNDLE_READ]
+    left = MAX_BUNDLE_READ
 
     def one(url: str) -> tuple[int, dict[str, Any]]:
-        if left[0] < 0:
+        nonlocal left
+        if left < 0:
             raise _too_costly()
         status, body = get(url)
-        left[0] -= len(body.get("entry") or ()) if body.get("resourceType") == "Bundle" else 1
-        if left[0] < 0:
+        left -= len(body.get("entry") or ()) if body.get("resourceType") == "Bundle" else 1
+        if left < 0:
             raise _too_costly()
         return status, body
 

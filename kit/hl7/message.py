@@ -532,11 +532,15 @@ def _check_size(data: bytes | str, max_segments: int, source: str | None) -> Non
     """HL7ParseError if ``data`` has more than ``max_segments`` segment ends (CR, LF; a CRLF
     counts twice: the bound errs low) or 20 times as many field separators (MSH-1), counted
     without splitting anything."""
-    text = data if isinstance(data, str) else data.decode("latin_1")  # one byte, one character
-    if text.count("\r") + text.count("\n") > max_segments:
+    if isinstance(data, str):
+        segments = data.count("\r") + data.count("\n")
+        fields = data.count(data[3:4] if data.startswith("MSH") and data[3:4] else "|")
+    else:  # on the bytes, not a decoded copy (a byte of a UTF-8 separator counted: errs low too)
+        segments = data.count(b"\r") + data.count(b"\n")
+        fields = data.count(data[3:4] if data.startswith(b"MSH") and data[3:4] else b"|")
+    if segments > max_segments:
         raise HL7ParseError(f"the message has more than {max_segments:,} segments", source=source)
-    separator = text[3:4] if text.startswith("MSH") and text[3:4] else "|"
-    if text.count(separator) > 20 * max_segments:
+    if fields > 20 * max_segments:
         raise HL7ParseError(f"the message has more than {20 * max_segments:,} fields", source=source)
 
 

@@ -225,13 +225,7 @@ class MessageStore:
 
     def increment(self, counter: str, by: int = 1) -> None:
         """Add ``by`` to a counter (``duplicates``, ``rejected``, ``framing_errors``)."""
-        if counter not in COUNTERS:
-            raise ValueError(f"unknown counter {counter!r}; expected one of {COUNTERS}")
-        with self._lock:
-            try:
-                self._bump(self._db.cursor(), counter, by)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot update counter {counter} in {self.path}: {exc}") from exc
+        self.add_counts({counter: by})
 
     def add_counts(self, counts: Mapping[str, int]) -> None:
         """Add to several counters in one transaction (one fsync), e.g. those a listener gathered

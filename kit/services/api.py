@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -69,7 +69,7 @@ from kit.services.api_vault import CredentialVault
 from kit.services.audit import enable_configured, release
 
 __all__ = ["API_KEY_HEADER", "HL7_WAIT", "ApiContext", "create_app", "hl7_turn", "require", "serve",
-           "upstream"]
+           "upstream", "waited_turn"]
 
 log = logging.getLogger("kit.services.api")
 
@@ -165,17 +165,22 @@ ADMIN = Depends(require(Role.ADMIN))
 
 
 @contextmanager
-def hl7_turn(ctx: ApiContext) -> Iterator[None]:
-    """The kept MLLP connection for one request; 503 after :data:`HL7_WAIT` seconds of waiting
-    for another request's send (a silent peer held it 30 s a try, and 45 requests waiting for
-    it took every worker thread: even ``/health`` went unanswered)."""
-    if not ctx.hl7_lock.acquire(timeout=HL7_WAIT):
-        raise ApiProblem(503, f"the MLLP peer has been busy with another request for over {HL7_WAIT:g} s; "
-                         "retry later")
+def waited_turn(lock: threading.Lock, seconds: float, busy: str) -> Iterator[None]:
+    """Hold ``lock`` for the block; a 503 problem saying ``busy`` if it is not free within ``seconds``."""
+    if not lock.acquire(timeout=seconds):
+        raise ApiProblem(503, busy)
     try:
         yield
     finally:
-        ctx.hl7_lock.release()
+        lock.release()
+
+
+def hl7_turn(ctx: ApiContext) -> AbstractContextManager[None]:
+    """The kept MLLP connection for one request; 503 after :data:`HL7_WAIT` seconds of waiting
+    for another request's send (a silent peer held it 30 s a try, and 45 requests waiting for
+    it took every worker thread: even ``/health`` went unanswered)."""
+    return waited_turn(ctx.hl7_lock, HL7_WAIT, "the MLLP peer has been busy with another request for "
+                       f"over {HL7_WAIT:g} s; retry later")
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 from kit.errors import InvalidInputError, KitError
-from kit.services.api import READ, WRITE, ApiContext, context, hl7_turn, upstream
+from kit.services.api import READ, WRITE, ApiContext, context, hl7_turn, upstream, waited_turn
 from kit.services.api_http import Json
 from kit.services.api_models import (
     ID_PATTERN,
@@ -130,13 +130,9 @@ def _sources(ctx: ApiContext, study_uid: str, series_uid: str | None) -> list[An
 
 
 def _deliver(ctx: ApiContext, result: Any, targets: list[str] | None, sources: list[Any]) -> Any:
-    if not ctx.deliver_lock.acquire(timeout=DELIVERY_WAIT):
-        raise ApiProblem(503, f"another delivery has run for over {DELIVERY_WAIT:g} s; retry later")
-    try:
-        with hl7_turn(ctx):
-            report = ctx.hub.send_results(result, targets=targets, sources=sources)
-    finally:
-        ctx.deliver_lock.release()
+    busy = f"another delivery has run for over {DELIVERY_WAIT:g} s; retry later"
+    with waited_turn(ctx.deliver_lock, DELIVERY_WAIT, busy), hl7_turn(ctx):
+        report = ctx.hub.send_results(result, targets=targets, sources=sources)
     rows = records(report.frame)[0]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
