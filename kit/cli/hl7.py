@@ -86,12 +86,17 @@ DEFAULT_RETRIES = 2
 @click.option("--max-segments", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Most segments a message may have (and 20 times as many fields); more is answered "
                    "AR before the message is parsed, so that one message cannot hold gigabytes.")
+@click.option("--max-buffered-bytes", type=click.IntRange(min=1), default=None, metavar="BYTES",
+              help="Bytes of unfinished frames all connections together may hold (default 256 MiB, at "
+                   "least twice --max-message-bytes); past it, the connections whose frames started the "
+                   "longest ago are closed (their senders resend).")
 @click.option("--accept-unknown-types", is_flag=True,
               help="Store message types outside HL7 table 0076 instead of answering AR.")
 @click.pass_context
 @handle_errors
 def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_timeout: float,
-           max_message_bytes: int | None, max_segments: int, accept_unknown_types: bool) -> None:
+           max_message_bytes: int | None, max_segments: int, max_buffered_bytes: int | None,
+           accept_unknown_types: bool) -> None:
     """Receive HL7 messages over MLLP until Ctrl-C or SIGTERM.
 
     Every message is committed to STORE before it is answered AA; duplicates
@@ -112,10 +117,15 @@ def listen(ctx: click.Context, host: str, port: int | None, store: str, idle_tim
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    max_message_bytes = max_message_bytes or s.max_message_bytes
+    if max_buffered_bytes is not None and max_buffered_bytes < max_message_bytes:
+        raise click.BadParameter(f"must be at least the largest message ({max_message_bytes} bytes)",
+                                 param_hint="--max-buffered-bytes")
     listener = MLLPListener(store, host=host, port=s.port if port is None else port,
-                            max_message_bytes=max_message_bytes or s.max_message_bytes,
+                            max_message_bytes=max_message_bytes,
                             idle_timeout=idle_timeout, ssl_context=_server_tls(s),
-                            accept_unknown_types=accept_unknown_types, max_segments=max_segments)
+                            accept_unknown_types=accept_unknown_types, max_segments=max_segments,
+                            max_buffered_bytes=max_buffered_bytes)
     with listener:
         click.echo(f"mllp  {listener.address}")
         sys.stdout.flush()

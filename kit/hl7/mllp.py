@@ -52,6 +52,7 @@ from pathlib import Path
 
 from kit.errors import ConfigError, HL7ParseError, StoreError
 from kit.hl7._audit import record_received
+from kit.hl7._limits import FrameBudget, Watch
 from kit.hl7.build import MAX_ECHO, AckError, build_ack
 from kit.hl7.framing import DEFAULT_MAX_MESSAGE_BYTES, FrameError, MLLPDecoder, frame
 from kit.hl7.listen_fast import MshValues, msh_values, positive_ack
@@ -73,6 +74,9 @@ _HANDSHAKE_TIMEOUT = 10.0
 #: working sender sends) is closed: 64 KiB of empty frames made 21,800 NAKs, seconds of the event
 #: loop that every other connection waited for.
 _MAX_REFUSED_IN_A_ROW = 100
+#: Default of ``max_buffered_bytes``: partial frames held by all connections together (at least
+#: twice ``max_message_bytes``). Without it 256 connections could each hold a 16 MiB frame: 4 GiB.
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 #: Most messages committed in one transaction.
 _MAX_BATCH = 1000
 #: Longest wait for the other connections' messages before a commit (group commit).
@@ -104,56 +108,6 @@ class _Job:
 
     item: Received
     reply: asyncio.Future[str]
-
-
-class _Watch:
-    """The time limit of one connection's read or write: one timer per connection, not one per read.
-
-    ``asyncio.timeout`` around every read and drain schedules and cancels a timer each time;
-    here a read sets a deadline (a float) and the timer, armed once, re-arms itself when it fires
-    early. When the deadline has passed, the connection's task is cancelled, and
-    :meth:`expired` tells that cancellation from any other (shutdown, eviction).
-    """
-
-    __slots__ = ("_handle", "_loop", "_task", "deadline", "fired")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[None]) -> None:
-        self._loop, self._task = loop, task
-        self._handle: asyncio.TimerHandle | None = None
-        self.deadline = math.inf
-        self.fired = False
-
-    def expect(self, deadline: float) -> None:
-        """The next read or write must end by ``deadline`` (loop time); ``math.inf``: no limit now."""
-        self.deadline = deadline
-        handle = self._handle
-        if deadline < math.inf and (handle is None or deadline < handle.when()):
-            if handle is not None:
-                handle.cancel()
-            self._handle = self._loop.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        self._handle = None
-        if self.deadline == math.inf:
-            return
-        if self._loop.time() + 0.001 >= self.deadline:
-            self.fired = True
-            self.deadline = math.inf
-            self._task.cancel()
-        else:  # the deadline moved on since the timer was armed
-            self._handle = self._loop.call_at(self.deadline, self._fire)
-
-    def expired(self) -> bool:
-        """For a CancelledError just caught: True if it was this time limit alone (then it is spent)."""
-        if not self.fired:
-            return False
-        self.fired = False
-        return self._task.uncancel() == 0
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
 
 class MLLPListener:
@@ -196,6 +150,11 @@ class MLLPListener:
         is answered AR before it is parsed (:func:`~kit.hl7.message.parse_message`'s
         ``max_segments``): a frame of 16 MiB of tiny segments held 915 MB and the event loop
         for 10 s.
+    max_buffered_bytes : int, optional
+        Bytes of unfinished frames all connections together may hold (default 256 MiB, at least
+        twice ``max_message_bytes``). A read that takes them past it closes the connections whose
+        frames were started the longest ago until they fit again (a slow peer holds its frame the
+        longest; the frames are unacknowledged, so their senders resend them); ``counts["over_budget"]``.
 
     Examples
     --------
@@ -210,9 +169,15 @@ class MLLPListener:
                  ssl_context: ssl.SSLContext | None = None,
                  on_message: Callable[[Message], None] | None = None,
                  accept_unknown_types: bool = False, frame_timeout: float = 120.0,
-                 max_connections: int = 256, max_segments: int = 50_000) -> None:
+                 max_connections: int = 256, max_segments: int = 50_000,
+                 max_buffered_bytes: int | None = None) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, not {port}")
+        if max_buffered_bytes is None:
+            max_buffered_bytes = max(DEFAULT_MAX_BUFFERED_BYTES, 2 * max_message_bytes)
+        elif max_buffered_bytes < max_message_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_message_bytes (one whole message)")
+        self.max_buffered_bytes = max_buffered_bytes
         if (max_message_bytes < 1 or idle_timeout <= 0 or frame_timeout <= 0 or max_connections < 1
                 or max_segments < 1):
             raise ValueError("max_message_bytes, idle_timeout, frame_timeout, max_connections and "
@@ -235,10 +200,12 @@ class MLLPListener:
         #: connections, evicted (idle connections closed to make room), slow (frame_timeout exceeded),
         #: commits (store transactions, each several messages when they arrive together: group
         #: commit), failed_commits (batches answered AE because the store failed), cut_off
-        #: (connections closed after _MAX_REFUSED_IN_A_ROW refused frames)
+        #: (connections closed after _MAX_REFUSED_IN_A_ROW refused frames), over_budget (connections
+        #: closed to keep unfinished frames within max_buffered_bytes)
         self.counts: dict[str, int] = dict.fromkeys(
             ("received", "stored", "duplicates", "rejected", "framing_errors", "connections", "evicted",
-             "slow", "commits", "failed_commits", "cut_off"), 0)
+             "slow", "commits", "failed_commits", "cut_off", "over_budget"), 0)
+        self._budget = FrameBudget(max_buffered_bytes)
         self._activity: dict[asyncio.Task[None], float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -274,6 +241,11 @@ class MLLPListener:
     def failure(self) -> BaseException | None:
         """What killed an internal worker, or None."""
         return self._failure
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of unfinished frames the connections hold now (at most ``max_buffered_bytes``)."""
+        return self._budget.held
 
     @property
     def healthy(self) -> bool:
@@ -573,7 +545,7 @@ class MLLPListener:
         peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
         decoder = MLLPDecoder(self.max_message_bytes)
         frame_started: float | None = None
-        watch = _Watch(loop, task)
+        watch = Watch(loop, task)
         stalled = False  # the peer stopped reading its ACKs
         refused = 0  # frames refused in a row
         try:
@@ -599,6 +571,11 @@ class MLLPListener:
                 watch.expect(math.inf)
                 self._activity[task] = loop.time()
                 items = decoder.feed(data) if data else decoder.flush()
+                if not decoder.in_frame:
+                    frame_started = None
+                elif frame_started is None or items:
+                    frame_started = loop.time()
+                over = self._hold(task, frame_started, decoder.buffered)  # this connection is cut off
                 replies = []
                 for item in items:
                     reply = self._handle(item, peer)
@@ -611,17 +588,17 @@ class MLLPListener:
                     text = await reply
                     if data and not writer.transport.is_closing():  # gone: asyncio would log each write
                         writer.write(frame(text))  # at end of stream: only errors, of a cut frame
-                if refused >= _MAX_REFUSED_IN_A_ROW:
-                    self.counts["cut_off"] += 1
-                    log.warning("MLLP peer %s: %d frames refused in a row; disconnecting", peer, refused)
+                if refused >= _MAX_REFUSED_IN_A_ROW or over:
+                    if over:
+                        log.warning("MLLP peer %s: unfinished frames over %d bytes in all, this one the "
+                                    "oldest; disconnecting", peer, self.max_buffered_bytes)
+                    else:
+                        self.counts["cut_off"] += 1
+                        log.warning("MLLP peer %s: %d frames refused in a row; disconnecting", peer, refused)
                     await asyncio.wait_for(writer.drain(), 2.0)
                     break
                 if not data:
                     break
-                if not decoder.in_frame:
-                    frame_started = None
-                elif frame_started is None or items:
-                    frame_started = loop.time()
                 if writer.transport.get_write_buffer_size():  # a peer that does not read: bounded
                     watch.expect(loop.time() + self.idle_timeout)
                     try:
@@ -640,6 +617,7 @@ class MLLPListener:
             pass
         finally:
             watch.stop()
+            self._hold(task, None, 0)
             self._clients.discard(task)
             self._activity.pop(task, None)
             if stalled:  # close() would wait for the peer to read what is buffered: forever
@@ -651,6 +629,20 @@ class MLLPListener:
                 writer.transport.abort()
             except asyncio.CancelledError:  # the listener stops: drop them now
                 writer.transport.abort()
+
+    def _hold(self, task: asyncio.Task[None], started: float | None, held: int) -> bool:
+        """:meth:`FrameBudget.hold`, counting and cancelling the connections it cuts off; True if
+        ``task``'s own is one of them (the caller answers its finished frames, then closes)."""
+        cut = self._budget.hold(task, started, held)
+        if not cut:
+            return False
+        self.counts["over_budget"] += len(cut)
+        for other in cut:
+            if other is not task:
+                log.warning("MLLP: unfinished frames over %d bytes in all; closed the connection whose "
+                            "frame started the longest ago", self.max_buffered_bytes)
+                other.cancel()
+        return task in cut
 
     def _make_room(self) -> None:
         """At ``max_connections``: close the connection idle the longest."""

@@ -191,6 +191,7 @@ def test_10_any_other_exception_is_one_internal_error_line(tmp_path: Path, exc: 
     (("fhir", "metadata", "--timeout", "0"), "positive"),
     (("hl7", "listen", "--store", "s.db", "--idle-timeout", "-5"), "positive"),
     (("hl7", "listen", "--store", "s.db", "--max-segments", "0"), "x>=1"),
+    (("hl7", "listen", "--store", "s.db", "--max-buffered-bytes", "1000"), "at least the largest message"),
     (("fhir", "metadata", "--base", "fhir.example.org/R4"), "not an http(s) URL"),
     (("pacs", "find", "--web", "--base", "ftp://pacs/dicom-web"), "not an http(s) URL"),
     (("pacs", "echo", "--url", "dicom://KIT@127.0.0.1"), "has no port"),

@@ -210,6 +210,99 @@ def test_a_message_of_tiny_segments_is_refused_before_its_parse_holds_memory(pee
     peer.still_serves()
 
 
+# -- unfinished frames of many connections ------------------------------------------------------
+BUDGET = 4 * LIMIT  # max_buffered_bytes of the listener under attack: four frames of 0.9 * LIMIT
+
+
+@pytest.fixture
+def budgeted(tmp_path: Path) -> Iterator[Peer]:
+    """A listener whose connections may hold at most BUDGET bytes of unfinished frames in all (and
+    whose timeouts do not cut the frames off first)."""
+    with MLLPListener(tmp_path / "budget.db", idle_timeout=60.0, frame_timeout=60.0, max_connections=32,
+                      max_message_bytes=LIMIT, max_buffered_bytes=BUDGET) as listener:
+        p = Peer(listener)
+        p.baseline = statistics.median(p.round_trip() for _ in range(5))
+        yield p
+
+
+def _hold_open(port: int, data: bytes) -> socket.socket:
+    """A connection that sends the start of a frame and never ends it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_unfinished_frames_of_many_connections_stay_within_the_listeners_budget(budgeted: Peer) -> None:
+    """Each connection may hold an unfinished frame of up to ``max_message_bytes``: 256 connections
+    held 4 GiB (16 MiB each). Twelve peers each hold 0.9 of the limit unfinished against a budget of
+    four limits: as later ones arrive, the connections whose frames started first are closed, the
+    listener (in this process) holds about the budget (12.3 MB before, 4.2 MB now), and a good sender's large
+    message is answered AA while the newest hostile frame is still held."""
+    port = budgeted.listener.port
+    filler = b"OBX|1|TX|X||" + b"A" * (9 * LIMIT // 10)
+    starts = [VT + numbered(k, "HOLD").encode() + filler for k in range(12)]
+    hostile: list[socket.socket] = []
+    tracemalloc.start()
+    try:
+        for start in starts:
+            hostile.append(_hold_open(port, start))
+        _wait_for(lambda: sum(not _open(s) for s in hostile) >= 8)
+        time.sleep(0.5)  # the closed connections' tasks end
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    try:
+        closed = [not _open(s) for s in hostile]
+        assert sum(closed) == 8 and not closed[-1], closed
+        assert budgeted.listener.counts["over_budget"] == 8
+        assert 3 * LIMIT < budgeted.listener.buffered <= BUDGET
+        # (the peak adds each connection's asyncio read buffer, at most 384 KiB: bounded per connection)
+        assert held < 1.5 * BUDGET, f"{held:,} bytes held for twelve unfinished frames, budget {BUDGET:,}"
+        big = numbered(90, "BIG") + "OBX|2|TX|X||" + "B" * (LIMIT // 2) + "\r"
+        with MLLPSender("127.0.0.1", port, timeout=10, retry=RetryPolicy(max_attempts=1)) as sender:
+            assert sender.send(big).code.value == "AA"
+        budgeted.acked.add("BIG000090")
+        budgeted.still_serves(holding=lambda: _open(hostile[-1]))
+    finally:
+        for sock in hostile:
+            sock.close()
+    assert not {f"HOLD{k:06d}" for k in range(12)} & set(budgeted.listener.store.messages()["control_id"])  # type: ignore[union-attr]
+
+
+def test_the_oldest_frame_is_given_up_even_when_its_connection_is_the_one_reading(budgeted: Peer) -> None:
+    """The frame that takes the listener past its budget may be the oldest itself: that connection is
+    closed (after the answers to its whole frames), and the younger frames are kept."""
+    port = budgeted.listener.port
+    first = _hold_open(port, frame(numbered(1, "DONE")) + VT + numbered(2, "SLOW").encode())
+    try:
+        assert [parse_message(r).get("MSA-2") for r in budgeted.record(_read_replies(first, 5.0, want=1))] \
+            == ["DONE000001"]
+        filler = b"OBX|1|TX|X||" + b"A" * (9 * LIMIT // 10)
+        others = [_hold_open(port, VT + numbered(k, "HOLD").encode() + filler) for k in range(3, 7)]
+        try:
+            assert _wait_for(lambda: budgeted.listener.buffered > 3 * LIMIT)
+            assert budgeted.listener.counts["over_budget"] == 0
+            first.sendall(filler)  # past the budget: this frame started first
+            assert _wait_for(lambda: not _open(first)), "the oldest frame's connection was kept"
+            assert all(_open(s) for s in others)
+            assert budgeted.listener.counts["over_budget"] == 1
+            budgeted.still_serves(holding=lambda: _open(others[-1]))
+        finally:
+            for sock in others:
+                sock.close()
+    finally:
+        first.close()
+
+
 # -- garbage ------------------------------------------------------------------------------------
 GARBAGE = [
     b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",

@@ -2,11 +2,12 @@
 
 Every message that got AA must be in the store exactly once, and the senders'
 retries must deliver the rest: all 10,000 present once. (And ``kit hl7 listen
---max-segments``, in its own process as well.)
+--max-segments`` and ``--max-buffered-bytes``, in its own process as well.)
 """
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -107,3 +108,30 @@ def test_kit_hl7_listen_max_segments(tmp_path: Path) -> None:
     finally:
         stop_pid(proc)
     assert [r[0] for r in sqlite3.connect(store).execute("SELECT control_id FROM messages")] == ["SHORT1"]
+
+
+def test_kit_hl7_listen_max_buffered_bytes(tmp_path: Path) -> None:
+    """``--max-buffered-bytes``: three unfinished frames of 90 kB against 250 kB in all: the first
+    one's connection is closed when the third arrives; the others stay, and a message gets AA."""
+    port, store, log = free_port(), tmp_path / "mllp.db", tmp_path / "listener.log"
+    proc = _listen(port, store, log, "--max-message-bytes", "100000", "--max-buffered-bytes", "250000")
+    held: list[socket.socket] = []
+    try:
+        for k in range(3):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+            held[-1].sendall(b"\x0b" + numbered(k, "HOLD").encode() + b"NTE|1||" + b"x" * 90_000)
+            time.sleep(0.2)  # the frames start in this order
+        held[0].settimeout(10)
+        assert held[0].recv(1) == b"", "the oldest unfinished frame's connection is still open"
+        with MLLPSender("127.0.0.1", port, timeout=10, retry=RetryPolicy(max_attempts=1)) as sender:
+            assert sender.send(numbered(9, "GOOD")).code.value == "AA"
+        for sock in held[1:]:
+            sock.settimeout(0.2)
+            with pytest.raises(TimeoutError):  # still open: nothing to read, no end of stream
+                sock.recv(1)
+    finally:
+        for sock in held:
+            sock.close()
+        stop_pid(proc)
+    assert "over_budget 1" in log.read_text()  # the counts printed when it stops
+    assert [r[0] for r in sqlite3.connect(store).execute("SELECT control_id FROM messages")] == ["GOOD000009"]
