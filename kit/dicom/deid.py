@@ -75,7 +75,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import enum
-import filecmp
 import functools
 import os
 from collections.abc import Callable, Iterable
@@ -559,14 +558,16 @@ class Deidentifier:
             if not parts[3]:
                 raise DicomFileError("no SOPInstanceUID", source=path)
             target = out.joinpath(*[p or "unknown" for p in parts[:3]], parts[3] + ".dcm")
-            with atomic_path(target, suffix=".dcm") as tmp:
-                clean.save_as(tmp, enforce_file_format=True)
-                # the output is a function of the input, the key and the options: the same bytes are
-                # a re-run; other bytes, another input of this SOP Instance UID (it was overwritten)
-                if target.exists() and not filecmp.cmp(tmp, target, shallow=False):
-                    raise DicomFileError("the output folder already holds another de-identified file "
-                                         "of this SOP Instance UID (another input with the same UID, or "
-                                         "a run with other options); not overwritten", source=path)
+            # the output is a function of the input, the key and the options: the same bytes are a
+            # re-run; other bytes, another input of this SOP Instance UID (it was overwritten), perhaps
+            # written by another worker at this very moment (no_clobber: one of the two fails)
+            try:
+                with atomic_path(target, suffix=".dcm", no_clobber=True) as tmp:
+                    clean.save_as(tmp, enforce_file_format=True)
+            except FileExistsError:
+                raise DicomFileError("the output folder already holds another de-identified file of "
+                                     "this SOP Instance UID (another input with the same UID, or a run "
+                                     "with other options); not overwritten", source=path) from None
         except Exception as exc:
             return (path, None, None, reason is not None, reason, "failed",
                     f"{type(exc).__name__}: {exc}".splitlines()[0])

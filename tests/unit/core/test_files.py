@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,22 @@ def test_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
         raise RuntimeError("writer died")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.parquet"]
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_no_clobber_writes_a_new_file_keeps_the_same_bytes_and_refuses_other_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool) -> None:
+    if not links:  # a file system without hard links (the fault a local disk cannot be made to give)
+        def no_link(*args: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_link)
+    target = tmp_path / "a.dcm"
+    with atomic_path(target, no_clobber=True) as tmp:
+        tmp.write_bytes(b"first")
+    with atomic_path(target, no_clobber=True) as tmp:  # a re-run: the same bytes
+        tmp.write_bytes(b"first")
+    with pytest.raises(FileExistsError), atomic_path(target, no_clobber=True) as tmp:
+        tmp.write_bytes(b"other")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.dcm"]

@@ -7,11 +7,14 @@ planted leak is shown to be found (so the scan can fail).
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import datetime as dt
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -318,3 +321,36 @@ def test_data_set_without_file_meta_is_deidentified(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         original = dcmread(src, force=True)
         _assert_clean_file(original, Path(result.frame["path_out"].item()))
+
+
+def test_two_workers_writing_the_same_sop_instance_uid_at_once_never_both_succeed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers (Dask's, say) each de-identify one of two inputs that share their SOP Instance UID,
+    at the same moment: the check for an existing output and the write were two steps, so both could
+    find nothing and both be reported de-identified, one file silently replacing the other. Each
+    worker here waits for the other after writing its file, so that both reach that step together."""
+    pairs = 40
+    for k in range(pairs):
+        first, second = ct_dataset(0, 1, k + 1), ct_dataset(0, 1, k + 1)
+        second.ImageType = ["DERIVED", "SECONDARY"]
+        write(first, tmp_path / "a" / f"{k}.dcm")
+        write(second, tmp_path / "b" / f"{k}.dcm")
+    together = threading.Barrier(2, timeout=30)
+    save_as = Dataset.save_as
+
+    def save_then_wait(self: Dataset, *args: Any, **kwargs: Any) -> None:
+        save_as(self, *args, **kwargs)
+        together.wait()
+
+    monkeypatch.setattr(Dataset, "save_as", save_then_wait)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(Deidentifier(KEY).files, sorted((tmp_path / side).glob("*.dcm"),
+                                                              key=lambda p: int(p.stem)), tmp_path / "out")
+                for side in ("a", "b")]
+        a, b = (run.result().frame for run in runs)
+    for k in range(pairs):
+        statuses = sorted([a["status"][k], b["status"][k]])
+        assert statuses == ["deidentified", "failed"], (k, statuses)
+        winner = a if a["status"][k] == "deidentified" else b
+        written = dcmread(winner["path_out"][k])
+        assert ("ImageType" in written) == (winner is b), k  # the file is the one reported
