@@ -35,6 +35,8 @@ def index(ctx: click.Context, paths: tuple[str, ...], workers: int | None, no_re
     series_instance_uid, sop_instance_uid, modality, dates, sizes, path, ...
     (see kit.dicom.index). Files that are not DICOM are listed on stderr as
     warnings and left out; if no file is DICOM, exit 1 with the reasons.
+    Symbolic links to files are read, links to folders are not followed; a file
+    reached by a second name (a link to it) is read once, the other name listed.
     With -o X.parquet the rows are written as they are read (any number of files).
 
     \b

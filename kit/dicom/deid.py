@@ -105,7 +105,7 @@ from kit.dicom._profile_options import (
     RETAIN_PATIENT_CHARACTERISTICS,
 )
 from kit.dicom.deid_check import DeidLeakError, check_deidentified, is_instance_uid
-from kit.dicom.index import list_files
+from kit.dicom.index import walk_files
 from kit.errors import ConfigError, DicomFileError, InvalidInputError
 
 __all__ = [
@@ -506,7 +506,9 @@ class Deidentifier:
         Output files are named from pseudonyms only
         (``<PatientID>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``, never the input
         name, which may carry identifiers) and written atomically. Files that
-        are not DICOM are reported as ``skipped``; failures as ``failed``. An
+        are not DICOM are reported as ``skipped``, and so are the entries
+        :func:`kit.dicom.index.walk_files` passes over (a broken symbolic link,
+        a second name of a file already listed, ...); failures as ``failed``. An
         output file already there is replaced only by the same bytes (a re-run):
         a second input with the same SOP Instance UID fails, and the first stays.
         The re-identification map is not written: save :attr:`reid_map` yourself.
@@ -526,19 +528,25 @@ class Deidentifier:
         """
         if isinstance(in_paths, (str, os.PathLike)):
             in_paths = [in_paths]
-        files = list_files(in_paths)
+        return self.walked(walk_files(in_paths), out_dir, progress)
+
+    def walked(self, entries: list[tuple[str, str | None]], out_dir: str | os.PathLike[str],
+               progress: bool = False) -> DeidResult:
+        """:meth:`files` of the entries of :func:`kit.dicom.index.walk_files` (or a part of them,
+        on a worker): one row per entry, in their order; an entry with a reason is ``skipped``."""
         out = Path(out_dir).absolute()
         out.mkdir(parents=True, exist_ok=True)
         rows: list[tuple[Any, ...]] = []
-        items: Iterable[str] = files
+        items: Iterable[tuple[str, str | None]] = entries
         if progress:
             import sys
 
             from tqdm import tqdm
-            items = tqdm(files, unit="file", desc="deid", file=sys.stderr, leave=False,
+            items = tqdm(entries, unit="file", desc="deid", file=sys.stderr, leave=False,
                          disable=not sys.stderr.isatty())
-        for path in items:
-            rows.append(self._one_file(path, out))
+        for path, passed in items:
+            rows.append(self._one_file(path, out) if passed is None
+                        else (path, None, None, None, None, "skipped", passed))
         return DeidResult(pl.DataFrame(rows, schema=DEID_SCHEMA, orient="row"))
 
     def _one_file(self, path: str, out: Path) -> tuple[Any, ...]:

@@ -68,7 +68,7 @@ from kit.dicom._header import COLUMNS, Fallback, Skip, read_fast, read_file, rea
 from kit.errors import InvalidInputError
 
 __all__ = ["DicomIndex", "DicomIndexFile", "INDEX_SCHEMA", "SKIPPED_SCHEMA", "index_chunk", "index_dicom",
-           "index_frame", "list_files"]
+           "index_frame", "list_files", "walk_files"]
 
 _DTYPES: dict[str, Any] = {
     "str": pl.String, "date": pl.Date, "time": pl.Time, "int": pl.Int32,
@@ -109,46 +109,107 @@ class DicomIndex:
 def list_files(paths: Iterable[str | os.PathLike[str]], recursive: bool = True) -> list[str]:
     """Absolute paths of the files named or found (sorted per folder) under ``paths``.
 
-    Hidden entries (``.name``) inside folders are ignored.
+    Hidden entries (``.name``) inside folders are ignored, and so are the entries that
+    :func:`walk_files` passes over (with their reasons).
 
     Raises
     ------
     kit.errors.InvalidInputError
         A path does not exist or is not a regular file or a folder, or a folder cannot be read.
     """
-    return list(_files(paths, recursive))
+    return [path for path, reason in walk_files(paths, recursive) if reason is None]
 
 
-def _files(paths: Iterable[str | os.PathLike[str]], recursive: bool) -> Iterator[str]:
+def walk_files(paths: Iterable[str | os.PathLike[str]],
+               recursive: bool = True) -> list[tuple[str, str | None]]:
+    """Every entry named or found under ``paths``: ``(absolute path, None)`` for a file to read, or
+    ``(path, reason)`` for one passed over, in walk order (sorted per folder, files before subfolders).
+
+    Inside folders, hidden entries (``.name``) are ignored; symbolic links to files are read, but
+    symbolic links to folders are not followed (a loop would never end). Passed over, with the
+    reason: a broken symbolic link; a FIFO, socket or device (a read could block for ever); a
+    further name of a file already listed (a symbolic or hard link to it, or a path named twice).
+
+    Raises
+    ------
+    kit.errors.InvalidInputError
+        A path named does not exist or is not a regular file or a folder, or a folder cannot be read.
+    """
+    entries: list[_Entry] = []
     for p in paths:
         path = os.path.abspath(os.fspath(p))
         if os.path.isdir(path):
-            yield from _walk(path, recursive)
+            _walk(path, recursive, entries)
         elif os.path.isfile(path):
-            yield path
+            entries.append((path, None, None))
         elif os.path.exists(path):  # a FIFO would block the read for ever, a device read for ever
             raise InvalidInputError("not a regular file or a folder", source=path)
         else:
             raise InvalidInputError("no such file or directory", source=path)
+    return _first_names(entries)
 
 
-def _walk(folder: str, recursive: bool) -> Iterator[str]:
+#: an entry of the walk: path, why it is passed over (None: read it), its (device, inode) if known
+_Entry = tuple[str, str | None, tuple[int, int] | None]
+
+
+def _by_path(row: tuple[str, str]) -> str:
+    """The sort key of skipped rows (stable: a path named twice keeps its order)."""
+    return row[0]
+
+
+def _walk(folder: str, recursive: bool, entries: list[_Entry]) -> None:
     dirs: list[str] = []
     try:
+        device = os.stat(folder).st_dev  # of its files too (a mount point is a folder)
         with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            found = sorted(it, key=lambda e: e.name)
     except OSError as exc:  # a folder the user may not read: a typed error, not an internal one
         raise InvalidInputError(f"cannot read the folder: {exc.strerror or exc}", source=folder) from exc
-    for entry in entries:
+    for entry in found:
         if entry.name.startswith("."):
             continue
         if entry.is_dir(follow_symlinks=False):
             dirs.append(entry.path)
+        elif entry.is_file(follow_symlinks=False):
+            entries.append((entry.path, None, (device, entry.inode())))  # no system call
+        elif not entry.is_symlink():
+            entries.append((entry.path, "not a regular file (a FIFO, socket or device)", None))
         elif entry.is_file():
-            yield entry.path
+            entries.append((entry.path, None, None))
+        elif entry.is_dir():
+            entries.append((entry.path, "a symbolic link to a folder (not followed)", None))
+        elif not os.path.exists(entry.path):
+            entries.append((entry.path, "a broken symbolic link", None))
+        else:
+            entries.append((entry.path, "a symbolic link to a FIFO, socket or device", None))
     if recursive:
         for d in dirs:
-            yield from _walk(d, recursive)
+            _walk(d, recursive, entries)
+
+
+def _first_names(entries: list[_Entry]) -> list[tuple[str, str | None]]:
+    """The entries, each further name of a file listed (same device and inode) passed over: the first
+    name found in a folder that is not a symbolic link is kept, else the first name."""
+    first: dict[tuple[int, int], int] = {}  # (device, inode) -> the index of the name kept
+    for at, (_, reason, key) in enumerate(entries):  # a name that is no link comes first
+        if reason is None and key is not None:
+            first.setdefault(key, at)
+    out: list[tuple[str, str | None]] = []
+    for path, reason, key in entries:
+        if reason is None:
+            if key is None:  # a file named, or a symbolic link: where it leads
+                try:
+                    st = os.stat(path)
+                except OSError:  # gone since: the reader says so
+                    out.append((path, None))
+                    continue
+                key = (st.st_dev, st.st_ino)
+            earlier = first.setdefault(key, len(out))
+            if earlier != len(out):
+                reason = f"the same file as {entries[earlier][0]}"
+        out.append((path, reason))
+    return out
 
 
 _Result = tuple[list[tuple[Any, ...]], list[tuple[str, str]]]
@@ -302,14 +363,15 @@ def index_dicom(
         paths = [paths]
     # sorted up front: chunks come back in order, so rows (and skipped files) are in path order as
     # they are produced, and the parquet file needs no sort at the end
-    files = sorted(_files(paths, recursive))
+    entries = walk_files(paths, recursive)
+    files = sorted(path for path, reason in entries if reason is None)
     size = chunk_size or _CHUNK
     n_workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
     sink = ParquetSink(Path(out), INDEX_SCHEMA) if out is not None else None
     frames: list[pl.DataFrame] = []
     pending: list[pl.DataFrame] = []
     n_pending = 0
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = [(path, reason) for path, reason in entries if reason is not None]
     bar = _bar(len(files), progress)
     try:
         for rows, skips, n in _chunk_results(files, size, n_workers, reader):
@@ -327,7 +389,7 @@ def index_dicom(
         raise
     finally:
         bar(-1)
-    skipped_frame = pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row")
+    skipped_frame = pl.DataFrame(sorted(skipped, key=_by_path), schema=SKIPPED_SCHEMA, orient="row")
     if sink is not None:
         return DicomIndexFile(path=sink.close(), rows=sink.rows, skipped=skipped_frame)
     frame = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=INDEX_SCHEMA)

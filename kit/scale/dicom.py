@@ -27,7 +27,7 @@ import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import polars as pl
 
@@ -90,11 +90,14 @@ def index_partition(paths: list[str], reader: str, folder: str, index: int,
     return frame.height, skipped
 
 
+T = TypeVar("T")
+
+
 def _paths(paths: Paths) -> list[str | os.PathLike[str]]:
     return [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
 
 
-def _chunks(files: list[str], size: int) -> list[list[str]]:
+def _chunks(files: list[T], size: int) -> list[list[T]]:
     if size < 1:
         raise ValueError("chunk size must be at least 1")
     return [files[i:i + size] for i in range(0, len(files), size)]
@@ -136,21 +139,23 @@ def index_dataset(paths: Paths, out_dir: str | os.PathLike[str], *, client: Clie
     kit.errors.ServiceFailedError
         The cluster failed (a worker died too often, no worker left).
     """
-    from kit.dicom.index import INDEX_SCHEMA, SKIPPED_SCHEMA, list_files
+    from kit.dicom.index import INDEX_SCHEMA, SKIPPED_SCHEMA, walk_files
 
     if reader not in ("auto", "fast", "pydicom"):
         raise ValueError(f"reader must be auto, fast or pydicom, not {reader!r}")
-    walked = list_files(_paths(paths), recursive)
+    entries = walk_files(_paths(paths), recursive)
+    passed = [(path, reason) for path, reason in entries if reason is not None]
     out = prepare_dataset(out_dir)
     # chunks in path order: the parts, read in name order, are the local frame (sorted by path)
-    chunks = _chunks(sorted(walked), chunk)
+    chunks = _chunks(sorted(path for path, reason in entries if reason is None), chunk)
     if not chunks:  # an empty dataset still has its schema
         write_part(pl.DataFrame(schema=INDEX_SCHEMA), str(out), 0, 1)
-        return IndexDataset(out, 0, 1, pl.DataFrame(schema=SKIPPED_SCHEMA))
+        return IndexDataset(out, 0, 1, pl.DataFrame(sorted(passed, key=lambda row: row[0]),
+                                                    schema=SKIPPED_SCHEMA, orient="row"))
     parts = [(c, reader, str(out), i, len(chunks)) for i, c in enumerate(chunks)]
     results = run_partitions(client, index_partition, parts, out_dir=out, timeout=timeout,
                              progress=progress, desc="index")
-    skipped = sorted((row for _, s in results for row in s), key=lambda row: row[0])  # by path, as locally
+    skipped = sorted(passed + [row for _, s in results for row in s], key=lambda row: row[0])  # as locally
     return IndexDataset(out, sum(n for n, _ in results), len(chunks),
                         pl.DataFrame(skipped, schema=SKIPPED_SCHEMA, orient="row"))
 
@@ -178,16 +183,18 @@ class DeidDataset:
     partitions: int
 
 
-def deid_partition(paths: list[str], dicom_out: str, key: bytes, options: dict[str, bool], folder: str,
-                   index: int, total: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """De-identify one chunk of files (on a worker); (result rows, re-identification rows).
+def deid_partition(entries: list[tuple[str, str | None]], dicom_out: str, key: bytes,
+                   options: dict[str, bool], folder: str, index: int,
+                   total: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """De-identify one chunk of :func:`kit.dicom.index.walk_files` entries (on a worker); (result
+    rows, re-identification rows).
 
     The de-identified files go into ``dicom_out``, the result rows into the part file.
     """
     from kit.dicom.deid import Deidentifier, DeidOptions
 
     deidentifier = Deidentifier(key, options=DeidOptions(**options))
-    frame = deidentifier.files(paths, dicom_out).frame
+    frame = deidentifier.walked(entries, dicom_out).frame
     write_part(frame, folder, index, total)
     return frame, deidentifier.reid_map.frame
 
@@ -249,7 +256,7 @@ def deid_dataset(paths: Paths, dicom_out: str | os.PathLike[str], out_dir: str |
     """
     from kit.deid.pseudonyms import Pseudonymiser, PseudonymKind, ReidentificationMap, is_inside
     from kit.dicom.deid import DeidOptions, DeidResult
-    from kit.dicom.index import list_files
+    from kit.dicom.index import walk_files
     from kit.errors import InvalidInputError
 
     raw_key = _key_bytes(key)
@@ -263,12 +270,12 @@ def deid_dataset(paths: Paths, dicom_out: str | os.PathLike[str], out_dir: str |
             merged.add(PseudonymKind(kind), original, checker.pseudonym(PseudonymKind(kind), original))
         for row in reid_map.frame.iter_rows():
             merged.add(PseudonymKind(row[0]), row[1], row[2])
-    files = list_files(_paths(paths))
+    entries = walk_files(_paths(paths))
     dicom_folder = Path(dicom_out).absolute()
     dicom_folder.mkdir(parents=True, exist_ok=True)
     out = prepare_dataset(out_dir)
     chosen = dataclasses.asdict(options if options is not None else DeidOptions())
-    chunks = _chunks(files, chunk)
+    chunks = _chunks(entries, chunk)
     if not chunks:
         from kit.dicom.deid import DEID_SCHEMA
 

@@ -47,8 +47,8 @@ def _parts(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ct_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """361 generated CT files in 3 studies and at the top, two text files, a truncated DICOM and an
-    empty file."""
+    """361 generated CT files in 3 studies and at the top, two text files, a truncated DICOM, an
+    empty file, a second name of a file, a broken link and a link to a folder."""
     root = tmp_path_factory.mktemp("ct")
     for k in range(3):
         random_ct_files(root / f"s{k}", 120, patient_id=f"MRN90{k}1", seed=k, size=8)
@@ -59,6 +59,10 @@ def ct_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # files beside sub-folders: the walk (files first) and path order differ
     (root / "zz-top.dcm").write_bytes((root / "s1" / "00001.dcm").read_bytes())
     (root / "zz-readme.txt").write_text("not DICOM either")
+    # entries the walk passes over: a second name of a file, a broken link, a link to a folder
+    (root / "s0" / "again.dcm").symlink_to(root / "s1" / "00001.dcm")
+    (root / "s2" / "gone.dcm").symlink_to(root / "nowhere.dcm")
+    (root / "s1" / "loop").symlink_to(root, target_is_directory=True)
     return root
 
 
@@ -85,7 +89,7 @@ def test_index_of_generated_files_with_bad_ones_reports_them_as_the_local_index(
         client: Any, ct_folder: Path, tmp_path: Path) -> None:
     got = index_dataset(ct_folder, tmp_path / "idx", client=client, chunk=100)
     local = index_dicom(ct_folder, workers=1)
-    assert local.frame.height == 361 and local.skipped.height == 4
+    assert local.frame.height == 361 and local.skipped.height == 7
     assert_frame_equal(got.scan().collect(), local.frame)
     assert_frame_equal(got.skipped, local.skipped)  # the same reasons, in the same order
 
@@ -119,12 +123,14 @@ def test_deid_on_two_workers_writes_the_files_rows_and_map_of_one_process(
     shutil.copytree(dicom_dir() / "MRN1002", src / "MRN1002")
     shutil.copytree(dicom_dir() / "MRN1004", src / "MRN1004")
     (src / "MRN1004" / "readme.txt").write_text("not DICOM")
+    (src / "MRN1004" / "again.dcm").symlink_to(next((src / "MRN1002").rglob("*.dcm")))  # passed over
     options = DeidOptions(retain_longitudinal_modified_dates=True)
     local = Deidentifier(KEY, options=options)
     expected = local.files(src, tmp_path / "local").frame
     got = deid_dataset(src, tmp_path / "dask", tmp_path / "rows", key=KEY, options=options, client=client,
                        chunk=8)
-    assert got.partitions > 2 and got.result.count("skipped") == 1
+    assert got.partitions > 2 and got.result.count("skipped") == 2
+    assert "the same file as" in expected.filter(pl.col("path_in").str.ends_with("again.dcm"))["reason"][0]
     assert_frame_equal(_relative(got.result.frame, tmp_path / "dask"),
                        _relative(expected, tmp_path / "local"))
     rows = pl.scan_parquet(tmp_path / "rows").collect()

@@ -117,6 +117,35 @@ def test_a_fifo_named_is_a_typed_error_not_a_read_for_ever(tmp_path: Path) -> No
     assert index_dicom(tmp_path, workers=1).frame.height == 1  # in a folder: not a file, passed by
 
 
+def test_links_and_special_files_in_a_folder_are_reported_and_each_file_is_indexed_once(
+        tmp_path: Path) -> None:
+    """A symbolic link to a file of the tree was indexed twice (two rows, one instance); a broken
+    link, a link to a folder and a FIFO passed without a word. Each file is indexed once, under the
+    name that is no link; the rest are skipped rows that say why."""
+    root = tmp_path / "dicom"
+    real = write(ct_dataset(0, 1, 1), root / "b.dcm")
+    other = write(ct_dataset(0, 1, 2), tmp_path / "elsewhere" / "c.dcm")
+    (root / "a-link.dcm").symlink_to(real)  # sorts before its target
+    (root / "outside.dcm").symlink_to(other)  # a file outside the tree: read
+    (root / "hard.dcm").hardlink_to(real)
+    (root / "broken.dcm").symlink_to(tmp_path / "gone.dcm")
+    (root / "folder-link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    os.mkfifo(root / "pipe.dcm")
+    for workers in (1, 2):
+        result = index_dicom(root, workers=workers)
+        assert result.frame["path"].to_list() == [str(real), str(root / "outside.dcm")]
+        assert result.skipped.rows() == [
+            (str(root / "a-link.dcm"), f"the same file as {real}"),
+            (str(root / "broken.dcm"), "a broken symbolic link"),
+            (str(root / "folder-link"), "a symbolic link to a folder (not followed)"),
+            (str(root / "hard.dcm"), f"the same file as {real}"),
+            (str(root / "pipe.dcm"), "not a regular file (a FIFO, socket or device)"),
+        ]
+    named = index_dicom([real, root / "a-link.dcm", real], workers=1)  # named, not walked: the first name
+    assert named.frame["path"].to_list() == [str(real)]
+    assert named.skipped["reason"].to_list() == [f"the same file as {real}"] * 2
+
+
 def test_skipped_non_dicom_and_truncated(tmp_path: Path) -> None:
     good = write(ct_dataset(0), tmp_path / "good.dcm")
     data = good.read_bytes()
