@@ -205,6 +205,10 @@ def _parse(r: _Reader) -> dict[str, Any]:
             b, o = r.ensure(pos + hdr, length)
             meta[elem] = b[o:o + length].decode("latin_1").rstrip("\x00 ")
         pos += hdr + length
+    if pos > r.size or r.size == 132:  # no data set can follow: cut short (a message, as before a skip)
+        raise Skip(f"truncated: the file ends at byte {r.size}, inside its File Meta Information")
+    if pos + 8 > r.size > pos:
+        raise Skip(f"truncated: the file ends at byte {r.size}, inside the element header at byte {pos}")
     ts = meta.get(0x0010)
     if not ts or ts == _EXPLICIT_BE or ts in _DEFLATED:
         raise Fallback(f"transfer syntax {ts!r}")
@@ -286,14 +290,21 @@ def _parse(r: _Reader) -> dict[str, Any]:
         if pos > size:  # never stop early with a partial row: the value runs past the end
             raise Skip(f"truncated: element ({group:04X},{elem:04X}) at byte {pos - length - hdr} "
                        f"declares {length} bytes, file has {size - start}")
+    else:  # the end of the file, no pixel data: a file cut between two elements looks complete
+        if not _has_instance(out):
+            raise Skip(f"no instance attributes before the file ends at byte {size} (cut short?)")
     _check_instance(out)
     return out
 
 
+def _has_instance(values: dict[str, Any]) -> bool:
+    """Whether the values hold any instance attribute (else the data set is no indexable instance)."""
+    return any(values.get(k) for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "PatientID"))
+
+
 def _check_instance(values: dict[str, Any]) -> None:
     """Both readers: a data set without any instance attribute is not an indexable instance."""
-    if not any(values.get(k) for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID",
-                                       "PatientID")):
+    if not _has_instance(values):
         raise Skip("not DICOM: no instance attributes")
 
 

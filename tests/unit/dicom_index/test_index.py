@@ -163,6 +163,25 @@ def test_skipped_non_dicom_and_truncated(tmp_path: Path) -> None:
     assert "truncated" in reasons[str(tmp_path / "cut_header.dcm")]
 
 
+def test_a_file_cut_in_its_file_meta_or_before_its_data_set_is_reported_as_cut(tmp_path: Path) -> None:
+    """Cut inside its File Meta Information, or before the first element of its data set, a DICOM
+    file was skipped as "not DICOM: no instance attributes": as if it were some other kind of file.
+    (Cut between two elements after its instance attributes, it still gives a row of what is there,
+    as pydicom reads it: such a file looks complete.)"""
+    good = write(ct_dataset(0), tmp_path / "good.dcm")
+    data = good.read_bytes()
+    good.unlink()
+    meta_end = 144 + int.from_bytes(data[140:144], "little")  # after the File Meta Information
+    cuts = [132, 140, 150, meta_end - 3, meta_end, meta_end + 3]
+    for n in cuts:
+        (tmp_path / f"cut{n:05d}.dcm").write_bytes(data[:n])
+    reasons = dict(index_dicom(tmp_path, workers=1).skipped.iter_rows())
+    assert len(reasons) == len(cuts)
+    for path, reason in reasons.items():
+        assert "truncated" in reason or "cut short" in reason, (path, reason)
+        assert "not DICOM" not in reason, (path, reason)
+
+
 def _parity_files(tmp_path: Path) -> list[Path]:
     files = []
     ds = ct_dataset(3)
