@@ -5,7 +5,9 @@ clinicians and other systems see it and verifies each copy:
 
 * ``sr`` and ``seg``: the DICOM SR (TID 1500) and SEG are C-STOREd to the PACS,
   found again by C-FIND at IMAGE level on their SOP Instance UID, retrieved by
-  C-GET and parsed back; the read-back must equal what was sent
+  C-GET and parsed back; the instance retrieved must hold every element sent,
+  unchanged (:func:`kit.results.readback.stored_differences`; Pixel Data is
+  compared decoded), and what it reads as must equal the result
   (:func:`kit.results.readback.differences`).
 * ``observation`` and ``diagnostic_report``: the transaction Bundle of
   conditional creates (:func:`kit.results.fhir.encode_bundle`) is POSTed, and
@@ -152,6 +154,12 @@ class _Dicom:
         return differences(result, read_sr(sr, seg))
 
     @staticmethod
+    def stored_differences(sent: Dataset, stored: Dataset) -> list[str]:
+        from kit.results.readback import stored_differences
+
+        return stored_differences(sent, stored)
+
+    @staticmethod
     def differences_seg(result: AnalysisResult, seg: Dataset) -> list[str]:
         from kit.results.readback import differences, read_seg
 
@@ -180,7 +188,7 @@ def _store_and_verify(target: str, pacs: PacsClient, ds: Dataset,
     read = _retrieve(pacs, ds)
     if str(read.SOPInstanceUID) != uid:
         return Delivery(target, "failed", f"retrieved {read.SOPInstanceUID}, not {uid}", uid)
-    diffs = compare(read)
+    diffs = _Dicom.stored_differences(ds, read) + compare(read)
     if diffs:
         return Delivery(target, "failed", "read back differs: " + "; ".join(diffs)[:480], uid)
     return Delivery(target, "verified", None, uid)

@@ -18,7 +18,9 @@ researcher can compare a model against annotations already in the PACS:
 - :func:`read_seg` -> regions (masks as numpy bool arrays, one frame per
   source image the SEG references) and :func:`seg_segments_frame`.
 - :func:`differences` compares what was sent with what was read back on the
-  fields that survive DICOM; the delivery uses it to verify a write-back.
+  fields that survive DICOM; :func:`stored_differences` compares the instance
+  sent with the one the PACS returns, element by element; the delivery uses both
+  to verify a write-back.
 
 Codes of schemes the result model does not know keep their value and meaning
 under a local scheme: ``SRT`` (the retired SNOMED designator) becomes ``SCT``,
@@ -75,6 +77,7 @@ __all__ = [
     "read_sr",
     "seg_segments_frame",
     "sr_measurements_frame",
+    "stored_differences",
 ]
 
 #: SR storage classes whose TID 1500 content :func:`read_sr` reads.
@@ -663,3 +666,61 @@ def differences(sent: AnalysisResult, read: AnalysisResult) -> list[str]:
         if got is not None and not all(_close(x, y) for x, y in zip(mine_c, got, strict=True)):
             out.append(f"box {box.label!r}: corners sent {mine_c}, read {got}")
     return out
+
+
+#: Not compared by :func:`stored_differences`: Pixel Data (a PACS may store it compressed; a SEG's
+#: masks are compared decoded, by :func:`differences`)
+_NOT_COMPARED = frozenset({0x7FE00010})
+#: Differences :func:`stored_differences` lists at most
+_MAX_LISTED = 20
+
+
+def stored_differences(sent: Dataset, stored: Dataset) -> list[str]:
+    """Data elements of ``sent`` that ``stored`` (the same instance, retrieved from the PACS) does
+    not hold with the same value, at any depth of their sequences.
+
+    Elements the PACS added (a Retrieve AE Title, its private tags) are allowed; Pixel Data is not
+    compared (see :data:`_NOT_COMPARED`). Anything else it changed, removed or added inside a
+    sequence (an SR content item, a reference, a flag, a patient's name, a measurement's
+    Numeric Value beside its Floating Point Value) is a difference: what the PACS holds is not
+    what was sent.
+
+    Returns
+    -------
+    list of str
+        One sentence per difference (at most twenty); empty when every element sent is stored.
+    """
+    out: list[str] = []
+    _compare(sent, stored, "", out)
+    return out
+
+
+def _compare(sent: Dataset, stored: Dataset, path: str, out: list[str]) -> None:
+    for elem in sent:
+        if len(out) >= _MAX_LISTED:
+            return
+        if int(elem.tag) in _NOT_COMPARED:
+            continue
+        where = f"{path}{elem.keyword or elem.tag}"
+        other = stored.get(elem.tag)
+        if other is None:
+            out.append(f"{where}: sent, not stored")
+        elif elem.VR == "SQ":
+            items, theirs = elem.value, other.value
+            if other.VR != "SQ" or len(items) != len(theirs):
+                out.append(f"{where}: {len(items)} item(s) sent, "
+                           f"{len(theirs) if other.VR == 'SQ' else 'no sequence'} stored")
+                continue
+            for i, (mine, their) in enumerate(zip(items, theirs, strict=True)):
+                _compare(mine, their, f"{where}[{i}].", out)
+        elif other.VR != elem.VR or _value(elem.value) != _value(other.value):
+            out.append(f"{where}: sent {_value(elem.value)!r}, stored {_value(other.value)!r}"[:200])
+
+
+def _value(value: Any) -> Any:
+    """An element value as plain Python to compare (multi-values as lists, names as text)."""
+    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
+        return [_value(v) for v in value]
+    if isinstance(value, pydicom.valuerep.PersonName):
+        return str(value)
+    return value
