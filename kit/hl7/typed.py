@@ -413,6 +413,8 @@ class Ack:
     error_text: str = ""
     error_segment: str = ""
     error_field: int | None = None
+    #: ERR-4 (v2.5 and later): E error, F fatal, W warning, I information; "" when not given
+    error_severity: str = ""
 
     @property
     def message_type(self) -> str:
@@ -524,7 +526,8 @@ def _ack(m: Message, header: Header) -> Ack:
         return Ack(header, AckCode.AR, m.get("MSA-2"), f"invalid MSA-1 {m.get('MSA-1')!r}")
     if m.get("ERR-3.1"):  # v2.5+
         return Ack(header, code, m.get("MSA-2"), m.get("MSA-3"), _int(m.get("ERR-3.1")),
-                   m.get("ERR-8") or m.get("ERR-3.2"), m.get("ERR-2.1"), _int(m.get("ERR-2.3")))
+                   m.get("ERR-8") or m.get("ERR-3.2"), m.get("ERR-2.1"), _int(m.get("ERR-2.3")),
+                   m.get("ERR-4")[:1])
     if m.get("ERR-1"):  # ELD before v2.5
         return Ack(header, code, m.get("MSA-2"), m.get("MSA-3"), _int(m.get("ERR-1.4.1")),
                    m.get("ERR-1.4.2"), m.get("ERR-1.1"), _int(m.get("ERR-1.3")))

@@ -10,13 +10,20 @@ clinicians and other systems see it and verifies each copy:
   compared decoded), and what it reads as must equal the result
   (:func:`kit.results.readback.differences`).
 * ``observation`` and ``diagnostic_report``: the transaction Bundle of
-  conditional creates (:func:`kit.results.fhir.encode_bundle`) is POSTed, and
-  every resource the server created (or found) is read back by id AND version
-  (``vread``) and compared with what was sent, ignoring ``id``, ``meta``,
-  ``text`` and the references the server rewrote (``urn:uuid:`` to ``Type/id``).
+  conditional creates (:func:`kit.results.fhir.encode_bundle`) is POSTed; each
+  entry of the response must have a 2xx status and locate a resource of the
+  type sent on the same server. Every resource the server created (or found)
+  is read back by id AND version (``vread``), and as the record holds it now
+  (``read``), and both are compared with what was sent, ignoring ``id``,
+  ``meta``, ``text`` and the references the server rewrote (``urn:uuid:`` to
+  ``Type/id``).
 * ``oru``: the ORU^R01 (:func:`kit.results.oru.encode_oru`) goes over MLLP;
-  the ACK must be AA or CA and acknowledge the message's MSH-10
-  (:func:`kit.results.oru.control_id`), which is recorded.
+  the ACK must be AA or CA, acknowledge the message's MSH-10
+  (:func:`kit.results.oru.control_id`), which is recorded, and carry no error
+  of severity E or F. HL7 v2 offers no read-back: for the ORU, ``verified``
+  means that the receiving application accepted this very message, not that
+  it was read back (a peer that acknowledges AA and then drops the message
+  cannot be told apart).
 
 Targets are independent and run concurrently (one thread each): one that
 fails (a DICOM failure status, a FHIR 422 OperationOutcome, an HL7 AE) is a
@@ -70,8 +77,10 @@ class Delivery:
     target : str
         One of :data:`TARGETS`.
     status : str
-        ``verified`` (sent and read back equal), ``sent`` (accepted, not
-        verifiable), ``failed`` or ``skipped`` (no client, or nothing to send).
+        ``verified`` (sent and read back equal; for the ORU, which HL7 v2 cannot
+        read back, accepted by the receiving application: see :func:`deliver`),
+        ``sent`` (accepted, not verifiable), ``failed`` or ``skipped`` (no
+        client, or nothing to send).
     reason : str, optional
         Why it failed or was skipped (one line); for ``failed``, the typed
         error's message or the differences read back.
@@ -251,20 +260,37 @@ def _diff(sent: Any, read: Any, path: str = "") -> list[str]:
     return [] if sent == read else [f"{path}: sent {sent!r}, read {read!r}"[:200]]
 
 
-def _location(entry: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(type, id, version) of a transaction-response entry's ``response.location``."""
-    response = entry.get("response") or {}
+def _location(entry: Mapping[str, Any], sent_type: str, base: str) -> tuple[str, str, str]:
+    """(type, id, version) of a transaction-response entry's ``response.location``: a 2xx status, the
+    type sent, on the client's own server (a location elsewhere is not where kit reads back)."""
+    response = entry.get("response") if isinstance(entry, Mapping) else None
+    response = response if isinstance(response, Mapping) else {}
+    status = str(response.get("status") or "")
+    if not status[:1] == "2":
+        from kit.fhir.resources import outcome_message
+
+        raise KitError(f"the server answered {status or 'no status'!r} for the {sent_type}"
+                       + (f": {outcome_message(response.get('outcome'))}" if response.get("outcome") else ""))
     location = str(response.get("location") or "")
+    if "://" in location:
+        from kit.fhir.policy import origin
+
+        if origin(location) is None or origin(location) != origin(base):
+            raise KitError(f"the server located the {sent_type} on another server: {location[:200]!r}")
     bits = location.split("?")[0].rstrip("/").split("/")
+    found: tuple[str, str, str] | None = None
     if "_history" in bits:
         at = len(bits) - 1 - bits[::-1].index("_history")
         if at >= 2 and at + 1 < len(bits):
-            return bits[at - 2], bits[at - 1], bits[at + 1]
-    if len(bits) >= 2 and response.get("etag"):
-        version = str(response["etag"]).removeprefix("W/").strip('"')
-        return bits[-2], bits[-1], version
-    raise KitError(f"the transaction response names no versioned location ({location!r}, "
-                   f"status {response.get('status')!r})")
+            found = bits[at - 2], bits[at - 1], bits[at + 1]
+    elif len(bits) >= 2 and response.get("etag"):
+        found = bits[-2], bits[-1], str(response["etag"]).removeprefix("W/").strip('"')
+    if found is None:
+        raise KitError(f"the transaction response names no versioned location ({location[:200]!r}, "
+                       f"status {status!r})")
+    if found[0] != sent_type:
+        raise KitError(f"the server located the {sent_type} as a {found[0][:64]}")
+    return found
 
 
 def _fhir(result: AnalysisResult, fhir: FhirClient, sr_uid: str | None, seg_uid: str | None,
@@ -278,7 +304,8 @@ def _fhir(result: AnalysisResult, fhir: FhirClient, sr_uid: str | None, seg_uid:
         if len(entries) != len(sent_entries):
             raise KitError(f"the transaction response has {len(entries)} entries for "
                            f"{len(sent_entries)} sent")
-        located = [_location(e) for e in entries]
+        located = [_location(e, sent["resource"]["resourceType"], fhir.base)
+                   for e, sent in zip(entries, sent_entries, strict=True)]
     except KitError as exc:
         took = round(time.perf_counter() - t, 4)
         return [Delivery(target, "failed", _reason(exc), None, took)
@@ -288,8 +315,11 @@ def _fhir(result: AnalysisResult, fhir: FhirClient, sr_uid: str | None, seg_uid:
     for sent, (rtype, rid, version) in zip(sent_entries, located, strict=True):
         name = f"{rtype}/{rid}/_history/{version}"
         try:
-            read = fhir.vread(rtype, rid, version)
-            diffs = _diff(_strip(_rewrite(sent["resource"], refs)), _strip(read))
+            expected = _strip(_rewrite(sent["resource"], refs))
+            diffs = _diff(expected, _strip(fhir.vread(rtype, rid, version)))
+            # the version named may no longer be what the record holds (a later version, entered in
+            # error, say): what a reader of the record sees now must be what was sent as well
+            diffs += [f"now: {d}" for d in _diff(expected, _strip(fhir.read(rtype, rid)))]
         except KitError as exc:
             diffs = [_reason(exc)]
         verdicts.setdefault(rtype, []).append((name, diffs))
@@ -318,6 +348,9 @@ def _oru(result: AnalysisResult, hl7: MLLPSender) -> Delivery:
         return Delivery("oru", "failed", f"ACK {code}: {ack.text or ack.error_text}", msh10)
     if ack.control_id != msh10:
         return Delivery("oru", "failed", f"the ACK acknowledges {ack.control_id!r}, not {msh10!r}", msh10)
+    if ack.error_severity in ("E", "F"):  # accepted, yet an error of severity E or F: not a clean accept
+        return Delivery("oru", "failed", f"ACK {code} with an error of severity {ack.error_severity}: "
+                        f"{ack.error_text or ack.text or 'no reason given'}"[:500], msh10)
     return Delivery("oru", "verified", None, msh10)
 
 

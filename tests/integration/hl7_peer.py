@@ -15,8 +15,9 @@ __all__ = ["PythonHl7Server"]
 class PythonHl7Server:
     """python-hl7's asyncio MLLP server in a thread; answers with python-hl7's own create_ack()."""
 
-    def __init__(self, codes: dict[str, str]) -> None:
+    def __init__(self, codes: dict[str, str], segments: dict[str, str] | None = None) -> None:
         self.codes = codes  # control id -> ack code to answer (default AA)
+        self.segments = segments or {}  # control id -> a segment to add to its ACK (an ERR, say)
         self.received: list[str] = []
         self.port = 0
         self._ready = threading.Event()
@@ -29,7 +30,10 @@ class PythonHl7Server:
                 message = await reader.readmessage()
                 self.received.append(str(message))
                 control_id = str(message.segment("MSH")[10])
-                writer.writemessage(message.create_ack(ack_code=self.codes.get(control_id, "AA")))
+                ack = message.create_ack(ack_code=self.codes.get(control_id, "AA"))
+                if control_id in self.segments:
+                    ack = hl7.parse(f"{ack}\r{self.segments[control_id]}")
+                writer.writemessage(ack)
                 await writer.drain()
         except asyncio.IncompleteReadError:
             writer.close()

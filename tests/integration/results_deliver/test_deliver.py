@@ -108,6 +108,18 @@ def test_an_hl7_ae_fails_the_oru_row_and_fhir_still_completes(fhir: FhirClient) 
     assert (report["oru"].reason or "").startswith("NakError") and "AE" in (report["oru"].reason or "")
 
 
+@pytest.mark.parametrize(("severity", "status"), [("E", "failed"), ("F", "failed"), ("W", "verified")])
+def test_an_aa_that_carries_an_error_fails_the_oru_row(severity: str, status: str) -> None:
+    """An AA whose ERR says severity E was 'verified'; a warning is still an accept."""
+    result = sample(result_id="res-err")
+    err = f"ERR||OBX^1^5|207^Application internal error^HL70357|{severity}||||value not stored"
+    with PythonHl7Server({}, {control_id(result): err}) as other, _sender(other.port) as hl7:
+        report = deliver(result, hl7=hl7, targets=["oru"])
+    assert report["oru"].status == status, report["oru"].reason
+    if status == "failed":
+        assert f"AA with an error of severity {severity}: value not stored" in (report["oru"].reason or "")
+
+
 def test_a_fhir_server_that_reads_back_something_else_is_failed_with_the_difference() -> None:
     """A fault a conforming server does not produce: vread returns a changed value."""
     app = FastAPI()
@@ -134,12 +146,80 @@ def test_a_fhir_server_that_reads_back_something_else_is_failed_with_the_differe
     async def vread(rtype: str, rid: str, vid: str) -> JSONResponse:
         return JSONResponse(stored[f"{rtype}/{rid}"], media_type="application/fhir+json")
 
+    @app.get("/fhir/{rtype}/{rid}")
+    async def read(rtype: str, rid: str) -> JSONResponse:
+        return JSONResponse(stored[f"{rtype}/{rid}"], media_type="application/fhir+json")
+
     with serve_app(app) as base, FhirClient(base, retries=FAST, timeout=10) as ehr:
         report = deliver(sample(), fhir=ehr, targets=["observation", "diagnostic_report"])
     assert report["observation"].status == "failed"
     assert "valueQuantity.value: sent 12.5, read 99.0" in (report["observation"].reason or "")
     # the report referenced urn:uuid fullUrls; the server's Type/id references are not a difference
     assert report["diagnostic_report"].status == "verified", report["diagnostic_report"].reason
+
+
+def _games_server(game: str) -> FastAPI:
+    """An EHR that stores what it is sent, then plays ``game`` with its transaction response or
+    with the record: a fault a conforming server does not produce."""
+    app = FastAPI()
+    stored: dict[str, dict[str, Any]] = {}
+
+    @app.post("/fhir")
+    async def transaction(request: Request) -> JSONResponse:
+        raw = (await request.body()).decode()
+        for n, entry in enumerate(json.loads(raw)["entry"]):
+            raw = raw.replace(entry["fullUrl"], f"{entry['resource']['resourceType']}/r{n}")
+        entries = []
+        for n, entry in enumerate(json.loads(raw)["entry"]):
+            rtype = entry["resource"]["resourceType"]
+            stored[f"{rtype}/r{n}"] = dict(entry["resource"], id=f"r{n}")
+            location = f"{rtype}/r{n}/_history/1"
+            response: dict[str, Any] = {"status": "201 Created", "location": location}
+            if game == "entry-error":
+                response = {"status": "400 Bad Request", "location": location, "outcome": {
+                    "resourceType": "OperationOutcome",
+                    "issue": [{"severity": "error", "code": "invalid", "diagnostics": "rejected"}]}}
+            elif game == "type-swap" and rtype == "Observation":
+                response["location"] = f"Basic/r{n}/_history/1"
+            elif game == "elsewhere":
+                response["location"] = f"https://other-hospital.example/fhir/{location}"
+            entries.append({"response": response})
+        return JSONResponse({"resourceType": "Bundle", "type": "transaction-response", "entry": entries},
+                            media_type="application/fhir+json")
+
+    @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
+    async def vread(rtype: str, rid: str, vid: str) -> JSONResponse:
+        return JSONResponse(stored[f"{rtype}/{rid}"], media_type="application/fhir+json")
+
+    @app.get("/fhir/{rtype}/{rid}")
+    async def read(rtype: str, rid: str) -> JSONResponse:
+        now = stored[f"{rtype}/{rid}"]
+        if game == "later-version" and rtype == "Observation":  # version 2, made right after version 1
+            now = dict(now, status="entered-in-error", meta={"versionId": "2"})
+        return JSONResponse(now, media_type="application/fhir+json")
+
+    return app
+
+
+@pytest.mark.parametrize(("game", "says"), [
+    ("later-version", "now: status: sent 'final', read 'entered-in-error'"),
+    ("entry-error", "the server answered '400 Bad Request' for the Observation: rejected"),
+    ("type-swap", "the server located the Observation as a Basic"),
+    ("elsewhere", "the server located the Observation on another server"),
+])
+def test_a_transaction_response_or_record_that_is_not_what_was_sent_fails(game: str, says: str) -> None:
+    """Each was 'verified': the entries' statuses and types and the location's server were not
+    looked at, and only the version the response named was read back."""
+    with serve_app(_games_server(game)) as base, FhirClient(base, retries=FAST, timeout=10) as ehr:
+        report = deliver(sample(), fhir=ehr, targets=["observation"])
+    assert report["observation"].status == "failed" and says in (report["observation"].reason or ""), \
+        report["observation"].reason
+
+
+def test_the_games_server_verifies_when_it_plays_none() -> None:
+    with serve_app(_games_server("none")) as base, FhirClient(base, retries=FAST, timeout=10) as ehr:
+        report = deliver(sample(), fhir=ehr, targets=["observation", "diagnostic_report"])
+    assert report.ok, report.frame
 
 
 def test_every_target_is_a_row_in_order() -> None:
