@@ -79,8 +79,13 @@ def _text(field: str, value: object, *, max_len: int = 1024, optional: bool = Fa
 
 
 def _number(value: object) -> bool:
-    """A finite int or float (bool is not a number here)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float that a float can hold (bool is not a number here)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float (10**400): no measurement is that
+        return False
 
 
 def _uid(field: str, value: object, *, optional: bool = False) -> None:

@@ -88,6 +88,8 @@ def test_inconsistent_results_are_refused(change: dict[str, object], field: str)
     (lambda: Code("1", "NOPE", "x"), "Code.scheme"),
     (lambda: Measurement(DIAMETER, float("nan"), MM), "Measurement.value"),
     (lambda: Measurement(DIAMETER, True, MM), "Measurement.value"),
+    (lambda: Measurement(DIAMETER, 10**400, MM), "Measurement.value"),  # was an OverflowError
+    (lambda: Label(DIAMETER, LESION, 10**400), "Label.score"),
     (lambda: Measurement(DIAMETER, 1.0, DIAMETER), "UCUM"),
     (lambda: Label(DIAMETER, LESION, 1.5), "Label.score"),
     (lambda: subject(study_instance_uid="1.2.03"), "study_instance_uid"),
@@ -116,8 +118,9 @@ def test_frozen() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.text(max_size=5),
-                       st.none(), st.booleans()),
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(),
+                       st.integers(min_value=10**300, max_value=10**500), st.text(max_size=5), st.none(),
+                       st.booleans()),
        score=st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3)),
        rid=st.text(max_size=70))
 def test_only_invalid_input_error_on_any_value(value: object, score: object, rid: str) -> None:
@@ -131,7 +134,8 @@ def test_only_invalid_input_error_on_any_value(value: object, score: object, rid
 
 
 @settings(max_examples=200, deadline=None)
-@given(corner=st.one_of(st.floats(allow_nan=True), st.integers(-5, 5), st.text(max_size=3), st.none()),
+@given(corner=st.one_of(st.floats(allow_nan=True), st.integers(-5, 5), st.just(10**400), st.text(max_size=3),
+                        st.none()),
        score=st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3), st.booleans()),
        time=st.one_of(st.floats(allow_nan=True), st.none(), st.text(max_size=3)))
 def test_boxes_raise_only_invalid_input_error(corner: object, score: object, time: object) -> None:
