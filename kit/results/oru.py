@@ -9,6 +9,9 @@ conclusion may contain any delimiter; here every component is escaped alone).
 
 Layout (choices the standard leaves open):
 
+* **MSH-18** is ``UNICODE UTF-8`` when the message holds any non-ASCII
+  character (a patient's name, say): the MLLP sender writes UTF-8, and a
+  receiver that assumes ASCII or Latin-1 would garble it unannounced.
 * **MSH-10** is :func:`control_id`: 20 hex characters of SHA-256 over the
   ``result_id``; MSH-7 is ``result.created``. The same result always gives the
   same message, byte for byte, so a listener that de-duplicates by sender,
@@ -237,6 +240,8 @@ def encode_oru(result: AnalysisResult, *, sending_application: str = "KIT", send
     segments = build_oru_r01(ResultReport(header, patient, (order,))).split("\r")
     at = next(i for i, seg in enumerate(segments) if seg.startswith("OBR|")) + 1
     segments[at:at] = _obx_lines(result)
+    if not all(seg.isascii() for seg in segments):  # say so (MSH-18): the sender writes UTF-8
+        segments[0] += "||||||UNICODE UTF-8"
     text = "\r".join(segments)
     if validate:
         validate_er7(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -179,3 +180,11 @@ def test_created_offset_is_kept() -> None:
     text = encode_oru(sample(created=dt.datetime(2026, 1, 12, 10, 0, tzinfo=tz)))
     assert parse_message(text).get("MSH-7") == "20260112100000+0100"
     assert CONCLUSION_CODE.value in text
+
+
+def test_a_message_with_non_ascii_text_says_it_is_utf8_in_msh18() -> None:
+    """Sent as UTF-8 with no MSH-18, 'Müller^Zoë' reached a receiver assuming Latin-1 garbled."""
+    plain = sample()
+    named = dataclasses.replace(plain, subject=dataclasses.replace(plain.subject, patient_name="Müller^Zoë"))
+    assert parse_message(encode_oru(named)).get("MSH-18") == "UNICODE UTF-8"
+    assert parse_message(encode_oru(plain)).get("MSH-18") == ""  # ASCII: no claim made
