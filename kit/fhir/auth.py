@@ -15,6 +15,15 @@ server answers 401; a second 401 comes back to the client, which raises
 :class:`httpx.Client` as the FHIR requests (same timeouts, TLS, transport), as
 requests yielded from the auth flow. The flows are for the synchronous client.
 
+Where the secrets go: a token endpoint discovered from the FHIR server must be
+``https`` or on the FHIR base's own origin (scheme, host and port), else
+:class:`~kit.errors.AuthError` names it and nothing is sent; a ``token_url`` given
+in the settings is used as given. Token requests never follow a redirect (one is
+an :class:`~kit.errors.AuthError`; httpx would re-send the form with the secret on
+a 307); the discovery document (no credentials) follows up to
+``MAX_DISCOVERY_REDIRECTS``. Token and discovery answers are read up to
+``MAX_AUTH_BODY`` bytes (decompressed).
+
 Secrets (client secret, private key, access tokens) are held as
 :class:`kit.config.Secret`: no ``repr``, log line or error message shows them
 (every Secret, every token received, the Basic credential pairs and the signed
@@ -30,6 +39,7 @@ import base64
 import dataclasses
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -44,6 +54,7 @@ from joserfc.jwk import ECKey, RSAKey
 from kit._redact import register_secret
 from kit.config import FhirSettings, Secret
 from kit.errors import AuthError, ConfigError
+from kit.fhir.policy import origin
 from kit.fhir.vendors import vendor_profile
 
 __all__ = [
@@ -62,6 +73,11 @@ log = logging.getLogger(__name__)
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 _Flow = Generator[httpx.Request, httpx.Response, None]
+
+#: The largest token or discovery answer read (decompressed), in bytes.
+MAX_AUTH_BODY = 1024 * 1024
+#: Redirects the discovery request follows at most (token requests follow none).
+MAX_DISCOVERY_REDIRECTS = 5
 
 
 def _require_secret(key: str, value: object) -> Secret:
@@ -191,6 +207,7 @@ class _TokenAuth(httpx.Auth):
         response = yield request
         if response.status_code == 401:
             log.info("FHIR server answered 401; renewing the access token once")
+            _read_bounded(response, "the 401 answer")  # httpx reads it whole otherwise
             self.invalidate()
             token = yield from self._fetch_token()
             request.headers["Authorization"] = f"Bearer {token.reveal()}"
@@ -200,8 +217,18 @@ class _TokenAuth(httpx.Auth):
         token_url = self.token_url
         if token_url is None:
             token_url = yield from self._discover()
-        response = yield self._token_request(token_url)
-        response.read()
+        try:
+            token_request = self._token_request(token_url)
+        except httpx.InvalidURL as exc:
+            raise AuthError(f"the token endpoint {token_url[:200]!r} is not a valid URL: {exc}") from None
+        response = yield token_request
+        if response.next_request is not None or response.is_redirect:
+            where = response.headers.get("Location", "")
+            response.close()
+            raise AuthError(f"the token endpoint answered HTTP {response.status_code}, a redirect "
+                            f"(to {where[:200]!r}); token requests do not follow redirects",
+                            status_code=response.status_code, peer=token_url)
+        _read_bounded(response, f"the token endpoint {token_url}")
         body = _json_or_none(response)
         if response.status_code != 200:
             detail = ""
@@ -217,7 +244,9 @@ class _TokenAuth(httpx.Auth):
             raise AuthError(f"unsupported token_type {body.get('token_type')!r}", peer=token_url)
         try:
             lifetime = float(body.get("expires_in", self.default_lifetime))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            lifetime = self.default_lifetime
+        if not (math.isfinite(lifetime) and lifetime > 0):  # negative, 0, NaN, inf: as if not given
             lifetime = self.default_lifetime
         token = Secret(body["access_token"])
         register_secret(token.reveal(), transient=True)  # masked in errors and logs while it lives
@@ -230,23 +259,68 @@ class _TokenAuth(httpx.Auth):
         if self.base is None:
             raise ConfigError("fhir.token_url", "give token_url, or a FHIR base to discover it from")
         url = f"{self.base}/.well-known/smart-configuration"
-        response = yield httpx.Request("GET", url, headers={"Accept": "application/json"})
-        response.read()
+        try:
+            request = httpx.Request("GET", url, headers={"Accept": "application/json"})
+        except httpx.InvalidURL as exc:
+            raise AuthError(f"cannot discover the token endpoint: {url!r} is not a valid URL: "
+                            f"{exc}") from None
+        response = yield request
+        hops = 0
+        while response.next_request is not None and hops < MAX_DISCOVERY_REDIRECTS:
+            hops += 1
+            following = response.next_request
+            _read_bounded(response, url)  # httpx reads it whole otherwise
+            response = yield following
+        _read_bounded(response, url)
         body = _json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict) \
                 or not isinstance(body.get("token_endpoint"), str):
             raise AuthError(f"cannot discover the token endpoint: {url} answered HTTP "
                             f"{response.status_code} without a token_endpoint",
                             status_code=response.status_code, peer=url)
-        self.token_url = body["token_endpoint"]
+        self.token_url = self._check_discovered(body["token_endpoint"], url)
         return self.token_url
+
+    def _check_discovered(self, endpoint: str, where: str) -> str:
+        """``endpoint`` if a discovered token endpoint may receive the client's credentials.
+
+        It must be an absolute ``https`` URL, or on the FHIR base's own origin
+        (e.g. ``http://127.0.0.1:8080`` beside a loopback test server).
+        """
+        found = origin(endpoint)
+        if found is not None and (found[0] == "https" or found == origin(self.base or "")):
+            return endpoint
+        raise AuthError(f"{where} names the token endpoint {endpoint[:200]!r}, which is neither https "
+                        "nor on the FHIR server's own origin; the client credentials are not sent "
+                        "there (give fhir.token_url to use it anyway)", peer=where)
 
 
 def _json_or_none(response: httpx.Response) -> Any:
     try:
         return json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
+
+
+def _read_bounded(response: httpx.Response, where: str) -> bytes:
+    """Read a token/discovery answer, at most :data:`MAX_AUTH_BODY` bytes of it decompressed."""
+    if response.is_stream_consumed:
+        return response.read()
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_AUTH_BODY:
+                raise AuthError(f"{where} answered more than {MAX_AUTH_BODY} bytes; stopped reading",
+                                status_code=response.status_code)
+            chunks.append(chunk)
+    except BaseException:
+        response.close()
+        raise
+    # what httpx.Response.read() stores: .content, .text and .json() work as after a read
+    response._content = b"".join(chunks)
+    return response._content
 
 
 class ClientCredentialsAuth(_TokenAuth):

@@ -13,6 +13,9 @@ what happened                                      raised
 ================================================  =======================================
 connection refused, DNS failure                    :class:`~kit.errors.PeerUnreachableError`
 no answer within the timeout                       :class:`~kit.errors.PeerTimeoutError`
+a body not complete within ``total_timeout``       :class:`~kit.errors.PeerTimeoutError`
+a body over ``max_response_bytes`` (decompressed)  :class:`ResponseTooLargeError`
+a malformed URL, too many redirects                :class:`~kit.errors.FhirError`
 connection dropped mid-exchange                    :class:`~kit.errors.PeerDisconnectedError`
 TLS handshake / certificate                        :class:`~kit.errors.TLSError`
 401 (after one token renewal)                      :class:`~kit.errors.AuthError`
@@ -36,8 +39,15 @@ server cannot have processed them: connection refused, 429 and 503.
 Credentials go only to the server's own origin (scheme, host and port of
 ``base``) and to the origins the vendor profile (``file_hosts``) or
 ``trusted_origins`` name: a request to any other URL (a Bulk Data status or file
-URL, a redirect target) is sent without the auth flow and without an
-``Authorization`` header.
+URL, a redirect target) is sent without the auth flow and without the credential
+headers (``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``X-Api-Key``,
+``Api-Key``, ``Ocp-Apim-Subscription-Key``, ``X-Auth-Token``), even when they
+were set by hand in ``headers``. Redirects are followed by the client itself (at
+most ``MAX_REDIRECTS``), so this holds for every hop.
+
+Every body read into memory is bounded: at most ``max_response_bytes`` after
+decompression (default 256 MiB), and complete within ``total_timeout`` (default
+10 times ``timeout``).
 
 Hand-written here: retries and the error mapping; the paging and Bundle reading
 in :mod:`kit.fhir._paging` (no maintained Python FHIR client does these with
@@ -92,6 +102,7 @@ __all__ = [
     "BatchError",
     "FhirClient",
     "IncompleteResultError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "SearchEntry",
     "SearchMode",
@@ -102,6 +113,17 @@ log = logging.getLogger(__name__)
 
 #: The FHIR JSON media type.
 FHIR_JSON = "application/fhir+json"
+#: Default ``max_response_bytes``: the largest body (decompressed) one request reads into memory.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+#: Default ``total_timeout`` as a multiple of ``timeout``.
+TOTAL_TIMEOUT_FACTOR = 10
+#: Redirects one request follows at most.
+MAX_REDIRECTS = 10
+
+
+class ResponseTooLargeError(FhirError):
+    """A response body, decompressed, is larger than the client's ``max_response_bytes``."""
+
 
 class BatchError(OperationOutcomeError):
     """Entries of a batch failed (the others were applied). ``bundle`` is the batch-response."""
@@ -133,7 +155,8 @@ class FhirClient:
     retries : RetryPolicy
         Retry policy for busy servers and failed connections.
     headers : Mapping[str, str], optional
-        Extra headers for every request.
+        Extra headers for every request (credential headers such as ``X-Api-Key``
+        only to the trusted origins).
     rewrite_next_links : bool
         Rewrite the scheme/host of ``next`` links onto ``base`` (for servers behind
         a proxy that announce their internal address). Otherwise a ``next`` link
@@ -146,6 +169,25 @@ class FhirClient:
         More origins (``"https://files.hospital.org"``, ``"https://*.hospital.org"``)
         that may receive the credentials, besides ``base``'s own and the vendor
         profile's ``file_hosts``.
+    max_response_bytes : int
+        The largest response body read into memory, counted after decompression
+        (default ``DEFAULT_MAX_RESPONSE_BYTES``, 256 MiB; a gzip bomb of a few MB
+        on the wire is stopped there). A larger body raises
+        :class:`ResponseTooLargeError`. Bulk Data files are streamed to disk and
+        not limited by it.
+    total_timeout : float, optional
+        Seconds one attempt of a request may take from sending it to the last byte
+        of its body (default ``TOTAL_TIMEOUT_FACTOR`` times ``timeout``: 300 s with
+        the default ``timeout``). ``timeout`` bounds each wait for the network;
+        this bounds a body that keeps coming too slowly. It is checked as the body
+        arrives and raises :class:`~kit.errors.PeerTimeoutError` (not retried).
+        Streamed responses (Bulk Data downloads) are not bounded by it.
+
+    Raises
+    ------
+    InvalidInputError
+        ``base`` is not an http(s) URL, or ``timeout``, ``total_timeout`` or
+        ``max_response_bytes`` is not positive.
 
     Examples
     --------
@@ -158,12 +200,23 @@ class FhirClient:
                  headers: Mapping[str, str] | None = None, rewrite_next_links: bool = False,
                  verify: bool | str | ssl.SSLContext = True,
                  transport: httpx.BaseTransport | None = None,
-                 trusted_origins: Sequence[str] = ()) -> None:
+                 trusted_origins: Sequence[str] = (),
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 total_timeout: float | None = None) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidInputError(f"FHIR base must be an http(s) URL, got {base!r}")
-        if timeout <= 0:
+        if not timeout > 0:
             raise InvalidInputError("timeout must be positive")
+        if total_timeout is None:
+            total_timeout = TOTAL_TIMEOUT_FACTOR * timeout
+        if not total_timeout > 0:
+            raise InvalidInputError("total_timeout must be positive")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) \
+                or max_response_bytes <= 0:
+            raise InvalidInputError(f"max_response_bytes must be a positive int, got {max_response_bytes!r}")
+        self.max_response_bytes = max_response_bytes
+        self.total_timeout = float(total_timeout)
         self.base = base.rstrip("/")
         self.profile: VendorProfile = vendor_profile(vendor)
         self.retries = retries if retries is not None else RetryPolicy()
@@ -183,7 +236,7 @@ class FhirClient:
         all_headers = {"Accept": FHIR_JSON, "User-Agent": agent,
                        **self.profile.headers(getattr(auth, "client_id", None)), **(headers or {})}
         self._http = httpx.Client(auth=auth, timeout=httpx.Timeout(timeout), headers=all_headers,
-                                  follow_redirects=True, verify=verify, transport=transport)
+                                  follow_redirects=False, verify=verify, transport=transport)
 
     # -- construction / lifetime -------------------------------------------------------------
 
@@ -232,12 +285,39 @@ class FhirClient:
              check: bool = True) -> httpx.Response:
         """Send one request with retries; return the response (errors raised when ``check``).
 
-        ``idempotent`` (default: true for GET/HEAD/PUT/DELETE) allows retries after
-        failures the server may have processed; ``stream`` leaves the body unread
-        (the caller closes the response); ``authenticate=False`` sends no
-        credentials (pre-signed download URLs), and neither does a ``url`` the
-        client does not :meth:`trust <trusts>`; ``check`` raises the typed error
-        for a 4xx/5xx answer.
+        Parameters
+        ----------
+        method, url : str
+            The HTTP method and the absolute URL.
+        params, content, headers : optional
+            Query parameters (pairs), body (bytes) and more headers of this request.
+        idempotent : bool, optional
+            Allow retries after failures the server may have processed (default:
+            true for GET/HEAD/PUT/DELETE/OPTIONS).
+        stream : bool
+            Leave the body unread (the caller reads and closes the response);
+            ``max_response_bytes`` and ``total_timeout`` do not apply to it.
+        authenticate : bool
+            ``False`` sends no credentials (pre-signed download URLs); neither does a
+            ``url`` (or a redirect target) the client does not :meth:`trust <trusts>`.
+        check : bool
+            Raise the typed error for a 4xx/5xx answer.
+
+        Returns
+        -------
+        httpx.Response
+            Its body read (unless ``stream``); redirects followed (at most
+            ``MAX_REDIRECTS``), without credentials to an origin not trusted.
+
+        Raises
+        ------
+        ResponseTooLargeError
+            The body, decompressed, is larger than ``max_response_bytes``.
+        PeerTimeoutError
+            No answer within ``timeout``, or the body not complete within ``total_timeout``.
+        FhirError
+            The URL is malformed, too many redirects, or the answer is an error
+            (see the module's table for the others).
         """
         method = method.upper()
         if authenticate and not self.trusts(url):
@@ -248,22 +328,25 @@ class FhirClient:
         policy = self.retries
         waited = 0.0
         attempt = 0
-        target = urlsplit(url).path
+        try:
+            target = urlsplit(url).path
+        except ValueError as exc:
+            raise FhirError(f"{method} {url[:200]!r}: not a valid URL: {exc}", peer=self.base) from None
         while True:
             attempt += 1
             error: KitError | None = None
             retry_after: float | None = None
             response: httpx.Response | None = None
+            deadline = time.monotonic() + self.total_timeout
             try:
-                request = self._http.build_request(method, url, params=list(params or ()) or None,
-                                                   content=content,
-                                                   headers=headers)
-                if authenticate:
-                    response = self._http.send(request, stream=stream)
-                else:
-                    for name in _CREDENTIAL_HEADERS:
-                        request.headers.pop(name, None)
-                    response = self._http.send(request, stream=stream, auth=None)
+                try:
+                    request = self._http.build_request(method, url, params=list(params or ()) or None,
+                                                       content=content, headers=headers)
+                except httpx.InvalidURL as exc:
+                    raise FhirError(f"{method} {target!r}: not a valid URL: {exc}", peer=self.base) from None
+                response = self._send_following(request, authenticate, target)
+                if not stream:
+                    self._read_body(response, deadline)
             except httpx.ConnectTimeout as exc:
                 error = PeerTimeoutError(f"connecting for {method} {target} timed out after "
                                          f"{self.timeout} s", peer=self.base)
@@ -279,12 +362,21 @@ class FhirClient:
                 error.__cause__ = exc
                 retryable = idempotent
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
-                error = PeerDisconnectedError(f"connection lost during {method} {target}: {exc}",
-                                              peer=self.base)
+                if _bad_location(exc):  # httpx builds the redirect before it is followed
+                    error = FhirError(f"{method} {target} answered a redirect to a malformed URL: {exc}",
+                                      peer=self.base)
+                    retryable = False
+                else:
+                    error = PeerDisconnectedError(f"connection lost during {method} {target}: {exc}",
+                                                  peer=self.base)
+                    retryable = idempotent
                 error.__cause__ = exc
-                retryable = idempotent
             except httpx.HTTPError as exc:
                 error = FhirError(f"{method} {target} failed: {type(exc).__name__}: {exc}", peer=self.base)
+                error.__cause__ = exc
+                retryable = False
+            except httpx.InvalidURL as exc:  # a malformed redirect target
+                error = FhirError(f"{method} {target} failed: not a valid URL: {exc}", peer=self.base)
                 error.__cause__ = exc
                 retryable = False
             else:
@@ -309,12 +401,72 @@ class FhirClient:
                                                      f"{waited:.1f} s waited")
             if response is not None:
                 response.close()
+            connect_failure = isinstance(error, PeerUnreachableError) or (
+                isinstance(error, PeerTimeoutError) and isinstance(error.__cause__, httpx.ConnectTimeout))
+            most = min(policy.max_attempts, policy.max_connect_attempts) if connect_failure \
+                else policy.max_attempts
             log.warning("FHIR %s %s: %s; retry %d/%d in %.1f s", method, target,
                         f"HTTP {response.status_code}" if response is not None else type(error).__name__,
-                        attempt + 1, policy.max_attempts if response is not None or isinstance(
-                            error, PeerDisconnectedError) else policy.max_connect_attempts, delay)
+                        attempt + 1, most, delay)
             time.sleep(delay)
             waited += delay
+
+    def _send_following(self, request: httpx.Request, authenticate: bool, target: str) -> httpx.Response:
+        """Send ``request`` (body unread), following redirects; to an untrusted origin without the
+        auth flow and any of ``_CREDENTIAL_HEADERS`` (httpx would strip only ``Authorization``)."""
+        hops = 0
+        while True:
+            if authenticate:
+                response = self._http.send(request, stream=True)
+            else:
+                for name in _CREDENTIAL_HEADERS:
+                    request.headers.pop(name, None)
+                response = self._http.send(request, stream=True, auth=None)
+            following = response.next_request
+            if following is None:
+                return response
+            response.close()
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise FhirError(f"{request.method} {target}: more than {MAX_REDIRECTS} redirects "
+                                f"(last to {origin(str(following.url))})", status_code=response.status_code,
+                                peer=self.base)
+            if authenticate and not self.trusts(str(following.url)):
+                log.debug("redirect to %s, not a trusted origin: followed without credentials",
+                          origin(str(following.url)))
+                authenticate = False
+            request = following
+
+    def _read_body(self, response: httpx.Response, deadline: float | None = None) -> bytes:
+        """Read the decompressed body, at most ``max_response_bytes``, before ``deadline`` (else close
+        it and raise); httpx's ``read()`` has no bound, a small gzip bomb would fill the memory."""
+        if response.is_stream_consumed:
+            return response.read()
+        if deadline is None:
+            deadline = time.monotonic() + self.total_timeout
+        limit = self.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        where = f"{response.request.method} {urlsplit(str(response.request.url)).path}"
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ResponseTooLargeError(
+                        f"the answer to {where} is larger than max_response_bytes={limit} "
+                        "(decompressed); stopped reading", status_code=response.status_code,
+                        peer=self.base)
+                if time.monotonic() > deadline:
+                    raise PeerTimeoutError(f"the answer to {where} was not complete within "
+                                           f"total_timeout={self.total_timeout} s ({size} bytes came)",
+                                           peer=self.base)
+                chunks.append(chunk)
+        except BaseException:
+            response.close()
+            raise
+        # what httpx.Response.read() stores: .content, .text and .json() work as after a read
+        response._content = b"".join(chunks)
+        return response._content
 
     def _connect_error(self, exc: httpx.ConnectError, method: str, target: str) -> KitError:
         cause: BaseException | None = exc
@@ -333,7 +485,7 @@ class FhirClient:
         status = response.status_code
         if status < 400:
             return
-        response.read()
+        self._read_body(response)
         where = f"{response.request.method} {urlsplit(str(response.request.url)).path}"
         suffix = f" ({note})" if note else ""
         body = _loads(response.content)
@@ -352,7 +504,7 @@ class FhirClient:
     def resource_of(self, response: httpx.Response, resource_type: str | None = None) -> dict[str, Any]:
         """The FHIR resource in a response body, checked to be JSON with a ``resourceType``."""
         where = str(response.request.url)
-        content = response.read()
+        content = self._read_body(response)
         if not content.strip():
             raise FhirError(f"HTTP {response.status_code} from {where} has an empty body",
                             status_code=response.status_code, peer=self.base)
@@ -510,7 +662,7 @@ class FhirClient:
 
     def _written(self, response: httpx.Response, resource_type: str) -> dict[str, Any]:
         """The resource a create/update answered with, reading Location if the body is empty."""
-        content = response.read()
+        content = self._read_body(response)
         if content.strip():
             body = self.resource_of(response)
             if body.get("resourceType") == resource_type:
@@ -520,7 +672,15 @@ class FhirClient:
             raise FhirError(f"HTTP {response.status_code} for a {resource_type} write has neither "
                             "the resource nor a Location", status_code=response.status_code,
                             peer=self.base)
-        return self.resource_of(self.send("GET", urljoin(self.base + "/", location)), resource_type)
+        try:
+            url = urljoin(self.base + "/", location)
+        except ValueError:
+            url = ""
+        if not url or origin(url) is None:
+            raise FhirError(f"HTTP {response.status_code} for a {resource_type} write answered the "
+                            f"Location {location[:200]!r}, not a URL", status_code=response.status_code,
+                            peer=self.base)
+        return self.resource_of(self.send("GET", url), resource_type)
 
     def create(self, resource: Mapping[str, Any], *,
                if_none_exist: str | Params | None = None, validate: bool = False) -> dict[str, Any]:
@@ -659,7 +819,9 @@ class FhirClient:
 
 
 _NOT_JSON: Any = object()
-_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie")
+#: headers never sent to an origin the client does not trust (nor on a redirect to one)
+_CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie", "X-Api-Key", "Api-Key",
+                       "Ocp-Apim-Subscription-Key", "X-Auth-Token")
 def _name_unresolved(exc: BaseException) -> bool:
     """Whether a connect error is a DNS failure (retrying does not fix it)."""
     cause: BaseException | None = exc
@@ -668,6 +830,11 @@ def _name_unresolved(exc: BaseException) -> bool:
             return True
         cause = cause.__cause__ or cause.__context__
     return False
+
+
+def _bad_location(exc: httpx.HTTPError) -> bool:
+    """Whether httpx refused a redirect's ``Location`` (raised as a protocol error)."""
+    return isinstance(exc, httpx.RemoteProtocolError) and str(exc).startswith("Invalid URL in location")
 
 
 def _loads(content: bytes) -> Any:
