@@ -57,6 +57,29 @@ def _client(ctx: click.Context, base: str | None, timeout: float | None, retries
     return FhirClient.from_settings(settings_from(ctx), **overrides)
 
 
+# What a server answers is read defensively: a part of the wrong JSON type is left out, not a crash.
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    """The JSON objects in ``value`` if it is a list (other items left out), else none."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str:
+    """``value`` if it is a string, a number as text, else ``""``."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else ""
+
+
+def _names(value: Any, key: str) -> str:
+    """The string ``key`` of each object in the list ``value``, comma-separated (others left out)."""
+    return ", ".join(name for item in _objects(value) if isinstance(name := item.get(key), str) and name)
+
+
 @click.group()
 def fhir() -> None:
     """FHIR R4: capability statement, read, search (all pages), create, Bulk Data export, frames.
@@ -87,18 +110,18 @@ def metadata(ctx: click.Context, base: str | None, timeout: float | None, retrie
     if as_json and not output:
         click.echo(json.dumps(cap, indent=1))
         return
-    software = cap.get("software") or {}
-    click.echo(f"FHIR {cap.get('fhirVersion', '?')} {software.get('name', '')} "
-               f"{software.get('version', '')}".rstrip(), err=True)
+    software = _object(cap.get("software"))
+    click.echo(f"FHIR {_text(cap.get('fhirVersion')) or '?'} {_text(software.get('name'))} "
+               f"{_text(software.get('version'))}".rstrip(), err=True)
     import polars as pl
 
     rows = []
-    for rest in cap.get("rest") or []:
-        for res in rest.get("resource") or []:
+    for rest in _objects(cap.get("rest")):
+        for res in _objects(rest.get("resource")):
             rows.append({
-                "resource_type": res.get("type"),
-                "interactions": ", ".join(i.get("code", "") for i in res.get("interaction") or []),
-                "search_params": ", ".join(p.get("name", "") for p in res.get("searchParam") or []),
+                "resource_type": _text(res.get("type")) or None,
+                "interactions": _names(res.get("interaction"), "code"),
+                "search_params": _names(res.get("searchParam"), "name"),
             })
     frame = pl.DataFrame(rows, schema={"resource_type": pl.String, "interactions": pl.String,
                                        "search_params": pl.String})
@@ -256,16 +279,16 @@ def create(ctx: click.Context, file: Path, if_none_exist: str | None, validate: 
             if as_json:
                 click.echo(json.dumps(result, indent=1))
                 return
-            for e in result.get("entry") or []:
-                r = e.get("response") or {}
-                click.echo(f"{r.get('status', '?')}  {r.get('location', '')}")
+            for e in _objects(_object(result).get("entry")):
+                r = _object(e.get("response"))
+                click.echo(f"{_text(r.get('status')) or '?'}  {_text(r.get('location'))}")
             return
         stored = client.create(resource, if_none_exist=if_none_exist, validate=validate)
     if as_json:
         click.echo(json.dumps(stored, indent=1))
     else:
-        version = (stored.get("meta") or {}).get("versionId", "?")
-        click.echo(f"{stored['resourceType']}/{stored.get('id')} version {version}")
+        version = _text(_object(stored.get("meta")).get("versionId")) or "?"
+        click.echo(f"{_text(stored.get('resourceType'))}/{_text(stored.get('id'))} version {version}")
 
 
 @fhir.command()

@@ -6,7 +6,10 @@ every entry (:class:`SearchEntry` with its :class:`SearchMode`), follows
 ``next`` links (checked: http(s), the server's own origin unless rewritten, no
 loop), pages with ``_offset`` when a server counts more matches
 (``Bundle.total``) than it sends and gives no ``next`` link, and raises
-:class:`IncompleteResultError` rather than return part of a result. Search
+:class:`IncompleteResultError` rather than return part of a result. A search
+that never ends (a fresh ``next`` link on every page, or a ``Bundle.total``
+beyond what it will ever send) stops at :data:`MAX_PAGES` pages or
+:data:`MAX_RESOURCES` entries with a :class:`PagingLimitError`. Search
 parameters are normalised here too (:func:`normalise_params`).
 
 Written by hand: the FHIR paging rules (R4 3.1.1.7, Bundle.link "next") as
@@ -21,16 +24,24 @@ import enum
 import logging
 import re
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from kit.errors import FhirError, FhirValidationError, InvalidInputError, OperationOutcomeError
 from kit.fhir.resources import outcome_issues, outcome_message
 
 __all__ = [
-    "IncompleteResultError", "ParamValue", "Params", "SearchEntry", "SearchMode", "check_id", "check_type",
-    "next_link", "normalise_params", "page_entries", "param_text", "search_entry", "search_outcome",
+    "MAX_PAGES", "MAX_RESOURCES", "IncompleteResultError", "PagingLimitError", "ParamValue", "Params",
+    "SearchEntry", "SearchMode", "bundle_total", "check_id", "check_type", "next_link", "normalise_params",
+    "page_entries", "param_text", "search_entry", "search_outcome",
 ]
+
+#: Pages one search reads at most (``next`` links and ``_offset`` pages together); more ends it
+#: with a :class:`PagingLimitError`. Generous: 100,000 pages of the usual 50-1000 entries.
+MAX_PAGES: Final = 100_000
+#: Bundle entries one search reads at most (matches, includes and outcomes); more ends it with a
+#: :class:`PagingLimitError`.
+MAX_RESOURCES: Final = 10_000_000
 
 log = logging.getLogger("kit.fhir.client")
 
@@ -60,6 +71,11 @@ class SearchEntry:
 
 class IncompleteResultError(FhirError):
     """A search got fewer matches than the server counts (``Bundle.total``) and cannot page on."""
+
+
+class PagingLimitError(FhirError):
+    """A search went on past :data:`MAX_PAGES` pages or :data:`MAX_RESOURCES` entries (the server
+    keeps sending pages); narrow the search or pass a ``limit``."""
 
 
 def param_text(value: Any) -> str:
@@ -137,6 +153,20 @@ def search_outcome(outcome: dict[str, Any], peer: str) -> None:
         log.warning("FHIR search: %s", outcome_message(outcome))
 
 
+def bundle_total(bundle: dict[str, Any]) -> int | None:
+    """``Bundle.total`` as an integer >= 0: an int, an integral float (``3.0``) or a string of
+    digits (``"3"``); None (no total) for anything else (absent, a bool, a fraction, negative, text)."""
+    value = bundle.get("total")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and len(value) <= 40:
+        text = value.strip()
+        value = int(text) if text.isascii() and text.isdigit() else None
+    elif isinstance(value, float):
+        value = int(value) if value.is_integer() else None
+    return value if isinstance(value, int) and value >= 0 else None
+
+
 def next_link(bundle: dict[str, Any], seen: set[str], base: str, *, rewrite: bool) -> str | None:
     """The page's ``next`` link, checked (http(s), ``base``'s origin or rewritten to it, not seen
     before: it is added to ``seen``); None on the last page."""
@@ -149,10 +179,14 @@ def next_link(bundle: dict[str, Any], seen: set[str], base: str, *, rewrite: boo
     href = links[0].get("url")
     if not isinstance(href, str) or not href.strip():
         raise FhirValidationError("search Bundle has a next link without a url", source=base)
-    url = urljoin(base + "/", href.strip())
-    parts, home = urlsplit(url), urlsplit(base)
+    try:
+        url = urljoin(base + "/", href.strip())
+        parts, home = urlsplit(url), urlsplit(base)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError as exc:
+        raise FhirError(f"next link {href!r:.200} is not a valid URL: {exc}", peer=base) from exc
     if parts.scheme not in ("http", "https"):
-        raise FhirError(f"next link {href!r} is not an http(s) URL", peer=base)
+        raise FhirError(f"next link {href!r:.200} is not an http(s) URL", peer=base)
     if (parts.scheme, parts.netloc) != (home.scheme, home.netloc):
         if not rewrite:
             raise FhirError(f"next link points to another server ({parts.netloc}); pass "
@@ -171,9 +205,16 @@ def _incomplete(resource_type: str, total: int | None, got: int, why: str, base:
         "or accept part of it with a limit (--limit N)", peer=base)
 
 
+def _too_long(resource_type: str, what: str, base: str) -> FhirError:
+    return PagingLimitError(
+        f"search {resource_type}: stopped after {what}, and the server still sends more; narrow "
+        "the search or accept part of it with a limit (--limit N)", peer=base)
+
+
 def page_entries(get_bundle: Callable[[str, list[tuple[str, str]] | None], dict[str, Any]],
                  resource_type: str, query: list[tuple[str, str]], *, url: str, base: str,
-                 limit: int | None, rewrite_next_links: bool) -> Generator[SearchEntry, None, str | None]:
+                 limit: int | None, rewrite_next_links: bool, max_pages: int | None = None,
+                 max_resources: int | None = None) -> Generator[SearchEntry, None, str | None]:
     """Every ``match`` and ``include`` entry of a search, page by page (see the module); returns
     what ``limit`` left out (e.g. ``"23 matches"``) when it cut the result, else None (the caller
     warns, so that the warning names its caller's line).
@@ -193,25 +234,51 @@ def page_entries(get_bundle: Callable[[str, list[tuple[str, str]] | None], dict[
         Stop after this many matches.
     rewrite_next_links : bool
         Follow a ``next`` link to another origin at ``base``'s origin instead of refusing it.
+    max_pages : int, optional
+        Pages to read at most (default :data:`MAX_PAGES`).
+    max_resources : int, optional
+        Bundle entries to read at most (default :data:`MAX_RESOURCES`).
+
+    Raises
+    ------
+    IncompleteResultError
+        The server counts more matches than it sends and cannot be paged on (it ignores
+        ``_offset``: a page brings no new match).
+    PagingLimitError
+        The search goes on past ``max_pages`` pages or ``max_resources`` entries.
+    FhirError
+        A ``next`` link that is not a valid http(s) URL, is on another origin, or repeats.
+    FhirValidationError
+        A page that is not a searchset Bundle, or an entry without a resource.
+    OperationOutcomeError
+        An ``outcome`` entry with an error or fatal issue.
     """
+    max_pages = MAX_PAGES if max_pages is None else max_pages
+    max_resources = MAX_RESOURCES if max_resources is None else max_resources
     counting = ("_summary", "count") in query or ("_count", "0") in query  # a total, no resources
     page_url: str | None = url
     page_params: list[tuple[str, str]] | None = query
     seen_links: set[str] = set()
     seen_includes: set[str] = set()
     seen_matches: set[str] = set()
-    matches = 0
+    matches = pages = read = 0
     total: int | None = None
     while page_url is not None:
+        if pages >= max_pages:
+            raise _too_long(resource_type, f"{pages} pages", base)
         bundle = get_bundle(page_url, page_params)
+        pages += 1
         if bundle.get("type") != "searchset":
-            raise FhirValidationError(f"search answered a {bundle.get('type')!r} Bundle, "
+            raise FhirValidationError(f"search answered a {bundle.get('type')!r:.80} Bundle, "
                                       "not a searchset", source=page_url)
-        if total is None and isinstance(bundle.get("total"), int):
-            total = bundle["total"]
+        if total is None:
+            total = bundle_total(bundle)
         entries = bundle.get("entry") or []
         if not isinstance(entries, list):
             raise FhirValidationError("search Bundle.entry is not a list", source=page_url)
+        read += len(entries)
+        if read > max_resources:
+            raise _too_long(resource_type, f"{read - len(entries)} entries in {pages - 1} pages", base)
         items = [search_entry(e, resource_type, page_url) for e in entries]
         keys = {f"{i.resource['resourceType']}/{i.resource.get('id')}" for i in items
                 if i.mode is SearchMode.MATCH}
@@ -245,7 +312,7 @@ def page_entries(get_bundle: Callable[[str, list[tuple[str, str]] | None], dict[
             if not keys:
                 raise _incomplete(resource_type, total, matches, "sent an empty page", base)
             page_url = url
-            start = next((int(v) for n, v in query if n == "_offset" and v.isdigit()), 0)
+            start = next((int(v) for n, v in query if n == "_offset" and v.isascii() and v.isdigit()), 0)
             page_params = [(n, v) for n, v in query if n != "_offset"]
             page_params.append(("_offset", str(start + len(seen_matches))))
     return None

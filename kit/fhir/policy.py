@@ -12,19 +12,27 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
+import math
 import random
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from kit.errors import InvalidInputError
 
-__all__ = ["NO_RETRY", "OriginRule", "RetryPolicy", "origin", "parse_retry_after"]
+__all__ = ["MAX_RETRY_AFTER", "NO_RETRY", "OriginRule", "RetryPolicy", "origin", "parse_retry_after"]
+
+#: Longest wait :func:`parse_retry_after` returns (a year, in seconds): a ``Retry-After`` further
+#: out, however far (``Fri, 31 Dec 9999999999 ...``, ``1e400``), is read as this. The callers cap
+#: their waits far lower (:attr:`RetryPolicy.max_total_wait`, a poll interval).
+MAX_RETRY_AFTER: Final = 365 * 86_400.0
+
 
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
 
-    Returns ``None`` for a missing or unreadable header, 0 for a date in the past.
+    Returns ``None`` for a missing or unreadable header (``nan`` too), 0 for a date in
+    the past or a negative delay, and at most :data:`MAX_RETRY_AFTER`; never raises.
     """
     if value is None:
         return None
@@ -32,17 +40,23 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            parts = email.utils.parsedate_tz(value)
+            if parts is None:
+                return None
+            if parts[0] > dt.MAXYEAR:  # further out than datetime goes (and may overflow it)
+                return MAX_RETRY_AFTER
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    if math.isnan(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    now = now or dt.datetime.now(dt.UTC)
-    return max(0.0, (when - now).total_seconds())
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 @dataclasses.dataclass(frozen=True)

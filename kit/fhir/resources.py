@@ -31,6 +31,8 @@ from kit.errors import FhirValidationError
 __all__ = [
     "BUNDLE_TYPES",
     "ISSUE_SEVERITIES",
+    "MAX_DIAGNOSTICS",
+    "MAX_OUTCOME_MESSAGE",
     "NAMESPACE",
     "bundle",
     "codeable_concept",
@@ -53,6 +55,11 @@ BUNDLE_TYPES: Final = frozenset({
     "history", "searchset", "collection"})
 #: OperationOutcome.issue.severity values.
 ISSUE_SEVERITIES: Final = frozenset({"fatal", "error", "warning", "information"})
+#: Characters of one issue's diagnostics (and of its expressions) :func:`outcome_message` keeps.
+MAX_DIAGNOSTICS: Final = 2_000
+#: Characters of the whole message :func:`outcome_message` returns (a server's error message
+#: ends up in an exception and on the terminal: 50 MB of diagnostics must not).
+MAX_OUTCOME_MESSAGE: Final = 8_000
 #: uuid5 namespace for kit's deterministic resource ids.
 NAMESPACE: Final = uuid.UUID("6f1c1d0e-8c57-5a3e-9a55-6b69742d6668")
 
@@ -131,21 +138,64 @@ def operation_outcome(issues: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": out}
 
 
-def outcome_issues(outcome: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The issues of an OperationOutcome dict (empty list if it is not one)."""
-    if outcome.get("resourceType") != "OperationOutcome":
+def outcome_issues(outcome: Any) -> list[dict[str, Any]]:
+    """The issues of an OperationOutcome dict (empty list if it is not one).
+
+    Never raises, whatever JSON a server sent: an ``issue`` that is not a list, and
+    items of it that are not objects, are left out.
+    """
+    if not isinstance(outcome, Mapping) or outcome.get("resourceType") != "OperationOutcome":
         return []
-    return [dict(i) for i in outcome.get("issue", []) if isinstance(i, Mapping)]
+    found = outcome.get("issue")
+    if not isinstance(found, list):
+        return []
+    return [dict(i) for i in found if isinstance(i, Mapping)]
 
 
-def outcome_message(outcome: Mapping[str, Any]) -> str:
-    """A one-line summary of an OperationOutcome (its issues' diagnostics joined)."""
-    parts = []
-    for i in outcome_issues(outcome):
-        text = i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
-        where = ", ".join(i.get("expression") or [])
-        parts.append(f"{text} ({where})" if where else str(text))
-    return "; ".join(parts) or "OperationOutcome without issues"
+def _cut(text: str, size: int) -> str:
+    """``text``, or its first ``size`` characters saying how much was cut."""
+    if len(text) <= size:
+        return text
+    return f"{text[:size]}... [cut: {len(text) - size:,} more characters]"
+
+
+def _issue_text(item: Mapping[str, Any]) -> str:
+    """One issue as text: diagnostics, else details.text, else the code, else the severity (else
+    ``"no detail"``); then its expressions in parentheses."""
+    details = item.get("details")
+    for text in (item.get("diagnostics"), details.get("text") if isinstance(details, Mapping) else None,
+                 item.get("code"), item.get("severity")):
+        if isinstance(text, str) and text:
+            break
+    else:
+        text = "no detail"
+    text = _cut(text, MAX_DIAGNOSTICS)
+    found = item.get("expression")
+    paths = [found] if isinstance(found, str) else found if isinstance(found, list) else []
+    where = _cut(", ".join(p for p in paths if isinstance(p, str) and p), MAX_DIAGNOSTICS)
+    return f"{text} ({where})" if where else text
+
+
+def outcome_message(outcome: Any) -> str:
+    """A one-line summary of an OperationOutcome (its issues' diagnostics joined), bounded.
+
+    Never raises, whatever JSON a server sent: parts of an issue that cannot be read
+    (``details`` that is not an object, ``expression`` items that are not strings ...)
+    are left out. Each issue's text is cut to :data:`MAX_DIAGNOSTICS` characters and the
+    whole message to :data:`MAX_OUTCOME_MESSAGE`, saying so.
+    """
+    parts: list[str] = []
+    size = left = 0
+    issues = outcome_issues(outcome)
+    for n, item in enumerate(issues):
+        if size >= MAX_OUTCOME_MESSAGE:
+            left = len(issues) - n
+            break
+        text = _issue_text(item)
+        parts.append(text)
+        size += len(text) + 2
+    message = _cut("; ".join(parts) or "OperationOutcome without issues", MAX_OUTCOME_MESSAGE)
+    return f"{message}; [cut: {left:,} more issues]" if left else message
 
 
 def _fhirpath(root: str, loc: Sequence[int | str]) -> str:
