@@ -54,6 +54,7 @@ from joserfc.jwk import ECKey, RSAKey
 from kit._redact import register_secret
 from kit.config import FhirSettings, Secret
 from kit.errors import AuthError, ConfigError
+from kit.fhir._bounded import read_bounded
 from kit.fhir.policy import origin
 from kit.fhir.vendors import vendor_profile
 
@@ -304,23 +305,9 @@ def _json_or_none(response: httpx.Response) -> Any:
 
 def _read_bounded(response: httpx.Response, where: str) -> bytes:
     """Read a token/discovery answer, at most :data:`MAX_AUTH_BODY` bytes of it decompressed."""
-    if response.is_stream_consumed:
-        return response.read()
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_AUTH_BODY:
-                raise AuthError(f"{where} answered more than {MAX_AUTH_BODY} bytes; stopped reading",
-                                status_code=response.status_code)
-            chunks.append(chunk)
-    except BaseException:
-        response.close()
-        raise
-    # what httpx.Response.read() stores: .content, .text and .json() work as after a read
-    response._content = b"".join(chunks)
-    return response._content
+    return read_bounded(response, MAX_AUTH_BODY, lambda: AuthError(
+        f"{where} answered more than {MAX_AUTH_BODY} bytes; stopped reading",
+        status_code=response.status_code))
 
 
 class ClientCredentialsAuth(_TokenAuth):

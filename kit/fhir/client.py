@@ -83,6 +83,7 @@ from kit.errors import (
     TLSError,
 )
 from kit.fhir._audit import audited_send
+from kit.fhir._bounded import read_bounded
 from kit.fhir._paging import IncompleteResultError, Params, SearchEntry, SearchMode, page_entries
 from kit.fhir._paging import check_id as _check_id
 from kit.fhir._paging import check_type as _check_type
@@ -440,33 +441,17 @@ class FhirClient:
     def _read_body(self, response: httpx.Response, deadline: float | None = None) -> bytes:
         """Read the decompressed body, at most ``max_response_bytes``, before ``deadline`` (else close
         it and raise); httpx's ``read()`` has no bound, a small gzip bomb would fill the memory."""
-        if response.is_stream_consumed:
-            return response.read()
-        if deadline is None:
-            deadline = time.monotonic() + self.total_timeout
-        limit = self.max_response_bytes
-        chunks: list[bytes] = []
-        size = 0
         where = f"{response.request.method} {urlsplit(str(response.request.url)).path}"
-        try:
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise ResponseTooLargeError(
-                        f"the answer to {where} is larger than max_response_bytes={limit} "
-                        "(decompressed); stopped reading", status_code=response.status_code,
-                        peer=self.base)
-                if time.monotonic() > deadline:
-                    raise PeerTimeoutError(f"the answer to {where} was not complete within "
-                                           f"total_timeout={self.total_timeout} s ({size} bytes came)",
-                                           peer=self.base)
-                chunks.append(chunk)
-        except BaseException:
-            response.close()
-            raise
-        # what httpx.Response.read() stores: .content, .text and .json() work as after a read
-        response._content = b"".join(chunks)
-        return response._content
+        limit = self.max_response_bytes
+        return read_bounded(
+            response, limit,
+            lambda: ResponseTooLargeError(f"the answer to {where} is larger than max_response_bytes={limit} "
+                                          "(decompressed); stopped reading", status_code=response.status_code,
+                                          peer=self.base),
+            deadline=time.monotonic() + self.total_timeout if deadline is None else deadline,
+            too_slow=lambda size: PeerTimeoutError(
+                f"the answer to {where} was not complete within total_timeout={self.total_timeout} s "
+                f"({size} bytes came)", peer=self.base))
 
     def _connect_error(self, exc: httpx.ConnectError, method: str, target: str) -> KitError:
         cause: BaseException | None = exc

@@ -122,35 +122,7 @@ def test_an_aa_that_carries_an_error_fails_the_oru_row(severity: str, status: st
 
 def test_a_fhir_server_that_reads_back_something_else_is_failed_with_the_difference() -> None:
     """A fault a conforming server does not produce: vread returns a changed value."""
-    app = FastAPI()
-    stored: dict[str, dict[str, Any]] = {}
-
-    @app.post("/fhir")
-    async def transaction(request: Request) -> JSONResponse:
-        raw = (await request.body()).decode()
-        for n, entry in enumerate(json.loads(raw)["entry"]):  # rewrite references as a server does
-            raw = raw.replace(entry["fullUrl"], f"{entry['resource']['resourceType']}/r{n}")
-        bundle = json.loads(raw)
-        entries = []
-        for n, entry in enumerate(bundle["entry"]):
-            resource = dict(entry["resource"], id=f"r{n}")
-            if resource["resourceType"] == "Observation" and "valueQuantity" in resource:
-                resource["valueQuantity"] = dict(resource["valueQuantity"], value=99.0)  # corrupted
-            stored[f"{resource['resourceType']}/r{n}"] = resource
-            entries.append({"response": {"status": "201 Created",
-                                         "location": f"{resource['resourceType']}/r{n}/_history/1"}})
-        return JSONResponse({"resourceType": "Bundle", "type": "transaction-response", "entry": entries},
-                            media_type="application/fhir+json")
-
-    @app.get("/fhir/{rtype}/{rid}/_history/{vid}")
-    async def vread(rtype: str, rid: str, vid: str) -> JSONResponse:
-        return JSONResponse(stored[f"{rtype}/{rid}"], media_type="application/fhir+json")
-
-    @app.get("/fhir/{rtype}/{rid}")
-    async def read(rtype: str, rid: str) -> JSONResponse:
-        return JSONResponse(stored[f"{rtype}/{rid}"], media_type="application/fhir+json")
-
-    with serve_app(app) as base, FhirClient(base, retries=FAST, timeout=10) as ehr:
+    with serve_app(_games_server("changed-value")) as base, FhirClient(base, retries=FAST, timeout=10) as ehr:
         report = deliver(sample(), fhir=ehr, targets=["observation", "diagnostic_report"])
     assert report["observation"].status == "failed"
     assert "valueQuantity.value: sent 12.5, read 99.0" in (report["observation"].reason or "")
@@ -172,7 +144,9 @@ def _games_server(game: str) -> FastAPI:
         entries = []
         for n, entry in enumerate(json.loads(raw)["entry"]):
             rtype = entry["resource"]["resourceType"]
-            stored[f"{rtype}/r{n}"] = dict(entry["resource"], id=f"r{n}")
+            stored[f"{rtype}/r{n}"] = resource = dict(entry["resource"], id=f"r{n}")
+            if game == "changed-value" and "valueQuantity" in resource:
+                resource["valueQuantity"] = dict(resource["valueQuantity"], value=99.0)
             location = f"{rtype}/r{n}/_history/1"
             response: dict[str, Any] = {"status": "201 Created", "location": location}
             if game == "entry-error":
