@@ -2,9 +2,9 @@
 
 kit: :func:`kit.results.deliver.deliver` of a result of the shipped analysis
 (:mod:`kit.results.analysis`, on the sample CT with a lesion) to the embedded
-stack's PACS (SR and SEG: C-STORE, C-FIND, C-GET, parse back, compare), FHIR
-server (transaction, vread of every resource, compare) and MLLP listener (ORU,
-ACK checked): encoding, sending and verifying, per result.
+stack's PACS (SR and SEG: C-STORE, C-FIND, C-GET, parse back, compare element by
+element), FHIR server (transaction, vread and read of every resource, compare) and
+MLLP listener (ORU, ACK checked): encoding, sending and verifying, per result.
 
 By hand: the same writes with the libraries called directly and NO
 verification: the SR (TID 1500 measurement report) and the SEG built with
