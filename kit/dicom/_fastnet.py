@@ -50,7 +50,7 @@ __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
     "HOLD_PARK", "MAX_COMMAND", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
     "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
-    "store_command", "store_request", "store_response",
+    "check_get_rsp", "store_command", "store_request", "store_response",
     "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
     "release_dul", "share_context_uids", "status_fields",
 ]
@@ -581,7 +581,8 @@ class FileReceiver:
     (temporary name, then rename); also an EVT_C_STORE handler for pynetdicom.
 
     ``rows`` holds (sop_instance_uid, sop_class_uid, transfer_syntax_uid, study_uid, path,
-    size) per file written; ``errors`` the local write failures (answered 0xA700).
+    size) per file written; ``errors`` the local write failures (answered 0xA700). ``expect``
+    (:class:`kit.dicom._getphase.Expected`; None: all kept) may refuse an instance before it is written.
     """
 
     def __init__(self, dest: Path, study_uid: str | None, on_file: Callable[[], None] | None) -> None:
@@ -589,6 +590,7 @@ class FileReceiver:
         self.study_uid = study_uid
         self.rows: list[tuple[str, str, str, str | None, str, int]] = []
         self.errors: list[str] = []
+        self.expect: Callable[[str, str, bytes | memoryview], tuple[int, str]] | None = None
         self.on_file = on_file
         self.lock = threading.Lock()
         self._names = itertools.count()
@@ -624,6 +626,9 @@ class FileReceiver:
         data = request.DataSet
         if data is None or not data.getbuffer().nbytes:
             return self._refuse(str(request.AffectedSOPInstanceUID))
+        if self.expect is not None and (refused := self.expect(
+                str(request.AffectedSOPInstanceUID), str(event.context.transfer_syntax), data.getvalue())[0]):
+            return refused
         try:
             blob = event.encoded_dataset(include_meta=True)
         except Exception as exc:  # a handler must answer with a status, never raise
@@ -634,7 +639,10 @@ class FileReceiver:
     def store(self, sop_class: str, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview,
               calling: str) -> tuple[int, str]:
         """:meth:`write` as a :data:`kit.dicom._storeserve.StoreFn` (C-MOVE's storage SCP)."""
-        return self.write(sop_uid, sop_class, transfer_syntax, dataset), ""
+        refused, why = self.expect(sop_uid, transfer_syntax, dataset) if self.expect and dataset \
+            else (0, "")
+        return (refused, why[:64]) if refused else (self.write(sop_uid, sop_class, transfer_syntax, dataset),
+                                                    "")
 
     def write(self, sop_uid: str, sop_class: str, transfer_syntax: str, dataset: bytes | memoryview) -> int:
         """Write one received data set (encoded, without file meta) as a Part 10 file; its status
@@ -741,13 +749,24 @@ def store_command(msg_id: int, sop_class: str, sop_uid: str) -> bytes:
 
 
 def store_response(phase: DataPhase, sop_uid: str) -> int:
-    """The status of the C-STORE-RSP the peer sends next on ``phase`` (see :func:`c_store`)."""
+    """The status of the C-STORE-RSP the peer sends next on ``phase`` (see :func:`c_store`); one
+    naming another Affected SOP Instance UID than ``sop_uid`` raises AssociationAbortedError."""
     rsp = phase.recv()
     code = command_int(rsp.command, 0x0900)
     if rsp.command_field != C_STORE_RSP or code is None:
         raise AssociationAbortedError(f"C-STORE of {sop_uid}: the peer answered with command "
                                       f"0x{rsp.command_field:04X}", peer=phase.peer)
+    if command_str(rsp.command, 0x1000) not in ("", sop_uid):  # an answer for another instance
+        raise AssociationAbortedError(f"C-STORE of {sop_uid}: the peer answered for "
+                                      f"{command_str(rsp.command, 0x1000)}", peer=phase.peer)
     return code
+
+
+def check_get_rsp(command: Any, peer: str) -> None:
+    """A C-GET-RSP must answer our C-GET-RQ, message 1 (else it is another exchange's)."""
+    if (answers := command_int(command, 0x0120)) != 1:
+        raise AssociationAbortedError(f"a C-GET-RSP to message {answers}, not to our C-GET (message 1)",
+                                      peer=peer)
 
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
@@ -780,6 +799,7 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
             if answered is not None:
                 answered()
         elif msg.command_field == C_GET_RSP:
+            check_get_rsp(msg.command, phase.peer)
             if command_int(msg.command, 0x0900) not in (0xFF00, 0xFF01):  # not pending: the last
                 return status_fields(msg.command)
         else:

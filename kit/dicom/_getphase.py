@@ -19,6 +19,13 @@ The guarantee is unchanged: the success status is sent only after the file is
 written whole, put at its final path (it appears there whole) and closed. Written by
 hand: no library does any of this; the file layout and names are
 :class:`kit.dicom._fastnet.FileReceiver`'s.
+
+Every instance received (C-GET here, C-MOVE's storage SCP too) must be what was asked:
+:class:`Expected` reads the data set's SOP Instance, Study and Series Instance UIDs from
+its first bytes (:func:`read_identity`, a walk of the top-level elements up to (0020,000E),
+a few microseconds) and refuses, before anything is written, an instance whose SOP Instance
+UID is not the command's, or that is of another study, series or instance than the one asked
+for (answered 0xA900, kept in the receiver's ``refused``; the retrieve then raises).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import contextlib
 import errno
 import itertools
 import os
+import struct
+import threading
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,6 +50,7 @@ from kit.dicom._fastnet import (
     NO_DATASET,
     DataPhase,
     FileReceiver,
+    check_get_rsp,
     command_int,
     command_str,
     encode_command,
@@ -48,9 +59,156 @@ from kit.dicom._fastnet import (
 )
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._spares import POOL_LIMIT, SparePool
+from kit.dicom.received import CANNOT_UNDERSTAND, DATASET_MISMATCH, MAX_DEPTH, MAX_INFLATED
 from kit.errors import AssociationAbortedError
 
-__all__ = ["PooledReceiver", "get_loop"]
+__all__ = ["Expected", "PooledReceiver", "get_loop", "read_identity"]
+
+_SOP_INSTANCE, _STUDY, _SERIES = 0x00080018, 0x0020000D, 0x0020000E
+_IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                       b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+def read_identity(dataset: bytes | memoryview, transfer_syntax: str) -> dict[int, str]:
+    """The SOP Instance, Study and Series Instance UIDs of an encoded data set, by tag.
+
+    Walks the top-level elements (skipping sequences, nested ones too) only up to (0020,000E):
+    the pixel data and the rest are never touched. A tag absent is absent from the answer.
+
+    Parameters
+    ----------
+    dataset : bytes or memoryview
+        The data set as received (no preamble or file meta).
+    transfer_syntax : str
+        Its transfer syntax UID (deflated ones are inflated first, up to
+        :data:`kit.dicom.received.MAX_INFLATED` bytes).
+
+    Raises
+    ------
+    ValueError
+        The elements before (0020,000E) do not parse (cut short, a malformed sequence).
+    """
+    data: bytes | memoryview = dataset
+    if transfer_syntax == _DEFLATED:
+        try:
+            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset, MAX_INFLATED)
+        except zlib.error as exc:
+            raise ValueError(f"the deflated data set does not inflate: {exc}") from exc
+    walk = _IdentityWalk(data, transfer_syntax == _IMPLICIT_LE, transfer_syntax != _EXPLICIT_BE)
+    found: dict[int, str] = {}
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, length, pos, vr = walk.element(pos, end, walk.implicit)
+        if tag > _SERIES:
+            break
+        if length == _UNDEFINED:
+            pos = walk.sequence(pos, end, walk.implicit or vr == b"UN", 1)
+            continue
+        if pos + length > end:
+            raise ValueError(f"the value of ({tag >> 16:04X},{tag & 0xFFFF:04X}) is cut short")
+        if tag in (_SOP_INSTANCE, _STUDY, _SERIES):
+            found[tag] = bytes(data[pos:pos + length]).decode("ascii", "replace").strip(" \x00")
+        pos += length
+    return found
+
+
+class _IdentityWalk:
+    """The element and sequence walk of :func:`read_identity` (one data set, one byte order)."""
+
+    def __init__(self, data: bytes | memoryview, implicit: bool, little: bool) -> None:
+        self.data, self.implicit = data, implicit
+        self.head = struct.Struct("<HHI" if little else ">HHI")
+        self.long = struct.Struct("<I" if little else ">I")
+        self.short = struct.Struct("<H" if little else ">H")
+
+    def element(self, pos: int, end: int, implicit: bool) -> tuple[int, int, int, bytes | None]:
+        """(tag, value length, value position, VR or None) of the element at ``pos``."""
+        if pos + 8 > end:
+            raise ValueError(f"an element header is cut short at offset {pos}")
+        group, elem, length = self.head.unpack_from(self.data, pos)
+        tag = group << 16 | elem
+        if implicit or group == 0xFFFE:  # item tags have no VR in any syntax
+            return tag, length, pos + 8, None
+        vr = bytes(self.data[pos + 4:pos + 6])
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                raise ValueError(f"an element header is cut short at offset {pos}")
+            return tag, self.long.unpack_from(self.data, pos + 8)[0], pos + 12, vr
+        return tag, self.short.unpack_from(self.data, pos + 6)[0], pos + 8, vr
+
+    def sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
+        """Skip an undefined-length sequence's items from ``pos``; the position after its delimiter."""
+        if depth > MAX_DEPTH:
+            raise ValueError(f"sequences nested deeper than {MAX_DEPTH}")
+        while True:
+            tag, length, pos, _ = self.element(pos, end, True)
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise ValueError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) where a sequence item was expected")
+            if length != _UNDEFINED:
+                pos += length
+                continue
+            while True:  # an undefined-length item: its elements, up to the item delimiter
+                tag, length, pos, vr = self.element(pos, end, implicit)
+                if tag == _ITEM_END:
+                    break
+                if length == _UNDEFINED:
+                    pos = self.sequence(pos, end, implicit or vr == b"UN", depth + 1)
+                else:
+                    pos += length
+
+
+class Expected:
+    """What a retrieve asked for; called on each instance received, it says whether to keep it.
+
+    Parameters
+    ----------
+    study_uid : str
+        The study asked for: every instance must be of it.
+    series_uid, sop_uid : str, optional
+        The series (and instance) asked for, if any.
+
+    Notes
+    -----
+    The sender's AE title is not checked: a PACS may perform a C-MOVE's C-STOREs from
+    another AE (a storage node) than the one the move was sent to; what is kept is what
+    was asked for, whoever sends it.
+    """
+
+    def __init__(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> None:
+        self.study_uid, self.series_uid, self.sop_uid = study_uid, series_uid or None, sop_uid or None
+        #: Why each instance refused was, in arrival order (C-MOVE's storage SCP: several threads).
+        self.refused: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview) -> tuple[int, str]:
+        """(0, "") to keep the instance the C-STORE-RQ ``sop_uid`` carries, else the status to
+        answer (0xA900, 0xC000) and why (also kept in :attr:`refused`)."""
+        status, reason = self._verdict(sop_uid, transfer_syntax, dataset)
+        if status:
+            with self._lock:
+                self.refused.append(reason)
+        return status, reason
+
+    def _verdict(self, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview) -> tuple[int, str]:
+        try:
+            found = read_identity(dataset, transfer_syntax)
+        except ValueError as exc:
+            return CANNOT_UNDERSTAND, f"{sop_uid}: its identifiers cannot be read ({exc})"
+        sop = found.get(_SOP_INSTANCE, "")
+        if sop != sop_uid:
+            return DATASET_MISMATCH, f"the C-STORE names {sop_uid} but its data set is {sop or 'without one'}"
+        for tag, name, asked in ((_STUDY, "study", self.study_uid), (_SERIES, "series", self.series_uid)):
+            value = found.get(tag, "")
+            if asked is not None and value != asked:
+                return DATASET_MISMATCH, f"{sop_uid} is of {name} {value or '(none)'}, not {asked}"
+        if self.sop_uid is not None and sop != self.sop_uid:
+            return DATASET_MISMATCH, f"{sop_uid} is not the instance asked for, {self.sop_uid}"
+        return 0x0000, ""
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC
@@ -216,11 +374,19 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
 
     ``classes`` maps the accepted contexts to their abstract syntax: a sub-operation whose SOP
     class is not its context's is answered 0x0122 and not written, as pynetdicom does (its
-    data set is not what the context was negotiated for).
+    data set is not what the context was negotiated for). One ``receiver.expect`` refuses
+    (another study, a data set that is not the instance the command names: :class:`Expected`)
+    is answered with its status and not written.
 
     Files are made ahead up to the number of remaining sub-operations the PACS reports
     in its pending C-GET-RSPs (doubling per instance, from one, when it reports none),
     at most :data:`kit.dicom._spares.POOL_LIMIT`.
+
+    Raises
+    ------
+    AssociationAbortedError
+        The PACS sent a DIMSE message other than C-STORE-RQ and C-GET-RSP, or a C-GET-RSP
+        that answers another message than our C-GET-RQ.
     """
     phase.send(context_id, encode_command({
         0x00000002: sop_class, 0x00000100: C_GET_RQ, 0x00000110: 1, 0x00000700: 0x0002,
@@ -236,10 +402,13 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
         if field == C_STORE_RQ:
             sop_uid, sop_cls = command_str(command, 0x1000), command_str(command, 0x0002)
             syntax = syntaxes.get(msg.context_id)
-            if syntax is None or (classes is not None and classes.get(msg.context_id) != sop_cls):
-                status, size, final = 0x0122, 0, ""
-            else:
-                status, size, final = receiver.place(sop_uid, sop_cls, syntax, msg.dataset or b"")
+            status, size, final = 0x0122, 0, ""
+            if syntax is not None and (classes is None or classes.get(msg.context_id) == sop_cls):
+                dataset = msg.dataset or b""
+                status = receiver.expect(sop_uid, syntax, dataset)[0] if dataset and receiver.expect \
+                    else 0  # an instance not asked for is refused, not written
+                if not status:
+                    status, size, final = receiver.place(sop_uid, sop_cls, syntax, dataset)
             if status == 0x0000 and receiver.on_file is not None:
                 receiver.on_file()  # before the answer: a wait there (the rate cap) holds the PACS back
             phase.send(msg.context_id, encode_command({
@@ -253,6 +422,7 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
             ahead = min(POOL_LIMIT, remaining if remaining is not None else ahead * 2)
             pool.top_up(ahead)
         elif field == C_GET_RSP:
+            check_get_rsp(command, phase.peer)
             code = command_int(command, 0x0900)
             if code not in (0xFF00, 0xFF01):  # not pending: the last
                 return status_fields(command)

@@ -88,7 +88,7 @@ from kit.dicom._cfind import timed as _timed
 from kit.dicom._clientphase import ClientPhase, store_all
 from kit.dicom._contexts import storage_contexts
 from kit.dicom._fastnet import FileReceiver, hold_dul, share_context_uids
-from kit.dicom._getphase import PooledReceiver, get_loop
+from kit.dicom._getphase import Expected, PooledReceiver, get_loop
 from kit.dicom._outgoing import Outgoing
 from kit.errors import (
     AssociationAbortedError,
@@ -410,12 +410,15 @@ class PacsClient(AssociationClient):
         """The received frame of a finished C-GET/C-MOVE; raise unless it fully succeeded.
 
         Nothing received for a successful status is a failure too: the PACS
-        has no instances for what was asked (``asked`` names it). ``move_to``
+        has no instances for what was asked (``asked`` names it); so are instances
+        ``receiver.expect`` refused (counted, the first reason given), and more completed
+        sub-operations counted than arrived (or a C-MOVE's none while some did). ``move_to``
         is a C-MOVE's destination AE title and how to register it; ``called_back``
         whether the PACS connected to our storage SCP at all.
         """
         with receiver.lock:
             rows = list(receiver.rows)
+        refused = list(receiver.expect.refused) if isinstance(receiver.expect, Expected) else []
         code = _status_int(last)
         if code is None:
             err = self._lost(assoc, what, waited)
@@ -428,6 +431,20 @@ class PacsClient(AssociationClient):
         completed = last.get("NumberOfCompletedSuboperations")
         failed = last.get("NumberOfFailedSuboperations")
         warning = last.get("NumberOfWarningSuboperations")
+        if refused:
+            raise RetrieveError(f"{what}: {len(refused)} instance(s) refused, not what was asked "
+                                f"({asked or 'the instances asked'}): {refused[0]}"
+                                f"{f' (and {len(refused) - 1} more)' if len(refused) > 1 else ''}",
+                                status=code, peer=self.address, completed=completed,
+                                failed=max(failed or 0, len(refused)), warning=warning,
+                                received=_rows_frame(rows))
+        if code == 0x0000 and completed is not None and (completed > len(rows) or (
+                move_to and not completed and rows)):
+            raise RetrieveError(f"{what}: the PACS reports {completed} completed sub-operation(s) but "
+                                f"{len(rows)} instance(s) arrived: the retrieve of "
+                                f"{asked or 'what was asked'} is incomplete or unaccounted for",
+                                status=code, peer=self.address, completed=completed, failed=failed,
+                                warning=warning, received=_rows_frame(rows))
         if code == UNKNOWN_MOVE_DESTINATION and move_to:
             raise RetrieveError(f"{what}: the PACS does not know the move destination {move_to[0]!r} or "
                                 f"cannot reach it (Move Destination unknown"
@@ -492,7 +509,11 @@ class PacsClient(AssociationClient):
         RetrieveError
             Non-success final status, failed sub-operations or a local
             write failure; carries the counts and what did arrive. Also
-            when nothing arrives (the PACS holds no such study/series).
+            when nothing arrives (the PACS holds no such study/series), when
+            the PACS counts more completed sub-operations than arrived, and when
+            an instance was refused: of another study (series, instance) than
+            asked, or its data set not the instance its C-STORE-RQ names (answered
+            0xA900, never written).
         RetrieveCancelledError
             ``cancel`` was set; what had arrived is in ``received``.
         AssociationAbortedError, PeerTimeoutError
@@ -511,6 +532,7 @@ class PacsClient(AssociationClient):
         with self._progress(progress, "C-GET") as tick:
             stop = RetrieveCancel(cancel, tick)  # cancel: checked per instance (kit.dicom._cancel)
             receiver = PooledReceiver(folder, study_uid, stop.tick)
+            receiver.expect = Expected(str(study_uid), series_uid, sop_uid)
             with stop.raising(lambda: RetrieveCancelledError.of("C-GET", receiver, self.address)):
                 stop.requested()  # already set: the PACS is not asked
             with self._associate(contexts, roles=roles,
@@ -591,7 +613,8 @@ class PacsClient(AssociationClient):
         Raises
         ------
         RetrieveError
-            As for :meth:`get`; for status 0xA801 (the PACS does not know
+            As for :meth:`get` (instances of another study, series or instance than
+            asked are refused, whichever AE sends them); for status 0xA801 (the PACS does not know
             ``move_aet``) the message says what to register: the AE title,
             our address as the PACS reaches it and the store port.
         PeerTimeoutError
@@ -616,6 +639,8 @@ class PacsClient(AssociationClient):
         with self._progress(progress, "C-MOVE") as tick:
             stop = RetrieveCancel(cancel, tick)  # cancel: checked per instance (kit.dicom._cancel)
             receiver = FileReceiver(folder, study_uid, stop.tick)
+            # only what was asked, and only from the PACS asked (its AE title calls back)
+            receiver.expect = Expected(str(study_uid), series_uid, sop_uid)
             with stop.raising(lambda: RetrieveCancelledError.of("C-MOVE", receiver, self.address)):
                 stop.requested()  # already set: the PACS is not asked
             connections: list[str] = []

@@ -13,6 +13,15 @@ Errors: an HTTP error answer -> :class:`~kit.errors.DicomWebError` (with
 ``status_code``), refused connection -> :class:`~kit.errors.PeerUnreachableError`,
 no answer in time -> :class:`~kit.errors.PeerTimeoutError`.
 
+Every WADO-RS part is checked before it is written, as a C-GET's instances are: its bytes parse
+whole (:func:`kit.dicom.received.check_received`: no element cut short, pixel data of its full
+length, the file meta's SOP Instance UID the data set's) and it is of the study (series) asked
+for; a part that is not is never written, and the retrieve raises
+:class:`~kit.errors.DicomWebError` naming how many were refused and why. A part cut short at
+the end of the answer, or parts lost to a wrong multipart boundary (they then trail the first
+part's bytes), fail that check. The number of instances a study has is not known here: an
+answer that is well formed but leaves instances out cannot be told from a whole one.
+
 A WADO-RS retrieve stops part-way as a C-GET does (:mod:`kit.dicom._cancel`): its
 ``cancel`` is checked and its ``on_instance`` hook called after each instance is
 written; then, or on any other exception, the streamed answer's connection is
@@ -46,6 +55,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from kit._files import atomic_write_bytes
 from kit._truncate import check_limit, warn_truncated
@@ -62,6 +72,7 @@ from kit.dicom.query import (
     find_identifier,
     responses_to_frame,
 )
+from kit.dicom.received import check_received
 from kit.errors import (
     DicomFileError,
     DicomWebError,
@@ -176,7 +187,7 @@ class DicomWebClient:
             raise PeerUnreachableError(f"{what}: cannot connect", peer=self.base) from exc
         except requests.RequestException as exc:
             raise DicomWebError(f"{what}: {exc}", peer=self.base) from exc
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, InvalidDicomError) as exc:
             raise DicomWebError(f"{what}: unusable answer: {exc}", peer=self.base) from exc
 
     # -- QIDO-RS ---------------------------------------------------------------------------------
@@ -297,7 +308,10 @@ class DicomWebClient:
         RetrieveCancelledError
             ``cancel`` was set; what had arrived (whole files) is in ``received``.
         DicomWebError
-            HTTP failure, an unusable answer, or no instance at all.
+            HTTP failure, an unusable answer, or no instance at all; also after the answer
+            is read when some parts were refused (not of the study or series asked for, cut
+            short, not the instance their file meta names): those were not written, the
+            others were.
         StoreError
             An instance cannot be written under ``dest``.
         """
@@ -309,6 +323,7 @@ class DicomWebClient:
         except OSError as exc:
             raise StoreError(f"WADO-RS: cannot create {folder}: {exc.strerror or exc}") from exc
         rows: list[tuple[str, str, str, str, str, int]] = []
+        refused: list[str] = []
         stop = RetrieveCancel(cancel, on_instance)
 
         def cancelled() -> RetrieveCancelledError:
@@ -327,11 +342,19 @@ class DicomWebClient:
                 if ds is None:
                     break
                 try:
-                    rows.append(_write_instance(ds, folder, study_uid))
+                    row = _write_instance(ds, folder, study_uid, series_uid)
                 except OSError as exc:
                     raise StoreError(f"WADO-RS: cannot write an instance under {folder}: "
                                      f"{exc.strerror or exc}") from exc
+                if isinstance(row, str):  # not written: not what was asked, or not whole
+                    refused.append(row)
+                    continue
+                rows.append(row)
                 stop.tick()
+        if refused:
+            more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+            raise DicomWebError(f"WADO-RS: {len(refused)} instance(s) of the answer refused, not written "
+                                f"({len(rows)} written): {refused[0]}{more}", peer=self.base)
         if not rows:
             raise DicomWebError(f"WADO-RS: study {study_uid} returned no instances", peer=self.base)
         return _received(rows).sort("sop_instance_uid")
@@ -427,16 +450,68 @@ def _received(rows: list[tuple[str, str, str, str, str, int]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=RECEIVED_SCHEMA, orient="row")
 
 
-def _write_instance(ds: Dataset, folder: Path, study_uid: str) -> tuple[str, str, str, str, str, int]:
+def _write_instance(ds: Dataset, folder: Path, study_uid: str,
+                    series_uid: str | None = None) -> tuple[str, str, str, str, str, int] | str:
+    """Write one WADO-RS part as ``<SOPInstanceUID>.dcm``: its row, or why it was refused (a str;
+    nothing written): of another study or series than asked, or its bytes not whole
+    (:func:`_part_problem`)."""
     sop = str(ds.get("SOPInstanceUID", ""))
     if not sop or "/" in sop or sop.startswith("."):
         raise DicomFileError(f"WADO-RS answer has an unusable SOP Instance UID {sop!r}")
+    for name, keyword, asked in (("study", "StudyInstanceUID", study_uid),
+                                 ("series", "SeriesInstanceUID", series_uid)):
+        value = str(ds.get(keyword, "") or "")
+        if asked and value != asked:
+            return f"{sop} is of {name} {value or '(none)'}, not {asked}"
     buffer = BytesIO()
     try:
         dcmwrite(buffer, ds, enforce_file_format=True)
     except (ValueError, AttributeError, TypeError) as exc:
         raise DicomFileError(f"cannot encode the received instance: {exc}", source=sop) from exc
     data = buffer.getvalue()
+    problem = _part_problem(ds, data)
+    if problem:
+        return f"{sop}: {problem}"
     final = atomic_write_bytes(folder / f"{sop}.dcm", data)
     return (sop, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), study_uid, str(final),
             len(data))
+
+
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def _part_problem(ds: Dataset, encoded: bytes) -> str:
+    """Why the part ``ds`` was read from is not a whole instance ('' if it is).
+
+    pydicom reads a part cut short without a word (the last element's value short, or dropped),
+    so the part's own bytes (``ds.buffer``, kept by pydicom; else ``encoded``, the Part 10 file
+    written from it) go through :func:`kit.dicom.received.check_received`: every element whole,
+    the pixel data of its full length, the SOP Class/Instance UIDs the file meta's.
+    """
+    part = getattr(ds, "buffer", None)
+    raw = part.getvalue() if isinstance(part, BytesIO) else encoded
+    meta = ds.file_meta
+    try:
+        start = _dataset_start(raw)
+    except ValueError as exc:
+        return f"its file meta does not parse: {exc}"
+    verdict = check_received(memoryview(raw)[start:], str(meta.get("TransferSyntaxUID", "") or ""),
+                             str(meta.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", "")),
+                             str(meta.get("MediaStorageSOPInstanceUID", "") or ds.get("SOPInstanceUID", "")))
+    return "" if verdict.ok else verdict.reason
+
+
+def _dataset_start(raw: bytes) -> int:
+    """The offset of the data set in a Part 10 file: after the preamble, ``DICM`` and the
+    (explicit VR little endian) group 0002 elements."""
+    pos = 132 if raw[128:132] == b"DICM" else 4 if raw[:4] == b"DICM" else 0
+    while pos + 8 <= len(raw) and raw[pos:pos + 2] == b"\x02\x00":
+        if raw[pos + 4:pos + 6] in _LONG_VRS:
+            if pos + 12 > len(raw):
+                raise ValueError("cut short")
+            pos += 12 + int.from_bytes(raw[pos + 8:pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(raw[pos + 6:pos + 8], "little")
+    if pos > len(raw):
+        raise ValueError("cut short")
+    return pos
