@@ -5,6 +5,15 @@ pynetdicom negotiates and releases the association; this module opens it with
 logging handlers once it is up, and turns every way an association can fail
 (no listener, TLS handshake, A-ASSOCIATE-RJ, A-ABORT, silence) into the kit's
 error tree. Written by hand here: the error mapping; the protocol is pynetdicom's.
+
+What a hostile peer cannot do to a client association: pynetdicom's network thread
+reads PDUs through :func:`kit.dicom._guard.read_bounded_pdu` (the server's reader), so
+a PDU longer than the Maximum Length we negotiated is answered with A-ABORT once its
+header is in, and one trickled is aborted once it has taken the timeout; :func:`kill`
+ends within :data:`KILL_GRACE_SECONDS` + :data:`KILL_JOIN_SECONDS` (it shuts the socket
+down under a network thread stuck in a read); and an A-ASSOCIATE-AC whose Maximum Length
+is below :data:`MIN_PEER_MAX_PDU` is aborted (pynetdicom raised ``ZeroDivisionError`` or
+``ValueError`` framing for 1 to 6 bytes, and C-STORE of a few MiB in 1-byte PDUs took GBs).
 """
 
 from __future__ import annotations
@@ -41,8 +50,9 @@ from kit.errors import (
     TLSError,
 )
 
-__all__ = ["DUL_POLL_SECONDS", "KILL_POLL_SECONDS", "AssociationClient", "drop_sends_after_abort",
-           "fast_request", "keep_responses_for_the_sender", "kill", "nodelay", "unbind_log_handlers"]
+__all__ = ["DUL_POLL_SECONDS", "KILL_GRACE_SECONDS", "KILL_JOIN_SECONDS", "KILL_POLL_SECONDS",
+           "MIN_PEER_MAX_PDU", "AssociationClient", "drop_sends_after_abort", "fast_request",
+           "keep_responses_for_the_sender", "kill", "nodelay", "unbind_log_handlers"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,21 +92,59 @@ def unbind_log_handlers(assoc: Association) -> None:
 
 #: The sleep between checks in :func:`kill` (pynetdicom's own: 10 ms).
 KILL_POLL_SECONDS = 0.0005
+#: Seconds :func:`kill` lets the network thread end the association (send an A-ABORT, see the
+#: connection close: a few ms, more on a busy machine) before it shuts the socket down under it.
+KILL_GRACE_SECONDS = 1.0
+#: Seconds :func:`kill` then waits for the network thread to see the closed socket and end.
+KILL_JOIN_SECONDS = 2.0
 
 
 def kill(assoc: Association) -> None:
-    """``Association.kill`` of pynetdicom 3.0.4 with a 0.5 ms instead of a 10 ms poll.
+    """``Association.kill`` of pynetdicom 3.0.4 with a 0.5 ms instead of a 10 ms poll, and an end.
 
     pynetdicom's release hands the A-RELEASE-RP to the waiting thread before its
     state machine reaches Sta1, so its ``kill`` nearly always sleeps once: 10 ms
-    on every association.
+    on every association. And its ``kill`` waits, with no limit, for the network
+    thread to reach Sta1, which that thread never does while it is stuck in a read
+    (pynetdicom's reader waited for the whole of a PDU trickled 1 byte/s: for ever).
+    Here, once :data:`KILL_GRACE_SECONDS` have passed, the socket is shut down (the
+    read returns, the thread sees the connection closed) and the thread is told to
+    stop; it is waited for :data:`KILL_JOIN_SECONDS` more, then left to end on its own
+    (a daemon thread with nothing left to do but exit).
     """
     assoc._reactor_checkpoint.set()
     assoc._kill = True
     assoc.is_established = False
     assoc._is_paused = True
-    while assoc.dul.is_alive() and not assoc.dul.stop_dul():
+    dul = assoc.dul
+    if dul is threading.current_thread():  # an event handler on the network thread: it ends after
+        dul.kill_dul()
+        return
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    while dul.is_alive() and not dul.stop_dul():
+        if time.monotonic() >= deadline:
+            break
         time.sleep(KILL_POLL_SECONDS)
+    else:
+        return
+    LOGGER.warning("the association's network thread did not stop within %gs: connection shut down",
+                   KILL_GRACE_SECONDS)
+    _shut_down(dul)
+    dul.kill_dul()
+    dul.join(KILL_JOIN_SECONDS)
+
+
+def _shut_down(dul: Any) -> None:
+    """Shut the association's TCP connection down (both ways) under the thread reading it.
+
+    ``shutdown`` of the plain socket (for TLS too: the TLS object is left alone, the
+    reading thread sees its connection end): a read blocked on it returns at once.
+    Not ``close``, whose descriptor could be reused while that thread still holds it.
+    """
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def fast_request(assoc: Association) -> None:
@@ -209,6 +257,16 @@ def _unread_rejection(assoc: Association) -> Any:
     return None
 
 
+#: The smallest Maximum Length Received of a peer's A-ASSOCIATE-AC the kit works with (0 is
+#: "unlimited", always fine). PS3.8 lets the peer choose any value, but every PDU carries 6 bytes
+#: of PDU header and 6 of PDV header: below 7 pynetdicom cannot frame a message at all (it raised
+#: ``ZeroDivisionError`` or ``ValueError``), and just above, a C-STORE of 2 MiB went out in 1-byte
+#: PDUs, built whole first (+540 MB). dcmtk never proposes less than 4096 (``ASC_MINIMUMPDUSIZE``)
+#: and no real PACS a few KB; at 1024 the framing adds at most 1.2 % to the bytes sent and one PDU
+#: per KiB to what is built, so a peer asking for less is aborted as hostile or broken.
+MIN_PEER_MAX_PDU = 1024
+
+
 class AssociationClient:
     """Opens associations to one peer and maps their failures (base of ``PacsClient``).
 
@@ -246,7 +304,13 @@ class AssociationClient:
         aborted = threading.Event()
 
         def on_open(event: evt.Event) -> None:  # on the DUL thread, before the A-ASSOCIATE-RQ
+            from kit.dicom._guard import read_bounded_pdu  # here: _guard imports this module
+
             opened.set()
+            dul = event.assoc.dul
+            # PDUs bounded by our Maximum Length once their header is in, and whole within the timeout
+            dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
+                read_bounded_pdu, dul, self.max_pdu, self.timeout, None)
             nodelay(event)
             unbind_log_handlers(event.assoc)
             drop_sends_after_abort(event.assoc.dul)  # first: innermost (fast_request's wrapper goes)
@@ -275,6 +339,13 @@ class AssociationClient:
         elapsed = time.monotonic() - start
         if not assoc.is_established:
             self._raise_unestablished(assoc, opened.is_set(), aborted.is_set(), elapsed)
+        peer_max = int(assoc.acceptor.maximum_length or 0)
+        if 0 < peer_max < MIN_PEER_MAX_PDU:
+            assoc.abort()
+            ae.shutdown()
+            raise AssociationAbortedError(
+                f"the peer accepted the association with a Maximum Length of {peer_max} bytes, below the "
+                f"{MIN_PEER_MAX_PDU} the kit works with: aborted", peer=self.address)
         unbind_log_handlers(assoc)
         try:
             yield assoc

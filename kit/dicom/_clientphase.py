@@ -9,6 +9,15 @@ for the kit's own requests on a plain TCP socket:
 - PDUs are cut out of reads of up to :data:`CHUNK` bytes, so a PDU header and
   its body, or a response and the next request, come in one ``recv``.
 
+A PDU must arrive whole within ``pdu_timeout`` seconds (by default the timeout)
+of its first bytes, or the peer is sent A-ABORT and :class:`PeerTimeoutError`
+raised: the timeout alone bounds each read, and a peer trickling a PDU a byte at
+a time (within the timeout each) would hold a C-GET or C-STORE for ever. The
+clock is read only when a PDU did not come whole with its first read; a read
+that can outlast the deadline by at most :data:`OVERSHOOT` of the timeout (all
+but a trickling peer's) is the plain blocking ``recv``, so the deadline costs no
+system call; closer to the deadline a read waits in ``poll`` for what is left.
+
 Bytes read past the last response (the peer sent something unasked, e.g. an
 A-ABORT) are completed to whole PDUs and handed to pynetdicom on leaving, as if
 it had read them itself. A TLS socket keeps DataPhase's own reads. Written by
@@ -18,11 +27,15 @@ hand (no library does it); the framing and limits are DataPhase's.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import select
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
+from typing import NoReturn
 
 from pynetdicom.association import Association
 
@@ -30,12 +43,14 @@ from kit.dicom._fastnet import DataPhase, pdu_limit, store_command, store_reques
 from kit.dicom._outgoing import Outgoing
 from kit.errors import AssociationAbortedError, PeerTimeoutError
 
-__all__ = ["CHUNK", "ClientPhase", "store_all"]
+__all__ = ["CHUNK", "OVERSHOOT", "ClientPhase", "store_all"]
 
 #: Bytes asked of the socket per read (a larger PDU is read into its own buffer).
 CHUNK = 256 * 1024
 #: What :meth:`ClientPhase.send_pieces` gathers before one send.
 _SEND_BATCH = 4 * 1024 * 1024
+#: The fraction of the timeout by which a read may outlast a PDU's deadline (:meth:`ClientPhase._recv_by`).
+OVERSHOOT = 0.1
 _HEAD = struct.Struct(">BBI")
 _NO_TIMEOUT = struct.pack("@ll", 0, 0)
 
@@ -53,16 +68,21 @@ class ClientPhase(DataPhase):
         The peer's address, for error messages.
     keep_raw, spill_dir, max_dataset
         As for :class:`~kit.dicom._fastnet.DataPhase`.
+    pdu_timeout : float, optional
+        Seconds within which a PDU must arrive whole once its first bytes have (a peer
+        trickling it is sent A-ABORT, :class:`~kit.errors.PeerTimeoutError`); None: ``timeout``.
     """
 
     def __init__(self, assoc: Association, timeout: float | None, peer: str, *, keep_raw: bool = False,
-                 spill_dir: str | os.PathLike[str] | None = None, max_dataset: int | None = None) -> None:
+                 spill_dir: str | os.PathLike[str] | None = None, max_dataset: int | None = None,
+                 pdu_timeout: float | None = None) -> None:
         super().__init__(assoc, timeout, peer, keep_raw=keep_raw, spill_dir=spill_dir,
-                         max_dataset=max_dataset)
+                         max_dataset=max_dataset, pdu_timeout=timeout if pdu_timeout is None else pdu_timeout)
         self._kernel = False
         self._buf = bytearray(CHUNK)
         self._view = memoryview(self._buf)
         self._lo = self._hi = 0
+        self._readable: select.poll | None = None  # made on the first read a deadline bounds
 
     def __enter__(self) -> ClientPhase:
         super().__enter__()
@@ -125,13 +145,68 @@ class ClientPhase(DataPhase):
             raise AssociationAbortedError("the peer closed the connection", peer=self.peer)
         return n
 
+    def _recv_by(self, view: memoryview, deadline: float) -> int:
+        """One read into ``view`` (at least one byte) before ``deadline`` (a :func:`time.monotonic`
+        time; past it: A-ABORT, :class:`PeerTimeoutError`), and within the timeout as ever.
+
+        While nearly the whole timeout is left (all but :data:`OVERSHOOT` of it) this is the
+        plain blocking read, bounded by the timeout alone: it may end that much past the deadline.
+        """
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self._pdu_late()
+        timeout = self.timeout
+        if timeout is not None and left >= timeout * (1 - OVERSHOOT):  # a plain read: ends in time enough
+            return self._recv_some(view)
+        wait = left if timeout is None else min(left, timeout)
+        sock = self._sock
+        assert sock is not None
+        if not self._kernel:  # a Python timeout (TLS): set to what is left of the deadline
+            sock.settimeout(wait)
+            try:
+                return self._recv_some(view)
+            except PeerTimeoutError:
+                if time.monotonic() >= deadline:
+                    self._pdu_late()
+                raise
+            finally:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(timeout)
+        while True:  # blocking socket, timeout in the kernel: wait with poll, bounded by the deadline
+            try:
+                n = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if self._readable is None:
+                    self._readable = select.poll()
+                    self._readable.register(sock.fileno(), select.POLLIN)
+                if not self._readable.poll(max(1, math.ceil(wait * 1000))):
+                    if time.monotonic() >= deadline:
+                        self._pdu_late()
+                    raise PeerTimeoutError(f"no response within {timeout:g}s", peer=self.peer) from None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._pdu_late()
+                wait = left if timeout is None else min(left, timeout)
+                continue
+            except OSError as exc:
+                raise AssociationAbortedError(f"connection lost: {exc}", peer=self.peer) from exc
+            if n == 0:
+                raise AssociationAbortedError("the peer closed the connection", peer=self.peer)
+            return n
+
+    def _pdu_late(self) -> NoReturn:
+        """A PDU's deadline passed: A-ABORT, shut the connection down, raise."""
+        self._abort_transport(0x00)
+        raise PeerTimeoutError(f"a PDU did not arrive whole within {self.pdu_timeout:g}s", peer=self.peer)
+
     def _recv_into(self, view: memoryview, deadline: float | None = None) -> None:
+        """Fill ``view``, each read within the timeout and, given a ``deadline``, all before it."""
         got, want = 0, len(view)
         while got < want:
-            got += self._recv_some(view[got:])
+            got += self._recv_some(view[got:]) if deadline is None else self._recv_by(view[got:], deadline)
 
-    def _fill(self, need: int) -> None:
-        """At least ``need`` (<= CHUNK) bytes buffered."""
+    def _fill(self, need: int, deadline: float | None = None) -> None:
+        """At least ``need`` (<= CHUNK) bytes buffered (given a ``deadline``, before it)."""
         if self._hi - self._lo >= need:
             return
         if self._lo:
@@ -139,11 +214,33 @@ class ClientPhase(DataPhase):
             self._buf[:len(rest)] = rest
             self._lo, self._hi = 0, len(rest)
         while self._hi - self._lo < need:
-            self._hi += self._recv_some(self._view[self._hi:])
+            view = self._view[self._hi:]
+            self._hi += self._recv_some(view) if deadline is None else self._recv_by(view, deadline)
 
     def _recv_pdu(self) -> tuple[int, bytearray]:
+        """The next PDU, whole within :attr:`pdu_timeout` of its first bytes.
+
+        The deadline is set only when the PDU did not come whole with the read that
+        brought its first bytes (or with what was buffered): otherwise it costs a comparison.
+        """
+        deadline = None
+        have = self._hi - self._lo
+        if have < 6:
+            self._fill(have + 1)  # the idle wait: up to the timeout for the next bytes
+            if self._hi - self._lo < 6:  # a header in pieces: the rest within the deadline
+                deadline = self._pdu_deadline()
+                self._fill(6, deadline)
         kind, length = self._recv_header()
-        return kind, self._recv_body(length)
+        lo = self._lo
+        if self._hi - lo >= length:  # the body came with the header
+            self._lo = lo + length
+            return kind, bytearray(self._view[lo:lo + length])
+        if deadline is None:
+            deadline = self._pdu_deadline()
+        return kind, self._recv_body(length, deadline)
+
+    def _pdu_deadline(self) -> float | None:
+        return None if self.pdu_timeout is None else time.monotonic() + self.pdu_timeout
 
     def _recv_header(self) -> tuple[int, int]:
         """The next PDU's type and length (checked against the limit), its body not read yet."""
@@ -159,10 +256,10 @@ class ClientPhase(DataPhase):
         self._lo = lo + 6
         return kind, length
 
-    def _recv_body(self, length: int) -> bytearray:
-        """The body of the PDU whose header :meth:`_recv_header` read."""
+    def _recv_body(self, length: int, deadline: float | None = None) -> bytearray:
+        """The body of the PDU whose header :meth:`_recv_header` read (given a ``deadline``, before it)."""
         if length <= CHUNK:
-            self._fill(length)
+            self._fill(length, deadline)
             lo = self._lo
             body = bytearray(self._view[lo:lo + length])
             self._lo = lo + length
@@ -172,7 +269,7 @@ class ClientPhase(DataPhase):
         have = self._hi - lo
         body[:have] = self._view[lo:self._hi]
         self._lo = self._hi = 0
-        self._recv_into(memoryview(body)[have:])
+        self._recv_into(memoryview(body)[have:], deadline)
         return body
 
     # -- sending ---------------------------------------------------------------------
