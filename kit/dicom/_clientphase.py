@@ -158,20 +158,11 @@ class ClientPhase(DataPhase):
         timeout = self.timeout
         if timeout is not None and left >= timeout * (1 - OVERSHOOT):  # a plain read: ends in time enough
             return self._recv_some(view)
+        if not self._kernel:  # a Python timeout (TLS): set to what is left of the deadline
+            return self._recv_timed(view, deadline)
         wait = left if timeout is None else min(left, timeout)
         sock = self._sock
         assert sock is not None
-        if not self._kernel:  # a Python timeout (TLS): set to what is left of the deadline
-            sock.settimeout(wait)
-            try:
-                return self._recv_some(view)
-            except PeerTimeoutError:
-                if time.monotonic() >= deadline:
-                    self._pdu_late()
-                raise
-            finally:
-                with contextlib.suppress(OSError):
-                    sock.settimeout(timeout)
         while True:  # blocking socket, timeout in the kernel: wait with poll, bounded by the deadline
             try:
                 n = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
@@ -193,6 +184,24 @@ class ClientPhase(DataPhase):
             if n == 0:
                 raise AssociationAbortedError("the peer closed the connection", peer=self.peer)
             return n
+
+    def _recv_timed(self, view: memoryview, deadline: float) -> int:
+        """One read on a socket with a Python timeout (TLS), bounded by the deadline too."""
+        sock = self._sock
+        assert sock is not None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self._pdu_late()
+        sock.settimeout(left if self.timeout is None else min(left, self.timeout))
+        try:
+            return ClientPhase._recv_some(self, view)  # not a subclass's (it may call this one)
+        except PeerTimeoutError:
+            if time.monotonic() >= deadline:
+                self._pdu_late()
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(self.timeout)
 
     def _pdu_late(self) -> NoReturn:
         """A PDU's deadline passed: A-ABORT, shut the connection down, raise."""

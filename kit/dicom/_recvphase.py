@@ -25,13 +25,11 @@ set the timeout to the deadline's remainder, as DataPhase does. Written by hand
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import select
 import socket
 import time
-from typing import NoReturn
 
 from pynetdicom.association import Association
 
@@ -65,7 +63,7 @@ class ReceiverPhase(ClientPhase):
                  max_dataset: int | None = None) -> None:
         super().__init__(assoc, timeout, peer, keep_raw=True, spill_dir=spill_dir, max_dataset=max_dataset)
         self.pdu_timeout = pdu_timeout
-        self._pdu_seconds = pdu_timeout
+        self._pdu_seconds = pdu_timeout  # a float: pdu_timeout as the base class types it may be None
         self._deadline: float | None = None  # set while a PDU's body is read
         self._poller: select.poll | None = None
 
@@ -102,7 +100,7 @@ class ReceiverPhase(ClientPhase):
         """Wait until the socket is readable, at most min(the deadline's remainder, timeout)."""
         left = deadline - time.monotonic()
         if left <= 0:
-            self._late()
+            self._pdu_late()
         wait = left if self.timeout is None else min(left, self.timeout)
         if self._poller is None:
             assert self._sock is not None
@@ -111,28 +109,5 @@ class ReceiverPhase(ClientPhase):
         if self._poller.poll(max(1, math.ceil(wait * 1000))):
             return  # readable, closed or failed: the next read says which
         if time.monotonic() >= deadline:
-            self._late()
+            self._pdu_late()
         raise PeerTimeoutError(f"no response within {self.timeout:g}s", peer=self.peer)
-
-    def _recv_timed(self, view: memoryview, deadline: float) -> int:
-        """A body read on a socket with a Python timeout (TLS): bounded by the deadline too."""
-        sock = self._sock
-        assert sock is not None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            self._late()
-        sock.settimeout(left if self.timeout is None else min(left, self.timeout))
-        try:
-            return super()._recv_some(view)
-        except PeerTimeoutError:
-            if time.monotonic() >= deadline:
-                self._late()
-            raise
-        finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(self.timeout)
-
-    def _late(self) -> NoReturn:
-        self._abort_transport(0x00)
-        raise PeerTimeoutError(f"a PDU did not arrive whole within {self._pdu_seconds:g}s",
-                               peer=self.peer)
