@@ -788,12 +788,18 @@ class FhirClient:
                                                    "expression": [f"Bundle.entry[{n}].request"]}])
 
     def _raise_for_entries(self, result: dict[str, Any]) -> None:
+        entries = result.get("entry") or []
+        if not isinstance(entries, list):
+            raise FhirValidationError(f"the batch-response's entry is a {type(entries).__name__}, not a list",
+                                      source=self.base)
         issues: list[dict[str, Any]] = []
-        for n, e in enumerate(result.get("entry") or []):
-            status = str((e.get("response") or {}).get("status", ""))
+        for n, e in enumerate(entries):
+            response = e.get("response") if isinstance(e, dict) else None
+            response = response if isinstance(response, dict) else {}  # malformed: a failed entry
+            status = str(response.get("status", ""))
             if status[:1] in ("2", "3"):
                 continue
-            outcome = (e.get("response") or {}).get("outcome") or {}
+            outcome = response.get("outcome") or {}
             found = outcome_issues(outcome) or [{"severity": "error", "code": "exception",
                                                  "diagnostics": f"status {status or 'missing'}"}]
             issues.extend({**i, "expression": [f"Bundle.entry[{n}]"]} for i in found)
@@ -807,6 +813,8 @@ _NOT_JSON: Any = object()
 #: headers never sent to an origin the client does not trust (nor on a redirect to one)
 _CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization", "Cookie", "X-Api-Key", "Api-Key",
                        "Ocp-Apim-Subscription-Key", "X-Auth-Token")
+
+
 def _name_unresolved(exc: BaseException) -> bool:
     """Whether a connect error is a DNS failure (retrying does not fix it)."""
     cause: BaseException | None = exc

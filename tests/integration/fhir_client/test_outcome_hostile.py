@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from kit.cli import cli
-from kit.errors import FhirError, OperationOutcomeError
+from kit.errors import FhirError, KitError, OperationOutcomeError
 from kit.fhir import _paging
 from kit.fhir.client import NO_RETRY, FhirClient, RetryPolicy
 
@@ -232,3 +232,17 @@ def test_kit_fhir_create_skips_malformed_transaction_response_entries(tmp_path: 
         assert result.stdout.strip().splitlines()[-1] == "201 Created  Patient/1/_history/1"
     else:
         assert result.exit_code == 1 and result.stderr.startswith("kit: error: "), result.output
+
+
+@pytest.mark.parametrize("entries", [5, ["oops", {"response": "x"}]],
+                         ids=["entry-a-number", "entries-not-objects"])
+def test_a_malformed_batch_response_is_a_typed_error(entries: Any) -> None:
+    """``entry: 5`` made a TypeError of ``batch()`` (an "internal error" of ``kit fhir create
+    --batch``); entries that are not objects count as failed entries."""
+    def route(h: _Handler) -> None:
+        h.send_json({"resourceType": "Bundle", "type": "batch-response", "entry": entries})
+
+    post = {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}}
+    with hostile(route) as (base, _), FhirClient(base, retries=NO_RETRY, timeout=5) as client:
+        with pytest.raises(KitError, match="entry is a int|2 batch entries failed"):
+            client.batch([post, post])
