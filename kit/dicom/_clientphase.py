@@ -160,30 +160,40 @@ class ClientPhase(DataPhase):
             return self._recv_some(view)
         if not self._kernel:  # a Python timeout (TLS): set to what is left of the deadline
             return self._recv_timed(view, deadline)
-        wait = left if timeout is None else min(left, timeout)
+        return self._recv_polled(view, deadline)
+
+    def _recv_polled(self, view: memoryview, deadline: float) -> int:
+        """One read on a blocking socket with its timeout in the kernel, waiting in ``poll`` at most
+        until ``deadline`` (past it: A-ABORT, :class:`PeerTimeoutError`) and the timeout."""
         sock = self._sock
         assert sock is not None
-        while True:  # blocking socket, timeout in the kernel: wait with poll, bounded by the deadline
+        while True:
             try:
                 n = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
-                if self._readable is None:
-                    self._readable = select.poll()
-                    self._readable.register(sock.fileno(), select.POLLIN)
-                if not self._readable.poll(max(1, math.ceil(wait * 1000))):
-                    if time.monotonic() >= deadline:
-                        self._pdu_late()
-                    raise PeerTimeoutError(f"no response within {timeout:g}s", peer=self.peer) from None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._pdu_late()
-                wait = left if timeout is None else min(left, timeout)
+                self._wait_readable(deadline)
                 continue
             except OSError as exc:
                 raise AssociationAbortedError(f"connection lost: {exc}", peer=self.peer) from exc
             if n == 0:
                 raise AssociationAbortedError("the peer closed the connection", peer=self.peer)
             return n
+
+    def _wait_readable(self, deadline: float) -> None:
+        """Wait until the socket is readable, at most min(the deadline's remainder, timeout)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self._pdu_late()
+        wait = left if self.timeout is None else min(left, self.timeout)
+        if self._readable is None:
+            assert self._sock is not None
+            self._readable = select.poll()
+            self._readable.register(self._sock.fileno(), select.POLLIN)
+        if self._readable.poll(max(1, math.ceil(wait * 1000))):
+            return  # readable, closed or failed: the next read says which
+        if time.monotonic() >= deadline:
+            self._pdu_late()
+        raise PeerTimeoutError(f"no response within {self.timeout:g}s", peer=self.peer)
 
     def _recv_timed(self, view: memoryview, deadline: float) -> int:
         """One read on a socket with a Python timeout (TLS), bounded by the deadline too."""

@@ -25,16 +25,12 @@ set the timeout to the deadline's remainder, as DataPhase does. Written by hand
 
 from __future__ import annotations
 
-import math
 import os
-import select
-import socket
 import time
 
 from pynetdicom.association import Association
 
 from kit.dicom._clientphase import ClientPhase
-from kit.errors import AssociationAbortedError, PeerTimeoutError
 
 __all__ = ["ReceiverPhase"]
 
@@ -65,7 +61,6 @@ class ReceiverPhase(ClientPhase):
         self.pdu_timeout = pdu_timeout
         self._pdu_seconds = pdu_timeout  # a float: pdu_timeout as the base class types it may be None
         self._deadline: float | None = None  # set while a PDU's body is read
-        self._poller: select.poll | None = None
 
     def _recv_pdu(self) -> tuple[int, bytearray]:
         self._deadline = None
@@ -82,32 +77,4 @@ class ReceiverPhase(ClientPhase):
             return super()._recv_some(view)
         if not self._kernel:
             return self._recv_timed(view, deadline)
-        sock = self._sock
-        assert sock is not None
-        while True:
-            try:
-                n = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                self._wait_readable(deadline)
-                continue
-            except OSError as exc:
-                raise AssociationAbortedError(f"connection lost: {exc}", peer=self.peer) from exc
-            if n == 0:
-                raise AssociationAbortedError("the peer closed the connection", peer=self.peer)
-            return n
-
-    def _wait_readable(self, deadline: float) -> None:
-        """Wait until the socket is readable, at most min(the deadline's remainder, timeout)."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            self._pdu_late()
-        wait = left if self.timeout is None else min(left, self.timeout)
-        if self._poller is None:
-            assert self._sock is not None
-            self._poller = select.poll()
-            self._poller.register(self._sock.fileno(), select.POLLIN)
-        if self._poller.poll(max(1, math.ceil(wait * 1000))):
-            return  # readable, closed or failed: the next read says which
-        if time.monotonic() >= deadline:
-            self._pdu_late()
-        raise PeerTimeoutError(f"no response within {self.timeout:g}s", peer=self.peer)
+        return self._recv_polled(view, deadline)
