@@ -198,8 +198,12 @@ def _put(ds: Dataset, path: Sequence[str], raw: str | None, *, full: str) -> Non
         return
     if tag in ds and ds[tag].value not in (None, ""):
         raise DicomWebRequestError(f"{full[:64]} is given twice")
-    # wildcards and ranges are not values of the VR: no validation warnings
-    ds.add(DataElement(tag, vr, _value(vr, raw, full), validation_mode=config.IGNORE))
+    value = _value(vr, raw, full)
+    try:  # wildcards and ranges are not values of the VR: no validation warnings
+        element = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    except (ValueError, TypeError, OverflowError) as exc:  # what pydicom cannot hold: DS ':', IS 'x', AT 'q'
+        raise DicomWebRequestError(f"{full[:64]}: {raw[:40]!r} is not a value of VR {vr}") from exc
+    ds.add(element)
 
 
 def _keyword_level(keyword: str) -> QueryLevel | None:

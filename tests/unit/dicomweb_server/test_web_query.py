@@ -68,6 +68,15 @@ def test_any_parameters_give_a_query_or_a_400(params: list[tuple[str, str]], lev
     assert query.identifier.QueryRetrieveLevel == level.value
 
 
+@pytest.mark.parametrize("name", ["SliceThickness", "00180050", "InstanceNumber", "FrameIncrementPointer"])
+@pytest.mark.parametrize("value", [":", "x", "q\\r"])
+def test_a_value_its_vr_cannot_hold_is_a_400(name: str, value: str) -> None:
+    """DS ':' (found by the test above) was pydicom's ValueError: an internal error, not a 400."""
+    with pytest.raises(DicomWebRequestError, match="is not a value of VR") as caught:
+        parse_qido(QueryLevel.IMAGE, [(name, value)])
+    assert caught.value.status_code == 400
+
+
 def test_defaults_paths_includefield_and_warnings() -> None:
     q = parse_qido(QueryLevel.SERIES, [("includefield", "BodyPartExamined,00080080"), ("limit", "5"),
                                        ("offset", "2"), ("fuzzymatching", "true")], study_uid="1.2.3")
