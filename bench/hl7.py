@@ -475,7 +475,10 @@ def bench_mllp(n: int) -> list[str]:
       a round trip: the ratio compares what each client adds to it. A third side in the same
       turns, a bare socket (send, receive, nothing checked), gives the floor: the listener and
       the kernel, which neither client can avoid; each client's median minus it is what the
-      client adds. The listener's own CPU per message (its process, from /proc) is printed too;
+      client adds. kit's line is the sender as installed (its round trip in C, ``_leanc``, where
+      pip built it); a fourth side in the same turns is kit's lean path in Python, what a kit
+      installed without a C compiler does (printed, not a target). The listener's own CPU per
+      message (its process, from /proc) is printed too;
     - listener throughput: messages/s stored and acknowledged with one python-hl7 sender and with
       ``MLLP_SENDERS`` at once (group commit; connected before the clock starts, ``n / 2``
       messages a round for one sender, ``MLLP_MANY_FACTOR`` times that between the many, so that
@@ -483,18 +486,22 @@ def bench_mllp(n: int) -> list[str]:
       goes first alternates); the ratio is the median of the pairs' ratios (a pair shares the
       machine's and the disk's mood of the moment), each side's median and best beside it.
     """
+    import itertools
     import socket
     import statistics
     import threading
 
     import hl7.client
 
+    from kit.hl7 import sender as sender_module
     from kit.hl7.mllp import MLLPSender
 
+    built = sender_module._leanc  # the round trip in C (kit/hl7/_leanc.c), where pip built it
     kit_times: list[float] = []
     p_times: list[float] = []
     bare_times: list[float] = []
-    kit_cpu = p_cpu = 0.0  # the client's own CPU time (this thread), system calls included
+    py_times: list[float] = []  # kit's lean round trip in Python (where no C compiler was found)
+    kit_cpu = p_cpu = py_cpu = 0.0  # the client's own CPU time (this thread), system calls included
     listener_cpu: float | None = None
     one_rates: list[float] = []
     many_rates: list[float] = []
@@ -502,23 +509,41 @@ def bench_mllp(n: int) -> list[str]:
         proc, port = _mllp_listener(Path(tmp) / "bench.db")
         try:
             with MLLPSender("127.0.0.1", port) as sender, \
+                    MLLPSender("127.0.0.1", port) as in_python, \
                     hl7.client.MLLPClient("127.0.0.1", port) as client, \
                     socket.create_connection(("127.0.0.1", port)) as bare:
-                # warm up both sides alike (imports, caches, the store's first pages)
+
+                def python_lean(text: str) -> None:
+                    sender_module._leanc = None  # type: ignore[assignment]
+                    try:
+                        in_python.send(text)
+                    finally:
+                        sender_module._leanc = built
+
+                # warm up all sides alike (imports, caches, the store's first pages)
                 warm = zip(_mllp_messages("W", 300), _mllp_messages("V", 300), _mllp_messages("U", 300),
-                           strict=True)
-                for i, (mine, theirs, floor) in enumerate(warm):
+                           _mllp_messages("Y", 300), strict=True)
+                for i, (mine, theirs, floor, lean) in enumerate(warm):
                     sender.send(mine)
                     _python_hl7_acked(client, theirs, f"V{i:09d}")
                     _bare(bare, floor)
+                    if built is not None:
+                        python_lean(lean)
                 kit_msgs, p_msgs = _mllp_messages("K", n), _mllp_messages("P", n)
-                bare_msgs = _mllp_messages("B", n)
+                bare_msgs, py_msgs = _mllp_messages("B", n), _mllp_messages("Y", n)
                 clock, cpu = time.perf_counter, time.thread_time
-                orders = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (1, 0, 2), (0, 2, 1), (2, 1, 0))
+                orders = list(itertools.permutations(range(3 if built is None else 4)))
                 before = _listener_cpu(proc.pid)
                 for i in range(n):
                     for side in orders[i % len(orders)]:
-                        if side == 0:
+                        if side == 3:
+                            sender_module._leanc = None  # type: ignore[assignment]
+                            start, used = clock(), cpu()
+                            in_python.send(py_msgs[i])
+                            py_times.append(clock() - start)
+                            py_cpu += cpu() - used
+                            sender_module._leanc = built
+                        elif side == 0:
                             start, used = clock(), cpu()
                             sender.send(kit_msgs[i])
                             kit_times.append(clock() - start)
@@ -534,7 +559,7 @@ def bench_mllp(n: int) -> list[str]:
                             bare_times.append(clock() - start)
                 after = _listener_cpu(proc.pid)
                 if before is not None and after is not None:
-                    listener_cpu = (after - before) / (3 * n)
+                    listener_cpu = (after - before) / (len(orders[0]) * n)
 
             def senders(count: int, prefix: str, total: int) -> float:
                 """``count`` python-hl7 clients, connected before the clock starts, send ``total``
@@ -579,8 +604,11 @@ def bench_mllp(n: int) -> list[str]:
     print("MLLP, one kit listener (kit hl7 listen, SQLite synchronous=FULL, AA after commit)")
     print(f"round trips, {n:,} each, in turns:   median         mean   (round trips/s)   client CPU"
           "   median round trip, over the bare socket")
-    for label, rate, times, used in (("kit MLLPSender", kit_rate, kit_times, kit_cpu),
-                                     ("python-hl7 MLLPClient", p_rate, p_times, p_cpu)):
+    sides = [("kit MLLPSender" + (" (C)" if built is not None else ""), kit_rate, kit_times, kit_cpu),
+             ("python-hl7 MLLPClient", p_rate, p_times, p_cpu)]
+    if py_times:
+        sides.append(("kit, lean path in Python", 1 / statistics.median(py_times), py_times, py_cpu))
+    for label, rate, times, used in sides:
         print(f"  {label:<26} {rate:>10,.0f} {len(times) / sum(times):>12,.0f}"
               f"   {used / len(times) * 1e6:>18.1f} us/msg   {1e6 / rate:>8.1f} us,"
               f" +{1e6 / rate - floor * 1e6:.1f} us")
@@ -588,6 +616,11 @@ def bench_mllp(n: int) -> list[str]:
           f"   {'':>18}          {floor * 1e6:>8.1f} us: the listener and the kernel, in both round trips")
     if listener_cpu is not None:
         print(f"  listener process CPU per message: {listener_cpu * 1e6:.1f} us (the same for every side)")
+    if py_times:
+        print(f"  kit's lean path in Python (no C compiler at install)/python-hl7:"
+              f" {1 / statistics.median(py_times) / p_rate:.2f} (information, not a target)")
+    elif built is None:
+        print("  kit.hl7._leanc is not built: kit's line is its lean path in Python")
     pairs = [many / one for many, one in zip(many_rates, one_rates, strict=True)]
     print(f"listener throughput, {MLLP_ROUNDS} pairs of rounds of {per_round:,} messages (1 sender) and"
           f" {per_many:,} ({MLLP_SENDERS} senders), about as long (msgs/s):")

@@ -12,6 +12,7 @@ from kit.examples.hl7 import feed
 from kit.hl7.framing import MLLPDecoder, frame
 from kit.hl7.message import parse_message
 from kit.hl7.mllp import MLLPListener
+from tests.conftest import IN_CI
 
 FEED = list(feed())
 
@@ -22,6 +23,22 @@ def numbered(i: int, prefix: str = "T") -> str:
     fields = head.split("|")
     fields[9] = f"{prefix}{i:06d}"
     return "|".join(fields) + "\r" + rest
+
+
+@pytest.fixture(params=["c", "python"])
+def lean_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The sender's lean round trip in C (``kit/hl7/_leanc.c``, built by pip install) and, where
+    the C one is not built, in Python: each test using this runs on both."""
+    from kit.hl7 import sender
+
+    if request.param == "python":
+        monkeypatch.setattr(sender, "_leanc", None)
+    elif sender._leanc is None:
+        message = "kit.hl7._leanc is not built (no C compiler at install time)"
+        if IN_CI:
+            pytest.fail(message + " and CI=true: .ci/run must build it")
+        pytest.skip(message)
+    return str(request.param)
 
 
 @pytest.fixture

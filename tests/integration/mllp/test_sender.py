@@ -19,6 +19,8 @@ from kit.hl7.typed import AckCode
 from tests.conftest import free_port
 from tests.integration.mllp.conftest import numbered
 
+pytestmark = pytest.mark.usefixtures("lean_path")  # C and Python lean paths
+
 FAST = RetryPolicy(max_attempts=2, backoff=0.01)
 
 

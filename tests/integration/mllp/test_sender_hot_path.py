@@ -18,7 +18,7 @@ from kit.hl7.typed import AckCode
 from tests.integration.mllp.conftest import numbered
 from tests.integration.mllp.test_sender import _read_message, peer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("lean_path")]  # C and Python lean paths
 
 ONCE = RetryPolicy(max_attempts=1)
 SURROGATE = "MSH|^~\\&|ADT|H|KIT|R|20260301||ADT^A01|SURR1|P|2.5.1\rPID|1||M1||DOE\ud800\r"

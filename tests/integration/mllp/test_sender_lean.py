@@ -17,7 +17,7 @@ from kit.hl7.typed import Ack, AckCode
 from tests.integration.mllp.conftest import numbered
 from tests.integration.mllp.test_sender import _read_message, peer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("lean_path")]  # C and Python lean paths
 
 ONCE = RetryPolicy(max_attempts=1)
 

@@ -24,7 +24,7 @@ from kit.hl7.message import parse_message
 from kit.hl7.mllp import MLLPSender, RetryPolicy
 from kit.hl7.typed import Ack, AckCode
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("lean_path")]  # C and Python lean paths
 
 WHEN = dt.datetime(2026, 11, 29, 21, 0, tzinfo=dt.UTC)
 

@@ -24,7 +24,7 @@ from kit.hl7.typed import Ack, AckCode
 from tests.conftest import syn_dropping_port
 from tests.integration.mllp.conftest import numbered
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("lean_path")]  # C and Python lean paths
 
 ONCE = RetryPolicy(max_attempts=1)
 WHEN = dt.datetime(2026, 11, 30, 1, 2, 3, tzinfo=dt.UTC)
