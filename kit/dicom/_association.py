@@ -14,6 +14,8 @@ ends within :data:`KILL_GRACE_SECONDS` + :data:`KILL_JOIN_SECONDS` (it shuts the
 down under a network thread stuck in a read); and an A-ASSOCIATE-AC whose Maximum Length
 is below :data:`MIN_PEER_MAX_PDU` is aborted (pynetdicom raised ``ZeroDivisionError`` or
 ``ValueError`` framing for 1 to 6 bytes, and C-STORE of a few MiB in 1-byte PDUs took GBs).
+On a C-FIND association the reader also bounds the message being assembled and how many wait
+(``bound``: :class:`kit.dicom._cfind.IdentifierBound`); a C-GET's association has no such bound.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, evt
 from pynetdicom._handlers import (
@@ -49,6 +51,9 @@ from kit.errors import (
     PeerUnreachableError,
     TLSError,
 )
+
+if TYPE_CHECKING:
+    from kit.dicom._guard import MessageBound
 
 __all__ = ["DUL_POLL_SECONDS", "KILL_GRACE_SECONDS", "KILL_JOIN_SECONDS", "KILL_POLL_SECONDS",
            "MIN_PEER_MAX_PDU", "AssociationClient", "drop_sends_after_abort", "fast_request",
@@ -298,7 +303,11 @@ class AssociationClient:
 
     @contextlib.contextmanager
     def _associate(self, contexts: Sequence[Any], *, roles: Sequence[Any] = (),
-                   handlers: Sequence[tuple[Any, Any]] = ()) -> Iterator[Association]:
+                   handlers: Sequence[tuple[Any, Any]] = (),
+                   bound: MessageBound | None = None) -> Iterator[Association]:
+        """An association with the peer, released (or aborted) on leaving; ``bound`` (one per
+        association), if given, bounds the command and data sets its PDU reader assembles
+        (:func:`kit.dicom._guard.read_bounded_pdu`): a C-FIND's, never a C-GET's."""
         ae = self._ae()
         opened = threading.Event()
         aborted = threading.Event()
@@ -310,7 +319,7 @@ class AssociationClient:
             dul = event.assoc.dul
             # PDUs bounded by our Maximum Length once their header is in, and whole within the timeout
             dul._read_pdu_data = functools.partial(  # type: ignore[method-assign]
-                read_bounded_pdu, dul, self.max_pdu, self.timeout, None)
+                read_bounded_pdu, dul, self.max_pdu, self.timeout, bound)
             nodelay(event)
             unbind_log_handlers(event.assoc)
             drop_sends_after_abort(event.assoc.dul)  # first: innermost (fast_request's wrapper goes)

@@ -12,6 +12,8 @@ nothing listens, host name unknown     :class:`~kit.errors.PeerUnreachableError`
 no answer within ``timeout``           :class:`~kit.errors.PeerTimeoutError`
 A-ASSOCIATE-RJ (e.g. wrong AE title)   :class:`~kit.errors.AssociationRejectedError`
 A-ABORT / connection lost mid-request  :class:`~kit.errors.AssociationAbortedError`
+C-FIND response over the bound         :class:`~kit.errors.AssociationAbortedError`
+C-FIND matches over the total bound    :class:`~kit.errors.DicomError` (C-CANCEL)
 failure or warning DIMSE status        :class:`~kit.errors.DimseStatusError`
 partial C-GET / C-MOVE                 :class:`RetrieveError` (a DimseStatusError
                                        with the sub-operation counts and the frame
@@ -81,10 +83,9 @@ from kit.dicom._association import AssociationClient
 from kit.dicom._association import nodelay as _nodelay
 from kit.dicom._audit import pacs as _audited
 from kit.dicom._cancel import RetrieveCancel, cancel_move
-from kit.dicom._cfind import collect_find
-from kit.dicom._cfind import is_pending as _is_pending
+from kit.dicom._cfind import MAX_FIND_BYTES, MAX_IDENTIFIER_BYTES, IdentifierBound, check_bytes, collect_find
+from kit.dicom._cfind import final_status as _final
 from kit.dicom._cfind import status_int as _status_int
-from kit.dicom._cfind import timed as _timed
 from kit.dicom._clientphase import ClientPhase, store_all
 from kit.dicom._contexts import storage_contexts
 from kit.dicom._fastnet import FileReceiver, hold_dul, share_context_uids
@@ -168,18 +169,6 @@ class RetrieveCancelledError(RetrieveError):
                    received=received)
 
 
-def _final(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | None, float]:
-    """The last (non-pending) status of a C-GET/C-MOVE and the seconds waited for it."""
-    last: Dataset | None = None
-    waited = 0.0
-    for waited, (status, _ident) in _timed(responses):  # noqa: B007 - waited is used after the loop
-        last = status
-        code = _status_int(status)
-        if code is None or not _is_pending(code):
-            break
-    return last, waited
-
-
 @functools.cache
 def _default_storage_contexts() -> tuple[PresentationContext, ...]:
     """The default C-GET storage contexts, built once and cheap to copy: building 120
@@ -239,6 +228,13 @@ class PacsClient(AssociationClient):
     max_pdu : int
         Largest PDU we accept, in bytes (0 = unlimited). Large PDUs mean fewer
         round trips.
+    max_identifier_bytes : int
+        Largest data set of one C-FIND (or worklist) response, in bytes (default 16 MiB; a real
+        one is a few KB): a PACS sending more gets A-ABORT as it does, raising
+        :class:`~kit.errors.AssociationAbortedError`. Not applied to C-GET's instances.
+    max_find_bytes : int
+        Largest total of the data sets of one C-FIND's matches, in bytes (default 512 MiB): past
+        it, C-CANCEL and :class:`~kit.errors.DicomError` (narrow the query or raise this).
 
     Examples
     --------
@@ -249,7 +245,8 @@ class PacsClient(AssociationClient):
 
     def __init__(self, host: str, port: int, *, called_aet: str, aet: str = "KITSCU",
                  timeout: float = 30.0, tls: ssl.SSLContext | None = None,
-                 max_pdu: int = 4 * 1024 * 1024) -> None:
+                 max_pdu: int = 4 * 1024 * 1024, max_identifier_bytes: int = MAX_IDENTIFIER_BYTES,
+                 max_find_bytes: int = MAX_FIND_BYTES) -> None:
         if not host:
             raise InvalidInputError("host must not be empty")
         if not 0 < int(port) < 65536:
@@ -264,6 +261,8 @@ class PacsClient(AssociationClient):
         self.timeout = float(timeout)
         self.tls = tls
         self.max_pdu = int(max_pdu)
+        self.max_identifier_bytes = check_bytes("max_identifier_bytes", max_identifier_bytes)
+        self.max_find_bytes = check_bytes("max_find_bytes", max_find_bytes)
 
     @classmethod
     def from_settings(cls, settings: Settings | PacsSettings) -> PacsClient:
@@ -312,9 +311,10 @@ class PacsClient(AssociationClient):
               limit: int | None = None) -> list[Dataset]:
         if check_limit(limit) == 0:
             return []
-        with self._associate([build_context(sop_class)]) as assoc:
+        bound = IdentifierBound(self.max_identifier_bytes)  # read as the PDUs arrive (kit.dicom._cfind)
+        with self._associate([build_context(sop_class)], bound=bound) as assoc:
             return collect_find(assoc, identifier, sop_class, what, limit=limit, peer=self.address,
-                                lost=self._lost)
+                                lost=self._lost, bound=bound, max_bytes=self.max_find_bytes)
 
     @_audited("pacs.find")
     def find(self, level: QueryLevel | str = "STUDY", *,
