@@ -13,6 +13,14 @@ Errors: an HTTP error answer -> :class:`~kit.errors.DicomWebError` (with
 ``status_code``), refused connection -> :class:`~kit.errors.PeerUnreachableError`,
 no answer in time -> :class:`~kit.errors.PeerTimeoutError`.
 
+Every answer's body is bounded as it arrives, never after it is in memory: an answer read whole
+(QIDO-RS, STOW-RS) to ``max_response_bytes`` after decompression (default 256 MiB, as the FHIR
+client's), each part of a streamed WADO-RS answer (one instance) to ``max_part_bytes`` (default
+2 GiB), and each to ``total_timeout`` (default 10 times ``timeout``) from the request (a WADO-RS
+part: from the previous part) to its last byte. Past a bound the connection is closed and
+:class:`ResponseTooLargeError` (a :class:`~kit.errors.DicomWebError`) or
+:class:`~kit.errors.PeerTimeoutError` raised; a part cut there is not written.
+
 Every WADO-RS part is checked before it is written, as a C-GET's instances are: its bytes parse
 whole (:func:`kit.dicom.received.check_received`: no element cut short, pixel data of its full
 length, the file meta's SOP Instance UID the data set's) and it is of the study (series) asked
@@ -34,24 +42,28 @@ Wildcards go in the query as they are: ``PatientName=Moreau*``, not
 literally in a query, and Orthanc's DICOMweb plugin then matches nothing).
 
 Written by hand: the filter/field mapping onto QIDO parameters, the patient
-level, the frames, the literal wildcards and error conversion; HTTP, multipart and DICOM JSON are
-dicomweb-client's and pydicom's.
+level, the frames, the literal wildcards, the body bounds and error conversion; HTTP, multipart
+and DICOM JSON are dicomweb-client's and pydicom's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import polars as pl
 import requests
+import urllib3
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
@@ -82,7 +94,8 @@ from kit.errors import (
     StoreError,
 )
 
-__all__ = ["DicomWebClient"]
+__all__ = ["DEFAULT_MAX_PART_BYTES", "DEFAULT_MAX_RESPONSE_BYTES", "TOTAL_TIMEOUT_FACTOR",
+           "DicomWebClient", "ResponseTooLargeError"]
 
 T = TypeVar("T")
 
@@ -90,15 +103,120 @@ T = TypeVar("T")
 QIDO_PAGE = 1000
 #: Instances sent per STOW-RS request.
 STOW_BATCH = 50
+#: Default ``max_response_bytes``: the largest answer body (decompressed) read into memory whole.
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+#: Default ``max_part_bytes``: the largest part (one instance, decompressed) of a streamed WADO-RS answer.
+DEFAULT_MAX_PART_BYTES = 2 * 1024 * 1024 * 1024
+#: Default ``total_timeout`` as a multiple of ``timeout``.
+TOTAL_TIMEOUT_FACTOR = 10
+
+
+class ResponseTooLargeError(DicomWebError):
+    """An answer body, or one part of a streamed WADO-RS answer, decompressed, is larger than the
+    client's ``max_response_bytes`` (``max_part_bytes``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Bounds:
+    max_response_bytes: int
+    max_part_bytes: int
+    total_timeout: float
+    peer: str
+
+
+class _BoundedBody:
+    """An answer's body as ``requests`` reads it (``Response.raw``, in place of the urllib3
+    response): decompressed bytes counted and the deadline checked as each read returns; past
+    either, the connection is closed and :class:`ResponseTooLargeError` or
+    :class:`~kit.errors.PeerTimeoutError` raised. ``part`` bounds count from :meth:`restart`.
+
+    It has no ``stream()``, so ``Response.iter_content`` (and ``.content``) read it by
+    ``read(chunk_size)`` until ``b""`` (requests' path for a ``raw`` that is a plain file). Each
+    read is urllib3's ``read1``: at most one ``recv`` (``read``/``stream`` wait until the whole
+    chunk came, so a body trickled a byte at a time would never reach a check) and at most
+    ``amt`` decompressed bytes (a gzip bomb is inflated a read at a time). An older urllib3
+    without ``read1`` is read with ``read``: bounded in size all the same, in time only per read.
+    """
+
+    def __init__(self, raw: Any, bounds: _Bounds, where: str, *, part: bool, start: float) -> None:
+        self._raw = raw
+        self._bounds = bounds
+        self._where = where
+        self._part = part
+        self._limit = bounds.max_part_bytes if part else bounds.max_response_bytes
+        self.size = 0
+        self.deadline = start + bounds.total_timeout
+
+    def restart(self) -> None:
+        """The part read so far was taken: count the next one's bytes and time from now."""
+        self.size = 0
+        self.deadline = time.monotonic() + self._bounds.total_timeout
+
+    def read(self, amt: int | None = None, **_: Any) -> bytes:
+        """At most ``amt`` (else 1 MiB) decompressed bytes, ``b""`` at the end; always decompressed
+        (requests asks for raw bytes only to drain an answer it could not decode)."""
+        amt = amt if amt is not None and amt > 0 else 1 << 20  # never the whole body at once
+        read = getattr(self._raw, "read1", None) or self._raw.read  # read1: urllib3 >= 2.3
+        try:
+            data = read(amt, decode_content=True) or b""
+        except urllib3.exceptions.ReadTimeoutError as exc:  # iter_content's own: a ConnectionError
+            raise requests.ReadTimeout(exc) from exc
+        except urllib3.exceptions.DecodeError as exc:
+            raise requests.exceptions.ContentDecodingError(exc) from exc
+        except urllib3.exceptions.SSLError as exc:
+            raise requests.exceptions.SSLError(exc) from exc
+        except urllib3.exceptions.ProtocolError as exc:  # cut short, reset: as iter_content has it
+            raise requests.exceptions.ChunkedEncodingError(exc) from exc
+        if data:
+            self.size += len(data)
+            what = f"a part of the answer to {self._where}" if self._part else f"the answer to {self._where}"
+            if self.size > self._limit:
+                self.close()
+                name = "max_part_bytes" if self._part else "max_response_bytes"
+                raise ResponseTooLargeError(f"{what} is larger than {name}={self._limit} (decompressed); "
+                                            "stopped reading", status_code=self._raw.status,
+                                            peer=self._bounds.peer)
+            if time.monotonic() > self.deadline:
+                self.close()
+                raise PeerTimeoutError(f"{what} was not complete within total_timeout="
+                                       f"{self._bounds.total_timeout:g} s ({self.size} bytes came)",
+                                       peer=self._bounds.peer)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()  # closes the connection too: a body left unread is never reused
+
+    def release_conn(self) -> None:
+        self._raw.release_conn()  # back to the pool: requests calls it once the body was read
+
+    @property
+    def _original_response(self) -> Any:
+        # Not public: requests' cookie handling (extract_cookies_to_jar) reads it off ``raw``.
+        return getattr(self._raw, "_original_response", None)
 
 
 class _LiteralWildcards(requests.Session):
-    """A session that sends the QIDO-RS wildcard ``*`` literally in query strings, and keeps the
-    streamed answers opened inside :meth:`streaming` (on this thread) to close them there."""
+    """A session that sends the QIDO-RS wildcard ``*`` literally in query strings, bounds every
+    answer's body (:class:`_BoundedBody`, set up by a response hook, before requests or
+    dicomweb-client read a byte of it, redirects included), and keeps the streamed answers opened
+    inside :meth:`streaming` (on this thread) to close them there."""
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: _Bounds) -> None:
         super().__init__()
         self._streams = threading.local()
+        self.bounds = bounds
+        self.hooks["response"].append(self._bound)
+
+    def _bound(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.raw is not None and not isinstance(response.raw, _BoundedBody):
+            request = response.request
+            where = f"{request.method} {urlsplit(request.url or '').path}"
+            # from the request; for a request with a body (STOW-RS) from its answer, the upload's
+            # time being the size of what the caller sends
+            start = time.monotonic() - (response.elapsed.total_seconds() if request.body is None else 0.0)
+            response.raw = _BoundedBody(response.raw, self.bounds, where, part=bool(kwargs.get("stream")),
+                                        start=start)
+        return response
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
         response = super().send(request, **kwargs)
@@ -108,13 +226,21 @@ class _LiteralWildcards(requests.Session):
         return response
 
     @contextlib.contextmanager
-    def streaming(self) -> Iterator[None]:
+    def streaming(self) -> Iterator[Callable[[], None]]:
         """Close every streamed answer this thread opens in the block when it ends, read to the end
-        or not (dicomweb-client closes one only when its generator is finalized)."""
+        or not (dicomweb-client closes one only when its generator is finalized). Yields
+        ``next_part()``: call it once a part is taken, so that the next part's bytes and time count
+        from then (``max_part_bytes``, ``total_timeout``)."""
         opened: list[requests.Response] = []
         self._streams.opened = opened
+
+        def next_part() -> None:
+            for response in opened:
+                if isinstance(response.raw, _BoundedBody):
+                    response.raw.restart()
+
         try:
-            yield
+            yield next_part
         finally:
             self._streams.opened = None
             for response in opened:
@@ -142,18 +268,54 @@ class DicomWebClient:
         Bearer token (instead of Basic).
     timeout : float
         Seconds for connecting and for each read.
+    max_response_bytes : int
+        The largest answer body read into memory whole (QIDO-RS JSON, a STOW-RS response, an
+        error's body), counted after decompression as it arrives (default
+        ``DEFAULT_MAX_RESPONSE_BYTES``, 256 MiB, as the FHIR client's: some hundred thousand
+        QIDO-RS matches, far more than a page of ``QIDO_PAGE``; a gzip bomb of a few MB on the
+        wire is stopped there). A larger body raises :class:`ResponseTooLargeError`.
+    max_part_bytes : int
+        The largest part of a WADO-RS answer, which is streamed part by part, one instance a
+        part, counted after decompression (default ``DEFAULT_MAX_PART_BYTES``, 2 GiB: an
+        enhanced multi-frame or a tomosynthesis instance can be 1 GB; raise it for whole-slide
+        images). A study has no bound of its size, only each part (the parts of an endless
+        answer are whole instances, written as they come: stop them with ``cancel`` or
+        ``on_instance``). A part is held in memory a few times over while it is decoded and
+        checked. A larger part raises :class:`ResponseTooLargeError` and is not written.
+    total_timeout : float, optional
+        Seconds from sending a request to the last byte of its answer's body (default
+        ``TOTAL_TIMEOUT_FACTOR`` times ``timeout``: 300 s with the default ``timeout``).
+        ``timeout`` bounds each wait for the network; this bounds a body that keeps coming too
+        slowly (checked as each read returns, so it is overrun by at most ``timeout``), and
+        raises :class:`~kit.errors.PeerTimeoutError`. For a STOW-RS it counts from the answer
+        (the upload takes what the batch's size takes). For a WADO-RS retrieve it bounds each
+        part, from the request (the first) or the previous part: a study's retrieve may rightly
+        take hours, one instance should not (at the default, a part of 1 GB needs about 3.5 MB/s;
+        raise it for large instances over a slow link).
+
+    Raises
+    ------
+    InvalidInputError
+        ``base`` is not an http(s) URL, or ``timeout``, ``total_timeout``,
+        ``max_response_bytes`` or ``max_part_bytes`` is not positive (a bool is not a number here).
     """
 
     def __init__(self, base: str, *, username: str | None = None,
                  password: Secret | str | None = None, token: Secret | str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+                 max_part_bytes: int = DEFAULT_MAX_PART_BYTES, total_timeout: float | None = None) -> None:
         if not base.startswith(("http://", "https://")):
             raise InvalidInputError(f"DICOMweb base {base!r} must be an http(s) URL")
-        if timeout <= 0:
-            raise InvalidInputError("timeout must be positive")
+        timeout = _positive("timeout", timeout, float)
+        total_timeout = _positive("total_timeout", TOTAL_TIMEOUT_FACTOR * timeout if total_timeout is None
+                                  else total_timeout, float)
+        self.max_response_bytes = int(_positive("max_response_bytes", max_response_bytes, int))
+        self.max_part_bytes = int(_positive("max_part_bytes", max_part_bytes, int))
         self.base = base.rstrip("/")
         self.timeout = float(timeout)
-        session = self._session = _LiteralWildcards()
+        self.total_timeout = float(total_timeout)
+        session = self._session = _LiteralWildcards(_Bounds(self.max_response_bytes, self.max_part_bytes,
+                                                            self.total_timeout, self.base))
         if token is not None:
             value = token.reveal() if isinstance(token, Secret) else token
             session.headers["Authorization"] = f"Bearer {value}"
@@ -224,6 +386,14 @@ class DicomWebClient:
         Returns
         -------
         polars.DataFrame
+
+        Raises
+        ------
+        ResponseTooLargeError
+            An answer, decompressed, is larger than ``max_response_bytes``.
+        kit.errors.PeerTimeoutError
+            No answer within ``timeout``, or an answer not complete within ``total_timeout``.
+        kit.errors.DicomWebError, kit.errors.PeerUnreachableError
         """
         level = QueryLevel.of(level)
         keys = list(DEFAULT_RETURN_KEYS[level] if return_keys is None else return_keys)
@@ -312,6 +482,12 @@ class DicomWebClient:
             is read when some parts were refused (not of the study or series asked for, cut
             short, not the instance their file meta names): those were not written, the
             others were.
+        ResponseTooLargeError
+            A part, decompressed, is larger than ``max_part_bytes``: it is not written (the
+            parts before it were).
+        kit.errors.PeerTimeoutError
+            No answer within ``timeout``, or a part not complete within ``total_timeout`` of the
+            request (the first) or of the previous part; it is not written either.
         StoreError
             An instance cannot be written under ``dest``.
         """
@@ -332,7 +508,7 @@ class DicomWebClient:
 
         with stop.raising(cancelled):
             stop.requested()  # already set: the server is not asked
-        with stop.raising(cancelled), self._session.streaming():
+        with stop.raising(cancelled), self._session.streaming() as next_part:
             if series_uid:
                 answer = self._call("WADO-RS", lambda: self._client.iter_series(study_uid, series_uid))
             else:
@@ -348,9 +524,10 @@ class DicomWebClient:
                                      f"{exc.strerror or exc}") from exc
                 if isinstance(row, str):  # not written: not what was asked, or not whole
                     refused.append(row)
-                    continue
-                rows.append(row)
-                stop.tick()
+                else:
+                    rows.append(row)
+                    stop.tick()
+                next_part()  # the next part's max_part_bytes and total_timeout count from here
         if refused:
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
             raise DicomWebError(f"WADO-RS: {len(refused)} instance(s) of the answer refused, not written "
@@ -414,6 +591,15 @@ class DicomWebClient:
                                 f"first {bad['sop_instance_uid'][0]} (reason 0x{bad['status'][0]:04X})",
                                 peer=self.base)
         return frame
+
+
+def _positive(name: str, value: Any, kind: type) -> float:
+    """``value`` if it is a positive ``kind`` (an int is a float here, a bool neither), else
+    :class:`~kit.errors.InvalidInputError`."""
+    numbers = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numbers) or not value > 0:
+        raise InvalidInputError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+    return float(value) if kind is float else value
 
 
 def _refusal(exc: DicomWebError) -> Dataset | None:
