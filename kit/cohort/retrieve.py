@@ -196,6 +196,16 @@ class Attempt:
                 raise error
 
 
+def _error_type(exc: BaseException) -> str:
+    """The name of the nearest class of ``exc`` that :mod:`kit.errors` defines (what
+    :meth:`Attempt.raise_error` rebuilds: a client's own subclass, such as the DICOMweb client's
+    ``ResponseTooLargeError``, comes back as its ``DicomWebError``, not as a bare KitError)."""
+    for klass in type(exc).__mro__:
+        if getattr(errors, klass.__name__, None) is klass:
+            return klass.__name__
+    return type(exc).__name__
+
+
 def attempt(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Attempt:
     """Run ``call(*args, **kwargs)``; its :class:`Attempt` (never raises an Exception).
 
@@ -207,9 +217,9 @@ def attempt(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Attempt:
     except Stopped as exc:
         return Attempt(stopped=str(exc) or "stopped")
     except StoreError as exc:
-        return Attempt(store_error=str(exc), error_type=type(exc).__name__)
+        return Attempt(store_error=str(exc), error_type=_error_type(exc))
     except KitError as exc:
-        return Attempt(failure=classify(exc), error_type=type(exc).__name__, message=str(exc))
+        return Attempt(failure=classify(exc), error_type=_error_type(exc), message=str(exc))
     except Exception as exc:  # noqa: BLE001 - one study's surprise fails that study, not the job
         log.exception("cohort: %s failed unexpectedly", getattr(call, "__name__", call))
         return Attempt(failure=classify(exc), internal=True, message=str(exc))

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from kit.cohort.limiter import Stopped, TokenBucket
 from kit.cohort.retrieve import Attempt, attempt
-from kit.errors import DicomError, DimseStatusError, KitError, PeerUnreachableError, StoreError
+from kit.dicom.web import ResponseTooLargeError
+from kit.errors import DicomError, DicomWebError, DimseStatusError, KitError, PeerUnreachableError, StoreError
 
 
 @settings(max_examples=150, deadline=None)
@@ -63,6 +64,7 @@ def test_an_attempt_is_plain_data_and_raises_its_error_again() -> None:
         (PeerUnreachableError("cannot connect", peer="dicom://X@h:1"), PeerUnreachableError, True),
         (DimseStatusError("C-GET failed", status=0xA702), DicomError, True),  # needs status: its parent
         (ValueError("a surprise"), KitError, False),
+        (ResponseTooLargeError("the answer is larger", status_code=200), DicomWebError, False),  # web.py's
     ]
     for exc, raised, transient in cases:
         outcome = pickle.loads(pickle.dumps(attempt(_raise, exc)))
