@@ -23,8 +23,10 @@ part: from the previous part) to its last byte. Past a bound the connection is c
 
 Every WADO-RS part is checked before it is written, as a C-GET's instances are: its bytes parse
 whole (:func:`kit.dicom.received.check_received`: no element cut short, pixel data of its full
-length, the file meta's SOP Instance UID the data set's) and it is of the study (series) asked
-for; a part that is not is never written, and the retrieve raises
+length, the file meta's SOP Instance UID the data set's), it is of the study (series) asked
+for, and its SOP Instance UID, which names its file, is a UID (PS3.5 9.1: at most 64 characters,
+digits and dots; never a path, nor a name too long for the file system); a part that is not is
+never written, and the retrieve raises
 :class:`~kit.errors.DicomWebError` naming how many were refused and why. A part cut short at
 the end of the answer, or parts lost to a wrong multipart boundary (they then trail the first
 part's bytes), fail that check. The number of instances a study has is not known here: an
@@ -85,9 +87,11 @@ from kit.dicom.query import (
     responses_to_frame,
 )
 from kit.dicom.received import check_received
+from kit.dicom.web_query import check_uid
 from kit.errors import (
     DicomFileError,
     DicomWebError,
+    DicomWebRequestError,
     InvalidInputError,
     PeerTimeoutError,
     PeerUnreachableError,
@@ -480,8 +484,8 @@ class DicomWebClient:
         DicomWebError
             HTTP failure, an unusable answer, or no instance at all; also after the answer
             is read when some parts were refused (not of the study or series asked for, cut
-            short, not the instance their file meta names): those were not written, the
-            others were.
+            short, not the instance their file meta names, a SOP Instance UID that is not a
+            UID): those were not written, the others were.
         ResponseTooLargeError
             A part, decompressed, is larger than ``max_part_bytes``: it is not written (the
             parts before it were).
@@ -489,7 +493,7 @@ class DicomWebClient:
             No answer within ``timeout``, or a part not complete within ``total_timeout`` of the
             request (the first) or of the previous part; it is not written either.
         StoreError
-            An instance cannot be written under ``dest``.
+            An instance cannot be written under ``dest`` (the local disk: permission, space).
         """
         if not study_uid:
             raise InvalidInputError("a WADO-RS retrieve needs study_uid")
@@ -639,16 +643,19 @@ def _received(rows: list[tuple[str, str, str, str, str, int]]) -> pl.DataFrame:
 def _write_instance(ds: Dataset, folder: Path, study_uid: str,
                     series_uid: str | None = None) -> tuple[str, str, str, str, str, int] | str:
     """Write one WADO-RS part as ``<SOPInstanceUID>.dcm``: its row, or why it was refused (a str;
-    nothing written): of another study or series than asked, or its bytes not whole
-    (:func:`_part_problem`)."""
-    sop = str(ds.get("SOPInstanceUID", ""))
-    if not sop or "/" in sop or sop.startswith("."):
-        raise DicomFileError(f"WADO-RS answer has an unusable SOP Instance UID {sop!r}")
+    nothing written): its SOP Instance UID not a UID, of another study or series than asked, or
+    its bytes not whole (:func:`_part_problem`)."""
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    try:  # it names the file: a UID (PS3.5 9.1) is never a path nor too long a name
+        check_uid(sop, "SOP Instance UID")
+    except DicomWebRequestError as exc:
+        return f"{exc} (at most 64 digits and dots), not used as a file name"
     for name, keyword, asked in (("study", "StudyInstanceUID", study_uid),
                                  ("series", "SeriesInstanceUID", series_uid)):
         value = str(ds.get(keyword, "") or "")
         if asked and value != asked:
-            return f"{sop} is of {name} {value or '(none)'}, not {asked}"
+            shown = value[:70] + ("..." if len(value) > 70 else "")
+            return f"{sop} is of {name} {shown or '(none)'}, not {asked}"
     buffer = BytesIO()
     try:
         dcmwrite(buffer, ds, enforce_file_format=True)
