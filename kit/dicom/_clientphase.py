@@ -342,29 +342,35 @@ def store_all(phase: ClientPhase, outgoing: Sequence[Outgoing], accepted: Mappin
     is read instead, after the previous answer.
     """
     sent: Outgoing | None = None
+    sent_id = 0  # the Message ID of ``sent``'s request
+
+    def status() -> int:
+        assert sent is not None
+        return store_response(phase, sent_id, sent.sop_instance)
+
     for msg_id, one in enumerate(outgoing, start=1):
         context = accepted[(one.sop_class, one.transfer_syntax)]
         msg_id = msg_id & 0xFFFF or 1
         if one.in_pieces:
             if sent is not None:
-                answered(sent, store_response(phase, sent.sop_instance))
+                answered(sent, status())
             phase.send_pieces(context, store_command(msg_id, one.sop_class, one.sop_instance),
                               one.pieces(phase.fragment), one.file_size - one.offset)
-            sent = one
+            sent, sent_id = one, msg_id
             continue
         try:
             request = b"".join(store_request(phase, context, msg_id, one.sop_class, one.sop_instance,
                                              one.payload()))
         except BaseException:  # the previous answer first, even if this file went bad
             if sent is not None:
-                answered(sent, store_response(phase, sent.sop_instance))
+                answered(sent, status())
             raise
         if sent is not None:
-            code = store_response(phase, sent.sop_instance)
+            code = status()
             phase.send_parts((request,))
             answered(sent, code)
         else:
             phase.send_parts((request,))
-        sent = one
+        sent, sent_id = one, msg_id
     if sent is not None:
-        answered(sent, store_response(phase, sent.sop_instance))
+        answered(sent, status())

@@ -1,7 +1,7 @@
 """The DIMSE data phase on the caller's thread: direct socket I/O on an established association.
 
 pynetdicom negotiates and releases the association; for a bulk C-STORE or a
-C-GET (the client, :func:`c_store`, :func:`c_get`) and for incoming C-STORE and
+C-GET (the client, :func:`store_response`, :func:`c_get`) and for incoming C-STORE and
 C-ECHO (the embedded PACS, via :class:`DataPhase` with ``keep_raw``) the kit
 then reads and writes the P-DATA-TF PDUs itself on one thread. Stock
 pynetdicom moves every PDU through two reactor threads and four queues, polls
@@ -49,7 +49,7 @@ from kit.errors import AssociationAbortedError, PeerTimeoutError, StoreError
 __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
     "HOLD_PARK", "MAX_COMMAND", "MAX_RQ_PDU", "PDU_SLACK", "UNLIMITED_PDU_CAP",
-    "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "c_store", "hold_dul",
+    "DataPhase", "FileReceiver", "Message", "PduInterrupt", "abort_pdu", "c_get", "hold_dul",
     "check_get_rsp", "store_command", "store_request", "store_response",
     "command_int", "command_str", "decode_command", "encode_command", "instance_file_name", "pdu_limit",
     "release_dul", "share_context_uids", "status_fields",
@@ -721,19 +721,6 @@ def share_context_uids(contexts: Sequence[PresentationContext]) -> None:
 # -- the client's requests (PacsClient.store / PacsClient.get) ----------------------------
 
 
-def c_store(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_uid: str,
-            dataset: bytes | memoryview) -> int:
-    """One C-STORE-RQ and its response on ``phase``; the response status.
-
-    Raises
-    ------
-    AssociationAbortedError
-        The peer answered with something other than a C-STORE-RSP with a status.
-    """
-    phase.send_parts(store_request(phase, context_id, msg_id, sop_class, sop_uid, dataset))
-    return store_response(phase, sop_uid)
-
-
 def store_request(phase: DataPhase, context_id: int, msg_id: int, sop_class: str, sop_uid: str,
                   dataset: bytes | memoryview) -> list[bytes | memoryview]:
     """A C-STORE-RQ framed for ``phase``, to send with :meth:`DataPhase.send_parts` (built while the
@@ -748,14 +735,24 @@ def store_command(msg_id: int, sop_class: str, sop_uid: str) -> bytes:
                            0x00000700: 0x0002, 0x00000800: 0x0001, 0x00001000: sop_uid})
 
 
-def store_response(phase: DataPhase, sop_uid: str) -> int:
-    """The status of the C-STORE-RSP the peer sends next on ``phase`` (see :func:`c_store`); one
-    naming another Affected SOP Instance UID than ``sop_uid`` raises AssociationAbortedError."""
+def store_response(phase: DataPhase, msg_id: int, sop_uid: str) -> int:
+    """The status of the C-STORE-RSP the peer sends next on ``phase``, which must answer our
+    C-STORE-RQ ``msg_id`` of ``sop_uid``.
+
+    Anything else raises :class:`~kit.errors.AssociationAbortedError` (the phase aborts on
+    leaving), as :func:`check_get_rsp` does for a C-GET: another command, a response without a
+    status, one to another message (Message ID Being Responded To: a stale or made-up answer,
+    the instance is not counted as stored) or for another instance (Affected SOP Instance UID,
+    when present).
+    """
     rsp = phase.recv()
     code = command_int(rsp.command, 0x0900)
     if rsp.command_field != C_STORE_RSP or code is None:
         raise AssociationAbortedError(f"C-STORE of {sop_uid}: the peer answered with command "
                                       f"0x{rsp.command_field:04X}", peer=phase.peer)
+    if (answers := command_int(rsp.command, 0x0120)) != msg_id:
+        raise AssociationAbortedError(f"C-STORE of {sop_uid}: a C-STORE-RSP to message {answers}, "
+                                      f"not to our C-STORE-RQ (message {msg_id})", peer=phase.peer)
     if command_str(rsp.command, 0x1000) not in ("", sop_uid):  # an answer for another instance
         raise AssociationAbortedError(f"C-STORE of {sop_uid}: the peer answered for "
                                       f"{command_str(rsp.command, 0x1000)}", peer=phase.peer)
