@@ -117,13 +117,17 @@ def _web(ctx: click.Context, base: str | None, timeout: float | None) -> Any:
 
 
 def _files(paths: tuple[str, ...]) -> list[Path]:
+    """The files to send: the paths named, and every file under the folders named, walked as
+    ``kit index`` walks them (:func:`kit.dicom.index.walk_files`: a file once, under its first
+    name; no hidden entry; links to folders not followed); what it passes over is said on stderr."""
+    from kit.dicom.index import walk_files
+
     out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
+    for path, reason in walk_files(paths):
+        if reason is None:
+            out.append(Path(path))
         else:
-            out.append(p)
+            click.echo(f"kit: skipped {path}: {reason}", err=True)
     if not out:
         raise click.UsageError("no files to store")
     return out

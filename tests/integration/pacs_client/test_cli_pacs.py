@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -49,6 +50,22 @@ def test_get_and_store(loaded: OrthancServer, tmp_path: Path) -> None:
     make_ct(tmp_path / "new", 3, patient_id="MRN9301")
     code, _, err = _run(["pacs", "store", str(tmp_path / "new"), *_dimse(loaded)])
     assert code == 0 and "stored 3" in err
+
+
+def test_store_walks_folders_as_kit_index_does(loaded: OrthancServer, tmp_path: Path) -> None:
+    """A link to a file of the same folder was sent twice, a broken link and a FIFO passed
+    without a word (rglob + is_file); now each file goes once and the rest is named on stderr."""
+    folder = tmp_path / "walk"
+    make_ct(folder, 2, patient_id="MRN9302")
+    first = sorted(folder.rglob("*.dcm"))[0]
+    (folder / "again.dcm").symlink_to(first)
+    (folder / "gone.dcm").symlink_to(folder / "missing.dcm")
+    os.mkfifo(folder / "pipe.dcm")
+    code, _, err = _run(["pacs", "store", str(folder), *_dimse(loaded)])
+    assert code == 0, err
+    assert "stored 2" in err
+    assert "skipped" in err and "gone.dcm" in err and "pipe.dcm" in err
+    assert err.count("kit: skipped") == 3  # the second name of the file, the broken link, the FIFO
 
 
 def test_failures_exit_1_with_one_line(tmp_path: Path) -> None:
