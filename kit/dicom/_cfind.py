@@ -36,10 +36,10 @@ from pynetdicom.association import Association
 
 from kit._truncate import warn_truncated
 from kit.dicom._guard import MessageBound
-from kit.errors import AssociationAbortedError, DicomError, DimseStatusError, InvalidInputError, KitError
+from kit.errors import AssociationAbortedError, DicomError, DimseStatusError, KitError
 
 __all__ = ["MAX_AFTER_CANCEL", "MAX_COMMAND_BYTES", "MAX_FIND_BYTES", "MAX_IDENTIFIER_BYTES", "READ_AHEAD",
-           "DataSetWalk", "IdentifierBound", "check_bytes", "collect_find", "final_status", "is_pending",
+           "DataSetWalk", "IdentifierBound", "collect_find", "final_status", "is_pending",
            "is_success", "status_int", "timed", "unreadable"]
 
 T = TypeVar("T")
@@ -93,13 +93,6 @@ def final_status(responses: Iterable[tuple[Dataset, Any]]) -> tuple[Dataset | No
         if code is None or not is_pending(code):
             break
     return last, waited
-
-
-def check_bytes(name: str, value: int) -> int:
-    """``value`` checked as a bound in bytes: an integer > 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInputError(f"{name} must be an integer > 0 (bytes), got {value!r}")
-    return value
 
 
 #: Explicit VRs whose header has a 4-byte length after 2 reserved bytes (PS3.5 7.1.2).

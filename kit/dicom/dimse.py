@@ -77,13 +77,13 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext, build_context
 
-from kit._truncate import check_limit
+from kit._truncate import check_bytes, check_limit
 from kit.config import PacsSettings, Settings
 from kit.dicom._association import AssociationClient
 from kit.dicom._association import nodelay as _nodelay
 from kit.dicom._audit import pacs as _audited
 from kit.dicom._cancel import RetrieveCancel, cancel_move
-from kit.dicom._cfind import MAX_FIND_BYTES, MAX_IDENTIFIER_BYTES, IdentifierBound, check_bytes, collect_find
+from kit.dicom._cfind import MAX_FIND_BYTES, MAX_IDENTIFIER_BYTES, IdentifierBound, collect_find
 from kit.dicom._cfind import final_status as _final
 from kit.dicom._cfind import status_int as _status_int
 from kit.dicom._clientphase import ClientPhase, store_all

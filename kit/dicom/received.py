@@ -38,6 +38,7 @@ from pydicom.uid import UID
 from kit.errors import DicomFileError
 
 __all__ = [
+    "is_uid",
     "CANNOT_UNDERSTAND",
     "DATASET_MISMATCH",
     "MAX_DEPTH",
@@ -270,6 +271,13 @@ def _inflate(data: bytes | memoryview, limit: int) -> bytes:
     return out
 
 
+def is_uid(value: str) -> bool:
+    """Whether ``value`` is a UID as PS3.5 9.1 writes one: at most 64 characters, dot-separated
+    components of digits (leading zeros allowed: some systems write them, and their instances are
+    read). No path, no padding, nothing too long for a file name."""
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
 def check_received(encoded: bytes | memoryview, transfer_syntax: str, sop_class_uid: str,
                    sop_instance_uid: str, *, keep: Collection[int] = (),
                    max_inflated: int = MAX_INFLATED) -> Verdict:
@@ -313,7 +321,7 @@ def check_received(encoded: bytes | memoryview, transfer_syntax: str, sop_class_
         value = _text(walk.values.get(tag))
         if not value:
             return Verdict(DATASET_MISMATCH, f"{name} missing", walk.values, implicit, little)
-        if len(value) > 64 or not _UID.fullmatch(value):
+        if not is_uid(value):
             return Verdict(DATASET_MISMATCH, f"{name} is not a UID: {value[:40]!r}", walk.values,
                            implicit, little)
     if _PATIENT_ID not in walk.values:

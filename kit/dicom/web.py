@@ -72,7 +72,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from kit._files import atomic_write_bytes
-from kit._truncate import check_limit, warn_truncated
+from kit._truncate import check_bytes, check_limit, warn_truncated
 from kit.config import DicomWebSettings, Secret, Settings
 from kit.dicom._audit import web as _audited
 from kit.dicom._cancel import RetrieveCancel
@@ -86,12 +86,10 @@ from kit.dicom.query import (
     find_identifier,
     responses_to_frame,
 )
-from kit.dicom.received import check_received
-from kit.dicom.web_query import check_uid
+from kit.dicom.received import check_received, is_uid
 from kit.errors import (
     DicomFileError,
     DicomWebError,
-    DicomWebRequestError,
     InvalidInputError,
     PeerTimeoutError,
     PeerUnreachableError,
@@ -310,11 +308,11 @@ class DicomWebClient:
                  max_part_bytes: int = DEFAULT_MAX_PART_BYTES, total_timeout: float | None = None) -> None:
         if not base.startswith(("http://", "https://")):
             raise InvalidInputError(f"DICOMweb base {base!r} must be an http(s) URL")
-        timeout = _positive("timeout", timeout, float)
-        total_timeout = _positive("total_timeout", TOTAL_TIMEOUT_FACTOR * timeout if total_timeout is None
-                                  else total_timeout, float)
-        self.max_response_bytes = int(_positive("max_response_bytes", max_response_bytes, int))
-        self.max_part_bytes = int(_positive("max_part_bytes", max_part_bytes, int))
+        timeout = _seconds("timeout", timeout)
+        total_timeout = _seconds("total_timeout", TOTAL_TIMEOUT_FACTOR * timeout if total_timeout is None
+                                 else total_timeout)
+        self.max_response_bytes = check_bytes("max_response_bytes", max_response_bytes)
+        self.max_part_bytes = check_bytes("max_part_bytes", max_part_bytes)
         self.base = base.rstrip("/")
         self.timeout = float(timeout)
         self.total_timeout = float(total_timeout)
@@ -597,13 +595,12 @@ class DicomWebClient:
         return frame
 
 
-def _positive(name: str, value: Any, kind: type) -> float:
-    """``value`` if it is a positive ``kind`` (an int is a float here, a bool neither), else
+def _seconds(name: str, value: Any) -> float:
+    """``value`` as seconds if it is a positive number (a bool is not; NaN is not positive), else
     :class:`~kit.errors.InvalidInputError`."""
-    numbers = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, numbers) or not value > 0:
-        raise InvalidInputError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-    return float(value) if kind is float else value
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidInputError(f"{name} must be a positive float, got {value!r}")
+    return float(value)
 
 
 def _refusal(exc: DicomWebError) -> Dataset | None:
@@ -646,10 +643,9 @@ def _write_instance(ds: Dataset, folder: Path, study_uid: str,
     nothing written): its SOP Instance UID not a UID, of another study or series than asked, or
     its bytes not whole (:func:`_part_problem`)."""
     sop = str(ds.get("SOPInstanceUID", "") or "")
-    try:  # it names the file: a UID (PS3.5 9.1) is never a path nor too long a name
-        check_uid(sop, "SOP Instance UID")
-    except DicomWebRequestError as exc:
-        return f"{exc} (at most 64 digits and dots), not used as a file name"
+    if not is_uid(sop):  # it names the file: a UID (PS3.5 9.1) is never a path nor too long a name
+        return (f"SOP Instance UID {sop[:70]!r} is not a UID (at most 64 digits and dots), "
+                "not used as a file name")
     for name, keyword, asked in (("study", "StudyInstanceUID", study_uid),
                                  ("series", "SeriesInstanceUID", series_uid)):
         value = str(ds.get(keyword, "") or "")

@@ -39,6 +39,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from kit.dicom.matching import COMPUTED_KEYS, LEVEL_KEYS, check_identifier, parse_range
 from kit.dicom.query import QueryLevel
+from kit.dicom.received import is_uid
 from kit.dicom.web_multipart import MediaType
 from kit.errors import DicomFileError, DicomWebRequestError, InvalidInputError
 
@@ -84,13 +85,12 @@ DEFAULT_FIELDS: dict[QueryLevel, tuple[str, ...]] = {
 #: Attributes the server fills in itself (never matched).
 _SERVER_FIELDS = ("RetrieveURL", "InstanceAvailability")
 _RESERVED = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
-_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 _HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
 
 
 def check_uid(value: str, what: str = "UID") -> str:
     """``value`` if it is a UID (PS3.5 9.1), else :class:`~kit.errors.DicomWebRequestError` (400)."""
-    if len(value) > 64 or not _UID.fullmatch(value):
+    if not is_uid(value):
         raise DicomWebRequestError(f"{what} {value[:70]!r} is not a UID")
     return value
 

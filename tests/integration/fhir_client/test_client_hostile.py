@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from kit.errors import AuthError, FhirError, KitError, PeerTimeoutError
 from kit.fhir import client as fhir_client
 from kit.fhir.auth import BearerAuth, ClientCredentialsAuth
 from kit.fhir.client import NO_RETRY, FhirClient, RetryPolicy
+from tests.integration.http_peer import QuietHandler, running
 
 SECRET = "hostile-test-client-secret-7f3a"
 PATIENT = {"resourceType": "Patient", "id": "a"}
@@ -33,12 +34,8 @@ PATIENT = {"resourceType": "Patient", "id": "a"}
 Route = Callable[["_Handler"], None]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server: _Server
-
-    def log_message(self, *args: Any) -> None:  # quiet
-        pass
 
     def _go(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -77,15 +74,11 @@ def serve(route: Route) -> Iterator[tuple[str, _Server]]:
     """Run ``route`` for every request on 127.0.0.1, an ephemeral port; yield (origin, server)."""
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.route, srv.seen, srv.stop = route, [], threading.Event()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}", srv
-    finally:
-        srv.stop.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
+    with running(srv) as origin:
+        try:
+            yield origin, srv
+        finally:
+            srv.stop.set()  # routes that wait on it end before the server shuts down
 
 
 def _origin(h: _Handler) -> str:

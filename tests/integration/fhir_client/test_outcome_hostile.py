@@ -9,7 +9,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from kit.cli import cli
 from kit.errors import FhirError, KitError, OperationOutcomeError
 from kit.fhir import _paging
 from kit.fhir.client import NO_RETRY, FhirClient, RetryPolicy
+from tests.integration.http_peer import QuietHandler, running
 
 #: Pages a hostile server serves before it answers 500: an unbounded search fails instead of hanging.
 SAFETY = 300
@@ -27,12 +28,8 @@ SAFETY = 300
 Route = Callable[["_Handler"], None]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server: _Server
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
     def _go(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -67,15 +64,8 @@ def hostile(route: Route) -> Iterator[tuple[str, _Server]]:
     """Serve ``route`` on 127.0.0.1 (ephemeral port) in a thread; yield the FHIR base and the server."""
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.route, srv.hits, srv.lock = route, 0, threading.Lock()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
-                              name="hostile-fhir")
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/fhir", srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=10)
+    with running(srv, "hostile-fhir") as origin:
+        yield origin + "/fhir", srv
 
 
 def _endless_next(h: _Handler) -> None:

@@ -18,7 +18,7 @@ import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tests.integration.dicomweb_server.conftest import (
     embedded,  # noqa: F401 - the fixture (one embedded PACS + DICOMweb per module)
     make_ct,
 )
+from tests.integration.http_peer import QuietHandler, running
 from tests.integration.pacs_client.test_retrieve_integrity import ASKED, ct
 from tests.integration.pacs_client.test_retrieve_integrity_web import CTYPE, multipart, part10
 
@@ -46,12 +47,8 @@ QIDO_JSON = "application/dicom+json"
 Route = Callable[["_Handler"], None]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(QuietHandler):
     server: _Server
-
-    def log_message(self, *args: Any) -> None:  # quiet
-        pass
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.server.requests += 1
@@ -96,14 +93,8 @@ def serve(route: Route) -> Iterator[tuple[str, _Server]]:
     """Run ``route`` for every GET on 127.0.0.1 (ephemeral port); yield (DICOMweb root, server)."""
     srv = _Server(("127.0.0.1", 0), _Handler)
     srv.route, srv.requests, srv.cut = route, 0, threading.Event()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/dicom-web", srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(5)
+    with running(srv) as origin:
+        yield origin + "/dicom-web", srv
 
 
 def big_part(sop: str, pixels: int) -> bytes:
