@@ -350,3 +350,32 @@ def test_utf8_checked_across_pieces_as_orjson_checks_it(tail: bytes, at: int, tm
     for source in (data, tmp_path / "x.json", tmp_path / "x.ndjson"):
         got = agree(source, fast=False)
         assert isinstance(got, dict) == (tail in ("é".encode(), "€".encode()))
+
+
+# --------------------------------------------------------------------------- columns built by dtype
+
+@pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.parametrize(("bad", "stacked"), [
+    ({"status": 5}, True),  # a str column (stacked with the other str and dateTime columns)
+    ({"valueBoolean": "yes"}, True),  # a bool column
+    ({"issued": 20240102}, True),  # a dateTime column (built as str in the batch)
+    # int and float columns are stacked only in batches of typed rows: this one is not
+    ({"valueInteger": 1.5}, False),
+    ({"valueQuantity": {"value": True, "unit": "mg"}}, False),  # true is not a number
+])
+def test_a_bad_value_in_a_column_built_by_dtype(bad: dict[str, Any], stacked: bool, strict: bool,
+                                                tmp_path: Path) -> None:
+    """A batch's columns of one dtype are built as one series; a value of another JSON type in one
+    of them builds that batch's columns one by one, as before: the slow path's frames or error."""
+    rs = [obs(id=str(i), status="final", valueInteger=i, valueBoolean=bool(i % 2),
+              issued="2024-01-02T00:00:00Z",
+              valueQuantity={"value": i / 2, "unit": "mg"}) for i in range(40)]
+    rs[17].update(bad)
+    with mock.patch.object(frames_fast_build, "BATCH", 16), \
+            mock.patch.object(frames_fast_build, "_one", wraps=frames_fast_build._one) as one:
+        got = agree(dumps(rs), strict=strict, fast=not strict)
+    assert one.called is stacked  # the batch holding it was built column by column
+    if strict:
+        assert got[0] is FhirValidationError
+    else:
+        assert got["Observation"].height == 40
