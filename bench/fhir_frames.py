@@ -9,7 +9,8 @@ once; then, in the same run and from the same file, measures:
                   number of cyclic-GC collections during the call is printed too). Bundles
                   and NDJSON files take the fast path (:mod:`kit.fhir.frames_fast`); the slow
                   path (orjson dicts, what the fast path is tested equal to) is timed beside it
-                  for reference.
+                  for reference; so is kit with the Python Observation row instead of its C one
+                  (``kit.fhir._rowc``: what kit does where no C compiler built it), best of 3.
 * fhiry:          ``fhiry.Fhiry().process_file(path)`` -> a pandas frame (untyped)
 * fhir.resources: ``json.load`` + ``model_validate`` of each resource (R4B models)
 
@@ -215,6 +216,11 @@ def speed(n: int) -> None:
         print("   ", shapes["kit"], f"(cyclic GC collections during the kit calls: {collections[0]}); "
               f"fhiry shape {shapes['fhiry']}")
         kit_nd = _time("kit to_frames (NDJSON file, typed)", lambda: to_frames(ndjson), n)
+        from kit.fhir import frames_fast_types
+
+        with mock.patch.dict(frames_fast_types.ROW, {"Observation": frames_fast_types._observation}):
+            kit_py = max(_time(f"kit to_frames, Python Observation row #{r + 1}", lambda: to_frames(path), n)
+                         for r in range(ROUNDS))  # what kit does where no C compiler built kit.fhir._rowc
         with mock.patch.object(kit_frames, "_fast", return_value=None):
             kit_slow = _time("kit to_frames, slow path (reference)", lambda: to_frames(path), n)
 
@@ -235,6 +241,8 @@ def speed(n: int) -> None:
         fr_rate = _time(f"fhir.resources R4B model_validate each ({n_fr:,})", validate_all, n_fr)
     print(f"kit best {kit_rate:,.0f}/s, fhiry best {fhiry_rate:,.0f}/s of {ROUNDS} interleaved rounds; "
           f"kit NDJSON {kit_nd:,.0f}/s; fast path {kit_rate / kit_slow:.2f}x the slow path")
+    print(f"kit with the Python Observation row (no C compiler): best {kit_py:,.0f}/s, "
+          f"{kit_rate / kit_py:.2f}x slower than with kit.fhir._rowc; kit/fhiry {kit_py / fhiry_rate:.2f}")
     print(f"load average {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} cores")
     print(f"RATIO fhir frames resources/s kit/fhiry = {kit_rate / fhiry_rate:.2f}")
     print(f"RATIO fhir frames resources/s kit/fhir.resources = {kit_rate / fr_rate:.2f}")

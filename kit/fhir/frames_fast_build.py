@@ -8,8 +8,9 @@ strided slices every :data:`BATCH` rows, while the batch's strings are still in
 the CPU cache: the columns of one dtype (str and dates, float, int, bool) become
 one polars series built straight from the Python values and sliced into columns
 (no polars expression, no query plan, no hand-off to polars' thread pool; one
-constructor call per dtype, not per column: ~10% of the whole fast path). What needs polars expressions, dates and dateTimes parsed and list
-columns grouped back from their items, is left for when :data:`MERGE` batches are
+constructor call per dtype, not per column: ~10% of the whole fast path). What
+needs polars expressions, dates and dateTimes parsed and list columns grouped
+back from their items, is left for when :data:`MERGE` batches are
 merged into one chunk (65,536 rows): then one query parses every date column of
 the chunk, and each list column is grouped once. A busy machine is where this
 matters: every query hands work to polars' threads and waits for them to be

@@ -599,6 +599,27 @@ UNION: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(Union[tuple(_TYPE
 #: struct class -> resource type
 TYPE_OF: Final[dict[type, str]] = {cls: rt for rt, cls in _TYPES.items()}
 
+
+
+def _observation_c() -> Callable[[Any], tuple[Any, ...]] | None:
+    """:func:`_observation` in C (``kit/fhir/_rowc.c``, built at install where a compiler is), or None.
+
+    Written by hand for speed: the same row (tests/unit/fhir_fast/test_rowc.py), read from the
+    structs' slots; the shapes it leaves to Python (a ``#contained`` or identifier subject,
+    notes, extensions) it hands to :func:`_observation` itself.
+    """
+    try:
+        from kit.fhir import _rowc
+    except ImportError:
+        return None
+    try:
+        _rowc.configure((Observation, CC, Coding, CodeCC, Code, Ref, Quantity, Value, RefRange, Meta,
+                         Component), _observation, _patient_ref, _PREF)
+    except (AttributeError, TypeError, ValueError):  # msgspec laid its structs out otherwise
+        return None
+    return _rowc.observation
+
+
 #: resource type -> extractor of one row from its struct (schema order, as :data:`frames_extract.EXTRACTORS`)
 ROW: Final[dict[str, Callable[[Any], tuple[Any, ...]]]] = {
-    **{rt: fx.EXTRACTORS[rt] for rt in _TYPES}, "Observation": _observation}
+    **{rt: fx.EXTRACTORS[rt] for rt in _TYPES}, "Observation": _observation_c() or _observation}

@@ -99,6 +99,7 @@ def every_source(bundle: dict[str, Any], tmp: Path) -> Iterator[Any]:
 
 # --------------------------------------------------------------------------- the sample cohort
 
+@pytest.mark.usefixtures("observation_row")
 def test_sample_cohort_every_source(tmp_path: Path) -> None:
     bundle = orjson.loads(SAMPLE.read_bytes())
     for source in every_source(bundle, tmp_path):
@@ -125,6 +126,7 @@ def test_sample_cohort_equals_the_dict_path() -> None:
 # --------------------------------------------------------------------------- Synthea-shaped bundles
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.usefixtures("observation_row")
 def test_synthea_like_bundles(seed: int, tmp_path: Path) -> None:
     bundle = synthea_like(12, 3, seed=seed)
     for source in every_source(bundle, tmp_path):
@@ -134,6 +136,7 @@ def test_synthea_like_bundles(seed: int, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
+@pytest.mark.usefixtures("observation_row")
 def test_synthea_like_roughed_up(seed: int, tmp_path: Path) -> None:
     """Missing and unknown fields, resourceType last, entries without id, odd value types."""
     bundle = synthea_like(8, 2, seed=100 + seed, odd=0.3)
@@ -152,6 +155,7 @@ def test_synthea_like_urns_resolve_on_the_fast_path() -> None:
 
 # --------------------------------------------------------------------------- every column, every type
 
+@pytest.mark.usefixtures("observation_row")
 def test_rich_resources_of_every_type_fill_every_column_the_same() -> None:
     """Each type with every reference and concept column filled: a field missing from a struct shows."""
     rich = [_rich(t) for t in RESOURCE_TYPES]
@@ -197,6 +201,7 @@ EDGES: dict[str, list[Any]] = {
 
 @pytest.mark.parametrize("name", list(EDGES))
 @pytest.mark.parametrize("strict", [True, False])
+@pytest.mark.usefixtures("observation_row")
 def test_edge_cases(name: str, strict: bool, tmp_path: Path) -> None:
     resources = EDGES[name]
     bundle = {"resourceType": "Bundle", "entry": [

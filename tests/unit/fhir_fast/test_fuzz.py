@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,8 @@ from tests.unit.fhir_fast.cohort import synthea_like
 from tests.unit.fhir_fast.test_equal import outcome, same, slow
 from tests.unit.fhir_frames.test_fuzz import mutated
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 def both(source: Any, strict: bool, only: str | None) -> Any:
@@ -37,6 +39,7 @@ def both(source: Any, strict: bool, only: str | None) -> Any:
     return fast
 
 
+@pytest.mark.usefixtures("observation_row")
 @FUZZ
 @given(resources=st.lists(mutated(), min_size=1, max_size=4), strict=st.booleans(),
        full_url=st.sampled_from([None, "urn:uuid:1", "http://h/fhir/Observation/9", ""]),
@@ -61,6 +64,7 @@ EDIT = st.tuples(st.sampled_from(["flip", "insert", "delete"]), st.integers(0, l
                  st.sampled_from(list(b'{}[]",:0123456789.eE+-tfn \\u\xff\x00')))
 
 
+@pytest.mark.usefixtures("observation_row")
 @FUZZ
 @given(edits=st.lists(EDIT, min_size=1, max_size=4), strict=st.booleans(),
        only=st.sampled_from([None, "Observation", "Encounter"]))
