@@ -309,8 +309,15 @@ def _check_instance(values: dict[str, Any]) -> None:
 
 
 def _charset(value: str) -> str:
-    """Python codec for a SpecificCharacterSet; ``""`` means: only ASCII is decodable."""
-    return _CHARSETS.get(value.strip(), "")
+    """Python codec for a SpecificCharacterSet; ``""`` means: only ASCII is decodable.
+
+    A value not in :data:`_CHARSETS` is pydicom's to read (it mends some spellings, falls
+    back to the default with a warning, and refuses others, e.g. one holding a NUL).
+    """
+    name = value.strip()
+    if name not in _CHARSETS:
+        raise Fallback(f"character set {name!r}")
+    return _CHARSETS[name]
 
 
 def _decode_text(raw: bytes, encoding: str, vr: str) -> str:

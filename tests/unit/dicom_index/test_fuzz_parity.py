@@ -77,6 +77,25 @@ def test_flipped_bytes(seed: int, flips: list[tuple[int, int]]) -> None:
     _check(bytes(data))
 
 
+# each as long as the seed's "ISO_IR 100" it replaces
+@pytest.mark.parametrize("charset", [b"\x00SO_IR 100", b"ISO_IR\x00100", b"ISO-IR 100", b"ISO_IR 999"])
+def test_a_character_set_only_pydicom_knows_is_its_to_read(charset: bytes) -> None:
+    """Hypothesis found it: a NUL in SpecificCharacterSet, which pydicom refuses; the fast reader
+    took it for ASCII. Any character set it does not know is now pydicom's to read."""
+    seed = next(s for s in SEEDS if b"ISO_IR 100" in s)
+    data = seed.replace(b"ISO_IR 100", charset, 1)
+    with pytest.raises(Fallback):
+        read_fast_path(data)
+    _check(data)
+
+
+def read_fast_path(data: bytes) -> None:
+    path = os.path.join(_DIR, "x.dcm")
+    with open(path, "wb") as f:
+        f.write(data)
+    read_fast(path)
+
+
 @_FUZZ
 @given(st.sampled_from(range(len(SEEDS))), st.integers(0, 10**6))
 def test_truncated(seed: int, cut: int) -> None:
