@@ -14,7 +14,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-__all__ = ["PREAMBLE", "encode_file_meta"]
+__all__ = ["PREAMBLE", "encode_file_meta", "part10_head"]
 
 #: The 128-byte preamble and the "DICM" prefix of every Part 10 file.
 PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -79,3 +79,22 @@ def encode_file_meta(meta: Dataset | Mapping[str, Any]) -> bytes:
                                          text("SourceApplicationEntityTitle"))
     body = before + _field(0x00020003, b"UI", text("MediaStorageSOPInstanceUID")) + after
     return _element(0x00020000, b"UL", len(body).to_bytes(4, "little")) + body
+
+
+@functools.lru_cache(maxsize=512)
+def _head_parts(sop_class: str, syntax: str, implementation: str,
+                version: str) -> tuple[bytes, int, bytes, bytes]:
+    """The preamble and group length element up to its value, the group's length without
+    (0002,0003), and the bytes before and after (0002,0003): see :func:`part10_head`."""
+    before, after = _around_instance_uid(sop_class, syntax, implementation, version, "")
+    lead = PREAMBLE + _element(0x00020000, b"UL", b"\x00" * 4)[:-4]
+    return lead, len(before) + len(after), before, after
+
+
+def part10_head(sop_class: str, sop_uid: str, syntax: str, implementation: str, version: str) -> bytes:
+    """``PREAMBLE + encode_file_meta(...)`` of a received instance (no source AE title), the
+    same bytes, with all but the SOP Instance UID built once per (SOP class, transfer syntax):
+    one call per instance on the C-GET answer path."""
+    lead, fixed, before, after = _head_parts(sop_class, syntax, implementation, version)
+    uid = _field(0x00020003, b"UI", sop_uid)
+    return b"".join((lead, (fixed + len(uid)).to_bytes(4, "little"), before, uid, after))

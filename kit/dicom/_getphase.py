@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import struct
@@ -57,12 +58,12 @@ from kit.dicom._fastnet import (
     instance_file_name,
     status_fields,
 )
-from kit.dicom._filemeta import PREAMBLE, encode_file_meta
+from kit.dicom._filemeta import part10_head
 from kit.dicom._spares import POOL_LIMIT, SparePool
 from kit.dicom.received import CANNOT_UNDERSTAND, DATASET_MISMATCH, MAX_DEPTH, MAX_INFLATED
 from kit.errors import AssociationAbortedError
 
-__all__ = ["Expected", "PooledReceiver", "get_loop", "read_identity"]
+__all__ = ["Expected", "PooledReceiver", "get_loop", "read_identity", "store_rsp"]
 
 _SOP_INSTANCE, _STUDY, _SERIES = 0x00080018, 0x0020000D, 0x0020000E
 _IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
@@ -70,6 +71,10 @@ _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
                        b"UT", b"UV"})
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+#: (implicit head, explicit head with its VR and 16-bit length, 32-bit) unpackers by byte
+#: order: made once, not per instance.
+_LITTLE = (struct.Struct("<HHI"), struct.Struct("<HH2sH"), struct.Struct("<I"))
+_BIG = (struct.Struct(">HHI"), struct.Struct(">HH2sH"), struct.Struct(">I"))
 
 
 def read_identity(dataset: bytes | memoryview, transfer_syntax: str) -> dict[int, str]:
@@ -118,26 +123,27 @@ def read_identity(dataset: bytes | memoryview, transfer_syntax: str) -> dict[int
 class _IdentityWalk:
     """The element and sequence walk of :func:`read_identity` (one data set, one byte order)."""
 
+    __slots__ = ("data", "explicit", "head", "implicit", "long")
+
     def __init__(self, data: bytes | memoryview, implicit: bool, little: bool) -> None:
         self.data, self.implicit = data, implicit
-        self.head = struct.Struct("<HHI" if little else ">HHI")
-        self.long = struct.Struct("<I" if little else ">I")
-        self.short = struct.Struct("<H" if little else ">H")
+        self.head, self.explicit, self.long = _LITTLE if little else _BIG
 
     def element(self, pos: int, end: int, implicit: bool) -> tuple[int, int, int, bytes | None]:
         """(tag, value length, value position, VR or None) of the element at ``pos``."""
         if pos + 8 > end:
             raise ValueError(f"an element header is cut short at offset {pos}")
-        group, elem, length = self.head.unpack_from(self.data, pos)
-        tag = group << 16 | elem
-        if implicit or group == 0xFFFE:  # item tags have no VR in any syntax
-            return tag, length, pos + 8, None
-        vr = bytes(self.data[pos + 4:pos + 6])
+        if implicit:
+            group, elem, length = self.head.unpack_from(self.data, pos)
+            return group << 16 | elem, length, pos + 8, None
+        group, elem, vr, length = self.explicit.unpack_from(self.data, pos)
+        if group == 0xFFFE:  # item tags have no VR in any syntax
+            return group << 16 | elem, self.head.unpack_from(self.data, pos)[2], pos + 8, None
         if vr in _LONG_VRS:
             if pos + 12 > end:
                 raise ValueError(f"an element header is cut short at offset {pos}")
-            return tag, self.long.unpack_from(self.data, pos + 8)[0], pos + 12, vr
-        return tag, self.short.unpack_from(self.data, pos + 6)[0], pos + 8, vr
+            return group << 16 | elem, self.long.unpack_from(self.data, pos + 8)[0], pos + 12, vr
+        return group << 16 | elem, length, pos + 8, vr
 
     def sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
         """Skip an undefined-length sequence's items from ``pos``; the position after its delimiter."""
@@ -280,11 +286,8 @@ class PooledReceiver(FileReceiver):
             return self._refuse(sop_uid), 0, ""
         try:
             name = instance_file_name(sop_uid)
-            head = PREAMBLE + encode_file_meta({
-                "MediaStorageSOPClassUID": sop_class, "MediaStorageSOPInstanceUID": sop_uid,
-                "TransferSyntaxUID": transfer_syntax,
-                "ImplementationClassUID": PYNETDICOM_IMPLEMENTATION_UID,
-                "ImplementationVersionName": PYNETDICOM_IMPLEMENTATION_VERSION})
+            head = part10_head(sop_class, sop_uid, transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID,
+                               PYNETDICOM_IMPLEMENTATION_VERSION)
             final = os.path.join(self.dest, name)
             made = self.pool.take()
             tmp, fd = made if made is not None else self._new_temp()
@@ -351,6 +354,34 @@ class PooledReceiver(FileReceiver):
             self.rows.append((sop_uid, sop_class, transfer_syntax, self.study_uid, final, size))
 
 
+#: (0000,0100) to the header of (0000,1000) of a C-STORE-RSP (:func:`store_rsp`).
+_RSP_TAIL = struct.Struct("<HHIHHHIHHHIHHHIHHHI")
+_GROUP_LENGTH = struct.Struct("<HHII")
+
+
+def _ui(value: str) -> bytes:
+    """A UI value as :func:`~kit.dicom._fastnet.encode_command` writes it (ASCII, NUL-padded to even)."""
+    data = value.encode("ascii", "replace")
+    return data + b"\x00" if len(data) % 2 else data
+
+
+@functools.lru_cache(maxsize=256)
+def _class_element(sop_class: str) -> bytes:
+    """(0000,0002) Affected SOP Class UID, the same for every instance of a class: built once."""
+    value = _ui(sop_class)
+    return struct.pack("<HHI", 0x0000, 0x0002, len(value)) + value
+
+
+def store_rsp(sop_class: str, msg_id: int, status: int, sop_uid: str) -> bytes:
+    """The command set of a C-STORE-RSP without a data set: the bytes
+    :func:`~kit.dicom._fastnet.encode_command` makes of these fields, built with one pack
+    (answered once per instance, on the PACS's critical path)."""
+    cls, uid = _class_element(sop_class), _ui(sop_uid)
+    tail = _RSP_TAIL.pack(0x0000, 0x0100, 2, C_STORE_RSP, 0x0000, 0x0120, 2, msg_id, 0x0000, 0x0800, 2,
+                          NO_DATASET, 0x0000, 0x0900, 2, status, 0x0000, 0x1000, len(uid))
+    return _GROUP_LENGTH.pack(0x0000, 0x0000, 4, len(cls) + len(tail) + len(uid)) + cls + tail + uid
+
+
 def _write_all(fd: int, head: bytes, body: bytes | memoryview) -> None:
     """``head`` then ``body`` to ``fd`` in one system call where the kernel takes it all."""
     done = os.writev(fd, (head, body))
@@ -411,9 +442,7 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
                     status, size, final = receiver.place(sop_uid, sop_cls, syntax, dataset)
             if status == 0x0000 and receiver.on_file is not None:
                 receiver.on_file()  # before the answer: a wait there (the rate cap) holds the PACS back
-            phase.send(msg.context_id, encode_command({
-                0x00000002: sop_cls, 0x00000100: C_STORE_RSP, 0x00000120: command_int(command, 0x0110) or 0,
-                0x00000800: NO_DATASET, 0x00000900: status, 0x00001000: sop_uid}))
+            phase.send(msg.context_id, store_rsp(sop_cls, command_int(command, 0x0110) or 0, status, sop_uid))
             # -- answered: the rest is off the PACS's path
             if status == 0x0000 and syntax is not None:
                 receiver.record(sop_uid, sop_cls, syntax, size, final)
