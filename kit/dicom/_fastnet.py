@@ -568,11 +568,13 @@ def status_fields(command: Mapping[int, bytes]) -> dict[str, Any]:
 def instance_file_name(sop_uid: str) -> str:
     """``<sop_uid>.dcm``, the name a received instance is stored under in its folder.
 
-    Raises ValueError for a UID that cannot name a file there (empty, a path, hidden) or
-    that lost bytes outside ASCII when decoded (U+FFFD: two instances would share a file).
+    Raises ValueError for a UID that cannot name a file there (empty, a path, hidden, a NUL,
+    too long for a file name) or that lost bytes outside ASCII when decoded (U+FFFD: two
+    instances would share a file).
     """
-    if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid:
-        raise ValueError(f"unusable SOP Instance UID {sop_uid!r}")
+    if not sop_uid or "/" in sop_uid or sop_uid.startswith(".") or "\ufffd" in sop_uid or "\x00" in sop_uid \
+            or len(sop_uid.encode()) > 251:  # 255 bytes with ".dcm"
+        raise ValueError(f"unusable SOP Instance UID {sop_uid[:80]!r}{'...' if len(sop_uid) > 80 else ''}")
     return f"{sop_uid}.dcm"
 
 

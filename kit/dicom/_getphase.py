@@ -25,7 +25,10 @@ Every instance received (C-GET here, C-MOVE's storage SCP too) must be what was 
 its first bytes (:func:`read_identity`, a walk of the top-level elements up to (0020,000E),
 a few microseconds) and refuses, before anything is written, an instance whose SOP Instance
 UID is not the command's, or that is of another study, series or instance than the one asked
-for (answered 0xA900, kept in the receiver's ``refused``; the retrieve then raises).
+for (answered 0xA900, kept in the receiver's ``refused``; the retrieve then raises). A SOP
+Instance UID that cannot name a file (:func:`~kit.dicom._fastnet.instance_file_name`: too long,
+a path, a NUL...) is refused the same way (0xC000), not failed as a local write; a UID that
+only breaks PS3.5's syntax (``1.2..3``) is kept: data from a non-conformant modality is still data.
 """
 
 from __future__ import annotations
@@ -201,6 +204,10 @@ class Expected:
         return status, reason
 
     def _verdict(self, sop_uid: str, transfer_syntax: str, dataset: bytes | memoryview) -> tuple[int, str]:
+        try:  # a UID no file can be named by is refused here, not failed as a local write
+            instance_file_name(sop_uid)
+        except ValueError as exc:
+            return CANNOT_UNDERSTAND, f"{exc}: it cannot name a file"
         try:
             found = read_identity(dataset, transfer_syntax)
         except ValueError as exc:

@@ -600,7 +600,6 @@ UNION: Final[msgspec.json.Decoder[Any]] = msgspec.json.Decoder(Union[tuple(_TYPE
 TYPE_OF: Final[dict[type, str]] = {cls: rt for rt, cls in _TYPES.items()}
 
 
-
 def _observation_c() -> Callable[[Any], tuple[Any, ...]] | None:
     """:func:`_observation` in C (``kit/fhir/_rowc.c``, built at install where a compiler is), or None.
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,30 @@ def test_cget_refuses_a_data_set_that_is_not_the_commands_instance(
         _get(scp, tmp_path / "out")
     assert scp.answers == [0xA900]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_cget_refuses_a_uid_that_cannot_name_a_file(raw_get: Callable[..., RawGetSCP],
+                                                    tmp_path: Path) -> None:
+    """A SOP Instance UID too long for a file name: refused (0xC000) as not an instance kit can
+    keep, before anything is written; before, the write failed (0xA700) and the RetrieveError
+    blamed the local disk. The instances around it are kept; a UID that only breaks PS3.5's
+    syntax is kept too."""
+    long_uid = f"{ASKED}.1.{'9' * 260}"
+
+    def script(store: Callable[..., int], get_rsp: Callable[..., None]) -> None:
+        store(1, ct(ASKED, ASKED + ".1", f"{ASKED}.1.0"))
+        store(2, ct(ASKED, ASKED + ".1", long_uid))
+        store(3, ct(ASKED, ASKED + ".1", f"{ASKED}.1..3"))
+        get_rsp(0x0000, completed=3)
+
+    scp = raw_get(script)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of the UIDs it writes
+        with pytest.raises(RetrieveError, match="unusable SOP Instance UID .*cannot name a file") as caught:
+            _get(scp, tmp_path / "out")
+    assert scp.answers == [0, 0xC000, 0]
+    assert "local write" not in str(caught.value)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{ASKED}.1..3.dcm", f"{ASKED}.1.0.dcm"]
 
 
 def test_cget_of_a_series_refuses_another_series(raw_get: Callable[..., RawGetSCP], tmp_path: Path) -> None:

@@ -60,3 +60,16 @@ def test_expected_refuses_what_was_not_asked() -> None:
     assert Expected(OTHER)(ASKED + ".1.7", ImplicitVRLittleEndian, data)[0] == 0xA900
     assert Expected(ASKED, sop_uid=ASKED + ".1.9")(ASKED + ".1.7", ImplicitVRLittleEndian, data)[0] == 0xA900
     assert len(expect.refused) == 2
+
+
+@pytest.mark.parametrize("uid", ["1.2." + "3" * 248, "1.2\x003", "../1.2", ".1.2", "1/2", "1.2\ufffd", ""])
+def test_expected_refuses_a_uid_that_cannot_name_a_file(uid: str) -> None:
+    """Checked before the data set is read: refused (0xC000), never a local write failure."""
+    status, why = Expected(ASKED)(uid, ImplicitVRLittleEndian, b"")
+    assert status == 0xC000 and "cannot name a file" in why
+
+
+def test_a_uid_that_only_breaks_ps35_syntax_is_kept() -> None:
+    data = encode(ct(ASKED, ASKED + ".1", ASKED + ".01..x"), True, True)
+    assert data is not None
+    assert Expected(ASKED)(ASKED + ".01..x", ImplicitVRLittleEndian, data) == (0, "")
