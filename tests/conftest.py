@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -29,11 +30,21 @@ def require_tool(name: str) -> str:
     candidates = [f"/usr/bin/{name}", f"/usr/sbin/{name}", shutil.which(name)]
     path = next((c for c in candidates if c and Path(c).is_file() and _is_expected(name, c)), None)
     if path is None:
-        message = f"{name} is not installed (Debian packages orthanc orthanc-dicomweb dcmtk)"
-        if IN_CI:
-            pytest.fail(message + " and CI=true: .ci/run must install it")
-        pytest.skip(message)
+        missing(f"{name} is not installed (Debian packages orthanc orthanc-dicomweb dcmtk)", "install it")
     return path
+
+
+def missing(message: str, remedy: str) -> NoReturn:
+    """Skip the test for something this machine lacks; under CI=true, fail it (.ci/run must ``remedy``)."""
+    if IN_CI:
+        pytest.fail(f"{message} and CI=true: .ci/run must {remedy}")
+    pytest.skip(message)
+
+
+def require_built(module: object, name: str) -> None:
+    """One of kit's optional C modules (None when pip had no compiler): skip, or fail under CI=true."""
+    if module is None:
+        missing(f"{name} is not built (no C compiler at install time)", "build it")
 
 
 def _is_expected(name: str, path: str) -> bool:

@@ -159,9 +159,8 @@ def _split(dtype: Any, values: list[Any], n: int, names: list[str]) -> list[pl.S
 
 def _one(col: Col, values: list[Any], rtype: str, strict: bool) -> pl.Series:
     """One scalar column of a batch (dates as strings): the series, or :func:`_scalar`'s answer."""
-    dtype = pl.Utf8 if col.kind in _DATES else col.dtype
     try:
-        return pl.Series(col.name, values, dtype=dtype)
+        return pl.Series(col.name, values, dtype=_batch_dtype(col))
     except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
         return _scalar(Col(col.name) if col.kind in _DATES else col, values, f"{rtype}.{col.name}", strict)
 
@@ -173,9 +172,13 @@ def _nulls(col: Col, n: int) -> pl.Series:
     if hit is None:
         if len(_NULLS) >= 1024:
             _NULLS.clear()
-        dtype = pl.Utf8 if col.kind in _DATES else col.dtype
-        hit = _NULLS[key] = pl.Series(col.name, [None], dtype=dtype).new_from_index(0, n)
+        hit = _NULLS[key] = pl.Series(col.name, [None], dtype=_batch_dtype(col)).new_from_index(0, n)
     return hit
+
+
+def _batch_dtype(col: Col) -> Any:
+    """A scalar column's dtype in a batch: its own, but str for dates (parsed per chunk)."""
+    return pl.Utf8 if col.kind in _DATES else col.dtype
 
 
 def _chunk(group: Group, batches: list[tuple[pl.DataFrame, list[Items]]]) -> pl.DataFrame:

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import IN_CI, ROOT, stop_pid
+from tests.conftest import ROOT, missing, stop_pid
 
 #: How long JupyterLab may take to start (it builds nothing: the extensions are prebuilt).
 LAB_START_TIMEOUT = 90.0
@@ -44,17 +44,11 @@ LAB_SETTINGS = {
 }
 
 
-def _missing(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message + " and CI=true: .ci/run must install it")
-    pytest.skip(message)
-
-
 def chromium_executable() -> str:
     """Debian's chromium; skip if absent locally, fail under CI=true."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        _missing("chromium is not installed (Debian package chromium)")
+        missing("chromium is not installed (Debian package chromium)", "install it")
     assert path is not None
     return path
 
@@ -115,7 +109,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
         import jupyterlab  # noqa: F401
     except ImportError:
-        _missing("JupyterLab is not installed (pip install -e '.[notebooks]')")
+        missing("JupyterLab is not installed (pip install -e '.[notebooks]')", "install it")
     line = readme_open_line()
     base = tmp_path_factory.mktemp("lab")
     clone = base / "clone"  # what a fresh clone holds that the notebooks read: notebooks/
@@ -187,7 +181,7 @@ def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _missing("playwright is not installed (pip install -e '.[test]')")
+        missing("playwright is not installed (pip install -e '.[test]')", "install it")
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=executable, headless=True)
         try:

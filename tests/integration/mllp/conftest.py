@@ -12,7 +12,7 @@ from kit.examples.hl7 import feed
 from kit.hl7.framing import MLLPDecoder, frame
 from kit.hl7.message import parse_message
 from kit.hl7.mllp import MLLPListener
-from tests.conftest import IN_CI
+from tests.conftest import require_built
 
 FEED = list(feed())
 
@@ -33,11 +33,8 @@ def lean_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
     if request.param == "python":
         monkeypatch.setattr(sender, "_leanc", None)
-    elif sender._leanc is None:
-        message = "kit.hl7._leanc is not built (no C compiler at install time)"
-        if IN_CI:
-            pytest.fail(message + " and CI=true: .ci/run must build it")
-        pytest.skip(message)
+    else:
+        require_built(sender._leanc, "kit.hl7._leanc")
     return str(request.param)
 
 

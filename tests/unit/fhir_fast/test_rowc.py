@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from kit.fhir import frames_fast_types as ft
-from tests.conftest import IN_CI
+from tests.conftest import require_built
 
 try:
     from kit.fhir import _rowc
@@ -28,11 +28,7 @@ DECODE = ft.DECODERS["Observation"].decode
 
 
 def test_the_c_row_is_built_and_used() -> None:
-    if _rowc is None:
-        message = "kit.fhir._rowc is not built (no C compiler at install time)"
-        if IN_CI:
-            pytest.fail(message + " and CI=true: .ci/run must build it")
-        pytest.skip(message)
+    require_built(_rowc, "kit.fhir._rowc")
     assert ft.ROW["Observation"] is _rowc.observation
 
 

@@ -15,7 +15,7 @@ from kit.hl7.build import build_ack
 from kit.hl7.framing import frame
 from kit.hl7.message import parse_message
 from kit.hl7.typed import AckCode
-from tests.conftest import IN_CI
+from tests.conftest import require_built
 
 leanc = sender._leanc
 needs_c = pytest.mark.skipif(leanc is None, reason="kit.hl7._leanc is not built")
@@ -24,11 +24,7 @@ MESSAGE = "MSH|^~\\&|A|B|C|D|20260301120000||ADT^A01|C1|P|2.5.1\rPID|1||123\r"
 
 
 def test_the_c_round_trip_is_built() -> None:
-    if leanc is None:
-        message = "kit.hl7._leanc is not built (no C compiler at install time)"
-        if IN_CI:
-            pytest.fail(message + " and CI=true: .ci/run must build it")
-        pytest.skip(message)
+    require_built(leanc, "kit.hl7._leanc")
 
 
 def python_aa_frame(data: bytes, control_id: str) -> bool:
