@@ -3,7 +3,9 @@
 For each notebook: open it, run every cell through JupyterLab's Run menu commands, in two goes
 ("Run All Above Selected Cell" with the last code cell selected, then "Run Selected Cell and All
 Below": the last cell is the clean-up that stops the notebook's stack, and the widgets must be
-tried while it runs), wait for the kernel to go idle each time, and check
+tried while it runs), wait for the kernel to go idle each time, and check. (A notebook with a
+"watch" step runs its first go in two: up to the watched cell, until the browser shows its widget,
+then the rest above the clean-up with "Run Selected Cells".)
 
 - no error output (no error outputs in the notebook, no stderr output with a Traceback) and
   every code cell ran,
@@ -104,14 +106,21 @@ JS_READY = """() => { const app = window.jupyterapp; const w = app && app.shell.
   return !!k && k.status === 'idle' && k.connectionStatus === 'connected'; }"""
 JS_PATH = "() => window.jupyterapp.shell.currentWidget.context.path"
 # Run every cell in two goes around the interactions: all cells above the last code cell (the
-# clean-up, which stops the notebook's stack), then that cell and the rest. Returns its index.
-JS_RUN = """(part) => { const nb = window.jupyterapp.shell.currentWidget.content; let last = -1;
+# clean-up, which stops the notebook's stack), then that cell and the rest. ``at`` (not null)
+# stops the first go above that cell instead; part "selected" then runs the cells from ``at``
+# up to the last code cell (Run Selected Cells). Returns the last code cell's index.
+JS_RUN = """([part, at]) => { const nb = window.jupyterapp.shell.currentWidget.content; let last = -1;
   nb.widgets.forEach((c, i) => {
     if (c.model.type === 'code' && c.model.sharedModel.getSource().trim()) last = i; });
-  nb.activeCellIndex = last; window.__kitRun = 'running';
-  window.jupyterapp.commands.execute(part === 'above' ? 'notebook:run-all-above' : 'notebook:run-all-below')
+  nb.activeCellIndex = at === null ? last : at; window.__kitRun = 'running';
+  if (part === 'selected') { nb.deselectAll(); nb.extendContiguousSelectionTo(last - 1); }
+  window.jupyterapp.commands.execute({above: 'notebook:run-all-above', rest: 'notebook:run-all-below',
+                                      selected: 'notebook:run-cell'}[part])
     .then(ok => { window.__kitRun = ok ? 'done' : 'failed'; }, e => { window.__kitRun = 'error: ' + e; });
   return last; }"""
+# The index of the first cell whose source holds `needle`.
+JS_CELL = """(needle) => window.jupyterapp.shell.currentWidget.content.widgets
+  .findIndex(c => c.model.sharedModel.getSource().includes(needle))"""
 JS_RUN_FINISHED = """() => { if (window.__kitRun === 'running') return false;
   const k = window.jupyterapp.shell.currentWidget.sessionContext.session.kernel;
   return k.status === 'idle'; }"""
@@ -205,9 +214,18 @@ def test_notebook_runs_renders_and_answers(name: str, browser: Any, lab: Lab, tm
         assert Path(page.evaluate(JS_PATH)).name == name
 
         watched = [s for s in steps if s.do == "watch"]
+        assert len(watched) <= 1, "one sampler per page: one watch step per notebook"
         for step in watched:
             page.evaluate(JS_SAMPLE, [step.cell, step.watch, step.prop, WIDGET_MIME])
-        last = page.evaluate(JS_RUN, "above")
+            # run up to the watched cell and wait until the browser shows its widget, then the
+            # rest: a browser slow to draw (a loaded machine) must not miss what changes next
+            cell = page.evaluate(JS_CELL, step.cell)
+            assert cell >= 0, f"{name}: no cell holds {step.cell!r}"
+            page.evaluate(JS_RUN, ["above", cell + 1])
+            _wait(page, JS_RUN_FINISHED, None, RUN_TIMEOUT_MS, f"{name}: cells run up to {step.cell}", lab)
+            _wait(page, "() => window.__kitSeen.length > 0", None, STEP_TIMEOUT_MS,
+                  f"{name}: {step.cell} shown", lab)
+        last = page.evaluate(JS_RUN, ["selected", cell + 1] if watched else ["above", None])
         _wait(page, JS_RUN_FINISHED, None, RUN_TIMEOUT_MS, f"{name}: cells run, kernel idle", lab)
         page.screenshot(path=tmp_path / f"{Path(name).stem}-ran.png")
 
@@ -224,7 +242,7 @@ def test_notebook_runs_renders_and_answers(name: str, browser: Any, lab: Lab, tm
         for n, step in enumerate(steps):
             _interact(page, step, name, tmp_path / f"{Path(name).stem}-{n}-{step.do}.png")
 
-        page.evaluate(JS_RUN, "rest")  # the clean-up
+        page.evaluate(JS_RUN, ["rest", None])  # the clean-up
         _wait(page, JS_RUN_FINISHED, None, RUN_TIMEOUT_MS, f"{name}: clean-up run, kernel idle", lab)
         errors = page.evaluate(JS_ERRORS, -1)
         assert not errors, f"{name}: errors in the clean-up:\n" + "\n".join(errors)

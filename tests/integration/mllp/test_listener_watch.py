@@ -24,16 +24,23 @@ from tests.integration.mllp.conftest import hog as hog_peer
 pytestmark = pytest.mark.timeout(60)
 
 
-def _listener_holds(port: int, peer_port: int) -> bool:
-    """Whether this process (the listener runs in it) has a socket open from ``port`` to ``peer_port``."""
-    inodes = set()
+def _sockets(port: int, peer_port: int) -> dict[str, int]:
+    """The sockets from ``port`` to ``peer_port`` (by ``socket:[inode]``) and the bytes each holds
+    received but not yet read by its owner (its receive queue)."""
+    found = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as lines:
             for line in list(lines)[1:]:
                 cols = line.split()
                 local, remote = int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16)
                 if (local, remote) == (port, peer_port):
-                    inodes.add(f"socket:[{cols[9]}]")
+                    found[f"socket:[{cols[9]}]"] = int(cols[4].split(":")[1], 16)
+    return found
+
+
+def _listener_holds(port: int, peer_port: int) -> bool:
+    """Whether this process (the listener runs in it) has a socket open from ``port`` to ``peer_port``."""
+    inodes = _sockets(port, peer_port)
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/self/fd/{fd}") in inodes:
@@ -70,12 +77,17 @@ def test_stop_closes_a_connection_evicted_while_it_closes(tmp_path: Path) -> Non
     listener = MLLPListener(tmp_path / "mllp.db", max_connections=1, idle_timeout=30.0)
     listener.start()
     try:
-        hog = hog_peer(listener.port)
+        # the hog sends until a send waits 3 s: until the listener stops reading it (it reads
+        # nothing while its ACKs to the hog wait unsent), not merely until a slow commit (a
+        # loaded machine), after which every ACK could still fit the kernel's buffers
+        hog = hog_peer(listener.port, timeout=3.0)
         hog_port = hog.getsockname()[1]
-        seen, still_since = -1, time.monotonic()
-        while time.monotonic() - still_since < 0.5:  # until the listener is stuck writing its ACKs
-            if listener.counts["received"] != seen:
+        seen, still_since, deadline = -1, time.monotonic(), time.monotonic() + 30
+        while time.monotonic() - still_since < 0.5:  # until the listener is stuck writing its ACKs:
+            unread = sum(_sockets(listener.port, hog_port).values())  # bytes it has not read, and
+            if listener.counts["received"] != seen or not unread:  # no message received for 0.5 s
                 seen, still_since = listener.counts["received"], time.monotonic()
+            assert time.monotonic() < deadline, "the listener never stopped reading the hog"
             time.sleep(0.05)
         with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as other:
             assert msa(exchange(other, frame(numbered(1, "NEXT")), 10)[0]) == ("AA", "NEXT000001")
