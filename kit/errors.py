@@ -25,6 +25,7 @@ converted at the boundary with ``raise ... from exc`` so the original stays on
     │   ├── DicomError              DICOM-level failures
     │   │   ├── AssociationRejectedError   (``.result``, ``.source_``, ``.reason``)
     │   │   ├── AssociationAbortedError
+    │   │   │   └── DicomProtocolError   the peer broke the protocol or a bound: the kit aborted
     │   │   ├── DimseStatusError    non-success DIMSE status (``.status``)
     │   │   └── DicomWebError       DICOMweb HTTP failure (``.status_code``)
     │   ├── FhirError               FHIR HTTP failure (``.status_code``)
@@ -68,6 +69,7 @@ __all__ = [
     "CohortError",
     "ConfigError",
     "DicomError",
+    "DicomProtocolError",
     "DicomFileError",
     "DicomWebError",
     "DicomWebRequestError",
@@ -292,6 +294,15 @@ class AssociationRejectedError(DicomError):
 
 class AssociationAbortedError(DicomError):
     """The association was aborted (A-ABORT or A-P-ABORT) before the request finished."""
+
+
+class DicomProtocolError(AssociationAbortedError):
+    """The kit aborted the association because of what the peer sent: a PDU or identifier past
+    its bound, an answer to another message, a DIMSE message out of place.
+
+    Unlike a connection lost or an abort by the peer, asking again meets the same peer: retrying
+    does not help (:func:`kit.cohort.plan.classify` calls it final).
+    """
 
 
 class DimseStatusError(DicomError):

@@ -41,6 +41,7 @@ import kit._checks as _checks
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
+    DicomProtocolError,
     DicomWebError,
     DimseStatusError,
     InvalidInputError,
@@ -407,10 +408,13 @@ def classify(exc: BaseException) -> Failure:
     rejected transiently (result 2, e.g. the PACS's association limit);
     DIMSE "out of resources" (0xA7xx) or cancelled; a retrieve that failed part
     way; HTTP 408, 429 and 5xx. Final: "not found" (a retrieve that delivered
-    nothing, HTTP 404/410), permanent rejection, TLS, refused identifiers,
-    anything else.
+    nothing, HTTP 404/410), permanent rejection, TLS, refused identifiers, an
+    association the kit aborted for what the peer sent (:class:`DicomProtocolError`:
+    an oversized identifier or PDU, an answer to another message), anything else.
     """
     reason = _first_line(exc)
+    if isinstance(exc, DicomProtocolError):  # the same peer answers the same way again
+        return Failure(reason, transient=False)
     if isinstance(exc, (PeerUnreachableError, PeerTimeoutError, PeerDisconnectedError,
                         AssociationAbortedError)):
         return Failure(reason, transient=True)

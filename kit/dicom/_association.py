@@ -45,6 +45,7 @@ from kit.dicom._assoc_rq import encode_associate_rq
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
+    DicomProtocolError,
     InvalidInputError,
     PeerError,
     PeerTimeoutError,
@@ -352,7 +353,7 @@ class AssociationClient:
         if 0 < peer_max < MIN_PEER_MAX_PDU:
             assoc.abort()
             ae.shutdown()
-            raise AssociationAbortedError(
+            raise DicomProtocolError(
                 f"the peer accepted the association with a Maximum Length of {peer_max} bytes, below the "
                 f"{MIN_PEER_MAX_PDU} the kit works with: aborted", peer=self.address)
         unbind_log_handlers(assoc)
@@ -425,7 +426,8 @@ class AssociationClient:
                    done: int) -> AssociationAbortedError | PeerTimeoutError:
         """The error for a transfer that broke off, saying how far it got."""
         reason = str(err).removesuffix(f" ({self.address})")
-        kind = PeerTimeoutError if isinstance(err, PeerTimeoutError) else AssociationAbortedError
+        kind = PeerTimeoutError if isinstance(err, PeerTimeoutError) else \
+            DicomProtocolError if isinstance(err, DicomProtocolError) else AssociationAbortedError
         return kind(f"{what}: {reason} after {done} instance(s)", peer=self.address)
 
     # -- services ------------------------------------------------------------------------------

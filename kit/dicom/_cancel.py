@@ -165,7 +165,8 @@ def drain_get(phase: Any, context_id: int) -> dict[str, Any]:
     PeerTimeoutError
         The peer did not end the C-GET within the grace (the data phase then aborts).
     AssociationAbortedError
-        The peer answered with something else, or the connection broke.
+        The connection broke; :class:`~kit.errors.DicomProtocolError` if the peer answered
+        with something else.
     """
     import time
 
@@ -179,7 +180,7 @@ def drain_get(phase: Any, context_id: int) -> dict[str, Any]:
         encode_command,
         status_fields,
     )
-    from kit.errors import AssociationAbortedError, PeerTimeoutError
+    from kit.errors import DicomProtocolError, PeerTimeoutError
 
     phase.send(context_id, encode_command({0x00000100: C_CANCEL_RQ, 0x00000120: 1,
                                            0x00000800: NO_DATASET}))
@@ -204,8 +205,8 @@ def drain_get(phase: Any, context_id: int) -> dict[str, Any]:
                 if fields["Status"] not in (0xFF00, 0xFF01):
                     return fields
             else:
-                raise AssociationAbortedError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
-                                              "after C-CANCEL", peer=phase.peer)
+                raise DicomProtocolError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
+                                         "after C-CANCEL", peer=phase.peer)
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(phase.timeout)

@@ -15,7 +15,7 @@ and queues every message a peer sends without waiting for the caller. On a C-FIN
 :func:`kit.dicom._guard.read_bounded_pdu`, on the network thread) counts the data set bytes of
 the message being assembled as its fragments arrive: one past ``max_identifier_bytes`` (default
 :data:`MAX_IDENTIFIER_BYTES`) is answered with A-ABORT there, before the rest is read, and the
-C-FIND raises :class:`~kit.errors.AssociationAbortedError`; no further PDU is read while
+C-FIND raises :class:`~kit.errors.DicomProtocolError`; no further PDU is read while
 :data:`READ_AHEAD` whole messages wait for the caller. :func:`collect_find` adds up the data set
 bytes of the matches it keeps: past ``max_find_bytes`` (default :data:`MAX_FIND_BYTES`) it sends
 C-CANCEL, drops them and raises :class:`~kit.errors.DicomError` (a user who asked for every match
@@ -36,7 +36,7 @@ from pynetdicom.association import Association
 
 from kit._truncate import warn_truncated
 from kit.dicom._guard import MessageBound
-from kit.errors import AssociationAbortedError, DicomError, DimseStatusError, KitError
+from kit.errors import DicomError, DicomProtocolError, DimseStatusError, KitError
 
 __all__ = ["MAX_AFTER_CANCEL", "MAX_COMMAND_BYTES", "MAX_FIND_BYTES", "MAX_IDENTIFIER_BYTES", "READ_AHEAD",
            "DataSetWalk", "IdentifierBound", "collect_find", "final_status", "is_pending",
@@ -320,7 +320,7 @@ def collect_find(assoc: Association, identifier: Dataset, sop_class: str, what: 
     ``bound`` is the association's :class:`IdentifierBound` (its PDU reader's); with it, the
     matches' data sets may add up to ``max_bytes``: past that, C-CANCEL and
     :class:`~kit.errors.DicomError`. A data set past the bound's own limit aborted the
-    association: :class:`~kit.errors.AssociationAbortedError`. A Pending response whose match
+    association: :class:`~kit.errors.DicomProtocolError`. A Pending response whose match
     cannot be read (:func:`unreadable`) is C-CANCEL and :class:`~kit.errors.DicomError` too, the
     final response read first, as for ``max_bytes``: a match is not dropped or turned into nulls.
     """
@@ -334,7 +334,7 @@ def collect_find(assoc: Association, identifier: Dataset, sop_class: str, what: 
             if cancelled:  # the PACS dropped the association after our C-CANCEL: we have our matches
                 break
             if bound is not None and bound.tripped is not None:
-                raise AssociationAbortedError(f"{what}: the PACS sent {bound.tripped}: aborted", peer=peer)
+                raise DicomProtocolError(f"{what}: the PACS sent {bound.tripped}: aborted", peer=peer)
             raise lost(assoc, what, waited)
         if is_pending(code):
             # data sets queue in message order; a Pending without one (ident empty) or one pynetdicom

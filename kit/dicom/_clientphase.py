@@ -41,7 +41,7 @@ from pynetdicom.association import Association
 
 from kit.dicom._fastnet import DataPhase, pdu_limit, store_command, store_request, store_response
 from kit.dicom._outgoing import Outgoing
-from kit.errors import AssociationAbortedError, PeerTimeoutError
+from kit.errors import AssociationAbortedError, DicomProtocolError, PeerTimeoutError
 
 __all__ = ["CHUNK", "OVERSHOOT", "ClientPhase", "store_all"]
 
@@ -270,8 +270,8 @@ class ClientPhase(DataPhase):
         limit = pdu_limit(kind, self.maximum)
         if length > limit:
             self._abort_transport(0x06)
-            raise AssociationAbortedError(f"the peer sent a PDU of {length} bytes, more than the "
-                                          f"{limit} negotiated: aborted", peer=self.peer)
+            raise DicomProtocolError(f"the peer sent a PDU of {length} bytes, more than the "
+                                     f"{limit} negotiated: aborted", peer=self.peer)
         self._lo = lo + 6
         return kind, length
 

@@ -44,7 +44,7 @@ from pynetdicom.presentation import PresentationContext
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta
 from kit.dicom._spill import SPILL_AT, Spill
 from kit.dicom.received import CANNOT_UNDERSTAND
-from kit.errors import AssociationAbortedError, PeerTimeoutError, StoreError
+from kit.errors import AssociationAbortedError, DicomProtocolError, PeerTimeoutError, StoreError
 
 __all__ = [
     "C_ECHO_RQ", "C_ECHO_RSP", "C_GET_RQ", "C_GET_RSP", "C_STORE_RQ", "C_STORE_RSP", "NO_DATASET",
@@ -441,8 +441,8 @@ class DataPhase:
         limit = pdu_limit(kind, self.maximum)
         if length > limit:
             self._abort_transport(0x06)
-            raise AssociationAbortedError(f"the peer sent a PDU of {length} bytes, more than the "
-                                          f"{limit} negotiated: aborted", peer=self.peer)
+            raise DicomProtocolError(f"the peer sent a PDU of {length} bytes, more than the "
+                                     f"{limit} negotiated: aborted", peer=self.peer)
         body = bytearray(length)
         if length:
             deadline = None if self.pdu_timeout is None else time.monotonic() + self.pdu_timeout
@@ -549,7 +549,7 @@ class DataPhase:
     def _malformed(self, reason: str, cause: Exception | None = None) -> NoReturn:
         """A-ABORT to the peer (the stream cannot be read on), then the error."""
         self._abort_transport(0x00)
-        raise AssociationAbortedError(reason, peer=self.peer) from cause
+        raise DicomProtocolError(reason, peer=self.peer) from cause
 
 
 def status_fields(command: Mapping[int, bytes]) -> dict[str, Any]:
@@ -750,22 +750,22 @@ def store_response(phase: DataPhase, msg_id: int, sop_uid: str) -> int:
     rsp = phase.recv()
     code = command_int(rsp.command, 0x0900)
     if rsp.command_field != C_STORE_RSP or code is None:
-        raise AssociationAbortedError(f"C-STORE of {sop_uid}: the peer answered with command "
-                                      f"0x{rsp.command_field:04X}", peer=phase.peer)
+        raise DicomProtocolError(f"C-STORE of {sop_uid}: the peer answered with command "
+                                 f"0x{rsp.command_field:04X}", peer=phase.peer)
     if (answers := command_int(rsp.command, 0x0120)) != msg_id:
-        raise AssociationAbortedError(f"C-STORE of {sop_uid}: a C-STORE-RSP to message {answers}, "
-                                      f"not to our C-STORE-RQ (message {msg_id})", peer=phase.peer)
+        raise DicomProtocolError(f"C-STORE of {sop_uid}: a C-STORE-RSP to message {answers}, "
+                                 f"not to our C-STORE-RQ (message {msg_id})", peer=phase.peer)
     if command_str(rsp.command, 0x1000) not in ("", sop_uid):  # an answer for another instance
-        raise AssociationAbortedError(f"C-STORE of {sop_uid}: the peer answered for "
-                                      f"{command_str(rsp.command, 0x1000)}", peer=phase.peer)
+        raise DicomProtocolError(f"C-STORE of {sop_uid}: the peer answered for "
+                                 f"{command_str(rsp.command, 0x1000)}", peer=phase.peer)
     return code
 
 
 def check_get_rsp(command: Any, peer: str) -> None:
     """A C-GET-RSP must answer our C-GET-RQ, message 1 (else it is another exchange's)."""
     if (answers := command_int(command, 0x0120)) != 1:
-        raise AssociationAbortedError(f"a C-GET-RSP to message {answers}, not to our C-GET (message 1)",
-                                      peer=peer)
+        raise DicomProtocolError(f"a C-GET-RSP to message {answers}, not to our C-GET (message 1)",
+                                 peer=peer)
 
 
 def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
@@ -802,8 +802,8 @@ def c_get(phase: DataPhase, context_id: int, sop_class: str, identifier: bytes,
             if command_int(msg.command, 0x0900) not in (0xFF00, 0xFF01):  # not pending: the last
                 return status_fields(msg.command)
         else:
-            raise AssociationAbortedError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
-                                          "during C-GET", peer=phase.peer)
+            raise DicomProtocolError(f"unexpected DIMSE command 0x{msg.command_field:04X} "
+                                     "during C-GET", peer=phase.peer)
         if cancelled is not None and cancelled():  # asked to stop: C-CANCEL (kit.dicom._cancel)
             from kit.dicom._cancel import drain_get
 

@@ -64,7 +64,7 @@ from kit.dicom._fastnet import (
 from kit.dicom._filemeta import part10_head
 from kit.dicom._spares import POOL_LIMIT, SparePool
 from kit.dicom.received import CANNOT_UNDERSTAND, DATASET_MISMATCH, MAX_DEPTH, MAX_INFLATED
-from kit.errors import AssociationAbortedError
+from kit.errors import DicomProtocolError
 
 __all__ = ["Expected", "PooledReceiver", "get_loop", "read_identity", "store_rsp"]
 
@@ -422,7 +422,7 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
 
     Raises
     ------
-    AssociationAbortedError
+    DicomProtocolError
         The PACS sent a DIMSE message other than C-STORE-RQ and C-GET-RSP, or a C-GET-RSP
         that answers another message than our C-GET-RQ.
     """
@@ -464,8 +464,8 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
                 return status_fields(command)
             remaining = command_int(command, 0x1020)
         else:
-            raise AssociationAbortedError(f"unexpected DIMSE command 0x{field or 0:04X} "
-                                          "during C-GET", peer=phase.peer)
+            raise DicomProtocolError(f"unexpected DIMSE command 0x{field or 0:04X} "
+                                     "during C-GET", peer=phase.peer)
         if cancelled is not None and cancelled():  # asked to stop: C-CANCEL (kit.dicom._cancel)
             from kit.dicom._cancel import drain_get
 

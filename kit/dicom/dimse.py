@@ -12,7 +12,10 @@ nothing listens, host name unknown     :class:`~kit.errors.PeerUnreachableError`
 no answer within ``timeout``           :class:`~kit.errors.PeerTimeoutError`
 A-ASSOCIATE-RJ (e.g. wrong AE title)   :class:`~kit.errors.AssociationRejectedError`
 A-ABORT / connection lost mid-request  :class:`~kit.errors.AssociationAbortedError`
-C-FIND response over the bound         :class:`~kit.errors.AssociationAbortedError`
+peer broke a bound or the protocol     :class:`~kit.errors.DicomProtocolError` (an
+                                       AssociationAbortedError the kit sent: a C-FIND
+                                       response or PDU over its bound, an answer to
+                                       another message; final, not retried)
 C-FIND matches over the total bound    :class:`~kit.errors.DicomError` (C-CANCEL)
 failure or warning DIMSE status        :class:`~kit.errors.DimseStatusError`
 partial C-GET / C-MOVE                 :class:`RetrieveError` (a DimseStatusError
@@ -231,7 +234,7 @@ class PacsClient(AssociationClient):
     max_identifier_bytes : int
         Largest data set of one C-FIND (or worklist) response, in bytes (default 16 MiB; a real
         one is a few KB): a PACS sending more gets A-ABORT as it does, raising
-        :class:`~kit.errors.AssociationAbortedError`. Not applied to C-GET's instances.
+        :class:`~kit.errors.DicomProtocolError`. Not applied to C-GET's instances.
     max_find_bytes : int
         Largest total of the data sets of one C-FIND's matches, in bytes (default 512 MiB): past
         it, C-CANCEL and :class:`~kit.errors.DicomError` (narrow the query or raise this).

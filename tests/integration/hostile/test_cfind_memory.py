@@ -3,7 +3,7 @@
 pynetdicom assembles a DIMSE message from any number of PDUs in memory and queues every message
 without waiting: one Pending identifier of any size, or a million of them, used to be held whole
 (8 MiB identifiers under ``limit=1001`` took the process past 6 GB). Now one data set is bounded
-as its fragments arrive (``max_identifier_bytes``: A-ABORT, AssociationAbortedError) and the
+as its fragments arrive (``max_identifier_bytes``: A-ABORT, DicomProtocolError) and the
 matches of one C-FIND in total (``max_find_bytes``: C-CANCEL, DicomError), and neither bound
 touches a C-GET's instances.
 
@@ -25,11 +25,12 @@ from typing import Any
 
 import pytest
 
+from kit.cohort.plan import classify
 from kit.dicom._cfind import MAX_COMMAND_BYTES
 from kit.dicom._fastnet import command_int, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
-from kit.errors import AssociationAbortedError, DicomError, InvalidInputError
+from kit.errors import DicomError, DicomProtocolError, InvalidInputError
 from tests.integration.pacs_client.test_client_bounds import (
     RELEASE_RP,
     RawPeer,
@@ -140,9 +141,9 @@ def query(client: PacsClient, name: str) -> Callable[[], Any]:
 def test_an_identifier_past_the_bound_is_aborted_as_it_arrives(peer: Callable[..., RawPeer],  # noqa: F811
                                                                 name: str) -> None:
     """One Pending identifier of 32 MiB in 16 KiB PDUs under max_identifier_bytes=64 KiB: the client
-    sends A-ABORT once 64 KiB of it are in and raises AssociationAbortedError naming the bound and the
-    PACS; the PACS could not send it all, the client held a few hundred KiB at most, and the same
-    client's next C-FIND (a new association) works."""
+    sends A-ABORT once 64 KiB of it are in and raises DicomProtocolError (final: a cohort job does not
+    retry it) naming the bound and the PACS; the PACS could not send it all, the client held a few
+    hundred KiB at most, and the same client's next C-FIND (a new association) works."""
     huge = identifier(0, 32 * MIB)  # made before the tracing starts
     calls = itertools.count()
     seen: dict[str, Any] = {}
@@ -161,7 +162,8 @@ def test_an_identifier_past_the_bound_is_aborted_as_it_arrives(peer: Callable[..
     client = PacsClient("127.0.0.1", raw.port, called_aet="HOSTILE", timeout=5.0,
                         max_identifier_bytes=64 * KIB)
     exc, took, peak = traced(query(client, name))
-    assert isinstance(exc, AssociationAbortedError), repr(exc)
+    assert isinstance(exc, DicomProtocolError), repr(exc)
+    assert not classify(exc).transient  # a cohort job does not ask the same PACS again
     assert f"passed {64 * KIB} bytes (max_identifier_bytes)" in str(exc)
     assert client.address in str(exc)
     assert took < 4.0
@@ -174,7 +176,7 @@ def test_an_identifier_past_the_bound_is_aborted_as_it_arrives(peer: Callable[..
 
 def test_an_endless_command_set_is_aborted(peer: Callable[..., RawPeer]) -> None:  # noqa: F811
     """A response whose command set never ends (64 MiB in 16 KiB fragments, default bounds): A-ABORT
-    once it passes MAX_COMMAND_BYTES, AssociationAbortedError, not a wait for the rest."""
+    once it passes MAX_COMMAND_BYTES, DicomProtocolError, not a wait for the rest."""
     piece = b"".join(_pdu(1, 0x01, bytes(FRAGMENT)))  # a command fragment, never the last
     seen: dict[str, Any] = {}
 
@@ -184,7 +186,7 @@ def test_an_endless_command_set_is_aborted(peer: Callable[..., RawPeer]) -> None
     raw = peer(script)
     client = PacsClient("127.0.0.1", raw.port, called_aet="HOSTILE", timeout=5.0)
     exc, took, peak = traced(query(client, "find"))
-    assert isinstance(exc, AssociationAbortedError), repr(exc)
+    assert isinstance(exc, DicomProtocolError), repr(exc)
     assert f"command set passed {MAX_COMMAND_BYTES} bytes" in str(exc)
     assert took < 4.0 and peak < 4 * MIB, (took, peak)
     raw.close()

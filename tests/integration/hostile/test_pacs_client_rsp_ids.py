@@ -3,7 +3,7 @@
 A C-STORE-RSP's Message ID Being Responded To (0000,0120) must be the Message ID of the
 C-STORE-RQ it answers (PS3.7 9.3.1.2). A Success for another message, a stale or a made-up one,
 used to count the instance as stored. Now the association is aborted and
-:class:`~kit.errors.AssociationAbortedError` raised, as a C-GET-RSP to another message is
+:class:`~kit.errors.DicomProtocolError` raised, as a C-GET-RSP to another message is
 (:func:`kit.dicom._fastnet.check_get_rsp`); the instance is not counted. Both ways of sending
 (from memory, and a large file from the file in pieces) read the answer the same way.
 
@@ -25,7 +25,7 @@ from kit.dicom import _outgoing
 from kit.dicom._fastnet import command_int, command_str, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
-from kit.errors import AssociationAbortedError
+from kit.errors import DicomProtocolError
 from tests.integration.pacs_client.conftest import make_ct
 from tests.integration.pacs_client.test_client_bounds import (
     RawPeer,
@@ -81,13 +81,13 @@ def test_a_store_rsp_to_another_message_aborts(peer: Callable[..., RawPeer], tmp
                                                sent: str, wrong_from: int, shift: Callable[[int], int],
                                                answers: int, done: int) -> None:
     """Four instances; the PACS answers Success to another Message ID from message ``wrong_from`` on:
-    A-ABORT there, AssociationAbortedError naming both message IDs and the instances answered
+    A-ABORT there, DicomProtocolError naming both message IDs and the instances answered
     rightly before, not a frame with the instance as stored."""
     files = make_ct(tmp_path / "src", 4)
     raw = peer(answering(wrong_from, shift))
     client = PacsClient("127.0.0.1", raw.port, called_aet="HOSTILE", timeout=5.0)
     exc, _took = bounded(lambda: client.store(files))
-    assert type(exc) is AssociationAbortedError, repr(exc)
+    assert type(exc) is DicomProtocolError, repr(exc)
     message = str(exc)
     assert f"a C-STORE-RSP to message {answers}, not to our C-STORE-RQ (message {wrong_from})" in message
     assert f"after {done} instance(s)" in message

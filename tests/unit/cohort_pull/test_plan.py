@@ -29,6 +29,7 @@ from kit.dicom.dimse import RetrieveError
 from kit.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
+    DicomProtocolError,
     DicomWebError,
     DimseStatusError,
     InvalidInputError,
@@ -120,6 +121,7 @@ def test_matching_studies_drops_what_contradicts_the_item() -> None:
     (PeerUnreachableError("x"), True, False),
     (PeerTimeoutError("x"), True, False),
     (AssociationAbortedError("x"), True, False),
+    (DicomProtocolError("x"), False, False),  # the kit aborted for what the peer sent
     (AssociationRejectedError("x", result=2), True, False),
     (AssociationRejectedError("x", result=1), False, False),
     (TLSError("x"), False, False),
