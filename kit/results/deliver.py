@@ -86,7 +86,9 @@ class Delivery:
         error's message or the differences read back.
     identifier : str, optional
         The SOP Instance UID (``sr``, ``seg``), ``Type/<id>/_history/<v>``
-        (FHIR, space-separated when several) or the MSH-10 (``oru``).
+        (FHIR, space-separated when several) or the MSH-10 (``oru``); on a
+        failed row too, where it was known before sending (not for FHIR
+        resources the server never created, nor an object that did not encode).
     seconds : float
         Time spent on this target (encoding, sending, verifying).
     """
@@ -128,15 +130,16 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
-def _timed(target: str, fn: Callable[[], Delivery]) -> Delivery:
-    """Run one target's delivery; any error is that target's failed row, never the others' problem."""
+def _timed(target: str, fn: Callable[[], Delivery], identifier: str | None = None) -> Delivery:
+    """Run one target's delivery; any error is that target's failed row (naming ``identifier``, what
+    was being sent: the SOP Instance UID, the MSH-10), never the others' problem."""
     t = time.perf_counter()
     try:
         out = fn()
     except KitError as exc:
-        out = Delivery(target, "failed", _reason(exc))
+        out = Delivery(target, "failed", _reason(exc), identifier)
     except Exception as exc:  # noqa: BLE001 - one target's bug must not stop the other targets
-        out = Delivery(target, "failed", "unexpected " + _reason(exc))
+        out = Delivery(target, "failed", "unexpected " + _reason(exc), identifier)
     return dataclasses.replace(out, seconds=round(time.perf_counter() - t, 4))
 
 
@@ -403,7 +406,7 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
         if hl7 is None:
             rows["oru"] = Delivery("oru", "skipped", "no MLLP sender", control_id(result))
         else:
-            jobs["oru"] = pool.submit(_timed, "oru", lambda: _oru(result, hl7))
+            jobs["oru"] = pool.submit(_timed, "oru", lambda: _oru(result, hl7), control_id(result))
 
     # Encode SEG, then SR (which references the SEG): pure, and needed for the FHIR report's identifiers.
     seg: Dataset | None = None
@@ -437,7 +440,7 @@ def deliver(result: AnalysisResult, *, sources: Sequence[Dataset] = (), pacs: Pa
             # plain copies: the threads must not touch highdicom's thread-bound objects
             plain_seg = _plain(seg) if seg is not None and target == "sr" else None
             work = _dicom_job(target, result, pacs, _plain(ds), plain_seg)
-            jobs[target] = pool.submit(_timed, target, work)
+            jobs[target] = pool.submit(_timed, target, work, str(ds.SOPInstanceUID))
             continue
         rows[target] = dataclasses.replace(row, seconds=round(row.seconds + spent[target], 4))
 

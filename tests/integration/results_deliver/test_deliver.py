@@ -106,6 +106,7 @@ def test_an_hl7_ae_fails_the_oru_row_and_fhir_still_completes(fhir: FhirClient) 
         report = deliver(result, fhir=fhir, hl7=hl7, targets=FHIR_HL7)
     assert _statuses(report) == {"observation": "verified", "diagnostic_report": "verified", "oru": "failed"}
     assert (report["oru"].reason or "").startswith("NakError") and "AE" in (report["oru"].reason or "")
+    assert report["oru"].identifier == control_id(result)  # the MSH-10 the receiver refused
 
 
 @pytest.mark.parametrize(("severity", "status"), [("E", "failed"), ("F", "failed"), ("W", "verified")])

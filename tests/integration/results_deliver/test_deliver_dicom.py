@@ -63,13 +63,15 @@ def test_every_target_is_verified_and_redelivery_stores_nothing_twice(sources, p
 def test_a_pacs_that_refuses_fails_sr_and_seg_and_the_others_complete(sources, peers) -> None:  # type: ignore[no-untyped-def]
     pacs, fhir, hl7, _ = peers
     wrong = PacsClient("127.0.0.1", pacs.port, called_aet="NOTKIT", timeout=10)
-    report = deliver(analyse_ct(sources), sources=sources, pacs=wrong, fhir=fhir, hl7=hl7)
+    result = analyse_ct(sources)
+    report = deliver(result, sources=sources, pacs=wrong, fhir=fhir, hl7=hl7)
     statuses = {d.target: d.status for d in report.deliveries}
     assert statuses == {"sr": "failed", "seg": "failed", "observation": "verified",
                         "diagnostic_report": "verified", "oru": "verified"}
     for target in ("sr", "seg"):
         reason = report[target].reason or ""
         assert reason.startswith("AssociationRejectedError") and "called AE title not recognised" in reason
+        assert report[target].identifier == result.uid(target)  # what failed to arrive, to look for later
 
 
 def test_a_dicom_failure_status_fails_that_target_with_the_status(sources, peers, monkeypatch) -> None:  # type: ignore[no-untyped-def]
