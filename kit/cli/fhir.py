@@ -46,10 +46,11 @@ def _connection_options(func: F) -> F:
     return func
 
 
-def _client(ctx: click.Context, base: str | None, timeout: float | None, retries: int) -> Any:
+def _client(ctx: click.Context, base: str | None, timeout: float | None, retries: int,
+            **bounds: int) -> Any:
     from kit.fhir.client import FhirClient, RetryPolicy
 
-    overrides: dict[str, Any] = {"retries": RetryPolicy.with_retries(retries)}
+    overrides: dict[str, Any] = {"retries": RetryPolicy.with_retries(retries), **bounds}
     if base:
         overrides["base"] = base
     if timeout:
@@ -172,13 +173,19 @@ def _search_params(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
                                 "cut the result (default: all pages).")
 @click.option("--count", "page_size", type=click.IntRange(min=1), default=None,
               help="Page size to ask for (_count).")
+@click.option("--max-pages", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Pages to read at most (default 100,000): a server that pages on past them is an "
+                   "error, not a partial result. Raise it for a search that large.")
+@click.option("--max-resources", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Bundle entries to read at most, matches and includes (default 10,000,000; "
+                   "as --max-pages).")
 @_connection_options
 @output_options
 @click.pass_context
 @handle_errors
 def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_results: int | None,
-           page_size: int | None, base: str | None, timeout: float | None, retries: int,
-           output: str | None, as_json: bool) -> None:
+           page_size: int | None, max_pages: int | None, max_resources: int | None, base: str | None,
+           timeout: float | None, retries: int, output: str | None, as_json: bool) -> None:
     """Search TYPE, following every page; print the results as a frame.
 
     Resources that _include/_revinclude bring in are kept: they follow the
@@ -199,7 +206,8 @@ def search(ctx: click.Context, resource_type: str, params: tuple[str, ...], max_
     if page_size:
         query.append(("_count", str(page_size)))
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {(resource_type, SearchMode.MATCH.value): []}
-    with _client(ctx, base, timeout, retries) as client, noting_truncation():
+    bounds = {k: v for k, v in (("max_pages", max_pages), ("max_resources", max_resources)) if v}
+    with _client(ctx, base, timeout, retries, **bounds) as client, noting_truncation():
         entries = client.search_entries(resource_type, query, limit=max_results)
         for e in progress(entries, total=max_results, desc=f"{resource_type}"):
             if e.mode is SearchMode.OUTCOME:

@@ -205,10 +205,12 @@ def _incomplete(resource_type: str, total: int | None, got: int, why: str, base:
         "or accept part of it with a limit (--limit N)", peer=base)
 
 
-def _too_long(resource_type: str, what: str, base: str) -> FhirError:
+def _too_long(resource_type: str, what: str, bound: str, base: str) -> FhirError:
+    option = bound.replace("_", "-")
     return PagingLimitError(
-        f"search {resource_type}: stopped after {what}, and the server still sends more; narrow "
-        "the search or accept part of it with a limit (--limit N)", peer=base)
+        f"search {resource_type}: stopped after {what} ({bound}), and the server still sends more; "
+        f"narrow the search, accept part of it with a limit (--limit N), or raise {bound} "
+        f"(--{option} N) if the search is that large", peer=base)
 
 
 def page_entries(get_bundle: Callable[[str, list[tuple[str, str]] | None], dict[str, Any]],
@@ -265,7 +267,7 @@ def page_entries(get_bundle: Callable[[str, list[tuple[str, str]] | None], dict[
     total: int | None = None
     while page_url is not None:
         if pages >= max_pages:
-            raise _too_long(resource_type, f"{pages} pages", base)
+            raise _too_long(resource_type, f"{pages} pages", "max_pages", base)
         bundle = get_bundle(page_url, page_params)
         pages += 1
         if bundle.get("type") != "searchset":
@@ -278,7 +280,8 @@ def page_entries(get_bundle: Callable[[str, list[tuple[str, str]] | None], dict[
             raise FhirValidationError("search Bundle.entry is not a list", source=page_url)
         read += len(entries)
         if read > max_resources:
-            raise _too_long(resource_type, f"{read - len(entries)} entries in {pages - 1} pages", base)
+            raise _too_long(resource_type, f"{read - len(entries)} entries in {pages - 1} pages",
+                            "max_resources", base)
         items = [search_entry(e, resource_type, page_url) for e in entries]
         keys = {f"{i.resource['resourceType']}/{i.resource.get('id')}" for i in items
                 if i.mode is SearchMode.MATCH}

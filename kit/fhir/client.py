@@ -61,14 +61,13 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 import orjson
 
-from kit._truncate import check_limit, warn_truncated
 from kit.config import FhirSettings, Settings
 from kit.errors import (
     AuthError,
@@ -84,10 +83,11 @@ from kit.errors import (
 )
 from kit.fhir._audit import audited_send
 from kit.fhir._bounded import read_bounded
-from kit.fhir._paging import IncompleteResultError, Params, SearchEntry, SearchMode, page_entries
+from kit.fhir._paging import MAX_PAGES, MAX_RESOURCES, IncompleteResultError, Params, SearchEntry, SearchMode
 from kit.fhir._paging import check_id as _check_id
 from kit.fhir._paging import check_type as _check_type
 from kit.fhir._paging import normalise_params as _normalise_params
+from kit.fhir._search import Searching, check_bound
 from kit.fhir.policy import NO_RETRY, OriginRule, RetryPolicy, origin, parse_retry_after
 from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
@@ -95,7 +95,7 @@ from kit.fhir.transactions import batch_in_chunks, size_hint, transaction_in_chu
 from kit.fhir.vendors import VendorProfile, vendor_profile
 
 if TYPE_CHECKING:
-    import polars as pl
+    pass
 
 __all__ = [
     "FHIR_JSON",
@@ -140,7 +140,7 @@ def _etag(version: str | int) -> str:
     return text if text.startswith(('W/"', '"')) else f'W/"{text}"'
 
 
-class FhirClient:
+class FhirClient(Searching):
     """A client for one FHIR R4 server.
 
     Parameters
@@ -183,12 +183,18 @@ class FhirClient:
         this bounds a body that keeps coming too slowly. It is checked as the body
         arrives and raises :class:`~kit.errors.PeerTimeoutError` (not retried).
         Streamed responses (Bulk Data downloads) are not bounded by it.
+    max_pages, max_resources : int
+        Pages and Bundle entries one search reads at most (default
+        :data:`~kit.fhir._paging.MAX_PAGES`, 100,000, and
+        :data:`~kit.fhir._paging.MAX_RESOURCES`, 10,000,000): a server that pages
+        without end raises :class:`~kit.fhir._paging.PagingLimitError` there. Raise
+        them for a larger export by search; a search's ``limit`` stops it sooner.
 
     Raises
     ------
     InvalidInputError
-        ``base`` is not an http(s) URL, or ``timeout``, ``total_timeout`` or
-        ``max_response_bytes`` is not positive.
+        ``base`` is not an http(s) URL, or ``timeout``, ``total_timeout``,
+        ``max_response_bytes``, ``max_pages`` or ``max_resources`` is not positive.
 
     Examples
     --------
@@ -203,7 +209,8 @@ class FhirClient:
                  transport: httpx.BaseTransport | None = None,
                  trusted_origins: Sequence[str] = (),
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-                 total_timeout: float | None = None) -> None:
+                 total_timeout: float | None = None, max_pages: int = MAX_PAGES,
+                 max_resources: int = MAX_RESOURCES) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidInputError(f"FHIR base must be an http(s) URL, got {base!r}")
@@ -213,10 +220,9 @@ class FhirClient:
             total_timeout = TOTAL_TIMEOUT_FACTOR * timeout
         if not total_timeout > 0:
             raise InvalidInputError("total_timeout must be positive")
-        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) \
-                or max_response_bytes <= 0:
-            raise InvalidInputError(f"max_response_bytes must be a positive int, got {max_response_bytes!r}")
-        self.max_response_bytes = max_response_bytes
+        self.max_response_bytes = check_bound("max_response_bytes", max_response_bytes)
+        self.max_pages = check_bound("max_pages", max_pages)
+        self.max_resources = check_bound("max_resources", max_resources)
         self.total_timeout = float(total_timeout)
         self.base = base.rstrip("/")
         self.profile: VendorProfile = vendor_profile(vendor)
@@ -521,116 +527,6 @@ class FhirClient:
         """``GET [base]/[type]/[id]/_history/[vid]``: one version of a resource."""
         url = self.url(_check_type(resource_type), _check_id(resource_id), "_history", str(version))
         return self.resource_of(self.send("GET", url), resource_type)
-
-    # -- search -------------------------------------------------------------------------------------
-
-    def search_entries(self, resource_type: str, params: Params | None = None, /, *,
-                       limit: int | None = None, max_results: int | None = None,
-                       **kwargs: Any) -> Iterator[SearchEntry]:
-        """Search, following every ``next`` link; yield each entry with its search mode.
-
-        Parameters
-        ----------
-        resource_type : str
-            E.g. ``"Patient"``.
-        params : mapping or sequence of pairs, optional
-            Search parameters. A list value repeats the parameter (AND); join
-            values with commas for OR. Dates and aware datetimes are formatted.
-        limit : int, optional
-            Stop paging after this many ``match`` entries (the rest of that
-            page's ``include`` entries still come); when that cut the result, a
-            :class:`~kit.errors.TruncatedResultWarning` is issued and logged.
-        max_results : int, optional
-            The former name of ``limit``.
-        **kwargs
-            More parameters (``_count=50``, ``_include="ImagingStudy:subject"``).
-
-        Yields
-        ------
-        SearchEntry
-            ``match`` and ``include`` entries (includes repeated across pages once).
-            ``outcome`` warnings are logged; an ``outcome`` with an error or fatal
-            issue raises :class:`~kit.errors.OperationOutcomeError`.
-
-        Raises
-        ------
-        IncompleteResultError
-            The server counts more matches (``Bundle.total``) than it sent, gives
-            no ``next`` link and does not page with ``_offset`` either: never a
-            silently partial result.
-        """
-        _check_type(resource_type)
-        if limit is not None and max_results is not None and limit != max_results:
-            raise InvalidInputError("give limit or max_results (the same thing), not both")
-        limit = check_limit(limit if limit is not None else max_results)
-        query = _normalise_params(params, kwargs)
-        names = {n.split(":")[0] for n, _ in query}
-        for required in self.profile.required_search_params:
-            if required not in names:
-                raise InvalidInputError(f"{self.profile.display_name} needs the search parameter "
-                                        f"{required!r} on every search")
-        query = [(n, self._cap_count(v)) if n == "_count" else (n, v) for n, v in query]
-        if limit == 0:
-            return
-
-        def get_bundle(url: str, params: list[tuple[str, str]] | None) -> dict[str, Any]:
-            return self.resource_of(self.send("GET", url, params=params), "Bundle")
-
-        left_out = yield from page_entries(get_bundle, resource_type, query, url=self.url(resource_type),
-                                           base=self.base, limit=limit,
-                                           rewrite_next_links=self.rewrite_next_links)
-        if left_out is not None and limit is not None:
-            warn_truncated(f"FHIR search {resource_type}", limit, left_out)
-
-    def search(self, resource_type: str, params: Params | None = None, /, *,
-               limit: int | None = None, max_results: int | None = None,
-                       **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """Search, following every ``next`` link; yield the resources (matches and includes).
-
-        See :meth:`search_entries` for the parameters and to tell matches from
-        ``_include``/``_revinclude`` resources.
-        """
-        for entry in self.search_entries(resource_type, params, limit=limit, max_results=max_results,
-                                     **kwargs):
-            yield entry.resource
-
-    def search_frame(self, resource_type: str, params: Params | None = None, /, *,
-                     limit: int | None = None, max_results: int | None = None,
-                       **kwargs: Any) -> pl.DataFrame:
-        """Search across all pages and return the matching resources as a DataFrame.
-
-        Columns are those of :func:`kit.fhir.frames.to_frame` for
-        ``resource_type`` (``patient_id``, ``study_instance_uid``, ...);
-        included resources are left out (see :meth:`search_frames`).
-        """
-        from kit.fhir.frames import to_frame
-
-        resources = [e.resource for e in self.search_entries(
-            resource_type, params, limit=limit, max_results=max_results,
-                                     **kwargs) if e.mode is SearchMode.MATCH]
-        return to_frame(resources, resource_type)
-
-    def search_frames(self, resource_type: str, params: Params | None = None, /, *,
-                      limit: int | None = None, max_results: int | None = None,
-                       **kwargs: Any) -> dict[str, pl.DataFrame]:
-        """Like :meth:`search_frame` but one frame per resource type, includes too."""
-        from kit.fhir.frames import to_frame
-
-        by_type: dict[str, list[dict[str, Any]]] = {resource_type: []}
-        for e in self.search_entries(resource_type, params, limit=limit, max_results=max_results,
-                                     **kwargs):
-            by_type.setdefault(e.resource["resourceType"], []).append(e.resource)
-        return {t: to_frame(rs, t) for t, rs in by_type.items()}
-
-    def _cap_count(self, value: str) -> str:
-        try:
-            count = int(value)
-        except ValueError:
-            raise InvalidInputError(f"_count must be an integer, got {value!r}") from None
-        if count > self.profile.max_count:
-            log.info("_count %d capped to %d for %s", count, self.profile.max_count, self.profile.name)
-            count = self.profile.max_count
-        return str(count)
 
     # -- write --------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from kit.config import Secret
-from kit.errors import AuthError, FhirError, KitError, PeerTimeoutError
+from kit.errors import AuthError, FhirError, InvalidInputError, KitError, PeerTimeoutError
 from kit.fhir import client as fhir_client
 from kit.fhir.auth import BearerAuth, ClientCredentialsAuth
 from kit.fhir.client import NO_RETRY, FhirClient, RetryPolicy
@@ -143,8 +143,13 @@ def test_the_limits_have_documented_defaults() -> None:
     with FhirClient("http://127.0.0.1:9/fhir", timeout=3) as c:
         assert c.max_response_bytes == fhir_client.DEFAULT_MAX_RESPONSE_BYTES == 256 * 1024 * 1024
         assert c.total_timeout == fhir_client.TOTAL_TIMEOUT_FACTOR * 3 == 30
+        assert (c.max_pages, c.max_resources) == (100_000, 10_000_000)
     with pytest.raises(KitError):
         FhirClient("http://127.0.0.1:9/fhir", max_response_bytes=0)
+    for bad in (0, -1, 2.5, True, "10"):
+        for name in ("max_pages", "max_resources"):
+            with pytest.raises(InvalidInputError, match=name):
+                FhirClient("http://127.0.0.1:9/fhir", **{name: bad})
     with pytest.raises(KitError):
         FhirClient("http://127.0.0.1:9/fhir", total_timeout=-1)
 

@@ -89,24 +89,37 @@ def _endless_offset(h: _Handler) -> None:
 
 
 @pytest.mark.parametrize("route", [_endless_next, _endless_offset], ids=["fresh-next-links", "offset"])
-def test_a_search_that_never_ends_is_stopped_with_a_typed_error(route: Route,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_paging, "MAX_PAGES", 20)
-    with hostile(route) as (base, srv), FhirClient(base, retries=NO_RETRY, timeout=10) as client:
+def test_a_search_that_never_ends_is_stopped_with_a_typed_error(route: Route) -> None:
+    with hostile(route) as (base, srv), \
+            FhirClient(base, retries=NO_RETRY, timeout=10, max_pages=20) as client:
         got: list[dict[str, Any]] = []
-        with pytest.raises(_paging.PagingLimitError, match="20 pages"):
+        with pytest.raises(_paging.PagingLimitError, match="20 pages") as info:
             got.extend(client.search("Patient"))
         assert srv.hits == 20 and len(got) == 100
+        assert "max_pages" in str(info.value)  # the bound that stopped it, to raise if need be
 
 
-def test_kit_fhir_search_that_never_ends_exits_1_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_paging, "MAX_PAGES", 20)
+def test_the_client_bounds_the_entries_too() -> None:
+    with hostile(_endless_next) as (base, srv), \
+            FhirClient(base, retries=NO_RETRY, timeout=10, max_resources=30) as client:
+        got: list[dict[str, Any]] = []
+        with pytest.raises(_paging.PagingLimitError, match="30 entries in 6 pages") as info:
+            got.extend(client.search("Patient"))
+        assert srv.hits == 7 and len(got) == 30  # the seventh page is read, none of it given
+        assert "max_resources" in str(info.value) and "--max-resources" in str(info.value)
+
+
+@pytest.mark.parametrize(("given", "hits"), [(["--max-pages", "20"], 20), (["--max-pages", "3"], 3),
+                                             (["--max-resources", "12"], 3)])
+def test_kit_fhir_search_that_never_ends_exits_1_with_one_line(given: list[str], hits: int) -> None:
     with hostile(_endless_next) as (base, srv):
-        result = CliRunner().invoke(cli, ["fhir", "search", "Patient", "--base", base, "--retries", "0"],
-                                    env={"KIT_CONFIG": ""})
+        result = CliRunner().invoke(cli, ["fhir", "search", "Patient", "--base", base, "--retries", "0",
+                                          *given], env={"KIT_CONFIG": ""})
     assert result.exit_code == 1, result.output
-    assert result.stderr.strip().splitlines()[-1].startswith("kit: error: PagingLimitError: ")
-    assert srv.hits == 20
+    last = result.stderr.strip().splitlines()[-1]
+    bound = given[0][2:].replace("-", "_")  # the message names the bound that stopped the search
+    assert last.startswith("kit: error: PagingLimitError: ") and f"raise {bound}" in last, last
+    assert srv.hits == hits
 
 
 MALFORMED = {
