@@ -4,13 +4,19 @@ Per sub-operation the PACS waits for our C-STORE-RSP before it sends the next
 instance, so everything between the last byte of an instance and our answer
 is paid once per instance. Three things are taken off that path here:
 
-- creating the file: ext4 without a journal may spend up to a millisecond of
-  kernel time allocating an inode (it scans past recently freed ones on a busy
-  file system). A :class:`~kit.dicom._spares.SparePool` keeps a few empty files
-  ready in the target folder, made by its thread (``os.open`` releases the GIL): unnamed
-  (``O_TMPFILE``) where the system has them, so making one takes no lock on the
-  folder, and each is linked at its final name once written; so the path is
-  write, link (or rename), close, answer;
+- creating the file, where that is slow: ext4 without a journal may spend up to a
+  millisecond of kernel time allocating an inode (it scans past recently freed ones on a
+  busy file system), a network file system a round trip. Each file is made as its instance
+  arrives, timed; once :data:`SLOW_TO_POOL` of the last :data:`SLOW_WINDOW` took longer than
+  :data:`SLOW_CREATE`, a
+  :class:`~kit.dicom._spares.SparePool` keeps a few empty files ready in the target folder
+  for the rest of the retrieve, made by its thread (``os.open`` releases the GIL). Where
+  creating a file is cheap (10-20 us on journalled ext4, tmpfs) the pool's thread costs
+  more than it saves (its wake-ups and GIL hand-offs on the answer path: measured 0.89-0.98x
+  dcmtk getscu on a loaded machine with it, 1.07-1.09x without), so it is not started. Files
+  are unnamed (``O_TMPFILE``) where the system has them, so making one takes no lock on the
+  folder, and each is linked at its final name once written; so the path is write, link (or
+  rename), close, answer;
 - the bookkeeping (the row, the next files): after the answer is on the wire
   (:func:`get_loop`). The per-instance hook (progress, the rate cap) runs before
   it, as on pynetdicom's path: a wait there must hold back the PACS's next instance.
@@ -33,6 +39,7 @@ only breaks PS3.5's syntax (``1.2..3``) is kept: data from a non-conformant moda
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -42,6 +49,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
@@ -66,7 +74,15 @@ from kit.dicom._spares import POOL_LIMIT, SparePool
 from kit.dicom.received import CANNOT_UNDERSTAND, DATASET_MISMATCH, MAX_DEPTH, MAX_INFLATED
 from kit.errors import DicomProtocolError
 
-__all__ = ["Expected", "PooledReceiver", "get_loop", "read_identity", "store_rsp"]
+__all__ = ["SLOW_CREATE", "SLOW_TO_POOL", "SLOW_WINDOW", "Expected", "PooledReceiver", "get_loop",
+           "read_identity", "store_rsp"]
+
+#: Seconds (wall) past which making one file counts as slow (:class:`PooledReceiver`).
+SLOW_CREATE = 250e-6
+#: Slow creations among the last :data:`SLOW_WINDOW` after which a retrieve's files are made
+#: ahead by a thread: a majority, so that a creation preempted on a busy machine does not count.
+SLOW_TO_POOL = 3
+SLOW_WINDOW = 5
 
 _SOP_INSTANCE, _STUDY, _SERIES = 0x00080018, 0x0020000D, 0x0020000E
 _IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
@@ -235,8 +251,8 @@ _NO_LINK = {errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EACCES, errno.ENOTDIR,
 
 class PooledReceiver(FileReceiver):
     """A :class:`~kit.dicom._fastnet.FileReceiver` for C-GET whose files come from a
-    :class:`~kit.dicom._spares.SparePool`, answering before its bookkeeping (:meth:`place`,
-    then :meth:`record`).
+    :class:`~kit.dicom._spares.SparePool` once making them proves slow (:attr:`pooled`),
+    answering before its bookkeeping (:meth:`place`, then :meth:`record`).
 
     Where the file system has unnamed files (Linux ``O_TMPFILE``: ext4, xfs, btrfs, tmpfs),
     each file is made without a name and linked at its final path once written whole
@@ -254,6 +270,9 @@ class PooledReceiver(FileReceiver):
         self._made = itertools.count()  # next() is atomic: the helper thread and the owner both call
         self.unnamed = _TMPFILE != 0
         self._procfd: int | None = None  # /proc/self/fd, for linkat (see _link)
+        #: Files come from the pool (made ahead by its thread): set once creating them proves slow.
+        self.pooled = False
+        self._slow: collections.deque[bool] = collections.deque(maxlen=SLOW_WINDOW)
 
     def _new_temp(self) -> tuple[str, int]:
         """A new empty file: ("", descriptor) when unnamed, else (temporary path, descriptor)."""
@@ -268,8 +287,25 @@ class PooledReceiver(FileReceiver):
         return tmp, os.open(tmp, _FLAGS, 0o600)
 
     def prepare(self) -> None:
-        """Keep one file ready (more with :meth:`~kit.dicom._spares.SparePool.top_up`)."""
-        self.pool.top_up(1)
+        """Keep one file ready if files are made ahead (more with
+        :meth:`~kit.dicom._spares.SparePool.top_up`); else nothing: each is made as it is needed."""
+        if self.pooled:
+            self.pool.top_up(1)
+
+    def _file(self) -> tuple[str, int]:
+        """The next file to write: a ready one from the pool, else one made now (timed: when
+        :data:`SLOW_TO_POOL` of the last :data:`SLOW_WINDOW` took over :data:`SLOW_CREATE`, the
+        pool is turned on)."""
+        if self.pooled:
+            made = self.pool.take()
+            if made is not None:
+                return made
+        start = perf_counter()
+        made = self._new_temp()
+        if not self.pooled:
+            self._slow.append(perf_counter() - start > SLOW_CREATE)
+            self.pooled = self._slow.count(True) >= SLOW_TO_POOL
+        return made
 
     def discard(self) -> None:
         """Remove the files made ahead and not used (idempotent)."""
@@ -296,8 +332,7 @@ class PooledReceiver(FileReceiver):
             head = part10_head(sop_class, sop_uid, transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID,
                                PYNETDICOM_IMPLEMENTATION_VERSION)
             final = os.path.join(self.dest, name)
-            made = self.pool.take()
-            tmp, fd = made if made is not None else self._new_temp()
+            tmp, fd = self._file()
             try:
                 try:
                     _write_all(fd, head, dataset)
@@ -416,9 +451,10 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
     (another study, a data set that is not the instance the command names: :class:`Expected`)
     is answered with its status and not written.
 
-    Files are made ahead up to the number of remaining sub-operations the PACS reports
-    in its pending C-GET-RSPs (doubling per instance, from one, when it reports none),
-    at most :data:`kit.dicom._spares.POOL_LIMIT`.
+    Once ``receiver.pooled`` (making files proved slow), files are made ahead up to the
+    number of remaining sub-operations the PACS reports in its pending C-GET-RSPs
+    (doubling per instance, from one, when it reports none), at most
+    :data:`kit.dicom._spares.POOL_LIMIT`.
 
     Raises
     ------
@@ -432,7 +468,8 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
     pool = receiver.pool
     ahead = 1
     remaining: int | None = None
-    pool.top_up(ahead)
+    if receiver.pooled:
+        pool.top_up(ahead)
     while True:
         msg = phase.recv()
         command = msg.command
@@ -456,7 +493,8 @@ def get_loop(phase: DataPhase, context_id: int, sop_class: str, identifier: byte
             if remaining is not None:
                 remaining = max(remaining - 1, 0)
             ahead = min(POOL_LIMIT, remaining if remaining is not None else ahead * 2)
-            pool.top_up(ahead)
+            if receiver.pooled:
+                pool.top_up(ahead)
         elif field == C_GET_RSP:
             check_get_rsp(command, phase.peer)
             code = command_int(command, 0x0900)

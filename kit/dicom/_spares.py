@@ -10,8 +10,8 @@ instead of creating it. Its two users:
   ``tmp/``, renamed into place): :meth:`SparePool.top_up` after each take keeps
   ``size`` ready;
 - the C-GET answer path (:class:`kit.dicom._getphase.PooledReceiver`: unnamed
-  ``O_TMPFILE`` files where the system has them, path ``""``), which tops up to
-  the PACS's remaining count of instances.
+  ``O_TMPFILE`` files where the system has them, path ``""``), once making files
+  there proves slow; it tops up to the PACS's remaining count of instances.
 
 The guarantees: at most ``size`` files ready or being made; the thread starts on
 the first top-up and holds the pool weakly (an owner dropped without

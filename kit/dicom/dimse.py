@@ -45,8 +45,8 @@ on a blocking socket with kernel timeouts, reading PDUs in chunks
 (:mod:`kit.dicom._clientphase`), and a store reads each file once (the checked
 bytes are sent, up to :data:`KEEP_CHECKED_BYTES`) and sends each request as
 soon as the previous answer is in. A C-GET answers each instance as soon as its
-file is at its final path, with the files made ahead on a helper thread
-(:mod:`kit.dicom._getphase`).
+file is at its final path, with the files made ahead on a helper thread where
+making them proves slow (:mod:`kit.dicom._getphase`).
 
 C-MOVE needs the PACS to know our AE title as a move destination (the PACS
 connects back to us): register ``aet`` (or ``move_aet``) with our host and
@@ -561,7 +561,7 @@ class PacsClient(AssociationClient):
         encoded = encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
         if encoded is None:
             raise InvalidInputError("pydicom could not encode the C-GET identifier")
-        receiver.prepare()  # files are made ahead of the instances (kit.dicom._getphase)
+        receiver.prepare()  # files made as instances come, or ahead if that is slow (kit.dicom._getphase)
         try:
             with ClientPhase(assoc, self.timeout, self.address, spill_dir=receiver.dest) as phase:
                 fields = get_loop(phase, int(get_cx.context_id), sop_class, encoded, syntaxes,

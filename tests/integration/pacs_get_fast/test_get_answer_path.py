@@ -85,13 +85,16 @@ def _get_rsp(status: int, remaining: int | None, fragment: int) -> bytes:
 
 
 def _run(stream: bytes, dest: Path, fragment: int, *, fast: bool, cancel_after: int | None,
-         unnamed: bool = True) -> tuple[Any, bytes, list[tuple[str, bytes]], list[Any], list[str]]:
+         unnamed: bool = True, pooled: bool = True) -> tuple[Any, bytes, list[tuple[str, bytes]], list[Any],
+                                                              list[str]]:
     """What one C-GET client does with the peer's ``stream``: its result, the bytes it sent,
-    the files it left, its rows and errors."""
+    the files it left, its rows and errors (``pooled``: files made ahead from the start, else
+    each made as its instance comes)."""
     dest.mkdir()
     receiver = PooledReceiver(dest, "1.2.9", None) if fast else FileReceiver(dest, "1.2.9", None)
     if isinstance(receiver, PooledReceiver):
         receiver.unnamed = unnamed and receiver.unnamed
+        receiver.pooled = pooled
     calls = [0]
 
     def cancelled() -> bool:
@@ -146,11 +149,11 @@ _OPS = st.lists(st.one_of(
 @given(ops=_OPS, final=st.sampled_from([0x0000, 0xB000, 0xA702, None]),
        fragment=st.sampled_from([0, 64, 120, 4096]), cut=st.one_of(st.none(), st.integers(0, 30_000)),
        damage=st.one_of(st.none(), st.tuples(st.integers(0, 30_000), st.integers(0, 255))),
-       cancel_after=st.one_of(st.none(), st.integers(0, 6)), unnamed=st.booleans())
+       cancel_after=st.one_of(st.none(), st.integers(0, 6)), unnamed=st.booleans(), pooled=st.booleans())
 def test_answer_path_equals_c_get(tmp_path_factory: pytest.TempPathFactory, ops: list[Any],
                                   final: int | None, fragment: int, cut: int | None,
                                   damage: tuple[int, int] | None, cancel_after: int | None,
-                                  unnamed: bool) -> None:
+                                  unnamed: bool, pooled: bool) -> None:
     parts: list[bytes] = []
     for op in ops:
         if op[0] == "store":
@@ -168,7 +171,7 @@ def test_answer_path_equals_c_get(tmp_path_factory: pytest.TempPathFactory, ops:
     base = tmp_path_factory.mktemp("get")
     slow = _run(bytes(stream), base / "slow", fragment, fast=False, cancel_after=cancel_after)
     fast = _run(bytes(stream), base / "fast", fragment, fast=True, cancel_after=cancel_after,
-                unnamed=unnamed)
+                unnamed=unnamed, pooled=pooled)
     assert fast == slow
     result = fast[0]
     assert isinstance(result, dict) or result[0] in {"AssociationAbortedError", "DicomProtocolError",
@@ -224,9 +227,10 @@ def get_scp(tmp_path: Path) -> Iterator[SimpleNamespace]:
         yield state
 
 
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "inline"])
 @pytest.mark.parametrize("unnamed", [True, False], ids=["linked", "renamed"])
 def test_each_file_is_at_its_final_path_before_the_peer_sees_success(
-        get_scp: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, unnamed: bool) -> None:
+        get_scp: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, unnamed: bool, pooled: bool) -> None:
     real_replace, real_link = os.replace, os.link
 
     def slow_replace(*args: Any, **kwargs: Any) -> None:  # slow: an answer sent before it would show
@@ -241,11 +245,16 @@ def test_each_file_is_at_its_final_path_before_the_peer_sees_success(
     monkeypatch.setattr(_getphase.os, "link", slow_link)
     if not unnamed:
         monkeypatch.setattr(_getphase, "_TMPFILE", 0)
+    # every creation slow (the pool from the third instance on), or none (never)
+    monkeypatch.setattr(_getphase, "SLOW_CREATE", -1.0 if pooled else 60.0)
     client = PacsClient("127.0.0.1", get_scp.port, called_aet="GETSCP", timeout=20)
     got = client.get(study_uid=get_scp.study, dest=get_scp.dest, sop_classes=[CTImageStorage])
     assert got.height == len(get_scp.datasets)
     assert get_scp.problems == []
-    assert 0 < get_scp.most_parts <= POOL_LIMIT  # files made ahead, never more than the limit
+    if pooled:
+        assert 0 < get_scp.most_parts <= POOL_LIMIT  # files made ahead, never more than the limit
+    else:
+        assert get_scp.most_parts == 0  # none made ahead: each as its instance came
     assert sorted(p.name for p in get_scp.dest.iterdir()) == sorted(
         f"{ds.SOPInstanceUID}.dcm" for ds in get_scp.datasets)
     assert _ahead(get_scp.dest) == 0  # nothing left open
@@ -302,6 +311,7 @@ def test_a_refused_link_falls_back_to_renamed_files(get_scp: SimpleNamespace,
 def test_pool_is_bounded_and_leaves_nothing(tmp_path: Path, unnamed: bool) -> None:
     receiver = PooledReceiver(tmp_path, None, None)
     receiver.unnamed = unnamed and receiver.unnamed
+    receiver.pooled = True
     receiver.pool.top_up(1000)
     deadline = time.monotonic() + 10
     while _ahead(tmp_path) < POOL_LIMIT and time.monotonic() < deadline:
@@ -325,6 +335,7 @@ def test_a_folder_gone_mid_way_is_answered_a700_and_reported(tmp_path: Path) -> 
     dest = tmp_path / "dest"
     dest.mkdir()
     receiver = PooledReceiver(dest, None, None)
+    receiver.pooled = True
     receiver.pool.top_up(2)
     time.sleep(0.05)
     for p in dest.iterdir():  # the folder goes away under us (another process cleans up)
@@ -336,3 +347,45 @@ def test_a_folder_gone_mid_way_is_answered_a700_and_reported(tmp_path: Path) -> 
     assert receiver.errors and any("No such file" in e for e in receiver.errors)
     receiver.discard()
     assert not dest.exists()
+
+
+@pytest.mark.parametrize(("slow", "pooled"), [
+    ((), False),  # every file quick to make: no thread
+    ((0, 2), False),  # two slow of five: a creation preempted on a busy machine does not count
+    ((0, 3, 6, 9), False),  # never three within five
+    ((1, 2, 3), True),  # three in a row
+    ((0, 2, 4), True),  # three of five
+], ids=["fast", "two-of-five", "spread", "three-in-a-row", "three-of-five"])
+def test_the_pool_turns_on_once_making_files_proves_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         slow: tuple[int, ...], pooled: bool) -> None:
+    """Each creation is timed (a fake clock: the slow ones take 1 ms, the others 20 us); files come
+    from the pool's thread only once SLOW_TO_POOL of the last SLOW_WINDOW were slow, and then do."""
+    data = b"\x08\x00\x16\x00\x00\x00\x00\x00"
+    now = [0.0]
+    monkeypatch.setattr(_getphase, "perf_counter", lambda: now[0])
+    receiver = PooledReceiver(tmp_path, None, None)
+    real, made = receiver._new_temp, [0]
+
+    def timed() -> tuple[str, int]:
+        now[0] += 1e-3 if made[0] in slow else 20e-6
+        made[0] += 1
+        return real()
+
+    monkeypatch.setattr(receiver, "_new_temp", timed)
+    try:
+        for i in range(12):
+            assert receiver.place(f"1.2.{i}", CT, SYNTAXES[1], data)[0] == 0
+        assert receiver.pooled is pooled and made[0] == 12
+        assert receiver.pool._thread is None  # place never starts it: get_loop's top_up does
+        if pooled:  # from now on the pool's files are used, none made here
+            receiver.pool.top_up(2)
+            deadline = time.monotonic() + 10
+            while len(receiver.pool._shared.ready) < 2 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert receiver.place("1.2.99", CT, SYNTAXES[1], data)[0] == 0
+            assert made[0] == 12 and len(receiver.pool._shared.ready) == 1  # one of the thread's two
+    finally:
+        receiver.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"1.2.{i}.dcm" for i in range(12)] + (["1.2.99.dcm"] if pooled else []))
+    assert _ahead(tmp_path) == 0

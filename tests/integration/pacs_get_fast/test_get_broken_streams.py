@@ -71,14 +71,15 @@ BREAKS = {
 }
 
 
-@pytest.mark.parametrize("kind", ["slow", "linked", "named"])
+@pytest.mark.parametrize("kind", ["slow", "linked", "named", "inline"])
 @pytest.mark.parametrize("brk", sorted(BREAKS))
 def test_a_broken_instance_is_never_answered_and_leaves_nothing(tmp_path: Path, brk: str,
                                                                   kind: str) -> None:
     stream = _store_rq_raw(1, b"1.2.840.1", DATA) + BREAKS[brk](_second())
     dest = tmp_path / kind
     result, sent, files, rows, errors = _run(stream, dest, FRAGMENT, fast=kind != "slow",
-                                             cancel_after=None, unnamed=kind == "linked")
+                                             cancel_after=None, unnamed=kind in ("linked", "inline"),
+                                             pooled=kind != "inline")
     assert isinstance(result, tuple) and result[0] in {"AssociationAbortedError", "DicomProtocolError",
                                                       "PduInterrupt", "PeerTimeoutError"}
     assert [status for status, _ in _answers(sent)] == [0]  # the first only, a success

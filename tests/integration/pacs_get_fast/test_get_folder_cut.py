@@ -60,6 +60,8 @@ def test_no_success_once_the_folder_is_gone(tmp_path: Path, monkeypatch: pytest.
     dest.mkdir()
     receiver: PooledReceiver | FileReceiver = (FileReceiver(dest, None, None) if kind == "slow"
                                                else PooledReceiver(dest, None, None))
+    if isinstance(receiver, PooledReceiver):
+        receiver.pooled = True  # files made ahead in the folder before it goes
 
     def place(uid: str) -> int:
         if isinstance(receiver, PooledReceiver):

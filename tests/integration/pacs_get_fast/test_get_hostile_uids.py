@@ -131,6 +131,7 @@ def test_a_file_from_an_earlier_retrieve_is_replaced_whole(tmp_path: Path, kind:
     receiver = FileReceiver(tmp_path, None, None) if kind == "slow" else PooledReceiver(tmp_path, None, None)
     if isinstance(receiver, PooledReceiver):
         receiver.unnamed = kind == "linked" and receiver.unnamed
+        receiver.pooled = True
         receiver.pool.top_up(2)
         statuses = [receiver.place(uid, CT, SYNTAX, DATA)[0] for uid in ("1.2.840.7", "1.2.840.8")]
     else:

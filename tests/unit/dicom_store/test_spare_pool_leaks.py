@@ -45,6 +45,7 @@ def test_one_pool_per_retrieve_leaks_nothing(tmp_path: Path, unnamed: bool) -> N
         dest.mkdir()
         receiver = PooledReceiver(dest, None, None)
         receiver.unnamed = unnamed and receiver.unnamed
+        receiver.pooled = True
         receiver.prepare()
         receiver.pool.top_up(POOL_LIMIT)
         for i in range(3):
@@ -78,6 +79,7 @@ def test_the_folder_deleted_under_files_made_ahead(tmp_path: Path, unnamed: bool
     dest.mkdir()
     receiver = PooledReceiver(dest, None, None)
     receiver.unnamed = unnamed and receiver.unnamed
+    receiver.pooled = True
     receiver.pool.top_up(4)
     assert _settle(lambda: len(receiver.pool._shared.ready) == 4)
     shutil.rmtree(dest)
