@@ -15,7 +15,11 @@
 (b) send: kit PacsClient.store vs dcmtk storescu, both into one storescp, the same
     folder (the kit's timing includes listing it, as storescu +sd scans it).
 (c) C-GET of the study (N instances) from Orthanc: kit PacsClient.get vs dcmtk getscu,
-    each into a fresh folder of the same file system (neither fsyncs).
+    each into a fresh folder of the same file system (neither fsyncs). Run twice: into the
+    temporary folder's file system (the RATIO line; on a journal-less ext4 with many recent
+    deletions making a file costs up to a millisecond and dominates both sides), and, where
+    /dev/shm is a tmpfs, into it (RATIO cget-tmpfs: making a file costs ~10 us, so what is
+    left is the protocol path, and Orthanc's own time per instance, the floor of both).
 Both sides run with TCP_NODELAY (dcmtk via TCP_NODELAY=1, the kit sets it) and the same
 maximum PDU on the peer. In (a) each round starts from an empty store (Orthanc's copy
 is deleted over REST). (b) and (c) warm each side up once, then run PAIRED_ROUNDS
@@ -261,7 +265,8 @@ def bench_send(tmp: Path, src: Path, procs: list[subprocess.Popen[bytes]]) -> Pa
 
 
 def bench_cget(tmp: Path, study: str, n: int, orth_port: int) -> Paired:
-    """(c) C-GET of the study from Orthanc: kit PacsClient.get vs dcmtk getscu."""
+    """(c) C-GET of the study from Orthanc into folders under ``tmp``: kit PacsClient.get vs
+    dcmtk getscu."""
     client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
     gets = iter(range(1_000_000))
 
@@ -288,6 +293,17 @@ def bench_cget(tmp: Path, study: str, n: int, orth_port: int) -> Paired:
         return took
 
     return paired(kit_get, getscu)
+
+
+def _tmpfs() -> Path | None:
+    """A fresh folder in /dev/shm if that is a tmpfs (Linux), else None."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            if not any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
+                return None
+    except OSError:
+        return None
+    return Path(tempfile.mkdtemp(prefix="kit-bench-cget-", dir="/dev/shm"))
 
 
 def main() -> None:
@@ -356,9 +372,21 @@ def main() -> None:
             cget = bench_cget(tmp, study, n, orth_port)
             print(f"(c) C-GET     kit PacsClient.get {rate(n, cget.best_kit):8.0f} img/s   "
                   f"dcmtk getscu {rate(n, cget.best_other):8.0f} img/s   (best rounds; {cget.spread()})")
+            shm = _tmpfs()
+            cget_shm = None
+            if shm is not None:
+                try:
+                    cget_shm = bench_cget(shm, study, n, orth_port)
+                finally:
+                    shutil.rmtree(shm, ignore_errors=True)
+                print(f"(c) into tmpfs kit PacsClient.get {rate(n, cget_shm.best_kit):8.0f} img/s   "
+                      f"dcmtk getscu {rate(n, cget_shm.best_other):8.0f} img/s   "
+                      f"(best rounds; {cget_shm.spread()})")
 
         if "cget" in only:
             print(f"RATIO cget kit/getscu = {cget.ratio:.2f}")
+            if cget_shm is not None:
+                print(f"RATIO cget-tmpfs kit/getscu = {cget_shm.ratio:.2f}")
         if "send" in only:
             print(f"RATIO send kit/storescu = {send.ratio:.2f}")
         if "receive" in only:
