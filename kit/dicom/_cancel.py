@@ -19,7 +19,7 @@ the end of the study), and the retrieve is cancelled:
 The retrieve then raises the hook's own exception, or the caller's
 cancelled error (:class:`kit.dicom.dimse.RetrieveCancelledError`).
 
-Written by hand: the command set is :func:`kit.dicom._fastnet.encode_command`'s,
+Written by hand: the command set is :func:`kit.dicom._command.encode_command`'s,
 pynetdicom's ``send_c_cancel`` for C-MOVE.
 """
 
@@ -170,7 +170,7 @@ def drain_get(phase: Any, context_id: int) -> dict[str, Any]:
     """
     import time
 
-    from kit.dicom._fastnet import (
+    from kit.dicom._command import (
         C_GET_RSP,
         C_STORE_RQ,
         C_STORE_RSP,

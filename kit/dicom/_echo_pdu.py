@@ -25,10 +25,10 @@ path and everything here is checked against it:
   the canonical answer or error. Every length is checked against the bytes
   present and against :data:`MAX_ANSWER_PDU`.
 
-The command-set codec of :mod:`kit.dicom._fastnet` is not reused: that module
-imports pynetdicom at load time (its data phase hooks into pynetdicom's
-association), which is the import this path exists to avoid; the few lines
-needed for one C-ECHO are written here (tested equal to it).
+The C-ECHO-RQ is encoded by :mod:`kit.dicom._command` (pure: no pynetdicom, which is
+the import this path exists to avoid); the C-ECHO-RSP is read by :func:`echo_status`,
+stricter than :func:`~kit.dicom._command.decode_command` (anything unusual goes to the
+pynetdicom path).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from __future__ import annotations
 import struct
 
 from kit.dicom._assoc_pdu import associate_rq_pdu, item
+from kit.dicom._command import C_ECHO_RQ, C_ECHO_RSP, NO_DATASET, encode_command
 from kit.errors import DicomError
 
 __all__ = [
@@ -83,7 +84,6 @@ RELEASE_RP = bytes.fromhex("06000000000400000000")
 ABORT = bytes.fromhex("07000000000400000000")
 
 _KNOWN_PDUS = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
-_C_ECHO_RQ, _C_ECHO_RSP, _NO_DATASET = 0x0030, 0x8030, 0x0101
 
 
 class EchoDeclined(DicomError):
@@ -122,19 +122,13 @@ def associate_rq(called_aet: str, calling_aet: str, max_pdu: int) -> bytes:
                             [(CONTEXT_ID, VERIFICATION, TRANSFER_SYNTAXES)], user)
 
 
-def _element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, elem, len(value)) + value
-
-
 def echo_rq(message_id: int = ECHO_MESSAGE_ID) -> bytes:
     """The C-ECHO-RQ command set in one P-DATA-TF PDU on context :data:`CONTEXT_ID` (one PDV,
     command, last fragment), as pynetdicom's ``send_c_echo`` sends it."""
     if not 0 <= message_id <= 0xFFFF:
         raise EchoDeclined(f"message ID {message_id} is out of range")
-    uid = VERIFICATION.encode() + (b"\x00" if len(VERIFICATION) % 2 else b"")
-    elements = _element(0x0002, uid) + _element(0x0100, struct.pack("<H", _C_ECHO_RQ)) + \
-        _element(0x0110, struct.pack("<H", message_id)) + _element(0x0800, struct.pack("<H", _NO_DATASET))
-    command = _element(0x0000, struct.pack("<I", len(elements))) + elements
+    command = encode_command({0x00000002: VERIFICATION, 0x00000100: C_ECHO_RQ, 0x00000110: message_id,
+                              0x00000800: NO_DATASET})
     pdv = struct.pack(">IBB", len(command) + 2, CONTEXT_ID, 0x03) + command
     return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
 
@@ -263,7 +257,7 @@ def echo_status(command: bytes, message_id: int = ECHO_MESSAGE_ID) -> int:
     if group_length is None or len(group_length) != 4 \
             or int.from_bytes(group_length, "little") != end - 12:
         raise EchoDeclined("command group length does not match the command set")
-    if us(0x0100) != _C_ECHO_RSP or us(0x0120) != message_id or us(0x0800) != _NO_DATASET:
+    if us(0x0100) != C_ECHO_RSP or us(0x0120) != message_id or us(0x0800) != NO_DATASET:
         raise EchoDeclined("not a C-ECHO-RSP to our request without a data set")
     status = us(0x0900)
     if status is None:

@@ -54,21 +54,18 @@ from typing import Any
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from kit.dicom._fastnet import (
+from kit.dicom._command import (
     C_GET_RQ,
     C_GET_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
     NO_DATASET,
-    DataPhase,
-    FileReceiver,
-    check_get_rsp,
     command_int,
     command_str,
     encode_command,
-    instance_file_name,
     status_fields,
 )
+from kit.dicom._fastnet import DataPhase, FileReceiver, check_get_rsp, instance_file_name
 from kit.dicom._filemeta import part10_head
 from kit.dicom._spares import POOL_LIMIT, SparePool
 from kit.dicom.received import CANNOT_UNDERSTAND, DATASET_MISMATCH, MAX_DEPTH, MAX_INFLATED
@@ -402,7 +399,7 @@ _GROUP_LENGTH = struct.Struct("<HHII")
 
 
 def _ui(value: str) -> bytes:
-    """A UI value as :func:`~kit.dicom._fastnet.encode_command` writes it (ASCII, NUL-padded to even)."""
+    """A UI value as :func:`~kit.dicom._command.encode_command` writes it (ASCII, NUL-padded to even)."""
     data = value.encode("ascii", "replace")
     return data + b"\x00" if len(data) % 2 else data
 
@@ -416,7 +413,7 @@ def _class_element(sop_class: str) -> bytes:
 
 def store_rsp(sop_class: str, msg_id: int, status: int, sop_uid: str) -> bytes:
     """The command set of a C-STORE-RSP without a data set: the bytes
-    :func:`~kit.dicom._fastnet.encode_command` makes of these fields, built with one pack
+    :func:`~kit.dicom._command.encode_command` makes of these fields, built with one pack
     (answered once per instance, on the PACS's critical path)."""
     cls, uid = _class_element(sop_class), _ui(sop_uid)
     tail = _RSP_TAIL.pack(0x0000, 0x0100, 2, C_STORE_RSP, 0x0000, 0x0120, 2, msg_id, 0x0000, 0x0800, 2,

@@ -18,18 +18,17 @@ from typing import Any
 
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from kit.dicom._fastnet import (
+from kit.dicom._command import (
     C_ECHO_RQ,
     C_ECHO_RSP,
     C_STORE_RQ,
     C_STORE_RSP,
     NO_DATASET,
-    PduInterrupt,
     command_int,
     command_str,
     encode_command,
-    release_dul,
 )
+from kit.dicom._fastnet import PduInterrupt, release_dul
 from kit.dicom._recvphase import ReceiverPhase
 from kit.errors import AssociationAbortedError, PeerError, PeerTimeoutError, StoreError
 

@@ -29,7 +29,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 
 from kit.dicom._cfind import DataSetWalk
-from kit.dicom._fastnet import command_int
+from kit.dicom._command import command_int
 from kit.dicom.dimse import PacsClient
 from kit.errors import DicomError
 from tests.integration.hostile.test_cfind_memory import (

@@ -27,7 +27,7 @@ import pytest
 
 from kit.cohort.plan import classify
 from kit.dicom._cfind import MAX_COMMAND_BYTES
-from kit.dicom._fastnet import command_int, encode_command
+from kit.dicom._command import command_int, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import DicomError, DicomProtocolError, InvalidInputError

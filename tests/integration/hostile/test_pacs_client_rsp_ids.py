@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from kit.dicom import _outgoing
-from kit.dicom._fastnet import command_int, command_str, encode_command
+from kit.dicom._command import command_int, command_str, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import DicomProtocolError

@@ -152,7 +152,7 @@ def test_a_garbage_command_set_gets_a_abort(pacs: EmbeddedPACS) -> None:
 def test_endless_data_sets_at_full_speed(pacs: EmbeddedPACS) -> None:
     """Four peers each send a C-STORE whose data set never ends (64 MiB, then they hang up):
     the PACS keeps what passes 8 MiB on disk, not in memory, and nothing of it stays."""
-    from kit.dicom._fastnet import encode_command
+    from kit.dicom._command import encode_command
 
     command = encode_command({0x00000002: str(CTImageStorage), 0x00000100: 0x0001, 0x00000110: 1,
                               0x00000700: 0, 0x00000800: 0x0000, 0x00001000: "1.2.826.0.1.3680043.8.498.99"})

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from kit.dicom._association import KILL_GRACE_SECONDS, MIN_PEER_MAX_PDU
-from kit.dicom._fastnet import decode_command, encode_command
+from kit.dicom._command import decode_command, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.errors import AssociationAbortedError, KitError, PeerTimeoutError
 from tests.integration.pacs_client.conftest import make_ct

@@ -36,7 +36,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 from kit.cohort.limiter import LocalLimiter
 from kit.cohort.retrieve import Source, fetch
 from kit.config import PacsSettings
-from kit.dicom._fastnet import decode_command, encode_command
+from kit.dicom._command import decode_command, encode_command
 from kit.dicom.dimse import PacsClient, RetrieveError
 from kit.errors import AssociationAbortedError, KitError
 from tests.conftest import free_port

@@ -23,7 +23,8 @@ from pydicom import dcmread
 
 from kit.dicom import _clientphase, dimse
 from kit.dicom._clientphase import CHUNK, ClientPhase
-from kit.dicom._fastnet import C_STORE_RSP, NO_DATASET, DataPhase, encode_command
+from kit.dicom._command import C_STORE_RSP, NO_DATASET, encode_command
+from kit.dicom._fastnet import DataPhase
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationAbortedError, KitError, PeerTimeoutError

@@ -31,14 +31,8 @@ from pynetdicom import evt
 
 from kit.dicom import _getphase
 from kit.dicom._clientphase import ClientPhase
-from kit.dicom._fastnet import (
-    C_GET_RSP,
-    C_STORE_RQ,
-    NO_DATASET,
-    FileReceiver,
-    c_get,
-    encode_command,
-)
+from kit.dicom._command import C_GET_RSP, C_STORE_RQ, NO_DATASET, encode_command
+from kit.dicom._fastnet import FileReceiver, c_get
 from kit.dicom._getphase import PooledReceiver, get_loop
 from kit.dicom._spares import POOL_LIMIT
 from kit.dicom.dimse import PacsClient

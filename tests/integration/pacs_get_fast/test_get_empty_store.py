@@ -19,7 +19,8 @@ from pydicom.uid import CTImageStorage
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from kit.dicom._fastnet import C_STORE_RQ, FileReceiver, encode_command
+from kit.dicom._command import C_STORE_RQ, encode_command
+from kit.dicom._fastnet import FileReceiver
 from tests.integration.pacs_get_fast.test_get_answer_path import CT, _frame, _get_rsp, _run
 from tests.integration.pacs_get_fast.test_get_hostile_uids import DATA, _answers
 

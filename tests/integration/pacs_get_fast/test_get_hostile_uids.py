@@ -20,7 +20,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from kit.dicom._fastnet import C_STORE_RQ, FileReceiver, decode_command, encode_command
+from kit.dicom._command import C_STORE_RQ, decode_command, encode_command
+from kit.dicom._fastnet import FileReceiver
 from kit.dicom._getphase import PooledReceiver
 from tests.integration.pacs_get_fast.test_get_answer_path import CT, _frame, _get_rsp, _run
 

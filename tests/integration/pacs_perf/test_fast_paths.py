@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from kit.dicom._fastnet import command_int, command_str, decode_command, encode_command
+from kit.dicom._command import command_int, command_str, decode_command, encode_command
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import PeerTimeoutError

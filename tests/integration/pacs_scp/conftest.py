@@ -143,7 +143,8 @@ def raw_store(port: int, called: str, dataset: bytes, *, sop_class: str = str(CT
     """Send one C-STORE-RQ whose data set is ``dataset`` byte for byte; (status, ErrorComment)."""
     from pynetdicom import AE
 
-    from kit.dicom._fastnet import C_STORE_RQ, DataPhase, command_int, command_str, encode_command
+    from kit.dicom._command import C_STORE_RQ, command_int, command_str, encode_command
+    from kit.dicom._fastnet import DataPhase
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(sop_class, syntax)

@@ -30,7 +30,8 @@ from pydicom import dcmread
 from pydicom.uid import CTImageStorage, generate_uid
 from pynetdicom.association import Association
 
-from kit.dicom._fastnet import C_STORE_RQ, DataPhase, command_int, encode_command
+from kit.dicom._command import C_STORE_RQ, command_int, encode_command
+from kit.dicom._fastnet import DataPhase
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationAbortedError
 from tests.conftest import wait_until

@@ -36,7 +36,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
 
 from kit.dicom._clientphase import ClientPhase
-from kit.dicom._fastnet import MAX_COMMAND, DataPhase, encode_command
+from kit.dicom._command import encode_command
+from kit.dicom._fastnet import MAX_COMMAND, DataPhase
 from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationAbortedError, KitError, StoreError

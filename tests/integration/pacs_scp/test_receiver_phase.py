@@ -22,14 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.dicom._fastnet import (
-    C_ECHO_RQ,
-    NO_DATASET,
-    DataPhase,
-    PduInterrupt,
-    abort_pdu,
-    encode_command,
-)
+from kit.dicom._command import C_ECHO_RQ, NO_DATASET, encode_command
+from kit.dicom._fastnet import DataPhase, PduInterrupt, abort_pdu
 from kit.dicom._recvphase import ReceiverPhase
 from kit.errors import KitError, PeerTimeoutError
 from tests.integration.pacs_get_fast.test_get_answer_path import _frame, _store_rq

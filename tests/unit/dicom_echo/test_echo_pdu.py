@@ -159,7 +159,7 @@ def test_associate_rq_is_pynetdicoms_byte_for_byte(called: str, calling: str, ma
 @settings(max_examples=30, deadline=None)
 @given(message_id=st.integers(0, 0xFFFF))
 def test_echo_rq_is_pynetdicoms_byte_for_byte_and_fastnets(message_id: int) -> None:
-    from kit.dicom._fastnet import C_ECHO_RQ, NO_DATASET, encode_command
+    from kit.dicom._command import C_ECHO_RQ, NO_DATASET, encode_command
 
     primitive = C_ECHO()
     primitive.MessageID = message_id

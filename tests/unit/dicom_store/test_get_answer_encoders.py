@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-from kit.dicom._fastnet import C_STORE_RSP, NO_DATASET, encode_command
+from kit.dicom._command import C_STORE_RSP, NO_DATASET, encode_command
 from kit.dicom._filemeta import PREAMBLE, encode_file_meta, part10_head
 from kit.dicom._getphase import read_identity, store_rsp
 
