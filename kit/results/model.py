@@ -305,7 +305,9 @@ class Region:
 class BoundingBox:
     """A detection box on one image (or one video frame): pixel corners, inclusive-exclusive.
 
-    ``time`` is the frame's time in seconds from the start of a clip, for video.
+    ``score`` is the detector's certainty in [0, 1] (in the SR: the certainty of the box's
+    ``kind``). ``time`` is the frame's time in seconds from the start of a clip, for video;
+    it stays with the result (the SR names the frame of a DICOM video by ``frame_number``).
     """
 
     label: str

@@ -225,6 +225,7 @@ class _Group:
         self.tracking: str | None = None
         self.finding: Code | None = None
         self.category: Code | None = None
+        self.category_score: float | None = None  # a box's score (kit.results.sr)
         self.segment: int | None = None
         self.rectangle: tuple[str, tuple[float, float, float, float], int | None] | None = None
         self.algorithm: dict[str, Any] = {}
@@ -248,6 +249,7 @@ class _Group:
             self.algorithm.setdefault("params", []).append(_str(child, "TextValue"))
         elif vtype == "CODE" and name == _FINDING_CATEGORY:
             self.category = _code(child.ConceptCodeSequence[0])
+            self.category_score = _score(child)
         elif vtype == "CODE" and name == _FINDING and self.finding is None and before_algorithm:
             self.finding = _code(child.ConceptCodeSequence[0])
         elif vtype == "CODE" and name != _METHOD and _str(child, "RelationshipType") == "CONTAINS":
@@ -408,7 +410,8 @@ def _read_sr(ds: Dataset, seg: Dataset | None) -> AnalysisResult:
         if g.rectangle is not None and g.tracking:
             uid, (x0, y0, x1, y1), frame = g.rectangle
             kind = g.category or g.finding or Code("ROI", "99KIT", "Region of interest")
-            box = BoundingBox(g.tracking[:64], kind, uid, x0, y0, x1, y1, frame_number=frame)
+            box = BoundingBox(g.tracking[:64], kind, uid, x0, y0, x1, y1, frame_number=frame,
+                              score=g.category_score)
             boxes.setdefault((box.label, uid, x0, y0, x1, y1, frame), box)
     names = {r.label for r in regions} | {b.label for b in boxes.values()}
     measurements: list[Measurement] = []
@@ -612,8 +615,8 @@ def differences(sent: AnalysisResult, read: AnalysisResult) -> list[str]:
     values to float tolerance; as a multiset), labels (name, value, region,
     score), the conclusion (trailing white space ignored), regions (label,
     category, kind, mask per source image; empty frames count as absent) and
-    boxes (label, kind, image, corners, frame). Not compared: the score and
-    time of boxes, ``inputs``, ``created`` and the subject's other fields.
+    boxes (label, kind, image, corners, frame, score). Not compared: the time
+    of boxes (not written), ``inputs``, ``created`` and the subject's other fields.
 
     Returns
     -------
@@ -657,7 +660,7 @@ def differences(sent: AnalysisResult, read: AnalysisResult) -> list[str]:
                 out.append(f"region {region.label!r}: masks differ on {len(diff)} image(s), e.g. {diff[0]}")
     out += [f"region {label!r} read back but not sent" for label in read_regions]
     boxes: list[Sequence[tuple[Any, float | None]]] = [
-        [((x.label, x.kind, x.source_instance, x.frame_number), None) for x in res.boxes]
+        [((x.label, x.kind, x.source_instance, x.frame_number), x.score) for x in res.boxes]
         for res in (sent, read)]
     out += _pair("box", boxes[0], boxes[1])
     corners = {(x.label, x.source_instance): (x.x0, x.y0, x.x1, x.y1) for x in read.boxes}

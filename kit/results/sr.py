@@ -13,7 +13,9 @@ reads back):
   the result's SEG, :mod:`kit.results.seg`) gives a Volumetric ROI group
   (TID 1411) with a Referenced Segment and its source images; a box gives a
   Planar ROI group (TID 1410) with the rectangle as a closed POLYLINE on its
-  image (the box's ``kind`` as the group's Finding Category); findings about
+  image (the box's ``kind`` as the group's Finding Category, its ``score`` as a
+  :data:`SCORE` child of that item, as a label's; its ``time`` is not written:
+  ``frame_number`` names the frame of a DICOM video); findings about
   no region go into image-level groups (TID 1501) that reference every source
   image. The tracking identifier (TID 4108) is the region or box label
   (``"image"`` for image-level groups), the tracking UID derives from the
@@ -82,6 +84,7 @@ IMAGE_GROUP = "image"
 SERIES_NUMBER = 900
 
 _PROCEDURE = Code("363679005", "SCT", "Imaging procedure")
+_FINDING_CATEGORY = Code("276214006", "SCT", "Finding category")
 _UNIT_ONE = SCORE_UNIT
 
 
@@ -177,12 +180,17 @@ def _measurement(m: Measurement) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=coded(m.name), value=m.value, unit=coded(m.unit), finding_sites=sites)
 
 
+def _score(value: float) -> hd.sr.ContentSequence:
+    """The children of a CODE item that carry its score (:data:`SCORE`, HAS PROPERTIES)."""
+    return hd.sr.ContentSequence([hd.sr.NumContentItem(
+        name=coded(SCORE), value=value, unit=coded(_UNIT_ONE),
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)])
+
+
 def _evaluation(label: Label) -> hd.sr.QualitativeEvaluation:
     ev = hd.sr.QualitativeEvaluation(name=coded(label.name), value=coded(label.value))
     if label.score is not None:
-        score = hd.sr.NumContentItem(name=coded(SCORE), value=label.score, unit=coded(_UNIT_ONE),
-                                     relationship_type=hd.sr.RelationshipTypeValues.HAS_PROPERTIES)
-        ev[0].ContentSequence = hd.sr.ContentSequence([score])
+        ev[0].ContentSequence = _score(label.score)
     return ev
 
 
@@ -244,8 +252,14 @@ def _group_items(result: AnalysisResult, by_uid: dict[str, Dataset], seg_uid: st
                                                                   referenced_frame_numbers=frames)
             roi = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
                                     graphic_data=_rectangle(box), source_image=source)
-            out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                referenced_region=roi, finding_category=coded(box.kind), **common))
+            group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=roi, finding_category=coded(box.kind), **common)
+            if box.score is not None:  # the certainty of the box's kind, as a label's of its value
+                category = next(item for item in group[0].ContentSequence
+                                if item.ValueType == "CODE"
+                                and item.ConceptNameCodeSequence[0].CodeValue == _FINDING_CATEGORY.value)
+                category.ContentSequence = _score(box.score)
+            out.append(group)
     return out
 
 

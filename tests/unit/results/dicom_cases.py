@@ -101,7 +101,7 @@ def regions_and_measurements(sources: list[Dataset]) -> AnalysisResult:
     region = lesion_region(sources)
     second = Region("lesion 2", ALTERED, NODULE, np.eye(CT_SIZE, dtype=bool)[None],
                     (str(sources[2].SOPInstanceUID),))
-    box = BoundingBox("box 1", NODULE, str(sources[9].SOPInstanceUID), 70.0, 30.0, 90.5, 50.0)
+    box = BoundingBox("box 1", NODULE, str(sources[9].SOPInstanceUID), 70.0, 30.0, 90.5, 50.0, score=0.8)
     return result(
         regions=(region, second), boxes=(box,),
         measurements=(Measurement(DIAMETER, 18.0, MM, finding=LESION, region="lesion 1"),

@@ -237,6 +237,10 @@ def test_differences_names_what_changed() -> None:
     assert any("result_id" in d for d in changed(result_id="other"))
     box = dataclasses.replace(read.boxes[0], x1=91.0)
     assert any("corners" in d for d in changed(boxes=(box,)))
+    assert read.boxes[0].score == 0.8  # the certainty of the box's kind, in each of its two groups
+    for score in (0.5, None):
+        box = dataclasses.replace(read.boxes[0], score=score)
+        assert any(d.startswith("box ") for d in changed(boxes=(box,))), score
 
 
 def test_a_region_on_more_images_than_it_covers_compares_equal() -> None:

@@ -121,9 +121,14 @@ def test_measurements_labels_and_conclusion_where_the_docstring_says() -> None:
     planar = report.get_planar_roi_measurement_groups()
     assert [g.tracking_identifier for g in planar] == ["box 1", "box 1"]  # (box, Nodule), (box, -)
     assert planar[0].roi is not None
-    # a label's score is a NUM child of its CODE item
+    # a label's score is a NUM child of its CODE item; a box's, of each of its groups' Finding category
     scores = _named(sr, SCORE.value)
-    assert [float(s.MeasuredValueSequence[0].NumericValue) for s in scores] == [0.25]
+    assert sorted(float(s.MeasuredValueSequence[0].NumericValue) for s in scores) == [0.25, 0.8, 0.8]
+    categories = [i for g in planar for i in g[0].ContentSequence
+                  if i.ConceptNameCodeSequence[0].CodeValue == "276214006"]
+    certainty = [float(c.ContentSequence[0].MeasuredValueSequence[0].NumericValue) for c in categories]
+    assert certainty == [0.8, 0.8]
+    assert {c.ContentSequence[0].RelationshipType for c in categories} == {"HAS PROPERTIES"}
     # the conclusion and the result id
     assert [i.TextValue for i in _named(sr, CONCLUSION.value)] == ["One lesion."]
     assert [i.TextValue for i in _named(sr, RESULT_ID.value)] == ["res-0001"]
