@@ -7,16 +7,15 @@ is paid once per instance. Three things are taken off that path here:
 - creating the file, where that is slow: ext4 without a journal may spend up to a
   millisecond of kernel time allocating an inode (it scans past recently freed ones on a
   busy file system), a network file system a round trip. Each file is made as its instance
-  arrives, timed; once :data:`SLOW_TO_POOL` of the last :data:`SLOW_WINDOW` took longer than
-  :data:`SLOW_CREATE`, a
-  :class:`~kit.dicom._spares.SparePool` keeps a few empty files ready in the target folder
-  for the rest of the retrieve, made by its thread (``os.open`` releases the GIL). Where
-  creating a file is cheap (10-20 us on journalled ext4, tmpfs) the pool's thread costs
-  more than it saves (its wake-ups and GIL hand-offs on the answer path: measured 0.89-0.98x
-  dcmtk getscu on a loaded machine with it, 1.07-1.09x without), so it is not started. Files
-  are unnamed (``O_TMPFILE``) where the system has them, so making one takes no lock on the
-  folder, and each is linked at its final name once written; so the path is write, link (or
-  rename), close, answer;
+  arrives, timed; once :data:`SLOW_TO_POOL` of the last :data:`SLOW_WINDOW` took longer
+  than :data:`SLOW_CREATE`, a :class:`~kit.dicom._spares.SparePool` keeps a few empty files
+  ready in the target folder for the rest of the retrieve, made by its thread (``os.open``
+  releases the GIL). Where making a file is cheap (10-20 us on journalled ext4 or tmpfs)
+  the thread costs more than it saves (its wake-ups and GIL hand-offs on the answer path:
+  on a loaded machine, 0.89-1.00x dcmtk getscu with it, 1.07-1.10x without), so it is not
+  started. Files are unnamed (``O_TMPFILE``) where the system has them, so making one takes
+  no lock on the folder, and each is linked at its final name once written; so the path is
+  write, link (or rename), close, answer;
 - the bookkeeping (the row, the next files): after the answer is on the wire
   (:func:`get_loop`). The per-instance hook (progress, the rate cap) runs before
   it, as on pynetdicom's path: a wait there must hold back the PACS's next instance.

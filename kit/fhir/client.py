@@ -62,7 +62,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
@@ -93,9 +93,6 @@ from kit.fhir.resources import outcome_issues, outcome_message
 from kit.fhir.resources import validate as validate_resource
 from kit.fhir.transactions import batch_in_chunks, size_hint, transaction_in_chunks
 from kit.fhir.vendors import VendorProfile, vendor_profile
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "FHIR_JSON",
