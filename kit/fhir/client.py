@@ -13,7 +13,7 @@ what happened                                      raised
 ================================================  =======================================
 connection refused, DNS failure                    :class:`~kit.errors.PeerUnreachableError`
 no answer within the timeout                       :class:`~kit.errors.PeerTimeoutError`
-a body not complete within ``total_timeout``       :class:`~kit.errors.PeerTimeoutError`
+an answer not complete within ``total_timeout``   :class:`~kit.errors.PeerTimeoutError`
 a body over ``max_response_bytes`` (decompressed)  :class:`ResponseTooLargeError`
 a malformed URL, too many redirects                :class:`~kit.errors.FhirError`
 connection dropped mid-exchange                    :class:`~kit.errors.PeerDisconnectedError`
@@ -46,8 +46,11 @@ were set by hand in ``headers``. Redirects are followed by the client itself (at
 most ``MAX_REDIRECTS``), so this holds for every hop.
 
 Every body read into memory is bounded: at most ``max_response_bytes`` after
-decompression (default 256 MiB), and complete within ``total_timeout`` (default
-10 times ``timeout``).
+decompression (default 256 MiB). Every request ends within ``total_timeout`` (default
+10 times ``timeout``): its connect, its upload, the status line and headers (through
+:mod:`kit.fhir._deadline`: httpx bounds each read, not a request) and a body read into
+memory; one past it is not retried. A body streamed to the caller (Bulk Data files) is
+bounded per read by ``timeout`` only.
 
 Hand-written here: retries and the error mapping; the paging and Bundle reading
 in :mod:`kit.fhir._paging` (no maintained Python FHIR client does these with
@@ -83,6 +86,7 @@ from kit.errors import (
 )
 from kit.fhir._audit import audited_send
 from kit.fhir._bounded import read_bounded
+from kit.fhir._deadline import deadline_transport, request_deadline
 from kit.fhir._paging import MAX_PAGES, MAX_RESOURCES, IncompleteResultError, Params, SearchEntry, SearchMode
 from kit.fhir._paging import check_id as _check_id
 from kit.fhir._paging import check_type as _check_type
@@ -115,6 +119,8 @@ FHIR_JSON = "application/fhir+json"
 DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 #: Default ``total_timeout`` as a multiple of ``timeout``.
 TOTAL_TIMEOUT_FACTOR = 10
+#: A read, write or connect timing out this close to ``total_timeout``'s deadline was cut by it.
+DEADLINE_SLACK = 0.05
 #: Redirects one request follows at most.
 MAX_REDIRECTS = 10
 
@@ -240,7 +246,8 @@ class FhirClient(Searching):
         all_headers = {"Accept": FHIR_JSON, "User-Agent": agent,
                        **self.profile.headers(getattr(auth, "client_id", None)), **(headers or {})}
         self._http = httpx.Client(auth=auth, timeout=httpx.Timeout(timeout), headers=all_headers,
-                                  follow_redirects=False, verify=verify, transport=transport)
+                                  follow_redirects=False, verify=verify,
+                                  transport=deadline_transport(verify) if transport is None else transport)
 
     # -- construction / lifetime -------------------------------------------------------------
 
@@ -348,9 +355,17 @@ class FhirClient(Searching):
                                                        content=content, headers=headers)
                 except httpx.InvalidURL as exc:
                     raise FhirError(f"{method} {target!r}: not a valid URL: {exc}", peer=self.base) from None
-                response = self._send_following(request, authenticate, target)
-                if not stream:
-                    self._read_body(response, deadline)
+                try:
+                    with request_deadline(deadline):  # the status line and headers too (_deadline)
+                        response = self._send_following(request, authenticate, target)
+                        if not stream:
+                            self._read_body(response, deadline)
+                except httpx.TimeoutException as exc:
+                    if time.monotonic() < deadline - DEADLINE_SLACK:
+                        raise  # one read, write or connect's timeout: below
+                    raise PeerTimeoutError(f"{method} {target} was not answered within total_timeout="
+                                           f"{self.total_timeout} s (a server this slow is not "
+                                           "asked again)", peer=self.base) from exc
             except httpx.ConnectTimeout as exc:
                 error = PeerTimeoutError(f"connecting for {method} {target} timed out after "
                                          f"{self.timeout} s", peer=self.base)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import threading
 import time
 import zlib
@@ -156,18 +157,28 @@ def test_the_limits_have_documented_defaults() -> None:
 
 # -- 2. a body that never ends -------------------------------------------------------------------------
 
-def test_a_trickled_body_ends_at_total_timeout() -> None:
+def _trickle(h: _Handler, data: bytes, every: float = 0.02) -> None:
+    """Send ``data`` a byte every ``every`` s (well inside any read timeout) until the test ends."""
+    for byte in data:
+        if h.server.stop.wait(every):
+            return
+        h.wfile.write(bytes([byte]))
+        h.wfile.flush()
+
+
+@pytest.mark.parametrize("part", ["body", "headers"])
+def test_a_trickled_answer_ends_at_total_timeout(part: str) -> None:
+    """httpx bounds each read, not a request: a body, or a status line and headers, a byte at a
+    time, each inside ``timeout``, would hold the request for as long as the server likes."""
     def route(h: _Handler) -> None:
+        if part == "headers":
+            return _trickle(h, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 5000)
         h.send_response(200)
         h.send_header("Content-Type", "application/fhir+json")
         h.send_header("Content-Length", "100000000")
         h.end_headers()
         h.wfile.flush()
-        for _ in range(400):  # a byte every 20 ms, for at most 8 s; ends when the test ends
-            if h.server.stop.wait(0.02):
-                return
-            h.wfile.write(b" ")
-            h.wfile.flush()
+        _trickle(h, b" " * 400)
 
     retry = RetryPolicy(max_attempts=3, backoff=0.01, max_backoff=0.01)
     with serve(route) as (url, srv), \
@@ -175,8 +186,64 @@ def test_a_trickled_body_ends_at_total_timeout() -> None:
         start = time.monotonic()
         with pytest.raises(PeerTimeoutError, match="total_timeout=0.5"):
             c.read("Patient", "a")
-        assert time.monotonic() - start < 4
+        assert time.monotonic() - start < 1.5  # the deadline, not a read's 2 s timeout
         assert len(srv.seen) == 1  # the deadline is the whole budget: not retried
+
+
+def test_an_upload_read_slowly_ends_at_total_timeout() -> None:
+    """A server that reads a request body a little at a time (each send inside ``timeout``)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    stop = threading.Event()
+
+    def sink() -> None:
+        conn, _ = sock.accept()
+        with conn:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            while not stop.wait(0.02) and conn.recv(4096):
+                pass
+
+    reader = threading.Thread(target=sink, daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
+    try:
+        with FhirClient(url, retries=NO_RETRY, timeout=2, total_timeout=0.5) as c:
+            start = time.monotonic()
+            with pytest.raises(PeerTimeoutError, match="not answered within total_timeout=0.5"):
+                c.send("POST", url + "/Binary", content=b"x" * (64 << 20),
+                       headers={"Content-Type": "application/octet-stream"})
+            assert time.monotonic() - start < 1.5
+    finally:
+        stop.set()
+        sock.close()
+        reader.join(5)
+
+
+def test_the_deadline_ends_with_its_request() -> None:
+    """A body streamed to the caller is read after the request returned: bounded per read by
+    ``timeout``, not by ``total_timeout`` (a Bulk Data file takes as long as it takes); and
+    a request after a timed-out one has its own deadline."""
+    def route(h: _Handler) -> None:
+        if h.path.endswith("/slow"):
+            return _trickle(h, b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 5000)
+        body = b"x" * 60
+        h.send_response(200)
+        h.send_header("Content-Type", "application/fhir+ndjson")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.flush()
+        _trickle(h, body)  # 1.2 s: more than the total_timeout
+
+    with serve(route) as (url, _), \
+            FhirClient(url + "/fhir", retries=NO_RETRY, timeout=2, total_timeout=0.5) as c:
+        with pytest.raises(PeerTimeoutError, match="total_timeout"):
+            c.send("GET", url + "/fhir/slow")
+        response = c.send("GET", url + "/fhir/file.ndjson", stream=True)
+        try:
+            assert b"".join(response.iter_bytes()) == b"x" * 60
+        finally:
+            response.close()
 
 
 # -- 3. where the client secret goes ----------------------------------------------------------------
