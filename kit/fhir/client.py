@@ -48,7 +48,7 @@ most ``MAX_REDIRECTS``), so this holds for every hop.
 Every body read into memory is bounded: at most ``max_response_bytes`` after
 decompression (default 256 MiB). Every request ends within ``total_timeout`` (default
 10 times ``timeout``): its connect, its upload, the status line and headers (through
-:mod:`kit.fhir._deadline`: httpx bounds each read, not a request) and a body read into
+:mod:`kit._http_deadline`: httpx bounds each read, not a request) and a body read into
 memory; one past it is not retried. A body streamed to the caller (Bulk Data files) is
 bounded per read by ``timeout`` only.
 
@@ -71,6 +71,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 import httpx
 import orjson
 
+from kit._http_deadline import deadline_transport, request_deadline
 from kit.config import FhirSettings, Settings
 from kit.errors import (
     AuthError,
@@ -86,7 +87,6 @@ from kit.errors import (
 )
 from kit.fhir._audit import audited_send
 from kit.fhir._bounded import read_bounded
-from kit.fhir._deadline import deadline_transport, request_deadline
 from kit.fhir._paging import MAX_PAGES, MAX_RESOURCES, IncompleteResultError, Params, SearchEntry, SearchMode
 from kit.fhir._paging import check_id as _check_id
 from kit.fhir._paging import check_type as _check_type
@@ -356,7 +356,7 @@ class FhirClient(Searching):
                 except httpx.InvalidURL as exc:
                     raise FhirError(f"{method} {target!r}: not a valid URL: {exc}", peer=self.base) from None
                 try:
-                    with request_deadline(deadline):  # the status line and headers too (_deadline)
+                    with request_deadline(deadline):  # the status line and headers too (kit._http_deadline)
                         response = self._send_following(request, authenticate, target)
                         if not stream:
                             self._read_body(response, deadline)

@@ -25,7 +25,10 @@ then makes the service unhealthy.
 
 :class:`WebhookDispatcher` delivers each job's reported statuses in order, one
 event of a job in flight at a time, on its own thread pool: a POST with a
-per-attempt timeout, no redirects followed and the answer's body not read; a
+per-step timeout (``webhook_timeout`` for the connect, each write and each read) and a
+whole-attempt one (:data:`WEBHOOK_WHOLE` times it: a receiver trickling its answer a byte
+at a time is cut off there, :mod:`kit._http_deadline`), no redirects followed and the
+answer's body not read; a
 failure (refused, timeout, a non-2xx answer) is retried with exponential
 backoff up to ``webhook_attempts`` times, then given up (recorded on the job as
 ``webhook_error``) and the next event goes. Delivery is at least once: an event
@@ -53,12 +56,13 @@ from typing import Final
 import httpx
 import polars as pl
 
+from kit._http_deadline import deadline_transport, request_deadline
 from kit.config import Settings
 from kit.errors import KitError
 from kit.services.medix_protocol import MedixStatus, backoff_delay, webhook_body, webhook_http_headers
 from kit.services.medix_store import Job, JobStore
 
-__all__ = ["POLL_SECONDS", "ExportWorkers", "WebhookDispatcher", "retrieve", "write_zip"]
+__all__ = ["POLL_SECONDS", "WEBHOOK_WHOLE", "ExportWorkers", "WebhookDispatcher", "retrieve", "write_zip"]
 
 log = logging.getLogger("kit.services.medix")
 
@@ -66,6 +70,8 @@ log = logging.getLogger("kit.services.medix")
 POLL_SECONDS: Final = 0.1
 #: seconds between two sweeps of expired zips
 SWEEP_SECONDS: Final = 60.0
+#: A webhook POST ends within this many times ``webhook_timeout`` in all (connect, send, answer).
+WEBHOOK_WHOLE: Final = 3
 
 
 def _reason(exc: BaseException) -> str:
@@ -398,7 +404,8 @@ class WebhookDispatcher:
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medix-webhook")
         timeout = self.medix.webhook_timeout
         self._client = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False,
-                                    limits=httpx.Limits(max_connections=workers * 2))
+                                    transport=deadline_transport(
+                                        trust_env=False, limits=httpx.Limits(max_connections=workers * 2)))
         self._thread = threading.Thread(target=self._loop, daemon=True, name="medix-webhooks")
 
     def start(self) -> None:
@@ -467,12 +474,15 @@ class WebhookDispatcher:
 
     def _post(self, uri: str, headers: dict[str, str], body: dict[str, object]) -> str | None:
         """POST once; None when the receiver answered 2xx, else why not (without header values)."""
-        try:
-            with self._client.stream("POST", uri, json=body, headers=webhook_http_headers(headers)) as resp:
+        whole = WEBHOOK_WHOLE * self.medix.webhook_timeout
+        try:  # each step within webhook_timeout, the whole POST within WEBHOOK_WHOLE times it
+            with request_deadline(time.monotonic() + whole), \
+                    self._client.stream("POST", uri, json=body,
+                                        headers=webhook_http_headers(headers)) as resp:
                 if 200 <= resp.status_code < 300:
                     return None
                 return f"HTTP {resp.status_code}"
         except httpx.TimeoutException:
-            return f"no answer within {self.medix.webhook_timeout:g}s"
+            return f"no answer within {self.medix.webhook_timeout:g}s (each step) or {whole:g}s (in all)"
         except (httpx.HTTPError, OSError, ValueError) as exc:
             return type(exc).__name__

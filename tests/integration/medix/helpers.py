@@ -27,11 +27,14 @@ class WebhookReceiver:
 
     ``fail_first``: answer 500 to the first N requests (recorded in ``failed``).
     ``hang``: seconds to sleep before answering each request (a receiver that hangs).
+    ``trickle``: answer every request a byte every 20 ms, a status line and headers that never
+    end (recorded in ``failed``), until the client hangs up.
     """
 
-    def __init__(self, *, fail_first: int = 0, hang: float = 0.0) -> None:
+    def __init__(self, *, fail_first: int = 0, hang: float = 0.0, trickle: bool = False) -> None:
         self.fail_first = fail_first
         self.hang = hang
+        self.trickle = trickle
         self.received: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
         self.cond = threading.Condition()
@@ -49,6 +52,18 @@ class WebhookReceiver:
                           "at": time.monotonic()}
                 if receiver.hang:
                     time.sleep(receiver.hang)
+                if receiver.trickle:
+                    with receiver.cond:
+                        receiver.failed.append(record)
+                        receiver.cond.notify_all()
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                        time.sleep(0.02)
+                        try:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                        except OSError:  # the client hung up
+                            return
+                    return
                 with receiver.cond:
                     fail = len(receiver.failed) < receiver.fail_first
                     (receiver.failed if fail else receiver.received).append(record)

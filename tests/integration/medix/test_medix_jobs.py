@@ -188,6 +188,21 @@ def test_hanging_webhook_never_blocks_the_job(stack: Stack, medix_service: Facto
             assert c.get("/health").status_code == 200
 
 
+def test_a_webhook_trickling_its_answer_is_cut_off(stack: Stack, medix_service: Factory) -> None:
+    """Each byte of the answer inside ``webhook_timeout``: only the whole-attempt bound ends it."""
+    study = sample_study("MRN1003", "ES")["study_instance_uid"]
+    with WebhookReceiver(trickle=True) as hook, \
+            medix_service(stack.client_settings(), webhook_timeout=0.3, webhook_attempts=2) as service:
+        started = time.monotonic()
+        job_id = request_download(service.address, study, hook.url)
+        given_up = "status 0 not delivered: no answer within 0.3s (each step) or 0.9s (in all)"
+        with client(service.address) as c:
+            while given_up not in str(c.get(f"/api/study/download/{job_id}").json()["WebhookError"]):
+                assert time.monotonic() - started < 20  # a trickle of 10,000 bytes lasts 200 s
+                time.sleep(0.05)
+        assert [r["body"]["Status"] for r in hook.failed][:2] == ["0", "0"]  # tried twice, given up
+
+
 def test_report_status_finds_an_sr_in_the_pacs(stack: Stack, medix_service: Factory) -> None:
     with_sr = sample_study("MRN1004", "CT")
     without = sample_study("MRN1006", "CT")["study_instance_uid"]

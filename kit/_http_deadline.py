@@ -1,4 +1,4 @@
-"""A whole-request deadline under httpx: status line and headers too, not only the body.
+"""A whole-request deadline under httpx: status line and headers too, not only the body (I/O).
 
 httpx bounds each read, write and connect by its timeout, never a request as a whole: a
 server that sends its status line and headers a byte at a time, each just inside the
@@ -9,7 +9,8 @@ to what is left of the deadline set by :func:`request_deadline` in the calling t
 (a :class:`contextvars.ContextVar`: threads sharing one client each keep their own); past it
 they raise httpcore's own timeouts, which httpx maps to :class:`httpx.TimeoutException`. With
 no deadline set (a streamed body read after the request returned) they are httpx's streams
-unchanged.
+unchanged. The FHIR client (:mod:`kit.fhir.client`) and the Medix webhooks
+(:mod:`kit.services.medix_worker`) use it.
 
 Written by hand: httpx has no total deadline; httpcore's network-backend interface is the
 seam it offers, and the one attribute reached into (the transport's pool, whose backend is
@@ -108,10 +109,12 @@ class _Backend(httpcore.NetworkBackend):
         self.inner.sleep(seconds)
 
 
-def deadline_transport(verify: bool | str | ssl.SSLContext = True) -> httpx.HTTPTransport:
+def deadline_transport(verify: bool | str | ssl.SSLContext = True, **options: Any) -> httpx.HTTPTransport:
     """An :class:`httpx.HTTPTransport` (as :class:`httpx.Client` makes by default, with
-    ``verify``) whose requests end by the deadline :func:`request_deadline` sets."""
-    transport = httpx.HTTPTransport(verify=verify)
+    ``verify`` and any other of its ``options``: ``limits``, ``trust_env``...) whose requests end
+    by the deadline :func:`request_deadline` sets. Give a client's ``verify`` and ``limits`` here:
+    :class:`httpx.Client` does not pass its own to a transport it is given."""
+    transport = httpx.HTTPTransport(verify=verify, **options)
     pool = transport._pool  # httpx's connection pool (or proxy): the network backend is its
     pool._network_backend = _Backend(pool._network_backend)
     return transport
