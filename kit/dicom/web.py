@@ -19,7 +19,9 @@ client's), each part of a streamed WADO-RS answer (one instance) to ``max_part_b
 2 GiB), and each to ``total_timeout`` (default 10 times ``timeout``) from the request (a WADO-RS
 part: from the previous part) to its last byte. Past a bound the connection is closed and
 :class:`ResponseTooLargeError` (a :class:`~kit.errors.DicomWebError`) or
-:class:`~kit.errors.PeerTimeoutError` raised; a part cut there is not written.
+:class:`~kit.errors.PeerTimeoutError` raised; a part cut there is not written. An answer's status
+line and headers come within ``total_timeout`` of the request being sent, or the connection is
+shut (:mod:`kit.dicom._web_deadline`: requests bounds each read, not the wait for a head).
 
 Every WADO-RS part is checked before it is written, as a C-GET's instances are: its bytes parse
 whole (:func:`kit.dicom.received.check_received`: no element cut short, pixel data of its full
@@ -77,6 +79,7 @@ from kit.config import DicomWebSettings, Secret, Settings
 from kit.dicom._audit import web as _audited
 from kit.dicom._cancel import RetrieveCancel
 from kit.dicom._outgoing import read_for_store
+from kit.dicom._web_deadline import head_too_slow, mount
 from kit.dicom.dimse import RECEIVED_SCHEMA, STORED_SCHEMA, RetrieveCancelledError
 from kit.dicom.query import (
     ATTRIBUTES,
@@ -318,6 +321,7 @@ class DicomWebClient:
         self.total_timeout = float(total_timeout)
         session = self._session = _LiteralWildcards(_Bounds(self.max_response_bytes, self.max_part_bytes,
                                                             self.total_timeout, self.base))
+        mount(session, self.total_timeout)  # an answer's head, too (kit.dicom._web_deadline)
         if token is not None:
             value = token.reveal() if isinstance(token, Secret) else token
             session.headers["Authorization"] = f"Bearer {value}"
@@ -345,9 +349,12 @@ class DicomWebClient:
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else None
             raise DicomWebError(f"{what}: HTTP {code}", status_code=code, peer=self.base) from exc
-        except (requests.ConnectTimeout, requests.ReadTimeout) as exc:
-            raise PeerTimeoutError(f"{what}: no answer within {self.timeout:g}s", peer=self.base) from exc
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.ReadTimeout) as exc:  # ConnectTimeout is both
+            if head_too_slow(exc):
+                raise PeerTimeoutError(f"{what}: the answer's status line and headers did not come within "
+                                       f"total_timeout={self.total_timeout:g} s", peer=self.base) from exc
+            if isinstance(exc, requests.Timeout):
+                raise PeerTimeoutError(f"{what}: no answer within {self.timeout:g}s", peer=self.base) from exc
             raise PeerUnreachableError(f"{what}: cannot connect", peer=self.base) from exc
         except requests.RequestException as exc:
             raise DicomWebError(f"{what}: {exc}", peer=self.base) from exc

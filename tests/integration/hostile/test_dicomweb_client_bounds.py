@@ -249,6 +249,28 @@ def test_a_trickled_wado_part_ends_at_total_timeout_and_is_not_written(tmp_path:
     assert left_in(tmp_path / "out") == [f"{ASKED}.1.1.dcm"]
 
 
+def _trickled_head(h: _Handler) -> None:
+    """A status line and headers a byte every 0.1 s (each read within timeout=1), for 10 s."""
+    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
+        time.sleep(0.1)
+        h.wfile.write(bytes([byte]))
+        h.wfile.flush()
+
+
+@pytest.mark.parametrize("what", ["find", "get"])
+def test_a_trickled_head_ends_at_total_timeout(what: str, tmp_path: Path) -> None:
+    """requests bounds each read: a head trickled inside the timeout held the request for good."""
+    with serve(_trickled_head) as (base, srv):
+        client = DicomWebClient(base, timeout=1, total_timeout=1.5)
+        started = time.monotonic()
+        with pytest.raises(PeerTimeoutError, match=r"headers did not come within total_timeout=1.5 s"):
+            client.find("STUDY") if what == "find" else client.get(ASKED, dest=tmp_path / "out")
+        took = time.monotonic() - started
+        assert 1.4 < took < 3.0, took
+        assert srv.requests == 1
+    assert left_in(tmp_path / "out") == []
+
+
 def test_total_timeout_bounds_each_wado_part_not_the_whole_study(tmp_path: Path) -> None:
     """Six parts, one every 0.4 s: 2.4 s in all, over total_timeout=1.5 s, each part well within."""
     parts = [part10(ASKED, f"{ASKED}.1.{i}") for i in range(1, 7)]
