@@ -84,6 +84,10 @@ RELEASE_RP = bytes.fromhex("06000000000400000000")
 ABORT = bytes.fromhex("07000000000400000000")
 
 _KNOWN_PDUS = (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07)
+#: The command elements of a C-ECHO-RSP the fast path reads (group length, Affected SOP Class UID,
+#: Command Field, Message ID Being Responded To, Command Data Set Type, Status); any other
+#: (an Error Comment, a retired element...) is left to pynetdicom.
+_ECHO_RSP_ELEMENTS = frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900})
 
 
 class EchoDeclined(DicomError):
@@ -248,6 +252,9 @@ def echo_status(command: bytes, message_id: int = ECHO_MESSAGE_ID) -> int:
             raise EchoDeclined("malformed command set")
         fields[elem] = command[pos:pos + length]
         pos += length
+
+    if not fields.keys() <= _ECHO_RSP_ELEMENTS:  # pynetdicom decodes every element: one of a
+        raise EchoDeclined("an element a plain C-ECHO-RSP does not carry")  # wrong length fails there
 
     def us(elem: int) -> int | None:
         raw = fields.get(elem)

@@ -14,7 +14,7 @@ import os
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dimse_messages import C_ECHO_RQ as C_ECHO_RQ_MESSAGE
@@ -312,6 +312,7 @@ def test_fuzz_a_mutated_ac_is_declined_or_read_as_pynetdicom_reads_it(
 
 @settings(max_examples=int(os.environ.get('ECHO_FUZZ', 150)), deadline=None)
 @given(edits=EDITS, cut=CUTS, status=STATUSES)
+@example(edits=[(26, 1)], cut=None, status=0)  # (0000,0002) made (0000,0001), a UL of 18 bytes
 def test_fuzz_a_mutated_response_is_declined_or_read_as_pynetdicom_reads_it(
         edits: list[tuple[int, int]], cut: int | None, status: int) -> None:
     raw = _mutate(library_rsp(status)[0], edits, cut)
