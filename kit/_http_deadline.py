@@ -13,9 +13,10 @@ unchanged. The FHIR client (:mod:`kit.fhir.client`) and the Medix webhooks
 (:mod:`kit.services.medix_worker`) use it.
 
 Written by hand: httpx has no total deadline; httpcore's network-backend interface is the
-seam it offers, and the one attribute reached into (the transport's pool, whose backend is
-wrapped: httpx builds it, proxies included) is checked by a test. A TLS handshake is one
-call: it is bounded by what was left when it began.
+seam it offers. The one private attribute reached into is the transport's pool, whose
+backend is wrapped (httpx builds it, proxies included): were it gone, making a client would
+fail, and every FHIR test with it. A TLS handshake is one call: it is bounded by what was
+left when it began.
 """
 
 from __future__ import annotations
