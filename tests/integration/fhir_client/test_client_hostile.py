@@ -186,7 +186,7 @@ def test_a_trickled_answer_ends_at_total_timeout(part: str) -> None:
         start = time.monotonic()
         with pytest.raises(PeerTimeoutError, match="total_timeout=0.5"):
             c.read("Patient", "a")
-        assert time.monotonic() - start < 1.5  # the deadline, not a read's 2 s timeout
+        assert time.monotonic() - start < 4  # the deadline: the trickle lasts 8 s (body), 100 s (headers)
         assert len(srv.seen) == 1  # the deadline is the whole budget: not retried
 
 
@@ -213,7 +213,7 @@ def test_an_upload_read_slowly_ends_at_total_timeout() -> None:
             with pytest.raises(PeerTimeoutError, match="not answered within total_timeout=0.5"):
                 c.send("POST", url + "/Binary", content=b"x" * (64 << 20),
                        headers={"Content-Type": "application/octet-stream"})
-            assert time.monotonic() - start < 1.5
+            assert time.monotonic() - start < 4  # 64 MiB at 200 KB/s: 5 minutes
     finally:
         stop.set()
         sock.close()

@@ -266,7 +266,7 @@ def test_a_trickled_head_ends_at_total_timeout(what: str, tmp_path: Path) -> Non
         with pytest.raises(PeerTimeoutError, match=r"headers did not come within total_timeout=1.5 s"):
             client.find("STUDY") if what == "find" else client.get(ASKED, dest=tmp_path / "out")
         took = time.monotonic() - started
-        assert 1.4 < took < 3.0, took
+        assert 1.4 < took < 5.0, took  # the trickle lasts 12.5 s
         assert srv.requests == 1
     assert left_in(tmp_path / "out") == []
 
