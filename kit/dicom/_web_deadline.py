@@ -70,13 +70,10 @@ class _Cut:
 class _Timed:
     """``getresponse`` within :attr:`head_seconds` (set by :func:`mount`)."""
 
-    head_seconds: float | None = None
+    head_seconds: float
 
     def getresponse(self) -> Any:
-        seconds = self.head_seconds
-        if seconds is None:
-            return super().getresponse()  # type: ignore[misc]
-        with _Cut(self, seconds):  # type: ignore[arg-type]
+        with _Cut(self, self.head_seconds):  # type: ignore[arg-type]
             return super().getresponse()  # type: ignore[misc]
 
 

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["QuietHandler", "running"]
+__all__ = ["QuietHandler", "running", "trickle"]
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -35,3 +35,16 @@ def running(server: ThreadingHTTPServer, name: str = "hostile-http") -> Iterator
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def trickle(out: BinaryIO, data: bytes, every: float, stop: threading.Event | None = None) -> None:
+    """Write ``data`` to ``out`` a byte every ``every`` seconds (each well inside a client's read
+    timeout): until it is all sent, ``stop`` is set, or the client hangs up."""
+    for byte in data:
+        if (stop or threading.Event()).wait(every):  # a fresh Event: a plain sleep
+            return
+        try:
+            out.write(bytes([byte]))
+            out.flush()
+        except OSError:  # the client hung up: what a bounded client does
+            return

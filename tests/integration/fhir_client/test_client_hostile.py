@@ -27,7 +27,7 @@ from kit.errors import AuthError, FhirError, InvalidInputError, KitError, PeerTi
 from kit.fhir import client as fhir_client
 from kit.fhir.auth import BearerAuth, ClientCredentialsAuth
 from kit.fhir.client import NO_RETRY, FhirClient, RetryPolicy
-from tests.integration.http_peer import QuietHandler, running
+from tests.integration.http_peer import QuietHandler, running, trickle
 
 SECRET = "hostile-test-client-secret-7f3a"
 PATIENT = {"resourceType": "Patient", "id": "a"}
@@ -157,13 +157,9 @@ def test_the_limits_have_documented_defaults() -> None:
 
 # -- 2. a body that never ends -------------------------------------------------------------------------
 
-def _trickle(h: _Handler, data: bytes, every: float = 0.02) -> None:
-    """Send ``data`` a byte every ``every`` s (well inside any read timeout) until the test ends."""
-    for byte in data:
-        if h.server.stop.wait(every):
-            return
-        h.wfile.write(bytes([byte]))
-        h.wfile.flush()
+def _trickle(h: _Handler, data: bytes) -> None:
+    """Send ``data`` a byte every 20 ms (well inside any read timeout) until the test ends."""
+    trickle(h.wfile, data, 0.02, h.server.stop)
 
 
 @pytest.mark.parametrize("part", ["body", "headers"])

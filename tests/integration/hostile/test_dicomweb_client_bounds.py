@@ -35,7 +35,7 @@ from tests.integration.dicomweb_server.conftest import (
     embedded,  # noqa: F401 - the fixture (one embedded PACS + DICOMweb per module)
     make_ct,
 )
-from tests.integration.http_peer import QuietHandler, running
+from tests.integration.http_peer import QuietHandler, running, trickle
 from tests.integration.pacs_client.test_retrieve_integrity import ASKED, ct
 from tests.integration.pacs_client.test_retrieve_integrity_web import CTYPE, multipart, part10
 
@@ -250,11 +250,11 @@ def test_a_trickled_wado_part_ends_at_total_timeout_and_is_not_written(tmp_path:
 
 
 def _trickled_head(h: _Handler) -> None:
-    """A status line and headers a byte every 0.1 s (each read within timeout=1), for 10 s."""
-    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
-        time.sleep(0.1)
-        h.wfile.write(bytes([byte]))
-        h.wfile.flush()
+    """The first answer: a status line and headers a byte every 0.1 s (each read within timeout=1),
+    for 12.5 s; the next ones: no study."""
+    if h.server.requests == 1:
+        return trickle(h.wfile, b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100, 0.1)
+    h.answer(b"[]", QIDO_JSON)
 
 
 @pytest.mark.parametrize("what", ["find", "get"])
@@ -268,6 +268,7 @@ def test_a_trickled_head_ends_at_total_timeout(what: str, tmp_path: Path) -> Non
         took = time.monotonic() - started
         assert 1.4 < took < 5.0, took  # the trickle lasts 12.5 s
         assert srv.requests == 1
+        assert client.find("STUDY").height == 0  # the same client, a good answer: served
     assert left_in(tmp_path / "out") == []
 
 

@@ -16,6 +16,7 @@ import httpx
 from pydicom.uid import generate_uid
 
 from kit.examples.dicom import random_ct_files
+from tests.integration.http_peer import trickle as trickle_bytes
 
 TOKEN = "medix-test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -56,14 +57,7 @@ class WebhookReceiver:
                     with receiver.cond:
                         receiver.failed.append(record)
                         receiver.cond.notify_all()
-                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
-                        time.sleep(0.02)
-                        try:
-                            self.wfile.write(bytes([byte]))
-                            self.wfile.flush()
-                        except OSError:  # the client hung up
-                            return
-                    return
+                    return trickle_bytes(self.wfile, b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000, 0.02)
                 with receiver.cond:
                     fail = len(receiver.failed) < receiver.fail_first
                     (receiver.failed if fail else receiver.received).append(record)
