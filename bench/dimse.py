@@ -24,7 +24,9 @@
     the last 30 s (``recently_deleted`` in fs/ext4/ialloc.c), so deleting a round's 500
     files made the next rounds' files cost 200-700 us each instead of 20-35 us (measured
     here, loaded), a cost of the bench's own clean-up that a retrieve does not meet and
-    that both clients paid in the kernel.
+    that both clients paid in the kernel. Then the kit's CPU per instance with and without
+    its C readers (kit/dicom/_getc.c), alternating gets in this process (into tmpfs where there
+    is one, so that the figure is the kit's own and not the disk's).
 Both sides run with TCP_NODELAY (dcmtk via TCP_NODELAY=1, the kit sets it) and the same
 maximum PDU on the peer. In (a) each round starts from an empty store (Orthanc's copy
 is deleted over REST). (b) and (c) warm each side up once, then run PAIRED_ROUNDS
@@ -301,6 +303,33 @@ def bench_cget(tmp: Path, study: str, n: int, orth_port: int) -> Paired:
     return paired(kit_get, getscu)
 
 
+#: Gets of each kind in :func:`c_readers_cpu`.
+CPU_ROUNDS = 5
+
+
+def c_readers_cpu(tmp: Path, study: str, n: int, orth_port: int) -> tuple[float, float] | None:
+    """The kit's CPU per instance (this process, all threads: user and system) in a C-GET, with
+    ``kit/dicom/_getc.c``'s readers and with the Python path alone, CPU_ROUNDS gets each, alternating:
+    the medians in microseconds; None where the C module is not built."""
+    from kit.dicom import _clientphase, _getphase
+
+    built = (_clientphase._c_message, _getphase._c_identity)
+    if None in built:
+        return None
+    client = PacsClient("127.0.0.1", orth_port, called_aet="ORTHANC", timeout=60)
+    spent: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for i in range(2 * CPU_ROUNDS):
+            with_c = i % 2 == 0
+            _clientphase._c_message, _getphase._c_identity = built if with_c else (None, None)
+            start = time.process_time()
+            client.get(study_uid=study, dest=tmp / f"kit-cpu-{i}")
+            spent[with_c].append((time.process_time() - start) / n * 1e6)
+    finally:
+        _clientphase._c_message, _getphase._c_identity = built
+    return statistics.median(spent[True]), statistics.median(spent[False])
+
+
 def _tmpfs() -> Path | None:
     """A fresh folder in /dev/shm if that is a tmpfs (Linux), else None."""
     try:
@@ -349,6 +378,15 @@ def main() -> None:
                 print(f"(c) into tmpfs kit PacsClient.get {rate(n, cget_shm.best_kit):8.0f} img/s   "
                       f"dcmtk getscu {rate(n, cget_shm.best_other):8.0f} img/s   "
                       f"(best rounds; {cget_shm.spread()})")
+            cpu_dir = _tmpfs() or tmp  # tmpfs: no inode-allocator time (see above) in the figure
+            try:
+                cpu = c_readers_cpu(cpu_dir, study, n, orth_port)
+            finally:
+                if cpu_dir != tmp:
+                    shutil.rmtree(cpu_dir, ignore_errors=True)
+            if cpu is not None:
+                print(f"(c) the kit's CPU per instance (medians of {CPU_ROUNDS} gets each): "
+                      f"{cpu[0]:.0f} us with kit/dicom/_getc.c's readers, {cpu[1]:.0f} us in Python alone")
 
         if "receive" in only:
             # (a) receive: SENDERS storescu at once; each round into an empty kit store / Orthanc

@@ -7,7 +7,12 @@ for the kit's own requests on a plain TCP socket:
   (``SO_RCVTIMEO``/``SO_SNDTIMEO``): a Python socket with a timeout polls
   before every ``recv`` and ``send``, a second system call each time;
 - PDUs are cut out of reads of up to :data:`CHUNK` bytes, so a PDU header and
-  its body, or a response and the next request, come in one ``recv``.
+  its body, or a response and the next request, come in one ``recv``;
+- a message whose PDUs all fit in that buffer (a C-GET's instances of up to a few
+  hundred KB, every response) is read from it in one C call where ``kit/dicom/_getc.c``
+  is built (:meth:`ClientPhase.recv`); anything that call does not take (another PDU,
+  a malformed one, a set over its bound) is read again by DataPhase's own path, which
+  raises as before.
 
 A PDU must arrive whole within ``pdu_timeout`` seconds (by default the timeout)
 of its first bytes, or the peer is sent A-ABORT and :class:`PeerTimeoutError`
@@ -35,13 +40,25 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pynetdicom.association import Association
 
-from kit.dicom._fastnet import DataPhase, pdu_limit, store_command, store_request, store_response
+from kit.dicom._fastnet import (
+    MAX_COMMAND,
+    DataPhase,
+    Message,
+    pdu_limit,
+    store_command,
+    store_request,
+    store_response,
+)
+from kit.dicom._native import getc
 from kit.dicom._outgoing import Outgoing
 from kit.errors import AssociationAbortedError, DicomProtocolError, PeerTimeoutError
+
+#: ``kit/dicom/_getc.c``'s message reader, or None: the Python path alone (:mod:`kit.dicom._native`)
+_c_message = getc("message")
 
 __all__ = ["CHUNK", "OVERSHOOT", "ClientPhase", "store_all"]
 
@@ -130,6 +147,46 @@ class ClientPhase(DataPhase):
         super().__exit__(exc_type, exc, tb)
 
     # -- receiving -------------------------------------------------------------------
+
+    def recv(self) -> Message:
+        """The next complete DIMSE message (:meth:`DataPhase.recv <kit.dicom._fastnet.DataPhase.recv>`).
+
+        Where ``kit/dicom/_getc.c`` is built, a message that starts a PDU and whose PDUs all fit
+        in the read buffer is cut out of it by one C call (``_getc.message``: the same command
+        and data set as the Python path, tests/unit/dicom_store/test_getc.py); each PDU must still
+        arrive whole within :attr:`pdu_timeout` of its first bytes, and the wait for a PDU's
+        first bytes is bounded by the timeout alone, as on the Python path. Whatever the call
+        does not take is left in the buffer, unread, for that path.
+        """
+        if _c_message is not None and not self._pdvs and not self.keep_raw:
+            message = self._recv_c(_c_message)
+            if message is not None:
+                return message
+        return super().recv()
+
+    def _recv_c(self, cut: Callable[..., Any]) -> Message | None:
+        """The next message by ``cut`` (``_getc.message``), reading as it asks; None: for the Python path."""
+        limit = pdu_limit(0x04, self.maximum)
+        max_data = -1 if self.max_dataset is None else self.max_dataset
+        deadline, reading = None, -1  # the deadline of the PDU at offset `reading` from the message's start
+        while True:
+            got = cut(self._buf, self._lo, self._hi, limit, MAX_COMMAND, max_data, self.spill_at)
+            if got is None:
+                return None
+            if len(got) == 4:
+                self._lo = got[0]
+                self.whole_pdus = True
+                return Message(got[1], got[2], got[3])
+            need, start = got
+            if need > CHUNK:  # larger than the buffer: the Python path reads it into its own
+                return None
+            if start < 0:  # the next PDU's first bytes: an idle wait, bounded by the timeout
+                deadline, reading = None, -1
+                self._fill(self._hi - self._lo + 1)  # then its header is a PDU being read
+            else:
+                if start != reading:
+                    deadline, reading = self._pdu_deadline(), start
+                self._fill(need, deadline)
 
     def _recv_some(self, view: memoryview) -> int:
         """One read into ``view`` (at least one byte), errors mapped as DataPhase maps them."""

@@ -62,6 +62,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pynetdicom.transport import ThreadedAssociationServer
 
 from kit.dicom._accept import deliver_checked
+from kit.dicom._assoc_ac import read_associate_ac
 from kit.dicom._association import drop_sends_after_abort, keep_responses_for_the_sender
 from kit.dicom._fastnet import MAX_RQ_PDU, abort_pdu, pdu_limit
 
@@ -604,13 +605,39 @@ def read_bounded_pdu(dul: DULServiceProvider, maximum: int, pdu_timeout: float |
         with contextlib.suppress(OSError):
             sock.settimeout(old)
     try:
-        pdu, event = dul._decode_pdu(bytearray(header + body))
+        pdu: Any = None
+        if kind == 0x02 and not _watched(dul):  # its repeated items decoded once (kit.dicom._assoc_ac)
+            primitive = read_associate_ac(header + body)
+            if primitive is not None:
+                pdu, event = _DecodedAC(primitive), "Evt3"
+        if pdu is None:
+            pdu, event = dul._decode_pdu(bytearray(header + body))
         dul.event_queue.put(event)
     except Exception as exc:  # noqa: BLE001 - as pynetdicom: an undecodable PDU is Evt19
         LOGGER.error("unable to decode a received PDU: %s", exc)
         dul.event_queue.put("Evt19")
         return
     dul._recv_pdu.put(pdu)
+
+
+def _watched(dul: DULServiceProvider) -> bool:
+    """Does anything listen for received PDUs (pynetdicom's debug log, a user's handler)? Then it
+    gets pynetdicom's own PDU object, decoded by pynetdicom (``_decode_pdu`` fires both events)."""
+    assoc = dul.assoc
+    return bool(assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV))
+
+
+class _DecodedAC:
+    """An A-ASSOCIATE-AC read by :func:`~kit.dicom._assoc_ac.read_associate_ac`, as the state
+    machine takes it (AE-3 asks the PDU for its primitive, and nothing else)."""
+
+    __slots__ = ("primitive",)
+
+    def __init__(self, primitive: Any) -> None:
+        self.primitive = primitive
+
+    def to_primitive(self) -> Any:
+        return self.primitive
 
 
 def _abort_transport(sock: socket.socket, reason: int) -> None:

@@ -190,3 +190,33 @@ def test_worklist(client: PacsClient, loaded: OrthancServer) -> None:
     assert row["patient_id"] == want[0].mrn
     all_rows = client.worklist(scheduled_procedure_step_start_date=("2026-12-01", "2026-12-31"))
     assert set(all_rows["accession_number"]) == {s.accession for s in cohort.studies(scheduled=True)}
+
+
+def test_orthancs_answer_to_a_c_get_proposal_is_read_as_pynetdicom_reads_it(
+        client: PacsClient, cohort_files: list[Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The A-ASSOCIATE-AC Orthanc sends for the kit's C-GET proposal (a context and a role per
+    storage class): kit.dicom._assoc_ac's primitive is pynetdicom's, the first time and from its cache."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+
+    from kit.dicom import _guard
+    from tests.unit.dicom_assoc.test_assoc_ac import same
+
+    seen: list[tuple[bytes, object]] = []
+    original = _guard.read_associate_ac
+
+    def read(data: bytes) -> object:
+        primitive = original(data)
+        seen.append((data, primitive))
+        return primitive
+
+    monkeypatch.setattr(_guard, "read_associate_ac", read)
+    study = cohort_study("CT", 1).study_uid
+    for i in range(2):
+        assert client.get(study_uid=study, dest=tmp_path / str(i)).height > 0
+    assert len(seen) == 2
+    for data, primitive in seen:
+        theirs = A_ASSOCIATE_AC()
+        theirs.decode(data)
+        assert primitive is not None and same(primitive, theirs.to_primitive())
+        assert len(theirs.to_primitive().presentation_context_definition_results_list) > 100

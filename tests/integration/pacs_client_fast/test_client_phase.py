@@ -29,6 +29,7 @@ from kit.dicom.dimse import PacsClient
 from kit.dicom.scp import EmbeddedPACS
 from kit.errors import AssociationAbortedError, KitError, PeerTimeoutError
 from kit.examples.dicom import random_ct_files
+from tests.unit.dicom_store.test_getc import read_messages
 
 
 def _phase(cls: type[DataPhase], sock: socket.socket, *, kernel: bool, maximum: int = 0,
@@ -70,13 +71,7 @@ def _read_all(cls: type[DataPhase], stream: bytes, cuts: list[int], *, kernel: b
 
         writer = threading.Thread(target=feed)
         writer.start()
-        out: list[Any] = []
-        try:
-            for _ in range(64):
-                msg = phase.recv()
-                out.append((msg.context_id, sorted(msg.command.items()), msg.dataset))
-        except KitError as exc:
-            out.append((type(exc).__name__, str(exc)))
+        out = read_messages(phase)
         writer.join(10)
         return out
 
@@ -110,6 +105,10 @@ def test_fast_reads_equal_dataphase_reads(messages: list[tuple[int, int, bytes |
     slow = _read_all(DataPhase, bytes(stream), cuts)
     assert _read_all(ClientPhase, bytes(stream), cuts, kernel=True) == slow
     assert _read_all(ClientPhase, bytes(stream), cuts, kernel=False) == slow
+    if _clientphase._c_message is not None:  # and ClientPhase's own Python path (kit/dicom/_getc.c)
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(_clientphase, "_c_message", None)
+            assert _read_all(ClientPhase, bytes(stream), cuts, kernel=True) == slow
     assert isinstance(slow[-1], tuple) and slow[-1][0] in {
         "AssociationAbortedError", "DicomProtocolError", "PduInterrupt", "PeerTimeoutError"}
 
@@ -221,9 +220,10 @@ def test_a_silent_peer_times_out_through_the_kernel_timeout(monkeypatch: pytest.
         if type(self) is ClientPhase:  # not the embedded PACS's ReceiverPhase (a subclass)
             seen.append(self._kernel)
             self._recv_pdu = lambda: _silent(self)  # type: ignore[method-assign]
+            self._fill = lambda need, deadline=None: _silent(self)  # type: ignore[method-assign,assignment]
         return phase
 
-    def _silent(self: ClientPhase) -> tuple[int, bytearray]:
+    def _silent(self: ClientPhase) -> Any:  # the Python path's _recv_pdu, the C path's _fill
         assert self._sock is not None
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 0, 300_000))
         while True:  # read and drop whatever comes: the response never "arrives"
