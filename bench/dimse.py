@@ -304,7 +304,7 @@ def bench_cget(tmp: Path, study: str, n: int, orth_port: int) -> Paired:
 
 
 #: Gets of each kind in :func:`c_readers_cpu`.
-CPU_ROUNDS = 5
+CPU_ROUNDS = 11
 
 
 def c_readers_cpu(tmp: Path, study: str, n: int, orth_port: int) -> tuple[float, float] | None:
