@@ -139,6 +139,9 @@ def _datasets(draw: st.DrawFn) -> tuple[bytes, str]:
 @given(case=_datasets())
 @example(case=(b"", "1.2.840.10008.1.2.1"))
 @example(case=(_element(SOP, b"UI", b"1.2\xff", False, True), "1.2.840.10008.1.2.1"))
+# the usual padding, every time: an odd-length UID ends in NUL (PS3.5 6.2); a sloppy writer's spaces
+@example(case=(_element(SOP, b"UI", b"1.2\x00", False, True), "1.2.840.10008.1.2.1"))
+@example(case=(_element(STUDY, b"UI", b"\x00 1.23 \x00", True, True), "1.2.840.10008.1.2"))
 def test_identity_is_the_python_walk(case: tuple[bytes, str]) -> None:
     _agrees(*case)
 
@@ -283,3 +286,33 @@ def test_message_of_the_usual_c_get_shape_is_taken_by_c() -> None:
     assert _getc.message(buf, 0, len(buf), 1 << 22, 1 << 20, -1, 1000) is None  # to be spilled
     with pytest.raises(ValueError):
         _getc.message(buf, 5, 2, 1 << 22, 1 << 20, -1, 1 << 23)
+
+
+@needs_c
+def test_message_bounds_are_exact() -> None:
+    """Each bound declines one byte past it and takes the bound itself (Python then raises or spills)."""
+    command = _command(0, "1.2.3", True)
+    buf = bytearray(_pdus(3, command, b"\x08\x00" * 50, 0))
+    pdu = len(buf) - 6 - struct.unpack(">I", buf[2:6])[0] - 6  # the data PDU's length (its header's own)
+    size = dict(limit=max(len(command), 100) + 6, max_command=len(command), max_data=100, spill_at=100)
+    assert pdu == 106 and size["limit"] >= len(command) + 6
+
+    def read(**change: int) -> Any:
+        bounds = {**size, **change}
+        return _getc.message(buf, 0, len(buf), bounds["limit"], bounds["max_command"], bounds["max_data"],
+                             bounds["spill_at"])
+
+    assert read() is not None and read()[3] == b"\x08\x00" * 50
+    for bound in size:
+        assert read(**{bound: size[bound] - 1}) is None, bound
+
+
+@needs_c
+def test_a_message_across_two_contexts_is_left_to_python() -> None:
+    """A command on one presentation context and its data set on another: C declines, both paths agree."""
+    data_pdu = _pdus(5, b"", b"\x08\x00" * 10, 0)[-32:]  # the data PDU alone: header, PDV of 4 + 22
+    assert data_pdu[:6] == struct.pack(">BBI", 4, 0, 26) and data_pdu[10] == 5
+    stream = _pdus(3, _command(0, "1.2.3", True), None, 0) + data_pdu
+    assert _getc.message(bytearray(stream), 0, len(stream), 1 << 22, 1 << 20, -1, 1 << 23) is None
+    slow = _read_all(stream, [], c=False)
+    assert _read_all(stream, [], c=True) == slow and slow[-1][0] == "DicomProtocolError"
