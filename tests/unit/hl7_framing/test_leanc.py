@@ -6,7 +6,7 @@ the sender's own tests run on both paths (``lean_path`` in tests/integration/mll
 from __future__ import annotations
 
 import pytest
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from kit.hl7 import sender
@@ -120,6 +120,12 @@ def texts(draw: st.DrawFn) -> str:
 @needs_c
 @settings(max_examples=1500, deadline=None)
 @given(texts())
+@example(MESSAGE)
+# an MSH-10 holding a separator or the escape (each declined: the listener's MSA-2 may escape it)
+@example(MESSAGE.replace("|C1|", "|C^1|"))
+@example(MESSAGE.replace("|C1|", "|C~1|"))
+@example(MESSAGE.replace("|C1|", "|C\\1|"))
+@example(MESSAGE.replace("|C1|", "|C&1|"))
 def test_the_same_texts_take_the_lean_path(text: str) -> None:
     assert leanc is not None
     expected = sender._lean_id(text)
